@@ -1,0 +1,1 @@
+"""Platform adapters. Each folder implements :class:`adapters.base.Adapter` for one platform."""

@@ -1,0 +1,1 @@
+"""chatgate: one async handler for a web chat widget, Telegram and Slack."""

@@ -1,0 +1,259 @@
+"""Typed settings: ``chatgate.toml`` plus the environment (pydantic-settings).
+
+Precedence, highest first: values passed in code, ``CHATGATE_<SECTION>__<KEY>`` variables, the
+conventional variables (``DATABASE_URL``, ``REDIS_URL``, ``PORT``, ``TELEGRAM_BOT_TOKEN``,
+``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_APP_TOKEN``), the TOML file, defaults.
+Every option is documented in ``config.example.toml``; a bad value raises :class:`ConfigError`
+with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = "chatgate.toml"
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid. The message is one line for a person."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    public_url: str | None = None
+    """The URL users reach the gateway at (links in Telegram/Slack, OAuth callbacks)."""
+    max_request_bytes: int = Field(1 << 20, ge=1024)
+
+    def base_url(self) -> str:
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+
+class DatabaseSettings(Section):
+    url: str = "sqlite+aiosqlite:///chatgate-data/chatgate.db"
+    echo: bool = False
+    pool_size: int = Field(10, ge=1)
+
+    @field_validator("url")
+    @classmethod
+    def _async_driver(cls, url: str) -> str:
+        """Accept the conventional URL forms and pick the async driver chatgate uses."""
+        for prefix, replacement in (
+            ("postgres://", "postgresql+asyncpg://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("sqlite:///", "sqlite+aiosqlite:///"),
+        ):
+            if url.startswith(prefix):
+                return replacement + url[len(prefix) :]
+        if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("use a sqlite:/// or postgresql:// URL")
+        return url
+
+
+class RedisSettings(Section):
+    url: str | None = None
+
+
+class DispatchSettings(Section):
+    max_concurrent_sessions: int = Field(64, ge=1)
+    handler_timeout: float = Field(600.0, ge=0)
+    """Seconds a handler may run (0: no limit). Time spent waiting on a prompt counts too."""
+    dedup_retention_hours: float = Field(24.0, gt=0)
+    error_message: str = "Sorry, something went wrong on our side. Please try again."
+    timeout_message: str = "Sorry, that took too long. Please try again."
+    history_limit: int = Field(50, ge=0)
+
+
+class FileSettings(Section):
+    dir: str = "chatgate-data/files"
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    accepted_types: list[str] = Field(default_factory=lambda: ["*/*"])
+    url_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
+
+
+class WebSettings(Section):
+    enabled: bool = True
+    api_keys: list[str] = Field(default_factory=list)
+    """Keys accepted in ``X-API-Key`` by the REST API; empty means the REST API is closed."""
+    identity_secret: str | None = None
+    """Shared secret a host site signs widget identity tokens with (HS256)."""
+    title: str = "chatgate"
+    accent_color: str = "#4f46e5"
+    allowed_origins: list[str] = Field(default_factory=list)
+    send_timeout: float = Field(25.0, gt=0)
+    """Seconds ``send_message`` waits for the reply before answering with the user message."""
+
+
+class TelegramSettings(Section):
+    bot_token: str | None = None
+    mode: Literal["polling", "webhook"] = "polling"
+    api_url: str = "https://api.telegram.org"
+    webhook_path: str = "/telegram/webhook"
+    webhook_secret: str | None = None
+    group_trigger: Literal["mention", "all"] = "mention"
+    edited_messages: Literal["ignore", "as_new"] = "ignore"
+    private_edit_interval: float = Field(1.1, ge=0.1)
+    group_edit_interval: float = Field(3.1, ge=0.1)
+    draft_interval: float = Field(0.25, ge=0.05)
+    global_rate: float = Field(30.0, gt=0)
+    use_drafts: bool = True
+
+
+class SlackSettings(Section):
+    bot_token: str | None = None
+    signing_secret: str | None = None
+    app_token: str | None = None
+    mode: Literal["events", "socket"] = "events"
+    api_url: str = "https://slack.com/api/"
+    events_path: str = "/slack/events"
+    slash_command: str = "/chatgate"
+    dm_sessions: Literal["per_dm", "per_thread"] = "per_thread"
+    update_interval: float = Field(1.0, ge=0.1)
+
+
+class SchedulerSettings(Section):
+    enabled: bool = True
+    timezone: str = "UTC"
+    misfire_grace_seconds: int = Field(60, ge=1)
+    coalesce: bool = True
+
+
+class IntegrationSettings(Section):
+    encryption_key: str | None = None
+    providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class ConventionalEnvSource(PydanticBaseSettingsSource):
+    """The variables every platform-as-a-service sets, mapped onto chatgate's sections."""
+
+    MAPPING = {
+        "DATABASE_URL": ("database", "url"),
+        "REDIS_URL": ("redis", "url"),
+        "PORT": ("server", "port"),
+        "TELEGRAM_BOT_TOKEN": ("telegram", "bot_token"),
+        "SLACK_BOT_TOKEN": ("slack", "bot_token"),
+        "SLACK_SIGNING_SECRET": ("slack", "signing_secret"),
+        "SLACK_APP_TOKEN": ("slack", "app_token"),
+    }
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, dict[str, Any]] = {}
+        for var, (section, key) in self.MAPPING.items():
+            value = os.environ.get(var)
+            if value:
+                out.setdefault(section, {})[key] = value
+        return out
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATGATE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=None,
+    )
+
+    data_dir: str = "chatgate-data"
+    secret_key: str | None = None
+    """Signs cookies, file URLs and OAuth state. Generated into ``data_dir`` when unset."""
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    files: FileSettings = Field(default_factory=FileSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [
+            init_settings,
+            env_settings,
+            ConventionalEnvSource(settings_cls),
+        ]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+    def resolved_secret_key(self) -> str:
+        """The configured secret, or one generated once and kept in ``data_dir``."""
+        if self.secret_key:
+            return self.secret_key
+        path = Path(self.data_dir) / "secret.key"
+        if path.exists():
+            return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key)
+        return key
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    env = "CHATGATE_" + "__".join(str(p).upper() for p in error["loc"])
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        return f"config error: unknown option {key!r}; see config.example.toml for the options"
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    return f"config error: {key}: {message}{shown}; fix it in chatgate.toml or {env}"
+
+
+def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
+    """Load settings from ``config_file`` (default ``chatgate.toml`` when it exists) and the env.
+
+    Raises :class:`ConfigError` with one line naming the first bad key.
+    """
+    path = config_file
+    if path is None and os.path.exists(DEFAULT_CONFIG_FILE):
+        path = DEFAULT_CONFIG_FILE
+    if path is not None and not os.path.exists(path):
+        raise ConfigError(f"config error: config file {path!r} does not exist")
+    settings_cls = Settings
+    if path is not None:
+        settings_cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+    try:
+        return settings_cls(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc.errors()[0])) from None
+    except ValueError as exc:  # TOML syntax errors arrive as ValueError subclasses
+        raise ConfigError(f"config error: {path}: {exc}") from None

@@ -1,0 +1,272 @@
+"""The value types a handler sees, source-compatible with the Capsule SDK (``cpsl``).
+
+Every class here keeps Capsule's constructor signature and field order, so a Capsule app that
+builds or inspects these values runs unchanged. Where chatgate knows more than Capsule does (the
+platform address of a conversation, a way to download an attachment that needs a bot token), the
+extra is an additional keyword field with a default, never a change to an existing one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+
+ChannelType = str
+"""``chat`` (the web widget), ``api`` (REST), ``telegram``, ``slack`` or ``whatsapp``."""
+
+Fetcher = Callable[[], Awaitable[bytes]]
+"""Returns a file's bytes. Adapters set one when a plain GET of the URL is not enough."""
+
+
+async def _download_to(path: str, name: str, url: str, fetch: Fetcher | None) -> str:
+    """Write a file to ``path`` (a directory gets ``name`` appended); return the final path."""
+    if os.path.isdir(path):
+        path = os.path.join(path, os.path.basename(name) or "file")
+    if fetch is not None:
+        data = await fetch()
+    else:
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            response.raise_for_status()
+            data = await response.read()
+    with open(path, "wb") as out:
+        out.write(data)
+    return path
+
+
+@dataclass
+class Attachment:
+    """A file that came with a user's message."""
+
+    name: str
+    content_type: str
+    url: str
+    size: int = 0
+    fetch: Fetcher | None = field(default=None, repr=False, compare=False)
+
+    async def download(self, path: str) -> str:
+        """Save the file at ``path`` (or inside it, when it is a directory) and return the path."""
+        return await _download_to(path, self.name, self.url, self.fetch)
+
+    async def read(self) -> bytes:
+        """The file's bytes, without writing them anywhere."""
+        if self.fetch is not None:
+            return await self.fetch()
+        async with aiohttp.ClientSession() as http, http.get(self.url) as response:
+            response.raise_for_status()
+            return await response.read()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "content_type": self.content_type, "url": self.url, "size": self.size}
+
+
+Sender = Literal["user", "app", "system", "block"]
+
+
+@dataclass
+class Message:
+    """One entry of a conversation: the user's message, or something the app said."""
+
+    text: str
+    sender: str = "user"
+    channel_type: ChannelType = "chat"
+    timestamp: float = field(default_factory=time.time)
+    attachments: list[Attachment] | None = None
+    id: str = field(default="", compare=False)
+    """chatgate's stored id of this message (empty for a message not yet stored)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "text": self.text,
+            "sender": self.sender,
+            "channel_type": self.channel_type,
+            "timestamp": self.timestamp,
+        }
+        if self.attachments:
+            out["attachments"] = [a.to_dict() for a in self.attachments]
+        return out
+
+
+@dataclass
+class Event:
+    """A button press or UI action, as an ``@app.action`` handler receives it."""
+
+    name: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] | None = None
+
+
+def new_block_id(prefix: str = "blk") -> str:
+    return f"{prefix}_{secrets.token_hex(6)}"
+
+
+@dataclass
+class Block:
+    """Structured content. Showing a block whose id was shown before updates it in place."""
+
+    type: str
+    payload: dict[str, Any]
+    id: str = ""
+
+    def to_envelope(self) -> dict[str, Any]:
+        return {"id": self.id or new_block_id(), "type": self.type, "payload": self.payload}
+
+
+@dataclass
+class FileUpload:
+    """The file a user gave in answer to ``session.prompt_file``."""
+
+    name: str
+    content_type: str
+    url: str
+    size: int
+    path: str | None = None
+    fetch: Fetcher | None = field(default=None, repr=False, compare=False)
+
+    async def download(self, path: str) -> str:
+        self.path = await _download_to(path, self.name, self.url, self.fetch)
+        return self.path
+
+
+@dataclass
+class UserInfo:
+    """Who is talking. ``id`` is chatgate's stable user id, the same across reconnects."""
+
+    id: str
+    email: str | None = None
+    org_id: str | None = None
+
+    @staticmethod
+    def org_id_from_owner_id(owner_id: str | None) -> str | None:
+        if owner_id and owner_id.startswith("org:"):
+            return owner_id[4:] or None
+        return None
+
+    @property
+    def is_org_member(self) -> bool:
+        return bool(self.org_id)
+
+    @property
+    def owner_id(self) -> str:
+        """The key for "owner" scoping: ``org:<org_id>`` for an org member, else the user id."""
+        return f"org:{self.org_id}" if self.org_id else self.id
+
+
+@dataclass
+class SessionChannel:
+    """Where a session lives. ``type`` is Capsule's; the other fields are chatgate's address.
+
+    Telegram: ``chat_id`` and ``thread_id`` (forum topic). Slack: ``team_id``, ``chat_id`` (the
+    channel) and ``thread_id`` (the thread ``ts``). Web: none of them.
+    """
+
+    type: ChannelType = "chat"
+    chat_id: str | None = None
+    thread_id: str | None = None
+    team_id: str | None = None
+
+    @property
+    def address(self) -> dict[str, str]:
+        """The platform address as a plain dict, without the empty parts."""
+        return {
+            k: v
+            for k, v in (("chat_id", self.chat_id), ("thread_id", self.thread_id), ("team_id", self.team_id))
+            if v is not None
+        }
+
+
+@dataclass
+class IntegrationCredentials:
+    access_token: str = ""
+    token_type: str = "Bearer"
+    scopes: list[str] = field(default_factory=list)
+    expires_at: int = 0
+    fields: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.access_token or self.fields)
+
+
+class RequestContext:
+    """What an ``@app.endpoint`` or ``@app.data`` handler learns about the caller."""
+
+    def __init__(
+        self,
+        user: UserInfo,
+        integrations: dict[str, IntegrationCredentials] | None = None,
+        authenticated: bool = False,
+        request: Any = None,
+        session_stub: Any = None,
+        app_id: str = "",
+        env: str = "",
+    ) -> None:
+        self.user = user
+        self.integrations = integrations or {}
+        self.authenticated = authenticated
+        self.request = request
+        self.session_stub = session_stub
+        self.app_id = app_id
+        self.env = env
+
+
+class HomeContext(RequestContext):
+    def __init__(
+        self,
+        *,
+        user: UserInfo,
+        integrations: dict[str, IntegrationCredentials] | None = None,
+        authenticated: bool = False,
+        request: Any = None,
+        db: Any = None,
+        app: Any = None,
+    ) -> None:
+        super().__init__(user, integrations, authenticated, request)
+        self.db = db
+        self.app = app
+
+
+@dataclass
+class Suggestion:
+    """A clickable button: ``prompt`` sends text as the user, ``action`` runs an ``@app.action``."""
+
+    label: str
+    prompt: str | None = None
+    action: str | None = None
+    payload: dict[str, Any] | None = None
+    description: str | None = None
+    icon: str | None = None
+    workflow: str | None = None
+    page: str | None = None
+    input: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.action:
+            out: dict[str, Any] = {"label": self.label, "target": "action", "value": self.action}
+            if self.payload is not None or self.input is not None:
+                out["payload"] = self.payload if self.payload is not None else self.input
+        elif self.workflow or self.page:
+            raise ValueError("chatgate supports prompt and action suggestions, not workflow or page")
+        else:
+            out = {"label": self.label, "target": "prompt", "value": self.prompt or self.label}
+        if self.description:
+            out["description"] = self.description
+        if self.icon:
+            out["icon"] = self.icon
+        return out
+
+
+class IntegrationTimeout(TimeoutError):
+    """``prompt_integration`` / ``require_integration`` waited longer than its timeout."""
+
+
+class IntegrationDeclined(RuntimeError):
+    """The user did not connect the integration."""
+
+
+class FileUploadTimeout(TimeoutError):
+    """``prompt_file`` waited longer than its timeout."""
