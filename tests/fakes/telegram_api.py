@@ -34,7 +34,7 @@ import re
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, web
@@ -88,7 +88,9 @@ class HtmlParseError(ValueError):
     pass
 
 
-_TAG_RE = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s+[a-zA-Z-]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'))?)*)\s*>")
+_TAG_RE = re.compile(
+    r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s+[a-zA-Z-]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'))?)*)\s*>"
+)
 _ATTR_RE = re.compile(r"([a-zA-Z-]+)(?:\s*=\s*(?:\"([^\"]*)\"|'([^']*)'))?")
 _ENTITY_RE = re.compile(r"&(lt|gt|amp|quot|#[0-9]{1,7}|#x[0-9a-fA-F]{1,6});")
 _NAMED = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
@@ -135,7 +137,9 @@ def parse_html(html: str) -> tuple[str, list[dict[str, Any]]]:
                 raise HtmlParseError(f"Unsupported start tag at byte offset {len(html[:i].encode())}")
             closing, name, raw_attrs = match.group(1) == "/", match.group(2).lower(), match.group(3)
             if name not in _TAG_ENTITY:
-                raise HtmlParseError(f'Unsupported start tag "{name}" at byte offset {len(html[:i].encode())}')
+                raise HtmlParseError(
+                    f'Unsupported start tag "{name}" at byte offset {len(html[:i].encode())}'
+                )
             if closing:
                 if not stack or stack[-1][0] != name:
                     raise HtmlParseError(
@@ -143,7 +147,11 @@ def parse_html(html: str) -> tuple[str, list[dict[str, Any]]]:
                         f'{stack[-1][0] if stack else ""}>", found "</{name}>"'
                     )
                 opened, start, attrs = stack.pop()
-                entity: dict[str, Any] = {"type": _TAG_ENTITY[opened], "offset": start, "length": length - start}
+                entity: dict[str, Any] = {
+                    "type": _TAG_ENTITY[opened],
+                    "offset": start,
+                    "length": length - start,
+                }
                 if opened == "a":
                     entity["url"] = attrs.get("href", "")
                 if opened == "pre" and entities and entities[-1]["type"] == "code":
@@ -158,8 +166,14 @@ def parse_html(html: str) -> tuple[str, list[dict[str, Any]]]:
                 if entity["length"] > 0:
                     entities.append(entity)
             else:
-                attrs = {m.group(1).lower(): (m.group(2) or m.group(3) or "") for m in _ATTR_RE.finditer(raw_attrs)}
-                if stack and stack[-1][0] in ("code", "pre") and not (stack[-1][0] == "pre" and name == "code"):
+                attrs = {
+                    m.group(1).lower(): (m.group(2) or m.group(3) or "") for m in _ATTR_RE.finditer(raw_attrs)
+                }
+                if (
+                    stack
+                    and stack[-1][0] in ("code", "pre")
+                    and not (stack[-1][0] == "pre" and name == "code")
+                ):
                     raise HtmlParseError(f'Unsupported start tag "{name}" inside a code entity')
                 if name == "span" and attrs.get("class") != "tg-spoiler":
                     raise HtmlParseError('Tag "span" must have class "tg-spoiler"')
@@ -355,7 +369,9 @@ class FakeTelegramAPI:
 
     # -- test knobs ----------------------------------------------------------------------------
 
-    def fail_next(self, method: str, *, status: int = 502, description: str = "Bad Gateway", times: int = 1) -> None:
+    def fail_next(
+        self, method: str, *, status: int = 502, description: str = "Bad Gateway", times: int = 1
+    ) -> None:
         """Answer the next ``times`` calls of ``method`` with an error, without processing them."""
         self._faults.append(_Fault(method, status, description, times))
 
@@ -366,7 +382,9 @@ class FakeTelegramAPI:
     def add_forum(self, chat_id: int) -> None:
         self.forums.add(chat_id)
 
-    def add_file(self, data: bytes, *, name: str = "file.bin", mime_type: str = "application/octet-stream") -> str:
+    def add_file(
+        self, data: bytes, *, name: str = "file.bin", mime_type: str = "application/octet-stream"
+    ) -> str:
         """Store a file as if a user had sent it; returns its ``file_id``."""
         file_id = "F" + secrets.token_hex(8)
         unique = "U" + secrets.token_hex(4)
@@ -376,9 +394,7 @@ class FakeTelegramAPI:
     # -- inspection ----------------------------------------------------------------------------
 
     def calls_to(self, method: str, *, ok: bool | None = None) -> list[RecordedCall]:
-        return [
-            c for c in self.calls if c.method == method and (ok is None or (c.status == 200) == ok)
-        ]
+        return [c for c in self.calls if c.method == method and (ok is None or (c.status == 200) == ok)]
 
     @property
     def rate_limited(self) -> list[RecordedCall]:
@@ -441,7 +457,9 @@ class FakeTelegramAPI:
                 message["is_topic_message"] = True
         message.update(fields)
         self.messages.setdefault(chat_id, []).append(
-            StoredMessage(chat_id, message_id, text or "", text or "", [], thread_id=thread_id, from_bot=False)
+            StoredMessage(
+                chat_id, message_id, text or "", text or "", [], thread_id=thread_id, from_bot=False
+            )
         )
         return message
 
@@ -450,7 +468,14 @@ class FakeTelegramAPI:
         return self.inject({"message": self.message(chat_id, text, **kwargs)})
 
     def send_document(
-        self, chat_id: int, data: bytes, *, name: str, mime_type: str, caption: str | None = None, **kwargs: Any
+        self,
+        chat_id: int,
+        data: bytes,
+        *,
+        name: str,
+        mime_type: str,
+        caption: str | None = None,
+        **kwargs: Any,
     ) -> int:
         file_id = self.add_file(data, name=name, mime_type=mime_type)
         stored = self.files[file_id]
@@ -497,15 +522,15 @@ class FakeTelegramAPI:
 
     def stop_generation(self, chat_id: int, draft_id: int) -> int:
         """Inject the update a user's press on a draft's stop button produces (Bot API 10.x)."""
-        return self.inject(
-            {"stopped_message_generation": {"chat": self.chat(chat_id), "draft_id": draft_id}}
-        )
+        return self.inject({"stopped_message_generation": {"chat": self.chat(chat_id), "draft_id": draft_id}})
 
     # -- HTTP --------------------------------------------------------------------------------
 
     async def _handle_file(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["token"] != self.token:
-            return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
+            return web.json_response(
+                {"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401
+            )
         path = request.match_info["path"]
         for stored in self.files.values():
             if stored.path == path:
@@ -553,7 +578,11 @@ class FakeTelegramAPI:
 
     def _answer(self, method: str, params: dict[str, Any], result: Any) -> web.Response:
         if isinstance(result, _Reject):
-            body: dict[str, Any] = {"ok": False, "error_code": result.status, "description": result.description}
+            body: dict[str, Any] = {
+                "ok": False,
+                "error_code": result.status,
+                "description": result.description,
+            }
             if result.retry_after is not None:
                 body["parameters"] = {"retry_after": result.retry_after}
             status = result.status
@@ -611,7 +640,9 @@ class FakeTelegramAPI:
             return
         if method in DRAFT_METHODS:
             chat_id = _int(params, "chat_id")
-            window = self._draft_windows.setdefault(chat_id, _Window(self.rates.drafts_per_chat, self.rate_scale))
+            window = self._draft_windows.setdefault(
+                chat_id, _Window(self.rates.drafts_per_chat, self.rate_scale)
+            )
             now = time.monotonic()
             wait = window.wait(now)
             if wait > 0:
@@ -645,8 +676,12 @@ class FakeTelegramAPI:
         return {"id": self.bot_id, "is_bot": True, "first_name": "chatgate", "username": self.bot_username}
 
     async def _m_getMe(self, params: dict[str, Any], uploads: Any) -> dict[str, Any]:
-        return {**self._bot_user(), "can_join_groups": True, "can_read_all_group_messages": False,
-                "supports_inline_queries": False}
+        return {
+            **self._bot_user(),
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
 
     async def _m_getUpdates(self, params: dict[str, Any], uploads: Any) -> list[dict[str, Any]]:
         if self.webhook is not None:
@@ -678,7 +713,8 @@ class FakeTelegramAPI:
             waiter = asyncio.ensure_future(self._new_update.wait())
             try:
                 await asyncio.wait(
-                    [waiter, poll.future], timeout=max(0.0, deadline - time.monotonic()),
+                    [waiter, poll.future],
+                    timeout=max(0.0, deadline - time.monotonic()),
                     return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
@@ -717,7 +753,9 @@ class FakeTelegramAPI:
             "pending_update_count": len(self._updates),
         }
 
-    def _check_text(self, params: dict[str, Any], key: str, limit: int, *, required: bool) -> tuple[str, list]:
+    def _check_text(
+        self, params: dict[str, Any], key: str, limit: int, *, required: bool
+    ) -> tuple[str, list]:
         source = params.get(key)
         if source is None:
             source = ""
@@ -771,8 +809,9 @@ class FakeTelegramAPI:
         return next(counter)
 
     def _store(self, chat_id: int, **fields: Any) -> StoredMessage:
-        message = StoredMessage(chat_id=chat_id, message_id=self._next_message_id(chat_id), sent_at=self._now(),
-                                **fields)
+        message = StoredMessage(
+            chat_id=chat_id, message_id=self._next_message_id(chat_id), sent_at=self._now(), **fields
+        )
         self.messages.setdefault(chat_id, []).append(message)
         return message
 
@@ -787,15 +826,26 @@ class FakeTelegramAPI:
             data["message_thread_id"] = message.thread_id
         if message.kind == "photo" and message.file_id:
             stored = self.files[message.file_id]
-            data["photo"] = [{"file_id": stored.file_id, "file_unique_id": stored.file_unique_id, "width": 640,
-                              "height": 480, "file_size": len(stored.data)}]
+            data["photo"] = [
+                {
+                    "file_id": stored.file_id,
+                    "file_unique_id": stored.file_unique_id,
+                    "width": 640,
+                    "height": 480,
+                    "file_size": len(stored.data),
+                }
+            ]
             if message.text:
                 data["caption"] = message.text
         elif message.kind == "document" and message.file_id:
             stored = self.files[message.file_id]
-            data["document"] = {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id,
-                                "file_name": stored.name, "mime_type": stored.mime_type,
-                                "file_size": len(stored.data)}
+            data["document"] = {
+                "file_id": stored.file_id,
+                "file_unique_id": stored.file_unique_id,
+                "file_name": stored.name,
+                "mime_type": stored.mime_type,
+                "file_size": len(stored.data),
+            }
             if message.text:
                 data["caption"] = message.text
         else:
@@ -820,8 +870,14 @@ class FakeTelegramAPI:
         chat_id = self._chat_id(params)
         text, entities = self._check_text(params, "text", TEXT_LIMIT, required=True)
         markup = self._check_markup(params)
-        message = self._store(chat_id, text=text, source=str(params.get("text")), entities=entities,
-                              reply_markup=markup, thread_id=self._thread(params))
+        message = self._store(
+            chat_id,
+            text=text,
+            source=str(params.get("text")),
+            entities=entities,
+            reply_markup=markup,
+            thread_id=self._thread(params),
+        )
         return self._message_json(message)
 
     async def _m_editMessageText(self, params: dict[str, Any], uploads: Any) -> dict[str, Any]:
@@ -834,8 +890,8 @@ class FakeTelegramAPI:
         if text == message.text and entities == message.entities and markup == message.reply_markup:
             raise _Reject(
                 400,
-                "Bad Request: message is not modified: specified new message content and reply markup are exactly "
-                "the same as a current content and reply markup of the message",
+                "Bad Request: message is not modified: specified new message content and reply markup "
+                "are exactly the same as a current content and reply markup of the message",
             )
         message.text, message.entities, message.reply_markup = text, entities, markup
         message.source = str(params.get("text"))
@@ -861,14 +917,23 @@ class FakeTelegramAPI:
         text = str(rich.get("markdown") or rich.get("html"))
         if len(text) > TEXT_LIMIT:
             raise _Reject(400, "Bad Request: message is too long")
-        message = self._store(chat_id, text=text, source=text, entities=[], kind="rich",
-                              reply_markup=self._check_markup(params), thread_id=self._thread(params))
+        message = self._store(
+            chat_id,
+            text=text,
+            source=text,
+            entities=[],
+            kind="rich",
+            reply_markup=self._check_markup(params),
+            thread_id=self._thread(params),
+        )
         return self._message_json(message)
 
     async def _m_sendRichMessageDraft(self, params: dict[str, Any], uploads: Any) -> bool:
         chat_id = self._chat_id(params)
         rich = params.get("rich_message") or {}
-        self.drafts.setdefault((chat_id, _int(params, "draft_id")), []).append(str(rich.get("markdown") or ""))
+        self.drafts.setdefault((chat_id, _int(params, "draft_id")), []).append(
+            str(rich.get("markdown") or "")
+        )
         return True
 
     async def _m_sendChatAction(self, params: dict[str, Any], uploads: Any) -> bool:
@@ -878,7 +943,9 @@ class FakeTelegramAPI:
     async def _m_answerCallbackQuery(self, params: dict[str, Any], uploads: Any) -> bool:
         query_id = str(params.get("callback_query_id"))
         if query_id not in self.callback_answers or self.callback_answers[query_id]:
-            raise _Reject(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+            raise _Reject(
+                400, "Bad Request: query is too old and response timeout expired or query ID is invalid"
+            )
         self.callback_answers[query_id] = {"text": params.get("text"), "answered": True}
         return True
 
@@ -887,8 +954,9 @@ class FakeTelegramAPI:
         message.deleted = True
         return True
 
-    async def _upload(self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]], key: str,
-                      mime_type: str) -> str:
+    async def _upload(
+        self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]], key: str, mime_type: str
+    ) -> str:
         if key in uploads:
             filename, data = uploads[key]
             file_id = self.add_file(data, name=filename or key, mime_type=mime_type)
@@ -908,30 +976,54 @@ class FakeTelegramAPI:
             return self.add_file(data, name=value.rsplit("/", 1)[-1] or key, mime_type=mime_type)
         raise _Reject(400, "Bad Request: wrong file identifier/HTTP URL specified")
 
-    async def _m_sendPhoto(self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+    async def _m_sendPhoto(
+        self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]]
+    ) -> dict[str, Any]:
         chat_id = self._chat_id(params)
         caption, entities = self._check_text(params, "caption", CAPTION_LIMIT, required=False)
         markup = self._check_markup(params)
         file_id = await self._upload(params, uploads, "photo", "image/jpeg")
-        message = self._store(chat_id, text=caption, source=str(params.get("caption") or ""), entities=entities,
-                              reply_markup=markup, kind="photo", file_id=file_id, thread_id=self._thread(params))
+        message = self._store(
+            chat_id,
+            text=caption,
+            source=str(params.get("caption") or ""),
+            entities=entities,
+            reply_markup=markup,
+            kind="photo",
+            file_id=file_id,
+            thread_id=self._thread(params),
+        )
         return self._message_json(message)
 
-    async def _m_sendDocument(self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+    async def _m_sendDocument(
+        self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]]
+    ) -> dict[str, Any]:
         chat_id = self._chat_id(params)
         caption, entities = self._check_text(params, "caption", CAPTION_LIMIT, required=False)
         markup = self._check_markup(params)
         file_id = await self._upload(params, uploads, "document", "application/octet-stream")
-        message = self._store(chat_id, text=caption, source=str(params.get("caption") or ""), entities=entities,
-                              reply_markup=markup, kind="document", file_id=file_id, thread_id=self._thread(params))
+        message = self._store(
+            chat_id,
+            text=caption,
+            source=str(params.get("caption") or ""),
+            entities=entities,
+            reply_markup=markup,
+            kind="document",
+            file_id=file_id,
+            thread_id=self._thread(params),
+        )
         return self._message_json(message)
 
     async def _m_getFile(self, params: dict[str, Any], uploads: Any) -> dict[str, Any]:
         stored = self.files.get(str(params.get("file_id")))
         if stored is None:
             raise _Reject(400, "Bad Request: invalid file_id")
-        return {"file_id": stored.file_id, "file_unique_id": stored.file_unique_id, "file_size": len(stored.data),
-                "file_path": stored.path}
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.file_unique_id,
+            "file_size": len(stored.data),
+            "file_path": stored.path,
+        }
 
     # -- webhook delivery ----------------------------------------------------------------------
 
@@ -954,7 +1046,7 @@ class FakeTelegramAPI:
                 try:
                     async with http.post(self.webhook["url"], json=update, headers=headers) as response:
                         status = response.status
-                except (OSError, asyncio.TimeoutError):
+                except (TimeoutError, OSError):
                     status = 0
                 self.webhook_deliveries.append((update["update_id"], status))
                 if 200 <= status < 300:
