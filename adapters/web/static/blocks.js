@@ -1,0 +1,389 @@
+/* chatgate widget: how each block type (docs/adapter-guide.md, "Block envelopes") looks.
+ *
+ * render(block, ctx) returns a DOM element (or null for blocks with no visual, like
+ * session_title). Every string from the server goes in through textContent or the safe Markdown
+ * renderer; URLs pass ChatGate.markdown.safeUrl (or resolve to the gateway for /files/ paths).
+ * A block shown again with the same id is rendered afresh and replaces the old element, so
+ * renderers are pure functions of the payload plus the ctx.uploads state of a running upload.
+ */
+(function (global) {
+  "use strict";
+
+  var ChatGate = (global.ChatGate = global.ChatGate || {});
+
+  function h(doc, tag, className, text) {
+    var node = doc.createElement(tag);
+    if (className) node.className = className;
+    if (text != null && text !== "") node.textContent = String(text);
+    return node;
+  }
+
+  function str(value) {
+    return typeof value === "string" ? value : value == null ? "" : String(value);
+  }
+
+  function markdown(doc, text, className) {
+    var box = h(doc, "div", "cg-md " + (className || ""));
+    box.appendChild(ChatGate.markdown.render(str(text), doc));
+    return box;
+  }
+
+  /** A URL a block may point at: absolute http(s), or a path on the gateway (signed /files/ URLs). */
+  function resolveUrl(raw, ctx) {
+    var url = str(raw).trim();
+    if (url[0] === "/" && url[1] !== "/") return ChatGate.markdown.safeUrl(ctx.gateway + url);
+    var safe = ChatGate.markdown.safeUrl(url);
+    return safe && safe.indexOf("mailto:") !== 0 ? safe : null;
+  }
+
+  function formatSize(bytes) {
+    var n = Number(bytes) || 0;
+    if (n < 1024) return n + " B";
+    if (n < 1024 * 1024) return (n / 1024).toFixed(n < 10240 ? 1 : 0) + " KB";
+    return (n / (1024 * 1024)).toFixed(1) + " MB";
+  }
+
+  function card(doc, block, kind, title) {
+    var box = h(doc, "div", "cg-card cg-" + kind);
+    box.setAttribute("data-block-id", str(block.id));
+    box.setAttribute("data-block-type", str(block.type));
+    if (title) {
+      var head = h(doc, "div", "cg-card-head");
+      head.appendChild(h(doc, "span", "cg-card-title", title));
+      box.appendChild(head);
+    }
+    return box;
+  }
+
+  function button(doc, label, className, onClick) {
+    var b = h(doc, "button", className, label);
+    b.type = "button";
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  // ------------------------------------------------------------ suggestions
+
+  function suggestions(block, ctx) {
+    var doc = ctx.doc;
+    var p = block.payload || {};
+    var box = h(doc, "div", "cg-suggestions");
+    box.setAttribute("data-block-id", str(block.id));
+    box.setAttribute("data-block-type", "suggestions");
+    box.setAttribute("role", "group");
+    box.setAttribute("aria-label", str(p.title) || "Suggestions");
+    if (p.title) box.appendChild(h(doc, "div", "cg-suggestions-title", p.title));
+    var items = Array.isArray(p.suggestions) ? p.suggestions : [];
+    items.forEach(function (item, index) {
+      var s = typeof item === "string" ? { label: item, target: "prompt", value: item } : item || {};
+      var label = str(s.label || s.value) || "Option " + (index + 1);
+      var chip = button(doc, label, "cg-chip", function () {
+        chip.setAttribute("aria-pressed", "true");
+        ctx.pressSuggestion(block.id, index, s.target === "action" ? null : str(s.value || label));
+      });
+      if (s.description) chip.title = str(s.description);
+      box.appendChild(chip);
+    });
+    return box;
+  }
+
+  // ------------------------------------------------------------ approval
+
+  function approval(block, ctx) {
+    var doc = ctx.doc;
+    var p = block.payload || {};
+    var box = card(doc, block, "approval");
+    box.setAttribute("role", "group");
+    box.setAttribute("aria-label", "Approval");
+    box.appendChild(markdown(doc, p.message || "Approve?"));
+    var row = h(doc, "div", "cg-card-actions");
+    if (p.completed) {
+      var outcome = p.timed_out ? "Timed out" : p.approved ? "Approved" : "Rejected";
+      var state = p.timed_out ? "timeout" : p.approved ? "ok" : "no";
+      row.appendChild(h(doc, "span", "cg-outcome cg-outcome-" + state, outcome));
+    } else {
+      var approve, reject;
+      var press = function (value) {
+        approve.disabled = reject.disabled = true;
+        (value === "approve" ? approve : reject).classList.add("cg-chosen");
+        ctx.client.pressButton(block.id, value, false);
+      };
+      approve = button(doc, str(p.approve_label) || "Approve", "cg-btn cg-btn-primary", function () {
+        press("approve");
+      });
+      reject = button(doc, str(p.reject_label) || "Reject", "cg-btn", function () {
+        press("reject");
+      });
+      row.appendChild(approve);
+      row.appendChild(reject);
+    }
+    box.appendChild(row);
+    return box;
+  }
+
+  // ------------------------------------------------------------ file upload prompt
+
+  function fileUpload(block, ctx) {
+    var doc = ctx.doc;
+    var p = block.payload || {};
+    var box = card(doc, block, "upload");
+    box.setAttribute("role", "group");
+    box.setAttribute("aria-label", "File upload");
+    box.appendChild(markdown(doc, p.message || "Please upload a file"));
+    if (p.completed) {
+      var done = h(doc, "div", "cg-upload-done");
+      done.appendChild(h(doc, "span", "cg-check", "\u2713"));
+      done.appendChild(h(doc, "span", "cg-file-name", str(p.filename) || "File received"));
+      if (p.size) done.appendChild(h(doc, "span", "cg-file-size", formatSize(p.size)));
+      box.appendChild(done);
+      box.classList.add("cg-completed");
+      return box;
+    }
+    var state = (ctx.uploads[block.id] = ctx.uploads[block.id] || { progress: null, error: "", name: "" });
+    var input = h(doc, "input", "cg-file-input");
+    input.type = "file";
+    input.tabIndex = -1;
+    input.setAttribute("aria-hidden", "true");
+    if (p.accept) input.accept = str(p.accept);
+    var row = h(doc, "div", "cg-card-actions");
+    var choose = button(doc, "Choose file", "cg-btn cg-btn-primary cg-upload-choose", function () {
+      input.click();
+    });
+    var status = h(doc, "div", "cg-upload-status");
+    status.setAttribute("aria-live", "polite");
+    var bar = h(doc, "div", "cg-progress");
+    bar.setAttribute("role", "progressbar");
+    bar.setAttribute("aria-label", "Upload progress");
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "100");
+    var fill = h(doc, "div", "cg-progress-fill");
+    bar.appendChild(fill);
+
+    function paint() {
+      var uploading = state.progress !== null && !state.error;
+      choose.disabled = uploading || state.sent;
+      bar.hidden = !uploading && !state.sent;
+      var percent = Math.round((state.progress || 0) * 100);
+      fill.style.width = percent + "%";
+      bar.setAttribute("aria-valuenow", String(percent));
+      status.className = "cg-upload-status" + (state.error ? " cg-error-text" : "");
+      if (state.error) status.textContent = state.error;
+      else if (state.sent) status.textContent = state.name + " \u2014 uploaded";
+      else if (uploading) status.textContent = "Uploading " + state.name + "\u2026 " + percent + "%";
+      else status.textContent = p.accept ? "Accepted: " + str(p.accept) : "";
+    }
+
+    function start(file) {
+      if (!file) return;
+      state.name = file.name;
+      state.error = "";
+      state.progress = 0;
+      paint();
+      ctx.client
+        .upload(file, function (fraction) {
+          state.progress = fraction;
+          paint();
+        })
+        .then(function (uploaded) {
+          state.sent = true;
+          paint();
+          ctx.client.uploadDone(block.id, uploaded.file_id);
+        })
+        .catch(function (error) {
+          state.progress = null;
+          state.error = error.message || "The upload failed.";
+          paint();
+        });
+    }
+
+    input.addEventListener("change", function () {
+      start(input.files && input.files[0]);
+      input.value = "";
+    });
+    box.addEventListener("dragover", function (event) {
+      event.preventDefault();
+      box.classList.add("cg-dragging");
+    });
+    box.addEventListener("dragleave", function () {
+      box.classList.remove("cg-dragging");
+    });
+    box.addEventListener("drop", function (event) {
+      event.preventDefault();
+      box.classList.remove("cg-dragging");
+      if (!choose.disabled) start(event.dataTransfer && event.dataTransfer.files[0]);
+    });
+    row.appendChild(choose);
+    row.appendChild(h(doc, "span", "cg-hint", "or drop it here"));
+    box.appendChild(row);
+    box.appendChild(input);
+    box.appendChild(bar);
+    box.appendChild(status);
+    paint();
+    return box;
+  }
+
+  // ------------------------------------------------------------ image
+
+  function image(block, ctx) {
+    var doc = ctx.doc;
+    var p = block.payload || {};
+    var url = resolveUrl(p.url, ctx);
+    if (!url) return fallback(block, ctx);
+    var figure = h(doc, "figure", "cg-image");
+    figure.setAttribute("data-block-id", str(block.id));
+    figure.setAttribute("data-block-type", "image");
+    var a = h(doc, "a");
+    a.href = url;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    var img = h(doc, "img");
+    img.src = url;
+    img.alt = str(p.alt);
+    img.loading = "lazy";
+    img.decoding = "async";
+    if (p.width && Number(p.width) > 0) img.style.maxWidth = Math.min(Number(p.width), 2000) + "px";
+    img.addEventListener("load", function () {
+      if (ctx.onMediaLoad) ctx.onMediaLoad();
+    });
+    a.appendChild(img);
+    figure.appendChild(a);
+    if (p.alt) figure.appendChild(h(doc, "figcaption", "", p.alt));
+    return figure;
+  }
+
+  // ------------------------------------------------------------ task card
+
+  var TASK_STATES = {
+    pending: "waiting",
+    queued: "waiting",
+    scheduled: "waiting",
+    running: "running",
+    started: "running",
+    in_progress: "running",
+    completed: "ok",
+    complete: "ok",
+    succeeded: "ok",
+    success: "ok",
+    done: "ok",
+    failed: "failed",
+    error: "failed",
+    cancelled: "failed",
+    canceled: "failed",
+    timeout: "failed",
+  };
+
+  function taskCard(block, ctx) {
+    var doc = ctx.doc;
+    var p = block.payload || {};
+    var status = str(p.status || (p.error ? "failed" : p.result != null ? "completed" : "running")).toLowerCase();
+    var kind = TASK_STATES[status] || "running";
+    var box = card(doc, block, "task");
+    box.setAttribute("data-status", status);
+    var head = h(doc, "div", "cg-card-head");
+    head.appendChild(h(doc, "span", "cg-task-dot cg-task-" + kind));
+    head.appendChild(h(doc, "span", "cg-card-title", str(p.name) || "Task"));
+    var badge = h(doc, "span", "cg-badge cg-badge-" + kind, status.replace(/_/g, " "));
+    badge.setAttribute("role", "status");
+    head.appendChild(badge);
+    box.appendChild(head);
+    if (p.message) box.appendChild(markdown(doc, p.message));
+    if (p.error) box.appendChild(h(doc, "div", "cg-task-error", str(p.error)));
+    if (p.result != null && p.result !== "") {
+      var result = typeof p.result === "string" ? p.result : JSON.stringify(p.result, null, 2);
+      box.appendChild(typeof p.result === "string" ? markdown(doc, result, "cg-task-result") : preformatted(doc, result));
+    }
+    return box;
+  }
+
+  function preformatted(doc, text) {
+    var pre = h(doc, "pre", "cg-json");
+    pre.appendChild(h(doc, "code", "", text.length > 4000 ? text.slice(0, 4000) + "\n\u2026" : text));
+    return pre;
+  }
+
+  // ------------------------------------------------------------ integration
+
+  function integration(block, ctx) {
+    var doc = ctx.doc;
+    var p = block.payload || {};
+    var name = str(p.type) || "an integration";
+    var box = card(doc, block, "integration", "Connect " + name);
+    if (p.reason) box.appendChild(markdown(doc, p.reason));
+    var row = h(doc, "div", "cg-card-actions");
+    if (p.completed) {
+      row.appendChild(h(doc, "span", "cg-outcome cg-outcome-ok", "\u2713 Connected"));
+    } else {
+      var url = resolveUrl(p.connect_url, ctx);
+      if (url) {
+        var a = h(doc, "a", "cg-btn cg-btn-primary cg-connect", "Connect");
+        a.href = url;
+        a.target = "_blank";
+        a.rel = "noopener noreferrer";
+        a.setAttribute("aria-label", "Connect " + name);
+        row.appendChild(a);
+      } else {
+        row.appendChild(
+          h(doc, "span", "cg-hint", p.mode === "secret" ? "Add the credentials for " + name + " in your settings." : "Waiting for " + name + " to be connected\u2026")
+        );
+      }
+    }
+    box.appendChild(row);
+    return box;
+  }
+
+  // ------------------------------------------------------------ notification / fallback
+
+  function notification(block, ctx) {
+    var doc = ctx.doc;
+    var p = block.payload || {};
+    var box = h(doc, "div", "cg-system");
+    box.setAttribute("data-block-id", str(block.id));
+    box.setAttribute("data-block-type", "notification");
+    box.appendChild(h(doc, "span", "", str(p.text) || "Working\u2026"));
+    if (p.detail) box.appendChild(h(doc, "span", "cg-detail", str(p.detail)));
+    return box;
+  }
+
+  function fallback(block, ctx) {
+    var doc = ctx.doc;
+    var p = block.payload || {};
+    var box = card(doc, block, "fallback", str(p.title) || str(block.type) || "Block");
+    var text = p.text || p.message || p.description;
+    if (typeof text === "string" && text) box.appendChild(markdown(doc, text));
+    else {
+      var json;
+      try {
+        json = JSON.stringify(p, null, 2);
+      } catch (e) {
+        json = "";
+      }
+      if (json && json !== "{}") box.appendChild(preformatted(doc, json));
+    }
+    return box;
+  }
+
+  var RENDERERS = {
+    suggestions: suggestions,
+    approval_prompt: approval,
+    file_upload: fileUpload,
+    image: image,
+    task_card: taskCard,
+    integration_prompt: integration,
+    notification: notification,
+    session_title: function () {
+      return null;
+    },
+  };
+
+  function render(block, ctx) {
+    var fn = Object.prototype.hasOwnProperty.call(RENDERERS, block.type) ? RENDERERS[block.type] : fallback;
+    try {
+      return fn(block, ctx);
+    } catch (e) {
+      if (global.console) global.console.error("chatgate: block", block.type, e);
+      return fallback(block, ctx);
+    }
+  }
+
+  ChatGate.blocks = { render: render, formatSize: formatSize, resolveUrl: resolveUrl };
+})(window);
