@@ -8,6 +8,7 @@ extra is an additional keyword field with a default, never a change to an existi
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import time
@@ -26,14 +27,18 @@ Fetcher = Callable[[], Awaitable[bytes]]
 
 async def _download_to(path: str, name: str, url: str, fetch: Fetcher | None) -> str:
     """Write a file to ``path`` (a directory gets ``name`` appended); return the final path."""
-    if os.path.isdir(path):
-        path = os.path.join(path, os.path.basename(name) or "file")
     if fetch is not None:
         data = await fetch()
     else:
         async with aiohttp.ClientSession() as http, http.get(url) as response:
             response.raise_for_status()
             data = await response.read()
+    return await asyncio.to_thread(_write_file, path, name, data)
+
+
+def _write_file(path: str, name: str, data: bytes) -> str:
+    if os.path.isdir(path):
+        path = os.path.join(path, os.path.basename(name) or "file")
     with open(path, "wb") as out:
         out.write(data)
     return path

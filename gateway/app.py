@@ -1,0 +1,273 @@
+"""``App``: the handler registry, source-compatible with Capsule's functional ``cpsl.App``.
+
+Deploy-only constructor fields (``image``, ``channels``, ``cpu``, ``memory``, ``secrets``...) are
+accepted and ignored, and unlike Capsule, ``image=`` is not required: decorators work on any App.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.collections import CollectionRef
+
+log = logging.getLogger("chatgate.app")
+
+Handler = Callable[..., Any]
+
+# Names an app may not give a function decorated with @schedule/@endpoint/@task, because
+# Capsule stores those functions as attributes of the App under the function's name.
+_RESERVED_ATTRIBUTES = frozenset({"get", "set", "delete", "data", "message", "action", "collection", "db"})
+
+
+@dataclass
+class EndpointSpec:
+    method: str
+    path: str
+    authorized: bool
+    handler: Handler
+
+
+@dataclass
+class DataSpec:
+    name: str
+    access: str
+    handler: Handler
+
+
+@dataclass
+class MessageSpec:
+    name: str | None
+    label: str | None
+    handler: Handler
+
+
+@dataclass
+class ScheduleSpec:
+    name: str
+    trigger: str
+    handler: Handler
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class App:
+    """A chat app: ``@app.message()`` handlers plus the lifecycle and HTTP hooks."""
+
+    def __init__(self, name: str = "app", **deploy_fields: Any) -> None:
+        self.name = name
+        self.deploy_fields = deploy_fields
+        self.message_specs: dict[str | None, MessageSpec] = {}
+        self.actions: dict[str, Handler] = {}
+        self.endpoints: list[EndpointSpec] = []
+        self.data_sources: dict[str, DataSpec] = {}
+        self.boot_hooks: list[Handler] = []
+        self.shutdown_hooks: list[Handler] = []
+        self.enter_hooks: list[Handler] = []
+        self.exit_hooks: list[Handler] = []
+        self.session_inits: dict[str, Handler] = {}
+        self.schedules: list[ScheduleSpec] = []
+        self.tasks: dict[str, Any] = {}
+        self.integration_specs: dict[str, Any] = {}
+        self.runtime: Any = None
+        """The running Gateway (set at start); ``None`` before ``chatgate run`` starts it."""
+        self._collections: Any = None
+
+    @property
+    def collections(self) -> Any:
+        """The app's declared collections (``CollectionManager``), made on first use."""
+        if self._collections is None:
+            from gateway.collections import CollectionManager
+
+            self._collections = CollectionManager(self._store, self._current_scope)
+        return self._collections
+
+    # -- runtime hooks for collections ---------------------------------------------------
+
+    def _store(self) -> Any:
+        if self.runtime is None:
+            raise RuntimeError(f"app {self.name!r} is not running: start it with `chatgate run`")
+        return self.runtime.store
+
+    @staticmethod
+    def _current_scope() -> Any:
+        from gateway.context import current_scope
+
+        return current_scope()
+
+    # -- chat handlers ---------------------------------------------------------------------
+
+    @property
+    def message_handlers(self) -> dict[str | None, Handler]:
+        return {name: spec.handler for name, spec in self.message_specs.items()}
+
+    def message(self, name: str | None = None, *, label: str | None = None) -> Callable[[Handler], Handler]:
+        """Register ``async def handler(session, msg)``; ``name`` makes it a named chat."""
+
+        def decorator(fn: Handler) -> Handler:
+            if name in self.message_specs:
+                log.warning("@app.message(%r) registered twice; the later handler wins", name)
+            self.message_specs[name] = MessageSpec(name, label, fn)
+            fn._cpsl_message = name  # type: ignore[attr-defined]
+            return fn
+
+        return decorator
+
+    def action(self, name: str | None = None) -> Callable[[Handler], Handler]:
+        """Register ``async def handler(session, event)`` for a button or UI action."""
+
+        def decorator(fn: Handler) -> Handler:
+            self.actions[name or fn.__name__] = fn
+            fn._cpsl_action = name or fn.__name__  # type: ignore[attr-defined]
+            return fn
+
+        return decorator
+
+    def session(self, name: str) -> Callable[[Handler], Handler]:
+        """Register an initializer for UI-started named sessions."""
+
+        def decorator(fn: Handler) -> Handler:
+            self.session_inits[name] = fn
+            return fn
+
+        return decorator
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def boot(self) -> Callable[[Handler], Handler]:
+        return self._hook(self.boot_hooks)
+
+    def shutdown(self) -> Callable[[Handler], Handler]:
+        return self._hook(self.shutdown_hooks)
+
+    def enter(self) -> Callable[[Handler], Handler]:
+        """``h(session)``: runs once per new session (persisted), before its first handler."""
+        return self._hook(self.enter_hooks)
+
+    def exit(self) -> Callable[[Handler], Handler]:
+        """``h(session)``: runs when a session is deleted (Capsule never calls it)."""
+        return self._hook(self.exit_hooks)
+
+    @staticmethod
+    def _hook(target: list[Handler]) -> Callable[[Handler], Handler]:
+        def decorator(fn: Handler) -> Handler:
+            target.append(fn)
+            return fn
+
+        return decorator
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    def endpoint(self, method: str = "GET", path: str = "/", authorized: bool = True) -> Callable[[Handler], Handler]:
+        """Serve ``h(ctx)`` or ``h(request)`` at ``path``; a dict result becomes JSON."""
+
+        def decorator(fn: Handler) -> Handler:
+            if not path.startswith("/"):
+                raise ValueError(f"endpoint path must start with '/': {path!r}")
+            self.endpoints.append(EndpointSpec(method.upper(), path, authorized, fn))
+            self._store_attribute(fn)
+            return fn
+
+        return decorator
+
+    def data(self, name: str, *, access: str = "public") -> Callable[[Handler], Handler]:
+        """Serve ``h(ctx, **query)`` at ``GET /data/<name>``."""
+        if access not in ("public", "authenticated"):
+            raise ValueError("access must be 'public' or 'authenticated'")
+
+        def decorator(fn: Handler) -> Handler:
+            self.data_sources[name] = DataSpec(name, access, fn)
+            return fn
+
+        return decorator
+
+    def _store_attribute(self, fn: Handler) -> None:
+        """Capsule keeps schedule/endpoint/task functions as App attributes; so do we, safely."""
+        if fn.__name__ in _RESERVED_ATTRIBUTES or hasattr(type(self), fn.__name__):
+            log.warning("not storing %s on the App: the name would shadow an App method", fn.__name__)
+            return
+        setattr(self, fn.__name__, fn)
+
+    # -- scheduling (the scheduler module wires these up) ----------------------------------
+
+    def schedule(self, cron: str | None = None, **options: Any) -> Callable[[Handler], Handler]:
+        """Run ``async def h()`` on a 5-field cron (Capsule). ``every=`` seconds or ``at=`` a
+        datetime give interval and one-off triggers (chatgate extensions)."""
+        if cron is None and not options.keys() & {"every", "at"}:
+            raise ValueError("@app.schedule needs a cron string, every= seconds or at= a datetime")
+
+        def decorator(fn: Handler) -> Handler:
+            trigger = cron or ("every" if "every" in options else "at")
+            self.schedules.append(ScheduleSpec(fn.__name__, trigger, fn, options))
+            self._store_attribute(fn)
+            return fn
+
+        return decorator
+
+    def task(self, *args: Any, **kwargs: Any) -> Any:
+        """``@app.task(retries=, timeout=, lock=, retry_for=)``; see gateway.scheduler."""
+        from gateway.tasks import task_decorator
+
+        return task_decorator(self, *args, **kwargs)
+
+    # -- data --------------------------------------------------------------------------------
+
+    def collection(self, name: str, **options: Any) -> CollectionRef:
+        return self.collections.declare(name, **options)
+
+    @property
+    def db(self) -> Any:
+        """Every collection, unscoped: ``app.db.<name>``."""
+        return self.collections.unscoped()
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        return await self._kv().get(key, default, scope="app", scope_id="")
+
+    async def set(self, key: str, value: Any) -> Any:
+        await self._kv().set(key, value, scope="app", scope_id="")
+        return value
+
+    async def delete(self, key: str) -> None:
+        await self._kv().delete(key, scope="app", scope_id="")
+
+    def _kv(self) -> Any:
+        from gateway.collections import KVStore
+
+        return KVStore(self._store)
+
+    # -- integrations ----------------------------------------------------------------------
+
+    def add_integration(self, integration: Any, **options: Any) -> None:
+        """Declare an integration users can connect (OAuth 2 or secret fields)."""
+        name = integration if isinstance(integration, str) else getattr(integration, "type", None) or getattr(
+            integration, "name", str(integration)
+        )
+        self.integration_specs[str(name)] = {"integration": integration, **options}
+
+    # -- misc ------------------------------------------------------------------------------
+
+    def manifest(self) -> dict[str, Any]:
+        """What the app declares, for ``/_meta`` and the widget's handler picker."""
+        return {
+            "name": self.name,
+            "has_message_handler": None in self.message_specs,
+            "message_handlers": [
+                {"name": s.name, "label": s.label or s.name or self.name} for s in self.message_specs.values()
+            ],
+            "actions": sorted(self.actions),
+            "endpoints": [{"method": e.method, "path": e.path} for e in self.endpoints],
+            "data_sources": sorted(self.data_sources),
+            "schedules": [s.name for s in self.schedules],
+            "tasks": sorted(self.tasks),
+        }
+
+
+async def call_maybe_async(fn: Handler, *args: Any, **kwargs: Any) -> Any:
+    """Call a handler that may be sync or async (Capsule allows both)."""
+    result = fn(*args, **kwargs)
+    if inspect.isawaitable(result):
+        return await result
+    return result

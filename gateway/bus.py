@@ -1,0 +1,113 @@
+"""Pub/sub for frames that must reach whichever process holds a client's connection.
+
+In one process this is a dict of asyncio queues. When scaled out, the same interface is served
+by Redis pub/sub (``RedisBus``), so a web process streams what a worker process produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any, Protocol
+
+log = logging.getLogger("chatgate.bus")
+
+SUBSCRIBER_BUFFER = 10_000  # frames a slow subscriber may lag before it is cut off
+
+
+class Subscription:
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SUBSCRIBER_BUFFER)
+        self.overflowed = False
+
+    def put(self, event: dict[str, Any]) -> None:
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            log.warning("a bus subscriber fell %d frames behind and was dropped", SUBSCRIBER_BUFFER)
+
+    def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
+        while not self.overflowed:
+            event = await self.queue.get()
+            if event is None:
+                return
+            yield event
+
+
+class Bus(Protocol):
+    async def publish(self, topic: str, event: dict[str, Any]) -> None: ...
+
+    def subscribe(self, topic: str) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalBus:
+    def __init__(self) -> None:
+        self._topics: dict[str, set[Subscription]] = {}
+
+    async def publish(self, topic: str, event: dict[str, Any]) -> None:
+        for subscription in list(self._topics.get(topic, ())):
+            subscription.put(event)
+
+    @asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
+        subscription = Subscription()
+        self._topics.setdefault(topic, set()).add(subscription)
+        try:
+            yield subscription
+        finally:
+            subscribers = self._topics.get(topic)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._topics[topic]
+
+    async def close(self) -> None:
+        for subscribers in self._topics.values():
+            for subscription in subscribers:
+                with suppress(asyncio.QueueFull):
+                    subscription.queue.put_nowait(None)
+
+
+class RedisBus:
+    """The bus over Redis pub/sub, for ``chatgate web`` + ``chatgate worker`` deployments."""
+
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as redis
+
+        self._redis = redis.from_url(url)
+
+    async def publish(self, topic: str, event: dict[str, Any]) -> None:
+        await self._redis.publish(f"chatgate:{topic}", json.dumps(event))
+
+    @asynccontextmanager
+    async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
+        subscription = Subscription()
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(f"chatgate:{topic}")
+
+        async def pump() -> None:
+            async for raw in pubsub.listen():
+                if raw.get("type") == "message":
+                    subscription.put(json.loads(raw["data"]))
+
+        task = asyncio.create_task(pump())
+        try:
+            yield subscription
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+            await pubsub.unsubscribe()
+            await pubsub.aclose()
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,203 @@
+"""The Dispatcher: inbound event -> durable inbox -> one ordered lane per session -> handler.
+
+- ``submit`` stores the event in the inbox before it returns (adapters acknowledge the platform
+  only then); a repeated dedup key is dropped there. Keys are remembered for
+  ``dispatch.dedup_retention_hours`` (24 h by default: Slack redelivers for up to an hour and
+  Telegram keeps unconfirmed updates for 24 h) and purged hourly after that.
+- A session's events run one at a time in arrival order; sessions run concurrently, at most
+  ``dispatch.max_concurrent_sessions`` at once.
+- A waiting prompt takes the next event that answers it before the event would queue.
+- ``stop`` cancels the session's running handler at once (it never queues).
+- At start-up, every event recorded but not finished (the process died) runs again, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from gateway.inbound import Accepted, Inbound
+from gateway.prompts import PromptRegistry
+from gateway.store import Store
+from gateway.store.records import SessionRecord
+
+log = logging.getLogger("chatgate.dispatch")
+
+PURGE_EVERY = 3600.0  # seconds between inbox purges of expired dedup keys
+
+
+class UnknownSession(LookupError):
+    """An inbound event named a session id that does not exist."""
+
+
+@dataclass
+class WorkItem:
+    inbox_id: str
+    session_id: str
+    inbound: Inbound
+
+
+@dataclass
+class Lane:
+    session_id: str
+    queue: deque[WorkItem] = field(default_factory=deque)
+    worker: asyncio.Task[None] | None = None
+    running: asyncio.Task[None] | None = None
+    current: WorkItem | None = None
+
+
+Runner = Callable[[WorkItem], Awaitable[None]]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: Store,
+        runner: Runner,
+        *,
+        max_concurrent: int = 64,
+        dedup_retention: timedelta = timedelta(hours=24),
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.prompts = PromptRegistry()
+        self._lanes: dict[str, Lane] = {}
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._retention = dedup_retention
+        self._closed = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- intake --------------------------------------------------------------------------
+
+    async def submit(self, inbound: Inbound, session: SessionRecord) -> Accepted:
+        """Record ``inbound`` for ``session`` and route it. Safe to acknowledge on return."""
+        if self._closed:
+            raise RuntimeError("the dispatcher is shutting down")
+        inbox_id, duplicate = await self.store.record_inbound(
+            session.id, inbound.dedup_key, inbound.kind, inbound.to_json()
+        )
+        if duplicate:
+            log.info("dropped duplicate %s event %s", inbound.kind, inbound.dedup_key)
+            return Accepted(inbox_id, session.id, duplicate=True)
+        self._route(WorkItem(inbox_id, session.id, inbound))
+        return Accepted(inbox_id, session.id)
+
+    def _route(self, item: WorkItem) -> None:
+        kind = item.inbound.kind
+        if kind == "stop":
+            self.stop(item.session_id)
+            self._mark(item.inbox_id, "done")
+            return
+        if self.prompts.offer(item.session_id, item.inbound):
+            # The answer is kept in the inbox row (done) and reaches the waiting handler.
+            self._mark(item.inbox_id, "done")
+            return
+        if kind == "signal":  # an answer to a prompt nobody waits for any more
+            self._mark(item.inbox_id, "done", "no prompt was waiting")
+            return
+        lane = self._lanes.get(item.session_id)
+        if lane is None:
+            lane = self._lanes[item.session_id] = Lane(item.session_id)
+        lane.queue.append(item)
+        if lane.worker is None or lane.worker.done():
+            self._idle.clear()
+            lane.worker = asyncio.create_task(self._drain(lane), name=f"chatgate-lane-{item.session_id}")
+
+    def _mark(self, inbox_id: str, status: str, error: str | None = None) -> None:
+        task = asyncio.create_task(self.store.set_inbox_status(inbox_id, status, error))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- lanes ---------------------------------------------------------------------------
+
+    async def _drain(self, lane: Lane) -> None:
+        try:
+            while lane.queue and not self._closed:
+                item = lane.queue.popleft()
+                async with self._slots:
+                    lane.current = item
+                    lane.running = asyncio.create_task(self.runner(item), name=f"chatgate-turn-{item.inbox_id}")
+                    try:
+                        await lane.running
+                    except asyncio.CancelledError:
+                        current = asyncio.current_task()
+                        if current is not None and current.cancelling():
+                            raise  # the lane itself is being shut down
+                        log.info("turn %s in session %s was stopped", item.inbox_id, lane.session_id)
+                    except Exception:  # the runner handles handler errors; this is a bug
+                        log.exception("turn %s failed outside the handler", item.inbox_id)
+                    finally:
+                        lane.running = None
+                        lane.current = None
+        finally:
+            if not lane.queue and self._lanes.get(lane.session_id) is lane:
+                del self._lanes[lane.session_id]
+            if not self._lanes:
+                self._idle.set()
+
+    def stop(self, session_id: str) -> bool:
+        """Cancel the session's running handler; True if one was running."""
+        lane = self._lanes.get(session_id)
+        if lane is None or lane.running is None or lane.running.done():
+            return False
+        lane.running.cancel()
+        return True
+
+    @property
+    def closing(self) -> bool:
+        """True once shutdown began: a cancelled turn is then an interruption, not a stop."""
+        return self._closed
+
+    def busy(self, session_id: str) -> bool:
+        lane = self._lanes.get(session_id)
+        return lane is not None and (lane.running is not None or bool(lane.queue))
+
+    async def wait_idle(self, timeout: float | None = None) -> None:
+        """Wait until every lane is empty (tests, graceful shutdown)."""
+        await asyncio.wait_for(self._idle.wait(), timeout)
+
+    # -- start-up and shutdown -----------------------------------------------------------
+
+    async def recover(self) -> int:
+        """Run again every event that was recorded but not finished before a crash."""
+        rows = await self.store.unfinished_inbound()
+        for row in rows:
+            inbound = Inbound.from_json(row.payload)
+            if inbound.kind in ("stop", "signal"):
+                await self.store.set_inbox_status(row.id, "done", "process restarted")
+                continue
+            log.info("re-running %s event %s (interrupted by a restart)", inbound.kind, inbound.dedup_key)
+            self._route(WorkItem(row.id, row.session_id, inbound))
+        return len(rows)
+
+    async def purge_forever(self) -> None:
+        """Forget expired dedup keys every hour."""
+        while True:
+            try:
+                removed = await self.store.purge_inbox(self._retention)
+                if removed:
+                    log.info("forgot %d inbox entries older than %s", removed, self._retention)
+            except Exception:
+                log.warning("inbox purge failed; will retry", exc_info=True)
+            await asyncio.sleep(PURGE_EVERY)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Stop taking events; give running handlers ``grace`` seconds, then cancel them.
+
+        A cancelled turn stays ``running`` in the inbox, so it runs again at the next start.
+        """
+        self._closed = True
+        workers = [lane.worker for lane in self._lanes.values() if lane.worker]
+        if workers:
+            _, pending = await asyncio.wait(workers, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

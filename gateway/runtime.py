@@ -1,0 +1,266 @@
+"""``Gateway``: one running chatgate — the store, the dispatcher, the adapters and the HTTP server.
+
+``chatgate run`` builds one of these. Tests build one too, on a loopback port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+
+from gateway.app import App, call_maybe_async
+from gateway.bus import LocalBus, RedisBus
+from gateway.config import Settings
+from gateway.dispatch import Dispatcher, UnknownSession
+from gateway.files import FileStore
+from gateway.inbound import Accepted, Inbound
+from gateway.outbound import Outbox
+from gateway.server import build_web_app
+from gateway.session import Session
+from gateway.store import Store
+from gateway.turns import TurnRunner
+from gateway.types import Attachment, IntegrationCredentials, SessionChannel, UserInfo
+
+log = logging.getLogger("chatgate")
+
+SHUTDOWN_HOOK_LIMIT = 5.0  # seconds, as Capsule gives @app.shutdown
+API_USER = UserInfo("api")
+
+
+class Gateway:
+    def __init__(self, app: App, settings: Settings, adapters: list[Any] | None = None) -> None:
+        self.app = app
+        self.settings = settings
+        self.store = Store(settings.database.url, echo=settings.database.echo, pool_size=settings.database.pool_size)
+        self.bus: Any = RedisBus(settings.redis.url) if settings.redis.url else LocalBus()
+        self.dispatcher = Dispatcher(
+            self.store,
+            TurnRunner(self),
+            max_concurrent=settings.dispatch.max_concurrent_sessions,
+            dedup_retention=timedelta(hours=settings.dispatch.dedup_retention_hours),
+        )
+        self._adapters = adapters
+        self.adapters: list[Any] = []
+        self._by_channel: dict[str, Any] = {}
+        self.files: FileStore | None = None
+        self.integrations: Any = None
+        """The integrations service (OAuth/secret connect flows), when configured."""
+        self.tasks: Any = None
+        """The task service behind ``@app.task``, when the scheduler runs."""
+        self.scheduler: Any = None
+        self.web_app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self._site_port: int | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.started_at: float | None = None
+
+    # -- the GatewayContext adapters see -----------------------------------------------------
+
+    @property
+    def public_url(self) -> str:
+        server = self.settings.server
+        if server.public_url:
+            return server.public_url.rstrip("/")
+        host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def port(self) -> int:
+        return self._site_port if self._site_port is not None else self.settings.server.port
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_crash)
+        return task
+
+    async def submit(self, inbound: Inbound) -> Accepted:
+        """Record an inbound event durably and queue it (see ``Dispatcher``)."""
+        if inbound.session_id:
+            session = await self.store.get_session(inbound.session_id)
+            if session is None:
+                raise UnknownSession(f"no session {inbound.session_id!r}")
+        else:
+            user = await self.store.resolve_user(inbound.user)
+            session = await self.store.session_for_address(inbound.channel, user)
+        return await self.dispatcher.submit(inbound, session)
+
+    def outbox_for(self, channel: SessionChannel, session_id: str) -> Outbox | None:
+        adapter = self._by_channel.get(channel.type)
+        return None if adapter is None else adapter.outbox(channel, session_id)
+
+    def resolve_attachment(self, channel_type: str, attachment: Attachment) -> Attachment:
+        adapter = self._by_channel.get(channel_type)
+        return attachment if adapter is None else adapter.resolve_attachment(attachment)
+
+    def adapter_names(self) -> list[str]:
+        return [type(a).__name__ for a in self.adapters]
+
+    def adapter(self, channel_type: str) -> Any:
+        return self._by_channel.get(channel_type)
+
+    async def integrations_for(self, user: UserInfo) -> dict[str, IntegrationCredentials]:
+        if self.integrations is None:
+            return {}
+        return await self.integrations.all_for(user)
+
+    async def identify(self, request: web.Request) -> tuple[UserInfo, bool]:
+        """Who makes an HTTP request: ``(user, authenticated)``. Adapters that know identities
+        (the web adapter's cookies and signed tokens) answer first; a configured API key counts
+        as authenticated; anyone else is anonymous."""
+        for adapter in self.adapters:
+            identify = getattr(adapter, "identify", None)
+            if identify is not None:
+                found = await identify(request)
+                if found is not None:
+                    return found
+        key = request.headers.get("X-API-Key")
+        if key and key in self.settings.web.api_keys:
+            return API_USER, True
+        return UserInfo("anonymous"), False
+
+    async def session_for_request(self, request: web.Request, user: UserInfo, authenticated: bool) -> Session | None:
+        """The caller's session named by ``?session_id=`` or ``X-Capsule-Session-Id``."""
+        session_id = request.query.get("session_id") or request.headers.get("X-Capsule-Session-Id")
+        if not session_id:
+            return None
+        record = await self.store.get_session(session_id)
+        if record is None or not authenticated:
+            return None
+        if record.user_id != user.id and user is not API_USER:
+            return None
+        owner = await self.store.get_user(record.user_id) or user
+        return Session(record.id, owner, record.channel, data=record.data, runtime=self, mode="standalone")
+
+    async def open_session(self, session_id: str) -> Session:
+        """A real Session for ``session_id`` outside any inbound turn (jobs, tasks, broadcasts):
+        its replies are standalone messages on the session's channel."""
+        record = await self.store.get_session(session_id)
+        if record is None:
+            raise UnknownSession(f"no session {session_id!r}")
+        user = await self.store.get_user(record.user_id) or UserInfo(record.user_id)
+        from gateway.turns import to_history_message
+
+        history = [
+            to_history_message(r, record.channel.type)
+            for r in await self.store.recent_messages(session_id, self.settings.dispatch.history_limit)
+        ]
+        return Session(
+            record.id, user, record.channel, history=history, data=record.data,
+            integrations=await self.integrations_for(user), runtime=self, mode="standalone",
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        self.app.runtime = self
+        await self.store.open()
+        self.files = FileStore(self.settings, self.store, self.public_url)
+        adapters = self._adapters
+        if adapters is None:
+            adapters = importlib.import_module("adapters.registry").configured_adapters(self.settings)
+        self.adapters = list(adapters)
+        for adapter in self.adapters:
+            for channel_type in adapter.channel_types:
+                self._by_channel[channel_type] = adapter
+        await self._start_services()
+        self.web_app = build_web_app(self)
+        for adapter in self.adapters:
+            adapter.mount(self.web_app)
+        for hook in self.app.boot_hooks:
+            await call_maybe_async(hook)
+        self._runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.server.host, self.settings.server.port, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self._site_port = sockets[0].getsockname()[1]
+        if self.files is not None:
+            self.files.public_url = self.public_url
+        for adapter in self.adapters:
+            await adapter.start(self)
+        recovered = await self.dispatcher.recover()
+        if recovered:
+            log.info("re-running %d event(s) interrupted by the last shutdown", recovered)
+        self.spawn(self.dispatcher.purge_forever(), name="chatgate-inbox-purge")
+        if self.scheduler is not None:
+            await self.scheduler.start()
+        self.started_at = time.perf_counter() - started
+
+    async def _start_services(self) -> None:
+        """Optional services (scheduler/tasks, integrations) are wired when their modules exist."""
+        for module_name, attribute in (("gateway.scheduler", "attach"), ("gateway.integrations", "attach")):
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name != module_name:
+                    raise
+                continue
+            await getattr(module, attribute)(self)
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            with contextlib.suppress(Exception):
+                await self.scheduler.stop()
+        for adapter in reversed(self.adapters):
+            try:
+                await adapter.stop()
+            except Exception:
+                log.exception("stopping %s failed", type(adapter).__name__)
+        await self.dispatcher.close()
+        for hook in self.app.shutdown_hooks:
+            try:
+                await asyncio.wait_for(call_maybe_async(hook), SHUTDOWN_HOOK_LIMIT)
+            except Exception:
+                log.exception("@app.shutdown hook %s failed", getattr(hook, "__name__", hook))
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.bus.close()
+        await self.store.close()
+        self.app.runtime = None
+
+    def describe(self) -> list[str]:
+        """Lines for the start-up message: what runs and where."""
+        lines = [f"app {self.app.name!r}: {len(self.app.message_specs)} message handler(s)"]
+        lines.append(f"database: {_redact(self.settings.database.url)}")
+        lines.append(f"http: {self.public_url} (listening on {self.settings.server.host}:{self.port})")
+        lines.extend(f"channel: {adapter.describe()}" for adapter in self.adapters)
+        if not any("telegram" in a.channel_types for a in self.adapters):
+            lines.append("telegram: off (set TELEGRAM_BOT_TOKEN to enable)")
+        if not any("slack" in a.channel_types for a in self.adapters):
+            lines.append("slack: off (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET or SLACK_APP_TOKEN)")
+        return lines
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else f"{scheme}://{user}@{host}"
+    if url.startswith("sqlite"):
+        return url.replace("sqlite+aiosqlite:///", "sqlite file ") + (
+            "" if url.endswith(":memory:") else f" ({os.path.abspath(url.split('///', 1)[-1])})"
+        )
+    return url
+
+
+def _log_crash(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s crashed", task.get_name(), exc_info=task.exception())

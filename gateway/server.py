@@ -1,0 +1,223 @@
+"""The one aiohttp Application every HTTP request enters.
+
+Core routes: ``GET /healthz``, ``GET /_meta``, ``GET /files/{id}`` (signed), ``GET /data/{name}``
+and every ``@app.endpoint``. Adapters add theirs in ``Adapter.mount``. Errors, the router's 404
+and 405 included, are JSON: ``{"error": {"code": "...", "message": "..."}}``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway.app import DataSpec, EndpointSpec, call_maybe_async
+from gateway.types import HomeContext, RequestContext, UserInfo
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("chatgate.server")
+
+RUNTIME_KEY: web.AppKey[Any] = web.AppKey("chatgate_runtime", object)
+DATA_RESERVED_PARAMS = ("version_id", "session_id")  # removed before calling @app.data (Capsule)
+
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+}
+
+
+def json_error(status: int, message: str, code: str | None = None, **extra: Any) -> web.Response:
+    body: dict[str, Any] = {"code": code or STATUS_CODES.get(status, "error"), "message": message}
+    if extra:
+        body["details"] = extra
+    return web.json_response({"error": body}, status=status)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
+    """Every error leaves as JSON, including aiohttp's own 404/405/413."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or (exc.content_type == "application/json"):
+            raise
+        message = exc.reason if exc.status in (404, 405) else (exc.text or exc.reason)
+        if exc.status == 404:
+            message = f"no route for {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        response = json_error(exc.status, message or exc.reason)
+        for header in ("Allow", "Retry-After"):
+            if header in exc.headers:
+                response.headers[header] = exc.headers[header]
+        return response
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal error; the gateway log has the details", "internal_error")
+
+
+def build_web_app(runtime: Gateway) -> web.Application:
+    settings = runtime.settings
+    max_size = max(settings.server.max_request_bytes, settings.files.max_upload_bytes + 64 * 1024)
+    web_app = web.Application(middlewares=[json_errors], client_max_size=max_size)
+    web_app[RUNTIME_KEY] = runtime
+    web_app.router.add_get("/healthz", healthz)
+    web_app.router.add_get("/_meta", meta)
+    web_app.router.add_get("/files/{file_id}", serve_file)
+    web_app.router.add_get("/data/{name}", serve_data)
+    for spec in runtime.app.endpoints:
+        web_app.router.add_route(spec.method, spec.path, _endpoint_view(spec))
+    return web_app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME_KEY]
+    return web.json_response({"status": "ok", "app": runtime.app.name, "adapters": runtime.adapter_names()})
+
+
+async def meta(request: web.Request) -> web.Response:
+    return web.json_response(request.app[RUNTIME_KEY].app.manifest())
+
+
+async def serve_file(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME_KEY]
+    file_id = request.match_info["file_id"]
+    query = request.query
+    if not file_id.isalnum() or not runtime.files.verify(
+        file_id, query.get("s", ""), query.get("exp", ""), query.get("sig", "")
+    ):
+        return json_error(403, "this file link is invalid or has expired")
+    record = await runtime.store.get_file(file_id)
+    if record is None or (record.session_id or "") != query.get("s", ""):
+        return json_error(404, "file not found")
+    path = runtime.files.path(file_id)
+    if not path.exists():
+        return json_error(404, "file not found")
+    response = web.FileResponse(path)
+    response.content_type = record.content_type
+    response.headers["Content-Disposition"] = f'inline; filename="{_safe_filename(record.name)}"'
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Content-Security-Policy"] = "sandbox"
+    return response
+
+
+def _safe_filename(name: str) -> str:
+    return "".join(c for c in name if c.isprintable() and c not in '"\\') or "file"
+
+
+# -- @app.endpoint and @app.data ------------------------------------------------------------
+
+
+def _wants_context(fn: Callable[..., Any]) -> bool:
+    """Capsule passes a RequestContext when the first parameter is ``ctx`` or is annotated as one."""
+    params = list(inspect.signature(fn).parameters.values())
+    if not params:
+        return False
+    first = params[0]
+    if first.name == "ctx":
+        return True
+    annotation = first.annotation
+    if isinstance(annotation, str):
+        return annotation.split(".")[-1] in ("RequestContext", "HomeContext")
+    return isinstance(annotation, type) and issubclass(annotation, RequestContext)
+
+
+async def _context(request: web.Request, cls: type[RequestContext] = RequestContext) -> RequestContext:
+    runtime = request.app[RUNTIME_KEY]
+    user, authenticated = await runtime.identify(request)
+    integrations = await runtime.integrations_for(user) if authenticated else {}
+    if cls is HomeContext:
+        return HomeContext(user=user, integrations=integrations, authenticated=authenticated, request=request)
+    return RequestContext(user, integrations, authenticated, request, app_id=runtime.app.name)
+
+
+def _to_response(result: Any) -> web.StreamResponse:
+    if isinstance(result, web.StreamResponse):
+        return result
+    if isinstance(result, dict):
+        return web.json_response(result)
+    return web.Response(text="" if result is None else str(result))
+
+
+def _endpoint_view(spec: EndpointSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    wants_ctx = _wants_context(spec.handler)
+
+    async def view(request: web.Request) -> web.StreamResponse:
+        if spec.authorized:
+            _, authenticated = await request.app[RUNTIME_KEY].identify(request)
+            if not authenticated:
+                return json_error(401, "this endpoint needs an authenticated caller")
+        argument = await _context(request) if wants_ctx else request
+        try:
+            return _to_response(await call_maybe_async(spec.handler, argument))
+        except web.HTTPException:
+            raise
+        except Exception:
+            log.exception("@app.endpoint %s %s raised", spec.method, spec.path)
+            return json_error(500, "the endpoint failed; the gateway log has the details", "internal_error")
+
+    view.__name__ = spec.handler.__name__
+    return view
+
+
+async def serve_data(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME_KEY]
+    spec: DataSpec | None = runtime.app.data_sources.get(request.match_info["name"])
+    if spec is None:
+        return json_error(404, f"no data source named {request.match_info['name']!r}")
+    user, authenticated = await runtime.identify(request)
+    if spec.access == "authenticated" and not authenticated:
+        return json_error(401, "this data source needs an authenticated caller")
+    signature = inspect.signature(spec.handler)
+    params = list(signature.parameters.values())
+    kwargs: dict[str, Any] = {k: v for k, v in request.query.items() if k not in DATA_RESERVED_PARAMS}
+    args: list[Any] = []
+    if params and _wants_context(spec.handler):
+        args.append(await _context(request))
+        params = params[1:]
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    session_param = next((p for p in params if p.name == "session" or "Session" in str(p.annotation)), None)
+    if session_param is not None:
+        names.discard(session_param.name)
+        kwargs.pop(session_param.name, None)
+        session = await runtime.session_for_request(request, user, authenticated)
+        if session is None:
+            return json_error(404, "session not found; pass ?session_id= of one of your sessions")
+        kwargs[session_param.name] = session
+    unknown = [k for k in kwargs if k not in names and (session_param is None or k != session_param.name)]
+    if unknown and not accepts_any:
+        return json_error(400, f"unknown query parameter(s): {', '.join(sorted(unknown))}",
+                          accepted=sorted(names))
+    try:
+        result = await call_maybe_async(spec.handler, *args, **kwargs)
+    except TypeError as exc:
+        return json_error(400, f"bad query for data source {spec.name!r}: {exc}")
+    except Exception:
+        log.exception("@app.data %s raised", spec.name)
+        return json_error(500, "the data source failed; the gateway log has the details", "internal_error")
+    if isinstance(result, web.StreamResponse):
+        return result
+    return web.json_response(result, dumps=_dumps)
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    from gateway.session_data import to_json_value
+
+    return json.dumps(to_json_value(value))
+
+
+__all__ = ["RUNTIME_KEY", "UserInfo", "build_web_app", "json_error"]

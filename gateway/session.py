@@ -1,0 +1,534 @@
+"""``Session``: everything a handler can do, source-compatible with Capsule's ``cpsl.Session``.
+
+Every handler invocation gets its own Session object (Capsule shares one per session id, which
+lets a task's replies leak into a running message handler). A Session stores what it sends,
+then hands it to the adapter that owns the conversation.
+
+Modes:
+  - ``turn``: a message/action handler answering an inbound event (replies belong to the turn).
+  - ``standalone``: a task or a job bound to a real session: replies are standalone messages,
+    ``stream_reply`` collects and sends one message.
+  - ``synthetic``: a schedule's owner session (``id == ""``): nothing is sent; ``reply`` only
+    appends to ``history``; ``stream_reply`` raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mimetypes
+import os
+import secrets
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Literal
+
+from gateway.session_data import SessionData
+from gateway.streaming import ReplyStream
+from gateway.types import (
+    Attachment,
+    Block,
+    Event,
+    FileUpload,
+    FileUploadTimeout,
+    IntegrationCredentials,
+    IntegrationDeclined,
+    IntegrationTimeout,
+    Message,
+    SessionChannel,
+    Suggestion,
+    UserInfo,
+)
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("chatgate.session")
+
+SessionMode = Literal["turn", "standalone", "synthetic"]
+KVScope = Literal["session", "user", "owner", "app"]
+PROMPT_TIMEOUT = 300.0  # Capsule's default for every prompt
+
+
+class Session:
+    def __init__(
+        self,
+        id: str,
+        user: UserInfo,
+        channel: SessionChannel,
+        history: list[Message] | None = None,
+        data: dict[str, Any] | None = None,
+        integrations: dict[str, IntegrationCredentials] | None = None,
+        *,
+        runtime: Gateway | None = None,
+        mode: SessionMode = "turn",
+        inbound_id: str | None = None,
+    ) -> None:
+        self.id = id
+        self.user = user
+        self.channel = channel
+        self.history: list[Message] = list(history or [])
+        self.data = data if isinstance(data, SessionData) else SessionData(data)
+        self.integrations: dict[str, IntegrationCredentials] = dict(integrations or {})
+        self._runtime = runtime
+        self._mode: SessionMode = mode if runtime is not None else "synthetic"
+        self._inbound_id = inbound_id
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id or '(synthetic)'} {self.channel.type} user={self.user.id}>"
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @property
+    def _rt(self) -> Gateway:
+        if self._runtime is None:
+            raise RuntimeError("this session is not attached to a running gateway")
+        return self._runtime
+
+    @property
+    def _can_send(self) -> bool:
+        return self._mode != "synthetic" and bool(self.id) and self._runtime is not None
+
+    def _outbox(self) -> Any:
+        return self._rt.outbox_for(self.channel, self.id)
+
+    async def _deliver(self, what: str, send: Callable[[Any], Any]) -> Any:
+        """Call the adapter; a platform failure is logged, never raised into the handler."""
+        outbox = self._outbox()
+        if outbox is None:
+            log.warning("no adapter for channel %r: %s not delivered", self.channel.type, what)
+            return None
+        try:
+            return await send(outbox)
+        except Exception:
+            log.exception("delivering %s to %s session %s failed", what, self.channel.type, self.id)
+            return None
+
+    # -- messaging -----------------------------------------------------------------------
+
+    async def reply(self, text: str) -> None:
+        """Send ``text`` (Markdown) as one message and add it to ``history``."""
+        text = str(text)
+        self.history.append(Message(text, "app", self.channel.type))
+        if not self._can_send:
+            log.info("reply from a session with no reply target (id=%r) not sent: %s", self.id, text[:200])
+            return
+        record = await self._rt.store.add_message(self.id, "assistant", text, inbound_id=self._inbound_id)
+        self.history[-1].id = record.id
+        refs = await self._deliver("a reply", lambda o: o.send_text(record.id, text))
+        if refs:
+            await self._rt.store.update_message(record.id, platform_refs=list(refs))
+        elif refs is None:
+            await self._rt.store.update_message(record.id, status="failed")
+
+    async def notify(self, text: str, *, detail: str = "") -> None:
+        """A transient status line ("Searching the docs..."): shown, never kept in history."""
+        text, detail = (text or "").strip(), (detail or "").strip()
+        if not (text or detail) or not self._can_send:
+            return
+        await self._deliver("a status", lambda o: o.notify(text, detail))
+
+    def stream_reply(self) -> ReplyStream:
+        """``async with session.stream_reply() as reply: reply.write(delta)``."""
+        if self._mode == "synthetic" or not self.id:
+            raise RuntimeError("stream_reply is only available inside a message handler")
+        if self._mode == "standalone":
+            return ReplyStream(self._open_collecting, self._finish_collecting)
+        return ReplyStream(self._open_stream, self._finish_stream)
+
+    async def _open_stream(self) -> tuple[Any, Any]:
+        record = await self._rt.store.add_message(
+            self.id, "assistant", "", inbound_id=self._inbound_id, status="streaming"
+        )
+        outbox = self._outbox()
+        sink = None
+        if outbox is not None:
+            try:
+                sink = outbox.open_stream(record.id)
+            except Exception:
+                log.exception("opening a stream on %s failed", self.channel.type)
+        return sink, record.id
+
+    async def _finish_stream(self, message_id: str, text: str, stopped: bool, refs: list[str]) -> None:
+        status = "stopped" if stopped else "complete"
+        await self._rt.store.update_message(message_id, text=text, status=status, platform_refs=list(refs))
+        if text:
+            self.history.append(Message(text, "app", self.channel.type, id=message_id))
+
+    async def _open_collecting(self) -> tuple[Any, Any]:
+        return None, None
+
+    async def _finish_collecting(self, _handle: Any, text: str, _stopped: bool, _refs: list[str]) -> None:
+        if text:
+            await self.reply(text)
+
+    async def stream(self, chunks: AsyncIterable[str | None] | Iterable[str | None]) -> None:
+        """Stream every item of ``chunks`` (deltas; ``None`` items are skipped) as one reply."""
+        if not self._can_send:
+            return
+        async with self.stream_reply() as reply:
+            async for chunk in _aiter(chunks):
+                if chunk is not None:
+                    reply.write(str(chunk))
+
+    async def stream_reply_from(self, stream: AsyncIterable[Any] | Iterable[Any]) -> str:
+        """Stream every non-None item as one reply; returns the full text."""
+        async with self.stream_reply() as reply:
+            async for chunk in _aiter(stream):
+                if chunk is not None:
+                    reply.write(str(chunk))
+        return reply.text
+
+    def chat_messages(self, current: Message, *, cls: Any = None) -> list[Any]:
+        """The conversation as LLM chat messages, exactly as Capsule builds them: ``user`` for
+        the user, ``assistant`` for everything the app said, consecutive same-role entries
+        concatenated with no separator. Unlike Capsule, blocks and status lines are left out
+        (Capsule pastes their JSON into assistant text)."""
+        merged: list[dict[str, str]] = []
+        for entry in [*self.history, current]:
+            if entry.sender in ("block", "system"):
+                continue
+            role = "user" if entry.sender == "user" else "assistant"
+            if merged and merged[-1]["role"] == role:
+                merged[-1]["content"] += entry.text
+            else:
+                merged.append({"role": role, "content": entry.text})
+        if cls is None:
+            return merged
+        return [cls(role=m["role"], content=m["content"]) for m in merged]
+
+    # -- blocks --------------------------------------------------------------------------
+
+    async def show(self, block: Block) -> None:
+        """Show a block; a block id shown before updates it in place."""
+        envelope = block.to_envelope()
+        self.history.append(Message(json.dumps(envelope), "block", self.channel.type))
+        if not self._can_send:
+            return
+        record, previous = await self._rt.store.save_block(self.id, envelope)
+        refs = await self._deliver(f"a {block.type} block", lambda o: o.show_block(record.id, envelope, previous))
+        if refs:
+            await self._rt.store.update_message(record.id, platform_refs=list(refs))
+
+    async def show_task(self, handle_or_id: Any, *, message: str | None = None) -> None:
+        task_id = getattr(handle_or_id, "task_id", handle_or_id)
+        payload: dict[str, Any] = {"task_id": str(task_id)}
+        if message is not None:
+            payload["message"] = message
+        tasks = getattr(self._runtime, "tasks", None) if self._runtime else None
+        if tasks is not None:
+            payload.update(await tasks.card_fields(str(task_id)))
+            await tasks.watch_card(str(task_id), self.id)
+        await self.show(Block("task_card", payload, id=f"task_{task_id}"))
+
+    async def show_integration(self, integration_type: str, *, reason: str = "") -> None:
+        kind = _integration_name(integration_type)
+        payload = {"type": kind, "reason": reason, "blocking": False, **self._integration_fields(kind, None)}
+        await self.show(Block("integration_prompt", payload, id=f"int_{kind}_{secrets.token_hex(4)}"))
+
+    async def show_image(self, source: str, *, alt: str = "", width: int | None = None) -> None:
+        """Show an image: an http(s) or data: URL as it is, a local file through the file store."""
+        payload: dict[str, Any] = {}
+        if source.startswith(("http://", "https://", "data:")):
+            payload["url"] = source
+        else:
+            try:
+                data = await asyncio.to_thread(_read_file, source)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"show_image: no such file: {source}") from None
+            content_type = mimetypes.guess_type(source)[0] or "application/octet-stream"
+            if self._can_send:
+                record = await self._rt.files.save(
+                    data, name=os.path.basename(source), content_type=content_type, session_id=self.id
+                )
+                payload["url"] = self._rt.files.signed_url(record.id, self.id)
+                payload["file_id"] = record.id
+            else:
+                payload["url"] = source
+        if alt:
+            payload["alt"] = alt
+        if width is not None:
+            payload["width"] = width
+        await self.show(Block("image", payload))
+
+    async def show_suggestions(
+        self, suggestions: Iterable[str | Suggestion | dict[str, Any]], *, title: str = ""
+    ) -> None:
+        """Buttons: a prompt button sends its text as the user, an action button runs an action."""
+        items = [_suggestion_dict(s) for s in suggestions]
+        payload: dict[str, Any] = {"suggestions": items}
+        if title:
+            payload["title"] = title
+        await self.show(Block("suggestions", payload))
+
+    async def set_title(self, title: str) -> None:
+        if self._can_send:
+            await self._rt.store.update_session(self.id, title=title)
+        await self.show(Block("session_title", {"title": title}, id=f"title_{self.id}"))
+
+    async def show_step(
+        self,
+        label: str,
+        *,
+        status: str = "running",
+        detail: str = "",
+        step_id: str | None = None,
+        links: list[dict[str, str]] | None = None,
+        fields: dict[str, Any] | None = None,
+        expanded: bool = False,
+    ) -> str:
+        sid = step_id or secrets.token_hex(6)
+        payload: dict[str, Any] = {
+            "label": label, "status": status, "detail": detail, "step_id": sid, "expanded": expanded,
+        }
+        if links:
+            payload["links"] = links
+        if fields:
+            payload["fields"] = fields
+        await self.show(Block("step_status", payload, id=f"step_{sid}"))
+        return sid
+
+    async def emit(self, event: str, payload: dict[str, Any] | None = None) -> None:
+        await self.show(Block("session_event", {"event": event, "payload": payload or {}}))
+
+    # -- prompts -------------------------------------------------------------------------
+
+    async def prompt_file(
+        self,
+        *,
+        message: str = "Please upload a file",
+        accept: str = "",
+        path: str | None = None,
+        timeout: float = PROMPT_TIMEOUT,
+    ) -> FileUpload:
+        """Ask for a file and wait for it (the next upload, or the next file sent in the chat)."""
+        self._require_live("prompt_file")
+        block_id = f"fu_{secrets.token_hex(6)}"
+        payload: dict[str, Any] = {"message": message, "blocking": True, "session_id": self.id}
+        if accept:
+            payload["accept"] = accept
+        waiter = self._rt.dispatcher.prompts.register(self.id, "file", block_id, accept=accept)
+        try:
+            await self.show(Block("file_upload", payload, id=block_id))
+            try:
+                attachment: Attachment = await asyncio.wait_for(waiter, timeout)
+            except TimeoutError:
+                await self.show(Block("file_upload", {**payload, "blocking": False, "timed_out": True}, id=block_id))
+                raise FileUploadTimeout(f"no file was uploaded within {timeout:g} s") from None
+        finally:
+            self._rt.dispatcher.prompts.unregister(self.id, block_id)
+        done = {
+            **payload,
+            "blocking": False,
+            "completed": True,
+            "filename": attachment.name,
+            "content_type": attachment.content_type,
+            "size": attachment.size,
+        }
+        await self.show(Block("file_upload", done, id=block_id))
+        upload = FileUpload(attachment.name, attachment.content_type, attachment.url, attachment.size,
+                            fetch=attachment.fetch)
+        if path is not None:
+            await upload.download(path)
+        return upload
+
+    async def prompt_approval(
+        self,
+        message: str,
+        *,
+        approve_label: str = "Approve",
+        reject_label: str = "Reject",
+        timeout: float = PROMPT_TIMEOUT,
+    ) -> bool:
+        """Show Approve/Reject buttons and wait. True only on an explicit approve."""
+        self._require_live("prompt_approval")
+        block_id = f"ap_{secrets.token_hex(6)}"
+        payload: dict[str, Any] = {
+            "message": message,
+            "approve_label": approve_label,
+            "reject_label": reject_label,
+            "blocking": True,
+            "session_id": self.id,
+        }
+        waiter = self._rt.dispatcher.prompts.register(self.id, "approval", block_id)
+        timed_out = False
+        try:
+            await self.show(Block("approval_prompt", payload, id=block_id))
+            try:
+                approved = (await asyncio.wait_for(waiter, timeout)) == "approve"
+            except TimeoutError:
+                approved, timed_out = False, True
+        finally:
+            self._rt.dispatcher.prompts.unregister(self.id, block_id)
+        done = {**payload, "blocking": False, "completed": True, "approved": approved, "timed_out": timed_out}
+        await self.show(Block("approval_prompt", done, id=block_id))
+        return approved
+
+    def get_integration(self, integration: Any) -> IntegrationCredentials | None:
+        return self.integrations.get(_integration_name(integration))
+
+    async def require_integration(
+        self, integration: Any, *, reason: str = "", message: str | None = None, timeout: float = PROMPT_TIMEOUT
+    ) -> IntegrationCredentials:
+        found = self.get_integration(integration)
+        if found:
+            return found
+        return await self.prompt_integration(integration, reason=reason, message=message, timeout=timeout)
+
+    async def prompt_integration(
+        self, integration_type: Any, *, reason: str = "", message: str | None = None, timeout: float = PROMPT_TIMEOUT
+    ) -> IntegrationCredentials:
+        """Ask the user to connect an account and wait until they have (or declined)."""
+        kind = _integration_name(integration_type)
+        if self.integrations.get(kind):
+            return self.integrations[kind]
+        self._require_live("prompt_integration")
+        service = getattr(self._rt, "integrations", None)
+        if service is None or not service.knows(kind):
+            raise IntegrationDeclined(f"no integration named {kind!r} is configured")
+        prompt_text = reason if message is None else message
+        if prompt_text:
+            await self.reply(prompt_text)
+        block_id = f"int_{kind}_{secrets.token_hex(6)}"
+        waiter = self._rt.dispatcher.prompts.register(self.id, "integration", block_id)
+        payload = {
+            "type": kind,
+            "reason": "" if prompt_text == reason else reason,
+            "blocking": True,
+            **self._integration_fields(kind, block_id),
+        }
+        try:
+            await self.show(Block("integration_prompt", payload, id=block_id))
+            try:
+                result = await asyncio.wait_for(waiter, timeout)
+            except TimeoutError:
+                await self.show(Block("integration_prompt", {**payload, "blocking": False, "timed_out": True},
+                                      id=block_id))
+                raise IntegrationTimeout(f"{kind} was not connected within {timeout:g} s") from None
+        finally:
+            self._rt.dispatcher.prompts.unregister(self.id, block_id)
+        if not result or result.get("declined"):
+            await self.show(Block("integration_prompt", {**payload, "blocking": False, "declined": True}, id=block_id))
+            raise IntegrationDeclined(f"the user did not connect {kind}")
+        credentials = await service.credentials_for(self.user, kind)
+        if not credentials:
+            raise IntegrationDeclined(f"the user did not connect {kind}")
+        self.integrations[kind] = credentials
+        await self.show(Block("integration_prompt", {**payload, "blocking": False, "completed": True}, id=block_id))
+        return credentials
+
+    def _integration_fields(self, kind: str, block_id: str | None) -> dict[str, Any]:
+        service = getattr(self._runtime, "integrations", None) if self._runtime else None
+        if service is None or not service.knows(kind) or not self.id:
+            return {"mode": "oauth"}
+        return service.card_fields(kind, user=self.user, session_id=self.id, prompt_id=block_id)
+
+    def _require_live(self, what: str) -> None:
+        if not self._can_send:
+            raise RuntimeError(f"{what} needs a session with a user to answer it")
+
+    # -- actions -------------------------------------------------------------------------
+
+    async def trigger_action(self, name: str, payload: dict[str, Any] | None = None) -> Any:
+        """Run the ``@app.action(name)`` handler inline, in this turn; returns its result."""
+        from gateway.app import call_maybe_async
+
+        handler = self._rt.app.actions.get(name)
+        if handler is None:
+            raise RuntimeError(f"no @app.action named {name!r}")
+        return await call_maybe_async(handler, self, Event(name, payload or {}))
+
+    # -- data ----------------------------------------------------------------------------
+
+    async def flush_data(self) -> None:
+        """Save ``session.data`` now instead of after the handler."""
+        if not self.id or self._runtime is None or not self.data.dirty:
+            return
+        changed, removed = self.data.take_changes()
+        try:
+            await self._rt.store.save_session_data(self.id, changed, removed)
+        except BaseException:
+            self.data.restore_changes(changed, removed)
+            raise
+
+    async def publish(self, key: str, value: Any) -> Any:
+        self.data[key] = value
+        await self.flush_data()
+        return value
+
+    async def get(self, key: str, default: Any = None, *, scope: KVScope = "session") -> Any:
+        return await self._kv().get(key, default, scope=scope, scope_id=self._scope_id(scope))
+
+    async def set(self, key: str, value: Any, *, scope: KVScope = "session") -> Any:
+        await self._kv().set(key, value, scope=scope, scope_id=self._scope_id(scope))
+        return value
+
+    async def delete(self, key: str, *, scope: KVScope = "session") -> None:
+        await self._kv().delete(key, scope=scope, scope_id=self._scope_id(scope))
+
+    def _scope_id(self, scope: str) -> str:
+        if scope == "session":
+            if not self.id:
+                raise RuntimeError("session-scoped keys need a real session (this one has no id)")
+            return self.id
+        if scope == "user":
+            return self.user.id
+        if scope == "owner":
+            return self.user.owner_id
+        if scope == "app":
+            return ""
+        raise ValueError(f"scope must be session, user, owner or app, not {scope!r}")
+
+    def _kv(self) -> Any:
+        from gateway.collections import KVStore
+
+        return KVStore(lambda: self._rt.store)
+
+    @property
+    def db(self) -> Any:
+        """``session.db.<collection>``: the app's collections scoped to this user/owner/session."""
+        from gateway.collections import ScopeIdentity
+
+        if self._runtime is None:
+            raise RuntimeError("no database: this session is not attached to a running gateway")
+        identity = ScopeIdentity(user_id=self.user.id, owner_id=self.user.owner_id, session_id=self.id)
+        return self._rt.app.collections.scoped(identity)
+
+
+async def _aiter(source: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
+    if hasattr(source, "__aiter__"):
+        async for item in source:  # type: ignore[union-attr]
+            yield item
+    else:
+        for item in source:  # type: ignore[union-attr]
+            yield item
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _integration_name(integration: Any) -> str:
+    if isinstance(integration, str):
+        return integration.lower()
+    for attr in ("type", "name", "integration_type"):
+        value = getattr(integration, attr, None)
+        if isinstance(value, str) and value:
+            return value.lower()
+    raise ValueError(f"not an integration: {integration!r}")
+
+
+def _suggestion_dict(item: str | Suggestion | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(item, str):
+        return {"label": item, "target": "prompt", "value": item}
+    if isinstance(item, Suggestion):
+        return item.to_dict()
+    if isinstance(item, dict):
+        target = item.get("target", "prompt")
+        if target not in ("prompt", "action"):
+            raise ValueError(f"suggestion target must be 'prompt' or 'action', not {target!r}")
+        if "label" not in item:
+            raise ValueError("a suggestion needs a label")
+        return {**item, "target": target, "value": item.get("value", item["label"])}
+    raise TypeError(f"a suggestion is a str, Suggestion or dict, not {type(item).__name__}")

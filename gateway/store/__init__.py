@@ -1,0 +1,507 @@
+"""The Store: the only code that speaks SQL. SQLite (WAL) by default, PostgreSQL when scaled.
+
+Every method opens its own short transaction and returns plain records, so callers never hold
+a database session across an ``await`` on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, event, func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.inbound import PlatformUser
+from gateway.store.records import FileRecord, MessageRecord, SessionRecord
+from gateway.store.tables import (
+    FileRow,
+    IdentityRow,
+    InboxRow,
+    LeaseRow,
+    MessageRow,
+    SessionRow,
+    UserRow,
+    new_id,
+    utcnow,
+)
+from gateway.types import SessionChannel, UserInfo
+
+__all__ = ["FileRecord", "MessageRecord", "SessionRecord", "Store", "address_key"]
+
+UNFINISHED = ("pending", "running")
+
+
+def address_key(channel: SessionChannel) -> str | None:
+    """The unique key of a platform conversation; web sessions have none (a user has many)."""
+    if channel.chat_id is None:
+        return None
+    return "|".join((channel.type, channel.team_id or "", channel.chat_id, channel.thread_id or ""))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Store:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._echo = echo
+        self._pool_size = pool_size
+        self._engine: AsyncEngine | None = None
+        # SQLite has one writer at a time; queueing writers here avoids "database is locked"
+        # when a deferred transaction tries to upgrade to a write lock.
+        self._write_lock = asyncio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the store is not open: call await store.open() first")
+        return self._engine
+
+    async def open(self) -> None:
+        if self.is_sqlite:
+            path = self.url.split("///", 1)[1] if "///" in self.url else ""
+            if path and path != ":memory:":
+                directory = os.path.dirname(path) or "."
+                await asyncio.to_thread(os.makedirs, directory, exist_ok=True)
+            engine = create_async_engine(self.url, echo=self._echo)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_async_engine(
+                self.url, echo=self._echo, pool_size=self._pool_size, pool_pre_ping=True
+            )
+        self._engine = engine
+        await self.create_schema()
+
+    async def create_schema(self) -> None:
+        """Make the schema on first start (Alembic migrates it afterwards; see migrations/)."""
+        async with self.engine.begin() as conn:
+            if self.is_sqlite:
+                await conn.run_sync(SQLModel.metadata.create_all)
+            else:
+                # Two processes starting together must not race on CREATE TABLE.
+                await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+                await conn.run_sync(SQLModel.metadata.create_all)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with AsyncSession(self.engine, expire_on_commit=False) as db:
+            yield db
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction, committed on exit (serialised on SQLite)."""
+        if self.is_sqlite:
+            async with self._write_lock, self.session() as db:
+                yield db
+                await db.commit()
+        else:
+            async with self.session() as db:
+                yield db
+                await db.commit()
+
+    # -- users ---------------------------------------------------------------------------
+
+    async def resolve_user(self, platform_user: PlatformUser) -> UserInfo:
+        """The stable chatgate user behind a platform identity, made on first sight."""
+        async with self.session() as db:
+            found = await self._user_for(db, platform_user)
+        if found is not None:
+            return await self._refresh_user(found, platform_user)
+        try:
+            async with self.write() as db:
+                user = UserRow(email=platform_user.email, org_id=platform_user.org_id, name=platform_user.name)
+                db.add(user)
+                await db.flush()
+                db.add(IdentityRow(platform=platform_user.platform, platform_user_id=platform_user.id, user_id=user.id))
+            return UserInfo(user.id, user.email, user.org_id)
+        except IntegrityError:  # another request made the same identity meanwhile
+            async with self.session() as db:
+                found = await self._user_for(db, platform_user)
+            assert found is not None
+            return UserInfo(found.id, found.email, found.org_id)
+
+    async def _user_for(self, db: AsyncSession, platform_user: PlatformUser) -> UserRow | None:
+        statement = (
+            select(UserRow)
+            .join(IdentityRow, col(IdentityRow.user_id) == col(UserRow.id))
+            .where(IdentityRow.platform == platform_user.platform)
+            .where(IdentityRow.platform_user_id == platform_user.id)
+        )
+        return (await db.exec(statement)).first()
+
+    async def _refresh_user(self, row: UserRow, platform_user: PlatformUser) -> UserInfo:
+        """Keep email/org current when the platform vouches for new values."""
+        email = platform_user.email or row.email
+        org_id = platform_user.org_id or row.org_id
+        if (email, org_id) != (row.email, row.org_id):
+            async with self.write() as db:
+                await db.exec(update(UserRow).where(col(UserRow.id) == row.id).values(email=email, org_id=org_id))
+        return UserInfo(row.id, email, org_id)
+
+    async def get_user(self, user_id: str) -> UserInfo | None:
+        async with self.session() as db:
+            row = await db.get(UserRow, user_id)
+        return None if row is None else UserInfo(row.id, row.email, row.org_id)
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        channel: SessionChannel,
+        user: UserInfo,
+        *,
+        title: str = "",
+        metadata: dict[str, Any] | None = None,
+        chat_name: str | None = None,
+        owner_key: str | None = None,
+        session_id: str | None = None,
+    ) -> SessionRecord:
+        row = SessionRow(
+            id=session_id or new_id(),
+            channel_type=channel.type,
+            address_key=address_key(channel),
+            chat_id=channel.chat_id,
+            thread_id=channel.thread_id,
+            team_id=channel.team_id,
+            user_id=user.id,
+            owner_key=owner_key,
+            title=title,
+            meta=metadata or {},
+            chat_name=chat_name,
+        )
+        async with self.write() as db:
+            db.add(row)
+        return SessionRecord.from_row(row)
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        async with self.session() as db:
+            row = await db.get(SessionRow, session_id)
+        return None if row is None else SessionRecord.from_row(row)
+
+    async def find_session(self, channel: SessionChannel) -> SessionRecord | None:
+        key = address_key(channel)
+        if key is None:
+            return None
+        async with self.session() as db:
+            row = (await db.exec(select(SessionRow).where(SessionRow.address_key == key))).first()
+        return None if row is None else SessionRecord.from_row(row)
+
+    async def session_for_address(self, channel: SessionChannel, user: UserInfo) -> SessionRecord:
+        """The one session of a platform conversation, made on its first message."""
+        found = await self.find_session(channel)
+        if found is not None:
+            return found
+        try:
+            return await self.create_session(channel, user)
+        except IntegrityError:
+            found = await self.find_session(channel)
+            assert found is not None
+            return found
+
+    async def list_sessions(
+        self, *, owner_key: str | None = None, user_id: str | None = None, offset: int = 0, limit: int = 20
+    ) -> tuple[list[SessionRecord], int]:
+        """Newest first."""
+        statement = select(SessionRow)
+        count = select(func.count()).select_from(SessionRow)
+        if owner_key is not None:
+            statement = statement.where(SessionRow.owner_key == owner_key)
+            count = count.where(SessionRow.owner_key == owner_key)
+        if user_id is not None:
+            statement = statement.where(SessionRow.user_id == user_id)
+            count = count.where(SessionRow.user_id == user_id)
+        statement = statement.order_by(col(SessionRow.id).desc()).offset(offset).limit(limit)
+        async with self.session() as db:
+            rows = (await db.exec(statement)).all()
+            total = (await db.exec(count)).one()
+        return [SessionRecord.from_row(r) for r in rows], int(total)
+
+    async def update_session(self, session_id: str, **values: Any) -> None:
+        """Set ``title``, ``chat_name``, ``metadata``, ``owner_key`` (others are refused)."""
+        allowed = {"title", "chat_name", "metadata", "owner_key"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"cannot update session fields {sorted(unknown)}")
+        if "metadata" in values:
+            values["meta"] = values.pop("metadata")
+        values["updated_at"] = utcnow()
+        async with self.write() as db:
+            await db.exec(update(SessionRow).where(col(SessionRow.id) == session_id).values(**values))
+
+    async def mark_entered(self, session_id: str) -> bool:
+        """True exactly once per session: the first caller runs ``@app.enter``."""
+        async with self.write() as db:
+            result = await db.exec(
+                update(SessionRow)
+                .where(col(SessionRow.id) == session_id)
+                .where(col(SessionRow.entered).is_(False))
+                .values(entered=True)
+            )
+        return bool(result.rowcount)
+
+    async def delete_session(self, session_id: str) -> bool:
+        async with self.write() as db:
+            await db.exec(delete(MessageRow).where(col(MessageRow.session_id) == session_id))
+            await db.exec(delete(InboxRow).where(col(InboxRow.session_id) == session_id))
+            result = await db.exec(delete(SessionRow).where(col(SessionRow.id) == session_id))
+        return bool(result.rowcount)
+
+    async def save_session_data(
+        self, session_id: str, changed: dict[str, Any], removed: Iterable[str]
+    ) -> dict[str, Any]:
+        """Apply one turn's changes key by key to the stored data; returns the new snapshot.
+
+        Merging per top-level key (rather than overwriting the whole document) is what lets two
+        handlers of the same session that write different keys both keep their writes.
+        """
+        removed = list(removed)
+        async with self.write() as db:
+            statement = select(SessionRow).where(SessionRow.id == session_id)
+            if not self.is_sqlite:
+                statement = statement.with_for_update()
+            row = (await db.exec(statement)).first()
+            if row is None:
+                return {}
+            data = dict(row.data or {})
+            data.update(changed)
+            for key in removed:
+                data.pop(key, None)
+            await db.exec(
+                update(SessionRow)
+                .where(col(SessionRow.id) == session_id)
+                .values(data=data, data_revision=row.data_revision + 1, updated_at=utcnow())
+            )
+        return data
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def add_message(
+        self,
+        session_id: str,
+        role: str,
+        text: str,
+        *,
+        block: dict[str, Any] | None = None,
+        attachments: list[dict[str, Any]] | None = None,
+        inbound_id: str | None = None,
+        status: str = "complete",
+        platform_refs: list[str] | None = None,
+    ) -> MessageRecord:
+        row = MessageRow(
+            session_id=session_id,
+            role=role,
+            text=text,
+            block_id=block["id"] if block else None,
+            block=block,
+            attachments=attachments or [],
+            inbound_id=inbound_id,
+            status=status,
+            platform_refs=platform_refs or [],
+        )
+        async with self.write() as db:
+            db.add(row)
+            await db.exec(update(SessionRow).where(col(SessionRow.id) == session_id).values(updated_at=utcnow()))
+        return MessageRecord.from_row(row)
+
+    async def update_message(self, message_id: str, **values: Any) -> None:
+        """Set ``text``, ``status``, ``platform_refs`` or ``block`` of a stored message."""
+        allowed = {"text", "status", "platform_refs", "block"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"cannot update message fields {sorted(unknown)}")
+        values["updated_at"] = utcnow()
+        async with self.write() as db:
+            await db.exec(update(MessageRow).where(col(MessageRow.id) == message_id).values(**values))
+
+    async def get_message(self, message_id: str) -> MessageRecord | None:
+        async with self.session() as db:
+            row = await db.get(MessageRow, message_id)
+        return None if row is None else MessageRecord.from_row(row)
+
+    async def save_block(self, session_id: str, envelope: dict[str, Any]) -> tuple[MessageRecord, list[str] | None]:
+        """Store a block; a block id seen before in this session updates its row in place.
+
+        Returns the record and the platform refs of the previous render (``None`` if new).
+        """
+        async with self.write() as db:
+            existing = (
+                await db.exec(
+                    select(MessageRow)
+                    .where(MessageRow.session_id == session_id)
+                    .where(MessageRow.block_id == envelope["id"])
+                )
+            ).first()
+            if existing is None:
+                row = MessageRow(session_id=session_id, role="block", block_id=envelope["id"], block=envelope)
+                db.add(row)
+                previous = None
+            else:
+                existing.block = envelope
+                existing.updated_at = utcnow()
+                db.add(existing)
+                row, previous = existing, list(existing.platform_refs or [])
+        return MessageRecord.from_row(row), previous
+
+    async def block(self, session_id: str, block_id: str) -> dict[str, Any] | None:
+        """The latest envelope of a block shown in this session."""
+        async with self.session() as db:
+            row = (
+                await db.exec(
+                    select(MessageRow).where(MessageRow.session_id == session_id).where(MessageRow.block_id == block_id)
+                )
+            ).first()
+        return None if row is None else row.block
+
+    async def message_for_inbound(self, session_id: str, inbound_id: str, *, role: str) -> MessageRecord | None:
+        async with self.session() as db:
+            row = (
+                await db.exec(
+                    select(MessageRow)
+                    .where(MessageRow.session_id == session_id)
+                    .where(MessageRow.inbound_id == inbound_id)
+                    .where(MessageRow.role == role)
+                    .order_by(col(MessageRow.id))
+                )
+            ).first()
+        return None if row is None else MessageRecord.from_row(row)
+
+    async def list_messages(
+        self, session_id: str, *, offset: int = 0, limit: int = 20, after_id: str | None = None
+    ) -> tuple[list[MessageRecord], int]:
+        """Oldest first. ``after_id`` returns messages stored after that one, plus any message
+        updated since (a block re-shown in place, a stream that finished)."""
+        statement = select(MessageRow).where(MessageRow.session_id == session_id)
+        count = select(func.count()).select_from(MessageRow).where(MessageRow.session_id == session_id)
+        if after_id is not None:
+            anchor = await self.get_message(after_id)
+            if anchor is not None and anchor.session_id == session_id:
+                condition = or_(col(MessageRow.id) > after_id, col(MessageRow.updated_at) > anchor.updated_at)
+                statement = statement.where(condition)
+                count = count.where(condition)
+        statement = statement.order_by(col(MessageRow.id)).offset(offset).limit(limit)
+        async with self.session() as db:
+            rows = (await db.exec(statement)).all()
+            total = (await db.exec(count)).one()
+        return [MessageRecord.from_row(r) for r in rows], int(total)
+
+    async def recent_messages(self, session_id: str, limit: int) -> list[MessageRecord]:
+        """The last ``limit`` messages, oldest first (a handler's ``session.history``)."""
+        if limit <= 0:
+            return []
+        statement = (
+            select(MessageRow)
+            .where(MessageRow.session_id == session_id)
+            .order_by(col(MessageRow.id).desc())
+            .limit(limit)
+        )
+        async with self.session() as db:
+            rows = (await db.exec(statement)).all()
+        return [MessageRecord.from_row(r) for r in reversed(rows)]
+
+    # -- inbox ---------------------------------------------------------------------------
+
+    async def record_inbound(
+        self, session_id: str, dedup_key: str, kind: str, payload: dict[str, Any]
+    ) -> tuple[str, bool]:
+        """Store an inbound event; returns ``(inbox id, duplicate)``."""
+        row = InboxRow(session_id=session_id, dedup_key=dedup_key, kind=kind, payload=payload)
+        try:
+            async with self.write() as db:
+                db.add(row)
+        except IntegrityError:
+            async with self.session() as db:
+                existing = (await db.exec(select(InboxRow).where(InboxRow.dedup_key == dedup_key))).first()
+            return (existing.id if existing else ""), True
+        return row.id, False
+
+    async def set_inbox_status(self, inbox_id: str, status: str, error: str | None = None) -> None:
+        values: dict[str, Any] = {"status": status, "updated_at": utcnow(), "error": error}
+        if status == "running":
+            values["attempts"] = InboxRow.attempts + 1
+        async with self.write() as db:
+            await db.exec(update(InboxRow).where(col(InboxRow.id) == inbox_id).values(**values))
+
+    async def unfinished_inbound(self) -> list[InboxRow]:
+        """Events recorded but not finished (the process died): rerun at start-up, in order."""
+        async with self.session() as db:
+            rows = (
+                await db.exec(
+                    select(InboxRow).where(col(InboxRow.status).in_(UNFINISHED)).order_by(col(InboxRow.id))
+                )
+            ).all()
+        return list(rows)
+
+    async def purge_inbox(self, older_than: timedelta) -> int:
+        """Forget finished events (and their dedup keys) older than ``older_than``."""
+        cutoff = utcnow() - older_than
+        async with self.write() as db:
+            result = await db.exec(
+                delete(InboxRow)
+                .where(col(InboxRow.status).not_in(UNFINISHED))
+                .where(col(InboxRow.created_at) < cutoff)
+            )
+        return int(result.rowcount or 0)
+
+    # -- files ---------------------------------------------------------------------------
+
+    async def add_file(self, *, name: str, content_type: str, size: int, session_id: str | None) -> FileRecord:
+        row = FileRow(name=name, content_type=content_type, size=size, session_id=session_id)
+        async with self.write() as db:
+            db.add(row)
+        return FileRecord(row.id, row.name, row.content_type, row.size, row.session_id)
+
+    async def get_file(self, file_id: str) -> FileRecord | None:
+        async with self.session() as db:
+            row = await db.get(FileRow, file_id)
+        return None if row is None else FileRecord(row.id, row.name, row.content_type, row.size, row.session_id)
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew the lease ``name`` for ``ttl`` seconds; False while another holds it."""
+        now = utcnow()
+        expires = now + timedelta(seconds=ttl)
+        async with self.write() as db:
+            result = await db.exec(
+                update(LeaseRow)
+                .where(col(LeaseRow.name) == name)
+                .where(or_(col(LeaseRow.holder) == holder, col(LeaseRow.expires_at) < now))
+                .values(holder=holder, expires_at=expires)
+            )
+            if result.rowcount:
+                return True
+        try:
+            async with self.write() as db:
+                db.add(LeaseRow(name=name, holder=holder, expires_at=expires))
+            return True
+        except IntegrityError:
+            return False
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        with suppress(Exception):
+            async with self.write() as db:
+                await db.exec(
+                    delete(LeaseRow).where(col(LeaseRow.name) == name).where(col(LeaseRow.holder) == holder)
+                )

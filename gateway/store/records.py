@@ -1,0 +1,81 @@
+"""Plain values the Store returns, detached from any database session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from gateway.store.tables import MessageRow, SessionRow
+from gateway.types import SessionChannel
+
+
+@dataclass
+class SessionRecord:
+    id: str
+    channel: SessionChannel
+    user_id: str
+    owner_key: str | None
+    title: str
+    metadata: dict[str, Any]
+    chat_name: str | None
+    created_at: datetime
+    updated_at: datetime
+    data: dict[str, Any] = field(default_factory=dict)
+    entered: bool = False
+
+    @classmethod
+    def from_row(cls, row: SessionRow) -> SessionRecord:
+        return cls(
+            id=row.id,
+            channel=SessionChannel(row.channel_type, row.chat_id, row.thread_id, row.team_id),
+            user_id=row.user_id,
+            owner_key=row.owner_key,
+            title=row.title,
+            metadata=dict(row.meta or {}),
+            chat_name=row.chat_name,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            data=dict(row.data or {}),
+            entered=row.entered,
+        )
+
+
+@dataclass
+class MessageRecord:
+    id: str
+    session_id: str
+    role: str
+    text: str
+    block: dict[str, Any] | None
+    attachments: list[dict[str, Any]]
+    inbound_id: str | None
+    status: str
+    platform_refs: list[str]
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: MessageRow) -> MessageRecord:
+        return cls(
+            id=row.id,
+            session_id=row.session_id,
+            role=row.role,
+            text=row.text,
+            block=row.block,
+            attachments=list(row.attachments or []),
+            inbound_id=row.inbound_id,
+            status=row.status,
+            platform_refs=list(row.platform_refs or []),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+
+@dataclass
+class FileRecord:
+    id: str
+    name: str
+    content_type: str
+    size: int
+    session_id: str | None

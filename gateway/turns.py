@@ -1,0 +1,234 @@
+"""Running one inbound event: build its Session, pick the handler, run it, clean up.
+
+This is where the Capsule "surprises" get their sensible answers: each invocation has its own
+Session; ``@app.enter`` runs once per new session (persisted); ``session.data`` is saved after
+the handler, also when it raises; a handler that raises is logged with its traceback and the
+user gets a short, configurable apology, never the exception text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from gateway.app import call_maybe_async
+from gateway.context import reset_current_session, set_current_session
+from gateway.dispatch import WorkItem
+from gateway.inbound import Inbound
+from gateway.session import Session
+from gateway.store.records import MessageRecord
+from gateway.types import Attachment, Event, Message
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+log = logging.getLogger("chatgate.turns")
+
+CHAT_NAME_KEY = "__chat_name__"  # where Capsule keeps a session's named chat
+
+
+class TurnRunner:
+    def __init__(self, runtime: Gateway) -> None:
+        self.rt = runtime
+
+    async def __call__(self, item: WorkItem) -> None:
+        rt = self.rt
+        inbound = item.inbound
+        await rt.store.set_inbox_status(item.inbox_id, "running")
+        record = await rt.store.get_session(item.session_id)
+        if record is None:  # deleted while the event waited
+            await rt.store.set_inbox_status(item.inbox_id, "done", "session deleted")
+            return
+        user = await rt.store.get_user(record.user_id)
+        if user is None:
+            await rt.store.set_inbox_status(item.inbox_id, "failed", "user missing")
+            return
+        message = self._bind_attachments(inbound)
+        history = await self._history(item.session_id, record.channel.type, exclude_inbound=item.inbox_id)
+        session = Session(
+            record.id,
+            user,
+            record.channel,
+            history=history,
+            data=record.data,
+            integrations=await rt.integrations_for(user),
+            runtime=rt,
+            mode="turn",
+            inbound_id=item.inbox_id,
+        )
+        if inbound.chat_name and inbound.chat_name != record.chat_name:
+            await rt.store.update_session(record.id, chat_name=inbound.chat_name)
+            record.chat_name = inbound.chat_name
+        if record.chat_name and session.data.get(CHAT_NAME_KEY) != record.chat_name:
+            session.data[CHAT_NAME_KEY] = record.chat_name
+
+        token = set_current_session(session)
+        error: str | None = None
+        status = "done"
+        try:
+            await self._store_user_message(item, message)
+            timeout = rt.settings.dispatch.handler_timeout or None
+            await asyncio.wait_for(self._dispatch(session, record.chat_name, inbound, message), timeout)
+        except asyncio.CancelledError:
+            if rt.dispatcher.closing:
+                status = "running"  # interrupted by shutdown: it runs again at the next start
+                raise
+            error = "stopped"
+        except TimeoutError:
+            error = "timeout"
+            log.error("handler for session %s timed out after %ss", session.id, rt.settings.dispatch.handler_timeout)
+            await self._apologise(session, rt.settings.dispatch.timeout_message)
+        except Exception:
+            error = "handler_error"
+            log.exception("handler for session %s (%s) raised", session.id, session.channel.type)
+            await self._apologise(session, rt.settings.dispatch.error_message)
+        finally:
+            reset_current_session(token)
+            await asyncio.shield(self._finish(session, item, status, error))
+
+    async def _finish(self, session: Session, item: WorkItem, status: str, error: str | None) -> None:
+        try:
+            await session.flush_data()
+        except Exception:
+            log.exception("saving session.data of %s failed", session.id)
+        if status == "running":
+            return
+        outbox = self.rt.outbox_for(session.channel, session.id)
+        if outbox is not None:
+            try:
+                await outbox.end_turn(item.inbox_id, error)
+            except Exception:
+                log.exception("ending the turn on %s failed", session.channel.type)
+        await self.rt.store.set_inbox_status(item.inbox_id, status, error)
+
+    # -- routing -------------------------------------------------------------------------
+
+    async def _dispatch(
+        self, session: Session, chat_name: str | None, inbound: Inbound, message: Message | None
+    ) -> None:
+        app = self.rt.app
+        if await self.rt.store.mark_entered(session.id):
+            for hook in app.enter_hooks:
+                await call_maybe_async(hook, session)
+        if inbound.kind == "action" and inbound.action is not None:
+            await self._run_action(session, inbound.action)
+        elif inbound.kind == "button" and inbound.button is not None:
+            await self._press(session, inbound, chat_name)
+        elif message is not None:
+            await self._run_message(session, chat_name, message)
+
+    async def _run_message(self, session: Session, chat_name: str | None, message: Message) -> None:
+        handler = self.rt.app.message_handlers.get(chat_name)
+        if handler is None and chat_name is not None and chat_name == self.rt.app.name:
+            handler = self.rt.app.message_handlers.get(None)
+        if handler is None:
+            raise LookupError(f"no @app.message handler for chat {chat_name!r}")
+        await call_maybe_async(handler, session, message)
+
+    async def _run_action(self, session: Session, event: Event) -> None:
+        if event.name == "__session_init__":
+            init = self.rt.app.session_inits.get(str(event.payload.get("name", "")))
+            if init is not None:
+                await call_maybe_async(init, session)
+            return
+        if event.name == "__session_set__":
+            values = event.payload.get("values")
+            if isinstance(values, dict):
+                session.data.update(values)
+            elif "key" in event.payload:
+                session.data[str(event.payload["key"])] = event.payload.get("value")
+            return
+        handler = self.rt.app.actions.get(event.name)
+        if handler is None:
+            log.warning("no @app.action named %r (session %s)", event.name, session.id)
+            await session.notify(f"Nothing handles the action {event.name!r}.")
+            return
+        await call_maybe_async(handler, session, event)
+
+    async def _press(self, session: Session, inbound: Inbound, chat_name: str | None) -> None:
+        """A button press no prompt was waiting for: look up the block and do what it says."""
+        assert inbound.button is not None
+        block = await self.rt.store.block(session.id, inbound.button.block_id)
+        if block is None:
+            await session.notify("That button belongs to a message that no longer exists.")
+            return
+        kind, payload = block.get("type"), block.get("payload") or {}
+        if kind == "approval_prompt":
+            await session.notify("This approval is no longer waiting for an answer.")
+            return
+        if kind != "suggestions":
+            await session.notify("That button does nothing any more.")
+            return
+        try:
+            choice = payload["suggestions"][int(inbound.button.value)]
+        except (KeyError, IndexError, ValueError, TypeError):
+            await session.notify("That button does nothing any more.")
+            return
+        if choice.get("target") == "action":
+            await self._run_action(session, Event(str(choice.get("value")), dict(choice.get("payload") or {})))
+            return
+        text = str(choice.get("value") or choice.get("label") or "")
+        message = Message(text, "user", session.channel.type)
+        stored = await self.rt.store.add_message(session.id, "user", text, inbound_id=session._inbound_id)
+        message.id = stored.id
+        await self._run_message(session, chat_name, message)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _bind_attachments(self, inbound: Inbound) -> Message | None:
+        message = inbound.message
+        if message is None:
+            return None
+        if message.attachments:
+            message.attachments = [self.rt.resolve_attachment(message.channel_type, a) for a in message.attachments]
+        message.channel_type = message.channel_type or inbound.channel.type
+        return message
+
+    async def _store_user_message(self, item: WorkItem, message: Message | None) -> None:
+        if message is None or item.inbound.kind not in ("message", "upload"):
+            return
+        existing = await self.rt.store.message_for_inbound(item.session_id, item.inbox_id, role="user")
+        if existing is not None:  # a rerun after a restart: the message is stored already
+            message.id = existing.id
+            return
+        attachments = [a.to_dict() for a in message.attachments or []]
+        stored = await self.rt.store.add_message(
+            item.session_id, "user", message.text, attachments=attachments, inbound_id=item.inbox_id
+        )
+        message.id = stored.id
+
+    async def _history(self, session_id: str, channel_type: str, exclude_inbound: str) -> list[Message]:
+        """The last messages before this turn (the current message excluded, as in Capsule)."""
+        limit = self.rt.settings.dispatch.history_limit
+        if limit <= 0:
+            return []
+        records = await self.rt.store.recent_messages(session_id, limit + 1)
+        kept = [r for r in records if not (r.inbound_id == exclude_inbound and r.role == "user")]
+        return [to_history_message(r, channel_type) for r in kept[-limit:]]
+
+    async def _apologise(self, session: Session, text: str) -> None:
+        try:
+            await session.reply(text)
+        except Exception:
+            log.exception("could not send the apology to session %s", session.id)
+
+
+SENDER_BY_ROLE = {"user": "user", "assistant": "app", "system": "system", "block": "block"}
+
+
+def to_history_message(record: MessageRecord, channel_type: str = "chat") -> Message:
+    text = record.text
+    if record.role == "block" and record.block is not None:
+        text = json.dumps(record.block)
+    attachments = [Attachment(**{k: a[k] for k in ("name", "content_type", "url", "size") if k in a})
+                   for a in record.attachments] or None
+    return Message(
+        text,
+        SENDER_BY_ROLE.get(record.role, record.role),
+        channel_type,
+        timestamp=record.created_at.timestamp(),
+        attachments=attachments,
+        id=record.id,
+    )
