@@ -383,7 +383,8 @@ class Gap:
 class Open:
     """Starts an entity. ``close`` ends it; both are reissued when a split cuts the entity.
 
-    ``code``: text inside is verbatim (no sentence breaks; splits only at lines, then words).
+    ``code``: code text (no sentence breaks; splits only at lines, then words).
+    ``verbatim``: text inside is sent unescaped (Markdown code; HTML code is still escaped).
     ``reopen``: markup to start a continuation part with instead of ``markup`` (a table's
     header repeated, say); it is markup only, never part of the plain text.
     """
@@ -392,6 +393,7 @@ class Open:
     close: str
     code: bool = False
     reopen: str | None = None
+    verbatim: bool = False
 
 
 @dataclass(frozen=True)
@@ -462,9 +464,10 @@ def _flatten(items: Iterable[Item], escape: Callable[[str], str]) -> _Atoms:
     for item in items:
         if isinstance(item, Run):
             in_code = any(entity.code for entity in stack)
+            verbatim = any(entity.verbatim for entity in stack)
             text = item.text
             for pos, ch in enumerate(text):
-                index = atoms.add(escape(ch), ch, "c", None, stack)
+                index = atoms.add(ch if verbatim else escape(ch), ch, "c", None, stack)
                 prev = text[pos - 1] if pos else ""
                 if ch == "\n":
                     atoms.breaks[index] = (BreakLevel.LINE, 1)
@@ -587,7 +590,8 @@ def _choose_end(
     end = start + 1
     while end < count and atoms.kind[end - 1] not in ("c", "g"):
         end += 1
-    return end, 0
+    _, skip = atoms.breaks.get(end, (BreakLevel.CHAR, 0))
+    return end, max(skip, 0)
 
 
 @dataclass
@@ -646,11 +650,14 @@ class StreamRenderer:
     """Markup put at the start of each quoted line (mrkdwn / Markdown ``> ``)."""
     blank_quote_line: str = ""
     """Markup of an empty quoted line between two quoted blocks (Markdown ``>``)."""
+    nested_quotes: bool = True
+    """Whether a quote inside a quote gets a second prefix (mrkdwn has no nested quotes)."""
 
     def __init__(self) -> None:
         self.items: list[Item] = []
         self._prefix: list[Token] = []
         self._quote_depth = 0
+        self._quote_suspended = False
         self._inline_depth = 0
 
     # ---- markup hooks (subclasses override) -------------------------------------------------
@@ -696,18 +703,26 @@ class StreamRenderer:
         self.blocks(doc.blocks)
         return self.items
 
+    def _separator(self, gap: Gap, *, prefix: bool = True) -> None:
+        self.items.append(gap)
+        if self._quote_suspended:  # a code block interrupted the quote entity: resume it
+            quote = self.quote_entity()
+            if quote is not None:
+                self.items.append(quote)
+            self._quote_suspended = False
+        if prefix:
+            self.items.extend(self._prefix)
+
     def newline(self, level: BreakLevel = BreakLevel.LINE) -> None:
-        self.items.append(Gap("\n", "\n", level))
-        self.items.extend(self._prefix)
+        self._separator(Gap("\n", "\n", level))
 
     def blank_line(self) -> None:
         """The separator between two blocks."""
         if self._prefix and self.blank_quote_line:
             marker = "".join(t.markup for t in self._prefix).rstrip()
-            self.items.append(Gap("\n" + marker + "\n", "\n\n", BreakLevel.PARAGRAPH))
+            self._separator(Gap("\n" + marker + "\n", "\n\n", BreakLevel.PARAGRAPH))
         else:
-            self.items.append(Gap("\n\n", "\n\n", BreakLevel.PARAGRAPH))
-        self.items.extend(self._prefix)
+            self._separator(Gap("\n\n", "\n\n", BreakLevel.PARAGRAPH))
 
     def blocks(self, blocks: Sequence[Block]) -> None:
         for index, block in enumerate(blocks):
@@ -720,9 +735,7 @@ class StreamRenderer:
 
     def _plain_blank_line(self, block: Block) -> None:
         # Code blocks stand outside quotes: no prefix before one, prefixes again after one.
-        self.items.append(Gap("\n\n", "\n\n", BreakLevel.PARAGRAPH))
-        if not isinstance(block, CodeBlock):
-            self.items.extend(self._prefix)
+        self._separator(Gap("\n\n", "\n\n", BreakLevel.PARAGRAPH), prefix=not isinstance(block, CodeBlock))
 
     def block(self, block: Block) -> None:
         if isinstance(block, Paragraph):
@@ -753,11 +766,20 @@ class StreamRenderer:
         while self.items and isinstance(self.items[-1], Token) and self.items[-1] in self._prefix:
             self.items.pop()
         saved, self._prefix = self._prefix, []
-        quote = self.quote_entity()
-        if self._quote_depth and quote is not None:
-            self.items.append(Close())
+        if self._quote_depth and self.quote_entity() is not None:
+            # Close the quote before the separator that leads to this block; the separator
+            # after the block resumes it (see _separator).
+            reopened_just_now = bool(self.items) and self.items[-1] == self.quote_entity()
+            if reopened_just_now:
+                self.items.pop()  # the quote opened (or resumed) with nothing in it yet
+            leading: list[Item] = []
+            while self.items and isinstance(self.items[-1], Gap):
+                leading.insert(0, self.items.pop())
+            if not reopened_just_now and not self._quote_suspended:
+                self.items.append(Close())
+            self.items.extend(leading)
             emit()
-            self.items.append(quote)
+            self._quote_suspended = True
         else:
             emit()
         self._prefix = saved
@@ -770,8 +792,11 @@ class StreamRenderer:
                 self.items.append(quote)
             self.blocks(block.blocks)
             if self._quote_depth == 1:
-                self.items.append(Close())
-        elif self.quote_prefix is not None:
+                if self._quote_suspended:
+                    self._quote_suspended = False
+                else:
+                    self.items.append(Close())
+        elif self.quote_prefix is not None and (self.nested_quotes or self._quote_depth == 1):
             self._prefix.append(self.quote_prefix)
             self.items.append(self.quote_prefix)
             self.blocks(block.blocks)
@@ -816,7 +841,7 @@ class StreamRenderer:
             if isinstance(node, Text):
                 self.items.append(Run(node.text))
             elif isinstance(node, LineBreak):
-                self.newline(BreakLevel.LINE)
+                self.line_break(node.hard)
             elif isinstance(node, CodeSpan):
                 self.items.extend(self.code_span(node.code))
             else:
@@ -833,6 +858,9 @@ class StreamRenderer:
                 self.inlines(node.children)
                 self._inline_depth -= 1
                 self.items.append(Close())
+
+    def line_break(self, hard: bool) -> None:
+        self.newline(BreakLevel.LINE)
 
     @property
     def inside_inline_entity(self) -> bool:
@@ -905,10 +933,10 @@ class MarkdownRenderer(StreamRenderer):
         longest = max((len(m) for m in re.findall(r"`+", code)), default=0)
         fence = "`" * (longest + 1)
         pad = " " if code.startswith("`") or code.endswith("`") or not code.strip() else ""
-        return [Open(fence + pad, pad + fence, code=True), Run(code), Close()]
+        return [Open(fence + pad, pad + fence, code=True, verbatim=True), Run(code), Close()]
 
     def code_block(self, language: str) -> Open:
-        return Open(f"```{language}\n", "\n```", code=True)
+        return Open(f"```{language}\n", "\n```", code=True, verbatim=True)
 
     def _code_block(self, block: CodeBlock) -> None:
         longest = max((len(m) for m in re.findall(r"^`{3,}", block.code, re.MULTILINE)), default=0)
@@ -916,7 +944,7 @@ class MarkdownRenderer(StreamRenderer):
         language = re.sub(r"[^\w+#.-]", "", block.language)
 
         def emit() -> None:
-            self.items.append(Open(f"{fence}{language}\n", f"\n{fence}", code=True))
+            self.items.append(Open(f"{fence}{language}\n", f"\n{fence}", code=True, verbatim=True))
             self.items.append(Run(block.code))
             self.items.append(Close())
 
@@ -930,6 +958,11 @@ class MarkdownRenderer(StreamRenderer):
 
     def thematic_break(self) -> None:
         self.items.append(Token("---", "---"))
+
+    def line_break(self, hard: bool) -> None:
+        if hard:  # two trailing spaces: harmless where a split drops the newline after them
+            self.items.append(Token("  ", ""))
+        self.newline(BreakLevel.LINE)
 
     def list_marker(self, node: ListBlock, index: int, depth: int) -> str:
         return f"{node.start + index}. " if node.ordered else "- "
