@@ -126,14 +126,16 @@ class App:
 
         return decorator
 
-    def session(self, name: str) -> Callable[[Handler], Handler]:
-        """Register an initializer for UI-started named sessions."""
+    def session(self, name_or_id: str) -> SessionRef:
+        """Two uses, told apart by how the result is used:
 
-        def decorator(fn: Handler) -> Handler:
-            self.session_inits[name] = fn
-            return fn
-
-        return decorator
+        - ``@app.session("name")`` registers an initializer for UI-started named sessions
+          (Capsule);
+        - ``await app.session(session_id)`` opens the real session ``session_id`` from a job or
+          task, with its history, ``data`` and channel: replies reach the conversation as
+          standalone messages (chatgate).
+        """
+        return SessionRef(self, name_or_id)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -263,6 +265,23 @@ class App:
             "schedules": [s.name for s in self.schedules],
             "tasks": sorted(self.tasks),
         }
+
+
+class SessionRef:
+    """The result of ``app.session(x)``: a decorator, or an awaitable opening session ``x``."""
+
+    def __init__(self, app: App, key: str) -> None:
+        self.app = app
+        self.key = key
+
+    def __call__(self, fn: Handler) -> Handler:
+        self.app.session_inits[self.key] = fn
+        return fn
+
+    def __await__(self) -> Any:
+        if self.app.runtime is None:
+            raise RuntimeError(f"app {self.app.name!r} is not running: app.session() needs a running gateway")
+        return self.app.runtime.open_session(self.key).__await__()
 
 
 async def call_maybe_async(fn: Handler, *args: Any, **kwargs: Any) -> Any:

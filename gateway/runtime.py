@@ -176,8 +176,10 @@ class Gateway:
                 self._by_channel[channel_type] = adapter
         await self._start_services()
         self.web_app = build_web_app(self)
-        for adapter in self.adapters:
-            adapter.mount(self.web_app)
+        for part in (*self.adapters, self.integrations, self.tasks, self.scheduler):
+            mount = getattr(part, "mount", None)
+            if mount is not None:
+                mount(self.web_app)
         for hook in self.app.boot_hooks:
             await call_maybe_async(hook)
         self._runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False)
