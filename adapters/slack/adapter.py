@@ -1,0 +1,332 @@
+"""The Slack channel: slack-bolt for inbound (Events API over HTTP, or Socket Mode), slack_sdk's
+AsyncWebClient for the Web API, chatgate's pacer between them.
+
+Acknowledgement: bolt runs with ``process_before_response=True``, so a request is answered only
+after its listener returns, and our listeners return only after ``gw.submit`` has recorded the
+event durably. If that takes longer than ``ACK_BUDGET`` the listener fails, bolt answers 500 (no
+socket ack), and Slack delivers again later; the inbox's dedup key makes the redelivery a no-op
+if the first attempt did land. Never lost, never run twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response
+from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_sdk.signature import SignatureVerifier
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.base import Adapter, GatewayContext
+from adapters.slack.conversation import Conversation
+from adapters.slack.files import download_private, is_slack_file_url, upload_file
+from adapters.slack.inbound import (
+    BotIdentity,
+    button_inbound,
+    command_inbound,
+    interaction_team,
+    message_inbound,
+    route_message,
+)
+from adapters.slack.limits import ACK_DEADLINE, MAX_TEXT
+from adapters.slack.outbox import SlackOutbox
+from adapters.slack.pacer import SlackPacer
+from adapters.slack.users import LOOKUP_TIMEOUT, SlackDirectory
+from gateway.inbound import Inbound
+from gateway.outbound import Capabilities, Limits, Outbox
+from gateway.types import Attachment, SessionChannel
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
+
+log = logging.getLogger(__name__)
+
+ACK_BUDGET = ACK_DEADLINE - 0.5
+"""Seconds we allow ourselves before answering Slack; the rest of its 3 s is network slack."""
+NATIVE_STREAM_PERMANENT_ERRORS = frozenset(
+    {"not_allowed_token_type", "missing_scope", "feature_not_enabled", "method_not_supported_for_channel_type"}
+)
+"""chat.startStream errors that mean this workspace will never stream natively: stop trying."""
+
+
+class AckDeadlineMissed(Exception):
+    """The inbox did not confirm in time; Slack gets a 500 and delivers the event again."""
+
+
+def _signature_error(status: int, error: str) -> web.Response:
+    return web.json_response({"ok": False, "error": error}, status=status)
+
+
+class SlackAdapter(Adapter):
+    channel_types: ClassVar[tuple[str, ...]] = ("slack",)
+    limits: ClassVar[Limits] = Limits(max_text=MAX_TEXT, max_buttons=25)
+    capabilities: ClassVar[Capabilities] = Capabilities(edits=True, native_stream=True, buttons=True, markdown=True)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        slack = settings.slack
+        if not slack.bot_token:
+            raise ValueError("slack.bot_token is required for the Slack channel")
+        if slack.mode == "events" and not slack.signing_secret:
+            raise ValueError("slack.signing_secret is required in events mode (or set slack.mode = 'socket')")
+        if slack.mode == "socket" and not slack.app_token:
+            raise ValueError("slack.app_token (xapp-...) is required in socket mode")
+        api_url = slack.api_url if slack.api_url.endswith("/") else slack.api_url + "/"
+        # No transport-level retries: a chat.postMessage retried after a lost answer is a
+        # duplicate message. 429s are handled by the pacer, which knows what is safe to retry.
+        self.client = AsyncWebClient(token=slack.bot_token, base_url=api_url, retry_handlers=[])
+        self.pacer = SlackPacer()
+        self.directory = SlackDirectory(self.client, self.pacer)
+        self.verifier = SignatureVerifier(slack.signing_secret or "")
+        self.gw: GatewayContext | None = None
+        self.bot = BotIdentity(user_id="")
+        self.statuses_shown: set[tuple[str, str | None]] = set()
+        self._threads: set[tuple[str, str, str | None]] = set()
+        self._recipients: dict[tuple[str, str, str | None], str] = {}
+        self._native_off: dict[str, str] = {}
+        self._status_off: dict[str, str] = {}
+        self._uploaded: dict[str, str] = {}
+        self._pending: set[asyncio.Future[Any]] = set()
+        self._socket_handler: Any = None
+        self.bolt = self._build_bolt()
+
+    # ---- life cycle ----
+
+    def mount(self, web_app: web.Application) -> None:
+        if self.settings.slack.mode == "events":
+            web_app.router.add_post(self.settings.slack.events_path, self.handle_events_request)
+
+    async def start(self, gateway: GatewayContext) -> None:
+        self.gw = gateway
+        auth = await self.pacer.call("auth.test", "", None, self.client.auth_test)
+        assert auth is not None
+        self.bot = BotIdentity(user_id=str(auth.get("user_id") or ""), bot_id=auth.get("bot_id"))
+        log.info("slack: signed in as %s (%s) in %s", auth.get("user"), self.bot.user_id, auth.get("team_id"))
+        if self.settings.slack.mode == "socket":
+            from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+
+            self._socket_handler = AsyncSocketModeHandler(self.bolt, self.settings.slack.app_token)
+            await self._socket_handler.connect_async()
+
+    async def stop(self) -> None:
+        if self._socket_handler is not None:
+            await self._socket_handler.close_async()
+            self._socket_handler = None
+        for pending in list(self._pending):
+            pending.cancel()
+
+    def describe(self) -> str:
+        slack = self.settings.slack
+        where = f"Events API at {slack.events_path}" if slack.mode == "events" else "Socket Mode"
+        return f"slack ({where}, Web API {slack.api_url})"
+
+    # ---- outbound ----
+
+    def outbox(self, channel: SessionChannel, session_id: str) -> Outbox:
+        team = channel.team_id or ""
+        conversation = Conversation(
+            client=self.client,
+            pacer=self.pacer,
+            team=team,
+            channel=channel.chat_id or "",
+            thread_ts=channel.thread_id,
+            recipient_user=self._recipients.get((team, channel.chat_id or "", channel.thread_id)),
+        )
+        return SlackOutbox(self, conversation)
+
+    def resolve_attachment(self, attachment: Attachment) -> Attachment:
+        if is_slack_file_url(attachment.url, self.settings.slack.api_url):
+            url, token = attachment.url, self.settings.slack.bot_token or ""
+            limit = self.settings.files.max_upload_bytes
+
+            async def fetch() -> bytes:
+                return await download_private(url, token, max_bytes=limit)
+
+            attachment.fetch = fetch
+        return attachment
+
+    def remember_thread(self, conversation: Conversation) -> None:
+        self._threads.add((conversation.team, conversation.channel, conversation.thread_ts))
+
+    def native_streaming_allowed(self, team: str) -> bool:
+        return team not in self._native_off
+
+    def native_stream_refused(self, team: str, error: str) -> None:
+        if error in NATIVE_STREAM_PERMANENT_ERRORS:
+            self._native_off[team] = error
+
+    def status_allowed(self, team: str) -> bool:
+        return team not in self._status_off
+
+    def status_unavailable(self, team: str, error: str) -> None:
+        log.info("slack: no assistant thread status in %s (%s)", team, error)
+        self._status_off[team] = error
+
+    async def slack_file_for(self, team: str, file_id: str, alt_text: str) -> str:
+        """Upload a file-store image once and reuse its Slack file id (updates re-render blocks)."""
+        known = self._uploaded.get(file_id)
+        if known is not None:
+            return known
+        gw = self._require_gateway()
+        files: Any = gw.files  # type: ignore[attr-defined]
+        data = await files.read(file_id)
+        name = files.path(file_id).name or file_id
+        slack_file_id = await upload_file(self.client, self.pacer, team, data, name=name, alt_text=alt_text)
+        self._uploaded[file_id] = slack_file_id
+        return slack_file_id
+
+    # ---- inbound: HTTP ----
+
+    async def handle_events_request(self, request: web.Request) -> web.StreamResponse:
+        """The Events API / interactivity / slash command Request URL."""
+        body = await request.read()
+        timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
+        signature = request.headers.get("X-Slack-Signature", "")
+        if not timestamp.lstrip("-").isdigit():
+            return _signature_error(401, "invalid_timestamp")
+        if not self.verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
+            return _signature_error(401, "invalid_signature")
+        try:
+            text = body.decode("utf-8")
+            bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=dict(request.headers))
+        except (UnicodeDecodeError, ValueError):
+            return _signature_error(400, "invalid_payload")
+        response = await self.bolt.async_dispatch(bolt_request)
+        return await to_aiohttp_response(response)
+
+    # ---- inbound: listeners ----
+
+    def _build_bolt(self) -> AsyncApp:
+        bolt = AsyncApp(
+            client=self.client,
+            process_before_response=True,
+            # We verify signatures in front of bolt (handle_events_request) so a bad request is
+            # refused before bolt parses anything; Socket Mode needs no signature.
+            request_verification_enabled=False,
+            ssl_check_enabled=True,
+            url_verification_enabled=True,
+        )
+        bolt.event("message")(self._on_message)
+        bolt.event("app_mention")(self._on_app_mention)
+        bolt.event("assistant_thread_started")(self._on_assistant_thread_started)
+        bolt.event(re.compile(".*"))(self._ignore_event)
+        bolt.action(re.compile(".*"))(self._on_action)
+        bolt.command(self.settings.slack.slash_command)(self._on_command)
+        bolt.command(re.compile(".*"))(self._on_unknown_command)
+        bolt.view(re.compile(".*"))(self._ack_only)
+        bolt.shortcut(re.compile(".*"))(self._ack_only)
+        bolt.options(re.compile(".*"))(self._ack_only)
+        return bolt
+
+    def _require_gateway(self) -> GatewayContext:
+        if self.gw is None:
+            raise RuntimeError("the Slack adapter received traffic before start()")
+        return self.gw
+
+    async def _submit(self, inbound: Inbound, deadline: float) -> None:
+        """Submit and wait for the durable write, but not past the ack deadline."""
+        gw = self._require_gateway()
+        loop = asyncio.get_running_loop()
+        future = asyncio.ensure_future(gw.submit(inbound))
+        self._pending.add(future)
+        future.add_done_callback(self._pending.discard)
+        try:
+            accepted = await asyncio.wait_for(asyncio.shield(future), max(0.05, deadline - loop.time()))
+        except TimeoutError:
+            log.warning("slack: inbox write for %s is late; letting Slack deliver it again", inbound.dedup_key)
+            raise AckDeadlineMissed(inbound.dedup_key) from None
+        if accepted.duplicate:
+            log.info("slack: %s already received; acknowledged again", inbound.dedup_key)
+
+    async def _user(self, team: str, user: str, deadline: float) -> Any:
+        remaining = deadline - asyncio.get_running_loop().time()
+        return await self.directory.platform_user(team, user, timeout=min(LOOKUP_TIMEOUT, remaining - 1.0))
+
+    async def _on_message(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        deadline = asyncio.get_running_loop().time() + ACK_BUDGET
+        route = route_message(event, self.bot)
+        if route == "ignore":
+            return
+        team = str(body.get("team_id") or event.get("team") or "")
+        if route == "thread" and not await self._takes_part(team, str(event["channel"]), str(event["thread_ts"])):
+            return
+        await self._submit_message(body, event, team, deadline)
+
+    async def _on_app_mention(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        deadline = asyncio.get_running_loop().time() + ACK_BUDGET
+        if event.get("bot_id") or not event.get("user") or event.get("user") == self.bot.user_id:
+            return
+        if str(event.get("channel", "")).startswith("D"):
+            return  # DMs arrive as message events
+        team = str(body.get("team_id") or event.get("team") or "")
+        await self._submit_message(body, event, team, deadline)
+
+    async def _submit_message(self, body: dict[str, Any], event: dict[str, Any], team: str, deadline: float) -> None:
+        user_id = str(event["user"])
+        user_team = str(event.get("user_team") or event.get("team") or team)
+        user = await self._user(user_team, user_id, deadline)
+        inbound = message_inbound(
+            event_id=str(body.get("event_id") or f"{event.get('channel')}-{event.get('ts')}"),
+            team=team,
+            event=event,
+            user=user,
+            bot=self.bot,
+            dm_sessions=self.settings.slack.dm_sessions,
+        )
+        address = inbound.channel
+        self._recipients[(team, address.chat_id or "", address.thread_id)] = user_id
+        self._threads.add((team, address.chat_id or "", address.thread_id))
+        await self._submit(inbound, deadline)
+
+    async def _takes_part(self, team: str, channel: str, thread_ts: str) -> bool:
+        """Whether the bot is in this channel thread: it has a session there."""
+        if (team, channel, thread_ts) in self._threads:
+            return True
+        store = getattr(self._require_gateway(), "store", None)
+        if store is None:
+            return False
+        found = await store.find_session(SessionChannel("slack", chat_id=channel, thread_id=thread_ts, team_id=team))
+        if found is not None:
+            self._threads.add((team, channel, thread_ts))
+        return found is not None
+
+    async def _on_assistant_thread_started(self, body: dict[str, Any], event: dict[str, Any]) -> None:
+        """Remember who the assistant thread is with (native streams need a recipient). The
+        conversation starts with the user's first message, which arrives as a message event."""
+        thread = event.get("assistant_thread") or {}
+        team = str(body.get("team_id") or "")
+        if thread.get("channel_id") and thread.get("thread_ts") and thread.get("user_id"):
+            key = (team, str(thread["channel_id"]), str(thread["thread_ts"]))
+            self._recipients[key] = str(thread["user_id"])
+            self._threads.add(key)
+
+    async def _ignore_event(self) -> None:
+        """Events we do not use are still acknowledged, so Slack does not retry them."""
+
+    async def _on_action(self, ack: Any, body: dict[str, Any]) -> None:
+        deadline = asyncio.get_running_loop().time() + ACK_BUDGET
+        if body.get("type") == "block_actions" and (body.get("user") or {}).get("id"):
+            user_id = str(body["user"]["id"])
+            team = interaction_team(body)
+            inbound = button_inbound(body, await self._user(team, user_id, deadline))
+            if inbound is not None:
+                await self._submit(inbound, deadline)
+        await ack()
+
+    async def _on_command(self, ack: Any, body: dict[str, Any]) -> None:
+        deadline = asyncio.get_running_loop().time() + ACK_BUDGET
+        team = str(body.get("team_id") or "")
+        user = await self._user(team, str(body.get("user_id")), deadline)
+        await self._submit(command_inbound(body, user, self.bot), deadline)
+        await ack()
+
+    async def _on_unknown_command(self, ack: Any, body: dict[str, Any]) -> None:
+        await ack(text=f"This app answers {self.settings.slack.slash_command}, not {body.get('command')}.")
+
+    async def _ack_only(self, ack: Any) -> None:
+        await ack()

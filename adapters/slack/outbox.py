@@ -1,0 +1,116 @@
+"""The outbound side of one Slack conversation (``gateway.outbound.Outbox``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from slack_sdk.errors import SlackApiError
+
+from adapters.slack.blocks import render_block
+from adapters.slack.conversation import Conversation
+from adapters.slack.limits import MAX_STATUS
+from adapters.slack.streaming import EditStreamSink, NativeStreamSink
+from adapters.slack.text import render_parts
+from gateway.outbound import MessageRef, StreamSink
+
+if TYPE_CHECKING:
+    from adapters.slack.adapter import SlackAdapter
+
+log = logging.getLogger(__name__)
+
+STATUS_UNAVAILABLE_ERRORS = frozenset(
+    {"missing_scope", "not_allowed_token_type", "channel_type_not_supported", "feature_not_enabled", "not_allowed"}
+)
+"""assistant.threads.setStatus errors meaning the workspace or app has no assistant threads."""
+
+
+class SlackOutbox:
+    def __init__(self, adapter: SlackAdapter, conversation: Conversation) -> None:
+        self.adapter = adapter
+        self.conversation = conversation
+
+    async def send_text(self, message_id: str, text: str) -> list[MessageRef]:
+        refs: list[MessageRef] = []
+        for part in render_parts(text):
+            ts = await self.conversation.post_part(part)
+            if ts is not None:
+                refs.append(ts)
+        self.adapter.remember_thread(self.conversation)
+        return refs
+
+    def open_stream(self, message_id: str) -> StreamSink:
+        interval = self.adapter.settings.slack.update_interval
+        self.adapter.remember_thread(self.conversation)
+        if self.conversation.can_stream_natively and self.adapter.native_streaming_allowed(self.conversation.team):
+            return NativeStreamSink(
+                self.conversation,
+                min_interval=interval,
+                on_refused=lambda error: self.adapter.native_stream_refused(self.conversation.team, error),
+            )
+        return EditStreamSink(self.conversation, min_interval=interval)
+
+    async def show_block(
+        self, message_id: str, envelope: dict[str, Any], previous: list[MessageRef] | None
+    ) -> list[MessageRef]:
+        rendered = render_block(envelope)
+        if rendered is None:
+            return list(previous or [])
+        blocks = rendered.blocks
+        if rendered.image_file_id is not None:
+            slack_file_id = await self.adapter.slack_file_for(
+                self.conversation.team, rendered.image_file_id, rendered.text
+            )
+            blocks = [{**blocks[0], "slack_file": {"id": slack_file_id}}]
+        self.adapter.remember_thread(self.conversation)
+        if previous:
+            try:
+                await self.conversation.update(previous[0], rendered.text, blocks)
+                return [previous[0]]
+            except SlackApiError as error:
+                if error.response.get("error") not in (
+                    "message_not_found",
+                    "cant_update_message",
+                    "edit_window_closed",
+                ):
+                    raise
+                log.info("block %s could not be edited (%s); posting it again", envelope.get("id"), error)
+        ts = await self.conversation.post(rendered.text, blocks)
+        return [ts] if ts else []
+
+    async def notify(self, text: str, detail: str) -> None:
+        """A status line under the thread (assistant threads only: Slack has no other bot typing
+        indicator). Never part of the history; cleared by ``end_turn`` or by our next reply."""
+        status = f"{text} {detail}".strip() if detail else text
+        if len(status) > MAX_STATUS:
+            status = status[: MAX_STATUS - 1] + "…"
+        await self._set_status(status)
+
+    async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
+        c = self.conversation
+        if (c.channel, c.thread_ts) in self.adapter.statuses_shown:
+            await self._set_status("")
+
+    async def _set_status(self, status: str) -> None:
+        c = self.conversation
+        if not c.thread_ts or not c.is_dm or not self.adapter.status_allowed(c.team):
+            return
+        try:
+            await c.pacer.call(
+                "assistant.threads.setStatus",
+                c.team,
+                c.channel,
+                lambda: c.client.assistant_threads_setStatus(
+                    channel_id=c.channel, thread_ts=c.thread_ts or "", status=status
+                ),
+            )
+        except SlackApiError as exc:
+            code = str(exc.response.get("error"))
+            if code in STATUS_UNAVAILABLE_ERRORS:
+                self.adapter.status_unavailable(c.team, code)
+                return
+            raise
+        if status:
+            self.adapter.statuses_shown.add((c.channel, c.thread_ts))
+        else:
+            self.adapter.statuses_shown.discard((c.channel, c.thread_ts))

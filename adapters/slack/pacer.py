@@ -1,0 +1,194 @@
+"""Keeps Slack Web API calls inside Slack's rate budgets, and honours ``Retry-After`` when Slack says no.
+
+Slack limits each method per workspace over one-minute windows (tiers), and ``chat.postMessage``
+also per channel. A 429 answer carries ``Retry-After``; Slack's guidance is to wait that long
+before calling the method again *for the whole workspace*. slack_sdk only offers to retry one
+call after a 429 (``AsyncRateLimitErrorRetryHandler``); it has no shared budget that keeps many
+concurrent streams from earning the 429 in the first place, so this module is written by hand.
+
+Each key (workspace + method, channel + method) keeps a sliding log of recent calls. A call waits
+until every key it touches has room. Two priorities: *urgent* calls (final texts, blocks) may
+use the whole budget; preview frames leave a reserve so finals are never starved by previews,
+and give up (return ``None``) when no slot comes within ``max_wait`` — the next frame carries
+the same text, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from slack_sdk.errors import SlackApiError
+
+from adapters.slack.limits import METHOD_BUDGETS, PER_CHANNEL_BUDGETS, Budget
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+WINDOW_MARGIN = 1.02
+"""Our windows are 2% longer than Slack's, so a call that spends a while in flight still lands
+in a window Slack has already cleared."""
+MAX_RATE_LIMIT_RETRIES = 6
+"""Urgent calls retried after this many 429s in a row give up and raise (the core logs it)."""
+DEFAULT_RETRY_AFTER = 1.0
+"""Seconds to wait after a 429 that names no ``Retry-After`` (slack_sdk uses 1 s too)."""
+
+
+class RateLimited(Exception):
+    """Slack kept answering 429 for an urgent call."""
+
+
+class SlidingWindowBudget:
+    """At most ``budget.calls`` calls in any ``budget.window`` seconds, plus a 429 cool-off."""
+
+    def __init__(self, budget: Budget, *, reserve: int) -> None:
+        self.budget = budget
+        self.window = budget.window * WINDOW_MARGIN
+        self.reserve = reserve
+        self.sent: deque[float] = deque()
+        self.blocked_until = 0.0
+
+    def wait_time(self, now: float, *, urgent: bool) -> float:
+        """Seconds until one more call fits (0 when it fits now)."""
+        while self.sent and self.sent[0] <= now - self.window:
+            self.sent.popleft()
+        limit = self.budget.calls if urgent else max(1, self.budget.calls - self.reserve)
+        wait = max(0.0, self.blocked_until - now)
+        if len(self.sent) >= limit:
+            oldest_that_must_expire = self.sent[len(self.sent) - limit]
+            wait = max(wait, oldest_that_must_expire + self.window - now)
+        return wait
+
+    def record(self, now: float) -> None:
+        self.sent.append(now)
+
+    def block(self, until: float) -> None:
+        self.blocked_until = max(self.blocked_until, until)
+
+
+def reserve_for(budget: Budget) -> int:
+    """Slots per window kept back for urgent calls: a tenth of the budget, none for tiny budgets."""
+    return budget.calls // 10 if budget.calls >= 10 else 0
+
+
+@dataclass
+class PacerStats:
+    calls: Counter[str] = field(default_factory=Counter)
+    rate_limited: Counter[str] = field(default_factory=Counter)
+    skipped_frames: int = 0
+    waited_seconds: float = 0.0
+
+
+def retry_after_seconds(error: SlackApiError) -> float:
+    """The ``Retry-After`` of a 429 answer, in seconds (fractions allowed)."""
+    headers = getattr(error.response, "headers", None) or {}
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            if isinstance(value, list | tuple):
+                value = value[0] if value else ""
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                break
+    return DEFAULT_RETRY_AFTER
+
+
+def is_rate_limited(error: SlackApiError) -> bool:
+    return getattr(error.response, "status_code", None) == 429 or (
+        isinstance(error.response.data, dict) and error.response.data.get("error") == "ratelimited"
+    )
+
+
+class SlackPacer:
+    """Shared by every conversation of one adapter: budgets are per workspace and per channel."""
+
+    def __init__(
+        self,
+        *,
+        method_budgets: dict[str, Budget] | None = None,
+        channel_budgets: dict[str, Budget] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.method_budgets = METHOD_BUDGETS if method_budgets is None else method_budgets
+        self.channel_budgets = PER_CHANNEL_BUDGETS if channel_budgets is None else channel_budgets
+        self.clock = clock
+        self.stats = PacerStats()
+        self._windows: dict[tuple[str, ...], SlidingWindowBudget] = {}
+
+    def _window(self, key: tuple[str, ...], budget: Budget) -> SlidingWindowBudget:
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = SlidingWindowBudget(budget, reserve=reserve_for(budget))
+        return window
+
+    def windows_for(self, method: str, team: str, channel: str | None) -> list[SlidingWindowBudget]:
+        windows = []
+        budget = self.method_budgets.get(method)
+        if budget is not None:
+            windows.append(self._window(("team", team, method), budget))
+        channel_budget = self.channel_budgets.get(method)
+        if channel_budget is not None and channel:
+            windows.append(self._window(("channel", team, channel, method), channel_budget))
+        return windows
+
+    async def acquire(
+        self, method: str, team: str, channel: str | None, *, urgent: bool, max_wait: float | None = None
+    ) -> bool:
+        """Wait for a slot on every budget the call touches and take it. Returns False (taking
+        nothing) when the slot would come later than ``max_wait`` seconds from now."""
+        windows = self.windows_for(method, team, channel)
+        started = self.clock()
+        while True:
+            now = self.clock()
+            wait = max((w.wait_time(now, urgent=urgent) for w in windows), default=0.0)
+            if wait <= 0:
+                for w in windows:
+                    w.record(now)
+                self.stats.waited_seconds += now - started
+                return True
+            if max_wait is not None and (now - started) + wait > max_wait:
+                return False
+            await asyncio.sleep(wait)
+
+    async def call(
+        self,
+        method: str,
+        team: str,
+        channel: str | None,
+        send: Callable[[], Awaitable[T]],
+        *,
+        urgent: bool = True,
+        max_wait: float | None = None,
+    ) -> T | None:
+        """Run ``send`` (one Web API call of ``method``) inside the budget.
+
+        Urgent calls wait as long as needed and are retried after each 429 (after its
+        ``Retry-After``). Non-urgent calls (preview frames) return ``None`` instead of waiting
+        longer than ``max_wait`` or retrying a 429.
+        """
+        windows = self.windows_for(method, team, channel)
+        for _attempt in range(MAX_RATE_LIMIT_RETRIES + 1):
+            if not await self.acquire(method, team, channel, urgent=urgent, max_wait=max_wait):
+                self.stats.skipped_frames += 1
+                return None
+            self.stats.calls[method] += 1
+            try:
+                return await send()
+            except SlackApiError as error:
+                if not is_rate_limited(error):
+                    raise
+                delay = retry_after_seconds(error)
+                self.stats.rate_limited[method] += 1
+                log.warning("slack %s rate limited in %s; retrying after %.2fs", method, team, delay)
+                until = self.clock() + delay
+                for w in windows:
+                    w.block(until)
+                if not urgent:
+                    self.stats.skipped_frames += 1
+                    return None
+        raise RateLimited(f"{method} kept answering 429 for workspace {team}")
