@@ -382,3 +382,40 @@ def test_random_documents_split_without_loss(seed: int) -> None:
 
 def test_plain_text_of_a_document() -> None:
     assert plain_text(parse("# T\n\n**a** [b](https://e.com)\n\n- c")) == "T\n\na b\n\n- c"
+
+
+def mixed_document(size: int = 20_000) -> str:
+    """A deterministic document of every construct, with an oversized code block, a word longer
+    than any limit, emoji, CJK, and text that looks like markup."""
+    sections: list[str] = []
+    index = 0
+    while sum(map(len, sections)) < size:
+        index += 1
+        sections.append(
+            f"## Section {index}: *results* & <notes>\n\n"
+            f"Paragraph {index} has **bold {index}**, *italic*, ~~struck~~, `code & <tags>`, "
+            f"a [link {index}](https://example.com/{index}?a=1&b=2), emoji 😀👍🏽 and 日本語の文。"
+            f" It keeps going. Does it? Yes! " + "More words follow here. " * 12 + "\n\n"
+            "- first item with **bold**\n  - nested item\n    - deeper item\n- second item\n\n"
+            "1. one\n2. two\n\n"
+            "> A quote with *style* and `code`.\n>\n> ```\n> quoted code\n> ```\n\n"
+            "| name | value |\n|:-----|------:|\n| alpha | 1 |\n| beta & co | 22 |\n\n"
+            "<script>alert('x')</script> &amp; &lt;b&gt; [bad](javascript:alert(1))\n\n---"
+        )
+        if index == 2:
+            body = "\n".join(f"    value_{i} = compute({i}) * {i}  # step {i}" for i in range(150))
+            sections.append(f"```python\n{body}\n```")
+        if index == 3:
+            sections.append("https://example.com/" + "x" * 5000)
+    return "\n\n".join(sections)
+
+
+def test_mixed_document_splits_without_loss_as_markdown() -> None:
+    source = mixed_document()
+    assert len(source) >= 20_000
+    items = MarkdownRenderer().render(parse(source))
+    (whole,) = split(items, limit=1 << 30, escape=escape_markdown_char)
+    parts = split(items, limit=4000, escape=escape_markdown_char, length=utf16_len)
+    assert len(parts) > 5
+    assert all(utf16_len(p.markup) <= 4000 for p in parts)
+    assert_same_content([p.plain for p in parts], whole.plain)
