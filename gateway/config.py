@@ -100,6 +100,12 @@ class WebSettings(Section):
     allowed_origins: list[str] = Field(default_factory=list)
     send_timeout: float = Field(25.0, gt=0)
     """Seconds ``send_message`` waits for the reply before answering with the user message."""
+    dedup_window: float = Field(10.0, ge=0)
+    """Seconds after a REST turn ends during which the same content re-POSTed is not run again."""
+    max_frame_bytes: int = Field(64 * 1024, ge=1024)
+    """Largest WebSocket frame accepted; larger gets a ``too_large`` error frame."""
+    stream_interval: float = Field(0.05, ge=0)
+    """Least seconds between two streamed frames sent to a browser or SSE client."""
 
 
 class TelegramSettings(Section):
@@ -115,6 +121,16 @@ class TelegramSettings(Section):
     draft_interval: float = Field(0.25, ge=0.05)
     global_rate: float = Field(30.0, gt=0)
     use_drafts: bool = True
+    rich_messages: bool = True
+    """Send replies with ``sendRichMessage`` (Bot API 10.1) where the server has it, else HTML."""
+    chat_interval: float = Field(1.0, gt=0)
+    """Seconds between messages (sends and edits) to one chat; Telegram allows about one a second."""
+    group_messages_per_minute: int = Field(20, ge=1)
+    poll_timeout: int = Field(25, ge=0)
+    retry_attempts: int = Field(5, ge=1)
+    retry_backoff: float = Field(0.5, gt=0)
+    rate_scale: float = Field(1.0, gt=0)
+    """Multiplies every pacing interval and ``retry_after`` pause; 1.0 against Telegram (tests shrink it)."""
 
 
 class SlackSettings(Section):

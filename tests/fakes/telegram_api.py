@@ -41,6 +41,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 
 TEXT_LIMIT = 4096  # Bot API sendMessage: "1-4096 characters after entities parsing"
 CAPTION_LIMIT = 1024  # Bot API sendPhoto: "0-1024 characters after entities parsing"
+RICH_TEXT_LIMIT = 32768  # Bot API 10.1 rich message formatting options: up to 32,768 characters
 CALLBACK_DATA_LIMIT = 64  # Bot API InlineKeyboardButton.callback_data: "1-64 bytes"
 
 # Methods that post or change a visible message and so count against the chat and global budgets.
@@ -772,7 +773,7 @@ class FakeTelegramAPI:
             raise _Reject(400, f"Bad Request: unsupported parse_mode {parse_mode!r} in this fake")
         if required and not text.strip():
             raise _Reject(400, "Bad Request: message text is empty")
-        if len(text) > limit:
+        if _utf16_len(text) > limit:  # Telegram counts UTF-16 code units after parsing
             what = "message caption is too long" if key == "caption" else "message is too long"
             raise _Reject(400, f"Bad Request: {what}")
         return text, entities
@@ -915,7 +916,7 @@ class FakeTelegramAPI:
         if not isinstance(rich, dict) or not (rich.get("markdown") or rich.get("html")):
             raise _Reject(400, "Bad Request: rich message must have markdown or html")
         text = str(rich.get("markdown") or rich.get("html"))
-        if len(text) > TEXT_LIMIT:
+        if _utf16_len(text) > RICH_TEXT_LIMIT:
             raise _Reject(400, "Bad Request: message is too long")
         message = self._store(
             chat_id,

@@ -1,0 +1,232 @@
+"""The Telegram channel: aiogram's ``Bot`` against a configurable Bot API server.
+
+Inbound, updates arrive by long polling (:mod:`adapters.telegram.polling`: one process at a time,
+nothing dropped) or by a webhook on the gateway's own aiohttp server (``webhook_path``, checked
+against Telegram's ``X-Telegram-Bot-Api-Secret-Token``; answered 200 only after ``gw.submit``
+has recorded the update, so a failure makes Telegram deliver it again). Outbound, every request
+goes through :class:`~adapters.telegram.client.TelegramClient` (pacing, safe retries, degradation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import logging
+import secrets
+from typing import Any, ClassVar
+
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.methods import DeleteWebhook, GetFile, GetMe, SetWebhook
+from aiogram.types import Update
+from aiohttp import ClientError, web
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from adapters.base import Adapter, GatewayContext
+from adapters.telegram.client import DRAFT_ID_MAX, TelegramClient
+from adapters.telegram.outbox import TelegramOutbox
+from adapters.telegram.pacing import Pacer
+from adapters.telegram.polling import Poller
+from adapters.telegram.render import TELEGRAM_CAPTION_LIMIT, TELEGRAM_TEXT_LIMIT
+from adapters.telegram.updates import (
+    ALLOWED_UPDATES,
+    CHANNEL_TYPE,
+    FILE_URL_PREFIX,
+    BotIdentity,
+    UpdatePolicy,
+    convert,
+)
+from gateway.config import Settings
+from gateway.outbound import Capabilities, Limits, Outbox
+from gateway.types import Attachment, SessionChannel
+
+log = logging.getLogger("chatgate.telegram")
+
+SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # Bot API setWebhook: secret_token is sent in this header
+INLINE_KEYBOARD_MAX_BUTTONS = 100  # Bot API: an inline keyboard holds at most 100 buttons
+
+
+class TelegramAdapter(Adapter):
+    channel_types: ClassVar[tuple[str, ...]] = (CHANNEL_TYPE,)
+    limits: ClassVar[Limits] = Limits(
+        max_text=TELEGRAM_TEXT_LIMIT, max_caption=TELEGRAM_CAPTION_LIMIT, max_buttons=INLINE_KEYBOARD_MAX_BUTTONS
+    )
+    capabilities: ClassVar[Capabilities] = Capabilities(edits=True, native_stream=True, buttons=True, markdown=True)
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.config = settings.telegram
+        if not self.config.bot_token:
+            raise ValueError("telegram.bot_token is not set")
+        self.bot = Bot(
+            self.config.bot_token,
+            session=AiohttpSession(api=TelegramAPIServer.from_base(self.config.api_url)),
+        )
+        self.pacer = Pacer(
+            chat_interval=self.config.chat_interval,
+            group_per_minute=self.config.group_messages_per_minute,
+            global_per_second=self.config.global_rate,
+            draft_interval=self.config.draft_interval,
+            scale=self.config.rate_scale,
+        )
+        self.client = TelegramClient(
+            self.bot,
+            self.pacer,
+            attempts=self.config.retry_attempts,
+            backoff=self.config.retry_backoff * self.config.rate_scale,
+            drafts=self.config.use_drafts,
+            rich=self.config.rich_messages,
+        )
+        self.policy = UpdatePolicy(self.config.group_trigger, self.config.edited_messages)
+        self.identity: BotIdentity | None = None
+        self.status_draft_id = secrets.randbelow(DRAFT_ID_MAX) + 1
+        self.poller: Poller | None = None
+        self._gw: GatewayContext | None = None
+        self._awaiting_file: set[tuple[str, str | None]] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def mount(self, web_app: web.Application) -> None:
+        if self.config.mode == "webhook":
+            web_app.router.add_post(self.config.webhook_path, self._webhook)
+
+    async def start(self, gateway: GatewayContext) -> None:
+        self._gw = gateway
+        me = await self.client.call(GetMe(), idempotent=True)
+        self.identity = BotIdentity(me.id, me.username or "")
+        if self.config.mode == "webhook":
+            await self.client.call(
+                SetWebhook(
+                    url=gateway.public_url + self.config.webhook_path,
+                    secret_token=self.webhook_secret,
+                    allowed_updates=ALLOWED_UPDATES,
+                    drop_pending_updates=False,
+                ),
+                idempotent=True,
+            )
+            return
+        # polling: a webhook left from an earlier deployment would block getUpdates; keep its updates
+        await self.client.call(DeleteWebhook(drop_pending_updates=False), idempotent=True)
+        self.poller = Poller(
+            self.client,
+            self.handle_update,
+            bot_id=me.id,
+            store=getattr(gateway, "store", None),
+            poll_timeout=self.config.poll_timeout,
+            backoff=self.config.retry_backoff * self.config.rate_scale,
+        )
+        gateway.spawn(self.poller.run(), name="chatgate-telegram-poll")
+
+    async def stop(self) -> None:
+        if self.poller is not None:
+            try:
+                await self.poller.release()
+            except Exception:
+                log.warning("could not release the telegram polling lease", exc_info=True)
+        await self.bot.session.close()
+
+    def describe(self) -> str:
+        name = f"@{self.identity.username}" if self.identity else "telegram"
+        return f"telegram {name} ({self.config.mode}, {self.config.api_url})"
+
+    # -- inbound ---------------------------------------------------------------------------------
+
+    @property
+    def webhook_secret(self) -> str:
+        """The configured secret, else one derived from the gateway's secret key and the token:
+        stable across restarts and processes, never sent anywhere but to Telegram."""
+        if self.config.webhook_secret:
+            return self.config.webhook_secret
+        key = self.settings.resolved_secret_key().encode()
+        return hmac.new(key, b"telegram-webhook:" + (self.config.bot_token or "").encode(), hashlib.sha256).hexdigest()
+
+    async def handle_update(self, update: Update) -> None:
+        """Record the update (raises if it could not be: the caller must not acknowledge it)."""
+        assert self._gw is not None and self.identity is not None
+        converted = convert(update, self.identity, self.policy, awaiting_file=self._awaiting_file)
+        if converted.inbound is not None:
+            await self._gw.submit(converted.inbound)
+        if converted.callback_query_id is not None:
+            await self.client.answer_callback(converted.callback_query_id, converted.callback_text)
+
+    async def _webhook(self, request: web.Request) -> web.Response:
+        if self._gw is None or self.identity is None:
+            return _error(503, "the Telegram adapter is starting")
+        if not hmac.compare_digest(request.headers.get(SECRET_HEADER, ""), self.webhook_secret):
+            return _error(401, "bad or missing secret token")
+        try:
+            data = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _error(400, "the body is not JSON")
+        if not isinstance(data, dict):
+            return _error(400, "the body is not a JSON object")
+        try:
+            update = Update.model_validate(data, context={"bot": self.bot})
+        except ValidationError as exc:
+            return _error(400, f"not a Telegram update: {exc.errors()[0].get('msg', 'invalid')}")
+        try:
+            await self.handle_update(update)
+        except Exception:
+            log.exception("could not record telegram update %s", update.update_id)
+            return _error(500, "could not record the update; retry")
+        return web.json_response({"ok": True})
+
+    def set_awaiting_file(self, channel: SessionChannel, waiting: bool) -> None:
+        """A file prompt is (no longer) waiting in ``channel``: its next document or photo goes to
+        the bot even in a group that otherwise hears only mentions. In memory: after a restart a
+        waiting prompt in such a group is answered by a document that mentions or replies to the bot."""
+        key = (channel.chat_id or "", channel.thread_id)
+        if waiting:
+            self._awaiting_file.add(key)
+        else:
+            self._awaiting_file.discard(key)
+
+    # -- outbound --------------------------------------------------------------------------------
+
+    @property
+    def public_url(self) -> str:
+        if self._gw is not None:
+            return self._gw.public_url
+        return self.settings.server.base_url()
+
+    @property
+    def files(self) -> Any:
+        return getattr(self._gw, "files", None)
+
+    def outbox(self, channel: SessionChannel, session_id: str) -> Outbox:
+        return TelegramOutbox(self, channel)
+
+    def resolve_attachment(self, attachment: Attachment) -> Attachment:
+        if attachment.url.startswith(FILE_URL_PREFIX):
+            file_id = attachment.url[len(FILE_URL_PREFIX) :]
+
+            async def fetch() -> bytes:
+                return await self.download(file_id)
+
+            attachment.fetch = fetch
+        return attachment
+
+    async def download(self, file_id: str) -> bytes:
+        """``getFile``, then the file URL; both retried (reading twice is harmless)."""
+        file = await self.client.call(GetFile(file_id=file_id), idempotent=True)
+        if not file.file_path:
+            raise FileNotFoundError(f"telegram has no path for file {file_id}")
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((ClientError, TimeoutError)),
+            stop=stop_after_attempt(self.config.retry_attempts),
+            wait=wait_random_exponential(multiplier=self.config.retry_backoff * self.config.rate_scale, max=10),
+            reraise=True,
+        ):
+            with attempt:
+                buffer = await self.bot.download_file(file.file_path, destination=io.BytesIO())
+                assert buffer is not None
+                return buffer.getvalue()
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"ok": False, "error": message}, status=status)

@@ -1,0 +1,160 @@
+"""Pacing: one budget per chat, shared by everything sent to that chat, plus one for the bot.
+
+Telegram answers a bot that sends too fast with ``429`` and a ``retry_after`` that grows when it
+is ignored (minutes, even hours, are reported). The only reliable cure is never to exceed the
+budget, so every request that posts or edits a message passes :meth:`Pacer.slot` first:
+
+- the chat's budget: one message a second in any chat, twenty a minute in groups (Bot FAQ);
+- the bot's global budget: about thirty messages a second (Bot FAQ);
+- drafts (``sendMessageDraft``) have their own per-chat budget and do not use the message budgets
+  (they post nothing; Telegram publishes no number, the default is four a second).
+
+A ``429`` pauses the chat's budget for ``retry_after``; when two different chats are told to wait
+within one pause the limit is the bot's, not the chat's, so the global budget pauses too.
+
+Windows carry a safety margin (``MARGIN``) so that scheduling jitter never makes us arrive early.
+The chat's lock is held while the request is in flight, so a chat's requests leave in order
+(parts of a split message, stream frames, the final edit) and one at a time. Written by hand:
+aiogram has no outbound limiter, and aiolimiter-style leaky buckets know nothing of per-chat
+windows shared with a global one, or of ``retry_after``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+MARGIN = 0.05
+"""Fraction added to every window: requests are timed on our clock, counted on Telegram's."""
+
+PRIVATE_CHAT_INTERVAL = 1.0  # Bot FAQ: "avoid sending more than one message per second" in one chat
+GROUP_MESSAGES_PER_MINUTE = 20  # Bot FAQ: "no more than 20 messages per minute" in a group
+GLOBAL_MESSAGES_PER_SECOND = 30.0  # Bot FAQ: "no more than 30 messages per second" for bulk sending
+
+SlotKind = Literal["message", "draft"]
+
+
+@dataclass(frozen=True)
+class RateWindow:
+    """At most ``count`` events in any window of ``seconds``."""
+
+    count: int
+    seconds: float
+
+
+class RateBudget:
+    """A set of sliding windows plus a pause; answers "how long until one more event fits"."""
+
+    def __init__(self, windows: Sequence[RateWindow], clock: Callable[[], float] = time.monotonic) -> None:
+        self.windows = tuple(RateWindow(w.count, w.seconds * (1 + MARGIN)) for w in windows)
+        self._clock = clock
+        size = max((w.count for w in self.windows), default=1)
+        self._events: deque[float] = deque(maxlen=size)
+        self.paused_until = 0.0
+
+    def earliest(self, now: float) -> float:
+        """The earliest time at or after ``now`` at which one more event fits."""
+        at = max(now, self.paused_until)
+        for window in self.windows:
+            if len(self._events) >= window.count:
+                at = max(at, self._events[-window.count] + window.seconds)
+        return at
+
+    def reserve(self, now: float) -> float:
+        """Claim the earliest slot and return its time (in the future when the budget is spent).
+
+        Reserved slots are monotonic, so a reservation never overtakes an earlier one.
+        """
+        at = self.earliest(now)
+        if self._events and at < self._events[-1]:
+            at = self._events[-1]
+        self._events.append(at)
+        return at
+
+    def record(self, at: float) -> None:
+        self._events.append(at)
+
+    def pause(self, seconds: float) -> None:
+        self.paused_until = max(self.paused_until, self._clock() + seconds)
+
+
+class ChatBudget:
+    """A chat's message and draft budgets and the lock that keeps its requests in order."""
+
+    def __init__(self, message_windows: Sequence[RateWindow], draft_interval: float, clock: Callable[[], float]):
+        self.messages = RateBudget(message_windows, clock)
+        self.drafts = RateBudget([RateWindow(1, draft_interval)], clock)
+        self.lock = asyncio.Lock()
+
+
+class Pacer:
+    """Every paced request of one bot goes through ``async with pacer.slot(chat_id, kind):``."""
+
+    def __init__(
+        self,
+        *,
+        chat_interval: float = PRIVATE_CHAT_INTERVAL,
+        group_per_minute: int = GROUP_MESSAGES_PER_MINUTE,
+        global_per_second: float = GLOBAL_MESSAGES_PER_SECOND,
+        draft_interval: float = 0.25,
+        scale: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.scale = scale
+        self._clock = clock
+        self._chat_window = RateWindow(1, chat_interval * scale)
+        self._group_window = RateWindow(group_per_minute, 60.0 * scale)
+        self._draft_interval = draft_interval * scale
+        per_second = max(1, int(global_per_second))
+        self.global_budget = RateBudget([RateWindow(per_second, per_second / global_per_second * scale)], clock)
+        self._chats: dict[int, ChatBudget] = {}
+        self._last_429: tuple[int, float] | None = None
+        self.waited = 0.0
+        """Total seconds requests spent waiting for budget (for the benchmark and the logs)."""
+
+    def chat(self, chat_id: int) -> ChatBudget:
+        budget = self._chats.get(chat_id)
+        if budget is None:
+            windows = [self._chat_window]
+            if chat_id < 0:  # groups, supergroups and channels have negative ids
+                windows.append(self._group_window)
+            budget = ChatBudget(windows, self._draft_interval, self._clock)
+            self._chats[chat_id] = budget
+        return budget
+
+    @asynccontextmanager
+    async def slot(self, chat_id: int, kind: SlotKind = "message") -> AsyncIterator[None]:
+        """Wait for the chat's (and for messages the bot's) budget; hold the chat while inside."""
+        chat = self.chat(chat_id)
+        async with chat.lock:
+            own = chat.messages if kind == "message" else chat.drafts
+            while True:
+                await self._sleep_until(own.earliest(self._clock()))
+                if kind == "message":
+                    await self._sleep_until(self.global_budget.reserve(self._clock()))
+                now = self._clock()
+                if own.earliest(now) <= now:  # no pause arrived while we waited for the bot's budget
+                    own.record(now)
+                    break
+            yield
+
+    def retry_after(self, chat_id: int, seconds: float, kind: SlotKind = "message") -> None:
+        """Telegram said "retry after": pause the chat, and the bot when it looks global."""
+        chat = self.chat(chat_id)
+        (chat.messages if kind == "message" else chat.drafts).pause(seconds)
+        now = self._clock()
+        last = self._last_429
+        if last is not None and last[0] != chat_id and last[1] > now:
+            self.global_budget.pause(seconds)
+        self._last_429 = (chat_id, now + seconds)
+
+    async def _sleep_until(self, at: float) -> None:
+        delay = at - self._clock()
+        if delay > 0:
+            self.waited += delay
+            await asyncio.sleep(delay)

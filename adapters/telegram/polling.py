@@ -1,0 +1,101 @@
+"""Long polling that never drops an update and never runs in two processes at once.
+
+**Nothing is dropped.** ``getUpdates`` confirms updates only when it is next called with an
+``offset`` above them, and the offset advances past an update only after ``gw.submit`` has
+recorded it durably. A crash in between means Telegram sends it again; the inbox drops the repeat
+by its dedup key (``tg:<bot id>:<update_id>``). Start-up never passes ``drop_pending_updates``.
+
+**One poller.** Telegram itself allows one ``getUpdates`` at a time per bot (a second one ends the
+first with ``409 Conflict``), which would make two processes steal updates from each other. So a
+process polls only while it holds the store's lease ``telegram-poll:<bot id>``
+(``Store.acquire_lease``: a row in the shared database, SQLite or PostgreSQL), renewed before
+every long poll and released at shutdown; the lease outlives a poll by a margin, so a process that
+dies mid-poll is replaced once its lease expires. The others wait as hot standbys. A ``409`` that
+still happens (a poller outside chatgate, a webhook set by hand) is logged and waited out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiogram.exceptions import TelegramAPIError, TelegramConflictError
+from aiogram.methods import GetUpdates
+from aiogram.types import Update
+
+from adapters.telegram.client import TelegramClient
+from adapters.telegram.updates import ALLOWED_UPDATES
+
+log = logging.getLogger("chatgate.telegram")
+
+LEASE_MARGIN = 20.0  # seconds a lease outlives one long poll
+BACKOFF_MAX = 30.0
+
+
+class Poller:
+    def __init__(
+        self,
+        client: TelegramClient,
+        handle: Callable[[Update], Awaitable[None]],
+        *,
+        bot_id: int,
+        store: Any,
+        poll_timeout: int,
+        backoff: float = 0.5,
+    ) -> None:
+        self.client = client
+        self.handle = handle
+        self.store = store
+        self.poll_timeout = poll_timeout
+        self.backoff = backoff
+        self.lease_name = f"telegram-poll:{bot_id}"
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.lease_ttl = poll_timeout + LEASE_MARGIN
+        self.offset: int | None = None
+        self.polling = asyncio.Event()
+        """Set while this process holds the lease and polls (tests wait on it)."""
+
+    async def _hold_lease(self) -> bool:
+        acquire = getattr(self.store, "acquire_lease", None)
+        if acquire is None:  # a store without leases: single-process deployments only
+            return True
+        return bool(await acquire(self.lease_name, self.holder, self.lease_ttl))
+
+    async def release(self) -> None:
+        release = getattr(self.store, "release_lease", None)
+        if release is not None:
+            await release(self.lease_name, self.holder)
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if not await self._hold_lease():
+                    self.polling.clear()
+                    await asyncio.sleep(min(self.lease_ttl / 3, 5.0))
+                    continue
+                self.polling.set()
+                updates = await self.client.call(
+                    GetUpdates(offset=self.offset, timeout=self.poll_timeout, allowed_updates=ALLOWED_UPDATES),
+                    idempotent=True,
+                    timeout=self.poll_timeout + 10,
+                )
+                for update in updates:
+                    await self.handle(update)  # raises if it could not be recorded: offset stays
+                    self.offset = update.update_id + 1
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except TelegramConflictError as exc:
+                failures += 1
+                log.warning("telegram: another getUpdates or a webhook is active (%s); waiting", exc.message)
+                await asyncio.sleep(min(BACKOFF_MAX, self.backoff * 2**failures))
+            except (TelegramAPIError, OSError, Exception) as exc:
+                failures += 1
+                log.error("telegram polling failed (%s); retrying", exc, exc_info=not isinstance(exc, TelegramAPIError))
+                await asyncio.sleep(min(BACKOFF_MAX, self.backoff * 2**failures))

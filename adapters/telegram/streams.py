@@ -1,0 +1,139 @@
+"""Streamed replies on Telegram: drafts in private chats, send-then-edit everywhere else.
+
+Both sinks render every frame from the whole text so far (``render_telegram``), so a stream that
+outgrows 4,096 characters rolls over into a new message at the splitter's boundary, and the final
+text is the same rendering ``send_text`` would give.
+
+- :class:`DraftStream` (private chats, ``sendMessageDraft``, Bot API 9.3): the current part is a
+  draft, animated under one ``draft_id`` with a stop button; parts the text has grown past are
+  posted as messages; ``close`` posts the rest. Drafts use their own budget, so the final
+  ``sendMessage`` does not wait behind them. A server without drafts switches the stream (and
+  the bot, remembered) to edits mid-stream without losing what was already posted.
+- :class:`EditStream`: ``sendMessage`` once, then ``editMessageText`` at most every ``interval``
+  (1.1 s private, 3.1 s groups by default), skipping unchanged parts; "not modified" is success.
+
+``close`` makes every part exactly the final rendering (edits are idempotent, so a retried edit
+never duplicates anything) and deletes messages the final text no longer needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+
+from adapters.telegram.client import DRAFT_ID_MAX, MethodUnsupported, TelegramClient
+from adapters.telegram.render import TelegramPart, render_telegram
+from gateway.outbound import MessageRef
+
+
+class _Posted:
+    """The messages a stream has posted so far and the HTML each shows."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.shown: list[str] = []
+
+    def refs(self) -> list[MessageRef]:
+        return [str(i) for i in self.ids]
+
+
+async def _sync(
+    client: TelegramClient, chat_id: int, thread_id: int | None, posted: _Posted, parts: list[TelegramPart]
+) -> None:
+    """Make ``posted`` show ``parts``: edit what changed, post what is new."""
+    for index, part in enumerate(parts):
+        if index < len(posted.ids):
+            if posted.shown[index] != part.html:
+                await client.edit_part(chat_id, posted.ids[index], part)
+                posted.shown[index] = part.html
+        else:
+            message = await client.send_part(chat_id, part, thread_id=thread_id)
+            posted.ids.append(message.message_id)
+            posted.shown.append(part.html)
+
+
+async def _finish(
+    client: TelegramClient, chat_id: int, thread_id: int | None, posted: _Posted, text: str
+) -> list[MessageRef]:
+    parts = render_telegram(text)
+    await _sync(client, chat_id, thread_id, posted, parts)
+    for extra in posted.ids[len(parts) :]:
+        await client.delete(chat_id, extra)
+    del posted.ids[len(parts) :], posted.shown[len(parts) :]
+    return posted.refs()
+
+
+class EditStream:
+    """Send, then edit no more often than ``interval``."""
+
+    def __init__(
+        self,
+        client: TelegramClient,
+        chat_id: int,
+        thread_id: int | None,
+        interval: float,
+        posted: _Posted | None = None,
+    ) -> None:
+        self.client = client
+        self.chat_id = chat_id
+        self.thread_id = thread_id
+        self.min_interval = interval
+        self._posted = posted or _Posted()
+        self._last = 0.0
+
+    async def frame(self, text: str) -> None:
+        parts = render_telegram(text)
+        if not parts:
+            return
+        wait = self._last + self.min_interval - time.monotonic()
+        if wait > 0 and self._posted.ids:
+            await asyncio.sleep(wait)
+        await _sync(self.client, self.chat_id, self.thread_id, self._posted, parts)
+        self._last = time.monotonic()
+
+    async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
+        return await _finish(self.client, self.chat_id, self.thread_id, self._posted, text)
+
+
+class DraftStream:
+    """Drafts for the part being written; messages for finished parts and the final text."""
+
+    def __init__(
+        self,
+        client: TelegramClient,
+        chat_id: int,
+        thread_id: int | None,
+        *,
+        draft_interval: float,
+        edit_interval: float,
+    ) -> None:
+        self.client = client
+        self.chat_id = chat_id
+        self.thread_id = thread_id
+        self.min_interval = draft_interval
+        self.edit_interval = edit_interval
+        self.draft_id = secrets.randbelow(DRAFT_ID_MAX) + 1
+        self._posted = _Posted()
+        self._fallback: EditStream | None = None
+
+    async def frame(self, text: str) -> None:
+        if self._fallback is not None:
+            await self._fallback.frame(text)
+            return
+        parts = render_telegram(text)
+        if not parts:
+            return
+        # parts the text has grown past are complete: post them as messages
+        await _sync(self.client, self.chat_id, self.thread_id, self._posted, parts[: len(parts) - 1])
+        try:
+            await self.client.send_draft(self.chat_id, self.draft_id, parts[-1], thread_id=self.thread_id)
+        except MethodUnsupported:
+            self._fallback = EditStream(self.client, self.chat_id, self.thread_id, self.edit_interval, self._posted)
+            await self._fallback.frame(text)
+
+    async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
+        if self._fallback is not None:
+            return await self._fallback.close(text, stopped=stopped)
+        # sending a message in the chat ends the draft; nothing else to clear
+        return await _finish(self.client, self.chat_id, self.thread_id, self._posted, text)
