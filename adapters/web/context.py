@@ -1,0 +1,73 @@
+"""What every web route shares: the settings, the identity resolver, and the running core."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import Settings
+from gateway.store.records import SessionRecord
+from gateway.types import UserInfo
+
+from .errors import WebError, not_found, unauthorized
+from .identity import IdentityRefused, IdentityResolver, WebIdentity
+
+log = logging.getLogger("chatgate.web")
+
+WIDGET_CHANNEL = "chat"
+API_CHANNEL = "api"
+
+
+@dataclass
+class WebContext:
+    settings: Settings
+    identities: IdentityResolver
+    gw: Any = None
+    """The running core (``GatewayContext`` plus ``store``, ``bus``, ``files``, ``app``); set in
+    ``WebAdapter.start`` (until then requests get 503)."""
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    """Open widget sockets, closed with "going away" at shutdown so widgets reconnect."""
+
+    @property
+    def core(self) -> Any:
+        if self.gw is None:
+            raise WebError(503, "unavailable", "the gateway is starting")
+        return self.gw
+
+    def sign_file(self, file_id: str, session_id: str) -> str:
+        return self.core.files.signed_url(file_id, session_id)
+
+    # -- identity -------------------------------------------------------------------------
+
+    def identify(self, request: web.BaseRequest, *, mint: bool) -> WebIdentity:
+        """The caller's identity for an HTTP request; raises 401 JSON errors."""
+        try:
+            identity = self.identities.resolve(request, mint=mint)
+        except IdentityRefused as exc:
+            raise unauthorized(str(exc)) from None
+        if identity is None:
+            raise unauthorized("no identity: send the chatgate_uid cookie, ?visitor= or ?token=")
+        return identity
+
+    async def user_of(self, identity: WebIdentity) -> UserInfo:
+        return await self.core.store.resolve_user(identity.user)
+
+    async def own_widget_session(self, session_id: Any, user: UserInfo) -> SessionRecord:
+        """The widget session ``session_id`` if ``user`` owns it; anything else is "not found"."""
+        if not isinstance(session_id, str) or not session_id:
+            raise not_found()
+        record = await self.core.store.get_session(session_id)
+        if record is None or record.channel.type != WIDGET_CHANNEL or record.user_id != user.id:
+            raise not_found()
+        return record
+
+    # -- REST -----------------------------------------------------------------------------
+
+    def owner_key(self, api_key: str) -> str:
+        """What REST sessions are scoped by: a digest of the key, never the key itself."""
+        digest = hashlib.sha256(api_key.encode()).hexdigest()[:32]
+        return f"apikey:{digest}"

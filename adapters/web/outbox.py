@@ -1,0 +1,113 @@
+"""The web channel's outbound side: everything a session sends becomes an event on the bus.
+
+Sockets, SSE streams and waiting ``send_message`` requests subscribe to the session's topic, so the
+process that runs the handler need not be the one that holds the connection (the bus is Redis
+when scaled out). Events on ``session:<session_id>``:
+
+- ``{"type": "message", "message": {...}}`` a complete message (assistant text, or a user
+  message echoed to the session's other sockets, with ``origin`` naming the sending socket)
+- ``{"type": "stream", "message_id", "text"}`` the whole text so far of a streaming reply;
+  each subscriber turns it into deltas against what it has already sent its client
+- ``{"type": "done", "message_id", "text", "stopped"}``
+- ``{"type": "block", "message_id", "block"}``
+- ``{"type": "notify", "text", "detail"}``
+- ``{"type": "turn_end", "inbound_id", "error"}``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from gateway.outbound import MessageRef
+
+from .wire import now_rfc3339
+
+
+class Bus(Protocol):
+    async def publish(self, topic: str, event: dict[str, Any]) -> None: ...
+
+
+def session_topic(session_id: str) -> str:
+    return f"session:{session_id}"
+
+
+def assistant_message(message_id: str, text: str, *, status: str = "complete") -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "role": "assistant",
+        "text": text,
+        "status": status,
+        "attachments": [],
+        "inbound_id": None,
+        "created_at": now_rfc3339(),
+    }
+
+
+class WebStreamSink:
+    """One streamed reply. Publishing is cheap, so frames are never held back here; the core's
+    pump already spaces them by ``min_interval``."""
+
+    def __init__(self, bus: Bus, topic: str, message_id: str, min_interval: float) -> None:
+        self._bus = bus
+        self._topic = topic
+        self._message_id = message_id
+        self.min_interval = min_interval
+
+    async def frame(self, text: str) -> None:
+        await self._bus.publish(self._topic, {"type": "stream", "message_id": self._message_id, "text": text})
+
+    async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
+        await self._bus.publish(
+            self._topic,
+            {"type": "done", "message_id": self._message_id, "text": text, "stopped": stopped},
+        )
+        return [self._message_id]
+
+
+class WebOutbox:
+    """The outbox of one widget or REST session."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        session_id: str,
+        *,
+        min_interval: float,
+        sign_file: Callable[[str, str], str] | None = None,
+    ) -> None:
+        self._bus = bus
+        self._session_id = session_id
+        self._topic = session_topic(session_id)
+        self._min_interval = min_interval
+        self._sign_file = sign_file
+
+    async def send_text(self, message_id: str, text: str) -> list[MessageRef]:
+        # A browser takes any length: no splitting on the web.
+        await self._bus.publish(self._topic, {"type": "message", "message": assistant_message(message_id, text)})
+        return [message_id]
+
+    def open_stream(self, message_id: str) -> WebStreamSink:
+        return WebStreamSink(self._bus, self._topic, message_id, self._min_interval)
+
+    async def show_block(
+        self, message_id: str, envelope: dict[str, Any], previous: list[MessageRef] | None
+    ) -> list[MessageRef]:
+        # The client replaces a block by its id, so a re-render needs no reference to the old one.
+        block = self._with_file_url(envelope)
+        await self._bus.publish(self._topic, {"type": "block", "message_id": message_id, "block": block})
+        return [message_id]
+
+    async def notify(self, text: str, detail: str) -> None:
+        await self._bus.publish(self._topic, {"type": "notify", "text": text, "detail": detail})
+
+    async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
+        await self._bus.publish(self._topic, {"type": "turn_end", "inbound_id": inbound_id, "error": error})
+
+    def _with_file_url(self, envelope: dict[str, Any]) -> dict[str, Any]:
+        """An image from the file store gets a signed URL the browser can load."""
+        payload = envelope.get("payload") or {}
+        if envelope.get("type") == "image" and payload.get("file_id") and self._sign_file and not payload.get("url"):
+            payload = {**payload, "url": self._sign_file(payload["file_id"], self._session_id)}
+            return {**envelope, "payload": payload}
+        return envelope

@@ -1,0 +1,357 @@
+"""The REST + SSE API under ``/api/v1``, wire-compatible with PromptRails' chat API.
+
+/work/shared/reference/promptrails-api.md is the spec. What matters most to the official SDK:
+every body is a JSON object (errors and the router's own 404/405 included); the statuses it maps
+to typed exceptions (400/401/403/404/429) are the only 4xx used, never 409/422 or a redirect
+(it would retry them); lists carry ``meta`` with both ``pages`` and ``total_pages``; SSE frames
+are LF-only with one ``data:`` line and the response ends after ``done`` or ``error``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from gateway.inbound import Inbound, PlatformUser
+from gateway.store.records import SessionRecord
+from gateway.types import Message, SessionChannel
+
+from . import errors
+from .context import API_CHANNEL, WebContext
+from .cors import cors_headers, preflight
+from .errors import WebError, bad_request, not_found
+from .outbox import session_topic
+from .rest_turns import RestTurns, content_digest
+from .sse import SSEWriter
+from .sse_turn import TurnStreamer
+from .subscription import subscribed
+from .wire import chat_message, chat_session, now_rfc3339, page_meta
+
+log = logging.getLogger("chatgate.web.rest")
+
+PREFIX = "/api/v1"
+DEFAULT_PAGE_SIZE = 20
+MAX_PAGE_SIZE = 100
+"""PromptRails' emulator clamps ``limit`` outside 1..100 to 20; so do we."""
+DEFAULT_AGENT = "default"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+API_PLATFORM = "api"
+FEEDBACK_DATA_KEY = "__feedback__"
+"""Where feedback is kept in ``session.data`` (dunder keys are the core's, like ``__chat_name__``)."""
+FEEDBACK_VALUES = (1, -1)
+
+Handler = Callable[[web.Request, "Caller"], Awaitable[web.StreamResponse]]
+
+
+class Caller:
+    """An authenticated API client: its sessions are the ones with its ``owner_key``."""
+
+    def __init__(self, owner_key: str) -> None:
+        self.owner_key = owner_key
+        self.user = PlatformUser(API_PLATFORM, owner_key)
+
+
+class RestApi:
+    def __init__(self, ctx: WebContext) -> None:
+        self.ctx = ctx
+        self.turns = RestTurns(ctx)
+
+    def mount(self, app: web.Application) -> None:
+        routes: dict[str, dict[str, Handler]] = {
+            "/chat/sessions": {"GET": self.list_sessions, "POST": self.create_session},
+            "/chat/sessions/{session_id}": {"GET": self.get_session, "DELETE": self.delete_session},
+            "/chat/sessions/{session_id}/messages": {"GET": self.list_messages, "POST": self.send_message},
+            "/chat/sessions/{session_id}/messages/stream": {"POST": self.stream_message},
+            "/chat/sessions/{session_id}/feedback": {"POST": self.submit_feedback},
+        }
+        for path, methods in routes.items():
+            app.router.add_route("*", PREFIX + path, self._endpoint(methods))
+        app.router.add_route("*", PREFIX + "/{tail:.*}", self._unknown_route)
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _endpoint(self, methods: dict[str, Handler]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        allowed = ", ".join([*methods, "OPTIONS"])
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            origins = self.ctx.settings.web.allowed_origins
+            if request.method == "OPTIONS":
+                return preflight(request, origins)
+            headers = cors_headers(request, origins)
+            handler = methods.get(request.method)
+            if handler is None:
+                return errors.json_error(
+                    405,
+                    errors.METHOD_NOT_ALLOWED,
+                    f"{request.method} is not allowed here; use {allowed}",
+                    headers={**headers, "Allow": allowed},
+                )
+            try:
+                response = await handler(request, self._authenticate(request))
+            except WebError as exc:
+                return exc.response(headers)
+            except Exception:
+                log.exception("%s %s failed", request.method, request.path)
+                return errors.json_error(500, errors.INTERNAL, "the server failed; it has been logged", headers=headers)
+            if not response.prepared:
+                response.headers.update(headers)
+            return response
+
+        return endpoint
+
+    async def _unknown_route(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return preflight(request, self.ctx.settings.web.allowed_origins)
+        return errors.json_error(404, errors.NOT_FOUND, f"no route {request.method} {request.path}")
+
+    def _authenticate(self, request: web.Request) -> Caller:
+        key = request.headers.get("X-API-Key", "")
+        keys = self.ctx.settings.web.api_keys
+        if not keys:
+            raise errors.unauthorized("the REST API is closed: no web.api_keys are configured")
+        if not key:
+            raise errors.unauthorized("send your API key in the X-API-Key header")
+        # Compare against every key so the time taken does not say which one nearly matched.
+        matched = [k for k in keys if hmac.compare_digest(k.encode(), key.encode())]
+        if not matched:
+            raise errors.unauthorized("the API key is not valid")
+        return Caller(self.ctx.owner_key(matched[0]))
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        # 400, not 413: the SDK would retry a 413 (any unmapped status) three more times.
+        limit = self.ctx.settings.server.max_request_bytes
+        too_large = WebError(400, errors.TOO_LARGE, f"the request body is larger than {limit} bytes")
+        if request.content_length is not None and request.content_length > limit:
+            raise too_large
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise too_large from None
+        if len(raw) > limit:
+            raise too_large
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise bad_request("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise bad_request("the body must be a JSON object")
+        return body
+
+    async def _own_session(self, request: web.Request, caller: Caller) -> SessionRecord:
+        session_id = request.match_info["session_id"]
+        if not ID_PATTERN.match(session_id):
+            raise not_found()
+        record = await self.ctx.core.store.get_session(session_id)
+        if record is None or record.owner_key != caller.owner_key:
+            raise not_found()
+        return record
+
+    def _agent_id(self, record: SessionRecord) -> str:
+        return record.chat_name or DEFAULT_AGENT
+
+    def _chat_name_for(self, agent_id: str) -> str | None:
+        """The handler an ``agent_id`` selects, as the session's ``chat_name``."""
+        app = self.ctx.core.app
+        handlers = app.message_handlers
+        if agent_id in handlers and agent_id is not None:
+            return agent_id
+        if agent_id in (DEFAULT_AGENT, app.name) and None in handlers:
+            # The core runs the unnamed handler for chat_name == app.name, so keeping the app's
+            # name lets the session echo the agent_id it was created with.
+            return None if agent_id == DEFAULT_AGENT else agent_id
+        raise not_found(f"unknown agent_id {agent_id!r}")
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def list_sessions(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        page, limit = _pagination(request)
+        records, total = await self.ctx.core.store.list_sessions(
+            owner_key=caller.owner_key, offset=(page - 1) * limit, limit=limit
+        )
+        data = [chat_session(r, self._agent_id(r)) for r in records]
+        return web.json_response({"data": data, "meta": page_meta(total, page, limit)})
+
+    async def create_session(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        body = await self._body(request)
+        agent_id = body.get("agent_id")
+        if not isinstance(agent_id, str) or not agent_id:
+            raise bad_request("agent_id is required")
+        title = body.get("title") or ""
+        metadata = body.get("metadata")
+        if not isinstance(title, str):
+            raise bad_request("title must be a string")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise bad_request("metadata must be an object")
+        chat_name = self._chat_name_for(agent_id)
+        store = self.ctx.core.store
+        user = await store.resolve_user(caller.user)
+        record = await store.create_session(
+            SessionChannel(API_CHANNEL),
+            user,
+            title=title,
+            metadata=metadata or {},
+            chat_name=chat_name,
+            owner_key=caller.owner_key,
+        )
+        return web.json_response({"data": chat_session(record, self._agent_id(record))}, status=201)
+
+    async def get_session(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        record = await self._own_session(request, caller)
+        return web.json_response({"data": chat_session(record, self._agent_id(record))})
+
+    async def delete_session(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        record = await self._own_session(request, caller)
+        await self.ctx.core.store.delete_session(record.id)
+        return web.Response(status=204)
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def list_messages(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        record = await self._own_session(request, caller)
+        page, limit = _pagination(request)
+        messages, total = await self.ctx.core.store.list_messages(record.id, offset=(page - 1) * limit, limit=limit)
+        return web.json_response({"data": [chat_message(m) for m in messages], "meta": page_meta(total, page, limit)})
+
+    async def _content(self, request: web.Request) -> str:
+        body = await self._body(request)
+        content = body.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise bad_request("content is required")
+        return content
+
+    def _inbound(self, record: SessionRecord, caller: Caller, content: str) -> Inbound:
+        return Inbound(
+            kind="message",
+            dedup_key=f"api:{record.id}:{secrets.token_hex(12)}",
+            channel=SessionChannel(API_CHANNEL),
+            user=caller.user,
+            message=Message(content, "user", API_CHANNEL),
+            session_id=record.id,
+            chat_name=record.chat_name,
+        )
+
+    async def _submit(self, record: SessionRecord, caller: Caller, content: str) -> Any:
+        digest = content_digest(caller.owner_key, record.id, content)
+        try:
+            turn, _joined = await self.turns.submit(digest, record.id, lambda: self._inbound(record, caller, content))
+        except LookupError:  # the session was deleted meanwhile (the core's UnknownSession)
+            raise not_found() from None
+        return turn
+
+    async def send_message(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        record = await self._own_session(request, caller)
+        content = await self._content(request)
+        turn = await self._submit(record, caller, content)
+        ended = await turn.wait_ended(self.ctx.settings.web.send_timeout)
+        if ended and turn.error in (errors.HANDLER_ERROR, errors.TIMEOUT):
+            status = 500 if turn.error == errors.HANDLER_ERROR else 504
+            message = "the bot failed to answer" if status == 500 else "the bot took too long to answer"
+            return errors.json_error(status, turn.error, message, {"execution_id": turn.inbound_id})
+        store = self.ctx.core.store
+        user_record = await store.message_for_inbound(record.id, turn.inbound_id, role="user")
+        user_message = (
+            chat_message(user_record) if user_record else _pending_user_message(record.id, turn.inbound_id, content)
+        )
+        replies = await self._replies(record.id, turn.inbound_id, user_record.id if user_record else None)
+        assistant = replies[-1] if ended and replies else None
+        flat = dict(assistant or user_message)
+        flat.update(
+            {
+                "user_message": user_message,
+                "assistant_message": assistant,
+                "assistant_messages": replies if ended else [],
+                "execution_id": turn.inbound_id,
+            }
+        )
+        return web.json_response({"data": flat}, status=201)
+
+    async def _replies(self, session_id: str, inbound_id: str, after_id: str | None) -> list[dict[str, Any]]:
+        """The assistant messages of one turn, oldest first."""
+        if after_id is None:
+            return []
+        out: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            records, _ = await self.ctx.core.store.list_messages(
+                session_id, offset=offset, limit=200, after_id=after_id
+            )
+            out += [chat_message(r) for r in records if r.inbound_id == inbound_id and r.role == "assistant"]
+            if len(records) < 200:
+                return out
+            offset += len(records)
+
+    async def stream_message(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        record = await self._own_session(request, caller)
+        content = await self._content(request)
+        writer = SSEWriter(request)
+        async with subscribed(self.ctx.core.bus, session_topic(record.id)) as queue:
+            try:
+                accepted = await self.ctx.core.submit(self._inbound(record, caller, content))
+            except LookupError:
+                raise not_found() from None
+            writer.response.headers.update(cors_headers(request, self.ctx.settings.web.allowed_origins))
+            await writer.open()
+            streamer = TurnStreamer(self.ctx, record.id, accepted.inbound_id, writer)
+            try:
+                await streamer.run(queue)
+            except Exception:
+                log.exception("streaming turn %s failed", accepted.inbound_id)
+                await writer.send("error", {"message": "the stream failed", "code": errors.INTERNAL})
+        return await writer.close()
+
+    # -- feedback ------------------------------------------------------------------------------
+
+    async def submit_feedback(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        record = await self._own_session(request, caller)
+        body = await self._body(request)
+        execution_id = body.get("execution_id")
+        value = body.get("value")
+        if not isinstance(execution_id, str) or not execution_id:
+            raise bad_request("execution_id is required")
+        if isinstance(value, bool) or value not in FEEDBACK_VALUES:
+            raise bad_request("value must be 1 or -1")
+        store = self.ctx.core.store
+        if await store.message_for_inbound(record.id, execution_id, role="user") is None:
+            raise not_found("execution not found in this session")
+        feedback = dict(record.data.get(FEEDBACK_DATA_KEY) or {})
+        feedback[execution_id] = {"value": value, "at": now_rfc3339()}
+        await store.save_session_data(record.id, {FEEDBACK_DATA_KEY: feedback}, [])
+        return web.json_response({"data": {"submitted": True}})
+
+
+def _pagination(request: web.Request) -> tuple[int, int]:
+    """``page`` (1-based) and ``limit``, clamped the way PromptRails' emulator clamps them."""
+    values = []
+    for key, default in (("page", 1), ("limit", DEFAULT_PAGE_SIZE)):
+        raw = request.query.get(key, "")
+        try:
+            values.append(int(raw) if raw else default)
+        except ValueError:
+            raise bad_request(f"{key} must be an integer") from None
+    page, limit = values
+    if page < 1:
+        page = 1
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        limit = DEFAULT_PAGE_SIZE
+    return page, limit
+
+
+def _pending_user_message(session_id: str, inbound_id: str, content: str) -> dict[str, Any]:
+    """The user message of a turn still queued behind another (not stored yet)."""
+    return {
+        "id": inbound_id,
+        "session_id": session_id,
+        "role": "user",
+        "content": content,
+        "metadata": {"status": "queued"},
+        "created_at": now_rfc3339(),
+    }

@@ -1,0 +1,139 @@
+"""REST turns: submit a message, know when its turn ends, and answer a re-POST with the same turn.
+
+The PromptRails SDK re-POSTs ``send_message`` when its request times out or gets a 5xx, so the
+same content arriving again for the same session while its turn runs (or within
+``web.dedup_window`` seconds after) joins the first turn instead of running the handler twice.
+
+Each turn is watched by a background task subscribed to the session's bus topic *before* the
+message is submitted, so its ``turn_end`` cannot be missed, and every request that cares (the
+first POST, its retries) waits on the same :class:`RestTurn`, whatever happens to the others.
+The memory of recent turns is per process: a retry that lands on another process runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.inbound import Inbound
+
+from .context import WebContext
+from .outbox import session_topic
+from .subscription import next_event, subscribed
+
+log = logging.getLogger("chatgate.web.rest")
+
+WATCH_GRACE_SECONDS = 30.0
+"""How much longer than the handler timeout a watcher waits for ``turn_end`` before giving up."""
+UNBOUNDED_WATCH_SECONDS = 6 * 3600.0
+SUBMIT_POLL_SECONDS = 0.01
+"""The watch limit when handlers have no timeout (``dispatch.handler_timeout = 0``)."""
+
+
+@dataclass
+class RestTurn:
+    session_id: str
+    inbound_id: str = ""
+    submitted: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    error: str | None = None
+    failure: BaseException | None = None
+    """Set when submitting failed; every waiter re-raises it."""
+    ended_at: float | None = None
+
+    def finish(self, error: str | None) -> None:
+        if not self.ended.is_set():
+            self.error = error
+            self.ended_at = time.monotonic()
+            self.ended.set()
+
+    async def wait_submitted(self) -> None:
+        await self.submitted.wait()
+        if self.failure is not None:
+            raise self.failure
+
+    async def wait_ended(self, timeout: float) -> bool:
+        """True when the turn ended within ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self.ended.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
+def content_digest(owner_key: str, session_id: str, content: str) -> str:
+    return hashlib.sha256(f"{owner_key}\0{session_id}\0{content}".encode()).hexdigest()
+
+
+class RestTurns:
+    def __init__(self, ctx: WebContext) -> None:
+        self._ctx = ctx
+        self._recent: dict[str, RestTurn] = {}
+
+    async def submit(self, digest: str, session_id: str, make_inbound: Callable[[], Inbound]) -> tuple[RestTurn, bool]:
+        """Run a turn for this content, or join the identical one still running or just ended.
+
+        Returns the turn and whether it was joined (a duplicate POST).
+        """
+        self._forget_old()
+        existing = self._recent.get(digest)
+        if existing is not None and existing.failure is None:
+            await existing.wait_submitted()
+            return existing, True
+        turn = RestTurn(session_id)
+        self._recent[digest] = turn  # claimed before any await: a concurrent duplicate joins it
+        ready = asyncio.Event()
+        watcher = self._ctx.core.spawn(self._watch(turn, ready), name=f"chatgate-web-turn-{session_id}")
+        try:
+            await ready.wait()
+            accepted = await self._ctx.core.submit(make_inbound())
+        except BaseException as exc:
+            turn.failure = exc
+            turn.submitted.set()
+            watcher.cancel()
+            self._recent.pop(digest, None)
+            raise
+        turn.inbound_id = accepted.inbound_id
+        turn.submitted.set()
+        return turn, accepted.duplicate
+
+    async def _watch(self, turn: RestTurn, ready: asyncio.Event) -> None:
+        timeout = self._ctx.settings.dispatch.handler_timeout
+        limit = timeout + WATCH_GRACE_SECONDS if timeout else UNBOUNDED_WATCH_SECONDS
+        deadline = time.monotonic() + limit
+        ended: dict[str | None, str | None] = {}
+        try:
+            async with subscribed(self._ctx.core.bus, session_topic(turn.session_id)) as queue:
+                ready.set()
+                while True:
+                    if turn.submitted.is_set() and turn.inbound_id in ended:
+                        turn.finish(ended[turn.inbound_id])
+                        return
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        log.warning("turn %s: no turn_end after %.0fs; stopped waiting", turn.inbound_id, limit)
+                        turn.finish("timeout")
+                        return
+                    # Until submit returns, poll briefly: a turn_end may already be queued for it.
+                    wake = SUBMIT_POLL_SECONDS if not turn.submitted.is_set() else remaining
+                    event = await next_event(queue, min(remaining, wake))
+                    if event is None:
+                        turn.finish("timeout")
+                        return
+                    if event and event.get("type") == "turn_end":
+                        ended[event.get("inbound_id")] = event.get("error")
+        finally:
+            ready.set()
+            if not turn.ended.is_set() and turn.failure is None:
+                turn.finish("timeout")
+
+    def _forget_old(self) -> None:
+        window = self._ctx.settings.web.dedup_window
+        now = time.monotonic()
+        for digest, turn in list(self._recent.items()):
+            if turn.failure is not None or (turn.ended_at is not None and now - turn.ended_at > window):
+                del self._recent[digest]

@@ -1,0 +1,408 @@
+"""The widget's WebSocket (`GET /ws`): frames in, inbound events to the core, bus events out.
+
+One ``WidgetConnection`` per socket. Inbound frames are validated and submitted; a forwarding task
+subscribes to the session's bus topic *before* it replays the stored history, so nothing that
+happens during the replay is missed, and it tracks the text the client holds for every message,
+so neither a replay nor a live delta ever repeats text (docs/web-protocol.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from gateway.inbound import ButtonPress, Inbound, PlatformUser
+from gateway.store.records import SessionRecord
+from gateway.types import Attachment, Event, Message, SessionChannel, UserInfo
+
+from . import errors
+from .context import WIDGET_CHANNEL, WebContext
+from .cors import origin_allowed
+from .errors import WebError, error_frame
+from .identity import IdentityRefused, WebIdentity
+from .outbox import session_topic
+from .uploads import attachment_for
+from .wire import now_rfc3339, public_attachments, widget_frame
+
+log = logging.getLogger("chatgate.web.socket")
+
+HEARTBEAT_SECONDS = 30.0
+"""Ping interval: keeps proxies from closing an idle socket and finds dead peers."""
+CLOSE_UNAUTHORIZED = 4401
+"""Application close code (4000-4999 are free for applications, RFC 6455 §7.4.2)."""
+HARD_LIMIT_FACTOR = 4
+"""A frame this many times over ``max_frame_bytes`` closes the socket (aiohttp, code 1009)."""
+FRAME_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+REPLAY_PAGE = 200
+FINISHED = frozenset({"complete", "stopped", "failed"})
+
+
+def utf16_len(text: str) -> int:
+    """JavaScript's ``string.length``: delta offsets are counted the way the browser counts."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def common_prefix(a: str, b: str) -> str:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return a[:i]
+
+
+async def websocket_handler(ctx: WebContext, request: web.Request) -> web.StreamResponse:
+    if not origin_allowed(request, ctx.settings.web.allowed_origins):
+        raise WebError(403, "forbidden", "this origin may not open the chat socket")
+    max_frame = ctx.settings.web.max_frame_bytes
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=max_frame * HARD_LIMIT_FACTOR)
+    try:
+        identity = ctx.identities.resolve(request, mint=True)
+    except IdentityRefused as exc:
+        await ws.prepare(request)
+        await ws.send_json(error_frame(errors.UNAUTHORIZED, str(exc)))
+        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
+        return ws
+    assert identity is not None  # mint=True always gives one
+    if identity.minted:
+        ctx.identities.remember(ws, identity)
+    await ws.prepare(request)
+    user = await ctx.user_of(identity)
+    connection = WidgetConnection(ctx, ws, identity, user)
+    ctx.sockets.add(ws)
+    try:
+        await connection.serve()
+    finally:
+        ctx.sockets.discard(ws)
+        await connection.shutdown()
+    return ws
+
+
+class WidgetConnection:
+    def __init__(self, ctx: WebContext, ws: web.WebSocketResponse, identity: WebIdentity, user: UserInfo) -> None:
+        self.ctx = ctx
+        self.ws = ws
+        self.identity = identity
+        self.user = user
+        self.connection_id = secrets.token_hex(8)
+        self.session: SessionRecord | None = None
+        self._forwarder: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
+        self._texts: dict[str, str] = {}
+        """The text the client holds for each message it has seen."""
+        self._finished: set[str] = set()
+        self._max_frame = ctx.settings.web.max_frame_bytes
+
+    @property
+    def platform_user(self) -> PlatformUser:
+        return self.identity.user
+
+    # -- the read loop ----------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        async for raw in self.ws:
+            if raw.type == WSMsgType.TEXT:
+                await self._on_text(raw.data)
+            elif raw.type == WSMsgType.BINARY:
+                await self.send(error_frame(errors.BAD_FRAME, "frames are JSON text, not binary"))
+            elif raw.type == WSMsgType.ERROR:
+                log.info("socket %s closed with an error: %s", self.connection_id, self.ws.exception())
+                break
+
+    async def shutdown(self) -> None:
+        if self._forwarder is not None:
+            self._forwarder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._forwarder
+
+    async def _on_text(self, data: str) -> None:
+        if len(data.encode()) > self._max_frame:
+            await self.send(error_frame(errors.TOO_LARGE, f"frames are limited to {self._max_frame} bytes"))
+            return
+        try:
+            frame = json.loads(data)
+        except ValueError:
+            await self.send(error_frame(errors.BAD_FRAME, "the frame is not valid JSON"))
+            return
+        if not isinstance(frame, dict):
+            await self.send(error_frame(errors.BAD_FRAME, "a frame is a JSON object"))
+            return
+        frame_id = frame.get("id")
+        if not isinstance(frame_id, str) or not FRAME_ID.match(frame_id):
+            await self.send(error_frame(errors.BAD_FRAME, "every frame needs an id: 1-64 of [A-Za-z0-9_-]"))
+            return
+        kind = frame.get("type")
+        handler = self._handlers.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            await self.send(error_frame(errors.BAD_FRAME, f"unknown frame type {kind!r}", frame_id))
+            return
+        if kind != "hello" and self.session is None:
+            await self.send(error_frame(errors.NOT_READY, "send hello first", frame_id))
+            return
+        try:
+            await handler(self, frame)
+        except WebError as exc:
+            await self.send(error_frame(exc.code, exc.message, frame_id))
+        except Exception:
+            log.exception("socket %s: %s frame failed", self.connection_id, kind)
+            await self.send(error_frame(errors.INTERNAL, "the server could not handle this frame", frame_id))
+
+    # -- frames -----------------------------------------------------------------------------
+
+    async def _hello(self, frame: dict[str, Any]) -> None:
+        session_id = frame.get("session_id")
+        after = _optional_str(frame, "after")
+        handler = _optional_str(frame, "handler")
+        store = self.ctx.core.store
+        if session_id is None:
+            if handler not in self.ctx.core.app.message_handlers:
+                raise errors.not_found(f"no message handler named {handler!r}")
+            session = await store.create_session(SessionChannel(WIDGET_CHANNEL), self.user, chat_name=handler)
+        else:
+            session = await self.ctx.own_widget_session(session_id, self.user)
+        self.session = session
+        self._follow(session, after, ready=True)
+
+    async def _resume(self, frame: dict[str, Any]) -> None:
+        assert self.session is not None
+        self._follow(self.session, _optional_str(frame, "after"), ready=False)
+
+    async def _message(self, frame: dict[str, Any]) -> None:
+        text = frame.get("text", "")
+        if not isinstance(text, str):
+            raise errors.WebError(400, errors.BAD_FRAME, "text must be a string")
+        raw_attachments = frame.get("attachments") or []
+        if not isinstance(raw_attachments, list):
+            raise errors.WebError(400, errors.BAD_FRAME, "attachments must be a list of {file_id}")
+        attachments = [await self._attachment(item) for item in raw_attachments]
+        if not text.strip() and not attachments:
+            raise errors.WebError(400, errors.BAD_FRAME, "a message needs text or an attachment")
+        message = Message(text, "user", WIDGET_CHANNEL, attachments=attachments or None)
+        inbound = self._inbound("message", frame, message=message)
+        accepted = await self._submit(frame, inbound)
+        if not accepted.duplicate:
+            await self._echo(accepted.inbound_id, text, attachments)
+
+    async def _button(self, frame: dict[str, Any]) -> None:
+        block_id = _required_str(frame, "block_id")
+        value = _required_str(frame, "value")
+        await self._submit(frame, self._inbound("button", frame, button=ButtonPress(block_id, value)))
+
+    async def _action(self, frame: dict[str, Any]) -> None:
+        name = _required_str(frame, "name")
+        payload = frame.get("payload") or {}
+        if not isinstance(payload, dict):
+            raise errors.WebError(400, errors.BAD_FRAME, "payload must be an object")
+        event = Event(name, payload, source={"channel": WIDGET_CHANNEL, "frame_id": frame["id"]})
+        await self._submit(frame, self._inbound("action", frame, action=event))
+
+    async def _upload_done(self, frame: dict[str, Any]) -> None:
+        block_id = _required_str(frame, "block_id")
+        attachment = await self._attachment({"file_id": frame.get("file_id")})
+        message = Message("", "user", WIDGET_CHANNEL, attachments=[attachment])
+        await self._submit(frame, self._inbound("upload", frame, message=message, prompt_id=block_id))
+
+    async def _stop(self, frame: dict[str, Any]) -> None:
+        await self._submit(frame, self._inbound("stop", frame))
+
+    _handlers: dict[str, Any] = {
+        "hello": _hello,
+        "resume": _resume,
+        "message": _message,
+        "button": _button,
+        "action": _action,
+        "upload_done": _upload_done,
+        "stop": _stop,
+    }
+
+    # -- inbound helpers --------------------------------------------------------------------
+
+    def _inbound(self, kind: Any, frame: dict[str, Any], **fields: Any) -> Inbound:
+        assert self.session is not None
+        return Inbound(
+            kind=kind,
+            # Scoped by session, so one client cannot pre-empt another's frame ids.
+            dedup_key=f"web:{self.session.id}:{frame['id']}",
+            channel=SessionChannel(WIDGET_CHANNEL),
+            user=self.platform_user,
+            session_id=self.session.id,
+            chat_name=self.session.chat_name,
+            **fields,
+        )
+
+    async def _submit(self, frame: dict[str, Any], inbound: Inbound) -> Any:
+        accepted = await self.ctx.core.submit(inbound)
+        await self.send(
+            {"type": "ack", "id": frame["id"], "inbound_id": accepted.inbound_id, "duplicate": accepted.duplicate}
+        )
+        return accepted
+
+    async def _attachment(self, item: Any) -> Attachment:
+        if not isinstance(item, dict) or not isinstance(item.get("file_id"), str):
+            raise errors.WebError(400, errors.BAD_FRAME, 'an attachment is {"file_id": "..."}')
+        assert self.session is not None
+        return await attachment_for(self.ctx, item["file_id"], self.session.id)
+
+    async def _echo(self, inbound_id: str, text: str, attachments: list[Attachment]) -> None:
+        """Show the user's message on the session's other sockets (another tab)."""
+        assert self.session is not None
+        message = {
+            "id": inbound_id,
+            "role": "user",
+            "text": text,
+            "status": "complete",
+            "attachments": public_attachments([a.to_dict() for a in attachments], self.session.id, self.ctx.sign_file),
+            "inbound_id": inbound_id,
+            "created_at": now_rfc3339(),
+        }
+        event = {"type": "message", "message": message, "origin": self.connection_id}
+        await self.ctx.core.bus.publish(session_topic(self.session.id), event)
+
+    # -- outbound: replay, then live events -------------------------------------------------
+
+    def _follow(self, session: SessionRecord, after: str | None, *, ready: bool) -> None:
+        if self._forwarder is not None:
+            self._forwarder.cancel()
+        if ready:
+            self._texts.clear()
+            self._finished.clear()
+        self._forwarder = asyncio.create_task(
+            self._forward(session, after, ready), name=f"web-socket-{self.connection_id}"
+        )
+
+    async def _forward(self, session: SessionRecord, after: str | None, ready: bool) -> None:
+        try:
+            async with self.ctx.core.bus.subscribe(session_topic(session.id)) as events:
+                if ready:
+                    await self.send(self._ready_frame(session))
+                await self._replay(session.id, after)
+                async for event in events:
+                    await self._deliver(event)
+                    if self.ws.closed:
+                        return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("socket %s: forwarding session %s failed", self.connection_id, session.id)
+            await self.send(error_frame(errors.INTERNAL, "live updates stopped; send resume"))
+
+    def _ready_frame(self, session: SessionRecord) -> dict[str, Any]:
+        user = {"id": self.user.id, "email": self.user.email, "org_id": self.user.org_id}
+        return {
+            "type": "ready",
+            "session_id": session.id,
+            "user": user,
+            "title": session.title,
+            "handler": session.chat_name,
+            "visitor_token": self.identity.visitor_token,
+        }
+
+    async def _replay(self, session_id: str, after: str | None) -> None:
+        offset = 0
+        while True:
+            records, _total = await self.ctx.core.store.list_messages(
+                session_id, offset=offset, limit=REPLAY_PAGE, after_id=after
+            )
+            for record in records:
+                frame = widget_frame(record, self.ctx.sign_file)
+                if frame["type"] == "message":
+                    self._texts[record.id] = record.text
+                    if record.status in FINISHED:
+                        self._finished.add(record.id)
+                await self.send(frame)
+            if len(records) < REPLAY_PAGE:
+                return
+            offset += len(records)
+
+    async def _deliver(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "message":
+            await self._deliver_message(event)
+        elif kind == "stream":
+            await self._deliver_stream(event["message_id"], event["text"])
+        elif kind == "done":
+            await self._deliver_done(event["message_id"], event["text"], bool(event.get("stopped")))
+        elif kind in ("block", "notify", "turn_end"):
+            await self.send(event)
+
+    async def _deliver_message(self, event: dict[str, Any]) -> None:
+        message = event["message"]
+        if event.get("origin") == self.connection_id or message["id"] in self._finished:
+            return
+        self._texts[message["id"]] = message["text"]
+        if message.get("status") in FINISHED:
+            self._finished.add(message["id"])
+        await self.send({"type": "message", "message": message})
+
+    async def _deliver_stream(self, message_id: str, text: str) -> None:
+        if message_id in self._finished:
+            return
+        have = self._texts.get(message_id)
+        self._texts[message_id] = text
+        if have is None:
+            message = {
+                "id": message_id,
+                "role": "assistant",
+                "text": text,
+                "status": "streaming",
+                "attachments": [],
+                "inbound_id": None,
+                "created_at": now_rfc3339(),
+            }
+            await self.send({"type": "message", "message": message})
+            return
+        if text == have:
+            return
+        prefix = have if text.startswith(have) else common_prefix(have, text)
+        delta = {"type": "delta", "message_id": message_id, "offset": utf16_len(prefix), "delta": text[len(prefix) :]}
+        await self.send(delta)
+
+    async def _deliver_done(self, message_id: str, text: str, stopped: bool) -> None:
+        if message_id in self._finished and self._texts.get(message_id) == text:
+            return
+        known = message_id in self._texts
+        self._texts[message_id] = text
+        self._finished.add(message_id)
+        if known:
+            await self.send({"type": "done", "message_id": message_id, "text": text, "stopped": stopped})
+            return
+        message = {
+            "id": message_id,
+            "role": "assistant",
+            "text": text,
+            "status": "stopped" if stopped else "complete",
+            "attachments": [],
+            "inbound_id": None,
+            "created_at": now_rfc3339(),
+        }
+        await self.send({"type": "message", "message": message})
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        """Send one frame; a socket that has gone away is not an error (its client will resume)."""
+        if self.ws.closed:
+            return
+        async with self._send_lock:
+            try:
+                await self.ws.send_str(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+            except (ConnectionError, RuntimeError):
+                log.debug("socket %s went away while sending", self.connection_id)
+
+
+def _optional_str(frame: dict[str, Any], key: str) -> str | None:
+    value = frame.get(key)
+    if value is None or isinstance(value, str):
+        return value or None
+    raise errors.WebError(400, errors.BAD_FRAME, f"{key} must be a string or null")
+
+
+def _required_str(frame: dict[str, Any], key: str) -> str:
+    value = frame.get(key)
+    if not isinstance(value, str) or not value:
+        raise errors.WebError(400, errors.BAD_FRAME, f"{key} must be a non-empty string")
+    return value

@@ -1,0 +1,150 @@
+"""One REST turn streamed as PromptRails SSE: ``execution``, ``content``..., ``done`` or ``error``.
+
+Bus events carry no inbound id, and a session's earlier turn may still be running when this one
+is submitted, so content is attributed by the stored message's ``inbound_id`` (one lookup per
+message id). ``execution`` goes out once the turn's user message is stored (the turn started),
+so ``user_message_id`` is real and ``list_messages`` already shows it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from . import errors
+from .context import WebContext
+from .sse import SSEWriter
+from .subscription import EventQueue, next_event
+
+log = logging.getLogger("chatgate.web.sse")
+
+START_POLL_SECONDS = 0.05
+"""How often to look for the stored user message until the turn has started."""
+KEEPALIVE_SECONDS = 15.0
+"""A comment line this often keeps proxies from closing an idle stream (the SDK ignores it)."""
+MESSAGE_SEPARATOR = "\n\n"
+"""Between two messages of one turn in the concatenated content."""
+ERROR_MESSAGES = {
+    errors.HANDLER_ERROR: "the bot failed to answer",
+    errors.TIMEOUT: "the bot took too long to answer",
+}
+
+
+class TurnStreamer:
+    def __init__(self, ctx: WebContext, session_id: str, inbound_id: str, writer: SSEWriter) -> None:
+        self._ctx = ctx
+        self._session_id = session_id
+        self._inbound_id = inbound_id
+        self._writer = writer
+        self._owner_of: dict[str, str | None] = {}
+        self._sent: dict[str, str] = {}
+        """Per message id, the text already sent as content."""
+        self._order: list[str] = []
+        self._started = False
+        self._wait_limit = self._limit()
+
+    def _limit(self) -> float:
+        timeout = self._ctx.settings.dispatch.handler_timeout
+        return timeout + 30.0 if timeout else 6 * 3600.0
+
+    async def run(self, queue: EventQueue) -> None:
+        deadline = time.monotonic() + self._wait_limit
+        while self._writer.connected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                await self._writer.send("error", {"message": ERROR_MESSAGES[errors.TIMEOUT], "code": errors.TIMEOUT})
+                return
+            wake = START_POLL_SECONDS if not self._started else KEEPALIVE_SECONDS
+            event = await next_event(queue, min(wake, remaining))
+            if event is None:
+                await self._writer.send("error", {"message": "the stream was interrupted", "code": errors.INTERNAL})
+                return
+            if event is False:
+                if not self._started:
+                    await self._try_start()
+                else:
+                    await self._writer.comment("keepalive")
+                continue
+            if await self._on_event(event):
+                return
+
+    async def _try_start(self) -> None:
+        store = self._ctx.core.store
+        user_message = await store.message_for_inbound(self._session_id, self._inbound_id, role="user")
+        if user_message is not None:
+            await self._start(user_message.id)
+
+    async def _start(self, user_message_id: str | None) -> None:
+        if self._started:
+            return
+        self._started = True
+        data: dict[str, Any] = {"execution_id": self._inbound_id}
+        if user_message_id:
+            data["user_message_id"] = user_message_id
+        await self._writer.send("execution", data)
+
+    async def _ensure_started(self) -> None:
+        if not self._started:
+            user_message = await self._ctx.core.store.message_for_inbound(
+                self._session_id, self._inbound_id, role="user"
+            )
+            await self._start(user_message.id if user_message else None)
+
+    async def _on_event(self, event: dict[str, Any]) -> bool:
+        """Handle one bus event; True when the turn is over."""
+        kind = event.get("type")
+        if kind == "turn_end":
+            if event.get("inbound_id") != self._inbound_id:
+                return False
+            await self._ensure_started()
+            await self._end(event.get("error"))
+            return True
+        if kind == "message":
+            message = event.get("message") or {}
+            if message.get("role") == "assistant" and await self._ours(message["id"]):
+                await self._content(message["id"], message.get("text", ""))
+        elif kind in ("stream", "done"):
+            if await self._ours(event["message_id"]):
+                await self._content(event["message_id"], event.get("text", ""))
+        elif kind == "block" and self._started:
+            await self._writer.send("block", {"message_id": event.get("message_id"), "block": event.get("block")})
+        elif kind == "notify" and self._started:
+            await self._writer.send("notify", {"text": event.get("text", ""), "detail": event.get("detail", "")})
+        return False
+
+    async def _ours(self, message_id: str) -> bool:
+        if message_id not in self._owner_of:
+            record = await self._ctx.core.store.get_message(message_id)
+            self._owner_of[message_id] = None if record is None else record.inbound_id
+        return self._owner_of[message_id] == self._inbound_id
+
+    async def _content(self, message_id: str, text: str) -> None:
+        await self._ensure_started()
+        if message_id not in self._sent:
+            if self._order and any(self._sent[m] for m in self._order):
+                await self._writer.send("content", {"content": MESSAGE_SEPARATOR})
+            self._order.append(message_id)
+            self._sent[message_id] = ""
+        have = self._sent[message_id]
+        if text.startswith(have) and len(text) > len(have):
+            await self._writer.send("content", {"content": text[len(have) :]})
+            self._sent[message_id] = text
+        elif not text.startswith(have):
+            # The text was rewritten (never by the core's pump); SSE cannot take content back,
+            # so the rest goes out as it is and ``done.output`` carries the exact final text.
+            self._sent[message_id] = text
+
+    def full_text(self) -> str:
+        return MESSAGE_SEPARATOR.join(self._sent[m] for m in self._order if self._sent[m])
+
+    async def _end(self, error: str | None) -> None:
+        if error in ERROR_MESSAGES:
+            await self._writer.send("error", {"message": ERROR_MESSAGES[error], "code": error})
+            return
+        output: dict[str, Any] = {"content": self.full_text()}
+        if self._order:
+            output["message_id"] = self._order[-1]
+        if error:
+            output["stopped"] = error == "stopped"
+        await self._writer.send("done", {"output": output, "token_usage": {}})

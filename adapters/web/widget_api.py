@@ -1,0 +1,56 @@
+"""Small JSON endpoints the widget calls before it opens its socket."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .context import WebContext
+from .cors import cors_headers, preflight
+from .errors import WebError
+
+
+def widget_config(ctx: WebContext) -> dict:
+    app = ctx.core.app
+    web_settings = ctx.settings.web
+    handlers = [
+        {"name": name, "label": spec.label or name or web_settings.title} for name, spec in app.message_specs.items()
+    ]
+    return {
+        "title": web_settings.title,
+        "accent_color": web_settings.accent_color,
+        "handlers": handlers,
+        "max_upload_bytes": ctx.settings.files.max_upload_bytes,
+        "accepted_types": ctx.settings.files.accepted_types,
+        "max_frame_bytes": web_settings.max_frame_bytes,
+    }
+
+
+def mount_widget_api(app: web.Application, ctx: WebContext) -> None:
+    origins = ctx.settings.web.allowed_origins
+
+    async def config(request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return preflight(request, origins)
+        return web.json_response(widget_config(ctx), headers=cors_headers(request, origins))
+
+    async def identity(request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return preflight(request, origins)
+        headers = cors_headers(request, origins)
+        try:
+            who = ctx.identify(request, mint=True)
+            user = await ctx.user_of(who)
+        except WebError as exc:
+            return exc.response(headers)
+        body = {
+            "user": {"id": user.id, "email": user.email, "org_id": user.org_id},
+            "visitor_token": who.visitor_token,
+        }
+        response = web.json_response(body, headers=headers)
+        ctx.identities.remember(response, who)
+        return response
+
+    app.router.add_route("GET", "/api/widget/config", config)
+    app.router.add_route("OPTIONS", "/api/widget/config", config)
+    app.router.add_route("GET", "/api/widget/identity", identity)
+    app.router.add_route("OPTIONS", "/api/widget/identity", identity)
