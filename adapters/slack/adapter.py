@@ -185,16 +185,19 @@ class SlackAdapter(Adapter):
     async def handle_events_request(self, request: web.Request) -> web.StreamResponse:
         """The Events API / interactivity / slash command Request URL."""
         body = await request.read()
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            return _signature_error(400, "invalid_payload")
         timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
         signature = request.headers.get("X-Slack-Signature", "")
         if not timestamp.lstrip("-").isdigit():
             return _signature_error(401, "invalid_timestamp")
-        if not self.verifier.is_valid(body=body, timestamp=timestamp, signature=signature):
+        if not self.verifier.is_valid(body=text, timestamp=timestamp, signature=signature):
             return _signature_error(401, "invalid_signature")
         try:
-            text = body.decode("utf-8")
             bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=dict(request.headers))
-        except (UnicodeDecodeError, ValueError):
+        except ValueError:
             return _signature_error(400, "invalid_payload")
         response = await self.bolt.async_dispatch(bolt_request)
         return await to_aiohttp_response(response)

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import itertools
 import json
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -86,15 +87,24 @@ class FakeMessage:
         return joined or self.text
 
 
+_MARKDOWN_ESCAPE = re.compile(r"\\([!-/:-@\[-`{-~])")
+
+
+def unescape_mrkdwn(text: str) -> str:
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
 def block_text(block: dict[str, Any]) -> str:
+    """A block's text as a reader sees it: Markdown backslash escapes and mrkdwn entities undone."""
     kind = block.get("type")
     if kind == "markdown":
-        return str(block.get("text", ""))
+        return _MARKDOWN_ESCAPE.sub(r"\1", str(block.get("text", "")))
     if kind in ("section", "header"):
         text = block.get("text") or {}
-        return str(text.get("text", "")) if isinstance(text, dict) else ""
+        return unescape_mrkdwn(str(text.get("text", ""))) if isinstance(text, dict) else ""
     if kind == "context":
-        return " ".join(str(e.get("text", "")) for e in block.get("elements") or [] if isinstance(e, dict))
+        texts = (str(e.get("text", "")) for e in block.get("elements") or [] if isinstance(e, dict))
+        return unescape_mrkdwn(" ".join(texts))
     if kind == "rich_text":
         return json.dumps(block.get("elements"))
     return ""
@@ -121,6 +131,8 @@ class RateLimiter:
 
     def check(self, key: tuple[str, ...], budget: Budget, now: float) -> float:
         """0 when a call fits (and records it), else seconds until it would fit."""
+        if budget.calls <= 0:
+            return budget.window
         log = self.logs.setdefault(key, deque())
         while log and log[0] <= now - budget.window:
             log.popleft()
@@ -679,3 +691,65 @@ class FakeSlack:
         if user is None:
             raise SlackApiFailure("user_not_found")
         return {"user": user}
+
+
+# ---- a running gateway wired to the local Slack (tests and benches) ----
+
+
+def slack_settings(data_dir: Any, slack: FakeSlack, **slack_options: Any) -> Any:
+    """Settings for a gateway on a loopback port, a SQLite file in ``data_dir``, and the Slack
+    channel pointed at ``slack``. ``slack_options`` override the ``[slack]`` section."""
+    from gateway.config import Settings
+
+    section = {
+        "bot_token": slack.bot_token,
+        "signing_secret": slack.signing_secret,
+        "app_token": slack.app_token,
+        "api_url": slack.api_url,
+        "update_interval": 0.1,
+        **slack_options,
+    }
+    return Settings(
+        data_dir=str(data_dir),
+        secret_key="test-secret",
+        server={"host": "127.0.0.1", "port": 0},
+        database={"url": f"sqlite+aiosqlite:///{data_dir}/chatgate.db"},
+        files={"dir": f"{data_dir}/files"},
+        web={"enabled": False},
+        scheduler={"enabled": False},
+        slack=section,
+    )
+
+
+class SlackGateway:
+    """``async with SlackGateway(app, tmp_path, slack) as gw``: a real Gateway with the Slack
+    adapter only; ``events_url`` is its Events API Request URL."""
+
+    def __init__(self, app: Any, data_dir: Any, slack: FakeSlack, **slack_options: Any) -> None:
+        self.app = app
+        self.slack = slack
+        self.settings = slack_settings(data_dir, slack, **slack_options)
+        self.gateway: Any = None
+
+    async def __aenter__(self) -> Any:
+        from adapters.slack import SlackAdapter
+        from gateway.runtime import Gateway
+
+        self.gateway = Gateway(self.app, self.settings, adapters=[SlackAdapter(self.settings)])
+        await self.gateway.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.gateway.stop()
+
+    @property
+    def adapter(self) -> Any:
+        return self.gateway.adapters[0]
+
+    @property
+    def events_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.port}{self.settings.slack.events_path}"
+
+    async def idle(self, timeout: float = 5.0) -> None:
+        """Wait until every submitted event has been handled."""
+        await self.gateway.dispatcher.wait_idle(timeout)

@@ -1,0 +1,274 @@
+"""The Events API end to end: signed payloads POSTed to a running gateway, replies on the local Slack."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+
+import gateway
+from tests.fakes.slack_api import FakeSlack, SlackGateway
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def dm(text: str, ts: str, *, user: str = "U1", thread_ts: str | None = None, **extra: Any) -> dict[str, Any]:
+    event = {"type": "message", "channel": "D1", "channel_type": "im", "user": user, "text": text, "ts": ts}
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return {**event, **extra}
+
+
+def channel_message(text: str, ts: str, *, thread_ts: str | None = None, user: str = "U1") -> dict[str, Any]:
+    event = {"type": "message", "channel": "C1", "channel_type": "channel", "user": user, "text": text, "ts": ts}
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return event
+
+
+def mention(text: str, ts: str, *, thread_ts: str | None = None, user: str = "U1") -> dict[str, Any]:
+    event = {"type": "app_mention", "channel": "C1", "user": user, "text": f"<@UBOT> {text}", "ts": ts}
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return event
+
+
+def echo_app(seen: list[tuple[gateway.Session, gateway.Message]]) -> gateway.App:
+    app = gateway.App("slack-test")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        seen.append((session, msg))
+        await session.reply(f"echo: {msg.text}")
+
+    return app
+
+
+@pytest.fixture
+async def slack():
+    async with FakeSlack() as fake:
+        fake.add_user("U1", email="ada@example.com", name="Ada")
+        fake.add_user("U2", name="Bob")  # no email: the app lacks users:read.email for him
+        yield fake
+
+
+async def test_url_verification_is_answered(slack: FakeSlack, tmp_path) -> None:
+    async with SlackGateway(echo_app([]), tmp_path, slack) as gw:
+        body = json.dumps({"type": "url_verification", "challenge": "chal-123", "token": "x"}).encode()
+        status, text, _ = await slack.deliver(gw.events_url, body, content_type="application/json")
+        assert status == 200
+        assert "chal-123" in text
+
+
+async def test_dm_gets_a_reply_in_its_thread_with_the_users_identity(slack: FakeSlack, tmp_path) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        status, _, elapsed = await slack.deliver_event(
+            gw.events_url, dm("hello *there* &amp; you", "100.000001"), event_id="Ev1"
+        )
+        assert status == 200 and elapsed < 3
+        await slack.wait_for(lambda: slack.thread("D1", "100.000001"))
+        session, msg = seen[0]
+        assert msg.text == "hello *there* & you"
+        assert msg.channel_type == "slack"
+        assert session.channel.type == "slack"
+        assert session.channel.address == {"chat_id": "D1", "thread_id": "100.000001", "team_id": "T0001"}
+        assert session.user.email == "ada@example.com"
+        assert slack.thread("D1", "100.000001")[0].visible_text == "echo: hello *there* & you"
+
+
+async def test_replies_in_the_same_thread_share_a_session(slack: FakeSlack, tmp_path) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, dm("one", "100.000001"), event_id="Ev1")
+        await slack.deliver_event(gw.events_url, dm("two", "100.000002", thread_ts="100.000001"), event_id="Ev2")
+        await slack.deliver_event(gw.events_url, dm("other", "100.000003"), event_id="Ev3")
+        await slack.wait_for(lambda: len(seen) == 3)
+        await gw.idle()
+        ids = {m.text: s.id for s, m in seen}
+        assert ids["one"] == ids["two"] != ids["other"]
+
+
+async def test_per_dm_sessions_keep_one_session_and_reply_at_top_level(slack: FakeSlack, tmp_path) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack, dm_sessions="per_dm") as gw:
+        await slack.deliver_event(gw.events_url, dm("one", "100.000001"), event_id="Ev1")
+        await slack.deliver_event(gw.events_url, dm("two", "100.000002"), event_id="Ev2")
+        await slack.wait_for(lambda: len(slack.thread("D1", None)) == 2)
+        assert seen[0][0].id == seen[1][0].id
+        assert seen[0][0].channel.thread_id is None
+
+
+async def test_retries_and_repeated_event_ids_are_processed_once(slack: FakeSlack, tmp_path) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        event = dm("once", "100.000001")
+        first = await slack.deliver_event(gw.events_url, event, event_id="EvSame")
+        retry = await slack.deliver_event(gw.events_url, event, event_id="EvSame", retry_num=1)
+        again = await slack.deliver_event(gw.events_url, event, event_id="EvSame", retry_num=2)
+        assert [r[0] for r in (first, retry, again)] == [200, 200, 200]
+        await slack.wait_for(lambda: slack.thread("D1", "100.000001"))
+        await gw.idle()
+        await asyncio.sleep(0.1)
+        assert len(seen) == 1
+        assert len(slack.thread("D1", "100.000001")) == 1
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"signature": "v0=" + "0" * 64},  # wrong signature
+        {"timestamp": int(time.time()) - 6 * 60},  # stale: outside the 5-minute window
+        {"timestamp": int(time.time()) + 6 * 60},  # from the future
+    ],
+)
+async def test_bad_signatures_are_refused_with_no_side_effect(slack: FakeSlack, tmp_path, headers) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        status, text, _ = await slack.deliver_event(
+            gw.events_url, dm("evil", "100.000001"), event_id="EvBad", **headers
+        )
+        assert status == 401
+        assert json.loads(text) == {"ok": False, "error": "invalid_signature"}
+        # The same event, signed properly afterwards, is new to the gateway: nothing was recorded.
+        status, _, _ = await slack.deliver_event(gw.events_url, dm("good", "100.000001"), event_id="EvBad")
+        assert status == 200
+        await slack.wait_for(lambda: seen)
+        await gw.idle()
+        assert [m.text for _, m in seen] == ["good"]
+
+
+async def test_unsigned_and_malformed_requests_get_protocol_errors(slack: FakeSlack, tmp_path) -> None:
+    import aiohttp
+
+    async with SlackGateway(echo_app([]), tmp_path, slack) as gw, aiohttp.ClientSession() as http:
+        async with http.post(gw.events_url, data=b"{}") as response:
+            assert response.status == 401
+            assert (await response.json())["ok"] is False
+        async with http.post(gw.events_url, data=b"{}", headers={"X-Slack-Request-Timestamp": "abc"}) as response:
+            assert response.status == 401
+        body = b"\xff\xfe not utf-8"
+        status, text, _ = await slack.deliver(gw.events_url, body, content_type="application/json")
+        assert status == 400 and json.loads(text)["error"] == "invalid_payload"
+        status, text, _ = await slack.deliver(gw.events_url, b"{not json", content_type="application/json")
+        assert status == 400 and json.loads(text)["error"] == "invalid_payload"
+        assert slack.calls_of("chat.postMessage") == []
+
+
+async def test_ack_does_not_wait_for_the_handler(slack: FakeSlack, tmp_path) -> None:
+    app = gateway.App("slow")
+    release = asyncio.Event()
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await release.wait()
+        await session.reply("done")
+
+    async with SlackGateway(app, tmp_path, slack) as gw:
+        status, _, elapsed = await slack.deliver_event(gw.events_url, dm("hi", "100.000001"), event_id="Ev1")
+        assert status == 200 and elapsed < 1.0
+        release.set()
+        await slack.wait_for(lambda: slack.thread("D1", "100.000001"))
+
+
+async def test_mentions_open_a_thread_and_thread_replies_follow(slack: FakeSlack, tmp_path) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        url = gw.events_url
+        # Slack sends both a message event and an app_mention for a mention: handled once.
+        await slack.deliver_event(url, channel_message("<@UBOT> help me", "200.000001"), event_id="EvMsg")
+        await slack.deliver_event(url, mention("help me", "200.000001"), event_id="EvMention")
+        await slack.wait_for(lambda: slack.thread("C1", "200.000001"))
+        # A reply in that thread, without a mention: the bot takes part, so it answers.
+        await slack.deliver_event(url, channel_message("more", "200.000002", thread_ts="200.000001"), event_id="Ev3")
+        # A reply in some other thread, and a top-level channel message: not for us.
+        await slack.deliver_event(url, channel_message("chatter", "300.000002", thread_ts="300.000001"), event_id="Ev4")
+        await slack.deliver_event(url, channel_message("lunch?", "300.000003"), event_id="Ev5")
+        await slack.wait_for(lambda: len(slack.thread("C1", "200.000001")) == 2)
+        await gw.idle()
+        assert [m.text for _, m in seen] == ["help me", "more"]
+        assert seen[0][0].id == seen[1][0].id
+        assert seen[0][0].channel.thread_id == "200.000001"
+
+
+async def test_thread_membership_survives_a_restart(slack: FakeSlack, tmp_path) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, mention("start", "200.000001"), event_id="Ev1")
+        await slack.wait_for(lambda: slack.thread("C1", "200.000001"))
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:  # a new process, same database
+        await slack.deliver_event(
+            gw.events_url, channel_message("after restart", "200.000002", thread_ts="200.000001"), event_id="Ev2"
+        )
+        await slack.wait_for(lambda: len(slack.thread("C1", "200.000001")) == 2)
+        assert seen[0][0].id == seen[1][0].id
+
+
+async def test_own_messages_and_irrelevant_subtypes_are_ignored(slack: FakeSlack, tmp_path) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        url = gw.events_url
+        events = [
+            dm("from the bot", "100.000001", user="UBOT", bot_id="BBOT"),
+            dm("another bot", "100.000002", user="UOTHER", bot_id="BOTHER"),
+            {**dm("edited", "100.000003"), "subtype": "message_changed"},
+            {**dm("gone", "100.000004"), "subtype": "message_deleted"},
+            {**dm("joined", "100.000005"), "subtype": "channel_join"},
+            {"type": "reaction_added", "user": "U1", "reaction": "tada", "item": {"type": "message"}},
+        ]
+        for i, event in enumerate(events):
+            status, _, _ = await slack.deliver_event(url, event, event_id=f"EvIgnored{i}")
+            assert status == 200
+        await slack.deliver_event(url, dm("real", "100.000009"), event_id="EvReal")
+        await slack.wait_for(lambda: seen)
+        await gw.idle()
+        assert [m.text for _, m in seen] == ["real"]
+
+
+async def test_shared_files_arrive_as_attachments_downloaded_with_the_bot_token(slack: FakeSlack, tmp_path) -> None:
+    got: list[bytes] = []
+    app = gateway.App("files")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        assert msg.attachments
+        got.append(await msg.attachments[0].read())
+        path = await msg.attachments[0].download(str(tmp_path))
+        await session.reply(f"got {msg.attachments[0].name} ({msg.attachments[0].size} bytes) at {path}")
+
+    async with SlackGateway(app, tmp_path, slack) as gw:
+        shared = slack.add_file(b"%PDF-1.7 report", name="report.pdf", mimetype="application/pdf")
+        event = {**dm("here", "100.000001"), "subtype": "file_share", "files": [shared]}
+        await slack.deliver_event(gw.events_url, event, event_id="EvFile")
+        await slack.wait_for(lambda: slack.thread("D1", "100.000001"))
+        assert got == [b"%PDF-1.7 report"]
+        assert "report.pdf (15 bytes)" in slack.thread("D1", "100.000001")[0].visible_text
+
+
+async def test_slash_command_becomes_a_message(slack: FakeSlack, tmp_path) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        fields = {
+            "command": "/chatgate",
+            "text": "what is up",
+            "team_id": "T0001",
+            "channel_id": "C9",
+            "user_id": "U2",
+            "trigger_id": "trig-1",
+            "response_url": "https://hooks.slack.test/x",
+        }
+        status, _, elapsed = await slack.deliver_command(gw.events_url, fields)
+        assert status == 200 and elapsed < 3
+        status, text, _ = await slack.deliver_command(
+            gw.events_url, {**fields, "command": "/other", "trigger_id": "t2"}
+        )
+        assert status == 200 and "/chatgate" in text
+        await slack.wait_for(lambda: slack.thread("C9", None))
+        session, msg = seen[0]
+        assert msg.text == "what is up"
+        assert session.channel.address == {"chat_id": "C9", "team_id": "T0001"}
+        assert session.user.email is None
+        assert slack.thread("C9", None)[0].visible_text == "echo: what is up"

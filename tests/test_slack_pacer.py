@@ -1,0 +1,122 @@
+"""The Slack pacer: budgets per workspace method and per channel, priorities, 429 + Retry-After.
+
+The pacer runs against the local Slack (a real HTTP server) through slack_sdk's AsyncWebClient,
+with budgets shrunk to fractions of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from adapters.slack.limits import Budget
+from adapters.slack.pacer import RateLimited, SlackPacer, SlidingWindowBudget, retry_after_seconds
+from tests.fakes.slack_api import FakeSlack
+
+
+def test_sliding_window_counts_calls_in_the_window() -> None:
+    window = SlidingWindowBudget(Budget(3, 1.0), reserve=1)
+    for t in (0.0, 0.1, 0.2):
+        assert window.wait_time(t, urgent=True) == 0
+        window.record(t)
+    assert window.wait_time(0.3, urgent=True) == pytest.approx(1.02 - 0.3)
+    assert window.wait_time(1.03, urgent=True) == 0  # the first call left the window
+
+
+def test_previews_leave_a_reserve_for_finals() -> None:
+    window = SlidingWindowBudget(Budget(10, 1.0), reserve=1)
+    for i in range(9):
+        window.record(i / 100)
+    assert window.wait_time(0.1, urgent=False) > 0
+    assert window.wait_time(0.1, urgent=True) == 0
+
+
+def test_429_cool_off_blocks_the_key() -> None:
+    window = SlidingWindowBudget(Budget(100, 1.0), reserve=0)
+    window.block(5.0)
+    assert window.wait_time(4.0, urgent=True) == pytest.approx(1.0)
+
+
+async def test_pacer_keeps_calls_inside_the_budget() -> None:
+    pacer = SlackPacer(method_budgets={"chat.update": Budget(4, 0.3)}, channel_budgets={})
+    sent: list[float] = []
+
+    async def send() -> dict[str, bool]:
+        sent.append(time.monotonic())
+        return {"ok": True}
+
+    await asyncio.gather(*(pacer.call("chat.update", "T1", "C1", send) for _ in range(10)))
+    assert len(sent) == 10
+    for i in range(4, 10):  # no window of 0.3 s ever holds more than 4 calls
+        assert sent[i] - sent[i - 4] >= 0.3
+    assert pacer.stats.calls["chat.update"] == 10
+
+
+async def test_budgets_are_per_workspace_and_channel() -> None:
+    pacer = SlackPacer(
+        method_budgets={"chat.postMessage": Budget(100, 10)}, channel_budgets={"chat.postMessage": Budget(1, 10)}
+    )
+    assert await pacer.acquire("chat.postMessage", "T1", "C1", urgent=True, max_wait=0)
+    assert not await pacer.acquire("chat.postMessage", "T1", "C1", urgent=True, max_wait=0)
+    assert await pacer.acquire("chat.postMessage", "T1", "C2", urgent=True, max_wait=0)
+    assert await pacer.acquire("chat.postMessage", "T2", "C1", urgent=True, max_wait=0)
+
+
+async def test_preview_frames_are_skipped_not_queued() -> None:
+    pacer = SlackPacer(method_budgets={"chat.update": Budget(1, 5)}, channel_budgets={})
+
+    async def send() -> str:
+        return "sent"
+
+    assert await pacer.call("chat.update", "T1", "C1", send, urgent=False, max_wait=0.05) == "sent"
+    started = time.monotonic()
+    assert await pacer.call("chat.update", "T1", "C1", send, urgent=False, max_wait=0.05) is None
+    assert time.monotonic() - started < 0.2
+    assert pacer.stats.skipped_frames == 1
+
+
+async def test_429_is_honoured_and_the_call_retried() -> None:
+    async with FakeSlack(time_scale=0.01) as slack:
+        slack.set_budget("chat.update", 2, 0.4)  # Slack is stricter than our budget: we get 429s
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url, retry_handlers=[])
+        posted = await client.chat_postMessage(channel="C1", text="hello")
+        pacer = SlackPacer(channel_budgets={})
+        started = time.monotonic()
+        for i in range(4):
+            await pacer.call(
+                "chat.update", "T1", "C1", lambda i=i: client.chat_update(channel="C1", ts=posted["ts"], text=f"v{i}")
+            )
+        elapsed = time.monotonic() - started
+        assert slack.messages[("C1", posted["ts"])].text == "v3"
+        assert pacer.stats.rate_limited["chat.update"] >= 1
+        assert len(slack.rate_limited_calls()) == pacer.stats.rate_limited["chat.update"]
+        assert elapsed >= 0.3  # it waited for Slack's window instead of hammering
+        # After a 429 every later caller waits too: no second 429 right after the first.
+        statuses = [c.status for c in slack.calls_of("chat.update")]
+        assert all(not (a == 429 and b == 429) for a, b in itertools.pairwise(statuses))
+
+
+async def test_retry_after_header_is_read_in_seconds() -> None:
+    async with FakeSlack(time_scale=0.01) as slack:
+        slack.set_budget("users.info", 1, 0.5)
+        slack.add_user("U1")
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url, retry_handlers=[])
+        await client.users_info(user="U1")
+        with pytest.raises(SlackApiError) as caught:
+            await client.users_info(user="U1")
+        assert caught.value.response.status_code == 429
+        assert 0 < retry_after_seconds(caught.value) <= 0.5
+
+
+async def test_urgent_call_gives_up_after_repeated_429s() -> None:
+    async with FakeSlack(time_scale=0.01) as slack:
+        slack.set_budget("chat.postMessage", 0, 0.01)  # Slack refuses everything, Retry-After ~0
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url, retry_handlers=[])
+        pacer = SlackPacer(channel_budgets={})
+        with pytest.raises(RateLimited):
+            await pacer.call("chat.postMessage", "T1", "C1", lambda: client.chat_postMessage(channel="C1", text="x"))
