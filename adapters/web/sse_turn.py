@@ -107,10 +107,17 @@ class TurnStreamer:
         elif kind in ("stream", "done"):
             if await self._ours(event["message_id"]):
                 await self._content(event["message_id"], event.get("text", ""))
-        elif kind == "block" and self._started:
-            await self._writer.send("block", {"message_id": event.get("message_id"), "block": event.get("block")})
-        elif kind == "notify" and self._started:
-            await self._writer.send("notify", {"text": event.get("text", ""), "detail": event.get("detail", "")})
+        elif kind in ("block", "notify"):
+            # These carry no message of ours to check, but the session runs one turn at a time:
+            # once this turn's user message is stored, what follows is this turn's.
+            if not self._started:
+                await self._try_start()
+            if not self._started:
+                return False
+            if kind == "block":
+                await self._writer.send("block", {"message_id": event.get("message_id"), "block": event.get("block")})
+            else:
+                await self._writer.send("notify", {"text": event.get("text", ""), "detail": event.get("detail", "")})
         return False
 
     async def _ours(self, message_id: str) -> bool:

@@ -1,0 +1,288 @@
+"""The REST + SSE API against a real running gateway, driven by the official ``promptrails`` SDK
+(sync and async) and, where the SDK hides the wire, by raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from promptrails import AsyncPromptRails, PromptRails
+from promptrails.exceptions import NotFoundError, ServerError, UnauthorizedError, ValidationError
+
+import gateway
+from adapters.web.testing import base_url, running_gateway
+
+KEY = "key-one"
+OTHER_KEY = "key-two"
+
+
+def make_app(calls: list[str] | None = None) -> gateway.App:
+    app = gateway.App("echo-bot")
+
+    @app.message()
+    async def echo(session: gateway.Session, msg: gateway.Message) -> None:
+        text = msg.text
+        if calls is not None:
+            calls.append(text)
+        if text == "boom":
+            raise RuntimeError("the handler failed on purpose")
+        if text.startswith("stream "):
+            async with session.stream_reply() as reply:
+                for word in text.removeprefix("stream ").split():
+                    reply.write(word + " ")
+                    await asyncio.sleep(0.01)
+            return
+        if text.startswith("slow "):
+            await asyncio.sleep(float(text.removeprefix("slow ")))
+        if text == "two":
+            await session.reply("one")
+            await session.reply("two")
+            return
+        if text == "extras":
+            await session.notify("Searching")
+            await session.show_suggestions(["a", "b"])
+        await session.reply("echo: " + text)
+
+    @app.message("support")
+    async def support(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply("support: " + msg.text)
+
+    return app
+
+
+@pytest.fixture
+async def gw(tmp_path):
+    async with running_gateway(make_app(), tmp_path, web={"api_keys": [KEY, OTHER_KEY], "send_timeout": 10}) as gw:
+        yield gw
+
+
+def client(gw, key: str = KEY, **options) -> AsyncPromptRails:
+    return AsyncPromptRails(key, base_url=base_url(gw), max_retries=0, **options)
+
+
+async def test_sync_sdk_creates_lists_gets_and_deletes_sessions(gw):
+    def run() -> None:
+        sdk = PromptRails(KEY, base_url=base_url(gw), max_retries=0)
+        created = [sdk.chat.create_session(agent_id="default", title=f"t{i}", metadata={"i": i}) for i in range(3)]
+        assert created[0].agent_id == "default"
+        assert created[0].title == "t0" and created[0].metadata == {"i": 0}
+        assert created[0].created_at.endswith("Z")
+        got = sdk.chat.get_session(created[1].id)
+        assert (got.id, got.title, got.metadata) == (created[1].id, "t1", {"i": 1})
+        page1 = sdk.chat.list_sessions(page=1, limit=2)
+        assert page1.meta.total == 3 and page1.meta.pages == 2 and page1.meta.limit == 2
+        assert [s.id for s in page1.data] == [created[2].id, created[1].id]  # newest first
+        page2 = sdk.chat.list_sessions(page=2, limit=2)
+        assert [s.id for s in page2.data] == [created[0].id]
+        sdk.chat.delete_session(created[0].id)
+        with pytest.raises(NotFoundError):
+            sdk.chat.get_session(created[0].id)
+        with pytest.raises(NotFoundError):
+            sdk.chat.delete_session(created[0].id)
+        assert sdk.chat.list_sessions().meta.total == 2
+
+    await asyncio.to_thread(run)
+
+
+async def test_async_sdk_sends_and_lists_messages(gw):
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    reply = await sdk.chat.send_message(session.id, content="héllo")
+    assert (reply.role, reply.content, reply.session_id) == ("assistant", "echo: héllo", session.id)
+    await sdk.chat.send_message(session.id, content="again")
+    listed = await sdk.chat.list_messages(session.id)
+    assert [(m.role, m.content) for m in listed.data] == [
+        ("user", "héllo"),
+        ("assistant", "echo: héllo"),
+        ("user", "again"),
+        ("assistant", "echo: again"),
+    ]
+    assert listed.data[1].id == reply.id
+    page = await sdk.chat.list_messages(session.id, page=2, limit=3)
+    assert [m.content for m in page.data] == ["echo: again"] and page.meta.pages == 2
+
+
+async def test_send_message_returns_the_hybrid_shape(gw):
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    async with aiohttp.ClientSession() as http:
+        url = f"{base_url(gw)}/api/v1/chat/sessions/{session.id}/messages"
+        async with http.post(url, json={"content": "two"}, headers={"X-API-Key": KEY}) as response:
+            assert response.status == 201
+            data = (await response.json())["data"]
+    assert data["role"] == "assistant" and data["content"] == "two"
+    assert data["assistant_message"]["id"] == data["id"]
+    assert [m["content"] for m in data["assistant_messages"]] == ["one", "two"]
+    assert data["user_message"]["role"] == "user" and data["user_message"]["content"] == "two"
+    assert data["execution_id"]
+
+
+async def test_async_sdk_streams_a_reply(gw):
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    events = [e async for e in sdk.chat.send_message_stream(session.id, content="stream a b c")]
+    kinds = [e.type for e in events]
+    assert kinds[0] == "execution" and kinds[-1] == "done"
+    assert set(kinds[1:-1]) == {"content"}
+    streamed = "".join(e.content for e in events if e.type == "content")
+    assert streamed == "a b c " == events[-1].output["content"]
+    listed = await sdk.chat.list_messages(session.id)
+    assert listed.data[0].id == events[0].user_message_id
+    assert [m.content for m in listed.data] == ["stream a b c", "a b c "]
+
+
+async def test_sync_sdk_streams_a_reply(gw):
+    def run() -> list:
+        sdk = PromptRails(KEY, base_url=base_url(gw), max_retries=0)
+        session = sdk.chat.create_session(agent_id="default")
+        return list(sdk.chat.send_message_stream(session.id, content="stream x y"))
+
+    events = await asyncio.to_thread(run)
+    assert [e.type for e in events][0] == "execution"
+    assert "".join(e.content for e in events if e.type == "content") == "x y "
+    assert events[-1].type == "done"
+
+
+async def test_stream_of_several_messages_blocks_and_notify(gw):
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    events = [e async for e in sdk.chat.send_message_stream(session.id, content="two")]
+    assert "".join(e.content for e in events if e.type == "content") == "one\n\ntwo" == events[-1].output["content"]
+    # notify and blocks are events the SDK skips; the raw stream carries them.
+    async with aiohttp.ClientSession() as http:
+        url = f"{base_url(gw)}/api/v1/chat/sessions/{session.id}/messages/stream"
+        async with http.post(url, json={"content": "extras"}, headers={"X-API-Key": KEY}) as response:
+            raw = (await response.read()).decode()
+    names = [line.removeprefix("event: ") for line in raw.split("\n") if line.startswith("event: ")]
+    assert names[0] == "execution" and names[-1] == "done"
+    assert "notify" in names and "block" in names
+    extras = [e async for e in sdk.chat.send_message_stream(session.id, content="extras")]
+    assert {e.type for e in extras} == {"execution", "content", "done"}
+
+
+async def test_sse_framing_is_exactly_what_the_sdk_parses(gw):
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    async with aiohttp.ClientSession() as http:
+        url = f"{base_url(gw)}/api/v1/chat/sessions/{session.id}/messages/stream"
+        headers = {"X-API-Key": KEY, "Accept": "text/event-stream"}
+        async with http.post(url, json={"content": "stream p q"}, headers=headers) as response:
+            assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+            assert response.headers.get("Content-Encoding") is None
+            body = await response.read()  # returns only because the server closes after done
+    text = body.decode()
+    assert "\r" not in text and text.endswith("\n\n")
+    for frame in text.strip("\n").split("\n\n"):
+        lines = frame.split("\n")
+        if lines[0].startswith(":"):
+            continue
+        assert len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: ")
+        data = json.loads(lines[1].removeprefix("data: "))
+        assert isinstance(data, dict) and "type" not in data
+
+
+async def test_agent_id_selects_the_named_handler(gw):
+    sdk = client(gw)
+    support = await sdk.chat.create_session(agent_id="support")
+    assert support.agent_id == "support"
+    assert (await sdk.chat.send_message(support.id, content="hi")).content == "support: hi"
+    by_app_name = await sdk.chat.create_session(agent_id="echo-bot")
+    assert (await sdk.chat.get_session(by_app_name.id)).agent_id == "echo-bot"
+    assert (await sdk.chat.send_message(by_app_name.id, content="hi")).content == "echo: hi"
+    with pytest.raises(NotFoundError):
+        await sdk.chat.create_session(agent_id="nobody")
+    with pytest.raises(ValidationError):
+        await sdk.chat.create_session(agent_id="")
+
+
+async def test_feedback(gw):
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    events = [e async for e in sdk.chat.send_message_stream(session.id, content="hi")]
+    execution_id = events[0].execution_id
+    result = await sdk.chat.submit_feedback(session.id, execution_id=execution_id, value=1)
+    assert result.submitted is True
+    with pytest.raises(ValidationError):
+        await sdk.chat.submit_feedback(session.id, execution_id=execution_id, value=5)
+    with pytest.raises(NotFoundError):
+        await sdk.chat.submit_feedback(session.id, execution_id="01UNKNOWN", value=-1)
+    record = await gw.store.get_session(session.id)
+    assert record.data["__feedback__"][execution_id]["value"] == 1
+
+
+async def test_errors_are_typed_exceptions(gw):
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    with pytest.raises(UnauthorizedError):
+        await client(gw, "wrong-key").chat.list_sessions()
+    with pytest.raises(UnauthorizedError):
+        await client(gw, "").chat.get_session(session.id)
+    # Sessions are scoped per key: another key does not see this one.
+    other = client(gw, OTHER_KEY)
+    assert (await other.chat.list_sessions()).meta.total == 0
+    with pytest.raises(NotFoundError):
+        await other.chat.get_session(session.id)
+    with pytest.raises(NotFoundError):
+        await other.chat.send_message(session.id, content="hi")
+    with pytest.raises(NotFoundError):
+        await sdk.chat.list_messages("01NOSUCHSESSION")
+    with pytest.raises(ValidationError):
+        await sdk.chat.send_message(session.id, content="  ")
+
+
+async def test_a_failing_handler_gives_a_json_error_and_an_error_event(gw):
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    with pytest.raises(ServerError) as raised:
+        await sdk.chat.send_message(session.id, content="boom")
+    assert raised.value.status_code == 500
+    events = [e async for e in sdk.chat.send_message_stream(session.id, content="boom")]
+    assert events[0].type == "execution" and events[-1].type == "error"
+    assert events[-1].message == "the bot failed to answer"
+    # The session keeps working.
+    assert (await sdk.chat.send_message(session.id, content="ok")).content == "echo: ok"
+
+
+async def test_handler_timeout_gives_504_and_error_event(tmp_path):
+    settings = {"web": {"api_keys": [KEY], "send_timeout": 10}, "dispatch": {"handler_timeout": 0.2}}
+    async with running_gateway(make_app(), tmp_path, **settings) as gw:
+        sdk = client(gw)
+        session = await sdk.chat.create_session(agent_id="default")
+        with pytest.raises(ServerError) as raised:
+            await sdk.chat.send_message(session.id, content="slow 2")
+        assert raised.value.status_code == 504
+        events = [e async for e in sdk.chat.send_message_stream(session.id, content="slow 2")]
+        assert events[-1].type == "error" and "too long" in events[-1].message
+
+
+async def test_send_timeout_answers_with_the_user_message(tmp_path):
+    async with running_gateway(make_app(), tmp_path, web={"api_keys": [KEY], "send_timeout": 0.2}) as gw:
+        sdk = client(gw)
+        session = await sdk.chat.create_session(agent_id="default")
+        answer = await sdk.chat.send_message(session.id, content="slow 0.6")
+        assert (answer.role, answer.content) == ("user", "slow 0.6")
+        await gw.dispatcher.wait_idle(5)
+        listed = await sdk.chat.list_messages(session.id)
+        assert [m.content for m in listed.data] == ["slow 0.6", "echo: slow 0.6"]
+
+
+async def test_a_retried_post_does_not_run_the_handler_twice(tmp_path):
+    calls: list[str] = []
+    async with running_gateway(make_app(calls), tmp_path, web={"api_keys": [KEY]}) as gw:
+        # The SDK gives up after 0.3 s, waits 1 s and re-POSTs the same content: it must join
+        # the turn that is still running rather than start another one.
+        sdk = AsyncPromptRails(KEY, base_url=base_url(gw), max_retries=1, timeout=0.3)
+        session = await sdk.chat.create_session(agent_id="default")
+        answer = await sdk.chat.send_message(session.id, content="slow 0.5")
+        assert answer.content == "echo: slow 0.5"
+        assert calls == ["slow 0.5"]
+        # Two identical POSTs at once: one turn, one answer.
+        sdk = client(gw)
+        first, second = await asyncio.gather(
+            sdk.chat.send_message(session.id, content="same"), sdk.chat.send_message(session.id, content="same")
+        )
+        assert first.id == second.id and calls.count("same") == 1
+        listed = await sdk.chat.list_messages(session.id, limit=100)
+        assert [m.content for m in listed.data].count("same") == 1
