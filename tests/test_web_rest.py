@@ -140,7 +140,7 @@ async def test_sync_sdk_streams_a_reply(gw):
         return list(sdk.chat.send_message_stream(session.id, content="stream x y"))
 
     events = await asyncio.to_thread(run)
-    assert [e.type for e in events][0] == "execution"
+    assert events[0].type == "execution"
     assert "".join(e.content for e in events if e.type == "content") == "x y "
     assert events[-1].type == "done"
 
