@@ -93,6 +93,10 @@ class Gateway:
         else:
             user = await self.store.resolve_user(inbound.user)
             session = await self.store.session_for_address(inbound.channel, user)
+        if inbound.message is not None and inbound.message.attachments:
+            # Bound here too (not only in the turn) because a prompt's answer skips the turn.
+            channel_type = inbound.message.channel_type or inbound.channel.type
+            inbound.message.attachments = [self.resolve_attachment(channel_type, a) for a in inbound.message.attachments]
         return await self.dispatcher.submit(inbound, session)
 
     def outbox_for(self, channel: SessionChannel, session_id: str) -> Outbox | None:

@@ -281,6 +281,15 @@ class Conversation:
     async def stop(self) -> None:
         await self.client.gateway.submit(self._inbound("stop"))
 
+    async def finish(self, *, timeout: float = 10.0) -> Turn:
+        """Wait until the current turn ends (past any prompt); returns it."""
+        turn = self._current
+        if turn is None:
+            raise AssertionError("nothing was sent yet")
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: turn.ended), timeout)
+        return turn
+
     def _prompt(self, block_type: str) -> dict[str, Any]:
         prompt = self.waiting_prompt
         if prompt is None or prompt["type"] != block_type:

@@ -1,0 +1,236 @@
+"""A terminal chat for local development (``chatgate chat APP``).
+
+Replies stream live, blocks are printed as readable text, a file prompt is answered by typing a
+path, an approval by typing ``approve`` or ``reject``, a suggestion by its number (``/1``).
+Ctrl-C while a reply streams stops it; Ctrl-C (or Ctrl-D) at the prompt quits. The conversation
+is stored like any other, so running ``chatgate chat`` again continues it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import os
+import secrets
+import signal
+import sys
+from typing import Any, ClassVar, TextIO
+
+from adapters.base import Adapter
+from gateway.config import Settings
+from gateway.inbound import ButtonPress, Inbound, PlatformUser
+from gateway.outbound import Capabilities, Limits, MessageRef
+from gateway.types import Attachment, Message, SessionChannel
+
+HELP = """commands:
+  /1, /2 ...   press suggestion button 1, 2 ... of the last suggestions shown
+  /stop        stop the reply being streamed (or press Ctrl-C while it streams)
+  /quit        leave (Ctrl-D works too)
+  a file path  answers a file prompt when one is waiting"""
+
+
+class ConsoleSink:
+    min_interval = 0.0
+
+    def __init__(self, console: ConsoleAdapter) -> None:
+        self.console = console
+        self.printed = 0
+
+    async def frame(self, text: str) -> None:
+        if self.printed == 0:
+            self.console.write("bot> ")
+        self.console.write(text[self.printed :])
+        self.printed = len(text)
+
+    async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
+        await self.frame(text)
+        self.console.write(" [stopped]\n" if stopped else "\n")
+        return ["console"]
+
+
+class ConsoleOutbox:
+    def __init__(self, console: ConsoleAdapter) -> None:
+        self.console = console
+
+    async def send_text(self, message_id: str, text: str) -> list[MessageRef]:
+        self.console.write(f"bot> {text}\n")
+        return ["console"]
+
+    def open_stream(self, message_id: str) -> ConsoleSink:
+        return ConsoleSink(self.console)
+
+    async def show_block(self, message_id: str, envelope: dict[str, Any], previous: list[MessageRef] | None) -> list[str]:
+        self.console.show_block(envelope)
+        return ["console"]
+
+    async def notify(self, text: str, detail: str) -> None:
+        self.console.write(f"  … {text}{' — ' + detail if detail else ''}\n")
+
+    async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
+        self.console.turn_over.set()
+
+
+class ConsoleAdapter(Adapter):
+    """Owns the ``chat`` channel type while ``chatgate chat`` runs (the web adapter is off then)."""
+
+    channel_types: ClassVar[tuple[str, ...]] = ("chat",)
+    limits: ClassVar[Limits] = Limits(max_text=1_000_000)
+    capabilities: ClassVar[Capabilities] = Capabilities(edits=False)
+
+    def __init__(self, settings: Settings, out: TextIO | None = None) -> None:
+        self.settings = settings
+        self.out = out or sys.stdout
+        self.turn_over = asyncio.Event()
+        self.suggestions: tuple[str, list[dict[str, Any]]] | None = None
+        self.prompt: dict[str, Any] | None = None
+
+    async def start(self, gateway: Any) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def outbox(self, channel: SessionChannel, session_id: str) -> ConsoleOutbox:
+        return ConsoleOutbox(self)
+
+    def resolve_attachment(self, attachment: Attachment) -> Attachment:
+        if attachment.url.startswith("file://") and attachment.fetch is None:
+            path = attachment.url[len("file://") :]
+
+            async def fetch() -> bytes:
+                return await asyncio.to_thread(_read, path)
+
+            attachment.fetch = fetch
+        return attachment
+
+    def write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+    def show_block(self, envelope: dict[str, Any]) -> None:
+        kind, payload = envelope["type"], envelope.get("payload") or {}
+        waiting = payload.get("blocking")
+        if kind == "suggestions":
+            self.suggestions = (envelope["id"], payload.get("suggestions", []))
+            title = payload.get("title")
+            if title:
+                self.write(f"  {title}\n")
+            for index, item in enumerate(payload.get("suggestions", []), 1):
+                self.write(f"  [/{index}] {item.get('label')}\n")
+        elif kind == "file_upload":
+            if payload.get("completed"):
+                self.write(f"  ✓ received {payload.get('filename')}\n")
+            elif payload.get("timed_out"):
+                self.write("  (the file prompt timed out)\n")
+            elif waiting:
+                accept = f" ({payload['accept']})" if payload.get("accept") else ""
+                self.write(f"  📎 {payload.get('message', 'Please upload a file')}{accept} — type a file path\n")
+        elif kind == "approval_prompt":
+            if payload.get("completed"):
+                self.write("  ✓ approved\n" if payload.get("approved") else "  ✗ not approved\n")
+            elif waiting:
+                self.write(f"  ? {payload.get('message')} — type approve or reject\n")
+        elif kind == "image":
+            self.write(f"  [image] {payload.get('alt') or ''} {payload.get('url')}\n")
+        elif kind == "task_card":
+            self.write(f"  [task {payload.get('task_id')}] {payload.get('status', 'started')} {payload.get('message', '')}\n")
+        elif kind == "integration_prompt":
+            self.write(f"  🔗 connect {payload.get('type')}: {payload.get('connect_url', '(open the web app)')}\n")
+        elif kind == "session_title":
+            self.write(f"  — {payload.get('title')} —\n")
+        else:
+            self.write(f"  [{kind}] {payload}\n")
+        self.prompt = envelope if waiting else (None if self.prompt and self.prompt["id"] == envelope["id"] else self.prompt)
+        if waiting:
+            self.turn_over.set()  # give the keyboard back so the user can answer
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+async def run_console(app: Any, settings: Settings, *, user: str, conversation: str) -> int:
+    from gateway.runtime import Gateway
+
+    console = ConsoleAdapter(settings)
+    gateway = Gateway(app, settings, adapters=[console])
+    await gateway.start()
+    channel = SessionChannel("chat", chat_id=f"console:{conversation}")
+    platform_user = PlatformUser("console", user)
+    console.write(f"chatting with {app.name!r} as {user} — /help for commands, Ctrl-D to quit\n")
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            try:
+                line = await asyncio.to_thread(_input, "you> ")
+            except EOFError:
+                console.write("\n")
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                return 0
+            if line == "/help":
+                console.write(HELP + "\n")
+                continue
+            inbound = _inbound_for(line, console, channel, platform_user)
+            if inbound is None:
+                continue
+            console.turn_over.clear()
+            await gateway.submit(inbound)
+            accepted_stop = False
+
+            def request_stop() -> None:
+                nonlocal accepted_stop
+                accepted_stop = True
+                loop.create_task(gateway.submit(_event("stop", channel, platform_user)))
+
+            loop.add_signal_handler(signal.SIGINT, request_stop)
+            try:
+                await console.turn_over.wait()
+            finally:
+                loop.remove_signal_handler(signal.SIGINT)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        await gateway.stop()
+
+
+def _input(prompt: str) -> str:
+    return input(prompt)
+
+
+def _event(kind: str, channel: SessionChannel, user: PlatformUser, **fields: Any) -> Inbound:
+    return Inbound(kind=kind, dedup_key=f"console:{secrets.token_hex(8)}", channel=channel, user=user, **fields)  # type: ignore[arg-type]
+
+
+def _inbound_for(line: str, console: ConsoleAdapter, channel: SessionChannel, user: PlatformUser) -> Inbound | None:
+    prompt = console.prompt
+    if line == "/stop":
+        return _event("stop", channel, user)
+    if prompt is not None and prompt["type"] == "approval_prompt" and line.lower() in ("approve", "reject", "a", "r"):
+        value = "approve" if line.lower() in ("approve", "a") else "reject"
+        return _event("button", channel, user, button=ButtonPress(prompt["id"], value))
+    if prompt is not None and prompt["type"] == "file_upload":
+        path = os.path.expanduser(line.strip("'\""))
+        if not os.path.isfile(path):
+            console.write(f"  no such file: {path}\n")
+            return None
+        content_type = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        attachment = Attachment(os.path.basename(path), content_type, f"file://{os.path.abspath(path)}",
+                                os.path.getsize(path))
+        message = Message("", "user", "chat", attachments=[attachment])
+        return _event("upload", channel, user, message=message, prompt_id=prompt["id"])
+    if line.startswith("/") and line[1:].isdigit():
+        if console.suggestions is None:
+            console.write("  no suggestions were shown\n")
+            return None
+        block_id, items = console.suggestions
+        index = int(line[1:]) - 1
+        if not 0 <= index < len(items):
+            console.write(f"  pick a number from 1 to {len(items)}\n")
+            return None
+        return _event("button", channel, user, button=ButtonPress(block_id, str(index)))
+    return _event("message", channel, user, message=Message(line, "user", "chat"))

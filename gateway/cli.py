@@ -1,0 +1,252 @@
+"""``chatgate``: run an app, chat with it in the terminal, or start a new one.
+
+    chatgate run APP [--config FILE]     the whole gateway in one process
+    chatgate chat APP [--config FILE]    a terminal chat with the app
+    chatgate init DIR                    a starter app and config
+    chatgate integrations ...            list and revoke connected accounts
+
+APP is ``path/to/file.py[:attr]`` or ``package.module:attr``; ``attr`` defaults to ``app``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import importlib.util
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.config import ConfigError, Settings, load_settings
+
+EXIT_USAGE = 2
+log = logging.getLogger("chatgate")
+
+
+class AppLoadError(Exception):
+    pass
+
+
+def load_app(target: str) -> Any:
+    """Import ``file.py[:attr]`` or ``module:attr`` and return the App it names."""
+    from gateway.app import App
+
+    location, _, attr = target.partition(":")
+    attr = attr or "app"
+    if location.endswith(".py") or os.sep in location or "/" in location:
+        path = Path(location)
+        if not path.exists():
+            raise AppLoadError(f"no such file: {location}")
+        sys.path.insert(0, str(path.resolve().parent))
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise AppLoadError(f"cannot import {location}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(location)
+        except ModuleNotFoundError as exc:
+            raise AppLoadError(f"cannot import module {location!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if app is None:
+        raise AppLoadError(f"{location} has no attribute {attr!r} (name it with {location}:<attribute>)")
+    if not isinstance(app, App):
+        raise AppLoadError(f"{target} is a {type(app).__name__}, not a gateway.App")
+    return app
+
+
+def configure_logging(settings: Settings) -> None:
+    level = getattr(logging, settings.logging.level)
+    if settings.logging.format == "json":
+        fmt = '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":%(message)r}'
+    else:
+        fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", force=True)
+    for noisy in ("aiohttp.access", "aiogram.event", "slack_bolt", "apscheduler.executors.default"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+async def _serve(app: Any, settings: Settings) -> None:
+    from gateway.runtime import Gateway
+
+    started = time.perf_counter()
+    gateway = Gateway(app, settings)
+    await gateway.start()
+    ready = time.perf_counter() - started
+    for line in gateway.describe():
+        log.info(line)
+    log.info("ready in %.2f s — open %s/ to chat; Ctrl-C stops", ready, gateway.public_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: finishing running handlers (up to 5 s)")
+        await gateway.stop()
+        log.info("stopped")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    configure_logging(settings)
+    app = load_app(args.app)
+    asyncio.run(_serve(app, settings))
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    server: dict[str, Any] = {}
+    if getattr(args, "host", None):
+        server["host"] = args.host
+    if getattr(args, "port", None) is not None:
+        server["port"] = args.port
+    if server:
+        overrides["server"] = server
+    if getattr(args, "database", None):
+        overrides["database"] = {"url": args.database}
+    settings = load_settings(args.config, **overrides)
+    if overrides:  # explicit flags win over the environment too
+        for section, values in overrides.items():
+            for key, value in values.items():
+                setattr(getattr(settings, section), key, value)
+    return settings
+
+
+# -- chat ------------------------------------------------------------------------------------
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from adapters.console import run_console
+
+    settings = _settings(args)
+    settings.logging.level = "WARNING" if not args.verbose else "DEBUG"
+    configure_logging(settings)
+    settings.server.port = 0
+    settings.web.enabled = False
+    app = load_app(args.app)
+    return asyncio.run(run_console(app, settings, user=args.user, conversation=args.conversation))
+
+
+# -- init ------------------------------------------------------------------------------------
+
+STARTER_APP = '''"""A chatgate app. Run it: chatgate run app.py — then open http://127.0.0.1:8000/"""
+
+import gateway
+
+app = gateway.App("{name}")
+
+
+@app.message()
+async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+    count = session.data.get("count", 0) + 1
+    session.data["count"] = count
+    async with session.stream_reply() as reply:
+        for word in f"You said: {{msg.text}} (message {{count}} in this conversation)".split(" "):
+            reply.write(word + " ")
+'''
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.dir)
+    target.mkdir(parents=True, exist_ok=True)
+    app_file, config_file = target / "app.py", target / "chatgate.toml"
+    for path in (app_file, config_file):
+        if path.exists() and not args.force:
+            print(f"chatgate init: {path} exists; use --force to overwrite", file=sys.stderr)
+            return EXIT_USAGE
+    app_file.write_text(STARTER_APP.format(name=target.resolve().name or "my-bot"))
+    example = Path(__file__).resolve().parent.parent / "config.example.toml"
+    config_file.write_text(example.read_text() if example.exists() else "# see config.example.toml\n")
+    print(f"wrote {app_file} and {config_file}")
+    print(f"next: cd {target} && chatgate run app.py   (or: chatgate chat app.py)")
+    return 0
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatgate",
+        description="A self-hosted multi-channel bot gateway: one handler for web, Telegram and Slack.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    run = commands.add_parser("run", help="run the gateway (web widget, Telegram, Slack) in one process",
+                              description="Run the whole gateway in one process until Ctrl-C or SIGTERM.")
+    _app_arguments(run)
+    run.add_argument("--host", help="interface to listen on (default: server.host, 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port to listen on (default: server.port or $PORT, 8000)")
+    run.add_argument("--database", help="database URL (default: database.url or $DATABASE_URL)")
+    run.set_defaults(handler=cmd_run)
+
+    chat = commands.add_parser("chat", help="chat with an app in this terminal",
+                               description="Chat with the app in the terminal. Replies stream live; blocks are "
+                               "shown as text; answer a file prompt with a path. /help lists the commands.")
+    _app_arguments(chat)
+    chat.add_argument("--user", default=os.environ.get("USER", "you"), help="who you are (default: $USER)")
+    chat.add_argument("--conversation", default="console",
+                      help="conversation name; the same name continues the same conversation (default: console)")
+    chat.add_argument("--database", help="database URL (default: database.url)")
+    chat.add_argument("-v", "--verbose", action="store_true", help="show the gateway's log")
+    chat.set_defaults(handler=cmd_chat)
+
+    init = commands.add_parser("init", help="write a starter app and config into DIR",
+                               description="Write app.py and chatgate.toml into DIR.")
+    init.add_argument("dir", metavar="DIR", help="where to write the starter app")
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
+    init.set_defaults(handler=cmd_init)
+
+    _register_optional(commands)
+    return parser
+
+
+def _register_optional(commands: Any) -> None:
+    try:
+        integrations = importlib.import_module("gateway.integrations.cli")
+    except ModuleNotFoundError:
+        return
+    integrations.register_cli(commands)
+
+
+def _app_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("app", metavar="APP", help="the app: path/to/file.py[:attr] or package.module:attr")
+    parser.add_argument("--config", metavar="FILE", help="TOML config file (default: ./chatgate.toml if present)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as exc:
+        print(f"chatgate: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AppLoadError as exc:
+        print(f"chatgate: cannot load the app: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        if exc.errno in (98, 48):  # address in use (Linux, macOS)
+            print(f"chatgate: the port is already in use ({exc}); pick another with --port", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
