@@ -1,0 +1,212 @@
+"""Streaming replies into the local Slack: native streams, post + edit, fallbacks, rate limits, splitting."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import pytest
+
+import gateway
+from tests.fakes.slack_api import FakeSlack, SlackGateway
+
+pytestmark = pytest.mark.timeout(60)
+
+TOKENS = [f"word{i} " for i in range(60)]
+FULL = "".join(TOKENS)
+
+
+def streaming_app(tokens: list[str] = TOKENS, *, delay: float = 0.005, notify: str | None = None) -> gateway.App:
+    app = gateway.App("stream")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        if notify:
+            await session.notify(notify)
+        async with session.stream_reply() as reply:
+            for token in tokens:
+                reply.write(token)
+                await asyncio.sleep(delay)
+
+    return app
+
+
+def dm_event(ts: str, *, thread_ts: str | None = None, text: str = "go") -> dict[str, Any]:
+    event = {"type": "message", "channel": "D1", "channel_type": "im", "user": "U1", "text": text, "ts": ts}
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return event
+
+
+def mention_event(ts: str) -> dict[str, Any]:
+    return {"type": "app_mention", "channel": "C1", "user": "U1", "text": "<@UBOT> go", "ts": ts}
+
+
+@pytest.fixture
+async def slack():
+    async with FakeSlack(time_scale=0.01) as fake:
+        fake.add_user("U1", email="ada@example.com")
+        yield fake
+
+
+def streamed(slack: FakeSlack, channel: str, thread: str | None) -> str:
+    return "".join(m.visible_text for m in slack.thread(channel, thread))
+
+
+async def test_dm_thread_streams_natively(slack: FakeSlack, tmp_path) -> None:
+    async with SlackGateway(streaming_app(), tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await slack.wait_for(lambda: slack.calls_of("chat.stopStream"), timeout=10)
+        await gw.idle()
+        [message] = slack.thread("D1", "100.000001")
+        assert message.markdown == FULL  # complete, exactly once
+        assert not message.streaming
+        assert len(slack.calls_of("chat.startStream")) == 1
+        assert len(slack.calls_of("chat.stopStream")) == 1
+        assert slack.calls_of("chat.appendStream"), "the reply should have streamed in frames"
+        assert slack.calls_of("chat.postMessage") == [] and slack.calls_of("chat.update") == []
+        start = slack.calls_of("chat.startStream")[0].args
+        assert "recipient_user_id" not in start  # a DM needs no recipient
+
+
+async def test_channel_thread_streams_natively_to_the_recipient(slack: FakeSlack, tmp_path) -> None:
+    async with SlackGateway(streaming_app(), tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, mention_event("200.000001"), event_id="Ev1")
+        await slack.wait_for(lambda: slack.calls_of("chat.stopStream"), timeout=10)
+        await gw.idle()
+        start = slack.calls_of("chat.startStream")[0].args
+        assert (start["recipient_user_id"], start["recipient_team_id"]) == ("U1", "T0001")
+        assert start["thread_ts"] == "200.000001"
+        assert streamed(slack, "C1", "200.000001") == FULL
+
+
+async def test_without_a_thread_it_posts_then_edits(slack: FakeSlack, tmp_path) -> None:
+    async with SlackGateway(streaming_app(delay=0.01), tmp_path, slack, dm_sessions="per_dm") as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await slack.wait_for(
+            lambda: slack.thread("D1", None) and slack.thread("D1", None)[0].visible_text == FULL.strip()
+        )
+        await gw.idle()
+        [message] = slack.thread("D1", None)
+        assert slack.calls_of("chat.startStream") == []
+        assert len(slack.calls_of("chat.postMessage")) == 1
+        updates = slack.calls_of("chat.update")
+        assert updates, "frames should edit the posted message"
+        texts = [str(c.args.get("blocks")) for c in updates]
+        assert len(texts) == len(set(texts)), "an unchanged frame was sent twice"
+        assert message.edits == len(updates)
+
+
+async def test_refused_native_stream_falls_back_to_edits(slack: FakeSlack, tmp_path) -> None:
+    slack.fail_next("chat.startStream", "feature_not_enabled")
+    async with SlackGateway(streaming_app(), tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await slack.wait_for(lambda: streamed(slack, "D1", "100.000001") == FULL.strip(), timeout=10)
+        await gw.idle()
+        assert len(slack.calls_of("chat.startStream")) == 1
+        # The workspace is remembered as unable to stream: the next reply does not try again.
+        await slack.deliver_event(gw.events_url, dm_event("100.000005"), event_id="Ev2")
+        await slack.wait_for(lambda: streamed(slack, "D1", "100.000005") == FULL.strip(), timeout=10)
+        assert len(slack.calls_of("chat.startStream")) == 1
+
+
+async def test_stream_ended_by_slack_continues_in_a_new_message(slack: FakeSlack, tmp_path) -> None:
+    slack.stream_timeout = 0.15  # Slack ends streams after ~5 minutes; here after 150 ms
+    async with SlackGateway(streaming_app(delay=0.01), tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await gw.idle(15)
+        await slack.wait_for(lambda: not any(m.streaming for m in slack.thread("D1", "100.000001")), timeout=10)
+        messages = slack.thread("D1", "100.000001")
+        assert len(messages) >= 2
+        assert "".join(m.visible_text for m in messages) == FULL  # nothing lost, nothing repeated
+
+
+async def test_long_streams_roll_over_into_more_messages(slack: FakeSlack, tmp_path) -> None:
+    paragraph = "x" * 990 + "\n\n"
+    tokens = [paragraph] * 30  # ~30,000 characters: three streamed messages
+    async with SlackGateway(streaming_app(tokens, delay=0.002), tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await gw.idle(20)
+        await slack.wait_for(lambda: slack.calls_of("chat.stopStream"), timeout=10)
+        messages = slack.thread("D1", "100.000001")
+        assert len(messages) >= 3
+        assert all(len(m.markdown) <= 12_000 for m in messages)
+        assert "".join(m.markdown for m in messages) == "".join(tokens)
+
+
+async def test_rate_limits_are_honoured_while_streaming(slack: FakeSlack, tmp_path) -> None:
+    # Slack stricter than our budget: chat.update allows 3 calls per 0.5 s in this workspace.
+    slack.set_budget("chat.update", 3, 0.5)
+    async with SlackGateway(
+        streaming_app(delay=0.01), tmp_path, slack, dm_sessions="per_dm", update_interval=0.1
+    ) as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await gw.idle(20)
+        await slack.wait_for(
+            lambda: slack.thread("D1", None) and slack.thread("D1", None)[0].visible_text == FULL.strip()
+        )
+        assert len(slack.rate_limited_calls()) >= 1
+        assert gw.adapter.pacer.stats.rate_limited["chat.update"] == len(slack.rate_limited_calls())
+        # After each 429 the pacer waited Retry-After: never two refusals in a row.
+        statuses = [c.status for c in slack.calls_of("chat.update")]
+        assert all(not (a == b == 429) for a, b in itertools.pairwise(statuses))
+
+
+async def test_long_reply_is_split_without_losing_text(slack: FakeSlack, tmp_path) -> None:
+    paragraphs = [f"Paragraph {i}: " + "lorem ipsum dolor sit amet " * 40 for i in range(30)]
+    long_text = "\n\n".join(paragraphs)  # ~33,000 characters
+    app = gateway.App("long")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply(long_text)
+
+    async with SlackGateway(app, tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await gw.idle(20)
+        messages = slack.thread("D1", "100.000001")
+        assert len(messages) >= 3
+        shown = "\n\n".join(m.visible_text.strip() for m in messages)
+        assert [p.strip() for p in shown.split("\n\n") if p.strip()] == [p.strip() for p in paragraphs]
+        assert not [c for c in slack.calls if c.error in ("invalid_blocks", "msg_too_long", "msg_blocks_too_long")]
+
+
+async def test_notify_sets_the_assistant_status_and_end_of_turn_clears_it(slack: FakeSlack, tmp_path) -> None:
+    async with SlackGateway(streaming_app(notify="Searching the docs…"), tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await gw.idle(10)
+        await slack.wait_for(lambda: len(slack.statuses) >= 2)
+        assert slack.statuses[0] == {"channel_id": "D1", "thread_ts": "100.000001", "status": "Searching the docs…"}
+        assert slack.statuses[-1]["status"] == ""
+
+
+async def test_notify_in_a_channel_thread_sends_nothing(slack: FakeSlack, tmp_path) -> None:
+    async with SlackGateway(streaming_app(notify="Working"), tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, mention_event("200.000001"), event_id="Ev1")
+        await gw.idle(10)
+        await slack.wait_for(lambda: slack.calls_of("chat.stopStream"), timeout=10)
+        assert slack.calls_of("assistant.threads.setStatus") == []
+
+
+async def test_stopped_reply_is_marked(slack: FakeSlack, tmp_path) -> None:
+    app = gateway.App("stopper")
+    started = asyncio.Event()
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        async with session.stream_reply() as reply:
+            reply.write("partial answer")
+            started.set()
+            await asyncio.sleep(30)
+
+    async with SlackGateway(app, tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await asyncio.wait_for(started.wait(), 5)
+        session = await gw.gateway.store.find_session(
+            gateway.SessionChannel("slack", chat_id="D1", thread_id="100.000001", team_id="T0001")
+        )
+        assert gw.gateway.dispatcher.stop(session.id)
+        await gw.idle(10)
+        await slack.wait_for(lambda: "stopped" in streamed(slack, "D1", "100.000001"))
+        assert streamed(slack, "D1", "100.000001").startswith("partial answer")
