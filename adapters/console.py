@@ -59,7 +59,9 @@ class ConsoleOutbox:
     def open_stream(self, message_id: str) -> ConsoleSink:
         return ConsoleSink(self.console)
 
-    async def show_block(self, message_id: str, envelope: dict[str, Any], previous: list[MessageRef] | None) -> list[str]:
+    async def show_block(
+        self, message_id: str, envelope: dict[str, Any], previous: list[MessageRef] | None
+    ) -> list[MessageRef]:
         self.console.show_block(envelope)
         return ["console"]
 
@@ -133,14 +135,18 @@ class ConsoleAdapter(Adapter):
         elif kind == "image":
             self.write(f"  [image] {payload.get('alt') or ''} {payload.get('url')}\n")
         elif kind == "task_card":
-            self.write(f"  [task {payload.get('task_id')}] {payload.get('status', 'started')} {payload.get('message', '')}\n")
+            status = payload.get("status", "started")
+            self.write(f"  [task {payload.get('task_id')}] {status} {payload.get('message', '')}\n")
         elif kind == "integration_prompt":
             self.write(f"  🔗 connect {payload.get('type')}: {payload.get('connect_url', '(open the web app)')}\n")
         elif kind == "session_title":
             self.write(f"  — {payload.get('title')} —\n")
         else:
             self.write(f"  [{kind}] {payload}\n")
-        self.prompt = envelope if waiting else (None if self.prompt and self.prompt["id"] == envelope["id"] else self.prompt)
+        if waiting:
+            self.prompt = envelope
+        elif self.prompt is not None and self.prompt["id"] == envelope["id"]:
+            self.prompt = None
         if waiting:
             self.turn_over.set()  # give the keyboard back so the user can answer
 
@@ -180,12 +186,9 @@ async def run_console(app: Any, settings: Settings, *, user: str, conversation: 
                 continue
             console.turn_over.clear()
             await gateway.submit(inbound)
-            accepted_stop = False
 
             def request_stop() -> None:
-                nonlocal accepted_stop
-                accepted_stop = True
-                loop.create_task(gateway.submit(_event("stop", channel, platform_user)))
+                gateway.spawn(gateway.submit(_event("stop", channel, platform_user)), name="console-stop")
 
             loop.add_signal_handler(signal.SIGINT, request_stop)
             try:

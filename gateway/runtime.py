@@ -96,7 +96,8 @@ class Gateway:
         if inbound.message is not None and inbound.message.attachments:
             # Bound here too (not only in the turn) because a prompt's answer skips the turn.
             channel_type = inbound.message.channel_type or inbound.channel.type
-            inbound.message.attachments = [self.resolve_attachment(channel_type, a) for a in inbound.message.attachments]
+            attachments = inbound.message.attachments
+            inbound.message.attachments = [self.resolve_attachment(channel_type, a) for a in attachments]
         return await self.dispatcher.submit(inbound, session)
 
     def outbox_for(self, channel: SessionChannel, session_id: str) -> Outbox | None:
