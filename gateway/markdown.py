@@ -447,6 +447,8 @@ class _Atoms:
 
 def _grapheme_continues(prev: str, ch: str) -> bool:
     """True if a split between ``prev`` and ``ch`` would cut a user-perceived character."""
+    if ch < "\u0300" and prev < "\u0300":
+        return prev == "\r" and ch == "\n"
     if prev == "\r" and ch == "\n":
         return True
     if prev == "\u200d" or ch in ("\u200d", "\ufe0f", "\ufe0e"):
@@ -533,8 +535,15 @@ def split(
             return 0
         return sum(length(e.reopen if e.reopen is not None else e.markup) for e in stack)
 
+    close_costs: dict[int, int] = {}  # by id(): the stack tuples are shared between atoms
+
     def close_cost(stack: tuple[Open, ...]) -> int:
-        return sum(length(e.close) for e in stack) if use_markup else 0
+        if not use_markup or not stack:
+            return 0
+        key = id(stack)
+        if key not in close_costs:
+            close_costs[key] = sum(length(e.close) for e in stack)
+        return close_costs[key]
 
     parts: list[Part] = []
     start = 0
@@ -893,11 +902,15 @@ def monospace_table(node: Table) -> str:
 # Back to Markdown (for platforms that parse standard Markdown themselves)
 # --------------------------------------------------------------------------------------------
 
-_MD_ALWAYS_ESCAPE = frozenset("\\`*_[]<>~|&#")
+_MD_ALWAYS_ESCAPE = frozenset("\\`*_[]<>~|#")
+_ENTITY_LIKE = re.compile(r"&(?=#?[0-9A-Za-z]+;)")
 
 
 def escape_markdown_char(ch: str) -> str:
-    """Backslash-escape one character of text that Markdown would otherwise read as syntax."""
+    """Backslash-escape one character of text that Markdown would otherwise read as syntax.
+
+    ``&`` is left alone here: :class:`MarkdownRenderer` escapes it only where it would start an
+    entity reference (``&amp;``), so "AT&T" stays as written."""
     return "\\" + ch if ch in _MD_ALWAYS_ESCAPE else ch
 
 
@@ -963,6 +976,7 @@ class MarkdownRenderer(StreamRenderer):
         if hard:  # two trailing spaces: harmless where a split drops the newline after them
             self.items.append(Token("  ", ""))
         self.newline(BreakLevel.LINE)
+        self._line_start = True
 
     def list_marker(self, node: ListBlock, index: int, depth: int) -> str:
         return f"{node.start + index}. " if node.ordered else "- "
@@ -984,14 +998,41 @@ class MarkdownRenderer(StreamRenderer):
             self.items.append(Token(row(cells), inline_plain_row(cells)))
         self.items.append(Close())
 
+    _line_start = False
+
+    def block(self, block: Block) -> None:
+        self._line_start = isinstance(block, Paragraph)
+        super().block(block)
+
     def inlines(self, nodes: Iterable[Inline]) -> None:
-        nodes = list(nodes)
-        if nodes and isinstance(nodes[0], Text) and _LINE_START_HAZARD.match(nodes[0].text):
-            # "1. not a list" / "- not a bullet" / "+" / "=" at a line start must stay text.
-            first = nodes[0].text
-            self.items.append(Token("\\" + first[0], first[0]))
-            nodes[0] = Text(first[1:])
-        super().inlines(nodes)
+        for node in nodes:
+            if isinstance(node, Text) and self._line_start:
+                node = self._line_start_text(node.text)
+            self._line_start = False
+            if isinstance(node, Text) and "&" in node.text:
+                self._text_with_ampersands(node.text)
+            else:
+                super().inlines([node])
+
+    def _line_start_text(self, text: str) -> Text:
+        """ "1. not a list", "- not a bullet", "+", "=" starting a line must stay text."""
+        match = _LINE_START_HAZARD.match(text)
+        if match is None:
+            return Text(text)
+        marker = match.group(0)
+        self.items.append(Run(marker[:-1]))
+        self.items.append(Token("\\" + marker[-1], marker[-1]))
+        return Text(text[len(marker) :])
+
+    def _text_with_ampersands(self, text: str) -> None:
+        position = 0
+        for match in _ENTITY_LIKE.finditer(text):
+            if match.start() > position:
+                self.items.append(Run(text[position : match.start()]))
+            self.items.append(Token("\\&", "&"))
+            position = match.end()
+        if position < len(text):
+            self.items.append(Run(text[position:]))
 
 
 def _escape_markdown_text(text: str) -> list[str]:

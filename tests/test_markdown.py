@@ -170,6 +170,8 @@ ROUND_TRIP_SOURCES = [
     "```rust\nfn main() {}\n```",
     "Literal \\*stars\\*, \\_under\\_, \\# hash, 1\\. not a list, a < b & c > d, back\\\\slash",
     "\\- not a bullet\n\n\\+ nor this",
+    "text\n1\\. not a list\n\\- nor this\n\\=== nor a heading\n**1. bold** 2. fine",
+    "AT&T &amp;amp; &copy; a&b;",
     "Code with `` a`b `` inside",
     "line one\\\nline two",
     "***",

@@ -112,7 +112,7 @@ def test_markdown_block_carries_normalised_markdown() -> None:
 
 
 def test_markdown_block_escapes_raw_html() -> None:
-    assert markdown_block("<script>x</script> & <!here>") == "\\<script\\>x\\</script\\> \\& \\<!here\\>"
+    assert markdown_block("<script>x</script> & <!here>") == "\\<script\\>x\\</script\\> & \\<!here\\>"
 
 
 def test_fallback_text_is_plain() -> None:
