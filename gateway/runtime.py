@@ -215,7 +215,11 @@ class Gateway:
                 if exc.name != module_name:
                     raise
                 continue
-            await getattr(module, attribute)(self)
+            attach = getattr(module, attribute, None)
+            if attach is None:
+                log.warning("%s has no %s(); the service is not started", module_name, attribute)
+                continue
+            await attach(self)
 
     async def stop(self) -> None:
         if self.scheduler is not None:
