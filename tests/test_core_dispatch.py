@@ -138,12 +138,13 @@ async def test_stop_with_nothing_running_is_harmless(tmp_path):
 
 async def test_unfinished_events_run_again_after_a_restart(tmp_path, database_url):
     runs: list[str] = []
-    release = asyncio.Event()
+    release, first_started = asyncio.Event(), asyncio.Event()
     app = gateway.App("recover")
 
     @app.message()
     async def handle(session, msg):
         runs.append(msg.text)
+        first_started.set()
         if len(runs) == 1:
             await release.wait()  # the first process "dies" here
         await session.reply(f"handled {msg.text}")
@@ -153,8 +154,7 @@ async def test_unfinished_events_run_again_after_a_restart(tmp_path, database_ur
     conv = await client.conversation()
     await client.gateway.submit(inbound_for(conv, "important"))
     await client.gateway.submit(inbound_for(conv, "second"))
-    while not runs:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(first_started.wait(), 5)
     await client.gateway.dispatcher.close(grace=0.1)  # shutdown interrupts the turn
     await client.__aexit__(None, None, None)
 
