@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -367,6 +368,9 @@ class Token:
 
     markup: str
     plain: str
+    line_prefix: bool = False
+    """A quote marker or list indentation at the start of a line: entities reopened after a
+    split open after it (``> **bold**``, not ``**> bold**``)."""
 
 
 @dataclass(frozen=True)
@@ -431,7 +435,7 @@ class _Atoms:
 
     markup: list[str] = field(default_factory=list)
     plain: list[str] = field(default_factory=list)
-    kind: list[str] = field(default_factory=list)  # "c" content, "g" gap, "o" open, "x" close
+    kind: list[str] = field(default_factory=list)  # "c" content, "p" line prefix, "g" gap, "o"/"x" entity
     entity: list[Open | None] = field(default_factory=list)
     stack: list[tuple[Open, ...]] = field(default_factory=list)  # entities open before atom i
     breaks: dict[int, tuple[BreakLevel, int]] = field(default_factory=dict)  # i -> (level, skip)
@@ -481,7 +485,7 @@ def _flatten(items: Iterable[Item], escape: Callable[[str], str]) -> _Atoms:
                 elif prev and _grapheme_continues(prev, ch):
                     atoms.breaks[index] = (BreakLevel.CHAR, -1)  # -1: never split here
         elif isinstance(item, Token):
-            atoms.add(item.markup, item.plain, "c", None, stack)
+            atoms.add(item.markup, item.plain, "p" if item.line_prefix else "c", None, stack)
         elif isinstance(item, Gap):
             index = atoms.add(item.markup, item.plain, "g", None, stack)
             atoms.breaks[index] = (item.level, 1)
@@ -525,7 +529,7 @@ def split(
 
     cost = [0] * count
     for i in range(count):
-        if atoms.kind[i] in ("c", "g"):
+        if atoms.kind[i] in ("c", "p", "g"):
             cost[i] = length(atoms.markup[i] if use_markup else atoms.plain[i])
         elif use_markup:
             cost[i] = length(atoms.markup[i])
@@ -597,7 +601,7 @@ def _choose_end(
         return furthest_char, 0
     # Nothing fits: one atom must go alone (an oversized Token), or progress stops.
     end = start + 1
-    while end < count and atoms.kind[end - 1] not in ("c", "g"):
+    while end < count and atoms.kind[end - 1] not in ("c", "p", "g"):
         end += 1
     _, skip = atoms.breaks.get(end, (BreakLevel.CHAR, 0))
     return end, max(skip, 0)
@@ -625,6 +629,9 @@ def _emit(atoms: _Atoms, start: int, end: int) -> Part:
             closing = stack.pop()
             if closing.written:
                 markup.append(closing.entity.close)
+        elif kind == "p" and not all(entry.written for entry in stack):
+            markup.append(atoms.markup[i])  # before the entities waiting to (re)open
+            plain.append(atoms.plain[i])
         else:
             for entry in stack:
                 if not entry.written:
@@ -644,7 +651,7 @@ def _emit(atoms: _Atoms, start: int, end: int) -> Part:
 # --------------------------------------------------------------------------------------------
 
 
-class StreamRenderer:
+class StreamRenderer(ABC):
     """Walks a :class:`Document` into :class:`Item` values; subclasses supply the markup.
 
     Lists become text lines ("• item", "1. item", nested ones indented), since no chat markup
@@ -654,7 +661,6 @@ class StreamRenderer:
     """
 
     bullets: tuple[str, ...] = ("•", "◦", "▪")
-    indent: str = "  "
     quote_prefix: Token | None = None
     """Markup put at the start of each quoted line (mrkdwn / Markdown ``> ``)."""
     blank_quote_line: str = ""
@@ -674,23 +680,23 @@ class StreamRenderer:
     def quote_entity(self) -> Open | None:
         return None
 
-    def strong(self) -> Open:
-        raise NotImplementedError
+    @abstractmethod
+    def strong(self) -> Open: ...
 
-    def emphasis(self) -> Open:
-        raise NotImplementedError
+    @abstractmethod
+    def emphasis(self) -> Open: ...
 
-    def strike(self) -> Open:
-        raise NotImplementedError
+    @abstractmethod
+    def strike(self) -> Open: ...
 
-    def link(self, href: str) -> Open:
-        raise NotImplementedError
+    @abstractmethod
+    def link(self, href: str) -> Open: ...
 
-    def code_span(self, code: str) -> list[Item]:
-        raise NotImplementedError
+    @abstractmethod
+    def code_span(self, code: str) -> list[Item]: ...
 
-    def code_block(self, language: str) -> Open:
-        raise NotImplementedError
+    @abstractmethod
+    def code_block(self, language: str) -> Open: ...
 
     def heading(self, node: Heading) -> None:
         self.items.append(self.strong())
@@ -824,10 +830,10 @@ class StreamRenderer:
             if index:
                 self.newline(BreakLevel.LINE)
             marker = self.list_marker(node, index, depth)
-            self.items.append(Token(self.list_marker_markup(marker), marker))
+            self.items.append(Token(marker, marker))
             if item.blocks and isinstance(item.blocks[0], CodeBlock | Table):
                 self.items.append(Gap("\n", "\n", BreakLevel.LINE))
-            self._prefix.append(Token(" " * len(marker), " " * len(marker)))
+            self._prefix.append(Token(" " * len(marker), " " * len(marker), line_prefix=True))
             for block_index, block in enumerate(item.blocks):
                 if block_index:
                     if isinstance(block, ListBlock):
@@ -841,9 +847,6 @@ class StreamRenderer:
                 else:
                     self.block(block)
             self._prefix.pop()
-
-    def list_marker_markup(self, marker: str) -> str:
-        return marker
 
     def inlines(self, nodes: Iterable[Inline]) -> None:
         for node in nodes:
@@ -926,7 +929,7 @@ class MarkdownRenderer(StreamRenderer):
     """
 
     bullets = ("-",)
-    quote_prefix = Token("> ", "")
+    quote_prefix = Token("> ", "", line_prefix=True)
     blank_quote_line = ">"
 
     def strong(self) -> Open:

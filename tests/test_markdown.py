@@ -421,3 +421,12 @@ def test_mixed_document_splits_without_loss_as_markdown() -> None:
     assert len(parts) > 5
     assert all(utf16_len(p.markup) <= 4000 for p in parts)
     assert_same_content([p.plain for p in parts], whole.plain)
+
+
+def test_entities_reopen_after_quote_markers_and_list_indentation() -> None:
+    parts = md_parts("> **bold words\n> more bold words**", 22)
+    assert parts == ["> **bold words**", "> **more bold words**"]
+    parts = md_parts("- *item text\n  continued here*", 18)
+    assert parts == ["- *item text*", "  *continued here*"]
+    for part in parts[:1]:
+        assert parse(part) == parse(part.strip())

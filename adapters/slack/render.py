@@ -90,7 +90,7 @@ def _escape_mrkdwn_char(ch: str) -> str:
 class SlackMrkdwnRenderer(StreamRenderer):
     """Walks the shared document into Slack mrkdwn items."""
 
-    quote_prefix = Token("> ", "")
+    quote_prefix = Token("> ", "", line_prefix=True)
     nested_quotes = False
 
     def strong(self) -> Open:
