@@ -74,6 +74,7 @@ class WebAdapter(Adapter):
             session_id,
             min_interval=self.settings.web.stream_interval,
             sign_file=self.ctx.sign_file,
+            live_texts=self.ctx.live_texts,
         )
 
     def resolve_attachment(self, attachment: Attachment) -> Attachment:

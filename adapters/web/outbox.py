@@ -48,16 +48,19 @@ class WebStreamSink:
     """One streamed reply. Publishing is cheap, so frames are never held back here; the core's
     pump already spaces them by ``min_interval``."""
 
-    def __init__(self, bus: Bus, topic: str, message_id: str, min_interval: float) -> None:
+    def __init__(self, bus: Bus, topic: str, message_id: str, min_interval: float, live_texts: dict[str, str]) -> None:
         self._bus = bus
         self._topic = topic
         self._message_id = message_id
         self.min_interval = min_interval
+        self._live_texts = live_texts
 
     async def frame(self, text: str) -> None:
+        self._live_texts[self._message_id] = text
         await self._bus.publish(self._topic, {"type": "stream", "message_id": self._message_id, "text": text})
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
+        self._live_texts.pop(self._message_id, None)
         await self._bus.publish(
             self._topic,
             {"type": "done", "message_id": self._message_id, "text": text, "stopped": stopped},
@@ -75,12 +78,16 @@ class WebOutbox:
         *,
         min_interval: float,
         sign_file: Callable[[str, str], str] | None = None,
+        live_texts: dict[str, str] | None = None,
     ) -> None:
         self._bus = bus
         self._session_id = session_id
         self._topic = session_topic(session_id)
         self._min_interval = min_interval
         self._sign_file = sign_file
+        self._live_texts = {} if live_texts is None else live_texts
+        """Text so far of the replies streaming in this process (the store has it only at the
+        end), so a socket that connects mid-reply starts from it rather than from nothing."""
 
     async def send_text(self, message_id: str, text: str) -> list[MessageRef]:
         # A browser takes any length: no splitting on the web.
@@ -88,7 +95,7 @@ class WebOutbox:
         return [message_id]
 
     def open_stream(self, message_id: str) -> WebStreamSink:
-        return WebStreamSink(self._bus, self._topic, message_id, self._min_interval)
+        return WebStreamSink(self._bus, self._topic, message_id, self._min_interval, self._live_texts)
 
     async def show_block(
         self, message_id: str, envelope: dict[str, Any], previous: list[MessageRef] | None

@@ -310,6 +310,8 @@ class WidgetConnection:
                 session_id, offset=offset, limit=REPLAY_PAGE, after_id=after
             )
             for record in records:
+                if record.status == "streaming" and record.id in self.ctx.live_texts:
+                    record.text = self.ctx.live_texts[record.id]
                 frame = widget_frame(record, self.ctx.sign_file)
                 if frame["type"] == "message":
                     self._texts[record.id] = record.text

@@ -1,0 +1,318 @@
+"""The widget's WebSocket protocol (docs/web-protocol.md) against a real running gateway, with
+aiohttp's WebSocket client playing the widget."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import aiohttp
+import pytest
+
+import gateway
+from adapters.web.testing import base_url, running_gateway
+
+FRAME_WAIT = 5.0
+_ids = itertools.count()
+
+
+def frame_id() -> str:
+    return f"f{next(_ids)}"
+
+
+def make_app() -> gateway.App:
+    app = gateway.App("widget-bot")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        text = msg.text
+        if text.startswith("stream "):
+            words = text.removeprefix("stream ").split()
+            delay = 0.03 if len(words) > 10 else 0.01
+            async with session.stream_reply() as reply:
+                for word in words:
+                    reply.write(word + " ")
+                    await asyncio.sleep(delay)
+            return
+        if text == "suggest":
+            await session.show_suggestions(["Yes please", "No"], title="Sure?")
+            return
+        if text == "upload":
+            upload = await session.prompt_file(message="Send a file", timeout=5)
+            data = await upload.fetch() if upload.fetch else b""
+            await session.reply(f"got {upload.name} {upload.size}: {data.decode()}")
+            return
+        if msg.attachments:
+            contents = [(a.name, (await a.read()).decode()) for a in msg.attachments]
+            await session.reply(f"attachments: {contents}")
+            return
+        if text == "emoji":
+            async with session.stream_reply() as reply:
+                for part in ("👍🏽 a", "😀 b", " ✓"):
+                    reply.write(part)
+                    await asyncio.sleep(0.01)
+            return
+        await session.reply("echo: " + text)
+
+    return app
+
+
+@pytest.fixture
+async def gw(tmp_path):
+    async with running_gateway(make_app(), tmp_path, web={"stream_interval": 0.0}) as gw:
+        yield gw
+
+
+class Widget:
+    """A minimal widget: keeps messages the way docs/web-protocol.md tells a client to."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.frames: list[dict[str, Any]] = []
+        self.texts: dict[str, str] = {}
+        self.order: list[str] = []
+        self.session_id: str | None = None
+        self.visitor_token: str | None = None
+
+    async def send(self, frame_type: str, **fields: Any) -> str:
+        fid = fields.pop("id", None) or frame_id()
+        await self.ws.send_json({"type": frame_type, "id": fid, **fields})
+        return fid
+
+    async def next(self, timeout: float = FRAME_WAIT) -> dict[str, Any]:
+        frame = await self.ws.receive_json(timeout=timeout)
+        self.frames.append(frame)
+        self._apply(frame)
+        return frame
+
+    async def until(self, predicate, timeout: float = FRAME_WAIT) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.next(timeout)
+                if predicate(frame):
+                    return frame
+
+    async def turn(self, timeout: float = FRAME_WAIT) -> dict[str, Any]:
+        return await self.until(lambda f: f["type"] == "turn_end", timeout)
+
+    async def hello(self, session_id: str | None = None, after: str | None = None, **extra: Any) -> dict[str, Any]:
+        await self.send("hello", session_id=session_id, after=after, **extra)
+        ready = await self.until(lambda f: f["type"] in ("ready", "error"))
+        if ready["type"] == "ready":
+            self.session_id = ready["session_id"]
+            self.visitor_token = ready["visitor_token"] or self.visitor_token
+        return ready
+
+    def _apply(self, frame: dict[str, Any]) -> None:
+        if frame["type"] == "message":
+            message = frame["message"]
+            if message["id"] not in self.texts:
+                self.order.append(message["id"])
+            self.texts[message["id"]] = message["text"]
+        elif frame["type"] == "delta":
+            have = self.texts[frame["message_id"]]
+            have_units = len(have.encode("utf-16-le")) // 2
+            assert frame["offset"] <= have_units, "a delta left a gap"
+            new_units = frame["offset"] + len(frame["delta"].encode("utf-16-le")) // 2
+            if have_units < new_units:
+                prefix = have.encode("utf-16-le")[: frame["offset"] * 2].decode("utf-16-le")
+                self.texts[frame["message_id"]] = prefix + frame["delta"]
+        elif frame["type"] == "done":
+            assert self.texts[frame["message_id"]] == frame["text"], "deltas and done disagree"
+            self.texts[frame["message_id"]] = frame["text"]
+
+
+async def open_widget(http: aiohttp.ClientSession, gw, **params: str) -> Widget:
+    ws = await http.ws_connect(f"{base_url(gw)}/ws", params=params)
+    return Widget(ws)
+
+
+async def test_hello_creates_a_session_and_a_reply_streams(gw):
+    async with aiohttp.ClientSession() as http:
+        widget = await open_widget(http, gw)
+        ready = await widget.hello()
+        assert ready["session_id"] and ready["visitor_token"] and ready["user"]["id"]
+        fid = await widget.send("message", text="stream a b c")
+        ack = await widget.until(lambda f: f["type"] == "ack")
+        assert ack["id"] == fid and ack["inbound_id"] and ack["duplicate"] is False
+        end = await widget.turn()
+        assert end["error"] is None and end["inbound_id"] == ack["inbound_id"]
+        kinds = [f["type"] for f in widget.frames]
+        assert "delta" in kinds and "done" in kinds
+        done = next(f for f in widget.frames if f["type"] == "done")
+        assert done["text"] == "a b c " and done["stopped"] is False
+        assert widget.texts[done["message_id"]] == "a b c "
+
+
+async def test_delta_offsets_count_utf16_units(gw):
+    async with aiohttp.ClientSession() as http:
+        widget = await open_widget(http, gw)
+        await widget.hello()
+        await widget.send("message", text="emoji")
+        await widget.turn()
+        done = next(f for f in widget.frames if f["type"] == "done")
+        assert widget.texts[done["message_id"]] == "👍🏽 a😀 b ✓"
+        deltas = [f for f in widget.frames if f["type"] == "delta"]
+        assert deltas and all(f["offset"] > 0 for f in deltas)
+
+
+async def test_replay_after_reconnect_has_no_duplicates(gw):
+    async with aiohttp.ClientSession() as http:
+        widget = await open_widget(http, gw)
+        await widget.hello()
+        first = await widget.send("message", text="one")
+        await widget.turn()
+        await widget.send("message", text="two")
+        await widget.turn()
+        session_id, token = widget.session_id, widget.visitor_token
+        await widget.ws.close()
+
+        again = await open_widget(http, gw, visitor=token)
+        ready = await again.hello(session_id)
+        assert ready["session_id"] == session_id
+        messages = [await again.next() for _ in range(4)]
+        assert [m["message"]["text"] for m in messages] == ["one", "echo: one", "two", "echo: two"]
+        assert [m["message"]["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
+        # Re-sending a frame the server already has (a reconnecting client) runs nothing again.
+        await again.send("message", id=first, text="one")
+        ack = await again.until(lambda f: f["type"] == "ack")
+        assert ack["duplicate"] is True
+        await again.ws.close()
+
+        # Resuming after the second message replays only what came later.
+        third = await open_widget(http, gw, visitor=token)
+        await third.hello(session_id, after=messages[1]["message"]["id"])
+        later = [await third.next() for _ in range(2)]
+        assert [m["message"]["text"] for m in later] == ["two", "echo: two"]
+        await third.send("resume", after=messages[2]["message"]["id"])
+        last = await third.next()
+        assert last["message"]["text"] == "echo: two"
+        with pytest.raises(TimeoutError):
+            await third.next(timeout=0.3)
+
+
+async def test_a_socket_joining_mid_stream_gets_the_text_once(gw):
+    words = " ".join(f"w{i}" for i in range(30))
+    async with aiohttp.ClientSession() as http:
+        first = await open_widget(http, gw)
+        await first.hello()
+        await first.send("message", text=f"stream {words}")
+        await first.until(lambda f: f["type"] == "delta")
+        second = await open_widget(http, gw, visitor=first.visitor_token)
+        await second.hello(first.session_id)
+        done = await second.until(lambda f: f["type"] == "done")
+        assert second.texts[done["message_id"]] == words + " "
+        streaming = [f for f in second.frames if f["type"] == "message" and f["message"]["role"] == "assistant"]
+        assert streaming[0]["message"]["status"] == "streaming"
+        await first.turn()
+
+
+async def test_stop_ends_a_streaming_reply(gw):
+    words = " ".join(f"w{i}" for i in range(60))
+    async with aiohttp.ClientSession() as http:
+        widget = await open_widget(http, gw)
+        await widget.hello()
+        await widget.send("message", text=f"stream {words}")
+        await widget.until(lambda f: f["type"] == "delta")
+        await widget.send("stop")
+        end = await widget.turn()
+        assert end["error"] == "stopped"
+        done = next(f for f in widget.frames if f["type"] == "done")
+        assert done["stopped"] is True and len(done["text"]) < len(words)
+        record = await gw.store.get_message(done["message_id"])
+        assert record.status == "stopped" and record.text == done["text"]
+        await widget.send("message", text="still there?")
+        await widget.until(lambda f: f["type"] == "message" and f["message"]["text"] == "echo: still there?")
+
+
+async def test_a_suggestion_button_sends_its_prompt(gw):
+    async with aiohttp.ClientSession() as http:
+        widget = await open_widget(http, gw)
+        await widget.hello()
+        await widget.send("message", text="suggest")
+        block = (await widget.until(lambda f: f["type"] == "block"))["block"]
+        assert block["type"] == "suggestions" and block["payload"]["suggestions"][0]["label"] == "Yes please"
+        await widget.turn()
+        await widget.send("button", block_id=block["id"], value="0")
+        reply = await widget.until(lambda f: f["type"] == "message" and f["message"]["role"] == "assistant")
+        assert reply["message"]["text"] == "echo: Yes please"
+
+
+async def upload(http: aiohttp.ClientSession, gw, widget: Widget, name: str, data: bytes, ctype: str = "text/plain"):
+    form = aiohttp.FormData()
+    form.add_field("session_id", widget.session_id)
+    form.add_field("file", data, filename=name, content_type=ctype)
+    params = {"visitor": widget.visitor_token}
+    async with http.post(f"{base_url(gw)}/upload", data=form, params=params) as response:
+        return response.status, await response.json()
+
+
+async def test_an_upload_answers_a_file_prompt(gw):
+    async with aiohttp.ClientSession() as http:
+        widget = await open_widget(http, gw)
+        await widget.hello()
+        await widget.send("message", text="upload")
+        block = (await widget.until(lambda f: f["type"] == "block"))["block"]
+        assert block["type"] == "file_upload" and block["payload"]["blocking"] is True
+        status, body = await upload(http, gw, widget, "a.txt", b"hello")
+        assert status == 201 and body["name"] == "a.txt" and body["size"] == 5
+        async with http.get(body["url"]) as response:
+            assert response.status == 200 and await response.read() == b"hello"
+        await widget.send("upload_done", block_id=block["id"], file_id=body["file_id"])
+        reply = await widget.until(lambda f: f["type"] == "message" and f["message"]["role"] == "assistant")
+        assert reply["message"]["text"] == "got a.txt 5: hello"
+        completed = [f["block"] for f in widget.frames if f["type"] == "block" and f["block"]["id"] == block["id"]]
+        assert completed[-1]["payload"]["completed"] is True
+
+
+async def test_a_message_with_attachments(gw):
+    async with aiohttp.ClientSession() as http:
+        widget = await open_widget(http, gw)
+        await widget.hello()
+        _, body = await upload(http, gw, widget, "notes.md", b"# hi", "text/markdown")
+        await widget.send("message", text="", attachments=[{"file_id": body["file_id"]}])
+        reply = await widget.until(lambda f: f["type"] == "message" and f["message"]["role"] == "assistant")
+        assert reply["message"]["text"] == "attachments: [('notes.md', '# hi')]"
+        await widget.ws.close()
+        # The replayed user message carries a working signed link to the file.
+        again = await open_widget(http, gw, visitor=widget.visitor_token)
+        await again.hello(widget.session_id)
+        user = await again.until(lambda f: f["type"] == "message" and f["message"]["role"] == "user")
+        attachment = user["message"]["attachments"][0]
+        assert attachment["name"] == "notes.md"
+        async with http.get(attachment["url"]) as response:
+            assert await response.read() == b"# hi"
+
+
+async def test_another_tab_sees_the_user_message_and_the_reply(gw):
+    async with aiohttp.ClientSession() as http:
+        tab1 = await open_widget(http, gw)
+        await tab1.hello()
+        tab2 = await open_widget(http, gw, visitor=tab1.visitor_token)
+        await tab2.hello(tab1.session_id)
+        await tab1.send("message", text="hi from tab 1")
+        ack = await tab1.until(lambda f: f["type"] == "ack")
+        echoed = await tab2.until(lambda f: f["type"] == "message" and f["message"]["role"] == "user")
+        assert echoed["message"]["text"] == "hi from tab 1" and echoed["message"]["inbound_id"] == ack["inbound_id"]
+        await tab2.until(lambda f: f["type"] == "message" and f["message"]["text"] == "echo: hi from tab 1")
+        await tab1.turn()
+        assert not [f for f in tab1.frames if f["type"] == "message" and f["message"]["role"] == "user"]
+
+
+async def test_config_and_identity_endpoints(gw):
+    # unsafe=True: aiohttp's jar otherwise ignores cookies from an IP address such as 127.0.0.1.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+        async with http.get(f"{base_url(gw)}/api/widget/config") as response:
+            config = await response.json()
+        assert config["title"] == "chatgate" and config["handlers"] == [{"name": None, "label": "chatgate"}]
+        assert config["max_upload_bytes"] > 0
+        async with http.get(f"{base_url(gw)}/api/widget/identity") as response:
+            first = await response.json()
+            assert "chatgate_uid" in response.cookies
+        # The cookie jar now holds the visitor cookie: the same user comes back.
+        async with http.get(f"{base_url(gw)}/api/widget/identity") as response:
+            assert (await response.json())["user"]["id"] == first["user"]["id"]
+        widget = await open_widget(http, gw)
+        ready = await widget.hello()
+        assert ready["user"]["id"] == first["user"]["id"]
