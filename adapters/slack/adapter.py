@@ -82,7 +82,7 @@ class SlackAdapter(Adapter):
         self.client = AsyncWebClient(token=slack.bot_token, base_url=api_url, retry_handlers=[])
         self.pacer = SlackPacer()
         self.directory = SlackDirectory(self.client, self.pacer)
-        self.verifier = SignatureVerifier(slack.signing_secret or "")
+        self.verifier = SignatureVerifier(slack.signing_secret) if slack.signing_secret else None
         self.gw: GatewayContext | None = None
         self.bot = BotIdentity(user_id="")
         self.statuses_shown: set[tuple[str, str | None]] = set()
@@ -184,6 +184,8 @@ class SlackAdapter(Adapter):
 
     async def handle_events_request(self, request: web.Request) -> web.StreamResponse:
         """The Events API / interactivity / slash command Request URL."""
+        if self.verifier is None:  # mounted only in events mode, which requires the secret
+            return _signature_error(401, "invalid_signature")
         body = await request.read()
         try:
             text = body.decode("utf-8")

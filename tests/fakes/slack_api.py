@@ -403,6 +403,40 @@ class FakeSlack:
         body = urlencode(fields).encode()
         return await self.deliver(url, body, content_type="application/x-www-form-urlencoded", **kw)
 
+    def button_payload(self, message: FakeMessage, value: str, *, user: str = "U1") -> dict[str, Any]:
+        """The ``block_actions`` payload Slack sends when ``user`` clicks the button with ``value``
+        on ``message`` (raises if the message shows no such button)."""
+        for block in message.blocks:
+            for element in block.get("elements") or [] if block.get("type") == "actions" else []:
+                if element.get("type") == "button" and element.get("value") == value:
+                    action = {
+                        "type": "button",
+                        "action_id": element.get("action_id"),
+                        "block_id": block.get("block_id"),
+                        "value": value,
+                        "text": element.get("text"),
+                        "action_ts": self.new_ts(),
+                    }
+                    if element.get("url"):
+                        action["url"] = element["url"]
+                    return {
+                        "type": "block_actions",
+                        "user": {"id": user, "team_id": self.team_id},
+                        "api_app_id": "A0001",
+                        "team": {"id": self.team_id, "domain": "fake"},
+                        "channel": {"id": message.channel},
+                        "container": {
+                            "type": "message",
+                            "message_ts": message.ts,
+                            "channel_id": message.channel,
+                            "thread_ts": message.thread_ts,
+                        },
+                        "trigger_id": f"trigger-{self.new_ts()}",
+                        "message": {"ts": message.ts, "thread_ts": message.thread_ts, "blocks": message.blocks},
+                        "actions": [action],
+                    }
+        raise LookupError(f"no button with value {value!r} on message {message.ts}")
+
     def event_callback(self, event: dict[str, Any], *, event_id: str) -> dict[str, Any]:
         return {
             "token": "legacy-verification-token",

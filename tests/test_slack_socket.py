@@ -1,0 +1,110 @@
+"""Socket Mode against a local WebSocket server speaking Slack's envelope protocol."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import gateway
+from tests.fakes.slack_api import FakeSlack, SlackGateway
+from tests.fakes.slack_socket import FakeSocketMode
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def dm(text: str, ts: str) -> dict[str, Any]:
+    return {"type": "message", "channel": "D1", "channel_type": "im", "user": "U1", "text": text, "ts": ts}
+
+
+def echo_app(seen: list[str]) -> gateway.App:
+    app = gateway.App("socket")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        seen.append(msg.text)
+        if msg.text == "buttons":
+            await session.show_suggestions(["Yes"])
+        else:
+            await session.reply(f"echo: {msg.text}")
+
+    return app
+
+
+@pytest.fixture
+async def socket_slack():
+    async with FakeSlack(time_scale=0.01) as slack:
+        slack.add_user("U1", email="ada@example.com")
+        socket = await FakeSocketMode(slack).start()
+        try:
+            yield slack, socket
+        finally:
+            await socket.stop()
+
+
+async def test_events_are_acknowledged_after_they_are_recorded(socket_slack, tmp_path) -> None:
+    slack, socket = socket_slack
+    seen: list[str] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack, mode="socket", signing_secret=None):
+        await asyncio.wait_for(socket.connected.wait(), 5)
+        assert slack.calls_of("apps.connections.open")[0].token == slack.app_token
+        delivery = await socket.deliver("events_api", slack.event_callback(dm("hi", "100.000001"), event_id="Ev1"))
+        assert delivery.ack == {"envelope_id": delivery.envelope_id}
+        assert delivery.attempts == 1
+        await slack.wait_for(lambda: slack.thread("D1", "100.000001"))
+        assert slack.thread("D1", "100.000001")[0].visible_text == "echo: hi"
+
+
+async def test_redelivered_envelopes_are_processed_once(socket_slack, tmp_path) -> None:
+    slack, socket = socket_slack
+    seen: list[str] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack, mode="socket", signing_secret=None) as gw:
+        payload = slack.event_callback(dm("once", "100.000001"), event_id="EvSame")
+        first = await socket.send_envelope("events_api", payload, envelope_id="env-1")
+        again = await socket.send_envelope("events_api", payload, envelope_id="env-2", retry_attempt=1)
+        for envelope_id in (first, again):
+            await asyncio.wait_for(socket.deliveries[envelope_id].acked.wait(), 3)
+        await slack.wait_for(lambda: slack.thread("D1", "100.000001"))
+        await gw.idle()
+        await asyncio.sleep(0.1)
+        assert seen == ["once"]
+        assert len(slack.thread("D1", "100.000001")) == 1
+
+
+async def test_interactive_and_slash_command_envelopes(socket_slack, tmp_path) -> None:
+    slack, socket = socket_slack
+    seen: list[str] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack, mode="socket", signing_secret=None):
+        await socket.deliver("events_api", slack.event_callback(dm("buttons", "100.000001"), event_id="Ev1"))
+        await slack.wait_for(lambda: any(m.blocks for m in slack.thread("D1", "100.000001")))
+        card = slack.thread("D1", "100.000001")[0]
+        delivery = await socket.deliver("interactive", slack.button_payload(card, "0"))
+        assert delivery.ack is not None and delivery.attempts == 1
+        await slack.wait_for(lambda: "Yes" in seen)
+
+        command = {
+            "command": "/chatgate",
+            "text": "from a command",
+            "team_id": "T0001",
+            "channel_id": "C7",
+            "user_id": "U1",
+            "trigger_id": "trig-9",
+        }
+        delivery = await socket.deliver("slash_commands", command)
+        assert delivery.ack is not None and delivery.attempts == 1
+        await slack.wait_for(lambda: slack.thread("C7", None))
+        assert slack.thread("C7", None)[0].visible_text == "echo: from a command"
+
+
+async def test_reconnects_when_slack_asks_it_to(socket_slack, tmp_path) -> None:
+    slack, socket = socket_slack
+    seen: list[str] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack, mode="socket", signing_secret=None):
+        await asyncio.wait_for(socket.connected.wait(), 5)
+        await socket.disconnect_all()
+        await slack.wait_for(lambda: socket.connect_count >= 2, timeout=10)
+        await asyncio.wait_for(socket.connected.wait(), 5)
+        delivery = await socket.deliver("events_api", slack.event_callback(dm("after", "100.000002"), event_id="Ev2"))
+        assert delivery.ack is not None
+        await slack.wait_for(lambda: slack.thread("D1", "100.000002"))
