@@ -384,3 +384,33 @@ async def test_handler_timeout(tmp_path):
         assert turn.error == "timeout"
         assert turn.streams[0].text == "partial"
         assert turn.replies[-1] == client.settings.dispatch.timeout_message
+
+
+async def test_scoped_kv_in_every_scope(tmp_path, database_url):
+    app = gateway.App("kv")
+
+    @app.message()
+    async def handle(session, msg):
+        if msg.text == "set":
+            await session.set("k", "session-value")
+            await session.set("k", {"user": True}, scope="user")
+            await session.set("k", ["owner"], scope="owner")
+            await session.set("k", 42, scope="app")
+        elif msg.text == "delete":
+            await session.delete("k")
+        values = [await session.get("k", "missing", scope=scope) for scope in ("session", "user", "owner", "app")]
+        await session.reply(json.dumps(values))
+
+    async with TestClient(app, tmp_path, database_url=database_url) as client:
+        alice = await client.conversation("alice", org_id="acme")
+        assert json.loads((await alice.send("set")).replies[0]) == ["session-value", {"user": True}, ["owner"], 42]
+        alice2 = await client.conversation("alice", org_id="acme")  # same user, new session
+        assert json.loads((await alice2.send("get")).replies[0]) == ["missing", {"user": True}, ["owner"], 42]
+        bob = await client.conversation("bob", org_id="acme")  # same org: shares owner scope
+        assert json.loads((await bob.send("get")).replies[0]) == ["missing", "missing", ["owner"], 42]
+        assert json.loads((await alice.send("delete")).replies[0]) == ["missing", {"user": True}, ["owner"], 42]
+        assert await app.get("k") == 42
+        await app.set("k", 43)
+        assert await app.get("k") == 43
+        await app.delete("k")
+        assert await app.get("k", "gone") == "gone"
