@@ -43,7 +43,8 @@ async def test_capsule_app_chats_in_the_test_client(capsule_app, tmp_path, datab
         assert turn.notifications == ["Saved"] and turn.replies == ["saved (1 notes)"]
         await conv.send("note call mom")
         turn = await conv.send("menu")
-        assert [s["label"] for s in turn.block("suggestions")["payload"]["suggestions"]] == ["list notes", "Clear", "Help"]
+        labels = [s["label"] for s in turn.block("suggestions")["payload"]["suggestions"]]
+        assert labels == ["list notes", "Clear", "Help"]
         turn = await conv.click("list notes")
         assert turn.replies == ["buy milk, call mom"]
         other = await client.conversation("bob")

@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-import gateway.store.documents  # noqa: F401  (collections and the scoped KV store)
+import gateway.store.documents  # registers the collection and KV tables
 import gateway.store.task_tables  # noqa: F401  (tasks, task watchers, scheduler ticks)
 from gateway.inbound import PlatformUser
 from gateway.store.records import FileRecord, MessageRecord, SessionRecord
