@@ -1,0 +1,255 @@
+"""Bad input on every surface of the web channel: each gets a clear error in its protocol's own
+shape, nothing is lost, and the gateway goes on serving."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from promptrails import AsyncPromptRails
+
+import gateway
+from adapters.web.testing import base_url, running_gateway
+
+KEY = "bad-input-key"
+MAX_FRAME = 2048
+MAX_UPLOAD = 4096
+
+
+def make_app() -> gateway.App:
+    app = gateway.App("sturdy")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        if msg.text.startswith("stream "):
+            async with session.stream_reply() as reply:
+                for word in msg.text.removeprefix("stream ").split():
+                    reply.write(word + " ")
+                    await asyncio.sleep(0.02)
+            return
+        await session.reply("echo: " + msg.text)
+
+    return app
+
+
+@pytest.fixture
+async def gw(tmp_path):
+    settings = {
+        "web": {"api_keys": [KEY], "max_frame_bytes": MAX_FRAME},
+        "files": {"max_upload_bytes": MAX_UPLOAD, "accepted_types": ["text/*", "image/png"]},
+        "server": {"max_request_bytes": 4096},
+    }
+    async with running_gateway(make_app(), tmp_path, **settings) as gw:
+        yield gw
+
+
+async def still_serving(http: aiohttp.ClientSession, gw) -> None:
+    async with http.get(f"{base_url(gw)}/healthz") as response:
+        assert response.status == 200
+
+
+async def expect_error(ws: aiohttp.ClientWebSocketResponse, code: str) -> dict:
+    frame = await ws.receive_json(timeout=5)
+    assert frame["type"] == "error" and frame["code"] == code, frame
+    assert frame["message"]
+    return frame
+
+
+async def hello(ws: aiohttp.ClientWebSocketResponse, session_id: str | None = None) -> dict:
+    await ws.send_json({"type": "hello", "id": "hello", "session_id": session_id})
+    return await ws.receive_json(timeout=5)
+
+
+async def test_malformed_frames_get_error_frames_and_the_socket_stays_usable(gw):
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{base_url(gw)}/ws") as ws:
+        await ws.send_json({"type": "message", "id": "early", "text": "hi"})
+        assert (await expect_error(ws, "not_ready"))["id"] == "early"
+        await ws.send_str("{not json")
+        await expect_error(ws, "bad_frame")
+        await ws.send_str("[1, 2]")
+        await expect_error(ws, "bad_frame")
+        await ws.send_json({"type": "message", "text": "no id"})
+        await expect_error(ws, "bad_frame")
+        await ws.send_json({"type": "message", "id": "a b/c", "text": "bad id"})
+        await expect_error(ws, "bad_frame")
+        await ws.send_bytes(b"\x00\x01")
+        await expect_error(ws, "bad_frame")
+        ready = await hello(ws)
+        assert ready["type"] == "ready"
+        for frame in (
+            {"type": "teleport", "id": "t1"},
+            {"type": "message", "id": "t2", "text": 42},
+            {"type": "message", "id": "t3", "text": "  "},
+            {"type": "message", "id": "t4", "text": "x", "attachments": "nope"},
+            {"type": "button", "id": "t5", "value": "0"},
+            {"type": "action", "id": "t6", "name": "x", "payload": [1]},
+            {"type": "upload_done", "id": "t7", "block_id": "b"},
+            {"type": "hello", "id": "t8", "session_id": None, "after": 5},
+        ):
+            await ws.send_json(frame)
+            assert (await expect_error(ws, "bad_frame"))["id"] == frame["id"]
+        await ws.send_json({"type": "message", "id": "ok", "text": "still here"})
+        frames = []
+        while not frames or frames[-1]["type"] != "turn_end":
+            frames.append(await ws.receive_json(timeout=5))
+        assert [f["message"]["text"] for f in frames if f["type"] == "message"] == ["echo: still here"]
+        await still_serving(http, gw)
+
+
+async def test_unknown_sessions_handlers_and_files_are_not_found(gw):
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{base_url(gw)}/ws") as ws:
+        await ws.send_json({"type": "hello", "id": "h1", "session_id": "01NOSUCHSESSION00000000000"})
+        await expect_error(ws, "not_found")
+        await ws.send_json({"type": "hello", "id": "h2", "session_id": None, "handler": "nobody"})
+        await expect_error(ws, "not_found")
+        assert (await hello(ws))["type"] == "ready"
+        await ws.send_json({"type": "message", "id": "m", "text": "x", "attachments": [{"file_id": "01NOFILE"}]})
+        await expect_error(ws, "not_found")
+        await ws.send_json({"type": "upload_done", "id": "u", "block_id": "b", "file_id": "01NOFILE"})
+        await expect_error(ws, "not_found")
+
+
+async def test_oversized_frames(gw):
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            await hello(ws)
+            await ws.send_json({"type": "message", "id": "big", "text": "x" * (MAX_FRAME + 10)})
+            await expect_error(ws, "too_large")
+            await ws.send_json({"type": "message", "id": "small", "text": "fine"})
+            assert (await ws.receive_json(timeout=5))["type"] == "ack"
+        # Far over the limit, the server closes the socket (1009) rather than read it.
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            await hello(ws)
+            await ws.send_str("x" * (MAX_FRAME * 5))
+            closing = await ws.receive(timeout=5)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+            assert ws.close_code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+        await still_serving(http, gw)
+
+
+async def test_a_socket_that_disconnects_mid_stream_loses_nothing(gw):
+    words = " ".join(f"w{i}" for i in range(15))
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{base_url(gw)}/ws")
+        ready = await hello(ws)
+        await ws.send_json({"type": "message", "id": "s", "text": f"stream {words}"})
+        while (await ws.receive_json(timeout=5))["type"] != "delta":
+            pass
+        await ws.close()
+        await gw.dispatcher.wait_idle(10)
+        async with http.ws_connect(f"{base_url(gw)}/ws", params={"visitor": ready["visitor_token"]}) as again:
+            await hello(again, ready["session_id"])
+            replayed = [await again.receive_json(timeout=5) for _ in range(2)]
+            assert [f["message"]["text"] for f in replayed] == [f"stream {words}", words + " "]
+            assert replayed[1]["message"]["status"] == "complete"
+
+
+async def test_an_sse_client_that_disconnects_mid_stream_loses_nothing(gw):
+    sdk = AsyncPromptRails(KEY, base_url=base_url(gw), max_retries=0)
+    session = await sdk.chat.create_session(agent_id="default")
+    words = " ".join(f"w{i}" for i in range(15))
+    async for event in sdk.chat.send_message_stream(session.id, content=f"stream {words}"):
+        if event.type == "content":
+            break  # the SDK closes the connection
+    await gw.dispatcher.wait_idle(10)
+    listed = await sdk.chat.list_messages(session.id)
+    assert [m.content for m in listed.data] == [f"stream {words}", words + " "]
+    assert (await sdk.chat.send_message(session.id, content="next")).content == "echo: next"
+
+
+async def upload(http, gw, *, params=None, data=None, headers=None):
+    async with http.post(f"{base_url(gw)}/upload", params=params, data=data, headers=headers) as response:
+        return response.status, await response.json()
+
+
+def form(session_id: str | None, data: bytes = b"hi", ctype: str = "text/plain") -> aiohttp.FormData:
+    body = aiohttp.FormData()
+    if session_id is not None:
+        body.add_field("session_id", session_id)
+    body.add_field("file", data, filename="f.txt", content_type=ctype)
+    return body
+
+
+async def test_bad_uploads(gw):
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            ready = await hello(ws)
+        me = {"visitor": ready["visitor_token"]}
+        sid = ready["session_id"]
+        status, body = await upload(http, gw, data=form(sid))
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+        status, body = await upload(http, gw, params={"visitor": "anon-1.bad"}, data=form(sid))
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+        status, body = await upload(http, gw, params=me, data=b"plain", headers={"Content-Type": "text/plain"})
+        assert (status, body["error"]["code"]) == (400, "bad_request")
+        status, body = await upload(http, gw, params=me, data=form(None))
+        assert (status, body["error"]["code"]) == (400, "bad_request")
+        status, body = await upload(http, gw, params=me, data=form("01NOSUCHSESSION"))
+        assert (status, body["error"]["code"]) == (404, "not_found")
+        status, body = await upload(http, gw, params=me, data=form(sid, ctype="application/x-msdownload"))
+        assert (status, body["error"]["code"]) == (415, "unsupported_type")
+        status, body = await upload(http, gw, params=me, data=form(sid, data=b"x" * (MAX_UPLOAD + 1)))
+        assert (status, body["error"]["code"]) == (413, "too_large")
+        status, body = await upload(http, gw, params=me, data=form(sid, data=b"x" * (MAX_UPLOAD * 20)))
+        assert (status, body["error"]["code"]) == (413, "too_large")
+        status, body = await upload(http, gw, params=me, data=form(sid, data=b"ok"))
+        assert status == 201 and body["size"] == 2
+        await still_serving(http, gw)
+
+
+async def rest(http, gw, method: str, path: str, **kwargs):
+    headers = {"X-API-Key": KEY, **kwargs.pop("headers", {})}
+    async with http.request(method, f"{base_url(gw)}/api/v1{path}", headers=headers, **kwargs) as response:
+        return response.status, response.headers, await response.json()
+
+
+async def test_bad_rest_requests_get_json_errors(gw):
+    async with aiohttp.ClientSession() as http:
+        status, _, body = await rest(http, gw, "POST", "/chat/sessions", data=b"{broken", allow_redirects=False)
+        assert (status, body["error"]["code"]) == (400, "bad_request")
+        status, _, body = await rest(http, gw, "POST", "/chat/sessions", json=[1, 2])
+        assert status == 400
+        status, _, body = await rest(http, gw, "POST", "/chat/sessions", json={"agent_id": "default", "metadata": 3})
+        assert status == 400
+        status, _, body = await rest(http, gw, "POST", "/chat/sessions", json={"agent_id": "x" * 5000})
+        assert (status, body["error"]["code"]) == (400, "too_large")
+        status, _, body = await rest(http, gw, "GET", "/chat/sessions/", allow_redirects=False)
+        assert (status, body["error"]["code"]) == (404, "not_found")
+        status, _, body = await rest(http, gw, "GET", "/nothing/here")
+        assert (status, body["error"]["code"]) == (404, "not_found")
+        status, headers, body = await rest(http, gw, "PUT", "/chat/sessions")
+        assert status == 405 and "GET" in headers["Allow"] and body["error"]["code"] == "method_not_allowed"
+        status, _, body = await rest(http, gw, "GET", "/chat/sessions", params={"page": "abc"})
+        assert status == 400
+        status, _, body = await rest(http, gw, "GET", "/chat/sessions/bad%20id")
+        assert status == 404
+        # GET with the SDK's Content-Type and no body is fine; odd page sizes are clamped.
+        status, _, body = await rest(
+            http,
+            gw,
+            "GET",
+            "/chat/sessions",
+            params={"limit": "1000", "page": "0"},
+            headers={"Content-Type": "application/json"},
+        )
+        assert status == 200 and body["meta"]["limit"] == 20 and body["meta"]["page"] == 1
+        status, _, body = await rest(http, gw, "GET", "/chat/sessions", headers={"X-API-Key": ""})
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+        status, _, created = await rest(http, gw, "POST", "/chat/sessions", json={"agent_id": "default"})
+        sid = created["data"]["id"]
+        status, _, body = await rest(http, gw, "POST", f"/chat/sessions/{sid}/messages", json={"content": 5})
+        assert status == 400
+        async with http.post(
+            f"{base_url(gw)}/api/v1/chat/sessions/01NOSUCH/messages/stream",
+            json={"content": "hi"},
+            headers={"X-API-Key": KEY},
+        ) as response:
+            assert response.status == 404 and (await response.json())["error"]["code"] == "not_found"
+        await still_serving(http, gw)
+
+
+async def test_the_rest_api_is_closed_without_keys(tmp_path):
+    async with running_gateway(make_app(), tmp_path) as gw, aiohttp.ClientSession() as http:
+        status, _, body = await rest(http, gw, "GET", "/chat/sessions")
+        assert status == 401 and "api_keys" in body["error"]["message"]
