@@ -1,0 +1,130 @@
+"""Settings: the example file documents every option; bad values give one clear line."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from gateway.config import ConfigError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "config.example.toml"
+
+
+def documented_keys() -> dict[str, set[str]]:
+    """Keys written as `# key = value` (or `key = value`) under each [section] of the example."""
+    keys: dict[str, set[str]] = {"": set()}
+    section = ""
+    for line in EXAMPLE.read_text().splitlines():
+        header = re.match(r"^\[([a-z_.]+)\]$", line.strip())
+        if header:
+            section = header.group(1)
+            keys.setdefault(section, set())
+            continue
+        match = re.match(r"^#?\s?([a-z_]+) = ", line)
+        if match:
+            keys.setdefault(section, set()).add(match.group(1))
+    return keys
+
+
+def test_every_option_is_documented_in_the_example():
+    keys = documented_keys()
+    missing = []
+    for name, field in Settings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for sub in annotation.model_fields:
+                if sub == "providers":
+                    continue  # documented as [integrations.providers.<name>] tables
+                if sub not in keys.get(name, set()):
+                    missing.append(f"{name}.{sub}")
+        elif name not in keys[""]:
+            missing.append(name)
+    assert not missing, f"options missing from config.example.toml: {missing}"
+
+
+def test_example_defaults_are_valid_values(tmp_path):
+    """Uncomment every documented default: the result must load."""
+    text = re.sub(r"^# ([a-z_]+ = )", r"\1", EXAMPLE.read_text(), flags=re.MULTILINE)
+    text = re.sub(r"^\[integrations\.providers\..*", "", text, flags=re.MULTILINE)
+    text = "\n".join(line for line in text.splitlines() if not re.match(r"^(client_id|client_secret|scopes|fields) =", line))
+    path = tmp_path / "all.toml"
+    path.write_text(text)
+    tomllib.loads(text)
+    settings = load_settings(str(path))
+    assert settings.server.port == 8000
+
+
+def test_bad_value_names_the_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[dispatch]\nhandler_timeout = 'soon'\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(path))
+    message = str(info.value)
+    assert "dispatch.handler_timeout" in message and "CHATGATE_DISPATCH__HANDLER_TIMEOUT" in message
+    assert "\n" not in message
+
+
+def test_unknown_key_is_refused(tmp_path):
+    path = tmp_path / "typo.toml"
+    path.write_text("[server]\nprot = 80\n")
+    with pytest.raises(ConfigError, match="unknown option 'server.prot'"):
+        load_settings(str(path))
+
+
+def test_toml_syntax_error_is_one_line(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("[server\nport = 1\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(path))
+    assert "broken.toml" in str(info.value)
+
+
+def test_environment_overrides_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text("[server]\nport = 9000\n[dispatch]\nhistory_limit = 3\n")
+    monkeypatch.setenv("PORT", "9100")
+    monkeypatch.setenv("CHATGATE_DISPATCH__HISTORY_LIMIT", "7")
+    monkeypatch.setenv("DATABASE_URL", "postgres://u:p@db/app")
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123:abc")
+    settings = load_settings(str(path))
+    assert settings.server.port == 9100
+    assert settings.dispatch.history_limit == 7
+    assert settings.database.url == "postgresql+asyncpg://u:p@db/app"
+    assert settings.telegram.bot_token == "123:abc"
+
+
+def test_unsupported_database_url(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "mysql://x/y")
+    with pytest.raises(ConfigError, match="database.url"):
+        load_settings()
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings("/nonexistent/chatgate.toml")
+
+
+def test_generated_secret_key_is_stable(tmp_path):
+    settings = load_settings(None, data_dir=str(tmp_path))
+    first = settings.resolved_secret_key()
+    assert first == load_settings(None, data_dir=str(tmp_path)).resolved_secret_key()
+    assert (tmp_path / "secret.key").stat().st_mode & 0o077 == 0
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[telegram]\nprivate_edit_interval = 'x'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", str(ROOT / "examples" / "echo.py"), "--config", str(path)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "telegram.private_edit_interval" in lines[0]
