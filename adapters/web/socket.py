@@ -59,7 +59,7 @@ def common_prefix(a: str, b: str) -> str:
 
 async def websocket_handler(ctx: WebContext, request: web.Request) -> web.StreamResponse:
     if not origin_allowed(request, ctx.settings.web.allowed_origins):
-        raise WebError(403, "forbidden", "this origin may not open the chat socket")
+        return WebError(403, "forbidden", "this origin may not open the chat socket").response()
     max_frame = ctx.settings.web.max_frame_bytes
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=max_frame * HARD_LIMIT_FACTOR)
     try:

@@ -95,7 +95,10 @@ async def _upload(ctx: WebContext, request: web.Request, headers: dict[str, str]
 
 async def _read_file(ctx: WebContext, part: BodyPartReader, limit: int) -> tuple[str, str, bytes]:
     name = part.filename or "file"
-    content_type = part.headers.get("Content-Type") or mimetypes.guess_type(name)[0] or DEFAULT_CONTENT_TYPE
+    content_type = part.headers.get("Content-Type") or DEFAULT_CONTENT_TYPE
+    if content_type == DEFAULT_CONTENT_TYPE:
+        # What browsers (and most clients) send when they do not know: the name may tell more.
+        content_type = mimetypes.guess_type(name)[0] or DEFAULT_CONTENT_TYPE
     if not type_accepted(content_type, ctx.settings.files.accepted_types):
         raise WebError(415, errors.UNSUPPORTED_TYPE, f"files of type {content_type} are not accepted")
     chunks: list[bytes] = []
