@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import tempfile
 import time
@@ -25,8 +24,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import gateway  # noqa: E402
-from tests.fakes.slack_api import FakeSlack, SlackGateway  # noqa: E402
+import gateway
+from tests.fakes.slack_api import FakeSlack, SlackGateway
 
 STREAM_METHODS = ("chat.postMessage", "chat.update", "chat.startStream", "chat.appendStream", "chat.stopStream")
 
