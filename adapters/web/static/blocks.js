@@ -224,18 +224,25 @@
 
   // ------------------------------------------------------------ image
 
+  /** Inline raster images (session.show_image with a data: URL); an <img> never runs script. */
+  var DATA_IMAGE = /^data:image\/(png|jpeg|gif|webp|avif|bmp);base64,[A-Za-z0-9+/=\s]+$/;
+
   function image(block, ctx) {
     var doc = ctx.doc;
     var p = block.payload || {};
-    var url = resolveUrl(p.url, ctx);
+    var inline = DATA_IMAGE.test(str(p.url)) ? str(p.url) : null;
+    var url = inline || resolveUrl(p.url, ctx);
     if (!url) return fallback(block, ctx);
     var figure = h(doc, "figure", "cg-image");
     figure.setAttribute("data-block-id", str(block.id));
     figure.setAttribute("data-block-type", "image");
-    var a = h(doc, "a");
-    a.href = url;
-    a.target = "_blank";
-    a.rel = "noopener noreferrer";
+    // Browsers refuse to navigate to data: URLs, so an inline image is not a link.
+    var a = h(doc, inline ? "span" : "a");
+    if (!inline) {
+      a.href = url;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+    }
     var img = h(doc, "img");
     img.src = url;
     img.alt = str(p.alt);

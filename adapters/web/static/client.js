@@ -355,12 +355,16 @@
     this._emit("remove", message);
   };
 
-  /** Inserts a stored message in id order (ids sort by creation time); unstored ones stay last. */
+  /**
+   * Appends a stored message, unless a replay brings one older than what is shown: then it goes
+   * before the first newer stored message (ids sort by creation time). Optimistic messages
+   * without an id keep their place.
+   */
   ChatClient.prototype._insert = function (message) {
     var index = this.messages.length;
     for (var i = 0; i < this.messages.length; i++) {
       var other = this.messages[i];
-      if (!other.id || other.id > message.id) {
+      if (other.id && other.id > message.id) {
         index = i;
         break;
       }
@@ -375,12 +379,12 @@
     if (!data.id) return;
     var existing = this.byKey[data.id];
     if (!existing && data.role === "user" && data.inbound_id && this.byInbound[data.inbound_id]) {
-      // Our own optimistic message, now stored: give it its id.
+      // One user message per inbound_id (docs/web-protocol.md, "Echo"): our optimistic copy, or
+      // another tab's live echo (whose id is the inbound id), now stored under its own id.
       existing = this.byInbound[data.inbound_id];
-      if (!existing.id) {
-        existing.id = data.id;
-        this.byKey[data.id] = existing;
-      }
+      if (existing.id && existing.id !== existing.key) delete this.byKey[existing.id];
+      existing.id = data.id;
+      this.byKey[data.id] = existing;
     }
     if (existing) {
       var keepLonger = existing.status === "streaming" && data.status === "streaming" && (existing.text || "").length > (data.text || "").length && (existing.text || "").indexOf(data.text || "") === 0;

@@ -55,6 +55,19 @@
     return ch === undefined || ch === "" || /\s/.test(ch);
   }
 
+  function isPunct(ch) {
+    return ch !== undefined && /[!-\/:-@\[-`{-~\u2000-\u206F\u2E00-\u2E7F]/.test(ch);
+  }
+
+  /** CommonMark's flanking rules, which decide whether a delimiter run may open or close. */
+  function leftFlanking(before, after) {
+    return !isSpace(after) && (!isPunct(after) || isSpace(before) || isPunct(before));
+  }
+
+  function rightFlanking(before, after) {
+    return !isSpace(before) && (!isPunct(before) || isSpace(after) || isPunct(after));
+  }
+
   function isWordChar(ch) {
     return ch !== undefined && /[0-9A-Za-z\u00C0-\uFFFF]/.test(ch);
   }
@@ -74,7 +87,7 @@
         i = end === -1 ? i + run : end + run;
         continue;
       }
-      if (text.substr(i, delim.length) === delim && !isSpace(text[i - 1]) && i > from) {
+      if (text.substr(i, delim.length) === delim && i > from && rightFlanking(text[i - 1], text[i + delim.length])) {
         var after = text[i + delim.length];
         // "**" must not close a "*" opener halfway through a longer run.
         if (delim.length === 1 && after === delim) {
@@ -249,7 +262,7 @@
           }
         }
       }
-      if (ch === "~" && text[i + 1] === "~" && !isSpace(text[i + 2])) {
+      if (ch === "~" && text[i + 1] === "~" && leftFlanking(text[i - 1], text[i + 2])) {
         var strikeEnd = findClosing(text, "~~", i + 2);
         if (strikeEnd !== -1) {
           wrap("del", text.slice(i + 2, strikeEnd));
@@ -259,9 +272,9 @@
       }
       if (ch === "*" || ch === "_") {
         var count = countRun(text, i, ch);
-        var leftFlanking = !isSpace(text[i + count]);
+        var opens = leftFlanking(text[i - 1], text[i + count]);
         var intraword = ch === "_" && isWordChar(text[i - 1]);
-        if (leftFlanking && !intraword) {
+        if (opens && !intraword) {
           if (count >= 3) {
             var tripleEnd = findClosing(text, ch + ch + ch, i + 3);
             if (tripleEnd !== -1) {
@@ -386,9 +399,7 @@
 
       var heading = HEADING.exec(line);
       if (heading) {
-        // Chat headings are small: # maps to h3 so a reply never out-shouts the page.
-        var level = Math.min(6, heading[1].length + 2);
-        var h = el(doc, "h" + level);
+        var h = el(doc, "h" + heading[1].length); // chat.css keeps them chat-sized
         appendAll(h, renderInline(doc, heading[2] || "", depth));
         parent.appendChild(h);
         i += 1;

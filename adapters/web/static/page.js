@@ -1,5 +1,6 @@
 /* chatgate: boots the full-page chat served at "/". Options come from /api/widget/config and
- * the query string (?handler=<name> talks to a named @app.message handler). */
+ * the query string: ?handler=<name> talks to a named @app.message handler, ?token=<jwt> signs in
+ * with a host-signed identity token, ?reconnect_ms=<n> sets the first reconnect delay. */
 (function (global) {
   "use strict";
 
@@ -17,6 +18,7 @@
       accent: config.accent_color,
       handler: params.get("handler") || null,
       token: params.get("token") || null,
+      reconnectDelay: Number(params.get("reconnect_ms")) || undefined,
     });
     global.chatgate = chat; // for the console and for tests
   }

@@ -1,0 +1,649 @@
+"""The web chat widget in a real browser (headless Chromium) against a real running Gateway.
+
+Each test starts a ``gateway.runtime.Gateway`` on a loopback port with a SQLite file in
+``tmp_path`` and the small app below, then drives the full-page chat (``/``) or the embed script
+(``/widget.js`` on a host page served cross-origin by a second aiohttp server) with Playwright.
+Nothing is mocked: frames go over a real WebSocket, files over a real multipart upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from playwright.async_api import Browser, Page, async_playwright
+
+import gateway
+from gateway.config import Settings, load_settings
+from gateway.runtime import Gateway
+from gateway.types import Block, Suggestion
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
+
+ROOT = Path(__file__).resolve().parents[1]
+HOST_PAGE = Path(__file__).parent / "widget_pages" / "host.html"
+SCREENSHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 15_000  # how long a browser-side condition may take before the test fails
+
+# A 2x2 PNG, so the image block has something real to show.
+PIXEL_PNG = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000002000000020802000000fdd49a73"
+        "0000001649444154789c63f8cfc0f09f8181e13f03c3ff0c0c0c00002efe05fd5d"
+        "2e6c4b0000000049454e44ae426082"
+    )
+).decode()
+
+INJECTION = (
+    'Careful: <img src=x onerror="window.__pwned = 1"> and <script>window.__pwned = 2</script>\n\n'
+    "[click me](javascript:window.__pwned=3) [also](JaVaScRiPt:alert(1)) "
+    "[data](data:text/html,<script>alert(1)</script>) [safe](https://example.com/docs)\n\n"
+    '**<b onmouseover="window.__pwned=4">bold html</b>** `<i>code</i>`'
+)
+
+RICH_MARKDOWN = """### Release notes
+
+Version **2.0** is *out*, with ~~bugs~~ fixes and `inline code`.
+
+1. First step
+2. Second step
+   - nested point
+
+> Quoted wisdom
+
+| Plan | Price |
+|:-----|------:|
+| Free | $0 |
+| Pro  | $9 |
+
+```python
+print("hello")
+```
+
+See [the docs](https://example.com/docs) or https://example.org."""
+
+TOUR_REPLY = """Here is what I found for **Acme widgets**:
+
+- The *Pro* plan includes priority support
+- Invoices are sent on the 1st of each month
+- Exports come as `CSV` or `JSON`
+
+| Plan | Seats | Price |
+|------|------:|------:|
+| Free | 1 | $0 |
+| Pro | 10 | $49 |
+
+Want me to start an export?"""
+
+
+def build_app() -> gateway.App:
+    """The app every test talks to: one command per feature, an echo otherwise."""
+    app = gateway.App("widget-test")
+
+    async def stream_words(session: gateway.Session, text: str, delay: float) -> None:
+        async with session.stream_reply() as reply:
+            for index, word in enumerate(text.split(" ")):
+                reply.write(word if index == 0 else " " + word)
+                await asyncio.sleep(delay)
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        text = msg.text.strip()
+        if text == "stream":
+            await session.notify("Looking it up", detail="step 1 of 1")
+            await asyncio.sleep(0.4)
+            await stream_words(session, RICH_MARKDOWN, 0.03)
+        elif text == "slow":
+            await stream_words(session, " ".join(f"tick{i}" for i in range(400)), 0.03)
+        elif text == "upload":
+            upload = await session.prompt_file(message="Please upload your **notes**", accept=".txt,text/plain")
+            with tempfile.TemporaryDirectory() as folder:
+                path = await upload.download(folder)
+                content = await asyncio.to_thread(Path(path).read_text)
+            await session.reply(f"Got {upload.name} ({upload.size} bytes): {content}")
+        elif text == "suggest":
+            await session.show_suggestions(
+                ["Tell me a joke", Suggestion("Ping the server", action="ping")], title="Try one"
+            )
+        elif text == "inject":
+            await session.reply(INJECTION)
+            await session.show(Block("task_card", {"task_id": "t", "name": "<img src=x onerror=window.__pwned=5>"}))
+        elif text == "markdown":
+            await session.reply(RICH_MARKDOWN)
+        elif text == "blocks":
+            await session.set_title("Block tour")
+            await session.show(
+                Block("task_card", {"task_id": "t1", "name": "Nightly export", "status": "running"}, id="task_1")
+            )
+            await session.show_image(f"data:image/png;base64,{PIXEL_PNG}", alt="A tiny chart", width=120)
+            await session.show(
+                Block(
+                    "integration_prompt",
+                    {
+                        "type": "github",
+                        "reason": "I need to read your repositories.",
+                        "blocking": False,
+                        "mode": "oauth",
+                        "connect_url": "https://example.com/connect/github",
+                    },
+                )
+            )
+            await session.show(Block("mystery_widget", {"title": "Custom block", "text": "Rendered by the fallback."}))
+            await session.show(
+                Block(
+                    "task_card",
+                    {"task_id": "t1", "name": "Nightly export", "status": "completed", "result": "42 rows exported"},
+                    id="task_1",
+                )
+            )
+            approved = await session.prompt_approval(
+                "Deploy **v2** to production?", approve_label="Deploy", reject_label="Cancel"
+            )
+            await session.reply("Deploying now." if approved else "Deployment cancelled.")
+        elif text == "tour":
+            await session.set_title("Plans and billing")
+            await session.notify("Searching the help center")
+            await stream_words(session, TOUR_REPLY, 0.005)
+            await session.show(
+                Block(
+                    "task_card",
+                    {
+                        "task_id": "exp",
+                        "name": "Export invoices",
+                        "status": "completed",
+                        "message": "12 invoices, 48 KB",
+                    },
+                    id="task_tour",
+                )
+            )
+            await session.show_suggestions(["Start an export", "Compare plans", "Talk to a human"])
+        else:
+            await stream_words(session, f"Echo: {text}", 0.01)
+
+    @app.action("ping")
+    async def ping(session: gateway.Session, event: gateway.Event) -> None:
+        await session.reply("pong from the action")
+
+    return app
+
+
+def make_settings(tmp_path: Path, port: int = 0) -> Settings:
+    return load_settings(
+        None,
+        data_dir=str(tmp_path / "data"),
+        secret_key="widget-test-secret",
+        server={"host": "127.0.0.1", "port": port},
+        database={"url": f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}"},
+        files={"dir": str(tmp_path / "files"), "max_upload_bytes": 1_000_000},
+        web={"title": "Widget Test", "accent_color": "#4f46e5"},
+        scheduler={"enabled": False},
+    )
+
+
+@pytest.fixture
+async def running_gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
+    gw = Gateway(build_app(), make_settings(tmp_path))
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+@pytest.fixture
+async def browser(chromium_path: str) -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def open_page(browser: Browser) -> AsyncIterator[Callable[..., Any]]:
+    """Opens a page in a fresh browser context; fails the test on any uncaught page error."""
+    errors: list[str] = []
+    contexts = []
+
+    async def opener(url: str, *, width: int = 1280, height: int = 800) -> Page:
+        context = await browser.new_context(viewport={"width": width, "height": height})
+        contexts.append(context)
+        page = await context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(url)
+        await page.wait_for_selector(".cg-chat[data-connection=open]")
+        return page
+
+    yield opener
+    for context in contexts:
+        await context.close()
+    assert errors == [], f"uncaught errors in the page: {errors}"
+
+
+# ---------------------------------------------------------------- helpers
+
+
+async def send(page: Page, text: str) -> None:
+    await page.fill(".cg-input", text)
+    await page.press(".cg-input", "Enter")
+
+
+CHAT_ROOT = """(() => {
+    const widget = document.querySelector('chatgate-widget');
+    return widget ? widget.shadowRoot : document;  // the embed lives in a shadow root
+})()"""
+
+
+async def conversation(page: Page) -> list[tuple[str, str]]:
+    """(role, text) of every visible row, in order."""
+    rows = await page.evaluate(
+        f"""() => Array.from({CHAT_ROOT}.querySelectorAll('.cg-log > .cg-row:not([hidden])'))
+              .filter(row => !row.classList.contains('cg-typing-row'))
+              .map(row => {{
+                  const body = row.querySelector('.cg-bubble, .cg-card, .cg-suggestions, .cg-system, figure');
+                  return [row.dataset.role, (body || row).innerText.trim()];
+              }})"""
+    )
+    return [(role, text) for role, text in rows]
+
+
+async def wait_rows(page: Page, count: int) -> None:
+    await page.wait_for_function(
+        f"count => {CHAT_ROOT}.querySelectorAll('.cg-log > .cg-row:not(.cg-typing-row)').length >= count", arg=count
+    )
+
+
+async def wait_reply(page: Page, text: str) -> None:
+    """Waits until a finished assistant message has exactly ``text``."""
+    await page.wait_for_function(
+        f"""text => Array.from({CHAT_ROOT}
+                  .querySelectorAll('.cg-row[data-role=assistant][data-status=complete] .cg-md'))
+              .some(node => node.innerText.trim() === text)""",
+        arg=text,
+    )
+
+
+async def host_server(gateway_url: str) -> web.AppRunner:
+    """A second origin serving the host page that embeds the widget."""
+    html = HOST_PAGE.read_text().replace("{{GATEWAY}}", gateway_url)
+
+    async def page(_request: web.Request) -> web.Response:
+        return web.Response(text=html, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+def runner_url(runner: web.AppRunner) -> str:
+    site = next(iter(runner.sites))
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return f"http://127.0.0.1:{port}"
+
+
+# ---------------------------------------------------------------- tests
+
+
+async def test_streamed_reply_arrives_token_by_token_and_renders_markdown(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    await page.evaluate(
+        """() => {
+            window.__lengths = [];
+            new MutationObserver(() => {
+                const node = document.querySelector('.cg-row[data-role=assistant] .cg-md');
+                if (node) window.__lengths.push(node.innerText.length);
+            }).observe(document.querySelector('.cg-log'), {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+    # Shift+Enter is a new line, Enter sends.
+    await page.click(".cg-input")
+    await page.keyboard.type("strea")
+    await page.keyboard.press("Shift+Enter")
+    assert await page.input_value(".cg-input") == "strea\n"
+    await page.fill(".cg-input", "stream")
+    await page.keyboard.press("Enter")
+    assert await page.input_value(".cg-input") == ""
+
+    status = page.locator(".cg-status")
+    await status.wait_for(state="visible")
+    assert "Looking it up" in await status.inner_text()
+    await page.wait_for_selector(".cg-row[data-role=assistant][data-status=streaming]")
+    assert await page.locator(".cg-stop").is_visible()
+    await page.wait_for_selector(".cg-row[data-role=assistant][data-status=complete]")
+    assert await status.is_hidden()
+    assert await page.locator(".cg-stop").is_hidden()
+
+    lengths = await page.evaluate("window.__lengths")
+    partial = sorted({n for n in lengths if 0 < n < max(lengths)})
+    assert len(partial) >= 3, f"the reply did not stream in pieces: {lengths}"
+
+    md = page.locator(".cg-row[data-role=assistant] .cg-md")
+    assert await md.locator("h3").inner_text() == "Release notes"
+    assert await md.locator("strong").first.inner_text() == "2.0"
+    assert await md.locator("em").first.inner_text() == "out"
+    assert await md.locator("del").inner_text() == "bugs"
+    assert await md.locator("ol > li").count() == 2
+    assert await md.locator("ol li ul li").inner_text() == "nested point"
+    assert await md.locator("blockquote").inner_text() == "Quoted wisdom"
+    assert await md.locator("table tbody tr").count() == 2
+    assert await md.locator("th").nth(1).evaluate("n => n.style.textAlign") == "right"
+    assert await md.locator("pre code").inner_text() == 'print("hello")'
+    links = md.locator("a")
+    assert await links.count() == 2
+    assert await links.nth(0).get_attribute("href") == "https://example.com/docs"
+    assert "noopener" in (await links.nth(0).get_attribute("rel") or "")
+    assert await links.nth(1).get_attribute("href") == "https://example.org/"
+    assert await page.get_attribute(".cg-log", "role") == "log"
+    assert await page.get_attribute(".cg-log", "aria-live") == "polite"
+
+
+async def test_history_survives_a_reload_without_duplicates(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    await send(page, "first")
+    await wait_reply(page, "Echo: first")
+    await send(page, "second")
+    await wait_reply(page, "Echo: second")
+    before = await conversation(page)
+    session_id = await page.evaluate("Object.entries(localStorage).find(([k]) => k.endsWith(':session'))[1]")
+
+    await page.reload()
+    await page.wait_for_selector(".cg-chat[data-connection=open]")
+    await wait_rows(page, 4)
+    await page.wait_for_timeout(300)  # anything extra (a duplicate) would arrive by now
+    after = await conversation(page)
+    assert [role for role, _ in after] == ["user", "assistant", "user", "assistant"]
+    assert [text for _, text in after] == [text for _, text in before]
+    assert [text for _, text in after][::2] == ["first", "second"]
+    assert session_id == await page.evaluate("Object.entries(localStorage).find(([k]) => k.endsWith(':session'))[1]")
+
+    # The conversation goes on in the same session after the reload.
+    await send(page, "third")
+    await wait_reply(page, "Echo: third")
+    assert len(await conversation(page)) == 6
+
+
+async def test_file_prompt_uploads_with_progress_and_answers_the_handler(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    await send(page, "upload")
+    prompt = page.locator(".cg-card[data-block-type=file_upload]")
+    await prompt.wait_for()
+    assert "Please upload your notes" in await prompt.inner_text()
+    assert await prompt.locator("strong").inner_text() == "notes"
+    assert await prompt.locator("input[type=file]").get_attribute("accept") == ".txt,text/plain"
+    await page.evaluate(
+        """() => { window.__progress = [];
+                   new MutationObserver(() => { const bar = document.querySelector('.cg-progress');
+                        if (bar) window.__progress.push(bar.getAttribute('aria-valuenow')); })
+                   .observe(document.querySelector('.cg-log'), {subtree: true, attributes: true}); }"""
+    )
+    content = "meeting notes: ship the widget\n" * 200
+    await prompt.locator("input[type=file]").set_input_files(
+        {"name": "notes.txt", "mimeType": "text/plain", "buffer": content.encode()}
+    )
+    await page.wait_for_selector(".cg-card[data-block-type=file_upload].cg-completed")
+    done = page.locator(".cg-card[data-block-type=file_upload]")
+    assert await done.count() == 1  # the completed prompt replaced the open one
+    assert "notes.txt" in await done.inner_text()
+    assert "100" in await page.evaluate("window.__progress")
+    await page.wait_for_function(
+        """() => Array.from(document.querySelectorAll('.cg-row[data-role=assistant] .cg-md'))
+              .some(n => n.innerText.startsWith('Got notes.txt'))"""
+    )
+    reply = await page.locator(".cg-row[data-role=assistant] .cg-md").last.inner_text()
+    assert reply.startswith(f"Got notes.txt ({len(content)} bytes): meeting notes: ship the widget")
+
+
+async def test_suggestion_buttons_send_a_prompt_or_run_an_action(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    await send(page, "suggest")
+    chips = page.locator(".cg-suggestions .cg-chip")
+    await chips.first.wait_for()
+    assert await page.locator(".cg-suggestions-title").inner_text() == "Try one"
+    assert await chips.all_inner_texts() == ["Tell me a joke", "Ping the server"]
+
+    await chips.nth(0).click()
+    await wait_reply(page, "Echo: Tell me a joke")
+    users = [text for role, text in await conversation(page) if role == "user"]
+    assert users == ["suggest", "Tell me a joke"]
+
+    await chips.nth(1).click()
+    await wait_reply(page, "pong from the action")
+
+    # Reloaded, the history holds each of them once.
+    await page.reload()
+    await page.wait_for_selector(".cg-chat[data-connection=open]")
+    await wait_reply(page, "pong from the action")
+    await page.wait_for_timeout(300)
+    texts = [text for _, text in await conversation(page)]
+    assert texts.count("Echo: Tell me a joke") == 1
+    assert texts.count("pong from the action") == 1
+
+
+async def test_stop_button_stops_a_streaming_reply(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    await send(page, "slow")
+    await page.wait_for_function(
+        """() => (document.querySelector('.cg-row[data-role=assistant] .cg-md') || {innerText: ''})
+              .innerText.includes('tick5')"""
+    )
+    stop = page.locator(".cg-stop")
+    assert await stop.is_visible()
+    assert await stop.get_attribute("aria-label") == "Stop generating"
+    await stop.click()
+    await page.wait_for_selector(".cg-row[data-role=assistant][data-status=stopped]")
+    stopped_text = await page.locator(".cg-row[data-role=assistant] .cg-md").inner_text()
+    assert "tick399" not in stopped_text
+    assert await page.locator(".cg-row[data-role=assistant] .cg-meta").inner_text() == "Stopped"
+    await page.wait_for_timeout(400)
+    assert await page.locator(".cg-row[data-role=assistant] .cg-md").inner_text() == stopped_text
+    await page.wait_for_selector(".cg-stop", state="hidden")
+    assert await page.locator(".cg-send").is_visible()
+
+    await send(page, "after stop")
+    await wait_reply(page, "Echo: after stop")
+
+
+async def test_blocks_render_and_update_in_place(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    await send(page, "blocks")
+    approval = page.locator(".cg-card[data-block-type=approval_prompt]")
+    await approval.wait_for()
+    assert await page.locator(".cg-subtitle-text").inner_text() == "Block tour"
+    assert await page.title() == "Block tour \u00b7 Widget Test"
+
+    task = page.locator(".cg-card[data-block-type=task_card]")
+    await page.wait_for_selector(".cg-card[data-block-type=task_card][data-status=completed]")
+    assert await task.count() == 1
+    assert "42 rows exported" in await task.inner_text()
+
+    image = page.locator("figure[data-block-type=image] img")
+    assert await image.get_attribute("alt") == "A tiny chart"
+    await page.wait_for_function("() => document.querySelector('figure img').naturalWidth === 2")
+
+    connect = page.locator(".cg-card[data-block-type=integration_prompt] a.cg-connect")
+    assert await connect.get_attribute("href") == "https://example.com/connect/github"
+    assert await connect.get_attribute("target") == "_blank"
+
+    fallback = page.locator(".cg-card[data-block-type=mystery_widget]")
+    assert "Custom block" in await fallback.inner_text()
+    assert "Rendered by the fallback." in await fallback.inner_text()
+
+    assert await approval.locator("button").all_inner_texts() == ["Deploy", "Cancel"]
+    await approval.locator("button", has_text="Deploy").click()
+    await wait_reply(page, "Deploying now.")
+    await page.wait_for_function(
+        """() => (document.querySelector('.cg-card[data-block-type=approval_prompt]') || {innerText: ''})
+              .innerText.includes('Approved')"""
+    )
+    assert await page.locator(".cg-card[data-block-type=approval_prompt] button").count() == 0
+
+
+async def test_markdown_injection_renders_as_text(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    await send(page, "<img src=x onerror=\"window.__pwned='user'\"> **not bold?**")
+    await send(page, "inject")
+    await page.wait_for_selector(".cg-card[data-block-type=task_card]")
+    await page.wait_for_timeout(200)
+
+    assert await page.evaluate("window.__pwned") is None
+    log = page.locator(".cg-log")
+    assert await log.locator("img").count() == 0
+    assert await log.locator("script").count() == 0
+    assert await log.locator("b, i").count() == 0
+    assert await page.locator("a[href^='javascript'], a[href^='data'], a[href^='JaVaScRiPt']").count() == 0
+
+    user = page.locator(".cg-row[data-role=user] .cg-text").first
+    assert await user.inner_text() == "<img src=x onerror=\"window.__pwned='user'\"> **not bold?**"
+
+    reply = page.locator(".cg-row[data-role=assistant] .cg-md").last
+    text = await reply.inner_text()
+    assert '<img src=x onerror="window.__pwned = 1">' in text
+    assert "<script>window.__pwned = 2</script>" in text
+    assert await reply.locator("a").count() == 1
+    assert await reply.locator("a").get_attribute("href") == "https://example.com/docs"
+    assert await reply.locator("strong").inner_text() == '<b onmouseover="window.__pwned=4">bold html</b>'
+    assert await reply.locator("code").inner_text() == "<i>code</i>"
+    assert "click me" in text and "javascript:" not in text.split("click me")[0][-5:]
+    card = page.locator(".cg-card[data-block-type=task_card]")
+    assert "<img src=x onerror=window.__pwned=5>" in await card.inner_text()
+
+
+async def test_embed_script_on_a_cross_origin_host_page(running_gateway: Gateway, browser: Browser) -> None:
+    host = await host_server(running_gateway.public_url)
+    errors: list[str] = []
+    try:
+        for width, height, name in ((1280, 800, "widget-desktop.png"), (375, 740, "widget-mobile.png")):
+            context = await browser.new_context(viewport={"width": width, "height": height})
+            page = await context.new_page()
+            page.set_default_timeout(WAIT_MS)
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(runner_url(host) + "/")
+            assert runner_url(host) != running_gateway.public_url
+
+            launcher = page.locator("chatgate-widget .cg-launcher")
+            await launcher.wait_for()
+            await page.wait_for_function(
+                """() => document.querySelector('chatgate-widget').shadowRoot
+                      .querySelector('.cg-widget').style.visibility === ''"""
+            )
+            # The host's hostile CSS does not reach into the shadow root.
+            style = await launcher.evaluate(
+                "b => { const s = getComputedStyle(b); return [s.backgroundColor, s.borderRadius, s.fontFamily]; }"
+            )
+            assert style[0] == "rgb(14, 116, 144)", style  # data-accent, not the host's lime
+            assert style[1] == "50%"
+            assert await launcher.get_attribute("aria-expanded") == "false"
+
+            await launcher.click()
+            panel = page.locator("chatgate-widget .cg-panel")
+            await panel.wait_for()
+            await page.wait_for_selector("chatgate-widget .cg-chat[data-connection=open]")
+            assert await launcher.get_attribute("aria-expanded") == "true"
+            assert await page.locator("chatgate-widget .cg-title").inner_text() == "Acme Support"
+            assert (
+                await page.locator("chatgate-widget .cg-empty-title").inner_text()
+                == "Hi! Ask us anything about Acme widgets."
+            )
+            focused = await page.evaluate(
+                "document.querySelector('chatgate-widget').shadowRoot.activeElement.className"
+            )
+            assert "cg-input" in focused
+            font_size = await page.locator("chatgate-widget .cg-input").evaluate("n => getComputedStyle(n).fontSize")
+            assert font_size == "15px"
+
+            if name == "widget-desktop.png":
+                await send(page, "hello from the host")
+                await wait_reply(page, "Echo: hello from the host")
+            await send(page, "tour")
+            await page.wait_for_selector("chatgate-widget .cg-suggestions .cg-chip")
+            await page.wait_for_timeout(250)
+            overflow = await page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, "the widget makes the page scroll sideways"
+            box = await panel.bounding_box()
+            assert box is not None
+            if width == 375:
+                assert box["width"] == 375 and box["height"] == 740  # full screen on a phone
+            else:
+                assert box["x"] + box["width"] <= width - 10  # data-position="right"
+            await page.screenshot(path=str(SCREENSHOTS / name))
+
+            # Escape closes the panel and gives focus back to the launcher.
+            await page.keyboard.press("Escape")
+            await panel.wait_for(state="hidden")
+            assert await launcher.get_attribute("aria-expanded") == "false"
+            active = await page.evaluate("document.querySelector('chatgate-widget').shadowRoot.activeElement.className")
+            assert active == "cg-launcher"
+            # The host page's own button still looks like the host wants.
+            host_background = await page.locator("#host-button").evaluate("b => getComputedStyle(b).backgroundColor")
+            assert host_background == "rgb(0, 255, 0)"
+            await context.close()
+    finally:
+        await host.cleanup()
+    assert errors == []
+
+
+async def test_server_restart_mid_conversation_loses_and_repeats_nothing(
+    tmp_path: Path, free_port: int, open_page
+) -> None:
+    first = Gateway(build_app(), make_settings(tmp_path, free_port))
+    await first.start()
+    first_running = True
+    second: Gateway | None = None
+    try:
+        page = await open_page(first.public_url + "/?reconnect_ms=100")
+        await send(page, "before restart")
+        await wait_reply(page, "Echo: before restart")
+
+        await first.stop()
+        first_running = False
+        await page.wait_for_selector(".cg-chat[data-connection=waiting], .cg-chat[data-connection=connecting]")
+        # Typed while the server is down: kept and delivered once it is back.
+        await send(page, "during restart")
+        assert await page.locator(".cg-row[data-status=sending]").count() == 1
+
+        second = Gateway(build_app(), make_settings(tmp_path, free_port))
+        await second.start()
+        await page.wait_for_selector(".cg-chat[data-connection=open]")
+        await wait_reply(page, "Echo: during restart")
+        await send(page, "after restart")
+        await wait_reply(page, "Echo: after restart")
+        await page.wait_for_timeout(300)
+
+        expected = [
+            ("user", "before restart"),
+            ("assistant", "Echo: before restart"),
+            ("user", "during restart"),
+            ("assistant", "Echo: during restart"),
+            ("user", "after restart"),
+            ("assistant", "Echo: after restart"),
+        ]
+        assert await conversation(page) == expected
+        await page.reload()
+        await page.wait_for_selector(".cg-chat[data-connection=open]")
+        await wait_rows(page, 6)
+        await page.wait_for_timeout(300)
+        assert await conversation(page) == expected
+    finally:
+        if first_running:
+            await first.stop()
+        if second is not None:
+            await second.stop()
