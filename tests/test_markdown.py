@@ -349,7 +349,7 @@ def _random_document(rng: random.Random, size: int) -> str:
     words = ["alpha", "beta", "gamma", "δέλτα", "😀", "ok.", "why?", "a&b", "<tag>", "x_y", "1.5", "日本語。"]
     blocks: list[str] = []
     while sum(map(len, blocks)) < size:
-        kind = rng.randrange(7)
+        kind = rng.randrange(11)
         sentence = " ".join(rng.choice(words) for _ in range(rng.randrange(3, 40)))
         if kind == 0:
             blocks.append(f"## {sentence[:40]}")
@@ -364,6 +364,15 @@ def _random_document(rng: random.Random, size: int) -> str:
             blocks.append(f"> {sentence}\n> `code {rng.randrange(9)}`")
         elif kind == 5:
             blocks.append("x" * rng.randrange(1, 200))
+        elif kind == 6:
+            blocks.append(f"***{sentence[:30]}** {sentence[:15]}* [**b** `c` *i*](https://e.com/?q=1&r=2) ~~s~~")
+        elif kind == 7:
+            blocks.append(f"> - quoted item **{sentence[:50]}**\n>   more\\\n>   hard break\n> 1. `x`\n>\n> > deeper")
+        elif kind == 8:
+            rows = "\n".join(f"| {rng.choice(words)} | *{i}* | `{i}` |" for i in range(rng.randrange(1, 12)))
+            blocks.append(f"| a | b | c |\n|:-|:-:|-:|\n{rows}")
+        elif kind == 9:
+            blocks.append(f"1. step\n\n   ```\n   code {sentence[:20]}\n   ```\n2. next **{sentence[:25]}**")
         else:
             blocks.append(sentence)
     return "\n\n".join(blocks)

@@ -6,6 +6,8 @@ Every message is checked against the Block Kit limits the fake Slack Web API enf
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from adapters.slack.render import (
@@ -22,7 +24,7 @@ from adapters.slack.render import (
 )
 from gateway.markdown import Link, MarkdownRenderer, Part, parse, split, utf16_len
 from tests.fakes.slack_api import _check_blocks
-from tests.test_markdown import assert_same_content, mixed_document
+from tests.test_markdown import _random_document, assert_same_content, mixed_document
 
 
 def check(parts: list[SlackPart]) -> list[SlackPart]:
@@ -199,3 +201,14 @@ def test_empty_and_unknown_style() -> None:
     assert render_slack("   ", style="mrkdwn") == []
     with pytest.raises(ValueError, match="style"):
         render_slack("x", style="html")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("style", ["markdown", "mrkdwn"])
+def test_random_documents_give_valid_messages(seed: int, style: str) -> None:
+    rng = random.Random(seed)
+    source = _random_document(rng, rng.randrange(2_000, 40_000))
+    parts = check(render_slack(source, style=style))  # type: ignore[arg-type]
+    renderer = MarkdownRenderer() if style == "markdown" else SlackMrkdwnRenderer()
+    (full,) = split(renderer.render(parse(source)), limit=1 << 30)
+    assert_same_content([line for p in parts for line in p.text.split("\n")], full.plain)

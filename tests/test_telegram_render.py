@@ -7,6 +7,7 @@ part's plain twin.
 
 from __future__ import annotations
 
+import random
 import re
 
 import pytest
@@ -23,7 +24,7 @@ from adapters.telegram.render import (
 )
 from gateway.markdown import CodeBlock, parse, utf16_len
 from tests.fakes.telegram_api import parse_html
-from tests.test_markdown import assert_same_content, mixed_document
+from tests.test_markdown import _random_document, assert_same_content, mixed_document
 
 
 def check(parts: list[TelegramPart], limit: int = TELEGRAM_TEXT_LIMIT) -> list[TelegramPart]:
@@ -266,3 +267,13 @@ def test_rich_markdown_is_normalised_and_split() -> None:
     for part in small:
         (block,) = parse(part).blocks
         assert isinstance(block, CodeBlock) and block.language == "python"
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_documents_give_valid_parts_within_any_limit(seed: int) -> None:
+    rng = random.Random(seed)
+    source = _random_document(rng, rng.randrange(500, 6000))
+    limit = rng.randrange(30, 1500)
+    parts = check(render_telegram(source, limit=limit), limit)
+    (whole,) = render_telegram(source, limit=1 << 30)
+    assert_same_content([p.plain for p in parts], whole.plain)
