@@ -1,0 +1,145 @@
+"""The command line, run as real processes: --help everywhere, init, chat, and a crash mid-handler."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHATGATE = [sys.executable, "-m", "gateway.cli"]
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, **kwargs):
+    return subprocess.run([*CHATGATE, *args], capture_output=True, text=True, timeout=60, cwd=cwd,
+                          env={**os.environ, **(env or {})}, **kwargs)
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["chat"], ["init"]])
+def test_help_everywhere(command):
+    result = run_cli(*command, "--help")
+    assert result.returncode == 0
+    assert "usage: chatgate" in result.stdout
+
+
+def test_no_command_is_a_usage_error():
+    result = run_cli()
+    assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_bad_app_path_says_what_to_do(tmp_path):
+    result = run_cli("run", "nope.py", cwd=tmp_path)
+    assert result.returncode == 2 and "no such file: nope.py" in result.stderr
+    (tmp_path / "other.py").write_text("x = 1\n")
+    result = run_cli("run", "other.py:app", cwd=tmp_path)
+    assert result.returncode == 2 and "has no attribute 'app'" in result.stderr
+    result = run_cli("run", "other.py:x", cwd=tmp_path)
+    assert result.returncode == 2 and "not a gateway.App" in result.stderr
+
+
+def test_init_writes_a_runnable_starter(tmp_path):
+    result = run_cli("init", str(tmp_path / "bot"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "bot" / "app.py").exists() and (tmp_path / "bot" / "chatgate.toml").exists()
+    again = run_cli("init", str(tmp_path / "bot"))
+    assert again.returncode == 2 and "--force" in again.stderr
+    chat = run_cli("chat", "app.py", cwd=tmp_path / "bot", input="hello\n")
+    assert chat.returncode == 0, chat.stderr
+    assert "You said: hello" in chat.stdout
+
+
+def test_chat_runs_a_capsule_app_in_the_terminal(tmp_path):
+    app = ROOT / "tests" / "apps" / "capsule_app.py"
+    script = "hi\nnote milk\nconfirm\napprove\nmenu\n/1\n"
+    result = run_cli("chat", str(app), "--user", "ada", cwd=tmp_path, input=script)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "turn 1: you said hi" in out
+    assert "saved (1 notes)" in out
+    assert "? Really? — type approve or reject" in out and "confirmed" in out
+    assert "[/1] list notes" in out
+    assert out.rstrip().splitlines()[-1].endswith("milk") or "bot> milk" in out
+    # The same conversation continues next time.
+    again = run_cli("chat", str(app), "--user", "ada", cwd=tmp_path, input="list notes\n")
+    assert "bot> milk" in again.stdout
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _get_json(url: str, key: str):
+    request = urllib.request.Request(url, headers={"X-API-Key": key})
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def _post_json(url: str, key: str, body: dict, timeout: float = 5):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"X-API-Key": key, "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _start(tmp_path: Path, port: int, log_name: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "CRASHY_MARKER_DIR": str(tmp_path),
+        "CHATGATE_WEB__API_KEYS": '["test-key"]',
+        "CHATGATE_WEB__SEND_TIMEOUT": "0.5",
+        "CHATGATE_DATA_DIR": str(tmp_path / "data"),
+        "CHATGATE_FILES__DIR": str(tmp_path / "data" / "files"),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'data' / 'chatgate.db'}",
+    }
+    log = open(tmp_path / log_name, "w")
+    return subprocess.Popen([*CHATGATE, "run", str(ROOT / "tests" / "apps" / "crashy_app.py"), "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+
+
+def test_killed_mid_handler_the_event_runs_again_after_restart(tmp_path, free_port):
+    base = f"http://127.0.0.1:{free_port}"
+    first = _start(tmp_path, free_port, "first.log")
+    try:
+        _wait_for(lambda: "ready in" in (tmp_path / "first.log").read_text(), 30, "the first start")
+        session = _post_json(f"{base}/api/v1/chat/sessions", "test-key", {"agent_id": "default"})["data"]
+        # send_message answers with the stored user message once send_timeout passes.
+        stored = _post_json(f"{base}/api/v1/chat/sessions/{session['id']}/messages", "test-key",
+                            {"content": "precious"})["data"]
+        assert stored["role"] == "user"
+        _wait_for(lambda: (tmp_path / "runs-precious").exists(), 10, "the handler to start")
+        first.send_signal(signal.SIGKILL)  # no chance to clean up
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = _start(tmp_path, free_port, "second.log")
+    try:
+        _wait_for(lambda: "ready in" in (tmp_path / "second.log").read_text(), 30, "the restart")
+
+        def reply():
+            messages = _get_json(f"{base}/api/v1/chat/sessions/{session['id']}/messages?limit=50", "test-key")
+            texts = [m["content"] for m in messages["data"]]
+            return texts if any(t.startswith("handled precious") for t in texts) else None
+
+        texts = _wait_for(reply, 15, "the event to run again")
+        assert texts == ["precious", "handled precious on run 2"]
+        assert "interrupted by the last shutdown" in (tmp_path / "second.log").read_text()
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(15) == 0
+        assert "stopped" in (tmp_path / "second.log").read_text()
+    finally:
+        if second.poll() is None:
+            second.kill()
