@@ -9,6 +9,8 @@ goes through :class:`~adapters.telegram.client.TelegramClient` (pacing, safe ret
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import io
@@ -87,6 +89,7 @@ class TelegramAdapter(Adapter):
         self.poller: Poller | None = None
         self._gw: GatewayContext | None = None
         self._awaiting_file: set[tuple[str, str | None]] = set()
+        self._poll_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -119,9 +122,14 @@ class TelegramAdapter(Adapter):
             poll_timeout=self.config.poll_timeout,
             backoff=self.config.retry_backoff * self.config.rate_scale,
         )
-        gateway.spawn(self.poller.run(), name="chatgate-telegram-poll")
+        self._poll_task = gateway.spawn(self.poller.run(), name="chatgate-telegram-poll")
 
     async def stop(self) -> None:
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poll_task
+            self._poll_task = None
         if self.poller is not None:
             try:
                 await self.poller.release()

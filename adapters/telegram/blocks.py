@@ -21,7 +21,18 @@ from adapters.telegram.updates import CALLBACK_SEPARATOR
 log = logging.getLogger("chatgate.telegram")
 
 CALLBACK_DATA_MAX_BYTES = 64  # Bot API InlineKeyboardButton.callback_data: 1-64 bytes
-BUTTON_ROW_CHARS = 28  # labels short enough to share a row on a phone (two per row)
+BUTTON_ROW_CHARS = 28
+STATUS_ICONS = {
+    "completed": "✅",
+    "complete": "✅",
+    "succeeded": "✅",
+    "success": "✅",
+    "done": "✅",
+    "failed": "❌",
+    "error": "❌",
+    "cancelled": "⏹",
+    "canceled": "⏹",
+}  # labels short enough to share a row on a phone (two per row)
 
 
 @dataclass
@@ -103,6 +114,8 @@ def view_block(envelope: dict[str, Any], public_url: str) -> BlockView:
         if payload.get("completed"):
             name = payload.get("filename") or "the file"
             return BlockView("text", f"{message}\n\n*📎 Received {name}*", awaiting_file=False)
+        if payload.get("timed_out") or payload.get("blocking") is False:
+            return BlockView("text", f"{message}\n\n*⌛ Timed out*", awaiting_file=False)
         hint = "Send it here as a document or photo."
         accept = payload.get("accept")
         if accept:
@@ -148,7 +161,7 @@ def view_block(envelope: dict[str, Any], public_url: str) -> BlockView:
             )
         return BlockView("text", reason, keyboard)
 
-    if kind == "session_title":
+    if kind in ("session_title", "session_event"):  # metadata for web clients, nothing to show
         return BlockView("skip")
 
     if kind == "notification":

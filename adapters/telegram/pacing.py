@@ -12,11 +12,13 @@ budget, so every request that posts or edits a message passes :meth:`Pacer.slot`
 A ``429`` pauses the chat's budget for ``retry_after``; when two different chats are told to wait
 within one pause the limit is the bot's, not the chat's, so the global budget pauses too.
 
-Windows carry a safety margin (``MARGIN``) so that scheduling jitter never makes us arrive early.
-The chat's lock is held while the request is in flight, so a chat's requests leave in order
-(parts of a split message, stream frames, the final edit) and one at a time. Written by hand:
-aiogram has no outbound limiter, and aiolimiter-style leaky buckets know nothing of per-chat
-windows shared with a global one, or of ``retry_after``.
+A chat's window is measured from the moment its previous request *finished* (Telegram saw it
+somewhere before that), so uneven transit times cannot make two requests arrive too close; the
+global window carries a safety margin (``MARGIN``, on every window) for the same reason. The
+chat's lock is held while the request is in flight, so a chat's requests leave in order (parts of
+a split message, stream frames, the final edit) and one at a time. Written by hand: aiogram has no
+outbound limiter, and aiolimiter-style leaky buckets know nothing of per-chat windows shared with
+a global one, or of ``retry_after``.
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ class RateBudget:
 
     def record(self, at: float) -> None:
         self._events.append(at)
+
+    def settle(self, at: float) -> None:
+        """Move the latest event to ``at`` (when the request finished): the server saw it somewhere
+        between start and finish, so spacing from the finish holds whatever the transit times."""
+        if self._events and at > self._events[-1]:
+            self._events[-1] = at
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self._clock() + seconds)
@@ -141,7 +149,10 @@ class Pacer:
                 if own.earliest(now) <= now:  # no pause arrived while we waited for the bot's budget
                     own.record(now)
                     break
-            yield
+            try:
+                yield
+            finally:
+                own.settle(self._clock())
 
     def retry_after(self, chat_id: int, seconds: float, kind: SlotKind = "message") -> None:
         """Telegram said "retry after": pause the chat, and the bot when it looks global."""

@@ -14,10 +14,11 @@ enforces what makes Telegram hard to talk to:
   ``getUpdates`` while a webhook is set, webhook delivery with the secret-token header and retries
   until the bot answers 2xx, updates kept until confirmed by ``offset``.
 
-Knobs for tests: ``drafts_supported`` / ``chat_action_supported`` / ``rich_supported`` (a method a
-server does not have answers ``404 Not Found``, as Telegram does), ``fail_next`` (5xx or any
-error), ``disconnect_next`` (process the call, then drop the connection: the client cannot know
-whether it arrived), ``latency``. Every call is recorded in ``calls``.
+Knobs for tests: ``reject_html`` (every HTML body "can't parse entities"), ``drafts_supported`` /
+``chat_action_supported`` / ``rich_supported`` (a method a server does not have answers ``404 Not
+Found``, as Telegram does), ``fail_next`` (5xx or any error), ``disconnect_next`` (process the
+call, then drop the connection: the client cannot know whether it arrived), ``latency``. Every
+call is recorded in ``calls``.
 
 Chat ids follow Telegram's convention: positive ids are private chats (the user's id), negative
 ids are groups (``is_forum`` for chats registered with :meth:`FakeTelegramAPI.add_forum`).
@@ -89,9 +90,7 @@ class HtmlParseError(ValueError):
     pass
 
 
-_TAG_RE = re.compile(
-    r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s+[a-zA-Z-]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'))?)*)\s*>"
-)
+_TAG_RE = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9-]*)((?:\s+[a-zA-Z-]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'))?)*)\s*>")
 _ATTR_RE = re.compile(r"([a-zA-Z-]+)(?:\s*=\s*(?:\"([^\"]*)\"|'([^']*)'))?")
 _ENTITY_RE = re.compile(r"&(lt|gt|amp|quot|#[0-9]{1,7}|#x[0-9a-fA-F]{1,6});")
 _NAMED = {"lt": "<", "gt": ">", "amp": "&", "quot": '"'}
@@ -138,9 +137,7 @@ def parse_html(html: str) -> tuple[str, list[dict[str, Any]]]:
                 raise HtmlParseError(f"Unsupported start tag at byte offset {len(html[:i].encode())}")
             closing, name, raw_attrs = match.group(1) == "/", match.group(2).lower(), match.group(3)
             if name not in _TAG_ENTITY:
-                raise HtmlParseError(
-                    f'Unsupported start tag "{name}" at byte offset {len(html[:i].encode())}'
-                )
+                raise HtmlParseError(f'Unsupported start tag "{name}" at byte offset {len(html[:i].encode())}')
             if closing:
                 if not stack or stack[-1][0] != name:
                     raise HtmlParseError(
@@ -167,14 +164,8 @@ def parse_html(html: str) -> tuple[str, list[dict[str, Any]]]:
                 if entity["length"] > 0:
                     entities.append(entity)
             else:
-                attrs = {
-                    m.group(1).lower(): (m.group(2) or m.group(3) or "") for m in _ATTR_RE.finditer(raw_attrs)
-                }
-                if (
-                    stack
-                    and stack[-1][0] in ("code", "pre")
-                    and not (stack[-1][0] == "pre" and name == "code")
-                ):
+                attrs = {m.group(1).lower(): (m.group(2) or m.group(3) or "") for m in _ATTR_RE.finditer(raw_attrs)}
+                if stack and stack[-1][0] in ("code", "pre") and not (stack[-1][0] == "pre" and name == "code"):
                     raise HtmlParseError(f'Unsupported start tag "{name}" inside a code entity')
                 if name == "span" and attrs.get("class") != "tg-spoiler":
                     raise HtmlParseError('Tag "span" must have class "tg-spoiler"')
@@ -289,6 +280,7 @@ class FakeTelegramAPI:
         drafts_supported: bool = True,
         chat_action_supported: bool = True,
         rich_supported: bool = False,
+        reject_html: bool = False,
         latency: float = 0.0,
         webhook_retry_delay: float = 0.05,
         port: int = 0,
@@ -302,6 +294,7 @@ class FakeTelegramAPI:
         self.drafts_supported = drafts_supported
         self.chat_action_supported = chat_action_supported
         self.rich_supported = rich_supported
+        self.reject_html = reject_html
         self.latency = latency
         self.webhook_retry_delay = webhook_retry_delay
         self.port = port
@@ -370,9 +363,7 @@ class FakeTelegramAPI:
 
     # -- test knobs ----------------------------------------------------------------------------
 
-    def fail_next(
-        self, method: str, *, status: int = 502, description: str = "Bad Gateway", times: int = 1
-    ) -> None:
+    def fail_next(self, method: str, *, status: int = 502, description: str = "Bad Gateway", times: int = 1) -> None:
         """Answer the next ``times`` calls of ``method`` with an error, without processing them."""
         self._faults.append(_Fault(method, status, description, times))
 
@@ -383,9 +374,7 @@ class FakeTelegramAPI:
     def add_forum(self, chat_id: int) -> None:
         self.forums.add(chat_id)
 
-    def add_file(
-        self, data: bytes, *, name: str = "file.bin", mime_type: str = "application/octet-stream"
-    ) -> str:
+    def add_file(self, data: bytes, *, name: str = "file.bin", mime_type: str = "application/octet-stream") -> str:
         """Store a file as if a user had sent it; returns its ``file_id``."""
         file_id = "F" + secrets.token_hex(8)
         unique = "U" + secrets.token_hex(4)
@@ -458,9 +447,7 @@ class FakeTelegramAPI:
                 message["is_topic_message"] = True
         message.update(fields)
         self.messages.setdefault(chat_id, []).append(
-            StoredMessage(
-                chat_id, message_id, text or "", text or "", [], thread_id=thread_id, from_bot=False
-            )
+            StoredMessage(chat_id, message_id, text or "", text or "", [], thread_id=thread_id, from_bot=False)
         )
         return message
 
@@ -529,9 +516,7 @@ class FakeTelegramAPI:
 
     async def _handle_file(self, request: web.Request) -> web.StreamResponse:
         if request.match_info["token"] != self.token:
-            return web.json_response(
-                {"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401
-            )
+            return web.json_response({"ok": False, "error_code": 401, "description": "Unauthorized"}, status=401)
         path = request.match_info["path"]
         for stored in self.files.values():
             if stored.path == path:
@@ -641,9 +626,7 @@ class FakeTelegramAPI:
             return
         if method in DRAFT_METHODS:
             chat_id = _int(params, "chat_id")
-            window = self._draft_windows.setdefault(
-                chat_id, _Window(self.rates.drafts_per_chat, self.rate_scale)
-            )
+            window = self._draft_windows.setdefault(chat_id, _Window(self.rates.drafts_per_chat, self.rate_scale))
             now = time.monotonic()
             wait = window.wait(now)
             if wait > 0:
@@ -723,8 +706,7 @@ class FakeTelegramAPI:
             if poll.terminated:
                 raise _Reject(
                     409,
-                    "Conflict: terminated by other getUpdates request; make sure that only one bot instance "
-                    "is running",
+                    "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
                 )
 
     async def _m_setWebhook(self, params: dict[str, Any], uploads: Any) -> bool:
@@ -754,14 +736,14 @@ class FakeTelegramAPI:
             "pending_update_count": len(self._updates),
         }
 
-    def _check_text(
-        self, params: dict[str, Any], key: str, limit: int, *, required: bool
-    ) -> tuple[str, list]:
+    def _check_text(self, params: dict[str, Any], key: str, limit: int, *, required: bool) -> tuple[str, list]:
         source = params.get(key)
         if source is None:
             source = ""
         source = str(source)
         parse_mode = params.get("parse_mode")
+        if parse_mode == "HTML" and self.reject_html:
+            raise _Reject(400, "Bad Request: can't parse entities: rejected by the test (reject_html)")
         if parse_mode == "HTML":
             try:
                 text, entities = parse_html(source)
@@ -932,9 +914,7 @@ class FakeTelegramAPI:
     async def _m_sendRichMessageDraft(self, params: dict[str, Any], uploads: Any) -> bool:
         chat_id = self._chat_id(params)
         rich = params.get("rich_message") or {}
-        self.drafts.setdefault((chat_id, _int(params, "draft_id")), []).append(
-            str(rich.get("markdown") or "")
-        )
+        self.drafts.setdefault((chat_id, _int(params, "draft_id")), []).append(str(rich.get("markdown") or ""))
         return True
 
     async def _m_sendChatAction(self, params: dict[str, Any], uploads: Any) -> bool:
@@ -944,9 +924,7 @@ class FakeTelegramAPI:
     async def _m_answerCallbackQuery(self, params: dict[str, Any], uploads: Any) -> bool:
         query_id = str(params.get("callback_query_id"))
         if query_id not in self.callback_answers or self.callback_answers[query_id]:
-            raise _Reject(
-                400, "Bad Request: query is too old and response timeout expired or query ID is invalid"
-            )
+            raise _Reject(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
         self.callback_answers[query_id] = {"text": params.get("text"), "answered": True}
         return True
 
@@ -977,9 +955,7 @@ class FakeTelegramAPI:
             return self.add_file(data, name=value.rsplit("/", 1)[-1] or key, mime_type=mime_type)
         raise _Reject(400, "Bad Request: wrong file identifier/HTTP URL specified")
 
-    async def _m_sendPhoto(
-        self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]]
-    ) -> dict[str, Any]:
+    async def _m_sendPhoto(self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
         chat_id = self._chat_id(params)
         caption, entities = self._check_text(params, "caption", CAPTION_LIMIT, required=False)
         markup = self._check_markup(params)
@@ -996,9 +972,7 @@ class FakeTelegramAPI:
         )
         return self._message_json(message)
 
-    async def _m_sendDocument(
-        self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]]
-    ) -> dict[str, Any]:
+    async def _m_sendDocument(self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
         chat_id = self._chat_id(params)
         caption, entities = self._check_text(params, "caption", CAPTION_LIMIT, required=False)
         markup = self._check_markup(params)

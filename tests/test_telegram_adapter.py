@@ -1,0 +1,619 @@
+"""End to end: a real Gateway (SQLite file, dispatcher, HTTP server) with the Telegram adapter,
+talking to the local Bot API server in ``tests/fakes/telegram_api.py`` through ``api_url``.
+
+Rate windows are scaled by ``SCALE`` on both sides (the fake's limits and the adapter's pacing),
+so Telegram's real budgets are enforced in miniature and every test asserts zero 429s where the
+adapter must not provoke any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+import gateway
+from adapters.telegram import TelegramAdapter
+from gateway.config import load_settings
+from gateway.runtime import Gateway
+from tests.fakes.telegram_api import FakeTelegramAPI
+
+SCALE = 0.05
+PRIVATE = 5001
+GROUP = -100777
+
+
+def make_settings(tmp_path: Path, api: FakeTelegramAPI, **telegram: Any) -> Any:
+    return load_settings(
+        None,
+        data_dir=str(tmp_path),
+        secret_key="test-secret",
+        server={"host": "127.0.0.1", "port": 0},
+        database={"url": f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}"},
+        files={"dir": str(tmp_path / "files")},
+        web={"enabled": False},
+        scheduler={"enabled": False},
+        telegram={
+            "bot_token": api.token,
+            "api_url": api.base_url,
+            "rate_scale": SCALE,
+            "poll_timeout": 1,
+            "retry_backoff": 0.2,
+            **telegram,
+        },
+    )
+
+
+@asynccontextmanager
+async def running(app: gateway.App, tmp_path: Path, api: FakeTelegramAPI, **telegram: Any) -> AsyncIterator[Gateway]:
+    gw = Gateway(app, make_settings(tmp_path, api, **telegram))
+    await gw.start()
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[FakeTelegramAPI]:
+    async with FakeTelegramAPI(rate_scale=SCALE) as server:
+        yield server
+
+
+def echo_app(seen: list[Any] | None = None) -> gateway.App:
+    app = gateway.App("tg-test")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        if seen is not None:
+            seen.append((session, msg))
+        await session.reply(f"echo: {msg.text}")
+
+    return app
+
+
+# -- inbound -------------------------------------------------------------------------------------
+
+
+async def test_private_message_polling_reply_and_session_address(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    seen: list[Any] = []
+    async with running(echo_app(seen), tmp_path, api) as gw:
+        assert any(isinstance(a, TelegramAdapter) for a in gw.adapters)  # loaded by the registry
+        api.send_text(PRIVATE, "hi **there**")
+        await until(lambda: api.visible_texts(PRIVATE))
+        assert api.visible_texts(PRIVATE) == ["echo: hi there"]
+        session, msg = seen[0]
+        assert session.channel.type == "telegram"
+        assert session.channel.chat_id == str(PRIVATE) and session.channel.thread_id is None
+        assert msg.channel_type == "telegram" and msg.text == "hi **there**"
+        sent = api.visible(PRIVATE)[0]
+        assert {"type": "bold", "offset": 9, "length": 5} in sent.entities  # rendered as HTML
+        # the server has no rich messages: one 404, remembered, then HTML
+        assert [c.status for c in api.calls_to("sendRichMessage")] == [404]
+        api.send_text(PRIVATE, "again")
+        await until(lambda: len(api.visible_texts(PRIVATE)) == 2)
+        assert len(api.calls_to("sendRichMessage")) == 1
+        records, _ = await gw.store.list_messages(session.id)
+        assert [r.role for r in records] == ["user", "assistant", "user", "assistant"]
+        assert records[1].platform_refs == [str(sent.message_id)]
+    assert not api.rate_limited
+
+
+async def test_rich_messages_where_the_server_has_them(tmp_path: Path) -> None:
+    app = gateway.App("mirror")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply(msg.text)
+
+    async with FakeTelegramAPI(rate_scale=SCALE, rich_supported=True) as api, running(app, tmp_path, api):
+        api.send_text(PRIVATE, "| a | b |\n|---|---|\n| 1 | 2 |")
+        await until(lambda: api.visible(PRIVATE))
+        sent = api.visible(PRIVATE)[0]
+        assert sent.kind == "rich" and "| a | b |" in sent.text
+        assert not api.calls_to("sendMessage")
+
+
+async def test_webhook_mode_secret_and_bad_requests(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    async with running(echo_app(), tmp_path, api, mode="webhook", webhook_path="/tg/hook") as gw:
+        assert api.webhook is not None and api.webhook["url"] == f"{gw.public_url}/tg/hook"
+        secret = api.webhook["secret_token"]
+        assert secret
+        api.send_text(PRIVATE, "via webhook")
+        await until(lambda: api.visible_texts(PRIVATE))
+        assert api.visible_texts(PRIVATE) == ["echo: via webhook"]
+        assert not api.calls_to("getUpdates")
+        async with aiohttp.ClientSession() as http:
+            url = f"{gw.public_url}/tg/hook"
+            async with http.post(url, json={"update_id": 1}, headers={"X-Telegram-Bot-Api-Secret-Token": "no"}) as r:
+                assert r.status == 401 and (await r.json())["ok"] is False
+            headers = {"X-Telegram-Bot-Api-Secret-Token": secret}
+            async with http.post(url, data=b"{not json", headers=headers) as r:
+                assert r.status == 400
+            async with http.post(url, json={"update_id": "x", "message": 3}, headers=headers) as r:
+                assert r.status == 400 and "update" in (await r.json())["error"]
+            # the same update delivered twice runs once (dedup by update_id)
+            update = {"update_id": 99, "message": api.message(PRIVATE, "twice")}
+            for _ in range(2):
+                async with http.post(url, json=update, headers=headers) as r:
+                    assert r.status == 200
+        await until(lambda: len(api.visible_texts(PRIVATE)) == 2)
+        await asyncio.sleep(0.2)
+        assert api.visible_texts(PRIVATE) == ["echo: via webhook", "echo: twice"]
+
+
+async def test_groups_hear_mentions_replies_and_commands_and_topics_are_sessions(
+    tmp_path: Path, api: FakeTelegramAPI
+) -> None:
+    seen: list[Any] = []
+    api.add_forum(GROUP)
+    async with running(echo_app(seen), tmp_path, api):
+        api.send_text(GROUP, "not for the bot")
+        api.send_text(
+            GROUP,
+            f"@{api.bot_username} hello",
+            entities=[{"type": "mention", "offset": 0, "length": len(api.bot_username) + 1}],
+        )
+        await until(lambda: api.visible_texts(GROUP))
+        bot_message = api.visible(GROUP)[0]
+        api.send_text(
+            GROUP,
+            "a reply",
+            reply_to_message={
+                "message_id": bot_message.message_id,
+                "date": 0,
+                "chat": api.chat(GROUP),
+                "from": {"id": api.bot_id, "is_bot": True, "first_name": "chatgate"},
+                "text": bot_message.text,
+            },
+        )
+        api.send_text(
+            GROUP,
+            f"/help@{api.bot_username}",
+            entities=[{"type": "bot_command", "offset": 0, "length": len(api.bot_username) + 6}],
+        )
+        api.send_text(GROUP, "in a topic @" + api.bot_username, thread_id=77)
+        await until(lambda: len(api.visible_texts(GROUP)) == 4)
+        assert sorted(api.visible_texts(GROUP)) == ["echo: /help", "echo: a reply", "echo: hello", "echo: in a topic"]
+        by_text = {msg.text: session for session, msg in seen}
+        topic_session = by_text["in a topic"]
+        assert topic_session.channel.thread_id == "77" and by_text["hello"].channel.thread_id is None
+        assert topic_session.id != by_text["hello"].id and by_text["a reply"].id == by_text["hello"].id
+        topic_reply = next(m for m in api.visible(GROUP) if m.text == "echo: in a topic")
+        assert topic_reply.thread_id == 77  # the reply went to the topic
+    assert not api.rate_limited
+
+
+async def test_group_trigger_all_and_edited_messages_as_new(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    async with running(echo_app(), tmp_path, api, group_trigger="all", edited_messages="as_new"):
+        api.send_text(GROUP, "plain group talk")
+        message = api.message(PRIVATE, "edited text")
+        api.inject({"edited_message": {**message, "edit_date": 1}})
+        await until(lambda: api.visible_texts(GROUP) and api.visible_texts(PRIVATE))
+        assert api.visible_texts(GROUP) == ["echo: plain group talk"]
+        assert api.visible_texts(PRIVATE) == ["echo: edited text"]
+
+
+async def test_every_attachment_kind_downloads_through_get_file(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    got: list[tuple[str, str, bytes]] = []
+    app = gateway.App("files")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        for attachment in msg.attachments or []:
+            got.append((attachment.name, attachment.content_type, await attachment.read()))
+        await session.reply(f"{len(msg.attachments or [])} file(s), caption {msg.text!r}")
+
+    small, large = api.add_file(b"small"), api.add_file(b"LARGE PHOTO")
+    voice, audio, video = api.add_file(b"ogg"), api.add_file(b"mp3"), api.add_file(b"mp4")
+
+    def meta(file_id: str) -> dict[str, Any]:
+        return {"file_id": file_id, "file_unique_id": api.files[file_id].file_unique_id}
+
+    async with running(app, tmp_path, api):
+        api.inject(
+            {
+                "message": api.message(
+                    PRIVATE,
+                    None,
+                    caption="look",
+                    photo=[{**meta(small), "width": 90, "height": 60}, {**meta(large), "width": 1280, "height": 960}],
+                )
+            }
+        )
+        api.send_document(PRIVATE, b"%PDF-1", name="report.pdf", mime_type="application/pdf")
+        api.inject(
+            {"message": api.message(PRIVATE, None, voice={**meta(voice), "duration": 2, "mime_type": "audio/ogg"})}
+        )
+        api.inject(
+            {
+                "message": api.message(
+                    PRIVATE, None, audio={**meta(audio), "duration": 2, "file_name": "a.mp3", "mime_type": "audio/mpeg"}
+                )
+            }
+        )
+        api.inject(
+            {
+                "message": api.message(
+                    PRIVATE,
+                    None,
+                    video={**meta(video), "duration": 2, "width": 2, "height": 2, "mime_type": "video/mp4"},
+                )
+            }
+        )
+        api.inject(
+            {
+                "message": api.message(
+                    PRIVATE,
+                    None,
+                    sticker={
+                        **meta(small),
+                        "type": "regular",
+                        "width": 1,
+                        "height": 1,
+                        "is_animated": False,
+                        "is_video": False,
+                    },
+                )
+            }
+        )
+        await until(lambda: len(api.visible_texts(PRIVATE)) == 5, timeout=8)
+    names = {name: (ctype, data) for name, ctype, data in got}
+    photo = next(v for k, v in names.items() if k.startswith("photo_"))
+    assert photo == ("image/jpeg", b"LARGE PHOTO")
+    assert names["report.pdf"] == ("application/pdf", b"%PDF-1")
+    assert names["a.mp3"] == ("audio/mpeg", b"mp3")
+    assert any(k.startswith("voice_") and v == ("audio/ogg", b"ogg") for k, v in names.items())
+    assert any(k.startswith("video_") and v == ("video/mp4", b"mp4") for k, v in names.items())
+    assert api.visible_texts(PRIVATE)[0] == "1 file(s), caption 'look'"  # the sticker was ignored
+
+
+# -- streaming -----------------------------------------------------------------------------------
+
+
+def streaming_app(tokens: list[str], delay: float = 0.002) -> gateway.App:
+    app = gateway.App("stream")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        async with session.stream_reply() as reply:
+            for token in tokens:
+                reply.write(token)
+                await asyncio.sleep(delay)
+
+    return app
+
+
+async def test_private_stream_uses_drafts_then_one_exact_final_message(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    tokens = [f"word{i} " for i in range(300)]
+    async with running(streaming_app(tokens), tmp_path, api):
+        api.send_text(PRIVATE, "go")
+        await until(lambda: api.visible(PRIVATE), timeout=10)
+        await asyncio.sleep(0.1)
+    assert api.visible_texts(PRIVATE) == ["".join(tokens).strip()]
+    assert len(api.calls_to("sendMessage", ok=True)) == 1 and not api.calls_to("editMessageText")
+    drafts = api.calls_to("sendMessageDraft", ok=True)
+    assert len(drafts) >= 3
+    assert len({c.params["draft_id"] for c in drafts}) == 1
+    assert not api.rate_limited
+
+
+async def test_group_stream_edits_within_budget_and_rolls_over(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    paragraph = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 12).strip() + "\n\n"
+    tokens = [paragraph[i : i + 40] for i in range(0, len(paragraph), 40)] * 14  # ~9.6k characters
+    async with running(streaming_app(tokens, delay=0.001), tmp_path, api, group_trigger="all"):
+        api.send_text(GROUP, "go")
+        expected = "".join(tokens).strip()
+        await until(lambda: "\n\n".join(api.visible_texts(GROUP)) == expected, timeout=20)
+    texts = api.visible_texts(GROUP)
+    assert len(texts) == 3 and all(len(t) <= 4096 for t in texts)
+    assert "\n\n".join(texts) == "".join(tokens).strip()
+    assert api.calls_to("editMessageText", ok=True) and not api.calls_to("sendMessageDraft")
+    assert not api.rate_limited
+
+
+async def test_without_draft_support_streams_by_edits_and_remembers(tmp_path: Path) -> None:
+    tokens = [f"t{i} " for i in range(60)]
+    async with (
+        FakeTelegramAPI(rate_scale=SCALE, drafts_supported=False) as api,
+        running(streaming_app(tokens, delay=0.003), tmp_path, api),
+    ):
+        api.send_text(PRIVATE, "one")
+        await until(
+            lambda: (
+                len(api.calls_to("sendMessage", ok=True)) == 1
+                and api.visible_texts(PRIVATE) == ["".join(tokens).strip()]
+            ),
+            timeout=10,
+        )
+        api.send_text(PRIVATE, "two")
+        await until(lambda: api.visible_texts(PRIVATE) == ["".join(tokens).strip()] * 2, timeout=10)
+    assert len(api.calls_to("sendMessageDraft")) == 1  # tried once, answered 404, remembered
+    assert api.calls_to("editMessageText", ok=True)
+    assert not api.rate_limited
+
+
+async def test_stop_button_on_the_draft_cancels_the_handler(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    cancelled = asyncio.Event()
+    app = gateway.App("stop")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        try:
+            async with session.stream_reply() as reply:
+                for i in range(10_000):
+                    reply.write(f"w{i} ")
+                    await asyncio.sleep(0.005)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with running(app, tmp_path, api):
+        api.send_text(PRIVATE, "go")
+        await until(lambda: api.drafts)
+        (chat_id, draft_id), _ = next(iter(api.drafts.items()))
+        api.stop_generation(chat_id, draft_id)
+        await asyncio.wait_for(cancelled.wait(), 5)
+        await until(lambda: api.visible_texts(PRIVATE))
+    final = api.visible_texts(PRIVATE)
+    assert len(final) == 1 and final[0].startswith("w0 w1 ") and not final[0].endswith("w9999")
+
+
+# -- blocks and prompts --------------------------------------------------------------------------
+
+
+async def test_suggestion_buttons_send_their_prompt(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    heard: list[str] = []
+    app = gateway.App("buttons")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        heard.append(msg.text)
+        if msg.text == "start":
+            await session.show_suggestions(["Tell me more", "Stop"], title="Next?")
+
+    async with running(app, tmp_path, api):
+        api.send_text(PRIVATE, "start")
+        await until(lambda: api.visible(PRIVATE))
+        message = api.visible(PRIVATE)[0]
+        assert message.text == "Next?"
+        buttons = [b for row in message.reply_markup["inline_keyboard"] for b in row]
+        assert [b["text"] for b in buttons] == ["Tell me more", "Stop"]
+        api.press_button(PRIVATE, message.message_id, buttons[0]["callback_data"])
+        await until(lambda: len(heard) == 2)
+        await until(lambda: all(api.callback_answers.values()))
+    assert heard == ["start", "Tell me more"]
+
+
+async def test_approval_buttons_answer_the_prompt_and_the_message_shows_it(
+    tmp_path: Path, api: FakeTelegramAPI
+) -> None:
+    answers: list[bool] = []
+    app = gateway.App("approve")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        answers.append(await session.prompt_approval("Deploy to production?", approve_label="Ship it"))
+        await session.reply("done")
+
+    async with running(app, tmp_path, api):
+        api.send_text(PRIVATE, "deploy")
+        await until(lambda: api.visible(PRIVATE))
+        prompt = api.visible(PRIVATE)[0]
+        buttons = [b for row in prompt.reply_markup["inline_keyboard"] for b in row]
+        assert [b["text"] for b in buttons] == ["Ship it", "Reject"]
+        api.press_button(PRIVATE, prompt.message_id, buttons[0]["callback_data"])
+        await until(lambda: "done" in api.visible_texts(PRIVATE))
+        prompt = api.visible(PRIVATE)[0]
+        assert answers == [True]
+        assert "Approved" in prompt.text and not prompt.reply_markup
+
+
+async def test_file_prompt_is_answered_by_the_next_document(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    received: list[tuple[str, bytes]] = []
+    app = gateway.App("prompt-file")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        upload = await session.prompt_file(message="Send me the invoice", timeout=10)
+        path = await upload.download(str(tmp_path / "got"))
+        received.append((upload.name, await asyncio.to_thread(Path(path).read_bytes)))
+        await session.reply(f"thanks for {upload.name}")
+
+    async with running(app, tmp_path, api):
+        api.send_text(GROUP, f"@{api.bot_username} invoice please")
+        await until(lambda: api.visible(GROUP))
+        assert api.visible(GROUP)[0].text.startswith("Send me the invoice")
+        api.send_document(GROUP, b"INVOICE-PDF", name="invoice.pdf", mime_type="application/pdf")  # no mention
+        await until(lambda: "thanks for invoice.pdf" in api.visible_texts(GROUP))
+        assert "Received invoice.pdf" in api.visible(GROUP)[0].text
+    assert received == [("invoice.pdf", b"INVOICE-PDF")]
+
+
+async def test_image_task_and_integration_blocks(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    image = tmp_path / "chart.png"
+    image.write_bytes(b"\x89PNG fake chart")
+    app = gateway.App("blocks")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.show_image(str(image), alt="The **chart**")
+        await session.show(
+            gateway.Block("task_card", {"task_id": "t1", "name": "Import", "status": "running"}, id="task_t1")
+        )
+        await session.show(
+            gateway.Block(
+                "task_card",
+                {"task_id": "t1", "name": "Import", "status": "completed", "result": "42 rows"},
+                id="task_t1",
+            )
+        )
+        await session.show(
+            gateway.Block(
+                "integration_prompt",
+                {
+                    "type": "github",
+                    "reason": "Connect GitHub to continue.",
+                    "blocking": False,
+                    "mode": "oauth",
+                    "connect_url": "/integrations/github/connect",
+                },
+            )
+        )
+
+    async with running(app, tmp_path, api) as gw:
+        api.send_text(PRIVATE, "show")
+        await until(lambda: len(api.visible(PRIVATE)) == 3)
+        photo, task, integration = api.visible(PRIVATE)
+        assert photo.kind == "photo" and api.files[photo.file_id].data == b"\x89PNG fake chart"
+        assert photo.text == "The chart" and photo.entities[0]["type"] == "bold"
+        assert task.edits == 1 and task.text.startswith("✅ Import — completed") and "42 rows" in task.text
+        button = integration.reply_markup["inline_keyboard"][0][0]
+        assert button["url"] == f"{gw.public_url}/integrations/github/connect"
+    assert not api.rate_limited
+
+
+async def test_notify_shows_typing_and_a_status_draft(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    app = gateway.App("notify")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.notify("Searching…")
+        await session.reply("found it")
+
+    async with running(app, tmp_path, api):
+        api.send_text(PRIVATE, "search")
+        await until(lambda: api.visible_texts(PRIVATE))
+    assert (PRIVATE, "typing") in api.chat_actions
+    assert any(texts == ["Searching…"] for texts in api.drafts.values())
+    assert api.visible_texts(PRIVATE) == ["found it"]
+
+
+# -- limits, retries, restarts -------------------------------------------------------------------
+
+
+async def test_long_reply_is_split_and_sent_in_order_within_the_chat_budget(
+    tmp_path: Path, api: FakeTelegramAPI
+) -> None:
+    paragraphs = [f"Paragraph {i}: " + "x" * 900 for i in range(12)]
+    text = "\n\n".join(paragraphs)
+    app = gateway.App("long")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply(text)
+
+    async with running(app, tmp_path, api, rich_messages=False):
+        api.send_text(PRIVATE, "long")
+        await until(lambda: len(api.visible(PRIVATE)) == 3)
+    texts = api.visible_texts(PRIVATE)
+    assert all(len(t) <= 4096 for t in texts) and "\n\n".join(texts) == text
+    assert not api.rate_limited
+
+
+async def test_429_pauses_the_chat_and_every_part_arrives_once(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    parts = [f"part {i} " + "y" * 3000 for i in range(4)]
+    app = gateway.App("flood")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply("\n\n".join(parts))
+
+    # the adapter believes the chat allows 20 messages a second; the server allows 1
+    async with running(app, tmp_path, api, chat_interval=0.05, rich_messages=False):
+        api.send_text(PRIVATE, "flood")
+        await until(lambda: len(api.visible(PRIVATE)) == 4, timeout=10)
+    assert api.rate_limited  # provoked on purpose
+    assert api.visible_texts(PRIVATE) == parts
+    statuses = [c.status for c in api.calls_to("sendMessage")]
+    assert statuses.count(200) == 4
+
+
+async def test_5xx_is_retried_and_an_ambiguous_send_is_never_repeated(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    app = echo_app()
+    async with running(app, tmp_path, api, rich_messages=False):
+        api.fail_next("sendMessage", status=502, times=2)
+        api.send_text(PRIVATE, "through 502s")
+        await until(lambda: api.visible_texts(PRIVATE))
+        assert [c.status for c in api.calls_to("sendMessage")] == [502, 502, 200]
+        api.disconnect_next("sendMessage")
+        api.send_text(PRIVATE, "dropped answer")
+        await until(lambda: len(api.visible_texts(PRIVATE)) == 2)
+        await asyncio.sleep(0.3)
+    # the server posted it but the answer was lost: a retry would have posted it twice
+    assert api.visible_texts(PRIVATE) == ["echo: through 502s", "echo: dropped answer"]
+
+
+async def test_markup_the_server_rejects_is_resent_as_plain_text(tmp_path: Path) -> None:
+    async with (
+        FakeTelegramAPI(rate_scale=SCALE, reject_html=True) as api,
+        running(echo_app(), tmp_path, api, rich_messages=False),
+    ):
+        api.send_text(PRIVATE, "**bold** & <tag>")
+        await until(lambda: api.visible_texts(PRIVATE))
+        assert api.visible_texts(PRIVATE) == ["echo: bold & <tag>"]
+        assert [c.status for c in api.calls_to("sendMessage")] == [400, 200]
+
+
+async def test_restart_loses_no_pending_update(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    heard: list[str] = []
+    app = gateway.App("restart")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        heard.append(msg.text)
+        await session.reply(f"ok {msg.text}")
+
+    async with running(app, tmp_path, api):
+        api.send_text(PRIVATE, "first")
+        await until(lambda: heard == ["first"])
+    # updates that arrive while the gateway is down wait at Telegram
+    api.send_text(PRIVATE, "while down 1")
+    api.send_text(PRIVATE, "while down 2")
+    async with running(app, tmp_path, api):
+        await until(lambda: len(heard) == 3)
+        await until(lambda: len(api.visible_texts(PRIVATE)) == 3)
+    assert heard == ["first", "while down 1", "while down 2"]
+    assert api.visible_texts(PRIVATE) == ["ok first", "ok while down 1", "ok while down 2"]
+    assert not any(c.params.get("drop_pending_updates") in (True, "true") for c in api.calls)
+
+
+async def test_only_one_process_polls(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    heard: list[str] = []
+    app = gateway.App("two")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        heard.append(msg.text)
+
+    settings = make_settings(tmp_path, api)
+    first, second = Gateway(app, settings), Gateway(app, settings)
+    await first.start()
+    await second.start()
+    try:
+        adapters = [next(a for a in g.adapters if isinstance(a, TelegramAdapter)) for g in (first, second)]
+        await until(lambda: adapters[0].poller.polling.is_set())
+        await asyncio.sleep(0.3)
+        assert not adapters[1].poller.polling.is_set()  # a hot standby
+        assert not [c for c in api.calls_to("getUpdates") if c.status == 409]
+        api.send_text(PRIVATE, "once")
+        await until(lambda: heard == ["once"])
+    finally:
+        await second.stop()
+        await first.stop()
