@@ -22,7 +22,8 @@ The pipeline every platform renderer follows::
   An entity cut by a split is closed at the end of the part and reopened at the start of the
   next, so an oversized code block becomes several complete code blocks. Only the separator the
   split falls on (a blank line, a newline, a space) is dropped; no other character of content
-  is lost or repeated.
+  is lost or repeated. (Quote markers and list indentation are line prefixes, not entities: a
+  single quoted line longer than a whole part continues unquoted in the next part.)
 
 :class:`MarkdownRenderer` serialises the document back to normalised CommonMark, for the
 platforms that take standard Markdown (Slack ``markdown`` blocks, Telegram rich messages), so
