@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
@@ -85,6 +86,7 @@ class SlackAdapter(Adapter):
         self.verifier = SignatureVerifier(slack.signing_secret) if slack.signing_secret else None
         self.gw: GatewayContext | None = None
         self.bot = BotIdentity(user_id="")
+        self.team_id = ""
         self.statuses_shown: set[tuple[str, str | None]] = set()
         self._threads: set[tuple[str, str, str | None]] = set()
         self._recipients: dict[tuple[str, str, str | None], str] = {}
@@ -103,10 +105,7 @@ class SlackAdapter(Adapter):
 
     async def start(self, gateway: GatewayContext) -> None:
         self.gw = gateway
-        auth = await self.pacer.call("auth.test", "", None, self.client.auth_test)
-        assert auth is not None
-        self.bot = BotIdentity(user_id=str(auth.get("user_id") or ""), bot_id=auth.get("bot_id"))
-        log.info("slack: signed in as %s (%s) in %s", auth.get("user"), self.bot.user_id, auth.get("team_id"))
+        await self._sign_in()
         if self.settings.slack.mode == "socket":
             from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
 
@@ -207,8 +206,12 @@ class SlackAdapter(Adapter):
     # ---- inbound: listeners ----
 
     def _build_bolt(self) -> AsyncApp:
+        slack = self.settings.slack
+        api_url = slack.api_url if slack.api_url.endswith("/") else slack.api_url + "/"
         bolt = AsyncApp(
-            client=self.client,
+            # bolt's own client carries no token: ``authorize`` hands it ours per request.
+            client=AsyncWebClient(base_url=api_url, retry_handlers=[]),
+            authorize=lambda enterprise_id, team_id: self._authorize(enterprise_id, team_id),
             process_before_response=True,
             # We verify signatures in front of bolt (handle_events_request) so a bad request is
             # refused before bolt parses anything; Socket Mode needs no signature.
@@ -227,6 +230,26 @@ class SlackAdapter(Adapter):
         bolt.shortcut(re.compile(".*"))(self._ack_only)
         bolt.options(re.compile(".*"))(self._ack_only)
         return bolt
+
+    async def _authorize(self, enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
+        """The identity learned by auth.test at start, so bolt does not call auth.test for every
+        request (it would, concurrently, until its own cache fills)."""
+        if not self.bot.user_id:
+            await self._sign_in()
+        return AuthorizeResult(
+            enterprise_id=enterprise_id,
+            team_id=team_id or self.team_id,
+            bot_user_id=self.bot.user_id,
+            bot_id=self.bot.bot_id,
+            bot_token=self.settings.slack.bot_token,
+        )
+
+    async def _sign_in(self) -> None:
+        auth = await self.pacer.call("auth.test", "", None, self.client.auth_test)
+        assert auth is not None
+        self.bot = BotIdentity(user_id=str(auth.get("user_id") or ""), bot_id=auth.get("bot_id"))
+        self.team_id = str(auth.get("team_id") or "")
+        log.info("slack: signed in as %s (%s) in %s", auth.get("user"), self.bot.user_id, self.team_id)
 
     def _require_gateway(self) -> GatewayContext:
         if self.gw is None:
