@@ -3,7 +3,7 @@
 How the core wires it (all constructors take callables, so collections can be declared at import
 time, before the store exists):
 
-``CollectionManager(store_getter, current_scope, *, on_change=None)``
+``CollectionManager(store_getter, current_scope, *, on_change=None, write_gate=None)``
     ``store_getter() -> Store``: any object with ``.session()`` (an async context manager giving
     a ``sqlmodel`` ``AsyncSession``). Called on every operation, never at declaration.
     ``current_scope() -> ScopeIdentity | None``: who the running handler acts for; None outside a
@@ -19,7 +19,7 @@ time, before the store exists):
     * ``await get(name, *, scope=None)``: ``app.collections.get``; ``for_identity(identity)``
       gives ``session.collections`` (``await session.collections.get(name, scope=None)``).
 
-``KVStore(store_getter)``
+``KVStore(store_getter, *, write_gate=None)``
     ``await get(key, default=None, *, scope="app", scope_id="")``, ``set``, ``delete``: the raw
     store. ``for_identity(identity)`` gives Capsule's ``session.get/set/delete(key, *,
     scope="session")``; ``app_scope()`` gives ``app.get/set/delete(key)``.
@@ -40,7 +40,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.query import (
@@ -53,7 +53,7 @@ from gateway.query import (
     update_paths,
 )
 from gateway.store import documents
-from gateway.store.documents import SessionSource, UpdateResult
+from gateway.store.documents import SessionSource, UpdateResult, WriteGate
 
 __all__ = [
     "SCOPE_FIELDS",
@@ -87,6 +87,21 @@ MAX_KV_KEY = 512
 
 StoreGetter = Callable[[], SessionSource | None]
 ChangeHook = Callable[[str, str], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What every handle needs: the store, the change hook, and the SQLite write gate."""
+
+    store_getter: StoreGetter
+    on_change: ChangeHook | None = None
+    gate: WriteGate = field(default_factory=WriteGate)
+
+    def source(self, what: str) -> SessionSource:
+        store = self.store_getter()
+        if store is None:
+            raise RuntimeError(f"{what} is not bound yet: the store is not started.")
+        return store
 
 
 @dataclass(frozen=True)
@@ -330,10 +345,9 @@ class CollectionQuery:
 class _CollectionHandle:
     """CRUD on one collection, confined to the scope ``_scope_fields()`` returns."""
 
-    def __init__(self, name: str, store_getter: StoreGetter, on_change: ChangeHook | None = None) -> None:
+    def __init__(self, name: str, backend: Backend) -> None:
         self.name = _check_collection_name(name)
-        self._store_getter = store_getter
-        self._on_change = on_change
+        self._backend = backend
 
     # -- what subclasses decide
 
@@ -343,10 +357,7 @@ class _CollectionHandle:
     # -- plumbing
 
     def _source(self) -> SessionSource:
-        store = self._store_getter()
-        if store is None:
-            raise RuntimeError(f"Collection {self.name!r} is not bound yet: the store is not started.")
-        return store
+        return self._backend.source(f"Collection {self.name!r}")
 
     def _scoped(self, filter: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
         if filter is not None and not isinstance(filter, Mapping):
@@ -367,10 +378,11 @@ class _CollectionHandle:
         return stored
 
     async def _changed(self) -> None:
-        if self._on_change is None or self.name.startswith("_"):
+        hook = self._backend.on_change
+        if hook is None or self.name.startswith("_"):
             return
         try:
-            outcome = self._on_change(self.name, "data")
+            outcome = hook(self.name, "data")
             if inspect.isawaitable(outcome):
                 await outcome
         except Exception:
@@ -382,7 +394,7 @@ class _CollectionHandle:
         """Insert one document; returns it as stored (with ``_id`` and the ``id`` alias)."""
         scope = self._scope_fields()
         stored = await documents.insert_documents(
-            self._source(), self.name, [self._document_for_insert(document, scope)]
+            self._source(), self.name, [self._document_for_insert(document, scope)], gate=self._backend.gate
         )
         await self._changed()
         return self._row(stored[0])
@@ -393,7 +405,7 @@ class _CollectionHandle:
             raise ValueError("insert_many needs a list of documents")
         scope = self._scope_fields()
         prepared = [self._document_for_insert(document, scope) for document in documents_to_insert]
-        stored = await documents.insert_documents(self._source(), self.name, prepared)
+        stored = await documents.insert_documents(self._source(), self.name, prepared, gate=self._backend.gate)
         if stored:
             await self._changed()
         return [self._row(document) for document in stored]
@@ -437,14 +449,16 @@ class _CollectionHandle:
             for scope_field in scope:
                 if path == scope_field or path.startswith(scope_field + "."):
                     raise ValueError(f"cannot change {scope_field!r}: collection {self.name!r} is scoped by it")
-        result = await documents.update_document(self._source(), self.name, scoped, normalised, upsert=upsert)
+        result = await documents.update_document(
+            self._source(), self.name, scoped, normalised, upsert=upsert, gate=self._backend.gate
+        )
         if result.matched or result.upserted_id is not None:
             await self._changed()
         return result
 
     async def delete_one(self, filter: Mapping[str, Any] | None) -> dict[str, int]:
         scoped, _ = self._scoped(filter)
-        deleted = await documents.delete_document(self._source(), self.name, scoped)
+        deleted = await documents.delete_document(self._source(), self.name, scoped, gate=self._backend.gate)
         if deleted:
             await self._changed()
         return {"deleted": deleted}
@@ -454,7 +468,7 @@ class _CollectionHandle:
         if filter is None:
             raise ValueError("delete_many needs a filter; pass {} to delete everything in scope")
         scoped, _ = self._scoped(filter)
-        deleted = await documents.delete_documents(self._source(), self.name, scoped)
+        deleted = await documents.delete_documents(self._source(), self.name, scoped, gate=self._backend.gate)
         if deleted:
             await self._changed()
         return {"deleted": deleted}
@@ -508,10 +522,9 @@ class ScopedCollection(_CollectionHandle):
         name: str,
         scope: str,
         identity: ScopeIdentity,
-        store_getter: StoreGetter,
-        on_change: ChangeHook | None = None,
+        backend: Backend,
     ) -> None:
-        super().__init__(name, store_getter, on_change)
+        super().__init__(name, backend)
         self.scope = scope
         self._fields = scope_filter(scope, identity, collection=name)
 
@@ -529,10 +542,9 @@ class DynamicCollection(ScopedCollection):
         self,
         spec: CollectionSpec,
         identity: ScopeIdentity | None,
-        store_getter: StoreGetter,
-        on_change: ChangeHook | None = None,
+        backend: Backend,
     ) -> None:
-        _CollectionHandle.__init__(self, spec.name, store_getter, on_change)
+        _CollectionHandle.__init__(self, spec.name, backend)
         self.scope = spec.scope
         self.spec = spec
         self._fields = scope_filter(spec.scope, identity, collection=spec.name)
@@ -552,11 +564,10 @@ class CollectionRef(_CollectionHandle):
     def __init__(
         self,
         spec: CollectionSpec,
-        store_getter: StoreGetter,
+        backend: Backend,
         current_scope: Callable[[], ScopeIdentity | None],
-        on_change: ChangeHook | None = None,
     ) -> None:
-        super().__init__(spec.name, store_getter, on_change)
+        super().__init__(spec.name, backend)
         self.spec = spec
         self._current_scope = current_scope
 
@@ -586,9 +597,8 @@ class CollectionRef(_CollectionHandle):
 class DatabaseProxy:
     """``app.db``: ``app.db.notes`` (or ``app.db["my-notes"]``) is an unscoped ``Collection``."""
 
-    def __init__(self, store_getter: StoreGetter, on_change: ChangeHook | None = None) -> None:
-        self._store_getter = store_getter
-        self._on_change = on_change
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
         self._handles: dict[str, Collection] = {}
 
     def __getattr__(self, name: str) -> Collection:
@@ -598,7 +608,7 @@ class DatabaseProxy:
 
     def __getitem__(self, name: str) -> Collection:
         if name not in self._handles:
-            self._handles[name] = Collection(name, self._store_getter, self._on_change)
+            self._handles[name] = Collection(name, self._backend)
         return self._handles[name]
 
 
@@ -628,9 +638,7 @@ class ScopedDatabase:
                     + ("" if spec else " (it is not declared with app.collection)")
                     + f". Use app.db.{name} instead of session.db.{name}"
                 )
-            self._handles[name] = ScopedCollection(
-                name, spec.scope, self._identity, self._manager.store_getter, self._manager.on_change
-            )
+            self._handles[name] = ScopedCollection(name, spec.scope, self._identity, self._manager.backend)
         return self._handles[name]
 
 
@@ -654,10 +662,10 @@ class CollectionManager:
         current_scope: Callable[[], ScopeIdentity | None],
         *,
         on_change: ChangeHook | None = None,
+        write_gate: WriteGate | None = None,
     ) -> None:
-        self.store_getter = store_getter
+        self.backend = Backend(store_getter, on_change, write_gate or WriteGate())
         self.current_scope = current_scope
-        self.on_change = on_change
         self._specs: dict[str, CollectionSpec] = {}
 
     def declare(
@@ -685,7 +693,7 @@ class CollectionManager:
         if existing is not None and existing.scope != scope:
             raise ValueError(f"collection {name!r} is already declared with scope={existing.scope!r}")
         self._specs[name] = spec
-        return CollectionRef(spec, self.store_getter, self.current_scope, self.on_change)
+        return CollectionRef(spec, self.backend, self.current_scope)
 
     def spec(self, name: str) -> CollectionSpec | None:
         return self._specs.get(name)
@@ -698,7 +706,7 @@ class CollectionManager:
         return ScopedDatabase(self, identity)
 
     def unscoped(self) -> DatabaseProxy:
-        return DatabaseProxy(self.store_getter, self.on_change)
+        return DatabaseProxy(self.backend)
 
     def for_identity(self, identity: ScopeIdentity | None) -> IdentityCollections:
         return IdentityCollections(self, identity)
@@ -714,7 +722,7 @@ class CollectionManager:
         if declared is not None and scope is not None and scope != declared.scope:
             raise ValueError(f"collection {name!r} is declared with scope={declared.scope!r}, got {scope!r}")
         spec = declared or CollectionSpec(name=_check_collection_name(name), scope=resolved)
-        return DynamicCollection(spec, identity, self.store_getter, self.on_change)
+        return DynamicCollection(spec, identity, self.backend)
 
     async def get(self, name: str, *, scope: str | None = None) -> DynamicCollection:
         """``await app.collections.get(name, scope=None)``, for the running handler's identity."""
@@ -737,14 +745,11 @@ class KVStore:
     ``session.set(k, v)`` in a scheduled job (session id "") writes one shared bucket.
     """
 
-    def __init__(self, store_getter: StoreGetter) -> None:
-        self._store_getter = store_getter
+    def __init__(self, store_getter: StoreGetter, *, write_gate: WriteGate | None = None) -> None:
+        self._backend = Backend(store_getter, None, write_gate or WriteGate())
 
     def _source(self) -> SessionSource:
-        store = self._store_getter()
-        if store is None:
-            raise RuntimeError("KV store not available: the store is not started")
-        return store
+        return self._backend.source("The KV store")
 
     @staticmethod
     def _where(scope: str, scope_id: str | None) -> tuple[str, str]:
@@ -774,12 +779,12 @@ class KVStore:
     async def set(self, key: str, value: Any, *, scope: str = "app", scope_id: str = "") -> None:
         """Store ``value`` (converted to JSON types the way session data is)."""
         where = self._where(scope, scope_id)
-        await documents.kv_set(self._source(), *where, _check_key(key), value)
+        await documents.kv_set(self._source(), *where, _check_key(key), value, gate=self._backend.gate)
 
     async def delete(self, key: str, *, scope: str = "app", scope_id: str = "") -> bool:
         """Remove the key; True when it existed."""
         where = self._where(scope, scope_id)
-        return await documents.kv_delete(self._source(), *where, _check_key(key))
+        return await documents.kv_delete(self._source(), *where, _check_key(key), gate=self._backend.gate)
 
     def for_identity(self, identity: ScopeIdentity | None) -> IdentityKV:
         return IdentityKV(self, identity)

@@ -335,8 +335,7 @@ def _match_operator(candidates: list[Any], operator: str, operand: Any, options:
         if not isinstance(operand, Mapping):
             raise ValueError("$elemMatch needs a filter document")
         return any(
-            isinstance(value, list) and any(_element_matches(item, operand) for item in value)
-            for value in candidates
+            isinstance(value, list) and any(_element_matches(item, operand) for item in value) for value in candidates
         )
     raise ValueError(f"unsupported query operator {operator!r}")
 
@@ -911,11 +910,7 @@ def lookups_to_filter(**lookups: Any) -> dict[str, Any]:
         if existing is None:
             compiled[field] = expression["$eq"] if op == "exact" else expression
             continue
-        merged = (
-            existing
-            if isinstance(existing, dict) and _is_operator_expression(existing)
-            else {"$eq": existing}
-        )
+        merged = existing if isinstance(existing, dict) and _is_operator_expression(existing) else {"$eq": existing}
         if set(merged) & set(expression):
             raise ValueError(f"lookup {raw_key!r} repeats a condition on {field!r}")
         compiled[field] = {**merged, **expression}

@@ -307,6 +307,24 @@ async def test_concurrent_inc_from_20_tasks_loses_nothing(harness):
     assert sorted(stored["log"]) == sorted(f"{task}-{step}" for task in range(20) for step in range(3))
 
 
+async def test_concurrent_inc_from_two_processes_loses_nothing(database_url, store):
+    """Two engines and two managers, as two gateway processes have: the compare-and-swap decides."""
+    second_engine = create_async_engine(database_url)
+    try:
+        first = CollectionManager(lambda: store, lambda: None).unscoped().counters
+        second = CollectionManager(lambda: EngineStore(second_engine), lambda: None).unscoped().counters
+        await first.insert_one({"_id": "hits", "n": 0})
+
+        async def bump(counters) -> None:
+            for _ in range(3):
+                await counters.update_one({"_id": "hits"}, {"$inc": {"n": 1}})
+
+        await asyncio.gather(*(bump(first if task % 2 else second) for task in range(20)))
+        assert (await first.find_one({"_id": "hits"}))["n"] == 60
+    finally:
+        await second_engine.dispose()
+
+
 async def test_concurrent_deletes_delete_once(harness):
     jobs = harness.manager.unscoped().jobs
     await jobs.insert_many([{"state": "queued", "i": i} for i in range(5)])
