@@ -165,6 +165,21 @@ class Gateway:
             integrations=await self.integrations_for(user), runtime=self, mode="standalone",
         )
 
+    async def delete_session(self, session_id: str) -> bool:
+        """Delete a session and its messages, running ``@app.exit`` hooks first."""
+        if self.app.exit_hooks:
+            try:
+                session = await self.open_session(session_id)
+            except UnknownSession:
+                return False
+            for hook in self.app.exit_hooks:
+                try:
+                    await call_maybe_async(hook, session)
+                except Exception:
+                    log.exception("@app.exit hook %s failed", getattr(hook, "__name__", hook))
+        self.dispatcher.stop(session_id)
+        return await self.store.delete_session(session_id)
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:

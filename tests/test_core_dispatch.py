@@ -253,3 +253,25 @@ async def test_named_chats_select_handlers_and_stick(tmp_path):
         third = await client.conversation("u3")
         turn = await third.send("?", chat_name="nope")
         assert turn.error == "handler_error"
+
+
+async def test_exit_hook_runs_when_a_session_is_deleted(tmp_path):
+    app = gateway.App("exit")
+    seen: list[tuple[str, int]] = []
+
+    @app.exit()
+    async def goodbye(session):
+        seen.append((session.id, session.data.get("n", 0)))
+
+    @app.message()
+    async def handle(session, msg):
+        session.data["n"] = 3
+        await session.reply("ok")
+
+    async with TestClient(app, tmp_path) as client:
+        conv = await client.conversation()
+        await conv.send("hi")
+        assert await client.gateway.delete_session(conv.session_id) is True
+        assert seen == [(conv.session_id, 3)]
+        assert await client.gateway.store.get_session(conv.session_id) is None
+        assert await client.gateway.delete_session(conv.session_id) is False
