@@ -32,6 +32,7 @@ from gateway.markdown import (
     ThematicBreak,
     Token,
     escape_markdown_char,
+    heal_partial,
     parse,
     plain_text,
     safe_href,
@@ -439,3 +440,42 @@ def test_entities_reopen_after_quote_markers_and_list_indentation() -> None:
     assert parts == ["- *item text*", "  *continued here*"]
     for part in parts[:1]:
         assert parse(part) == parse(part.strip())
+
+
+# ---- healing stream frames -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("frame", "healed"),
+    [
+        ("Hello **bold so fa", "Hello **bold so fa**"),
+        ("Hello **bold** and *it", "Hello **bold** and *it*"),
+        ("**bold *and it", "**bold *and it***"),
+        ("x ~~gone", "x ~~gone~~"),
+        ("a `code so", "a `code so`"),
+        ("a `code **not bold", "a `code **not bold`"),
+        ("snake_case and more", "snake_case and more"),
+        ("2 * 3 = 6 and 4 * 5", "2 * 3 = 6 and 4 * 5"),
+        ("**trailing space ", "**trailing space**"),
+        ("See [the docs](https://exa", "See the docs"),
+        ("See [**the docs**](https://exa", "See **the docs**"),
+        ("> quote **b", "> quote **b**"),
+        ("```py\nx = **", "```py\nx = **"),
+        ("```py\nx = 1\n```\n\nafter **b", "```py\nx = 1\n```\n\nafter **b**"),
+        ("first **para**\n\nsecond", "first **para**\n\nsecond"),
+        ("escaped \\*star", "escaped \\*star"),
+        ("", ""),
+    ],
+)
+def test_heal_partial(frame: str, healed: str) -> None:
+    assert heal_partial(frame) == healed
+
+
+def test_healing_never_adds_visible_characters() -> None:
+    rng = random.Random(3)
+    source = mixed_document(4000)
+    for _ in range(300):
+        frame = source[: rng.randrange(1, len(source))]
+        healed_text = re.sub(r"\s+", "", plain_text(parse(heal_partial(frame))))
+        raw_text = re.sub(r"\s+", "", plain_text(parse(frame)))
+        assert len(healed_text) <= len(raw_text), frame[-80:]

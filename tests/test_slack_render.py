@@ -212,3 +212,10 @@ def test_random_documents_give_valid_messages(seed: int, style: str) -> None:
     renderer = MarkdownRenderer() if style == "markdown" else SlackMrkdwnRenderer()
     (full,) = split(renderer.render(parse(source)), limit=1 << 30)
     assert_same_content([line for p in parts for line in p.text.split("\n")], full.plain)
+
+
+def test_stream_frames_heal_what_the_cut_left_open() -> None:
+    (part,) = check(render_slack("Hello **bold so fa", style="mrkdwn", partial=True))
+    assert part.blocks[0]["text"]["text"] == "Hello *bold so fa*"
+    (part,) = check(render_slack("See [docs](https://exa", partial=True))
+    assert part.blocks[0]["text"] == "See docs"

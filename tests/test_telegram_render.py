@@ -277,3 +277,11 @@ def test_random_documents_give_valid_parts_within_any_limit(seed: int) -> None:
     parts = check(render_telegram(source, limit=limit), limit)
     (whole,) = render_telegram(source, limit=1 << 30)
     assert_same_content([p.plain for p in parts], whole.plain)
+
+
+def test_stream_frames_heal_what_the_cut_left_open() -> None:
+    assert check(render_telegram("Hello **bold so fa", partial=True))[0].html == "Hello <b>bold so fa</b>"
+    assert check(render_telegram("See [docs](https://exa", partial=True))[0].html == "See docs"
+    assert check(render_telegram("Hello **bold so fa"))[0].html == "Hello **bold so fa"  # final text: as written
+    (rich,) = render_telegram_markdown("a `code", partial=True)
+    assert rich == "a `code`"

@@ -7,6 +7,7 @@ The API the Slack adapter uses::
 
     parts = render_slack(markdown, style="mrkdwn")         # section blocks, for surfaces
                                                            # without markdown blocks
+    frame = render_slack(text_so_far, partial=True)        # a stream frame: cut markers healed
 
 Each :class:`SlackPart` is one message: ``blocks`` to send, and ``text``, the plain-text
 fallback Slack shows in notifications (and where blocks cannot be shown). Text longer than one
@@ -40,6 +41,7 @@ from gateway.markdown import (
     StreamRenderer,
     Token,
     escape_markdown_char,
+    heal_partial,
     parse,
     split,
     utf16_len,
@@ -115,9 +117,12 @@ class SlackMrkdwnRenderer(StreamRenderer):
         return Open("```\n", "\n```", code=True)
 
 
-def render_slack(markdown: str, *, style: SlackStyle = "markdown") -> list[SlackPart]:
-    """Render Markdown as one or more Slack messages (see the module docstring)."""
-    doc = parse(markdown)
+def render_slack(markdown: str, *, style: SlackStyle = "markdown", partial: bool = False) -> list[SlackPart]:
+    """Render Markdown as one or more Slack messages (see the module docstring).
+
+    ``partial=True`` for a stream frame (text still arriving): markers the stream cut open
+    (``**bold so fa``, a link whose URL is incomplete) render as they will when finished."""
+    doc = parse(heal_partial(markdown) if partial else markdown)
     if style == "markdown":
         items = MarkdownRenderer().render(doc)
         parts = split(

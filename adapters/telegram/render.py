@@ -3,6 +3,7 @@
 The API the Telegram adapter uses::
 
     parts = render_telegram(markdown)             # list[TelegramPart], each within 4,096
+    frame = render_telegram(text_so_far, partial=True)  # a stream frame: cut markers healed
     await bot.send_message(chat_id, parts[0].html, parse_mode="HTML")
     # Telegram refused the markup ("can't parse entities")? resend the same part as text:
     await bot.send_message(chat_id, parts[0].plain)
@@ -37,6 +38,7 @@ from gateway.markdown import (
     Run,
     StreamRenderer,
     escape_markdown_char,
+    heal_partial,
     parse,
     split,
     utf16_len,
@@ -108,8 +110,14 @@ class TelegramHTMLRenderer(StreamRenderer):
         return Open("<pre>", "</pre>", code=True)
 
 
-def render_telegram(markdown: str, limit: int = TELEGRAM_TEXT_LIMIT) -> list[TelegramPart]:
-    """Render Markdown to Telegram HTML parts, each at most ``limit`` UTF-16 units of text."""
+def render_telegram(markdown: str, limit: int = TELEGRAM_TEXT_LIMIT, *, partial: bool = False) -> list[TelegramPart]:
+    """Render Markdown to Telegram HTML parts, each at most ``limit`` UTF-16 units of text.
+
+    ``partial=True`` for a stream frame (text still arriving): markers the stream cut open
+    (``**bold so fa``, a link whose URL is incomplete) render as they will when finished
+    (:func:`gateway.markdown.heal_partial`)."""
+    if partial:
+        markdown = heal_partial(markdown)
     items = TelegramHTMLRenderer().render(parse(markdown))
     parts = split(items, limit=limit, escape=_escape_char, length=utf16_len, measure="plain")
     return [TelegramPart(p.markup, p.plain) for p in parts]
@@ -134,13 +142,18 @@ def render_telegram_caption(markdown: str) -> tuple[TelegramPart | None, list[Te
     return rendered[0], rendered[1:]
 
 
-def render_telegram_markdown(markdown: str, limit: int = TELEGRAM_RICH_TEXT_LIMIT) -> list[str]:
+def render_telegram_markdown(
+    markdown: str, limit: int = TELEGRAM_RICH_TEXT_LIMIT, *, partial: bool = False
+) -> list[str]:
     """Standard Markdown parts for ``sendRichMessage`` (``InputRichMessage(markdown=...)``),
     which Telegram parses server-side (headings, tables, lists and code natively).
 
     The Markdown is normalised from the same parse (raw HTML escaped, unsafe links reduced to
     their label) and split with fences and emphasis balanced; the markup is measured, in
-    UTF-16 units, so each part is within ``limit`` however Telegram counts it."""
+    UTF-16 units, so each part is within ``limit`` however Telegram counts it. ``partial``
+    as for :func:`render_telegram` (for ``sendRichMessageDraft`` frames)."""
+    if partial:
+        markdown = heal_partial(markdown)
     items = MarkdownRenderer().render(parse(markdown))
     parts = split(items, limit=limit, escape=escape_markdown_char, length=utf16_len, measure="markup")
     return [p.markup for p in parts]
