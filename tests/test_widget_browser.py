@@ -143,6 +143,7 @@ def build_app() -> gateway.App:
                 )
             )
             await session.show(Block("mystery_widget", {"title": "Custom block", "text": "Rendered by the fallback."}))
+            await session.show_step("Fetched 3 pages", status="completed", detail="0.4 s", fields={"pages": 3})
             await session.show(
                 Block(
                     "task_card",
@@ -172,7 +173,8 @@ def build_app() -> gateway.App:
             )
             await session.show_suggestions(["Start an export", "Compare plans", "Talk to a human"])
         else:
-            await stream_words(session, f"Echo: {text}", 0.01)
+            files = "".join(f" [{a.name}: {a.size} bytes]" for a in msg.attachments or [])
+            await stream_words(session, f"Echo: {text}{files}", 0.01)
 
     @app.action("ping")
     async def ping(session: gateway.Session, event: gateway.Event) -> None:
@@ -380,6 +382,21 @@ async def test_history_survives_a_reload_without_duplicates(running_gateway: Gat
     await wait_reply(page, "Echo: third")
     assert len(await conversation(page)) == 6
 
+    # "New conversation" starts an empty session, which a reload keeps.
+    await page.click(".cg-new")
+    await page.wait_for_function(
+        "old => (Object.entries(localStorage).find(([k]) => k.endsWith(':session')) || [])[1] !== old",
+        arg=session_id,
+    )
+    assert await conversation(page) == []
+    assert await page.locator(".cg-empty").is_visible()
+    await send(page, "fresh start")
+    await wait_reply(page, "Echo: fresh start")
+    await page.reload()
+    await page.wait_for_selector(".cg-chat[data-connection=open]")
+    await wait_rows(page, 2)
+    assert await conversation(page) == [("user", "fresh start"), ("assistant", "Echo: fresh start")]
+
 
 async def test_file_prompt_uploads_with_progress_and_answers_the_handler(running_gateway: Gateway, open_page) -> None:
     page = await open_page(running_gateway.public_url + "/")
@@ -410,6 +427,32 @@ async def test_file_prompt_uploads_with_progress_and_answers_the_handler(running
     )
     reply = await page.locator(".cg-row[data-role=assistant] .cg-md").last.inner_text()
     assert reply.startswith(f"Got notes.txt ({len(content)} bytes): meeting notes: ship the widget")
+
+    # A file attached in the composer goes with the next message.
+    await page.locator(".cg-composer input[type=file]").set_input_files(
+        {"name": "photo.png", "mimeType": "image/png", "buffer": base64.b64decode(PIXEL_PNG)}
+    )
+    await page.wait_for_function(
+        "() => (document.querySelector('.cg-pending-file') || {innerText: ''}).innerText.includes(' B')"
+    )
+    await send(page, "with a file")
+    size = len(base64.b64decode(PIXEL_PNG))
+    await wait_reply(page, f"Echo: with a file [photo.png: {size} bytes]")
+    assert await page.locator(".cg-attachments .cg-file").count() == 0
+    thumb = page.locator(".cg-row[data-role=user] .cg-file-thumb img").last
+    await page.wait_for_function("() => document.querySelector('.cg-file-thumb img').naturalWidth === 2")
+    assert await thumb.get_attribute("alt") == "photo.png"
+
+    # Too large for files.max_upload_bytes: the prompt says so and nothing is sent.
+    await send(page, "upload")
+    await page.wait_for_selector(".cg-card[data-block-type=file_upload]:not(.cg-completed)")
+    await page.locator(".cg-card[data-block-type=file_upload]:not(.cg-completed) input[type=file]").set_input_files(
+        {"name": "big.txt", "mimeType": "text/plain", "buffer": b"x" * 1_200_000}
+    )
+    error = page.locator(".cg-card[data-block-type=file_upload]:not(.cg-completed) .cg-upload-status.cg-error-text")
+    await error.wait_for()
+    assert await error.inner_text() != ""
+    assert await page.locator(".cg-upload-choose:not([disabled])").count() == 1  # the user can pick another
 
 
 async def test_suggestion_buttons_send_a_prompt_or_run_an_action(running_gateway: Gateway, open_page) -> None:
@@ -482,6 +525,11 @@ async def test_blocks_render_and_update_in_place(running_gateway: Gateway, open_
     connect = page.locator(".cg-card[data-block-type=integration_prompt] a.cg-connect")
     assert await connect.get_attribute("href") == "https://example.com/connect/github"
     assert await connect.get_attribute("target") == "_blank"
+
+    step = page.locator("[data-block-type=step_status]")
+    assert await step.get_attribute("data-status") == "completed"
+    assert "Fetched 3 pages" in await step.inner_text()
+    assert "pages" in await step.locator("dl").inner_text()
 
     fallback = page.locator(".cg-card[data-block-type=mystery_widget]")
     assert "Custom block" in await fallback.inner_text()
@@ -586,6 +634,16 @@ async def test_embed_script_on_a_cross_origin_host_page(running_gateway: Gateway
                 assert box["x"] + box["width"] <= width - 10  # data-position="right"
             await page.screenshot(path=str(SCREENSHOTS / name))
 
+            if name == "widget-desktop.png":
+                # Uploads from another origin identify with the visitor token, not a cookie.
+                await send(page, "upload")
+                prompt = page.locator("chatgate-widget .cg-card[data-block-type=file_upload]")
+                await prompt.wait_for()
+                await prompt.locator("input[type=file]").set_input_files(
+                    {"name": "embed.txt", "mimeType": "text/plain", "buffer": b"from the host page"}
+                )
+                await wait_reply(page, "Got embed.txt (18 bytes): from the host page")
+
             # Escape closes the panel and gives focus back to the launcher.
             await page.keyboard.press("Escape")
             await panel.wait_for(state="hidden")
@@ -647,3 +705,78 @@ async def test_server_restart_mid_conversation_loses_and_repeats_nothing(
             await first.stop()
         if second is not None:
             await second.stop()
+
+
+HOSTILE_MARKDOWN = [
+    "<script>window.__pwned = 1</script>",
+    '<img src=x onerror="window.__pwned = 1">',
+    '<a href="javascript:window.__pwned = 1">html link</a>',
+    "[x](javascript:window.__pwned=1)",
+    "[x]( javascript:window.__pwned=1 )",
+    "[x](java\tscript:window.__pwned=1)",
+    "[x](&#106;avascript:window.__pwned=1)",
+    "[x](vbscript:msgbox(1))",
+    "[x](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
+    "[x](//evil.example/path)",
+    "[x](/relative/path)",
+    "![img](javascript:window.__pwned=1)",
+    "![img](https://evil.example/track.png)",
+    "<javascript:alert(1)>",
+    "[a [nested](javascript:1)](https://ok.example)",
+    "**[b](javascript:1)**",
+    "> <svg onload=window.__pwned=1>",
+    "| a | b |\n|---|---|\n| <img src=x onerror=window.__pwned=1> | [c](javascript:1) |",
+    "```\n<script>window.__pwned=1</script>\n```",
+    "- <iframe src=javascript:window.__pwned=1>",
+    "`<style>*{display:none}</style>`",
+    "\\<b>escaped</b>",
+    "[" * 2000 + "deep" + "]" * 2000,
+    "> " * 500 + "deep quote",
+    "*" * 3000,
+]
+
+ALLOWED_TAGS = {
+    "P", "BR", "STRONG", "EM", "DEL", "CODE", "PRE", "UL", "OL", "LI", "A", "H1", "H2", "H3", "H4", "H5",
+    "H6", "BLOCKQUOTE", "TABLE", "THEAD", "TBODY", "TR", "TH", "TD", "DIV", "HR", "INPUT",
+}  # fmt: skip
+
+
+async def test_markdown_renderer_never_emits_active_content(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    results = await page.evaluate(
+        """sources => sources.map(source => {
+            const box = document.createElement('div');
+            const started = performance.now();
+            box.appendChild(ChatGate.markdown.render(source));
+            document.body.appendChild(box);  // live in the document: any handler would fire now
+            const elements = Array.from(box.querySelectorAll('*'));
+            const result = {
+                tags: elements.map(e => e.tagName),
+                attributes: elements.flatMap(e => Array.from(e.attributes).map(a => a.name)),
+                hrefs: Array.from(box.querySelectorAll('a')).map(a => a.getAttribute('href')),
+                rels: Array.from(box.querySelectorAll('a')).map(a => a.rel),
+                text: box.textContent,
+                ms: performance.now() - started,
+            };
+            box.remove();
+            return result;
+        })""",
+        HOSTILE_MARKDOWN,
+    )
+    await page.wait_for_timeout(200)
+    assert await page.evaluate("window.__pwned") is None
+    for source, result in zip(HOSTILE_MARKDOWN, results, strict=True):
+        assert set(result["tags"]) <= ALLOWED_TAGS, (source, result["tags"])
+        assert not [a for a in result["attributes"] if a.startswith("on") or a in ("src", "style", "srcdoc")], (
+            source,
+            result["attributes"],
+        )
+        for href in result["hrefs"]:
+            assert href.startswith(("https://", "http://", "mailto:")), (source, href)
+        assert all("noopener" in rel for rel in result["rels"]), source
+        assert result["ms"] < 500, (source[:40], result["ms"])
+    by_source = dict(zip(HOSTILE_MARKDOWN, results, strict=True))
+    assert by_source["<script>window.__pwned = 1</script>"]["text"] == "<script>window.__pwned = 1</script>"
+    assert by_source["[a [nested](javascript:1)](https://ok.example)"]["hrefs"] == ["https://ok.example/"]
+    assert by_source["![img](https://evil.example/track.png)"]["tags"] == ["P", "A"]  # a link, never a fetch
+    assert by_source["\\<b>escaped</b>"]["text"] == "<b>escaped</b>"  # the backslash escapes the "<"

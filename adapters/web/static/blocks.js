@@ -308,6 +308,44 @@
     return pre;
   }
 
+  // ------------------------------------------------------------ step status (session.show_step)
+
+  function stepStatus(block, ctx) {
+    var doc = ctx.doc;
+    var p = block.payload || {};
+    var status = str(p.status || "running").toLowerCase();
+    var kind = TASK_STATES[status] || "running";
+    var box = h(doc, "div", "cg-step");
+    box.setAttribute("data-block-id", str(block.id));
+    box.setAttribute("data-block-type", "step_status");
+    box.setAttribute("data-status", status);
+    var line = h(doc, "div", "cg-step-line");
+    line.appendChild(h(doc, "span", "cg-task-dot cg-task-" + kind));
+    line.appendChild(h(doc, "span", "cg-step-label", str(p.label) || "Step"));
+    if (p.detail) line.appendChild(h(doc, "span", "cg-detail", str(p.detail)));
+    box.appendChild(line);
+    var links = Array.isArray(p.links) ? p.links : [];
+    links.forEach(function (item) {
+      var url = item && resolveUrl(item.url, ctx);
+      if (!url) return;
+      var a = h(doc, "a", "cg-step-link", str(item.label || item.title) || url);
+      a.href = url;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+      box.appendChild(a);
+    });
+    if (p.fields && typeof p.fields === "object") {
+      var list = h(doc, "dl", "cg-step-fields");
+      Object.keys(p.fields).forEach(function (key) {
+        var value = p.fields[key];
+        list.appendChild(h(doc, "dt", "", key));
+        list.appendChild(h(doc, "dd", "", typeof value === "string" ? value : JSON.stringify(value)));
+      });
+      box.appendChild(list);
+    }
+    return box;
+  }
+
   // ------------------------------------------------------------ integration
 
   function integration(block, ctx) {
@@ -369,6 +407,10 @@
     return box;
   }
 
+  function nothing() {
+    return null;
+  }
+
   var RENDERERS = {
     suggestions: suggestions,
     approval_prompt: approval,
@@ -377,9 +419,10 @@
     task_card: taskCard,
     integration_prompt: integration,
     notification: notification,
-    session_title: function () {
-      return null;
-    },
+    step_status: stepStatus,
+    // No visual: the title goes to the header; session events are for the app's own UI.
+    session_title: nothing,
+    session_event: nothing,
   };
 
   function render(block, ctx) {

@@ -141,7 +141,7 @@
     empty.appendChild(h(doc, "div", "cg-empty-text", "Ask a question to start the conversation."));
     var typing = h(doc, "div", "cg-row cg-row-assistant cg-typing-row");
     var typingBubble = h(doc, "div", "cg-bubble cg-assistant cg-typing");
-    typingBubble.setAttribute("aria-label", "Assistant is typing");
+    typingBubble.setAttribute("aria-hidden", "true"); // the status line and the reply speak instead
     for (var d = 0; d < 3; d++) typingBubble.appendChild(h(doc, "span", "cg-typing-dot"));
     typing.appendChild(typingBubble);
     typing.hidden = true;
@@ -296,6 +296,8 @@
       row.setAttribute("data-key", message.key);
       row.setAttribute("data-role", message.role);
       row.setAttribute("data-status", message.status || "");
+      // A reply re-renders on every frame while it streams: screen readers wait for the end.
+      if (message.status === "streaming") row.setAttribute("aria-busy", "true");
       if (message.id) row.setAttribute("data-message-id", message.id);
       return row;
     }
@@ -335,6 +337,7 @@
           var bubble = row.querySelector(".cg-bubble");
           if (bubble) renderText(message, bubble);
           row.setAttribute("data-status", message.status || "");
+          if (message.status !== "streaming") row.removeAttribute("aria-busy");
         });
       });
       refreshControls();

@@ -12,7 +12,10 @@
   var ChatGate = (global.ChatGate = global.ChatGate || {});
   var Connection = ChatGate.Connection;
 
-  /** Frames the server acknowledges (`ack`); kept until then and re-sent after a reconnect. */
+  /**
+   * Frames kept until the server acknowledges them (`ack`) and re-sent after a reconnect. `stop`
+   * is acknowledged too but never re-sent: late, it would stop the next reply instead.
+   */
   var ACKNOWLEDGED_TYPES = { message: true, button: true, action: true, upload_done: true };
 
   function newId() {
@@ -228,7 +231,10 @@
       form.append("file", file, file.name);
       var xhr = new XMLHttpRequest();
       xhr.open("POST", self.url("/upload"));
-      xhr.withCredentials = true;
+      // Same origin: the cookie identifies us. Another origin: the visitor or host token in the
+      // query does (the gateway never takes identity from a cross-site cookie, and sends no
+      // Access-Control-Allow-Credentials, so a credentialed cross-origin request would fail).
+      xhr.withCredentials = self.gateway === global.location.origin;
       xhr.responseType = "text";
       xhr.upload.onprogress = function (event) {
         if (event.lengthComputable && onProgress) onProgress(event.loaded / event.total);
@@ -510,6 +516,15 @@
       this._reset();
       this._hello();
       return;
+    }
+    if (frame.code === "internal" && !frame.id && this.ready) {
+      // The server's live forwarding failed ("send resume"): ask again, at most every few seconds.
+      var now = Date.now();
+      if (!this.lastInternalResume || now - this.lastInternalResume > 3000) {
+        this.lastInternalResume = now;
+        this._askResume();
+        return;
+      }
     }
     if (frame.code === "unauthorized" && this.visitorToken && !this.token) {
       // A visitor token the server no longer accepts (its secret changed): become a new visitor.
