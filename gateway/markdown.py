@@ -1083,9 +1083,9 @@ def heal_partial(markdown: str) -> str:
     if not closers and link is None:
         return markdown
     healed = head + tail + closers
-    if closers:
-        before = len(plain_text(parse(head + tail)))
-        if len(plain_text(parse(healed))) != before - len(closers):
+    if closers:  # the last paragraph alone decides: parsing it is cheap at every frame
+        before = len(plain_text(parse(tail)))
+        if len(plain_text(parse(tail + closers))) != before - len(closers):
             healed = head + tail  # the parse disagrees with the guess: add nothing
     if link is not None:
         # "[label]" with no target renders as literal brackets: drop them, keep the label.
