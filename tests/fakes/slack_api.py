@@ -256,6 +256,8 @@ class FakeSlack:
         app.router.add_get("/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/files-pri/{file_id}/{name}", self._download)
+        app.router.add_get("/_fake/state", self._state)
+        app.router.add_post("/_fake/users", self._add_user_http)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -356,6 +358,43 @@ class FakeSlack:
                 await asyncio.wait_for(self.changed.wait(), min(remaining, 0.1))
             except TimeoutError:
                 pass
+
+    # ---- remote control (a fake in another process: benches) ----
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every call and message as JSON (``at`` is ``time.monotonic()``, system-wide on Linux)."""
+        return {
+            "calls": [
+                {
+                    "method": c.method,
+                    "status": c.status,
+                    "error": c.error,
+                    "at": c.at,
+                    "args": {k: c.args[k] for k in ("channel", "ts", "thread_ts") if k in c.args},
+                }
+                for c in self.calls
+            ],
+            "messages": [
+                {
+                    "channel": m.channel,
+                    "ts": m.ts,
+                    "thread_ts": m.thread_ts,
+                    "user": m.user,
+                    "deleted": m.deleted,
+                    "streamed": bool(m.markdown),
+                    "visible_text": m.visible_text,
+                }
+                for m in self.messages.values()
+            ],
+        }
+
+    async def _state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.snapshot())
+
+    async def _add_user_http(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.add_user(str(body["id"]), email=body.get("email"), name=str(body.get("name") or ""))
+        return web.json_response({"ok": True})
 
     # ---- the Events API, Slack's side ----
 
