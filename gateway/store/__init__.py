@@ -16,10 +16,12 @@ from typing import Any
 from sqlalchemy import delete, event, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlmodel import SQLModel, col, select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-import gateway.store.documents  # registers the collection and KV tables
+# Importing these registers their tables on SQLModel.metadata before the schema is made.
+import gateway.integrations.tables  # connected accounts
+import gateway.store.documents  # collections and the scoped KV store
 import gateway.store.task_tables  # noqa: F401  (tasks, task watchers, scheduler ticks)
 from gateway.inbound import PlatformUser
 from gateway.store.records import FileRecord, MessageRecord, SessionRecord
@@ -91,15 +93,15 @@ class Store:
         self._engine = engine
         await self.create_schema()
 
-    async def create_schema(self) -> None:
-        """Make the schema on first start (Alembic migrates it afterwards; see migrations/)."""
+    async def create_schema(self) -> str:
+        """Make the schema on first start, migrate it with Alembic afterwards (gateway.migrate)."""
+        from gateway.migrate import migrate
+
         async with self.engine.begin() as conn:
-            if self.is_sqlite:
-                await conn.run_sync(SQLModel.metadata.create_all)
-            else:
+            if not self.is_sqlite:
                 # Two processes starting together must not race on CREATE TABLE.
                 await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
-                await conn.run_sync(SQLModel.metadata.create_all)
+            return await conn.run_sync(migrate)
 
     async def close(self) -> None:
         if self._engine is not None:

@@ -1,0 +1,91 @@
+"""Schema management with Alembic.
+
+On a fresh database chatgate creates the whole schema from the models and stamps it with the
+latest revision; on an existing one it applies the revisions it has not seen. New revisions are
+made with ``python -m gateway.migrate revision "what changed"`` after changing a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, inspect
+from sqlmodel import SQLModel
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+VERSION_TABLE = "alembic_version"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def migrate(connection: Connection) -> str:
+    """Bring the schema to the latest revision; returns what was done (for the log)."""
+    tables = set(inspect(connection).get_table_names())
+    config = alembic_config(connection)
+    if VERSION_TABLE not in tables:
+        # A new database (or one made before migrations existed): create what is missing, stamp.
+        SQLModel.metadata.create_all(connection)
+        if head_revision() is not None:
+            command.stamp(config, "head")
+        return "created" if not tables else "stamped"
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current == head_revision():
+        return "current"
+    command.upgrade(config, "head")
+    return f"upgraded from {current}"
+
+
+def pending_changes(connection: Connection) -> list[object]:
+    """Differences between the models and the migrated schema (empty when a revision is current)."""
+    from alembic.autogenerate import compare_metadata
+
+    context = MigrationContext.configure(connection, opts={"compare_type": False})
+    return compare_metadata(context, SQLModel.metadata)
+
+
+async def _make_revision(url: str, message: str) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    import gateway.store  # noqa: F401
+
+    engine = create_async_engine(url)
+
+    def run(connection: Connection) -> None:
+        command.upgrade(alembic_config(connection), "head")
+        command.revision(alembic_config(connection), message=message, autogenerate=True)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)
+    await engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.migrate", description="chatgate schema migrations")
+    sub = parser.add_subparsers(dest="command", required=True)
+    revision = sub.add_parser("revision", help="write a new revision from the models' changes")
+    revision.add_argument("message")
+    revision.add_argument("--database", default="sqlite+aiosqlite:///:memory:",
+                          help="a database at the current head to compare against (default: a fresh one)")
+    args = parser.parse_args(argv)
+    asyncio.run(_make_revision(args.database, args.message))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
