@@ -61,7 +61,8 @@ async def test_message_limits(slack: FakeSlack) -> None:
 async def test_streaming_state(slack: FakeSlack) -> None:
     slack.rate_limits = False
     client = client_for(slack)
-    assert await error_of(client.chat_startStream(channel="C1", thread_ts="1.000001")) == "missing_recipient"
+    error = await error_of(client.chat_startStream(channel="C1", thread_ts="1.000001"))
+    assert error == "missing_recipient_user_id"
     started = await client.chat_startStream(channel="D1", thread_ts="1.000001", markdown_text="Hel")
     await client.chat_appendStream(channel="D1", ts=started["ts"], markdown_text="lo")
     await client.chat_stopStream(channel="D1", ts=started["ts"], markdown_text="!")

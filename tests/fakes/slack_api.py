@@ -654,8 +654,11 @@ class FakeSlack:
         self._require(args, "channel", "thread_ts")
         channel = args["channel"]
         recipient = (args.get("recipient_user_id"), args.get("recipient_team_id"))
-        if not channel.startswith("D") and not all(recipient):
-            raise SlackApiFailure("missing_recipient")  # streaming to a channel needs a recipient
+        if not channel.startswith("D"):  # streaming to a channel needs a recipient (method reference)
+            if not recipient[0]:
+                raise SlackApiFailure("missing_recipient_user_id")
+            if not recipient[1]:
+                raise SlackApiFailure("missing_recipient_team_id")
         markdown = str(args.get("markdown_text") or "")
         if len(markdown) > MAX_STREAM_APPEND:
             raise SlackApiFailure("msg_too_long")
