@@ -154,7 +154,15 @@ class SchedulerSettings(Section):
 
 class IntegrationSettings(Section):
     encryption_key: str | None = None
+    """Fernet key(s) encrypting stored credentials; ``chatgate integrations key`` makes one.
+    Comma-separated keys rotate: the first encrypts, every one decrypts."""
     providers: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    state_ttl_seconds: float = Field(1800.0, gt=0)
+    """How long a connect link (its signed ``state``) stays usable."""
+    refresh_margin_seconds: float = Field(300.0, ge=0)
+    """Refresh an OAuth token when it expires within this many seconds."""
+    http_timeout: float = Field(10.0, gt=0)
+    """Seconds to wait for a provider's token or revocation endpoint."""
 
 
 class LoggingSettings(Section):

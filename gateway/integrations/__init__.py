@@ -1,0 +1,40 @@
+"""Integrations: users connect accounts (OAuth 2) or type in secrets (API keys) so a handler's
+``session.require_integration("github")`` gets credentials, on every channel.
+
+``Gateway`` calls :func:`attach` at start-up. This module stays import-light because
+``gateway.store`` imports ``gateway.integrations.tables`` while it is itself being imported.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
+
+
+async def attach(runtime: Gateway) -> None:
+    """Set ``runtime.integrations`` to the service when any provider is configured or declared.
+
+    Raises ``ConfigError`` for a bad provider, or providers without an encryption key.
+    """
+    from gateway.config import ConfigError
+    from gateway.integrations.crypto import KEY_HELP, CredentialCipher
+    from gateway.integrations.providers import build_providers
+    from gateway.integrations.service import IntegrationService
+
+    settings = runtime.settings.integrations
+    providers = build_providers(settings.providers, runtime.app.integration_specs)
+    if not providers:
+        runtime.integrations = None
+        return
+    if not settings.encryption_key:
+        names = ", ".join(sorted(providers))
+        raise ConfigError(
+            f"config error: integrations.encryption_key is not set, and credentials for {names} must be stored "
+            f"encrypted; {KEY_HELP}"
+        )
+    runtime.integrations = IntegrationService(runtime, providers, CredentialCipher(settings.encryption_key))
+
+
+__all__ = ["attach"]
