@@ -24,6 +24,12 @@ time, before the store exists):
     store. ``for_identity(identity)`` gives Capsule's ``session.get/set/delete(key, *,
     scope="session")``; ``app_scope()`` gives ``app.get/set/delete(key)``.
 
+Every handle (``CollectionRef``, ``ScopedCollection``, ``Collection``, ``DynamicCollection``) has
+Capsule's CRUD: ``insert_one/insert_many/find/find_one/update_one(upsert=)/delete_one/delete_many/
+delete_rows/count``, Django-style ``filter/all/get`` queries, plus MongoDB's ``update_many``.
+``CollectionRef`` and ``DynamicCollection`` also have the column schema methods (``list_columns``,
+``set_columns``, ``add_column``, ``remove_column``, ``rename_column``), stored per scope value.
+
 Scopes decide one field that is added to every filter and written into every document:
 ``user`` -> ``_user_id = identity.user_id``, ``owner`` -> ``_team_id = identity.owner_id or
 user_id``, ``session`` -> ``_session_id = identity.session_id``; ``app`` adds nothing.
@@ -377,12 +383,12 @@ class _CollectionHandle:
         stored.update(scope)  # the scope always wins over what the caller wrote
         return stored
 
-    async def _changed(self) -> None:
+    async def _changed(self, reason: str = "data") -> None:
         hook = self._backend.on_change
         if hook is None or self.name.startswith("_"):
             return
         try:
-            outcome = hook(self.name, "data")
+            outcome = hook(self.name, reason)
             if inspect.isawaitable(outcome):
                 await outcome
         except Exception:
@@ -440,15 +446,32 @@ class _CollectionHandle:
         result = await self._update(filter, update, upsert=upsert)
         return result.as_dict()
 
-    async def _update(
-        self, filter: Mapping[str, Any] | None, update: Mapping[str, Any], *, upsert: bool
-    ) -> UpdateResult:
+    def _scoped_update(
+        self, filter: Mapping[str, Any] | None, update: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The scoped filter and the normalised update, refusing updates that write the scope field."""
         scoped, scope = self._scoped(filter)
         normalised = normalise_update(update)
         for path in update_paths(normalised):
             for scope_field in scope:
                 if path == scope_field or path.startswith(scope_field + "."):
                     raise ValueError(f"cannot change {scope_field!r}: collection {self.name!r} is scoped by it")
+        return scoped, normalised
+
+    async def update_many(self, filter: Mapping[str, Any] | None, update: Mapping[str, Any]) -> dict[str, Any]:
+        """Update every match, in one transaction: ``{"matched", "modified"}`` (MongoDB's, not Capsule's)."""
+        scoped, normalised = self._scoped_update(filter, update)
+        result = await documents.update_documents(
+            self._source(), self.name, scoped, normalised, gate=self._backend.gate
+        )
+        if result.matched:
+            await self._changed()
+        return result.as_dict()
+
+    async def _update(
+        self, filter: Mapping[str, Any] | None, update: Mapping[str, Any], *, upsert: bool
+    ) -> UpdateResult:
+        scoped, normalised = self._scoped_update(filter, update)
         result = await documents.update_document(
             self._source(), self.name, scoped, normalised, upsert=upsert, gate=self._backend.gate
         )
@@ -535,7 +558,83 @@ class ScopedCollection(_CollectionHandle):
         return f"ScopedCollection({self.name!r}, scope={self.scope!r}, {self._fields!r})"
 
 
-class DynamicCollection(ScopedCollection):
+COLUMNS_KV_SCOPE = "columns"
+"""KV entries of this scope hold stored column schemas: key = collection, scope_id = "<scope>:<id>"."""
+
+
+class _ColumnSchema(_CollectionHandle):
+    """Column schema methods of ``CollectionRef`` and ``DynamicCollection``.
+
+    A stored schema is per collection and per scope value (each user of a user-scoped collection
+    has their own columns, as in Capsule); without one, the declared columns are the schema.
+    """
+
+    spec: CollectionSpec
+
+    def _schema_key(self) -> tuple[str, str]:
+        values = list(self._scope_fields().values())
+        return COLUMNS_KV_SCOPE, f"{self.spec.scope}:{values[0] if values else ''}"
+
+    async def list_columns(self) -> list[Column]:
+        found, stored = await documents.kv_get(self._source(), *self._schema_key(), self.name)
+        if found and stored:
+            return [Column.of(column) for column in stored]
+        return list(self.spec.columns or ())
+
+    async def set_columns(self, columns: Iterable[str | Column | Mapping[str, Any]]) -> list[Column]:
+        normalised = list(_columns(columns) or ())
+        stored = [column.to_dict() for column in normalised]
+        await documents.kv_set(self._source(), *self._schema_key(), self.name, stored, gate=self._backend.gate)
+        await self._changed("schema")
+        return normalised
+
+    async def add_column(
+        self,
+        key: str,
+        *,
+        type: str = "text",
+        label: str | None = None,
+        format: str | None = None,
+        default: Any = None,
+        backfill: bool = False,
+    ) -> list[Column]:
+        """Add a column; with ``backfill``, rows in scope without the field get ``default``."""
+        column = Column(key=key, type=type, label=label, format=format)
+        columns = await self.list_columns()
+        if any(existing.key == key for existing in columns):
+            raise ValueError(f"column {key!r} already exists")
+        if backfill:
+            await self.update_many({key: {"$exists": False}}, {"$set": {key: default}})
+        elif default is not None:
+            raise ValueError("default= is only used with backfill=True")
+        return await self.set_columns([*columns, column])
+
+    async def remove_column(self, key: str, *, drop_values: bool = False) -> list[Column]:
+        """Remove a column; with ``drop_values``, the field is also removed from rows in scope."""
+        columns = await self.list_columns()
+        if drop_values:
+            await self.update_many({key: {"$exists": True}}, {"$unset": {key: ""}})
+        return await self.set_columns([column for column in columns if column.key != key])
+
+    async def rename_column(self, old_key: str, new_key: str, *, migrate_values: bool = False) -> list[Column]:
+        """Rename a column; with ``migrate_values``, rows in scope have the field renamed too."""
+        columns = await self.list_columns()
+        if not any(column.key == old_key for column in columns):
+            raise ValueError(f"column {old_key!r} does not exist")
+        if any(column.key == new_key for column in columns):
+            raise ValueError(f"column {new_key!r} already exists")
+        renamed = [
+            Column(key=new_key, type=column.type, label=column.label, format=column.format)
+            if column.key == old_key
+            else column
+            for column in columns
+        ]
+        if migrate_values:
+            await self.update_many({old_key: {"$exists": True}}, {"$rename": {old_key: new_key}})
+        return await self.set_columns(renamed)
+
+
+class DynamicCollection(_ColumnSchema, ScopedCollection):
     """What ``await session.collections.get(name, scope=...)`` returns (app scope is unscoped)."""
 
     def __init__(
@@ -549,12 +648,8 @@ class DynamicCollection(ScopedCollection):
         self.spec = spec
         self._fields = scope_filter(spec.scope, identity, collection=spec.name)
 
-    async def list_columns(self) -> list[Column]:
-        """The declared columns (column schemas are not stored yet)."""
-        return list(self.spec.columns or ())
 
-
-class CollectionRef(_CollectionHandle):
+class CollectionRef(_ColumnSchema):
     """What ``app.collection(name, ...)`` returns: usable anywhere once the store is up.
 
     App scope works anywhere. Other scopes take the identity from the running handler
@@ -583,9 +678,6 @@ class CollectionRef(_CollectionHandle):
         if self.spec.scope == "app":
             return {}
         return scope_filter(self.spec.scope, self._current_scope(), collection=self.name)
-
-    async def list_columns(self) -> list[Column]:
-        return list(self.spec.columns or ())
 
     def __repr__(self) -> str:
         return f"CollectionRef({self.name!r}, scope={self.spec.scope!r})"

@@ -529,3 +529,58 @@ async def test_change_hook_and_unstarted_store(harness):
     unstarted = CollectionManager(lambda: None, lambda: None)
     with pytest.raises(RuntimeError, match="not started"):
         await unstarted.unscoped().notes.find()
+
+
+async def test_update_many_in_scope(harness):
+    harness.manager.declare("todos", scope="user")
+    alice, bob = harness.manager.scoped(ALICE).todos, harness.manager.scoped(BOB).todos
+    await alice.insert_many([{"done": False, "n": i} for i in range(4)])
+    await bob.insert_one({"done": False, "n": 9})
+    assert await alice.update_many({"n": {"$gte": 1}}, {"$set": {"done": True}, "$inc": {"n": 10}}) == {
+        "matched": 3,
+        "modified": 3,
+    }
+    assert await alice.update_many({"done": True}, {"done": True}) == {"matched": 3, "modified": 0}
+    assert sorted((row["n"], row["done"]) for row in await alice.find()) == [
+        (0, False),
+        (11, True),
+        (12, True),
+        (13, True),
+    ]
+    assert (await bob.find_one())["done"] is False  # another user's rows are untouched
+    with pytest.raises(ValueError, match="non-numeric"):  # all or nothing
+        await harness.manager.unscoped().todos.update_many({}, {"$inc": {"done": 1}})
+    assert sorted(row["n"] for row in await alice.find()) == [0, 11, 12, 13]
+
+
+async def test_column_schemas(harness):
+    ref = harness.manager.declare("venues", scope="user", columns=["name", Column("revenue", type="currency")])
+    token = harness.acting_as(ALICE)
+    try:
+        await ref.insert_many([{"name": "A", "city": "Rome"}, {"name": "B"}])
+        assert [c.key for c in await ref.list_columns()] == ["name", "revenue"]  # declared
+        columns = await ref.add_column("status", type="status", backfill=True, default="new")
+        assert [c.key for c in columns] == ["name", "revenue", "status"]
+        assert [row["status"] for row in await ref.find()] == ["new", "new"]
+        with pytest.raises(ValueError, match="already exists"):
+            await ref.add_column("status")
+        with pytest.raises(ValueError, match="backfill"):
+            await ref.add_column("other", default=1)
+        await ref.add_column("city")
+        columns = await ref.rename_column("city", "town", migrate_values=True)
+        assert [c.key for c in columns] == ["name", "revenue", "status", "town"]
+        assert [row.get("town") for row in await ref.find()] == ["Rome", None]
+        with pytest.raises(ValueError, match="does not exist"):
+            await ref.rename_column("nope", "x")
+        columns = await ref.remove_column("status", drop_values=True)
+        assert "status" not in [c.key for c in columns]
+        assert all("status" not in row for row in await ref.find())
+        assert [c.to_dict() for c in await ref.list_columns()][1] == {"key": "revenue", "type": "currency"}
+    finally:
+        harness.identity.reset(token)
+    # schemas are per scope value: Bob still sees the declared columns
+    bob_view = await harness.manager.for_identity(BOB).get("venues")
+    assert [c.key for c in await bob_view.list_columns()] == ["name", "revenue"]
+    assert ("venues", "schema") in harness.changes
+    with pytest.raises(RuntimeError):
+        await ref.list_columns()  # a user-scoped schema needs a handler context

@@ -70,6 +70,7 @@ __all__ = [
     "kv_get",
     "kv_set",
     "update_document",
+    "update_documents",
 ]
 
 SCOPE_COLUMNS = {"_user_id": "user_id", "_team_id": "team_id", "_session_id": "session_id"}
@@ -536,6 +537,46 @@ async def update_document(
                 return _RETRY
             await session.commit()
             return UpdateResult(matched=1, modified=1, document=new_document)
+
+    return await _with_retries(f"update in {collection!r}", attempt)
+
+
+async def update_documents(
+    source: SessionSource,
+    collection: str,
+    filter: Mapping[str, Any] | None,
+    update_spec: Mapping[str, Any],
+    *,
+    gate: WriteGate | None = None,
+) -> UpdateResult:
+    """Update every matching document, all in one transaction (all or none on an error).
+
+    Each row is re-read locked and re-checked before its compare-and-swap, as in
+    ``update_document``; documents inserted while the update runs may be missed (as in MongoDB).
+    """
+    filter = _normalise_filter(filter)
+    update_spec = normalise_update(update_spec)
+    apply_update({}, update_spec)
+
+    async def attempt() -> UpdateResult:
+        async with _writing(source, gate) as session:
+            candidates = [item.id async for item in _scan(session, collection, filter, _sql_prefilter(filter))]
+            matched = modified = 0
+            for row_id in candidates:
+                current = await _locked(session, collection, row_id)
+                if current is None or not matches(current.doc, filter):
+                    continue
+                matched += 1
+                new_document, changed = apply_update(current.doc, update_spec)
+                if not changed:
+                    continue
+                _check_reserved_fields(new_document)
+                if not await _compare_and_swap(session, collection, current, new_document):
+                    await session.rollback()
+                    return _RETRY
+                modified += 1
+            await session.commit()
+            return UpdateResult(matched=matched, modified=modified)
 
     return await _with_retries(f"update in {collection!r}", attempt)
 
