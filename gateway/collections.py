@@ -103,6 +103,13 @@ class Backend:
     on_change: ChangeHook | None = None
     gate: WriteGate = field(default_factory=WriteGate)
 
+    def started(self) -> bool:
+        """Whether the store is up (the getter may return None or raise before start)."""
+        try:
+            return self.store_getter() is not None
+        except RuntimeError:
+            return False
+
     def source(self, what: str) -> SessionSource:
         store = self.store_getter()
         if store is None:
@@ -576,6 +583,9 @@ class _ColumnSchema(_CollectionHandle):
         return COLUMNS_KV_SCOPE, f"{self.spec.scope}:{values[0] if values else ''}"
 
     async def list_columns(self) -> list[Column]:
+        """The stored schema, else the declared columns (also before the store starts, as in Capsule)."""
+        if not self._backend.started():
+            return list(self.spec.columns or ())
         found, stored = await documents.kv_get(self._source(), *self._schema_key(), self.name)
         if found and stored:
             return [Column.of(column) for column in stored]

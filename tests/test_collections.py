@@ -493,7 +493,9 @@ async def test_collection_ref_takes_the_identity_from_the_running_handler(harnes
 
 async def test_declarations_and_dynamic_collections(harness):
     ref = harness.manager.declare("notes", scope="user", columns=["a", {"key": "b", "type": "number"}])
-    assert ref.scope == "user" and [c.key for c in await ref.list_columns()] == ["a", "b"]
+    assert ref.scope == "user" and [c.key for c in ref.columns] == ["a", "b"]
+    unstarted = CollectionManager(lambda: None, lambda: None).declare("notes", columns=["a"])
+    assert [c.key for c in await unstarted.list_columns()] == ["a"]  # declared columns before start
     assert harness.manager.spec("notes").to_dict()["columns"][1] == {"key": "b", "type": "number"}
     with pytest.raises(ValueError):
         harness.manager.declare("notes", scope="app")
