@@ -46,12 +46,15 @@ async def socket_slack():
 async def test_events_are_acknowledged_after_they_are_recorded(socket_slack, tmp_path) -> None:
     slack, socket = socket_slack
     seen: list[str] = []
-    async with SlackGateway(echo_app(seen), tmp_path, slack, mode="socket", signing_secret=None):
+    async with SlackGateway(echo_app(seen), tmp_path, slack, mode="socket", signing_secret=None) as gw:
         await asyncio.wait_for(socket.connected.wait(), 5)
         assert slack.calls_of("apps.connections.open")[0].token == slack.app_token
         delivery = await socket.deliver("events_api", slack.event_callback(dm("hi", "100.000001"), event_id="Ev1"))
         assert delivery.ack == {"envelope_id": delivery.envelope_id}
         assert delivery.attempts == 1
+        # Acknowledged means recorded: the session and its inbox entry exist already.
+        address = gateway.SessionChannel("slack", chat_id="D1", thread_id="100.000001", team_id="T0001")
+        assert await gw.gateway.store.find_session(address) is not None
         await slack.wait_for(lambda: slack.thread("D1", "100.000001"))
         assert slack.thread("D1", "100.000001")[0].visible_text == "echo: hi"
 
