@@ -28,6 +28,7 @@ from gateway.store.records import SessionRecord
 log = logging.getLogger("chatgate.dispatch")
 
 PURGE_EVERY = 3600.0  # seconds between inbox purges of expired dedup keys
+MAX_ATTEMPTS = 3  # an event interrupted this often (it keeps killing the process) is given up
 
 
 class UnknownSession(LookupError):
@@ -39,6 +40,8 @@ class WorkItem:
     inbox_id: str
     session_id: str
     inbound: Inbound
+    message_id: str | None = None
+    """The stored user message of a ``message`` event (``None`` for a recovered event: look it up)."""
 
 
 @dataclass
@@ -79,14 +82,22 @@ class Dispatcher:
         """Record ``inbound`` for ``session`` and route it. Safe to acknowledge on return."""
         if self._closed:
             raise RuntimeError("the dispatcher is shutting down")
-        inbox_id, duplicate = await self.store.record_inbound(
-            session.id, inbound.dedup_key, inbound.kind, inbound.to_json()
+        message = inbound.message if inbound.kind == "message" else None
+        entry = await self.store.record_inbound(
+            session.id,
+            inbound.dedup_key,
+            inbound.kind,
+            inbound.to_json(),
+            user_text=None if message is None else message.text,
+            attachments=None if message is None else [a.to_dict() for a in message.attachments or []],
         )
-        if duplicate:
+        if entry.duplicate:
             log.info("dropped duplicate %s event %s", inbound.kind, inbound.dedup_key)
-            return Accepted(inbox_id, session.id, duplicate=True)
-        self._route(WorkItem(inbox_id, session.id, inbound))
-        return Accepted(inbox_id, session.id)
+            return Accepted(entry.id, session.id, duplicate=True)
+        if message is not None and entry.message_id:
+            message.id = entry.message_id
+        self._route(WorkItem(entry.id, session.id, inbound, entry.message_id))
+        return Accepted(entry.id, session.id)
 
     def _route(self, item: WorkItem) -> None:
         kind = item.inbound.kind
@@ -171,6 +182,12 @@ class Dispatcher:
             inbound = Inbound.from_json(row.payload)
             if inbound.kind in ("stop", "signal"):
                 await self.store.set_inbox_status(row.id, "done", "process restarted")
+                continue
+            attempts = await self.store.count_attempt(row.id)
+            if attempts > MAX_ATTEMPTS:
+                log.error("giving up %s event %s: it was interrupted %d times (does it crash the process?)",
+                          inbound.kind, inbound.dedup_key, attempts - 1)
+                await self.store.set_inbox_status(row.id, "failed", f"interrupted {attempts - 1} times")
                 continue
             log.info("re-running %s event %s (interrupted by a restart)", inbound.kind, inbound.dedup_key)
             self._route(WorkItem(row.id, row.session_id, inbound))

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.session_data import SessionData
+from gateway.store.tables import new_id
 from gateway.streaming import ReplyStream
 from gateway.types import (
     Attachment,
@@ -113,13 +114,15 @@ class Session:
         if not self._can_send:
             log.info("reply from a session with no reply target (id=%r) not sent: %s", self.id, text[:200])
             return
-        record = await self._rt.store.add_message(self.id, "assistant", text, inbound_id=self._inbound_id)
-        self.history[-1].id = record.id
-        refs = await self._deliver("a reply", lambda o: o.send_text(record.id, text))
-        if refs:
-            await self._rt.store.update_message(record.id, platform_refs=list(refs))
-        elif refs is None:
-            await self._rt.store.update_message(record.id, status="failed")
+        message_id = new_id()
+        self.history[-1].id = message_id
+        refs = await self._deliver("a reply", lambda o: o.send_text(message_id, text))
+        # Stored once, after sending, with the platform refs (a crash in between reruns the turn
+        # either way, so storing first would buy nothing and cost a second write).
+        await self._rt.store.add_message(
+            self.id, "assistant", text, message_id=message_id, inbound_id=self._inbound_id,
+            status="failed" if refs is None else "complete", platform_refs=list(refs or []),
+        )
 
     async def notify(self, text: str, *, detail: str = "") -> None:
         """A transient status line ("Searching the docs..."): shown, never kept in history."""

@@ -18,7 +18,7 @@ from gateway.context import reset_current_session, set_current_session
 from gateway.dispatch import WorkItem
 from gateway.inbound import Inbound
 from gateway.session import Session
-from gateway.store.records import MessageRecord
+from gateway.store.records import MessageRecord, SessionRecord
 from gateway.types import Attachment, Event, Message
 
 if TYPE_CHECKING:
@@ -36,7 +36,6 @@ class TurnRunner:
     async def __call__(self, item: WorkItem) -> None:
         rt = self.rt
         inbound = item.inbound
-        await rt.store.set_inbox_status(item.inbox_id, "running")
         record = await rt.store.get_session(item.session_id)
         if record is None:  # deleted while the event waited
             await rt.store.set_inbox_status(item.inbox_id, "done", "session deleted")
@@ -70,7 +69,7 @@ class TurnRunner:
         try:
             await self._store_user_message(item, message)
             timeout = rt.settings.dispatch.handler_timeout or None
-            await asyncio.wait_for(self._dispatch(session, record.chat_name, inbound, message), timeout)
+            await asyncio.wait_for(self._dispatch(session, record, inbound, message), timeout)
         except asyncio.CancelledError:
             if rt.dispatcher.closing:
                 status = "running"  # interrupted by shutdown: it runs again at the next start
@@ -106,10 +105,11 @@ class TurnRunner:
     # -- routing -------------------------------------------------------------------------
 
     async def _dispatch(
-        self, session: Session, chat_name: str | None, inbound: Inbound, message: Message | None
+        self, session: Session, record: SessionRecord, inbound: Inbound, message: Message | None
     ) -> None:
         app = self.rt.app
-        if await self.rt.store.mark_entered(session.id):
+        chat_name = record.chat_name
+        if not record.entered and await self.rt.store.mark_entered(session.id):
             for hook in app.enter_hooks:
                 await call_maybe_async(hook, session)
         if inbound.kind == "action" and inbound.action is not None:
@@ -187,17 +187,15 @@ class TurnRunner:
         return message
 
     async def _store_user_message(self, item: WorkItem, message: Message | None) -> None:
-        if message is None or item.inbound.kind not in ("message", "upload"):
+        """The dispatcher stored a ``message`` event's text with the inbox row; find its id."""
+        if message is None or item.inbound.kind != "message":
+            return
+        if item.message_id is not None:
+            message.id = item.message_id
             return
         existing = await self.rt.store.message_for_inbound(item.session_id, item.inbox_id, role="user")
-        if existing is not None:  # a rerun after a restart: the message is stored already
+        if existing is not None:
             message.id = existing.id
-            return
-        attachments = [a.to_dict() for a in message.attachments or []]
-        stored = await self.rt.store.add_message(
-            item.session_id, "user", message.text, attachments=attachments, inbound_id=item.inbox_id
-        )
-        message.id = stored.id
 
     async def _history(self, session_id: str, channel_type: str, exclude_inbound: str) -> list[Message]:
         """The last messages before this turn (the current message excluded, as in Capsule)."""

@@ -24,7 +24,7 @@ import gateway.integrations.tables  # connected accounts
 import gateway.store.documents  # collections and the scoped KV store
 import gateway.store.task_tables  # noqa: F401  (tasks, task watchers, scheduler ticks)
 from gateway.inbound import PlatformUser
-from gateway.store.records import FileRecord, MessageRecord, SessionRecord
+from gateway.store.records import FileRecord, InboxEntry, MessageRecord, SessionRecord
 from gateway.store.tables import (
     FileRow,
     IdentityRow,
@@ -38,7 +38,7 @@ from gateway.store.tables import (
 )
 from gateway.types import SessionChannel, UserInfo
 
-__all__ = ["FileRecord", "MessageRecord", "SessionRecord", "Store", "address_key"]
+__all__ = ["FileRecord", "InboxEntry", "MessageRecord", "SessionRecord", "Store", "address_key"]
 
 UNFINISHED = ("pending", "running")
 
@@ -307,6 +307,7 @@ class Store:
         role: str,
         text: str,
         *,
+        message_id: str | None = None,
         block: dict[str, Any] | None = None,
         attachments: list[dict[str, Any]] | None = None,
         inbound_id: str | None = None,
@@ -314,6 +315,7 @@ class Store:
         platform_refs: list[str] | None = None,
     ) -> MessageRecord:
         row = MessageRow(
+            id=message_id or new_id(),
             session_id=session_id,
             role=role,
             text=text,
@@ -427,28 +429,57 @@ class Store:
     # -- inbox ---------------------------------------------------------------------------
 
     async def record_inbound(
-        self, session_id: str, dedup_key: str, kind: str, payload: dict[str, Any]
-    ) -> tuple[str, bool]:
-        """Store an inbound event; returns ``(inbox id, duplicate)``."""
+        self,
+        session_id: str,
+        dedup_key: str,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        user_text: str | None = None,
+        attachments: list[dict[str, Any]] | None = None,
+    ) -> InboxEntry:
+        """Store an inbound event, and the user's message when it carries one, in one transaction.
+
+        A repeated ``dedup_key`` stores nothing and returns ``duplicate=True``.
+        """
         row = InboxRow(session_id=session_id, dedup_key=dedup_key, kind=kind, payload=payload)
+        message_id = None
         try:
             async with self.write() as db:
                 db.add(row)
+                if user_text is not None:
+                    message = MessageRow(session_id=session_id, role="user", text=user_text,
+                                         attachments=attachments or [], inbound_id=row.id)
+                    db.add(message)
+                    message_id = message.id
+                    await db.exec(
+                        update(SessionRow).where(col(SessionRow.id) == session_id).values(updated_at=utcnow())
+                    )
         except IntegrityError:
             async with self.session() as db:
                 existing = (await db.exec(select(InboxRow).where(InboxRow.dedup_key == dedup_key))).first()
-            return (existing.id if existing else ""), True
-        return row.id, False
+            return InboxEntry(existing.id if existing else "", True, None)
+        return InboxEntry(row.id, False, message_id)
+
+    async def count_attempt(self, inbox_id: str) -> int:
+        """Count one more attempt at an interrupted event; returns the new count."""
+        async with self.write() as db:
+            await db.exec(
+                update(InboxRow).where(col(InboxRow.id) == inbox_id).values(attempts=InboxRow.attempts + 1)
+            )
+            row = await db.get(InboxRow, inbox_id)
+        return row.attempts if row is not None else 0
 
     async def set_inbox_status(self, inbox_id: str, status: str, error: str | None = None) -> None:
         values: dict[str, Any] = {"status": status, "updated_at": utcnow(), "error": error}
-        if status == "running":
-            values["attempts"] = InboxRow.attempts + 1
         async with self.write() as db:
             await db.exec(update(InboxRow).where(col(InboxRow.id) == inbox_id).values(**values))
 
     async def unfinished_inbound(self) -> list[InboxRow]:
-        """Events recorded but not finished (the process died): rerun at start-up, in order."""
+        """Events recorded but not finished (the process died): rerun at start-up, in order.
+
+        Status stays ``pending`` while a turn runs (a write saved per turn); attempts are counted
+        when an interrupted event is picked up again, see ``Dispatcher.recover``."""
         async with self.session() as db:
             rows = (
                 await db.exec(

@@ -79,3 +79,12 @@ class FileRecord:
     content_type: str
     size: int
     session_id: str | None
+
+
+@dataclass
+class InboxEntry:
+    """``record_inbound``'s answer: the inbox row, whether it was a duplicate, the stored message."""
+
+    id: str
+    duplicate: bool
+    message_id: str | None
