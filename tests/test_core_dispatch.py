@@ -275,3 +275,28 @@ async def test_exit_hook_runs_when_a_session_is_deleted(tmp_path):
         assert seen == [(conv.session_id, 3)]
         assert await client.gateway.store.get_session(conv.session_id) is None
         assert await client.gateway.delete_session(conv.session_id) is False
+
+
+async def test_an_event_that_keeps_killing_the_process_is_given_up(tmp_path, caplog):
+    from gateway.dispatch import MAX_ATTEMPTS
+
+    runs: list[str] = []
+    app = gateway.App("poison")
+
+    @app.message()
+    async def handle(session, msg):
+        runs.append(msg.text)
+        await session.reply("ok")
+
+    async with TestClient(app, tmp_path) as client:
+        conv = await client.conversation()
+        store = client.gateway.store
+        entry = await store.record_inbound(conv.session_id, "poison-key", "message",
+                                           inbound_for(conv, "poison", "poison-key").to_json(), user_text="poison")
+        for _ in range(MAX_ATTEMPTS):
+            await store.count_attempt(entry.id)  # three earlier processes died running it
+        await client.gateway.dispatcher.recover()
+        await client.gateway.dispatcher.wait_idle(5)
+        assert runs == []
+        assert "giving up message event poison-key" in caplog.text
+        assert await store.unfinished_inbound() == []
