@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -586,3 +587,65 @@ async def test_column_schemas(harness):
     assert ("venues", "schema") in harness.changes
     with pytest.raises(RuntimeError):
         await ref.list_columns()  # a user-scoped schema needs a handler context
+
+
+# -- end to end, through the core: App, handlers, session.db, CollectionRef, app.db -------------------
+
+
+def notes_app() -> Any:
+    import gateway
+
+    app = gateway.App("collections-e2e")
+    notes = app.collection("notes", scope="user", columns=["text"])
+    wiki = app.collection("wiki", scope="owner")
+    app.collection("settings", scope="app")
+
+    @app.message()
+    async def handle(session: Any, msg: Any) -> None:
+        command, _, argument = msg.text.partition(" ")
+        if command == "note":
+            row = await session.db.notes.insert_one({"text": argument})
+            await session.reply(f"saved {row['_user_id'] == session.user.id}")
+        elif command == "notes":
+            rows = await notes.filter(text__contains=argument).order_by("text")  # the CollectionRef
+            await session.reply(", ".join(row["text"] for row in rows) or "none")
+        elif command == "wiki":
+            await wiki.update_one({"page": "home"}, {"$inc": {"edits": 1}}, upsert=True)
+            page = await session.db.wiki.find_one({"page": "home"})
+            await session.reply(f"edits {page['edits']} team {page['_team_id']}")
+        elif command == "settings":
+            try:
+                session.db.settings  # noqa: B018
+            except ValueError as exc:
+                await session.reply(str(exc))
+        elif command == "all":
+            await session.reply(str(await app.db.notes.count()))
+
+    return app
+
+
+async def test_collections_through_the_core(tmp_path, database_url):
+    from gateway.testing import TestClient
+
+    app = notes_app()
+    async with TestClient(app, tmp_path, database_url=database_url) as client:
+        alice = await client.conversation("alice", org_id="acme")
+        bob = await client.conversation("bob", org_id="acme")
+        carol = await client.conversation("carol")
+        assert (await alice.send("note buy milk")).replies == ["saved True"]
+        await alice.send("note call mom")
+        await bob.send("note bob's own")
+        assert (await alice.send("notes")).replies == ["buy milk, call mom"]
+        assert (await alice.send("notes MILK")).replies == ["buy milk"]
+        assert (await bob.send("notes")).replies == ["bob's own"]
+        assert (await alice.send("wiki")).replies == ["edits 1 team org:acme"]
+        assert (await bob.send("wiki")).replies == ["edits 2 team org:acme"]  # shared by the org
+        carol_user = (await carol.send("wiki")).replies[0]
+        assert carol_user.startswith("edits 1 team ") and "org:" not in carol_user  # her own owner scope
+        assert (await alice.send("settings")).replies == [
+            "Collection 'settings' has scope='app'. Use app.db.settings instead of session.db.settings"
+        ]
+        assert (await carol.send("all")).replies == ["3"]
+        with pytest.raises(RuntimeError, match="no active handler context"):
+            await app.collections.declare("notes", scope="user").find()  # outside a handler
+        assert await app.db.wiki.count() == 2
