@@ -50,7 +50,7 @@ class StateSigner:
             scope_key=scope_key,
             session_id=session_id,
             prompt_id=prompt_id,
-            expires_at=time.time() + ttl,
+            expires_at=round(time.time() + ttl, 3),
         )
         token = self._serializer.dumps(
             [
