@@ -120,3 +120,13 @@ async def test_urgent_call_gives_up_after_repeated_429s() -> None:
         pacer = SlackPacer(channel_budgets={})
         with pytest.raises(RateLimited):
             await pacer.call("chat.postMessage", "T1", "C1", lambda: client.chat_postMessage(channel="C1", text="x"))
+
+
+async def test_available_within_peeks_without_taking_a_slot() -> None:
+    pacer = SlackPacer(method_budgets={"chat.update": Budget(2, 10)}, channel_budgets={})
+    assert pacer.available_within("chat.update", "T1", "C1", 0)
+    assert pacer.available_within("chat.update", "T1", "C1", 0)  # peeking twice took nothing
+    assert await pacer.acquire("chat.update", "T1", "C1", urgent=False)
+    assert await pacer.acquire("chat.update", "T1", "C1", urgent=False)
+    assert not pacer.available_within("chat.update", "T1", "C1", 1.0)
+    assert pacer.available_within("chat.update", "T2", "C1", 0)  # another workspace

@@ -136,6 +136,13 @@ class SlackPacer:
             windows.append(self._window(("channel", team, channel, method), channel_budget))
         return windows
 
+    def available_within(self, method: str, team: str, channel: str | None, max_wait: float) -> bool:
+        """Whether a preview call could go out within ``max_wait`` seconds (takes nothing): lets a
+        frame skip its rendering work when the pacer would skip the call anyway."""
+        now = self.clock()
+        windows = self.windows_for(method, team, channel)
+        return max((w.wait_time(now, urgent=False) for w in windows), default=0.0) <= max_wait
+
     async def acquire(
         self, method: str, team: str, channel: str | None, *, urgent: bool, max_wait: float | None = None
     ) -> bool:

@@ -62,6 +62,11 @@ class EditStreamSink:
     async def frame(self, text: str) -> None:
         if self.closed:
             return
+        c = self.conversation
+        method = "chat.update" if self.refs else "chat.postMessage"
+        if not c.pacer.available_within(method, c.team, c.channel, self.min_interval):
+            c.pacer.stats.skipped_frames += 1
+            return  # no budget for a preview now: skip the rendering too
         await self._show(render_parts(text), urgent=False)
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
