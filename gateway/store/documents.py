@@ -16,8 +16,10 @@ too; sorting on anything but ``_id`` happens in Python over the matching rows.
 re-read it ``FOR UPDATE`` (PostgreSQL waits for the row lock; SQLite ignores the clause), apply
 the update in Python, then ``UPDATE ... WHERE revision = <read revision>``. If another writer got
 there first the update touches no row and the whole read-modify-write is retried, so concurrent
-``$inc`` never loses an increment. Lock timeouts (SQLite "database is locked") and PostgreSQL
-serialization failures and deadlocks are retried the same way.
+``$inc`` never loses an increment, across processes too. Lock timeouts (SQLite "database is
+locked") and PostgreSQL serialization failures and deadlocks are retried the same way. Within one
+process, SQLite writers also queue on a ``WriteGate`` (SQLite has one writer at a time anyway), so
+tasks of one process do not race each other into retries.
 """
 
 from __future__ import annotations
@@ -145,9 +147,10 @@ class DocumentRow(SQLModel, table=True):
 
     __tablename__ = "collection_documents"
     __table_args__ = (
-        Index("ix_collection_documents_user", "collection", "user_id"),
-        Index("ix_collection_documents_team", "collection", "team_id"),
-        Index("ix_collection_documents_session", "collection", "session_id"),
+        # A scoped scan is "WHERE collection = ? AND user_id = ? ORDER BY id": one index range each.
+        Index("ix_collection_documents_user", "collection", "user_id", "id"),
+        Index("ix_collection_documents_team", "collection", "team_id", "id"),
+        Index("ix_collection_documents_session", "collection", "session_id", "id"),
     )
 
     collection: str = Field(primary_key=True, max_length=255)
@@ -276,24 +279,23 @@ def _collect_pushable(filter: Mapping[str, Any], prefilter: _Prefilter) -> None:
                 _collect_pushable(clause, prefilter)
             continue
         column = _PUSHABLE_COLUMNS.get(key)
-        pushed = column is not None and _push_condition(column, key, condition, prefilter)
+        pushed = column is not None and _push_condition(column, condition, prefilter)
         if not pushed:
             prefilter.complete = False
 
 
-def _push_condition(column: Any, key: str, condition: Any, prefilter: _Prefilter) -> bool:
-    def usable(value: Any) -> Any:
-        return normalise_id(value) if key == ID_FIELD else value
-
+def _push_condition(column: Any, condition: Any, prefilter: _Prefilter) -> bool:
+    """Push ``"value"``, ``{"$eq": "value"}`` or ``{"$in": ["a", "b"]}`` (strings only: the columns
+    mirror string fields only, so SQL and ``matches`` always agree)."""
     if isinstance(condition, Mapping) and set(condition) == {"$eq"}:
         condition = condition["$eq"]
     if isinstance(condition, str):
-        prefilter.conditions.append(column == usable(condition))
+        prefilter.conditions.append(column == condition)
         return True
     if isinstance(condition, Mapping) and set(condition) == {"$in"}:
         options = condition["$in"]
         if isinstance(options, list) and all(isinstance(option, str) for option in options):
-            prefilter.conditions.append(column.in_([usable(option) for option in options]))
+            prefilter.conditions.append(column.in_(options))
             return True
     return False
 
