@@ -30,6 +30,8 @@ import aiohttp
 import gateway
 from tests.fakes.slack_api import FakeSlack, SlackGateway
 
+TOP = "top-level"
+"""The conversation key of a top-level DM session (no thread)."""
 STREAM_METHODS = ("chat.postMessage", "chat.update", "chat.startStream", "chat.appendStream", "chat.stopStream")
 
 
@@ -43,9 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--token", default="word ", help="the text of one token (default 'word ')")
     parser.add_argument(
         "--where",
-        choices=("dm", "channel"),
+        choices=("dm", "dm-top", "channel"),
         default="dm",
-        help="dm: each thread in its own user's DM (an assistant app); channel: all threads in one channel",
+        help="dm: each thread in its own user's DM (an assistant app); dm-top: top-level DMs with "
+        "dm_sessions=per_dm (no thread: post + edit); channel: all threads in one channel",
     )
     parser.add_argument(
         "--update-interval", type=float, default=1.0, help="seconds between frames (slack.update_interval)"
@@ -85,11 +88,11 @@ def thread_of(messages: dict[tuple[str, str], dict[str, Any]], call: dict[str, A
     if not channel:
         return None
     if call["method"] in ("chat.postMessage", "chat.startStream"):
-        return (str(channel), str(args["thread_ts"])) if args.get("thread_ts") else None
+        return str(channel), str(args.get("thread_ts") or TOP)
     message = messages.get((str(channel), str(args.get("ts"))))
     if message is None:
         return None
-    return str(channel), str(message["thread_ts"] or message["ts"])
+    return str(channel), str(message["thread_ts"] or TOP)
 
 
 async def run(args: argparse.Namespace, port: int) -> int:
@@ -105,7 +108,7 @@ async def run(args: argparse.Namespace, port: int) -> int:
             for i in range(args.tokens):
                 reply.write(args.token)
                 if i == args.tokens - 1:
-                    last_token_at[str(session.channel.thread_id)] = time.monotonic()
+                    last_token_at[f"{session.channel.chat_id}/{session.channel.thread_id or TOP}"] = time.monotonic()
                 delay = started + (i + 1) * interval - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -119,12 +122,15 @@ async def run(args: argparse.Namespace, port: int) -> int:
                 user, ts = f"U{i:04d}", f"1700000000.{i + 1:06d}"
                 async with http.post(f"{slack.base_url}/_fake/users", json={"id": user, "email": f"u{i}@example.com"}):
                     pass
-                if args.where == "dm":
+                if args.where in ("dm", "dm-top"):
                     event = {"type": "message", "channel": f"D{i:04d}", "channel_type": "im", "user": user}
                 else:
                     event = {"type": "app_mention", "channel": "C0001", "user": user}
                 events.append({**event, "text": "<@UBOT> tell me a long story", "ts": ts})
-            async with SlackGateway(app, data_dir, slack, update_interval=args.update_interval) as gw:
+            dm_sessions = "per_dm" if args.where == "dm-top" else "per_thread"
+            async with SlackGateway(
+                app, data_dir, slack, update_interval=args.update_interval, dm_sessions=dm_sessions
+            ) as gw:
                 started = time.monotonic()
                 results = await asyncio.gather(
                     *(slack.deliver_event(gw.events_url, e, event_id=f"Ev{i}") for i, e in enumerate(events))
@@ -149,17 +155,23 @@ async def run(args: argparse.Namespace, port: int) -> int:
     delays, incomplete, native = [], 0, 0
     delays_by_mode: dict[str, list[float]] = {"native stream": [], "post/edit": []}
     for event in events:
-        channel, ts = event["channel"], event["ts"]
+        channel = event["channel"]
+        ts = TOP if args.where == "dm-top" else event["ts"]
         thread = sorted(
-            (m for m in messages.values() if m["channel"] == channel and m["thread_ts"] == ts and not m["deleted"]),
+            (
+                m
+                for m in messages.values()
+                if m["channel"] == channel and (m["thread_ts"] or TOP) == ts and not m["deleted"]
+            ),
             key=lambda m: float(m["ts"]),
         )
         if "".join(m["visible_text"] for m in thread).strip() != expected.strip():
             incomplete += 1
         streamed_natively = any(m["streamed"] for m in thread)
         native += streamed_natively
-        if ts in last_token_at and (channel, ts) in final_at:
-            delays.append(final_at[(channel, ts)] - last_token_at[ts])
+        token_key = f"{channel}/{ts}"
+        if token_key in last_token_at and (channel, ts) in final_at:
+            delays.append(final_at[(channel, ts)] - last_token_at[token_key])
             delays_by_mode["native stream" if streamed_natively else "post/edit"].append(delays[-1])
 
     methods = Counter(c["method"] for c in calls)
