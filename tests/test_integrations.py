@@ -321,6 +321,40 @@ async def test_tokens_are_refreshed_before_they_expire(
         await chat.stop()
 
 
+async def test_two_gateways_on_one_database_spend_a_refresh_token_once(
+    tmp_path: Any, oauth: FakeOAuthServer, browser: Browser
+) -> None:
+    """Two processes (here two gateways) refreshing the same credentials at once: the provider
+    rotates refresh tokens, so only one may refresh; the other uses its result."""
+    key = generate_key()
+    database = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    first = TestClient(build_app(oauth), tmp_path / "a", database_url=database,
+                       integrations={"encryption_key": key, "providers": providers_for(oauth)})
+    second = TestClient(build_app(oauth), tmp_path / "b", database_url=database,
+                        integrations={"encryption_key": key, "providers": providers_for(oauth)})
+    async with first, second:
+        await connected(first, oauth)
+        chat = await first.conversation("alice")
+        turn = await chat.send("acme")
+        await connect_via_oauth(browser, prompt_of(turn)["connect_url"])
+        await until(lambda: turn.ended)
+        record = await first.gateway.store.get_session(chat.session_id)
+        assert record is not None
+        user = await first.gateway.store.get_user(record.user_id)
+        assert user is not None
+        for client in (first, second):
+            client.gateway.settings.integrations.refresh_margin_seconds = oauth.expires_in + 60
+        oauth.expires_in = 7200  # the renewed token is fresh for both
+        before = len(oauth.token_requests)
+        results = await asyncio.gather(
+            first.gateway.integrations.credentials_for(user, "acme"),
+            second.gateway.integrations.credentials_for(user, "acme"),
+        )
+        assert all(results) and results[0].access_token == results[1].access_token  # type: ignore[union-attr]
+        assert len(oauth.token_requests) - before == 1
+        assert oauth.token_is_valid(results[0].access_token)  # type: ignore[union-attr]
+
+
 # -- revoke ----------------------------------------------------------------------------------
 
 

@@ -123,6 +123,17 @@ class IntegrationRecords:
             )
         return bool(result.rowcount)
 
+    async def delete_if_unchanged(self, scope_key: str, provider: str, *, updated_at: float) -> bool:
+        """Remove dead credentials unless they were replaced meanwhile (a refresh elsewhere)."""
+        async with self.store.write() as db:
+            result = await db.exec(
+                delete(IntegrationCredentialRow)
+                .where(col(IntegrationCredentialRow.scope_key) == scope_key)
+                .where(col(IntegrationCredentialRow.provider) == provider)
+                .where(col(IntegrationCredentialRow.updated_at) == updated_at)
+            )
+        return bool(result.rowcount)
+
     async def delete(self, scope_key: str, provider: str) -> StoredCredential | None:
         """Remove the credentials; returns what was stored (for revoking at the provider)."""
         async with self.store.write() as db:

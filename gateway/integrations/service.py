@@ -8,7 +8,9 @@ pages (``routes.py``) drive a flow through ``begin_oauth``, ``complete_oauth``,
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,7 @@ log = logging.getLogger("chatgate.integrations")
 
 PURGE_EVERY = 600.0  # seconds between purges of old flow rows
 USED_STATUSES = ("exchanging", "connected", "declined")
+LEASE_POLL = 0.05  # seconds between tries for the refresh lease another process holds
 
 
 class FlowRefused(Exception):
@@ -68,6 +71,7 @@ class IntegrationService:
         self.records = IntegrationRecords(runtime.store, cipher)
         self.signer = StateSigner(runtime.settings.resolved_secret_key())
         self._refresh_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._holder = f"integrations-{secrets.token_hex(8)}"
         self._last_purge = 0.0
 
     @property
@@ -147,10 +151,27 @@ class IntegrationService:
             return None if tokens.expires_at <= time.time() else credentials_from(provider, stored.payload)
         lock = self._refresh_locks.setdefault((stored.scope_key, provider.name), asyncio.Lock())
         async with lock:
-            return await self._refresh(provider, stored.scope_key)
+            return await self._refresh_under_lease(provider, stored.scope_key)
 
     def _needs_refresh(self, tokens: TokenSet) -> bool:
         return bool(tokens.expires_at) and tokens.expires_at - self.settings.refresh_margin_seconds <= time.time()
+
+    async def _refresh_under_lease(self, provider: ProviderSpec, scope_key: str) -> IntegrationCredentials | None:
+        """Refresh while holding a store lease, so two processes never spend the same refresh
+        token (a provider that rotates refresh tokens would reject the second as reused)."""
+        store = self.runtime.store
+        name = "int-refresh:" + hashlib.sha256(f"{provider.name}|{scope_key}".encode()).hexdigest()[:40]
+        ttl = self.settings.http_timeout + 5
+        deadline = time.monotonic() + 2 * ttl  # leases expire, so waiting ends; this is a backstop
+        leased = await store.acquire_lease(name, self._holder, ttl)
+        while not leased and time.monotonic() < deadline:
+            await asyncio.sleep(LEASE_POLL)
+            leased = await store.acquire_lease(name, self._holder, ttl)
+        try:
+            return await self._refresh(provider, scope_key)
+        finally:
+            if leased:
+                await store.release_lease(name, self._holder)
 
     async def _refresh(self, provider: ProviderSpec, scope_key: str) -> IntegrationCredentials | None:
         current = await self.records.get(scope_key, provider.name)  # another turn may have refreshed
@@ -163,9 +184,13 @@ class IntegrationService:
             renewed = await self.oauth.refresh(provider, tokens.refresh_token)
         except OAuthFailure as failure:
             if failure.permanent:
+                latest = await self.records.get(scope_key, provider.name)
+                if latest is not None and latest.updated_at != current.updated_at and latest.payload is not None:
+                    # Another process refreshed first (and rotated the refresh token we used).
+                    return credentials_from(provider, latest.payload)
                 log.warning("refreshing %s for %s failed for good (%s); the user must connect again",
                             provider.name, scope_key, failure)
-                await self.records.delete(scope_key, provider.name)
+                await self.records.delete_if_unchanged(scope_key, provider.name, updated_at=current.updated_at)
                 return None
             log.warning("refreshing %s for %s failed (%s); will retry", provider.name, scope_key, failure)
             alive = tokens.expires_at > time.time()
@@ -264,6 +289,7 @@ class IntegrationService:
         await self._resolve_prompt(state, {"connected": True})
 
     async def complete_secret(self, provider: ProviderSpec, state: ConnectState, values: dict[str, str]) -> None:
+        await self._purge_now_and_then()
         if not await self.records.finish(state, "exchanging"):
             raise already_used()
         try:
@@ -278,6 +304,7 @@ class IntegrationService:
     async def decline(self, state: ConnectState, *, error: str = "access_denied", from_provider: bool) -> None:
         """The user said no: on our page (a fresh or pending state) or at the provider (the
         callback of a pending state)."""
+        await self._purge_now_and_then()
         if from_provider:
             if await self.records.claim_pending(state.id, "declined") is None:
                 raise already_used_or_unknown()
