@@ -77,6 +77,7 @@ def harness(store) -> Harness:
 ALICE = ScopeIdentity.for_user(UserInfo("alice", org_id="acme"), "s-alice")
 BOB = ScopeIdentity.for_user(UserInfo("bob", org_id="acme"), "s-bob")
 CAROL = ScopeIdentity.for_user(UserInfo("carol"), "s-carol")
+ALICE_OTHER_CHAT = ScopeIdentity.for_user(UserInfo("alice", org_id="acme"), "s-alice-2")
 
 
 # -- CRUD and the JSON round trip -------------------------------------------------------------------
@@ -587,6 +588,28 @@ async def test_column_schemas(harness):
     assert ("venues", "schema") in harness.changes
     with pytest.raises(RuntimeError):
         await ref.list_columns()  # a user-scoped schema needs a handler context
+
+
+async def test_deleting_a_scope_value_removes_its_documents_and_kv(harness):
+    from gateway.collections import KVStore
+    from gateway.store.documents import delete_scope_data
+
+    harness.manager.declare("scratch", scope="session")
+    harness.manager.declare("notes", scope="user")
+    kv = KVStore(lambda: harness.store).for_identity(ALICE)
+    await harness.manager.scoped(ALICE).scratch.insert_many([{"a": 1}, {"a": 2}])
+    await harness.manager.scoped(ALICE).notes.insert_one({"keep": True})  # user scope: not the session's
+    await harness.manager.scoped(ALICE_OTHER_CHAT).scratch.insert_one({"a": 3})
+    await kv.set("draft", "x")
+    await kv.set("theme", "dark", scope="user")
+    assert await delete_scope_data(harness.store, "session", ALICE.session_id) == (2, 1)
+    assert await harness.manager.scoped(ALICE).scratch.count() == 0
+    assert await harness.manager.scoped(ALICE_OTHER_CHAT).scratch.count() == 1
+    assert await harness.manager.scoped(ALICE).notes.count() == 1
+    assert await kv.get("theme", scope="user") == "dark"
+    assert await delete_scope_data(harness.store, "user", "alice") == (1, 1)
+    with pytest.raises(ValueError):
+        await delete_scope_data(harness.store, "app", "")
 
 
 # -- end to end, through the core: App, handlers, session.db, CollectionRef, app.db -------------------

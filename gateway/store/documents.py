@@ -66,6 +66,7 @@ __all__ = [
     "count_documents",
     "delete_document",
     "delete_documents",
+    "delete_scope_data",
     "find_documents",
     "insert_documents",
     "kv_delete",
@@ -676,6 +677,39 @@ async def delete_documents(
         if settled:
             return total
     raise ConcurrencyError(f"delete from {collection!r}: rows kept changing under the delete")
+
+
+# -- clean-up ------------------------------------------------------------------------------------
+
+_SCOPE_TO_COLUMN = {
+    "user": col(DocumentRow.user_id),
+    "owner": col(DocumentRow.team_id),
+    "session": col(DocumentRow.session_id),
+}
+
+
+async def delete_scope_data(
+    source: SessionSource, scope: str, scope_id: str, *, gate: WriteGate | None = None
+) -> tuple[int, int]:
+    """Delete every document of every collection and every KV entry of one scope value.
+
+    For the core to call when a session or a user is deleted (``("session", session_id)``,
+    ``("user", user_id)``): returns ``(documents deleted, KV entries deleted)``.
+    """
+    column = _SCOPE_TO_COLUMN.get(scope)
+    if column is None or not scope_id:
+        raise ValueError(f"scope must be user, owner or session with a non-empty id, got {scope!r}/{scope_id!r}")
+
+    async def attempt() -> tuple[int, int]:
+        async with _writing(source, gate) as session:
+            documents = await session.exec(delete(DocumentRow).where(column == scope_id))
+            entries = await session.exec(
+                delete(KVRow).where(col(KVRow.scope) == scope, col(KVRow.scope_id) == scope_id)
+            )
+            await session.commit()
+            return int(documents.rowcount), int(entries.rowcount)
+
+    return await _with_retries(f"delete {scope} {scope_id!r} data", attempt)
 
 
 # -- KV ------------------------------------------------------------------------------------------
