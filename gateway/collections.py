@@ -63,6 +63,8 @@ from gateway.store.documents import SessionSource, UpdateResult, WriteGate
 
 __all__ = [
     "SCOPE_FIELDS",
+    "VALID_SCOPES",
+    "Backend",
     "Collection",
     "CollectionManager",
     "CollectionQuery",
@@ -72,10 +74,13 @@ __all__ = [
     "Column",
     "DatabaseProxy",
     "DynamicCollection",
+    "IdentityCollections",
+    "IdentityKV",
     "KVStore",
     "ScopeIdentity",
     "ScopedCollection",
     "ScopedDatabase",
+    "scope_filter",
 ]
 
 log = logging.getLogger(__name__)
