@@ -286,3 +286,40 @@ async def test_a_retried_post_does_not_run_the_handler_twice(tmp_path):
         assert first.id == second.id and calls.count("same") == 1
         listed = await sdk.chat.list_messages(session.id, limit=100)
         assert [m.content for m in listed.data].count("same") == 1
+
+
+def test_sse_frames_are_lf_only_with_one_data_line():
+    from adapters.web.sse import sse_frame
+
+    frame = sse_frame("content", {"content": "line one\nline two\r\n", "emoji": "é😀"})
+    assert frame.count(b"\n") == 3 and b"\r" not in frame
+    event, data, blank = frame.decode().split("\n", 2)
+    assert event == "event: content" and blank == "\n"
+    assert json.loads(data.removeprefix("data: ")) == {"content": "line one\nline two\r\n", "emoji": "é😀"}
+    with pytest.raises(ValueError):
+        sse_frame("bad\nname", {})
+
+
+def test_envelopes_dates_and_pagination():
+    from datetime import UTC, datetime
+
+    from adapters.web.wire import block_text, page_meta, rfc3339
+
+    assert page_meta(42, 1, 20) == {"total": 42, "page": 1, "limit": 20, "pages": 3, "total_pages": 3}
+    assert page_meta(0, 1, 20)["pages"] == 0
+    assert rfc3339(datetime(2026, 1, 2, 3, 4, 5, 123456)) == "2026-01-02T03:04:05.123Z"
+    assert rfc3339(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000Z"
+    suggestions = {"type": "suggestions", "payload": {"title": "Pick", "suggestions": [{"label": "A"}, {"label": "B"}]}}
+    assert block_text(suggestions) == "Pick\n- A\n- B"
+    assert block_text({"type": "task_card", "payload": {"name": "Export", "status": "done"}}) == "Export: done"
+    assert block_text({"type": "mystery", "payload": {"x": 1}}) == '{"x": 1}'
+
+
+async def test_blocks_are_listed_as_system_messages(gw):
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    await sdk.chat.send_message(session.id, content="extras")
+    listed = await sdk.chat.list_messages(session.id)
+    roles = [(m.role, m.content) for m in listed.data]
+    assert roles == [("user", "extras"), ("system", "- a\n- b"), ("assistant", "echo: extras")]
+    assert listed.data[1].metadata["block"]["type"] == "suggestions"

@@ -12,6 +12,10 @@ when scaled out). Events on ``session:<session_id>``:
 - ``{"type": "block", "message_id", "block"}``
 - ``{"type": "notify", "text", "detail"}``
 - ``{"type": "turn_end", "inbound_id", "error"}``
+
+Every event a handler causes also carries ``turn``: the inbound id of the turn that sent it (or
+``None`` outside a turn, e.g. a scheduled broadcast), so a REST stream can pick its own turn's
+content out of a session's traffic without asking the store.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from gateway.context import current_session
 from gateway.outbound import MessageRef
 
 from .wire import now_rfc3339
@@ -32,14 +37,27 @@ def session_topic(session_id: str) -> str:
     return f"session:{session_id}"
 
 
-def assistant_message(message_id: str, text: str, *, status: str = "complete") -> dict[str, Any]:
+def current_turn(session_id: str) -> str | None:
+    """The inbound id of the turn running in ``session_id``, if the caller is that turn's handler.
+
+    The core's Session keeps it as ``_inbound_id``; read defensively until it is public.
+    """
+    session = current_session()
+    if session is None or getattr(session, "id", None) != session_id:
+        return None
+    return getattr(session, "inbound_id", None) or getattr(session, "_inbound_id", None)
+
+
+def assistant_message(
+    message_id: str, text: str, *, status: str = "complete", inbound_id: str | None = None
+) -> dict[str, Any]:
     return {
         "id": message_id,
         "role": "assistant",
         "text": text,
         "status": status,
         "attachments": [],
-        "inbound_id": None,
+        "inbound_id": inbound_id,
         "created_at": now_rfc3339(),
     }
 
@@ -48,7 +66,16 @@ class WebStreamSink:
     """One streamed reply. Publishing is cheap, so frames are never held back here; the core's
     pump already spaces them by ``min_interval``."""
 
-    def __init__(self, bus: Bus, topic: str, message_id: str, min_interval: float, live_texts: dict[str, str]) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        topic: str,
+        message_id: str,
+        min_interval: float,
+        live_texts: dict[str, str],
+        turn: str | None,
+    ) -> None:
+        self._turn = turn
         self._bus = bus
         self._topic = topic
         self._message_id = message_id
@@ -57,13 +84,15 @@ class WebStreamSink:
 
     async def frame(self, text: str) -> None:
         self._live_texts[self._message_id] = text
-        await self._bus.publish(self._topic, {"type": "stream", "message_id": self._message_id, "text": text})
+        await self._bus.publish(
+            self._topic, {"type": "stream", "message_id": self._message_id, "text": text, "turn": self._turn}
+        )
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
         self._live_texts.pop(self._message_id, None)
         await self._bus.publish(
             self._topic,
-            {"type": "done", "message_id": self._message_id, "text": text, "stopped": stopped},
+            {"type": "done", "message_id": self._message_id, "text": text, "stopped": stopped, "turn": self._turn},
         )
         return [self._message_id]
 
@@ -91,25 +120,31 @@ class WebOutbox:
 
     async def send_text(self, message_id: str, text: str) -> list[MessageRef]:
         # A browser takes any length: no splitting on the web.
-        await self._bus.publish(self._topic, {"type": "message", "message": assistant_message(message_id, text)})
+        turn = self._turn()
+        event = {"type": "message", "message": assistant_message(message_id, text, inbound_id=turn), "turn": turn}
+        await self._bus.publish(self._topic, event)
         return [message_id]
 
     def open_stream(self, message_id: str) -> WebStreamSink:
-        return WebStreamSink(self._bus, self._topic, message_id, self._min_interval, self._live_texts)
+        return WebStreamSink(self._bus, self._topic, message_id, self._min_interval, self._live_texts, self._turn())
 
     async def show_block(
         self, message_id: str, envelope: dict[str, Any], previous: list[MessageRef] | None
     ) -> list[MessageRef]:
         # The client replaces a block by its id, so a re-render needs no reference to the old one.
         block = self._with_file_url(envelope)
-        await self._bus.publish(self._topic, {"type": "block", "message_id": message_id, "block": block})
+        event = {"type": "block", "message_id": message_id, "block": block, "turn": self._turn()}
+        await self._bus.publish(self._topic, event)
         return [message_id]
 
     async def notify(self, text: str, detail: str) -> None:
-        await self._bus.publish(self._topic, {"type": "notify", "text": text, "detail": detail})
+        await self._bus.publish(self._topic, {"type": "notify", "text": text, "detail": detail, "turn": self._turn()})
 
     async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
         await self._bus.publish(self._topic, {"type": "turn_end", "inbound_id": inbound_id, "error": error})
+
+    def _turn(self) -> str | None:
+        return current_turn(self._session_id)
 
     def _with_file_url(self, envelope: dict[str, Any]) -> dict[str, Any]:
         """An image from the file store gets a signed URL the browser can load."""

@@ -252,8 +252,9 @@ class WidgetConnection:
     async def _echo(self, inbound_id: str, text: str, attachments: list[Attachment]) -> None:
         """Show the user's message on the session's other sockets (another tab)."""
         assert self.session is not None
+        stored = await self.ctx.core.store.message_for_inbound(self.session.id, inbound_id, role="user")
         message = {
-            "id": inbound_id,
+            "id": stored.id if stored is not None else inbound_id,
             "role": "user",
             "text": text,
             "status": "complete",
@@ -330,8 +331,12 @@ class WidgetConnection:
             await self._deliver_stream(event["message_id"], event["text"])
         elif kind == "done":
             await self._deliver_done(event["message_id"], event["text"], bool(event.get("stopped")))
-        elif kind in ("block", "notify", "turn_end"):
-            await self.send(event)
+        elif kind == "block":
+            await self.send({"type": "block", "message_id": event["message_id"], "block": event["block"]})
+        elif kind == "notify":
+            await self.send({"type": "notify", "text": event["text"], "detail": event["detail"]})
+        elif kind == "turn_end":
+            await self.send({"type": "turn_end", "inbound_id": event["inbound_id"], "error": event["error"]})
 
     async def _deliver_message(self, event: dict[str, Any]) -> None:
         message = event["message"]

@@ -1,9 +1,9 @@
 """One REST turn streamed as PromptRails SSE: ``execution``, ``content``..., ``done`` or ``error``.
 
-Bus events carry no inbound id, and a session's earlier turn may still be running when this one
-is submitted, so content is attributed by the stored message's ``inbound_id`` (one lookup per
-message id). ``execution`` goes out once the turn's user message is stored (the turn started),
-so ``user_message_id`` is real and ``list_messages`` already shows it.
+A session's earlier turn may still be running when this one is submitted, so only events whose
+``turn`` is this inbound id are streamed (``WebOutbox`` tags them). ``execution`` goes out once
+the turn's user message is stored, so ``user_message_id`` is real and ``list_messages`` already
+shows it.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ class TurnStreamer:
         self._session_id = session_id
         self._inbound_id = inbound_id
         self._writer = writer
-        self._owner_of: dict[str, str | None] = {}
         self._sent: dict[str, str] = {}
         """Per message id, the text already sent as content."""
         self._order: list[str] = []
@@ -50,6 +49,7 @@ class TurnStreamer:
 
     async def run(self, queue: EventQueue) -> None:
         deadline = time.monotonic() + self._wait_limit
+        await self._try_start()  # the core stores the user message with the inbound event
         while self._writer.connected:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -100,31 +100,21 @@ class TurnStreamer:
             await self._ensure_started()
             await self._end(event.get("error"))
             return True
+        if event.get("turn") != self._inbound_id:
+            return False
         if kind == "message":
             message = event.get("message") or {}
-            if message.get("role") == "assistant" and await self._ours(message["id"]):
+            if message.get("role") == "assistant":
                 await self._content(message["id"], message.get("text", ""))
         elif kind in ("stream", "done"):
-            if await self._ours(event["message_id"]):
-                await self._content(event["message_id"], event.get("text", ""))
-        elif kind in ("block", "notify"):
-            # These carry no message of ours to check, but the session runs one turn at a time:
-            # once this turn's user message is stored, what follows is this turn's.
-            if not self._started:
-                await self._try_start()
-            if not self._started:
-                return False
-            if kind == "block":
-                await self._writer.send("block", {"message_id": event.get("message_id"), "block": event.get("block")})
-            else:
-                await self._writer.send("notify", {"text": event.get("text", ""), "detail": event.get("detail", "")})
+            await self._content(event["message_id"], event.get("text", ""))
+        elif kind == "block":
+            await self._ensure_started()
+            await self._writer.send("block", {"message_id": event.get("message_id"), "block": event.get("block")})
+        elif kind == "notify":
+            await self._ensure_started()
+            await self._writer.send("notify", {"text": event.get("text", ""), "detail": event.get("detail", "")})
         return False
-
-    async def _ours(self, message_id: str) -> bool:
-        if message_id not in self._owner_of:
-            record = await self._ctx.core.store.get_message(message_id)
-            self._owner_of[message_id] = None if record is None else record.inbound_id
-        return self._owner_of[message_id] == self._inbound_id
 
     async def _content(self, message_id: str, text: str) -> None:
         await self._ensure_started()
