@@ -35,6 +35,10 @@ def make_app() -> gateway.App:
                     reply.write(word + " ")
                     await asyncio.sleep(delay)
             return
+        if text == "deploy":
+            approved = await session.prompt_approval("Deploy to production?", timeout=5)
+            await session.reply("deploying" if approved else "cancelled")
+            return
         if text == "suggest":
             await session.show_suggestions(["Yes please", "No"], title="Sure?")
             return
@@ -54,6 +58,10 @@ def make_app() -> gateway.App:
                     await asyncio.sleep(0.01)
             return
         await session.reply("echo: " + text)
+
+    @app.action("refresh")
+    async def refresh(session: gateway.Session, event: gateway.Event) -> None:
+        await session.reply(f"refreshed {event.payload.get('what')}")
 
     return app
 
@@ -237,6 +245,32 @@ async def test_a_suggestion_button_sends_its_prompt(gw):
         await widget.send("button", block_id=block["id"], value="0")
         reply = await widget.until(lambda f: f["type"] == "message" and f["message"]["role"] == "assistant")
         assert reply["message"]["text"] == "echo: Yes please"
+
+
+async def test_approval_buttons_answer_a_waiting_prompt(gw):
+    async with aiohttp.ClientSession() as http:
+        widget = await open_widget(http, gw)
+        await widget.hello()
+        for value, expected in (("approve", "deploying"), ("reject", "cancelled")):
+            await widget.send("message", text="deploy")
+            block = (await widget.until(lambda f: f["type"] == "block"))["block"]
+            assert block["type"] == "approval_prompt" and block["payload"]["blocking"] is True
+            await widget.send("button", block_id=block["id"], value=value)
+            reply = await widget.until(lambda f: f["type"] == "message" and f["message"]["role"] == "assistant")
+            assert reply["message"]["text"] == expected
+            await widget.turn()
+            updates = [f["block"] for f in widget.frames if f["type"] == "block" and f["block"]["id"] == block["id"]]
+            assert updates[-1]["payload"]["approved"] is (value == "approve")
+
+
+async def test_an_action_frame_runs_the_action_handler(gw):
+    async with aiohttp.ClientSession() as http:
+        widget = await open_widget(http, gw)
+        await widget.hello()
+        await widget.send("action", name="refresh", payload={"what": "prices"})
+        reply = await widget.until(lambda f: f["type"] == "message")
+        assert reply["message"]["text"] == "refreshed prices"
+        assert (await widget.turn())["error"] is None
 
 
 async def upload(http: aiohttp.ClientSession, gw, widget: Widget, name: str, data: bytes, ctype: str = "text/plain"):

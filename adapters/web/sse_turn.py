@@ -22,7 +22,8 @@ log = logging.getLogger("chatgate.web.sse")
 START_POLL_SECONDS = 0.05
 """How often to look for the stored user message until the turn has started."""
 KEEPALIVE_SECONDS = 15.0
-"""A comment line this often keeps proxies from closing an idle stream (the SDK ignores it)."""
+"""A comment line this often keeps proxies from closing an idle stream (the SDK ignores it);
+each tick also checks that the session still exists."""
 MESSAGE_SEPARATOR = "\n\n"
 """Between two messages of one turn in the concatenated content."""
 ERROR_MESSAGES = {
@@ -63,6 +64,10 @@ class TurnStreamer:
             if event is False:
                 if not self._started:
                     await self._try_start()
+                elif await self._ctx.core.store.get_session(self._session_id) is None:
+                    # Deleted mid-turn: the core drops the turn without a turn_end.
+                    await self._writer.send("error", {"message": "the session was deleted", "code": errors.NOT_FOUND})
+                    return
                 else:
                     await self._writer.comment("keepalive")
                 continue
