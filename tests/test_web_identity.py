@@ -153,6 +153,19 @@ async def test_anonymous_visitors_keep_their_id_and_only_see_their_sessions(gw):
             assert response.status == 404
 
 
+async def test_a_stale_cookie_is_replaced_not_refused(gw):
+    async with aiohttp.ClientSession() as http:
+        stale = {"chatgate_uid": VisitorTokens("an-old-secret-key").mint().visitor_token}
+        async with http.get(f"{base_url(gw)}/api/widget/identity", cookies=stale) as response:
+            assert response.status == 200
+            fresh = response.cookies["chatgate_uid"].value
+        assert fresh != stale["chatgate_uid"]
+        cookie_header = {"Cookie": f"chatgate_uid={stale['chatgate_uid']}"}
+        async with http.ws_connect(f"{base_url(gw)}/ws", headers=cookie_header) as ws:
+            await ws.send_json({"type": "hello", "id": "h", "session_id": None})
+            assert (await ws.receive_json(timeout=5))["type"] == "ready"
+
+
 async def test_the_page_sets_the_visitor_cookie(gw):
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base_url(gw)}/") as response:

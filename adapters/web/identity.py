@@ -116,9 +116,17 @@ class IdentityResolver:
         token = request.query.get("token")
         if token:
             return WebIdentity(verify_host_token(token, self._identity_secret))
-        visitor = request.query.get("visitor") or request.cookies.get(VISITOR_COOKIE)
+        visitor = request.query.get("visitor")
         if visitor:
             return self._visitors.verify(visitor)
+        cookie = request.cookies.get(VISITOR_COOKIE)
+        if cookie:
+            try:
+                return self._visitors.verify(cookie)
+            except IdentityRefused:
+                # An HttpOnly cookie the page cannot clear (the secret key changed): replace it
+                # with a new visitor rather than lock the page out. It never grants more.
+                pass
         return self._visitors.mint() if mint else None
 
     def remember(self, response: web.StreamResponse, identity: WebIdentity) -> None:
