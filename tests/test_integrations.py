@@ -433,6 +433,15 @@ async def test_revoke_with_the_cli(tmp_path: Any, oauth: FakeOAuthServer, browse
 
         status, output = await asyncio.to_thread(cli, "list", "--config", str(config))
         assert status == 0 and "acme" in output and user_id in output and token not in output
+
+        # The same through `chatgate integrations ...` (gateway.cli wires register_cli/run_cli).
+        from gateway.cli import main
+
+        assert await asyncio.to_thread(main, ["integrations", "list", "--user", user_id, "--config", str(config)]) == 0
+        broken = tmp_path / "broken.toml"
+        broken.write_text(config.read_text().replace(f'encryption_key = "{key}"', 'encryption_key = "nope"'))
+        assert await asyncio.to_thread(main, ["integrations", "revoke", "acme", "--user", user_id,
+                                              "--config", str(broken)]) == 2  # a clear config error
         status, output = await asyncio.to_thread(cli, "revoke", "acme", "--user", user_id, "--config", str(config))
         assert status == 0 and f"revoked acme for {user_id}" in output and "revoked the tokens too" in output
         assert not oauth.token_is_valid(token)
