@@ -30,8 +30,9 @@ log = logging.getLogger("chatgate.web.rest")
 WATCH_GRACE_SECONDS = 30.0
 """How much longer than the handler timeout a watcher waits for ``turn_end`` before giving up."""
 UNBOUNDED_WATCH_SECONDS = 6 * 3600.0
-SUBMIT_POLL_SECONDS = 0.01
 """The watch limit when handlers have no timeout (``dispatch.handler_timeout = 0``)."""
+SUBMIT_POLL_SECONDS = 0.01
+"""Until ``submit`` returns the inbound id, how often the watcher checks for it."""
 
 
 @dataclass

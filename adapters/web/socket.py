@@ -3,7 +3,7 @@
 One ``WidgetConnection`` per socket. Inbound frames are validated and submitted; a forwarding task
 subscribes to the session's bus topic *before* it replays the stored history, so nothing that
 happens during the replay is missed, and it tracks the text the client holds for every message,
-so neither a replay nor a live delta ever repeats text (docs/web-protocol.md).
+so neither a replay nor a live delta ever repeats text (``feed.py``, docs/web-protocol.md).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from . import errors
 from .context import WIDGET_CHANNEL, WebContext
 from .cors import origin_allowed
 from .errors import WebError, error_frame
+from .feed import ClientFeed
 from .identity import IdentityRefused, WebIdentity
 from .outbox import session_topic
 from .uploads import attachment_for
-from .wire import now_rfc3339, public_attachments, widget_frame
+from .wire import now_rfc3339, public_attachments
 
 log = logging.getLogger("chatgate.web.socket")
 
@@ -41,20 +42,6 @@ HARD_LIMIT_FACTOR = 4
 """A frame this many times over ``max_frame_bytes`` closes the socket (aiohttp, code 1009)."""
 FRAME_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REPLAY_PAGE = 200
-FINISHED = frozenset({"complete", "stopped", "failed"})
-
-
-def utf16_len(text: str) -> int:
-    """JavaScript's ``string.length``: delta offsets are counted the way the browser counts."""
-    return len(text.encode("utf-16-le")) // 2
-
-
-def common_prefix(a: str, b: str) -> str:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return a[:i]
 
 
 async def websocket_handler(ctx: WebContext, request: web.Request) -> web.StreamResponse:
@@ -94,9 +81,9 @@ class WidgetConnection:
         self.session: SessionRecord | None = None
         self._forwarder: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
-        self._texts: dict[str, str] = {}
-        """The text the client holds for each message it has seen."""
-        self._finished: set[str] = set()
+        self._feed = ClientFeed(
+            self.send, connection_id=self.connection_id, live_texts=ctx.live_texts, sign_file=ctx.sign_file
+        )
         self._max_frame = ctx.settings.web.max_frame_bytes
 
     @property
@@ -271,8 +258,7 @@ class WidgetConnection:
         if self._forwarder is not None:
             self._forwarder.cancel()
         if ready:
-            self._texts.clear()
-            self._finished.clear()
+            self._feed.reset()
         self._forwarder = asyncio.create_task(
             self._forward(session, after, ready), name=f"web-socket-{self.connection_id}"
         )
@@ -284,7 +270,7 @@ class WidgetConnection:
                     await self.send(self._ready_frame(session))
                 await self._replay(session.id, after)
                 async for event in events:
-                    await self._deliver(event)
+                    await self._feed.deliver(event)
                     if self.ws.closed:
                         return
         except asyncio.CancelledError:
@@ -311,84 +297,10 @@ class WidgetConnection:
                 session_id, offset=offset, limit=REPLAY_PAGE, after_id=after
             )
             for record in records:
-                if record.status == "streaming" and record.id in self.ctx.live_texts:
-                    record.text = self.ctx.live_texts[record.id]
-                frame = widget_frame(record, self.ctx.sign_file)
-                if frame["type"] == "message":
-                    self._texts[record.id] = record.text
-                    if record.status in FINISHED:
-                        self._finished.add(record.id)
-                await self.send(frame)
+                await self._feed.replay(record)
             if len(records) < REPLAY_PAGE:
                 return
             offset += len(records)
-
-    async def _deliver(self, event: dict[str, Any]) -> None:
-        kind = event.get("type")
-        if kind == "message":
-            await self._deliver_message(event)
-        elif kind == "stream":
-            await self._deliver_stream(event["message_id"], event["text"])
-        elif kind == "done":
-            await self._deliver_done(event["message_id"], event["text"], bool(event.get("stopped")))
-        elif kind == "block":
-            await self.send({"type": "block", "message_id": event["message_id"], "block": event["block"]})
-        elif kind == "notify":
-            await self.send({"type": "notify", "text": event["text"], "detail": event["detail"]})
-        elif kind == "turn_end":
-            await self.send({"type": "turn_end", "inbound_id": event["inbound_id"], "error": event["error"]})
-
-    async def _deliver_message(self, event: dict[str, Any]) -> None:
-        message = event["message"]
-        if event.get("origin") == self.connection_id or message["id"] in self._finished:
-            return
-        self._texts[message["id"]] = message["text"]
-        if message.get("status") in FINISHED:
-            self._finished.add(message["id"])
-        await self.send({"type": "message", "message": message})
-
-    async def _deliver_stream(self, message_id: str, text: str) -> None:
-        if message_id in self._finished:
-            return
-        have = self._texts.get(message_id)
-        self._texts[message_id] = text
-        if have is None:
-            message = {
-                "id": message_id,
-                "role": "assistant",
-                "text": text,
-                "status": "streaming",
-                "attachments": [],
-                "inbound_id": None,
-                "created_at": now_rfc3339(),
-            }
-            await self.send({"type": "message", "message": message})
-            return
-        if text == have:
-            return
-        prefix = have if text.startswith(have) else common_prefix(have, text)
-        delta = {"type": "delta", "message_id": message_id, "offset": utf16_len(prefix), "delta": text[len(prefix) :]}
-        await self.send(delta)
-
-    async def _deliver_done(self, message_id: str, text: str, stopped: bool) -> None:
-        if message_id in self._finished and self._texts.get(message_id) == text:
-            return
-        known = message_id in self._texts
-        self._texts[message_id] = text
-        self._finished.add(message_id)
-        if known:
-            await self.send({"type": "done", "message_id": message_id, "text": text, "stopped": stopped})
-            return
-        message = {
-            "id": message_id,
-            "role": "assistant",
-            "text": text,
-            "status": "stopped" if stopped else "complete",
-            "attachments": [],
-            "inbound_id": None,
-            "created_at": now_rfc3339(),
-        }
-        await self.send({"type": "message", "message": message})
 
     async def send(self, frame: dict[str, Any]) -> None:
         """Send one frame; a socket that has gone away is not an error (its client will resume)."""
