@@ -374,3 +374,40 @@ async def test_a_server_restart_mid_conversation(tmp_path):
             assert texts == ["echo: after"]  # the replay after last_id repeats nothing
             records, _ = await second_gw.store.list_messages(widget.session_id)
             assert [r.text for r in records] == ["before", "echo: before", "after", "echo: after"]
+
+
+async def test_the_feed_never_repeats_text():
+    from datetime import datetime
+
+    from adapters.web.feed import ClientFeed
+    from gateway.store.records import MessageRecord
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(frame: dict[str, Any]) -> None:
+        sent.append(frame)
+
+    live = {"m1": "Hello wor"}
+    feed = ClientFeed(send, connection_id="c1", live_texts=live, sign_file=lambda f, s: f"signed:{f}")
+    record = MessageRecord(
+        "m1", "s1", "assistant", "", None, [], "in1", "streaming", [], datetime(2026, 1, 1), datetime(2026, 1, 1)
+    )
+    await feed.replay(record)  # joins mid-stream: starts from the live text, not the stored ""
+    await feed.deliver({"type": "stream", "message_id": "m1", "text": "Hello wor", "turn": "in1"})  # already has it
+    await feed.deliver({"type": "stream", "message_id": "m1", "text": "Hello world 😀", "turn": "in1"})
+    await feed.deliver({"type": "done", "message_id": "m1", "text": "Hello world 😀!", "stopped": False})
+    await feed.deliver({"type": "done", "message_id": "m1", "text": "Hello world 😀!", "stopped": False})
+    await feed.deliver({"type": "message", "message": {"id": "u2", "text": "mine"}, "origin": "c1"})
+    await feed.deliver({"type": "stream", "message_id": "m2", "text": "new", "turn": "in2"})
+    assert [f["type"] for f in sent] == ["message", "delta", "done", "message"]
+    assert sent[0]["message"]["text"] == "Hello wor"
+    assert sent[1] == {"type": "delta", "message_id": "m1", "offset": 9, "delta": "ld 😀"}
+    assert sent[3]["message"] | {"created_at": None} == {
+        "id": "m2",
+        "role": "assistant",
+        "text": "new",
+        "status": "streaming",
+        "attachments": [],
+        "inbound_id": "in2",
+        "created_at": None,
+    }
