@@ -175,12 +175,12 @@ async def run(args: argparse.Namespace, port: int) -> int:
             delays_by_mode["native stream" if streamed_natively else "post/edit"].append(delays[-1])
 
     methods = Counter(c["method"] for c in calls)
-    rate_limited = sum(1 for c in calls if c["status"] == 429)
+    rate_limited = Counter(c["method"] for c in calls if c["status"] == 429)
     ms = 1000
     print(f"threads {args.threads} x {args.tokens} tokens at {args.rate:g}/s ({args.where}), wall {wall:.1f} s")
     print(f"acks: {dict(statuses)}; ack time p50 {percentile(acks, 0.5) * ms:.0f} ms, max {max(acks) * ms:.0f} ms")
     print(f"Web API calls: {len(calls)} (" + ", ".join(f"{m} {n}" for m, n in sorted(methods.items())) + ")")
-    print(f"HTTP 429s: {rate_limited}")
+    print(f"HTTP 429s: {sum(rate_limited.values())}" + (f" {dict(rate_limited)}" if rate_limited else ""))
     print(f"replies streamed natively: {native}/{args.threads}; incomplete final texts: {incomplete}")
     print(f"preview frames skipped by the pacer: {stats.skipped_frames}")
     if delays:

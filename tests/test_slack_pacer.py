@@ -24,8 +24,8 @@ def test_sliding_window_counts_calls_in_the_window() -> None:
     for t in (0.0, 0.1, 0.2):
         assert window.wait_time(t, urgent=True) == 0
         window.record(t)
-    assert window.wait_time(0.3, urgent=True) == pytest.approx(1.02 - 0.3)
-    assert window.wait_time(1.03, urgent=True) == 0  # the first call left the window
+    assert window.wait_time(0.3, urgent=True) == pytest.approx(1.52 - 0.3)  # Slack's 1 s + 2% + 0.5 s
+    assert window.wait_time(1.53, urgent=True) == 0  # the first call left the window
 
 
 def test_previews_leave_a_reserve_for_finals() -> None:
@@ -130,3 +130,15 @@ async def test_available_within_peeks_without_taking_a_slot() -> None:
     assert await pacer.acquire("chat.update", "T1", "C1", urgent=False)
     assert not pacer.available_within("chat.update", "T1", "C1", 1.0)
     assert pacer.available_within("chat.update", "T2", "C1", 0)  # another workspace
+
+
+def test_pending_finals_keep_previews_out() -> None:
+    window = SlidingWindowBudget(Budget(10, 1.0), reserve=1)
+    window.pending_finals = 9
+    assert window.wait_time(0.0, urgent=False) > 0  # no room for previews at all
+    assert window.wait_time(0.0, urgent=True) == 0
+    window.pending_finals = 4
+    for i in range(5):
+        assert window.wait_time(i / 100, urgent=False) == 0
+        window.record(i / 100)
+    assert window.wait_time(0.1, urgent=False) > 0  # 10 - 1 reserve - 4 finals = 5 previews

@@ -31,8 +31,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 WINDOW_MARGIN = 1.02
-"""Our windows are 2% longer than Slack's, so a call that spends a while in flight still lands
-in a window Slack has already cleared."""
+WINDOW_MARGIN_SECONDS = 0.5
+"""Our windows are 2% + 0.5 s longer than Slack's: calls sent in order may arrive out of order
+(a busy event loop, a slow connection), and each must still land in a window Slack has cleared."""
 MAX_RATE_LIMIT_RETRIES = 6
 """Urgent calls retried after this many 429s in a row give up and raise (the core logs it)."""
 DEFAULT_RETRY_AFTER = 1.0
@@ -48,17 +49,24 @@ class SlidingWindowBudget:
 
     def __init__(self, budget: Budget, *, reserve: int) -> None:
         self.budget = budget
-        self.window = budget.window * WINDOW_MARGIN
+        self.window = budget.window * WINDOW_MARGIN + WINDOW_MARGIN_SECONDS
         self.reserve = reserve
         self.sent: deque[float] = deque()
         self.blocked_until = 0.0
+        self.pending_finals = 0
+        """Conversations that will need one urgent call here (a final edit): kept free of previews."""
 
     def wait_time(self, now: float, *, urgent: bool) -> float:
         """Seconds until one more call fits (0 when it fits now)."""
         while self.sent and self.sent[0] <= now - self.window:
             self.sent.popleft()
-        limit = self.budget.calls if urgent else max(1, self.budget.calls - self.reserve)
+        if urgent:
+            limit = self.budget.calls
+        else:
+            limit = max(1, self.budget.calls - self.reserve) - self.pending_finals
         wait = max(0.0, self.blocked_until - now)
+        if limit <= 0:
+            return max(wait, self.window)  # previews wait until finals no longer need the room
         if len(self.sent) >= limit:
             oldest_that_must_expire = self.sent[len(self.sent) - limit]
             wait = max(wait, oldest_that_must_expire + self.window - now)
@@ -135,6 +143,19 @@ class SlackPacer:
         if channel_budget is not None and channel:
             windows.append(self._window(("channel", team, channel, method), channel_budget))
         return windows
+
+    def reserve_final(self, method: str, team: str) -> None:
+        """A conversation will need one urgent ``method`` call (its final edit): previews in the
+        workspace leave room for it until ``release_final``."""
+        budget = self.method_budgets.get(method)
+        if budget is not None:
+            self._window(("team", team, method), budget).pending_finals += 1
+
+    def release_final(self, method: str, team: str) -> None:
+        budget = self.method_budgets.get(method)
+        if budget is not None:
+            window = self._window(("team", team, method), budget)
+            window.pending_finals = max(0, window.pending_finals - 1)
 
     def available_within(self, method: str, team: str, channel: str | None, max_wait: float) -> bool:
         """Whether a preview call could go out within ``max_wait`` seconds (takes nothing): lets a

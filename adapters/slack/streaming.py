@@ -58,6 +58,7 @@ class EditStreamSink:
         self.refs: list[str] = []
         self.shown: list[Part] = []
         self.closed = False
+        self.final_reserved = False
 
     async def frame(self, text: str) -> None:
         if self.closed:
@@ -73,12 +74,16 @@ class EditStreamSink:
         if self.closed:
             return list(self.refs)
         self.closed = True
-        parts = render_parts(final_text(text, stopped))
-        await self._show(parts, urgent=True)
-        for ts in self.refs[len(parts) :]:  # previews the final text no longer needs
-            await self.conversation.delete(ts)
-        self.refs = self.refs[: len(parts)]
-        return list(self.refs)
+        try:
+            parts = render_parts(final_text(text, stopped))
+            await self._show(parts, urgent=True)
+            for ts in self.refs[len(parts) :]:  # previews the final text no longer needs
+                await self.conversation.delete(ts)
+            self.refs = self.refs[: len(parts)]
+            return list(self.refs)
+        finally:
+            if self.final_reserved:
+                self.conversation.pacer.release_final("chat.update", self.conversation.team)
 
     async def _show(self, parts: list[Part], *, urgent: bool) -> None:
         max_wait = None if urgent else self.min_interval
@@ -95,6 +100,10 @@ class EditStreamSink:
                     return
                 self.refs.append(ts)
                 self.shown.append(part)
+                if not urgent and not self.final_reserved:
+                    # A preview is showing: its final edit must not wait behind other previews.
+                    self.conversation.pacer.reserve_final("chat.update", self.conversation.team)
+                    self.final_reserved = True
 
 
 class NativeStreamSink:
@@ -116,6 +125,12 @@ class NativeStreamSink:
     async def frame(self, text: str) -> None:
         if self.closed:
             return
+        c = self.conversation
+        if self.fallback is None and self.current_ts is None and not self.sent:
+            if not c.pacer.available_within("chat.startStream", c.team, c.channel, self.min_interval):
+                # The workspace's stream starts are spent for now: preview by post + edit instead
+                # of showing nothing until the end.
+                self._use_fallback()
         if self.fallback is not None:
             await self.fallback.frame(text[self.fallback_offset :])
             return
