@@ -323,3 +323,18 @@ async def test_blocks_are_listed_as_system_messages(gw):
     roles = [(m.role, m.content) for m in listed.data]
     assert roles == [("user", "extras"), ("system", "- a\n- b"), ("assistant", "echo: extras")]
     assert listed.data[1].metadata["block"]["type"] == "suggestions"
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+async def test_rest_and_stream_over_the_redis_bus_and_postgres(tmp_path, redis_url, postgres_url):
+    """The scaled-out seams: every bus event crosses Redis as JSON, the store is PostgreSQL."""
+    settings = {"web": {"api_keys": [KEY]}, "redis": {"url": redis_url}, "database": {"url": postgres_url}}
+    async with running_gateway(make_app(), tmp_path, **settings) as gw:
+        sdk = client(gw)
+        session = await sdk.chat.create_session(agent_id="support")
+        assert (await sdk.chat.send_message(session.id, content="hi")).content == "support: hi"
+        other = await sdk.chat.create_session(agent_id="default")
+        events = [e async for e in sdk.chat.send_message_stream(other.id, content="stream r s")]
+        assert "".join(e.content for e in events if e.type == "content") == "r s "
+        assert events[-1].type == "done"
