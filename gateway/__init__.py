@@ -5,6 +5,7 @@ Capsule chat app unchanged.
 """
 
 from gateway.app import App
+from gateway.collections import CollectionManager, CollectionRef, Column, DynamicCollection
 from gateway.context import current_session
 from gateway.session import Session
 from gateway.streaming import ReplyStream
@@ -91,6 +92,10 @@ __all__ = [
     "Channel",
     "ChannelRef",
     "Chat",
+    "CollectionManager",
+    "CollectionRef",
+    "Column",
+    "DynamicCollection",
     "Event",
     "FileUpload",
     "FileUploadTimeout",

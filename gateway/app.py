@@ -75,6 +75,7 @@ class App:
         self.runtime: Any = None
         """The running Gateway (set at start); ``None`` before ``chatgate run`` starts it."""
         self._collections: Any = None
+        self._kv_store: Any = None
 
     @property
     def collections(self) -> Any:
@@ -215,6 +216,15 @@ class App:
 
         return task_decorator(self, *args, **kwargs)
 
+    async def broadcast(
+        self, content: Any, *, session_ids: Any = None, channel: str | None = None, concurrency: int | None = None
+    ) -> Any:
+        """Send text, a Block or ``f(session)`` to many sessions within each channel's pacing;
+        returns a ``BroadcastResult`` (see gateway.broadcast)."""
+        from gateway.broadcast import broadcast
+
+        return await broadcast(self, content, session_ids=session_ids, channel=channel, concurrency=concurrency)
+
     # -- data --------------------------------------------------------------------------------
 
     def collection(self, name: str, **options: Any) -> CollectionRef:
@@ -236,9 +246,12 @@ class App:
         await self._kv().delete(key, scope="app", scope_id="")
 
     def _kv(self) -> Any:
-        from gateway.collections import KVStore
+        """One KV store per app, sharing the collections' SQLite write queue."""
+        if self._kv_store is None:
+            from gateway.collections import KVStore
 
-        return KVStore(self._store)
+            self._kv_store = KVStore(self._store, write_gate=self.collections.backend.gate)
+        return self._kv_store
 
     # -- integrations ----------------------------------------------------------------------
 

@@ -178,7 +178,12 @@ class Gateway:
                 except Exception:
                     log.exception("@app.exit hook %s failed", getattr(hook, "__name__", hook))
         self.dispatcher.stop(session_id)
-        return await self.store.delete_session(session_id)
+        deleted = await self.store.delete_session(session_id)
+        if deleted:
+            from gateway.store.documents import delete_scope_data
+
+            await delete_scope_data(self.store, "session", session_id, gate=self.app.collections.backend.gate)
+        return deleted
 
     # -- lifecycle ---------------------------------------------------------------------------
 

@@ -471,9 +471,7 @@ class Session:
 
     def _scope_id(self, scope: str) -> str:
         if scope == "session":
-            if not self.id:
-                raise RuntimeError("session-scoped keys need a real session (this one has no id)")
-            return self.id
+            return self.id  # "" in a synthetic session: one shared bucket, as in Capsule
         if scope == "user":
             return self.user.id
         if scope == "owner":
@@ -483,19 +481,24 @@ class Session:
         raise ValueError(f"scope must be session, user, owner or app, not {scope!r}")
 
     def _kv(self) -> Any:
-        from gateway.collections import KVStore
+        return self._rt.app._kv()
 
-        return KVStore(lambda: self._rt.store)
+    @property
+    def collections(self) -> Any:
+        """``await session.collections.get(name, scope=...)``: collections by name at run time."""
+        return self._rt.app.collections.for_identity(self._identity())
+
+    def _identity(self) -> Any:
+        from gateway.collections import ScopeIdentity
+
+        return ScopeIdentity(user_id=self.user.id, owner_id=self.user.owner_id, session_id=self.id)
 
     @property
     def db(self) -> Any:
         """``session.db.<collection>``: the app's collections scoped to this user/owner/session."""
-        from gateway.collections import ScopeIdentity
-
         if self._runtime is None:
             raise RuntimeError("no database: this session is not attached to a running gateway")
-        identity = ScopeIdentity(user_id=self.user.id, owner_id=self.user.owner_id, session_id=self.id)
-        return self._rt.app.collections.scoped(identity)
+        return self._rt.app.collections.scoped(self._identity())
 
 
 async def _aiter(source: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:

@@ -414,3 +414,22 @@ async def test_scoped_kv_in_every_scope(tmp_path, database_url):
         assert await app.get("k") == 43
         await app.delete("k")
         assert await app.get("k", "gone") == "gone"
+
+
+async def test_deleting_a_session_deletes_its_session_scoped_data(tmp_path):
+    app = gateway.App("cleanup")
+    app.collection("scratch", scope="session")
+
+    @app.message()
+    async def handle(session, msg):
+        await session.db.scratch.insert_one({"text": msg.text})
+        await session.set("seen", True)
+        await session.reply(str(await session.db.scratch.count()))
+
+    async with TestClient(app, tmp_path) as client:
+        conv = await client.conversation()
+        assert (await conv.send("a")).replies == ["1"]
+        await client.gateway.delete_session(conv.session_id)
+        assert await app.db.scratch.count() == 0
+        kv = app._kv()
+        assert await kv.get("seen", "gone", scope="session", scope_id=conv.session_id) == "gone"
