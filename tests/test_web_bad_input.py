@@ -253,3 +253,14 @@ async def test_the_rest_api_is_closed_without_keys(tmp_path):
     async with running_gateway(make_app(), tmp_path) as gw, aiohttp.ClientSession() as http:
         status, _, body = await rest(http, gw, "GET", "/chat/sessions")
         assert status == 401 and "api_keys" in body["error"]["message"]
+
+
+async def test_a_deleted_session_is_not_found_on_the_socket(gw):
+    async with aiohttp.ClientSession() as http, http.ws_connect(f"{base_url(gw)}/ws") as ws:
+        ready = await hello(ws)
+        await gw.store.delete_session(ready["session_id"])
+        await ws.send_json({"type": "message", "id": "m1", "text": "anyone?"})
+        await expect_error(ws, "not_found")
+        await ws.send_json({"type": "message", "id": "m2", "text": "anyone?"})
+        await expect_error(ws, "not_ready")
+        assert (await hello(ws))["type"] == "ready"

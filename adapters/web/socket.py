@@ -136,6 +136,9 @@ class WidgetConnection:
             await handler(self, frame)
         except WebError as exc:
             await self.send(error_frame(exc.code, exc.message, frame_id))
+        except LookupError:  # the core's UnknownSession: the session was deleted meanwhile
+            self.session = None
+            await self.send(error_frame(errors.NOT_FOUND, "session not found; send hello", frame_id))
         except Exception:
             log.exception("socket %s: %s frame failed", self.connection_id, kind)
             await self.send(error_frame(errors.INTERNAL, "the server could not handle this frame", frame_id))
