@@ -107,6 +107,8 @@ def build_app() -> gateway.App:
             await session.notify("Looking it up", detail="step 1 of 1")
             await asyncio.sleep(0.4)
             await stream_words(session, RICH_MARKDOWN, 0.03)
+        elif text == "counting":
+            await stream_words(session, " ".join(f"n{i}" for i in range(80)), 0.02)
         elif text == "slow":
             await stream_words(session, " ".join(f"tick{i}" for i in range(400)), 0.03)
         elif text == "upload":
@@ -190,7 +192,7 @@ def make_settings(tmp_path: Path, port: int = 0) -> Settings:
         secret_key="widget-test-secret",
         server={"host": "127.0.0.1", "port": port},
         database={"url": f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}"},
-        files={"dir": str(tmp_path / "files"), "max_upload_bytes": 1_000_000},
+        files={"dir": str(tmp_path / "files"), "max_upload_bytes": 1_000_000, "accepted_types": ["text/*", "image/*"]},
         web={"title": "Widget Test", "accent_color": "#4f46e5"},
         scheduler={"enabled": False},
     )
@@ -451,8 +453,24 @@ async def test_file_prompt_uploads_with_progress_and_answers_the_handler(running
     )
     error = page.locator(".cg-card[data-block-type=file_upload]:not(.cg-completed) .cg-upload-status.cg-error-text")
     await error.wait_for()
-    assert await error.inner_text() != ""
+    assert await error.inner_text() == "big.txt is too large: the limit is 977 KB."
     assert await page.locator(".cg-upload-choose:not([disabled])").count() == 1  # the user can pick another
+
+    # A type the gateway refuses (files.accepted_types): the server's 415 message is shown.
+    await page.locator(".cg-card[data-block-type=file_upload]:not(.cg-completed) input[type=file]").set_input_files(
+        {"name": "archive.zip", "mimeType": "application/zip", "buffer": b"PK\x03\x04"}
+    )
+    await page.wait_for_function(
+        """() => { const n = document.querySelector('.cg-card[data-block-type=file_upload]:not(.cg-completed)'
+                   + ' .cg-upload-status.cg-error-text'); return n && !n.innerText.includes('big.txt'); }"""
+    )
+    refused = await error.inner_text()
+    assert "archive.zip" in refused or "type" in refused.lower(), refused
+    assert await page.locator(".cg-upload-choose:not([disabled])").count() == 1
+
+    # Stop gives up on the waiting prompt: the handler ends, the composer is free again.
+    await page.click(".cg-stop")
+    await page.wait_for_selector(".cg-stop", state="hidden")
 
 
 async def test_suggestion_buttons_send_a_prompt_or_run_an_action(running_gateway: Gateway, open_page) -> None:
@@ -536,6 +554,9 @@ async def test_blocks_render_and_update_in_place(running_gateway: Gateway, open_
     assert "Rendered by the fallback." in await fallback.inner_text()
 
     assert await approval.locator("button").all_inner_texts() == ["Deploy", "Cancel"]
+    # The handler waits for the user: no "typing" dots, but it can still be stopped.
+    assert await page.locator(".cg-typing-row").is_hidden()
+    assert await page.locator(".cg-stop").is_visible()
     await approval.locator("button", has_text="Deploy").click()
     await wait_reply(page, "Deploying now.")
     await page.wait_for_function(
@@ -705,6 +726,93 @@ async def test_server_restart_mid_conversation_loses_and_repeats_nothing(
             await first.stop()
         if second is not None:
             await second.stop()
+
+
+async def test_server_restart_while_a_reply_streams_matches_the_stored_history(
+    tmp_path: Path, free_port: int, open_page
+) -> None:
+    """Whatever the core does with an interrupted reply, the live page ends up showing exactly
+    what a fresh load of the stored history shows: no text lost, none doubled."""
+    first = Gateway(build_app(), make_settings(tmp_path, free_port))
+    await first.start()
+    first_running = True
+    second: Gateway | None = None
+    try:
+        page = await open_page(first.public_url + "/?reconnect_ms=100")
+        await send(page, "counting")
+        await page.wait_for_function(
+            """() => (document.querySelector('.cg-row[data-role=assistant] .cg-md') || {innerText: ''})
+                  .innerText.includes('n10')"""
+        )
+        await first.stop()
+        first_running = False
+        second = Gateway(build_app(), make_settings(tmp_path, free_port))
+        await second.start()
+        await page.wait_for_selector(".cg-chat[data-connection=open]")
+        full = " ".join(f"n{i}" for i in range(80))
+        await send(page, "after")
+        await wait_reply(page, "Echo: after")
+        await page.wait_for_function("() => !document.querySelector('.cg-row[data-status=streaming]')")
+        live = await conversation(page)
+
+        await page.reload()
+        await page.wait_for_selector(".cg-chat[data-connection=open]")
+        await wait_rows(page, len(live))
+        await page.wait_for_timeout(300)
+        assert await conversation(page) == live
+        assert [text for role, text in live if role == "user"] == ["counting", "after"]
+        replies = [text for role, text in live if role == "assistant"]
+        assert replies[-1] == "Echo: after"
+        for reply in replies[:-1]:
+            assert full.startswith(reply), reply  # each is the reply or a prefix of it, never doubled
+        assert await page.locator(".cg-stop").is_hidden()
+    finally:
+        if first_running:
+            await first.stop()
+        if second is not None:
+            await second.stop()
+
+
+async def test_two_tabs_on_one_session_show_each_message_once(running_gateway: Gateway, browser: Browser) -> None:
+    context = await browser.new_context(viewport={"width": 900, "height": 700})
+    try:
+        first = await context.new_page()
+        first.set_default_timeout(WAIT_MS)
+        await first.goto(running_gateway.public_url + "/")
+        await first.wait_for_selector(".cg-chat[data-connection=open]")
+        await send(first, "hello")
+        await wait_reply(first, "Echo: hello")
+
+        second = await context.new_page()  # same context: same localStorage, same session
+        second.set_default_timeout(WAIT_MS)
+        await second.goto(running_gateway.public_url + "/")
+        await second.wait_for_selector(".cg-chat[data-connection=open]")
+        await wait_reply(second, "Echo: hello")
+
+        await send(first, "from tab one")
+        await wait_reply(first, "Echo: from tab one")
+        await wait_reply(second, "Echo: from tab one")
+        await send(second, "from tab two")
+        await wait_reply(first, "Echo: from tab two")
+        await wait_reply(second, "Echo: from tab two")
+        await first.wait_for_timeout(300)
+        expected = [
+            ("user", "hello"),
+            ("assistant", "Echo: hello"),
+            ("user", "from tab one"),
+            ("assistant", "Echo: from tab one"),
+            ("user", "from tab two"),
+            ("assistant", "Echo: from tab two"),
+        ]
+        assert await conversation(first) == expected
+        assert await conversation(second) == expected
+        await second.reload()
+        await second.wait_for_selector(".cg-chat[data-connection=open]")
+        await wait_rows(second, 6)
+        await second.wait_for_timeout(300)
+        assert await conversation(second) == expected
+    finally:
+        await context.close()
 
 
 HOSTILE_MARKDOWN = [

@@ -176,6 +176,13 @@
     function start(file) {
       if (!file) return;
       state.name = file.name;
+      var max = ctx.limits && ctx.limits.maxUploadBytes;
+      if (max && file.size > max) {
+        state.progress = null;
+        state.error = file.name + " is too large: the limit is " + formatSize(max) + ".";
+        paint();
+        return;
+      }
       state.error = "";
       state.progress = 0;
       paint();
@@ -248,7 +255,7 @@
     img.alt = str(p.alt);
     img.loading = "lazy";
     img.decoding = "async";
-    if (p.width && Number(p.width) > 0) img.style.maxWidth = Math.min(Number(p.width), 2000) + "px";
+    if (p.width && Number(p.width) > 0) img.style.width = Math.min(Number(p.width), 2000) + "px";
     img.addEventListener("load", function () {
       if (ctx.onMediaLoad) ctx.onMediaLoad();
     });
@@ -425,6 +432,13 @@
     session_event: nothing,
   };
 
+  /** True for a prompt the handler is blocked on until the user answers it. */
+  function awaitsUser(block) {
+    var p = (block && block.payload) || {};
+    var prompts = { approval_prompt: true, file_upload: true, integration_prompt: true };
+    return !!(prompts[block.type] && p.blocking && !p.completed && !p.timed_out);
+  }
+
   function render(block, ctx) {
     var fn = Object.prototype.hasOwnProperty.call(RENDERERS, block.type) ? RENDERERS[block.type] : fallback;
     try {
@@ -435,5 +449,5 @@
     }
   }
 
-  ChatGate.blocks = { render: render, formatSize: formatSize, resolveUrl: resolveUrl };
+  ChatGate.blocks = { render: render, awaitsUser: awaitsUser, formatSize: formatSize, resolveUrl: resolveUrl };
 })(window);

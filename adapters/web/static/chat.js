@@ -81,10 +81,22 @@
     return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
   }
 
+  /** The upload and frame limits from GET /api/widget/config, so the composer can say no early. */
+  function readLimits(config) {
+    var types = Array.isArray(config.accepted_types) ? config.accepted_types : [];
+    var accept = types.indexOf("*/*") === -1 ? types.join(",") : "";
+    return {
+      maxUploadBytes: Number(config.max_upload_bytes) || 0,
+      maxFrameBytes: Number(config.max_frame_bytes) || 0,
+      accept: accept,
+    };
+  }
+
   /**
    * Mounts a chat into `container`.
    * options: gateway, token, handler, title, accent, mode ("page" | "widget"), onClose(),
-   *          onUnread(count), reconnectDelay, reconnectMaxDelay, greeting
+   *          onUnread(count), reconnectDelay, reconnectMaxDelay, greeting,
+   *          config (the GET /api/widget/config answer: upload and frame limits)
    * Returns {client, focus(), setVisible(visible), root}.
    */
   function mount(container, options) {
@@ -99,6 +111,7 @@
     var dirty = {}; // message key -> true while a text re-render is scheduled
     var frameRequested = false;
     var pendingFiles = []; // attachments for the next message
+    var limits = readLimits(options.config || {});
 
     // ---------------------------------------------------------------- structure
     var root = h(doc, "div", "cg-chat cg-mode-" + (options.mode || "page"));
@@ -162,6 +175,8 @@
     var attachButton = iconButton(doc, "attach", "Attach a file", "cg-attach");
     var fileInput = h(doc, "input", "cg-file-input");
     fileInput.type = "file";
+    fileInput.multiple = true;
+    if (limits.accept) fileInput.accept = limits.accept;
     fileInput.tabIndex = -1;
     fileInput.setAttribute("aria-hidden", "true");
     var input = h(doc, "textarea", "cg-input");
@@ -210,6 +225,7 @@
       doc: doc,
       client: client,
       uploads: uploads,
+      limits: limits,
       gateway: client.gateway,
       pressSuggestion: function (blockId, index, prompt) {
         client.pressSuggestion(blockId, index, prompt);
@@ -350,7 +366,9 @@
       var streaming = client.messages.some(function (m) {
         return m.status === "streaming";
       });
-      var showTyping = client.busy && !streaming && statusLine.hidden;
+      var last = client.messages[client.messages.length - 1];
+      var waitingOnUser = !!(last && last.role === "block" && ChatGate.blocks.awaitsUser(last.block));
+      var showTyping = client.busy && !streaming && !waitingOnUser && statusLine.hidden;
       if (typing.hidden === showTyping) {
         keepingScroll(function () {
           typing.hidden = !showTyping;
@@ -380,6 +398,7 @@
     });
     client.on("block", function (entry) {
       rerender(entry);
+      refreshControls();
     });
     client.on("remove", function (message) {
       var row = rows[message.key];
@@ -487,6 +506,11 @@
     function attach(file) {
       var entry = { file: file, progress: 0, uploaded: null, error: "" };
       pendingFiles.push(entry);
+      if (limits.maxUploadBytes && file.size > limits.maxUploadBytes) {
+        entry.error = "too large (max " + ChatGate.blocks.formatSize(limits.maxUploadBytes) + ")";
+        renderPendingFiles();
+        return;
+      }
       renderPendingFiles();
       client
         .upload(file, function (fraction) {
@@ -503,6 +527,12 @@
         });
     }
 
+    function tooLong(text) {
+      if (!limits.maxFrameBytes) return false;
+      var frame = JSON.stringify({ type: "message", id: ChatGate.newId(), text: text, attachments: [] });
+      return new Blob([frame]).size > limits.maxFrameBytes - 512; // room for the attachment ids
+    }
+
     function submit() {
       var text = input.value.replace(/^\s+|\s+$/g, "");
       if (pendingFiles.some(function (e) { return !e.uploaded && !e.error; })) {
@@ -517,6 +547,10 @@
           return e.uploaded;
         });
       if (!text && !files.length) return;
+      if (tooLong(text)) {
+        showStatus({ text: "That message is too long to send.", detail: "Shorten it or attach it as a file.", error: true });
+        return;
+      }
       client.sendMessage(text, files);
       input.value = "";
       pendingFiles = [];

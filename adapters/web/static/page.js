@@ -19,6 +19,7 @@
       handler: params.get("handler") || null,
       token: params.get("token") || null,
       reconnectDelay: Number(params.get("reconnect_ms")) || undefined,
+      config: config,
     });
     global.chatgate = chat; // for the console and for tests
   }

@@ -162,6 +162,7 @@
         accent: data.accent || config.accent_color,
         greeting: data.greeting || null,
         reconnectDelay: Number(data.reconnectMs) || undefined,
+        config: config,
         onClose: function () {
           close();
           launcher.focus();
