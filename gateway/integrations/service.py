@@ -149,9 +149,14 @@ class IntegrationService:
             return credentials_from(provider, stored.payload)
         if not tokens.refresh_token:
             return None if tokens.expires_at <= time.time() else credentials_from(provider, stored.payload)
-        lock = self._refresh_locks.setdefault((stored.scope_key, provider.name), asyncio.Lock())
-        async with lock:
-            return await self._refresh_under_lease(provider, stored.scope_key)
+        key = (stored.scope_key, provider.name)
+        lock = self._refresh_locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._refresh_under_lease(provider, stored.scope_key)
+        finally:
+            if not lock.locked() and self._refresh_locks.get(key) is lock:
+                del self._refresh_locks[key]  # the lease still excludes a refresh that races this
 
     def _needs_refresh(self, tokens: TokenSet) -> bool:
         return bool(tokens.expires_at) and tokens.expires_at - self.settings.refresh_margin_seconds <= time.time()
@@ -161,17 +166,18 @@ class IntegrationService:
         token (a provider that rotates refresh tokens would reject the second as reused)."""
         store = self.runtime.store
         name = "int-refresh:" + hashlib.sha256(f"{provider.name}|{scope_key}".encode()).hexdigest()[:40]
+        holder = f"{self._holder}:{secrets.token_hex(4)}"
         ttl = self.settings.http_timeout + 5
         deadline = time.monotonic() + 2 * ttl  # leases expire, so waiting ends; this is a backstop
-        leased = await store.acquire_lease(name, self._holder, ttl)
+        leased = await store.acquire_lease(name, holder, ttl)
         while not leased and time.monotonic() < deadline:
             await asyncio.sleep(LEASE_POLL)
-            leased = await store.acquire_lease(name, self._holder, ttl)
+            leased = await store.acquire_lease(name, holder, ttl)
         try:
             return await self._refresh(provider, scope_key)
         finally:
             if leased:
-                await store.release_lease(name, self._holder)
+                await store.release_lease(name, holder)
 
     async def _refresh(self, provider: ProviderSpec, scope_key: str) -> IntegrationCredentials | None:
         current = await self.records.get(scope_key, provider.name)  # another turn may have refreshed
