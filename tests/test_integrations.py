@@ -198,6 +198,8 @@ async def test_oauth_flow_from_a_web_chat(tmp_path: Any, oauth: FakeOAuthServer,
 
         status, page, url = await browser.get(card["connect_url"])
         assert status == 200 and "Continue to Acme Code" in page and "repo, read:user" in page
+        assert (await browser.get(card["connect_url"]))[0] == 200  # a link preview's GET changes nothing
+        assert oauth.authorize_requests == []
         status, page, url = await browser.submit(url, page)
         assert status == 200, page
         assert "Acme Code connected" in page

@@ -192,3 +192,18 @@ def test_secret_form_validation() -> None:
     values, errors = validate_secret_form(provider, {"key": "nope\x00", "extra": "ignored"})
     assert values == {} and set(errors) == {"key"}
     assert validate_secret_form(provider, {})[1] == {"key": "Key is required."}
+
+
+def test_pages_escape_everything() -> None:
+    from gateway.integrations.pages import PageStyle, oauth_start_page, secret_form_page
+
+    hostile = "<script>alert(1)</script>"
+    style = PageStyle(app_name=hostile, accent="red;}</style><script>")
+    provider = provider_from_options("x", {**CLIENT, "authorize_url": "https://a/auth", "token_url": "https://a/t",
+                                           "title": hostile, "scopes": [hostile]})
+    page = oauth_start_page(style, provider, state='"><script>', action_url="connect", decline_url="decline")
+    assert "<script>" not in page and "&lt;script&gt;" in page and "--accent: #4f46e5" in page
+    secret = provider_from_options("y", {"fields": [{"name": "k", "label": hostile, "secret": False}]})
+    form = secret_form_page(style, secret, state="s", action_url="connect", decline_url="decline",
+                            values={"k": '"><script>'}, errors={"k": hostile})
+    assert "<script>" not in form
