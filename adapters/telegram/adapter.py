@@ -31,7 +31,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from adapters.base import Adapter, GatewayContext
 from adapters.telegram.client import DRAFT_ID_MAX, TelegramClient
 from adapters.telegram.outbox import TelegramOutbox
-from adapters.telegram.pacing import Pacer
+from adapters.telegram.pacing import DRAFT_MIN_INTERVAL, Pacer
 from adapters.telegram.polling import Poller
 from adapters.telegram.render import TELEGRAM_CAPTION_LIMIT, TELEGRAM_TEXT_LIMIT
 from adapters.telegram.updates import (
@@ -72,7 +72,7 @@ class TelegramAdapter(Adapter):
             chat_interval=self.config.chat_interval,
             group_per_minute=self.config.group_messages_per_minute,
             global_per_second=self.config.global_rate,
-            draft_interval=self.config.draft_interval,
+            draft_interval=min(DRAFT_MIN_INTERVAL, self.config.draft_interval),
             scale=self.config.rate_scale,
         )
         self.client = TelegramClient(

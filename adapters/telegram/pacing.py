@@ -7,25 +7,26 @@ budget, so every request that posts or edits a message passes :meth:`Pacer.slot`
 - the chat's budget: one message a second in any chat, twenty a minute in groups (Bot FAQ);
 - the bot's global budget: about thirty messages a second (Bot FAQ);
 - drafts (``sendMessageDraft``) have their own per-chat budget and do not use the message budgets
-  (they post nothing; Telegram publishes no number, the default is four a second).
+  (they post nothing; Telegram publishes no number: five a second, while streams send a draft
+  every ``draft_interval``, 250 ms by default, so frames never queue behind the budget).
 
 A ``429`` pauses the chat's budget for ``retry_after``; when two different chats are told to wait
 within one pause the limit is the bot's, not the chat's, so the global budget pauses too.
 
-A chat's window is measured from the moment its previous request *finished* (Telegram saw it
-somewhere before that), so uneven transit times cannot make two requests arrive too close; the
-global window carries a safety margin (``MARGIN``, on every window) for the same reason. The
-chat's lock is held while the request is in flight, so a chat's requests leave in order (parts of
-a split message, stream frames, the final edit) and one at a time. Written by hand: aiogram has no
-outbound limiter, and aiolimiter-style leaky buckets know nothing of per-chat windows shared with
-a global one, or of ``retry_after``.
+Windows are measured from the moment earlier requests *finished* (Telegram saw each somewhere
+before that), so uneven transit times or a busy event loop cannot make requests arrive too close;
+every window also carries a small safety margin (``MARGIN``). The chat's lock is held while the
+request is in flight, so a chat's requests leave in order (parts of a split message, stream
+frames, the final edit) and one at a time. Written by hand: aiogram has no outbound limiter, and
+aiolimiter-style leaky buckets know nothing of per-chat windows shared with a global one, or of
+``retry_after``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ MARGIN = 0.05
 PRIVATE_CHAT_INTERVAL = 1.0  # Bot FAQ: "avoid sending more than one message per second" in one chat
 GROUP_MESSAGES_PER_MINUTE = 20  # Bot FAQ: "no more than 20 messages per minute" in a group
 GLOBAL_MESSAGES_PER_SECOND = 30.0  # Bot FAQ: "no more than 30 messages per second" for bulk sending
+DRAFT_MIN_INTERVAL = 0.2  # not published; peers stream drafts every 250 ms (vercel/chat), we allow 5/s
 
 SlotKind = Literal["message", "draft"]
 
@@ -50,13 +52,19 @@ class RateWindow:
 
 
 class RateBudget:
-    """A set of sliding windows plus a pause; answers "how long until one more event fits"."""
+    """A set of sliding windows plus a pause; answers "how long until one more event fits".
+
+    Events are kept sorted; an event may be a reservation in the future (a request waiting for
+    the budget) and is moved to when its request finished (:meth:`settle`). With the ``count``-th
+    latest event at ``e``, a new event at ``e + seconds`` or later leaves every window of
+    ``seconds`` with at most ``count`` events, future ones included.
+    """
 
     def __init__(self, windows: Sequence[RateWindow], clock: Callable[[], float] = time.monotonic) -> None:
         self.windows = tuple(RateWindow(w.count, w.seconds * (1 + MARGIN)) for w in windows)
         self._clock = clock
-        size = max((w.count for w in self.windows), default=1)
-        self._events: deque[float] = deque(maxlen=size)
+        self._size = max((w.count for w in self.windows), default=1)
+        self._events: list[float] = []
         self.paused_until = 0.0
 
     def earliest(self, now: float) -> float:
@@ -68,24 +76,23 @@ class RateBudget:
         return at
 
     def reserve(self, now: float) -> float:
-        """Claim the earliest slot and return its time (in the future when the budget is spent).
-
-        Reserved slots are monotonic, so a reservation never overtakes an earlier one.
-        """
+        """Claim the earliest slot and return its time (in the future when the budget is spent)."""
         at = self.earliest(now)
-        if self._events and at < self._events[-1]:
-            at = self._events[-1]
-        self._events.append(at)
+        self.record(at)
         return at
 
     def record(self, at: float) -> None:
-        self._events.append(at)
+        bisect.insort(self._events, at)
+        if len(self._events) > self._size:
+            del self._events[: len(self._events) - self._size]
 
-    def settle(self, at: float) -> None:
-        """Move the latest event to ``at`` (when the request finished): the server saw it somewhere
-        between start and finish, so spacing from the finish holds whatever the transit times."""
-        if self._events and at > self._events[-1]:
-            self._events[-1] = at
+    def settle(self, started: float, finished: float) -> None:
+        """Move an event from when its request started to when it finished: Telegram saw it
+        somewhere in between, so spacing from the finish holds whatever the transit times."""
+        index = bisect.bisect_left(self._events, started)
+        if finished > started and index < len(self._events) and self._events[index] == started:
+            del self._events[index]
+            self.record(finished)
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self._clock() + seconds)
@@ -109,7 +116,7 @@ class Pacer:
         chat_interval: float = PRIVATE_CHAT_INTERVAL,
         group_per_minute: int = GROUP_MESSAGES_PER_MINUTE,
         global_per_second: float = GLOBAL_MESSAGES_PER_SECOND,
-        draft_interval: float = 0.25,
+        draft_interval: float = DRAFT_MIN_INTERVAL,
         scale: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -141,10 +148,12 @@ class Pacer:
         chat = self.chat(chat_id)
         async with chat.lock:
             own = chat.messages if kind == "message" else chat.drafts
+            reserved: float | None = None
             while True:
                 await self._sleep_until(own.earliest(self._clock()))
                 if kind == "message":
-                    await self._sleep_until(self.global_budget.reserve(self._clock()))
+                    reserved = self.global_budget.reserve(self._clock())
+                    await self._sleep_until(reserved)
                 now = self._clock()
                 if own.earliest(now) <= now:  # no pause arrived while we waited for the bot's budget
                     own.record(now)
@@ -152,7 +161,10 @@ class Pacer:
             try:
                 yield
             finally:
-                own.settle(self._clock())
+                finished = self._clock()
+                own.settle(now, finished)
+                if reserved is not None:
+                    self.global_budget.settle(reserved, finished)
 
     def retry_after(self, chat_id: int, seconds: float, kind: SlotKind = "message") -> None:
         """Telegram said "retry after": pause the chat, and the bot when it looks global."""

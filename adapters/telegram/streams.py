@@ -1,8 +1,8 @@
 """Streamed replies on Telegram: drafts in private chats, send-then-edit everywhere else.
 
-Both sinks render every frame from the whole text so far (``render_telegram``), so a stream that
-outgrows 4,096 characters rolls over into a new message at the splitter's boundary, and the final
-text is the same rendering ``send_text`` would give.
+Both sinks render every frame from the whole text so far (``render_telegram`` through
+:class:`~adapters.telegram.incremental.IncrementalRenderer`, which renders finished messages once),
+so a stream that outgrows 4,096 characters rolls over into a new message at a paragraph break.
 
 - :class:`DraftStream` (private chats, ``sendMessageDraft``, Bot API 9.3): the current part is a
   draft, animated under one ``draft_id`` with a stop button; parts the text has grown past are
@@ -23,7 +23,8 @@ import secrets
 import time
 
 from adapters.telegram.client import DRAFT_ID_MAX, MethodUnsupported, TelegramClient
-from adapters.telegram.render import TelegramPart, render_telegram
+from adapters.telegram.incremental import IncrementalRenderer
+from adapters.telegram.render import TelegramPart
 from gateway.outbound import MessageRef
 
 
@@ -54,9 +55,8 @@ async def _sync(
 
 
 async def _finish(
-    client: TelegramClient, chat_id: int, thread_id: int | None, posted: _Posted, text: str
+    client: TelegramClient, chat_id: int, thread_id: int | None, posted: _Posted, parts: list[TelegramPart]
 ) -> list[MessageRef]:
-    parts = render_telegram(text)
     await _sync(client, chat_id, thread_id, posted, parts)
     for extra in posted.ids[len(parts) :]:
         await client.delete(chat_id, extra)
@@ -74,8 +74,10 @@ class EditStream:
         thread_id: int | None,
         interval: float,
         posted: _Posted | None = None,
+        renderer: IncrementalRenderer | None = None,
     ) -> None:
         self.client = client
+        self.renderer = renderer or IncrementalRenderer()
         self.chat_id = chat_id
         self.thread_id = thread_id
         self.min_interval = interval
@@ -83,7 +85,7 @@ class EditStream:
         self._last = 0.0
 
     async def frame(self, text: str) -> None:
-        parts = render_telegram(text)
+        parts = self.renderer.render(text)
         if not parts:
             return
         wait = self._last + self.min_interval - time.monotonic()
@@ -93,7 +95,7 @@ class EditStream:
         self._last = time.monotonic()
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
-        return await _finish(self.client, self.chat_id, self.thread_id, self._posted, text)
+        return await _finish(self.client, self.chat_id, self.thread_id, self._posted, self.renderer.render(text))
 
 
 class DraftStream:
@@ -116,12 +118,13 @@ class DraftStream:
         self.draft_id = secrets.randbelow(DRAFT_ID_MAX) + 1
         self._posted = _Posted()
         self._fallback: EditStream | None = None
+        self.renderer = IncrementalRenderer()
 
     async def frame(self, text: str) -> None:
         if self._fallback is not None:
             await self._fallback.frame(text)
             return
-        parts = render_telegram(text)
+        parts = self.renderer.render(text)
         if not parts:
             return
         # parts the text has grown past are complete: post them as messages
@@ -129,11 +132,14 @@ class DraftStream:
         try:
             await self.client.send_draft(self.chat_id, self.draft_id, parts[-1], thread_id=self.thread_id)
         except MethodUnsupported:
-            self._fallback = EditStream(self.client, self.chat_id, self.thread_id, self.edit_interval, self._posted)
+            self._fallback = EditStream(
+                self.client, self.chat_id, self.thread_id, self.edit_interval, self._posted, self.renderer
+            )
             await self._fallback.frame(text)
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
         if self._fallback is not None:
             return await self._fallback.close(text, stopped=stopped)
         # sending a message in the chat ends the draft; nothing else to clear
-        return await _finish(self.client, self.chat_id, self.thread_id, self._posted, text)
+        parts = self.renderer.render(text)
+        return await _finish(self.client, self.chat_id, self.thread_id, self._posted, parts)

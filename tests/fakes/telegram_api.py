@@ -320,7 +320,8 @@ class FakeTelegramAPI:
         self._global = _Window(self.rates.global_, rate_scale)
         self._runner: web.AppRunner | None = None
         self._webhook_task: asyncio.Task[None] | None = None
-        self._started = time.monotonic()
+        self.started = time.monotonic()
+        """``time.monotonic()`` at construction; ``RecordedCall.at`` counts from here."""
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -329,6 +330,9 @@ class FakeTelegramAPI:
         app.router.add_post("/bot{token}/{method}", self._handle_method)
         app.router.add_get("/bot{token}/{method}", self._handle_method)
         app.router.add_get("/file/bot{token}/{path:.+}", self._handle_file)
+        app.router.add_post("/_fake/send_text", self._control_send_text)
+        app.router.add_get("/_fake/calls", self._control_calls)
+        app.router.add_get("/_fake/visible", self._control_visible)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
@@ -512,6 +516,23 @@ class FakeTelegramAPI:
         """Inject the update a user's press on a draft's stop button produces (Bot API 10.x)."""
         return self.inject({"stopped_message_generation": {"chat": self.chat(chat_id), "draft_id": draft_id}})
 
+    # -- control API (for a fake running in another process: the benchmark) -------------------
+
+    async def _control_send_text(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"update_id": self.send_text(int(body["chat_id"]), str(body["text"]))})
+
+    async def _control_calls(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            [
+                {"method": c.method, "status": c.status, "at": self.started + c.at, "chat_id": c.params.get("chat_id")}
+                for c in self.calls
+            ]
+        )
+
+    async def _control_visible(self, request: web.Request) -> web.Response:
+        return web.json_response({"texts": self.visible_texts(int(request.query["chat_id"]))})
+
     # -- HTTP --------------------------------------------------------------------------------
 
     async def _handle_file(self, request: web.Request) -> web.StreamResponse:
@@ -617,7 +638,7 @@ class FakeTelegramAPI:
         return params, uploads
 
     def _now(self) -> float:
-        return time.monotonic() - self._started
+        return time.monotonic() - self.started
 
     # -- limits --------------------------------------------------------------------------------
 
@@ -1049,3 +1070,21 @@ def _allowed(update: dict[str, Any], allowed: Any) -> bool:
     if not allowed:
         return True
     return any(kind in update for kind in allowed)
+
+
+async def _serve(port: int, rate_scale: float, latency: float) -> None:
+    async with FakeTelegramAPI(port=port, rate_scale=rate_scale, latency=latency) as api:
+        print(f"LISTENING {api.port} {api.token}", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the fake Bot API server (control API under /_fake/).")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rate-scale", type=float, default=1.0)
+    parser.add_argument("--latency", type=float, default=0.0)
+    options = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(options.port, options.rate_scale, options.latency))
