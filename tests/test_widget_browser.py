@@ -336,6 +336,14 @@ async def test_streamed_reply_arrives_token_by_token_and_renders_markdown(runnin
     assert await status.is_hidden()
     assert await page.locator(".cg-stop").is_hidden()
 
+    # Keyboard order around the composer: attach, message, send.
+    await page.focus(".cg-input")
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.getAttribute('aria-label')") == "Send message"
+    await page.keyboard.press("Shift+Tab")
+    await page.keyboard.press("Shift+Tab")
+    assert await page.evaluate("document.activeElement.getAttribute('aria-label')") == "Attach a file"
+
     lengths = await page.evaluate("window.__lengths")
     partial = sorted({n for n in lengths if 0 < n < max(lengths)})
     assert len(partial) >= 3, f"the reply did not stream in pieces: {lengths}"
@@ -622,7 +630,11 @@ async def test_embed_script_on_a_cross_origin_host_page(running_gateway: Gateway
             assert style[1] == "50%"
             assert await launcher.get_attribute("aria-expanded") == "false"
 
-            await launcher.click()
+            if width == 375:
+                await launcher.focus()  # the keyboard opens it too
+                await page.keyboard.press("Enter")
+            else:
+                await launcher.click()
             panel = page.locator("chatgate-widget .cg-panel")
             await panel.wait_for()
             await page.wait_for_selector("chatgate-widget .cg-chat[data-connection=open]")
@@ -813,6 +825,31 @@ async def test_two_tabs_on_one_session_show_each_message_once(running_gateway: G
         assert await conversation(second) == expected
     finally:
         await context.close()
+
+
+async def test_a_deleted_session_gives_way_to_a_new_one(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    await send(page, "remember me")
+    await wait_reply(page, "Echo: remember me")
+    session_key = "Object.entries(localStorage).find(([k]) => k.endsWith(':session'))[1]"
+    old_session = await page.evaluate(session_key)
+
+    # Deleted while the page is away: the reload starts a fresh conversation.
+    assert await running_gateway.store.delete_session(old_session)
+    await page.reload()
+    await page.wait_for_selector(".cg-chat[data-connection=open]")
+    await page.wait_for_function("old => " + session_key + " !== old", arg=old_session)
+    assert await conversation(page) == []
+    await send(page, "new here")
+    await wait_reply(page, "Echo: new here")
+
+    # Deleted under the open socket: the next message lands in a new session and is answered.
+    assert await running_gateway.store.delete_session(await page.evaluate(session_key))
+    await send(page, "still there?")
+    await page.wait_for_selector(".cg-row[data-status=failed]")
+    await send(page, "hello again")
+    await wait_reply(page, "Echo: hello again")
+    assert await conversation(page) == [("user", "hello again"), ("assistant", "Echo: hello again")]
 
 
 HOSTILE_MARKDOWN = [

@@ -497,6 +497,14 @@
   };
 
   ChatClient.prototype._onError = function (frame) {
+    if (frame.code === "not_ready" && this.ready) {
+      // The server forgot our hello (the session was deleted under this socket): say it again.
+      // The frame stays in the outbox and goes again after `ready`; a session that is gone
+      // answers the hello with not_found, handled below.
+      this.ready = false;
+      this._hello();
+      return;
+    }
     if (frame.id) {
       this.outbox = this.outbox.filter(function (f) {
         return f.id !== frame.id;
@@ -510,10 +518,17 @@
       }
     }
     if (frame.code === "not_found" && !this.ready && this.sessionId) {
-      // The stored session is gone (deleted, or another user's): start a new one.
+      // The stored session is gone (deleted, or another user's): start a new one, taking along
+      // what the user wrote that the old one never accepted.
+      var unsent = this.outbox.filter(function (f) {
+        return f.type === "message";
+      });
       this.sessionId = null;
       storageSet(this.storagePrefix + "session", null);
       this._reset();
+      for (var i = 0; i < unsent.length; i++) {
+        this._addLocal({ type: "message", text: unsent[i].text, attachments: unsent[i].attachments }, unsent[i].text, []);
+      }
       this._hello();
       return;
     }
