@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing
-import statistics
 import sys
 import tempfile
 import time
@@ -49,7 +48,9 @@ async def _serve_bare(conn: Any) -> None:
         async for message in ws:
             if message.type == aiohttp.WSMsgType.TEXT:
                 frame = json.loads(message.data)
-                await ws.send_json({"type": "message", "message": {"role": "assistant", "text": "echo: " + frame["text"]}})
+                await ws.send_json(
+                    {"type": "message", "message": {"role": "assistant", "text": "echo: " + frame["text"]}}
+                )
         return ws
 
     app = web.Application()
@@ -230,7 +231,9 @@ def report(pairs: list[tuple[Result, Result]], args: argparse.Namespace) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=1000, help="measured requests per target (default 1000)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--warmup", type=int, default=50, help="unmeasured requests first (default 50)")
