@@ -275,3 +275,29 @@ async def test_slash_command_becomes_a_message(slack: FakeSlack, tmp_path) -> No
         assert session.channel.address == {"chat_id": "C9", "team_id": "T0001"}
         assert session.user.email is None
         assert slack.thread("C9", None)[0].visible_text == "echo: what is up"
+
+
+async def test_a_slow_inbox_is_not_acknowledged_and_the_retry_is_handled_once(slack: FakeSlack, tmp_path) -> None:
+    """Another process holds the SQLite file's write lock for longer than Slack waits: the event
+    gets an error answer (no ack), and Slack's retry, after the lock is gone, runs it once."""
+    import sqlite3
+
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        locker = sqlite3.connect(tmp_path / "chatgate.db", timeout=1)
+        locker.execute("BEGIN EXCLUSIVE")
+        try:
+            status, _, elapsed = await slack.deliver_event(gw.events_url, dm("slow", "100.000001"), event_id="EvSlow")
+        finally:
+            locker.rollback()
+            locker.close()
+        assert status == 500 and 2.0 < elapsed < 3, elapsed  # answered at the ack budget, inside Slack's 3 s
+        status, _, _ = await slack.deliver_event(
+            gw.events_url, dm("slow", "100.000001"), event_id="EvSlow", retry_num=1
+        )
+        assert status == 200
+        await slack.wait_for(lambda: slack.thread("D1", "100.000001"))
+        await gw.idle()
+        await asyncio.sleep(0.2)
+        assert [m.text for _, m in seen] == ["slow"]
+        assert len(slack.thread("D1", "100.000001")) == 1

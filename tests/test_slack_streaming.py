@@ -210,3 +210,16 @@ async def test_stopped_reply_is_marked(slack: FakeSlack, tmp_path) -> None:
         await gw.idle(10)
         await slack.wait_for(lambda: "stopped" in streamed(slack, "D1", "100.000001"))
         assert streamed(slack, "D1", "100.000001").startswith("partial answer")
+
+
+async def test_when_stream_starts_are_refused_the_reply_previews_by_edits(slack: FakeSlack, tmp_path) -> None:
+    # This workspace's chat.startStream budget is spent: Slack answers 429 with a long Retry-After.
+    slack.set_budget("chat.startStream", 0, 5.0)
+    async with SlackGateway(streaming_app(delay=0.01), tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await gw.idle(20)
+        await slack.wait_for(lambda: streamed(slack, "D1", "100.000001") == FULL.strip())
+        assert len(slack.calls_of("chat.startStream")) == 1  # one refusal, then it stopped asking
+        assert len(slack.calls_of("chat.postMessage")) == 1  # the preview...
+        assert slack.calls_of("chat.update")  # ...edited up to the final text
+        assert len(slack.thread("D1", "100.000001")) == 1
