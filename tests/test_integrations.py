@@ -143,9 +143,10 @@ def build_app(oauth: FakeOAuthServer, *, timeout: float = 5.0) -> gateway.App:
 
 
 def make_client(tmp_path: Any, oauth: FakeOAuthServer, *, app: gateway.App | None = None,
-                key: str | None = None, **integrations: Any) -> TestClient:
+                key: str | None = None, database_url: str | None = None, **integrations: Any) -> TestClient:
     settings = {"encryption_key": key or generate_key(), "providers": providers_for(oauth), **integrations}
-    return TestClient(app or build_app(oauth), tmp_path, integrations=settings, web={"api_keys": [API_KEY]})
+    return TestClient(app or build_app(oauth), tmp_path, database_url=database_url, integrations=settings,
+                      web={"api_keys": [API_KEY]})
 
 
 async def connected(client: TestClient, oauth: FakeOAuthServer) -> TestClient:
@@ -186,8 +187,10 @@ async def connect_via_oauth(browser: Browser, connect_url: str) -> tuple[int, st
 # -- the whole OAuth flow --------------------------------------------------------------------
 
 
-async def test_oauth_flow_from_a_web_chat(tmp_path: Any, oauth: FakeOAuthServer, browser: Browser) -> None:
-    async with make_client(tmp_path, oauth) as client:
+async def test_oauth_flow_from_a_web_chat(
+    tmp_path: Any, oauth: FakeOAuthServer, browser: Browser, database_url: str
+) -> None:
+    async with make_client(tmp_path, oauth, database_url=database_url) as client:
         await connected(client, oauth)
         chat = await client.conversation("alice")
         turn = await chat.send("acme")
@@ -270,10 +273,10 @@ async def test_owner_scoped_provider_is_shared_by_the_org(
 
 
 async def test_tokens_are_refreshed_before_they_expire(
-    tmp_path: Any, oauth: FakeOAuthServer, browser: Browser
+    tmp_path: Any, oauth: FakeOAuthServer, browser: Browser, database_url: str
 ) -> None:
     oauth.expires_in = 600
-    async with make_client(tmp_path, oauth, refresh_margin_seconds=60) as client:
+    async with make_client(tmp_path, oauth, refresh_margin_seconds=60, database_url=database_url) as client:
         await connected(client, oauth)
         chat = await client.conversation("alice")
         turn = await chat.send("acme")
@@ -360,8 +363,8 @@ async def test_two_gateways_on_one_database_spend_a_refresh_token_once(
 # -- revoke ----------------------------------------------------------------------------------
 
 
-async def test_revoke_over_http(tmp_path: Any, oauth: FakeOAuthServer, browser: Browser) -> None:
-    async with make_client(tmp_path, oauth) as client:
+async def test_revoke_over_http(tmp_path: Any, oauth: FakeOAuthServer, browser: Browser, database_url: str) -> None:
+    async with make_client(tmp_path, oauth, database_url=database_url) as client:
         await connected(client, oauth)
         chat = await client.conversation("alice")
         turn = await chat.send("acme")
@@ -467,9 +470,9 @@ def _toml(value: Any) -> str:
 
 
 async def test_replayed_and_forged_states_are_refused(
-    tmp_path: Any, oauth: FakeOAuthServer, browser: Browser
+    tmp_path: Any, oauth: FakeOAuthServer, browser: Browser, database_url: str
 ) -> None:
-    async with make_client(tmp_path, oauth) as client:
+    async with make_client(tmp_path, oauth, database_url=database_url) as client:
         await connected(client, oauth)
         chat = await client.conversation("alice")
         turn = await chat.send("acme")
@@ -601,8 +604,10 @@ async def test_show_integration_card_links_to_the_connect_page(
 # -- secret providers ------------------------------------------------------------------------
 
 
-async def test_secret_form_with_bad_and_good_input(tmp_path: Any, oauth: FakeOAuthServer, browser: Browser) -> None:
-    async with make_client(tmp_path, oauth) as client:
+async def test_secret_form_with_bad_and_good_input(
+    tmp_path: Any, oauth: FakeOAuthServer, browser: Browser, database_url: str
+) -> None:
+    async with make_client(tmp_path, oauth, database_url=database_url) as client:
         chat = await client.conversation("alice")
         turn = await chat.send("vault")
         card = prompt_of(turn)
