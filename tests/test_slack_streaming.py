@@ -223,3 +223,25 @@ async def test_when_stream_starts_are_refused_the_reply_previews_by_edits(slack:
         assert len(slack.calls_of("chat.postMessage")) == 1  # the preview...
         assert slack.calls_of("chat.update")  # ...edited up to the final text
         assert len(slack.thread("D1", "100.000001")) == 1
+
+
+async def test_assistant_thread_streams_natively_with_a_status(slack: FakeSlack, tmp_path) -> None:
+    started = {
+        "type": "assistant_thread_started",
+        "assistant_thread": {
+            "user_id": "U1",
+            "channel_id": "D1",
+            "thread_ts": "300.000001",
+            "context": {"channel_id": "C1", "team_id": "T0001"},
+        },
+        "event_ts": "300.000002",
+    }
+    async with SlackGateway(streaming_app(notify="Thinking"), tmp_path, slack) as gw:
+        status, _, _ = await slack.deliver_event(gw.events_url, started, event_id="EvStart")
+        assert status == 200
+        await slack.deliver_event(gw.events_url, dm_event("300.000003", thread_ts="300.000001"), event_id="Ev1")
+        await gw.idle(10)
+        await slack.wait_for(lambda: slack.calls_of("chat.stopStream"), timeout=10)
+        [reply] = slack.thread("D1", "300.000001")
+        assert reply.markdown == FULL
+        assert slack.statuses[0] == {"channel_id": "D1", "thread_ts": "300.000001", "status": "Thinking"}
