@@ -147,9 +147,22 @@ class SlackSettings(Section):
 
 class SchedulerSettings(Section):
     enabled: bool = True
+    """Run ``@app.schedule`` jobs (in the one elected process). Tasks run either way."""
     timezone: str = "UTC"
     misfire_grace_seconds: int = Field(60, ge=1)
     coalesce: bool = True
+    owner_id: str = "owner"
+    """The user id of the synthetic session schedules and session-less tasks run as."""
+    leader_lease_seconds: float = Field(15.0, gt=0)
+    """How long the scheduler leader's lease lasts; a standby takes over this long after a crash."""
+    task_concurrency: int = Field(16, ge=1)
+    task_poll_seconds: float = Field(1.0, gt=0)
+    """How often a worker looks for tasks submitted by other processes or due later."""
+    task_backoff_initial: float = Field(1.0, ge=0)
+    task_backoff_max: float = Field(60.0, ge=0)
+    task_backoff_jitter: float = Field(1.0, ge=0)
+    broadcast_concurrency: int = Field(32, ge=1)
+    """Sessions a broadcast sends to at once (each channel's pacer still paces per chat)."""
 
 
 class IntegrationSettings(Section):

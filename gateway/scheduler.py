@@ -1,0 +1,418 @@
+"""Schedules: ``@app.schedule`` run by APScheduler 3 in the one elected process.
+
+- Triggers: a 5-field cron (Capsule), ``every=`` seconds (interval) or ``at=`` a datetime (one
+  off); ``timezone=``, ``misfire_grace=`` (seconds) and ``coalesce=`` per schedule, defaults from
+  ``[scheduler]``.
+- Jobs live in APScheduler's ``SQLAlchemyJobStore`` (table ``chatgate_jobs``, same database as
+  the store, through a synchronous driver), so a restart keeps each job's next run time: ticks
+  missed while the gateway was down run at start-up when they are within the misfire grace
+  (once, when coalescing).
+- One firing per tick across processes: only the holder of the ``scheduler-leader`` lease runs
+  APScheduler, the others stand by and take over when the lease expires; and each tick is
+  fenced by a row in ``schedule_runs`` so even a leader that lost its lease unknowingly cannot
+  run a tick twice.
+- A tick is skipped while the previous run of the same schedule is still going
+  (``max_instances=1``), as Capsule does.
+- The handler runs with ``current_session()`` set to the synthetic owner session. To talk to a
+  real conversation it opens one: ``await app.session(session_id)`` or
+  ``await open_conversation(app, SessionChannel(...), user=...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobExecutionEvent
+from apscheduler.executors.base import BaseExecutor
+from apscheduler.jobstores.base import BaseJobStore
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import create_engine, event
+
+from gateway.app import App, ScheduleSpec, call_maybe_async
+from gateway.context import reset_current_session, set_current_session
+from gateway.leases import Lease, process_holder_id
+from gateway.session import Session
+from gateway.store.task_tables import TaskQueries
+from gateway.tasks import TaskService, parse_duration, synthetic_session
+
+if TYPE_CHECKING:
+    from gateway.config import SchedulerSettings
+    from gateway.inbound import PlatformUser
+    from gateway.runtime import Gateway
+    from gateway.types import SessionChannel
+
+log = logging.getLogger("chatgate.scheduler")
+
+LEADER_LEASE = "scheduler-leader"
+JOB_PREFIX = "schedule:"
+JOB_TABLE = "chatgate_jobs"
+TICK_RETENTION = timedelta(days=2)
+"""How long a recurring job's tick fences are kept (a tick is never retried after that)."""
+SCHEDULE_OPTIONS = frozenset({"every", "at", "timezone", "misfire_grace", "coalesce"})
+SYNC_DRIVERS = {
+    "sqlite+aiosqlite": "sqlite",
+    "postgresql+asyncpg": "postgresql+psycopg",
+    "postgresql+psycopg_async": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "sqlite": "sqlite",
+}
+"""APScheduler 3's job store is synchronous: the sync driver for each async store URL."""
+
+
+# -- triggers --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """A schedule as APScheduler will run it. ``signature`` names the trigger: a stored job
+    with the same signature keeps its stored next run time across restarts."""
+
+    job_id: str
+    spec: ScheduleSpec
+    trigger: BaseTrigger
+    signature: str
+    one_off: bool
+    misfire_grace: int
+    coalesce: bool
+
+
+def plan_job(spec: ScheduleSpec, settings: SchedulerSettings) -> PlannedJob:
+    """Validate a schedule and build its trigger; a clear ValueError names what is wrong."""
+    unknown = set(spec.options) - SCHEDULE_OPTIONS
+    if unknown:
+        raise ValueError(f"@app.schedule {spec.name!r}: unknown options {sorted(unknown)}")
+    zone_name = spec.options.get("timezone") or settings.timezone
+    try:
+        zone = ZoneInfo(zone_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"@app.schedule {spec.name!r}: unknown timezone {zone_name!r}") from None
+    if spec.trigger == "every":
+        seconds = parse_duration(spec.options["every"])
+        if seconds <= 0:
+            raise ValueError(f"@app.schedule {spec.name!r}: every= must be positive")
+        trigger: BaseTrigger = IntervalTrigger(seconds=seconds, timezone=zone)
+        signature = f"every {seconds:g}s"
+    elif spec.trigger == "at":
+        when = spec.options["at"]
+        if not isinstance(when, datetime):
+            raise ValueError(f"@app.schedule {spec.name!r}: at= takes a datetime")
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=zone)
+        trigger = DateTrigger(run_date=when, timezone=zone)
+        signature = f"at {when.astimezone(UTC).isoformat()}"
+    else:
+        fields = spec.trigger.split()
+        if len(fields) != 5:
+            raise ValueError(f"@app.schedule {spec.name!r}: {spec.trigger!r} is not a 5-field cron expression")
+        try:
+            trigger = CronTrigger.from_crontab(spec.trigger, timezone=zone)
+        except ValueError as exc:
+            raise ValueError(f"@app.schedule {spec.name!r}: bad cron {spec.trigger!r}: {exc}") from None
+        signature = f"cron {spec.trigger} {zone_name}"
+    grace = spec.options.get("misfire_grace", settings.misfire_grace_seconds)
+    coalesce = spec.options.get("coalesce", settings.coalesce)
+    return PlannedJob(JOB_PREFIX + spec.name, spec, trigger, signature, spec.trigger == "at",
+                      int(grace), bool(coalesce))
+
+
+async def scheduled_job(name: str) -> None:
+    """The callable every stored job names (a job store keeps a textual reference).
+
+    chatgate's executor never calls it: it runs the schedule ``name`` of the app that is
+    running. Called by anything else, it refuses rather than run a handler out of context.
+    """
+    raise RuntimeError(f"schedule {name!r} runs only through chatgate's scheduler executor")
+
+
+# -- the executor ----------------------------------------------------------------------------
+
+
+class ScheduleExecutor(BaseExecutor):
+    """Runs a due job on the event loop through ``SchedulerService.run_job``.
+
+    ``BaseExecutor.submit_job`` counts running instances, which is what skips a tick while the
+    previous run of the same schedule is still going.
+    """
+
+    def __init__(self, service: SchedulerService) -> None:
+        super().__init__()
+        self.service = service
+        self.running: set[asyncio.Task[list[JobExecutionEvent]]] = set()
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        name = job.args[0] if job.args else job.id.removeprefix(JOB_PREFIX)
+        task = asyncio.get_running_loop().create_task(
+            self.service.run_job(job.id, name, job._jobstore_alias, job.misfire_grace_time, run_times),
+            name=f"chatgate-schedule-{name}",
+        )
+        self.running.add(task)
+
+        def finished(done: asyncio.Task[list[JobExecutionEvent]]) -> None:
+            self.running.discard(done)
+            if done.cancelled():
+                self._run_job_error(job.id, asyncio.CancelledError(), None)
+            elif done.exception() is not None:
+                exc = done.exception()
+                self._run_job_error(job.id, exc, exc.__traceback__ if exc else None)
+            else:
+                self._run_job_success(job.id, done.result())
+
+        task.add_done_callback(finished)
+
+
+# -- the service -----------------------------------------------------------------------------
+
+
+class SchedulerService:
+    """``runtime.scheduler``: the task service always; APScheduler while this process leads."""
+
+    def __init__(self, runtime: Gateway, tasks: TaskService) -> None:
+        self.rt = runtime
+        self.settings = runtime.settings.scheduler
+        self.tasks = tasks
+        self.queries = TaskQueries(runtime.store)
+        self.holder = process_holder_id()
+        self.planned = {spec.name: plan_job(spec, self.settings) for spec in runtime.app.schedules}
+        self.lease = Lease(
+            runtime.store, LEADER_LEASE, holder=self.holder, ttl=self.settings.leader_lease_seconds,
+            on_acquired=self._lead, on_lost=self._stand_by,
+        )
+        self.scheduler: AsyncIOScheduler | None = None
+        self._executor: ScheduleExecutor | None = None
+        self.runs: Counter[str] = Counter()
+        """Completed runs per schedule name, in this process."""
+        self.skipped: Counter[str] = Counter()
+        """Ticks skipped because the previous run was still going."""
+        self.missed: Counter[str] = Counter()
+        """Ticks dropped because they were later than the misfire grace."""
+        self._started = False
+
+    @property
+    def leading(self) -> bool:
+        return self.scheduler is not None
+
+    @property
+    def schedules_enabled(self) -> bool:
+        return self.settings.enabled and bool(self.planned)
+
+    async def start(self) -> None:
+        await self.tasks.start()
+        self._started = True
+        if self.schedules_enabled:
+            await self.lease.campaign_once()  # lead at once when nobody else does
+            self.lease.start()
+
+    async def stop(self) -> None:
+        if self._started and self.schedules_enabled:
+            await self.lease.stop()
+        await self._stand_by()
+        if self._executor is not None:
+            for task in list(self._executor.running):
+                task.cancel()
+            await asyncio.gather(*self._executor.running, return_exceptions=True)
+        if self._started:
+            await self.tasks.stop()
+        self._started = False
+
+    # -- leadership ----------------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        if self.scheduler is not None:
+            return
+        executor = ScheduleExecutor(self)
+        scheduler = AsyncIOScheduler(
+            timezone=ZoneInfo(self.settings.timezone),
+            jobstores={"default": self._job_store()},
+            executors={"default": executor},
+            job_defaults={
+                "coalesce": self.settings.coalesce,
+                "misfire_grace_time": self.settings.misfire_grace_seconds,
+                "max_instances": 1,
+            },
+        )
+        scheduler.add_listener(self._on_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
+        scheduler.start(paused=True)
+        try:
+            await self._sync_jobs(scheduler)
+        except Exception:
+            scheduler.shutdown(wait=False)
+            raise
+        scheduler.resume()
+        self.scheduler, self._executor = scheduler, executor
+        log.info("scheduler: leading (%d schedule(s)) as %s", len(self.planned), self.holder)
+
+    async def _stand_by(self) -> None:
+        scheduler, self.scheduler = self.scheduler, None
+        if scheduler is not None and scheduler.running:
+            scheduler.shutdown(wait=False)
+            await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the next loop iteration
+            log.info("scheduler: standing by (%s)", self.holder)
+
+    def _job_store(self) -> BaseJobStore:
+        url = sync_database_url(self.rt.settings.database.url)
+        if url is None:
+            return MemoryJobStore()
+        engine = create_engine(url, pool_pre_ping=True)
+        if url.startswith("sqlite"):
+            event.listen(engine, "connect", _sqlite_busy_timeout)
+        return SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE)
+
+    async def _sync_jobs(self, scheduler: AsyncIOScheduler) -> None:
+        """Make the stored jobs match the app's schedules, keeping each unchanged job's stored
+        next run time (so ticks missed during a restart are honoured)."""
+        for planned in self.planned.values():
+            options = {"misfire_grace_time": planned.misfire_grace, "coalesce": planned.coalesce, "max_instances": 1}
+            existing = scheduler.get_job(planned.job_id)
+            if existing is not None and existing.name == planned.signature:
+                scheduler.modify_job(planned.job_id, **options)
+                continue
+            if planned.one_off and await self.queries.has_run(planned.job_id):
+                continue  # a one-off that already ran (its job removed itself)
+            scheduler.add_job(
+                scheduled_job, planned.trigger, args=[planned.spec.name], id=planned.job_id,
+                name=planned.signature, replace_existing=True, **options,
+            )
+        wanted = {p.job_id for p in self.planned.values()}
+        for job in scheduler.get_jobs():
+            if job.id.startswith(JOB_PREFIX) and job.id not in wanted:
+                log.info("scheduler: removing stored job %s (no such @app.schedule any more)", job.id)
+                job.remove()
+
+    def _on_event(self, happened: Any) -> None:
+        name = str(happened.job_id).removeprefix(JOB_PREFIX)
+        if happened.code == EVENT_JOB_MAX_INSTANCES:
+            self.skipped[name] += 1
+        elif happened.code == EVENT_JOB_MISSED:
+            self.missed[name] += 1
+
+    # -- running a tick ------------------------------------------------------------------
+
+    async def run_job(
+        self, job_id: str, name: str, store_alias: str, grace: int | None, run_times: list[datetime]
+    ) -> list[JobExecutionEvent]:
+        from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+
+        events: list[JobExecutionEvent] = []
+        for run_time in run_times:
+            late = datetime.now(UTC) - run_time
+            if grace is not None and late > timedelta(seconds=grace):
+                log.warning("schedule %s: the %s tick is %s late (grace %ss): skipped", name, run_time, late, grace)
+                events.append(JobExecutionEvent(EVENT_JOB_MISSED, job_id, store_alias, run_time))
+                continue
+            if not await self.queries.claim_tick(job_id, run_time, self.holder):
+                log.info("schedule %s: the %s tick already ran in another process", name, run_time)
+                continue
+            try:
+                await self.fire(name)
+            except Exception as exc:
+                events.append(JobExecutionEvent(EVENT_JOB_ERROR, job_id, store_alias, run_time, exception=exc))
+            else:
+                events.append(JobExecutionEvent(EVENT_JOB_EXECUTED, job_id, store_alias, run_time))
+        planned = self.planned.get(name)
+        if planned is not None and not planned.one_off:
+            with contextlib.suppress(Exception):
+                await self.queries.forget_ticks(job_id, TICK_RETENTION)
+        return events
+
+    async def fire(self, name: str) -> None:
+        """Run schedule ``name``'s handler now, as a tick would (the synthetic owner session
+        is ``current_session()``). Exceptions are logged and re-raised to the caller."""
+        planned = self.planned.get(name)
+        if planned is None:
+            raise LookupError(f"no @app.schedule named {name!r}")
+        session = synthetic_session(self.rt)
+        token = set_current_session(session)
+        started = time.perf_counter()
+        try:
+            await call_maybe_async(planned.spec.handler)
+        except Exception:
+            log.exception("schedule %s raised", name)
+            raise
+        finally:
+            reset_current_session(token)
+            self.runs[name] += 1
+        log.info("schedule %s ran in %.3fs", name, time.perf_counter() - started)
+
+    def next_run_time(self, name: str) -> datetime | None:
+        """When schedule ``name`` fires next (only known in the leading process)."""
+        if self.scheduler is None:
+            return None
+        job = self.scheduler.get_job(JOB_PREFIX + name)
+        return None if job is None else job.next_run_time
+
+
+def sync_database_url(url: str) -> str | None:
+    """The synchronous URL of the store's database for the job store; None for an in-memory
+    SQLite database, which no second connection can see."""
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        raise ValueError(f"not a database URL: {url!r}")
+    if scheme.startswith("sqlite") and (rest in ("", "/", "/:memory:") or ":memory:" in rest):
+        return None
+    driver = SYNC_DRIVERS.get(scheme)
+    if driver is None:
+        raise ValueError(f"the scheduler's job store has no synchronous driver for {scheme!r}")
+    return f"{driver}://{rest}"
+
+
+def _sqlite_busy_timeout(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+# -- wiring and helpers for apps -------------------------------------------------------------
+
+
+async def attach(runtime: Gateway) -> None:
+    """Called by ``Gateway`` at start: the task service always, schedules when enabled."""
+    tasks = TaskService(runtime)
+    runtime.tasks = tasks
+    runtime.scheduler = SchedulerService(runtime, tasks)
+
+
+async def open_conversation(
+    app: App, channel: SessionChannel, *, user: PlatformUser | None = None
+) -> Session:
+    """A real Session for the conversation at a platform address (a Telegram chat, a Slack
+    channel or thread), made when the bot has not talked there yet; ``user`` is who the
+    conversation belongs to and is needed only then. Replies are standalone messages paced by
+    the channel's adapter, with the conversation's history and ``data``."""
+    runtime = app.runtime
+    if runtime is None:
+        raise RuntimeError(f"app {app.name!r} is not running: open_conversation needs a running gateway")
+    if channel.chat_id is None:
+        raise ValueError("a web conversation has no address: open it by id with `await app.session(session_id)`")
+    record = await runtime.store.find_session(channel)
+    if record is None:
+        if user is None:
+            raise LookupError(f"no {channel.type} conversation at {channel.chat_id!r} yet: pass user= to start one")
+        owner = await runtime.store.resolve_user(user)
+        record = await runtime.store.session_for_address(channel, owner)
+    return await runtime.open_session(record.id)
+
+
+__all__ = [
+    "ScheduleExecutor",
+    "SchedulerService",
+    "attach",
+    "open_conversation",
+    "plan_job",
+    "scheduled_job",
+    "sync_database_url",
+]

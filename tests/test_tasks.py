@@ -1,0 +1,370 @@
+"""``@app.task``: submit, results, retries with backoff, timeouts, cancel, locks, persistence
+across a restart, session-bound replies and live task cards (through the in-process TestClient,
+a real Gateway on a SQLite file)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import gateway
+from gateway.context import current_session
+from gateway.dispatch import UnknownSession
+from gateway.tasks import TaskFailed, parse_duration
+from gateway.testing import TestClient
+
+FAST = {
+    "task_backoff_initial": 0.02,
+    "task_backoff_max": 0.05,
+    "task_backoff_jitter": 0.01,
+    "task_poll_seconds": 0.05,
+    "leader_lease_seconds": 0.6,
+}
+
+
+def client(app: gateway.App, tmp_path: Path, **scheduler: Any) -> TestClient:
+    return TestClient(app, tmp_path, scheduler={**FAST, **scheduler})
+
+
+async def until(predicate: Any, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+async def test_submit_runs_and_returns_a_result(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+    seen: list[Any] = []
+
+    @app.task
+    async def add(a: int, b: int) -> int:
+        seen.append(current_session())
+        return a + b
+
+    async with client(app, tmp_path):
+        handle = await add.submit(a=2, b=3, display_name="sum")
+        assert handle.task_name == "add" and handle.display_name == "sum" and handle.kwargs == {"a": 2, "b": 3}
+        assert await handle.result(timeout=5) == 5
+        assert await handle.status() == "completed"
+        assert await add(1, 1) == 2  # awaiting the descriptor runs inline
+        synthetic = seen[0]
+        assert synthetic.id == "" and synthetic.user.id == "owner"
+        found = await add.find(status="completed", a=2)
+        assert [h.task_id for h in found] == [handle.task_id]
+        assert await add.count(status="completed") == 1
+        assert await add.count(a=99) == 0
+
+
+async def test_session_bound_task_replies_as_standalone_messages(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+
+    @app.task
+    async def report(session: gateway.Session, topic: str) -> None:
+        await session.reply(f"report on {topic} is ready")
+        session.data["reports"] = session.data.get("reports", 0) + 1
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await report.submit(session=session, topic=msg.text)
+        await session.reply("working on it")
+
+    async with client(app, tmp_path) as tc:
+        conversation = await tc.conversation(channel="telegram")
+        turn = await conversation.send("sales")
+        assert turn.replies == ["working on it"]
+        await until(lambda: any(s.text == "report on sales is ready" for s in conversation.sent))
+        record = await tc.gateway.store.get_session(conversation.session_id)
+        await until(lambda: tc.gateway.store.get_session(conversation.session_id))
+        records, _ = await tc.gateway.store.list_messages(conversation.session_id)
+        assert [r.text for r in records if r.role == "assistant"] == ["working on it", "report on sales is ready"]
+        record = await until(_data_has(tc, conversation.session_id, "reports"))
+        assert record.data["reports"] == 1
+
+
+def _data_has(tc: TestClient, session_id: str, key: str) -> Any:
+    async def check() -> Any:
+        record = await tc.gateway.store.get_session(session_id)
+        return record if record and key in record.data else None
+
+    return check
+
+
+async def test_retries_with_backoff_then_success(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+    attempts: list[float] = []
+
+    @app.task(retries=3)
+    async def flaky() -> str:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise ConnectionError("upstream down")
+        return "ok"
+
+    async with client(app, tmp_path):
+        handle = await flaky.submit()
+        assert await handle.result(timeout=5) == "ok"
+        await handle.status()
+        assert handle.attempts == 3
+        assert len(attempts) == 3
+        gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+        assert all(gap >= 0.02 for gap in gaps)  # waited out the backoff
+
+
+async def test_retries_exhausted_and_retry_for_exact_match(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+    calls = {"always": 0, "picky": 0}
+
+    @app.task(retries=2)
+    async def always() -> None:
+        calls["always"] += 1
+        raise RuntimeError("nope")
+
+    @app.task(retries=5, retry_for=[KeyError])
+    async def picky() -> None:
+        calls["picky"] += 1
+        raise LookupError("a parent of KeyError does not qualify")
+
+    async with client(app, tmp_path):
+        first, second = await always.submit(), await picky.submit()
+        with pytest.raises(TaskFailed) as failed:
+            await first.result(timeout=5)
+        assert failed.value.status == "failed" and failed.value.error == "RuntimeError: nope"
+        assert calls["always"] == 3
+        assert await second.wait(timeout=5) == "failed"
+        assert calls["picky"] == 1
+
+
+async def test_timeout_retried_then_marked(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+    started: list[int] = []
+
+    @app.task(timeout=0.1, retries=1)
+    async def slow() -> None:
+        started.append(1)
+        await asyncio.sleep(5)
+
+    @app.task(timeout=0.5)
+    async def own_timeout_error() -> None:
+        raise TimeoutError("the task's own timeout is a failure, not ours")
+
+    async with client(app, tmp_path):
+        handle = await slow.submit()
+        began = time.monotonic()
+        assert await handle.wait(timeout=5) == "timeout"
+        assert time.monotonic() - began < 2
+        assert len(started) == 2
+        assert await (await own_timeout_error.submit()).wait(timeout=5) == "failed"
+
+
+async def test_refresh_extends_the_timeout(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+    handles: list[Any] = []
+
+    @app.task(timeout=0.3)
+    async def long_job() -> str:
+        for _ in range(4):
+            await asyncio.sleep(0.15)
+            await handles[0].refresh()
+        return "done"
+
+    async with client(app, tmp_path):
+        handles.append(await long_job.submit())
+        assert await handles[0].result(timeout=5) == "done"  # 0.6 s in all, past the 0.3 s timeout
+
+
+async def test_cancel_pending_and_running(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+    cancelled = asyncio.Event()
+    running = asyncio.Event()
+
+    @app.task
+    async def later() -> None:
+        raise AssertionError("a cancelled task must not run")
+
+    @app.task
+    async def busy() -> None:
+        running.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with client(app, tmp_path):
+        scheduled = await later.schedule("1h", display_name="in an hour")
+        assert await scheduled.status() == "scheduled"
+        assert await scheduled.cancel() is True
+        assert await scheduled.status() == "cancelled"
+        assert await scheduled.cancel() is False  # already finished
+        handle = await busy.submit()
+        await asyncio.wait_for(running.wait(), 5)
+        assert await handle.cancel() is True
+        await asyncio.wait_for(cancelled.wait(), 5)
+        assert await handle.wait(timeout=5) == "cancelled"
+        # cancel by filter
+        await later.schedule("1h", who="a")
+        await later.schedule("1h", who="b")
+        assert await later.cancel(who="a") == 1
+        assert await later.count(status="scheduled") == 1
+
+
+async def test_lock_template_serialises_tasks_with_the_same_key(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+    active: dict[str, int] = {}
+    overlap: list[str] = []
+    log: list[tuple[str, str]] = []
+
+    @app.task(lock="user:{user_id}")
+    async def sync_user(user_id: str, n: int) -> None:
+        active[user_id] = active.get(user_id, 0) + 1
+        if active[user_id] > 1:
+            overlap.append(user_id)
+        log.append((user_id, "start"))
+        await asyncio.sleep(0.05)
+        active[user_id] -= 1
+
+    async with client(app, tmp_path):
+        handles = [await sync_user.submit(user_id=u, n=i) for i in range(3) for u in ("a", "b")]
+        for handle in handles:
+            assert await handle.wait(timeout=10) == "completed"
+        assert overlap == []
+        with pytest.raises(ValueError, match="needs kwarg"):
+            await sync_user.submit(n=1)
+
+
+async def test_bad_submissions_are_refused_clearly(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+
+    @app.task
+    async def job(value: Any = None) -> None:
+        return None
+
+    with pytest.raises(RuntimeError, match="not running"):
+        await job.submit()
+    with pytest.raises(TypeError, match="unknown options"):
+        app.task(retry=3)
+    async with client(app, tmp_path):
+        with pytest.raises(TypeError, match="JSON-native"):
+            await job.submit(value=object())
+        with pytest.raises(UnknownSession):
+            await job.submit(session="no-such-session")
+        with pytest.raises(ValueError, match="not a duration"):
+            await job.schedule("soon")
+
+
+def test_durations() -> None:
+    assert parse_duration("5s") == 5 and parse_duration("30m") == 1800
+    assert parse_duration("1h") == 3600 and parse_duration("3d") == 259200 and parse_duration(2.5) == 2.5
+
+
+async def test_recurring_schedule_requeues(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+    runs: list[float] = []
+
+    @app.task
+    async def tick() -> None:
+        runs.append(time.monotonic())
+
+    async with client(app, tmp_path):
+        first = await tick.schedule("every 0.1s")
+        await until(lambda: len(runs) >= 3)
+        assert await first.status() == "completed"
+        assert await tick.count(status=["scheduled", "pending", "running"]) == 1  # the next one is queued
+
+
+async def test_restart_resumes_queued_and_marks_interrupted(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+    started = asyncio.Event()
+    runs: dict[str, int] = {"fragile": 0, "sturdy": 0, "queued": 0}
+
+    @app.task(retries=1)
+    async def sturdy() -> str:
+        runs["sturdy"] += 1
+        if runs["sturdy"] == 1:
+            started.set()
+            await asyncio.sleep(30)
+        return "second attempt"
+
+    @app.task
+    async def fragile() -> None:
+        runs["fragile"] += 1
+        await asyncio.sleep(30)
+
+    @app.task
+    async def queued() -> str:
+        runs["queued"] += 1
+        return "resumed"
+
+    async with client(app, tmp_path) as tc:
+        interrupted_once = await sturdy.submit()
+        await asyncio.wait_for(started.wait(), 5)
+        no_retries = await fragile.submit()
+        await until(lambda: runs["fragile"] == 1)
+        later = await queued.schedule(delay=0.5)
+        await tc.gateway.stop()  # the running attempts are cut off; the queued task waits
+        tc.gateway = type(tc.gateway)(app, tc.settings, adapters=tc.gateway._adapters)
+        await tc.gateway.start()
+        service = tc.gateway.tasks
+        interrupted_once, no_retries, later = [
+            await service.handle(h.task_id) for h in (interrupted_once, no_retries, later)
+        ]
+        assert await interrupted_once.result(timeout=5) == "second attempt"
+        assert await no_retries.wait(timeout=5) == "failed"
+        assert no_retries.error and no_retries.error.startswith("interrupted")
+        assert await later.result(timeout=5) == "resumed"
+        assert runs == {"fragile": 1, "sturdy": 2, "queued": 1}
+
+
+@pytest.mark.parametrize("channel", ["chat", "telegram", "slack"])
+async def test_live_task_card_updates_in_place(tmp_path: Path, channel: str) -> None:
+    app = gateway.App("tasks")
+    release = asyncio.Event()
+
+    @app.task(retries=1)
+    async def export(session: gateway.Session, rows: int) -> dict[str, int]:
+        await release.wait()
+        if not session.data.get("failed_once"):
+            session.data["failed_once"] = True
+            raise ConnectionError("storage hiccup")
+        await session.reply(f"exported {rows} rows")
+        return {"rows": rows}
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        handle = await export.submit(session=session, rows=int(msg.text))
+        await session.show_task(handle, message="Exporting…")
+
+    async with client(app, tmp_path) as tc:
+        conversation = await tc.conversation(channel=channel)
+        turn = await conversation.send("42")
+        card = turn.block("task_card")
+        task_id = card["payload"]["task_id"]
+        assert card["id"] == f"task_{task_id}" and card["payload"]["message"] == "Exporting…"
+        assert card["payload"]["status"] in ("pending", "running")
+        release.set()
+
+        def statuses() -> list[str]:
+            return [s.block["payload"]["status"] for s in conversation.sent
+                    if s.kind == "block" and s.block and s.block["id"] == f"task_{task_id}"]
+
+        await until(lambda: statuses() and statuses()[-1] == "completed")
+        seen = statuses()
+        assert "retry" in seen and seen.index("retry") < len(seen) - 1
+        final = [s.block for s in conversation.sent if s.kind == "block" and s.block][-1]
+        assert final["payload"]["result"] == {"rows": 42} and final["payload"]["attempts"] == 2
+        assert final["payload"]["message"] == "Exporting…"
+        assert any(s.text == "exported 42 rows" for s in conversation.sent)
+        # one stored block, updated in place
+        records, _ = await tc.gateway.store.list_messages(conversation.session_id)
+        cards = [r for r in records if r.role == "block" and r.block and r.block["id"] == f"task_{task_id}"]
+        assert len(cards) == 1 and cards[0].block["payload"]["status"] == "completed"
