@@ -74,5 +74,6 @@ class Outbox(Protocol):
 
     async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
         """The handler for ``inbound_id`` finished (``error`` is a short code when it failed:
-        ``handler_error``, ``timeout``, ``stopped``). Clears status lines; ends REST turns."""
+        ``handler_error``, ``timeout``, ``stopped``, ``session_deleted``). Clears status lines; ends REST
+        turns."""
         ...

@@ -75,6 +75,12 @@ class Session:
         self._mode: SessionMode = mode if runtime is not None else "synthetic"
         self._inbound_id = inbound_id
 
+    @property
+    def inbound_id(self) -> str | None:
+        """The inbound event this turn answers (chatgate extension; ``None`` outside a turn).
+        Adapters use it to tie what a handler sends to the request that caused it."""
+        return self._inbound_id
+
     def __repr__(self) -> str:
         return f"<Session {self.id or '(synthetic)'} {self.channel.type} user={self.user.id}>"
 

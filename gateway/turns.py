@@ -39,6 +39,9 @@ class TurnRunner:
         record = await rt.store.get_session(item.session_id)
         if record is None:  # deleted while the event waited
             await rt.store.set_inbox_status(item.inbox_id, "done", "session deleted")
+            outbox = rt.outbox_for(inbound.channel, item.session_id)
+            if outbox is not None:  # whoever waits on this turn learns it is over
+                await outbox.end_turn(item.inbox_id, "session_deleted")
             return
         user = await rt.store.get_user(record.user_id)
         if user is None:

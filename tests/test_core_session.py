@@ -433,3 +433,23 @@ async def test_deleting_a_session_deletes_its_session_scoped_data(tmp_path):
         assert await app.db.scratch.count() == 0
         kv = app._kv()
         assert await kv.get("seen", "gone", scope="session", scope_id=conv.session_id) == "gone"
+
+
+async def test_inbound_and_feedback_records(tmp_path):
+    app = gateway.App("records")
+
+    @app.message()
+    async def handle(session, msg):
+        await session.reply(session.inbound_id)
+
+    async with TestClient(app, tmp_path) as client:
+        conv = await client.conversation()
+        turn = await conv.send("hi")
+        inbound_id = turn.replies[0]
+        store = client.gateway.store
+        record = await store.get_inbound(inbound_id)
+        assert (record.session_id, record.kind, record.status) == (conv.session_id, "message", "done")
+        assert await store.get_inbound("nope") is None
+        await store.save_feedback(conv.session_id, inbound_id, 1)
+        await store.save_feedback(conv.session_id, inbound_id, -1)
+        assert await store.feedback(conv.session_id) == {inbound_id: -1}

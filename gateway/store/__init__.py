@@ -24,8 +24,9 @@ import gateway.integrations.tables  # connected accounts
 import gateway.store.documents  # collections and the scoped KV store
 import gateway.store.task_tables  # noqa: F401  (tasks, task watchers, scheduler ticks)
 from gateway.inbound import PlatformUser
-from gateway.store.records import FileRecord, InboxEntry, MessageRecord, SessionRecord
+from gateway.store.records import FileRecord, InboundRecord, InboxEntry, MessageRecord, SessionRecord
 from gateway.store.tables import (
+    FeedbackRow,
     FileRow,
     IdentityRow,
     InboxRow,
@@ -269,6 +270,7 @@ class Store:
         async with self.write() as db:
             await db.exec(delete(MessageRow).where(col(MessageRow.session_id) == session_id))
             await db.exec(delete(InboxRow).where(col(InboxRow.session_id) == session_id))
+            await db.exec(delete(FeedbackRow).where(col(FeedbackRow.session_id) == session_id))
             result = await db.exec(delete(SessionRow).where(col(SessionRow.id) == session_id))
         return bool(result.rowcount)
 
@@ -460,6 +462,35 @@ class Store:
                 existing = (await db.exec(select(InboxRow).where(InboxRow.dedup_key == dedup_key))).first()
             return InboxEntry(existing.id if existing else "", True, None)
         return InboxEntry(row.id, False, message_id)
+
+    async def get_inbound(self, inbox_id: str) -> InboundRecord | None:
+        async with self.session() as db:
+            row = await db.get(InboxRow, inbox_id)
+        if row is None:
+            return None
+        return InboundRecord(row.id, row.session_id, row.kind, row.status, row.error, row.created_at, row.updated_at)
+
+    async def save_feedback(self, session_id: str, inbound_id: str, value: int) -> None:
+        """Record (or change) the rating of one turn."""
+        async with self.write() as db:
+            existing = (
+                await db.exec(
+                    select(FeedbackRow)
+                    .where(FeedbackRow.session_id == session_id)
+                    .where(FeedbackRow.inbound_id == inbound_id)
+                )
+            ).first()
+            if existing is None:
+                db.add(FeedbackRow(session_id=session_id, inbound_id=inbound_id, value=value))
+            else:
+                existing.value = value
+                db.add(existing)
+
+    async def feedback(self, session_id: str) -> dict[str, int]:
+        """``{inbound id: value}`` for a session's rated turns."""
+        async with self.session() as db:
+            rows = (await db.exec(select(FeedbackRow).where(FeedbackRow.session_id == session_id))).all()
+        return {row.inbound_id: row.value for row in rows}
 
     async def count_attempt(self, inbox_id: str) -> int:
         """Count one more attempt at an interrupted event; returns the new count."""

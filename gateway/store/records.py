@@ -88,3 +88,16 @@ class InboxEntry:
     id: str
     duplicate: bool
     message_id: str | None
+
+
+@dataclass
+class InboundRecord:
+    """An inbox entry as callers outside the dispatcher see it."""
+
+    id: str
+    session_id: str
+    kind: str
+    status: str
+    error: str | None
+    created_at: datetime
+    updated_at: datetime

@@ -129,3 +129,16 @@ class LeaseRow(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=128)
     holder: str = Field(max_length=128)
     expires_at: datetime
+
+
+class FeedbackRow(SQLModel, table=True):
+    """A user's rating of one turn (PromptRails' ``submit_feedback``)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("session_id", "inbound_id", name="uq_feedback_turn"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
+    session_id: str = Field(index=True, max_length=64)
+    inbound_id: str = Field(max_length=64)
+    value: int
+    created_at: datetime = Field(default_factory=utcnow)
