@@ -142,3 +142,25 @@ def test_pending_finals_keep_previews_out() -> None:
         assert window.wait_time(i / 100, urgent=False) == 0
         window.record(i / 100)
     assert window.wait_time(0.1, urgent=False) > 0  # 10 - 1 reserve - 4 finals = 5 previews
+
+
+async def test_lost_connections_are_retried_only_for_idempotent_calls() -> None:
+    import aiohttp
+
+    async with FakeSlack() as slack:
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url, retry_handlers=[])
+        pacer = SlackPacer()
+        posted = await client.chat_postMessage(channel="C1", text="v0")
+        slack.drop_next("chat.update")
+        await pacer.call(
+            "chat.update",
+            "T1",
+            "C1",
+            lambda: client.chat_update(channel="C1", ts=posted["ts"], text="v1"),
+            idempotent=True,
+        )
+        assert slack.messages[("C1", posted["ts"])].text == "v1"
+        slack.drop_next("chat.postMessage")
+        with pytest.raises(aiohttp.ClientConnectionError):  # a new message is never sent twice
+            await pacer.call("chat.postMessage", "T1", "C1", lambda: client.chat_postMessage(channel="C1", text="x"))
+        assert [c.error for c in slack.calls_of("chat.postMessage")] == [None, "connection_dropped"]

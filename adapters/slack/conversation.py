@@ -64,12 +64,17 @@ class Conversation:
             lambda: self.client.chat_update(channel=self.channel, ts=ts, text=text, blocks=blocks or []),
             urgent=urgent,
             max_wait=max_wait,
+            idempotent=True,  # the same edit twice is the same message
         )
         return response is not None
 
     async def delete(self, ts: str) -> None:
         await self.pacer.call(
-            "chat.delete", self.team, self.channel, lambda: self.client.chat_delete(channel=self.channel, ts=ts)
+            "chat.delete",
+            self.team,
+            self.channel,
+            lambda: self.client.chat_delete(channel=self.channel, ts=ts),
+            idempotent=True,
         )
 
     async def post_part(self, part: Part, *, urgent: bool = True, max_wait: float | None = None) -> str | None:

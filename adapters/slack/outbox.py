@@ -103,6 +103,7 @@ class SlackOutbox:
                 lambda: c.client.assistant_threads_setStatus(
                     channel_id=c.channel, thread_ts=c.thread_ts or "", status=status
                 ),
+                idempotent=True,
             )
         except SlackApiError as exc:
             code = str(exc.response.get("error"))

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 
 from adapters.slack.limits import METHOD_BUDGETS, PER_CHANNEL_BUDGETS, Budget
@@ -34,6 +35,11 @@ WINDOW_MARGIN = 1.02
 WINDOW_MARGIN_SECONDS = 0.5
 """Our windows are 2% + 0.5 s longer than Slack's: calls sent in order may arrive out of order
 (a busy event loop, a slow connection), and each must still land in a window Slack has cleared."""
+CONNECTION_RETRIES = 2
+"""Idempotent calls (edits, lookups, status lines) are retried this often after a lost
+connection; a new message or stream piece never is (it may have arrived: a retry would duplicate)."""
+CONNECTION_RETRY_DELAY = 0.2
+"""Seconds before retrying after a lost connection (doubled each time)."""
 MAX_RATE_LIMIT_RETRIES = 6
 """Urgent calls retried after this many 429s in a row give up and raise (the core logs it)."""
 DEFAULT_RETRY_AFTER = 1.0
@@ -192,6 +198,7 @@ class SlackPacer:
         *,
         urgent: bool = True,
         max_wait: float | None = None,
+        idempotent: bool = False,
     ) -> T | None:
         """Run ``send`` (one Web API call of ``method``) inside the budget.
 
@@ -200,13 +207,20 @@ class SlackPacer:
         longer than ``max_wait`` or retrying a 429.
         """
         windows = self.windows_for(method, team, channel)
-        for _attempt in range(MAX_RATE_LIMIT_RETRIES + 1):
+        lost_connections = 0
+        for _attempt in range(MAX_RATE_LIMIT_RETRIES + CONNECTION_RETRIES + 1):
             if not await self.acquire(method, team, channel, urgent=urgent, max_wait=max_wait):
                 self.stats.skipped_frames += 1
                 return None
             self.stats.calls[method] += 1
             try:
                 return await send()
+            except (TimeoutError, aiohttp.ClientConnectionError):
+                if not idempotent or lost_connections >= CONNECTION_RETRIES:
+                    raise
+                lost_connections += 1
+                log.warning("slack %s lost its connection; retrying (idempotent)", method)
+                await asyncio.sleep(CONNECTION_RETRY_DELAY * 2 ** (lost_connections - 1))
             except SlackApiError as error:
                 if not is_rate_limited(error):
                     raise

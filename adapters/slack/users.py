@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -51,8 +52,10 @@ class SlackDirectory:
     async def _lookup(self, team: str, user: str, timeout: float) -> KnownUser | None:
         try:
             async with asyncio.timeout(max(0.05, timeout)):
-                response = await self.pacer.call("users.info", team, None, lambda: self.client.users_info(user=user))
-        except (TimeoutError, SlackApiError) as exc:
+                response = await self.pacer.call(
+                    "users.info", team, None, lambda: self.client.users_info(user=user), idempotent=True
+                )
+        except (TimeoutError, SlackApiError, aiohttp.ClientError) as exc:
             log.info("users.info for %s:%s failed (%s); going on without the profile", team, user, exc)
             return None
         data = (response or {}).get("user") or {}

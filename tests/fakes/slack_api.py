@@ -241,6 +241,7 @@ class FakeSlack:
         """Set by the Socket Mode fake: what apps.connections.open hands out."""
         self._limiter = RateLimiter()
         self._failures: dict[str, deque[str]] = {}
+        self._drops: dict[str, int] = {}
         self._ts_counter = itertools.count(1)
         self._file_counter = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -296,6 +297,12 @@ class FakeSlack:
     def fail_next(self, method: str, error: str, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` answer ``{"ok": false, "error": error}``."""
         self._failures.setdefault(method, deque()).extend([error] * times)
+
+    def drop_next(self, method: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` lose their connection before any answer (the
+        call is not carried out): what a network failure looks like to the client."""
+        self._drops.setdefault(method, 0)
+        self._drops[method] += times
 
     def add_user(self, user_id: str, *, email: str | None = None, name: str = "", team_id: str | None = None) -> None:
         profile: dict[str, Any] = {"real_name": name or user_id, "display_name": name or user_id}
@@ -541,6 +548,13 @@ class FakeSlack:
         method = request.match_info["method"]
         record = ApiCall(method, {}, None, time.monotonic())
         self.calls.append(record)
+        if self._drops.get(method):
+            self._drops[method] -= 1
+            record.status, record.error = 0, "connection_dropped"
+            if request.transport is not None:
+                request.transport.abort()
+            self.changed.set()
+            return web.Response(status=500)
         try:
             args = await self._arguments(request)
             record.args = args
