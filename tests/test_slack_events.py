@@ -301,3 +301,16 @@ async def test_a_slow_inbox_is_not_acknowledged_and_the_retry_is_handled_once(sl
         await asyncio.sleep(0.2)
         assert [m.text for _, m in seen] == ["slow"]
         assert len(slack.thread("D1", "100.000001")) == 1
+
+
+async def test_the_registry_starts_slack_from_settings(slack: FakeSlack, tmp_path) -> None:
+    from adapters.registry import configured_adapters
+    from adapters.slack import SlackAdapter
+    from gateway.config import ConfigError
+    from tests.fakes.slack_api import slack_settings
+
+    settings = slack_settings(tmp_path, slack)
+    assert [type(a) for a in configured_adapters(settings)] == [SlackAdapter]
+    assert configured_adapters(slack_settings(tmp_path, slack, signing_secret=None, app_token=None)) == []
+    with pytest.raises(ConfigError, match=r"slack\.app_token"):
+        SlackAdapter(slack_settings(tmp_path, slack, mode="socket", app_token=None))

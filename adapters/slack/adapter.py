@@ -34,10 +34,11 @@ from adapters.slack.inbound import (
     message_inbound,
     route_message,
 )
-from adapters.slack.limits import ACK_DEADLINE, MAX_TEXT
+from adapters.slack.limits import ACK_DEADLINE, MAX_ACTIONS_ELEMENTS, MAX_TEXT
 from adapters.slack.outbox import SlackOutbox
 from adapters.slack.pacer import SlackPacer
 from adapters.slack.users import LOOKUP_TIMEOUT, SlackDirectory
+from gateway.config import ConfigError
 from gateway.inbound import Inbound
 from gateway.outbound import Capabilities, Limits, Outbox
 from gateway.types import Attachment, SessionChannel
@@ -65,18 +66,22 @@ def _signature_error(status: int, error: str) -> web.Response:
 
 class SlackAdapter(Adapter):
     channel_types: ClassVar[tuple[str, ...]] = ("slack",)
-    limits: ClassVar[Limits] = Limits(max_text=MAX_TEXT, max_buttons=25)
+    limits: ClassVar[Limits] = Limits(max_text=MAX_TEXT, max_buttons=MAX_ACTIONS_ELEMENTS)
+    """Buttons per actions block; more buttons go into further actions blocks."""
     capabilities: ClassVar[Capabilities] = Capabilities(edits=True, native_stream=True, buttons=True, markdown=True)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         slack = settings.slack
         if not slack.bot_token:
-            raise ValueError("slack.bot_token is required for the Slack channel")
+            raise ConfigError("config error: slack.bot_token is required for the Slack channel (SLACK_BOT_TOKEN)")
         if slack.mode == "events" and not slack.signing_secret:
-            raise ValueError("slack.signing_secret is required in events mode (or set slack.mode = 'socket')")
+            raise ConfigError(
+                "config error: slack.signing_secret is required in events mode "
+                "(SLACK_SIGNING_SECRET), or set slack.mode = 'socket'"
+            )
         if slack.mode == "socket" and not slack.app_token:
-            raise ValueError("slack.app_token (xapp-...) is required in socket mode")
+            raise ConfigError("config error: slack.app_token (xapp-...) is required in socket mode (SLACK_APP_TOKEN)")
         api_url = slack.api_url if slack.api_url.endswith("/") else slack.api_url + "/"
         # No transport-level retries: a chat.postMessage retried after a lost answer is a
         # duplicate message. 429s are handled by the pacer, which knows what is safe to retry.
