@@ -276,6 +276,7 @@
   /**
    * The id after which the server must replay: the last stored id such that every message up
    * to it is final. A reply still streaming (or one we only have part of) is asked for again.
+   * (Blocks updated in place since then come too: the store replays rows updated after it.)
    */
   ChatClient.prototype.resumePoint = function () {
     var point = null;
