@@ -36,19 +36,19 @@ class TurnRunner:
     async def __call__(self, item: WorkItem) -> None:
         rt = self.rt
         inbound = item.inbound
-        record = await rt.store.get_session(item.session_id)
-        if record is None:  # deleted while the event waited
+        context = await rt.store.turn_context(item.session_id, rt.settings.dispatch.history_limit + 1)
+        if context is None:  # deleted while the event waited
             await rt.store.set_inbox_status(item.inbox_id, "done", "session deleted")
             outbox = rt.outbox_for(inbound.channel, item.session_id)
             if outbox is not None:  # whoever waits on this turn learns it is over
                 await outbox.end_turn(item.inbox_id, "session_deleted")
             return
-        user = await rt.store.get_user(record.user_id)
+        record, user, recent = context
         if user is None:
             await rt.store.set_inbox_status(item.inbox_id, "failed", "user missing")
             return
         message = self._bind_attachments(inbound)
-        history = await self._history(item.session_id, record.channel.type, exclude_inbound=item.inbox_id)
+        history = self._history(recent, record.channel.type, exclude_inbound=item.inbox_id)
         session = Session(
             record.id,
             user,
@@ -200,12 +200,11 @@ class TurnRunner:
         if existing is not None:
             message.id = existing.id
 
-    async def _history(self, session_id: str, channel_type: str, exclude_inbound: str) -> list[Message]:
+    def _history(self, records: list[MessageRecord], channel_type: str, exclude_inbound: str) -> list[Message]:
         """The last messages before this turn (the current message excluded, as in Capsule)."""
         limit = self.rt.settings.dispatch.history_limit
         if limit <= 0:
             return []
-        records = await self.rt.store.recent_messages(session_id, limit + 1)
         kept = [r for r in records if not (r.inbound_id == exclude_inbound and r.role == "user")]
         return [to_history_message(r, channel_type) for r in kept[-limit:]]
 

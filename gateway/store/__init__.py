@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import delete, event, func, or_, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, func, insert, or_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -42,6 +43,14 @@ from gateway.types import SessionChannel, UserInfo
 __all__ = ["FileRecord", "InboxEntry", "MessageRecord", "SessionRecord", "Store", "address_key"]
 
 UNFINISHED = ("pending", "running")
+READER_THREADS = 4  # SQLite readers run in parallel under WAL
+T = TypeVar("T")
+
+# The Core tables behind the models, for the per-turn statements.
+SESSIONS = SessionRow.__table__
+USERS = UserRow.__table__
+MESSAGES = MessageRow.__table__
+INBOX = InboxRow.__table__
 
 
 def address_key(channel: SessionChannel) -> str | None:
@@ -67,6 +76,9 @@ class Store:
         self._echo = echo
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
+        self._sync_engine: Engine | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
         # SQLite has one writer at a time; queueing writers here avoids "database is locked"
         # when a deferred transaction tries to upgrade to a write lock.
         self._write_lock = asyncio.Lock()
@@ -87,6 +99,8 @@ class Store:
                 await asyncio.to_thread(os.makedirs, directory, exist_ok=True)
             engine = create_async_engine(self.url, echo=self._echo)
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            if path and path != ":memory:":
+                self._open_sqlite_threads(path)
         else:
             engine = create_async_engine(
                 self.url, echo=self._echo, pool_size=self._pool_size, pool_pre_ping=True
@@ -104,7 +118,52 @@ class Store:
                 await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
             return await conn.run_sync(migrate)
 
+    def _open_sqlite_threads(self, path: str) -> None:
+        """A synchronous twin of the engine for the per-turn statements.
+
+        aiosqlite hops to its thread for every driver call (a write transaction is a dozen hops);
+        running the whole transaction in one hop to a thread of our own is several times faster.
+        Writes keep going through ``_write_lock``, so SQLite still sees one writer at a time.
+        """
+        self._sync_engine = create_engine(
+            f"sqlite:///{path}", echo=self._echo, connect_args={"check_same_thread": False}
+        )
+        event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatgate-sqlite-write")
+        self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="chatgate-sqlite-read")
+
+    async def _run_write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(connection)`` in one write transaction, in one hop."""
+        if self._sync_engine is not None and self._writer is not None:
+            async with self._write_lock:
+                return await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_begin, work)
+        async with self._writing() as conn:
+            return await conn.run_sync(work)
+
+    async def _run_read(self, work: Callable[[Connection], T]) -> T:
+        if self._sync_engine is not None and self._readers is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, self._sync_connect, work)
+        async with self._reading() as conn:
+            return await conn.run_sync(work)
+
+    def _sync_begin(self, work: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return work(conn)
+
+    def _sync_connect(self, work: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.connect() as conn:
+            return work(conn)
+
     async def close(self) -> None:
+        for pool in (self._writer, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._writer = self._readers = None
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+            self._sync_engine = None
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -113,6 +172,22 @@ class Store:
     async def session(self) -> AsyncIterator[AsyncSession]:
         async with AsyncSession(self.engine, expire_on_commit=False) as db:
             yield db
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncConnection]:
+        """A plain connection for the per-turn reads (Core: no ORM unit-of-work on the hot path)."""
+        async with self.engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """A Core write transaction, committed on exit (serialised on SQLite)."""
+        if self.is_sqlite:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
@@ -166,9 +241,11 @@ class Store:
         return UserInfo(row.id, email, org_id)
 
     async def get_user(self, user_id: str) -> UserInfo | None:
-        async with self.session() as db:
-            row = await db.get(UserRow, user_id)
-        return None if row is None else UserInfo(row.id, row.email, row.org_id)
+        def work(conn: Connection) -> UserInfo | None:
+            row = conn.execute(select(USERS).where(USERS.c.id == user_id)).mappings().first()
+            return None if row is None else UserInfo(row["id"], row["email"], row["org_id"])
+
+        return await self._run_read(work)
 
     # -- sessions ------------------------------------------------------------------------
 
@@ -201,9 +278,36 @@ class Store:
         return SessionRecord.from_row(row)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        async with self.session() as db:
-            row = await db.get(SessionRow, session_id)
-        return None if row is None else SessionRecord.from_row(row)
+        def work(conn: Connection) -> SessionRecord | None:
+            row = conn.execute(select(SESSIONS).where(SESSIONS.c.id == session_id)).mappings().first()
+            return None if row is None else SessionRecord.from_mapping(row)
+
+        return await self._run_read(work)
+
+    async def turn_context(
+        self, session_id: str, history_limit: int
+    ) -> tuple[SessionRecord, UserInfo | None, list[MessageRecord]] | None:
+        """What a turn needs, in one read: the session, its user, the recent messages."""
+
+        def work(conn: Connection) -> tuple[SessionRecord, UserInfo | None, list[MessageRecord]] | None:
+            row = conn.execute(select(SESSIONS).where(SESSIONS.c.id == session_id)).mappings().first()
+            if row is None:
+                return None
+            record = SessionRecord.from_mapping(row)
+            user_row = conn.execute(select(USERS).where(USERS.c.id == record.user_id)).mappings().first()
+            messages: list[MessageRecord] = []
+            if history_limit > 0:
+                result = conn.execute(
+                    select(MESSAGES)
+                    .where(MESSAGES.c.session_id == session_id)
+                    .order_by(MESSAGES.c.id.desc())
+                    .limit(history_limit)
+                )
+                messages = [MessageRecord.from_mapping(m) for m in reversed(result.mappings().all())]
+            user = None if user_row is None else UserInfo(user_row["id"], user_row["email"], user_row["org_id"])
+            return record, user, messages
+
+        return await self._run_read(work)
 
     async def find_session(self, channel: SessionChannel) -> SessionRecord | None:
         key = address_key(channel)
@@ -316,22 +420,28 @@ class Store:
         status: str = "complete",
         platform_refs: list[str] | None = None,
     ) -> MessageRecord:
-        row = MessageRow(
-            id=message_id or new_id(),
-            session_id=session_id,
-            role=role,
-            text=text,
-            block_id=block["id"] if block else None,
-            block=block,
-            attachments=attachments or [],
-            inbound_id=inbound_id,
-            status=status,
-            platform_refs=platform_refs or [],
-        )
-        async with self.write() as db:
-            db.add(row)
-            await db.exec(update(SessionRow).where(col(SessionRow.id) == session_id).values(updated_at=utcnow()))
-        return MessageRecord.from_row(row)
+        now = utcnow()
+        values = {
+            "id": message_id or new_id(),
+            "session_id": session_id,
+            "role": role,
+            "text": text,
+            "block_id": block["id"] if block else None,
+            "block": block,
+            "attachments": attachments or [],
+            "inbound_id": inbound_id,
+            "status": status,
+            "platform_refs": platform_refs or [],
+            "created_at": now,
+            "updated_at": now,
+        }
+
+        def work(conn: Connection) -> None:
+            conn.execute(insert(MESSAGES).values(**values))
+            conn.execute(update(SESSIONS).where(SESSIONS.c.id == session_id).values(updated_at=now))
+
+        await self._run_write(work)
+        return MessageRecord.from_mapping(values)
 
     async def update_message(self, message_id: str, **values: Any) -> None:
         """Set ``text``, ``status``, ``platform_refs`` or ``block`` of a stored message."""
@@ -340,8 +450,8 @@ class Store:
         if unknown:
             raise ValueError(f"cannot update message fields {sorted(unknown)}")
         values["updated_at"] = utcnow()
-        async with self.write() as db:
-            await db.exec(update(MessageRow).where(col(MessageRow.id) == message_id).values(**values))
+        statement = update(MESSAGES).where(MESSAGES.c.id == message_id).values(**values)
+        await self._run_write(lambda conn: conn.execute(statement))
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         async with self.session() as db:
@@ -419,14 +529,13 @@ class Store:
         if limit <= 0:
             return []
         statement = (
-            select(MessageRow)
-            .where(MessageRow.session_id == session_id)
-            .order_by(col(MessageRow.id).desc())
-            .limit(limit)
+            select(MESSAGES).where(MESSAGES.c.session_id == session_id).order_by(MESSAGES.c.id.desc()).limit(limit)
         )
-        async with self.session() as db:
-            rows = (await db.exec(statement)).all()
-        return [MessageRecord.from_row(r) for r in reversed(rows)]
+
+        def work(conn: Connection) -> list[MessageRecord]:
+            return [MessageRecord.from_mapping(r) for r in reversed(conn.execute(statement).mappings().all())]
+
+        return await self._run_read(work)
 
     # -- inbox ---------------------------------------------------------------------------
 
@@ -444,24 +553,31 @@ class Store:
 
         A repeated ``dedup_key`` stores nothing and returns ``duplicate=True``.
         """
-        row = InboxRow(session_id=session_id, dedup_key=dedup_key, kind=kind, payload=payload)
-        message_id = None
+        now = utcnow()
+        inbox_id = new_id()
+        message_id = new_id() if user_text is not None else None
+
+        def work(conn: Connection) -> None:
+            conn.execute(insert(INBOX).values(
+                id=inbox_id, dedup_key=dedup_key, session_id=session_id, kind=kind, payload=payload,
+                status="pending", attempts=0, created_at=now, updated_at=now,
+            ))
+            if message_id is not None:
+                conn.execute(insert(MESSAGES).values(
+                    id=message_id, session_id=session_id, role="user", text=user_text,
+                    attachments=attachments or [], inbound_id=inbox_id, status="complete", platform_refs=[],
+                    created_at=now, updated_at=now,
+                ))
+                conn.execute(update(SESSIONS).where(SESSIONS.c.id == session_id).values(updated_at=now))
+
         try:
-            async with self.write() as db:
-                db.add(row)
-                if user_text is not None:
-                    message = MessageRow(session_id=session_id, role="user", text=user_text,
-                                         attachments=attachments or [], inbound_id=row.id)
-                    db.add(message)
-                    message_id = message.id
-                    await db.exec(
-                        update(SessionRow).where(col(SessionRow.id) == session_id).values(updated_at=utcnow())
-                    )
+            await self._run_write(work)
         except IntegrityError:
-            async with self.session() as db:
-                existing = (await db.exec(select(InboxRow).where(InboxRow.dedup_key == dedup_key))).first()
-            return InboxEntry(existing.id if existing else "", True, None)
-        return InboxEntry(row.id, False, message_id)
+            existing = await self._run_read(
+                lambda conn: conn.execute(select(INBOX.c.id).where(INBOX.c.dedup_key == dedup_key)).first()
+            )
+            return InboxEntry(existing[0] if existing else "", True, None)
+        return InboxEntry(inbox_id, False, message_id)
 
     async def get_inbound(self, inbox_id: str) -> InboundRecord | None:
         async with self.session() as db:
@@ -503,8 +619,7 @@ class Store:
 
     async def set_inbox_status(self, inbox_id: str, status: str, error: str | None = None) -> None:
         values: dict[str, Any] = {"status": status, "updated_at": utcnow(), "error": error}
-        async with self.write() as db:
-            await db.exec(update(InboxRow).where(col(InboxRow.id) == inbox_id).values(**values))
+        await self._run_write(lambda conn: conn.execute(update(INBOX).where(INBOX.c.id == inbox_id).values(**values)))
 
     async def unfinished_inbound(self) -> list[InboxRow]:
         """Events recorded but not finished (the process died): rerun at start-up, in order.

@@ -25,6 +25,23 @@ class SessionRecord:
     entered: bool = False
 
     @classmethod
+    def from_mapping(cls, m: Any) -> SessionRecord:
+        """From a Core result row of the ``sessions`` table."""
+        return cls(
+            id=m["id"],
+            channel=SessionChannel(m["channel_type"], m["chat_id"], m["thread_id"], m["team_id"]),
+            user_id=m["user_id"],
+            owner_key=m["owner_key"],
+            title=m["title"],
+            metadata=dict(m["metadata"] or {}),
+            chat_name=m["chat_name"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+            data=dict(m["data"] or {}),
+            entered=bool(m["entered"]),
+        )
+
+    @classmethod
     def from_row(cls, row: SessionRow) -> SessionRecord:
         return cls(
             id=row.id,
@@ -54,6 +71,23 @@ class MessageRecord:
     platform_refs: list[str]
     created_at: datetime
     updated_at: datetime
+
+    @classmethod
+    def from_mapping(cls, m: Any) -> MessageRecord:
+        """From a Core result row of the ``messages`` table."""
+        return cls(
+            id=m["id"],
+            session_id=m["session_id"],
+            role=m["role"],
+            text=m["text"],
+            block=m["block"],
+            attachments=list(m["attachments"] or []),
+            inbound_id=m["inbound_id"],
+            status=m["status"],
+            platform_refs=list(m["platform_refs"] or []),
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+        )
 
     @classmethod
     def from_row(cls, row: MessageRow) -> MessageRecord:
