@@ -302,10 +302,16 @@ def streaming_app(tokens: list[str], delay: float = 0.002) -> gateway.App:
 
 async def test_private_stream_uses_drafts_then_one_exact_final_message(tmp_path: Path, api: FakeTelegramAPI) -> None:
     tokens = [f"word{i} " for i in range(300)]
-    async with running(streaming_app(tokens), tmp_path, api):
+    async with running(streaming_app(tokens), tmp_path, api) as gw:
         api.send_text(PRIVATE, "go")
         await until(lambda: api.visible(PRIVATE), timeout=10)
         await asyncio.sleep(0.1)
+        session = await gw.store.find_session(gateway.SessionChannel("telegram", chat_id=str(PRIVATE)))
+        assert session is not None
+        records, _ = await gw.store.list_messages(session.id)
+        reply = records[-1]
+        assert reply.role == "assistant" and reply.status == "complete"
+        assert reply.platform_refs == [str(api.visible(PRIVATE)[0].message_id)]  # the final message's id
     assert api.visible_texts(PRIVATE) == ["".join(tokens).strip()]
     assert len(api.calls_to("sendMessage", ok=True)) == 1 and not api.calls_to("editMessageText")
     drafts = api.calls_to("sendMessageDraft", ok=True)
@@ -503,6 +509,23 @@ async def test_notify_shows_typing_and_a_status_draft(tmp_path: Path, api: FakeT
     assert (PRIVATE, "typing") in api.chat_actions
     assert any(texts == ["Searching…"] for texts in api.drafts.values())
     assert api.visible_texts(PRIVATE) == ["found it"]
+
+
+async def test_a_server_without_chat_actions_costs_one_call(tmp_path: Path) -> None:
+    app = gateway.App("no-actions")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.notify("Working")
+        await session.reply(f"done {msg.text}")
+
+    async with FakeTelegramAPI(rate_scale=SCALE, chat_action_supported=False) as api, running(app, tmp_path, api):
+        api.send_text(GROUP, f"@{api.bot_username} one")
+        await until(lambda: api.visible_texts(GROUP) == ["done one"])
+        api.send_text(GROUP, f"@{api.bot_username} two")
+        await until(lambda: api.visible_texts(GROUP) == ["done one", "done two"])
+    assert [c.status for c in api.calls_to("sendChatAction")] == [404]
+    assert not api.drafts  # no status drafts in groups
 
 
 # -- limits, retries, restarts -------------------------------------------------------------------

@@ -135,7 +135,7 @@ class TelegramAdapter(Adapter):
                 await self.poller.release()
             except Exception:
                 log.warning("could not release the telegram polling lease", exc_info=True)
-        await self.bot.session.close()
+        await self.client.close()
 
     def describe(self) -> str:
         name = f"@{self.identity.username}" if self.identity else "telegram"

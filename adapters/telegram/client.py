@@ -103,6 +103,8 @@ class TelegramClient:
         self.supports_chat_action = True
         self.requests = 0
         self.retries = 0
+        self.closed = False
+        self._in_flight = 0
 
     # -- the one entry point ------------------------------------------------------------------
 
@@ -140,20 +142,34 @@ class TelegramClient:
             exc = state.outcome.exception() if state.outcome else None
             log.warning("telegram %s failed (%s); retrying", method.__api_method__, exc)
 
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(retryable),
-            stop=stop_after_attempt(self.attempts),
-            wait=wait,
-            before_sleep=before_sleep,
-            reraise=True,
-        ):
-            with attempt:
-                self.requests += 1
-                if kind is not None and chat_id is not None:
-                    async with self.pacer.slot(chat_id, kind):
-                        return await self.bot(method, request_timeout=timeout)
-                return await self.bot(method, request_timeout=timeout)
-        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+        self._in_flight += 1
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(retryable),
+                stop=stop_after_attempt(self.attempts),
+                wait=wait,
+                before_sleep=before_sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    self.requests += 1
+                    if kind is not None and chat_id is not None:
+                        async with self.pacer.slot(chat_id, kind):
+                            return await self.bot(method, request_timeout=timeout)
+                    return await self.bot(method, request_timeout=timeout)
+            raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+        finally:
+            self._in_flight -= 1
+            if self.closed and self._in_flight == 0:
+                await self.bot.session.close()
+
+    async def close(self) -> None:
+        """Close the HTTP session. Handlers the core still lets finish after the adapter stopped
+        may send later: such a call reopens the session (aiogram does) and closes it again when
+        it is done, so late replies are delivered and no connection is left open."""
+        self.closed = True
+        if self._in_flight == 0:
+            await self.bot.session.close()
 
     # -- messages -----------------------------------------------------------------------------
 
