@@ -11,7 +11,7 @@ from adapters.slack.blocks import render_block
 from adapters.slack.conversation import Conversation
 from adapters.slack.limits import MAX_STATUS
 from adapters.slack.streaming import EditStreamSink, NativeStreamSink
-from adapters.slack.text import render_parts
+from adapters.slack.text import render_parts_async
 from gateway.outbound import MessageRef, StreamSink
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class SlackOutbox:
 
     async def send_text(self, message_id: str, text: str) -> list[MessageRef]:
         refs: list[MessageRef] = []
-        for part in render_parts(text):
+        for part in await render_parts_async(text):
             ts = await self.conversation.post_part(part)
             if ts is not None:
                 refs.append(ts)

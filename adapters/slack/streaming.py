@@ -24,7 +24,7 @@ from slack_sdk.errors import SlackApiError
 from adapters.slack.conversation import Conversation
 from adapters.slack.limits import MAX_STREAM_APPEND, MAX_STREAM_MESSAGE
 from adapters.slack.pacer import is_rate_limited
-from adapters.slack.text import Part, render_parts, same_content
+from adapters.slack.text import Part, render_parts_async, same_content
 from gateway.outbound import MessageRef
 
 log = logging.getLogger(__name__)
@@ -68,14 +68,14 @@ class EditStreamSink:
         if not c.pacer.available_within(method, c.team, c.channel, self.min_interval):
             c.pacer.stats.skipped_frames += 1
             return  # no budget for a preview now: skip the rendering too
-        await self._show(render_parts(text), urgent=False)
+        await self._show(await render_parts_async(text), urgent=False)
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
         if self.closed:
             return list(self.refs)
         self.closed = True
         try:
-            parts = render_parts(final_text(text, stopped))
+            parts = await render_parts_async(final_text(text, stopped))
             await self._show(parts, urgent=True)
             for ts in self.refs[len(parts) :]:  # previews the final text no longer needs
                 await self.conversation.delete(ts)

@@ -8,6 +8,7 @@ adapter never sends more than Slack accepts and never drops text.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -63,6 +64,17 @@ def render_parts(markdown: str, *, style: Style = "markdown") -> list[Part]:
         return _fallback_render(markdown)
     parts = render_slack(markdown, style=style)
     return list(parts)
+
+
+RENDER_INLINE_MAX = 2_000
+"""Characters rendered on the event loop; longer texts render in a worker thread so a burst of
+long final texts (many replies finishing at once) does not hold up other conversations' I/O."""
+
+
+async def render_parts_async(markdown: str, *, style: Style = "markdown") -> list[Part]:
+    if len(markdown) <= RENDER_INLINE_MAX:
+        return render_parts(markdown, style=style)
+    return await asyncio.to_thread(render_parts, markdown, style=style)
 
 
 def notification_text(part: Part) -> str:
