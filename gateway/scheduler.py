@@ -25,6 +25,8 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,7 @@ from apscheduler.jobstores.base import BaseJobStore
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
@@ -62,6 +65,9 @@ JOB_PREFIX = "schedule:"
 JOB_TABLE = "chatgate_jobs"
 TICK_RETENTION = timedelta(days=2)
 """How long a recurring job's tick fences are kept (a tick is never retried after that)."""
+STOP_GRACE = 5.0
+"""Seconds a running tick may take to finish when the gateway stops (as the dispatcher gives
+running handlers)."""
 SCHEDULE_OPTIONS = frozenset({"every", "at", "timezone", "misfire_grace", "coalesce"})
 SYNC_DRIVERS = {
     "sqlite+aiosqlite": "sqlite",
@@ -89,6 +95,44 @@ class PlannedJob:
     one_off: bool
     misfire_grace: int
     coalesce: bool
+
+
+CRON_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+"""Cron numbers days from Sunday = 0 (7 is Sunday too); APScheduler 3 from Monday = 0 and its
+``from_crontab`` passes the field through unchanged, so "1-5" would mean Tuesday to Saturday.
+Day-of-week fields are therefore rewritten as explicit day names."""
+
+
+def cron_weekdays(field: str) -> str:
+    """A cron day-of-week field as APScheduler day names: ``"1-5"`` -> ``"mon,tue,wed,thu,fri"``."""
+    if field in ("*", "?"):
+        return "*"
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if step < 1:
+            raise ValueError(f"bad step in day-of-week {field!r}")
+        if span == "*":
+            first, last = 0, 6
+        else:
+            low, _, high = span.partition("-")
+            first = _cron_day(low)
+            last = _cron_day(high) if high else (6 if step_text else first)
+            if high and last == 0 and first > 0:
+                last = 7  # "5-7" / "fri-sun": up to Sunday
+        if last < first:
+            raise ValueError(f"day-of-week range {span!r} runs backwards")
+        days.update(day % 7 for day in range(first, last + 1, step))
+    return ",".join(CRON_WEEKDAYS[day] for day in sorted(days, key=lambda d: (d + 6) % 7))
+
+
+def _cron_day(text: str) -> int:
+    if text.isdigit() and 0 <= int(text) <= 7:
+        return int(text)
+    if text[:3] in CRON_WEEKDAYS:
+        return CRON_WEEKDAYS.index(text[:3])
+    raise ValueError(f"not a day of the week: {text!r}")
 
 
 def plan_job(spec: ScheduleSpec, settings: SchedulerSettings) -> PlannedJob:
@@ -119,8 +163,10 @@ def plan_job(spec: ScheduleSpec, settings: SchedulerSettings) -> PlannedJob:
         fields = spec.trigger.split()
         if len(fields) != 5:
             raise ValueError(f"@app.schedule {spec.name!r}: {spec.trigger!r} is not a 5-field cron expression")
+        minute, hour, day, month, weekday = fields
         try:
-            trigger = CronTrigger.from_crontab(spec.trigger, timezone=zone)
+            trigger = CronTrigger(minute=minute, hour=hour, day=day, month=month,
+                                  day_of_week=cron_weekdays(weekday), timezone=zone)
         except ValueError as exc:
             raise ValueError(f"@app.schedule {spec.name!r}: bad cron {spec.trigger!r}: {exc}") from None
         signature = f"cron {spec.trigger} {zone_name}"
@@ -155,6 +201,11 @@ class ScheduleExecutor(BaseExecutor):
         self.running: set[asyncio.Task[list[JobExecutionEvent]]] = set()
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        """Called in the job-store thread: hand the run to the event loop."""
+        loop = self._scheduler._eventloop
+        loop.call_soon_threadsafe(self._start, job, run_times)
+
+    def _start(self, job: Any, run_times: list[datetime]) -> None:
         name = job.args[0] if job.args else job.id.removeprefix(JOB_PREFIX)
         task = asyncio.get_running_loop().create_task(
             self.service.run_job(job.id, name, job._jobstore_alias, job.misfire_grace_time, run_times),
@@ -175,6 +226,57 @@ class ScheduleExecutor(BaseExecutor):
         task.add_done_callback(finished)
 
 
+class JobStoreThreadScheduler(AsyncIOScheduler):
+    """An AsyncIOScheduler whose job-store work runs in one worker thread.
+
+    APScheduler 3's job stores are synchronous. Called on the event loop, a SQLite write would
+    wait for the write lock held by one of the store's own async transactions, which cannot
+    finish while the loop is blocked: a deadlock until ``busy_timeout``. So ``_process_jobs``
+    (and every job-store call chatgate makes, through :meth:`io`) runs in ``io_thread``; due
+    jobs are handed back to the loop by ``ScheduleExecutor``.
+    """
+
+    def __init__(self, io_thread: ThreadPoolExecutor, **options: Any) -> None:
+        super().__init__(**options)
+        self.io_thread = io_thread
+        self._processing = False
+        self._wake_again = False
+
+    async def io(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.io_thread, lambda: call(*args, **kwargs))
+
+    def wakeup(self) -> None:  # may be called from any thread
+        loop = self._eventloop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._process_in_thread)
+
+    def _process_in_thread(self) -> None:
+        self._stop_timer()
+        if self.state == STATE_STOPPED or self._eventloop is None:
+            return
+        if self._processing:
+            self._wake_again = True
+            return
+        self._processing = True
+        future = self._eventloop.run_in_executor(self.io_thread, self._process_jobs)
+        future.add_done_callback(self._processed)
+
+    def _processed(self, future: asyncio.Future[Any]) -> None:
+        self._processing = False
+        wait_seconds: float | None = 1.0
+        if future.cancelled():
+            return
+        if future.exception() is not None:
+            log.error("scheduler: processing due jobs failed; retrying in 1 s", exc_info=future.exception())
+        else:
+            wait_seconds = future.result()
+        if self._wake_again:
+            self._wake_again = False
+            self._process_in_thread()
+        elif self.state != STATE_STOPPED and self._eventloop is not None:
+            self._start_timer(wait_seconds)
+
+
 # -- the service -----------------------------------------------------------------------------
 
 
@@ -192,7 +294,7 @@ class SchedulerService:
             runtime.store, LEADER_LEASE, holder=self.holder, ttl=self.settings.leader_lease_seconds,
             on_acquired=self._lead, on_lost=self._stand_by,
         )
-        self.scheduler: AsyncIOScheduler | None = None
+        self.scheduler: JobStoreThreadScheduler | None = None
         self._executor: ScheduleExecutor | None = None
         self.runs: Counter[str] = Counter()
         """Completed runs per schedule name, in this process."""
@@ -221,10 +323,14 @@ class SchedulerService:
         if self._started and self.schedules_enabled:
             await self.lease.stop()
         await self._stand_by()
-        if self._executor is not None:
-            for task in list(self._executor.running):
+        if self._executor is not None and self._executor.running:
+            # a tick that already started may finish (its fence is taken: nobody reruns it)
+            _, unfinished = await asyncio.wait(set(self._executor.running), timeout=STOP_GRACE)
+            for task in unfinished:
+                log.warning("scheduler: %s did not finish within %ss of the stop; cancelled",
+                            task.get_name(), STOP_GRACE)
                 task.cancel()
-            await asyncio.gather(*self._executor.running, return_exceptions=True)
+            await asyncio.gather(*unfinished, return_exceptions=True)
         if self._started:
             await self.tasks.stop()
         self._started = False
@@ -235,7 +341,10 @@ class SchedulerService:
         if self.scheduler is not None:
             return
         executor = ScheduleExecutor(self)
-        scheduler = AsyncIOScheduler(
+        io_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chatgate-jobstore")
+        scheduler = JobStoreThreadScheduler(
+            io_thread,
+            event_loop=asyncio.get_running_loop(),
             timezone=ZoneInfo(self.settings.timezone),
             jobstores={"default": self._job_store()},
             executors={"default": executor},
@@ -246,11 +355,14 @@ class SchedulerService:
             },
         )
         scheduler.add_listener(self._on_event, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
-        scheduler.start(paused=True)
+        already_ran = {p.job_id for p in self.planned.values() if p.one_off and await self.queries.has_run(p.job_id)}
         try:
-            await self._sync_jobs(scheduler)
+            await scheduler.io(scheduler.start, paused=True)
+            await scheduler.io(self._sync_jobs, scheduler, already_ran)
         except Exception:
-            scheduler.shutdown(wait=False)
+            with contextlib.suppress(Exception):
+                scheduler.shutdown(wait=False)
+            io_thread.shutdown(wait=False)
             raise
         scheduler.resume()
         self.scheduler, self._executor = scheduler, executor
@@ -261,6 +373,7 @@ class SchedulerService:
         if scheduler is not None and scheduler.running:
             scheduler.shutdown(wait=False)
             await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the next loop iteration
+            await asyncio.get_running_loop().run_in_executor(None, scheduler.io_thread.shutdown)
             log.info("scheduler: standing by (%s)", self.holder)
 
     def _job_store(self) -> BaseJobStore:
@@ -272,16 +385,17 @@ class SchedulerService:
             event.listen(engine, "connect", _sqlite_busy_timeout)
         return SQLAlchemyJobStore(engine=engine, tablename=JOB_TABLE)
 
-    async def _sync_jobs(self, scheduler: AsyncIOScheduler) -> None:
+    def _sync_jobs(self, scheduler: AsyncIOScheduler, already_ran: set[str]) -> None:
         """Make the stored jobs match the app's schedules, keeping each unchanged job's stored
-        next run time (so ticks missed during a restart are honoured)."""
+        next run time (so ticks missed during a restart are honoured). Runs in the job-store
+        thread."""
         for planned in self.planned.values():
             options = {"misfire_grace_time": planned.misfire_grace, "coalesce": planned.coalesce, "max_instances": 1}
             existing = scheduler.get_job(planned.job_id)
             if existing is not None and existing.name == planned.signature:
                 scheduler.modify_job(planned.job_id, **options)
                 continue
-            if planned.one_off and await self.queries.has_run(planned.job_id):
+            if planned.job_id in already_ran:
                 continue  # a one-off that already ran (its job removed itself)
             scheduler.add_job(
                 scheduled_job, planned.trigger, args=[planned.spec.name], id=planned.job_id,
@@ -348,12 +462,22 @@ class SchedulerService:
             self.runs[name] += 1
         log.info("schedule %s ran in %.3fs", name, time.perf_counter() - started)
 
-    def next_run_time(self, name: str) -> datetime | None:
-        """When schedule ``name`` fires next (only known in the leading process)."""
-        if self.scheduler is None:
+    async def next_run_time(self, name: str) -> datetime | None:
+        """When schedule ``name`` fires next (None when it will not, or this process does not lead)."""
+        scheduler = self.scheduler
+        if scheduler is None:
             return None
-        job = self.scheduler.get_job(JOB_PREFIX + name)
+        job = await scheduler.io(scheduler.get_job, JOB_PREFIX + name)
         return None if job is None else job.next_run_time
+
+    async def reschedule(self, name: str, next_run_time: datetime) -> None:
+        """Move schedule ``name``'s next tick (an operator's "run it at 5"; tests' clock)."""
+        scheduler = self.scheduler
+        if scheduler is None:
+            raise RuntimeError("this process does not run the scheduler (it is not the leader)")
+        if name not in self.planned:
+            raise LookupError(f"no @app.schedule named {name!r}")
+        await scheduler.io(scheduler.modify_job, JOB_PREFIX + name, next_run_time=next_run_time)
 
 
 def sync_database_url(url: str) -> str | None:

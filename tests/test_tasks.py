@@ -5,6 +5,7 @@ a real Gateway on a SQLite file)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,7 @@ async def test_retries_with_backoff_then_success(tmp_path: Path) -> None:
         await handle.status()
         assert handle.attempts == 3
         assert len(attempts) == 3
-        gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
         assert all(gap >= 0.02 for gap in gaps)  # waited out the backoff
 
 

@@ -1,0 +1,459 @@
+"""``@app.schedule``: cron, interval and one-off triggers on APScheduler with the SQLAlchemy job
+store, the synthetic owner session, overlap skipping, misfires and coalescing across a restart,
+one firing per tick across two gateways on one database, and jobs that talk to real sessions.
+
+The clock is controlled, not waited for: a cron job is made due "now" by setting its stored next
+run time (the scheduler then computes the following tick from the cron trigger), and triggers
+are checked against fixed instants. Nothing sleeps for more than a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+from apscheduler.triggers.cron import CronTrigger
+from sqlalchemy import create_engine
+
+import gateway
+from gateway.context import current_session
+from gateway.inbound import PlatformUser
+from gateway.scheduler import (
+    JOB_PREFIX,
+    JOB_TABLE,
+    cron_weekdays,
+    open_conversation,
+    plan_job,
+    sync_database_url,
+)
+from gateway.testing import TestClient
+from gateway.types import SessionChannel
+
+FAST = {"enabled": True, "leader_lease_seconds": 0.6, "task_poll_seconds": 0.05}
+
+
+def client(app: gateway.App, tmp_path: Path, **scheduler: Any) -> TestClient:
+    return TestClient(app, tmp_path, scheduler={**FAST, **scheduler})
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not met in time")
+
+
+async def fire_soon(tc: TestClient, name: str, delay: float = 0.05) -> datetime:
+    """Make schedule ``name`` due ``delay`` seconds from now (the controllable clock)."""
+    when = datetime.now(UTC) + timedelta(seconds=delay)
+    await tc.gateway.scheduler.reschedule(name, when)
+    return when
+
+
+def stored_job_store(tmp_path: Path) -> SQLAlchemyJobStore:
+    """The job store as a second process (or an operator) sees it, with the gateway stopped."""
+    url = sync_database_url(f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}")
+    assert url is not None
+    return SQLAlchemyJobStore(engine=create_engine(url), tablename=JOB_TABLE)
+
+
+# -- triggers ------------------------------------------------------------------------------
+
+
+async def test_cron_trigger_in_the_configured_timezone_and_its_next_tick(tmp_path: Path) -> None:
+    app = gateway.App("cron")
+    ran: list[datetime] = []
+
+    @app.schedule("30 9 * * 1-5")
+    async def weekday_digest() -> None:
+        ran.append(datetime.now(UTC))
+
+    async with client(app, tmp_path, timezone="Europe/Berlin") as tc:
+        service = tc.gateway.scheduler
+        assert service.leading
+        job = await service.scheduler.io(service.scheduler.get_job, JOB_PREFIX + "weekday_digest")
+        assert isinstance(job.trigger, CronTrigger) and str(job.trigger.timezone) == "Europe/Berlin"
+        berlin = ZoneInfo("Europe/Berlin")
+        # fixed instants: Friday 10:00 Berlin -> Monday 09:30 Berlin (a weekend skipped; DST-aware)
+        friday = datetime(2026, 3, 27, 10, 0, tzinfo=berlin)
+        assert job.trigger.get_next_fire_time(None, friday) == datetime(2026, 3, 30, 9, 30, tzinfo=berlin)
+        assert app.weekday_digest is weekday_digest  # Capsule keeps schedules as App attributes
+        # make it due now: it runs once, and the scheduler computes the next tick from the cron
+        await fire_soon(tc, "weekday_digest")
+        await until(lambda: ran)
+        await until(lambda: service.runs["weekday_digest"] == 1)
+        following = job.trigger.get_next_fire_time(None, datetime.now(berlin))
+        assert await service.next_run_time("weekday_digest") == following
+        await asyncio.sleep(0.2)
+        assert len(ran) == 1
+
+
+async def test_interval_and_one_off_triggers(tmp_path: Path) -> None:
+    app = gateway.App("triggers")
+    ticks: list[float] = []
+    once: list[float] = []
+
+    @app.schedule(every=0.1)
+    async def heartbeat() -> None:
+        ticks.append(time.monotonic())
+
+    @app.schedule(at=datetime.now(UTC) + timedelta(seconds=0.3))
+    async def launch() -> None:
+        once.append(time.monotonic())
+
+    async with client(app, tmp_path) as tc:
+        await until(lambda: len(ticks) >= 3 and once)
+        assert await tc.gateway.scheduler.next_run_time("launch") is None  # a one-off removes itself
+        await asyncio.sleep(0.25)
+        assert len(once) == 1
+        gaps = [b - a for a, b in itertools.pairwise(ticks)]
+        assert all(gap > 0.05 for gap in gaps)
+    ticks_before = len(ticks)
+    async with client(app, tmp_path):  # a restart does not run the one-off again
+        await until(lambda: len(ticks) > ticks_before)
+        await asyncio.sleep(0.2)
+    assert len(once) == 1
+
+
+def test_bad_schedules_are_refused_clearly() -> None:
+    from gateway.config import SchedulerSettings
+
+    settings = SchedulerSettings()
+    app = gateway.App("bad")
+    with pytest.raises(ValueError, match="needs a cron string"):
+        app.schedule()
+
+    def plan(*args: Any, **options: Any) -> Any:
+        @app.schedule(*args, **options)
+        async def job() -> None:
+            return None
+
+        return plan_job(app.schedules[-1], settings)
+
+    with pytest.raises(ValueError, match="5-field"):
+        plan("*/5 * * *")
+    with pytest.raises(ValueError, match="bad cron"):
+        plan("61 * * * *")
+    with pytest.raises(ValueError, match="bad cron"):
+        plan("0 9 * * 8")
+    with pytest.raises(ValueError, match="unknown timezone"):
+        plan("* * * * *", timezone="Mars/Olympus")
+    with pytest.raises(ValueError, match="unknown options"):
+        plan("* * * * *", jitter=3)
+    with pytest.raises(ValueError, match="at= takes a datetime"):
+        plan(at="tomorrow")
+    assert plan("*/5 * * * *", timezone="Asia/Tokyo").signature == "cron */5 * * * * Asia/Tokyo"
+
+
+@pytest.mark.parametrize(
+    ("field", "days"),
+    [
+        ("*", "*"),
+        ("1-5", "mon,tue,wed,thu,fri"),
+        ("0", "sun"),
+        ("7", "sun"),
+        ("5-7", "fri,sat,sun"),
+        ("0,6", "sat,sun"),
+        ("*/2", "tue,thu,sat,sun"),
+        ("MON-WED", "mon,tue,wed"),
+        ("fri-sun", "fri,sat,sun"),
+        ("1-5/2", "mon,wed,fri"),
+    ],
+)
+def test_cron_weekdays_mean_what_cron_means(field: str, days: str) -> None:
+    assert cron_weekdays(field) == days
+
+
+def test_sync_urls_for_the_job_store() -> None:
+    assert sync_database_url("sqlite+aiosqlite:////data/chatgate.db") == "sqlite:////data/chatgate.db"
+    assert sync_database_url("sqlite+aiosqlite:///:memory:") is None
+    assert sync_database_url("postgresql+asyncpg://u:p@db/chat") == "postgresql+psycopg://u:p@db/chat"
+    with pytest.raises(ValueError, match="no synchronous driver"):
+        sync_database_url("mysql+aiomysql://db/chat")
+
+
+# -- the synthetic session -----------------------------------------------------------------
+
+
+async def test_schedule_runs_with_the_synthetic_owner_session(tmp_path: Path) -> None:
+    app = gateway.App("synthetic")
+    seen: dict[str, Any] = {}
+
+    @app.schedule("0 * * * *")
+    async def hourly() -> None:
+        session = current_session()
+        assert session is not None
+        seen["id"], seen["user"], seen["channel"] = session.id, session.user.id, session.channel.type
+        await session.reply("nobody hears this")
+        await session.show(gateway.Block("card", {"x": 1}))
+        await session.notify("nor this")
+        seen["history"] = [m.text for m in session.history]
+        try:
+            session.stream_reply()
+        except RuntimeError as exc:
+            seen["stream"] = str(exc)
+        await session.set("runs", 1, scope="owner")  # the owner's key-value scope works
+        seen["owner_kv"] = await session.get("runs", scope="owner")
+
+    async with client(app, tmp_path, owner_id="org:acme") as tc:
+        await fire_soon(tc, "hourly")
+        await until(lambda: "owner_kv" in seen)
+        assert seen["id"] == "" and seen["user"] == "org:acme" and seen["channel"] == "chat"
+        assert seen["history"][0] == "nobody hears this"
+        assert "stream_reply" in seen["stream"]
+        assert seen["owner_kv"] == 1
+        assert tc._conversations == {}  # nothing reached any adapter
+        assert current_session() is None  # the job's context did not leak
+
+
+# -- overlap, misfire, coalescing, persistence ----------------------------------------------
+
+
+async def test_overlapping_runs_are_skipped(tmp_path: Path) -> None:
+    app = gateway.App("overlap")
+    active = {"now": 0, "max": 0, "runs": 0}
+
+    @app.schedule(every=0.05)
+    async def slow() -> None:
+        active["now"] += 1
+        active["max"] = max(active["max"], active["now"])
+        await asyncio.sleep(0.3)
+        active["now"] -= 1
+        active["runs"] += 1
+
+    async with client(app, tmp_path) as tc:
+        await until(lambda: active["runs"] >= 2, timeout=5)
+        assert active["max"] == 1
+        assert tc.gateway.scheduler.skipped["slow"] >= 3
+
+
+@pytest.mark.parametrize(
+    ("late_by", "grace", "expected_runs"),
+    [(10, 60, 1), (120, 60, 0)],
+    ids=["within-grace-runs-once", "past-grace-skipped"],
+)
+async def test_a_tick_missed_while_down_runs_at_restart_within_grace(
+    tmp_path: Path, late_by: int, grace: int, expected_runs: int
+) -> None:
+    app = gateway.App("persist")
+    runs: list[datetime] = []
+
+    @app.schedule("*/15 * * * *", misfire_grace=grace)
+    async def quarterly() -> None:
+        runs.append(datetime.now(UTC))
+
+    async with client(app, tmp_path) as tc:
+        assert await tc.gateway.scheduler.next_run_time("quarterly") is not None
+    # while the gateway is down, its stored tick passes
+    store = stored_job_store(tmp_path)
+    store.start(None, "default")  # type: ignore[arg-type]
+    job = store.lookup_job(JOB_PREFIX + "quarterly")
+    assert job is not None and job.name == "cron */15 * * * * UTC"
+    job.next_run_time = datetime.now(UTC) - timedelta(seconds=late_by)
+    store.update_job(job)
+    store.shutdown()
+    async with client(app, tmp_path) as tc:
+        service = tc.gateway.scheduler
+        if expected_runs:
+            await until(lambda: len(runs) == expected_runs)
+        else:
+            await until(lambda: service.missed["quarterly"] == 1)
+        await asyncio.sleep(0.2)
+        assert len(runs) == expected_runs
+        assert await service.next_run_time("quarterly") > datetime.now(UTC)
+
+
+@pytest.mark.parametrize(("coalesce", "expected"), [(True, 1), (False, 3)])
+async def test_coalescing_missed_ticks(tmp_path: Path, coalesce: bool, expected: int) -> None:
+    app = gateway.App("coalesce")
+    runs: list[float] = []
+
+    @app.schedule(every=30, coalesce=coalesce, misfire_grace=600)
+    async def every_half_minute() -> None:
+        runs.append(time.monotonic())
+
+    async with client(app, tmp_path):
+        pass
+    store = stored_job_store(tmp_path)
+    store.start(None, "default")  # type: ignore[arg-type]
+    job = store.lookup_job(JOB_PREFIX + "every_half_minute")
+    job.next_run_time = datetime.now(UTC) - timedelta(seconds=75)  # three ticks were due: -75, -45, -15 s
+    store.update_job(job)
+    store.shutdown()
+    async with client(app, tmp_path):
+        await until(lambda: len(runs) >= expected)
+        await asyncio.sleep(0.2)
+        assert len(runs) == expected
+
+
+async def test_a_changed_trigger_replaces_the_stored_job_and_removed_schedules_go(tmp_path: Path) -> None:
+    first = gateway.App("v1")
+
+    @first.schedule("0 6 * * *")
+    async def morning() -> None:
+        return None
+
+    @first.schedule("0 18 * * *")
+    async def evening() -> None:
+        return None
+
+    async with client(first, tmp_path):
+        pass
+    second = gateway.App("v2")
+
+    @second.schedule("0 7 * * *")
+    async def morning() -> None:  # noqa: F811 - the same schedule, moved an hour
+        return None
+
+    async with client(second, tmp_path) as tc:
+        scheduler = tc.gateway.scheduler.scheduler
+        jobs = await scheduler.io(scheduler.get_jobs)
+        assert [(j.id, j.name) for j in jobs] == [(JOB_PREFIX + "morning", "cron 0 7 * * * UTC")]
+
+
+async def test_disabled_scheduler_runs_no_schedules_but_tasks_still_run(tmp_path: Path) -> None:
+    app = gateway.App("off")
+    ran: list[int] = []
+
+    @app.schedule(every=0.05)
+    async def never() -> None:
+        ran.append(1)
+
+    @app.task
+    async def still_works() -> str:
+        return "yes"
+
+    async with client(app, tmp_path, enabled=False) as tc:
+        assert not tc.gateway.scheduler.leading
+        assert await (await still_works.submit()).result(timeout=5) == "yes"
+        await asyncio.sleep(0.2)
+    assert ran == []
+
+
+# -- several processes ---------------------------------------------------------------------
+
+
+def twin_app(name: str, ticks: list[tuple[str, float]], running: dict[str, int]) -> gateway.App:
+    """The same app as a second process would load it."""
+    app = gateway.App("twins")
+
+    @app.schedule(every=0.1)
+    async def tick() -> None:
+        running["now"] += 1
+        try:
+            running["max"] = max(running["max"], running["now"])
+            ticks.append((name, time.monotonic()))
+            await asyncio.sleep(0.01)
+        finally:
+            running["now"] -= 1
+
+    return app
+
+
+async def test_one_leader_among_gateways_and_failover(tmp_path: Path) -> None:
+    ticks: list[tuple[str, float]] = []
+    running = {"now": 0, "max": 0}
+    a = client(twin_app("a", ticks, running), tmp_path)
+    b = client(twin_app("b", ticks, running), tmp_path)
+    async with a:
+        async with b:
+            assert a.gateway.scheduler.leading and not b.gateway.scheduler.leading
+            await until(lambda: len(ticks) >= 5)
+            await asyncio.sleep(0.3)
+            assert {who for who, _ in ticks} == {"a"}
+            await a.gateway.stop()  # the leader goes away (and releases its lease)
+            a.gateway.stop = _already_stopped  # type: ignore[method-assign]
+            handover = time.monotonic()
+            await until(lambda: b.gateway.scheduler.leading, timeout=3)
+            await until(lambda: any(who == "b" for who, _ in ticks), timeout=3)
+            assert time.monotonic() - handover < 1.5
+    assert running["max"] == 1
+
+
+async def _already_stopped() -> None:
+    return None
+
+
+async def test_each_tick_runs_once_even_with_two_schedulers(tmp_path: Path) -> None:
+    """A stale leader (one that lost its lease without noticing yet) and the new leader both run
+    APScheduler for a moment: the tick fence in the database still lets each tick run once."""
+    ticks: list[tuple[str, float]] = []
+    running = {"now": 0, "max": 0}
+    async with client(twin_app("a", ticks, running), tmp_path) as a, \
+            client(twin_app("b", ticks, running), tmp_path) as b:
+        await b.gateway.scheduler._lead()  # split brain, forced
+        assert a.gateway.scheduler.leading and b.gateway.scheduler.leading
+        await until(lambda: len(ticks) >= 8, timeout=5)
+        store = a.gateway.store
+        from sqlmodel import select
+
+        from gateway.store.task_tables import ScheduleRunRow
+
+        async with store.session() as db:
+            fences = (await db.exec(select(ScheduleRunRow))).all()
+        assert len(ticks) <= len(fences) <= len(ticks) + 1  # + one tick claimed, not yet appended
+        assert len({f.run_time for f in fences}) == len(fences)
+
+
+# -- jobs talking to real sessions ---------------------------------------------------------
+
+
+async def test_a_job_messages_a_web_session_and_a_telegram_chat(tmp_path: Path) -> None:
+    app = gateway.App("proactive")
+    targets: dict[str, str] = {}
+
+    @app.schedule("0 8 * * *")
+    async def morning() -> None:
+        web = await app.session(targets["web"])
+        await web.reply(f"good morning, you said {web.history[0].text!r} yesterday")
+        web.data["greeted"] = True
+        await web.flush_data()
+        async with web.stream_reply() as reply:
+            reply.write("today's ")
+            reply.write("forecast: sun")
+        chat = await open_conversation(
+            app, SessionChannel("telegram", chat_id="5001"), user=PlatformUser("telegram", "5001")
+        )
+        await chat.reply("good morning, Telegram")
+
+    @app.message()
+    async def echo(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply("noted")
+
+    async with client(app, tmp_path) as tc:
+        conversation = await tc.conversation("ada", channel="chat")
+        await conversation.send("remind me about the weather")
+        targets["web"] = conversation.session_id
+        await fire_soon(tc, "morning")
+        await until(lambda: len(conversation.sent) >= 3)
+        texts = [s.text for s in conversation.sent]
+        assert texts[1:] == ["good morning, you said 'remind me about the weather' yesterday",
+                             "today's forecast: sun"]
+        record = await tc.gateway.store.get_session(conversation.session_id)
+        assert record.data["greeted"] is True
+        await until(lambda: tc.gateway.scheduler.runs["morning"] == 1)
+        telegram = await tc.gateway.store.find_session(SessionChannel("telegram", chat_id="5001"))
+        assert telegram is not None
+        await until(lambda: tc._conversations.get(telegram.id) and tc._conversations[telegram.id].sent)
+        assert [s.text for s in tc._conversations[telegram.id].sent] == ["good morning, Telegram"]
+        with pytest.raises(LookupError, match="pass user="):
+            await open_conversation(app, SessionChannel("telegram", chat_id="9999"))
+        with pytest.raises(ValueError, match="no address"):
+            await open_conversation(app, SessionChannel("chat"))
+
+
+@asynccontextmanager
+async def _noop() -> AsyncIterator[None]:
+    yield
