@@ -70,8 +70,10 @@
   function applyAccent(root, accent) {
     var hex = parseHexColor(accent);
     if (!hex) return;
+    var on = textOn(hex);
     root.style.setProperty("--cg-accent", hex);
-    root.style.setProperty("--cg-on-accent", textOn(hex));
+    root.style.setProperty("--cg-on-accent", on);
+    root.style.setProperty("--cg-accent-text", on === "#ffffff" ? hex : "#111827");
   }
 
   function formatTime(iso) {

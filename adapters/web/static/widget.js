@@ -145,6 +145,7 @@
     var light = 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2] > 0.45;
     wrapper.style.setProperty("--cg-accent", hex);
     wrapper.style.setProperty("--cg-on-accent", light ? "#111827" : "#ffffff");
+    wrapper.style.setProperty("--cg-accent-text", light ? "#111827" : hex);
   }
 
   function ensureChat() {
