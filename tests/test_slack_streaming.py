@@ -245,3 +245,31 @@ async def test_assistant_thread_streams_natively_with_a_status(slack: FakeSlack,
         [reply] = slack.thread("D1", "300.000001")
         assert reply.markdown == FULL
         assert slack.statuses[0] == {"channel_id": "D1", "thread_ts": "300.000001", "status": "Thinking"}
+
+
+async def test_edit_streams_roll_over_and_survive_a_deleted_preview(slack: FakeSlack, tmp_path) -> None:
+    paragraph = "y" * 990 + "\n\n"
+    tokens = [paragraph] * 18  # ~18,000 characters: two messages
+    app = gateway.App("long-edits")
+    first_frame = asyncio.Event()
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        async with session.stream_reply() as reply:
+            reply.write("starting\n\n")
+            await asyncio.wait_for(first_frame.wait(), 5)
+            for token in tokens:
+                reply.write(token)
+                await asyncio.sleep(0.01)
+
+    async with SlackGateway(app, tmp_path, slack, dm_sessions="per_dm") as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await slack.wait_for(lambda: slack.thread("D1", None))
+        slack.thread("D1", None)[0].deleted = True  # the user deletes the first preview
+        first_frame.set()
+        await gw.idle(20)
+        messages = slack.thread("D1", None)
+        assert len(messages) >= 2
+        shown = "".join(m.visible_text for m in messages).replace("\n", "")
+        assert shown == ("starting" + "".join(tokens)).replace("\n", "")
+        assert [c for c in slack.calls_of("chat.update") if c.error == "message_not_found"]

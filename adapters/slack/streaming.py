@@ -30,6 +30,8 @@ from gateway.outbound import MessageRef
 log = logging.getLogger(__name__)
 
 STOPPED_MARK = "\n\n_(stopped)_"
+MESSAGE_GONE_ERRORS = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
+"""chat.update errors meaning the preview cannot be edited any more: post the text anew."""
 STREAM_ENDED_ERRORS = frozenset({"message_not_in_streaming_state", "stopped_by_user", "message_not_found"})
 """appendStream/stopStream errors meaning the stream is over (Slack timed it out or the user stopped it)."""
 
@@ -91,7 +93,18 @@ class EditStreamSink:
             if i < len(self.refs):
                 if same_content(self.shown[i], part):
                     continue
-                if not await self.conversation.update_part(self.refs[i], part, urgent=urgent, max_wait=max_wait):
+                try:
+                    updated = await self.conversation.update_part(self.refs[i], part, urgent=urgent, max_wait=max_wait)
+                except SlackApiError as error:
+                    if error.response.get("error") not in MESSAGE_GONE_ERRORS:
+                        raise
+                    # Someone deleted the preview (or it can no longer be edited): post it anew.
+                    ts = await self.conversation.post_part(part, urgent=urgent, max_wait=max_wait)
+                    if ts is None:
+                        return
+                    self.refs[i], self.shown[i] = ts, part
+                    continue
+                if not updated:
                     return  # frame skipped by the pacer: the next frame brings the text again
                 self.shown[i] = part
             else:
