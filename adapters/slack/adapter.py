@@ -84,7 +84,7 @@ class SlackAdapter(Adapter):
             raise ConfigError("config error: slack.app_token (xapp-...) is required in socket mode (SLACK_APP_TOKEN)")
         api_url = slack.api_url if slack.api_url.endswith("/") else slack.api_url + "/"
         # No transport-level retries: a chat.postMessage retried after a lost answer is a
-        # duplicate message. 429s are handled by the pacer, which knows what is safe to retry.
+        # duplicate message. The pacer handles 429s, and lost connections of idempotent calls.
         self.client = AsyncWebClient(token=slack.bot_token, base_url=api_url, retry_handlers=[])
         self.pacer = SlackPacer()
         self.directory = SlackDirectory(self.client, self.pacer)
