@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from aiohttp import web
 from playwright.async_api import Browser, Page, async_playwright
@@ -189,6 +191,16 @@ def build_app() -> gateway.App:
     return app
 
 
+ISSUED_TOKENS = web.AppKey("issued_tokens", list)
+IDENTITY_SECRET = "host-site-shared-secret-for-tests-0123456789"
+
+
+def host_token(sub: str, email: str, *, expires_in: float) -> str:
+    """What a host site's backend hands its page: an HS256 JWT signed with web.identity_secret."""
+    claims = {"sub": sub, "email": email, "exp": int(time.time() + expires_in)}
+    return jwt.encode(claims, IDENTITY_SECRET, algorithm="HS256")
+
+
 def make_settings(tmp_path: Path, port: int = 0) -> Settings:
     return load_settings(
         None,
@@ -197,7 +209,7 @@ def make_settings(tmp_path: Path, port: int = 0) -> Settings:
         server={"host": "127.0.0.1", "port": port},
         database={"url": f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}"},
         files={"dir": str(tmp_path / "files"), "max_upload_bytes": 1_000_000, "accepted_types": ["text/*", "image/*"]},
-        web={"title": "Widget Test", "accent_color": "#4f46e5"},
+        web={"title": "Widget Test", "accent_color": "#4f46e5", "identity_secret": IDENTITY_SECRET},
         scheduler={"enabled": False},
     )
 
@@ -287,15 +299,28 @@ async def wait_reply(page: Page, text: str) -> None:
     )
 
 
-async def host_server(gateway_url: str) -> web.AppRunner:
-    """A second origin serving the host page that embeds the widget."""
-    html = HOST_PAGE.read_text().replace("{{GATEWAY}}", gateway_url)
+async def host_server(gateway_url: str, *, token: str = "", token_url: str = "") -> web.AppRunner:
+    """A second origin serving the host page that embeds the widget, and (like a host site's
+    backend would) ``/token``: a fresh identity token for the signed-in customer."""
+    html = (
+        HOST_PAGE.read_text()
+        .replace("{{GATEWAY}}", gateway_url)
+        .replace("{{TOKEN}}", token)
+        .replace("{{TOKEN_URL}}", token_url)
+    )
+    issued: list[str] = []
 
     async def page(_request: web.Request) -> web.Response:
         return web.Response(text=html, content_type="text/html")
 
+    async def fresh_token(_request: web.Request) -> web.Response:
+        issued.append(host_token("customer-7", "bo@example.com", expires_in=600))
+        return web.json_response({"token": issued[-1]})
+
     app = web.Application()
+    app[ISSUED_TOKENS] = issued
     app.router.add_get("/", page)
+    app.router.add_get("/token", fresh_token)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -812,6 +837,57 @@ async def test_a_block_updated_while_disconnected_is_current_after_the_reconnect
     await page.wait_for_selector(".cg-card[data-block-type=task_card][data-status=completed]")
     await page.wait_for_timeout(200)
     assert [role for role, _ in await conversation(page)] == ["user", "assistant", "user", "block", "user", "assistant"]
+
+
+async def test_host_signed_identity_token(running_gateway: Gateway, browser: Browser, open_page) -> None:
+    token = host_token("customer-42", "ann@example.com", expires_in=600)
+    page = await open_page(f"{running_gateway.public_url}/?token={token}")
+    assert await page.evaluate("window.chatgate.client.user.email") == "ann@example.com"
+    await send(page, "signed in")
+    await wait_reply(page, "Echo: signed in")
+    session_id = await page.evaluate("window.chatgate.client.sessionId")
+    record = await running_gateway.store.get_session(session_id)
+    assert record is not None
+    assert record.user_id == await page.evaluate("window.chatgate.client.user.id")
+
+    # An expired token: the page says so and does not hammer the gateway with reconnects.
+    context = await browser.new_context()
+    try:
+        expired = await context.new_page()
+        expired.set_default_timeout(WAIT_MS)
+        sockets: list[str] = []
+        expired.on("websocket", lambda ws: sockets.append(ws.url))
+        stale = host_token("customer-42", "ann@example.com", expires_in=-60)
+        await expired.goto(f"{running_gateway.public_url}/?token={stale}&reconnect_ms=50")
+        await expired.wait_for_selector(".cg-chat[data-connection=unauthorized]")
+        assert "sign-in has expired" in await expired.locator(".cg-status").inner_text()
+        assert await expired.locator(".cg-subtitle-text").inner_text() == "Signed out"
+        await expired.wait_for_timeout(600)
+        assert len(sockets) == 1
+    finally:
+        await context.close()
+
+
+async def test_embed_renews_an_expired_host_token(running_gateway: Gateway, browser: Browser) -> None:
+    stale = host_token("customer-7", "bo@example.com", expires_in=-60)
+    host = await host_server(running_gateway.public_url, token=stale, token_url="/token")
+    context = await browser.new_context()
+    try:
+        page = await context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        await page.goto(runner_url(host) + "/")
+        await page.locator("chatgate-widget .cg-launcher").click()
+        await page.wait_for_selector("chatgate-widget .cg-chat[data-connection=open]")
+        issued = host.app[ISSUED_TOKENS]
+        assert len(issued) == 1
+        assert await page.evaluate("ChatGateWidget.chat.client.token") == issued[0]
+        assert await page.evaluate("ChatGateWidget.chat.client.user.email") == "bo@example.com"
+        assert await page.locator("chatgate-widget .cg-status").is_hidden()
+        await send(page, "renewed")
+        await wait_reply(page, "Echo: renewed")
+    finally:
+        await context.close()
+        await host.cleanup()
 
 
 async def test_two_tabs_on_one_session_show_each_message_once(running_gateway: Gateway, browser: Browser) -> None:

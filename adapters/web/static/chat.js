@@ -431,6 +431,7 @@
     });
     client.on("title", setSessionTitle);
     client.on("ready", function (frame) {
+      if (statusLine.classList.contains("cg-status-error")) showStatus(null); // e.g. "signed out", now fixed
       if (frame.title) setSessionTitle(frame.title);
       refreshControls();
     });
@@ -626,6 +627,9 @@
         titleEl.textContent = appTitle;
         root.setAttribute("aria-label", appTitle);
         avatar.textContent = (appTitle.trim()[0] || "C").toUpperCase();
+      },
+      setToken: function (token) {
+        client.setToken(token);
       },
       setAccent: function (accent) {
         applyAccent(root, accent);

@@ -53,6 +53,7 @@
   function ChatClient(options) {
     this.gateway = String(options.gateway || global.location.origin).replace(/\/+$/, "");
     this.token = options.token || null;
+    this.refreshToken = options.refreshToken || null; // () => Promise<new host token>
     this.handler = options.handler || null;
     this.storagePrefix = "chatgate:" + this.gateway + ":" + (this.token ? "token:" : "") + (this.handler || "") + ":";
     this.sessionId = storageGet(this.storagePrefix + "session");
@@ -81,6 +82,7 @@
       onState: function (state, detail) {
         if (state !== "open") self.ready = false;
         self._emit("connection", { state: state, detail: detail });
+        if (state === "unauthorized") self._renewToken();
       },
     });
   }
@@ -110,6 +112,31 @@
   };
 
   // ------------------------------------------------------------ identity & URLs
+
+  /** Signs in with a new host token (a host page whose token was refreshed), on a new socket. */
+  ChatClient.prototype.setToken = function (token) {
+    this.token = token || null;
+    this.connection.restart();
+  };
+
+  /** The gateway refused our host token (it expired): ask the host page for a fresh one, once
+   * per 10 s, so a page left open overnight signs back in by itself. */
+  ChatClient.prototype._renewToken = function () {
+    var self = this;
+    var now = Date.now();
+    if (!this.token || !this.refreshToken || (this.lastRenewal && now - this.lastRenewal < 10000)) return;
+    this.lastRenewal = now;
+    Promise.resolve()
+      .then(function () {
+        return self.refreshToken();
+      })
+      .then(function (token) {
+        if (token && token !== self.token) self.setToken(token);
+      })
+      .catch(function (error) {
+        if (global.console) global.console.warn("chatgate: could not renew the identity token", error);
+      });
+  };
 
   ChatClient.prototype._identityQuery = function () {
     if (this.token) return "token=" + encodeURIComponent(this.token);
@@ -324,6 +351,7 @@
       this.visitorToken = frame.visitor_token;
       storageSet("chatgate:" + this.gateway + ":visitor", frame.visitor_token);
     }
+    this.user = frame.user || null; // {id, email, org_id}: who the gateway says we are
     this.ready = true;
     // A turn cut short by a restart has no turn_end coming, unless its message is still unsent.
     var waiting = this.outbox.some(function (f) {

@@ -9,8 +9,10 @@
  * Attributes (all optional): data-gateway (default: where this script came from), data-title,
  * data-accent (#rrggbb), data-position (right | left), data-token (a host-signed identity
  * token), data-handler (a named @app.message handler), data-open ("true": open at load),
- * data-greeting, data-reconnect-ms (first reconnect delay).
- * window.ChatGateWidget = {open(), close(), toggle(), chat} once loaded.
+ * data-token-url (a URL on the host site answering {"token": "..."} or the bare token: asked for
+ * a fresh token when the gateway refuses an expired one), data-greeting, data-reconnect-ms
+ * (first reconnect delay).
+ * window.ChatGateWidget = {open(), close(), toggle(), setToken(token), chat}.
  */
 (function (global) {
   "use strict";
@@ -27,7 +29,32 @@
     "M12 3C6.5 3 2 6.8 2 11.5c0 2.4 1.2 4.6 3.1 6.1L4.4 21l4-1.9c1.1.3 2.3.5 3.6.5 5.5 0 10-3.8 10-8.5S17.5 3 12 3z";
   var CLOSE_ICON = "M18.3 5.7 12 12l6.3 6.3-1.4 1.4L10.6 13.4 4.3 19.7 2.9 18.3 9.2 12 2.9 5.7 4.3 4.3l6.3 6.3 6.3-6.3z";
 
-  var api = { open: open, close: close, toggle: toggle, chat: null, ready: null };
+  var api = { open: open, close: close, toggle: toggle, setToken: setToken, chat: null, ready: null };
+  var token = data.token || null;
+
+  function setToken(value) {
+    token = value || null;
+    if (chat) chat.setToken(token);
+  }
+
+  /** Asks the host site (same origin as the page, so its own cookies apply) for a fresh token. */
+  function fetchToken() {
+    return fetch(data.tokenUrl, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        if (!response.ok) throw new Error("token endpoint answered " + response.status);
+        return response.text();
+      })
+      .then(function (body) {
+        var value;
+        try {
+          value = JSON.parse(body).token;
+        } catch (e) {
+          value = body.trim();
+        }
+        token = value || null;
+        return token;
+      });
+  }
   global.ChatGateWidget = api;
 
   function loadScript(src) {
@@ -150,14 +177,16 @@
 
   function ensureChat() {
     if (chat) return Promise.resolve(chat);
-    return api.ready.then(function () {
+    var signedIn = !token && data.tokenUrl ? fetchToken() : Promise.resolve(token);
+    return Promise.all([api.ready, signedIn]).then(function () {
       if (chat) return chat;
       var title = data.title || config.title || "Chat";
       panel.setAttribute("aria-label", title);
       chat = global.ChatGate.mount(panel, {
         mode: "widget",
         gateway: gateway,
-        token: data.token || null,
+        token: token,
+        refreshToken: data.tokenUrl ? fetchToken : null,
         handler: data.handler || null,
         title: title,
         accent: data.accent || config.accent_color,
