@@ -256,12 +256,12 @@ class RestApi:
             status = 500 if turn.error == errors.HANDLER_ERROR else 504
             message = "the bot failed to answer" if status == 500 else "the bot took too long to answer"
             return errors.json_error(status, turn.error, message, {"execution_id": turn.inbound_id})
-        store = self.ctx.core.store
-        user_record = await store.message_for_inbound(record.id, turn.inbound_id, role="user")
+        stored = await self.ctx.core.store.turn_messages(record.id, turn.inbound_id)
+        user_record = next((m for m in stored if m.role == "user"), None)
         user_message = (
             chat_message(user_record) if user_record else _pending_user_message(record.id, turn.inbound_id, content)
         )
-        replies = await self._replies(record.id, turn.inbound_id, user_record.id if user_record else None)
+        replies = [chat_message(m) for m in stored if m.role == "assistant"]
         assistant = replies[-1] if ended and replies else None
         flat = dict(assistant or user_message)
         flat.update(
@@ -273,21 +273,6 @@ class RestApi:
             }
         )
         return web.json_response({"data": flat}, status=201)
-
-    async def _replies(self, session_id: str, inbound_id: str, after_id: str | None) -> list[dict[str, Any]]:
-        """The assistant messages of one turn, oldest first."""
-        if after_id is None:
-            return []
-        out: list[dict[str, Any]] = []
-        offset = 0
-        while True:
-            records, _ = await self.ctx.core.store.list_messages(
-                session_id, offset=offset, limit=200, after_id=after_id
-            )
-            out += [chat_message(r) for r in records if r.inbound_id == inbound_id and r.role == "assistant"]
-            if len(records) < 200:
-                return out
-            offset += len(records)
 
     async def stream_message(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         record = await self._own_session(request, caller)

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from gateway.inbound import ButtonPress, Inbound, PlatformUser
-from gateway.store.records import SessionRecord
+from gateway.store.records import MessageRecord, SessionRecord
 from gateway.types import Attachment, Event, Message, SessionChannel, UserInfo
 
 from . import errors
@@ -269,9 +269,13 @@ class WidgetConnection:
     async def _forward(self, session: SessionRecord, after: str | None, ready: bool) -> None:
         try:
             async with self.ctx.core.bus.subscribe(session_topic(session.id)) as events:
+                # Read the replay before saying "ready": a message the client sends as soon as it
+                # is ready must arrive live (once), not also inside its own replay.
+                backlog = await self._backlog(session.id, after)
                 if ready:
                     await self.send(self._ready_frame(session))
-                await self._replay(session.id, after)
+                for record in backlog:
+                    await self._feed.replay(record)
                 async for event in events:
                     await self._feed.deliver(event)
                     if self.ws.closed:
@@ -293,17 +297,16 @@ class WidgetConnection:
             "visitor_token": self.identity.visitor_token,
         }
 
-    async def _replay(self, session_id: str, after: str | None) -> None:
-        offset = 0
+    async def _backlog(self, session_id: str, after: str | None) -> list[MessageRecord]:
+        """Every stored message after ``after`` (all of them for ``None``), oldest first."""
+        backlog: list[MessageRecord] = []
         while True:
             records, _total = await self.ctx.core.store.list_messages(
-                session_id, offset=offset, limit=REPLAY_PAGE, after_id=after
+                session_id, offset=len(backlog), limit=REPLAY_PAGE, after_id=after
             )
-            for record in records:
-                await self._feed.replay(record)
+            backlog += records
             if len(records) < REPLAY_PAGE:
-                return
-            offset += len(records)
+                return backlog
 
     async def send(self, frame: dict[str, Any]) -> None:
         """Send one frame; a socket that has gone away is not an error (its client will resume)."""

@@ -436,11 +436,9 @@ class Store:
             "updated_at": now,
         }
 
-        def work(conn: Connection) -> None:
-            conn.execute(insert(MESSAGES).values(**values))
-            conn.execute(update(SESSIONS).where(SESSIONS.c.id == session_id).values(updated_at=now))
-
-        await self._run_write(work)
+        # The session's updated_at moves with inbound activity (record_inbound), not with replies:
+        # one statement less on every reply.
+        await self._run_write(lambda conn: conn.execute(insert(MESSAGES).values(**values)))
         return MessageRecord.from_mapping(values)
 
     async def update_message(self, message_id: str, **values: Any) -> None:
@@ -493,17 +491,25 @@ class Store:
         return None if row is None else row.block
 
     async def message_for_inbound(self, session_id: str, inbound_id: str, *, role: str) -> MessageRecord | None:
-        async with self.session() as db:
-            row = (
-                await db.exec(
-                    select(MessageRow)
-                    .where(MessageRow.session_id == session_id)
-                    .where(MessageRow.inbound_id == inbound_id)
-                    .where(MessageRow.role == role)
-                    .order_by(col(MessageRow.id))
-                )
-            ).first()
-        return None if row is None else MessageRecord.from_row(row)
+        """The first message of ``role`` stored for one inbound event."""
+        for record in await self.turn_messages(session_id, inbound_id):
+            if record.role == role:
+                return record
+        return None
+
+    async def turn_messages(self, session_id: str, inbound_id: str) -> list[MessageRecord]:
+        """Every message stored for one inbound event (the user's and the replies), oldest first."""
+        statement = (
+            select(MESSAGES)
+            .where(MESSAGES.c.inbound_id == inbound_id)
+            .where(MESSAGES.c.session_id == session_id)
+            .order_by(MESSAGES.c.id)
+        )
+
+        def work(conn: Connection) -> list[MessageRecord]:
+            return [MessageRecord.from_mapping(r) for r in conn.execute(statement).mappings().all()]
+
+        return await self._run_read(work)
 
     async def list_messages(
         self, session_id: str, *, offset: int = 0, limit: int = 20, after_id: str | None = None

@@ -85,7 +85,7 @@ class MessageRow(SQLModel, table=True):
     block_id: str | None = Field(default=None, index=True, max_length=128)
     block: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     attachments: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    inbound_id: str | None = Field(default=None, max_length=64)
+    inbound_id: str | None = Field(default=None, index=True, max_length=64)
     status: str = Field(default="complete", max_length=16)
     platform_refs: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow)
