@@ -715,6 +715,19 @@ async def test_embed_script_on_a_cross_origin_host_page(running_gateway: Gateway
             # The host page's own button still looks like the host wants.
             host_background = await page.locator("#host-button").evaluate("b => getComputedStyle(b).backgroundColor")
             assert host_background == "rgb(0, 255, 0)"
+
+            # A reply that arrives while the panel is closed shows on the launcher.
+            session_id = await page.evaluate("ChatGateWidget.chat.client.sessionId")
+            app_session = await running_gateway.open_session(session_id)
+            await app_session.reply("While you were away: your export is ready.")
+            badge = page.locator("chatgate-widget .cg-unread")
+            await badge.wait_for()
+            assert await badge.inner_text() == "1"
+            assert await launcher.get_attribute("aria-label") == "Open chat (1 new)"
+            await launcher.click()
+            await badge.wait_for(state="hidden")
+            assert await launcher.get_attribute("aria-label") == "Close chat"
+            await wait_reply(page, "While you were away: your export is ready.")
             await context.close()
     finally:
         await host.cleanup()

@@ -158,6 +158,7 @@
   shadow.appendChild(wrapper);
 
   var isOpen = false;
+  var unread = 0;
   var chat = null;
   var config = {};
 
@@ -198,9 +199,10 @@
           launcher.focus();
         },
         onUnread: function (count) {
+          unread = count;
           badge.hidden = !count;
           badge.textContent = count > 9 ? "9+" : String(count);
-          launcher.setAttribute("aria-label", count ? "Open chat (" + count + " new)" : "Open chat");
+          labelLauncher();
         },
       });
       api.chat = chat;
@@ -208,16 +210,21 @@
     });
   }
 
+  function labelLauncher() {
+    var label = isOpen ? "Close chat" : unread ? "Open chat (" + unread + " new)" : "Open chat";
+    launcher.setAttribute("aria-label", label);
+    launcher.setAttribute("aria-expanded", isOpen ? "true" : "false");
+  }
+
   function open() {
     return ensureChat().then(function (c) {
       isOpen = true;
       panel.hidden = false;
       wrapper.classList.add("cg-open");
-      launcher.setAttribute("aria-expanded", "true");
-      launcher.setAttribute("aria-label", "Close chat");
       launcher.replaceChild(svgIcon(CLOSE_ICON), launcher.firstChild);
       storageSet(OPEN_KEY, "1");
       c.setVisible(true);
+      labelLauncher();
       c.focus();
     });
   }
@@ -226,11 +233,10 @@
     isOpen = false;
     panel.hidden = true;
     wrapper.classList.remove("cg-open");
-    launcher.setAttribute("aria-expanded", "false");
-    launcher.setAttribute("aria-label", "Open chat");
     launcher.replaceChild(svgIcon(CHAT_ICON), launcher.firstChild);
     storageSet(OPEN_KEY, null);
     if (chat) chat.setVisible(false);
+    labelLauncher();
   }
 
   function toggle() {
