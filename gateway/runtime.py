@@ -120,18 +120,18 @@ class Gateway:
         return await self.integrations.all_for(user)
 
     async def identify(self, request: web.Request) -> tuple[UserInfo, bool]:
-        """Who makes an HTTP request: ``(user, authenticated)``. Adapters that know identities
-        (the web adapter's cookies and signed tokens) answer first; a configured API key counts
-        as authenticated; anyone else is anonymous."""
+        """Who makes an HTTP request: ``(user, authenticated)``. A configured API key is the
+        authenticated API user; then adapters that know identities answer (the web adapter's
+        signed host tokens and visitor cookies); anyone else is anonymous."""
+        key = request.headers.get("X-API-Key")
+        if key and key in self.settings.web.api_keys:
+            return API_USER, True
         for adapter in self.adapters:
             identify = getattr(adapter, "identify", None)
             if identify is not None:
                 found = await identify(request)
                 if found is not None:
                     return found
-        key = request.headers.get("X-API-Key")
-        if key and key in self.settings.web.api_keys:
-            return API_USER, True
         return UserInfo("anonymous"), False
 
     async def session_for_request(self, request: web.Request, user: UserInfo, authenticated: bool) -> Session | None:

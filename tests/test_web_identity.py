@@ -173,3 +173,41 @@ async def test_the_page_sets_the_visitor_cookie(gw):
                 pytest.skip("adapters/web/static/index.html is not written yet")
             cookie = response.cookies["chatgate_uid"]
             assert cookie["httponly"] and cookie["samesite"] == "Lax"
+
+
+async def test_app_endpoints_know_widget_users(tmp_path):
+    """@app.endpoint sees a host-token user as authenticated, a visitor as known but anonymous."""
+    import aiohttp
+    import jwt
+
+    import gateway
+    from adapters.web.testing import running_gateway
+
+    app = gateway.App("who")
+
+    @app.endpoint("GET", "/me", authorized=False)
+    async def me(ctx: gateway.RequestContext):
+        return {"user": ctx.user.id, "email": ctx.user.email, "authenticated": ctx.authenticated}
+
+    @app.endpoint("GET", "/private")
+    async def private(ctx):
+        return {"ok": ctx.user.email}
+
+    async with running_gateway(app, tmp_path, web={"identity_secret": "host-secret"}) as gw:
+        base = f"http://127.0.0.1:{gw.port}"
+        token = jwt.encode({"sub": "ada", "email": "ada@example.com", "exp": 4102444800}, "host-secret", "HS256")
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            async with http.get(f"{base}/me", params={"token": token}) as r:
+                body = await r.json()
+                assert body["email"] == "ada@example.com" and body["authenticated"] is True
+            async with http.get(f"{base}/private", params={"token": token}) as r:
+                assert (await r.json()) == {"ok": "ada@example.com"}
+            async with http.get(f"{base}/api/widget/identity") as r:
+                assert r.status == 200  # sets the visitor cookie
+            async with http.get(f"{base}/me") as r:
+                body = await r.json()
+                assert body["user"] != "anonymous" and body["authenticated"] is False
+            async with http.get(f"{base}/private") as r:
+                assert r.status == 401
+            async with http.get(f"{base}/me", params={"token": "forged.token.value"}) as r:
+                assert (await r.json())["authenticated"] is False

@@ -11,11 +11,11 @@ from aiohttp import WSCloseCode, web
 from adapters.base import Adapter, GatewayContext
 from gateway.config import Settings
 from gateway.outbound import Capabilities, Limits
-from gateway.types import Attachment, SessionChannel
+from gateway.types import Attachment, SessionChannel, UserInfo
 
 from .context import API_CHANNEL, WIDGET_CHANNEL, WebContext
 from .cors import preflight
-from .identity import IdentityResolver
+from .identity import IdentityRefused, IdentityResolver
 from .outbox import WebOutbox
 from .rest import RestApi
 from .socket import websocket_handler
@@ -59,6 +59,21 @@ class WebAdapter(Adapter):
 
     async def start(self, gateway: GatewayContext) -> None:
         self.ctx.gw = gateway
+
+    async def identify(self, request: web.Request) -> tuple[UserInfo, bool] | None:
+        """Who an HTTP request comes from, for ``@app.endpoint``, ``@app.data`` and the
+        integrations pages: a host-site token (``?token=``) is an authenticated user; a visitor
+        (cookie or ``?visitor=``) is known but not authenticated; anything else is not ours."""
+        if self.ctx.gw is None:
+            return None
+        try:
+            identity = self.ctx.identities.resolve(request, mint=False)
+        except IdentityRefused:
+            return None
+        if identity is None:
+            return None
+        user = await self.ctx.user_of(identity)
+        return user, not identity.anonymous
 
     async def stop(self) -> None:
         """Close open sockets with "going away": widgets reconnect and resume after a restart."""
