@@ -502,12 +502,14 @@ class TaskService:
             # the status moved between card_fields() and now: correct the card once it is shown
             self._spawn(self._resync_card(task_id, session_id, seen), f"chatgate-task-card-{task_id}")
 
-    async def _resync_card(self, task_id: str, session_id: str, stale_status: str) -> None:
+    async def _resync_card(self, task_id: str, session_id: str, stale_status: str | None) -> None:
+        """Once ``show_task``'s own card is stored, re-show it if it is stale (``stale_status``
+        None: whatever it shows)."""
         deadline = time.monotonic() + CARD_RESYNC_WAIT
         while time.monotonic() < deadline:
             block = await self.rt.store.block(session_id, f"task_{task_id}")
             if block is not None:
-                if (block.get("payload") or {}).get("status") == stale_status:
+                if stale_status is None or (block.get("payload") or {}).get("status") == stale_status:
                     await self._update_cards(task_id, only_session=session_id)
                 return
             await asyncio.sleep(0.05)
@@ -532,7 +534,13 @@ class TaskService:
         message = watcher.message
         if message is None:  # show_task's message lives only in the card it showed: keep it
             shown = await self.rt.store.block(watcher.session_id, block_id)
-            message = ((shown or {}).get("payload") or {}).get("message")
+            if shown is None:
+                # show_task registered the watcher but has not shown its card yet: update it
+                # once it has (showing now would lose its message, or be overwritten by it)
+                self._spawn(self._resync_card(watcher.task_id, watcher.session_id, None),
+                            f"chatgate-task-card-{watcher.task_id}")
+                return
+            message = (shown.get("payload") or {}).get("message")
         if message is not None:
             payload["message"] = message
         payload.update(fields)

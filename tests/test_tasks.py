@@ -369,3 +369,116 @@ async def test_live_task_card_updates_in_place(tmp_path: Path, channel: str) -> 
         records, _ = await tc.gateway.store.list_messages(conversation.session_id)
         cards = [r for r in records if r.role == "block" and r.block and r.block["id"] == f"task_{task_id}"]
         assert len(cards) == 1 and cards[0].block["payload"]["status"] == "completed"
+
+
+# -- live task cards on the real adapters ------------------------------------------------------
+
+
+def card_app(release: asyncio.Event) -> gateway.App:
+    """A handler that starts a task and shows its card; the task fails once, then succeeds."""
+    app = gateway.App("cards")
+
+    @app.task(retries=1, backoff=(0.02, 0.05))
+    async def export(session: gateway.Session, rows: int) -> dict[str, int]:
+        await release.wait()
+        if not session.data.get("failed_once"):
+            session.data["failed_once"] = True
+            raise ConnectionError("storage hiccup")
+        await session.reply(f"exported {rows} rows")
+        return {"rows": rows}
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        handle = await export.submit(session=session, rows=int(msg.text.strip() or 0))
+        await session.show_task(handle, message="Exporting…")
+
+    return app
+
+
+async def test_live_task_card_on_the_web_socket(tmp_path: Path) -> None:
+    import aiohttp
+
+    from adapters.web.testing import base_url, running_gateway
+
+    release = asyncio.Event()
+    async with running_gateway(card_app(release), tmp_path, scheduler=FAST) as gw, aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{base_url(gw)}/ws")
+        await ws.send_json({"type": "hello", "id": "h1"})
+        cards: list[dict[str, Any]] = []
+        texts: list[str] = []
+
+        async def read_until(predicate: Any) -> None:
+            async with asyncio.timeout(5):
+                while not predicate():
+                    frame = await ws.receive_json()
+                    if frame["type"] == "block" and frame["block"]["type"] == "task_card":
+                        cards.append(frame["block"])
+                    elif frame["type"] == "message" and frame["message"]["role"] == "assistant":
+                        texts.append(frame["message"]["text"])
+
+        await ws.send_json({"type": "message", "id": "m1", "text": "7"})
+        await read_until(lambda: cards)
+        release.set()
+        await read_until(lambda: cards[-1]["payload"]["status"] == "completed" and texts)
+        assert len({c["id"] for c in cards}) == 1  # one card, re-shown in place
+        assert [c["payload"]["status"] for c in cards][-2:] == ["running", "completed"]
+        assert "retry" in [c["payload"]["status"] for c in cards]
+        assert cards[-1]["payload"]["result"] == {"rows": 7} and cards[-1]["payload"]["message"] == "Exporting…"
+        assert texts == ["exported 7 rows"]
+        await ws.close()
+
+
+async def test_live_task_card_on_telegram_edits_one_message(tmp_path: Path) -> None:
+    from gateway.config import load_settings
+    from gateway.runtime import Gateway
+    from tests.fakes.telegram_api import FakeTelegramAPI
+
+    release = asyncio.Event()
+    chat = 5001
+    async with FakeTelegramAPI(rate_scale=0.05) as api:
+        settings = load_settings(
+            None, data_dir=str(tmp_path), secret_key="test-secret", server={"host": "127.0.0.1", "port": 0},
+            database={"url": f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}"}, files={"dir": str(tmp_path / "f")},
+            web={"enabled": False}, scheduler={**FAST, "enabled": False},
+            telegram={"bot_token": api.token, "api_url": api.base_url, "rate_scale": 0.05, "poll_timeout": 1},
+        )
+        gw = Gateway(card_app(release), settings)
+        await gw.start()
+        try:
+            api.send_text(chat, "12")
+            card = await until(lambda: next((m for m in api.visible(chat) if "Exporting" in m.text), None))
+            release.set()
+            await until(lambda: "exported 12 rows" in api.visible_texts(chat) and "completed" in card.text)
+        finally:
+            await gw.stop()
+        texts = api.visible_texts(chat)
+        assert len([t for t in texts if "Exporting" in t]) == 1  # the card is one message, edited
+        assert texts[-1] == "exported 12 rows"
+        edits = [c for c in api.calls_to("editMessageText", ok=True)
+                 if str(c.params.get("message_id")) == str(card.message_id)]
+        assert len(edits) >= 2  # at least retry/running and completed
+        assert api.rate_limited == []
+
+
+async def test_live_task_card_on_slack_updates_one_message(tmp_path: Path) -> None:
+    from tests.fakes.slack_api import FakeSlack, SlackGateway
+
+    release = asyncio.Event()
+    async with FakeSlack(time_scale=0.01) as slack:
+        slack.add_user("U1", email="ada@example.com")
+        async with SlackGateway(card_app(release), tmp_path, slack, dm_sessions="per_dm") as gw:
+            event = {"type": "message", "channel": "D1", "channel_type": "im", "user": "U1", "text": "3",
+                     "ts": "100.000001"}
+            await slack.deliver_event(gw.events_url, event, event_id="Ev1")
+
+            def card() -> Any:
+                return next((m for m in slack.thread("D1", None) if "Exporting" in m.visible_text), None)
+
+            await until(card)
+            release.set()
+            await until(lambda: "completed" in card().visible_text
+                        and any("exported 3 rows" in m.visible_text for m in slack.thread("D1", None)))
+        assert card().edits >= 2  # one message, updated in place
+        assert card().visible_text.startswith(":white_check_mark: *export* — completed")
+        assert len([m for m in slack.thread("D1", None) if "Exporting" in m.visible_text]) == 1
+        assert slack.rate_limited_calls() == []
