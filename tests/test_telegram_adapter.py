@@ -372,13 +372,13 @@ async def test_stop_button_on_the_draft_cancels_the_handler(tmp_path: Path, api:
 
     async with running(app, tmp_path, api):
         api.send_text(PRIVATE, "go")
-        await until(lambda: api.drafts)
+        await until(lambda: any(len(texts[-1]) > 30 for texts in api.drafts.values()))
         (chat_id, draft_id), _ = next(iter(api.drafts.items()))
         api.stop_generation(chat_id, draft_id)
         await asyncio.wait_for(cancelled.wait(), 5)
         await until(lambda: api.visible_texts(PRIVATE))
     final = api.visible_texts(PRIVATE)
-    assert len(final) == 1 and final[0].startswith("w0 w1 ") and not final[0].endswith("w9999")
+    assert len(final) == 1 and final[0].startswith("w0 w1 w2 w3 ") and not final[0].endswith("w9999")
 
 
 # -- blocks and prompts --------------------------------------------------------------------------

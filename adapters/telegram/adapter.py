@@ -155,7 +155,11 @@ class TelegramAdapter(Adapter):
     async def handle_update(self, update: Update) -> None:
         """Record the update (raises if it could not be: the caller must not acknowledge it)."""
         assert self._gw is not None and self.identity is not None
-        converted = convert(update, self.identity, self.policy, awaiting_file=self._awaiting_file)
+        try:
+            converted = convert(update, self.identity, self.policy, awaiting_file=self._awaiting_file)
+        except Exception:  # an update we cannot read must not block the ones after it
+            log.exception("could not read telegram update %s; skipping it", update.update_id)
+            return
         if converted.inbound is not None:
             await self._gw.submit(converted.inbound)
         if converted.callback_query_id is not None:

@@ -142,6 +142,11 @@ class Pacer:
             self._chats[chat_id] = budget
         return budget
 
+    def draft_delay(self, chat_id: int) -> float:
+        """Seconds until the chat's draft budget has room (0: now)."""
+        now = self._clock()
+        return max(0.0, self.chat(chat_id).drafts.earliest(now) - now)
+
     @asynccontextmanager
     async def slot(self, chat_id: int, kind: SlotKind = "message") -> AsyncIterator[None]:
         """Wait for the chat's (and for messages the bot's) budget; hold the chat while inside."""

@@ -95,7 +95,7 @@ class Poller:
                 failures += 1
                 log.warning("telegram: another getUpdates or a webhook is active (%s); waiting", exc.message)
                 await asyncio.sleep(min(BACKOFF_MAX, self.backoff * 2**failures))
-            except (TelegramAPIError, OSError, Exception) as exc:
+            except Exception as exc:  # the loop must survive anything: a store or network outage
                 failures += 1
                 log.error("telegram polling failed (%s); retrying", exc, exc_info=not isinstance(exc, TelegramAPIError))
                 await asyncio.sleep(min(BACKOFF_MAX, self.backoff * 2**failures))

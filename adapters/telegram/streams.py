@@ -19,6 +19,8 @@ never duplicates anything) and deletes messages the final text no longer needs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import secrets
 import time
 
@@ -26,6 +28,8 @@ from adapters.telegram.client import DRAFT_ID_MAX, MethodUnsupported, TelegramCl
 from adapters.telegram.incremental import IncrementalRenderer
 from adapters.telegram.render import TelegramPart
 from gateway.outbound import MessageRef
+
+log = logging.getLogger("chatgate.telegram")
 
 
 class _Posted:
@@ -83,23 +87,34 @@ class EditStream:
         self.min_interval = interval
         self._posted = posted or _Posted()
         self._last = 0.0
+        self._lock = asyncio.Lock()
 
     async def frame(self, text: str) -> None:
-        parts = self.renderer.render(text)
-        if not parts:
-            return
-        wait = self._last + self.min_interval - time.monotonic()
-        if wait > 0 and self._posted.ids:
-            await asyncio.sleep(wait)
-        await _sync(self.client, self.chat_id, self.thread_id, self._posted, parts)
-        self._last = time.monotonic()
+        async with self._lock:  # one frame at a time: two could both post the first message
+            wait = self._last + self.min_interval - time.monotonic()
+            if wait > 0 and self._posted.ids:
+                await asyncio.sleep(wait)
+            parts = self.renderer.render(text)
+            if not parts:
+                return
+            await _sync(self.client, self.chat_id, self.thread_id, self._posted, parts)
+            self._last = time.monotonic()
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
-        return await _finish(self.client, self.chat_id, self.thread_id, self._posted, self.renderer.render(text))
+        async with self._lock:
+            parts = self.renderer.render(text)
+            return await _finish(self.client, self.chat_id, self.thread_id, self._posted, parts)
 
 
 class DraftStream:
-    """Drafts for the part being written; messages for finished parts and the final text."""
+    """Drafts for the part being written; messages for finished parts and the final text.
+
+    ``frame`` never waits: it hands the text to one background flush per stream, which renders and
+    sends the newest text when the chat's draft budget allows (frames that arrive meanwhile are
+    coalesced). So ``close`` is not held up behind a draft waiting for its budget: it cancels a
+    flush that has not started sending, waits only for one already on the wire (a draft sent after
+    the final message would bring a stale bubble back), then posts the final text.
+    """
 
     def __init__(
         self,
@@ -119,11 +134,33 @@ class DraftStream:
         self._posted = _Posted()
         self._fallback: EditStream | None = None
         self.renderer = IncrementalRenderer()
+        self._latest = ""
+        self._flush_task: asyncio.Task[None] | None = None
+        self._sending = False
 
     async def frame(self, text: str) -> None:
         if self._fallback is not None:
             await self._fallback.frame(text)
             return
+        self._latest = text
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush(), name=f"telegram-draft-{self.chat_id}")
+
+    async def _flush(self) -> None:
+        shown = None
+        while self._latest != shown and self._fallback is None:
+            await asyncio.sleep(self.client.pacer.draft_delay(self.chat_id))
+            text = self._latest
+            self._sending = True
+            try:
+                await self._show(text)
+            except Exception:  # a lost preview is not fatal: close() posts the whole text
+                log.warning("telegram draft failed; the final message will carry the text", exc_info=True)
+            finally:
+                self._sending = False
+            shown = text
+
+    async def _show(self, text: str) -> None:
         parts = self.renderer.render(text)
         if not parts:
             return
@@ -138,6 +175,16 @@ class DraftStream:
             await self._fallback.frame(text)
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
+        task = self._flush_task
+        if task is not None and not task.done():
+            if self._sending:
+                await asyncio.shield(task)
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if not task.done():  # sending began while we looked: let it finish
+                await task
         if self._fallback is not None:
             return await self._fallback.close(text, stopped=stopped)
         # sending a message in the chat ends the draft; nothing else to clear
