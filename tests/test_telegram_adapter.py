@@ -404,7 +404,11 @@ async def test_suggestion_buttons_send_their_prompt(tmp_path: Path, api: FakeTel
         api.press_button(PRIVATE, message.message_id, buttons[0]["callback_data"])
         await until(lambda: len(heard) == 2)
         await until(lambda: all(api.callback_answers.values()))
+        api.press_button(PRIVATE, message.message_id, "not-ours")  # an old or foreign button
+        await until(lambda: all(api.callback_answers.values()))
+        await asyncio.sleep(0.1)
     assert heard == ["start", "Tell me more"]
+    assert list(api.callback_answers.values())[-1]["text"] == "This button is no longer available."
 
 
 async def test_approval_buttons_answer_the_prompt_and_the_message_shows_it(

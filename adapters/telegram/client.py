@@ -293,12 +293,18 @@ class TelegramClient:
                 )
                 return
             except TelegramAPIError as exc:
-                if is_unsupported(exc) or (isinstance(exc, TelegramBadRequest) and "private" in exc.message.lower()):
+                if is_unsupported(exc):
                     self.supports_drafts = False
                     log.info("this Bot API server has no sendMessageDraft (%s); streaming by edits", exc.message)
                     raise MethodUnsupported("sendMessageDraft") from exc
-                if not (isinstance(exc, TelegramBadRequest) and PARSE_ERROR in exc.message and parse_mode):
-                    raise
+                if isinstance(exc, TelegramBadRequest) and PARSE_ERROR in exc.message and parse_mode:
+                    continue  # the plain twin next
+                if isinstance(exc, TelegramBadRequest):
+                    # refused for this chat (not a private chat, a bot without the needed mode...):
+                    # this stream goes on by edits; the next one tries drafts again
+                    log.info("telegram refused a draft in %s (%s); streaming by edits", chat_id, exc.message)
+                    raise MethodUnsupported("sendMessageDraft") from exc
+                raise
 
     async def chat_action(self, chat_id: int, action: str = "typing", *, thread_id: int | None = None) -> None:
         """``sendChatAction``; a server without it, or any failure, costs nothing but a log line."""
