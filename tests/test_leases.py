@@ -1,6 +1,6 @@
 """The lease helper over the store's ``leases`` table: one holder at a time, renewal, release
 and takeover after a holder stops or dies (a real SQLite file; two Store engines on it stand
-in for two processes)."""
+in for two processes; the same again on PostgreSQL where it runs)."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from gateway.store import Store
 
 
 @pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'leases.db'}"
-    first, second = Store(url), Store(url)
+async def stores(database_url: str) -> AsyncIterator[tuple[Store, Store]]:
+    first, second = Store(database_url), Store(database_url)
     await first.open()
     await second.open()
     yield first, second

@@ -41,8 +41,8 @@ from gateway.types import SessionChannel
 FAST = {"enabled": True, "leader_lease_seconds": 0.6, "task_poll_seconds": 0.05}
 
 
-def client(app: gateway.App, tmp_path: Path, **scheduler: Any) -> TestClient:
-    return TestClient(app, tmp_path, scheduler={**FAST, **scheduler})
+def client(app: gateway.App, tmp_path: Path, database_url: str | None = None, **scheduler: Any) -> TestClient:
+    return TestClient(app, tmp_path, database_url=database_url, scheduler={**FAST, **scheduler})
 
 
 async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
@@ -362,11 +362,11 @@ def twin_app(name: str, ticks: list[tuple[str, float]], running: dict[str, int])
     return app
 
 
-async def test_one_leader_among_gateways_and_failover(tmp_path: Path) -> None:
+async def test_one_leader_among_gateways_and_failover(tmp_path: Path, database_url: str) -> None:
     ticks: list[tuple[str, float]] = []
     running = {"now": 0, "max": 0}
-    a = client(twin_app("a", ticks, running), tmp_path)
-    b = client(twin_app("b", ticks, running), tmp_path)
+    a = client(twin_app("a", ticks, running), tmp_path / "a", database_url)
+    b = client(twin_app("b", ticks, running), tmp_path / "b", database_url)
     async with a:
         async with b:
             assert a.gateway.scheduler.leading and not b.gateway.scheduler.leading
@@ -386,13 +386,13 @@ async def _already_stopped() -> None:
     return None
 
 
-async def test_each_tick_runs_once_even_with_two_schedulers(tmp_path: Path) -> None:
+async def test_each_tick_runs_once_even_with_two_schedulers(tmp_path: Path, database_url: str) -> None:
     """A stale leader (one that lost its lease without noticing yet) and the new leader both run
     APScheduler for a moment: the tick fence in the database still lets each tick run once."""
     ticks: list[tuple[str, float]] = []
     running = {"now": 0, "max": 0}
-    async with client(twin_app("a", ticks, running), tmp_path) as a, \
-            client(twin_app("b", ticks, running), tmp_path) as b:
+    async with client(twin_app("a", ticks, running), tmp_path / "a", database_url) as a, \
+            client(twin_app("b", ticks, running), tmp_path / "b", database_url) as b:
         await b.gateway.scheduler._lead()  # split brain, forced
         assert a.gateway.scheduler.leading and b.gateway.scheduler.leading
         await until(lambda: len(ticks) >= 8, timeout=5)

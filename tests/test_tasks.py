@@ -27,8 +27,8 @@ FAST = {
 }
 
 
-def client(app: gateway.App, tmp_path: Path, **scheduler: Any) -> TestClient:
-    return TestClient(app, tmp_path, scheduler={**FAST, **scheduler})
+def client(app: gateway.App, tmp_path: Path, database_url: str | None = None, **scheduler: Any) -> TestClient:
+    return TestClient(app, tmp_path, database_url=database_url, scheduler={**FAST, **scheduler})
 
 
 async def until(predicate: Any, timeout: float = 5.0) -> Any:
@@ -100,7 +100,7 @@ def _data_has(tc: TestClient, session_id: str, key: str) -> Any:
     return check
 
 
-async def test_retries_with_backoff_then_success(tmp_path: Path) -> None:
+async def test_retries_with_backoff_then_success(tmp_path: Path, database_url: str) -> None:
     app = gateway.App("tasks")
     attempts: list[float] = []
 
@@ -111,7 +111,7 @@ async def test_retries_with_backoff_then_success(tmp_path: Path) -> None:
             raise ConnectionError("upstream down")
         return "ok"
 
-    async with client(app, tmp_path):
+    async with client(app, tmp_path, database_url):
         handle = await flaky.submit()
         assert await handle.result(timeout=5) == "ok"
         await handle.status()
@@ -219,7 +219,7 @@ async def test_cancel_pending_and_running(tmp_path: Path) -> None:
         assert await later.count(status="scheduled") == 1
 
 
-async def test_lock_template_serialises_tasks_with_the_same_key(tmp_path: Path) -> None:
+async def test_lock_template_serialises_tasks_with_the_same_key(tmp_path: Path, database_url: str) -> None:
     app = gateway.App("tasks")
     active: dict[str, int] = {}
     overlap: list[str] = []
@@ -234,7 +234,7 @@ async def test_lock_template_serialises_tasks_with_the_same_key(tmp_path: Path) 
         await asyncio.sleep(0.05)
         active[user_id] -= 1
 
-    async with client(app, tmp_path):
+    async with client(app, tmp_path, database_url):
         handles = [await sync_user.submit(user_id=u, n=i) for i in range(3) for u in ("a", "b")]
         for handle in handles:
             assert await handle.wait(timeout=10) == "completed"
@@ -283,7 +283,7 @@ async def test_recurring_schedule_requeues(tmp_path: Path) -> None:
         assert await tick.count(status=["scheduled", "pending", "running"]) == 1  # the next one is queued
 
 
-async def test_restart_resumes_queued_and_marks_interrupted(tmp_path: Path) -> None:
+async def test_restart_resumes_queued_and_marks_interrupted(tmp_path: Path, database_url: str) -> None:
     app = gateway.App("tasks")
     started = asyncio.Event()
     runs: dict[str, int] = {"fragile": 0, "sturdy": 0, "queued": 0}
@@ -306,7 +306,7 @@ async def test_restart_resumes_queued_and_marks_interrupted(tmp_path: Path) -> N
         runs["queued"] += 1
         return "resumed"
 
-    async with client(app, tmp_path) as tc:
+    async with client(app, tmp_path, database_url) as tc:
         interrupted_once = await sturdy.submit()
         await asyncio.wait_for(started.wait(), 5)
         no_retries = await fragile.submit()
