@@ -20,7 +20,13 @@ from aiogram.types import BufferedInputFile
 
 from adapters.telegram.blocks import BlockView, absolute_url, view_block
 from adapters.telegram.client import MethodUnsupported
-from adapters.telegram.render import TelegramPart, escape_html, render_telegram, render_telegram_caption
+from adapters.telegram.render import (
+    TelegramPart,
+    escape_html,
+    render_telegram,
+    render_telegram_caption,
+    render_telegram_markdown,
+)
 from adapters.telegram.streams import DraftStream, EditStream
 from gateway.outbound import MessageRef, StreamSink
 from gateway.types import SessionChannel
@@ -46,21 +52,21 @@ class TelegramOutbox:
     # -- text ------------------------------------------------------------------------------------
 
     async def send_text(self, message_id: str, text: str) -> list[MessageRef]:
-        if self.adapter.config.rich_messages and self.client.supports_rich:
-            from adapters.telegram.render import render_telegram_markdown
-
-            refs: list[MessageRef] = []
-            chunks = render_telegram_markdown(text)
-            for index, chunk in enumerate(chunks):
+        if not (self.adapter.config.rich_messages and self.client.supports_rich):
+            return await self._send_parts(render_telegram(text))
+        refs: list[MessageRef] = []
+        for chunk in render_telegram_markdown(text):
+            if self.client.supports_rich:
                 try:
                     sent = await self.client.send_rich(self.chat_id, chunk, thread_id=self.thread_id)
+                    refs.append(str(sent.message_id))
+                    continue
                 except MethodUnsupported:
-                    for rest in chunks[index:]:  # the server has no rich messages: the rest as HTML
-                        refs += await self._send_parts(render_telegram(rest))
-                    return refs
-                refs.append(str(sent.message_id))
-            return refs
-        return await self._send_parts(render_telegram(text))
+                    pass  # remembered: this and the following chunks go as HTML
+                except TelegramBadRequest as exc:  # Telegram refused this Markdown: send it as HTML
+                    log.warning("telegram refused a rich message (%s); sending HTML", exc.message)
+            refs += await self._send_parts(render_telegram(chunk))
+        return refs
 
     async def _send_parts(self, parts: list[TelegramPart], keyboard: Any = None) -> list[MessageRef]:
         refs: list[MessageRef] = []
