@@ -216,10 +216,22 @@
       log.scrollTop = log.scrollHeight;
     }
 
+    /**
+     * Runs a DOM change and keeps following the conversation if the reader was at its end.
+     * Measures once per animation frame and scrolls in the frame, so a replay of hundreds of
+     * messages costs one layout, not one per message.
+     */
+    var frameFollow = null; // whether to follow, measured before this frame's first change
     function keepingScroll(fn) {
-      var follow = nearBottom();
+      if (frameFollow === null) {
+        frameFollow = nearBottom();
+        global.requestAnimationFrame(function () {
+          var follow = frameFollow;
+          frameFollow = null;
+          if (follow) scrollToEnd();
+        });
+      }
       fn();
-      if (follow) scrollToEnd();
     }
 
     // ---------------------------------------------------------------- rendering
