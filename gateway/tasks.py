@@ -304,7 +304,8 @@ class TaskHandle:
         return self._row.status
 
     async def refresh(self) -> None:
-        """Restart the running attempt's timeout from now (Capsule's "extend the timeout")."""
+        """Restart the running attempt's timeout from now (Capsule's "extend the timeout"); works
+        in the process that runs the attempt."""
         self._service.extend_deadline(self.task_id)
 
     async def cancel(self) -> bool:

@@ -457,3 +457,61 @@ async def test_a_job_messages_a_web_session_and_a_telegram_chat(tmp_path: Path) 
 @asynccontextmanager
 async def _noop() -> AsyncIterator[None]:
     yield
+
+
+async def test_a_job_reaches_a_connected_widget_and_a_telegram_chat_through_real_adapters(tmp_path: Path) -> None:
+    """The same job as above, with the real web adapter (a widget connected over WebSocket gets
+    the message pushed) and the real Telegram adapter (the local Bot API server shows it)."""
+    import aiohttp
+
+    from adapters.telegram import TelegramAdapter
+    from adapters.web.adapter import WebAdapter
+    from adapters.web.testing import base_url, web_settings
+    from gateway.runtime import Gateway
+    from tests.fakes.telegram_api import FakeTelegramAPI
+
+    app = gateway.App("proactive")
+    targets: dict[str, str] = {}
+
+    @app.message()
+    async def echo(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply(msg.text)
+
+    @app.schedule("0 8 * * *")
+    async def morning() -> None:
+        web = await app.session(targets["web"])
+        await web.reply("good morning, widget")
+        chat = await open_conversation(
+            app, SessionChannel("telegram", chat_id="5001"), user=PlatformUser("telegram", "5001")
+        )
+        async with chat.stream_reply() as reply:  # a job's stream is collected and sent once
+            reply.write("good morning, ")
+            reply.write("**Telegram**")
+
+    async with FakeTelegramAPI(rate_scale=0.05) as api:
+        settings = web_settings(
+            tmp_path, scheduler=FAST,
+            telegram={"bot_token": api.token, "api_url": api.base_url, "rate_scale": 0.05, "poll_timeout": 1},
+        )
+        gw = Gateway(app, settings, adapters=[WebAdapter(settings), TelegramAdapter(settings)])
+        await gw.start()
+        try:
+            async with aiohttp.ClientSession() as http, http.ws_connect(f"{base_url(gw)}/ws") as ws:
+                await ws.send_json({"type": "hello", "id": "h1"})
+                async with asyncio.timeout(5):
+                    while (frame := await ws.receive_json())["type"] != "ready":
+                        assert frame["type"] != "error", frame
+                targets["web"] = frame["session_id"]
+                await gw.scheduler.reschedule("morning", datetime.now(UTC) + timedelta(seconds=0.05))
+                async with asyncio.timeout(5):
+                    while True:
+                        frame = await ws.receive_json()
+                        if frame["type"] == "message" and frame["message"]["role"] == "assistant":
+                            break
+                assert frame["message"]["text"] == "good morning, widget"
+                await until(lambda: api.visible_texts(5001))
+        finally:
+            await gw.stop()
+        assert api.visible_texts(5001) == ["good morning, Telegram"]
+        assert len(api.calls_to("sendMessage", ok=True)) == 1  # one message, no frames
+        assert api.rate_limited == []
