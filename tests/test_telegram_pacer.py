@@ -16,7 +16,7 @@ from aiogram.exceptions import TelegramNetworkError
 from aiogram.methods import SendMessage
 
 from adapters.telegram.client import TelegramClient
-from adapters.telegram.pacing import MARGIN, Pacer, RateBudget, RateWindow
+from adapters.telegram.pacing import MARGIN, OPEN, Pacer, RateBudget, RateWindow
 from adapters.telegram.render import render_telegram
 from tests.fakes.telegram_api import FakeTelegramAPI
 
@@ -35,18 +35,24 @@ def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
-def test_budget_windows_and_reservations() -> None:
+async def test_budget_counts_requests_in_flight_and_spaces_from_their_finish() -> None:
     now = [100.0]
     budget = RateBudget([RateWindow(2, 1.0)], clock=lambda: now[0])
-    assert budget.earliest(100.0) == 100.0
-    assert budget.reserve(100.0) == 100.0
-    assert budget.reserve(100.0) == 100.0
-    # the window holds two: the third waits a (margined) second after the first
-    assert budget.reserve(100.0) == pytest.approx(101.0 + MARGIN)
-    # reservations never go backwards
-    assert budget.reserve(100.0) >= 101.0 + MARGIN
+    assert await budget.claim() == 100.0
+    assert await budget.claim() == 100.0
+    # two requests in flight fill the window: a third waits until one of them finishes
+    third = asyncio.create_task(budget.claim())
+    await asyncio.sleep(0.01)
+    assert not third.done()
+    now[0] = 100.3
+    budget.settle(OPEN, 100.3)  # finished at 100.3: Telegram counted it no later than that
+    assert await asyncio.wait_for(third, 1) == pytest.approx(100.3 + 1.0 * (1 + MARGIN))
+    assert budget.earliest(100.5) == OPEN  # two still in flight
+    budget.settle(OPEN, 100.4)
+    budget.settle(OPEN, 100.4)
+    assert budget.earliest(100.5) == pytest.approx(100.4 + 1.0 * (1 + MARGIN))
     budget.pause(30)
-    assert budget.earliest(100.5) == pytest.approx(130.0)
+    assert budget.earliest(100.5) == pytest.approx(130.3)
 
 
 async def test_one_chat_is_spaced_and_two_chats_do_not_wait_for_each_other() -> None:

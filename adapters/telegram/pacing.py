@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -41,6 +42,8 @@ GLOBAL_MESSAGES_PER_SECOND = 30.0  # Bot FAQ: "no more than 30 messages per seco
 DRAFT_MIN_INTERVAL = 0.2  # not published; peers stream drafts every 250 ms (vercel/chat), we allow 5/s
 
 SlotKind = Literal["message", "draft"]
+OPEN = math.inf
+"""The time of a request that has not finished yet."""
 
 
 @dataclass(frozen=True)
@@ -54,10 +57,12 @@ class RateWindow:
 class RateBudget:
     """A set of sliding windows plus a pause; answers "how long until one more event fits".
 
-    Events are kept sorted; an event may be a reservation in the future (a request waiting for
-    the budget) and is moved to when its request finished (:meth:`settle`). With the ``count``-th
-    latest event at ``e``, a new event at ``e + seconds`` or later leaves every window of
-    ``seconds`` with at most ``count`` events, future ones included.
+    Events are kept sorted, and each is moved to when its request *finished* (:meth:`settle`).
+    A request still waiting or in flight holds an open slot (:meth:`claim`): it counts as
+    happening "at infinity" until it settles, since nobody knows yet when Telegram will count it.
+    With the ``count``-th latest event at ``e``, a new event at ``e + seconds`` or later leaves
+    every window of ``seconds`` with at most ``count`` events; when ``e`` is an open slot, the
+    next request waits for a settlement.
     """
 
     def __init__(self, windows: Sequence[RateWindow], clock: Callable[[], float] = time.monotonic) -> None:
@@ -65,6 +70,7 @@ class RateBudget:
         self._clock = clock
         self._size = max((w.count for w in self.windows), default=1)
         self._events: list[float] = []
+        self._settled = asyncio.Event()
         self.paused_until = 0.0
 
     def earliest(self, now: float) -> float:
@@ -75,11 +81,15 @@ class RateBudget:
                 at = max(at, self._events[-window.count] + window.seconds)
         return at
 
-    def reserve(self, now: float) -> float:
-        """Claim the earliest slot and return its time (in the future when the budget is spent)."""
-        at = self.earliest(now)
-        self.record(at)
-        return at
+    async def claim(self) -> float:
+        """Open a slot and return when its request may start; :meth:`settle` it with ``OPEN``."""
+        while True:
+            at = self.earliest(self._clock())
+            if at != OPEN:
+                self.record(OPEN)
+                return at
+            self._settled.clear()
+            await self._settled.wait()
 
     def record(self, at: float) -> None:
         bisect.insort(self._events, at)
@@ -90,9 +100,11 @@ class RateBudget:
         """Move an event from when its request started to when it finished: Telegram saw it
         somewhere in between, so spacing from the finish holds whatever the transit times."""
         index = bisect.bisect_left(self._events, started)
-        if finished > started and index < len(self._events) and self._events[index] == started:
+        if index < len(self._events) and self._events[index] == started:
             del self._events[index]
-            self.record(finished)
+            self.record(finished if started == OPEN else max(started, finished))
+        if started == OPEN:
+            self._settled.set()
 
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self._clock() + seconds)
@@ -153,23 +165,30 @@ class Pacer:
         chat = self.chat(chat_id)
         async with chat.lock:
             own = chat.messages if kind == "message" else chat.drafts
-            reserved: float | None = None
-            while True:
-                await self._sleep_until(own.earliest(self._clock()))
-                if kind == "message":
-                    reserved = self.global_budget.reserve(self._clock())
-                    await self._sleep_until(reserved)
-                now = self._clock()
-                if own.earliest(now) <= now:  # no pause arrived while we waited for the bot's budget
-                    own.record(now)
-                    break
+            claimed = False
+            started: float | None = None
             try:
+                while True:
+                    await self._sleep_until(own.earliest(self._clock()))
+                    if kind == "message":
+                        at = await self.global_budget.claim()
+                        claimed = True
+                        await self._sleep_until(at)
+                    now = self._clock()
+                    if own.earliest(now) <= now:  # no pause arrived while we waited for the bot's budget
+                        own.record(now)
+                        started = now
+                        break
+                    if claimed:  # the chat was paused meanwhile: give the bot's slot back
+                        self.global_budget.settle(OPEN, now)
+                        claimed = False
                 yield
             finally:
                 finished = self._clock()
-                own.settle(now, finished)
-                if reserved is not None:
-                    self.global_budget.settle(reserved, finished)
+                if started is not None:
+                    own.settle(started, finished)
+                if claimed:
+                    self.global_budget.settle(OPEN, finished)
 
     def retry_after(self, chat_id: int, seconds: float, kind: SlotKind = "message") -> None:
         """Telegram said "retry after": pause the chat, and the bot when it looks global."""
