@@ -97,13 +97,15 @@ class TurnRunner:
             log.exception("saving session.data of %s failed", session.id)
         if status == "running":
             return
+        # Recorded before the turn is announced over: whoever learns of the end (a REST client)
+        # and then asks finds the event finished.
+        await self.rt.store.set_inbox_status(item.inbox_id, status, error)
         outbox = self.rt.outbox_for(session.channel, session.id)
         if outbox is not None:
             try:
                 await outbox.end_turn(item.inbox_id, error)
             except Exception:
                 log.exception("ending the turn on %s failed", session.channel.type)
-        await self.rt.store.set_inbox_status(item.inbox_id, status, error)
 
     # -- routing -------------------------------------------------------------------------
 
