@@ -257,10 +257,9 @@ class App:
 
     def add_integration(self, integration: Any, **options: Any) -> None:
         """Declare an integration users can connect (OAuth 2 or secret fields)."""
-        name = integration if isinstance(integration, str) else getattr(integration, "type", None) or getattr(
-            integration, "name", str(integration)
-        )
-        self.integration_specs[str(name)] = {"integration": integration, **options}
+        from gateway.types import integration_name
+
+        self.integration_specs[integration_name(integration)] = {"integration": integration, **options}
 
     # -- misc ------------------------------------------------------------------------------
 

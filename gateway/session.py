@@ -39,6 +39,7 @@ from gateway.types import (
     SessionChannel,
     Suggestion,
     UserInfo,
+    integration_name,
 )
 
 if TYPE_CHECKING:
@@ -231,7 +232,7 @@ class Session:
         await self.show(Block("task_card", payload, id=f"task_{task_id}"))
 
     async def show_integration(self, integration_type: str, *, reason: str = "") -> None:
-        kind = _integration_name(integration_type)
+        kind = integration_name(integration_type)
         payload = {"type": kind, "reason": reason, "blocking": False, **self._integration_fields(kind, None)}
         await self.show(Block("integration_prompt", payload, id=f"int_{kind}_{secrets.token_hex(4)}"))
 
@@ -374,7 +375,7 @@ class Session:
         return approved
 
     def get_integration(self, integration: Any) -> IntegrationCredentials | None:
-        return self.integrations.get(_integration_name(integration))
+        return self.integrations.get(integration_name(integration))
 
     async def require_integration(
         self, integration: Any, *, reason: str = "", message: str | None = None, timeout: float = PROMPT_TIMEOUT
@@ -388,7 +389,7 @@ class Session:
         self, integration_type: Any, *, reason: str = "", message: str | None = None, timeout: float = PROMPT_TIMEOUT
     ) -> IntegrationCredentials:
         """Ask the user to connect an account and wait until they have (or declined)."""
-        kind = _integration_name(integration_type)
+        kind = integration_name(integration_type)
         if self.integrations.get(kind):
             return self.integrations[kind]
         self._require_live("prompt_integration")
@@ -519,16 +520,6 @@ async def _aiter(source: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[An
 def _read_file(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
-
-
-def _integration_name(integration: Any) -> str:
-    if isinstance(integration, str):
-        return integration.lower()
-    for attr in ("type", "name", "integration_type"):
-        value = getattr(integration, attr, None)
-        if isinstance(value, str) and value:
-            return value.lower()
-    raise ValueError(f"not an integration: {integration!r}")
 
 
 def _suggestion_dict(item: str | Suggestion | dict[str, Any]) -> dict[str, Any]:

@@ -265,6 +265,18 @@ class Suggestion:
         return out
 
 
+def integration_name(integration: Any) -> str:
+    """The lower-case name of an integration given as a string or a Capsule-style object
+    (``GitHub()``, ``IntegrationConfig``: anything with ``type``, ``name`` or ``integration_type``)."""
+    if isinstance(integration, str):
+        return integration.lower()
+    for attr in ("type", "name", "integration_type"):
+        value = getattr(integration, attr, None)
+        if isinstance(value, str) and value:
+            return value.lower()
+    raise ValueError(f"not an integration: {integration!r}")
+
+
 class IntegrationTimeout(TimeoutError):
     """``prompt_integration`` / ``require_integration`` waited longer than its timeout."""
 

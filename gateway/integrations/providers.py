@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.config import ConfigError
+from gateway.types import integration_name
 
 ProviderMode = Literal["oauth", "secret"]
 
@@ -179,17 +180,6 @@ OPTION_NAMES = {
     "fields",
 }
 TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
-
-
-def integration_name(integration: Any) -> str:
-    """The lower-case name of an integration given as a string or a Capsule-style object."""
-    if isinstance(integration, str):
-        return integration.lower()
-    for attr in ("type", "name", "integration_type"):
-        value = getattr(integration, attr, None)
-        if isinstance(value, str) and value:
-            return value.lower()
-    return str(integration).lower()
 
 
 def build_providers(
