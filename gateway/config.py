@@ -161,7 +161,7 @@ class SchedulerSettings(Section):
     task_backoff_initial: float = Field(1.0, ge=0)
     task_backoff_max: float = Field(60.0, ge=0)
     task_backoff_jitter: float = Field(1.0, ge=0)
-    broadcast_concurrency: int = Field(32, ge=1)
+    broadcast_concurrency: int = Field(16, ge=1)
     """Sessions a broadcast sends to at once (each channel's pacer still paces per chat)."""
 
 
