@@ -118,6 +118,14 @@ class Lease:
         if was_held:
             await self.store.release_lease(self.name, self.holder)
 
+    async def abdicate(self) -> None:
+        """Give the lease up without stopping the campaign (the work it guards failed to
+        start): another process may take it, and this one runs ``on_acquired`` again if it
+        wins the lease back."""
+        self._was_held = False
+        self._valid_until = 0.0
+        await self.store.release_lease(self.name, self.holder)
+
     # -- the campaign loop ---------------------------------------------------------------
 
     def start(self) -> None:

@@ -360,10 +360,12 @@ class SchedulerService:
             await scheduler.io(scheduler.start, paused=True)
             await scheduler.io(self._sync_jobs, scheduler, already_ran)
         except Exception:
+            log.exception("scheduler: could not start as the leader; giving the lease up")
             with contextlib.suppress(Exception):
                 scheduler.shutdown(wait=False)
             io_thread.shutdown(wait=False)
-            raise
+            await self.lease.abdicate()
+            return
         scheduler.resume()
         self.scheduler, self._executor = scheduler, executor
         log.info("scheduler: leading (%d schedule(s)) as %s", len(self.planned), self.holder)

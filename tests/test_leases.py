@@ -105,3 +105,19 @@ def test_bad_settings_are_refused() -> None:
 async def _set(event: asyncio.Event, changes: list[str]) -> None:
     changes.append("lost")
     event.set()
+
+
+async def test_abdicate_lets_another_lead_and_a_rewin_calls_on_acquired_again(stores: tuple[Store, Store]) -> None:
+    won: list[str] = []
+
+    async def acquired() -> None:
+        won.append("a")
+
+    a = Lease(stores[0], "leader", holder="a", ttl=5, on_acquired=acquired)
+    assert await a.campaign_once() and won == ["a"]
+    await a.abdicate()
+    assert not a.held
+    b = Lease(stores[1], "leader", holder="b", ttl=5)
+    assert await b.try_acquire()
+    await b.release()
+    assert await a.campaign_once() and won == ["a", "a"]
