@@ -21,6 +21,15 @@ from sqlmodel import SQLModel
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 VERSION_TABLE = "alembic_version"
+FOREIGN_TABLES = frozenset({"chatgate_jobs"})
+"""Tables in our database that other libraries own (APScheduler's job store): not ours to migrate."""
+
+
+def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    """Alembic filter: leave other libraries' tables alone (never create or drop them)."""
+    table = getattr(obj, "table", None)
+    table_name = name if type_ == "table" else getattr(table, "name", None)
+    return table_name not in FOREIGN_TABLES
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -55,7 +64,7 @@ def pending_changes(connection: Connection) -> list[object]:
     """Differences between the models and the migrated schema (empty when a revision is current)."""
     from alembic.autogenerate import compare_metadata
 
-    context = MigrationContext.configure(connection, opts={"compare_type": False})
+    context = MigrationContext.configure(connection, opts={"compare_type": False, "include_object": include_object})
     return compare_metadata(context, SQLModel.metadata)
 
 

@@ -11,6 +11,7 @@ import importlib
 import logging
 import os
 import time
+import weakref
 from collections.abc import Coroutine
 from datetime import timedelta
 from typing import Any
@@ -61,6 +62,7 @@ class Gateway:
         self._runner: web.AppRunner | None = None
         self._site_port: int | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._block_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         self.started_at: float | None = None
 
     # -- the GatewayContext adapters see -----------------------------------------------------
@@ -107,6 +109,15 @@ class Gateway:
     def resolve_attachment(self, channel_type: str, attachment: Attachment) -> Attachment:
         adapter = self._by_channel.get(channel_type)
         return attachment if adapter is None else adapter.resolve_attachment(attachment)
+
+    def block_lock(self, session_id: str, block_id: str) -> asyncio.Lock:
+        """Serialises the renders of one block: a task card re-shown by the task service while
+        the handler shows it must edit the first render, not post a second message."""
+        key = (session_id, block_id)
+        lock = self._block_locks.get(key)
+        if lock is None:
+            lock = self._block_locks[key] = asyncio.Lock()
+        return lock
 
     def adapter_names(self) -> list[str]:
         return [type(a).__name__ for a in self.adapters]

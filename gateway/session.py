@@ -215,10 +215,11 @@ class Session:
         self.history.append(Message(json.dumps(envelope), "block", self.channel.type))
         if not self._can_send:
             return
-        record, previous = await self._rt.store.save_block(self.id, envelope)
-        refs = await self._deliver(f"a {block.type} block", lambda o: o.show_block(record.id, envelope, previous))
-        if refs:
-            await self._rt.store.update_message(record.id, platform_refs=list(refs))
+        async with self._rt.block_lock(self.id, envelope["id"]):
+            record, previous = await self._rt.store.save_block(self.id, envelope)
+            refs = await self._deliver(f"a {block.type} block", lambda o: o.show_block(record.id, envelope, previous))
+            if refs:
+                await self._rt.store.update_message(record.id, platform_refs=list(refs))
 
     async def show_task(self, handle_or_id: Any, *, message: str | None = None) -> None:
         task_id = getattr(handle_or_id, "task_id", handle_or_id)
@@ -227,8 +228,9 @@ class Session:
             payload["message"] = message
         tasks = getattr(self._runtime, "tasks", None) if self._runtime else None
         if tasks is not None:
+            # Watch first: a status change between the two calls then still reaches the card.
+            await tasks.watch_card(str(task_id), self.id, message)
             payload.update(await tasks.card_fields(str(task_id)))
-            await tasks.watch_card(str(task_id), self.id)
         await self.show(Block("task_card", payload, id=f"task_{task_id}"))
 
     async def show_integration(self, integration_type: str, *, reason: str = "") -> None:

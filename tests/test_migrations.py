@@ -52,3 +52,14 @@ async def test_upgrade_from_an_empty_revision_history(database_url):
     async with engine.connect() as conn:
         assert await conn.run_sync(pending_changes) == []
     await engine.dispose()
+
+
+async def test_other_libraries_tables_are_left_alone(sqlite_url):
+    """APScheduler's job table lives in our database; a migration check must not want it dropped."""
+    store = Store(sqlite_url)
+    await store.open()
+    async with store.engine.begin() as conn:
+        await conn.exec_driver_sql("CREATE TABLE chatgate_jobs (id VARCHAR(191) PRIMARY KEY, next_run_time FLOAT)")
+    async with store.engine.connect() as conn:
+        assert await conn.run_sync(pending_changes) == []
+    await store.close()

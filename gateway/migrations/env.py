@@ -6,6 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import gateway.store  # noqa: F401  (registers every table on SQLModel.metadata)
+from gateway.migrate import include_object
 
 connection = context.config.attributes.get("connection")
 if connection is None:
@@ -16,6 +17,7 @@ context.configure(
     target_metadata=SQLModel.metadata,
     render_as_batch=connection.dialect.name == "sqlite",  # SQLite cannot ALTER most things
     compare_type=True,
+    include_object=include_object,
 )
 with context.begin_transaction():
     context.run_migrations()
