@@ -113,6 +113,10 @@ def build_app() -> gateway.App:
             await session.show(
                 Block("task_card", {"task_id": "t9", "name": "Import", "status": "running"}, id="task_9")
             )
+        elif text == "silent":
+            async with session.stream_reply() as reply:
+                await asyncio.sleep(10)
+                reply.write("too late")
         elif text == "counting":
             await stream_words(session, " ".join(f"n{i}" for i in range(80)), 0.02)
         elif text == "slow":
@@ -558,6 +562,16 @@ async def test_stop_button_stops_a_streaming_reply(running_gateway: Gateway, ope
 
     await send(page, "after stop")
     await wait_reply(page, "Echo: after stop")
+
+    # Stopped before the first word: the empty reply says so instead of an empty bubble.
+    await send(page, "silent")
+    await page.wait_for_selector(".cg-stop", state="visible")
+    await page.wait_for_timeout(300)
+    await page.click(".cg-stop")
+    empty = page.locator(".cg-row[data-role=assistant][data-status=stopped] .cg-empty-reply")
+    await empty.wait_for()
+    assert await empty.inner_text() == "Stopped before the reply began."
+    await page.wait_for_selector(".cg-stop", state="hidden")
 
 
 async def test_blocks_render_and_update_in_place(running_gateway: Gateway, open_page) -> None:

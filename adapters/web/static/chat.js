@@ -10,6 +10,7 @@
 
   var ChatGate = (global.ChatGate = global.ChatGate || {});
   var SVG_NS = "http://www.w3.org/2000/svg";
+  var EMPTY_REPLY = { stopped: "Stopped before the reply began.", failed: "The reply was interrupted.", complete: "" };
   var NEAR_BOTTOM_PX = 96; // keep following the conversation when the reader is this close to its end
 
   var ICONS = {
@@ -309,6 +310,11 @@
         var bubble = h(doc, "div", "cg-bubble " + (mine ? "cg-user" : "cg-assistant"));
         if (mine) {
           if (message.text) bubble.appendChild(h(doc, "div", "cg-text", message.text));
+        } else if (!message.text && EMPTY_REPLY[message.status] !== undefined) {
+          // A reply with no text at all: stopped before its first word, or cut off by a crash.
+          bubble.classList.add("cg-empty-reply");
+          bubble.appendChild(h(doc, "div", "cg-md", EMPTY_REPLY[message.status]));
+          if (!EMPTY_REPLY[message.status] && !(message.attachments || []).length) row.hidden = true;
         } else {
           renderText(message, bubble);
         }
@@ -316,7 +322,7 @@
         row.appendChild(bubble);
         var meta = h(doc, "div", "cg-meta");
         if (message.status === "sending") meta.textContent = "Sending\u2026";
-        else if (message.status === "failed") {
+        else if (message.status === "failed" && mine) {
           meta.textContent = message.error ? "Not delivered: " + message.error : "Not delivered";
           meta.classList.add("cg-error-text");
         } else if (message.status === "stopped") meta.textContent = "Stopped";
