@@ -43,7 +43,7 @@ from gateway.types import SessionChannel, UserInfo
 __all__ = ["FileRecord", "InboxEntry", "MessageRecord", "SessionRecord", "Store", "address_key"]
 
 UNFINISHED = ("pending", "running")
-READER_THREADS = 4  # SQLite readers run in parallel under WAL
+READER_THREADS = 1  # measured: more reader threads only contend for the GIL (bench/web_echo.py)
 T = TypeVar("T")
 
 # The Core tables behind the models, for the per-turn statements.
