@@ -230,10 +230,11 @@ def report(
     delays: list[float] = []
     exact = 0
     for chat_id in chats:
+        # the final text lands with the chat's last sendMessage (drafts) or editMessageText (edits)
         finals = [
             c
             for c in fake.calls
-            if c["method"] == "sendMessage" and c["status"] == 200 and int(c["chat_id"]) == chat_id
+            if c["method"] in ("sendMessage", "editMessageText") and c["status"] == 200 and int(c["chat_id"]) == chat_id
         ]
         if normalised("".join(fake.visible.get(chat_id, []))) == normalised(expected[chat_id]):
             exact += 1

@@ -42,6 +42,9 @@ GLOBAL_MESSAGES_PER_SECOND = 30.0  # Bot FAQ: "no more than 30 messages per seco
 DRAFT_MIN_INTERVAL = 0.2  # not published; peers stream drafts every 250 ms (vercel/chat), we allow 5/s
 
 SlotKind = Literal["message", "draft"]
+PREVIEW_SHARE = 0.8
+"""Stream previews (edits) use at most this share of the bot's budget; the rest is kept for final
+texts and new messages."""
 OPEN = math.inf
 """The time of a request that has not finished yet."""
 
@@ -109,6 +112,16 @@ class RateBudget:
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self._clock() + seconds)
 
+    def load(self, now: float) -> float:
+        """The fullest window's share in use (requests in flight count), 1.0 when paused."""
+        if self.paused_until > now:
+            return 1.0
+        load = 0.0
+        for window in self.windows:
+            used = len(self._events) - bisect.bisect_right(self._events, now - window.seconds)
+            load = max(load, used / window.count)
+        return load
+
 
 class ChatBudget:
     """A chat's message and draft budgets and the lock that keeps its requests in order."""
@@ -153,6 +166,15 @@ class Pacer:
             budget = ChatBudget(windows, self._draft_interval, self._clock)
             self._chats[chat_id] = budget
         return budget
+
+    def room_for_preview(self, chat_id: int) -> bool:
+        """Whether a stream preview (an intermediate edit) may go now without queueing: the chat's
+        budget is free and the bot's is below ``PREVIEW_SHARE``, so final texts and new messages
+        never wait behind previews when many streams share the bot."""
+        now = self._clock()
+        if self.chat(chat_id).messages.earliest(now) > now:
+            return False
+        return self.global_budget.load(now) < PREVIEW_SHARE
 
     def draft_delay(self, chat_id: int) -> float:
         """Seconds until the chat's draft budget has room (0: now)."""

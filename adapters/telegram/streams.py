@@ -11,6 +11,11 @@ so a stream that outgrows 4,096 characters rolls over into a new message at a pa
   the bot, remembered) to edits mid-stream without losing what was already posted.
 - :class:`EditStream`: ``sendMessage`` once, then ``editMessageText`` at most every ``interval``
   (1.1 s private, 3.1 s groups by default), skipping unchanged parts; "not modified" is success.
+  A preview edit waits rather than queue while the chat's or the bot's budget is busy
+  (``Pacer.room_for_preview``), so final texts and new messages never wait behind previews.
+
+Previews are sent by one background task per stream (:class:`_BackgroundFlush`): ``frame``
+returns at once, and ``close`` does not wait for a preview that has not left yet.
 
 ``close`` makes every part exactly the final rendering (edits are idempotent, so a retried edit
 never duplicates anything) and deletes messages the final text no longer needs.
@@ -68,7 +73,66 @@ async def _finish(
     return posted.refs()
 
 
-class EditStream:
+class _BackgroundFlush:
+    """``frame`` never waits: it hands the text to one background flush per stream, which shows the
+    newest text when the budget allows (frames that arrive meanwhile are coalesced). So ``close``
+    is never held up behind a preview waiting for its budget: it cancels a flush that has not
+    started sending, waits only for one already on the wire (a preview landing after the final
+    text would undo it), then delivers the final text."""
+
+    min_interval: float
+
+    def __init__(self) -> None:
+        self._latest = ""
+        self._flush_task: asyncio.Task[None] | None = None
+        self._sending = False
+
+    async def frame(self, text: str) -> None:
+        self._latest = text
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush(), name="telegram-stream-preview")
+
+    def _delay(self) -> float:
+        """Seconds to wait before the next preview may be shown."""
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        """Whether a preview may go now (checked after the delay); else wait a little longer."""
+        return True
+
+    async def _show(self, text: str) -> None:
+        raise NotImplementedError
+
+    async def _flush(self) -> None:
+        shown: str | None = None
+        while self._latest != shown:
+            await asyncio.sleep(self._delay())
+            if not self._ready():
+                await asyncio.sleep(self.min_interval / 4)
+                continue
+            text = self._latest
+            self._sending = True
+            try:
+                await self._show(text)
+            except Exception:  # a lost preview is not fatal: close() delivers the whole text
+                log.warning("telegram stream preview failed; the final text will carry it", exc_info=True)
+            finally:
+                self._sending = False
+            shown = text
+
+    async def _stop_flush(self) -> None:
+        task = self._flush_task
+        if task is None or task.done():
+            return
+        if self._sending:
+            await asyncio.shield(task)
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class EditStream(_BackgroundFlush):
     """Send, then edit no more often than ``interval``."""
 
     def __init__(
@@ -80,6 +144,7 @@ class EditStream:
         posted: _Posted | None = None,
         renderer: IncrementalRenderer | None = None,
     ) -> None:
+        super().__init__()
         self.client = client
         self.renderer = renderer or IncrementalRenderer()
         self.chat_id = chat_id
@@ -87,34 +152,30 @@ class EditStream:
         self.min_interval = interval
         self._posted = posted or _Posted()
         self._last = 0.0
-        self._lock = asyncio.Lock()
 
-    async def frame(self, text: str) -> None:
-        async with self._lock:  # one frame at a time: two could both post the first message
-            wait = self._last + self.min_interval - time.monotonic()
-            if wait > 0 and self._posted.ids:
-                await asyncio.sleep(wait)
-            parts = self.renderer.render(text)
-            if not parts:
-                return
+    def _delay(self) -> float:
+        if not self._posted.ids:
+            return 0.0  # the first message goes at once
+        return max(0.0, self._last + self.min_interval - time.monotonic())
+
+    def _ready(self) -> bool:
+        # a preview edit never queues for the budget: final texts and new messages go first
+        return not self._posted.ids or self.client.pacer.room_for_preview(self.chat_id)
+
+    async def _show(self, text: str) -> None:
+        parts = self.renderer.render(text)
+        if parts:
             await _sync(self.client, self.chat_id, self.thread_id, self._posted, parts)
             self._last = time.monotonic()
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
-        async with self._lock:
-            parts = self.renderer.render(text)
-            return await _finish(self.client, self.chat_id, self.thread_id, self._posted, parts)
+        await self._stop_flush()
+        parts = self.renderer.render(text)
+        return await _finish(self.client, self.chat_id, self.thread_id, self._posted, parts)
 
 
-class DraftStream:
-    """Drafts for the part being written; messages for finished parts and the final text.
-
-    ``frame`` never waits: it hands the text to one background flush per stream, which renders and
-    sends the newest text when the chat's draft budget allows (frames that arrive meanwhile are
-    coalesced). So ``close`` is not held up behind a draft waiting for its budget: it cancels a
-    flush that has not started sending, waits only for one already on the wire (a draft sent after
-    the final message would bring a stale bubble back), then posts the final text.
-    """
+class DraftStream(_BackgroundFlush):
+    """Drafts for the part being written; messages for finished parts and the final text."""
 
     def __init__(
         self,
@@ -125,6 +186,7 @@ class DraftStream:
         draft_interval: float,
         edit_interval: float,
     ) -> None:
+        super().__init__()
         self.client = client
         self.chat_id = chat_id
         self.thread_id = thread_id
@@ -134,33 +196,20 @@ class DraftStream:
         self._posted = _Posted()
         self._fallback: EditStream | None = None
         self.renderer = IncrementalRenderer()
-        self._latest = ""
-        self._flush_task: asyncio.Task[None] | None = None
-        self._sending = False
 
     async def frame(self, text: str) -> None:
         if self._fallback is not None:
             await self._fallback.frame(text)
             return
-        self._latest = text
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.create_task(self._flush(), name=f"telegram-draft-{self.chat_id}")
+        await super().frame(text)
 
-    async def _flush(self) -> None:
-        shown = None
-        while self._latest != shown and self._fallback is None:
-            await asyncio.sleep(self.client.pacer.draft_delay(self.chat_id))
-            text = self._latest
-            self._sending = True
-            try:
-                await self._show(text)
-            except Exception:  # a lost preview is not fatal: close() posts the whole text
-                log.warning("telegram draft failed; the final message will carry the text", exc_info=True)
-            finally:
-                self._sending = False
-            shown = text
+    def _delay(self) -> float:
+        return self.client.pacer.draft_delay(self.chat_id)
 
     async def _show(self, text: str) -> None:
+        if self._fallback is not None:
+            await self._fallback.frame(text)
+            return
         parts = self.renderer.render(text)
         if not parts:
             return
@@ -175,16 +224,7 @@ class DraftStream:
             await self._fallback.frame(text)
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
-        task = self._flush_task
-        if task is not None and not task.done():
-            if self._sending:
-                await asyncio.shield(task)
-            else:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if not task.done():  # sending began while we looked: let it finish
-                await task
+        await self._stop_flush()
         if self._fallback is not None:
             return await self._fallback.close(text, stopped=stopped)
         # sending a message in the chat ends the draft; nothing else to clear
