@@ -621,6 +621,27 @@ async def test_restart_loses_no_pending_update(tmp_path: Path, api: FakeTelegram
     assert not any(c.params.get("drop_pending_updates") in (True, "true") for c in api.calls)
 
 
+async def test_an_update_seen_again_after_a_lost_confirmation_runs_once(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    heard: list[str] = []
+    app = gateway.App("redelivery")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        heard.append(msg.text)
+        await session.reply(f"ok {msg.text}")
+
+    api.confirm_updates = False  # every getUpdates returns the update again, as after a crash
+    async with running(app, tmp_path, api):
+        api.send_text(PRIVATE, "exactly once")
+        await until(lambda: len([c for c in api.calls_to("getUpdates", ok=True) if c.response["result"]]) >= 3)
+        await until(lambda: api.visible_texts(PRIVATE))
+    async with running(app, tmp_path, api):  # a restart: Telegram still has it
+        await until(lambda: len([c for c in api.calls_to("getUpdates", ok=True) if c.response["result"]]) >= 5)
+        await asyncio.sleep(0.2)
+    assert heard == ["exactly once"]
+    assert api.visible_texts(PRIVATE) == ["ok exactly once"]
+
+
 async def test_only_one_process_polls(tmp_path: Path, api: FakeTelegramAPI) -> None:
     heard: list[str] = []
     app = gateway.App("two")

@@ -295,6 +295,9 @@ class FakeTelegramAPI:
         self.chat_action_supported = chat_action_supported
         self.rich_supported = rich_supported
         self.reject_html = reject_html
+        self.confirm_updates = True
+        """False: ``offset`` confirms nothing, as if every confirmation were lost (a crash between
+        recording an update and the next poll): the bot sees the same updates again and again."""
         self.latency = latency
         self.webhook_retry_delay = webhook_retry_delay
         self.port = port
@@ -696,7 +699,7 @@ class FakeTelegramAPI:
                 "the webhook first",
             )
         offset = params.get("offset")
-        if offset is not None:
+        if offset is not None and self.confirm_updates:
             offset = int(offset)
             self._updates = [u for u in self._updates if u["update_id"] >= offset]
         limit = int(params.get("limit") or 100)
