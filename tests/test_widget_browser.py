@@ -251,7 +251,7 @@ async def open_page(browser: Browser) -> AsyncIterator[Callable[..., Any]]:
         page.set_default_timeout(WAIT_MS)
         page.on("pageerror", lambda error: errors.append(str(error)))
         await page.goto(url)
-        await page.wait_for_selector(".cg-chat[data-connection=open]")
+        await page.wait_for_function("() => window.chatgate && window.chatgate.client.ready")
         return page
 
     yield opener

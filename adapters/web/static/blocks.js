@@ -11,12 +11,8 @@
 
   var ChatGate = (global.ChatGate = global.ChatGate || {});
 
-  function h(doc, tag, className, text) {
-    var node = doc.createElement(tag);
-    if (className) node.className = className;
-    if (text != null && text !== "") node.textContent = String(text);
-    return node;
-  }
+  var h = ChatGate.dom.h;
+  var formatSize = ChatGate.dom.formatSize;
 
   function str(value) {
     return typeof value === "string" ? value : value == null ? "" : String(value);
@@ -34,13 +30,6 @@
     if (url[0] === "/" && url[1] !== "/") return ChatGate.markdown.safeUrl(ctx.gateway + url);
     var safe = ChatGate.markdown.safeUrl(url);
     return safe && safe.indexOf("mailto:") !== 0 ? safe : null;
-  }
-
-  function formatSize(bytes) {
-    var n = Number(bytes) || 0;
-    if (n < 1024) return n + " B";
-    if (n < 1024 * 1024) return (n / 1024).toFixed(n < 10240 ? 1 : 0) + " KB";
-    return (n / (1024 * 1024)).toFixed(1) + " MB";
   }
 
   function card(doc, block, kind, title) {
@@ -449,5 +438,5 @@
     }
   }
 
-  ChatGate.blocks = { render: render, awaitsUser: awaitsUser, formatSize: formatSize, resolveUrl: resolveUrl };
+  ChatGate.blocks = { render: render, awaitsUser: awaitsUser, resolveUrl: resolveUrl };
 })(window);

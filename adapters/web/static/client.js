@@ -107,7 +107,7 @@
     this.connection.start();
   };
 
-  ChatClient.prototype.stopClient = function () {
+  ChatClient.prototype.close = function () {
     this.connection.stop();
   };
 

@@ -22,7 +22,8 @@
   if (!script || global.ChatGateWidget) return; // loaded twice, or not from a <script> tag
   var data = script.dataset || {};
   var gateway = String(data.gateway || new URL(script.src, global.location.href).origin).replace(/\/+$/, "");
-  var CHAT_FILES = ["markdown.js", "connection.js", "client.js", "blocks.js", "chat.js"];
+  // The chat, in dependency order (index.html loads the same list).
+  var CHAT_FILES = ["markdown.js", "dom.js", "connection.js", "client.js", "blocks.js", "rows.js", "composer.js", "chat.js"];
   var OPEN_KEY = "chatgate:" + gateway + ":open";
   var SVG_NS = "http://www.w3.org/2000/svg";
   var CHAT_ICON =
@@ -162,6 +163,7 @@
   var chat = null;
   var config = {};
 
+  /** The accent on the launcher before the chat's scripts (and ChatGate.dom.applyAccent) load. */
   function setAccent(color) {
     var hex = /^#([0-9a-f]{3}|[0-9a-f]{6})$/i.test(String(color || "").trim()) ? String(color).trim() : null;
     if (!hex) return;
