@@ -320,6 +320,18 @@ async def test_private_stream_uses_drafts_then_one_exact_final_message(tmp_path:
     assert not api.rate_limited
 
 
+async def test_stream_frames_never_show_half_arrived_markdown(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    tokens = ["Some ", "**impor", "tant", " words**", " and ", "[a li", "nk](https://exa", "mple.com)", " end"] * 6
+    async with running(streaming_app(tokens, delay=0.03), tmp_path, api):
+        api.send_text(PRIVATE, "go")
+        await until(lambda: api.visible(PRIVATE), timeout=10)
+    drafts = [text for texts in api.drafts.values() for text in texts]
+    assert len(drafts) >= 3
+    assert not any("*" in d or "](" in d for d in drafts)  # healed: bold, and a link shows its label
+    final = api.visible(PRIVATE)[0]
+    assert "*" not in final.text and any(e["type"] == "text_link" for e in final.entities)
+
+
 async def test_group_stream_edits_within_budget_and_rolls_over(tmp_path: Path, api: FakeTelegramAPI) -> None:
     paragraph = ("Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 12).strip() + "\n\n"
     tokens = [paragraph[i : i + 40] for i in range(0, len(paragraph), 40)] * 14  # ~9.6k characters

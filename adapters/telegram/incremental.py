@@ -52,17 +52,20 @@ class IncrementalRenderer:
         self._committed_text = ""
         self._committed_parts: list[TelegramPart] = []
 
-    def render(self, text: str) -> list[TelegramPart]:
+    def render(self, text: str, *, partial: bool = False) -> list[TelegramPart]:
+        """``partial=True`` for a frame (text still arriving: markers it cut are healed, see
+        ``render_telegram``); the final text is rendered with ``partial=False``. Committed
+        prefixes end at a paragraph break, so they are complete either way."""
         if not text.startswith(self._committed_text):
             self._committed_text, self._committed_parts = "", []
         tail = text[len(self._committed_text) :]
-        parts = render_telegram(tail)
+        parts = render_telegram(tail, partial=partial)
         if len(parts) >= 2:
             cut = self._cut(tail)
             if cut:
                 self._committed_parts += render_telegram(tail[:cut])
                 self._committed_text += tail[:cut]
-                parts = render_telegram(tail[cut:])
+                parts = render_telegram(tail[cut:], partial=partial)
         return self._committed_parts + parts
 
     @staticmethod

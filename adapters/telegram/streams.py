@@ -163,7 +163,7 @@ class EditStream(_BackgroundFlush):
         return not self._posted.ids or self.client.pacer.room_for_preview(self.chat_id)
 
     async def _show(self, text: str) -> None:
-        parts = self.renderer.render(text)
+        parts = self.renderer.render(text, partial=True)
         if parts:
             await _sync(self.client, self.chat_id, self.thread_id, self._posted, parts)
             self._last = time.monotonic()
@@ -210,7 +210,7 @@ class DraftStream(_BackgroundFlush):
         if self._fallback is not None:
             await self._fallback.frame(text)
             return
-        parts = self.renderer.render(text)
+        parts = self.renderer.render(text, partial=True)
         if not parts:
             return
         # parts the text has grown past are complete: post them as messages
