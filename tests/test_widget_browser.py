@@ -92,6 +92,10 @@ TOUR_REPLY = """Here is what I found for **Acme widgets**:
 Want me to start an export?"""
 
 
+# Astral-plane emoji, a skin-tone modifier, a flag and CJK: delta offsets count UTF-16 code units.
+UNICODE_REPLY = " ".join(f"{i}:👋🏽你好🇺🇸" for i in range(60))
+
+
 def build_app() -> gateway.App:
     """The app every test talks to: one command per feature, an echo otherwise."""
     app = gateway.App("widget-test")
@@ -113,6 +117,8 @@ def build_app() -> gateway.App:
             await session.show(
                 Block("task_card", {"task_id": "t9", "name": "Import", "status": "running"}, id="task_9")
             )
+        elif text == "unicode":
+            await stream_words(session, UNICODE_REPLY, 0.02)
         elif text == "silent":
             async with session.stream_reply() as reply:
                 await asyncio.sleep(10)
@@ -915,6 +921,81 @@ async def test_embed_renews_an_expired_host_token(running_gateway: Gateway, brow
     finally:
         await context.close()
         await host.cleanup()
+
+
+async def test_a_dropped_socket_mid_stream_resumes_without_losing_or_doubling_text(
+    running_gateway: Gateway, open_page
+) -> None:
+    page = await open_page(running_gateway.public_url + "/?reconnect_ms=50")
+    await send(page, "unicode")
+    await page.wait_for_function(
+        """() => (document.querySelector('.cg-row[data-role=assistant] .cg-md') || {innerText: ''})
+              .innerText.includes('10:')"""
+    )
+    await page.evaluate("window.chatgate.client.connection.stop()")
+    await page.wait_for_timeout(250)  # the reply goes on without us
+    await page.evaluate("window.chatgate.client.connection.start()")
+    await page.wait_for_selector(".cg-row[data-role=assistant][data-status=complete]")
+    text = await page.evaluate("window.chatgate.client.messages.find(m => m.role === 'assistant').text")
+    assert text == UNICODE_REPLY
+    assert await page.locator(".cg-row[data-role=assistant] .cg-md").inner_text() == UNICODE_REPLY
+
+
+async def test_client_keeps_one_copy_of_every_text_and_message(running_gateway: Gateway, open_page) -> None:
+    """The protocol rules the client enforces by itself (docs/web-protocol.md): deltas apply by
+    UTF-16 offset and never twice, done is authoritative, one user message per inbound_id. Fed
+    frame by frame to a ChatClient that is not connected, so every rule is exercised. Ids are
+    ULID-like: they sort by time, as the gateway's do."""
+    page = await open_page(running_gateway.public_url + "/")
+    result = await page.evaluate(
+        """() => {
+            const client = new ChatGate.ChatClient({gateway: location.origin});
+            const text = () => client.byKey['01H0A'].text;
+            const seen = [];
+            const feed = frame => { client._handle(frame); seen.push(client.byKey['01H0A'] ? text() : null); };
+            feed({type: 'delta', message_id: '01H0A', offset: 0, delta: 'He'});      // unknown message: starts it
+            feed({type: 'delta', message_id: '01H0A', offset: 0, delta: 'Hel'});     // overlaps: extends
+            feed({type: 'delta', message_id: '01H0A', offset: 0, delta: 'He'});      // already have it
+            feed({type: 'delta', message_id: '01H0A', offset: 3, delta: 'lo 👋🏽'});  // astral: 4 code units
+            feed({type: 'message', message: {id: '01H0A', role: 'assistant', text: 'Hel', status: 'streaming'}});
+            feed({type: 'delta', message_id: '01H0A', offset: 10, delta: '!'});      // after the emoji
+            feed({type: 'delta', message_id: '01H0A', offset: 20, delta: 'gap'});    // a gap: not applied
+            const gap = client.byKey['01H0A'].gap;
+            feed({type: 'done', message_id: '01H0A', text: 'Hello 👋🏽! (final)', stopped: false});
+            // The user's own message: optimistic, then acked, then replayed with its stored id.
+            const local = client.sendMessage('hi there', []);
+            client._handle({type: 'ack', id: local.frameId, inbound_id: '01H0B', duplicate: false});
+            client._handle({type: 'message', message: {id: '01H0C', role: 'user', text: 'hi there', status: 'complete',
+                                                       inbound_id: '01H0B'}});
+            client._handle({type: 'message', message: {id: '01H0C', role: 'user', text: 'hi there', status: 'complete',
+                                                       inbound_id: '01H0B'}});
+            // Another tab's message: echoed under its inbound id, then replayed under its stored id.
+            client._handle({type: 'message', message: {id: '01H0D', role: 'user', text: 'from tab 2',
+                                                       status: 'complete', inbound_id: '01H0D'}});
+            client._handle({type: 'message', message: {id: '01H0E', role: 'user', text: 'from tab 2',
+                                                       status: 'complete', inbound_id: '01H0D'}});
+            return {
+                seen, gap, final: client.byKey['01H0A'].text, status: client.byKey['01H0A'].status,
+                users: client.messages.filter(m => m.role === 'user').map(m => [m.id, m.text]),
+                resume: client.resumePoint(),
+            };
+        }"""
+    )
+    assert result["seen"] == [
+        "He",
+        "Hel",
+        "Hel",
+        "Hello 👋🏽",
+        "Hello 👋🏽",
+        "Hello 👋🏽!",
+        "Hello 👋🏽!",
+        "Hello 👋🏽! (final)",
+    ]
+    assert result["gap"] is True
+    assert result["final"] == "Hello 👋🏽! (final)"
+    assert result["status"] == "complete"
+    assert result["users"] == [["01H0C", "hi there"], ["01H0E", "from tab 2"]]
+    assert result["resume"] == "01H0E"
 
 
 async def test_two_tabs_on_one_session_show_each_message_once(running_gateway: Gateway, browser: Browser) -> None:
