@@ -56,13 +56,12 @@ async def test_budget_counts_requests_in_flight_and_spaces_from_their_finish() -
 
 
 async def test_one_chat_is_spaced_and_two_chats_do_not_wait_for_each_other() -> None:
-    pacer = Pacer(scale=SCALE)
-    started = time.monotonic()
+    scale = 0.1  # a second becomes 100 ms: wide enough that a busy machine cannot blur it
+    pacer = Pacer(scale=scale)
     a, b = await asyncio.gather(stamps(pacer, 1, 4), stamps(pacer, 2, 4))
-    interval = 1.0 * SCALE * (1 + MARGIN)
+    interval = 1.0 * scale * (1 + MARGIN)
     assert all(g >= interval * 0.98 for g in gaps(a) + gaps(b))
-    assert a[0] - started < interval and b[0] - started < interval  # both started at once
-    assert time.monotonic() - started < interval * 3 + 0.1
+    assert b[0] < a[1] and a[0] < b[1]  # neither chat waited for the other
 
 
 async def test_everything_sent_to_a_chat_shares_its_budget_in_order() -> None:
@@ -90,20 +89,22 @@ async def test_groups_have_a_minute_budget() -> None:
 
 
 async def test_global_budget_spans_chats() -> None:
-    pacer = Pacer(scale=SCALE, global_per_second=5)
+    scale = 0.2
+    pacer = Pacer(scale=scale, global_per_second=5)
     results = await asyncio.gather(*(stamps(pacer, chat, 1) for chat in range(1, 11)))
     times = sorted(t for r in results for t in r)
-    assert times[5] - times[0] >= 1.0 * SCALE * (1 + MARGIN) * 0.98  # at most five per (scaled) second
-    assert times[4] - times[0] < 1.0 * SCALE
+    assert times[5] - times[0] >= 1.0 * scale * (1 + MARGIN) * 0.98  # at most five per (scaled) second
+    assert times[4] - times[0] < 0.5 * scale  # the first five did not wait
 
 
 async def test_drafts_have_their_own_budget_and_do_not_use_the_messages() -> None:
-    pacer = Pacer(scale=SCALE, draft_interval=0.25)
+    scale = 0.4  # drafts 100 ms apart
+    pacer = Pacer(scale=scale, draft_interval=0.25)
     drafts = await stamps(pacer, 3, 3, "draft")
-    assert all(g >= 0.25 * SCALE * (1 + MARGIN) * 0.98 for g in gaps(drafts))
+    assert all(g >= 0.25 * scale * (1 + MARGIN) * 0.98 for g in gaps(drafts))
     started = time.monotonic()
     await stamps(pacer, 3, 1)  # a message right after the drafts does not wait for them
-    assert time.monotonic() - started < 0.25 * SCALE
+    assert time.monotonic() - started < 0.5 * 0.25 * scale
 
 
 async def test_retry_after_pauses_the_chat_and_twice_in_two_chats_pauses_the_bot() -> None:
