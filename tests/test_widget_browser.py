@@ -714,6 +714,11 @@ async def test_embed_script_on_a_cross_origin_host_page(running_gateway: Gateway
                 assert box["width"] == 375 and box["height"] == 740  # full screen on a phone
             else:
                 assert box["x"] + box["width"] <= width - 10  # data-position="right"
+            # Pin the clock times so the committed screenshots only change when the design does.
+            await page.evaluate(
+                """() => document.querySelector('chatgate-widget').shadowRoot
+                      .querySelectorAll('.cg-meta').forEach(meta => { meta.textContent = '10:24 AM'; })"""
+            )
             await page.screenshot(path=str(SCREENSHOTS / name))
 
             if name == "widget-desktop.png":
