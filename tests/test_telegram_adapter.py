@@ -665,6 +665,7 @@ async def test_only_one_process_polls(tmp_path: Path, api: FakeTelegramAPI) -> N
     settings = make_settings(tmp_path, api)
     first, second = Gateway(app, settings), Gateway(app, settings)
     await first.start()
+    first_running = True
     await second.start()
     try:
         adapters = [next(a for a in g.adapters if isinstance(a, TelegramAdapter)) for g in (first, second)]
@@ -674,6 +675,12 @@ async def test_only_one_process_polls(tmp_path: Path, api: FakeTelegramAPI) -> N
         assert not [c for c in api.calls_to("getUpdates") if c.status == 409]
         api.send_text(PRIVATE, "once")
         await until(lambda: heard == ["once"])
+        await first.stop()  # releases the lease: the standby takes over
+        first_running = False
+        await until(lambda: adapters[1].poller.polling.is_set(), timeout=5)
+        api.send_text(PRIVATE, "after the handover")
+        await until(lambda: heard == ["once", "after the handover"])
     finally:
         await second.stop()
-        await first.stop()
+        if first_running:
+            await first.stop()

@@ -35,6 +35,7 @@ log = logging.getLogger("chatgate.telegram")
 
 LEASE_MARGIN = 20.0  # seconds a lease outlives one long poll
 BACKOFF_MAX = 30.0
+STANDBY_CHECK_MAX = 5.0  # seconds a standby waits between tries for the lease
 
 
 class Poller:
@@ -77,7 +78,7 @@ class Poller:
             try:
                 if not await self._hold_lease():
                     self.polling.clear()
-                    await asyncio.sleep(min(self.lease_ttl / 3, 5.0))
+                    await asyncio.sleep(min(STANDBY_CHECK_MAX, max(0.5, float(self.poll_timeout))))
                     continue
                 self.polling.set()
                 updates = await self.client.call(
