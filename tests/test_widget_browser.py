@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -887,6 +888,17 @@ async def test_host_signed_identity_token(running_gateway: Gateway, browser: Bro
     record = await running_gateway.store.get_session(session_id)
     assert record is not None
     assert record.user_id == await page.evaluate("window.chatgate.client.user.id")
+
+    # Another customer signs in on the same browser: their chat never even asks for Ann's session.
+    hellos: list[str] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: hellos.append(payload)))
+    other = host_token("customer-43", "cy@example.com", expires_in=600)
+    await page.goto(f"{running_gateway.public_url}/?token={other}")
+    await page.wait_for_function("() => window.chatgate && window.chatgate.client.ready")
+    assert await page.evaluate("window.chatgate.client.user.email") == "cy@example.com"
+    assert await conversation(page) == []
+    first_hello = json.loads(next(p for p in hellos if '"hello"' in p))
+    assert first_hello["session_id"] is None
 
     # An expired token: the page says so and does not hammer the gateway with reconnects.
     context = await browser.new_context()

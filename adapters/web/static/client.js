@@ -26,6 +26,20 @@
     return out;
   }
 
+  /** The `sub` claim of a JWT, read without verifying it (only the gateway can): a storage key. */
+  function tokenSubject(token) {
+    try {
+      var part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      while (part.length % 4) part += "=";
+      var bytes = Uint8Array.from(global.atob(part), function (c) {
+        return c.charCodeAt(0);
+      });
+      return String(JSON.parse(new TextDecoder().decode(bytes)).sub || "");
+    } catch (e) {
+      return "";
+    }
+  }
+
   function storageGet(key) {
     try {
       return global.localStorage.getItem(key);
@@ -55,7 +69,7 @@
     this.token = options.token || null;
     this.refreshToken = options.refreshToken || null; // () => Promise<new host token>
     this.handler = options.handler || null;
-    this.storagePrefix = "chatgate:" + this.gateway + ":" + (this.token ? "token:" : "") + (this.handler || "") + ":";
+    this.storagePrefix = this._scope();
     this.sessionId = storageGet(this.storagePrefix + "session");
     this.visitorToken = this.token ? null : storageGet("chatgate:" + this.gateway + ":visitor");
     this.listeners = {};
@@ -113,9 +127,25 @@
 
   // ------------------------------------------------------------ identity & URLs
 
-  /** Signs in with a new host token (a host page whose token was refreshed), on a new socket. */
+  /**
+   * Where this client keeps its session id: per gateway, per signed-in user (the token's `sub`)
+   * or anonymous visitor, per handler. Another user signing in on the same browser never even
+   * asks for the previous user's session.
+   */
+  ChatClient.prototype._scope = function () {
+    var who = this.token ? "user:" + tokenSubject(this.token) : "visitor";
+    return "chatgate:" + this.gateway + ":" + who + ":" + (this.handler || "") + ":";
+  };
+
+  /** Signs in with a new host token (refreshed, or another user's), on a new socket. */
   ChatClient.prototype.setToken = function (token) {
     this.token = token || null;
+    var scope = this._scope();
+    if (scope !== this.storagePrefix) {
+      this.storagePrefix = scope;
+      this.sessionId = storageGet(scope + "session");
+      this._reset();
+    }
     this.connection.restart();
   };
 
