@@ -310,7 +310,9 @@ async def wait_reply(page: Page, text: str) -> None:
     )
 
 
-async def host_server(gateway_url: str, *, token: str = "", token_url: str = "") -> web.AppRunner:
+async def host_server(
+    gateway_url: str, *, token: str = "", token_url: str = "", position: str = "right"
+) -> web.AppRunner:
     """A second origin serving the host page that embeds the widget, and (like a host site's
     backend would) ``/token``: a fresh identity token for the signed-in customer."""
     html = (
@@ -318,6 +320,7 @@ async def host_server(gateway_url: str, *, token: str = "", token_url: str = "")
         .replace("{{GATEWAY}}", gateway_url)
         .replace("{{TOKEN}}", token)
         .replace("{{TOKEN_URL}}", token_url)
+        .replace("{{POSITION}}", position)
     )
     issued: list[str] = []
 
@@ -920,13 +923,16 @@ async def test_host_signed_identity_token(running_gateway: Gateway, browser: Bro
 
 async def test_embed_renews_an_expired_host_token(running_gateway: Gateway, browser: Browser) -> None:
     stale = host_token("customer-7", "bo@example.com", expires_in=-60)
-    host = await host_server(running_gateway.public_url, token=stale, token_url="/token")
-    context = await browser.new_context()
+    host = await host_server(running_gateway.public_url, token=stale, token_url="/token", position="left")
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
     try:
         page = await context.new_page()
         page.set_default_timeout(WAIT_MS)
         await page.goto(runner_url(host) + "/")
-        await page.locator("chatgate-widget .cg-launcher").click()
+        launcher = page.locator("chatgate-widget .cg-launcher")
+        await launcher.click()
+        box = await launcher.bounding_box()
+        assert box is not None and box["x"] < 100  # data-position="left"
         await page.wait_for_selector("chatgate-widget .cg-chat[data-connection=open]")
         issued = host.app[ISSUED_TOKENS]
         assert len(issued) == 1
