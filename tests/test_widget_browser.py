@@ -195,6 +195,10 @@ def build_app() -> gateway.App:
             files = "".join(f" [{a.name}: {a.size} bytes]" for a in msg.attachments or [])
             await stream_words(session, f"Echo: {text}{files}", 0.01)
 
+    @app.message("support", label="Support desk")
+    async def support(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply(f"Support desk: {msg.text}")
+
     @app.action("ping")
     async def ping(session: gateway.Session, event: gateway.Event) -> None:
         await session.reply("pong from the action")
@@ -1019,6 +1023,23 @@ async def test_client_keeps_one_copy_of_every_text_and_message(running_gateway: 
     assert result["status"] == "complete"
     assert result["users"] == [["01H0C", "hi there"], ["01H0E", "from tab 2"]]
     assert result["resume"] == "01H0E"
+
+
+async def test_a_named_handler_keeps_its_own_conversation(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    await send(page, "to the default")
+    await wait_reply(page, "Echo: to the default")
+
+    await page.goto(running_gateway.public_url + "/?handler=support")
+    await page.wait_for_function("() => window.chatgate && window.chatgate.client.ready")
+    assert await conversation(page) == []  # a conversation of its own
+    await send(page, "my order is late")
+    await wait_reply(page, "Support desk: my order is late")
+
+    await page.goto(running_gateway.public_url + "/")
+    await page.wait_for_function("() => window.chatgate && window.chatgate.client.ready")
+    await wait_rows(page, 2)
+    assert await conversation(page) == [("user", "to the default"), ("assistant", "Echo: to the default")]
 
 
 async def test_two_tabs_on_one_session_show_each_message_once(running_gateway: Gateway, browser: Browser) -> None:
