@@ -25,9 +25,17 @@ if TYPE_CHECKING:
 
 
 class GatewayContext(Protocol):
-    """The core, as an adapter sees it."""
+    """The core, as an adapter sees it (``gateway.runtime.Gateway`` implements it)."""
 
     settings: Settings
+    app: Any
+    """The ``gateway.App`` registry (handler names for named chats)."""
+    store: Any
+    """The ``gateway.store.Store``: sessions, messages, users, leases (``acquire_lease``)."""
+    files: Any
+    """The ``gateway.files.FileStore``: save uploads, read files, sign URLs."""
+    bus: Any
+    """Pub/sub for frames that must reach the process holding a client's connection."""
 
     async def submit(self, inbound: Inbound) -> Accepted:
         """Record ``inbound`` durably and queue it; returns once it is safe to acknowledge."""
@@ -60,7 +68,8 @@ class Adapter(ABC):
 
     @abstractmethod
     async def stop(self) -> None:
-        """Disconnect, finishing or abandoning in-flight work within a few seconds."""
+        """Disconnect. Called after the dispatcher drained: running handlers have finished and
+        their replies went out through this adapter, so only connections remain to close."""
 
     @abstractmethod
     def outbox(self, channel: SessionChannel, session_id: str) -> Outbox:

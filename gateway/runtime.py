@@ -253,15 +253,17 @@ class Gateway:
             await attach(self)
 
     async def stop(self) -> None:
+        """Stop in the order that loses nothing: no new events, running handlers finish (and
+        their replies still reach the platforms), then the adapters disconnect."""
         if self.scheduler is not None:
             with contextlib.suppress(Exception):
                 await self.scheduler.stop()
+        await self.dispatcher.close()
         for adapter in reversed(self.adapters):
             try:
                 await adapter.stop()
             except Exception:
                 log.exception("stopping %s failed", type(adapter).__name__)
-        await self.dispatcher.close()
         for hook in self.app.shutdown_hooks:
             try:
                 await asyncio.wait_for(call_maybe_async(hook), SHUTDOWN_HOOK_LIMIT)

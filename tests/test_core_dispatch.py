@@ -300,3 +300,45 @@ async def test_an_event_that_keeps_killing_the_process_is_given_up(tmp_path, cap
         assert runs == []
         assert "giving up message event poison-key" in caplog.text
         assert await store.unfinished_inbound() == []
+
+
+async def test_shutdown_lets_running_handlers_reply_before_adapters_stop(tmp_path):
+    from gateway.testing import RecordingAdapter
+
+    class StrictAdapter(RecordingAdapter):
+        """Refuses to send once stopped, like a platform client whose connection is closed."""
+
+        stopped = False
+
+        async def stop(self) -> None:
+            self.stopped = True
+
+        def outbox(self, channel, session_id):
+            outbox = super().outbox(channel, session_id)
+            adapter = self
+
+            class Guarded(type(outbox)):
+                async def send_text(self, message_id, text):
+                    if adapter.stopped:
+                        raise RuntimeError("adapter already stopped")
+                    return await super().send_text(message_id, text)
+
+            return Guarded(outbox.conversation)
+
+    app = gateway.App("graceful")
+    started = asyncio.Event()
+
+    @app.message()
+    async def slow(session, msg):
+        started.set()
+        await asyncio.sleep(0.3)
+        await session.reply("finished during shutdown")
+
+    client = TestClient(app, tmp_path)
+    client.gateway._adapters = [StrictAdapter(client)]
+    await client.__aenter__()
+    conv = await client.conversation()
+    await client.gateway.submit(inbound_for(conv, "go"))
+    await asyncio.wait_for(started.wait(), 5)
+    await client.__aexit__(None, None, None)
+    assert [s.text for s in conv.sent if s.kind == "text"] == ["finished during shutdown"]
