@@ -28,7 +28,7 @@ from gateway.store.records import SessionRecord
 log = logging.getLogger("chatgate.dispatch")
 
 PURGE_EVERY = 3600.0  # seconds between inbox purges of expired dedup keys
-MAX_ATTEMPTS = 3  # an event interrupted this often (it keeps killing the process) is given up
+MAX_ATTEMPTS = 3  # an event interrupted this many times (it keeps killing the process) is given up
 
 
 class UnknownSession(LookupError):
@@ -183,11 +183,11 @@ class Dispatcher:
             if inbound.kind in ("stop", "signal"):
                 await self.store.set_inbox_status(row.id, "done", "process restarted")
                 continue
-            attempts = await self.store.count_attempt(row.id)
-            if attempts > MAX_ATTEMPTS:
+            interruptions = await self.store.count_attempt(row.id)
+            if interruptions >= MAX_ATTEMPTS:
                 log.error("giving up %s event %s: it was interrupted %d times (does it crash the process?)",
-                          inbound.kind, inbound.dedup_key, attempts - 1)
-                await self.store.set_inbox_status(row.id, "failed", f"interrupted {attempts - 1} times")
+                          inbound.kind, inbound.dedup_key, interruptions)
+                await self.store.set_inbox_status(row.id, "failed", f"interrupted {interruptions} times")
                 continue
             log.info("re-running %s event %s (interrupted by a restart)", inbound.kind, inbound.dedup_key)
             self._route(WorkItem(row.id, row.session_id, inbound))
