@@ -727,7 +727,7 @@ async def test_embed_script_on_a_cross_origin_host_page(running_gateway: Gateway
                 """() => document.querySelector('chatgate-widget').shadowRoot
                       .querySelectorAll('.cg-meta').forEach(meta => { meta.textContent = '10:24 AM'; })"""
             )
-            await page.screenshot(path=str(SCREENSHOTS / name))
+            await page.screenshot(path=str(SCREENSHOTS / name), animations="disabled", caret="hide")
 
             if name == "widget-desktop.png":
                 # Uploads from another origin identify with the visitor token, not a cookie.
