@@ -120,6 +120,8 @@ def build_app() -> gateway.App:
             )
         elif text == "unicode":
             await stream_words(session, UNICODE_REPLY, 0.02)
+        elif text == "boom":
+            raise RuntimeError("the handler failed on purpose")
         elif text == "silent":
             async with session.stream_reply() as reply:
                 await asyncio.sleep(10)
@@ -1040,6 +1042,17 @@ async def test_a_named_handler_keeps_its_own_conversation(running_gateway: Gatew
     await page.wait_for_function("() => window.chatgate && window.chatgate.client.ready")
     await wait_rows(page, 2)
     assert await conversation(page) == [("user", "to the default"), ("assistant", "Echo: to the default")]
+
+
+async def test_a_failing_handler_is_reported_and_the_chat_goes_on(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    await send(page, "boom")
+    await wait_reply(page, running_gateway.settings.dispatch.error_message)  # the gateway's apology
+    await page.wait_for_selector(".cg-stop", state="hidden")
+    assert await page.locator(".cg-status").is_hidden()
+    assert await page.locator(".cg-typing-row").is_hidden()
+    await send(page, "still here")
+    await wait_reply(page, "Echo: still here")
 
 
 async def test_two_tabs_on_one_session_show_each_message_once(running_gateway: Gateway, browser: Browser) -> None:

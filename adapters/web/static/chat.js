@@ -269,13 +269,9 @@
     });
     client.on("busy", refreshControls);
     client.on("notify", showStatus);
-    client.on("turn_end", function (frame) {
-      if (frame && frame.error && frame.error !== "stopped") {
-        var text = frame.error === "timeout" ? "The reply took too long." : "Something went wrong.";
-        showStatus({ text: text, detail: "", error: true });
-      }
-      refreshControls();
-    });
+    // A failed turn (turn_end.error) needs no words of ours: the gateway sends the user its
+    // configured apology (dispatch.error_message / timeout_message) as a message.
+    client.on("turn_end", refreshControls);
     client.on("title", setSessionTitle);
     client.on("ready", function (frame) {
       if (statusLine.classList.contains("cg-status-error")) showStatus(null); // e.g. "signed out", now fixed
