@@ -156,13 +156,17 @@ def build_app() -> gateway.App:
                     "integration_prompt",
                     {
                         "type": "github",
+                        "title": "GitHub",
                         "reason": "I need to read your repositories.",
                         "blocking": False,
                         "mode": "oauth",
                         "connect_url": "https://example.com/connect/github",
+                        "expires_at": int(time.time()) + 600,
                     },
                 )
             )
+            expired = {"type": "jira", "title": "Jira", "mode": "oauth", "blocking": False, "expires_at": 1}
+            await session.show(Block("integration_prompt", {**expired, "connect_url": "/integrations/jira/connect"}))
             await session.show(Block("mystery_widget", {"title": "Custom block", "text": "Rendered by the fallback."}))
             await session.show_step("Fetched 3 pages", status="completed", detail="0.4 s", fields={"pages": 3})
             await session.show(
@@ -607,9 +611,14 @@ async def test_blocks_render_and_update_in_place(running_gateway: Gateway, open_
     assert await image.get_attribute("alt") == "A tiny chart"
     await page.wait_for_function("() => document.querySelector('figure img').naturalWidth === 2")
 
-    connect = page.locator(".cg-card[data-block-type=integration_prompt] a.cg-connect")
+    integrations = page.locator(".cg-card[data-block-type=integration_prompt]")
+    assert await integrations.count() == 2
+    connect = integrations.nth(0).locator("a.cg-connect")
     assert await connect.get_attribute("href") == "https://example.com/connect/github"
     assert await connect.get_attribute("target") == "_blank"
+    assert await connect.get_attribute("aria-label") == "Connect GitHub"
+    assert "This link has expired" in await integrations.nth(1).inner_text()
+    assert await integrations.nth(1).locator("a").count() == 0
 
     step = page.locator("[data-block-type=step_status]")
     assert await step.get_attribute("data-status") == "completed"

@@ -344,29 +344,32 @@
 
   // ------------------------------------------------------------ integration
 
+  /** payload: type, title? (the provider's name), reason, mode ("oauth" | "secret"),
+   * connect_url? (a signed link that opens the provider's consent page or the secret form),
+   * expires_at? (seconds since the epoch: the link's end), completed?, timed_out? */
   function integration(block, ctx) {
     var doc = ctx.doc;
     var p = block.payload || {};
-    var name = str(p.type) || "an integration";
+    var name = str(p.title) || str(p.type) || "an integration";
     var box = card(doc, block, "integration", "Connect " + name);
     if (p.reason) box.appendChild(markdown(doc, p.reason));
     var row = h(doc, "div", "cg-card-actions");
+    var url = resolveUrl(p.connect_url, ctx);
+    var expired = Number(p.expires_at) > 0 && Number(p.expires_at) * 1000 < Date.now();
     if (p.completed) {
       row.appendChild(h(doc, "span", "cg-outcome cg-outcome-ok", "\u2713 Connected"));
+    } else if (p.timed_out || (expired && url)) {
+      row.appendChild(h(doc, "span", "cg-outcome cg-outcome-timeout", "This link has expired. Ask again to connect."));
+    } else if (url) {
+      var a = h(doc, "a", "cg-btn cg-btn-primary cg-connect", "Connect");
+      a.href = url;
+      a.target = "_blank";
+      a.rel = "noopener noreferrer";
+      a.setAttribute("aria-label", "Connect " + name);
+      row.appendChild(a);
+      row.appendChild(h(doc, "span", "cg-hint", p.mode === "secret" ? "Opens a form for your credentials" : "Opens " + name + " in a new tab"));
     } else {
-      var url = resolveUrl(p.connect_url, ctx);
-      if (url) {
-        var a = h(doc, "a", "cg-btn cg-btn-primary cg-connect", "Connect");
-        a.href = url;
-        a.target = "_blank";
-        a.rel = "noopener noreferrer";
-        a.setAttribute("aria-label", "Connect " + name);
-        row.appendChild(a);
-      } else {
-        row.appendChild(
-          h(doc, "span", "cg-hint", p.mode === "secret" ? "Add the credentials for " + name + " in your settings." : "Waiting for " + name + " to be connected\u2026")
-        );
-      }
+      row.appendChild(h(doc, "span", "cg-hint", "Waiting for " + name + " to be connected\u2026"));
     }
     box.appendChild(row);
     return box;
