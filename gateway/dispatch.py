@@ -183,6 +183,7 @@ class Dispatcher:
             if inbound.kind in ("stop", "signal"):
                 await self.store.set_inbox_status(row.id, "done", "process restarted")
                 continue
+            await self.store.fail_streams_of(row.id)
             interruptions = await self.store.count_attempt(row.id)
             if interruptions >= MAX_ATTEMPTS:
                 log.error("giving up %s event %s: it was interrupted %d times (does it crash the process?)",

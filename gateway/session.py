@@ -161,6 +161,8 @@ class Session:
 
     async def _finish_stream(self, message_id: str, text: str, stopped: bool, refs: list[str]) -> None:
         status = "stopped" if stopped else "complete"
+        if stopped and self._rt.dispatcher.closing:
+            status = "failed"  # interrupted by shutdown, not by the user: the turn runs again at start
         await self._rt.store.update_message(message_id, text=text, status=status, platform_refs=list(refs))
         if text:
             self.history.append(Message(text, "app", self.channel.type, id=message_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -94,6 +95,18 @@ def _post_json(url: str, key: str, body: dict, timeout: float = 5):
         return json.loads(response.read())
 
 
+async def _statuses(db: Path, session_id: str) -> list[tuple[str, str]]:
+    from gateway.store import Store
+
+    store = Store(f"sqlite+aiosqlite:///{db}")
+    await store.open()
+    try:
+        messages, _ = await store.list_messages(session_id)
+        return [(m.role, m.status) for m in messages]
+    finally:
+        await store.close()
+
+
 def _start(tmp_path: Path, port: int, log_name: str) -> subprocess.Popen:
     env = {
         **os.environ,
@@ -135,7 +148,11 @@ def test_killed_mid_handler_the_event_runs_again_after_restart(tmp_path, free_po
             return texts if any(t.startswith("handled precious") for t in texts) else None
 
         texts = _wait_for(reply, 15, "the event to run again")
-        assert texts == ["precious", "handled precious on run 2"]
+        # The reply that was streaming when the process died stays, empty and failed (its text
+        # lived only in the dead process); the widget shows it as an interrupted reply.
+        assert texts == ["precious", "", "handled precious on run 2"]
+        statuses = asyncio.run(_statuses(tmp_path / "data" / "chatgate.db", session["id"]))
+        assert statuses == [("user", "complete"), ("assistant", "failed"), ("assistant", "complete")]
         assert "interrupted by the last shutdown" in (tmp_path / "second.log").read_text()
         second.send_signal(signal.SIGTERM)
         assert second.wait(15) == 0

@@ -343,3 +343,25 @@ async def test_shutdown_lets_running_handlers_reply_before_adapters_stop(tmp_pat
     await asyncio.wait_for(started.wait(), 5)
     await client.__aexit__(None, None, None)
     assert [s.text for s in conv.sent if s.kind == "text"] == ["finished during shutdown"]
+
+
+async def test_a_reply_cut_by_shutdown_is_failed_not_complete(tmp_path):
+    app = gateway.App("shutdown-stream")
+    streaming = asyncio.Event()
+
+    @app.message()
+    async def handle(session, msg):
+        async with session.stream_reply() as reply:
+            reply.write("partial")
+            streaming.set()
+            await asyncio.sleep(30)
+
+    client = TestClient(app, tmp_path)
+    await client.__aenter__()
+    conv = await client.conversation()
+    await client.gateway.submit(inbound_for(conv, "q"))
+    await asyncio.wait_for(streaming.wait(), 5)
+    await client.gateway.dispatcher.close(grace=0.1)
+    messages, _ = await client.gateway.store.list_messages(conv.session_id)
+    assert [(m.text, m.status) for m in messages if m.role == "assistant"] == [("partial", "failed")]
+    await client.__aexit__(None, None, None)

@@ -77,6 +77,7 @@ class WebAdapter(Adapter):
 
     async def stop(self) -> None:
         """Close open sockets with "going away": widgets reconnect and resume after a restart."""
+        self.ctx.stopping = True
         sockets = list(self.ctx.sockets)
         if sockets:
             closing = [ws.close(code=WSCloseCode.GOING_AWAY, message=b"server restarting") for ws in sockets]

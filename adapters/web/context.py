@@ -31,6 +31,8 @@ class WebContext:
     ``WebAdapter.start`` (until then requests get 503)."""
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     """Open widget sockets, closed with "going away" at shutdown so widgets reconnect."""
+    stopping: bool = False
+    """Set when the adapter stops: new widget sockets are refused (they reconnect elsewhere)."""
     live_texts: dict[str, str] = field(default_factory=dict)
     """Message id -> text so far, for replies streaming in this process (see ``WebOutbox``)."""
 

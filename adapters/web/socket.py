@@ -45,6 +45,8 @@ REPLAY_PAGE = 200
 
 
 async def websocket_handler(ctx: WebContext, request: web.Request) -> web.StreamResponse:
+    if ctx.stopping:  # a socket opened now would outlive the close of all the others
+        return WebError(503, "unavailable", "the gateway is restarting; reconnect in a moment").response()
     if not origin_allowed(request, ctx.settings.web.allowed_origins):
         return WebError(403, "forbidden", "this origin may not open the chat socket").response()
     max_frame = ctx.settings.web.max_frame_bytes

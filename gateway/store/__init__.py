@@ -614,6 +614,18 @@ class Store:
             rows = (await db.exec(select(FeedbackRow).where(FeedbackRow.session_id == session_id))).all()
         return {row.inbound_id: row.value for row in rows}
 
+    async def fail_streams_of(self, inbox_id: str) -> int:
+        """Mark replies of an interrupted turn that were still streaming as failed (the process
+        that streamed them is gone); returns how many."""
+        statement = (
+            update(MESSAGES)
+            .where(MESSAGES.c.inbound_id == inbox_id)
+            .where(MESSAGES.c.status == "streaming")
+            .values(status="failed", updated_at=utcnow())
+        )
+        result = await self._run_write(lambda conn: conn.execute(statement))
+        return int(result.rowcount or 0)
+
     async def count_attempt(self, inbox_id: str) -> int:
         """Count one more attempt at an interrupted event; returns the new count."""
         async with self.write() as db:

@@ -16,5 +16,7 @@ async def handle(session: gateway.Session, msg: gateway.Message) -> None:
     count = int(runs.read_text()) + 1 if runs.exists() else 1
     runs.write_text(str(count))
     if count == 1:
-        await asyncio.sleep(60)  # the first process is killed here
+        async with session.stream_reply() as reply:
+            reply.write("half an answ")
+            await asyncio.sleep(60)  # the first process is killed here, mid-stream
     await session.reply(f"handled {msg.text} on run {count}")
