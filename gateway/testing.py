@@ -318,6 +318,31 @@ class Conversation:
         return turn
 
 
+def test_settings(root: str | os.PathLike[str], **overrides: Any) -> Settings:
+    """Settings for a gateway living in ``root``: a SQLite file and uploads there, a loopback
+    port picked at start, the web channel and the scheduler off. ``overrides`` are sections
+    (``telegram={"bot_token": ...}``), merged key by key into these defaults."""
+    root = Path(root)
+    base: dict[str, Any] = {
+        "data_dir": str(root),
+        "secret_key": "test-secret",
+        "server": {"host": "127.0.0.1", "port": 0},
+        "database": {"url": f"sqlite+aiosqlite:///{root / 'chatgate.db'}"},
+        "files": {"dir": str(root / "files")},
+        "web": {"enabled": False},
+        "scheduler": {"enabled": False},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(base.get(section), dict):
+            base[section] = {**base[section], **values}
+        else:
+            base[section] = values
+    return load_settings(None, **base)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a pytest test
+
+
 class TestClient:
     """Run an app in-process for tests. ``tmp_path`` holds its SQLite file and uploads."""
 
@@ -336,21 +361,9 @@ class TestClient:
         self.app = app
         root = Path(tmp_path) if tmp_path is not None else Path(".chatgate-test")
         if settings is None:
-            base = {
-                "data_dir": str(root),
-                "secret_key": "test-secret",
-                "server": {"host": "127.0.0.1", "port": 0},
-                "database": {"url": database_url or f"sqlite+aiosqlite:///{root / 'chatgate.db'}"},
-                "files": {"dir": str(root / "files")},
-                "web": {"enabled": False},
-                "scheduler": {"enabled": False},
-            }
-            for section, values in overrides.items():
-                if isinstance(values, dict):
-                    base.setdefault(section, {}).update(values)
-                else:
-                    base[section] = values
-            settings = load_settings(None, **base)
+            if database_url is not None:
+                overrides["database"] = {**overrides.get("database", {}), "url": database_url}
+            settings = test_settings(root, **overrides)
         self.settings = settings
         self.stream_interval = stream_interval
         self.gateway = Gateway(app, settings, adapters=[RecordingAdapter(self)])
@@ -407,4 +420,4 @@ class TestClient:
         return self._default
 
 
-__all__ = ["Conversation", "RecordingAdapter", "Sent", "TestClient", "Turn"]
+__all__ = ["Conversation", "RecordingAdapter", "Sent", "TestClient", "Turn", "test_settings"]

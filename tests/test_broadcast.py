@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 import gateway
-from gateway.config import load_settings
 from gateway.runtime import Gateway
-from gateway.testing import TestClient
+from gateway.testing import TestClient, test_settings
 from gateway.types import SessionChannel, UserInfo
 from tests.fakes.telegram_api import FakeTelegramAPI
 
@@ -97,16 +96,8 @@ async def test_broadcast_without_an_adapter_for_the_channel_counts_failures(tmp_
 async def test_broadcast_to_a_thousand_telegram_chats_stays_inside_the_bot_api_limits(tmp_path: Path) -> None:
     app = gateway.App("news")
     async with FakeTelegramAPI(rate_scale=SCALE) as api:
-        settings = load_settings(
-            None,
-            data_dir=str(tmp_path),
-            secret_key="test-secret",
-            server={"host": "127.0.0.1", "port": 0},
-            database={"url": f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}"},
-            files={"dir": str(tmp_path / "files")},
-            web={"enabled": False},
-            scheduler={"enabled": False, "broadcast_concurrency": 8},
-            telegram={"bot_token": api.token, "api_url": api.base_url, "rate_scale": SCALE, "poll_timeout": 1},
+        settings = test_settings(
+            tmp_path, scheduler={"broadcast_concurrency": 8}, telegram=api.settings(rate_scale=SCALE)
         )
         gw = Gateway(app, settings)
         await gw.start()

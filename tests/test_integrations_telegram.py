@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 
 import gateway
-from gateway.config import load_settings
 from gateway.integrations.crypto import generate_key
 from gateway.runtime import Gateway
+from gateway.testing import test_settings
 from gateway.types import IntegrationDeclined
 from tests.fakes.oauth_server import FakeOAuthServer
 from tests.fakes.telegram_api import FakeTelegramAPI
@@ -64,17 +64,9 @@ def connect_button(api: FakeTelegramAPI) -> str | None:
 
 
 async def start(tmp_path: Path, telegram: FakeTelegramAPI, oauth: FakeOAuthServer) -> Gateway:
-    settings = load_settings(
-        None,
-        data_dir=str(tmp_path),
-        secret_key="test-secret",
-        server={"host": "127.0.0.1", "port": 0},
-        database={"url": f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}"},
-        files={"dir": str(tmp_path / "files")},
-        web={"enabled": False},
-        scheduler={"enabled": False},
-        telegram={"bot_token": telegram.token, "api_url": telegram.base_url, "rate_scale": SCALE,
-                  "poll_timeout": 1, "retry_backoff": 0.2},
+    settings = test_settings(
+        tmp_path,
+        telegram=telegram.settings(rate_scale=SCALE, retry_backoff=0.2),
         integrations={"encryption_key": generate_key(), "providers": providers_for(oauth)},
     )
     gw = Gateway(connect_app(oauth), settings)

@@ -16,7 +16,7 @@ import gateway
 from gateway.context import current_session
 from gateway.dispatch import UnknownSession
 from gateway.tasks import TaskFailed, parse_duration
-from gateway.testing import TestClient
+from gateway.testing import TestClient, test_settings
 
 FAST = {
     "task_backoff_initial": 0.02,
@@ -429,19 +429,13 @@ async def test_live_task_card_on_the_web_socket(tmp_path: Path) -> None:
 
 
 async def test_live_task_card_on_telegram_edits_one_message(tmp_path: Path) -> None:
-    from gateway.config import load_settings
     from gateway.runtime import Gateway
     from tests.fakes.telegram_api import FakeTelegramAPI
 
     release = asyncio.Event()
     chat = 5001
     async with FakeTelegramAPI(rate_scale=0.05) as api:
-        settings = load_settings(
-            None, data_dir=str(tmp_path), secret_key="test-secret", server={"host": "127.0.0.1", "port": 0},
-            database={"url": f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}"}, files={"dir": str(tmp_path / "f")},
-            web={"enabled": False}, scheduler={**FAST, "enabled": False},
-            telegram={"bot_token": api.token, "api_url": api.base_url, "rate_scale": 0.05, "poll_timeout": 1},
-        )
+        settings = test_settings(tmp_path, scheduler={**FAST, "enabled": False}, telegram=api.settings(rate_scale=0.05))
         gw = Gateway(card_app(release), settings)
         await gw.start()
         try:

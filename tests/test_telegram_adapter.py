@@ -20,8 +20,8 @@ import pytest
 
 import gateway
 from adapters.telegram import TelegramAdapter
-from gateway.config import load_settings
 from gateway.runtime import Gateway
+from gateway.testing import test_settings
 from tests.fakes.telegram_api import FakeTelegramAPI
 
 SCALE = 0.05
@@ -30,24 +30,7 @@ GROUP = -100777
 
 
 def make_settings(tmp_path: Path, api: FakeTelegramAPI, **telegram: Any) -> Any:
-    return load_settings(
-        None,
-        data_dir=str(tmp_path),
-        secret_key="test-secret",
-        server={"host": "127.0.0.1", "port": 0},
-        database={"url": f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}"},
-        files={"dir": str(tmp_path / "files")},
-        web={"enabled": False},
-        scheduler={"enabled": False},
-        telegram={
-            "bot_token": api.token,
-            "api_url": api.base_url,
-            "rate_scale": SCALE,
-            "poll_timeout": 1,
-            "retry_backoff": 0.2,
-            **telegram,
-        },
-    )
+    return test_settings(tmp_path, telegram={**api.settings(rate_scale=SCALE, retry_backoff=0.2), **telegram})
 
 
 @asynccontextmanager

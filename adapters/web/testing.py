@@ -18,29 +18,16 @@ from typing import Any
 import jwt
 
 from gateway.app import App
-from gateway.config import load_settings
 from gateway.runtime import Gateway
+from gateway.testing import test_settings
 
 from .adapter import WebAdapter
 
 
 def web_settings(root: str | Path, **overrides: Any) -> Any:
-    root = Path(root)
-    base: dict[str, Any] = {
-        "data_dir": str(root),
-        "secret_key": "test-secret-key",
-        "server": {"host": "127.0.0.1", "port": 0},
-        "database": {"url": f"sqlite+aiosqlite:///{root / 'chatgate.db'}"},
-        "files": {"dir": str(root / "files")},
-        "web": {"enabled": True, "stream_interval": 0.0},
-        "scheduler": {"enabled": False},
-    }
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            base.setdefault(section, {}).update(values)
-        else:
-            base[section] = values
-    return load_settings(None, **base)
+    """``gateway.testing.test_settings`` with the web channel on and frames unthrottled."""
+    web = {"enabled": True, "stream_interval": 0.0, **overrides.pop("web", {})}
+    return test_settings(root, web=web, **overrides)
 
 
 @contextlib.asynccontextmanager

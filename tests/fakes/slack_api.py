@@ -44,6 +44,7 @@ from adapters.slack.limits import (
     PER_CHANNEL_BUDGETS,
     Budget,
 )
+from gateway.testing import test_settings
 
 # Slack's own size limits as the server enforces them (method reference pages).
 SERVER_MAX_TEXT = 40_000  # chat.postMessage: text beyond 40,000 characters is refused (msg_too_long here)
@@ -789,7 +790,6 @@ class FakeSlack:
 def slack_settings(data_dir: Any, slack: FakeSlack, **slack_options: Any) -> Any:
     """Settings for a gateway on a loopback port, a SQLite file in ``data_dir``, and the Slack
     channel pointed at ``slack``. ``slack_options`` override the ``[slack]`` section."""
-    from gateway.config import Settings
 
     section = {
         "bot_token": slack.bot_token,
@@ -799,16 +799,7 @@ def slack_settings(data_dir: Any, slack: FakeSlack, **slack_options: Any) -> Any
         "update_interval": 0.1,
         **slack_options,
     }
-    return Settings(
-        data_dir=str(data_dir),
-        secret_key="test-secret",
-        server={"host": "127.0.0.1", "port": 0},
-        database={"url": f"sqlite+aiosqlite:///{data_dir}/chatgate.db"},
-        files={"dir": f"{data_dir}/files"},
-        web={"enabled": False},
-        scheduler={"enabled": False},
-        slack=section,
-    )
+    return test_settings(data_dir, slack=section)
 
 
 class SlackGateway:

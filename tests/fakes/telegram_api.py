@@ -364,6 +364,10 @@ class FakeTelegramAPI:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    def settings(self, **overrides: Any) -> dict[str, Any]:
+        """The ``[telegram]`` settings that point a gateway at this server (fast test polling)."""
+        return {"bot_token": self.token, "api_url": self.base_url, "poll_timeout": 1, **overrides}
+
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
