@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -21,6 +21,7 @@ from gateway.integrations.crypto import generate_key
 from gateway.testing import Conversation, TestClient, Turn
 from gateway.types import IntegrationDeclined, IntegrationTimeout
 from tests.fakes.oauth_server import FakeOAuthServer
+from tests.support import until
 
 API_KEY = "test-api-key"
 CLIENT_ID = "chatgate-test-client"
@@ -157,14 +158,6 @@ async def connected(client: TestClient, oauth: FakeOAuthServer) -> TestClient:
         client.gateway.integrations.redirect_uri("acme"), client.gateway.integrations.redirect_uri("teamcode")
     ]
     return client
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting")
-        await asyncio.sleep(0.01)
 
 
 def prompt_of(turn: Turn) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,22 +37,13 @@ from gateway.scheduler import (
 )
 from gateway.testing import TestClient
 from gateway.types import SessionChannel
+from tests.support import until
 
 FAST = {"enabled": True, "leader_lease_seconds": 0.6, "task_poll_seconds": 0.05}
 
 
 def client(app: gateway.App, tmp_path: Path, database_url: str | None = None, **scheduler: Any) -> TestClient:
     return TestClient(app, tmp_path, database_url=database_url, scheduler={**FAST, **scheduler})
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 async def fire_soon(tc: TestClient, name: str, delay: float = 0.05) -> datetime:

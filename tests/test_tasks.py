@@ -17,6 +17,7 @@ from gateway.context import current_session
 from gateway.dispatch import UnknownSession
 from gateway.tasks import TaskFailed, parse_duration
 from gateway.testing import TestClient, test_settings
+from tests.support import until
 
 FAST = {
     "task_backoff_initial": 0.02,
@@ -29,18 +30,6 @@ FAST = {
 
 def client(app: gateway.App, tmp_path: Path, database_url: str | None = None, **scheduler: Any) -> TestClient:
     return TestClient(app, tmp_path, database_url=database_url, scheduler={**FAST, **scheduler})
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 async def test_submit_runs_and_returns_a_result(tmp_path: Path) -> None:

@@ -9,8 +9,7 @@ adapter must not provoke any.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from adapters.telegram import TelegramAdapter
 from gateway.runtime import Gateway
 from gateway.testing import test_settings
 from tests.fakes.telegram_api import FakeTelegramAPI
+from tests.support import until
 
 SCALE = 0.05
 PRIVATE = 5001
@@ -41,16 +41,6 @@ async def running(app: gateway.App, tmp_path: Path, api: FakeTelegramAPI, **tele
         yield gw
     finally:
         await gw.stop()
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not met in time")
 
 
 @pytest.fixture
