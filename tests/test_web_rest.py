@@ -208,8 +208,43 @@ async def test_feedback(gw):
         await sdk.chat.submit_feedback(session.id, execution_id=execution_id, value=5)
     with pytest.raises(NotFoundError):
         await sdk.chat.submit_feedback(session.id, execution_id="01UNKNOWN", value=-1)
-    record = await gw.store.get_session(session.id)
-    assert record.data["__feedback__"][execution_id]["value"] == 1
+    assert await gw.store.feedback(session.id) == {execution_id: 1}
+    await sdk.chat.submit_feedback(session.id, execution_id=execution_id, value=-1)  # changing one's mind
+    assert await gw.store.feedback(session.id) == {execution_id: -1}
+
+
+async def test_executions_get_stream_and_cancel(gw):
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    events = [e async for e in sdk.chat.send_message_stream(session.id, content="two")]
+    execution_id = events[0].execution_id
+    execution = await sdk.executions.get(execution_id)
+    assert (execution.status, execution.session_id) == ("completed", session.id)
+    assert execution.input == {"content": "two"} and execution.output == {"content": "one\n\ntwo"}
+    replay = [e async for e in sdk.executions.stream(execution_id)]
+    assert [e.type for e in replay] == ["execution", "content", "done"]
+    assert replay[-1].output == {"content": "one\n\ntwo"}
+    failed = [e async for e in sdk.chat.send_message_stream(session.id, content="boom")]
+    assert (await sdk.executions.get(failed[0].execution_id)).status == "failed"
+    assert [e.type for e in [e async for e in sdk.executions.stream(failed[0].execution_id)]][-1] == "error"
+    with pytest.raises(NotFoundError):
+        await sdk.executions.get("01UNKNOWNEXECUTION")
+    with pytest.raises(NotFoundError):  # another key's execution is not visible
+        await client(gw, OTHER_KEY).executions.get(execution_id)
+    # A running turn: streamed live, then cancelled.
+    running = sdk.chat.send_message_stream(session.id, content="stream " + "word " * 400)
+    first = await running.__anext__()
+    live = await sdk.executions.get(first.execution_id)
+    assert live.status == "running"
+    cancelled = await sdk.executions.cancel(first.execution_id)
+    assert cancelled.status in ("cancel_requested", "cancelled")
+    rest = [e async for e in running]
+    assert rest[-1].type in ("done", "error")
+    for _ in range(100):
+        if (await sdk.executions.get(first.execution_id)).status == "cancelled":
+            break
+        await asyncio.sleep(0.02)
+    assert (await sdk.executions.get(first.execution_id)).status == "cancelled"
 
 
 async def test_errors_are_typed_exceptions(gw):

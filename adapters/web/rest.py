@@ -27,6 +27,7 @@ from . import errors
 from .context import API_CHANNEL, WebContext
 from .cors import cors_headers, preflight
 from .errors import WebError, bad_request, not_found
+from .executions import Executions
 from .outbox import session_topic
 from .rest_turns import RestTurns, content_digest
 from .sse import SSEWriter
@@ -43,8 +44,6 @@ MAX_PAGE_SIZE = 100
 DEFAULT_AGENT = "default"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 API_PLATFORM = "api"
-FEEDBACK_DATA_KEY = "__feedback__"
-"""Where feedback is kept in ``session.data`` (dunder keys are the core's, like ``__chat_name__``)."""
 FEEDBACK_VALUES = (1, -1)
 
 Handler = Callable[[web.Request, "Caller"], Awaitable[web.StreamResponse]]
@@ -62,6 +61,7 @@ class RestApi:
     def __init__(self, ctx: WebContext) -> None:
         self.ctx = ctx
         self.turns = RestTurns(ctx)
+        self.executions = Executions(self)
 
     def mount(self, app: web.Application) -> None:
         routes: dict[str, dict[str, Handler]] = {
@@ -70,6 +70,9 @@ class RestApi:
             "/chat/sessions/{session_id}/messages": {"GET": self.list_messages, "POST": self.send_message},
             "/chat/sessions/{session_id}/messages/stream": {"POST": self.stream_message},
             "/chat/sessions/{session_id}/feedback": {"POST": self.submit_feedback},
+            "/executions/{execution_id}": {"GET": self.executions.get},
+            "/executions/{execution_id}/stream": {"GET": self.executions.stream},
+            "/executions/{execution_id}/cancel": {"POST": self.executions.cancel},
         }
         for path, methods in routes.items():
             app.router.add_route("*", PREFIX + path, self._endpoint(methods))
@@ -305,11 +308,10 @@ class RestApi:
         if isinstance(value, bool) or value not in FEEDBACK_VALUES:
             raise bad_request("value must be 1 or -1")
         store = self.ctx.core.store
-        if await store.message_for_inbound(record.id, execution_id, role="user") is None:
+        inbound = await store.get_inbound(execution_id) if ID_PATTERN.match(execution_id) else None
+        if inbound is None or inbound.session_id != record.id:
             raise not_found("execution not found in this session")
-        feedback = dict(record.data.get(FEEDBACK_DATA_KEY) or {})
-        feedback[execution_id] = {"value": value, "at": now_rfc3339()}
-        await store.save_session_data(record.id, {FEEDBACK_DATA_KEY: feedback}, [])
+        await store.save_feedback(record.id, execution_id, value)
         return web.json_response({"data": {"submitted": True}})
 
 
