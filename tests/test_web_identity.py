@@ -193,9 +193,9 @@ async def test_app_endpoints_know_widget_users(tmp_path):
     async def private(ctx):
         return {"ok": ctx.user.email}
 
-    async with running_gateway(app, tmp_path, web={"identity_secret": "host-secret"}) as gw:
+    async with running_gateway(app, tmp_path, web={"identity_secret": "host-secret-of-at-least-32-bytes!!"}) as gw:
         base = f"http://127.0.0.1:{gw.port}"
-        token = jwt.encode({"sub": "ada", "email": "ada@example.com", "exp": 4102444800}, "host-secret", "HS256")
+        token = jwt.encode({"sub": "ada", "email": "ada@example.com", "exp": 4102444800}, "host-secret-of-at-least-32-bytes!!", "HS256")
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             async with http.get(f"{base}/me", params={"token": token}) as r:
                 body = await r.json()
