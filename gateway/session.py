@@ -7,7 +7,8 @@ then hands it to the adapter that owns the conversation.
 Modes:
   - ``turn``: a message/action handler answering an inbound event (replies belong to the turn).
   - ``standalone``: a task or a job bound to a real session: replies are standalone messages,
-    ``stream_reply`` collects and sends one message.
+    and ``stream_reply`` streams to the channel as in a turn (Capsule collects a task's stream
+    into one message; chatgate can stream without a live request, so it does).
   - ``synthetic``: a schedule's owner session (``id == ""``): nothing is sent; ``reply`` only
     appends to ``history``; ``stream_reply`` raises.
 """
@@ -142,8 +143,6 @@ class Session:
         """``async with session.stream_reply() as reply: reply.write(delta)``."""
         if self._mode == "synthetic" or not self.id:
             raise RuntimeError("stream_reply is only available inside a message handler")
-        if self._mode == "standalone":
-            return ReplyStream(self._open_collecting, self._finish_collecting)
         return ReplyStream(self._open_stream, self._finish_stream)
 
     async def _open_stream(self) -> tuple[Any, Any]:
@@ -161,18 +160,11 @@ class Session:
 
     async def _finish_stream(self, message_id: str, text: str, stopped: bool, refs: list[str]) -> None:
         status = "stopped" if stopped else "complete"
-        if stopped and self._rt.dispatcher.closing:
+        if stopped and self._inbound_id is not None and self._rt.dispatcher.closing:
             status = "failed"  # interrupted by shutdown, not by the user: the turn runs again at start
         await self._rt.store.update_message(message_id, text=text, status=status, platform_refs=list(refs))
         if text:
             self.history.append(Message(text, "app", self.channel.type, id=message_id))
-
-    async def _open_collecting(self) -> tuple[Any, Any]:
-        return None, None
-
-    async def _finish_collecting(self, _handle: Any, text: str, _stopped: bool, _refs: list[str]) -> None:
-        if text:
-            await self.reply(text)
 
     async def stream(self, chunks: AsyncIterable[str | None] | Iterable[str | None]) -> None:
         """Stream every item of ``chunks`` (deltas; ``None`` items are skipped) as one reply."""

@@ -273,3 +273,24 @@ async def test_edit_streams_roll_over_and_survive_a_deleted_preview(slack: FakeS
         shown = "".join(m.visible_text for m in messages).replace("\n", "")
         assert shown == ("starting" + "".join(tokens)).replace("\n", "")
         assert [c for c in slack.calls_of("chat.update") if c.error == "message_not_found"]
+
+
+async def test_the_recipient_survives_a_restart_for_replies_from_jobs(slack: FakeSlack, tmp_path) -> None:
+    """A channel thread's recipient is kept in the session: after a restart, a reply the app
+    sends on its own (no new message to learn the recipient from) still streams natively."""
+    app = streaming_app()
+    async with SlackGateway(app, tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, mention_event("300.000001"), event_id="Ev1")
+        await slack.wait_for(lambda: slack.calls_of("chat.stopStream"), timeout=10)
+        await gw.idle()
+        channel = gateway.SessionChannel("slack", chat_id="C1", thread_id="300.000001", team_id="T0001")
+        session_id = (await gw.gateway.store.find_session(channel)).id
+    starts_before = len(slack.calls_of("chat.startStream"))
+    async with SlackGateway(app, tmp_path, slack) as gw:
+        session = await app.session(session_id)
+        async with session.stream_reply() as reply:
+            for token in TOKENS:
+                reply.write(token)
+        await slack.wait_for(lambda: len(slack.calls_of("chat.stopStream")) == 2, timeout=10)
+        start = slack.calls_of("chat.startStream")[starts_before].args
+        assert (start["recipient_user_id"], start["thread_ts"]) == ("U1", "300.000001")

@@ -39,7 +39,7 @@ from adapters.slack.outbox import SlackOutbox
 from adapters.slack.pacer import SlackPacer
 from adapters.slack.users import LOOKUP_TIMEOUT, SlackDirectory
 from gateway.config import ConfigError
-from gateway.inbound import Inbound
+from gateway.inbound import Accepted, Inbound
 from gateway.outbound import Capabilities, Limits, Outbox
 from gateway.types import Attachment, SessionChannel
 
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from gateway.config import Settings
 
 log = logging.getLogger(__name__)
+
+RECIPIENT_KEY = "slack_recipient"
+"""Session metadata key of the Slack user a channel thread's native streams are addressed to."""
 
 ACK_BUDGET = ACK_DEADLINE - 0.5
 """Seconds we allow ourselves before answering Slack; the rest of its 3 s is network slack."""
@@ -141,7 +144,7 @@ class SlackAdapter(Adapter):
             thread_ts=channel.thread_id,
             recipient_user=self._recipients.get((team, channel.chat_id or "", channel.thread_id)),
         )
-        return SlackOutbox(self, conversation)
+        return SlackOutbox(self, conversation, session_id)
 
     def resolve_attachment(self, attachment: Attachment) -> Attachment:
         if is_slack_file_url(attachment.url, self.settings.slack.api_url):
@@ -261,7 +264,7 @@ class SlackAdapter(Adapter):
             raise RuntimeError("the Slack adapter received traffic before start()")
         return self.gw
 
-    async def _submit(self, inbound: Inbound, deadline: float) -> None:
+    async def _submit(self, inbound: Inbound, deadline: float) -> Accepted:
         """Submit and wait for the durable write, but not past the ack deadline."""
         gw = self._require_gateway()
         loop = asyncio.get_running_loop()
@@ -275,6 +278,7 @@ class SlackAdapter(Adapter):
             raise AckDeadlineMissed(inbound.dedup_key) from None
         if accepted.duplicate:
             log.info("slack: %s already received; acknowledged again", inbound.dedup_key)
+        return accepted
 
     async def _user(self, team: str, user: str, deadline: float) -> Any:
         remaining = deadline - asyncio.get_running_loop().time()
@@ -312,9 +316,30 @@ class SlackAdapter(Adapter):
             dm_sessions=self.settings.slack.dm_sessions,
         )
         address = inbound.channel
-        self._recipients[(team, address.chat_id or "", address.thread_id)] = user_id
-        self._threads.add((team, address.chat_id or "", address.thread_id))
-        await self._submit(inbound, deadline)
+        key = (team, address.chat_id or "", address.thread_id)
+        self._threads.add(key)
+        accepted = await self._submit(inbound, deadline)
+        if accepted is not None and self._recipients.get(key) != user_id:
+            self._recipients[key] = user_id
+            self._require_gateway().spawn(self._keep_recipient(accepted.session_id, user_id), name="slack-recipient")
+
+    async def _keep_recipient(self, session_id: str, user_id: str) -> None:
+        """Keep the thread's recipient in the session, so native streams survive a restart and
+        work for replies from scheduled jobs (the in-memory cache is empty then)."""
+        store = self._require_gateway().store
+        record = await store.get_session(session_id)
+        if record is not None and record.metadata.get(RECIPIENT_KEY) != user_id:
+            await store.update_session(session_id, metadata={**record.metadata, RECIPIENT_KEY: user_id})
+
+    async def load_recipient(self, conversation: Conversation, session_id: str) -> None:
+        """Fill ``conversation.recipient_user`` from the session when the cache has none."""
+        if conversation.recipient_user or conversation.is_dm or not conversation.thread_ts or not session_id:
+            return
+        record = await self._require_gateway().store.get_session(session_id)
+        user_id = record.metadata.get(RECIPIENT_KEY) if record is not None else None
+        if user_id:
+            conversation.recipient_user = str(user_id)
+            self._recipients[(conversation.team, conversation.channel, conversation.thread_ts)] = str(user_id)
 
     async def _takes_part(self, team: str, channel: str, thread_ts: str) -> bool:
         """Whether the bot is in this channel thread: it has a session there."""

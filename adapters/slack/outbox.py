@@ -26,9 +26,10 @@ STATUS_UNAVAILABLE_ERRORS = frozenset(
 
 
 class SlackOutbox:
-    def __init__(self, adapter: SlackAdapter, conversation: Conversation) -> None:
+    def __init__(self, adapter: SlackAdapter, conversation: Conversation, session_id: str = "") -> None:
         self.adapter = adapter
         self.conversation = conversation
+        self.session_id = session_id
 
     async def send_text(self, message_id: str, text: str) -> list[MessageRef]:
         refs: list[MessageRef] = []
@@ -40,6 +41,12 @@ class SlackOutbox:
         return refs
 
     def open_stream(self, message_id: str) -> StreamSink:
+        c = self.conversation
+        if c.thread_ts and not c.is_dm and not c.recipient_user and self.session_id:
+            return RecipientLookupSink(self)  # native or not is decided once the recipient is read
+        return self.make_sink()
+
+    def make_sink(self) -> StreamSink:
         interval = self.adapter.settings.slack.update_interval
         self.adapter.remember_thread(self.conversation)
         if self.conversation.can_stream_natively and self.adapter.native_streaming_allowed(self.conversation.team):
@@ -115,3 +122,25 @@ class SlackOutbox:
             self.adapter.statuses_shown.add((c.channel, c.thread_ts))
         else:
             self.adapter.statuses_shown.discard((c.channel, c.thread_ts))
+
+
+class RecipientLookupSink:
+    """A stream in a channel thread whose recipient is not cached (after a restart, or from a
+    scheduled job): reads it from the session first, then streams natively when it can."""
+
+    def __init__(self, outbox: SlackOutbox) -> None:
+        self.outbox = outbox
+        self.min_interval = outbox.adapter.settings.slack.update_interval
+        self._inner: StreamSink | None = None
+
+    async def _sink(self) -> StreamSink:
+        if self._inner is None:
+            await self.outbox.adapter.load_recipient(self.outbox.conversation, self.outbox.session_id)
+            self._inner = self.outbox.make_sink()
+        return self._inner
+
+    async def frame(self, text: str) -> None:
+        await (await self._sink()).frame(text)
+
+    async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
+        return await (await self._sink()).close(text, stopped=stopped)
