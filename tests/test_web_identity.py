@@ -195,7 +195,8 @@ async def test_app_endpoints_know_widget_users(tmp_path):
 
     async with running_gateway(app, tmp_path, web={"identity_secret": "host-secret-of-at-least-32-bytes!!"}) as gw:
         base = f"http://127.0.0.1:{gw.port}"
-        token = jwt.encode({"sub": "ada", "email": "ada@example.com", "exp": 4102444800}, "host-secret-of-at-least-32-bytes!!", "HS256")
+        claims = {"sub": "ada", "email": "ada@example.com", "exp": 4102444800}
+        token = jwt.encode(claims, "host-secret-of-at-least-32-bytes!!", "HS256")
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             async with http.get(f"{base}/me", params={"token": token}) as r:
                 body = await r.json()
