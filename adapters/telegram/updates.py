@@ -59,59 +59,29 @@ def platform_user(user: User) -> PlatformUser:
     return PlatformUser(CHANNEL_TYPE, str(user.id), name=user.full_name or user.username)
 
 
+# Media kinds besides photos: (Message attribute, default name prefix and suffix, default type).
+MEDIA_KINDS = (
+    ("document", "document_", "", "application/octet-stream"),
+    ("voice", "voice_", ".ogg", "audio/ogg"),
+    ("audio", "audio_", ".mp3", "audio/mpeg"),
+    ("video", "video_", ".mp4", "video/mp4"),
+)
+
+
 def attachments_of(message: Message) -> list[Attachment]:
     """Photos (the largest size), documents, voice, audio and video, downloadable via ``getFile``."""
     found: list[Attachment] = []
     if message.photo:
         largest = max(message.photo, key=lambda p: (p.width * p.height, p.file_size or 0))
-        found.append(
-            Attachment(
-                f"photo_{largest.file_unique_id}.jpg",
-                "image/jpeg",
-                FILE_URL_PREFIX + largest.file_id,
-                largest.file_size or 0,
-            )
-        )
-    if message.document:
-        doc = message.document
-        found.append(
-            Attachment(
-                doc.file_name or f"document_{doc.file_unique_id}",
-                doc.mime_type or "application/octet-stream",
-                FILE_URL_PREFIX + doc.file_id,
-                doc.file_size or 0,
-            )
-        )
-    if message.voice:
-        voice = message.voice
-        found.append(
-            Attachment(
-                f"voice_{voice.file_unique_id}.ogg",
-                voice.mime_type or "audio/ogg",
-                FILE_URL_PREFIX + voice.file_id,
-                voice.file_size or 0,
-            )
-        )
-    if message.audio:
-        audio = message.audio
-        found.append(
-            Attachment(
-                audio.file_name or f"audio_{audio.file_unique_id}.mp3",
-                audio.mime_type or "audio/mpeg",
-                FILE_URL_PREFIX + audio.file_id,
-                audio.file_size or 0,
-            )
-        )
-    if message.video:
-        video = message.video
-        found.append(
-            Attachment(
-                video.file_name or f"video_{video.file_unique_id}.mp4",
-                video.mime_type or "video/mp4",
-                FILE_URL_PREFIX + video.file_id,
-                video.file_size or 0,
-            )
-        )
+        name = f"photo_{largest.file_unique_id}.jpg"
+        found.append(Attachment(name, "image/jpeg", FILE_URL_PREFIX + largest.file_id, largest.file_size or 0))
+    for attribute, prefix, suffix, default_type in MEDIA_KINDS:
+        media = getattr(message, attribute)
+        if media is None:
+            continue
+        name = getattr(media, "file_name", None) or f"{prefix}{media.file_unique_id}{suffix}"
+        content_type = media.mime_type or default_type
+        found.append(Attachment(name, content_type, FILE_URL_PREFIX + media.file_id, media.file_size or 0))
     return found
 
 
