@@ -11,6 +11,7 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -102,3 +103,16 @@ def free_port() -> int:
 
 
 __all__ = ["AsyncIterator", "require_service", "services_required"]
+
+
+@pytest.fixture
+async def store(database_url) -> AsyncIterator[Any]:
+    """A real, open Store on ``database_url`` (SQLite file, then PostgreSQL)."""
+    from gateway.store import Store
+
+    opened = Store(database_url)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -5,16 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlmodel import SQLModel, select
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel import select
 
 from gateway.collections import (
     CollectionManager,
@@ -22,38 +18,16 @@ from gateway.collections import (
     Column,
     ScopeIdentity,
 )
+from gateway.store import Store
 from gateway.store.documents import SCAN_BATCH, DocumentRow, DuplicateKeyError
 from gateway.types import UserInfo
-
-
-@dataclass
-class EngineStore:
-    """The part of the Store that collections use: ``.engine`` and ``.session()``."""
-
-    engine: AsyncEngine
-
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        async with AsyncSession(self.engine, expire_on_commit=False) as session:
-            yield session
-
-
-@pytest.fixture
-async def store(database_url) -> AsyncIterator[EngineStore]:
-    engine = create_async_engine(database_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(SQLModel.metadata.create_all)
-    try:
-        yield EngineStore(engine)
-    finally:
-        await engine.dispose()
 
 
 @dataclass
 class Harness:
     """A manager wired the way the core wires it: a store getter and a handler-context identity."""
 
-    store: EngineStore
+    store: Store
     manager: CollectionManager
     identity: contextvars.ContextVar[ScopeIdentity | None]
     changes: list[tuple[str, str]]
@@ -311,10 +285,11 @@ async def test_concurrent_inc_from_20_tasks_loses_nothing(harness):
 
 async def test_concurrent_inc_from_two_processes_loses_nothing(database_url, store):
     """Two engines and two managers, as two gateway processes have: the compare-and-swap decides."""
-    second_engine = create_async_engine(database_url)
+    second_store = Store(database_url)
+    await second_store.open()
     try:
         first = CollectionManager(lambda: store, lambda: None).unscoped().counters
-        second = CollectionManager(lambda: EngineStore(second_engine), lambda: None).unscoped().counters
+        second = CollectionManager(lambda: second_store, lambda: None).unscoped().counters
         await first.insert_one({"_id": "hits", "n": 0})
 
         async def bump(counters) -> None:
@@ -324,7 +299,7 @@ async def test_concurrent_inc_from_two_processes_loses_nothing(database_url, sto
         await asyncio.gather(*(bump(first if task % 2 else second) for task in range(20)))
         assert (await first.find_one({"_id": "hits"}))["n"] == 60
     finally:
-        await second_engine.dispose()
+        await second_store.close()
 
 
 async def test_concurrent_deletes_delete_once(harness):

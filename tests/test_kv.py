@@ -3,40 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlmodel import SQLModel, select
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel import select
 
 from gateway.collections import KVStore, ScopeIdentity
 from gateway.store.documents import KVRow
 from gateway.types import UserInfo
-
-
-@dataclass
-class EngineStore:
-    engine: AsyncEngine
-
-    @asynccontextmanager
-    async def session(self) -> AsyncIterator[AsyncSession]:
-        async with AsyncSession(self.engine, expire_on_commit=False) as session:
-            yield session
-
-
-@pytest.fixture
-async def store(database_url) -> AsyncIterator[EngineStore]:
-    engine = create_async_engine(database_url)
-    async with engine.begin() as conn:
-        await conn.run_sync(SQLModel.metadata.create_all)
-    try:
-        yield EngineStore(engine)
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture
