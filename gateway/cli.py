@@ -69,7 +69,7 @@ def configure_logging(settings: Settings) -> None:
     else:
         fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", force=True)
-    for noisy in ("aiohttp.access", "aiogram.event", "slack_bolt", "apscheduler.executors.default"):
+    for noisy in ("aiohttp.access", "aiogram.event", "slack_bolt", "apscheduler.executors.default", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

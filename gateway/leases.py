@@ -164,7 +164,7 @@ class Lease:
         got = await self.try_acquire()
         if got and not self._was_held:
             self._was_held = True
-            log.info("lease %s acquired by %s", self.name, self.holder)
+            log.debug("lease %s acquired by %s", self.name, self.holder)  # holders log what it means
             await self._call(self.on_acquired, "on_acquired")
         elif not got and self._was_held and not self.held:
             self._was_held = False
