@@ -241,7 +241,9 @@ async def test_a_tick_missed_while_down_runs_at_restart_within_grace(
     app = gateway.App("persist")
     runs: list[datetime] = []
 
-    @app.schedule("*/15 * * * *", misfire_grace=grace)
+    # Yearly, so no real tick falls inside the window the test moves the stored tick into (with
+    # "*/15", a quarter-hour boundary in that window made the coalesced run fall within grace).
+    @app.schedule("0 0 1 1 *", misfire_grace=grace)
     async def quarterly() -> None:
         runs.append(datetime.now(UTC))
 
@@ -251,7 +253,7 @@ async def test_a_tick_missed_while_down_runs_at_restart_within_grace(
     store = stored_job_store(tmp_path)
     store.start(None, "default")  # type: ignore[arg-type]
     job = store.lookup_job(JOB_PREFIX + "quarterly")
-    assert job is not None and job.name == "cron */15 * * * * UTC"
+    assert job is not None and job.name == "cron 0 0 1 1 * UTC"
     job.next_run_time = datetime.now(UTC) - timedelta(seconds=late_by)
     store.update_job(job)
     store.shutdown()
