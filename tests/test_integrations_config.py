@@ -207,3 +207,16 @@ def test_pages_escape_everything() -> None:
     form = secret_form_page(style, secret, state="s", action_url="connect", decline_url="decline",
                             values={"k": '"><script>'}, errors={"k": hostile})
     assert "<script>" not in form
+
+
+def test_connect_pages_warn_bystanders() -> None:
+    """A connect link seen in a group chat says it connects the account for the asker."""
+    from gateway.integrations.pages import PageStyle, oauth_start_page, secret_form_page
+
+    style = PageStyle(app_name="Helper")
+    provider = provider_from_options("x", {**CLIENT, "authorize_url": "https://a/auth", "token_url": "https://a/t"})
+    page = oauth_start_page(style, provider, state="s", action_url="connect", decline_url="decline")
+    secret = provider_from_options("y", {"fields": [{"name": "k", "label": "Key"}]})
+    form = secret_form_page(style, secret, state="s", action_url="connect", decline_url="decline")
+    for html in (page, form):
+        assert "for the person who asked the bot for it" in html and "close this page" in html

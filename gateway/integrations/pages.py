@@ -62,6 +62,14 @@ def _is_css_color(value: str) -> bool:
     return value.startswith("#") and len(value) in (4, 7) and all(c in "0123456789abcdefABCDEF" for c in value[1:])
 
 
+BYSTANDER_WARNING = (
+    '<p class="hint">This link connects the account for the person who asked the bot for it. '
+    "If someone else asked (for example in a group chat), close this page.</p>"
+)
+"""Connect links can be seen by others in a group chat; whoever continues connects their own
+account for the asker. Until the link is sent privately there, the page says so."""
+
+
 def _decline_button(decline_url: str, state: str) -> str:
     return (
         f'<form method="post" action="{escape(decline_url)}">'
@@ -81,6 +89,7 @@ def oauth_start_page(
         f"<p>{escape(style.app_name)} asks to use your {escape(provider.title)} account"
         f"{' — ' + escape(reason) if reason else ''}. You will sign in on {escape(provider.title)}'s own site.</p>"
         + (f'<p class="hint">Access requested: {escape(scopes)}</p>' if scopes else "")
+        + BYSTANDER_WARNING
         + '<div class="actions">'
         f'<form method="post" action="{escape(action_url)}">'
         f'<input type="hidden" name="state" value="{escape(state)}">'
@@ -125,7 +134,8 @@ def secret_form_page(
         f"<h1>{escape(title)}</h1>"
         f"<p>{escape(style.app_name)} needs these to use {escape(provider.title)}. "
         "They are stored encrypted and only used on your behalf.</p>"
-        f'<form method="post" action="{escape(action_url)}">'
+        + BYSTANDER_WARNING
+        + f'<form method="post" action="{escape(action_url)}">'
         f'<input type="hidden" name="state" value="{escape(state)}">'
         + "".join(inputs)
         + '<div class="actions"><button class="primary" type="submit">Connect</button></div></form>'
