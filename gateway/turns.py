@@ -69,23 +69,26 @@ class TurnRunner:
         token = set_current_session(session)
         error: str | None = None
         status = "done"
+        deadline = asyncio.timeout(rt.settings.dispatch.handler_timeout or None)
         try:
             await self._store_user_message(item, message)
-            timeout = rt.settings.dispatch.handler_timeout or None
-            await asyncio.wait_for(self._dispatch(session, record, inbound, message), timeout)
+            async with deadline:
+                await self._dispatch(session, record, inbound, message)
         except asyncio.CancelledError:
             if rt.dispatcher.closing:
                 status = "running"  # interrupted by shutdown: it runs again at the next start
                 raise
             error = "stopped"
         except TimeoutError:
-            error = "timeout"
-            log.error("handler for session %s timed out after %ss", session.id, rt.settings.dispatch.handler_timeout)
-            await self._apologise(session, rt.settings.dispatch.timeout_message)
+            if deadline.expired():
+                error = "timeout"
+                limit = rt.settings.dispatch.handler_timeout
+                log.error("handler for session %s timed out after %ss", session.id, limit)
+                await self._apologise(session, rt.settings.dispatch.timeout_message)
+            else:  # the handler's own TimeoutError (an unanswered prompt, say) is a failure like any
+                error = await self._failed(session)
         except Exception:
-            error = "handler_error"
-            log.exception("handler for session %s (%s) raised", session.id, session.channel.type)
-            await self._apologise(session, rt.settings.dispatch.error_message)
+            error = await self._failed(session)
         finally:
             reset_current_session(token)
             await asyncio.shield(self._finish(session, item, status, error))
@@ -209,6 +212,12 @@ class TurnRunner:
             return []
         kept = [r for r in records if not (r.inbound_id == exclude_inbound and r.role == "user")]
         return [to_history_message(r, channel_type) for r in kept[-limit:]]
+
+    async def _failed(self, session: Session) -> str:
+        """Log the handler's exception (call from an ``except`` block) and apologise."""
+        log.exception("handler for session %s (%s) raised", session.id, session.channel.type)
+        await self._apologise(session, self.rt.settings.dispatch.error_message)
+        return "handler_error"
 
     async def _apologise(self, session: Session, text: str) -> None:
         try:
