@@ -453,3 +453,18 @@ async def test_inbound_and_feedback_records(tmp_path):
         await store.save_feedback(conv.session_id, inbound_id, 1)
         await store.save_feedback(conv.session_id, inbound_id, -1)
         assert await store.feedback(conv.session_id) == {inbound_id: -1}
+
+
+async def test_an_escaping_prompt_timeout_is_a_handler_error_not_a_turn_timeout(tmp_path):
+    app = gateway.App("unanswered")
+
+    @app.message()
+    async def handle(session, msg):
+        await session.prompt_file(timeout=0.1)  # FileUploadTimeout (a TimeoutError) escapes
+
+    async with TestClient(app, tmp_path) as client:
+        conv = await client.conversation()
+        await conv.send("hi")
+        turn = await conv.finish()
+        assert turn.error == "handler_error"
+        assert turn.replies == [client.settings.dispatch.error_message]
