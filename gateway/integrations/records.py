@@ -56,11 +56,7 @@ class IntegrationRecords:
     async def get(self, scope_key: str, provider: str) -> StoredCredential | None:
         async with self.store.session() as db:
             row = (
-                await db.exec(
-                    select(IntegrationCredentialRow)
-                    .where(IntegrationCredentialRow.scope_key == scope_key)
-                    .where(IntegrationCredentialRow.provider == provider)
-                )
+                await db.exec(_credential(scope_key, provider))
             ).first()
         return None if row is None else self._stored(row)
 
@@ -138,11 +134,7 @@ class IntegrationRecords:
         """Remove the credentials; returns what was stored (for revoking at the provider)."""
         async with self.store.write() as db:
             row = (
-                await db.exec(
-                    select(IntegrationCredentialRow)
-                    .where(IntegrationCredentialRow.scope_key == scope_key)
-                    .where(IntegrationCredentialRow.provider == provider)
-                )
+                await db.exec(_credential(scope_key, provider))
             ).first()
             if row is None:
                 return None
@@ -251,3 +243,12 @@ class IntegrationRecords:
         async with self.store.write() as db:
             result = await db.exec(delete(IntegrationFlowRow).where(col(IntegrationFlowRow.created_at) < older_than))
         return int(result.rowcount or 0)
+
+
+def _credential(scope_key: str, provider: str) -> Any:
+    """The statement selecting one stored credential."""
+    return (
+        select(IntegrationCredentialRow)
+        .where(IntegrationCredentialRow.scope_key == scope_key)
+        .where(IntegrationCredentialRow.provider == provider)
+    )

@@ -984,34 +984,26 @@ class FakeTelegramAPI:
         raise _Reject(400, "Bad Request: wrong file identifier/HTTP URL specified")
 
     async def _m_sendPhoto(self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
-        chat_id = self._chat_id(params)
-        caption, entities = self._check_text(params, "caption", CAPTION_LIMIT, required=False)
-        markup = self._check_markup(params)
-        file_id = await self._upload(params, uploads, "photo", "image/jpeg")
-        message = self._store(
-            chat_id,
-            text=caption,
-            source=str(params.get("caption") or ""),
-            entities=entities,
-            reply_markup=markup,
-            kind="photo",
-            file_id=file_id,
-            thread_id=self._thread(params),
-        )
-        return self._message_json(message)
+        return await self._send_media(params, uploads, "photo", "image/jpeg")
 
     async def _m_sendDocument(self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+        return await self._send_media(params, uploads, "document", "application/octet-stream")
+
+    async def _send_media(
+        self, params: dict[str, Any], uploads: dict[str, tuple[str, bytes]], kind: str, default_type: str
+    ) -> dict[str, Any]:
+        """sendPhoto / sendDocument: an upload (or file_id) with an optional caption."""
         chat_id = self._chat_id(params)
         caption, entities = self._check_text(params, "caption", CAPTION_LIMIT, required=False)
         markup = self._check_markup(params)
-        file_id = await self._upload(params, uploads, "document", "application/octet-stream")
+        file_id = await self._upload(params, uploads, kind, default_type)
         message = self._store(
             chat_id,
             text=caption,
             source=str(params.get("caption") or ""),
             entities=entities,
             reply_markup=markup,
-            kind="document",
+            kind=kind,
             file_id=file_id,
             thread_id=self._thread(params),
         )
