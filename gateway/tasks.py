@@ -689,7 +689,7 @@ class TaskService:
             log.warning("task %s returned a %s, stored as its repr (results are JSON)", row.name, type(value).__name__)
             stored = repr(value)
         if await self.queries.transition(row.id, ["running"], status="completed", result=stored, error=None,
-                                         worker=None):
+                                         worker=None, follow_up=self._next_occurrence(row)):
             await self._finished(row, session, "completed", None)
         else:  # cancelled while it finished
             await self._finished(row, session, "cancelled", None)
@@ -711,7 +711,8 @@ class TaskService:
                 await self._finished(row, session, "retry", text)
                 return
         status = "timeout" if timed_out else "failed"
-        await self.queries.transition(row.id, ["running"], status=status, worker=None, error=text)
+        await self.queries.transition(row.id, ["running"], status=status, worker=None, error=text,
+                                      follow_up=self._next_occurrence(row))
         await self._finished(row, session, status, text)
 
     def _retry_delay(self, descriptor: TaskDescriptor, row: TaskRow, exc: Exception) -> float | None:
@@ -750,23 +751,24 @@ class TaskService:
         if status in FINISHED:
             self._changed.pop(row.id, None)  # waiters hold the event they wait on
             self._card_locks.pop(row.id, None)
-            if row.recurrence_seconds and status != "cancelled":
-                await self._schedule_next(row)
             if self.app.tasks.get(row.name) and self.app.tasks[row.name].options.callback_url:
                 self._spawn(self._callback(row, status, error), f"chatgate-task-callback-{row.id}")
         self._wake.set()
 
-    async def _schedule_next(self, row: TaskRow) -> None:
-        interval = float(row.recurrence_seconds or 0)
+    @staticmethod
+    def _next_occurrence(row: TaskRow) -> TaskRow | None:
+        """A recurring task's next run (on its grid, skipping the ticks it overran), or None."""
+        if not row.recurrence_seconds:
+            return None
+        interval = float(row.recurrence_seconds)
         previous = as_utc(row.run_at) or utcnow()
-        now = utcnow()
-        missed = max(0, int((now - previous).total_seconds() // interval))
+        missed = max(0, int((utcnow() - previous).total_seconds() // interval))
         run_at = previous + timedelta(seconds=interval * (missed + 1))
-        await self.queries.add(TaskRow(
+        return TaskRow(
             name=row.name, display_name=row.display_name, session_id=row.session_id, kwargs=dict(row.kwargs),
             status="scheduled", max_attempts=row.max_attempts, timeout=row.timeout, lock_key=row.lock_key,
             recurrence_seconds=row.recurrence_seconds, run_at=run_at,
-        ))
+        )
 
     async def _callback(self, row: TaskRow, status: str, error: str | None) -> None:
         import aiohttp

@@ -169,8 +169,12 @@ class TaskQueries:
             return None
         return await self.get(task_id)
 
-    async def transition(self, task_id: str, expected: Iterable[str], **values: Any) -> bool:
-        """Set ``values`` if the task is still in one of the ``expected`` statuses."""
+    async def transition(
+        self, task_id: str, expected: Iterable[str], *, follow_up: TaskRow | None = None, **values: Any
+    ) -> bool:
+        """Set ``values`` if the task is still in one of the ``expected`` statuses; ``follow_up``
+        (a recurring task's next run) is added in the same transaction, so a crash can never leave
+        a recurring task finished with no next run queued."""
         values["updated_at"] = utcnow()
         if values.get("status") in FINISHED:
             values.setdefault("completed_at", values["updated_at"])
@@ -181,6 +185,8 @@ class TaskQueries:
                 .where(col(TaskRow.status).in_(list(expected)))
                 .values(**values)
             )
+            if result.rowcount and follow_up is not None:
+                db.add(follow_up)
         return bool(result.rowcount)
 
     async def extend_timeout(self, task_id: str, timeout: float) -> None:
