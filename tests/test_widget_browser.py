@@ -1109,14 +1109,17 @@ async def test_a_deleted_session_gives_way_to_a_new_one(running_gateway: Gateway
     page = await open_page(running_gateway.public_url + "/")
     await send(page, "remember me")
     await wait_reply(page, "Echo: remember me")
-    session_key = "Object.entries(localStorage).find(([k]) => k.endsWith(':session'))[1]"
+    # No key at all while the client swaps the deleted session for a new one: undefined, not a throw.
+    session_key = "(Object.entries(localStorage).find(([k]) => k.endsWith(':session')) || [])[1]"
     old_session = await page.evaluate(session_key)
 
     # Deleted while the page is away: the reload starts a fresh conversation.
     assert await running_gateway.store.delete_session(old_session)
     await page.reload()
     await page.wait_for_selector(".cg-chat[data-connection=open]")
-    await page.wait_for_function("old => " + session_key + " !== old", arg=old_session)
+    await page.wait_for_function(
+        f"old => {{ const now = {session_key}; return !!now && now !== old; }}", arg=old_session
+    )
     assert await conversation(page) == []
     await send(page, "new here")
     await wait_reply(page, "Echo: new here")
