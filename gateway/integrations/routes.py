@@ -17,6 +17,7 @@ import logging
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.integrations.pages import PageStyle, oauth_start_page, result_page, secret_form_page
 from gateway.integrations.providers import ProviderSpec
@@ -73,13 +74,16 @@ class IntegrationViews:
         return self._html(result_page(self.style, heading=heading, message=message, ok=True))
 
     async def _form(self, request: web.Request) -> dict[str, str] | web.Response:
-        if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+        if request.content_length is None:
+            # a browser always sends a form with its length; without one the bound cannot hold
+            return self._refused("Length required", "Submit the form from the connect page.", 411)
+        if request.content_length > MAX_FORM_BYTES:
             return self._refused("Too large", "This form submission is too large.", 413)
         if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
             return self._refused("Bad request", "Submit the form from the connect page.", 415)
         try:
             data = await request.post()
-        except (ValueError, web.HTTPException):
+        except (ValueError, HttpProcessingError, web.HTTPException):  # a malformed body or multipart part
             return self._refused("Bad request", "The form could not be read.", 400)
         return {key: value for key, value in data.items() if isinstance(value, str)}
 
