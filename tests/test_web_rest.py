@@ -323,6 +323,19 @@ async def test_a_retried_post_does_not_run_the_handler_twice(tmp_path):
         assert [m.content for m in listed.data].count("same") == 1
 
 
+async def test_the_same_content_after_the_dedup_window_runs_again(tmp_path):
+    calls: list[str] = []
+    async with running_gateway(make_app(calls), tmp_path, web={"api_keys": [KEY], "dedup_window": 0.05}) as gw:
+        sdk = client(gw)
+        session = await sdk.chat.create_session(agent_id="default")
+        await sdk.chat.send_message(session.id, content="again")
+        await asyncio.sleep(0.2)  # past the window: a user saying the same thing twice, not a retry
+        await sdk.chat.send_message(session.id, content="again")
+        assert calls == ["again", "again"]
+        listed = await sdk.chat.list_messages(session.id, limit=100)
+        assert [m.content for m in listed.data] == ["again", "echo: again", "again", "echo: again"]
+
+
 def test_sse_frames_are_lf_only_with_one_data_line():
     from adapters.web.sse import sse_frame
 

@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -74,6 +75,8 @@ class RestTurns:
     def __init__(self, ctx: WebContext) -> None:
         self._ctx = ctx
         self._recent: dict[str, RestTurn] = {}
+        self._ended: deque[tuple[str, RestTurn]] = deque()
+        """Ended turns in the order they ended, so forgetting old ones never scans live ones."""
 
     async def submit(self, digest: str, session_id: str, make_inbound: Callable[[], Inbound]) -> tuple[RestTurn, bool]:
         """Run a turn for this content, or join the identical one still running or just ended.
@@ -88,7 +91,7 @@ class RestTurns:
         turn = RestTurn(session_id)
         self._recent[digest] = turn  # claimed before any await: a concurrent duplicate joins it
         ready = asyncio.Event()
-        watcher = self._ctx.core.spawn(self._watch(turn, ready), name=f"chatgate-web-turn-{session_id}")
+        watcher = self._ctx.core.spawn(self._watch(digest, turn, ready), name=f"chatgate-web-turn-{session_id}")
         try:
             await ready.wait()
             accepted = await self._ctx.core.submit(make_inbound())
@@ -102,7 +105,7 @@ class RestTurns:
         turn.submitted.set()
         return turn, accepted.duplicate
 
-    async def _watch(self, turn: RestTurn, ready: asyncio.Event) -> None:
+    async def _watch(self, digest: str, turn: RestTurn, ready: asyncio.Event) -> None:
         timeout = self._ctx.settings.dispatch.handler_timeout
         limit = timeout + WATCH_GRACE_SECONDS if timeout else UNBOUNDED_WATCH_SECONDS
         deadline = time.monotonic() + limit
@@ -131,10 +134,16 @@ class RestTurns:
             ready.set()
             if not turn.ended.is_set() and turn.failure is None:
                 turn.finish("timeout")
+            if turn.ended.is_set():
+                self._ended.append((digest, turn))
 
     def _forget_old(self) -> None:
         window = self._ctx.settings.web.dedup_window
         now = time.monotonic()
-        for digest, turn in list(self._recent.items()):
-            if turn.failure is not None or (turn.ended_at is not None and now - turn.ended_at > window):
+        while self._ended:
+            digest, turn = self._ended[0]
+            if turn.ended_at is not None and now - turn.ended_at <= window:
+                break
+            self._ended.popleft()
+            if self._recent.get(digest) is turn:
                 del self._recent[digest]
