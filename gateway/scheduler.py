@@ -451,9 +451,9 @@ class SchedulerService:
         planned = self.planned.get(name)
         if planned is None:
             raise LookupError(f"no @app.schedule named {name!r}")
-        session = synthetic_session(self.rt)
-        token = set_current_session(session)
         started = time.perf_counter()
+        session = await synthetic_session(self.rt)
+        token = set_current_session(session)
         try:
             await call_maybe_async(planned.spec.handler)
         except Exception:

@@ -787,7 +787,7 @@ class TaskService:
     async def _session_for(self, row: TaskRow) -> Session:
         if row.session_id:
             return await self.rt.open_session(row.session_id)
-        return synthetic_session(self.rt)
+        return await synthetic_session(self.rt)
 
     # -- locks ---------------------------------------------------------------------------
 
@@ -821,13 +821,15 @@ class TaskService:
         task.add_done_callback(self._background.discard)
 
 
-def synthetic_session(runtime: Gateway) -> Session:
+async def synthetic_session(runtime: Gateway) -> Session:
     """The owner session of schedules and session-less tasks (Capsule): ``id == ""``, no reply
     target (``reply`` only logs, ``show``/``notify`` do nothing, ``stream_reply`` raises), but
-    ``db`` and the user/owner/app key-value scopes work, bound to the owner."""
+    ``db``, the user/owner/app key-value scopes and ``integrations`` (the owner's connected
+    accounts, as Capsule's ``GetUserIntegrations(owner_id)``) work, bound to the owner."""
     owner_id = runtime.settings.scheduler.owner_id
     owner = UserInfo(owner_id, None, UserInfo.org_id_from_owner_id(owner_id))
-    return Session("", owner, SessionChannel("chat"), runtime=runtime, mode="synthetic")
+    integrations = await runtime.integrations_for(owner)
+    return Session("", owner, SessionChannel("chat"), integrations=integrations, runtime=runtime, mode="synthetic")
 
 
 def _card_fields(row: TaskRow) -> dict[str, Any]:

@@ -681,3 +681,47 @@ async def test_providers_without_an_encryption_key_fail_at_start(tmp_path: Any, 
     with pytest.raises(ConfigError, match=r"encryption_key is not set.*chatgate integrations key"):
         await client.__aenter__()
     await client.gateway.stop()
+
+
+# -- schedules and session-less tasks --------------------------------------------------------
+
+
+async def test_schedules_and_session_less_tasks_see_the_owners_integrations(
+    tmp_path: Any, oauth: FakeOAuthServer
+) -> None:
+    """Capsule: the synthetic owner session carries the owner's connected accounts
+    (``GetUserIntegrations(owner_id)``), so a job can call an API with them."""
+    from datetime import UTC, datetime, timedelta
+
+    from gateway.context import current_session
+
+    app = gateway.App("owner-jobs")
+    seen: dict[str, Any] = {}
+
+    @app.schedule("0 0 1 1 *")
+    async def nightly() -> None:
+        session = current_session()
+        assert session is not None
+        seen["schedule"] = {kind: (c.access_token, c.fields) for kind, c in session.integrations.items()}
+
+    @app.task
+    async def sync() -> list[str]:
+        session = current_session()
+        assert session is not None and session.id == ""
+        return sorted(session.integrations)
+
+    settings = {"encryption_key": generate_key(), "providers": providers_for(oauth)}
+    async with TestClient(app, tmp_path, integrations=settings,
+                          scheduler={"enabled": True, "owner_id": "org:acme", "leader_lease_seconds": 0.6,
+                                     "task_poll_seconds": 0.05}) as client:
+        records = client.gateway.integrations.records
+        await records.save("org:acme", "vault", connected_by="ops", payload={"fields": {"api_key": "sk-owner"}},
+                           expires_at=0)
+        await records.save("org:acme", "teamcode", connected_by="ops", expires_at=0,
+                           payload={"access_token": "owner-token", "scopes": ["repo"]})
+        await records.save("someone-else", "acme", connected_by="x", expires_at=0,
+                           payload={"access_token": "not-the-owners"})
+        await client.gateway.scheduler.reschedule("nightly", datetime.now(UTC) + timedelta(seconds=0.05))
+        await until(lambda: "schedule" in seen)
+        assert seen["schedule"] == {"vault": ("", {"api_key": "sk-owner"}), "teamcode": ("owner-token", {})}
+        assert await (await sync.submit()).result(timeout=5) == ["teamcode", "vault"]
