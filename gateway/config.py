@@ -9,8 +9,11 @@ with one line naming the key.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +22,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -272,7 +276,58 @@ def _describe(error: dict[str, Any]) -> str:
         return f"config error: unknown option {key!r}; see config.example.toml for the options"
     value = error.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
-    return f"config error: {key}: {message}{shown}; fix it in chatgate.toml or {env}"
+    where = f"chatgate.toml or {env}"
+    conventional = next((var for var, loc in ConventionalEnvSource.MAPPING.items()
+                         if loc == tuple(error["loc"]) and os.environ.get(var)), None)
+    if conventional:
+        where = f"chatgate.toml, {env} or {conventional}"
+    return f"config error: {key}: {message}{shown}; fix it in {where}"
+
+
+def _describe_env_parse_error(exc: SettingsError) -> str:
+    """pydantic-settings reads list, table and section variables as JSON; name the variable
+    that is not (its value is not repeated: it may be a secret)."""
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field = match.group(1) if match else ""
+    prefix = f"CHATGATE_{field}".upper()
+    for var in sorted(os.environ):
+        name = var.upper()
+        if not (name == prefix or name.startswith(prefix + "__")):
+            continue
+        path = [part.lower() for part in name[len("CHATGATE_"):].split("__")]
+        annotation = _annotation_at(path)
+        if annotation is None or not _is_structured(annotation):
+            continue
+        try:
+            json.loads(os.environ[var])
+        except ValueError:
+            shape = "a JSON object" if _is_mapping(annotation) else 'a JSON list, e.g. ["a", "b"]'
+            return f"config error: {'.'.join(path)}: {var} must be {shape}; fix it in the environment"
+    return f"config error: cannot read the environment settings for {field or 'a section'}: {exc}"
+
+
+def _annotation_at(path: list[str]) -> Any:
+    model: Any = Settings
+    annotation: Any = None
+    for part in path:
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return annotation if _is_mapping(annotation) else None
+        annotation = fields[part].annotation
+        model = annotation
+    return annotation
+
+
+def _is_structured(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return typing.get_origin(annotation) in (list, dict, set, tuple)
+
+
+def _is_mapping(annotation: Any) -> bool:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return typing.get_origin(annotation) is dict
 
 
 def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
@@ -292,5 +347,7 @@ def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
         return settings_cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors()[0])) from None
+    except SettingsError as exc:  # an environment variable that is not the JSON its option needs
+        raise ConfigError(_describe_env_parse_error(exc)) from None
     except ValueError as exc:  # TOML syntax errors arrive as ValueError subclasses
         raise ConfigError(f"config error: {path}: {exc}") from None

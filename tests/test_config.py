@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -129,3 +130,38 @@ def test_cli_bad_config_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "telegram.private_edit_interval" in lines[0]
+
+
+def test_an_environment_list_that_is_not_json_names_the_variable(monkeypatch):
+    monkeypatch.setenv("CHATGATE_WEB__API_KEYS", "key-one")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert message.startswith("config error: web.api_keys: CHATGATE_WEB__API_KEYS must be a JSON list")
+    assert "\n" not in message and "key-one" not in message  # the value may be a secret
+    monkeypatch.setenv("CHATGATE_WEB__API_KEYS", '["key-one"]')
+    assert load_settings().web.api_keys == ["key-one"]
+
+
+def test_a_section_variable_that_is_not_json_names_the_variable(monkeypatch):
+    monkeypatch.setenv("CHATGATE_DISPATCH", "{oops")
+    with pytest.raises(ConfigError, match=r"^config error: dispatch: CHATGATE_DISPATCH must be a JSON object"):
+        load_settings()
+
+
+def test_a_bad_conventional_variable_is_named(monkeypatch):
+    monkeypatch.setenv("PORT", "eighty")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "server.port" in str(info.value) and str(info.value).endswith("or PORT")
+
+
+def test_cli_bad_environment_value_exits_2_with_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", str(ROOT / "examples" / "echo.py")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "CHATGATE_WEB__ALLOWED_ORIGINS": "https://a.example"},
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "CHATGATE_WEB__ALLOWED_ORIGINS" in lines[0] and "web.allowed_origins" in lines[0]
