@@ -23,11 +23,37 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
                           env={**os.environ, **(env or {})}, **kwargs)
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["chat"], ["init"]])
+def every_command() -> list[list[str]]:
+    """Every command and subcommand the parser has, found by walking it (a new one is covered)."""
+    import argparse
+
+    from gateway.cli import build_parser
+
+    found: list[list[str]] = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        found.append(path)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*path, name])
+
+    walk(build_parser(), [])
+    return found
+
+
+def test_the_documented_commands_exist():
+    commands = every_command()
+    for expected in (["run"], ["chat"], ["init"], ["integrations", "list"]):
+        assert expected in commands
+
+
+@pytest.mark.parametrize("command", every_command(), ids=lambda c: " ".join(c) or "chatgate")
 def test_help_everywhere(command):
     result = run_cli(*command, "--help")
-    assert result.returncode == 0
-    assert "usage: chatgate" in result.stdout
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: {' '.join(['chatgate', *command])}")
+    assert result.stderr == ""
 
 
 def test_no_command_is_a_usage_error():
