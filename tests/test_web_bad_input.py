@@ -249,6 +249,85 @@ async def test_bad_rest_requests_get_json_errors(gw):
         await still_serving(http, gw)
 
 
+# Valid to Python's json.loads, but not JSON (NaN), not Unicode (a lone surrogate: the store cannot
+# encode it), or nested past the parser's recursion limit: each used to escape as a 500, which the
+# SDK retries three times.
+UNPARSABLE_BODIES = {
+    "a lone surrogate": b'{"content": "\\ud800 alone"}',
+    "a lone low surrogate": b'{"content": "x\\udfff"}',
+    "NaN": b'{"content": "hi", "n": NaN}',
+    "Infinity": b'{"content": "hi", "n": -Infinity}',
+    "deep nesting": b'{"content": "hi", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    "encoded surrogate bytes": b'{"content": "\xed\xa0\x80"}',
+    "not UTF-8": b'{"content": "\xff\xfe"}',
+}
+
+
+@pytest.mark.parametrize("what", UNPARSABLE_BODIES)
+async def test_bodies_python_would_parse_but_json_forbids_are_400s(tmp_path, what):
+    raw = UNPARSABLE_BODIES[what]
+    settings = {"web": {"api_keys": [KEY]}, "server": {"max_request_bytes": 1_000_000}}
+    async with running_gateway(make_app(), tmp_path, **settings) as gw, aiohttp.ClientSession() as http:
+        json_type = {"Content-Type": "application/json"}
+        _, _, created = await rest(http, gw, "POST", "/chat/sessions", json={"agent_id": "default"})
+        sid = created["data"]["id"]
+        title = raw.replace(b'"content"', b'"agent_id": "default", "title"')
+        for path, body in (
+            (f"/chat/sessions/{sid}/messages", raw),
+            (f"/chat/sessions/{sid}/messages/stream", raw),
+            ("/chat/sessions", title),
+        ):
+            status, _, answer = await rest(http, gw, "POST", path, data=body, headers=json_type)
+            assert (status, answer["error"]["code"]) == (400, "bad_request"), (path, answer)
+            assert "not valid JSON" in answer["error"]["message"]
+        # Nothing was stored, and the session and the API go on.
+        sdk = AsyncPromptRails(KEY, base_url=base_url(gw), max_retries=0)
+        assert (await sdk.chat.list_sessions()).meta.total == 1
+        assert (await sdk.chat.list_messages(sid)).data == []
+        assert (await sdk.chat.send_message(sid, content="after")).content == "echo: after"
+
+
+async def test_a_page_far_past_the_end_is_empty_not_an_overflow(gw):
+    sdk = AsyncPromptRails(KEY, base_url=base_url(gw), max_retries=0)
+    session = await sdk.chat.create_session(agent_id="default")
+    await sdk.chat.send_message(session.id, content="one")
+    for page in (3, 2**62, 10**20):
+        sessions = await sdk.chat.list_sessions(page=page, limit=5)
+        assert (sessions.data, sessions.meta.total, sessions.meta.pages) == ([], 1, 1)
+        messages = await sdk.chat.list_messages(session.id, page=page, limit=5)
+        assert (messages.data, messages.meta.total, messages.meta.pages) == ([], 2, 1)
+    assert [m.content for m in (await sdk.chat.list_messages(session.id, page=1, limit=5)).data] == ["one", "echo: one"]
+
+
+async def test_frames_python_would_parse_but_json_forbids_are_bad_frames(tmp_path):
+    # The default max_frame_bytes (64 KiB): room for nesting deeper than the parser's limit.
+    async with (
+        running_gateway(make_app(), tmp_path) as gw,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{base_url(gw)}/ws") as ws,
+    ):
+        ready = await hello(ws)
+        for raw in (
+            '{"type": "message", "id": "s1", "text": "\\ud800 alone"}',
+            '{"type": "action", "id": "s2", "name": "x", "payload": {"\\udc00": 1}}',
+            '{"type": "message", "id": "n1", "text": "hi", "n": NaN}',
+            '{"type": "action", "id": "n2", "name": "x", "payload": {"n": Infinity}}',
+            '{"type": "message", "id": "d1", "text": "hi", "x": ' + "[" * 30_000 + "]" * 30_000 + "}",
+        ):
+            await ws.send_str(raw)
+            frame = await expect_error(ws, "bad_frame")
+            assert "not valid JSON" in frame["message"], frame
+        # The socket is still open and attached to its session; nothing of the above was stored.
+        await ws.send_json({"type": "message", "id": "ok", "text": "fine 👋"})
+        frames = []
+        while not frames or frames[-1]["type"] != "turn_end":
+            frames.append(await ws.receive_json(timeout=5))
+        assert [f["message"]["text"] for f in frames if f["type"] == "message"] == ["echo: fine 👋"]
+        stored, _ = await gw.store.list_messages(ready["session_id"], offset=0, limit=10)
+        assert [m.text for m in stored] == ["fine 👋", "echo: fine 👋"]
+        await still_serving(http, gw)
+
+
 async def test_the_rest_api_is_closed_without_keys(tmp_path):
     async with running_gateway(make_app(), tmp_path) as gw, aiohttp.ClientSession() as http:
         status, _, body = await rest(http, gw, "GET", "/chat/sessions")

@@ -10,7 +10,6 @@ are LF-only with one ``data:`` line and the response ends after ``done`` or ``er
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -33,7 +32,7 @@ from .rest_turns import RestTurns, content_digest
 from .sse import SSEWriter
 from .sse_turn import TurnStreamer
 from .subscription import subscribed
-from .wire import chat_message, chat_session, now_rfc3339, page_meta
+from .wire import JSONRefused, chat_message, chat_session, now_rfc3339, page_meta, strict_json
 
 log = logging.getLogger("chatgate.web.rest")
 
@@ -41,6 +40,7 @@ PREFIX = "/api/v1"
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 """PromptRails' emulator clamps ``limit`` outside 1..100 to 20; so do we."""
+MAX_OFFSET = 2**53
 DEFAULT_AGENT = "default"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 API_PLATFORM = "api"
@@ -142,7 +142,9 @@ class RestApi:
         if not raw.strip():
             return {}
         try:
-            body = json.loads(raw)
+            body = strict_json(raw)
+        except JSONRefused as exc:
+            raise bad_request(f"the body is not valid JSON: {exc}") from None
         except ValueError:
             raise bad_request("the body is not valid JSON") from None
         if not isinstance(body, dict):
@@ -178,7 +180,7 @@ class RestApi:
     async def list_sessions(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         page, limit = _pagination(request)
         records, total = await self.ctx.core.store.list_sessions(
-            owner_key=caller.owner_key, offset=(page - 1) * limit, limit=limit
+            owner_key=caller.owner_key, offset=_offset(page, limit), limit=limit
         )
         data = [chat_session(r, self._agent_id(r)) for r in records]
         return web.json_response({"data": data, "meta": page_meta(total, page, limit)})
@@ -221,7 +223,7 @@ class RestApi:
     async def list_messages(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         record = await self._own_session(request, caller)
         page, limit = _pagination(request)
-        messages, total = await self.ctx.core.store.list_messages(record.id, offset=(page - 1) * limit, limit=limit)
+        messages, total = await self.ctx.core.store.list_messages(record.id, offset=_offset(page, limit), limit=limit)
         return web.json_response({"data": [chat_message(m) for m in messages], "meta": page_meta(total, page, limit)})
 
     async def _content(self, request: web.Request) -> str:
@@ -313,6 +315,12 @@ class RestApi:
             raise not_found("execution not found in this session")
         await store.save_feedback(record.id, execution_id, value)
         return web.json_response({"data": {"submitted": True}})
+
+
+def _offset(page: int, limit: int) -> int:
+    """Where ``page`` starts. Capped: a page past the end is empty however far past it is, and
+    the database's integers are 64-bit (``?page=99999999999999999999`` must not overflow them)."""
+    return min((page - 1) * limit, MAX_OFFSET)
 
 
 def _pagination(request: web.Request) -> tuple[int, int]:

@@ -30,7 +30,7 @@ from .feed import ClientFeed
 from .identity import IdentityRefused, WebIdentity
 from .outbox import session_topic
 from .uploads import attachment_for
-from .wire import now_rfc3339, public_attachments
+from .wire import JSONRefused, now_rfc3339, public_attachments, strict_json
 
 log = logging.getLogger("chatgate.web.socket")
 
@@ -115,7 +115,10 @@ class WidgetConnection:
             await self.send(error_frame(errors.TOO_LARGE, f"frames are limited to {self._max_frame} bytes"))
             return
         try:
-            frame = json.loads(data)
+            frame = strict_json(data)
+        except JSONRefused as exc:
+            await self.send(error_frame(errors.BAD_FRAME, f"the frame is not valid JSON: {exc}"))
+            return
         except ValueError:
             await self.send(error_frame(errors.BAD_FRAME, "the frame is not valid JSON"))
             return

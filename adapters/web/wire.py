@@ -21,6 +21,36 @@ SignFile = Callable[[str, str], str]
 WIDGET_ROLES = frozenset({"user", "assistant", "system"})
 
 
+class JSONRefused(ValueError):
+    """Input ``json.loads`` would take but this channel must not (see :func:`strict_json`)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise JSONRefused(f"{name} is not a JSON number")
+
+
+def strict_json(raw: str | bytes) -> Any:
+    """``json.loads`` without what Python accepts and the rest of the system cannot keep:
+    ``NaN``/``Infinity`` (not JSON: echoed back, no other parser reads them), a lone UTF-16
+    surrogate such as ``"\\ud800"`` (not Unicode: the store cannot encode it), and nesting so
+    deep it exhausts the parser. Bytes must be UTF-8. Raises ``ValueError`` (``JSONRefused``
+    for those three, ``UnicodeDecodeError`` for bytes that are not UTF-8)."""
+    # Strictly: json.loads would decode bytes with "surrogatepass" and let encoded surrogates in.
+    text = raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise JSONRefused("the JSON is nested too deeply") from None
+    if "\\u" in text:  # only an escape can make a surrogate: strictly decoded UTF-8 holds none
+        try:
+            json.dumps(value, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise JSONRefused("the JSON holds a lone UTF-16 surrogate, which is not valid Unicode") from None
+        except RecursionError:
+            raise JSONRefused("the JSON is nested too deeply") from None
+    return value
+
+
 def rfc3339(moment: datetime | None) -> str:
     """``2026-01-02T03:04:05.123Z``. The store keeps naive UTC datetimes."""
     if moment is None:
