@@ -465,3 +465,81 @@ async def test_live_task_card_on_slack_updates_one_message(tmp_path: Path) -> No
         assert card().visible_text.startswith(":white_check_mark: *export* — completed")
         assert len([m for m in slack.thread("D1", None) if "Exporting" in m.visible_text]) == 1
         assert slack.rate_limited_calls() == []
+
+
+# -- several worker processes on one database --------------------------------------------------
+
+
+def worker_app(name: str, runs: list[tuple[str, int]], hold: dict[str, asyncio.Event]) -> gateway.App:
+    """The same app as a second gateway process would load it."""
+    app = gateway.App("workers")
+
+    @app.task
+    async def job(n: int) -> str:
+        runs.append((name, n))
+        await hold["release"].wait()  # a worker holds at most task_concurrency: the other must help
+        return f"{n} by {name}"
+
+    @app.task(retries=1)
+    async def long_job(tag: str) -> str:
+        runs.append((name, -1))
+        if len([r for r in runs if r[1] == -1]) == 1:
+            hold["started"].set()
+            await asyncio.sleep(30)  # the first attempt is cut off by its worker's stop
+        return f"{tag} finished by {name}"
+
+    @app.task
+    async def endless() -> None:
+        hold["endless"].set()
+        await asyncio.sleep(30)
+
+    return app
+
+
+async def test_two_workers_run_each_task_once_cancel_across_and_recover_a_stopped_worker(
+    tmp_path: Path, database_url: str
+) -> None:
+    runs: list[tuple[str, int]] = []
+    hold = {"started": asyncio.Event(), "endless": asyncio.Event(), "release": asyncio.Event()}
+    a = client(worker_app("a", runs, hold), tmp_path / "a", database_url, task_concurrency=4)
+    b = client(worker_app("b", runs, hold), tmp_path / "b", database_url, task_concurrency=4)
+    async with a, b:
+        service_a, service_b = a.gateway.tasks, b.gateway.tasks
+        descriptor = a.gateway.app.tasks["job"]
+        handles = [await descriptor.submit(n=n) for n in range(40)]
+        await until(lambda: {who for who, _ in runs} == {"a", "b"})
+        hold["release"].set()
+        results = [await (await service_b.handle(h.task_id)).result(timeout=10) for h in handles]
+        assert sorted(n for _, n in runs) == list(range(40))  # every task ran exactly once
+        assert results == [f"{n} by {who}" for who, n in sorted(runs, key=lambda r: r[1])]
+
+        # a task running in one process is cancelled from the other within a heartbeat
+        endless = await a.gateway.app.tasks["endless"].submit()
+        await asyncio.wait_for(hold["endless"].wait(), 5)
+        row = await service_a.queries.get(endless.task_id)
+        assert row is not None and row.worker in (service_a.worker_id, service_b.worker_id)
+        elsewhere = service_b if row.worker == service_a.worker_id else service_a
+        assert await (await elsewhere.handle(endless.task_id)).cancel() is True
+        runner = service_a if elsewhere is service_b else service_b
+        await until(lambda: endless.task_id not in runner._running, timeout=5)
+        assert await endless.wait(timeout=5) == "cancelled"
+
+        # the worker running a task stops: the other marks it interrupted and runs it again
+        runs.clear()
+        first = await a.gateway.app.tasks["long_job"].submit(tag="t1")
+        await asyncio.wait_for(hold["started"].wait(), 5)
+        row = await service_a.queries.get(first.task_id)
+        assert row is not None
+        stopping, surviving = (a, b) if row.worker == service_a.worker_id else (b, a)
+        await stopping.gateway.stop()
+        stopping.gateway.stop = _already_stopped  # type: ignore[method-assign]
+        survivor_name = "b" if surviving is b else "a"
+        handle = await surviving.gateway.tasks.handle(first.task_id)
+        assert handle is not None
+        assert await handle.result(timeout=10) == f"t1 finished by {survivor_name}"
+        assert handle.attempts == 2
+        assert runs[-1] == (survivor_name, -1)
+
+
+async def _already_stopped() -> None:
+    return None
