@@ -19,6 +19,7 @@ import pytest
 
 import gateway
 from adapters.telegram import TelegramAdapter
+from adapters.telegram.adapter import WEBHOOK_MAX_BODY
 from gateway.runtime import Gateway
 from gateway.testing import test_settings
 from tests.fakes.telegram_api import FakeTelegramAPI
@@ -121,14 +122,50 @@ async def test_webhook_mode_secret_and_bad_requests(tmp_path: Path, api: FakeTel
                 assert r.status == 400
             async with http.post(url, json={"update_id": "x", "message": 3}, headers=headers) as r:
                 assert r.status == 400 and "update" in (await r.json())["error"]
+            async with http.post(url, json={"update_id": 2}) as r:  # no secret at all
+                assert r.status == 401 and (await r.json())["ok"] is False
+            # a secret header that is not ASCII (hmac.compare_digest refuses such str): still a 401
+            assert (await raw_post(gw.public_url, "/tg/hook", "X-Telegram-Bot-Api-Secret-Token: é€\r\n"))[0] == 401
+            oversized = {"update_id": 3, "message": api.message(PRIVATE, "x" * WEBHOOK_MAX_BODY)}
+            async with http.post(url, json=oversized, headers=headers) as r:
+                assert r.status == 413 and "larger" in (await r.json())["error"]
+
+            async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit holds while reading
+                yield b'{"update_id": 4, "message": {"text": "'
+                for _ in range(WEBHOOK_MAX_BODY // 65536 + 1):
+                    yield b"y" * 65536
+                yield b'"}}'
+
+            async with http.post(url, data=chunks(), headers=headers) as r:
+                assert r.status == 413 and (await r.json())["ok"] is False
             # the same update delivered twice runs once (dedup by update_id)
             update = {"update_id": 99, "message": api.message(PRIVATE, "twice")}
             for _ in range(2):
                 async with http.post(url, json=update, headers=headers) as r:
                     assert r.status == 200
         await until(lambda: len(api.visible_texts(PRIVATE)) == 2)
+        # still serving: Telegram's next delivery is answered 200 and handled
+        api.send_text(PRIVATE, "after the bad requests")
+        await until(lambda: len(api.visible_texts(PRIVATE)) == 3)
         await asyncio.sleep(0.2)
-        assert api.visible_texts(PRIVATE) == ["echo: via webhook", "echo: twice"]
+        assert api.visible_texts(PRIVATE) == ["echo: via webhook", "echo: twice", "echo: after the bad requests"]
+        assert {status for _, status in api.webhook_deliveries} == {200} and not api.pending_updates
+
+
+async def raw_post(base_url: str, path: str, header_lines: str, body: bytes = b"{}") -> tuple[int, bytes]:
+    """POST with header bytes as given (UTF-8), which aiohttp's client would not send."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n{header_lines}\r\n"
+    )
+    writer.write(head.encode() + body)
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
 
 
 async def test_groups_hear_mentions_replies_and_commands_and_topics_are_sessions(

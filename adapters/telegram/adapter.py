@@ -49,6 +49,9 @@ from gateway.types import Attachment, SessionChannel
 log = logging.getLogger("chatgate.telegram")
 
 SECRET_HEADER = "X-Telegram-Bot-Api-Secret-Token"  # Bot API setWebhook: secret_token is sent in this header
+WEBHOOK_MAX_BODY = 1024 * 1024
+"""Bytes a webhook request may carry. An update is one message or query (at most 4,096 characters
+of text with its entities, and the message it replies to): kilobytes, never near a megabyte."""
 INLINE_KEYBOARD_MAX_BUTTONS = 100  # Bot API: an inline keyboard holds at most 100 buttons
 
 
@@ -168,10 +171,14 @@ class TelegramAdapter(Adapter):
     async def _webhook(self, request: web.Request) -> web.Response:
         if self._gw is None or self.identity is None:
             return _error(503, "the Telegram adapter is starting")
-        if not hmac.compare_digest(request.headers.get(SECRET_HEADER, ""), self.webhook_secret):
+        given = request.headers.get(SECRET_HEADER, "").encode("utf-8", "backslashreplace")
+        if not hmac.compare_digest(given, self.webhook_secret.encode()):  # bytes: any header value compares
             return _error(401, "bad or missing secret token")
+        body = await _read_limited(request, WEBHOOK_MAX_BODY)
+        if body is None:
+            return _error(413, f"the body is larger than {WEBHOOK_MAX_BODY} bytes; a Telegram update is not")
         try:
-            data = await request.json()
+            data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return _error(400, "the body is not JSON")
         if not isinstance(data, dict):
@@ -238,6 +245,20 @@ class TelegramAdapter(Adapter):
                 assert buffer is not None
                 return buffer.getvalue()
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or ``None`` when it is over ``limit`` bytes (stops reading there)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error(status: int, message: str) -> web.Response:
