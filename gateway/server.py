@@ -8,6 +8,7 @@ and 405 included, are JSON: ``{"error": {"code": "...", "message": "..."}}``.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -150,6 +151,27 @@ def _to_response(result: Any) -> web.StreamResponse:
     return web.Response(text="" if result is None else str(result))
 
 
+async def _unreadable_body(request: web.Request, exc: Exception) -> str | None:
+    """What is wrong with the request body when a handler failed reading it as text or JSON
+    (``await request.json()`` on malformed input): the caller's mistake, a 400, not a 500."""
+    if not isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+        return None
+    try:
+        body = await request.read()
+    except web.HTTPException:
+        return None
+    try:
+        text = body.decode(request.charset or "utf-8")
+    except (UnicodeDecodeError, LookupError):
+        return "the request body is not valid UTF-8 text"
+    if isinstance(exc, json.JSONDecodeError):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as bad:
+            return f"the request body is not valid JSON: {bad.msg} at line {bad.lineno} column {bad.colno}"
+    return None
+
+
 def _endpoint_view(spec: EndpointSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     wants_ctx = _wants_context(spec.handler)
 
@@ -163,7 +185,10 @@ def _endpoint_view(spec: EndpointSpec) -> Callable[[web.Request], Awaitable[web.
             return _to_response(await call_maybe_async(spec.handler, argument))
         except web.HTTPException:
             raise
-        except Exception:
+        except Exception as exc:
+            bad_body = await _unreadable_body(request, exc)
+            if bad_body is not None:
+                return json_error(400, bad_body)
             log.exception("@app.endpoint %s %s raised", spec.method, spec.path)
             return json_error(500, "the endpoint failed; the gateway log has the details", "internal_error")
 
@@ -200,10 +225,16 @@ async def serve_data(request: web.Request) -> web.StreamResponse:
     if unknown and not accepts_any:
         return json_error(400, f"unknown query parameter(s): {', '.join(sorted(unknown))}",
                           accepted=sorted(names))
+    problem = _coerce_query(spec.handler, kwargs, skip=session_param.name if session_param else None)
+    if problem is None:
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:  # a required parameter is missing from the query
+            problem = f"bad query for data source {spec.name!r}: {exc}"
+    if problem is not None:
+        return json_error(400, problem, accepted=sorted(names))
     try:
         result = await call_maybe_async(spec.handler, *args, **kwargs)
-    except TypeError as exc:
-        return json_error(400, f"bad query for data source {spec.name!r}: {exc}")
     except Exception:
         log.exception("@app.data %s raised", spec.name)
         return json_error(500, "the data source failed; the gateway log has the details", "internal_error")
@@ -212,9 +243,46 @@ async def serve_data(request: web.Request) -> web.StreamResponse:
     return web.json_response(result, dumps=_dumps)
 
 
-def _dumps(value: Any) -> str:
-    import json
+QUERY_TYPES: dict[Any, tuple[str, Callable[[str], Any]]] = {}
 
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+QUERY_TYPES.update({
+    int: ("an integer", int), "int": ("an integer", int),
+    float: ("a number", float), "float": ("a number", float),
+    bool: ("true or false", _parse_bool), "bool": ("true or false", _parse_bool),
+})
+
+
+def _coerce_query(fn: Callable[..., Any], kwargs: dict[str, Any], *, skip: str | None) -> str | None:
+    """Convert query values for parameters annotated ``int``, ``float`` or ``bool`` (Capsule
+    passes every value as a string); a value that does not convert is the caller's mistake."""
+    for param in inspect.signature(fn).parameters.values():
+        if param.name == skip or param.name not in kwargs or not isinstance(kwargs[param.name], str):
+            continue
+        try:
+            wanted = QUERY_TYPES.get(param.annotation)
+        except TypeError:  # an unhashable annotation: nothing to convert to
+            wanted = None
+        if wanted is None:
+            continue
+        what, convert = wanted
+        try:
+            kwargs[param.name] = convert(kwargs[param.name])
+        except ValueError:
+            return f"query parameter {param.name!r} must be {what} (got {kwargs[param.name]!r})"
+    return None
+
+
+def _dumps(value: Any) -> str:
     from gateway.session_data import to_json_value
 
     return json.dumps(to_json_value(value))
