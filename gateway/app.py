@@ -6,6 +6,7 @@ accepted and ignored, and unlike Capsule, ``image=`` is not required: decorators
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from collections.abc import Callable
@@ -72,6 +73,8 @@ class App:
         self.schedules: list[ScheduleSpec] = []
         self.tasks: dict[str, Any] = {}
         self.integration_specs: dict[str, Any] = {}
+        self.ui_config: dict[str, Any] = {}
+        """Capsule's hosted-UI settings (``theme``, ``home``, ``shell``...): kept, not used."""
         self.runtime: Any = None
         """The running Gateway (set at start); ``None`` before ``chatgate run`` starts it."""
         self._collections: Any = None
@@ -256,10 +259,33 @@ class App:
     # -- integrations ----------------------------------------------------------------------
 
     def add_integration(self, integration: Any, **options: Any) -> None:
-        """Declare an integration users can connect (OAuth 2 or secret fields)."""
-        from gateway.types import integration_name
+        """Declare an integration users can connect (OAuth 2 or secret fields): a name, an
+        ``Integration`` or an ``IntegrationConfig`` (``gateway.GitHub(client_id=..., ...)``).
+        ``Secret`` values are read from the environment here."""
+        from gateway.types import IntegrationConfig, integration_name, resolve_secret
 
+        options = {key: resolve_secret(value) for key, value in options.items()}
+        if isinstance(integration, IntegrationConfig):
+            integration = dataclasses.replace(
+                integration,
+                client_id=resolve_secret(integration.client_id),
+                client_secret=resolve_secret(integration.client_secret),
+            )
         self.integration_specs[integration_name(integration)] = {"integration": integration, **options}
+
+    # -- Capsule's hosted UI configuration: accepted and kept, not used by chatgate ----------
+
+    def theme(self, **options: Any) -> None:
+        self.ui_config["theme"] = options
+
+    def home(self, **options: Any) -> None:
+        self.ui_config["home"] = options
+
+    def shell(self, **options: Any) -> None:
+        self.ui_config["shell"] = options
+
+    def add_npm_packages(self, *packages: str) -> None:
+        self.ui_config.setdefault("npm_packages", []).extend(packages)
 
     # -- misc ------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ extra is an additional keyword field with a default, never a change to an existi
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import secrets
 import time
@@ -237,37 +238,214 @@ class HomeContext(RequestContext):
 
 @dataclass
 class Suggestion:
-    """A clickable button: ``prompt`` sends text as the user, ``action`` runs an ``@app.action``."""
+    """A clickable button: ``prompt`` sends text as the user, ``action`` runs an ``@app.action``.
+
+    Capsule's fields, in Capsule's order. ``action`` (and ``prompt``) may also be an object with a
+    ``name`` (Capsule accepts a decorated action). chatgate has no workflows or pages, so those
+    targets are refused when the button is shown; with no target at all, the label is the prompt.
+    """
 
     label: str
     prompt: str | None = None
-    action: str | None = None
-    payload: dict[str, Any] | None = None
+    workflow: Any | None = None
+    page: str | None = None
+    action: Any | None = None
     description: str | None = None
     icon: str | None = None
-    workflow: str | None = None
-    page: str | None = None
+    image: str | None = None
+    accent: str | None = None
+    primary: bool = False
     input: dict[str, Any] | None = None
+    payload: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        targets = [t for t in (self.prompt, self.workflow, self.page, self.action) if t is not None]
+        if len(targets) > 1:
+            raise ValueError("Suggestion takes one of prompt=, workflow=, page= or action=")
+        if self.input and self.payload:
+            raise ValueError("Suggestion accepts input= or payload=, not both")
+        if (self.input or self.payload) and self.action is None and self.workflow is None:
+            raise ValueError("Suggestion input/payload go with action= (or workflow=)")
 
     def to_dict(self) -> dict[str, Any]:
-        if self.action:
-            out: dict[str, Any] = {"label": self.label, "target": "action", "value": self.action}
-            if self.payload is not None or self.input is not None:
-                out["payload"] = self.payload if self.payload is not None else self.input
-        elif self.workflow or self.page:
+        if self.workflow is not None or self.page is not None:
             raise ValueError("chatgate supports prompt and action suggestions, not workflow or page")
+        if self.action is not None:
+            out: dict[str, Any] = {"label": self.label, "target": "action", "value": _target_name(self.action)}
         else:
-            out = {"label": self.label, "target": "prompt", "value": self.prompt or self.label}
-        if self.description:
-            out["description"] = self.description
-        if self.icon:
-            out["icon"] = self.icon
+            prompt = self.label if self.prompt is None else _target_name(self.prompt)
+            out = {"label": self.label, "target": "prompt", "value": prompt}
+        for key in ("description", "icon", "image", "accent"):
+            value = getattr(self, key)
+            if value:
+                out[key] = value
+        if self.primary:
+            out["primary"] = True
+        payload = self.input or self.payload
+        if payload:
+            out["payload"] = dict(payload)
         return out
+
+
+def _target_name(value: Any) -> str:
+    name = getattr(value, "name", None) or getattr(value, "_cpsl_action", None) or value
+    if not isinstance(name, str) or not name:
+        raise ValueError("a suggestion target is a non-empty string or an object with a .name")
+    return name
+
+
+# -- integration declarations (Capsule's ``cpsl.integration`` helpers) ------------------------
+
+INTEGRATION_GOOGLE = "google"
+INTEGRATION_GMAIL = "gmail"
+INTEGRATION_GCAL = "gcal"
+INTEGRATION_GDRIVE = "gdrive"
+INTEGRATION_OUTLOOK = "outlook"
+INTEGRATION_GITHUB = "github"
+INTEGRATION_LINEAR = "linear"
+INTEGRATION_TAILSCALE = "tailscale"
+INTEGRATION_AWS = "aws"
+
+
+class Integration(enum.StrEnum):
+    """The built-in integration names (the values are the strings handlers use)."""
+
+    GOOGLE = INTEGRATION_GOOGLE
+    GMAIL = INTEGRATION_GMAIL
+    GCAL = INTEGRATION_GCAL
+    GDRIVE = INTEGRATION_GDRIVE
+    OUTLOOK = INTEGRATION_OUTLOOK
+    GITHUB = INTEGRATION_GITHUB
+    LINEAR = INTEGRATION_LINEAR
+    TAILSCALE = INTEGRATION_TAILSCALE
+    AWS = INTEGRATION_AWS
+
+
+_SECRET_PRESETS = (INTEGRATION_TAILSCALE, INTEGRATION_AWS)
+
+
+@dataclass
+class Secret:
+    """Capsule's ``Secret.from_name(name).value``: chatgate reads the environment variable."""
+
+    _name: str | None = field(default=None, repr=False)
+
+    @staticmethod
+    def from_name(name: str) -> Secret:
+        return Secret(_name=name)
+
+    @property
+    def name(self) -> str | None:
+        return self._name
+
+    @property
+    def value(self) -> str:
+        if not self._name:
+            raise ValueError("Secret has no name")
+        value = os.environ.get(self._name)
+        if value is None:
+            raise ValueError(f"secret {self._name!r} is not set: chatgate reads secrets from the environment "
+                             f"(export {self._name}=...)")
+        return value
+
+
+def resolve_secret(value: Any) -> Any:
+    """A ``Secret``'s value (``""`` when its variable is not set, so the config can supply it),
+    or ``value`` itself."""
+    if isinstance(value, Secret):
+        return os.environ.get(value.name or "", "")
+    return value
+
+
+@dataclass
+class IntegrationConfig:
+    """An integration the app asks users to connect, as ``app.add_integration`` takes it.
+
+    OAuth: ``client_id``/``client_secret`` (strings or ``Secret``) and ``scopes``; ``[integrations
+    .providers.<type>]`` in the config fills in or overrides them. Secret integrations: ``fields``
+    (``tailscale`` and ``aws`` have presets with their fields)."""
+
+    type: str | Integration
+    client_id: str | Secret = ""
+    client_secret: str | Secret = ""
+    scopes: list[str] = field(default_factory=list)
+    fields: list[str] | None = None
+    mode: str = ""
+
+    def __post_init__(self) -> None:
+        self.type = self.type.value if isinstance(self.type, Integration) else str(self.type)
+        if not self.mode:
+            self.mode = "secret" if self.fields or self.type in _SECRET_PRESETS else "oauth"
+
+
+def _oauth(kind: Integration, client_id: str | Secret, client_secret: str | Secret,
+           scopes: list[str] | None) -> IntegrationConfig:
+    return IntegrationConfig(kind, client_id=client_id, client_secret=client_secret, scopes=list(scopes or []),
+                             mode="oauth")
+
+
+def Google(
+    *, client_id: str | Secret, client_secret: str | Secret, scopes: list[str] | None = None
+) -> IntegrationConfig:
+    return _oauth(Integration.GOOGLE, client_id, client_secret, scopes)
+
+
+def Gmail(
+    *, client_id: str | Secret, client_secret: str | Secret, scopes: list[str] | None = None
+) -> IntegrationConfig:
+    return _oauth(Integration.GMAIL, client_id, client_secret, scopes)
+
+
+def GoogleCalendar(
+    *, client_id: str | Secret, client_secret: str | Secret, scopes: list[str] | None = None
+) -> IntegrationConfig:
+    return _oauth(Integration.GCAL, client_id, client_secret, scopes)
+
+
+def GoogleDrive(
+    *, client_id: str | Secret, client_secret: str | Secret, scopes: list[str] | None = None
+) -> IntegrationConfig:
+    return _oauth(Integration.GDRIVE, client_id, client_secret, scopes)
+
+
+def Outlook(
+    *, client_id: str | Secret, client_secret: str | Secret, scopes: list[str] | None = None
+) -> IntegrationConfig:
+    """Outlook always asks for ``offline_access`` (a refresh token), as in Capsule."""
+    scopes = list(scopes or [])
+    if "offline_access" not in scopes:
+        scopes.append("offline_access")
+    return _oauth(Integration.OUTLOOK, client_id, client_secret, scopes)
+
+
+def GitHub(
+    *, client_id: str | Secret, client_secret: str | Secret, scopes: list[str] | None = None
+) -> IntegrationConfig:
+    return _oauth(Integration.GITHUB, client_id, client_secret, scopes)
+
+
+def Linear(
+    *, client_id: str | Secret, client_secret: str | Secret, scopes: list[str] | None = None
+) -> IntegrationConfig:
+    return _oauth(Integration.LINEAR, client_id, client_secret, scopes)
+
+
+def Tailscale(*, advertise_tags: bool = False) -> IntegrationConfig:
+    """The ``tailscale`` secret preset (an auth key); ``advertise_tags`` adds that field."""
+    return IntegrationConfig(Integration.TAILSCALE, fields=["auth_key", "advertise_tags"] if advertise_tags else None,
+                             mode="secret")
+
+
+def AWS() -> IntegrationConfig:
+    """The ``aws`` secret preset (access key id, secret access key, region)."""
+    return IntegrationConfig(Integration.AWS, mode="secret")
 
 
 def integration_name(integration: Any) -> str:
     """The lower-case name of an integration given as a string or a Capsule-style object
     (``GitHub()``, ``IntegrationConfig``: anything with ``type``, ``name`` or ``integration_type``)."""
+    if isinstance(integration, enum.Enum) and isinstance(integration.value, str):
+        return integration.value.lower()
     if isinstance(integration, str):
         return integration.lower()
     for attr in ("type", "name", "integration_type"):
