@@ -43,8 +43,10 @@ async def test_capsule_app_chats_in_the_test_client(capsule_app, tmp_path, datab
         assert turn.notifications == ["Saved"] and turn.replies == ["saved (1 notes)"]
         await conv.send("note call mom")
         turn = await conv.send("menu")
-        labels = [s["label"] for s in turn.block("suggestions")["payload"]["suggestions"]]
-        assert labels == ["list notes", "Clear", "Help"]
+        suggestions = turn.block("suggestions")["payload"]["suggestions"]
+        assert [s["label"] for s in suggestions] == ["list notes", "Clear", "Help"]
+        assert suggestions[1] == {"label": "Clear", "target": "action", "value": "clear_notes", "accent": "red",
+                                  "primary": True}  # action= given the decorated function, as Capsule allows
         turn = await conv.click("list notes")
         assert turn.replies == ["buy milk, call mom"]
         other = await client.conversation("bob")
@@ -83,6 +85,101 @@ async def test_capsule_endpoints_and_data_sources(capsule_app, tmp_path):
                 assert await r.json() == {"ok": True}
             async with http.get(f"{base}/data/none") as r:
                 assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+            # Query values arrive as strings; parameters annotated int/float/bool get converted.
+            async with http.get(f"{base}/data/page?offset=3&size=2&desc=true") as r:
+                assert await r.json() == {"rows": [4, 3]}
+            async with http.get(f"{base}/data/page?offset=three") as r:
+                body = await r.json()
+                assert r.status == 400 and "'offset' must be an integer" in body["error"]["message"]
+            async with http.get(f"{base}/data/page?offset=1&desc=maybe") as r:
+                assert r.status == 400 and "'desc' must be true or false" in (await r.json())["error"]["message"]
+            async with http.get(f"{base}/data/page") as r:  # a required parameter left out
+                body = await r.json()
+                assert r.status == 400 and "offset" in body["error"]["message"]
+            async with http.get(f"{base}/data/broken") as r:
+                body = await r.json()
+                assert r.status == 500 and body["error"]["code"] == "internal_error" and "NoneType" not in str(body)
+
+
+async def test_bad_request_bodies_get_a_json_400_and_the_gateway_keeps_serving(capsule_app, tmp_path):
+    overrides = {"server": {"max_request_bytes": 4096}, "files": {"max_upload_bytes": 1024}}
+    async with TestClient(capsule_app, tmp_path, **overrides) as client:
+        base = client.gateway.public_url
+        limit = max(4096, 1024 + 64 * 1024)  # the server's body limit (uploads get their own margin)
+        async with aiohttp.ClientSession() as http:
+            headers = {"Content-Type": "application/json"}
+            async with http.post(f"{base}/echo", data=b'{"a": [1,', headers=headers) as r:
+                body = await r.json()
+                assert r.status == 400 and body["error"]["code"] == "bad_request"
+                assert "not valid JSON" in body["error"]["message"]
+            async with http.post(f"{base}/echo", data=b'"\xff\xfe"'.decode("unicode_escape").encode("latin-1"),
+                                 headers=headers) as r:
+                body = await r.json()
+                assert r.status == 400 and "UTF-8" in body["error"]["message"]
+            async with http.post(f"{base}/echo", data=b"[" + b"1," * limit + b"1]", headers=headers) as r:
+                body = await r.json()
+                assert r.status == 413 and body["error"]["code"] == "too_large"
+            async with http.post(f"{base}/echo", json=[1, "two"]) as r:  # any JSON value is the app's to judge
+                assert r.status == 200 and await r.text() == "[1, 'two']"
+            async with http.post(f"{base}/echo", json={"still": "serving"}) as r:
+                assert r.status == 200 and await r.json() == {"still": "serving"}
+
+
+def test_capsule_names_a_chat_app_uses_are_exported():
+    """capsule-api.md §1: the names that matter for chat apps, plus the integration helpers."""
+    names = """App Image Chat Channel ChannelRef API Telegram Slack WhatsApp Session Message Attachment Block
+        FileUpload UserInfo SessionChannel RequestContext HomeContext Event ReplyStream IntegrationCredentials
+        IntegrationTimeout IntegrationDeclined FileUploadTimeout current_session Suggestion TaskHandle
+        TaskDescriptor CollectionManager CollectionRef Column DynamicCollection Secret Integration
+        IntegrationConfig Google Gmail GoogleCalendar GoogleDrive Outlook GitHub Linear Tailscale AWS
+        INTEGRATION_GITHUB INTEGRATION_GOOGLE INTEGRATION_AWS PRICING_ONE_TIME PRICING_MONTHLY""".split()
+    missing = [name for name in names if not hasattr(gateway, name)]
+    assert not missing
+    assert issubclass(gateway.IntegrationTimeout, TimeoutError) and issubclass(gateway.FileUploadTimeout, TimeoutError)
+    assert issubclass(gateway.IntegrationDeclined, RuntimeError)
+
+
+def test_suggestion_has_capsules_fields_and_rules():
+    s = gateway.Suggestion("Go", None, None, None, "go", "does it", "rocket", "go.png", "green", True, {"n": 1})
+    assert s.to_dict() == {"label": "Go", "target": "action", "value": "go", "description": "does it",
+                           "icon": "rocket", "image": "go.png", "accent": "green", "primary": True,
+                           "payload": {"n": 1}}
+    assert gateway.Suggestion("Say hi", prompt="hi").to_dict() == {"label": "Say hi", "target": "prompt",
+                                                                   "value": "hi"}
+    with pytest.raises(ValueError):
+        gateway.Suggestion("Both", prompt="hi", action="go")
+    with pytest.raises(ValueError):
+        gateway.Suggestion("Payload without action", prompt="hi", payload={"a": 1})
+    with pytest.raises(ValueError, match="not workflow or page"):
+        gateway.Suggestion("Docs", page="docs").to_dict()
+
+
+def test_integration_declarations_read_secrets_from_the_environment(monkeypatch):
+    from gateway.config import ConfigError
+    from gateway.integrations.providers import build_providers
+    from gateway.types import integration_name
+
+    app = gateway.App("integrations")
+    app.add_integration(gateway.GitHub(client_id=gateway.Secret.from_name("T_GITHUB_ID"),
+                                       client_secret=gateway.Secret.from_name("T_GITHUB_SECRET"), scopes=["repo"]))
+    with pytest.raises(ConfigError, match=r"github\.client_id"):  # not in the environment, not in the config
+        build_providers({}, app.integration_specs)
+    monkeypatch.setenv("T_GITHUB_ID", "id-123")
+    monkeypatch.setenv("T_GITHUB_SECRET", "s3cret")
+    assert gateway.Secret.from_name("T_GITHUB_ID").value == "id-123"
+    app.add_integration(gateway.GitHub(client_id=gateway.Secret.from_name("T_GITHUB_ID"),
+                                       client_secret=gateway.Secret.from_name("T_GITHUB_SECRET"), scopes=["repo"]))
+    app.add_integration(gateway.AWS())
+    app.add_integration(gateway.Outlook(client_id="o-id", client_secret="o-secret", scopes=["Mail.Read"]))
+    providers = build_providers({}, app.integration_specs)
+    github = providers["github"]
+    assert (github.mode, github.client_id, github.client_secret, github.scopes) == ("oauth", "id-123", "s3cret",
+                                                                                    ("repo",))
+    assert providers["aws"].mode == "secret" and "secret_access_key" in [f.name for f in providers["aws"].fields]
+    assert "offline_access" in providers["outlook"].scopes
+    assert integration_name(gateway.Integration.GCAL) == gateway.INTEGRATION_GCAL == "gcal"
+    with pytest.raises(ValueError, match="T_UNSET"):
+        gateway.Secret.from_name("T_UNSET").value  # noqa: B018
 
 
 async def test_http_errors_are_json(tmp_path):

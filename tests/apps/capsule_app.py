@@ -9,6 +9,8 @@ image = cpsl.Image(python_packages=["httpx"]).add_apt_packages("curl")
 app = cpsl.App("capsule-notes", image=image, channels=[cpsl.Chat(), cpsl.Telegram()], cpu=0.5, memory=512,
                secrets=["OPENAI_API_KEY"])
 notes = app.collection("notes", scope="user")
+app.theme(preset="ocean", primary="#0ea5e9")  # hosted-UI settings: accepted, not used
+app.home(title="Notes", suggestions=[cpsl.Suggestion("Menu", prompt="menu", primary=True)])
 
 
 @app.boot()
@@ -24,8 +26,8 @@ async def chat(session: cpsl.Session, msg: cpsl.Message):
     text = msg.text.strip()
     if text == "menu":
         await session.show_suggestions(
-            ["list notes", cpsl.Suggestion("Clear", action="clear_notes"), {"label": "Help", "target": "prompt",
-                                                                           "value": "help"}],
+            ["list notes", cpsl.Suggestion("Clear", action=clear_notes, accent="red", primary=True),
+             {"label": "Help", "target": "prompt", "value": "help"}],
             title="What next?",
         )
         return
@@ -83,3 +85,14 @@ async def stats(ctx, limit: str = "10"):
 @app.data("secret", access="authenticated")
 async def secret():
     return {"ok": True}
+
+
+@app.data("page")
+async def page(offset: int, size: int = 10, desc: bool = False):
+    rows = list(range(offset, offset + size))
+    return {"rows": rows[::-1] if desc else rows}
+
+
+@app.data("broken")
+async def broken():
+    return len(None)  # a TypeError inside the handler is the app's bug: a 500
