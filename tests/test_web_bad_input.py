@@ -4,6 +4,7 @@ shape, nothing is lost, and the gateway goes on serving."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -171,6 +172,20 @@ def form(session_id: str | None, data: bytes = b"hi", ctype: str = "text/plain")
     return body
 
 
+def cut_short(session_id: str) -> bytes:
+    """A multipart body whose file part never ends (no closing boundary)."""
+    return (
+        f'--zzz\r\nContent-Disposition: form-data; name="session_id"\r\n\r\n{session_id}\r\n'
+        '--zzz\r\nContent-Disposition: form-data; name="file"; filename="cut.txt"\r\n'
+        "Content-Type: text/plain\r\n\r\ncut"
+    ).encode()
+
+
+async def stored_files(gw) -> list[str]:
+    root = Path(gw.files.root)
+    return await asyncio.to_thread(lambda: sorted(p.name for p in root.iterdir()) if root.exists() else [])
+
+
 async def test_bad_uploads(gw):
     async with aiohttp.ClientSession() as http:
         async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
@@ -193,9 +208,68 @@ async def test_bad_uploads(gw):
         assert (status, body["error"]["code"]) == (413, "too_large")
         status, body = await upload(http, gw, params=me, data=form(sid, data=b"x" * (MAX_UPLOAD * 20)))
         assert (status, body["error"]["code"]) == (413, "too_large")
+        # An identity token while web.identity_secret is unset is refused like a forged one.
+        status, body = await upload(http, gw, params={"token": "a.b.c"}, data=form(sid))
+        assert (status, body["error"]["code"]) == (401, "unauthorized")
+        for content_type, raw in (
+            ("multipart/form-data", b"no boundary"),
+            ("multipart/form-data; boundary=zzz", b"no such boundary in here"),
+            ("multipart/form-data; boundary=zzz", cut_short(sid)),
+        ):
+            status, body = await upload(http, gw, params=me, data=raw, headers={"Content-Type": content_type})
+            assert (status, body["error"]["code"]) == (400, "bad_request"), (raw, body)
+        assert await stored_files(gw) == []  # none of the refused uploads was kept
         status, body = await upload(http, gw, params=me, data=form(sid, data=b"ok"))
         assert status == 201 and body["size"] == 2
         await still_serving(http, gw)
+
+
+async def test_a_client_that_disconnects_mid_upload_leaves_nothing_behind(gw):
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            ready = await hello(ws)
+        head = (
+            f"POST /upload?visitor={ready['visitor_token']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: multipart/form-data; boundary=zzz\r\nContent-Length: 3000\r\n\r\n"
+        )
+        part = (
+            f'--zzz\r\nContent-Disposition: form-data; name="session_id"\r\n\r\n{ready["session_id"]}\r\n'
+            '--zzz\r\nContent-Disposition: form-data; name="file"; filename="half.txt"\r\n'
+            "Content-Type: text/plain\r\n\r\n" + "x" * 1000
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(head.encode() + part.encode())
+        await writer.drain()
+        writer.close()  # 3000 bytes promised, about 1200 sent
+        await writer.wait_closed()
+        assert await reader.read() == b""  # no answer to a request that never ended
+        await still_serving(http, gw)
+        status, body = await upload(
+            http, gw, params={"visitor": ready["visitor_token"]}, data=form(ready["session_id"])
+        )
+        assert status == 201
+        assert await stored_files(gw) == [body["file_id"]]
+
+
+async def test_files_of_another_session_are_not_found_on_the_socket(gw):
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            owner = await hello(ws)
+        _, uploaded = await upload(http, gw, params={"visitor": owner["visitor_token"]}, data=form(owner["session_id"]))
+        file_id = uploaded["file_id"]
+        # Neither a stranger nor the owner in another of their sessions can use the file.
+        for params in ({}, {"visitor": owner["visitor_token"]}):
+            async with http.ws_connect(f"{base_url(gw)}/ws", params=params) as ws:
+                other = await hello(ws)
+                assert other["session_id"] != owner["session_id"]
+                await ws.send_json(
+                    {"type": "message", "id": "m", "text": "mine?", "attachments": [{"file_id": file_id}]}
+                )
+                assert (await expect_error(ws, "not_found"))["id"] == "m"
+                await ws.send_json({"type": "upload_done", "id": "u", "block_id": "b", "file_id": file_id})
+                assert (await expect_error(ws, "not_found"))["id"] == "u"
+                stored, _ = await gw.store.list_messages(other["session_id"], offset=0, limit=10)
+                assert stored == []
 
 
 async def rest(http, gw, method: str, path: str, **kwargs):
