@@ -620,6 +620,25 @@ async def test_markup_the_server_rejects_is_resent_as_plain_text(tmp_path: Path)
         assert [c.status for c in api.calls_to("sendMessage")] == [400, 200]
 
 
+async def test_a_rejected_caption_is_resent_plain_with_its_photo(tmp_path: Path) -> None:
+    image = tmp_path / "chart.png"
+    image.write_bytes(b"\x89PNG chart")
+    app = gateway.App("caption")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.show_image(str(image), alt="The **chart** & more")
+
+    async with FakeTelegramAPI(rate_scale=SCALE, reject_html=True) as api, running(app, tmp_path, api):
+        api.send_text(PRIVATE, "show")
+        await until(lambda: api.visible(PRIVATE))
+        await asyncio.sleep(0.1)
+    (photo,) = api.visible(PRIVATE)
+    assert photo.kind == "photo" and api.files[photo.file_id].data == b"\x89PNG chart"  # the photo, not a link
+    assert photo.text == "The chart & more" and not photo.entities
+    assert [c.status for c in api.calls_to("sendPhoto")] == [400, 200]
+
+
 async def test_restart_loses_no_pending_update(tmp_path: Path, api: FakeTelegramAPI) -> None:
     heard: list[str] = []
     app = gateway.App("restart")

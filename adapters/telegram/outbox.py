@@ -19,7 +19,7 @@ from aiogram.methods import SendPhoto
 from aiogram.types import BufferedInputFile
 
 from adapters.telegram.blocks import BlockView, absolute_url, view_block
-from adapters.telegram.client import MethodUnsupported
+from adapters.telegram.client import PARSE_ERROR, MethodUnsupported
 from adapters.telegram.render import (
     TelegramPart,
     escape_html,
@@ -138,16 +138,7 @@ class TelegramOutbox:
         else:
             photo = absolute_url(url, self.adapter.public_url)
         try:
-            sent = await self.client.raw(
-                SendPhoto(
-                    chat_id=self.chat_id,
-                    photo=photo,
-                    message_thread_id=self.thread_id,
-                    caption=caption.html if caption else None,
-                    parse_mode="HTML" if caption else None,
-                ),
-                chat_id=self.chat_id,
-            )
+            sent = await self._send_photo(photo, caption)
             refs = [str(sent.message_id)]
         except TelegramAPIError as exc:
             # Telegram could not take the image (a URL it cannot fetch, a format it refuses): link it
@@ -163,6 +154,27 @@ class TelegramOutbox:
         for ref in previous or []:
             await self.client.delete(self.chat_id, int(ref))
         return refs
+
+    async def _send_photo(self, photo: Any, caption: TelegramPart | None) -> Any:
+        """``sendPhoto`` with an HTML caption; if Telegram rejects the markup, with its plain twin."""
+        captions = ((caption.html, "HTML"), (caption.plain, None)) if caption else ((None, None),)
+        for index, (text, parse_mode) in enumerate(captions):
+            try:
+                return await self.client.raw(
+                    SendPhoto(
+                        chat_id=self.chat_id,
+                        photo=photo,
+                        message_thread_id=self.thread_id,
+                        caption=text,
+                        parse_mode=parse_mode,
+                    ),
+                    chat_id=self.chat_id,
+                )
+            except TelegramBadRequest as exc:
+                if PARSE_ERROR not in exc.message or index == len(captions) - 1:
+                    raise
+                log.warning("telegram rejected the caption's markup (%s); sending it as plain text", exc.message)
+        raise AssertionError("unreachable: the last caption raises")  # pragma: no cover
 
     # -- status ----------------------------------------------------------------------------------
 
