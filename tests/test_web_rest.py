@@ -86,6 +86,61 @@ async def test_sync_sdk_creates_lists_gets_and_deletes_sessions(gw):
     await asyncio.to_thread(run)
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+async def test_each_sdk_runs_every_chat_call(gw, flavour):
+    """The issue's list, with the sync and with the async client: create, list, get and delete
+    sessions, send and list messages, stream a reply (and rate it)."""
+    if flavour == "async":
+        sdk: PromptRails | AsyncPromptRails = client(gw)
+
+        async def call(method, *args, **kwargs):
+            return await method(*args, **kwargs)
+
+        async def stream(session_id: str, content: str) -> list:
+            return [e async for e in sdk.chat.send_message_stream(session_id, content=content)]
+    else:
+        sdk = PromptRails(KEY, base_url=base_url(gw), max_retries=0)
+
+        async def call(method, *args, **kwargs):
+            return await asyncio.to_thread(method, *args, **kwargs)
+
+        async def stream(session_id: str, content: str) -> list:
+            return await asyncio.to_thread(lambda: list(sdk.chat.send_message_stream(session_id, content=content)))
+
+    chat = sdk.chat
+    first = await call(chat.create_session, agent_id="default", title="first", metadata={"n": 1})
+    second = await call(chat.create_session, agent_id="support")
+    assert (first.title, first.metadata, second.agent_id) == ("first", {"n": 1}, "support")
+    listed = await call(chat.list_sessions, page=1, limit=1)
+    assert [s.id for s in listed.data] == [second.id] and (listed.meta.total, listed.meta.pages) == (2, 2)
+    got = await call(chat.get_session, first.id)
+    assert (got.id, got.agent_id, got.title) == (first.id, "default", "first")
+
+    reply = await call(chat.send_message, first.id, content="héllo")
+    assert (reply.role, reply.content, reply.session_id) == ("assistant", "echo: héllo", first.id)
+    events = await stream(first.id, "stream a b")
+    assert [events[0].type, events[-1].type] == ["execution", "done"]
+    assert "".join(e.content for e in events if e.type == "content") == "a b " == events[-1].output["content"]
+    messages = await call(chat.list_messages, first.id, page=1, limit=10)
+    assert [(m.role, m.content) for m in messages.data] == [
+        ("user", "héllo"),
+        ("assistant", "echo: héllo"),
+        ("user", "stream a b"),
+        ("assistant", "a b "),
+    ]
+    assert messages.data[1].id == reply.id and messages.data[2].id == events[0].user_message_id
+    rated = await call(chat.submit_feedback, first.id, execution_id=events[0].execution_id, value=1)
+    assert rated.submitted is True
+    assert (await call(chat.send_message, second.id, content="hi")).content == "support: hi"
+
+    await call(chat.delete_session, first.id)
+    with pytest.raises(NotFoundError):
+        await call(chat.get_session, first.id)
+    with pytest.raises(NotFoundError):
+        await call(chat.list_messages, first.id)
+    assert [s.id for s in (await call(chat.list_sessions)).data] == [second.id]
+
+
 async def test_async_sdk_sends_and_lists_messages(gw):
     sdk = client(gw)
     session = await sdk.chat.create_session(agent_id="default")
