@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
+from sqlmodel import col
 
 from gateway.leases import Lease
 from gateway.store import Store
+from gateway.store.tables import LeaseRow, utcnow
 
 
 @pytest.fixture
@@ -26,15 +30,34 @@ async def stores(database_url: str) -> AsyncIterator[tuple[Store, Store]]:
 
 
 async def test_one_holder_at_a_time_and_renewal(stores: tuple[Store, Store]) -> None:
-    a = Lease(stores[0], "leader", holder="a", ttl=0.5)
-    b = Lease(stores[1], "leader", holder="b", ttl=0.5)
+    """Without the wall clock: a renewal moves the stored expiry on, and the lease passes to
+    another holder only once the stored expiry is behind (made so here, as a ttl passing
+    without a renewal would)."""
+    a = Lease(stores[0], "leader", holder="a", ttl=30)
+    b = Lease(stores[1], "leader", holder="b", ttl=30)
     assert await a.try_acquire() is True and a.held
     assert await b.try_acquire() is False and not b.held
-    await asyncio.sleep(0.3)
+    first = await _expiry(stores[1], "leader")
+    await asyncio.sleep(0.01)
     assert await a.try_acquire() is True  # renewal by the holder
-    await asyncio.sleep(0.3)  # 0.6 s after the first take, 0.3 s after the renewal
-    assert await b.try_acquire() is False
-    assert a.held
+    assert await _expiry(stores[1], "leader") > first
+    assert await b.try_acquire() is False and a.held
+    await _expire(stores[1], "leader")  # the ttl passed and "a" did not renew in time
+    assert await b.try_acquire() is True and b.held
+    assert await a.try_acquire() is False and not a.held  # the late renewal is refused
+
+
+async def _expiry(store: Store, name: str) -> datetime:
+    async with store.session() as db:
+        row = await db.get(LeaseRow, name)
+    assert row is not None
+    return row.expires_at
+
+
+async def _expire(store: Store, name: str) -> None:
+    async with store.write() as db:
+        await db.exec(update(LeaseRow).where(col(LeaseRow.name) == name)
+                      .values(expires_at=utcnow() - timedelta(seconds=1)))
 
 
 async def test_release_hands_over_at_once(stores: tuple[Store, Store]) -> None:
@@ -87,11 +110,11 @@ async def test_campaign_loop_notices_a_lost_lease(stores: tuple[Store, Store]) -
 async def test_database_outage_keeps_the_lease_only_until_it_expires(tmp_path: Path) -> None:
     store = Store(f"sqlite+aiosqlite:///{tmp_path / 'outage.db'}")
     await store.open()
-    a = Lease(store, "leader", holder="a", ttl=0.3)
+    a = Lease(store, "leader", holder="a", ttl=1.0)
     assert await a.try_acquire()
     await store.close()  # every renewal now fails
     assert await a.try_acquire() is True  # still valid locally
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(1.05)
     assert await a.try_acquire() is False and not a.held
 
 
