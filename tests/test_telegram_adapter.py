@@ -620,6 +620,24 @@ async def test_markup_the_server_rejects_is_resent_as_plain_text(tmp_path: Path)
         assert [c.status for c in api.calls_to("sendMessage")] == [400, 200]
 
 
+async def test_streams_fall_back_to_plain_text_when_the_server_rejects_markup(tmp_path: Path) -> None:
+    tokens = ["Some ", "**bold**", " words ", "& <more>"] * 8
+    expected = "".join(tokens).replace("**", "").strip()
+    async with (
+        FakeTelegramAPI(rate_scale=SCALE, reject_html=True) as api,
+        running(streaming_app(tokens, delay=0.02), tmp_path, api, group_trigger="all"),
+    ):
+        api.send_text(PRIVATE, "drafts")
+        api.send_text(GROUP, "edits")
+        await until(lambda: api.visible_texts(PRIVATE) == [expected] and api.visible_texts(GROUP) == [expected], 10)
+        await asyncio.sleep(0.2)
+        assert api.visible_texts(PRIVATE) == [expected] and api.visible_texts(GROUP) == [expected]
+    shown = [c for c in api.calls if c.method in ("sendMessage", "editMessageText", "sendMessageDraft")]
+    assert all(not c.params.get("parse_mode") for c in shown if c.status == 200)  # every frame went plain
+    assert {c.method for c in shown if c.status == 400} >= {"sendMessage", "sendMessageDraft"}
+    assert not api.rate_limited
+
+
 async def test_a_rejected_caption_is_resent_plain_with_its_photo(tmp_path: Path) -> None:
     image = tmp_path / "chart.png"
     image.write_bytes(b"\x89PNG chart")
