@@ -1035,6 +1035,31 @@ async def test_client_keeps_one_copy_of_every_text_and_message(running_gateway: 
     assert result["resume"] == "01H0E"
 
 
+async def test_a_message_too_long_for_one_frame_is_kept_not_sent(running_gateway: Gateway, open_page) -> None:
+    """web.max_frame_bytes counts UTF-8 bytes: 17 000 emoji are 34 000 UTF-16 units (JavaScript's
+    length) but 68 000 bytes, over the default 64 KiB. The widget refuses to send it, says why,
+    and keeps the text in the composer; the gateway never sees it."""
+    page = await open_page(running_gateway.public_url + "/")
+    huge = "\U0001f44b" * 17_000
+    await page.fill(".cg-input", huge)
+    await page.press(".cg-input", "Enter")
+    status = page.locator(".cg-status.cg-status-error")
+    await status.wait_for()
+    assert "too long" in await status.inner_text()
+    assert await page.input_value(".cg-input") == huge  # nothing the user wrote is lost
+    assert await conversation(page) == []
+    session_id = await page.evaluate("window.chatgate.client.sessionId")
+    stored, _ = await running_gateway.store.list_messages(session_id, offset=0, limit=10)
+    assert stored == []
+
+    await page.fill(".cg-input", "\U0001f44b" * 100)
+    await page.press(".cg-input", "Enter")
+    await wait_reply(page, "Echo: " + "\U0001f44b" * 100)
+    await status.wait_for(state="hidden")  # the complaint goes once a message is sent
+    stored, _ = await running_gateway.store.list_messages(session_id, offset=0, limit=10)
+    assert [m.role for m in stored] == ["user", "assistant"]
+
+
 async def test_a_named_handler_keeps_its_own_conversation(running_gateway: Gateway, open_page) -> None:
     page = await open_page(running_gateway.public_url + "/")
     await send(page, "to the default")
