@@ -40,6 +40,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.schedulers.base import STATE_STOPPED
 from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -164,12 +165,23 @@ def plan_job(spec: ScheduleSpec, settings: SchedulerSettings) -> PlannedJob:
         if len(fields) != 5:
             raise ValueError(f"@app.schedule {spec.name!r}: {spec.trigger!r} is not a 5-field cron expression")
         minute, hour, day, month, weekday = fields
+        either_day = not day.startswith(("*", "?")) and not weekday.startswith(("*", "?"))
         try:
-            trigger = CronTrigger(minute=minute, hour=hour, day=day, month=month,
-                                  day_of_week=cron_weekdays(weekday), timezone=zone)
+            days = cron_weekdays(weekday)
+            if either_day:
+                # cron runs when the day of the month OR the day of the week matches (when both
+                # are restricted); APScheduler's fields must all match, so one trigger per field
+                trigger = OrTrigger([
+                    CronTrigger(minute=minute, hour=hour, day=day, month=month, timezone=zone),
+                    CronTrigger(minute=minute, hour=hour, month=month, day_of_week=days, timezone=zone),
+                ])
+            else:
+                trigger = CronTrigger(minute=minute, hour=hour, day=day, month=month, day_of_week=days,
+                                      timezone=zone)
         except ValueError as exc:
             raise ValueError(f"@app.schedule {spec.name!r}: bad cron {spec.trigger!r}: {exc}") from None
-        signature = f"cron {spec.trigger} {zone_name}"
+        # (a stored job of the same cron from before either-day matching gets replaced)
+        signature = f"cron {spec.trigger} {zone_name}" + (" day-or-weekday" if either_day else "")
     grace = spec.options.get("misfire_grace", settings.misfire_grace_seconds)
     coalesce = spec.options.get("coalesce", settings.coalesce)
     return PlannedJob(JOB_PREFIX + spec.name, spec, trigger, signature, spec.trigger == "at",

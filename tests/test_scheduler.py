@@ -162,6 +162,34 @@ def test_bad_schedules_are_refused_clearly() -> None:
 
 
 @pytest.mark.parametrize(
+    ("cron", "after", "fires"),
+    [
+        # both day fields restricted: either matches (cron), not both (APScheduler's own rule)
+        ("0 9 1 * 1", datetime(2026, 3, 2, 10, 0), datetime(2026, 3, 9, 9, 0)),  # the next Monday
+        ("0 9 1 * 1", datetime(2026, 3, 30, 10, 0), datetime(2026, 4, 1, 9, 0)),  # the 1st, a Wednesday
+        ("0 9 13 * 5", datetime(2026, 2, 14, 0, 0), datetime(2026, 2, 20, 9, 0)),  # Friday before the 13th
+        # one of them unrestricted (or a "*/" step): the other alone decides
+        ("0 9 1 * *", datetime(2026, 3, 2, 10, 0), datetime(2026, 4, 1, 9, 0)),
+        ("0 9 * * 1", datetime(2026, 3, 30, 10, 0), datetime(2026, 4, 6, 9, 0)),
+        # Vixie cron: a field starting with "*" counts as unrestricted, so both must match: the
+        # first of the 1st/11th/21st/31st that is a Monday
+        ("0 9 */10 * 1", datetime(2026, 3, 2, 10, 0), datetime(2026, 5, 11, 9, 0)),
+    ],
+)
+def test_cron_day_fields_combine_as_cron_does(cron: str, after: datetime, fires: datetime) -> None:
+    from gateway.config import SchedulerSettings
+
+    app = gateway.App("days")
+
+    @app.schedule(cron)
+    async def job() -> None:
+        return None
+
+    trigger = plan_job(app.schedules[-1], SchedulerSettings()).trigger
+    assert trigger.get_next_fire_time(None, after.replace(tzinfo=UTC)) == fires.replace(tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
     ("field", "days"),
     [
         ("*", "*"),
