@@ -294,6 +294,29 @@ class Session:
         await self.show(Block("step_status", payload, id=f"step_{sid}"))
         return sid
 
+    async def show_activity(
+        self,
+        label: str,
+        *,
+        detail: str = "",
+        links: list[dict[str, Any]] | None = None,
+        fields: dict[str, Any] | None = None,
+        icon: str = "",
+        activity_id: str | None = None,
+        expanded: bool = False,
+    ) -> str:
+        """An activity row (block ``activity``); the same ``activity_id`` updates it in place."""
+        aid = activity_id or secrets.token_hex(6)
+        payload: dict[str, Any] = {"label": label, "detail": detail, "activity_id": aid, "expanded": expanded}
+        if icon:
+            payload["icon"] = icon
+        if links:
+            payload["links"] = links
+        if fields:
+            payload["fields"] = fields
+        await self.show(Block("activity", payload, id=f"activity_{aid}"))
+        return aid
+
     async def emit(self, event: str, payload: dict[str, Any] | None = None) -> None:
         await self.show(Block("session_event", {"event": event, "payload": payload or {}}))
 

@@ -82,6 +82,11 @@ class TrackedList(list, _Tracked):
         self.extend(values)
         return self
 
+    def __imul__(self, times: Any) -> TrackedList:  # type: ignore[override]
+        super().__imul__(times)
+        self._changed()
+        return self
+
     def pop(self, index: Any = -1) -> Any:
         value = super().pop(index)
         self._changed()
@@ -136,6 +141,10 @@ class TrackedDict(dict, _Tracked):
         for key, value in dict(*args, **kwargs).items():
             super().__setitem__(key, _wrap(value, self._notify))
         self._notify()
+
+    def __ior__(self, other: Any) -> TrackedDict:  # type: ignore[override,misc]
+        self.update(other)
+        return self
 
     def clear(self) -> None:
         super().clear()
@@ -222,6 +231,10 @@ class SessionData(dict):
     def update(self, *args: Any, **kwargs: Any) -> None:
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
+
+    def __ior__(self, other: Any) -> SessionData:  # type: ignore[override,misc]
+        self.update(other)
+        return self
 
     def clear(self) -> None:
         for key in list(self):

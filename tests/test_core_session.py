@@ -56,6 +56,27 @@ def make_app() -> gateway.App:
         elif text == "show":
             await session.show(gateway.Block("custom", {"n": 1}, id="b1"))
             await session.show(gateway.Block("custom", {"n": 2}, id="b1"))
+        elif text == "mixed":
+            await session.reply("a")
+            await session.show(gateway.Block("custom", {"n": 0}))
+            await session.notify("between")
+            await session.reply("b")
+        elif text == "status":
+            sid = await session.show_step("Fetching", detail="page 1")
+            await session.show_step("Fetching", status="done", step_id=sid)
+            aid = await session.show_activity("Read a file", icon="file", links=[{"label": "f", "url": "u"}])
+            await session.show_activity("Read two files", activity_id=aid, fields={"n": 2})
+            await session.emit("progress", {"pct": 50})
+        elif text == "data-ops":
+            session.data |= {"merged": 1}
+            session.data.setdefault("table", {"x": 1})
+            session.data["table"] |= {"y": 2}
+            session.data.setdefault("repeat", ["r"])
+            session.data["repeat"] *= 2
+        elif text == "hold":
+            app.held.set()
+            await app.release.wait()
+            session.data["from_turn"] = True
         elif text == "title":
             await session.set_title("A new title")
         elif text == "image-url":
@@ -113,6 +134,8 @@ def make_app() -> gateway.App:
     async def hello(session: gateway.Session, event: gateway.Event) -> None:
         await session.reply(f"hello {event.payload.get('name')}")
 
+    app.held = asyncio.Event()
+    app.release = asyncio.Event()
     return app
 
 
@@ -176,6 +199,60 @@ async def test_chat_messages_merges_roles_like_capsule(client):
     ]
     turn = await conv.send("chat-messages-cls")
     assert turn.replies[0] == "user,assistant,user,assistant,user"
+
+
+async def test_chat_messages_leaves_blocks_and_status_out_and_merges_around_them(client):
+    conv = await client.conversation()
+    await conv.send("mixed")
+    turn = await conv.send("chat-messages")
+    # Capsule would give "a" + the block's JSON + "b" as the assistant turn.
+    assert json.loads(turn.replies[0]) == [
+        {"role": "user", "content": "mixed"},
+        {"role": "assistant", "content": "ab"},
+        {"role": "user", "content": "chat-messages"},
+    ]
+
+
+async def test_chat_messages_may_start_with_the_assistant(tmp_path):
+    app = gateway.App("greeter")
+
+    @app.enter()
+    async def welcome(session):
+        await session.reply("Welcome!")
+
+    @app.message()
+    async def handle(session, msg):
+        await session.reply(json.dumps(session.chat_messages(msg)))
+
+    async with TestClient(app, tmp_path) as client:
+        first = await client.send("hi")
+        assert first.replies[0] == "Welcome!"
+        assert json.loads(first.replies[-1]) == [
+            {"role": "assistant", "content": "Welcome!"}, {"role": "user", "content": "hi"},
+        ]
+        turn = await client.send("again")  # enter ran once; the stored order puts "hi" (it arrived) first
+        assert turn.replies[0] != "Welcome!"
+        assert json.loads(turn.replies[-1]) == [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Welcome!" + first.replies[-1]},
+            {"role": "user", "content": "again"},
+        ]
+
+
+async def test_step_activity_and_event_blocks(client):
+    turn = await client.send("status")
+    steps = [b for b in turn.blocks if b["type"] == "step_status"]
+    assert len(steps) == 2 and steps[0]["id"] == steps[1]["id"] == f"step_{steps[0]['payload']['step_id']}"
+    assert steps[0]["payload"]["detail"] == "page 1" and steps[1]["payload"]["status"] == "done"
+    activities = [b for b in turn.blocks if b["type"] == "activity"]
+    assert len(activities) == 2 and activities[0]["id"] == activities[1]["id"]
+    assert activities[0]["payload"]["icon"] == "file" and activities[0]["payload"]["links"] == [{"label": "f",
+                                                                                                  "url": "u"}]
+    assert activities[1]["payload"]["label"] == "Read two files" and activities[1]["payload"]["fields"] == {"n": 2}
+    assert turn.block("session_event")["payload"] == {"event": "progress", "payload": {"pct": 50}}
+    messages, _ = await client.gateway.store.list_messages(client.default.session_id)
+    assert sorted(m.block["type"] for m in messages if m.role == "block") == ["activity", "session_event",
+                                                                               "step_status"]
 
 
 async def test_show_same_block_id_updates_in_place(client):
@@ -334,6 +411,55 @@ async def test_publish_saves_immediately(client):
     record = await client.gateway.store.get_session(conv.session_id)
     assert record.data["published"] == {"a": [1]}
     assert record.data["late"] is True
+
+
+async def test_in_place_operators_on_session_data_are_saved(client):
+    conv = await client.conversation()
+    await conv.send("data-ops")
+    record = await client.gateway.store.get_session(conv.session_id)
+    assert record.data["merged"] == 1
+    assert record.data["table"] == {"x": 1, "y": 2}
+    assert record.data["repeat"] == ["r", "r"]
+
+
+async def test_two_handlers_of_one_session_writing_different_keys_lose_nothing(client):
+    app = client.app
+    conv = await client.conversation()
+    await conv.send("data")  # the session now has items and nested
+    running = asyncio.create_task(conv.send("hold", timeout=20))
+    await asyncio.wait_for(app.held.wait(), 10)  # the turn has loaded session.data and waits
+    job = await app.session(conv.session_id)  # a job or task working on the same session
+    job.data["from_job"] = 1
+    job.data["nested"]["k"] = "from job"
+    await job.flush_data()
+    app.release.set()
+    turn = await running
+    assert turn.ended and turn.error is None
+    record = await client.gateway.store.get_session(conv.session_id)
+    assert record.data["from_turn"] is True and record.data["from_job"] == 1
+    assert record.data["nested"] == {"k": "from job"} and record.data["items"] == [0]
+
+
+async def test_boot_runs_before_serving_and_shutdown_on_stop(tmp_path):
+    app = gateway.App("lifecycle")
+    events: list[str] = []
+
+    @app.boot()
+    def boot():  # sync hooks work too
+        events.append("boot")
+
+    @app.shutdown()
+    async def shutdown():
+        events.append("shutdown")
+
+    @app.message()
+    async def handle(session, msg):
+        events.append(msg.text)
+
+    async with TestClient(app, tmp_path) as client:
+        assert events == ["boot"]
+        await client.send("hello")
+    assert events == ["boot", "hello", "shutdown"]
 
 
 async def test_two_sessions_writing_different_keys_lose_nothing(client):
