@@ -318,3 +318,111 @@ async def test_the_registry_starts_slack_from_settings(slack: FakeSlack, tmp_pat
     assert configured_adapters(slack_settings(tmp_path, slack, signing_secret=None, app_token=None)) == []
     with pytest.raises(ConfigError, match=r"slack\.app_token"):
         SlackAdapter(slack_settings(tmp_path, slack, mode="socket", app_token=None))
+
+
+def recorded(data_dir) -> tuple[int, int]:
+    """(inbox rows, sessions) in the gateway's SQLite file: what a refused request must not add."""
+    import sqlite3
+
+    with sqlite3.connect(data_dir / "chatgate.db") as db:
+        inbox = db.execute("SELECT count(*) FROM inbox").fetchone()[0]
+        sessions = db.execute("SELECT count(*) FROM sessions").fetchone()[0]
+    return inbox, sessions
+
+
+def form(**fields: Any) -> tuple[bytes, str]:
+    from urllib.parse import urlencode
+
+    return urlencode(fields).encode(), "application/x-www-form-urlencoded"
+
+
+def as_json(value: Any) -> tuple[bytes, str]:
+    return json.dumps(value).encode(), "application/json"
+
+
+def malformed_requests(slack: FakeSlack) -> dict[str, tuple[bytes, str]]:
+    """Signed requests that are not payloads Slack sends: each must get a 400 and change nothing."""
+    callback = slack.event_callback
+    return {
+        "a JSON array": as_json([1, 2]),
+        "JSON null": as_json(None),
+        "an empty body": (b"", "application/json"),
+        "an interaction payload that is a list": form(payload="[1]"),
+        "an event that is a string": as_json(callback("message", event_id="EvStr")),  # type: ignore[arg-type]
+        "a DM without a channel": as_json(
+            callback({"type": "message", "channel_type": "im", "user": "U1", "text": "x", "ts": "1.1"}, event_id="E1")
+        ),
+        "a DM with a malformed ts": as_json(callback(dm("x", "yesterday"), event_id="EvTs")),
+        "a mention in a thread whose ts is a number": as_json(
+            callback({**mention("x", "1.2"), "thread_ts": 1.1}, event_id="E2")
+        ),
+        "block_actions whose actions are a string": form(
+            payload=json.dumps({"type": "block_actions", "user": {"id": "U1"}, "actions": "click"})
+        ),
+        "a slash command without a user or channel": form(command="/chatgate", text="hi", team_id="T0001"),
+    }
+
+
+async def test_malformed_payloads_are_refused_and_nothing_is_recorded(slack: FakeSlack, tmp_path) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        before = recorded(tmp_path)
+        for name, (body, content_type) in malformed_requests(slack).items():
+            status, text, _ = await slack.deliver(gw.events_url, body, content_type=content_type)
+            assert (status, json.loads(text)) == (400, {"ok": False, "error": "invalid_payload"}), name
+        assert recorded(tmp_path) == before
+        assert [c.method for c in slack.calls] == ["auth.test"]  # no lookups, no messages
+        # Still serving: a proper event right after is handled.
+        status, _, _ = await slack.deliver_event(gw.events_url, dm("good", "100.000001"), event_id="EvGood")
+        assert status == 200
+        await slack.wait_for(lambda: slack.thread("D1", "100.000001"))
+        assert [m.text for _, m in seen] == ["good"]
+
+
+async def test_unknown_payload_types_get_a_clear_error(slack: FakeSlack, tmp_path) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        before = recorded(tmp_path)
+        for body, content_type in (
+            as_json({"type": "future_payload", "team_id": "T0001"}),
+            form(payload=json.dumps({"type": "future_interaction", "user": {"id": "U1"}})),
+        ):
+            status, text, _ = await slack.deliver(gw.events_url, body, content_type=content_type)
+            assert (status, json.loads(text)) == (400, {"ok": False, "error": "unsupported_payload_type"})
+        # Slack's notice that it holds events back is acknowledged (it expects a 200), nothing more.
+        notice = {"type": "app_rate_limited", "team_id": "T0001", "minute_rate_limited": 1, "api_app_id": "A1"}
+        body, content_type = as_json(notice)
+        status, text, _ = await slack.deliver(gw.events_url, body, content_type=content_type)
+        assert (status, json.loads(text)) == (200, {"ok": True})
+        assert recorded(tmp_path) == before
+        status, _, _ = await slack.deliver_event(gw.events_url, dm("still here", "100.000001"), event_id="Ev1")
+        assert status == 200
+        await slack.wait_for(lambda: seen)
+        assert seen[0][1].text == "still here"
+
+
+async def test_oversized_bodies_are_refused_before_they_are_read(slack: FakeSlack, tmp_path) -> None:
+    import aiohttp
+
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw, aiohttp.ClientSession() as http:
+        limit = gw.settings.server.max_request_bytes
+        event = dm("x" * limit, "100.000001")  # a signed event, just too large
+        body = json.dumps(slack.event_callback(event, event_id="EvBig")).encode()
+        headers = {"Content-Type": "application/json", **slack.sign(body)}
+        async with http.post(gw.events_url, data=body, headers=headers) as response:
+            assert response.status == 413
+            assert await response.json() == {"ok": False, "error": "request_too_large"}
+
+        async def chunks():  # no Content-Length: the limit holds while reading
+            for start in range(0, len(body), 256 * 1024):
+                yield body[start : start + 256 * 1024]
+
+        async with http.post(gw.events_url, data=chunks(), headers=headers) as response:
+            assert response.status == 413
+            assert await response.json() == {"ok": False, "error": "request_too_large"}
+        assert recorded(tmp_path) == (0, 0)
+        status, _, _ = await slack.deliver_event(gw.events_url, dm("small", "100.000002"), event_id="EvSmall")
+        assert status == 200
+        await slack.wait_for(lambda: seen)
+        assert [m.text for _, m in seen] == ["small"]

@@ -20,6 +20,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
 from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -27,11 +28,16 @@ from adapters.base import Adapter, GatewayContext
 from adapters.slack.conversation import Conversation
 from adapters.slack.files import download_private, is_slack_file_url, upload_file
 from adapters.slack.inbound import (
+    RATE_LIMITED_TYPE,
     BotIdentity,
+    MalformedPayload,
     button_inbound,
+    check_command,
+    check_message_event,
     command_inbound,
     interaction_team,
     message_inbound,
+    payload_problem,
     route_message,
 )
 from adapters.slack.limits import ACK_DEADLINE, MAX_ACTIONS_ELEMENTS, MAX_TEXT
@@ -63,8 +69,23 @@ class AckDeadlineMissed(Exception):
     """The inbox did not confirm in time; Slack gets a 500 and delivers the event again."""
 
 
-def _signature_error(status: int, error: str) -> web.Response:
+def _request_error(status: int, error: str) -> web.Response:
+    """An error in the Web API's own shape (``{"ok": false, "error": ...}``)."""
     return web.json_response({"ok": False, "error": error}, status=status)
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None when it is larger than ``limit`` bytes (not read further)."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class SlackAdapter(Adapter):
@@ -192,22 +213,35 @@ class SlackAdapter(Adapter):
     async def handle_events_request(self, request: web.Request) -> web.StreamResponse:
         """The Events API / interactivity / slash command Request URL."""
         if self.verifier is None:  # mounted only in events mode, which requires the secret
-            return _signature_error(401, "invalid_signature")
-        body = await request.read()
+            return _request_error(401, "invalid_signature")
+        limit = self.settings.server.max_request_bytes
+        body = await _read_limited(request, limit)
+        if body is None:
+            # Refused before the signature check: nothing this large is a Slack payload.
+            return _request_error(413, "request_too_large")
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
-            return _signature_error(400, "invalid_payload")
+            return _request_error(400, "invalid_payload")
         timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
         signature = request.headers.get("X-Slack-Signature", "")
         if not timestamp.lstrip("-").isdigit():
-            return _signature_error(401, "invalid_timestamp")
+            return _request_error(401, "invalid_timestamp")
         if not self.verifier.is_valid(body=text, timestamp=timestamp, signature=signature):
-            return _signature_error(401, "invalid_signature")
+            return _request_error(401, "invalid_signature")
         try:
             bolt_request = AsyncBoltRequest(body=text, query=request.query_string, headers=dict(request.headers))
-        except ValueError:
-            return _signature_error(400, "invalid_payload")
+        except (ValueError, AttributeError, TypeError):  # not JSON, or a JSON value that is not an object
+            return _request_error(400, "invalid_payload")
+        payload: Any = bolt_request.body
+        if isinstance(payload, dict) and payload.get("type") == RATE_LIMITED_TYPE:
+            log.warning("slack: Slack is withholding events from this app (app_rate_limited): %s", text[:200])
+            return web.json_response({"ok": True})
+        problem = payload_problem(payload)
+        if problem is not None:
+            kind = payload.get("type") if isinstance(payload, dict) else type(payload).__name__
+            log.warning("slack: refused a request to %s (%s, type %r)", request.path, problem, kind)
+            return _request_error(400, problem)
         response = await self.bolt.async_dispatch(bolt_request)
         return await to_aiohttp_response(response)
 
@@ -237,7 +271,18 @@ class SlackAdapter(Adapter):
         bolt.view(re.compile(".*"))(self._ack_only)
         bolt.shortcut(re.compile(".*"))(self._ack_only)
         bolt.options(re.compile(".*"))(self._ack_only)
+        bolt.error(self._on_listener_error)
         return bolt
+
+    async def _on_listener_error(self, error: Exception) -> BoltResponse | None:
+        """A malformed payload is refused with a 400 (Slack shows it in the app's delivery log);
+        anything else stays a 500, so Slack delivers the event again."""
+        if isinstance(error, MalformedPayload):
+            log.warning("slack: refused a malformed payload (%s)", error)
+            return BoltResponse(status=400, body={"ok": False, "error": "invalid_payload"})
+        if not isinstance(error, AckDeadlineMissed):  # already logged where it happened
+            log.error("slack: a listener failed; Slack will deliver the event again", exc_info=error)
+        return None
 
     async def _authorize(self, enterprise_id: str | None, team_id: str | None) -> AuthorizeResult:
         """The identity learned by auth.test at start, so bolt does not call auth.test for every
@@ -289,6 +334,7 @@ class SlackAdapter(Adapter):
         route = route_message(event, self.bot)
         if route == "ignore":
             return
+        check_message_event(event)
         team = str(body.get("team_id") or event.get("team") or "")
         if route == "thread" and not await self._takes_part(team, str(event["channel"]), str(event["thread_ts"])):
             return
@@ -300,6 +346,7 @@ class SlackAdapter(Adapter):
             return
         if str(event.get("channel", "")).startswith("D"):
             return  # DMs arrive as message events
+        check_message_event(event)
         team = str(body.get("team_id") or event.get("team") or "")
         await self._submit_message(body, event, team, deadline)
 
@@ -378,8 +425,9 @@ class SlackAdapter(Adapter):
 
     async def _on_command(self, ack: Any, body: dict[str, Any]) -> None:
         deadline = asyncio.get_running_loop().time() + ACK_BUDGET
-        team = str(body.get("team_id") or "")
-        user = await self._user(team, str(body.get("user_id")), deadline)
+        check_command(body)
+        team = str(body["team_id"])
+        user = await self._user(team, str(body["user_id"]), deadline)
         await self._submit(command_inbound(body, user, self.bot), deadline)
         await ack()
 

@@ -27,6 +27,81 @@ SKIPPED_FILE_MODES = frozenset({"tombstone", "hidden_by_limit", "external"})
 
 MessageRoute = Literal["ignore", "dm", "mention", "thread"]
 
+EVENTS_API_TYPES = frozenset({"url_verification", "event_callback"})
+"""Top-level ``type`` values of Events API requests that bolt routes (docs.slack.dev, Events API)."""
+INTERACTIVE_TYPES = frozenset(
+    {
+        "block_actions",
+        "block_suggestion",
+        "view_submission",
+        "view_closed",
+        "shortcut",
+        "message_action",
+        "interactive_message",
+        "dialog_submission",
+        "dialog_cancellation",
+        "dialog_suggestion",
+    }
+)
+"""Interactivity payload types (docs.slack.dev, interactivity payloads): we act on ``block_actions``
+and acknowledge the rest."""
+RATE_LIMITED_TYPE = "app_rate_limited"
+"""Slack's notice that it is withholding events from the app (more than 30,000 an hour per
+workspace); it expects a 200 and nothing else (docs.slack.dev, Events API rate limits)."""
+
+
+class MalformedPayload(Exception):
+    """A signed request whose payload lacks what its type needs: refused (400), nothing recorded."""
+
+
+def payload_problem(payload: Any) -> str | None:
+    """Why a decoded request body cannot be routed (None when it can). Bolt assumes objects with
+    the fields of their type and fails deep inside (a 500, which Slack retries) when they are not."""
+    if not isinstance(payload, dict) or not payload:
+        return "invalid_payload"
+    if "command" in payload or "ssl_check" in payload:
+        return None
+    kind = payload.get("type")
+    if kind == "event_callback":
+        event = payload.get("event")
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            return "invalid_payload"
+        return None
+    if kind == "block_actions":
+        actions = payload.get("actions")
+        if not isinstance(payload.get("user"), dict) or not isinstance(actions, list):
+            return "invalid_payload"
+        if not all(isinstance(a, dict) for a in actions):
+            return "invalid_payload"
+        return None
+    if kind in EVENTS_API_TYPES or kind in INTERACTIVE_TYPES:
+        return None
+    return "unsupported_payload_type"
+
+
+def check_message_event(event: dict[str, Any]) -> None:
+    """A message or app_mention we are about to record names its channel, user and ``ts``."""
+    for name in ("channel", "user", "ts"):
+        if not isinstance(event.get(name), str) or not event[name]:
+            raise MalformedPayload(f"a {event.get('type')} event without {name}")
+    thread_ts = event.get("thread_ts")
+    for ts in (event["ts"], thread_ts):
+        if ts is not None and not _is_ts(ts):
+            raise MalformedPayload(f"a {event.get('type')} event with a malformed ts {ts!r}")
+
+
+def check_command(fields: dict[str, Any]) -> None:
+    """A slash command names its workspace, channel and user (Slack always sends them)."""
+    for name in ("team_id", "channel_id", "user_id"):
+        if not isinstance(fields.get(name), str) or not fields[name]:
+            raise MalformedPayload(f"a slash command without {name}")
+
+
+def _is_ts(value: Any) -> bool:
+    """Slack message timestamps are strings like ``1700000000.000100``."""
+    head, dot, tail = value.partition(".") if isinstance(value, str) else ("", "", "")
+    return head.isdigit() and (not dot or tail.isdigit())
+
 
 @dataclass(frozen=True)
 class BotIdentity:
