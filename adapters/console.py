@@ -141,6 +141,14 @@ class ConsoleAdapter(Adapter):
             self.write(f"  🔗 connect {payload.get('type')}: {payload.get('connect_url', '(open the web app)')}\n")
         elif kind == "session_title":
             self.write(f"  — {payload.get('title')} —\n")
+        elif kind in ("step_status", "activity"):
+            status = f" ({payload['status']})" if payload.get("status") else ""
+            detail = f" — {payload['detail']}" if payload.get("detail") else ""
+            self.write(f"  • {payload.get('label')}{status}{detail}\n")
+            for link in payload.get("links") or []:
+                self.write(f"    {link.get('label')}: {link.get('url')}\n")
+        elif kind == "session_event":
+            pass  # a transient event for a UI that listens; nothing to read in a terminal
         else:
             self.write(f"  [{kind}] {payload}\n")
         if waiting:

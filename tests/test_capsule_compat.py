@@ -207,3 +207,44 @@ async def test_http_errors_are_json(tmp_path):
                 assert r.status == 403
             async with http.get(f"{base}/files/..%2f..%2fetc?s=&exp=9999999999&sig=x") as r:
                 assert r.status in (403, 404)
+
+
+@pytest.fixture
+def example_app():
+    loaded: list[str] = []
+
+    def load(name: str):
+        loaded.append(name)
+        return load_app(str(Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"))
+
+    yield load
+    for name in loaded:
+        sys.modules.pop(name, None)
+
+
+async def test_the_examples_run_in_the_test_client(example_app, tmp_path, database_url):
+    async with TestClient(example_app("echo"), tmp_path / "echo") as client:
+        assert (await client.send("hi")).replies == ["echo: hi"]
+    async with TestClient(example_app("assistant"), tmp_path / "assistant") as client:
+        turn = await client.send("why?")
+        assert turn.notifications == ["Thinking…"]
+        assert len(turn.streams) == 1 and turn.replies[0].startswith("Good question. You asked: *why?*")
+        assert "message 1 of our conversation" in turn.replies[0]
+        turn = await client.send("ok")
+        assert turn.replies == ["Noted: ok. (That is message 2; ask me a question, ending with '?'.)"]
+    async with TestClient(example_app("showcase"), tmp_path / "showcase", database_url=database_url) as client:
+        conv = await client.conversation("ada")
+        turn = await conv.send("menu")
+        assert turn.replies == ["Welcome! Say **menu** to see what I can do."]
+        assert [s["label"] for s in turn.block("suggestions")["payload"]["suggestions"]][-1] == "count"
+        turn = await conv.click("approve something")
+        assert turn.block("approval_prompt")["payload"]["blocking"] is True
+        assert (await conv.approve()).replies == ["Noted."]
+        await conv.send("note buy milk")
+        turn = await conv.send("my notes")
+        assert turn.replies == ["Your latest notes:\n\n- buy milk\n- approved something"]
+        turn = await conv.send("upload a file")
+        assert (await conv.upload("a.txt", b"abc")).replies == ["Got **a.txt** (3 bytes, text/plain)."]
+        assert (await conv.click("count")).replies == ["We have exchanged 5 message(s) in this conversation."]
+        other = await client.conversation("bob")
+        assert (await other.send("my notes")).replies[-1].endswith("_no notes yet_")

@@ -98,6 +98,31 @@ def test_chat_runs_a_capsule_app_in_the_terminal(tmp_path):
     assert "bot> milk" in again.stdout
 
 
+def test_chat_answers_a_file_prompt_with_a_path_and_shows_blocks_as_text(tmp_path):
+    upload = tmp_path / "notes.txt"
+    upload.write_text("hello")
+    script = f"upload a file\n{tmp_path / 'missing.txt'}\n{upload}\nmenu\n/4\n"
+    result = run_cli("chat", str(ROOT / "examples" / "showcase.py"), "--user", "ada", cwd=tmp_path, input=script)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "bot> Welcome! Say **menu**" in out  # @app.enter
+    assert "📎 Send me any file (under 20 MiB). — type a file path" in out
+    assert f"no such file: {tmp_path / 'missing.txt'}" in out
+    assert "✓ received notes.txt" in out and "Got **notes.txt** (5 bytes, text/plain)." in out
+    assert "  Try one of these\n  [/1] upload a file" in out and "[/4] count" in out
+    assert "We have exchanged 2 message(s)" in out  # the action button, with session.data kept
+
+
+def test_chat_streams_the_assistant_example(tmp_path):
+    result = run_cli("chat", str(ROOT / "examples" / "assistant.py"), cwd=tmp_path,
+                     input="what is chatgate?\nthanks\n")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "… Thinking…" in out
+    assert "bot> Good question. You asked: *what is chatgate?* — this is message 1" in out
+    assert "bot> Noted: thanks. (That is message 2;" in out  # chat_messages carried the history
+
+
 def _wait_for(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
