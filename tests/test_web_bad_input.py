@@ -412,8 +412,11 @@ async def test_a_deleted_session_is_not_found_on_the_socket(gw):
     async with aiohttp.ClientSession() as http, http.ws_connect(f"{base_url(gw)}/ws") as ws:
         ready = await hello(ws)
         await gw.store.delete_session(ready["session_id"])
+        # The frame is not run, and the answer says to hello again (the widget keeps the frame).
         await ws.send_json({"type": "message", "id": "m1", "text": "anyone?"})
-        await expect_error(ws, "not_found")
+        assert "send hello" in (await expect_error(ws, "not_ready"))["message"]
         await ws.send_json({"type": "message", "id": "m2", "text": "anyone?"})
         await expect_error(ws, "not_ready")
+        await ws.send_json({"type": "hello", "id": "h2", "session_id": ready["session_id"]})
+        await expect_error(ws, "not_found")
         assert (await hello(ws))["type"] == "ready"

@@ -1150,12 +1150,13 @@ async def test_a_deleted_session_gives_way_to_a_new_one(running_gateway: Gateway
     await wait_reply(page, "Echo: new here")
 
     # Deleted under the open socket: the next message lands in a new session and is answered.
-    assert await running_gateway.store.delete_session(await page.evaluate(session_key))
+    second_session = await page.evaluate(session_key)
+    assert await running_gateway.store.delete_session(second_session)
     await send(page, "still there?")
-    await page.wait_for_selector(".cg-row[data-status=failed]")
-    await send(page, "hello again")
-    await wait_reply(page, "Echo: hello again")
-    assert await conversation(page) == [("user", "hello again"), ("assistant", "Echo: hello again")]
+    await wait_reply(page, "Echo: still there?")
+    assert await conversation(page) == [("user", "still there?"), ("assistant", "Echo: still there?")]
+    assert await page.locator(".cg-row[data-status=failed]").count() == 0
+    assert await page.evaluate(session_key) not in (old_session, second_session)
 
 
 HOSTILE_MARKDOWN = [

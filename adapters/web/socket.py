@@ -142,8 +142,10 @@ class WidgetConnection:
         except WebError as exc:
             await self.send(error_frame(exc.code, exc.message, frame_id))
         except LookupError:  # the core's UnknownSession: the session was deleted meanwhile
+            # not_ready, as for any frame without a session: the client keeps the frame and says
+            # hello again; that hello is not_found, and the client takes the frame to a new session.
             self.session = None
-            await self.send(error_frame(errors.NOT_FOUND, "session not found; send hello", frame_id))
+            await self.send(error_frame(errors.NOT_READY, "this session no longer exists; send hello", frame_id))
         except Exception:
             log.exception("socket %s: %s frame failed", self.connection_id, kind)
             await self.send(error_frame(errors.INTERNAL, "the server could not handle this frame", frame_id))
