@@ -383,6 +383,28 @@ async def test_actions_from_events_and_unknown_actions(client):
     assert "nope" in turn.notifications[0]
 
 
+async def test_session_initializer_and_session_set_actions(tmp_path):
+    app = gateway.App("named-sessions")
+
+    @app.session("onboarding")
+    async def start_onboarding(session):
+        session.data["step"] = 1
+        await session.reply("Let's get you set up.")
+
+    @app.message()
+    async def handle(session, msg):
+        await session.reply(json.dumps({k: v for k, v in session.data.items() if not k.startswith("__")}))
+
+    async with TestClient(app, tmp_path) as client:
+        conv = await client.conversation()
+        turn = await conv.action("__session_init__", {"name": "onboarding"})
+        assert turn.replies == ["Let's get you set up."]
+        await conv.action("__session_set__", {"values": {"theme": "dark", "step": 2}})
+        await conv.action("__session_set__", {"key": "lang", "value": "de"})
+        turn = await conv.send("show")
+        assert json.loads(turn.replies[0]) == {"step": 2, "theme": "dark", "lang": "de"}
+
+
 async def test_session_data_saved_with_nested_mutation(client):
     conv = await client.conversation()
     await conv.send("data")
