@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.markdown.items import BreakLevel, Gap, Item, Open, Part, Run, Token
+from gateway.markdown.items import BreakLevel, Close, Gap, Item, Open, Part, Run, Token
 
 _SENTENCE_END = frozenset(".!?…")
 _CJK_SENTENCE_END = frozenset("。！？")
@@ -107,9 +107,14 @@ def split(
     """
     if limit < 1 or (first_limit is not None and first_limit < 1):
         raise ValueError("limit must be positive")
+    items = list(items)
+    use_markup = measure == "markup"
+    if _total_cost(items, escape, length, use_markup) <= (first_limit if first_limit is not None else limit):
+        # everything fits in one part (most stream frames): the same part, without per-character atoms
+        whole = _emit_whole(items, escape)
+        return [whole] if whole.plain.strip() else []
     atoms = _flatten(items, escape)
     count = len(atoms.markup)
-    use_markup = measure == "markup"
 
     cost = [0] * count
     for i in range(count):
@@ -146,6 +151,69 @@ def split(
         while start < count and atoms.kind[start] == "g":
             start += 1  # a separator never opens a part
     return parts
+
+
+def _total_cost(
+    items: Sequence[Item], escape: Callable[[str], str], length: Callable[[str], int], use_markup: bool
+) -> int:
+    """What :func:`split` would count for all of ``items`` (``length`` adds up over a string)."""
+    total = 0
+    stack: list[Open] = []
+    for item in items:
+        if isinstance(item, Run):
+            if use_markup and not any(entity.verbatim for entity in stack):
+                total += length("".join(map(escape, item.text)))
+            else:
+                total += length(item.text)
+        elif isinstance(item, Token | Gap):
+            total += length(item.markup if use_markup else item.plain)
+        elif isinstance(item, Open):
+            stack.append(item)
+            total += length(item.markup) if use_markup else 0
+        elif stack:
+            total += length(stack.pop().close) if use_markup else 0
+    return total
+
+
+def _emit_whole(items: Sequence[Item], escape: Callable[[str], str]) -> Part:
+    """``_emit`` over all of ``items``, item by item instead of atom by atom (the same rules:
+    entities open lazily at their first content, line prefixes go before pending entities)."""
+    markup: list[str] = []
+    plain: list[str] = []
+    stack: list[_OpenEntity] = []
+
+    def open_pending() -> None:
+        for entry in stack:
+            if not entry.written:
+                markup.append(entry.entity.markup)
+                entry.written = True
+
+    for item in items:
+        if isinstance(item, Run):
+            if item.text:
+                open_pending()
+                verbatim = any(entry.entity.verbatim for entry in stack)
+                markup.append(item.text if verbatim else "".join(map(escape, item.text)))
+                plain.append(item.text)
+        elif isinstance(item, Open):
+            stack.append(_OpenEntity(item, reopened=False))
+        elif isinstance(item, Close):
+            if not stack:
+                raise ValueError("Close without a matching Open in the rendered items")
+            closing = stack.pop()
+            if closing.written:
+                markup.append(closing.entity.close)
+        elif isinstance(item, Token) and item.line_prefix and not all(entry.written for entry in stack):
+            markup.append(item.markup)  # before the entities waiting to open
+            plain.append(item.plain)
+        else:
+            open_pending()
+            markup.append(item.markup)
+            plain.append(item.plain)
+    for entry in reversed(stack):
+        if entry.written:
+            markup.append(entry.entity.close)
+    return Part("".join(markup), "".join(plain))
 
 
 def _choose_end(
