@@ -16,13 +16,16 @@ from adapters.telegram.render import (
     TELEGRAM_CAPTION_LIMIT,
     TELEGRAM_RICH_TEXT_LIMIT,
     TELEGRAM_TEXT_LIMIT,
+    TelegramHTMLRenderer,
     TelegramPart,
+    _escape_char,
     escape_html,
     render_telegram,
     render_telegram_caption,
     render_telegram_markdown,
 )
-from gateway.markdown import CodeBlock, parse, utf16_len
+from gateway.markdown import CodeBlock, MarkdownRenderer, escape_markdown_char, heal_partial, parse, split, utf16_len
+from gateway.markdown.split import _emit, _flatten
 from tests.fakes.telegram_api import parse_html
 from tests.test_markdown import _random_document, assert_same_content, mixed_document
 
@@ -285,3 +288,26 @@ def test_stream_frames_heal_what_the_cut_left_open() -> None:
     assert check(render_telegram("Hello **bold so fa"))[0].html == "Hello **bold so fa"  # final text: as written
     (rich,) = render_telegram_markdown("a `code", partial=True)
     assert rich == "a `code`"
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_text_that_fits_one_part_gives_what_the_character_splitter_gives(seed: int) -> None:
+    """``split``'s one-part shortcut (most stream frames) equals the atom-by-atom path."""
+    rng = random.Random(seed)
+    source = _random_document(rng, rng.randrange(50, 3000))
+    if seed % 2:
+        source = heal_partial(source[: rng.randrange(1, len(source))])  # a frame cut anywhere
+    for items, escape, measure in (
+        (TelegramHTMLRenderer().render(parse(source)), _escape_char, "plain"),
+        (MarkdownRenderer().render(parse(source)), escape_markdown_char, "markup"),
+    ):
+        atoms = _flatten(items, escape)
+        slow = _emit(atoms, 0, len(atoms.markup))
+        assert split(items, limit=1 << 30, escape=escape, length=utf16_len, measure=measure) == (
+            [slow] if slow.plain.strip() else []
+        )
+        # at exactly the size of the text the shortcut still applies; one unit less, it splits
+        size = utf16_len(slow.markup if measure == "markup" else slow.plain)
+        if slow.plain.strip() and measure == "plain":
+            assert split(items, limit=size, escape=escape, length=utf16_len, measure=measure) == [slow]
+            assert len(split(items, limit=max(1, size - 1), escape=escape, length=utf16_len, measure=measure)) >= 2
