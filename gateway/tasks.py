@@ -461,6 +461,7 @@ class TaskService:
         else:
             self._changed_now(task_id)
             await self._update_cards(task_id)
+            self._card_seen.pop(task_id, None)
         return True
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskRow:
@@ -532,15 +533,16 @@ class TaskService:
     async def _show_card(self, watcher: TaskWatchRow, fields: dict[str, Any]) -> None:
         block_id = f"task_{watcher.task_id}"
         payload: dict[str, Any] = {"task_id": watcher.task_id}
+        shown = await self.rt.store.block(watcher.session_id, block_id)
+        if shown is None:
+            # show_task registered the watcher but has not stored its card yet: update it once
+            # it has (showing now would be overwritten by its card, read before this change, and
+            # lose its message). Once stored, shows of one block are serialised (a block lock).
+            self._spawn(self._resync_card(watcher.task_id, watcher.session_id, None),
+                        f"chatgate-task-card-{watcher.task_id}")
+            return
         message = watcher.message
         if message is None:  # show_task's message lives only in the card it showed: keep it
-            shown = await self.rt.store.block(watcher.session_id, block_id)
-            if shown is None:
-                # show_task registered the watcher but has not shown its card yet: update it
-                # once it has (showing now would lose its message, or be overwritten by it)
-                self._spawn(self._resync_card(watcher.task_id, watcher.session_id, None),
-                            f"chatgate-task-card-{watcher.task_id}")
-                return
             message = (shown.get("payload") or {}).get("message")
         if message is not None:
             payload["message"] = message
@@ -751,6 +753,7 @@ class TaskService:
         if status in FINISHED:
             self._changed.pop(row.id, None)  # waiters hold the event they wait on
             self._card_locks.pop(row.id, None)
+            self._card_seen.pop(row.id, None)
             if self.app.tasks.get(row.name) and self.app.tasks[row.name].options.callback_url:
                 self._spawn(self._callback(row, status, error), f"chatgate-task-callback-{row.id}")
         self._wake.set()

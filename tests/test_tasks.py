@@ -543,3 +543,37 @@ async def test_two_workers_run_each_task_once_cancel_across_and_recover_a_stoppe
 
 async def _already_stopped() -> None:
     return None
+
+
+async def test_a_card_shown_as_its_task_changes_ends_up_current(tmp_path: Path) -> None:
+    """``show_task`` reads the task, then shows the card: a change in between (here a cancel)
+    must not leave the card showing the status it read."""
+    app = gateway.App("tasks")
+
+    @app.task
+    async def later() -> None:
+        return None
+
+    async with client(app, tmp_path) as tc:
+        conversation = await tc.conversation(channel="telegram")
+        handle = await later.schedule("1h")
+        service = tc.gateway.tasks
+        session = await tc.gateway.open_session(conversation.session_id)
+        block_id = f"task_{handle.task_id}"
+        # show_task's steps, with the task cancelled between reading the card and showing it
+        await service.watch_card(handle.task_id, session.id, "Later…")
+        fields = await service.card_fields(handle.task_id)
+        assert fields["status"] == "scheduled"
+        assert await handle.cancel() is True
+        await session.show(gateway.Block("task_card", {"task_id": handle.task_id, "message": "Later…", **fields},
+                                         id=block_id))
+
+        def last_card() -> dict[str, Any] | None:
+            cards = [s.block for s in conversation.sent if s.kind == "block" and s.block and s.block["id"] == block_id]
+            return cards[-1]["payload"] if cards else None
+
+        await until(lambda: (last_card() or {}).get("status") == "cancelled")
+        card = last_card()
+        assert card is not None and card["message"] == "Later…" and card["task_id"] == handle.task_id
+        stored = await tc.gateway.store.block(session.id, block_id)
+        assert stored is not None and stored["payload"]["status"] == "cancelled"
