@@ -118,6 +118,26 @@ def build_app() -> gateway.App:
             await session.show(
                 Block("task_card", {"task_id": "t9", "name": "Import", "status": "running"}, id="task_9")
             )
+        elif text == "activity":
+            aid = await session.show_activity(
+                "Searching the wiki",
+                detail="3 sources",
+                icon="\U0001f50e",
+                links=[
+                    {"label": "Runbook", "url": "https://example.com/runbook"},
+                    {"label": "Bad", "url": "javascript:window.__pwned=1"},
+                ],
+                fields={"query": "export", "hits": 3},
+            )
+            await session.reply("searching")
+            await session.show_activity(
+                "Searched the wiki",
+                detail="5 sources",
+                activity_id=aid,
+                expanded=True,
+                fields={"query": "export", "hits": 5},
+            )
+            await session.reply("found it")
         elif text == "unicode":
             await stream_words(session, UNICODE_REPLY, 0.02)
         elif text == "boom":
@@ -640,6 +660,49 @@ async def test_blocks_render_and_update_in_place(running_gateway: Gateway, open_
               .innerText.includes('Approved')"""
     )
     assert await page.locator(".cg-card[data-block-type=approval_prompt] button").count() == 0
+
+
+async def test_an_activity_row_renders_and_updates_in_place(running_gateway: Gateway, open_page) -> None:
+    page = await open_page(running_gateway.public_url + "/")
+    await send(page, "activity")
+    await wait_reply(page, "found it")
+    activity = page.locator("[data-block-type=activity]")
+    assert await activity.count() == 1  # the update replaced the first rendering
+    assert await activity.locator(".cg-step-label").inner_text() == "Searched the wiki"
+    assert await activity.locator(".cg-detail").inner_text() == "5 sources"
+    assert await activity.locator(".cg-activity-icon").count() == 0  # the update has no icon
+    details = activity.locator("details")
+    assert await details.get_attribute("open") is not None  # expanded=True
+    assert await details.locator("dl").inner_text() == "query\nexport\nhits\n5"
+    assert "Details" in await details.locator("summary").inner_text()
+    # The row sits where it was first shown: before both replies.
+    assert [role for role, _ in await conversation(page)] == ["user", "block", "assistant", "assistant"]
+    assert "activity" not in await activity.inner_text()  # not the raw-JSON fallback card
+
+    # The first version, as a reload of a fresh session would show it, had the icon, links
+    # (unsafe ones dropped) and closed details. Rendered by the same code, fed the stored payload.
+    rendered = await page.evaluate(
+        """() => {
+            const node = ChatGate.blocks.render({id: 'activity_x', type: 'activity', payload: {
+                label: 'Searching', icon: '🔎', detail: '3 sources', activity_id: 'x', expanded: false,
+                links: [{label: 'Runbook', url: 'https://example.com/runbook'},
+                        {label: 'Bad', url: 'javascript:window.__pwned=1'}],
+                fields: {query: 'export'}}}, {doc: document, uploads: {}, gateway: location.origin});
+            return {
+                icon: node.querySelector('.cg-activity-icon').textContent,
+                hidden: node.querySelector('.cg-activity-icon').getAttribute('aria-hidden'),
+                links: Array.from(node.querySelectorAll('a')).map(a => [a.textContent, a.getAttribute('href'), a.rel]),
+                open: node.querySelector('details').open,
+            };
+        }"""
+    )
+    assert rendered["icon"] == "\U0001f50e" and rendered["hidden"] == "true"
+    assert rendered["links"] == [["Runbook", "https://example.com/runbook", "noopener noreferrer"]]
+    assert rendered["open"] is False
+    # The disclosure is keyboard-operable.
+    await details.locator("summary").focus()
+    await page.keyboard.press("Enter")
+    assert await details.get_attribute("open") is None
 
 
 async def test_markdown_injection_renders_as_text(running_gateway: Gateway, open_page) -> None:

@@ -320,24 +320,61 @@
     line.appendChild(h(doc, "span", "cg-step-label", str(p.label) || "Step"));
     if (p.detail) line.appendChild(h(doc, "span", "cg-detail", str(p.detail)));
     box.appendChild(line);
-    var links = Array.isArray(p.links) ? p.links : [];
-    links.forEach(function (item) {
+    appendLinks(box, p.links, ctx);
+    if (p.fields && typeof p.fields === "object") box.appendChild(fieldList(doc, p.fields));
+    return box;
+  }
+
+  /** links: [{label | title, url}], each opened in a new tab (unsafe URLs are dropped). */
+  function appendLinks(box, links, ctx) {
+    (Array.isArray(links) ? links : []).forEach(function (item) {
       var url = item && resolveUrl(item.url, ctx);
       if (!url) return;
-      var a = h(doc, "a", "cg-step-link", str(item.label || item.title) || url);
+      var a = h(ctx.doc, "a", "cg-step-link", str(item.label || item.title) || url);
       a.href = url;
       a.target = "_blank";
       a.rel = "noopener noreferrer";
       box.appendChild(a);
     });
-    if (p.fields && typeof p.fields === "object") {
-      var list = h(doc, "dl", "cg-step-fields");
-      Object.keys(p.fields).forEach(function (key) {
-        var value = p.fields[key];
-        list.appendChild(h(doc, "dt", "", key));
-        list.appendChild(h(doc, "dd", "", typeof value === "string" ? value : JSON.stringify(value)));
-      });
-      box.appendChild(list);
+  }
+
+  function fieldList(doc, fields) {
+    var list = h(doc, "dl", "cg-step-fields");
+    Object.keys(fields).forEach(function (key) {
+      var value = fields[key];
+      list.appendChild(h(doc, "dt", "", key));
+      list.appendChild(h(doc, "dd", "", typeof value === "string" ? value : JSON.stringify(value)));
+    });
+    return list;
+  }
+
+  // ------------------------------------------------------------ activity
+
+  /** payload (session.show_activity): label, detail?, icon? (an emoji or a short text), links?,
+   * fields? (behind a disclosure, open when expanded), activity_id. The same block id (the
+   * activity_id) updates the row in place. */
+  function activity(block, ctx) {
+    var doc = ctx.doc;
+    var p = block.payload || {};
+    var box = h(doc, "div", "cg-step cg-activity");
+    box.setAttribute("data-block-id", str(block.id));
+    box.setAttribute("data-block-type", "activity");
+    var line = h(doc, "div", "cg-step-line");
+    if (p.icon) {
+      var mark = h(doc, "span", "cg-activity-icon", str(p.icon));
+      mark.setAttribute("aria-hidden", "true");
+      line.appendChild(mark);
+    }
+    line.appendChild(h(doc, "span", "cg-step-label", str(p.label) || "Activity"));
+    if (p.detail) line.appendChild(h(doc, "span", "cg-detail", str(p.detail)));
+    box.appendChild(line);
+    appendLinks(box, p.links, ctx);
+    if (p.fields && typeof p.fields === "object" && Object.keys(p.fields).length) {
+      var more = h(doc, "details", "cg-activity-more");
+      more.open = !!p.expanded;
+      more.appendChild(h(doc, "summary", "", "Details"));
+      more.appendChild(fieldList(doc, p.fields));
+      box.appendChild(more);
     }
     return box;
   }
@@ -419,6 +456,7 @@
     integration_prompt: integration,
     notification: notification,
     step_status: stepStatus,
+    activity: activity,
     // No visual: the title goes to the header; session events are for the app's own UI.
     session_title: nothing,
     session_event: nothing,
