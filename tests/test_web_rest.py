@@ -415,6 +415,9 @@ def test_envelopes_dates_and_pagination():
     suggestions = {"type": "suggestions", "payload": {"title": "Pick", "suggestions": [{"label": "A"}, {"label": "B"}]}}
     assert block_text(suggestions) == "Pick\n- A\n- B"
     assert block_text({"type": "task_card", "payload": {"name": "Export", "status": "done"}}) == "Export: done"
+    step = {"type": "step_status", "payload": {"label": "Fetched", "detail": "3 pages", "status": "completed"}}
+    assert block_text(step) == "Fetched: 3 pages"
+    assert block_text({"type": "activity", "payload": {"label": "Searching", "activity_id": "a1"}}) == "Searching"
     assert block_text({"type": "mystery", "payload": {"x": 1}}) == '{"x": 1}'
 
 

@@ -189,6 +189,9 @@ def block_text(envelope: dict[str, Any]) -> str:
         return str(payload.get("title", ""))
     if kind == "notification":
         return str(payload.get("text", ""))
+    if kind in ("step_status", "activity"):
+        label = str(payload.get("label") or ("Step" if kind == "step_status" else "Activity"))
+        return f"{label}: {payload['detail']}" if payload.get("detail") else label
     return str(payload.get("title") or json.dumps(payload, ensure_ascii=False, default=str))
 
 
