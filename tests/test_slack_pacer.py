@@ -164,3 +164,21 @@ async def test_lost_connections_are_retried_only_for_idempotent_calls() -> None:
         with pytest.raises(aiohttp.ClientConnectionError):  # a new message is never sent twice
             await pacer.call("chat.postMessage", "T1", "C1", lambda: client.chat_postMessage(channel="C1", text="x"))
         assert [c.error for c in slack.calls_of("chat.postMessage")] == [None, "connection_dropped"]
+
+
+async def test_finals_are_promised_only_when_the_promise_can_be_kept() -> None:
+    now = [0.0]
+    pacer = SlackPacer(method_budgets={"chat.update": Budget(10, 60)}, channel_budgets={}, clock=lambda: now[0])
+    assert pacer.reserve_final("chat.update", "T1")  # reply A will need one final edit
+    previews = 0
+    while await pacer.acquire("chat.update", "T1", "C1", urgent=False, max_wait=0):
+        previews += 1
+    assert previews == 8  # 10 - 1 kept for other urgent calls - 1 promised to A
+    # Reply B starts now: a final promised to it could only be kept by taking the reserve (or, with
+    # more replies, by waiting for the window), so nothing is promised and B shows no preview.
+    assert not pacer.reserve_final("chat.update", "T1")
+    assert pacer.reserve_final("chat.update", "T2")  # another workspace has its own window
+    assert await pacer.acquire("chat.update", "T1", "C1", urgent=True, max_wait=0)  # A's final: at once
+    pacer.release_final("chat.update", "T1")
+    now[0] = 62.0  # the window moved on
+    assert pacer.reserve_final("chat.update", "T1")

@@ -294,3 +294,44 @@ async def test_the_recipient_survives_a_restart_for_replies_from_jobs(slack: Fak
         await slack.wait_for(lambda: len(slack.calls_of("chat.stopStream")) == 2, timeout=10)
         start = slack.calls_of("chat.startStream")[starts_before].args
         assert (start["recipient_user_id"], start["thread_ts"]) == ("U1", "300.000001")
+
+
+async def test_replies_that_start_after_previews_spent_the_minute_finish_at_once(slack: FakeSlack, tmp_path) -> None:
+    """Four long replies spend the workspace's chat.update minute on previews; ten replies that
+    start after them must not show previews whose final edits would then wait for that minute to
+    pass: they post their final text as soon as they end."""
+    spent = asyncio.Event()
+    app = gateway.App("late-replies")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        async with session.stream_reply() as reply:
+            if msg.text == "long":
+                while not spent.is_set():
+                    reply.write("more ")
+                    await asyncio.sleep(0.01)
+                    if not gw.adapter.pacer.available_within("chat.update", "T0001", None, 0.5):
+                        spent.set()  # previews took every chat.update they may in this minute
+            else:
+                for token in TOKENS[:20]:
+                    reply.write(token)
+                    await asyncio.sleep(0.01)
+
+    async with SlackGateway(app, tmp_path, slack, dm_sessions="per_dm") as gw:
+        for i in range(4):
+            long_event = {**dm_event(f"100.00000{i + 1}", text="long"), "channel": f"DL{i}"}
+            await slack.deliver_event(gw.events_url, long_event, event_id=f"EL{i}")
+        await asyncio.wait_for(spent.wait(), 30)
+        for i in range(10):
+            event = {**dm_event(f"200.{i + 1:06d}", text=f"late {i}"), "channel": f"D{i}"}
+            await slack.deliver_event(gw.events_url, event, event_id=f"E{i}")
+
+        def late_replies_done() -> bool:
+            expected = ["".join(TOKENS[:20]).strip()]
+            return all([m.visible_text for m in slack.thread(f"D{i}", None)] == expected for i in range(10))
+
+        await slack.wait_for(late_replies_done, timeout=10)  # not a minute
+        await gw.idle(10)
+        assert all(slack.thread(f"DL{i}", None)[0].visible_text.startswith("more more") for i in range(4))
+        assert slack.rate_limited_calls() == []
+        assert len(slack.calls_of("chat.update")) <= 50  # inside Slack's minute for the workspace

@@ -78,6 +78,14 @@ class SlidingWindowBudget:
             wait = max(wait, oldest_that_must_expire + self.window - now)
         return wait
 
+    def can_promise(self, now: float) -> bool:
+        """Whether one more final call can be promised a slot: the calls in the window plus the
+        finals already promised stay within what previews may use, so every promised final finds
+        room at once (the reserve is left for other urgent calls)."""
+        while self.sent and self.sent[0] <= now - self.window:
+            self.sent.popleft()
+        return len(self.sent) + self.pending_finals + 1 <= max(1, self.budget.calls - self.reserve)
+
     def record(self, now: float) -> None:
         self.sent.append(now)
 
@@ -150,12 +158,19 @@ class SlackPacer:
             windows.append(self._window(("channel", team, channel, method), channel_budget))
         return windows
 
-    def reserve_final(self, method: str, team: str) -> None:
-        """A conversation will need one urgent ``method`` call (its final edit): previews in the
-        workspace leave room for it until ``release_final``."""
+    def reserve_final(self, method: str, team: str) -> bool:
+        """Promise a conversation one urgent ``method`` call (its final edit): previews in the
+        workspace leave room for it until ``release_final``. False (nothing promised) when the
+        window is too full to keep the promise: previews already spent the room, and a final
+        promised anyway could wait for most of a minute."""
         budget = self.method_budgets.get(method)
-        if budget is not None:
-            self._window(("team", team, method), budget).pending_finals += 1
+        if budget is None:
+            return True
+        window = self._window(("team", team, method), budget)
+        if not window.can_promise(self.clock()):
+            return False
+        window.pending_finals += 1
+        return True
 
     def release_final(self, method: str, team: str) -> None:
         budget = self.method_budgets.get(method)

@@ -66,6 +66,14 @@ class EditStreamSink:
         if self.closed:
             return
         c = self.conversation
+        if not self.final_reserved:
+            # A preview is shown only once its final edit is promised a chat.update slot. Without
+            # the promise, previews of other replies may have spent the workspace's minute, and
+            # the final text would wait for their slots to expire (up to a minute).
+            if not c.pacer.reserve_final("chat.update", c.team):
+                c.pacer.stats.skipped_frames += 1
+                return  # no preview: the final text is posted as a new message instead
+            self.final_reserved = True
         method = "chat.update" if self.refs else "chat.postMessage"
         if not c.pacer.available_within(method, c.team, c.channel, self.min_interval):
             c.pacer.stats.skipped_frames += 1
@@ -113,10 +121,6 @@ class EditStreamSink:
                     return
                 self.refs.append(ts)
                 self.shown.append(part)
-                if not urgent and not self.final_reserved:
-                    # A preview is showing: its final edit must not wait behind other previews.
-                    self.conversation.pacer.reserve_final("chat.update", self.conversation.team)
-                    self.final_reserved = True
 
 
 class NativeStreamSink:
