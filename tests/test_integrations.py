@@ -17,6 +17,7 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 
 import gateway
+from gateway.inbound import PlatformUser
 from gateway.integrations.crypto import generate_key
 from gateway.testing import Conversation, TestClient, Turn
 from gateway.types import IntegrationDeclined, IntegrationTimeout
@@ -725,3 +726,62 @@ async def test_schedules_and_session_less_tasks_see_the_owners_integrations(
         await until(lambda: "schedule" in seen)
         assert seen["schedule"] == {"vault": ("", {"api_key": "sk-owner"}), "teamcode": ("owner-token", {})}
         assert await (await sync.submit()).result(timeout=5) == ["teamcode", "vault"]
+
+
+# -- the real web channel ------------------------------------------------------------------
+
+
+async def test_oauth_flow_from_the_widget_socket_and_revoke_as_the_signed_in_user(
+    tmp_path: Any, oauth: FakeOAuthServer, browser: Browser
+) -> None:
+    """The web adapter itself: a signed-in widget user (a host-site token) gets the card inline
+    over the WebSocket, connects in the browser, the handler goes on; then revoking over HTTP
+    acts on the caller's own accounts only (a ``user_id`` naming someone else is ignored)."""
+    from adapters.web.testing import base_url, identity_token, running_gateway
+
+    secret = "host-site-secret-of-at-least-32-bytes!"
+    settings = {"encryption_key": generate_key(), "providers": providers_for(oauth)}
+    async with running_gateway(build_app(oauth), tmp_path, integrations=settings,
+                               web={"identity_secret": secret}) as gw, aiohttp.ClientSession() as http:
+        oauth.register(CLIENT_ID, CLIENT_SECRET, gw.integrations.redirect_uri("acme"))
+        base = base_url(gw)
+        alice = identity_token(secret, "alice", email="alice@example.com")
+        ws = await http.ws_connect(f"{base}/ws", params={"token": alice})
+        await ws.send_json({"type": "hello", "id": "h1"})
+        frames: list[dict[str, Any]] = []
+
+        async def read_until(predicate: Any) -> dict[str, Any]:
+            async with asyncio.timeout(5):
+                while True:
+                    frame = await ws.receive_json()
+                    assert frame["type"] != "error", frame
+                    frames.append(frame)
+                    if predicate(frame):
+                        return frame
+
+        await read_until(lambda f: f["type"] == "ready")
+        await ws.send_json({"type": "message", "id": "m1", "text": "acme"})
+        card = await read_until(lambda f: f["type"] == "block" and f["block"]["type"] == "integration_prompt")
+        payload = card["block"]["payload"]
+        assert payload["blocking"] is True and payload["mode"] == "oauth"
+        assert payload["connect_url"].startswith(f"{gw.public_url}/integrations/acme/connect?state=")
+        status, page, _ = await connect_via_oauth(browser, payload["connect_url"])
+        assert status == 200 and "Acme Code connected" in page
+        reply = await read_until(lambda f: f["type"] == "message" and f["message"]["role"] == "assistant"
+                                 and f["message"]["text"].startswith("hello"))
+        token = reply["message"]["text"].rsplit(" ", 1)[1]
+        assert oauth.token_is_valid(token)
+        await ws.close()
+
+        alice_user = await gw.store.resolve_user(PlatformUser("web", "alice"))
+        mallory = identity_token(secret, "mallory")
+        async with http.delete(f"{base}/integrations/acme",
+                               params={"token": mallory, "user_id": alice_user.id}) as response:
+            assert response.status == 404  # mallory has no acme; alice's is not hers to revoke
+        async with http.get(f"{base}/integrations", params={"token": alice}) as response:
+            listing = (await response.json())["integrations"]
+        assert [(i["provider"], i["scope_key"]) for i in listing] == [("acme", alice_user.id)]
+        assert oauth.token_is_valid(token)
+        async with http.delete(f"{base}/integrations/acme", params={"token": alice}) as response:
+            assert response.status == 200 and (await response.json())["provider_revoked"] is True
+        assert not oauth.token_is_valid(token)
