@@ -250,6 +250,24 @@ async def test_schedule_runs_with_the_synthetic_owner_session(tmp_path: Path) ->
         assert current_session() is None  # the job's context did not leak
 
 
+async def test_a_schedule_that_raises_is_logged_and_keeps_its_schedule(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = gateway.App("raising")
+    calls: list[int] = []
+
+    @app.schedule(every=0.1)
+    async def broken() -> None:
+        calls.append(1)
+        raise RuntimeError("upstream is down")
+
+    async with client(app, tmp_path) as tc:
+        await until(lambda: len(calls) >= 3)  # the next ticks still come
+        assert tc.gateway.scheduler.leading
+    raised = [r for r in caplog.records if r.getMessage() == "schedule broken raised"]
+    assert len(raised) >= 3 and raised[0].exc_info and "upstream is down" in str(raised[0].exc_info[1])
+
+
 # -- overlap, misfire, coalescing, persistence ----------------------------------------------
 
 

@@ -577,3 +577,42 @@ async def test_a_card_shown_as_its_task_changes_ends_up_current(tmp_path: Path) 
         assert card is not None and card["message"] == "Later…" and card["task_id"] == handle.task_id
         stored = await tc.gateway.store.block(session.id, block_id)
         assert stored is not None and stored["payload"]["status"] == "cancelled"
+
+
+async def test_callback_url_is_told_how_each_task_ended(tmp_path: Path) -> None:
+    """Capsule's ``callback_url``: a POST of ``{task_id, status, duration, error}`` once a task
+    finished (a real HTTP server on a loopback port)."""
+    from aiohttp import web
+
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    site_app = web.Application()
+    site_app.router.add_post("/done", hook)
+    runner = web.AppRunner(site_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        app = gateway.App("tasks")
+
+        @app.task(callback_url=f"http://127.0.0.1:{port}/done")
+        async def reported(fail: bool) -> str:
+            if fail:
+                raise ValueError("bad input")
+            return "fine"
+
+        async with client(app, tmp_path):
+            good, bad = await reported.submit(fail=False), await reported.submit(fail=True)
+            assert await good.wait(timeout=5) == "completed" and await bad.wait(timeout=5) == "failed"
+            await until(lambda: len(received) == 2)
+    finally:
+        await runner.cleanup()
+    by_id = {body["task_id"]: body for body in received}
+    assert by_id[good.task_id]["status"] == "completed" and by_id[good.task_id]["error"] is None
+    assert by_id[bad.task_id]["status"] == "failed" and by_id[bad.task_id]["error"] == "ValueError: bad input"
+    assert all(isinstance(body["duration"], float) and body["duration"] >= 0 for body in received)
