@@ -50,6 +50,10 @@ def load_app(target: str) -> Any:
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)
     else:
+        # ``module:attr`` names a module importable from the directory chatgate runs in, as with
+        # uvicorn or gunicorn (the console script's own sys.path[0] is its bin directory).
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
         try:
             module = importlib.import_module(location)
         except ModuleNotFoundError as exc:

@@ -71,6 +71,25 @@ def test_bad_app_path_says_what_to_do(tmp_path):
     assert result.returncode == 2 and "not a gateway.App" in result.stderr
 
 
+def test_a_module_app_is_found_from_the_working_directory(tmp_path):
+    """``chatgate chat package.module:attr`` through the installed console script, whose own
+    sys.path does not hold the working directory."""
+    script = Path(sys.executable).with_name("chatgate")
+    if not script.exists():
+        pytest.skip("the chatgate console script is not installed in this environment")
+    package = tmp_path / "botpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "bot.py").write_text((ROOT / "examples" / "echo.py").read_text().replace('App("echo")', 'App("pkg")'))
+    result = subprocess.run([str(script), "chat", "botpkg.bot:app"], input="hi\n", capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "chatting with 'pkg'" in result.stdout and "bot> echo: hi" in result.stdout
+    result = subprocess.run([str(script), "run", "botpkg.nothere:app"], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 2 and "cannot import module 'botpkg.nothere'" in result.stderr
+
+
 def test_init_writes_a_runnable_starter(tmp_path):
     result = run_cli("init", str(tmp_path / "bot"))
     assert result.returncode == 0, result.stderr
