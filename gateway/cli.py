@@ -42,6 +42,11 @@ def load_app(target: str) -> Any:
         path = Path(location)
         if not path.exists():
             raise AppLoadError(f"no such file: {location}")
+        taken = sys.modules.get(path.stem)
+        taken_file = getattr(taken, "__file__", None)
+        if taken is not None and (taken_file is None or Path(taken_file).resolve() != path.resolve()):
+            raise AppLoadError(f"{location}: the module name {path.stem!r} is already taken "
+                               f"({taken_file or 'a built-in module'}); rename the file")
         sys.path.insert(0, str(path.resolve().parent))
         spec = importlib.util.spec_from_file_location(path.stem, path)
         if spec is None or spec.loader is None:

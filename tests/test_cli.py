@@ -69,6 +69,9 @@ def test_bad_app_path_says_what_to_do(tmp_path):
     assert result.returncode == 2 and "has no attribute 'app'" in result.stderr
     result = run_cli("run", "other.py:x", cwd=tmp_path)
     assert result.returncode == 2 and "not a gateway.App" in result.stderr
+    (tmp_path / "time.py").write_text((ROOT / "examples" / "echo.py").read_text())  # names a module in use
+    result = run_cli("run", "time.py", cwd=tmp_path)
+    assert result.returncode == 2 and "the module name 'time' is already taken" in result.stderr
 
 
 def test_a_module_app_is_found_from_the_working_directory(tmp_path):
