@@ -335,3 +335,26 @@ async def test_replies_that_start_after_previews_spent_the_minute_finish_at_once
         assert all(slack.thread(f"DL{i}", None)[0].visible_text.startswith("more more") for i in range(4))
         assert slack.rate_limited_calls() == []
         assert len(slack.calls_of("chat.update")) <= 50  # inside Slack's minute for the workspace
+
+
+async def test_frequent_status_lines_never_stall_the_handler(slack: FakeSlack, tmp_path) -> None:
+    """assistant.threads.setStatus has a per-minute budget; a handler reporting progress more
+    often than that keeps going (surplus status lines are skipped) and its reply is not delayed."""
+    app = gateway.App("progress")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        for step in range(80):
+            await session.notify(f"Step {step}")
+        await session.reply("all steps done")
+
+    async with SlackGateway(app, tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
+        await slack.wait_for(lambda: slack.thread("D1", "100.000001"), timeout=10)  # not a minute
+        await gw.idle(10)
+        assert slack.thread("D1", "100.000001")[0].visible_text == "all steps done"
+        calls = slack.calls_of("assistant.threads.setStatus")
+        assert len(calls) <= 50  # inside the workspace's minute for the method
+        assert slack.rate_limited_calls() == []
+        assert slack.statuses[0]["status"] == "Step 0"
+        await slack.wait_for(lambda: slack.statuses[-1]["status"] == "")  # cleared at the end of the turn

@@ -103,7 +103,10 @@ class SlackOutbox:
         if not c.thread_ts or not c.is_dm or not self.adapter.status_allowed(c.team):
             return
         try:
-            await c.pacer.call(
+            # A status line is superseded by the next one, like a preview frame: when the
+            # workspace's budget has no slot soon it is skipped, not waited for (a handler that
+            # reports progress often would otherwise stall for up to a minute). Clearing is urgent.
+            sent = await c.pacer.call(
                 "assistant.threads.setStatus",
                 c.team,
                 c.channel,
@@ -111,6 +114,8 @@ class SlackOutbox:
                     channel_id=c.channel, thread_ts=c.thread_ts or "", status=status
                 ),
                 idempotent=True,
+                urgent=not status,
+                max_wait=self.adapter.settings.slack.update_interval if status else None,
             )
         except SlackApiError as exc:
             code = str(exc.response.get("error"))
@@ -118,6 +123,8 @@ class SlackOutbox:
                 self.adapter.status_unavailable(c.team, code)
                 return
             raise
+        if sent is None:
+            return  # skipped by the pacer
         if status:
             self.adapter.statuses_shown.add((c.channel, c.thread_ts))
         else:
