@@ -426,3 +426,31 @@ async def test_oversized_bodies_are_refused_before_they_are_read(slack: FakeSlac
         assert status == 200
         await slack.wait_for(lambda: seen)
         assert [m.text for _, m in seen] == ["small"]
+
+
+async def test_users_are_identified_by_team_and_user(slack: FakeSlack, tmp_path) -> None:
+    """``session.user`` is the Slack user of a team: the same person in two threads is one user;
+    another user, or the same user id from another team (a Slack Connect guest), is not."""
+    import sqlite3
+
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw:
+        await slack.deliver_event(gw.events_url, dm("one", "100.000001"), event_id="Ev1")
+        await slack.deliver_event(gw.events_url, dm("two", "100.000002"), event_id="Ev2")
+        await slack.deliver_event(gw.events_url, dm("bob", "100.000003", user="U2"), event_id="Ev3")
+        guest = channel_message("<@UBOT> hi from afar", "200.000001")
+        guest = {**guest, "type": "app_mention", "user_team": "T9", "team": "T0001"}
+        await slack.deliver_event(gw.events_url, guest, event_id="Ev4")
+        await slack.wait_for(lambda: len(seen) == 4)
+        await gw.idle()
+        users = {m.text: s.user for s, m in seen}
+        assert users["one"].id == users["two"].id
+        assert len({users["one"].id, users["bob"].id, users["hi from afar"].id}) == 3
+        assert (users["one"].email, users["bob"].email) == ("ada@example.com", None)
+        with sqlite3.connect(tmp_path / "chatgate.db") as db:
+            identities = dict(db.execute("SELECT platform_user_id, user_id FROM identities WHERE platform = 'slack'"))
+        assert identities == {
+            "T0001:U1": users["one"].id,
+            "T0001:U2": users["bob"].id,
+            "T9:U1": users["hi from afar"].id,
+        }
