@@ -841,6 +841,49 @@ async def test_embed_script_on_a_cross_origin_host_page(running_gateway: Gateway
     assert errors == []
 
 
+async def test_the_embedded_widget_keeps_its_conversation_across_host_page_reloads(
+    running_gateway: Gateway, browser: Browser
+) -> None:
+    host = await host_server(running_gateway.public_url)
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        page = await context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        await page.goto(runner_url(host) + "/")
+        launcher = page.locator("chatgate-widget .cg-launcher")
+        await launcher.click()
+        await page.wait_for_selector("chatgate-widget .cg-chat[data-connection=open]")
+        await send(page, "embedded one")
+        await wait_reply(page, "Echo: embedded one")
+        session_id = await page.evaluate("ChatGateWidget.chat.client.sessionId")
+
+        await page.reload()  # the panel was open: it opens again, on the same conversation
+        await page.wait_for_selector("chatgate-widget .cg-chat[data-connection=open]")
+        await wait_rows(page, 2)
+        assert await page.evaluate("ChatGateWidget.chat.client.sessionId") == session_id
+        await send(page, "embedded two")
+        await wait_reply(page, "Echo: embedded two")
+        expected = [
+            ("user", "embedded one"),
+            ("assistant", "Echo: embedded one"),
+            ("user", "embedded two"),
+            ("assistant", "Echo: embedded two"),
+        ]
+        assert await conversation(page) == expected
+
+        # A new tab on the host site (no panel state) still finds the conversation once opened.
+        other = await context.new_page()
+        other.set_default_timeout(WAIT_MS)
+        await other.goto(runner_url(host) + "/")
+        await other.locator("chatgate-widget .cg-launcher").click()
+        await other.wait_for_selector("chatgate-widget .cg-chat[data-connection=open]")
+        await wait_rows(other, 4)
+        assert await conversation(other) == expected
+    finally:
+        await context.close()
+        await host.cleanup()
+
+
 async def test_server_restart_mid_conversation_loses_and_repeats_nothing(
     tmp_path: Path, free_port: int, open_page
 ) -> None:
