@@ -454,3 +454,25 @@ async def test_users_are_identified_by_team_and_user(slack: FakeSlack, tmp_path)
             "T0001:U2": users["bob"].id,
             "T9:U1": users["hi from afar"].id,
         }
+
+
+async def test_slacks_unsigned_ssl_check_gets_a_200_and_nothing_else(slack: FakeSlack, tmp_path) -> None:
+    import aiohttp
+
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack) as gw, aiohttp.ClientSession() as http:
+        form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+        async with http.post(gw.events_url, data=b"ssl_check=1&token=legacy", headers=form_type) as response:
+            assert response.status == 200
+        # ssl_check smuggled into an unsigned slash command: answered, never dispatched.
+        command = {"command": "/chatgate", "text": "evil", "team_id": "T0001", "channel_id": "C1", "user_id": "U1"}
+        smuggled, _ = form(ssl_check="1", **command)
+        async with http.post(gw.events_url, data=smuggled, headers=form_type) as response:
+            assert response.status == 200
+        # Any other value is no certificate check: the signature is required as usual.
+        unsigned, _ = form(ssl_check="true", **command)
+        async with http.post(gw.events_url, data=unsigned, headers=form_type) as response:
+            assert response.status == 401
+        assert recorded(tmp_path) == (0, 0)
+        assert [c.method for c in slack.calls] == ["auth.test"]
+        assert seen == []

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import re
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import parse_qs
 
 from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
@@ -86,6 +87,13 @@ async def _read_limited(request: web.Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _is_ssl_check(request: web.Request, text: str) -> bool:
+    """Slack's certificate check: a form POST with ``ssl_check=1`` (exactly that value)."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        return False
+    return parse_qs(text).get("ssl_check") == ["1"]
 
 
 class SlackAdapter(Adapter):
@@ -223,6 +231,11 @@ class SlackAdapter(Adapter):
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             return _request_error(400, "invalid_payload")
+        if _is_ssl_check(request, text):
+            # Slack checks a slash command URL's certificate with an unsigned ssl_check=1 POST
+            # and wants a 200; nothing in it is read or dispatched (bolt skips verification for
+            # these too, so we answer them here, before the signature check).
+            return web.Response(status=200)
         timestamp = request.headers.get("X-Slack-Request-Timestamp", "")
         signature = request.headers.get("X-Slack-Signature", "")
         if not timestamp.lstrip("-").isdigit():

@@ -59,7 +59,7 @@ def payload_problem(payload: Any) -> str | None:
     the fields of their type and fails deep inside (a 500, which Slack retries) when they are not."""
     if not isinstance(payload, dict) or not payload:
         return "invalid_payload"
-    if "command" in payload or "ssl_check" in payload:
+    if "command" in payload:
         return None
     kind = payload.get("type")
     if kind == "event_callback":
