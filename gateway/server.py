@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.app import DataSpec, EndpointSpec, call_maybe_async
+from gateway.app import DataSpec, EndpointSpec, bind_http_caller, call_maybe_async, unbind_http_caller
+from gateway.context import reset_current_session, set_current_session
 from gateway.types import HomeContext, RequestContext, UserInfo
 
 if TYPE_CHECKING:
@@ -134,9 +135,9 @@ def _wants_context(fn: Callable[..., Any]) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, RequestContext)
 
 
-async def _context(request: web.Request, cls: type[RequestContext] = RequestContext) -> RequestContext:
+async def _context(request: web.Request, user: UserInfo, authenticated: bool,
+                   cls: type[RequestContext] = RequestContext) -> RequestContext:
     runtime = request.app[RUNTIME_KEY]
-    user, authenticated = await runtime.identify(request)
     integrations = await runtime.integrations_for(user) if authenticated else {}
     if cls is HomeContext:
         return HomeContext(user=user, integrations=integrations, authenticated=authenticated, request=request)
@@ -176,11 +177,11 @@ def _endpoint_view(spec: EndpointSpec) -> Callable[[web.Request], Awaitable[web.
     wants_ctx = _wants_context(spec.handler)
 
     async def view(request: web.Request) -> web.StreamResponse:
-        if spec.authorized:
-            _, authenticated = await request.app[RUNTIME_KEY].identify(request)
-            if not authenticated:
-                return json_error(401, "this endpoint needs an authenticated caller")
-        argument = await _context(request) if wants_ctx else request
+        user, authenticated = await request.app[RUNTIME_KEY].identify(request)
+        if spec.authorized and not authenticated:
+            return json_error(401, "this endpoint needs an authenticated caller")
+        argument = await _context(request, user, authenticated) if wants_ctx else request
+        caller = bind_http_caller(user) if authenticated else None
         try:
             return _to_response(await call_maybe_async(spec.handler, argument))
         except web.HTTPException:
@@ -191,6 +192,9 @@ def _endpoint_view(spec: EndpointSpec) -> Callable[[web.Request], Awaitable[web.
                 return json_error(400, bad_body)
             log.exception("@app.endpoint %s %s raised", spec.method, spec.path)
             return json_error(500, "the endpoint failed; the gateway log has the details", "internal_error")
+        finally:
+            if caller is not None:
+                unbind_http_caller(caller)
 
     view.__name__ = spec.handler.__name__
     return view
@@ -209,11 +213,12 @@ async def serve_data(request: web.Request) -> web.StreamResponse:
     kwargs: dict[str, Any] = {k: v for k, v in request.query.items() if k not in DATA_RESERVED_PARAMS}
     args: list[Any] = []
     if params and _wants_context(spec.handler):
-        args.append(await _context(request))
+        args.append(await _context(request, user, authenticated))
         params = params[1:]
     accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
     session_param = next((p for p in params if p.name == "session" or "Session" in str(p.annotation)), None)
+    session = None
     if session_param is not None:
         names.discard(session_param.name)
         kwargs.pop(session_param.name, None)
@@ -233,11 +238,20 @@ async def serve_data(request: web.Request) -> web.StreamResponse:
             problem = f"bad query for data source {spec.name!r}: {exc}"
     if problem is not None:
         return json_error(400, problem, accepted=sorted(names))
+    # As in Capsule: a handler given a session runs as it (current_session(), scoped collections);
+    # otherwise an authenticated caller's collections are theirs.
+    current = set_current_session(session) if session is not None else None
+    caller = bind_http_caller(user) if authenticated and session is None else None
     try:
         result = await call_maybe_async(spec.handler, *args, **kwargs)
     except Exception:
         log.exception("@app.data %s raised", spec.name)
         return json_error(500, "the data source failed; the gateway log has the details", "internal_error")
+    finally:
+        if caller is not None:
+            unbind_http_caller(caller)
+        if current is not None:
+            reset_current_session(current)
     if isinstance(result, web.StreamResponse):
         return result
     return web.json_response(result, dumps=_dumps)

@@ -101,6 +101,23 @@ async def test_capsule_endpoints_and_data_sources(capsule_app, tmp_path):
                 assert r.status == 500 and body["error"]["code"] == "internal_error" and "NoneType" not in str(body)
 
 
+async def test_scoped_collections_in_http_handlers_act_for_the_caller(capsule_app, tmp_path, database_url):
+    async with TestClient(capsule_app, tmp_path, database_url=database_url,
+                          web={"enabled": False, "api_keys": ["k1"]}) as client:
+        alice = await client.conversation("alice")
+        await alice.send("note buy milk")
+        await alice.send("note call mom")
+        base, key = client.gateway.public_url, {"X-API-Key": "k1"}
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/data/my_notes?session_id={alice.session_id}", headers=key) as r:
+                assert r.status == 200 and await r.json() == {"notes": ["buy milk", "call mom"], "current": True}
+            async with http.post(f"{base}/notes", json={"text": "from the API"}, headers=key) as r:
+                assert r.status == 200 and await r.json() == {"owner": "api", "count": 1, "current": None}
+            async with http.post(f"{base}/notes", json={"text": "anonymous"}) as r:
+                assert r.status == 401
+        assert (await alice.send("list notes")).replies == ["buy milk, call mom"]
+
+
 async def test_bad_request_bodies_get_a_json_400_and_the_gateway_keeps_serving(capsule_app, tmp_path):
     overrides = {"server": {"max_request_bytes": 4096}, "files": {"max_upload_bytes": 1024}}
     async with TestClient(capsule_app, tmp_path, **overrides) as client:

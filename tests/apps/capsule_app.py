@@ -96,3 +96,16 @@ async def page(offset: int, size: int = 10, desc: bool = False):
 @app.data("broken")
 async def broken():
     return len(None)  # a TypeError inside the handler is the app's bug: a 500
+
+
+@app.data("my_notes", access="authenticated")
+async def my_notes(session: cpsl.Session):
+    rows = await notes.find(sort={"_id": 1})  # the CollectionRef, scoped by the session's user
+    return {"notes": [r["text"] for r in rows], "current": cpsl.current_session() is session}
+
+
+@app.endpoint("POST", "/notes")
+async def add_note(ctx: cpsl.RequestContext):
+    body = await ctx.request.json()
+    row = await notes.insert_one({"text": body["text"]})  # scoped by the authenticated caller
+    return {"owner": row["_user_id"], "count": await notes.count(), "current": cpsl.current_session()}
