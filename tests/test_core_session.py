@@ -616,3 +616,27 @@ async def test_an_escaping_prompt_timeout_is_a_handler_error_not_a_turn_timeout(
         turn = await conv.finish()
         assert turn.error == "handler_error"
         assert turn.replies == [client.settings.dispatch.error_message]
+
+
+async def test_test_client_records_stream_frames_as_they_are_sent(tmp_path):
+    from tests.support import until
+
+    app = gateway.App("frames")
+    go_on = asyncio.Event()
+
+    @app.message()
+    async def handle(session, msg):
+        async with session.stream_reply() as reply:
+            reply.write("Hello")
+            await go_on.wait()
+            reply.write(", world")
+
+    async with TestClient(app, tmp_path) as client:
+        conv = await client.conversation()
+        running = asyncio.create_task(conv.send("hi"))
+        stream = await until(lambda: next((s for s in conv.sent if s.kind == "stream" and s.frames), None))
+        assert stream.frames == ["Hello"] and stream.text == ""  # live: a frame, not finished yet
+        go_on.set()
+        turn = await running
+        assert turn.streams == [stream] and stream.text == "Hello, world" and not stream.stopped
+        assert stream.frames[0] == "Hello" and stream.frames[-1] in ("Hello", "Hello, world")
