@@ -77,7 +77,8 @@ async def test_standby_takes_over_after_the_holder_dies(stores: tuple[Store, Sto
 
     dead = Lease(stores[0], "leader", holder="dead", ttl=0.4)
     assert await dead.try_acquire()  # then never renews: the process "died"
-    standby = Lease(stores[1], "leader", holder="standby", ttl=0.4,
+    # the standby's own ttl is longer: renewing every 0.4 s, it rides out a loaded machine's stalls
+    standby = Lease(stores[1], "leader", holder="standby", ttl=1.2, retry_every=0.1,
                     on_acquired=lambda: note("standby leads"), on_lost=lambda: note("standby lost"))
     standby.start()
     began = time.monotonic()
@@ -85,7 +86,7 @@ async def test_standby_takes_over_after_the_holder_dies(stores: tuple[Store, Sto
     took = time.monotonic() - began
     assert 0.2 < took < 1.5  # not before the dead holder's lease expired
     assert not dead.held  # the dead holder's own view agrees once its ttl passed
-    await asyncio.sleep(0.5)  # renewed across more than one ttl
+    await asyncio.sleep(1.3)  # renewed across more than one ttl
     assert standby.held and events == ["standby leads"]
     await standby.stop()
     assert events == ["standby leads", "standby lost"]
