@@ -94,7 +94,9 @@ async def _serve(app: Any, settings: Settings) -> None:
     ready = time.perf_counter() - started
     for line in gateway.describe():
         log.info(line)
-    log.info("ready in %.2f s — open %s/ to chat; Ctrl-C stops", ready, gateway.public_url)
+    age = _process_age()
+    since_start = f" ({age:.2f} s since the process started)" if age is not None else ""
+    log.info("ready in %.2f s%s — open %s/ to chat; Ctrl-C stops", ready, since_start, gateway.public_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -105,6 +107,17 @@ async def _serve(app: Any, settings: Settings) -> None:
         log.info("stopping: finishing running handlers (up to 5 s)")
         await gateway.stop()
         log.info("stopped")
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (interpreter and imports included), where /proc says."""
+    try:
+        with open("/proc/self/stat") as stat:
+            start_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+        with open("/proc/uptime") as uptime:
+            return float(uptime.read().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:

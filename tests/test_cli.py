@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -200,6 +201,9 @@ def test_killed_mid_handler_the_event_runs_again_after_restart(tmp_path, free_po
     first = _start(tmp_path, free_port, "first.log")
     try:
         _wait_for(lambda: "ready in" in (tmp_path / "first.log").read_text(), 30, "the first start")
+        startup = re.search(r"ready in ([\d.]+) s \(([\d.]+) s since the process started\)",
+                            (tmp_path / "first.log").read_text())
+        assert startup and float(startup.group(2)) >= float(startup.group(1))  # imports count too
         session = _post_json(f"{base}/api/v1/chat/sessions", "test-key", {"agent_id": "default"})["data"]
         # send_message answers with the stored user message once send_timeout passes.
         stored = _post_json(f"{base}/api/v1/chat/sessions/{session['id']}/messages", "test-key",
