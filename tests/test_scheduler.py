@@ -53,9 +53,9 @@ async def fire_soon(tc: TestClient, name: str, delay: float = 0.05) -> datetime:
     return when
 
 
-def stored_job_store(tmp_path: Path) -> SQLAlchemyJobStore:
+def stored_job_store(database_url: str) -> SQLAlchemyJobStore:
     """The job store as a second process (or an operator) sees it, with the gateway stopped."""
-    url = sync_database_url(f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}")
+    url = sync_database_url(database_url)
     assert url is not None
     return SQLAlchemyJobStore(engine=create_engine(url), tablename=JOB_TABLE)
 
@@ -91,7 +91,7 @@ async def test_cron_trigger_in_the_configured_timezone_and_its_next_tick(tmp_pat
         assert len(ran) == 1
 
 
-async def test_interval_and_one_off_triggers(tmp_path: Path) -> None:
+async def test_interval_and_one_off_triggers(tmp_path: Path, database_url: str) -> None:
     app = gateway.App("triggers")
     ticks: list[float] = []
     once: list[float] = []
@@ -104,7 +104,7 @@ async def test_interval_and_one_off_triggers(tmp_path: Path) -> None:
     async def launch() -> None:
         once.append(time.monotonic())
 
-    async with client(app, tmp_path) as tc:
+    async with client(app, tmp_path, database_url) as tc:
         await until(lambda: len(ticks) >= 3 and once)
         assert await tc.gateway.scheduler.next_run_time("launch") is None  # a one-off removes itself
         await asyncio.sleep(0.25)
@@ -116,7 +116,7 @@ async def test_interval_and_one_off_triggers(tmp_path: Path) -> None:
         gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(run_times)]
         assert all(gap >= 0.0999 for gap in gaps), gaps
     ticks_before = len(ticks)
-    async with client(app, tmp_path):  # a restart does not run the one-off again
+    async with client(app, tmp_path, database_url):  # a restart does not run the one-off again
         await until(lambda: len(ticks) > ticks_before)
         await asyncio.sleep(0.2)
     assert len(once) == 1
@@ -295,7 +295,7 @@ async def test_overlapping_runs_are_skipped(tmp_path: Path) -> None:
     ids=["within-grace-runs-once", "past-grace-skipped"],
 )
 async def test_a_tick_missed_while_down_runs_at_restart_within_grace(
-    tmp_path: Path, late_by: int, grace: int, expected_runs: int
+    tmp_path: Path, database_url: str, late_by: int, grace: int, expected_runs: int
 ) -> None:
     app = gateway.App("persist")
     runs: list[datetime] = []
@@ -306,17 +306,17 @@ async def test_a_tick_missed_while_down_runs_at_restart_within_grace(
     async def quarterly() -> None:
         runs.append(datetime.now(UTC))
 
-    async with client(app, tmp_path) as tc:
+    async with client(app, tmp_path, database_url) as tc:
         assert await tc.gateway.scheduler.next_run_time("quarterly") is not None
     # while the gateway is down, its stored tick passes
-    store = stored_job_store(tmp_path)
+    store = stored_job_store(database_url)
     store.start(None, "default")  # type: ignore[arg-type]
     job = store.lookup_job(JOB_PREFIX + "quarterly")
     assert job is not None and job.name == "cron 0 0 1 1 * UTC"
     job.next_run_time = datetime.now(UTC) - timedelta(seconds=late_by)
     store.update_job(job)
     store.shutdown()
-    async with client(app, tmp_path) as tc:
+    async with client(app, tmp_path, database_url) as tc:
         service = tc.gateway.scheduler
         if expected_runs:
             await until(lambda: len(runs) == expected_runs)
@@ -328,7 +328,7 @@ async def test_a_tick_missed_while_down_runs_at_restart_within_grace(
 
 
 @pytest.mark.parametrize(("coalesce", "expected"), [(True, 1), (False, 3)])
-async def test_coalescing_missed_ticks(tmp_path: Path, coalesce: bool, expected: int) -> None:
+async def test_coalescing_missed_ticks(tmp_path: Path, database_url: str, coalesce: bool, expected: int) -> None:
     app = gateway.App("coalesce")
     runs: list[float] = []
 
@@ -336,15 +336,15 @@ async def test_coalescing_missed_ticks(tmp_path: Path, coalesce: bool, expected:
     async def every_half_minute() -> None:
         runs.append(time.monotonic())
 
-    async with client(app, tmp_path):
+    async with client(app, tmp_path, database_url):
         pass
-    store = stored_job_store(tmp_path)
+    store = stored_job_store(database_url)
     store.start(None, "default")  # type: ignore[arg-type]
     job = store.lookup_job(JOB_PREFIX + "every_half_minute")
     job.next_run_time = datetime.now(UTC) - timedelta(seconds=75)  # three ticks were due: -75, -45, -15 s
     store.update_job(job)
     store.shutdown()
-    async with client(app, tmp_path):
+    async with client(app, tmp_path, database_url):
         await until(lambda: len(runs) >= expected)
         await asyncio.sleep(0.2)
         assert len(runs) == expected
