@@ -324,8 +324,8 @@ async def test_bad_rest_requests_get_json_errors(gw):
 
 
 # Valid to Python's json.loads, but not JSON (NaN), not Unicode (a lone surrogate: the store cannot
-# encode it), or nested past the parser's recursion limit: each used to escape as a 500, which the
-# SDK retries three times.
+# encode it), not storable (NUL: PostgreSQL refuses it) or nested past the parser's recursion
+# limit: each used to escape as a 500, which the SDK retries three times.
 UNPARSABLE_BODIES = {
     "a lone surrogate": b'{"content": "\\ud800 alone"}',
     "a lone low surrogate": b'{"content": "x\\udfff"}',
@@ -334,11 +334,12 @@ UNPARSABLE_BODIES = {
     "deep nesting": b'{"content": "hi", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
     "encoded surrogate bytes": b'{"content": "\xed\xa0\x80"}',
     "not UTF-8": b'{"content": "\xff\xfe"}',
+    "NUL": b'{"content": "a\\u0000b"}',
 }
 
 
 @pytest.mark.parametrize("what", UNPARSABLE_BODIES)
-async def test_bodies_python_would_parse_but_json_forbids_are_400s(tmp_path, what):
+async def test_bodies_python_would_parse_but_the_gateway_cannot_keep_are_400s(tmp_path, what):
     raw = UNPARSABLE_BODIES[what]
     settings = {"web": {"api_keys": [KEY]}, "server": {"max_request_bytes": 1_000_000}}
     async with running_gateway(make_app(), tmp_path, **settings) as gw, aiohttp.ClientSession() as http:
@@ -361,6 +362,29 @@ async def test_bodies_python_would_parse_but_json_forbids_are_400s(tmp_path, wha
         assert (await sdk.chat.send_message(sid, content="after")).content == "echo: after"
 
 
+@pytest.mark.postgres
+async def test_nul_characters_are_refused_before_postgresql_sees_them(tmp_path, postgres_url):
+    """PostgreSQL's text columns refuse U+0000 (SQLite takes it): on PostgreSQL a NUL in a
+    message or a title was a 500 and an ``internal`` frame."""
+    settings = {"web": {"api_keys": [KEY]}, "database": {"url": postgres_url}}
+    async with running_gateway(make_app(), tmp_path, **settings) as gw, aiohttp.ClientSession() as http:
+        json_type = {"Content-Type": "application/json"}
+        _, _, created = await rest(http, gw, "POST", "/chat/sessions", json={"agent_id": "default"})
+        sid = created["data"]["id"]
+        for path, body in (
+            (f"/chat/sessions/{sid}/messages", b'{"content": "a\\u0000b"}'),
+            ("/chat/sessions", b'{"agent_id": "default", "title": "a\\u0000b"}'),
+        ):
+            status, _, answer = await rest(http, gw, "POST", path, data=body, headers=json_type)
+            assert (status, answer["error"]["code"]) == (400, "bad_request"), answer
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            await hello(ws)
+            await ws.send_str('{"type": "message", "id": "z", "text": "a\\u0000b"}')
+            await expect_error(ws, "bad_frame")
+        sdk = AsyncPromptRails(KEY, base_url=base_url(gw), max_retries=0)
+        assert (await sdk.chat.send_message(sid, content="ab")).content == "echo: ab"
+
+
 async def test_a_page_far_past_the_end_is_empty_not_an_overflow(gw):
     sdk = AsyncPromptRails(KEY, base_url=base_url(gw), max_retries=0)
     session = await sdk.chat.create_session(agent_id="default")
@@ -373,7 +397,7 @@ async def test_a_page_far_past_the_end_is_empty_not_an_overflow(gw):
     assert [m.content for m in (await sdk.chat.list_messages(session.id, page=1, limit=5)).data] == ["one", "echo: one"]
 
 
-async def test_frames_python_would_parse_but_json_forbids_are_bad_frames(tmp_path):
+async def test_frames_python_would_parse_but_the_gateway_cannot_keep_are_bad_frames(tmp_path):
     # The default max_frame_bytes (64 KiB): room for nesting deeper than the parser's limit.
     async with (
         running_gateway(make_app(), tmp_path) as gw,
@@ -387,18 +411,22 @@ async def test_frames_python_would_parse_but_json_forbids_are_bad_frames(tmp_pat
             '{"type": "message", "id": "n1", "text": "hi", "n": NaN}',
             '{"type": "action", "id": "n2", "name": "x", "payload": {"n": Infinity}}',
             '{"type": "message", "id": "d1", "text": "hi", "x": ' + "[" * 30_000 + "]" * 30_000 + "}",
+            '{"type": "message", "id": "z1", "text": "a\\u0000b"}',
+            '{"type": "action", "id": "z2", "name": "x", "payload": {"deep": [{"k": "\\u0000"}]}}',
         ):
             await ws.send_str(raw)
             frame = await expect_error(ws, "bad_frame")
             assert "not valid JSON" in frame["message"], frame
         # The socket is still open and attached to its session; nothing of the above was stored.
-        await ws.send_json({"type": "message", "id": "ok", "text": "fine 👋"})
+        # A surrogate pair and a literal backslash-u0000 (an escaped backslash) are fine.
+        text = "fine \U0001f44b C:\\u0000"
+        await ws.send_str('{"type": "message", "id": "ok", "text": "fine \\ud83d\\udc4b C:\\\\u0000"}')
         frames = []
         while not frames or frames[-1]["type"] != "turn_end":
             frames.append(await ws.receive_json(timeout=5))
-        assert [f["message"]["text"] for f in frames if f["type"] == "message"] == ["echo: fine 👋"]
+        assert [f["message"]["text"] for f in frames if f["type"] == "message"] == ["echo: " + text]
         stored, _ = await gw.store.list_messages(ready["session_id"], offset=0, limit=10)
-        assert [m.text for m in stored] == ["fine 👋", "echo: fine 👋"]
+        assert [m.text for m in stored] == [text, "echo: " + text]
         await still_serving(http, gw)
 
 

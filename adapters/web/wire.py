@@ -32,9 +32,10 @@ def _refuse_constant(name: str) -> Any:
 def strict_json(raw: str | bytes) -> Any:
     """``json.loads`` without what Python accepts and the rest of the system cannot keep:
     ``NaN``/``Infinity`` (not JSON: echoed back, no other parser reads them), a lone UTF-16
-    surrogate such as ``"\\ud800"`` (not Unicode: the store cannot encode it), and nesting so
-    deep it exhausts the parser. Bytes must be UTF-8. Raises ``ValueError`` (``JSONRefused``
-    for those three, ``UnicodeDecodeError`` for bytes that are not UTF-8)."""
+    surrogate such as ``"\\ud800"`` (not Unicode: the store cannot encode it), a NUL character
+    ``"\\u0000"`` (PostgreSQL's text columns refuse it), and nesting so deep it exhausts the
+    parser. Bytes must be UTF-8. Raises ``ValueError`` (``JSONRefused`` for those,
+    ``UnicodeDecodeError`` for bytes that are not UTF-8)."""
     # Strictly: json.loads would decode bytes with "surrogatepass" and let encoded surrogates in.
     text = raw.decode("utf-8-sig") if isinstance(raw, bytes) else raw
     try:
@@ -48,7 +49,24 @@ def strict_json(raw: str | bytes) -> Any:
             raise JSONRefused("the JSON holds a lone UTF-16 surrogate, which is not valid Unicode") from None
         except RecursionError:
             raise JSONRefused("the JSON is nested too deeply") from None
+        if "\\u0000" in text and _holds_nul(value):
+            raise JSONRefused("the JSON holds a NUL character (\\u0000), which text here cannot carry")
     return value
+
+
+def _holds_nul(value: Any) -> bool:
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if "\0" in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def rfc3339(moment: datetime | None) -> str:
