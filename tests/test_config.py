@@ -165,3 +165,26 @@ def test_cli_bad_environment_value_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "CHATGATE_WEB__ALLOWED_ORIGINS" in lines[0] and "web.allowed_origins" in lines[0]
+
+
+def test_the_example_shows_the_real_defaults(tmp_path):
+    """`# key = value` lines are the defaults ("" and examples stand for options unset by default)."""
+    text = re.sub(r"^# ([a-z_]+ = )", r"\1", EXAMPLE.read_text(), flags=re.MULTILINE)
+    text = text.split("[integrations.providers.", 1)[0]  # provider tables are examples, not defaults
+    documented = tomllib.loads(text)
+    defaults = {  # from the models themselves: the environment (DATABASE_URL in CI...) must not count
+        name: field.default_factory().model_dump() if field.default_factory else field.default
+        for name, field in Settings.model_fields.items()
+    }
+    wrong = []
+    for section, values in documented.items():
+        if not isinstance(values, dict):
+            values, real = {section: values}, defaults
+        else:
+            real = defaults[section]
+        for key, value in values.items():
+            if real[key] is None:
+                continue  # unset by default; the example shows a placeholder
+            if real[key] != value:
+                wrong.append(f"{section}.{key}: example {value!r}, default {real[key]!r}")
+    assert not wrong, wrong
