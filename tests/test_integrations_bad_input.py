@@ -193,3 +193,26 @@ async def test_revoke_endpoint_refuses_bad_callers_and_removes_nothing(
             assert response.status == 200 and (await response.json())["revoked"] is True
         assert not oauth.token_is_valid(token)
         await chat.stop()
+
+
+async def test_revoke_when_the_provider_cannot_revoke_still_forgets_the_credentials(
+    tmp_path: Any, oauth: FakeOAuthServer, http: aiohttp.ClientSession
+) -> None:
+    async with make_client(tmp_path, oauth) as client:
+        await connected(client, oauth)
+        chat = await client.conversation("alice")
+        turn = await chat.send("acme")
+        await connect_via_oauth(Browser(http), prompt_of(turn)["connect_url"])
+        await until(lambda: turn.ended)
+        token = turn.replies[-1].rsplit(" ", 1)[1]
+        record = await client.gateway.store.get_session(chat.session_id)
+        assert record is not None
+        oauth.revoke_status = 503
+        async with http.delete(f"{client.gateway.public_url}/integrations/acme",
+                               params={"user_id": record.user_id}, headers={"X-API-Key": API_KEY}) as response:
+            assert response.status == 200
+            assert await response.json() == {"provider": "acme", "revoked": True, "provider_revoked": False}
+        assert oauth.token_is_valid(token)  # the provider still honours it: the answer says so
+        assert await client.gateway.integrations.records.listing() == []  # but we forgot it
+        assert prompt_of(await chat.send("acme"))["blocking"] is True
+        await chat.stop()

@@ -64,6 +64,8 @@ class FakeOAuthServer:
     expires_in: int = 3600
     code_ttl: float = 60.0
     rotate_refresh_tokens: bool = True
+    revoke_status: int = 200
+    """What ``/revoke`` answers; anything but 200 revokes nothing (a provider that is down)."""
     clients: dict[str, RegisteredClient] = field(default_factory=dict)
     codes: dict[str, CodeGrant] = field(default_factory=dict)
     access_tokens: dict[str, TokenRecord] = field(default_factory=dict)
@@ -202,6 +204,8 @@ class FakeOAuthServer:
         form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
         if self._authenticate(request, form) is None:
             return self._error("invalid_client", "client authentication failed", 401)
+        if self.revoke_status != 200:
+            return self._error("temporarily_unavailable", "revocation is down", self.revoke_status)
         token = form.get("token", "")
         if token in self.refresh_tokens:
             del self.refresh_tokens[token]
