@@ -182,3 +182,20 @@ async def test_finals_are_promised_only_when_the_promise_can_be_kept() -> None:
     pacer.release_final("chat.update", "T1")
     now[0] = 62.0  # the window moved on
     assert pacer.reserve_final("chat.update", "T1")
+
+
+async def test_the_posting_limit_error_is_waited_out_like_a_429() -> None:
+    """``rate_limited`` (too many messages) arrives as a plain error, without Retry-After: the
+    message is sent again after the default pause instead of being lost."""
+    async with FakeSlack(time_scale=0.01) as slack:
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url, retry_handlers=[])
+        pacer = SlackPacer(channel_budgets={})
+        slack.fail_next("chat.postMessage", "rate_limited")
+        started = time.monotonic()
+        posted = await pacer.call(
+            "chat.postMessage", "T1", "C1", lambda: client.chat_postMessage(channel="C1", text="x")
+        )
+        assert posted is not None and slack.messages[("C1", posted["ts"])].text == "x"
+        assert [c.error for c in slack.calls_of("chat.postMessage")] == ["rate_limited", None]
+        assert time.monotonic() - started >= 0.9  # the default pause (no Retry-After to read)
+        assert pacer.stats.rate_limited["chat.postMessage"] == 1

@@ -120,9 +120,15 @@ def retry_after_seconds(error: SlackApiError) -> float:
     return DEFAULT_RETRY_AFTER
 
 
+RATE_LIMIT_ERRORS = frozenset({"ratelimited", "rate_limited"})
+"""``ratelimited`` comes with HTTP 429 and ``Retry-After``; ``rate_limited`` ("Application has posted
+too many messages") is the posting limit of chat.postMessage and the stream methods, answered
+without one (method references, errors)."""
+
+
 def is_rate_limited(error: SlackApiError) -> bool:
     return getattr(error.response, "status_code", None) == 429 or (
-        isinstance(error.response.data, dict) and error.response.data.get("error") == "ratelimited"
+        isinstance(error.response.data, dict) and error.response.data.get("error") in RATE_LIMIT_ERRORS
     )
 
 
