@@ -153,24 +153,20 @@ def _to_response(result: Any) -> web.StreamResponse:
 
 
 async def _unreadable_body(request: web.Request, exc: Exception) -> str | None:
-    """What is wrong with the request body when a handler failed reading it as text or JSON
-    (``await request.json()`` on malformed input): the caller's mistake, a 400, not a 500."""
-    if not isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+    """What is wrong with the request body when the handler failed decoding that very body
+    (``await request.json()`` on malformed input): the caller's mistake, a 400, not a 500. An
+    error decoding anything else is the handler's own."""
+    if not isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)) or not request.body_exists:
         return None
     try:
         body = await request.read()
     except web.HTTPException:
         return None
-    try:
-        text = body.decode(request.charset or "utf-8")
-    except (UnicodeDecodeError, LookupError):
-        return "the request body is not valid UTF-8 text"
-    if isinstance(exc, json.JSONDecodeError):
-        try:
-            json.loads(text)
-        except json.JSONDecodeError as bad:
-            return f"the request body is not valid JSON: {bad.msg} at line {bad.lineno} column {bad.colno}"
-    return None
+    if isinstance(exc, UnicodeDecodeError):
+        return "the request body is not valid UTF-8 text" if bytes(exc.object) == body else None
+    if exc.doc != body.decode(request.charset or "utf-8", errors="replace"):
+        return None
+    return f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
 
 
 def _endpoint_view(spec: EndpointSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

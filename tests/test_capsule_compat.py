@@ -136,6 +136,9 @@ async def test_bad_request_bodies_get_a_json_400_and_the_gateway_keeps_serving(c
             async with http.post(f"{base}/echo", data=b"[" + b"1," * limit + b"1]", headers=headers) as r:
                 body = await r.json()
                 assert r.status == 413 and body["error"]["code"] == "too_large"
+            async with http.post(f"{base}/upstream", json={"fine": True}) as r:
+                body = await r.json()
+                assert r.status == 500 and body["error"]["code"] == "internal_error"
             async with http.post(f"{base}/echo", json=[1, "two"]) as r:  # any JSON value is the app's to judge
                 assert r.status == 200 and await r.text() == "[1, 'two']"
             async with http.post(f"{base}/echo", json={"still": "serving"}) as r:

@@ -72,6 +72,14 @@ async def private(ctx):
     return {"user": ctx.user.id}
 
 
+@app.endpoint("POST", "/upstream", authorized=False)
+async def upstream(request):
+    import json
+
+    await request.json()
+    return json.loads("{not json from an upstream service")  # the app's own bug: a 500, not a 400
+
+
 @app.endpoint("GET", "/text", authorized=False)
 async def text(request):
     return [1, 2, 3]  # not a dict: Capsule sends str()
