@@ -476,3 +476,21 @@ async def test_slacks_unsigned_ssl_check_gets_a_200_and_nothing_else(slack: Fake
         assert recorded(tmp_path) == (0, 0)
         assert [c.method for c in slack.calls] == ["auth.test"]
         assert seen == []
+
+
+async def test_request_path_and_command_name_are_configurable(slack: FakeSlack, tmp_path) -> None:
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    async with SlackGateway(echo_app(seen), tmp_path, slack, events_path="/hooks/slack", slash_command="/ask") as gw:
+        assert gw.events_url.endswith("/hooks/slack")
+        default_url = gw.events_url.replace("/hooks/slack", "/slack/events")
+        status, _, _ = await slack.deliver_event(default_url, dm("wrong door", "100.000001"), event_id="Ev0")
+        assert status == 404
+        status, _, _ = await slack.deliver_event(gw.events_url, dm("right door", "100.000002"), event_id="Ev1")
+        assert status == 200
+        fields = {"team_id": "T0001", "channel_id": "C9", "user_id": "U1", "trigger_id": "trig-1"}
+        status, text, _ = await slack.deliver_command(gw.events_url, {**fields, "command": "/chatgate", "text": "no"})
+        assert status == 200 and "/ask" in text  # another app's command: told which one this app answers
+        await slack.deliver_command(gw.events_url, {**fields, "command": "/ask", "text": "yes", "trigger_id": "t2"})
+        await slack.wait_for(lambda: len(seen) == 2)
+        await gw.idle()
+        assert sorted(m.text for _, m in seen) == ["right door", "yes"]
