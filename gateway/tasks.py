@@ -637,7 +637,8 @@ class TaskService:
                 done = await self.queries.transition(row.id, ["running"], status="retry", run_at=utcnow(),
                                                      worker=None, error=error)
             else:
-                done = await self.queries.transition(row.id, ["running"], status="failed", worker=None, error=error)
+                done = await self.queries.transition(row.id, ["running"], status="failed", worker=None, error=error,
+                                                     follow_up=self._next_occurrence(row))
             if done:
                 recovered += 1
                 log.warning("task %s (%s) was interrupted by a stop; %s", row.id, row.name,

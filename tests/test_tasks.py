@@ -616,3 +616,33 @@ async def test_callback_url_is_told_how_each_task_ended(tmp_path: Path) -> None:
     assert by_id[good.task_id]["status"] == "completed" and by_id[good.task_id]["error"] is None
     assert by_id[bad.task_id]["status"] == "failed" and by_id[bad.task_id]["error"] == "ValueError: bad input"
     assert all(isinstance(body["duration"], float) and body["duration"] >= 0 for body in received)
+
+
+async def test_a_recurring_task_interrupted_by_a_restart_keeps_recurring(tmp_path: Path, database_url: str) -> None:
+    """The interrupted run is marked failed (no retries left), and the next run is still queued:
+    a crash mid-run must not end a recurring task's schedule."""
+    app = gateway.App("tasks")
+    started = asyncio.Event()
+    runs: list[int] = []
+
+    @app.task
+    async def nightly() -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            started.set()
+            await asyncio.sleep(30)  # cut off by the stop
+        return "ran"
+
+    async with client(app, tmp_path, database_url) as tc:
+        first = await nightly.schedule("every 0.2s")
+        await asyncio.wait_for(started.wait(), 5)
+        await tc.gateway.stop()
+        tc.gateway = type(tc.gateway)(app, tc.settings, adapters=tc.gateway._adapters)
+        await tc.gateway.start()
+        interrupted = await tc.gateway.tasks.handle(first.task_id)
+        assert interrupted is not None
+        assert await interrupted.wait(timeout=5) == "failed"
+        assert interrupted.error is not None and interrupted.error.startswith("interrupted")
+        await until(lambda: len(runs) >= 2)  # the schedule goes on
+        await until(lambda: nightly.count(status="completed"))
+        assert await nightly.count(status=["scheduled", "pending", "running"]) == 1
