@@ -220,8 +220,17 @@ class Conversation:
         def settled() -> bool:
             return turn.ended or self.waiting_prompt is not None
 
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(settled), timeout)
+        await self._until(settled, timeout, turn, "the turn to end or a prompt")
+
+    async def _until(self, settled: Any, timeout: float, turn: Turn, what: str) -> None:
+        """Wait for ``settled()``; on timeout, fail saying what the app had sent by then."""
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(settled), timeout)
+        except TimeoutError:
+            sent = [(s.kind, s.text or (s.block or {}).get("type", "")) for s in turn.sent]
+            raise AssertionError(f"waited {timeout:g} s for {what}; the app sent {sent or 'nothing'} "
+                                 "(raise timeout= if the handler is slow)") from None
 
     def _inbound(self, kind: str, **fields: Any) -> Inbound:
         return Inbound(
@@ -286,8 +295,7 @@ class Conversation:
         turn = self._current
         if turn is None:
             raise AssertionError("nothing was sent yet")
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(lambda: turn.ended), timeout)
+        await self._until(lambda: turn.ended, timeout, turn, "the turn to end")
         return turn
 
     def _prompt(self, block_type: str) -> dict[str, Any]:
@@ -313,8 +321,7 @@ class Conversation:
             prompt = self.waiting_prompt
             return turn.ended or (prompt is not None and prompt["id"] != (before or {}).get("id"))
 
-        async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(settled), timeout)
+        await self._until(settled, timeout, turn, "the answer's turn to end or another prompt")
         return turn
 
 

@@ -640,3 +640,19 @@ async def test_test_client_records_stream_frames_as_they_are_sent(tmp_path):
         turn = await running
         assert turn.streams == [stream] and stream.text == "Hello, world" and not stream.stopped
         assert stream.frames[0] == "Hello" and stream.frames[-1] in ("Hello", "Hello, world")
+
+
+async def test_test_client_timeout_says_what_the_app_sent(tmp_path):
+    app = gateway.App("stuck")
+    release = asyncio.Event()
+
+    @app.message()
+    async def handle(session, msg):
+        await session.reply("working on it")
+        await release.wait()
+
+    async with TestClient(app, tmp_path) as client:
+        with pytest.raises(AssertionError, match=r"waited 0.2 s for the turn.*\('text', 'working on it'\)"):
+            await client.send("hi", timeout=0.2)
+        release.set()
+        await client.default.finish()
