@@ -199,3 +199,35 @@ async def test_the_posting_limit_error_is_waited_out_like_a_429() -> None:
         assert [c.error for c in slack.calls_of("chat.postMessage")] == ["rate_limited", None]
         assert time.monotonic() - started >= 0.9  # the default pause (no Retry-After to read)
         assert pacer.stats.rate_limited["chat.postMessage"] == 1
+
+
+async def test_slack_side_failures_are_retried_only_for_idempotent_calls() -> None:
+    async with FakeSlack() as slack:
+        client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url, retry_handlers=[])
+        pacer = SlackPacer()
+        posted = await client.chat_postMessage(channel="C1", text="v0")
+        slack.fail_next("chat.update", "service_unavailable", status=503)
+        slack.fail_next("chat.update", "internal_error")
+        await pacer.call(
+            "chat.update",
+            "T1",
+            "C1",
+            lambda: client.chat_update(channel="C1", ts=posted["ts"], text="v1"),
+            idempotent=True,
+        )
+        assert slack.messages[("C1", posted["ts"])].text == "v1"
+        assert [c.error for c in slack.calls_of("chat.update")] == ["service_unavailable", "internal_error", None]
+        slack.fail_next("chat.postMessage", "service_unavailable", status=503)
+        with pytest.raises(SlackApiError):  # a new message is never sent twice
+            await pacer.call("chat.postMessage", "T1", "C1", lambda: client.chat_postMessage(channel="C1", text="x"))
+        slack.fail_next("chat.update", "cant_update_message")
+        with pytest.raises(SlackApiError):  # the call's own fault: no retry
+            await pacer.call(
+                "chat.update",
+                "T1",
+                "C1",
+                lambda: client.chat_update(channel="C1", ts=posted["ts"], text="v2"),
+                idempotent=True,
+            )
+        assert len(slack.calls_of("chat.postMessage")) == 2
+        assert len(slack.calls_of("chat.update")) == 4

@@ -37,7 +37,11 @@ WINDOW_MARGIN_SECONDS = 0.5
 (a busy event loop, a slow connection), and each must still land in a window Slack has cleared."""
 CONNECTION_RETRIES = 2
 """Idempotent calls (edits, lookups, status lines) are retried this often after a lost
-connection; a new message or stream piece never is (it may have arrived: a retry would duplicate)."""
+connection or a Slack-side failure; a new message or stream piece never is (it may have arrived:
+a retry would duplicate)."""
+TRANSIENT_ERRORS = frozenset({"internal_error", "fatal_error", "service_unavailable", "request_timeout"})
+"""Errors that say Slack failed, not the call (method references' common errors); with any HTTP
+5xx they are worth one more try of an idempotent call."""
 CONNECTION_RETRY_DELAY = 0.2
 """Seconds before retrying after a lost connection (doubled each time)."""
 MAX_RATE_LIMIT_RETRIES = 6
@@ -130,6 +134,12 @@ def is_rate_limited(error: SlackApiError) -> bool:
     return getattr(error.response, "status_code", None) == 429 or (
         isinstance(error.response.data, dict) and error.response.data.get("error") in RATE_LIMIT_ERRORS
     )
+
+
+def is_transient(error: SlackApiError) -> bool:
+    status = getattr(error.response, "status_code", None) or 0
+    data = error.response.data
+    return status >= 500 or (isinstance(data, dict) and data.get("error") in TRANSIENT_ERRORS)
 
 
 class SlackPacer:
@@ -228,7 +238,7 @@ class SlackPacer:
         longer than ``max_wait`` or retrying a 429.
         """
         windows = self.windows_for(method, team, channel)
-        lost_connections = 0
+        failures = 0
         for _attempt in range(MAX_RATE_LIMIT_RETRIES + CONNECTION_RETRIES + 1):
             if not await self.acquire(method, team, channel, urgent=urgent, max_wait=max_wait):
                 self.stats.skipped_frames += 1
@@ -237,14 +247,19 @@ class SlackPacer:
             try:
                 return await send()
             except (TimeoutError, aiohttp.ClientConnectionError):
-                if not idempotent or lost_connections >= CONNECTION_RETRIES:
+                if not idempotent or failures >= CONNECTION_RETRIES:
                     raise
-                lost_connections += 1
+                failures += 1
                 log.warning("slack %s lost its connection; retrying (idempotent)", method)
-                await asyncio.sleep(CONNECTION_RETRY_DELAY * 2 ** (lost_connections - 1))
+                await asyncio.sleep(CONNECTION_RETRY_DELAY * 2 ** (failures - 1))
             except SlackApiError as error:
                 if not is_rate_limited(error):
-                    raise
+                    if not idempotent or not is_transient(error) or failures >= CONNECTION_RETRIES:
+                        raise
+                    failures += 1
+                    log.warning("slack %s failed on Slack's side (%s); retrying (idempotent)", method, error)
+                    await asyncio.sleep(CONNECTION_RETRY_DELAY * 2 ** (failures - 1))
+                    continue
                 delay = retry_after_seconds(error)
                 self.stats.rate_limited[method] += 1
                 log.warning("slack %s rate limited in %s; retrying after %.2fs", method, team, delay)

@@ -241,7 +241,7 @@ class FakeSlack:
         self.socket_url: str | None = None
         """Set by the Socket Mode fake: what apps.connections.open hands out."""
         self._limiter = RateLimiter()
-        self._failures: dict[str, deque[str]] = {}
+        self._failures: dict[str, deque[tuple[str, int]]] = {}
         self._drops: dict[str, int] = {}
         self._ts_counter = itertools.count(1)
         self._file_counter = itertools.count(1)
@@ -295,9 +295,10 @@ class FakeSlack:
     def set_budget(self, method: str, calls: int, window: float, *, per_channel: bool = False) -> None:
         (self.channel_budgets if per_channel else self.budgets)[method] = Budget(calls, window)
 
-    def fail_next(self, method: str, error: str, times: int = 1) -> None:
-        """The next ``times`` calls of ``method`` answer ``{"ok": false, "error": error}``."""
-        self._failures.setdefault(method, deque()).extend([error] * times)
+    def fail_next(self, method: str, error: str, times: int = 1, *, status: int = 200) -> None:
+        """The next ``times`` calls of ``method`` answer ``{"ok": false, "error": error}`` (with HTTP
+        ``status``: Slack answers most errors with 200, an outage with 5xx), carrying nothing out."""
+        self._failures.setdefault(method, deque()).extend([(error, status)] * times)
 
     def drop_next(self, method: str, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` lose their connection before any answer (the
@@ -572,7 +573,7 @@ class FakeSlack:
                 )
             queued = self._failures.get(method)
             if queued:
-                raise SlackApiFailure(queued.popleft())
+                raise SlackApiFailure(*queued.popleft())
             handler = getattr(self, "_m_" + method.replace(".", "_"), None)
             if handler is None:
                 raise SlackApiFailure("unknown_method", status=404)
