@@ -219,9 +219,12 @@ async def serve_data(request: web.Request) -> web.StreamResponse:
         names.discard(session_param.name)
         kwargs.pop(session_param.name, None)
         session = await runtime.session_for_request(request, user, authenticated)
-        if session is None:
+        named = request.query.get("session_id") or request.headers.get("X-Capsule-Session-Id")
+        if session is not None:
+            kwargs[session_param.name] = session
+        elif named or session_param.default is inspect.Parameter.empty:
             return json_error(404, "session not found; pass ?session_id= of one of your sessions")
-        kwargs[session_param.name] = session
+        # else: no session asked for and the parameter has a default (``session=None``): use it
     unknown = [k for k in kwargs if k not in names and (session_param is None or k != session_param.name)]
     if unknown and not accepts_any:
         return json_error(400, f"unknown query parameter(s): {', '.join(sorted(unknown))}",

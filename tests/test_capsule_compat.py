@@ -115,6 +115,15 @@ async def test_scoped_collections_in_http_handlers_act_for_the_caller(capsule_ap
                 assert r.status == 200 and await r.json() == {"owner": "api", "count": 1, "current": None}
             async with http.post(f"{base}/notes", json={"text": "anonymous"}) as r:
                 assert r.status == 401
+            # A session parameter with a default is optional; a session asked for must be the caller's.
+            async with http.get(f"{base}/data/greeting?name=ada") as r:
+                assert await r.json() == {"text": "hello ada (no session)"}
+            async with http.get(f"{base}/data/greeting?session_id={alice.session_id}", headers=key) as r:
+                assert await r.json() == {"text": f"hello you (session {alice.session_id})"}
+            async with http.get(f"{base}/data/greeting?session_id={alice.session_id}") as r:
+                assert r.status == 404  # anonymous callers get no one's session
+            async with http.get(f"{base}/data/my_notes", headers=key) as r:
+                assert r.status == 404 and "session_id" in (await r.json())["error"]["message"]
         assert (await alice.send("list notes")).replies == ["buy milk, call mom"]
 
 

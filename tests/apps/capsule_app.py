@@ -112,6 +112,12 @@ async def my_notes(session: cpsl.Session):
     return {"notes": [r["text"] for r in rows], "current": cpsl.current_session() is session}
 
 
+@app.data("greeting")
+async def greeting(session: cpsl.Session | None = None, name: str = "you"):
+    where = f"session {session.id}" if session is not None else "no session"
+    return {"text": f"hello {name} ({where})"}
+
+
 @app.endpoint("POST", "/notes")
 async def add_note(ctx: cpsl.RequestContext):
     body = await ctx.request.json()
