@@ -646,3 +646,25 @@ async def test_a_recurring_task_interrupted_by_a_restart_keeps_recurring(tmp_pat
         await until(lambda: len(runs) >= 2)  # the schedule goes on
         await until(lambda: nightly.count(status="completed"))
         assert await nightly.count(status=["scheduled", "pending", "running"]) == 1
+
+
+async def test_tasks_waiting_for_a_busy_lock_do_not_hold_up_other_keys(tmp_path: Path) -> None:
+    app = gateway.App("tasks")
+    release = asyncio.Event()
+    done: list[str] = []
+
+    @app.task(lock="user:{user}")
+    async def sync_user(user: str, n: int) -> None:
+        if user == "a":
+            await release.wait()
+        done.append(f"{user}{n}")
+
+    async with client(app, tmp_path, task_concurrency=2):
+        queued = [await sync_user.submit(user="a", n=n) for n in range(8)]
+        other = await sync_user.submit(user="b", n=0)
+        assert await other.wait(timeout=5) == "completed"  # while "a" holds its lock
+        assert done == ["b0"]
+        release.set()
+        for handle in queued:
+            assert await handle.wait(timeout=10) == "completed"
+        assert sorted(done[1:]) == [f"a{n}" for n in range(8)]

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, Text, delete, func, update
+from sqlalchemy import JSON, Column, DateTime, Index, Text, delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 
@@ -128,12 +128,18 @@ class TaskQueries:
             return list((await db.exec(statement)).all())
 
     async def due(self, names: Iterable[str], now: datetime, limit: int) -> list[TaskRow]:
-        """Claimable tasks of ``names`` whose time has come, oldest due first."""
+        """Claimable tasks of ``names`` whose time has come, oldest due first; those whose lock
+        a running task holds are left out, so a queue behind one busy lock cannot fill the
+        batch and hold up tasks with other keys."""
+        busy_locks = (
+            select(TaskRow.lock_key).where(TaskRow.status == "running").where(col(TaskRow.lock_key).is_not(None))
+        )
         statement = (
             select(TaskRow)
             .where(col(TaskRow.status).in_(CLAIMABLE))
             .where(col(TaskRow.name).in_(list(names)))
             .where(col(TaskRow.run_at) <= now)
+            .where(or_(col(TaskRow.lock_key).is_(None), col(TaskRow.lock_key).not_in(busy_locks)))
             .order_by(col(TaskRow.run_at), col(TaskRow.id))
             .limit(limit)
         )
