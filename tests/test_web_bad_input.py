@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -377,12 +378,58 @@ async def test_nul_characters_are_refused_before_postgresql_sees_them(tmp_path, 
         ):
             status, _, answer = await rest(http, gw, "POST", path, data=body, headers=json_type)
             assert (status, answer["error"]["code"]) == (400, "bad_request"), answer
+        for path in ("/executions/a%00b", "/executions/a%00b/stream"):
+            status, _, answer = await rest(http, gw, "GET", path)
+            assert (status, answer["error"]["code"]) == (404, "not_found"), answer
         async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
-            await hello(ws)
+            ready = await hello(ws)
             await ws.send_str('{"type": "message", "id": "z", "text": "a\\u0000b"}')
             await expect_error(ws, "bad_frame")
+        me = {"visitor": ready["visitor_token"]}
+        status, body = await upload(
+            http, gw, params=me, data=multipart(ready["session_id"] + "\0", "a.txt"), headers=MP
+        )
+        assert (status, body["error"]["code"]) == (404, "not_found")
+        status, body = await upload(http, gw, params=me, data=multipart(ready["session_id"], "a\0b.txt"), headers=MP)
+        assert (status, body["name"]) == (201, "ab.txt")
         sdk = AsyncPromptRails(KEY, base_url=base_url(gw), max_retries=0)
         assert (await sdk.chat.send_message(sid, content="ab")).content == "echo: ab"
+
+
+MP = {"Content-Type": "multipart/form-data; boundary=zzz"}
+
+
+def multipart(session_id: str, filename: str, content_type: str = "text/plain") -> bytes:
+    """A multipart body written by hand: aiohttp's FormData would refuse some of these values.
+    The name goes RFC 5987-encoded (``filename*=UTF-8''...``), which can carry any character."""
+    return (
+        f'--zzz\r\nContent-Disposition: form-data; name="session_id"\r\n\r\n{session_id}\r\n'
+        f"--zzz\r\nContent-Disposition: form-data; name=\"file\"; filename*=UTF-8''{quote(filename)}\r\n"
+        f"Content-Type: {content_type}\r\n\r\nhello\r\n--zzz--\r\n"
+    ).encode()
+
+
+async def test_upload_names_and_types_are_cleaned(gw):
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            ready = await hello(ws)
+        me, sid = {"visitor": ready["visitor_token"]}, ready["session_id"]
+        for filename, content_type, expected in (
+            ("no\x01tes\x7f.txt", "text/plain", ("notes.txt", "text/plain")),
+            ("\x00\x00", "text/plain", ("file", "text/plain")),
+            ("x" * 300 + ".txt", "text/plain", ("x" * 255, "text/plain")),
+            ("notes.txt", "not a type", ("notes.txt", "text/plain")),  # judged by the name
+            ("notes.txt", "text/plain; charset=utf-8", ("notes.txt", "text/plain; charset=utf-8")),
+        ):
+            status, body = await upload(http, gw, params=me, data=multipart(sid, filename, content_type), headers=MP)
+            assert status == 201, body
+            assert (body["name"], body["content_type"]) == expected
+        # A control character in a part's header itself: the multipart body is malformed.
+        status, body = await upload(http, gw, params=me, data=multipart(sid, "a.txt", "text/pl\x00ain"), headers=MP)
+        assert (status, body["error"]["code"]) == (400, "bad_request")
+        await still_serving(http, gw)
+        status, body = await upload(http, gw, params=me, data=multipart(sid + "\n", "a.txt"), headers=MP)
+        assert (status, body["error"]["code"]) == (404, "not_found")
 
 
 async def test_a_page_far_past_the_end_is_empty_not_an_overflow(gw):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,9 @@ log = logging.getLogger("chatgate.web")
 
 WIDGET_CHANNEL = "chat"
 API_CHANNEL = "api"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+"""What a session, message or execution id can look like (ULIDs do): anything else is unknown
+without asking the database (which may refuse it, e.g. a NUL in PostgreSQL)."""
 
 
 @dataclass
@@ -62,7 +66,7 @@ class WebContext:
 
     async def own_widget_session(self, session_id: Any, user: UserInfo) -> SessionRecord:
         """The widget session ``session_id`` if ``user`` owns it; anything else is "not found"."""
-        if not isinstance(session_id, str) or not session_id:
+        if not isinstance(session_id, str) or not ID_PATTERN.match(session_id):
             raise not_found()
         record = await self.core.store.get_session(session_id)
         if record is None or record.channel.type != WIDGET_CHANNEL or record.user_id != user.id:

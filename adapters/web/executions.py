@@ -16,6 +16,7 @@ from gateway.inbound import Inbound
 from gateway.store.records import InboundRecord, MessageRecord, SessionRecord
 
 from . import errors
+from .context import ID_PATTERN
 from .errors import not_found
 from .outbox import session_topic
 from .sse import SSEWriter
@@ -41,7 +42,7 @@ class Executions:
 
     async def _own(self, request: web.Request, caller: Caller) -> tuple[InboundRecord, SessionRecord]:
         execution_id = request.match_info["execution_id"]
-        inbound = await self.store.get_inbound(execution_id)
+        inbound = await self.store.get_inbound(execution_id) if ID_PATTERN.match(execution_id) else None
         if inbound is None:
             raise not_found("execution not found")
         record = await self.store.get_session(inbound.session_id)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,7 +22,7 @@ from gateway.store.records import SessionRecord
 from gateway.types import Message, SessionChannel
 
 from . import errors
-from .context import API_CHANNEL, WebContext
+from .context import API_CHANNEL, ID_PATTERN, WebContext
 from .cors import cors_headers, preflight
 from .errors import WebError, bad_request, not_found
 from .executions import Executions
@@ -42,7 +41,6 @@ MAX_PAGE_SIZE = 100
 """PromptRails' emulator clamps ``limit`` outside 1..100 to 20; so do we."""
 MAX_OFFSET = 2**53
 DEFAULT_AGENT = "default"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 API_PLATFORM = "api"
 FEEDBACK_VALUES = (1, -1)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import fnmatch
 import mimetypes
+import re
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.files import FileRejected
 from gateway.types import Attachment
@@ -26,6 +28,10 @@ MULTIPART_OVERHEAD_BYTES = 16 * 1024
 """Room for the multipart boundaries and the session_id field on top of the file itself."""
 MAX_FIELD_CHARS = 256
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
+MAX_NAME_CHARS = 255
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*[ \t]*(;[^\x00-\x1f\x7f]*)?\Z")
+"""``type/subtype`` with optional parameters (RFC 6838 names), nothing else."""
 
 
 def type_accepted(content_type: str, accepted: list[str]) -> bool:
@@ -72,7 +78,7 @@ async def _upload(ctx: WebContext, request: web.Request, headers: dict[str, str]
                 upload = await _read_file(ctx, part, limit)
             else:
                 await part.release()
-    except (ValueError, AssertionError) as exc:
+    except (ValueError, AssertionError, HttpProcessingError) as exc:  # e.g. a control character in a part header
         raise bad_request(f"malformed multipart body: {exc}") from None
     if upload is None or not session_id:
         raise bad_request("the fields session_id and file are required")
@@ -93,9 +99,18 @@ async def _upload(ctx: WebContext, request: web.Request, headers: dict[str, str]
     return response
 
 
+def clean_filename(raw: str | None) -> str:
+    """The name as sent, without control characters (a NUL would not even fit PostgreSQL's
+    text), trimmed to ``MAX_NAME_CHARS``; "file" when nothing is left."""
+    name = CONTROL_CHARS.sub("", raw or "").strip()[:MAX_NAME_CHARS]
+    return name or "file"
+
+
 async def _read_file(ctx: WebContext, part: BodyPartReader, limit: int) -> tuple[str, str, bytes]:
-    name = part.filename or "file"
+    name = clean_filename(part.filename)
     content_type = part.headers.get("Content-Type") or DEFAULT_CONTENT_TYPE
+    if not MEDIA_TYPE.match(content_type):
+        content_type = DEFAULT_CONTENT_TYPE  # not a media type at all: judge by the name
     if content_type == DEFAULT_CONTENT_TYPE:
         # What browsers (and most clients) send when they do not know: the name may tell more.
         content_type = mimetypes.guess_type(name)[0] or DEFAULT_CONTENT_TYPE
