@@ -187,10 +187,11 @@ class Session:
         """The conversation as LLM chat messages, exactly as Capsule builds them: ``user`` for
         the user, ``assistant`` for everything the app said, consecutive same-role entries
         concatenated with no separator. Unlike Capsule, blocks and status lines are left out
-        (Capsule pastes their JSON into assistant text)."""
+        (Capsule pastes their JSON into assistant text), and so are empty replies (a stream that
+        wrote nothing, or was cut before its first word), which Capsule never stores."""
         merged: list[dict[str, str]] = []
         for entry in [*self.history, current]:
-            if entry.sender in ("block", "system"):
+            if entry.sender in ("block", "system") or (entry.sender != "user" and not entry.text):
                 continue
             role = "user" if entry.sender == "user" else "assistant"
             if merged and merged[-1]["role"] == role:

@@ -61,6 +61,9 @@ def make_app() -> gateway.App:
             await session.show(gateway.Block("custom", {"n": 0}))
             await session.notify("between")
             await session.reply("b")
+        elif text == "empty-stream":
+            async with session.stream_reply():
+                pass
         elif text == "status":
             sid = await session.show_step("Fetching", detail="page 1")
             await session.show_step("Fetching", status="done", step_id=sid)
@@ -211,6 +214,14 @@ async def test_chat_messages_leaves_blocks_and_status_out_and_merges_around_them
         {"role": "assistant", "content": "ab"},
         {"role": "user", "content": "chat-messages"},
     ]
+
+
+async def test_chat_messages_leaves_out_a_stream_that_wrote_nothing(client):
+    conv = await client.conversation()
+    await conv.send("empty-stream")
+    turn = await conv.send("chat-messages")
+    # The empty reply is stored (it was a stream), but an LLM gets no empty assistant turn.
+    assert json.loads(turn.replies[0]) == [{"role": "user", "content": "empty-streamchat-messages"}]
 
 
 async def test_chat_messages_may_start_with_the_assistant(tmp_path):
