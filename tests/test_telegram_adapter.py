@@ -20,9 +20,10 @@ import pytest
 import gateway
 from adapters.telegram import TelegramAdapter
 from adapters.telegram.adapter import WEBHOOK_MAX_BODY
+from adapters.telegram.render import render_telegram
 from gateway.runtime import Gateway
 from gateway.testing import test_settings
-from tests.fakes.telegram_api import FakeTelegramAPI
+from tests.fakes.telegram_api import FakeTelegramAPI, RateWindow, TelegramRates
 from tests.support import until
 
 SCALE = 0.05
@@ -353,6 +354,49 @@ async def test_group_stream_edits_within_budget_and_rolls_over(tmp_path: Path, a
     assert len(texts) == 3 and all(len(t) <= 4096 for t in texts)
     assert "\n\n".join(texts) == "".join(tokens).strip()
     assert api.calls_to("editMessageText", ok=True) and not api.calls_to("sendMessageDraft")
+    assert not api.rate_limited
+
+
+async def test_a_stream_outgrowing_its_message_posts_the_next_while_the_bot_is_busy(tmp_path: Path) -> None:
+    """Previews yield to a busy bot budget, but a part the text has outgrown is posted at once:
+    it is not left for close to send after the last token, one chat interval per message."""
+    first = "\n\n".join(f"Paragraph {i}: " + "a" * 700 for i in range(4))
+    second = "\n\n" + "\n\n".join(f"Paragraph {i}: " + "b" * 700 for i in range(4, 8))
+    first_shown, release = asyncio.Event(), asyncio.Event()
+    app = gateway.App("busy")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        async with session.stream_reply() as reply:
+            reply.write(first)
+            await first_shown.wait()
+            reply.write(second)  # now two messages' worth
+            await release.wait()
+
+    async def noise(adapter: TelegramAdapter, chat_id: int, stop: asyncio.Event) -> None:
+        while not stop.is_set():  # other chats keep the bot's budget full
+            await adapter.client.send_part(chat_id, render_telegram("noise")[0])
+
+    rates = TelegramRates(global_=RateWindow(2, 1.0))
+    async with (
+        FakeTelegramAPI(rate_scale=SCALE, rates=rates) as api,
+        running(app, tmp_path, api, use_drafts=False, global_rate=2) as gw,
+    ):
+        adapter = next(a for a in gw.adapters if isinstance(a, TelegramAdapter))
+        stop = asyncio.Event()
+        noisy = [asyncio.create_task(noise(adapter, 9000 + i, stop)) for i in range(4)]
+        try:
+            await until(lambda: len(api.calls_to("sendMessage", ok=True)) >= 8)
+            api.send_text(PRIVATE, "go")
+            await until(lambda: api.visible(PRIVATE))
+            first_shown.set()
+            await until(lambda: len(api.visible(PRIVATE)) == 2)  # while the handler still writes
+            release.set()
+            await until(lambda: "\n\n".join(api.visible_texts(PRIVATE)) == first + second)
+        finally:
+            stop.set()
+            release.set()
+            await asyncio.gather(*noisy)
     assert not api.rate_limited
 
 

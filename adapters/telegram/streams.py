@@ -12,7 +12,8 @@ so a stream that outgrows 4,096 characters rolls over into a new message at a pa
 - :class:`EditStream`: ``sendMessage`` once, then ``editMessageText`` at most every ``interval``
   (1.1 s private, 3.1 s groups by default), skipping unchanged parts; "not modified" is success.
   A preview edit waits rather than queue while the chat's or the bot's budget is busy
-  (``Pacer.room_for_preview``), so final texts and new messages never wait behind previews.
+  (``Pacer.room_for_preview``), so final texts and new messages never wait behind previews;
+  a rollover (the finished part, then the next message) is not a preview and queues like them.
 
 Previews are sent by one background task per stream (:class:`_BackgroundFlush`): ``frame``
 returns at once, and ``close`` does not wait for a preview that has not left yet.
@@ -159,8 +160,13 @@ class EditStream(_BackgroundFlush):
         return max(0.0, self._last + self.min_interval - time.monotonic())
 
     def _ready(self) -> bool:
-        # a preview edit never queues for the budget: final texts and new messages go first
-        return not self._posted.ids or self.client.pacer.room_for_preview(self.chat_id)
+        # a preview edit never queues for the budget: final texts and new messages go first. A
+        # text that has outgrown its messages is not a preview: the finished part and the next
+        # message are sent now, in line with finals (close would have to send them anyway, one
+        # chat interval apart, after the last token)
+        if not self._posted.ids or self.client.pacer.room_for_preview(self.chat_id):
+            return True
+        return len(self.renderer.render(self._latest, partial=True)) > len(self._posted.ids)
 
     async def _show(self, text: str) -> None:
         parts = self.renderer.render(text, partial=True)
