@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import gateway  # noqa: E402 - after the path is set
+from adapters.telegram.pacing import GLOBAL_MESSAGES_PER_SECOND  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.runtime import Gateway  # noqa: E402
 from tests.fakes.telegram_api import FakeTelegramAPI  # noqa: E402
@@ -217,6 +218,17 @@ async def run(args: argparse.Namespace) -> int:
         return report(args, fake, chats, expected, last_token, elapsed)
 
 
+def budget_floor(ends: list[float], per_second: int = int(GLOBAL_MESSAGES_PER_SECOND)) -> float:
+    """The least worst-case delay *any* sender can achieve for finals due at ``ends`` when the bot
+    may send at most ``per_second`` messages in any one second: of the streams ending between
+    ``ends[i - per_second]`` and ``ends[i]`` (one more than a second's budget), the last final
+    to go leaves at least a second after the first could, so some final waits at least
+    ``ends[i - per_second] + 1 - ends[i]``."""
+    ordered = sorted(ends)
+    gaps = [ordered[i - per_second] + 1.0 - ordered[i] for i in range(per_second, len(ordered))]
+    return max([0.0, *gaps])
+
+
 def report(
     args: argparse.Namespace,
     fake: RemoteFake,
@@ -253,6 +265,10 @@ def report(
         print(
             f"last token -> final message: p50 {statistics.median(delays) * 1000:.0f} ms   "
             f"p99 {percentile(delays, 99) * 1000:.0f} ms   max {max(delays) * 1000:.0f} ms"
+        )
+        print(
+            f"  floor for these end times at {GLOBAL_MESSAGES_PER_SECOND:g} messages/s (any pacer): "
+            f"max {budget_floor(list(last_token.values())) * 1000:.0f} ms"
         )
     ok = exact == len(chats) and not limited
     return 0 if ok else 1
