@@ -183,6 +183,7 @@ async def run(args: argparse.Namespace, port: int) -> int:
     print(f"HTTP 429s: {sum(rate_limited.values())}" + (f" {dict(rate_limited)}" if rate_limited else ""))
     print(f"replies streamed natively: {native}/{args.threads}; incomplete final texts: {incomplete}")
     print(f"preview frames skipped by the pacer: {stats.skipped_frames}")
+    print(f"longest wait of an urgent call (final text) for its slot: {stats.longest_urgent_wait * ms:.0f} ms")
     if delays:
         print(
             f"last token -> final text: p50 {percentile(delays, 0.5) * ms:.0f} ms, "

@@ -231,3 +231,11 @@ async def test_slack_side_failures_are_retried_only_for_idempotent_calls() -> No
             )
         assert len(slack.calls_of("chat.postMessage")) == 2
         assert len(slack.calls_of("chat.update")) == 4
+
+
+async def test_stats_tell_how_long_urgent_calls_waited() -> None:
+    pacer = SlackPacer(method_budgets={"chat.update": Budget(1, 0.2)}, channel_budgets={})
+    assert await pacer.acquire("chat.update", "T1", "C1", urgent=False)
+    assert pacer.stats.longest_urgent_wait == 0
+    assert await pacer.acquire("chat.update", "T1", "C1", urgent=True)  # waits out the window
+    assert pacer.stats.longest_urgent_wait >= 0.2 * 1.02 + 0.5 - 0.01

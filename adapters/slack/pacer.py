@@ -108,6 +108,9 @@ class PacerStats:
     rate_limited: Counter[str] = field(default_factory=Counter)
     skipped_frames: int = 0
     waited_seconds: float = 0.0
+    longest_urgent_wait: float = 0.0
+    """The longest an urgent call (a final text, a block) waited for its slot: when final texts
+    are late, this says whether the budget is the reason."""
 
 
 def retry_after_seconds(error: SlackApiError) -> float:
@@ -215,6 +218,8 @@ class SlackPacer:
                 for w in windows:
                     w.record(now)
                 self.stats.waited_seconds += now - started
+                if urgent:
+                    self.stats.longest_urgent_wait = max(self.stats.longest_urgent_wait, now - started)
                 return True
             if max_wait is not None and (now - started) + wait > max_wait:
                 return False
