@@ -501,8 +501,11 @@ async def test_two_workers_run_each_task_once_cancel_across_and_recover_a_stoppe
 ) -> None:
     runs: list[tuple[str, int]] = []
     hold = {"started": asyncio.Event(), "endless": asyncio.Event(), "release": asyncio.Event()}
-    a = client(worker_app("a", runs, hold), tmp_path / "a", database_url, task_concurrency=4)
-    b = client(worker_app("b", runs, hold), tmp_path / "b", database_url, task_concurrency=4)
+    # a 3 s worker lease (heartbeat every second): a loaded machine's stall must not make one
+    # worker take the other for dead and mark its running tasks interrupted
+    options = {"task_concurrency": 4, "leader_lease_seconds": 3.0}
+    a = client(worker_app("a", runs, hold), tmp_path / "a", database_url, **options)
+    b = client(worker_app("b", runs, hold), tmp_path / "b", database_url, **options)
     async with a, b:
         service_a, service_b = a.gateway.tasks, b.gateway.tasks
         descriptor = a.gateway.app.tasks["job"]
