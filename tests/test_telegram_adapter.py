@@ -745,6 +745,19 @@ async def test_an_update_seen_again_after_a_lost_confirmation_runs_once(tmp_path
     assert api.visible_texts(PRIVATE) == ["ok exactly once"]
 
 
+async def test_an_update_aiogram_cannot_read_does_not_block_the_ones_after_it(
+    tmp_path: Path, api: FakeTelegramAPI
+) -> None:
+    async with running(echo_app(), tmp_path, api):
+        api.send_text(PRIVATE, "before")
+        await until(lambda: api.visible_texts(PRIVATE) == ["echo: before"])
+        bad = api.inject({"message": {**api.message(PRIVATE, "unreadable"), "date": "not a date"}})
+        api.send_text(PRIVATE, "after")
+        await until(lambda: api.visible_texts(PRIVATE) == ["echo: before", "echo: after"], timeout=10)
+        await until(lambda: all(u["update_id"] > bad for u in api.pending_updates))  # confirmed, not redelivered
+    assert api.visible_texts(PRIVATE) == ["echo: before", "echo: after"]
+
+
 async def test_only_one_process_polls(tmp_path: Path, api: FakeTelegramAPI) -> None:
     heard: list[str] = []
     app = gateway.App("two")

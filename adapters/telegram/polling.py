@@ -4,6 +4,8 @@
 ``offset`` above them, and the offset advances past an update only after ``gw.submit`` has
 recorded it durably. A crash in between means Telegram sends it again; the inbox drops the repeat
 by its dedup key (``tg:<bot id>:<update_id>``). Start-up never passes ``drop_pending_updates``.
+The one exception: an update this aiogram cannot read at all is logged with its content and
+stepped over, since it would otherwise block every update behind it forever.
 
 **One poller.** Telegram itself allows one ``getUpdates`` at a time per bot (a second one ends the
 first with ``409 Conflict``), which would make two processes steal updates from each other. So a
@@ -24,9 +26,10 @@ import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiogram.exceptions import TelegramAPIError, TelegramConflictError
+from aiogram.exceptions import ClientDecodeError, TelegramAPIError, TelegramConflictError
 from aiogram.methods import GetUpdates
 from aiogram.types import Update
+from pydantic import ValidationError
 
 from adapters.telegram.client import TelegramClient
 from adapters.telegram.updates import ALLOWED_UPDATES
@@ -72,6 +75,27 @@ class Poller:
         if release is not None:
             await release(self.lease_name, self.holder)
 
+    def _one_by_one(self, exc: ClientDecodeError) -> list[tuple[int, Update | None]]:
+        """aiogram reads a batch as one list, so a single update it cannot read (a newer Bot API
+        than this aiogram knows) fails them all, again at every poll: read the batch update by
+        update, and step past the unreadable ones (logged with their content) instead of
+        blocking every update behind them."""
+        data = exc.data
+        raw_updates = data.get("result") if isinstance(data, dict) and data.get("ok") else None
+        if not isinstance(raw_updates, list):
+            raise exc
+        batch: list[tuple[int, Update | None]] = []
+        for raw in raw_updates:
+            update_id = raw.get("update_id") if isinstance(raw, dict) else None
+            if not isinstance(update_id, int):
+                raise exc  # no id to step past: keep the offset and retry
+            try:
+                batch.append((update_id, Update.model_validate(raw, context={"bot": self.client.bot})))
+            except ValidationError as error:
+                log.error("telegram update %s cannot be read (%s); skipping it: %.2000r", update_id, error, raw)
+                batch.append((update_id, None))
+        return batch
+
     async def run(self) -> None:
         failures = 0
         while True:
@@ -81,14 +105,19 @@ class Poller:
                     await asyncio.sleep(min(STANDBY_CHECK_MAX, max(0.5, float(self.poll_timeout))))
                     continue
                 self.polling.set()
-                updates = await self.client.call(
-                    GetUpdates(offset=self.offset, timeout=self.poll_timeout, allowed_updates=ALLOWED_UPDATES),
-                    idempotent=True,
-                    timeout=self.poll_timeout + 10,
-                )
-                for update in updates:
-                    await self.handle(update)  # raises if it could not be recorded: offset stays
-                    self.offset = update.update_id + 1
+                try:
+                    updates = await self.client.call(
+                        GetUpdates(offset=self.offset, timeout=self.poll_timeout, allowed_updates=ALLOWED_UPDATES),
+                        idempotent=True,
+                        timeout=self.poll_timeout + 10,
+                    )
+                    batch: list[tuple[int, Update | None]] = [(u.update_id, u) for u in updates]
+                except ClientDecodeError as exc:
+                    batch = self._one_by_one(exc)
+                for update_id, update in batch:
+                    if update is not None:
+                        await self.handle(update)  # raises if it could not be recorded: offset stays
+                    self.offset = update_id + 1
                 failures = 0
             except asyncio.CancelledError:
                 raise
