@@ -176,6 +176,7 @@ async def test_groups_hear_mentions_replies_and_commands_and_topics_are_sessions
     api.add_forum(GROUP)
     async with running(echo_app(seen), tmp_path, api):
         api.send_text(GROUP, "not for the bot")
+        api.send_text(GROUP, f"@{api.bot_username}2 is another bot")
         api.send_text(
             GROUP,
             f"@{api.bot_username} hello",
@@ -209,6 +210,15 @@ async def test_groups_hear_mentions_replies_and_commands_and_topics_are_sessions
         topic_reply = next(m for m in api.visible(GROUP) if m.text == "echo: in a topic")
         assert topic_reply.thread_id == 77  # the reply went to the topic
     assert not api.rate_limited
+
+
+async def test_edited_messages_are_ignored_by_default(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    async with running(echo_app(), tmp_path, api):
+        api.inject({"edited_message": {**api.message(PRIVATE, "edited text"), "edit_date": 1}})
+        api.send_text(PRIVATE, "next")  # same session, handled after the edit would have been
+        await until(lambda: api.visible_texts(PRIVATE))
+        await asyncio.sleep(0.1)
+    assert api.visible_texts(PRIVATE) == ["echo: next"]
 
 
 async def test_group_trigger_all_and_edited_messages_as_new(tmp_path: Path, api: FakeTelegramAPI) -> None:

@@ -102,7 +102,8 @@ def _addressed(message: Message, bot: BotIdentity) -> bool:
             _, _, target = fragment.partition("@")
             if not target or target.lower() == bot.username.lower():
                 return True
-    return mention in text.lower()
+    # no entities (some clients, forwarded text): the mention as a whole word, not @botname2
+    return re.search(rf"(?<![\w@]){re.escape(mention)}(?!\w)", text, re.IGNORECASE) is not None
 
 
 def _clean_text(text: str, bot: BotIdentity) -> str:
