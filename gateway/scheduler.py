@@ -183,9 +183,13 @@ def plan_job(spec: ScheduleSpec, settings: SchedulerSettings) -> PlannedJob:
         # (a stored job of the same cron from before either-day matching gets replaced)
         signature = f"cron {spec.trigger} {zone_name}" + (" day-or-weekday" if either_day else "")
     grace = spec.options.get("misfire_grace", settings.misfire_grace_seconds)
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or grace < 1:
+        raise ValueError(f"@app.schedule {spec.name!r}: misfire_grace= takes a number of seconds, at least 1")
     coalesce = spec.options.get("coalesce", settings.coalesce)
+    if not isinstance(coalesce, bool):
+        raise ValueError(f"@app.schedule {spec.name!r}: coalesce= takes True or False")
     return PlannedJob(JOB_PREFIX + spec.name, spec, trigger, signature, spec.trigger == "at",
-                      int(grace), bool(coalesce))
+                      int(grace), coalesce)
 
 
 async def scheduled_job(name: str) -> None:

@@ -158,6 +158,12 @@ def test_bad_schedules_are_refused_clearly() -> None:
         plan("* * * * *", jitter=3)
     with pytest.raises(ValueError, match="at= takes a datetime"):
         plan(at="tomorrow")
+    for grace in (None, 0, -5, "60", True):
+        with pytest.raises(ValueError, match="misfire_grace= takes a number"):
+            plan("* * * * *", misfire_grace=grace)
+    with pytest.raises(ValueError, match="coalesce= takes True or False"):
+        plan("* * * * *", coalesce="no")
+    assert plan("* * * * *", misfire_grace=90, coalesce=False).misfire_grace == 90
     assert plan("*/5 * * * *", timezone="Asia/Tokyo").signature == "cron */5 * * * * Asia/Tokyo"
 
 
