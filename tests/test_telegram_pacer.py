@@ -102,6 +102,9 @@ async def test_drafts_have_their_own_budget_and_do_not_use_the_messages() -> Non
     pacer = Pacer(scale=scale, draft_interval=0.25)
     drafts = await stamps(pacer, 3, 3, "draft")
     assert all(g >= 0.25 * scale * (1 + MARGIN) * 0.98 for g in gaps(drafts))
+    # nor the bot's: drafts in forty chats leave its thirty-a-second budget untouched
+    await asyncio.gather(*(stamps(pacer, chat, 1, "draft") for chat in range(100, 140)))
+    assert pacer.global_budget.load(time.monotonic()) == 0.0
     started = time.monotonic()
     await stamps(pacer, 3, 1)  # a message right after the drafts does not wait for them
     assert time.monotonic() - started < 0.5 * 0.25 * scale
