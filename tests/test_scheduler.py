@@ -464,6 +464,25 @@ async def test_each_tick_runs_once_even_with_two_schedulers(tmp_path: Path, data
         assert len(ticks) <= len(fences) <= len(ticks) + 1  # + one tick claimed, not yet appended
         assert len({f.run_time for f in fences}) == len(fences)
 
+        # Whether or not the two raced for a tick above, the fence decides: a tick one process
+        # ran is not run by the other (as a stale leader with an old next-run time would ask).
+        for tc in (a, b):
+            tc.gateway.scheduler.scheduler.pause()
+            await tc.gateway.scheduler.scheduler.io(lambda: None)  # a pass over due jobs in flight ends
+        await until(lambda: not a.gateway.scheduler._executor.running and not b.gateway.scheduler._executor.running)
+        ran = min(f.run_time for f in fences)
+        ran = ran.replace(tzinfo=UTC) if ran.tzinfo is None else ran
+        for tc in (b, a):
+            service = tc.gateway.scheduler
+            before = (len(ticks), service.runs["tick"])
+            events = await service.run_job(JOB_PREFIX + "tick", "tick", "default", None, [ran])
+            assert events == [] and (len(ticks), service.runs["tick"]) == before
+        # and a tick nobody claimed yet runs exactly once between them
+        fresh = datetime.now(UTC) - timedelta(milliseconds=1)
+        both = await asyncio.gather(*(tc.gateway.scheduler.run_job(JOB_PREFIX + "tick", "tick", "default", None,
+                                                                   [fresh]) for tc in (a, b)))
+        assert sorted(len(events) for events in both) == [0, 1]
+
 
 # -- jobs talking to real sessions ---------------------------------------------------------
 
