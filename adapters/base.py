@@ -41,6 +41,15 @@ class GatewayContext(Protocol):
         """Record ``inbound`` durably and queue it; returns once it is safe to acknowledge."""
         ...
 
+    def awaited_approval(self, session_id: str) -> tuple[str, str] | None:
+        """``(inbox id, block id)`` while the session's handler waits in ``prompt_approval``;
+        a ``button`` event naming that block with ``"approve"`` / ``"reject"`` answers it."""
+        ...
+
+    def sessions_awaiting_approval(self) -> list[str]:
+        """The sessions whose handler waits in ``prompt_approval`` now."""
+        ...
+
     @property
     def public_url(self) -> str:
         """The gateway's externally reachable base URL, without a trailing slash."""

@@ -165,6 +165,13 @@ class Dispatcher:
         """True once shutdown began: a cancelled turn is then an interruption, not a stop."""
         return self._closed
 
+    def running_inbound(self, session_id: str) -> str | None:
+        """The inbox id of the event whose handler runs in this session now, if any."""
+        lane = self._lanes.get(session_id)
+        if lane is None or lane.current is None or lane.running is None or lane.running.done():
+            return None
+        return lane.current.inbox_id
+
     def busy(self, session_id: str) -> bool:
         lane = self._lanes.get(session_id)
         return lane is not None and (lane.running is not None or bool(lane.queue))

@@ -89,5 +89,13 @@ class PromptRegistry:
                 return True
         return False
 
-    def waiting(self, session_id: str) -> list[WaitingPrompt]:
-        return list(self._waiting.get(session_id, {}).values())
+    def waiting(self, session_id: str, kind: str | None = None) -> list[WaitingPrompt]:
+        """The unanswered prompts of a session (of one ``kind``), oldest first."""
+        return [
+            p for p in self._waiting.get(session_id, {}).values()
+            if not p.future.done() and (kind is None or p.kind == kind)
+        ]
+
+    def sessions_waiting(self, kind: str) -> list[str]:
+        """The sessions with an unanswered prompt of ``kind``."""
+        return [session_id for session_id in self._waiting if self.waiting(session_id, kind)]

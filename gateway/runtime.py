@@ -102,6 +102,19 @@ class Gateway:
             inbound.message.attachments = [self.resolve_attachment(channel_type, a) for a in attachments]
         return await self.dispatcher.submit(inbound, session)
 
+    def awaited_approval(self, session_id: str) -> tuple[str, str] | None:
+        """``(inbox id, block id)`` when the session's running handler waits in
+        ``prompt_approval``: the event it runs for, and the approval block a press must name."""
+        inbound_id = self.dispatcher.running_inbound(session_id)
+        prompts = self.dispatcher.prompts.waiting(session_id, "approval")
+        if inbound_id is None or not prompts:
+            return None
+        return inbound_id, prompts[0].block_id
+
+    def sessions_awaiting_approval(self) -> list[str]:
+        """The sessions whose running handler waits in ``prompt_approval``."""
+        return self.dispatcher.prompts.sessions_waiting("approval")
+
     def outbox_for(self, channel: SessionChannel, session_id: str) -> Outbox | None:
         adapter = self._by_channel.get(channel.type)
         return None if adapter is None else adapter.outbox(channel, session_id)

@@ -13,6 +13,7 @@ from promptrails.exceptions import NotFoundError, ServerError, UnauthorizedError
 
 import gateway
 from adapters.web.testing import base_url, running_gateway
+from tests.support import until
 
 KEY = "key-one"
 OTHER_KEY = "key-two"
@@ -36,6 +37,10 @@ def make_app(calls: list[str] | None = None) -> gateway.App:
             return
         if text.startswith("slow "):
             await asyncio.sleep(float(text.removeprefix("slow ")))
+        if text.startswith("ask "):
+            approved = await session.prompt_approval(text.removeprefix("ask "), timeout=30)
+            await session.reply("approved" if approved else "rejected")
+            return
         if text == "two":
             await session.reply("one")
             await session.reply("two")
@@ -300,6 +305,57 @@ async def test_executions_get_stream_and_cancel(gw):
             break
         await asyncio.sleep(0.02)
     assert (await sdk.executions.get(first.execution_id)).status == "cancelled"
+
+
+async def test_an_approval_prompt_is_answered_through_the_executions_api(gw):
+    sdk, other = client(gw), client(gw, OTHER_KEY)
+    session = await sdk.chat.create_session(agent_id="default")
+    for route, expected in (("approve", "approved"), ("deny", "rejected")):
+        turn = asyncio.create_task(sdk.chat.send_message(session.id, content=f"ask {route}?"))
+        inbox = await until(lambda: _nonempty(sdk.executions.approval_inbox()), timeout=10)
+        assert inbox.meta.total == 1 and len(inbox.data) == 1
+        waiting = inbox.data[0]
+        assert (waiting.status, waiting.session_id, waiting.input) == (
+            "waiting_approval", session.id, {"content": f"ask {route}?"}
+        )
+        assert (await sdk.executions.get(waiting.id)).status == "waiting_approval"
+        assert (await other.executions.approval_inbox()).data == []  # another key sees none of it
+        with pytest.raises(NotFoundError):
+            await other.executions.approve(waiting.id)
+        answered = await getattr(sdk.executions, route)(waiting.id, reason="checked by ops")
+        assert answered.id == waiting.id and answered.status in ("running", "completed")
+        assert (await turn).content == expected
+        assert (await sdk.executions.get(waiting.id)).status == "completed"
+        with pytest.raises(ValidationError, match="not waiting for an approval"):
+            await sdk.executions.approve(waiting.id)  # answered once; a second answer is refused
+    assert (await sdk.executions.approval_inbox()).data == []
+
+
+async def _nonempty(listing):
+    page = await listing
+    return page if page.data else None
+
+
+async def test_approval_routes_refuse_bad_input(gw):
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    turn = asyncio.create_task(sdk.chat.send_message(session.id, content="ask bad input?"))
+    waiting = (await until(lambda: _nonempty(sdk.executions.approval_inbox()), timeout=10)).data[0]
+    url = f"{base_url(gw)}/api/v1/executions/{waiting.id}/approve"
+    async with aiohttp.ClientSession() as http:
+        for body, status in ((b'{"reason": 5}', 400), (b"{not json", 400), (b"[]", 400), (b"{}", 401)):
+            headers = {"Content-Type": "application/json"}
+            if status != 401:
+                headers["X-API-Key"] = KEY
+            async with http.post(url, data=body, headers=headers) as response:
+                assert response.status == status
+                assert "error" in await response.json()
+        async with http.post(f"{base_url(gw)}/api/v1/executions/not-an-id/deny", json={},
+                             headers={"X-API-Key": KEY}) as response:
+            assert response.status == 404
+    assert (await sdk.executions.get(waiting.id)).status == "waiting_approval"  # nothing answered it
+    await sdk.executions.deny(waiting.id)
+    assert (await turn).content == "rejected"
 
 
 async def test_errors_are_typed_exceptions(gw):

@@ -4,6 +4,10 @@
 finished turn as ``execution`` -> ``content`` -> ``done`` (or ``error``) and closes, or streams a
 running one live; ``POST .../cancel`` stops a running turn. An execution is visible only to the
 API key whose session it belongs to (anything else is "not found").
+
+A turn whose handler waits in ``session.prompt_approval`` is ``waiting_approval``: it is listed by
+``GET /api/v1/executions/approval-inbox`` and answered by ``POST .../approve`` or ``.../deny``
+(the same answer as the widget's buttons, recorded in the inbox like any press).
 """
 
 from __future__ import annotations
@@ -12,22 +16,26 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.inbound import Inbound
+from gateway.inbound import ButtonPress, Inbound
 from gateway.store.records import InboundRecord, MessageRecord, SessionRecord
 
 from . import errors
 from .context import ID_PATTERN
 from .errors import not_found
 from .outbox import session_topic
+from .paging import page_offset, pagination
 from .sse import SSEWriter
 from .sse_turn import ERROR_MESSAGES, MESSAGE_SEPARATOR, TurnStreamer
 from .subscription import subscribed
-from .wire import rfc3339
+from .wire import page_meta, rfc3339
 
 if TYPE_CHECKING:
     from .rest import Caller, RestApi
 
 RUNNING = "running"
+WAITING_APPROVAL = "waiting_approval"
+ANSWER_BY_ROUTE = {"approve": "approve", "deny": "reject"}
+"""PromptRails' approve/deny routes -> the approval button a press names."""
 # chatgate's inbox outcome -> PromptRails' execution status
 STATUS_BY_ERROR = {None: "completed", "stopped": "cancelled", errors.HANDLER_ERROR: "failed", errors.TIMEOUT: "failed"}
 
@@ -50,19 +58,25 @@ class Executions:
             raise not_found("execution not found")
         return inbound, record
 
-    @staticmethod
-    def status_of(inbound: InboundRecord) -> str:
+    def status_of(self, inbound: InboundRecord) -> str:
         if inbound.status in ("pending", "running"):
-            return RUNNING
+            return WAITING_APPROVAL if self._awaited_block(inbound) else RUNNING
         if inbound.status == "failed":
             return "failed"
         return STATUS_BY_ERROR.get(inbound.error, "failed")
+
+    def _awaited_block(self, inbound: InboundRecord) -> str | None:
+        """The approval block this execution's handler waits on, if it waits on one."""
+        awaited = self.api.ctx.core.awaited_approval(inbound.session_id)
+        if awaited is None or awaited[0] != inbound.id:
+            return None
+        return awaited[1]
 
     def execution(self, inbound: InboundRecord, record: SessionRecord, messages: list[MessageRecord]) -> dict[str, Any]:
         status = self.status_of(inbound)
         user = next((m.text for m in messages if m.role == "user"), "")
         replies = [m.text for m in messages if m.role == "assistant"]
-        finished = status != RUNNING
+        finished = status not in (RUNNING, WAITING_APPROVAL)
         return {
             "id": inbound.id,
             "agent_id": record.chat_name or "default",
@@ -98,7 +112,7 @@ class Executions:
         async with subscribed(self.api.ctx.core.bus, session_topic(record.id)) as queue:
             inbound = await self.store.get_inbound(inbound.id) or inbound  # re-read once subscribed
             await writer.open()
-            if self.status_of(inbound) == RUNNING:
+            if self.status_of(inbound) in (RUNNING, WAITING_APPROVAL):
                 await TurnStreamer(self.api.ctx, record.id, inbound.id, writer).run(queue)
             else:
                 await self._replay(writer, inbound, record)
@@ -122,7 +136,7 @@ class Executions:
 
     async def cancel(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         inbound, record = await self._own(request, caller)
-        if self.status_of(inbound) == RUNNING:
+        if self.status_of(inbound) in (RUNNING, WAITING_APPROVAL):
             stop = Inbound(
                 kind="stop",
                 dedup_key=f"web:cancel:{inbound.id}",
@@ -133,6 +147,56 @@ class Executions:
             await self.api.ctx.core.submit(stop)
         messages = await self.store.turn_messages(record.id, inbound.id)
         execution = self.execution(inbound, record, messages)
-        if execution["status"] == RUNNING:
+        if execution["status"] in (RUNNING, WAITING_APPROVAL):
             execution["status"] = "cancel_requested"
         return web.json_response({"data": execution})
+
+    # -- approvals -----------------------------------------------------------------------------
+
+    async def approval_inbox(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        """The caller's executions waiting for an approval, oldest first."""
+        page, limit = pagination(request)
+        waiting: list[tuple[InboundRecord, SessionRecord]] = []
+        for session_id in self.api.ctx.core.sessions_awaiting_approval():
+            awaited = self.api.ctx.core.awaited_approval(session_id)
+            record = await self.store.get_session(session_id) if awaited else None
+            if record is None or record.owner_key != caller.owner_key:
+                continue
+            inbound = await self.store.get_inbound(awaited[0])
+            if inbound is not None:
+                waiting.append((inbound, record))
+        waiting.sort(key=lambda pair: pair[0].id)
+        start = page_offset(page, limit)
+        data = []
+        for inbound, record in waiting[start : start + limit]:
+            messages = await self.store.turn_messages(record.id, inbound.id)
+            data.append(self.execution(inbound, record, messages))
+        return web.json_response({"data": data, "meta": page_meta(len(waiting), page, limit)})
+
+    async def approve(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        return await self._answer(request, caller, "approve")
+
+    async def deny(self, request: web.Request, caller: Caller) -> web.StreamResponse:
+        return await self._answer(request, caller, "deny")
+
+    async def _answer(self, request: web.Request, caller: Caller, route: str) -> web.StreamResponse:
+        inbound, record = await self._own(request, caller)
+        body = await self.api.json_body(request)
+        reason = body.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            raise errors.bad_request("reason must be a string")
+        block_id = self._awaited_block(inbound)
+        if block_id is None:
+            raise errors.bad_request(f"execution {inbound.id} is not waiting for an approval")
+        press = Inbound(
+            kind="button",
+            dedup_key=f"web:{route}:{inbound.id}:{block_id}",
+            channel=record.channel,
+            user=caller.user,
+            session_id=record.id,
+            button=ButtonPress(block_id, ANSWER_BY_ROUTE[route]),
+        )
+        await self.api.ctx.core.submit(press)
+        inbound = await self.store.get_inbound(inbound.id) or inbound
+        messages = await self.store.turn_messages(record.id, inbound.id)
+        return web.json_response({"data": self.execution(inbound, record, messages)})

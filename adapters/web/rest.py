@@ -27,6 +27,7 @@ from .cors import cors_headers, preflight
 from .errors import WebError, bad_request, not_found
 from .executions import Executions
 from .outbox import session_topic
+from .paging import page_offset, pagination
 from .rest_turns import RestTurns, content_digest
 from .sse import SSEWriter
 from .sse_turn import TurnStreamer
@@ -36,10 +37,6 @@ from .wire import JSONRefused, chat_message, chat_session, now_rfc3339, page_met
 log = logging.getLogger("chatgate.web.rest")
 
 PREFIX = "/api/v1"
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
-"""PromptRails' emulator clamps ``limit`` outside 1..100 to 20; so do we."""
-MAX_OFFSET = 2**53
 DEFAULT_AGENT = "default"
 API_PLATFORM = "api"
 FEEDBACK_VALUES = (1, -1)
@@ -68,9 +65,12 @@ class RestApi:
             "/chat/sessions/{session_id}/messages": {"GET": self.list_messages, "POST": self.send_message},
             "/chat/sessions/{session_id}/messages/stream": {"POST": self.stream_message},
             "/chat/sessions/{session_id}/feedback": {"POST": self.submit_feedback},
+            "/executions/approval-inbox": {"GET": self.executions.approval_inbox},
             "/executions/{execution_id}": {"GET": self.executions.get},
             "/executions/{execution_id}/stream": {"GET": self.executions.stream},
             "/executions/{execution_id}/cancel": {"POST": self.executions.cancel},
+            "/executions/{execution_id}/approve": {"POST": self.executions.approve},
+            "/executions/{execution_id}/deny": {"POST": self.executions.deny},
         }
         for path, methods in routes.items():
             app.router.add_route("*", PREFIX + path, self._endpoint(methods))
@@ -125,7 +125,7 @@ class RestApi:
             raise errors.unauthorized("the API key is not valid")
         return Caller(self.ctx.owner_key(matched[0]))
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def json_body(self, request: web.Request) -> dict[str, Any]:
         # 400, not 413: the SDK would retry a 413 (any unmapped status) three more times.
         limit = self.ctx.settings.server.max_request_bytes
         too_large = WebError(400, errors.TOO_LARGE, f"the request body is larger than {limit} bytes")
@@ -176,15 +176,15 @@ class RestApi:
     # -- sessions ------------------------------------------------------------------------------
 
     async def list_sessions(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        page, limit = _pagination(request)
+        page, limit = pagination(request)
         records, total = await self.ctx.core.store.list_sessions(
-            owner_key=caller.owner_key, offset=_offset(page, limit), limit=limit
+            owner_key=caller.owner_key, offset=page_offset(page, limit), limit=limit
         )
         data = [chat_session(r, self._agent_id(r)) for r in records]
         return web.json_response({"data": data, "meta": page_meta(total, page, limit)})
 
     async def create_session(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        body = await self._body(request)
+        body = await self.json_body(request)
         agent_id = body.get("agent_id")
         if not isinstance(agent_id, str) or not agent_id:
             raise bad_request("agent_id is required")
@@ -220,12 +220,13 @@ class RestApi:
 
     async def list_messages(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         record = await self._own_session(request, caller)
-        page, limit = _pagination(request)
-        messages, total = await self.ctx.core.store.list_messages(record.id, offset=_offset(page, limit), limit=limit)
+        page, limit = pagination(request)
+        offset = page_offset(page, limit)
+        messages, total = await self.ctx.core.store.list_messages(record.id, offset=offset, limit=limit)
         return web.json_response({"data": [chat_message(m) for m in messages], "meta": page_meta(total, page, limit)})
 
     async def _content(self, request: web.Request) -> str:
-        body = await self._body(request)
+        body = await self.json_body(request)
         content = body.get("content")
         if not isinstance(content, str) or not content.strip():
             raise bad_request("content is required")
@@ -300,7 +301,7 @@ class RestApi:
 
     async def submit_feedback(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         record = await self._own_session(request, caller)
-        body = await self._body(request)
+        body = await self.json_body(request)
         execution_id = body.get("execution_id")
         value = body.get("value")
         if not isinstance(execution_id, str) or not execution_id:
@@ -313,29 +314,6 @@ class RestApi:
             raise not_found("execution not found in this session")
         await store.save_feedback(record.id, execution_id, value)
         return web.json_response({"data": {"submitted": True}})
-
-
-def _offset(page: int, limit: int) -> int:
-    """Where ``page`` starts. Capped: a page past the end is empty however far past it is, and
-    the database's integers are 64-bit (``?page=99999999999999999999`` must not overflow them)."""
-    return min((page - 1) * limit, MAX_OFFSET)
-
-
-def _pagination(request: web.Request) -> tuple[int, int]:
-    """``page`` (1-based) and ``limit``, clamped the way PromptRails' emulator clamps them."""
-    values = []
-    for key, default in (("page", 1), ("limit", DEFAULT_PAGE_SIZE)):
-        raw = request.query.get(key, "")
-        try:
-            values.append(int(raw) if raw else default)
-        except ValueError:
-            raise bad_request(f"{key} must be an integer") from None
-    page, limit = values
-    if page < 1:
-        page = 1
-    if not 1 <= limit <= MAX_PAGE_SIZE:
-        limit = DEFAULT_PAGE_SIZE
-    return page, limit
 
 
 def _pending_user_message(session_id: str, inbound_id: str, content: str) -> dict[str, Any]:
