@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatgate.turns")
 
 CHAT_NAME_KEY = "__chat_name__"  # where Capsule keeps a session's named chat
+SESSION_DELETED = "session_deleted"  # a turn's outcome when its session went away under it
 
 
 class TurnRunner:
@@ -41,7 +42,7 @@ class TurnRunner:
             await rt.store.set_inbox_status(item.inbox_id, "done", "session deleted")
             outbox = rt.outbox_for(inbound.channel, item.session_id)
             if outbox is not None:  # whoever waits on this turn learns it is over
-                await outbox.end_turn(item.inbox_id, "session_deleted")
+                await outbox.end_turn(item.inbox_id, SESSION_DELETED)
             return
         record, user, recent = context
         if user is None:
@@ -215,6 +216,10 @@ class TurnRunner:
 
     async def _failed(self, session: Session) -> str:
         """Log the handler's exception (call from an ``except`` block) and apologise."""
+        if await self.rt.store.get_session(session.id) is None:
+            # Deleted while the handler ran: its replies had nowhere to go, nobody to apologise to.
+            log.info("session %s was deleted while its handler ran; the turn is dropped", session.id)
+            return SESSION_DELETED
         log.exception("handler for session %s (%s) raised", session.id, session.channel.type)
         await self._apologise(session, self.rt.settings.dispatch.error_message)
         return "handler_error"

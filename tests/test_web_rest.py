@@ -358,6 +358,37 @@ async def test_approval_routes_refuse_bad_input(gw):
     assert (await turn).content == "rejected"
 
 
+async def test_a_session_deleted_while_its_turn_runs_ends_the_turn_as_not_found(tmp_path, caplog):
+    calls: list[str] = []
+    async with running_gateway(make_app(calls), tmp_path, web={"api_keys": [KEY]}) as gw:
+        sdk = client(gw)
+        for streamed in (False, True):
+            calls.clear()
+            session = await sdk.chat.create_session(agent_id="default")
+            events: list = []
+            if streamed:
+
+                async def consume(session_id: str = session.id, into: list = events) -> None:
+                    async for event in sdk.chat.send_message_stream(session_id, content="slow 0.5"):
+                        into.append(event)
+
+                turn = asyncio.create_task(consume())
+            else:
+                turn = asyncio.create_task(sdk.chat.send_message(session.id, content="slow 0.5"))
+            await until(lambda: calls)
+            await sdk.chat.delete_session(session.id)
+            if streamed:
+                await turn
+                assert events[-1].type == "error" and events[-1].message == "the session was deleted"
+            else:
+                with pytest.raises(NotFoundError, match="deleted"):
+                    await turn
+            await gw.dispatcher.wait_idle(5)
+        assert (await sdk.chat.create_session(agent_id="default")).id  # still serving
+    failures = [r for r in caplog.records if r.name == "chatgate.turns" and r.levelname == "ERROR"]
+    assert failures == []  # not a handler failure: no traceback, no apology attempted
+
+
 async def test_errors_are_typed_exceptions(gw):
     sdk = client(gw)
     session = await sdk.chat.create_session(agent_id="default")

@@ -20,6 +20,8 @@ UNSUPPORTED_TYPE = "unsupported_type"
 METHOD_NOT_ALLOWED = "method_not_allowed"
 HANDLER_ERROR = "handler_error"
 TIMEOUT = "timeout"
+SESSION_DELETED = "session_deleted"
+"""A turn's outcome (not an error code on the wire) when its session was deleted under it."""
 INTERNAL = "internal"
 
 

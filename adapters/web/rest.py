@@ -256,6 +256,8 @@ class RestApi:
         content = await self._content(request)
         turn = await self._submit(record, caller, content)
         ended = await turn.wait_ended(self.ctx.settings.web.send_timeout)
+        if ended and turn.error == errors.SESSION_DELETED:
+            raise not_found("the session was deleted before the bot answered")
         if ended and turn.error in (errors.HANDLER_ERROR, errors.TIMEOUT):
             status = 500 if turn.error == errors.HANDLER_ERROR else 504
             message = "the bot failed to answer" if status == 500 else "the bot took too long to answer"

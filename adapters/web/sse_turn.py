@@ -141,6 +141,9 @@ class TurnStreamer:
         return MESSAGE_SEPARATOR.join(self._sent[m] for m in self._order if self._sent[m])
 
     async def _end(self, error: str | None) -> None:
+        if error == errors.SESSION_DELETED:
+            await self._writer.send("error", {"message": "the session was deleted", "code": errors.NOT_FOUND})
+            return
         if error in ERROR_MESSAGES:
             await self._writer.send("error", {"message": ERROR_MESSAGES[error], "code": error})
             return
