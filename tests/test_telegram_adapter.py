@@ -221,6 +221,28 @@ async def test_edited_messages_are_ignored_by_default(tmp_path: Path, api: FakeT
     assert api.visible_texts(PRIVATE) == ["echo: next"]
 
 
+async def test_a_topic_the_bot_opened_does_not_make_every_message_in_it_a_reply(
+    tmp_path: Path, api: FakeTelegramAPI
+) -> None:
+    api.add_forum(GROUP)
+    topic_root = {  # Telegram sets this as reply_to_message on every message in the topic
+        "message_id": 88,
+        "message_thread_id": 88,
+        "date": 0,
+        "chat": api.chat(GROUP),
+        "from": {"id": api.bot_id, "is_bot": True, "first_name": "chatgate"},
+        "forum_topic_created": {"name": "Reports", "icon_color": 7322096},
+        "is_topic_message": True,
+    }
+    async with running(echo_app(), tmp_path, api):
+        api.send_text(GROUP, "just talking in the topic", thread_id=88, reply_to_message=topic_root)
+        api.send_text(GROUP, f"@{api.bot_username} now you", thread_id=88, reply_to_message=topic_root)
+        await until(lambda: api.visible_texts(GROUP))
+        await asyncio.sleep(0.1)
+    assert api.visible_texts(GROUP) == ["echo: now you"]
+    assert api.visible(GROUP)[0].thread_id == 88
+
+
 async def test_group_trigger_all_and_edited_messages_as_new(tmp_path: Path, api: FakeTelegramAPI) -> None:
     async with running(echo_app(), tmp_path, api, group_trigger="all", edited_messages="as_new"):
         api.send_text(GROUP, "plain group talk")

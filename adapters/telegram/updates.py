@@ -88,7 +88,10 @@ def attachments_of(message: Message) -> list[Attachment]:
 def _addressed(message: Message, bot: BotIdentity) -> bool:
     """In a group: does this message speak to the bot (mention, reply, command)?"""
     reply = message.reply_to_message
-    if reply is not None and reply.from_user is not None and reply.from_user.id == bot.id:
+    # in a forum topic every message "replies" to the topic's creation message, the bot's own
+    # when the bot opened the topic: that is not a reply to the bot
+    topic_root = reply is not None and message.is_topic_message and reply.message_id == message.message_thread_id
+    if reply is not None and not topic_root and reply.from_user is not None and reply.from_user.id == bot.id:
         return True
     text = message.text or message.caption or ""
     mention = f"@{bot.username}".lower()
