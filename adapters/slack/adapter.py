@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import parse_qs
 
 from aiohttp import web
+from cachetools import LRUCache
 from slack_bolt.adapter.aiohttp import to_aiohttp_response
 from slack_bolt.app.async_app import AsyncApp
 from slack_bolt.authorization import AuthorizeResult
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 RECIPIENT_KEY = "slack_recipient"
 """Session metadata key of the Slack user a channel thread's native streams are addressed to."""
 
+REMEMBERED_CONVERSATIONS = 50_000
+"""Threads (and their recipients) kept in memory; older ones are looked up in the store again."""
+REMEMBERED_UPLOADS = 10_000
+"""File-store images whose Slack file id is kept; an older one is uploaded again if re-shown."""
 ACK_BUDGET = ACK_DEADLINE - 0.5
 """Seconds we allow ourselves before answering Slack; the rest of its 3 s is network slack."""
 NATIVE_STREAM_PERMANENT_ERRORS = frozenset(
@@ -125,11 +130,13 @@ class SlackAdapter(Adapter):
         self.bot = BotIdentity(user_id="")
         self.team_id = ""
         self.statuses_shown: set[tuple[str, str | None]] = set()
-        self._threads: set[tuple[str, str, str | None]] = set()
-        self._recipients: dict[tuple[str, str, str | None], str] = {}
+        # Memory of threads, recipients and uploads: each is a cache of what the store (or a new
+        # upload) can tell again, so it is bounded and forgets the least recently used.
+        self._threads: LRUCache[tuple[str, str, str | None], bool] = LRUCache(REMEMBERED_CONVERSATIONS)
+        self._recipients: LRUCache[tuple[str, str, str | None], str] = LRUCache(REMEMBERED_CONVERSATIONS)
         self._native_off: dict[str, str] = {}
         self._status_off: dict[str, str] = {}
-        self._uploaded: dict[str, str] = {}
+        self._uploaded: LRUCache[str, str] = LRUCache(REMEMBERED_UPLOADS)
         self._pending: set[asyncio.Future[Any]] = set()
         self._socket_handler: Any = None
         self.bolt = self._build_bolt()
@@ -187,7 +194,7 @@ class SlackAdapter(Adapter):
         return attachment
 
     def remember_thread(self, conversation: Conversation) -> None:
-        self._threads.add((conversation.team, conversation.channel, conversation.thread_ts))
+        self._threads[(conversation.team, conversation.channel, conversation.thread_ts)] = True
 
     def native_streaming_allowed(self, team: str) -> bool:
         return team not in self._native_off
@@ -377,7 +384,7 @@ class SlackAdapter(Adapter):
         )
         address = inbound.channel
         key = (team, address.chat_id or "", address.thread_id)
-        self._threads.add(key)
+        self._threads[key] = True
         accepted = await self._submit(inbound, deadline)
         if accepted is not None and self._recipients.get(key) != user_id:
             self._recipients[key] = user_id
@@ -410,7 +417,7 @@ class SlackAdapter(Adapter):
             return False
         found = await store.find_session(SessionChannel("slack", chat_id=channel, thread_id=thread_ts, team_id=team))
         if found is not None:
-            self._threads.add((team, channel, thread_ts))
+            self._threads[(team, channel, thread_ts)] = True
         return found is not None
 
     async def _on_assistant_thread_started(self, body: dict[str, Any], event: dict[str, Any]) -> None:
@@ -421,7 +428,7 @@ class SlackAdapter(Adapter):
         if thread.get("channel_id") and thread.get("thread_ts") and thread.get("user_id"):
             key = (team, str(thread["channel_id"]), str(thread["thread_ts"]))
             self._recipients[key] = str(thread["user_id"])
-            self._threads.add(key)
+            self._threads[key] = True
 
     async def _ignore_event(self) -> None:
         """Events we do not use are still acknowledged, so Slack does not retry them."""

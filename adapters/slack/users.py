@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 
 import aiohttp
+from cachetools import LRUCache
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -19,6 +20,8 @@ log = logging.getLogger(__name__)
 USER_CACHE_SECONDS = 3600.0
 """How long a users.info answer is reused (profiles change rarely; emails almost never)."""
 LOOKUP_TIMEOUT = 1.0
+REMEMBERED_USERS = 50_000
+"""Profiles kept in memory; an older one is asked of users.info again."""
 """Seconds a users.info lookup may take before the event goes on without the email."""
 
 
@@ -33,7 +36,7 @@ class SlackDirectory:
     def __init__(self, client: AsyncWebClient, pacer: SlackPacer) -> None:
         self.client = client
         self.pacer = pacer
-        self._known: dict[tuple[str, str], KnownUser] = {}
+        self._known: LRUCache[tuple[str, str], KnownUser] = LRUCache(REMEMBERED_USERS)
 
     async def platform_user(self, team: str, user: str, *, timeout: float = LOOKUP_TIMEOUT) -> PlatformUser:
         """``PlatformUser("slack", "<team>:<user>")`` with the email when the
