@@ -38,7 +38,7 @@ from apscheduler.jobstores.base import BaseJobStore
 from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.schedulers.base import STATE_STOPPED
+from apscheduler.schedulers.base import STATE_STOPPED, BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.combining import OrTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -261,6 +261,14 @@ class JobStoreThreadScheduler(AsyncIOScheduler):
     async def io(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.io_thread, lambda: call(*args, **kwargs))
 
+    async def io_shutdown(self) -> None:
+        """Shut down with the job-store part in ``io_thread``. AsyncIOScheduler's own shutdown
+        runs on the loop and takes the job-store lock, which a pass over due jobs holds while
+        its SQLite write waits for a store transaction that needs the loop: the loop froze for
+        the 10 s busy timeout."""
+        await self.io(BaseScheduler.shutdown, self, False)
+        self._stop_timer()
+
     def wakeup(self) -> None:  # may be called from any thread
         loop = self._eventloop
         if loop is not None and not loop.is_closed():
@@ -389,8 +397,7 @@ class SchedulerService:
     async def _stand_by(self) -> None:
         scheduler, self.scheduler = self.scheduler, None
         if scheduler is not None and scheduler.running:
-            scheduler.shutdown(wait=False)
-            await asyncio.sleep(0)  # AsyncIOScheduler shuts down on the next loop iteration
+            await scheduler.io_shutdown()
             await asyncio.get_running_loop().run_in_executor(None, scheduler.io_thread.shutdown)
             log.info("scheduler: standing by (%s)", self.holder)
 

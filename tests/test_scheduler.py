@@ -400,6 +400,38 @@ async def test_disabled_scheduler_runs_no_schedules_but_tasks_still_run(tmp_path
     assert ran == []
 
 
+async def test_stepping_down_does_not_freeze_the_loop_while_a_store_write_is_open(tmp_path: Path) -> None:
+    """Losing the lead (or stopping) while a turn's write transaction is open on SQLite: the job
+    store's pass over due jobs waits for that transaction, so shutting APScheduler down on the
+    loop froze everything for the 10 s busy timeout."""
+    from sqlalchemy import text
+
+    app = gateway.App("step-down")
+
+    @app.schedule(every=0.02)  # a pass over due jobs (a job-store write) is nearly always in flight
+    async def busy() -> None:
+        return None
+
+    async with client(app, tmp_path, leader_lease_seconds=30) as tc:
+        service = tc.gateway.scheduler
+        await until(lambda: service.runs["busy"] >= 2)
+        for attempt in range(6):
+            async def turn_saving_messages(n: int = attempt) -> None:
+                async with tc.gateway.store.write() as db:
+                    await db.exec(text("INSERT INTO leases (name, holder, expires_at) VALUES (:n, 'x', :e)")
+                                  .bindparams(n=f"write-{n}", e=datetime.now(UTC)))
+                    await asyncio.sleep(0.05)
+
+            writer = asyncio.create_task(turn_saving_messages())
+            await asyncio.sleep(0.01)
+            began = time.monotonic()
+            await service._stand_by()
+            await writer
+            assert time.monotonic() - began < 3, f"the loop froze on attempt {attempt}"
+            await service._lead()
+            assert service.leading
+
+
 # -- several processes ---------------------------------------------------------------------
 
 
