@@ -386,7 +386,7 @@ class SchedulerService:
         except Exception:
             log.exception("scheduler: could not start as the leader; giving the lease up")
             with contextlib.suppress(Exception):
-                scheduler.shutdown(wait=False)
+                await scheduler.io_shutdown()
             io_thread.shutdown(wait=False)
             await self.lease.abdicate()
             return
