@@ -340,6 +340,8 @@ def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
         path = DEFAULT_CONFIG_FILE
     if path is not None and not os.path.exists(path):
         raise ConfigError(f"config error: config file {path!r} does not exist")
+    if path is not None and not os.path.isfile(path):  # pydantic-settings would skip it silently
+        raise ConfigError(f"config error: config file {path!r} is not a file")
     settings_cls = Settings
     if path is not None:
         settings_cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
@@ -349,5 +351,5 @@ def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
         raise ConfigError(_describe(exc.errors()[0])) from None
     except SettingsError as exc:  # an environment variable that is not the JSON its option needs
         raise ConfigError(_describe_env_parse_error(exc)) from None
-    except ValueError as exc:  # TOML syntax errors arrive as ValueError subclasses
+    except (ValueError, OSError) as exc:  # TOML syntax errors arrive as ValueError subclasses
         raise ConfigError(f"config error: {path}: {exc}") from None
