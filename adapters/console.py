@@ -128,7 +128,9 @@ class ConsoleAdapter(Adapter):
                 accept = f" ({payload['accept']})" if payload.get("accept") else ""
                 self.write(f"  📎 {payload.get('message', 'Please upload a file')}{accept} — type a file path\n")
         elif kind == "approval_prompt":
-            if payload.get("completed"):
+            if payload.get("timed_out"):
+                self.write("  (the approval timed out)\n")
+            elif payload.get("completed"):
                 self.write("  ✓ approved\n" if payload.get("approved") else "  ✗ not approved\n")
             elif waiting:
                 self.write(f"  ? {payload.get('message')} — type approve or reject\n")
@@ -138,7 +140,16 @@ class ConsoleAdapter(Adapter):
             status = payload.get("status", "started")
             self.write(f"  [task {payload.get('task_id')}] {status} {payload.get('message', '')}\n")
         elif kind == "integration_prompt":
-            self.write(f"  🔗 connect {payload.get('type')}: {payload.get('connect_url', '(open the web app)')}\n")
+            name = payload.get("type")
+            if payload.get("completed"):
+                self.write(f"  ✓ {name} connected\n")
+            elif payload.get("declined"):
+                self.write(f"  ✗ {name} not connected\n")
+            elif payload.get("timed_out"):
+                self.write(f"  (the {name} connect prompt timed out)\n")
+            else:
+                reason = f" — {payload['reason']}" if payload.get("reason") else ""
+                self.write(f"  🔗 connect {name}{reason}: {payload.get('connect_url', '(open the web app)')}\n")
         elif kind == "session_title":
             self.write(f"  — {payload.get('title')} —\n")
         elif kind in ("step_status", "activity"):

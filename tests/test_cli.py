@@ -237,3 +237,36 @@ def test_killed_mid_handler_the_event_runs_again_after_restart(tmp_path, free_po
     finally:
         if second.poll() is None:
             second.kill()
+
+
+def test_chat_shows_each_block_kind_as_a_readable_line(tmp_path):
+    import io
+
+    from adapters.console import ConsoleAdapter
+    from gateway.testing import test_settings
+
+    out = io.StringIO()
+    console = ConsoleAdapter(test_settings(tmp_path), out=out)
+    blocks = [
+        ("step_status", {"label": "Fetching", "status": "running", "detail": "page 1"}),
+        ("activity", {"label": "Read a file", "links": [{"label": "notes", "url": "https://x.example/n"}]}),
+        ("integration_prompt", {"type": "github", "reason": "to read repos", "blocking": True,
+                                "connect_url": "http://127.0.0.1/integrations/github/connect?t=1"}),
+        ("integration_prompt", {"type": "github", "completed": True}),
+        ("integration_prompt", {"type": "linear", "declined": True}),
+        ("approval_prompt", {"message": "go?", "completed": True, "approved": False, "timed_out": True}),
+        ("session_event", {"event": "progress", "payload": {"pct": 5}}),
+        ("image", {"url": "https://x.example/cat.png", "alt": "cat"}),
+    ]
+    for index, (kind, payload) in enumerate(blocks):
+        console.show_block({"id": f"b{index}", "type": kind, "payload": payload})
+    assert out.getvalue().splitlines() == [
+        "  • Fetching (running) — page 1",
+        "  • Read a file",
+        "    notes: https://x.example/n",
+        "  🔗 connect github — to read repos: http://127.0.0.1/integrations/github/connect?t=1",
+        "  ✓ github connected",
+        "  ✗ linear not connected",
+        "  (the approval timed out)",
+        "  [image] cat https://x.example/cat.png",
+    ]
