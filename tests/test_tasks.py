@@ -671,3 +671,43 @@ async def test_tasks_waiting_for_a_busy_lock_do_not_hold_up_other_keys(tmp_path:
         for handle in queued:
             assert await handle.wait(timeout=10) == "completed"
         assert sorted(done[1:]) == [f"a{n}" for n in range(8)]
+
+
+async def test_backoff_grows_exponentially_to_its_cap_and_waits_in_the_table(tmp_path: Path) -> None:
+    """tenacity's exponential backoff (no jitter here): 10 s, 20 s, then the 25 s cap, each kept
+    as the row's ``run_at`` (not in memory); the test moves ``run_at`` instead of waiting."""
+    from sqlalchemy import update
+    from sqlmodel import col
+
+    from gateway.store.tables import utcnow
+    from gateway.store.task_tables import TaskRow, as_utc
+
+    app = gateway.App("tasks")
+    attempts: list[int] = []
+
+    @app.task(retries=3, backoff=(10, 25))
+    async def stubborn() -> None:
+        attempts.append(1)
+        raise ConnectionError("still down")
+
+    async with client(app, tmp_path, task_backoff_jitter=0) as tc:
+        service = tc.gateway.tasks
+        handle = await stubborn.submit()
+        waits = []
+        for attempt in (1, 2, 3):
+            row = await until(_row_in(service, handle.task_id, "retry", attempt))
+            waits.append(round((as_utc(row.run_at) - as_utc(row.updated_at)).total_seconds()))
+            assert len(attempts) == attempt  # nothing ran early
+            async with tc.gateway.store.write() as db:  # the clock moves on to the next attempt
+                await db.exec(update(TaskRow).where(col(TaskRow.id) == handle.task_id).values(run_at=utcnow()))
+            service._wake.set()
+        assert waits == [10, 20, 25]
+        assert await handle.wait(timeout=5) == "failed" and len(attempts) == 4
+
+
+def _row_in(service: Any, task_id: str, status: str, attempts: int) -> Any:
+    async def check() -> Any:
+        row = await service.queries.get(task_id)
+        return row if row is not None and row.status == status and row.attempts == attempts else None
+
+    return check
