@@ -18,6 +18,7 @@ from gateway.context import reset_current_session, set_current_session
 from gateway.dispatch import WorkItem
 from gateway.inbound import Inbound
 from gateway.session import Session
+from gateway.store import address_key
 from gateway.store.records import MessageRecord, SessionRecord
 from gateway.types import Attachment, Event, Message
 
@@ -45,6 +46,10 @@ class TurnRunner:
                 await outbox.end_turn(item.inbox_id, SESSION_DELETED)
             return
         record, user, recent = context
+        if address_key(record.channel) is not None:
+            # A platform conversation (a group, a channel thread) has many speakers: the user of
+            # this turn is whoever sent the event, not whoever spoke first.
+            user = await rt.store.resolve_user(inbound.user)
         if user is None:
             await rt.store.set_inbox_status(item.inbox_id, "failed", "user missing")
             return

@@ -820,3 +820,26 @@ async def test_only_one_process_polls(tmp_path: Path, api: FakeTelegramAPI) -> N
         await second.stop()
         if first_running:
             await first.stop()
+
+
+async def test_in_a_group_the_user_of_a_turn_is_its_sender(tmp_path: Path, api: FakeTelegramAPI) -> None:
+    app = gateway.App("whoami")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.set("said", msg.text, scope="user")  # user-scoped: per speaker, not per chat
+        await session.reply(f"{session.user.id} said {await session.get('said', scope='user')}")
+
+    async with running(app, tmp_path, api, group_trigger="all") as gw:
+        api.send_text(GROUP, "first", user_id=701)
+        await until(lambda: len(api.visible_texts(GROUP)) == 1)
+        api.send_text(GROUP, "second", user_id=702)
+        await until(lambda: len(api.visible_texts(GROUP)) == 2)
+        api.send_text(PRIVATE, "alone", user_id=701)
+        await until(lambda: api.visible_texts(PRIVATE))
+        first, second = (text.split(" said ") for text in api.visible_texts(GROUP))
+        assert first[0] != second[0] and (first[1], second[1]) == ("first", "second")
+        private = api.visible_texts(PRIVATE)[0].split(" said ")
+        assert private[0] == first[0]  # the same Telegram user is the same chatgate user everywhere
+        sessions, _ = await gw.store.list_sessions()
+        assert len({s.id for s in sessions}) == 2  # still one session per chat
