@@ -39,9 +39,9 @@ async def post(http: aiohttp.ClientSession, url: str, **options: Any) -> tuple[i
 
 
 async def test_malformed_oversized_and_foreign_forms_are_refused_and_store_nothing(
-    tmp_path: Any, oauth: FakeOAuthServer, http: aiohttp.ClientSession
+    tmp_path: Any, oauth: FakeOAuthServer, http: aiohttp.ClientSession, database_url: str
 ) -> None:
-    async with make_client(tmp_path, oauth) as client:
+    async with make_client(tmp_path, oauth, database_url=database_url) as client:
         chat = await client.conversation("alice")
         turn = await chat.send("vault")
         connect_url = prompt_of(turn)["connect_url"]
@@ -153,9 +153,9 @@ async def test_bad_callbacks_are_refused_and_leave_the_link_usable(
 
 
 async def test_revoke_endpoint_refuses_bad_callers_and_removes_nothing(
-    tmp_path: Any, oauth: FakeOAuthServer, http: aiohttp.ClientSession
+    tmp_path: Any, oauth: FakeOAuthServer, http: aiohttp.ClientSession, database_url: str
 ) -> None:
-    async with make_client(tmp_path, oauth) as client:
+    async with make_client(tmp_path, oauth, database_url=database_url) as client:
         await connected(client, oauth)
         chat = await client.conversation("alice")
         turn = await chat.send("acme")
@@ -177,7 +177,10 @@ async def test_revoke_endpoint_refuses_bad_callers_and_removes_nothing(
             ("DELETE", "/integrations/acme", {"user_id": "no-such-user"}, key, 404),
             ("DELETE", "/integrations/nope", {"user_id": user_id}, key, 404),
             ("DELETE", "/integrations/vault", {"user_id": user_id}, key, 404),  # configured, not connected
-            ("GET", "/integrations", {"user_id": "\x00"}, key, 404),
+            ("GET", "/integrations", {"user_id": "\x00"}, key, 404),  # PostgreSQL refuses a NUL
+            ("DELETE", "/integrations/acme", {"user_id": "a\x00b"}, key, 404),
+            ("DELETE", "/integrations/%00", {"user_id": user_id}, key, 404),
+            ("DELETE", "/integrations/" + "x" * 300, {"user_id": user_id}, key, 404),
         ]
         for method, path, params, headers, status in cases:
             async with http.request(method, base + path, params=params, headers=headers) as response:

@@ -14,13 +14,14 @@ JSON API (for an authenticated caller; an API-key caller names the user with ``?
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.integrations.pages import PageStyle, oauth_start_page, result_page, secret_form_page
-from gateway.integrations.providers import ProviderSpec
+from gateway.integrations.providers import NAME_PATTERN, ProviderSpec
 from gateway.integrations.secrets_form import validate_secret_form
 from gateway.integrations.service import FlowRefused, IntegrationService
 from gateway.server import json_error
@@ -29,6 +30,8 @@ from gateway.types import UserInfo
 log = logging.getLogger("chatgate.integrations")
 
 MAX_FORM_BYTES = 64 * 1024  # a connect form is a state token and a few fields
+USER_ID = re.compile(r"^[A-Za-z0-9_:.@-]{1,64}\Z")
+"""What a chatgate user id can look like (the users table's ids are at most 64 characters)."""
 
 
 def add_routes(web_app: web.Application, service: IntegrationService) -> None:
@@ -177,6 +180,8 @@ class IntegrationViews:
         user_id = request.query.get("user_id", "")
         if not user_id:
             return json_error(400, "an API-key caller names the user with ?user_id=")
+        if not USER_ID.match(user_id):  # not one of ours; PostgreSQL would refuse a NUL (a 500)
+            return json_error(404, "no such user")
         target = await runtime.store.get_user(user_id)
         if target is None:
             return json_error(404, f"no user {user_id!r}")
@@ -193,6 +198,8 @@ class IntegrationViews:
         if isinstance(user, web.Response):
             return user
         kind = request.match_info["kind"].lower()
+        if not NAME_PATTERN.match(kind):  # no provider is named so: nothing to ask the database
+            return json_error(404, "no such integration")
         result = await self.service.revoke_for(user, kind)
         if not result.removed:
             return json_error(404, f"{kind} is not connected for this user")
