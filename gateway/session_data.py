@@ -42,15 +42,25 @@ def to_json_value(value: Any) -> Any:
 
 
 class _Tracked:
-    """Mixin: report a mutation to the owner with the top-level key it happened under."""
+    """Mixin: report a mutation to every owner: the top-level keys of ``session.data`` and the
+    containers it sits in. A value put in a second place (``data["log"].append(data["draft"])``)
+    reports to both, so a later edit through either is saved under both keys."""
 
-    _notify: Callable[[], None]
+    _owners: list[Callable[[], None]]
+
+    def _adopt(self, notify: Callable[[], None]) -> None:
+        if notify not in self._owners:
+            self._owners.append(notify)
+
+    def _notify(self) -> None:
+        for owner in list(self._owners):
+            owner()
 
 
 class TrackedList(list, _Tracked):
     def __init__(self, items: Iterable[Any], notify: Callable[[], None]) -> None:
-        self._notify = notify
-        super().__init__(_wrap(v, notify) for v in items)
+        self._owners = [notify]
+        super().__init__(_wrap(v, self._notify) for v in items)
 
     def _changed(self) -> None:
         self._notify()
@@ -111,8 +121,8 @@ class TrackedList(list, _Tracked):
 
 class TrackedDict(dict, _Tracked):
     def __init__(self, items: dict[str, Any], notify: Callable[[], None]) -> None:
-        self._notify = notify
-        super().__init__({k: _wrap(v, notify) for k, v in items.items()})
+        self._owners = [notify]
+        super().__init__({k: _wrap(v, self._notify) for k, v in items.items()})
 
     def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, _wrap(value, self._notify))
@@ -153,7 +163,7 @@ class TrackedDict(dict, _Tracked):
 
 def _wrap(value: Any, notify: Callable[[], None]) -> Any:
     if isinstance(value, _Tracked):
-        value._notify = notify
+        value._adopt(notify)
         return value
     if isinstance(value, dict):
         return TrackedDict(value, notify)
@@ -170,13 +180,19 @@ class SessionData(dict):
         self._changed: set[str] = set()
         self._removed: set[str] = set()
         self._flush: Callable[[], Any] | None = None
+        self._notifiers: dict[str, Callable[[], None]] = {}
         for key, value in (initial or {}).items():
             super().__setitem__(key, _wrap(value, self._notifier(key)))
 
     def _notifier(self, key: str) -> Callable[[], None]:
-        def notify() -> None:
-            self._mark(key)
+        """One callback per key (so a value re-stored under its key is not told twice)."""
+        notify = self._notifiers.get(key)
+        if notify is None:
+            def notify() -> None:
+                if key in self:  # an old value edited after its key was deleted changes nothing
+                    self._mark(key)
 
+            self._notifiers[key] = notify
         return notify
 
     def _mark(self, key: str) -> None:

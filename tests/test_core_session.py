@@ -667,3 +667,47 @@ async def test_test_client_timeout_says_what_the_app_sent(tmp_path):
             await client.send("hi", timeout=0.2)
         release.set()
         await client.default.finish()
+
+
+def test_session_data_tracks_every_kind_of_nested_edit():
+    from gateway.session_data import SessionData
+
+    data = SessionData({"list": [1, {"deep": []}], "dict": {"a": {"b": 1}}, "plain": 1, "gone": 2})
+    assert not data.dirty
+    edits = {
+        "list": lambda d: d["list"][1]["deep"].append(3),
+        "dict": lambda d: d["dict"]["a"].update(c=2),
+        "plain": lambda d: d.update(plain=5),
+        "new": lambda d: d.setdefault("new", []).extend([1, 2]),
+    }
+    for key, edit in edits.items():
+        edit(data)
+        changed, removed = data.take_changes()
+        assert (set(changed), removed) == ({key}, set()), key
+    del data["gone"]
+    assert data.take_changes() == ({}, {"gone"})
+    for edit in (lambda d: d["list"].sort(key=str), lambda d: d["list"].reverse(), lambda d: d["list"].pop(),
+                 lambda d: d["list"].__setitem__(slice(0, 1), [{"x": 1}]), lambda d: d["list"].clear()):
+        edit(data)
+        assert set(data.take_changes()[0]) == {"list"}
+
+
+def test_session_data_a_value_in_two_places_reports_to_both():
+    from gateway.session_data import SessionData
+
+    data = SessionData({"draft": {"text": "hi"}, "log": []})
+    draft = data["draft"]
+    data["log"].append(draft)  # the same dict now also sits inside "log"
+    data.take_changes()
+    draft["text"] = "edited"  # an edit through either place changes both keys
+    changed, _ = data.take_changes()
+    assert changed == {"draft": {"text": "edited"}, "log": [{"text": "edited"}]}
+    data["copy"] = data["log"]
+    data.take_changes()
+    data["log"][0]["n"] = 1
+    assert set(data.take_changes()[0]) == {"draft", "log", "copy"}
+    del data["draft"]
+    data.take_changes()
+    draft["after"] = True  # the deleted key stays deleted
+    changed, removed = data.take_changes()
+    assert "draft" not in changed and removed == set() and set(changed) == {"log", "copy"}
