@@ -108,9 +108,9 @@ def _state_id(client: Any, token: str) -> str:
 
 
 async def test_bad_callbacks_are_refused_and_leave_the_link_usable(
-    tmp_path: Any, oauth: FakeOAuthServer, http: aiohttp.ClientSession
+    tmp_path: Any, oauth: FakeOAuthServer, http: aiohttp.ClientSession, database_url: str
 ) -> None:
-    async with make_client(tmp_path, oauth) as client:
+    async with make_client(tmp_path, oauth, database_url=database_url) as client:
         await connected(client, oauth)
         chat = await client.conversation("alice")
         turn = await chat.send("acme")
@@ -219,3 +219,23 @@ async def test_revoke_when_the_provider_cannot_revoke_still_forgets_the_credenti
         assert await client.gateway.integrations.records.listing() == []  # but we forgot it
         assert prompt_of(await chat.send("acme"))["blocking"] is True
         await chat.stop()
+
+
+async def test_an_error_callback_with_control_characters_declines_cleanly(
+    tmp_path: Any, oauth: FakeOAuthServer, http: aiohttp.ClientSession, database_url: str
+) -> None:
+    async with make_client(tmp_path, oauth, database_url=database_url) as client:
+        await connected(client, oauth)
+        chat = await client.conversation("alice")
+        turn = await chat.send("acme")
+        token = state_of(prompt_of(turn)["connect_url"])
+        base = client.gateway.public_url
+        status, _, _ = await post(http, f"{base}/integrations/acme/connect", data={"state": token})
+        assert status == 303
+        query = {"state": token, "error": "access\x00denied\n" + "x" * 500, "error_description": "\x00" * 3}
+        async with http.get(f"{base}/integrations/acme/callback", params=query) as response:
+            assert response.status == 200
+            assert "Not connected" in await response.text()
+        await until(lambda: turn.ended)
+        assert turn.replies[-1] == "declined"
+        assert await client.gateway.integrations.records.flow_status(_state_id(client, token)) == "declined"
