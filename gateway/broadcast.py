@@ -99,6 +99,10 @@ async def _deliver(runtime: Any, session_id: str, content: Content, result: Broa
     except UnknownSession:
         result.failed[session_id] = "no such session"
         return
+    except Exception as exc:  # one session that cannot be opened must not end the broadcast
+        log.exception("broadcast: opening session %r failed", session_id)
+        result.failed[session_id] = type(exc).__name__
+        return
     try:
         what = content(session) if callable(content) and not isinstance(content, Block) else content
         if inspect.isawaitable(what):

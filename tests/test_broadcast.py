@@ -119,3 +119,15 @@ async def test_broadcast_to_a_thousand_telegram_chats_stays_inside_the_bot_api_l
               f"(budget floor {budget_floor:.2f} s at rate_scale {SCALE}), 429s: {len(api.rate_limited)}")
 
 
+
+
+async def test_a_session_that_cannot_be_opened_fails_alone(tmp_path: Path, database_url: str) -> None:
+    """An id the database refuses (PostgreSQL refuses a NUL) is one failure in the result; the
+    broadcast goes on to everyone else."""
+    app = gateway.App("news")
+    async with TestClient(app, tmp_path, database_url=database_url) as tc:
+        first, second = await tc.conversation("alice"), await tc.conversation("bob")
+        result = await app.broadcast("hello", session_ids=[first.session_id, "bad\x00id", second.session_id])
+        assert sorted(result.sent) == sorted([first.session_id, second.session_id])
+        assert list(result.failed) == ["bad\x00id"]
+        assert [s.text for s in first.sent] == ["hello"] and [s.text for s in second.sent] == ["hello"]
