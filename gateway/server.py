@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -268,9 +269,16 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 QUERY_TYPES.update({
     int: ("an integer", int), "int": ("an integer", int),
-    float: ("a number", float), "float": ("a number", float),
+    float: ("a finite number", _parse_float), "float": ("a finite number", _parse_float),
     bool: ("true or false", _parse_bool), "bool": ("true or false", _parse_bool),
 })
 

@@ -91,6 +91,10 @@ async def test_capsule_endpoints_and_data_sources(capsule_app, tmp_path):
             async with http.get(f"{base}/data/page?offset=three") as r:
                 body = await r.json()
                 assert r.status == 400 and "'offset' must be an integer" in body["error"]["message"]
+            async with http.get(f"{base}/data/page?offset=1&size=2&scale=0.5") as r:
+                assert await r.json() == {"rows": [0.5, 1.0]}
+            async with http.get(f"{base}/data/page?offset=1&scale=nan") as r:
+                assert r.status == 400 and "'scale' must be a finite number" in (await r.json())["error"]["message"]
             async with http.get(f"{base}/data/page?offset=1&desc=maybe") as r:
                 assert r.status == 400 and "'desc' must be true or false" in (await r.json())["error"]["message"]
             async with http.get(f"{base}/data/page") as r:  # a required parameter left out

@@ -96,8 +96,8 @@ async def secret():
 
 
 @app.data("page")
-async def page(offset: int, size: int = 10, desc: bool = False):
-    rows = list(range(offset, offset + size))
+async def page(offset: int, size: int = 10, desc: bool = False, scale: float = 1.0):
+    rows = [n * scale for n in range(offset, offset + size)]
     return {"rows": rows[::-1] if desc else rows}
 
 
