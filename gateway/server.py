@@ -148,8 +148,8 @@ async def _context(request: web.Request, user: UserInfo, authenticated: bool,
 def _to_response(result: Any) -> web.StreamResponse:
     if isinstance(result, web.StreamResponse):
         return result
-    if isinstance(result, dict):
-        return web.json_response(result)
+    if isinstance(result, dict):  # datetimes, sets, models... coerced as session.data is
+        return web.json_response(result, dumps=_dumps)
     return web.Response(text="" if result is None else str(result))
 
 

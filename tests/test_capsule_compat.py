@@ -116,7 +116,8 @@ async def test_scoped_collections_in_http_handlers_act_for_the_caller(capsule_ap
             async with http.get(f"{base}/data/my_notes?session_id={alice.session_id}", headers=key) as r:
                 assert r.status == 200 and await r.json() == {"notes": ["buy milk", "call mom"], "current": True}
             async with http.post(f"{base}/notes", json={"text": "from the API"}, headers=key) as r:
-                assert r.status == 200 and await r.json() == {"owner": "api", "count": 1, "current": None}
+                assert r.status == 200 and await r.json() == {"owner": "api", "count": 1, "current": None,
+                                                              "tags": ["new"]}
             async with http.post(f"{base}/notes", json={"text": "anonymous"}) as r:
                 assert r.status == 401
             # A session parameter with a default is optional; a session asked for must be the caller's.

@@ -122,4 +122,5 @@ async def greeting(session: cpsl.Session | None = None, name: str = "you"):
 async def add_note(ctx: cpsl.RequestContext):
     body = await ctx.request.json()
     row = await notes.insert_one({"text": body["text"]})  # scoped by the authenticated caller
-    return {"owner": row["_user_id"], "count": await notes.count(), "current": cpsl.current_session()}
+    return {"owner": row["_user_id"], "count": await notes.count(), "current": cpsl.current_session(),
+            "tags": {"new"}}  # a set: sent as a JSON list
