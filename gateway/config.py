@@ -44,6 +44,17 @@ class ServerSettings(Section):
     """The URL users reach the gateway at (links in Telegram/Slack, OAuth callbacks)."""
     max_request_bytes: int = Field(1 << 20, ge=1024)
 
+    @field_validator("public_url")
+    @classmethod
+    def _absolute_url(cls, url: str | None) -> str | None:
+        """Links sent to Telegram/Slack and OAuth callbacks need a scheme and a host."""
+        if not url:
+            return None
+        scheme, _, rest = url.partition("://")
+        if scheme not in ("http", "https") or not rest.strip("/"):
+            raise ValueError("use an absolute http:// or https:// URL, e.g. https://bot.example.com")
+        return url
+
     def base_url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")

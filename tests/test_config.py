@@ -190,3 +190,11 @@ def test_the_example_shows_the_real_defaults(tmp_path):
             if real[key] != value:
                 wrong.append(f"{section}.{key}: example {value!r}, default {real[key]!r}")
     assert not wrong, wrong
+
+
+def test_public_url_must_be_absolute(monkeypatch):
+    monkeypatch.setenv("CHATGATE_SERVER__PUBLIC_URL", "bot.example.com")
+    with pytest.raises(ConfigError, match=r"^config error: server\.public_url: .*absolute http"):
+        load_settings()
+    monkeypatch.setenv("CHATGATE_SERVER__PUBLIC_URL", "https://bot.example.com/")
+    assert load_settings().server.base_url() == "https://bot.example.com"
