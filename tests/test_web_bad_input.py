@@ -12,6 +12,7 @@ import pytest
 from promptrails import AsyncPromptRails
 
 import gateway
+from adapters.web.socket import MAX_ATTACHMENTS
 from adapters.web.testing import base_url, running_gateway
 
 KEY = "bad-input-key"
@@ -118,6 +119,9 @@ async def test_oversized_frames(gw):
             await hello(ws)
             await ws.send_json({"type": "message", "id": "big", "text": "x" * (MAX_FRAME + 10)})
             await expect_error(ws, "too_large")
+            many = [{"file_id": f"01NOFILE{i:02d}"} for i in range(MAX_ATTACHMENTS + 1)]
+            await ws.send_json({"type": "message", "id": "many", "text": "x", "attachments": many})
+            assert "at most" in (await expect_error(ws, "too_large"))["message"]  # before any lookup
             await ws.send_json({"type": "message", "id": "small", "text": "fine"})
             assert (await ws.receive_json(timeout=5))["type"] == "ack"
         # Far over the limit, the server closes the socket (1009) rather than read it.

@@ -42,6 +42,8 @@ HARD_LIMIT_FACTOR = 4
 """A frame this many times over ``max_frame_bytes`` closes the socket (aiohttp, code 1009)."""
 FRAME_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REPLAY_PAGE = 200
+MAX_ATTACHMENTS = 20
+"""Files one message may carry (each is a store lookup); Telegram's media groups stop at 10."""
 
 
 async def websocket_handler(ctx: WebContext, request: web.Request) -> web.StreamResponse:
@@ -177,6 +179,8 @@ class WidgetConnection:
         raw_attachments = frame.get("attachments") or []
         if not isinstance(raw_attachments, list):
             raise errors.WebError(400, errors.BAD_FRAME, "attachments must be a list of {file_id}")
+        if len(raw_attachments) > MAX_ATTACHMENTS:
+            raise errors.WebError(400, errors.TOO_LARGE, f"a message carries at most {MAX_ATTACHMENTS} files")
         attachments = [await self._attachment(item) for item in raw_attachments]
         if not text.strip() and not attachments:
             raise errors.WebError(400, errors.BAD_FRAME, "a message needs text or an attachment")
