@@ -14,6 +14,7 @@ import os
 import re
 import secrets
 import typing
+import zoneinfo
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +86,15 @@ class DatabaseSettings(Section):
 
 class RedisSettings(Section):
     url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use a redis://, rediss:// or unix:// URL")
+        return url
 
 
 class DispatchSettings(Section):
@@ -164,6 +174,16 @@ class SchedulerSettings(Section):
     enabled: bool = True
     """Run ``@app.schedule`` jobs (in the one elected process). Tasks run either way."""
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not a time zone name; use an IANA name such as UTC or Europe/Berlin") from None
+        return name
+
     misfire_grace_seconds: int = Field(60, ge=1)
     coalesce: bool = True
     owner_id: str = "owner"

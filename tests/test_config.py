@@ -198,3 +198,14 @@ def test_public_url_must_be_absolute(monkeypatch):
         load_settings()
     monkeypatch.setenv("CHATGATE_SERVER__PUBLIC_URL", "https://bot.example.com/")
     assert load_settings().server.base_url() == "https://bot.example.com"
+
+
+@pytest.mark.parametrize(("variable", "value", "key"), [
+    ("CHATGATE_REDIS__URL", "localhost:6379", "redis.url"),
+    ("REDIS_URL", "http://cache:6379", "redis.url"),
+    ("CHATGATE_SCHEDULER__TIMEZONE", "Mars/Olympus_Mons", "scheduler.timezone"),
+])
+def test_values_that_failed_later_are_refused_at_load(monkeypatch, variable, value, key):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=rf"^config error: {re.escape(key)}: "):
+        load_settings()
