@@ -38,6 +38,19 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _http_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https") or not rest.strip("/"):
+        raise ValueError("use an absolute http:// or https:// URL")
+    return url
+
+
+def _route_path(path: str) -> str:
+    if not path.startswith("/") or any(c.isspace() for c in path):
+        raise ValueError("use a path starting with '/', without spaces")
+    return path
+
+
 class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -157,6 +170,16 @@ class TelegramSettings(Section):
     rate_scale: float = Field(1.0, gt=0)
     """Multiplies every pacing interval and ``retry_after`` pause; 1.0 against Telegram (tests shrink it)."""
 
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, url: str) -> str:
+        return _http_url(url)
+
+    @field_validator("webhook_path")
+    @classmethod
+    def _webhook_path(cls, path: str) -> str:
+        return _route_path(path)
+
 
 class SlackSettings(Section):
     bot_token: str | None = None
@@ -168,6 +191,23 @@ class SlackSettings(Section):
     slash_command: str = "/chatgate"
     dm_sessions: Literal["per_dm", "per_thread"] = "per_thread"
     update_interval: float = Field(1.0, ge=0.1)
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, url: str) -> str:
+        return _http_url(url)
+
+    @field_validator("events_path")
+    @classmethod
+    def _events_path(cls, path: str) -> str:
+        return _route_path(path)
+
+    @field_validator("slash_command")
+    @classmethod
+    def _slash_command(cls, command: str) -> str:
+        if not command.startswith("/") or len(command) < 2 or any(c.isspace() for c in command):
+            raise ValueError("a slash command is '/' and a name, e.g. /chatgate")
+        return command
 
 
 class SchedulerSettings(Section):

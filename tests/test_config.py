@@ -204,6 +204,11 @@ def test_public_url_must_be_absolute(monkeypatch):
     ("CHATGATE_REDIS__URL", "localhost:6379", "redis.url"),
     ("REDIS_URL", "http://cache:6379", "redis.url"),
     ("CHATGATE_SCHEDULER__TIMEZONE", "Mars/Olympus_Mons", "scheduler.timezone"),
+    ("CHATGATE_TELEGRAM__API_URL", "api.telegram.org", "telegram.api_url"),
+    ("CHATGATE_TELEGRAM__WEBHOOK_PATH", "telegram/webhook", "telegram.webhook_path"),
+    ("CHATGATE_SLACK__API_URL", "slack.com/api", "slack.api_url"),
+    ("CHATGATE_SLACK__EVENTS_PATH", "slack events", "slack.events_path"),
+    ("CHATGATE_SLACK__SLASH_COMMAND", "chatgate", "slack.slash_command"),
 ])
 def test_values_that_failed_later_are_refused_at_load(monkeypatch, variable, value, key):
     monkeypatch.setenv(variable, value)
