@@ -257,9 +257,6 @@ async def serve_data(request: web.Request) -> web.StreamResponse:
     return web.json_response(result, dumps=_dumps)
 
 
-QUERY_TYPES: dict[Any, tuple[str, Callable[[str], Any]]] = {}
-
-
 def _parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
@@ -276,11 +273,13 @@ def _parse_float(text: str) -> float:
     return value
 
 
-QUERY_TYPES.update({
+# What a query value is converted to for a parameter annotated with the type (or its name, under
+# ``from __future__ import annotations``), and how it is described when it does not convert.
+QUERY_TYPES: dict[Any, tuple[str, Callable[[str], Any]]] = {
     int: ("an integer", int), "int": ("an integer", int),
     float: ("a finite number", _parse_float), "float": ("a finite number", _parse_float),
     bool: ("true or false", _parse_bool), "bool": ("true or false", _parse_bool),
-})
+}
 
 
 def _coerce_query(fn: Callable[..., Any], kwargs: dict[str, Any], *, skip: str | None) -> str | None:
