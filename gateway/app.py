@@ -10,7 +10,6 @@ import dataclasses
 import inspect
 import logging
 from collections.abc import Callable
-from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,22 +17,6 @@ if TYPE_CHECKING:
     from gateway.collections import CollectionRef
 
 log = logging.getLogger("chatgate.app")
-
-# Who an @app.endpoint / @app.data handler serves (an authenticated caller), so a user- or
-# owner-scoped CollectionRef works there as in Capsule. Not current_session(): that stays None
-# in HTTP handlers, as Capsule has it. (A ContextVar, like current_session: per request, not shared.)
-_http_caller: ContextVar[Any] = ContextVar("chatgate_http_caller", default=None)
-
-
-def bind_http_caller(user: Any) -> Token[Any]:
-    """Scope collections by ``user`` (a ``UserInfo``) for the HTTP handler running now."""
-    from gateway.collections import ScopeIdentity
-
-    return _http_caller.set(ScopeIdentity.for_user(user))
-
-
-def unbind_http_caller(token: Token[Any]) -> None:
-    _http_caller.reset(token)
 
 Handler = Callable[..., Any]
 
@@ -117,7 +100,7 @@ class App:
     def _current_scope() -> Any:
         from gateway.context import current_scope
 
-        return current_scope() or _http_caller.get()
+        return current_scope()
 
     # -- chat handlers ---------------------------------------------------------------------
 

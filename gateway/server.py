@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.app import DataSpec, EndpointSpec, bind_http_caller, call_maybe_async, unbind_http_caller
-from gateway.context import reset_current_session, set_current_session
+from gateway.app import DataSpec, EndpointSpec, call_maybe_async
+from gateway.context import bind_http_caller, reset_current_session, set_current_session, unbind_http_caller
 from gateway.types import HomeContext, RequestContext, UserInfo
 
 if TYPE_CHECKING:
