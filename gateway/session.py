@@ -412,7 +412,8 @@ class Session:
         kind = integration_name(integration_type)
         if self.integrations.get(kind):
             return self.integrations[kind]
-        self._require_live("prompt_integration")
+        if not self._can_send:  # nobody to connect it (a schedule): declined, as Capsule has it
+            raise IntegrationDeclined(f"prompt_integration({kind!r}) needs a session with a user to answer it")
         service = getattr(self._rt, "integrations", None)
         if service is None or not service.knows(kind):
             raise IntegrationDeclined(f"no integration named {kind!r} is configured")

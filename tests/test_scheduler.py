@@ -242,6 +242,10 @@ async def test_schedule_runs_with_the_synthetic_owner_session(tmp_path: Path) ->
             session.stream_reply()
         except RuntimeError as exc:
             seen["stream"] = str(exc)
+        try:
+            await session.prompt_integration("github")
+        except gateway.IntegrationDeclined as exc:  # nobody could connect it: declined, as in Capsule
+            seen["integration"] = str(exc)
         await session.set("runs", 1, scope="owner")  # the owner's key-value scope works
         seen["owner_kv"] = await session.get("runs", scope="owner")
 
@@ -251,6 +255,7 @@ async def test_schedule_runs_with_the_synthetic_owner_session(tmp_path: Path) ->
         assert seen["id"] == "" and seen["user"] == "org:acme" and seen["channel"] == "chat"
         assert seen["history"][0] == "nobody hears this"
         assert "stream_reply" in seen["stream"]
+        assert "needs a session with a user" in seen["integration"]
         assert seen["owner_kv"] == 1
         assert tc._conversations == {}  # nothing reached any adapter
         assert current_session() is None  # the job's context did not leak
