@@ -178,12 +178,10 @@ class Gateway:
         if record is None:
             raise UnknownSession(f"no session {session_id!r}")
         user = await self.store.get_user(record.user_id) or UserInfo(record.user_id)
-        from gateway.turns import to_history_message
+        from gateway.turns import history_of
 
-        history = [
-            to_history_message(r, record.channel.type)
-            for r in await self.store.recent_messages(session_id, self.settings.dispatch.history_limit)
-        ]
+        recent = await self.store.recent_messages(session_id, self.settings.dispatch.history_limit)
+        history = history_of(recent, record.channel.type)
         return Session(
             record.id, user, record.channel, history=history, data=record.data,
             integrations=await self.integrations_for(user), runtime=self, mode="standalone",

@@ -217,7 +217,7 @@ class TurnRunner:
         if limit <= 0:
             return []
         kept = [r for r in records if not (r.inbound_id == exclude_inbound and r.role == "user")]
-        return [to_history_message(r, channel_type) for r in kept[-limit:]]
+        return history_of(kept[-limit:], channel_type)
 
     async def _failed(self, session: Session) -> str:
         """Log the handler's exception (call from an ``except`` block) and apologise."""
@@ -237,6 +237,16 @@ class TurnRunner:
 
 
 SENDER_BY_ROLE = {"user": "user", "assistant": "app", "system": "system", "block": "block"}
+
+
+def history_of(records: list[MessageRecord], channel_type: str) -> list[Message]:
+    """``session.history`` from stored messages, leaving out empty replies (a stream that wrote
+    nothing, or was cut before its first word, is stored; Capsule never has such an entry)."""
+    return [
+        to_history_message(r, channel_type)
+        for r in records
+        if not (r.role == "assistant" and not r.text and not r.attachments)
+    ]
 
 
 def to_history_message(record: MessageRecord, channel_type: str = "chat") -> Message:

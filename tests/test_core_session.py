@@ -220,8 +220,12 @@ async def test_chat_messages_leaves_out_a_stream_that_wrote_nothing(client):
     conv = await client.conversation()
     await conv.send("empty-stream")
     turn = await conv.send("chat-messages")
-    # The empty reply is stored (it was a stream), but an LLM gets no empty assistant turn.
+    # The empty reply is stored (it was a stream), but an LLM gets no empty assistant turn,
+    # and session.history has no empty entry (Capsule never stores one).
     assert json.loads(turn.replies[0]) == [{"role": "user", "content": "empty-streamchat-messages"}]
+    turn = await conv.send("history")
+    senders = [sender for sender, _ in json.loads(turn.replies[0])]
+    assert senders == ["user", "user", "app"]  # empty-stream, chat-messages and its reply
 
 
 async def test_chat_messages_may_start_with_the_assistant(tmp_path):
