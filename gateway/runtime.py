@@ -20,12 +20,12 @@ from aiohttp import web
 
 from gateway.app import App, call_maybe_async
 from gateway.bus import LocalBus, RedisBus
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.dispatch import Dispatcher, UnknownSession
 from gateway.files import FileStore
 from gateway.inbound import Accepted, Inbound
 from gateway.outbound import Outbox
-from gateway.server import build_web_app
+from gateway.server import build_web_app, refuse_shadowed_endpoints
 from gateway.session import Session
 from gateway.store import Store
 from gateway.turns import TurnRunner
@@ -64,6 +64,8 @@ class Gateway:
         self._background: set[asyncio.Task[Any]] = set()
         self._block_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         self.started_at: float | None = None
+        self._booted = False
+        """Whether ``@app.boot`` hooks ran: only then do ``@app.shutdown`` hooks run at stop."""
 
     # -- the GatewayContext adapters see -----------------------------------------------------
 
@@ -227,8 +229,14 @@ class Gateway:
             mount = getattr(part, "mount", None)
             if mount is not None:
                 mount(self.web_app)
+        try:
+            refuse_shadowed_endpoints(self.web_app, self.app.endpoints)
+        except ConfigError:
+            await self.stop()
+            raise
         for hook in self.app.boot_hooks:
             await call_maybe_async(hook)
+        self._booted = True
         self._runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.server.host, self.settings.server.port, reuse_address=True)
@@ -275,7 +283,7 @@ class Gateway:
                 await adapter.stop()
             except Exception:
                 log.exception("stopping %s failed", type(adapter).__name__)
-        for hook in self.app.shutdown_hooks:
+        for hook in self.app.shutdown_hooks if self._booted else ():
             try:
                 await asyncio.wait_for(call_maybe_async(hook), SHUTDOWN_HOOK_LIMIT)
             except Exception:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.app import DataSpec, EndpointSpec, call_maybe_async
+from gateway.config import ConfigError
 from gateway.context import bind_http_caller, reset_current_session, set_current_session, unbind_http_caller
 from gateway.types import HomeContext, RequestContext, UserInfo
 
@@ -82,6 +83,22 @@ def build_web_app(runtime: Gateway) -> web.Application:
     for spec in runtime.app.endpoints:
         web_app.router.add_route(spec.method, spec.path, _endpoint_view(spec))
     return web_app
+
+
+def refuse_shadowed_endpoints(web_app: web.Application, endpoints: list[EndpointSpec]) -> None:
+    """Raise ``ConfigError`` when an ``@app.endpoint`` has the method and path of a route of
+    chatgate's own (``/healthz``, the widget's ``/``, a webhook): one of the two would never run."""
+    for spec in endpoints:
+        method = spec.method.upper()
+        same = [
+            route for route in web_app.router.routes()
+            if route.resource is not None and route.resource.canonical == spec.path and route.method in (method, "*")
+        ]
+        if len(same) > 1:
+            raise ConfigError(
+                f"config error: @app.endpoint({spec.method!r}, {spec.path!r}) has the path of one of "
+                "chatgate's own routes; choose another path"
+            )
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -94,6 +94,22 @@ def test_a_module_app_is_found_from_the_working_directory(tmp_path):
     assert result.returncode == 2 and "cannot import module 'botpkg.nothere'" in result.stderr
 
 
+def test_an_endpoint_on_one_of_chatgates_own_routes_is_refused_at_start(tmp_path, free_port):
+    for path in ("/", "/healthz"):
+        (tmp_path / "clash.py").write_text(
+            "import gateway\n"
+            "app = gateway.App('clash')\n"
+            f"@app.endpoint('GET', {path!r}, authorized=False)\n"
+            "async def mine(request):\n"
+            "    return {'mine': True}\n"
+        )
+        result = run_cli("run", "clash.py", "--port", str(free_port), "--database",
+                         f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        assert f"@app.endpoint('GET', {path!r}) has the path of one of chatgate's own routes" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_init_writes_a_runnable_starter(tmp_path):
     result = run_cli("init", str(tmp_path / "bot"))
     assert result.returncode == 0, result.stderr
