@@ -16,7 +16,7 @@ from aiogram.exceptions import TelegramNetworkError
 from aiogram.methods import SendMessage
 
 from adapters.telegram.client import TelegramClient
-from adapters.telegram.pacing import MARGIN, OPEN, Pacer, RateBudget, RateWindow
+from adapters.telegram.pacing import FORGET_CHATS_ABOVE, MARGIN, OPEN, Pacer, RateBudget, RateWindow
 from adapters.telegram.render import render_telegram
 from tests.fakes.telegram_api import FakeTelegramAPI
 
@@ -121,6 +121,24 @@ async def test_retry_after_pauses_the_chat_and_twice_in_two_chats_pauses_the_bot
     started = time.monotonic()
     await stamps(pacer, 4, 1)
     assert time.monotonic() - started >= 0.09  # the bot's budget is paused for everyone
+
+
+async def test_quiet_chat_budgets_are_forgotten_and_the_ones_that_still_matter_kept() -> None:
+    now = [1000.0]
+    pacer = Pacer(clock=lambda: now[0])
+    pacer.chat(-1).messages.record(now[0])  # a group that just spoke: its minute window still counts
+    pacer.retry_after(2, 30)  # a chat Telegram told to wait
+    busy = pacer.chat(3)
+    await busy.lock.acquire()  # a request in flight
+    for chat in range(10, 10 + FORGET_CHATS_ABOVE - 3):
+        pacer.chat(chat).messages.record(now[0])
+    assert pacer.chats_remembered == FORGET_CHATS_ABOVE
+    now[0] += 5  # the private chats' one-second windows are long past
+    pacer.chat(99_999)  # a new chat: the sweep runs
+    assert pacer.chats_remembered == 4  # -1, 2, 3 and the new one
+    assert pacer.chat(2).messages.earliest(now[0]) == pytest.approx(1030.0)  # still paused
+    assert pacer.chat(-1).messages.earliest(now[0]) == now[0]  # kept, with room for more
+    busy.lock.release()
 
 
 @pytest.fixture

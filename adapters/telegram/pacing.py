@@ -47,6 +47,8 @@ PREVIEW_SHARE = 0.8
 texts and new messages."""
 OPEN = math.inf
 """The time of a request that has not finished yet."""
+FORGET_CHATS_ABOVE = 1024
+"""Chat budgets kept before quiet ones are forgotten (a bot may see millions of chats)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,14 @@ class RateBudget:
     def pause(self, seconds: float) -> None:
         self.paused_until = max(self.paused_until, self._clock() + seconds)
 
+    def quiet(self, now: float) -> bool:
+        """Nothing in flight, no pause, and every event older than every window: a fresh budget
+        would answer exactly the same."""
+        if self.paused_until > now:
+            return False
+        longest = max((w.seconds for w in self.windows), default=0.0)
+        return not self._events or self._events[-1] + longest <= now
+
     def load(self, now: float) -> float:
         """The fullest window's share in use (requests in flight count), 1.0 when paused."""
         if self.paused_until > now:
@@ -130,6 +140,9 @@ class ChatBudget:
         self.messages = RateBudget(message_windows, clock)
         self.drafts = RateBudget([RateWindow(1, draft_interval)], clock)
         self.lock = asyncio.Lock()
+
+    def forgettable(self, now: float) -> bool:
+        return not self.lock.locked() and self.messages.quiet(now) and self.drafts.quiet(now)
 
 
 class Pacer:
@@ -153,6 +166,7 @@ class Pacer:
         per_second = max(1, int(global_per_second))
         self.global_budget = RateBudget([RateWindow(per_second, per_second / global_per_second * scale)], clock)
         self._chats: dict[int, ChatBudget] = {}
+        self._forget_above = FORGET_CHATS_ABOVE
         self._last_429: tuple[int, float] | None = None
         self.waited = 0.0
         """Total seconds requests spent waiting for budget (for the benchmark and the logs)."""
@@ -164,8 +178,21 @@ class Pacer:
             if chat_id < 0:  # groups, supergroups and channels have negative ids
                 windows.append(self._group_window)
             budget = ChatBudget(windows, self._draft_interval, self._clock)
+            if len(self._chats) >= self._forget_above:
+                self._forget_quiet_chats()
             self._chats[chat_id] = budget
         return budget
+
+    def _forget_quiet_chats(self) -> None:
+        """Drop the budgets that remember nothing that matters any more; amortised O(1) per new
+        chat, since the next sweep waits until the number of budgets has doubled."""
+        now = self._clock()
+        self._chats = {chat_id: b for chat_id, b in self._chats.items() if not b.forgettable(now)}
+        self._forget_above = max(FORGET_CHATS_ABOVE, 2 * len(self._chats))
+
+    @property
+    def chats_remembered(self) -> int:
+        return len(self._chats)
 
     def room_for_preview(self, chat_id: int) -> bool:
         """Whether a stream preview (an intermediate edit) may go now without queueing: the chat's
