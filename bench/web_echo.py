@@ -4,7 +4,7 @@ aiohttp echo server, under the same load, in the same run.
     .venv/bin/python bench/web_echo.py --requests 2000 --concurrency 16
 
 Each server runs in its own process (started, measured, stopped in turn); the load generator is
-this process. chatgate stores every message (user and reply) in a SQLite file; the bare server
+this process. chatgate stores every message (user and reply) in a SQLite file (or --database); the bare server
 stores nothing. Printed: requests/s, p50 and p99 latency per target, and chatgate / bare.
 Loopback only; every loop is bounded by ``--requests``.
 """
@@ -65,7 +65,7 @@ async def _serve_bare(conn: Any) -> None:
     await runner.cleanup()
 
 
-async def _serve_chatgate(conn: Any, data_dir: str) -> None:
+async def _serve_chatgate(conn: Any, data_dir: str, database: str | None) -> None:
     import logging
 
     import gateway
@@ -80,7 +80,10 @@ async def _serve_chatgate(conn: Any, data_dir: str) -> None:
     async def echo(session: gateway.Session, msg: gateway.Message) -> None:
         await session.reply("echo: " + msg.text)
 
-    settings = web_settings(data_dir, web={"api_keys": [API_KEY]}, logging={"level": "WARNING"})
+    overrides: dict[str, Any] = {"web": {"api_keys": [API_KEY]}, "logging": {"level": "WARNING"}}
+    if database:
+        overrides["database"] = {"url": database}
+    settings = web_settings(data_dir, **overrides)
     gw = Gateway(app, settings, adapters=[WebAdapter(settings)])
     await gw.start()
     conn.send(gw.port)
@@ -88,15 +91,15 @@ async def _serve_chatgate(conn: Any, data_dir: str) -> None:
     await gw.stop()
 
 
-def _server_main(kind: str, conn: Any, data_dir: str) -> None:
-    asyncio.run(_serve_bare(conn) if kind == "bare" else _serve_chatgate(conn, data_dir))
+def _server_main(kind: str, conn: Any, data_dir: str, database: str | None) -> None:
+    asyncio.run(_serve_bare(conn) if kind == "bare" else _serve_chatgate(conn, data_dir, database))
 
 
 class ServerProcess:
-    def __init__(self, kind: str, data_dir: str) -> None:
+    def __init__(self, kind: str, data_dir: str, database: str | None = None) -> None:
         context = multiprocessing.get_context("spawn")
         self._conn, child = context.Pipe()
-        self._process = context.Process(target=_server_main, args=(kind, child, data_dir), daemon=True)
+        self._process = context.Process(target=_server_main, args=(kind, child, data_dir, database), daemon=True)
 
     def __enter__(self) -> int:
         self._process.start()
@@ -210,7 +213,7 @@ async def measure(args: argparse.Namespace) -> list[tuple[Result, Result]]:
     with tempfile.TemporaryDirectory(prefix="chatgate-bench-") as data_dir:
         results: dict[str, Result] = {}
         for kind in ("bare", "chatgate"):
-            with ServerProcess(kind, data_dir) as port:
+            with ServerProcess(kind, data_dir, args.database) as port:
                 url = f"http://{HOST}:{port}"
                 options = {"requests": args.requests, "concurrency": args.concurrency, "warmup": args.warmup}
                 results[f"{kind}-rest"] = await rest_load(url, chatgate=kind == "chatgate", **options)
@@ -222,7 +225,8 @@ async def measure(args: argparse.Namespace) -> list[tuple[Result, Result]]:
 
 def report(pairs: list[tuple[Result, Result]], args: argparse.Namespace) -> str:
     lines = [
-        f"{args.requests} requests per target, {args.concurrency} concurrent clients, loopback",
+        f"{args.requests} requests per target, {args.concurrency} concurrent clients, loopback, "
+        f"chatgate on {'SQLite' if not args.database else args.database.split('://')[0]}",
         f"{'target':<28} {'req/s':>9} {'p50 ms':>9} {'p99 ms':>9}",
     ]
     for ours, bare in pairs:
@@ -237,6 +241,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=1000, help="measured requests per target (default 1000)")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--warmup", type=int, default=50, help="unmeasured requests first (default 50)")
+    parser.add_argument(
+        "--database",
+        metavar="URL",
+        help="chatgate's database (default: a SQLite file in a temporary folder); e.g. an empty\n"
+        "PostgreSQL database: postgresql+asyncpg://postgres@127.0.0.1/chatgate_bench",
+    )
     args = parser.parse_args(argv)
     if args.requests < 1 or args.concurrency < 1 or args.warmup < 0:
         parser.error("--requests and --concurrency must be positive, --warmup not negative")
