@@ -2,7 +2,8 @@
 
 The session asks ``knows``, ``card_fields``, ``credentials_for`` and ``all_for``; the connect
 pages (``routes.py``) drive a flow through ``begin_oauth``, ``complete_oauth``,
-``complete_secret`` and ``decline``; the CLI and the HTTP endpoint revoke.
+``complete_secret`` and ``decline`` (``gateway.testing`` through ``complete_with`` and
+``decline``); the CLI and the HTTP endpoint revoke.
 """
 
 from __future__ import annotations
@@ -295,12 +296,20 @@ class IntegrationService:
         await self._resolve_prompt(state, {"connected": True})
 
     async def complete_secret(self, provider: ProviderSpec, state: ConnectState, values: dict[str, str]) -> None:
+        await self.complete_with(provider, state, {"fields": values}, expires_at=0)
+
+    async def complete_with(
+        self, provider: ProviderSpec, state: ConnectState, payload: dict[str, Any], *, expires_at: int
+    ) -> None:
+        """Store ``payload`` (``{"fields": ...}``, or ``TokenSet.to_payload()``) for an unused state
+        and answer its prompt: the secret form's step, and how ``gateway.testing`` connects an
+        OAuth provider with tokens in hand (no code to exchange)."""
         await self._purge_now_and_then()
         if not await self.records.finish(state, "exchanging"):
             raise already_used()
         try:
             await self.records.save(state.scope_key, provider.name, connected_by=state.user_id,
-                                    payload={"fields": values}, expires_at=0)
+                                    payload=payload, expires_at=expires_at)
         except BaseException:
             await self.records.set_status(state.id, "pending")
             raise
