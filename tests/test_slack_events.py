@@ -22,10 +22,16 @@ def dm(text: str, ts: str, *, user: str = "U1", thread_ts: str | None = None, **
     return {**event, **extra}
 
 
-def channel_message(text: str, ts: str, *, thread_ts: str | None = None, user: str = "U1") -> dict[str, Any]:
+def channel_message(
+    text: str, ts: str, *, thread_ts: str | None = None, user: str = "U1", parent_user_id: str | None = None
+) -> dict[str, Any]:
+    """A channel message event; a thread reply carries ``parent_user_id``, the author of the
+    thread's parent message, as Slack's do."""
     event = {"type": "message", "channel": "C1", "channel_type": "channel", "user": user, "text": text, "ts": ts}
     if thread_ts:
         event["thread_ts"] = thread_ts
+    if parent_user_id:
+        event["parent_user_id"] = parent_user_id
     return event
 
 
@@ -212,6 +218,50 @@ async def test_thread_membership_survives_a_restart(slack: FakeSlack, tmp_path) 
         )
         await slack.wait_for(lambda: len(slack.thread("C1", "200.000001")) == 2)
         assert seen[0][0].id == seen[1][0].id
+
+
+async def test_replies_under_a_standalone_bot_message_open_a_session_for_that_thread(
+    slack: FakeSlack, tmp_path
+) -> None:
+    """A broadcast (or a job's reply) to a channel session is a top-level message of the bot's;
+    a user answering in its thread is heard, without a mention, in a session of that thread."""
+    seen: list[tuple[gateway.Session, gateway.Message]] = []
+    app = echo_app(seen)
+    async with SlackGateway(app, tmp_path, slack) as gw:
+        url = gw.events_url
+        command = {"command": "/chatgate", "text": "subscribe", "team_id": "T0001", "channel_id": "C1"}
+        await slack.deliver_command(url, {**command, "user_id": "U1", "trigger_id": "trig-1"})
+        await slack.wait_for(lambda: slack.thread("C1", None))
+        await gw.idle()
+        channel_session = seen[0][0]
+        result = await app.broadcast("Standup time: what are you working on?", session_ids=[channel_session.id])
+        assert result.sent == [channel_session.id]
+        posted = [m for m in slack.thread("C1", None) if m.visible_text.startswith("Standup")]
+        assert len(posted) == 1
+        parent = posted[0].ts
+
+        def reply(text: str, ts: str, **kw: Any) -> dict[str, Any]:
+            return channel_message(text, ts, thread_ts=parent, parent_user_id="UBOT", **kw)
+
+        await slack.deliver_event(url, reply("the Slack adapter", "500.000001", user="U2"), event_id="Ev1")
+        await slack.wait_for(lambda: len(slack.thread("C1", parent)) == 1)
+        # The bot's own echo in that thread comes back as an event too: never answered.
+        own = {**reply("echo: the Slack adapter", "500.000002", user="UBOT"), "bot_id": "BBOT"}
+        await slack.deliver_event(url, own, event_id="Ev2")
+        await slack.deliver_event(url, reply("and tests", "500.000003"), event_id="Ev3")
+        # Threads under someone else's message, and top-level chatter, are still not for the bot.
+        other = channel_message("me too", "500.000004", thread_ts="400.000001", parent_user_id="U1", user="U2")
+        await slack.deliver_event(url, other, event_id="Ev4")
+        await slack.deliver_event(url, channel_message("lunch?", "500.000005"), event_id="Ev5")
+        await slack.wait_for(lambda: len(slack.thread("C1", parent)) == 2)
+        await gw.idle()
+        assert [m.text for _, m in seen] == ["subscribe", "the Slack adapter", "and tests"]
+        thread_session = seen[1][0]
+        assert thread_session.id == seen[2][0].id != channel_session.id
+        assert thread_session.channel.address == {"chat_id": "C1", "thread_id": parent, "team_id": "T0001"}
+        assert [m.visible_text for m in slack.thread("C1", parent)] == ["echo: the Slack adapter", "echo: and tests"]
+        assert slack.thread("C1", "400.000001") == []
+        assert len(slack.thread("C1", None)) == 2  # the command's echo and the broadcast: no more
 
 
 async def test_own_messages_and_irrelevant_subtypes_are_ignored(slack: FakeSlack, tmp_path) -> None:

@@ -356,7 +356,7 @@ class SlackAdapter(Adapter):
             return
         check_message_event(event)
         team = str(body.get("team_id") or event.get("team") or "")
-        if route == "thread" and not await self._takes_part(team, str(event["channel"]), str(event["thread_ts"])):
+        if route == "thread" and not await self._takes_part(team, event):
             return
         await self._submit_message(body, event, team, deadline)
 
@@ -408,10 +408,15 @@ class SlackAdapter(Adapter):
             conversation.recipient_user = str(user_id)
             self._recipients[(conversation.team, conversation.channel, conversation.thread_ts)] = str(user_id)
 
-    async def _takes_part(self, team: str, channel: str, thread_ts: str) -> bool:
-        """Whether the bot is in this channel thread: it has a session there."""
+    async def _takes_part(self, team: str, event: dict[str, Any]) -> bool:
+        """Whether the bot is in the channel thread of this reply: the thread's parent is one of
+        its own messages (a standalone message: a job's or task's reply, a broadcast; Slack names
+        the parent's author in ``parent_user_id``), or it has a session there."""
+        channel, thread_ts = str(event["channel"]), str(event["thread_ts"])
         if (team, channel, thread_ts) in self._threads:
             return True
+        if self.bot.user_id and event.get("parent_user_id") == self.bot.user_id:
+            return True  # the reply opens the thread's session (one per thread, as everywhere)
         store = getattr(self._require_gateway(), "store", None)
         if store is None:
             return False

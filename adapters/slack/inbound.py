@@ -112,7 +112,8 @@ class BotIdentity:
 def route_message(event: dict[str, Any], bot: BotIdentity) -> MessageRoute:
     """What a ``message`` event is to us, before knowing whether we take part in its thread.
 
-    ``thread``: a reply in a channel thread (relevant only when the bot takes part in it).
+    ``thread``: a reply in a channel thread (relevant only when the bot takes part in it: the
+    thread is under one of its messages, or it has a session there).
     Mentions in channels are left to the ``app_mention`` event Slack also sends, so one message
     is never handled twice.
     """
