@@ -12,7 +12,13 @@ async def test_echo(tmp_path):
 It runs the real Gateway (store on a SQLite file under ``tmp_path``, dispatcher, sessions) with a
 recording adapter in place of a platform, so what a handler sends is captured exactly as an
 adapter would receive it: texts, stream frames, blocks, notifications. ``send`` returns when the
-turn ends, or earlier when the handler waits on a prompt, which the test can then answer.
+turn ends, or earlier when the handler waits on a prompt, which the test can then answer:
+``approve``/``reject``, ``upload``, ``press``/``click``, and for ``prompt_integration`` /
+``require_integration`` ``connect_integration`` or ``decline_integration``, which go through the
+integrations service as the connect pages do (credentials stored for the user, the waiting prompt
+answered by a ``signal``). ``TestClient.connect_integration`` connects one before a conversation.
+Integrations need a provider (``app.add_integration`` or ``integrations={"providers": {...}}``)
+and ``integrations={"encryption_key": generate_key()}`` (from ``gateway.integrations.crypto``).
 """
 
 from __future__ import annotations
@@ -21,16 +27,23 @@ import asyncio
 import itertools
 import os
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from gateway.app import App
 from gateway.config import Settings, load_settings
 from gateway.inbound import ButtonPress, Inbound, PlatformUser
 from gateway.outbound import Capabilities, Limits, MessageRef
 from gateway.runtime import Gateway
-from gateway.types import Attachment, Event, Message, SessionChannel
+from gateway.types import Attachment, Event, Message, SessionChannel, integration_name
+
+if TYPE_CHECKING:
+    from gateway.integrations.providers import ProviderSpec
+    from gateway.integrations.service import IntegrationService
+    from gateway.integrations.state import ConnectState
 
 TEST_CHANNELS = ("chat", "api", "telegram", "slack", "whatsapp")
 
@@ -287,6 +300,58 @@ class Conversation:
         inbound = self._inbound("upload", message=message, prompt_id=prompt["id"])
         return await self._answer(inbound, timeout)
 
+    async def connect_integration(
+        self,
+        integration: Any = None,
+        *,
+        access_token: str = "",
+        fields: dict[str, str] | None = None,
+        refresh_token: str = "",
+        token_type: str = "Bearer",
+        scopes: list[str] | None = None,
+        expires_at: int = 0,
+        timeout: float = 10.0,
+    ) -> Turn:
+        """Answer the waiting ``prompt_integration``/``require_integration`` as the user connecting
+        the account: ``access_token`` (optionally ``refresh_token``, ``scopes``, default the
+        provider's, and ``expires_at``) for an OAuth provider, ``fields`` for a secret one (checked as
+        its form checks them). The credentials are stored for the user (or their org, for an
+        owner-scoped provider) by the integrations service, as the connect pages store them, so the
+        handler gets them and later turns find them with ``get_integration``. ``integration`` (a
+        name or Capsule object), when given, must be the one asked for. Leave ``expires_at`` 0 (never
+        expires): a token near expiry is refreshed at the provider, as in production."""
+        service, provider, state = self._integration_state(integration)
+        payload, expiry = _credential_payload(provider, access_token, fields, refresh_token, token_type,
+                                              scopes, expires_at)
+
+        async def deliver() -> None:
+            await service.complete_with(provider, state, payload, expires_at=expiry)
+
+        return await self._answer_by(deliver, timeout)
+
+    async def decline_integration(self, integration: Any = None, *, timeout: float = 10.0) -> Turn:
+        """Answer the waiting integration prompt as the user pressing "Don't connect": the handler's
+        ``prompt_integration``/``require_integration`` raises ``IntegrationDeclined``. (Left
+        unanswered, a prompt raises ``IntegrationTimeout`` after its ``timeout``.)"""
+        service, _, state = self._integration_state(integration)
+
+        async def deliver() -> None:
+            await service.decline(state, from_provider=False)
+
+        return await self._answer_by(deliver, timeout)
+
+    def _integration_state(self, integration: Any) -> tuple[IntegrationService, ProviderSpec, ConnectState]:
+        """The service, provider and connect state of the waiting integration prompt, read from
+        its connect link as the connect page reads it."""
+        payload = self._prompt("integration_prompt")["payload"]
+        kind = payload["type"]
+        if integration is not None and integration_name(integration) != kind:
+            raise AssertionError(f"the app waits on {kind!r}, not {integration_name(integration)!r}")
+        service = self.client._integrations()
+        token = parse_qs(urlsplit(payload["connect_url"]).query).get("state", [""])[0]
+        provider, state = service.verify(kind, token)
+        return service, provider, state
+
     async def stop(self) -> None:
         await self.client.gateway.submit(self._inbound("stop"))
 
@@ -307,6 +372,15 @@ class Conversation:
     async def _answer(self, inbound: Inbound, timeout: float) -> Turn:
         """Answer a prompt (or press a button). The returned Turn holds what the app sent from
         now until the turn ends or the app waits on another prompt."""
+
+        async def deliver() -> str:
+            return (await self.client.gateway.submit(inbound)).inbound_id
+
+        return await self._answer_by(deliver, timeout)
+
+    async def _answer_by(self, deliver: Callable[[], Awaitable[str | None]], timeout: float) -> Turn:
+        """``_answer`` with the answer delivered by ``deliver`` (which returns the inbox id of an
+        event it submitted, or None when something else, the integrations service, submits it)."""
         before = self.waiting_prompt
         turn, previous = Turn(), self._current
         self._current = turn
@@ -314,8 +388,9 @@ class Conversation:
             for inbound_id, waiting in list(self._turns.items()):
                 if waiting is previous:
                     self._turns[inbound_id] = turn
-        accepted = await self.client.gateway.submit(inbound)
-        self._turns.setdefault(accepted.inbound_id, turn)
+        inbound_id = await deliver()
+        if inbound_id is not None:
+            self._turns.setdefault(inbound_id, turn)
 
         def settled() -> bool:
             prompt = self.waiting_prompt
@@ -323,6 +398,31 @@ class Conversation:
 
         await self._until(settled, timeout, turn, "the answer's turn to end or another prompt")
         return turn
+
+
+def _credential_payload(
+    provider: ProviderSpec, access_token: str, fields: dict[str, str] | None, refresh_token: str,
+    token_type: str, scopes: list[str] | None, expires_at: int,
+) -> tuple[dict[str, Any], int]:
+    """What the service stores for these credentials: ``({"fields": ...}, 0)`` for a secret
+    provider (validated as its form validates), a ``TokenSet`` payload for an OAuth one."""
+    if provider.mode == "secret":
+        from gateway.integrations.secrets_form import validate_secret_form
+
+        if access_token or fields is None:
+            raise ValueError(f"{provider.name} is a secret provider: pass fields= "
+                             f"({', '.join(f.name for f in provider.fields)}), not an access token")
+        values, errors = validate_secret_form(provider, fields)
+        if errors:
+            raise ValueError(f"the {provider.title} form refuses these fields: {errors}")
+        return {"fields": values}, 0
+    from gateway.integrations.oauth import TokenSet
+
+    if not access_token or fields is not None:
+        raise ValueError(f"{provider.name} is an OAuth provider: pass access_token=, not fields")
+    tokens = TokenSet(access_token, token_type, refresh_token,
+                      list(provider.scopes) if scopes is None else list(scopes), int(expires_at))
+    return tokens.to_payload(), tokens.expires_at
 
 
 def test_settings(root: str | os.PathLike[str], **overrides: Any) -> Settings:
@@ -398,6 +498,46 @@ class TestClient:
         conversation = Conversation(self, record.id, address, platform_user)
         self._conversations[record.id] = conversation
         return conversation
+
+    async def connect_integration(
+        self,
+        integration: Any,
+        user: str = "user-1",
+        *,
+        email: str | None = None,
+        org_id: str | None = None,
+        access_token: str = "",
+        fields: dict[str, str] | None = None,
+        refresh_token: str = "",
+        token_type: str = "Bearer",
+        scopes: list[str] | None = None,
+        expires_at: int = 0,
+    ) -> None:
+        """Connect ``integration`` for ``user`` (as ``conversation()`` names them; ``org_id`` for
+        an owner-scoped provider) without a prompt, as if they had connected it before: their
+        turns find it in ``session.integrations``. Credentials as ``Conversation.connect_integration``
+        takes them; stored by the integrations service the same way."""
+        service = self._integrations()
+        kind = integration_name(integration)
+        provider = service.provider(kind)
+        if provider is None:
+            raise AssertionError(f"no integration named {kind!r} is configured (configured: "
+                                 f"{', '.join(sorted(service.providers))})")
+        payload, expiry = _credential_payload(provider, access_token, fields, refresh_token, token_type,
+                                              scopes, expires_at)
+        info = await self.gateway.store.resolve_user(PlatformUser("test", user, email=email, org_id=org_id))
+        state, _ = service.signer.issue(  # a connect link with no prompt to answer
+            provider=provider.name, user_id=info.id, scope_key=service.scope_key(provider, info),
+            session_id="", prompt_id=None, ttl=service.settings.state_ttl_seconds,
+        )
+        await service.complete_with(provider, state, payload, expires_at=expiry)
+
+    def _integrations(self) -> IntegrationService:
+        service = self.gateway.integrations
+        if service is None:
+            raise AssertionError("no integrations are configured: declare one with app.add_integration or "
+                                 "integrations={'providers': {...}} (and set integrations={'encryption_key': ...})")
+        return service
 
     def _conversation_for(self, session_id: str) -> Conversation:
         found = self._conversations.get(session_id)
