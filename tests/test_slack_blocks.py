@@ -243,3 +243,29 @@ async def test_many_suggestions_stay_within_block_kit_limits(slack: FakeSlack, t
         await slack.deliver_interactive(gw.events_url, payload)
         await slack.wait_for(lambda: len(seen) == 2)
         assert seen[1].startswith("Option 27 ")
+
+
+async def test_blocks_for_a_command_where_the_bot_is_not_a_member_arrive_without_buttons(
+    slack: FakeSlack, tmp_path
+) -> None:
+    """Through a slash command's response URL a card is shown, but without its buttons: their
+    cards could not be edited in place where the bot is not a member."""
+    app = gateway.App("suggest-outside")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.show_suggestions(["Tell me more"], title="Pick one")
+
+    slack.not_member_of.add("C9")
+    fields = {"command": "/chatgate", "text": "go", "team_id": "T0001", "channel_id": "C9", "user_id": "U1"}
+    async with SlackGateway(app, tmp_path, slack) as gw:
+        await slack.deliver_command(
+            gw.events_url, {**fields, "trigger_id": "t1", "response_url": slack.response_url("C9")}
+        )
+        await slack.wait_for(lambda: slack.responses)
+        await gw.idle()
+        [response] = slack.responses
+        assert "Pick one" in response.visible_text
+        assert response.response_type == "in_channel"
+        assert not [b for b in response.body.get("blocks") or [] if b.get("type") == "actions"]
+        assert [c.error for c in slack.calls_of("chat.postMessage")] == ["not_in_channel"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -329,6 +330,60 @@ async def test_slash_command_becomes_a_message(slack: FakeSlack, tmp_path) -> No
         assert session.channel.address == {"chat_id": "C9", "team_id": "T0001"}
         assert session.user.email is None
         assert slack.thread("C9", None)[0].visible_text == "echo: what is up"
+
+
+async def test_a_slash_command_where_the_bot_is_not_a_member_is_answered_through_its_response_url(
+    slack: FakeSlack, tmp_path, caplog
+) -> None:
+    """chat.postMessage answers not_in_channel: the replies go to the command's response URL
+    (final texts only: a stream's previews are skipped), at most the 5 it takes, and the URL is
+    never logged."""
+    app = gateway.App("outsider")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply(f"echo: {msg.text}")
+        async with session.stream_reply() as reply:
+            for i in range(30):
+                reply.write(f"word{i} ")
+                await asyncio.sleep(0.01)
+        for i in range(5):  # one more than the response URL has left
+            await session.reply(f"extra {i}")
+
+    caplog.set_level(logging.DEBUG)
+    slack.not_member_of.add("C9")
+    response_url = slack.response_url("C9")
+    async with SlackGateway(app, tmp_path, slack) as gw:
+        fields = {
+            "command": "/chatgate",
+            "text": "what is up",
+            "team_id": "T0001",
+            "channel_id": "C9",
+            "user_id": "U2",
+            "trigger_id": "trig-1",
+            "response_url": response_url,
+        }
+        status, _, _ = await slack.deliver_command(gw.events_url, fields)
+        assert status == 200
+        await slack.wait_for(lambda: len(slack.responses) == 5)
+        await gw.idle()
+        texts = [r.visible_text for r in slack.responses]
+        assert texts == [
+            "echo: what is up",
+            "".join(f"word{i} " for i in range(30)).strip(),
+            "extra 0",
+            "extra 1",
+            "extra 2",
+        ]
+        assert {(r.channel, r.response_type) for r in slack.responses} == {("C9", "in_channel")}
+        assert slack.thread("C9", None) == []
+        assert slack.calls_of("chat.update") == []  # no previews: a response URL message is not editable
+        # Tried once, then known; once the URL's 5 messages are spent, chat.postMessage again.
+        posts = slack.calls_of("chat.postMessage")
+        assert [c.error for c in posts] == ["not_in_channel"] * 3
+    logged = [r.getMessage() for r in caplog.records]
+    assert not [m for m in logged if response_url.split("/commands/")[1] in m]
+    assert any("not a member of C9" in m and "invite the bot" in m for m in logged)
 
 
 async def test_a_slow_inbox_is_not_acknowledged_and_the_retry_is_handled_once(slack: FakeSlack, tmp_path) -> None:

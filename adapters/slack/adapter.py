@@ -45,6 +45,7 @@ from adapters.slack.inbound import (
 from adapters.slack.limits import ACK_DEADLINE, MAX_ACTIONS_ELEMENTS, MAX_TEXT
 from adapters.slack.outbox import SlackOutbox
 from adapters.slack.pacer import SlackPacer
+from adapters.slack.response_url import CommandResponse
 from adapters.slack.users import LOOKUP_TIMEOUT, SlackDirectory
 from gateway.config import ConfigError
 from gateway.inbound import Accepted, Inbound
@@ -61,6 +62,8 @@ RECIPIENT_KEY = "slack_recipient"
 
 REMEMBERED_CONVERSATIONS = 50_000
 """Threads (and their recipients) kept in memory; older ones are looked up in the store again."""
+REMEMBERED_COMMANDS = 10_000
+"""Conversations whose latest slash command's response URL is kept (in memory only: a capability)."""
 REMEMBERED_UPLOADS = 10_000
 """File-store images whose Slack file id is kept; an older one is uploaded again if re-shown."""
 ACK_BUDGET = ACK_DEADLINE - 0.5
@@ -137,6 +140,7 @@ class SlackAdapter(Adapter):
         self._native_off: dict[str, str] = {}
         self._status_off: dict[str, str] = {}
         self._uploaded: LRUCache[str, str] = LRUCache(REMEMBERED_UPLOADS)
+        self._commands: LRUCache[tuple[str, str], CommandResponse] = LRUCache(REMEMBERED_COMMANDS)
         self._pending: set[asyncio.Future[Any]] = set()
         self._socket_handler: Any = None
         self.bolt = self._build_bolt()
@@ -179,6 +183,8 @@ class SlackAdapter(Adapter):
             channel=channel.chat_id or "",
             thread_ts=channel.thread_id,
             recipient_user=self._recipients.get((team, channel.chat_id or "", channel.thread_id)),
+            # Slash commands live in the top-level session of their channel.
+            command_response=None if channel.thread_id else self._commands.get((team, channel.chat_id or "")),
         )
         return SlackOutbox(self, conversation, session_id)
 
@@ -453,8 +459,20 @@ class SlackAdapter(Adapter):
         check_command(body)
         team = str(body["team_id"])
         user = await self._user(team, str(body["user_id"]), deadline)
+        self._keep_response_url(team, body)
         await self._submit(command_inbound(body, user, self.bot), deadline)
         await ack()
+
+    def _keep_response_url(self, team: str, body: dict[str, Any]) -> None:
+        """Remember the command's response URL before its turn can run, so a reply in a channel
+        the bot is not in still arrives (kept for the latest command of each conversation)."""
+        url = body.get("response_url")
+        if not isinstance(url, str) or not url:
+            return
+        key = (team, str(body["channel_id"]))
+        known = self._commands.get(key)
+        if known is None or known.url != url:  # a redelivery keeps the uses already counted
+            self._commands[key] = CommandResponse(url=url, command=str(body.get("command") or "the command"))
 
     async def _on_unknown_command(self, ack: Any, body: dict[str, Any]) -> None:
         await ack(text=f"This app answers {self.settings.slack.slash_command}, not {body.get('command')}.")

@@ -7,6 +7,10 @@ with HTTP 200, and HTTP 429 + ``Retry-After`` when a method's rate budget is spe
 messages it was sent (with their streaming state), enforces the text and Block Kit limits Slack
 enforces, records every call, and hosts files (the external upload flow and ``url_private``).
 
+Slash commands' ``response_url`` is served too (``response_url(channel)`` hands one out; what it
+received is in ``responses``), and ``not_member_of`` makes the bot an outsider of a channel, where
+the Web API's message methods answer ``not_in_channel`` as Slack's do.
+
 It also plays Slack's side of the Events API: ``deliver_event`` signs a payload with the signing
 secret exactly as Slack does (``v0:<timestamp>:<body>``, HMAC-SHA256) and POSTs it to the app.
 
@@ -109,6 +113,36 @@ def block_text(block: dict[str, Any]) -> str:
     if kind == "rich_text":
         return json.dumps(block.get("elements"))
     return ""
+
+
+@dataclass
+class FakeResponse:
+    """A message posted through a slash command's response URL."""
+
+    channel: str
+    body: dict[str, Any]
+
+    @property
+    def response_type(self) -> str:
+        return str(self.body.get("response_type") or "ephemeral")  # Slack's default
+
+    @property
+    def visible_text(self) -> str:
+        parts = [block_text(b) for b in self.body.get("blocks") or []]
+        return "\n".join(p for p in parts if p) or str(self.body.get("text") or "")
+
+
+@dataclass
+class ResponseUrl:
+    channel: str
+    issued_at: float
+    uses: int = 0
+
+
+RESPONSE_URL_USES = 5  # a response_url takes up to 5 messages within 30 minutes (slash command docs)
+RESPONSE_URL_LIFETIME = 30 * 60.0
+NOT_MEMBER_METHODS = frozenset({"chat.postMessage", "chat.update", "chat.delete", "chat.startStream"})
+"""Methods that answer ``not_in_channel`` in a public channel the bot is not a member of."""
 
 
 @dataclass
@@ -234,6 +268,12 @@ class FakeSlack:
         self.files: dict[str, FakeFile] = {}
         self.users: dict[str, dict[str, Any]] = {}
         self.statuses: list[dict[str, Any]] = []
+        self.responses: list[FakeResponse] = []
+        """Messages posted through response URLs, oldest first."""
+        self.not_member_of: set[str] = set()
+        """Channels the bot is not in: its message methods there answer ``not_in_channel``."""
+        self.response_url_lifetime = RESPONSE_URL_LIFETIME
+        self._response_urls: dict[str, ResponseUrl] = {}
         self.budgets: dict[str, Budget] = {m: self._scaled(b) for m, b in METHOD_BUDGETS.items()}
         self.channel_budgets: dict[str, Budget] = {m: self._scaled(b) for m, b in PER_CHANNEL_BUDGETS.items()}
         self.stream_timeout: float | None = None
@@ -258,6 +298,7 @@ class FakeSlack:
         app.router.add_get("/api/{method}", self._api)
         app.router.add_post("/upload/{file_id}", self._upload)
         app.router.add_get("/files-pri/{file_id}/{name}", self._download)
+        app.router.add_post("/commands/{token:.+}", self._response_url_post)
         app.router.add_get("/_fake/state", self._state)
         app.router.add_post("/_fake/users", self._add_user_http)
         self._runner = web.AppRunner(app, access_log=None)
@@ -337,6 +378,12 @@ class FakeSlack:
             "url_private": url,
             "url_private_download": url + "?download=1",
         }
+
+    def response_url(self, channel: str) -> str:
+        """A new response URL, as a slash command typed in ``channel`` carries."""
+        token = f"{self.team_id}/{next(self._file_counter)}/{hashlib.sha256(self.new_ts().encode()).hexdigest()[:24]}"
+        self._response_urls[token] = ResponseUrl(channel, time.monotonic())
+        return f"{self.base_url}/commands/{token}"
 
     # ---- what tests look at ----
 
@@ -571,6 +618,8 @@ class FakeSlack:
                 return web.json_response(
                     {"ok": False, "error": "ratelimited"}, status=429, headers={"Retry-After": retry_after}
                 )
+            if method in NOT_MEMBER_METHODS and args.get("channel") in self.not_member_of:
+                raise SlackApiFailure("not_in_channel")
             queued = self._failures.get(method)
             if queued:
                 raise SlackApiFailure(*queued.popleft())
@@ -734,6 +783,36 @@ class FakeSlack:
         file_id = f"F{next(self._file_counter):08d}"
         self.files[file_id] = FakeFile(file_id, str(args["filename"]), length)
         return {"upload_url": f"{self.base_url}/upload/{file_id}", "file_id": file_id}
+
+    async def _response_url_post(self, request: web.Request) -> web.Response:
+        """A response URL: JSON with ``text`` and/or ``blocks``, ``response_type`` ``in_channel`` or
+        ``ephemeral``; no token needed, and no channel membership. Up to 5 messages in 30 minutes."""
+        try:
+            url = self._response_urls.get(request.match_info["token"])
+            if url is None:
+                return web.Response(status=404, text="no_such_url")
+            if time.monotonic() - url.issued_at > self.response_url_lifetime:
+                return web.Response(status=404, text="expired_url")
+            if url.uses >= RESPONSE_URL_USES:
+                return web.Response(status=404, text="used_url")
+            try:
+                body = await request.json()
+            except json.JSONDecodeError:
+                return web.Response(status=400, text="invalid_payload")
+            if not isinstance(body, dict) or not (body.get("text") or body.get("blocks")):
+                return web.Response(status=400, text="no_text")
+            if body.get("response_type", "ephemeral") not in ("in_channel", "ephemeral"):
+                return web.Response(status=400, text="invalid_response_type")
+            if body.get("blocks"):
+                try:
+                    _check_blocks(body["blocks"])
+                except SlackApiFailure as failure:
+                    return web.Response(status=400, text=failure.error)
+            url.uses += 1
+            self.responses.append(FakeResponse(url.channel, body))
+            return web.Response(text="ok")
+        finally:
+            self.changed.set()
 
     async def _upload(self, request: web.Request) -> web.Response:
         """The upload URL Slack hands out: raw bytes or a multipart form with one file part."""
