@@ -18,16 +18,17 @@ async def attach(runtime: Gateway) -> None:
 
     Raises ``ConfigError`` for a bad provider, or providers without an encryption key.
     """
-    from gateway.config import ConfigError
-    from gateway.integrations.crypto import KEY_HELP, CredentialCipher
     from gateway.integrations.providers import build_providers
-    from gateway.integrations.service import IntegrationService
 
     settings = runtime.settings.integrations
     providers = build_providers(settings.providers, runtime.app.integration_specs)
     if not providers:
         runtime.integrations = None
         return
+    # Only now: the OAuth client (authlib, httpx) is a tenth of a second of start-up.
+    from gateway.config import ConfigError
+    from gateway.integrations.crypto import KEY_HELP, CredentialCipher
+    from gateway.integrations.service import IntegrationService
     if not settings.encryption_key:
         names = ", ".join(sorted(providers))
         raise ConfigError(

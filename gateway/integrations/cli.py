@@ -12,15 +12,19 @@ import asyncio
 import json
 import sys
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from gateway.config import Settings, load_settings
 from gateway.integrations.crypto import CredentialCipher, generate_key
-from gateway.integrations.oauth import OAuthClient
 from gateway.integrations.providers import build_providers
-from gateway.integrations.records import IntegrationRecords
-from gateway.integrations.service import describe, revoke_at_provider
-from gateway.store import Store
+
+if TYPE_CHECKING:
+    from gateway.integrations.records import IntegrationRecords
+    from gateway.store import Store
+
+# The store, records and the OAuth client (authlib, httpx) are imported by the commands that use
+# them: every `chatgate` command loads this module to register `integrations`, and start-up
+# time counts.
 
 EXIT_NOT_FOUND = 1
 
@@ -80,11 +84,16 @@ def run_cli(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
 
 
 def _records(settings: Settings, store: Store) -> IntegrationRecords:
+    from gateway.integrations.records import IntegrationRecords
+
     key = settings.integrations.encryption_key
     return IntegrationRecords(store, CredentialCipher(key) if key else None)
 
 
 async def list_command(settings: Settings, *, user: str | None, as_json: bool, out: TextIO) -> int:
+    from gateway.integrations.service import describe
+    from gateway.store import Store
+
     providers = build_providers(settings.integrations.providers)
     store = Store(settings.database.url)
     await store.open()
@@ -115,6 +124,10 @@ async def list_command(settings: Settings, *, user: str | None, as_json: bool, o
 
 
 async def revoke_command(settings: Settings, provider_name: str, *, user: str, local_only: bool, out: TextIO) -> int:
+    from gateway.integrations.oauth import OAuthClient
+    from gateway.integrations.service import revoke_at_provider
+    from gateway.store import Store
+
     providers = build_providers(settings.integrations.providers)
     name = provider_name.lower()
     store = Store(settings.database.url)
