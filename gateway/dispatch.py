@@ -24,6 +24,7 @@ from gateway.inbound import Accepted, Inbound
 from gateway.prompts import PromptRegistry
 from gateway.store import Store
 from gateway.store.records import SessionRecord
+from gateway.types import UserInfo
 
 log = logging.getLogger("chatgate.dispatch")
 
@@ -42,6 +43,8 @@ class WorkItem:
     inbound: Inbound
     message_id: str | None = None
     """The stored user message of a ``message`` event (``None`` for a recovered event: look it up)."""
+    sender: UserInfo | None = None
+    """The chatgate user behind ``inbound.user`` when intake already resolved it (``None``: ask the store)."""
 
 
 @dataclass
@@ -78,7 +81,7 @@ class Dispatcher:
 
     # -- intake --------------------------------------------------------------------------
 
-    async def submit(self, inbound: Inbound, session: SessionRecord) -> Accepted:
+    async def submit(self, inbound: Inbound, session: SessionRecord, *, sender: UserInfo | None = None) -> Accepted:
         """Record ``inbound`` for ``session`` and route it. Safe to acknowledge on return."""
         if self._closed:
             raise RuntimeError("the dispatcher is shutting down")
@@ -96,7 +99,7 @@ class Dispatcher:
             return Accepted(entry.id, session.id, duplicate=True)
         if message is not None and entry.message_id:
             message.id = entry.message_id
-        self._route(WorkItem(entry.id, session.id, inbound, entry.message_id))
+        self._route(WorkItem(entry.id, session.id, inbound, entry.message_id, sender))
         return Accepted(entry.id, session.id)
 
     def _route(self, item: WorkItem) -> None:

@@ -90,19 +90,20 @@ class Gateway:
 
     async def submit(self, inbound: Inbound) -> Accepted:
         """Record an inbound event durably and queue it (see ``Dispatcher``)."""
+        sender: UserInfo | None = None
         if inbound.session_id:
             session = await self.store.get_session(inbound.session_id)
             if session is None:
                 raise UnknownSession(f"no session {inbound.session_id!r}")
         else:
-            user = await self.store.resolve_user(inbound.user)
-            session = await self.store.session_for_address(inbound.channel, user)
+            sender = await self.store.resolve_user(inbound.user)
+            session = await self.store.session_for_address(inbound.channel, sender)
         if inbound.message is not None and inbound.message.attachments:
             # Bound here too (not only in the turn) because a prompt's answer skips the turn.
             channel_type = inbound.message.channel_type or inbound.channel.type
             attachments = inbound.message.attachments
             inbound.message.attachments = [self.resolve_attachment(channel_type, a) for a in attachments]
-        return await self.dispatcher.submit(inbound, session)
+        return await self.dispatcher.submit(inbound, session, sender=sender)
 
     def awaited_approval(self, session_id: str) -> tuple[str, str] | None:
         """``(inbox id, block id)`` when the session's running handler waits in

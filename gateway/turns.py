@@ -49,7 +49,7 @@ class TurnRunner:
         if address_key(record.channel) is not None:
             # A platform conversation (a group, a channel thread) has many speakers: the user of
             # this turn is whoever sent the event, not whoever spoke first.
-            user = await rt.store.resolve_user(inbound.user)
+            user = item.sender or await rt.store.resolve_user(inbound.user)
         if user is None:
             await rt.store.set_inbox_status(item.inbox_id, "failed", "user missing")
             return
