@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import aiohttp
 import pytest
@@ -307,7 +308,8 @@ async def test_executions_get_stream_and_cancel(gw):
     assert (await sdk.executions.get(first.execution_id)).status == "cancelled"
 
 
-async def test_an_approval_prompt_is_answered_through_the_executions_api(gw):
+async def test_an_approval_prompt_is_answered_through_the_executions_api(gw, caplog):
+    caplog.set_level(logging.INFO, logger="chatgate.web.rest")
     sdk, other = client(gw), client(gw, OTHER_KEY)
     session = await sdk.chat.create_session(agent_id="default")
     for route, expected in (("approve", "approved"), ("deny", "rejected")):
@@ -329,6 +331,7 @@ async def test_an_approval_prompt_is_answered_through_the_executions_api(gw):
         with pytest.raises(ValidationError, match="not waiting for an approval"):
             await sdk.executions.approve(waiting.id)  # answered once; a second answer is refused
     assert (await sdk.executions.approval_inbox()).data == []
+    assert "approved through the API: 'checked by ops'" in caplog.text  # the handler only gets a bool
 
 
 async def _nonempty(listing):

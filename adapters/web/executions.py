@@ -12,6 +12,7 @@ A turn whose handler waits in ``session.prompt_approval`` is ``waiting_approval`
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -31,6 +32,8 @@ from .wire import page_meta, rfc3339
 
 if TYPE_CHECKING:
     from .rest import Caller, RestApi
+
+log = logging.getLogger("chatgate.web.rest")
 
 RUNNING = "running"
 WAITING_APPROVAL = "waiting_approval"
@@ -197,6 +200,9 @@ class Executions:
             button=ButtonPress(block_id, ANSWER_BY_ROUTE[route]),
         )
         await self.api.ctx.core.submit(press)
+        # The handler learns only yes or no (prompt_approval returns a bool); the reason is kept in the log.
+        log.info("execution %s %s through the API%s", inbound.id, "approved" if route == "approve" else "denied",
+                 f": {reason!r}" if reason else "")
         inbound = await self.store.get_inbound(inbound.id) or inbound
         messages = await self.store.turn_messages(record.id, inbound.id)
         return web.json_response({"data": self.execution(inbound, record, messages)})
