@@ -1054,6 +1054,8 @@ async def test_embed_renews_an_expired_host_token(running_gateway: Gateway, brow
         box = await launcher.bounding_box()
         assert box is not None and box["x"] < 100  # data-position="left"
         await page.wait_for_selector("chatgate-widget .cg-chat[data-connection=open]")
+        # "open" is the socket; who we are arrives with the gateway's ready frame just after.
+        await page.wait_for_function("ChatGateWidget.chat.client.ready")
         issued = host.app[ISSUED_TOKENS]
         assert len(issued) == 1
         assert await page.evaluate("ChatGateWidget.chat.client.token") == issued[0]
