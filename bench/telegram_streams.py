@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import gateway  # noqa: E402 - after the path is set
-from adapters.telegram.pacing import GLOBAL_MESSAGES_PER_SECOND  # noqa: E402
+from adapters.telegram.pacer import GLOBAL_MESSAGES_PER_SECOND  # noqa: E402
 from gateway.config import load_settings  # noqa: E402
 from gateway.runtime import Gateway  # noqa: E402
 from tests.fakes.telegram_api import FakeTelegramAPI  # noqa: E402

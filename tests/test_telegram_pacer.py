@@ -16,7 +16,7 @@ from aiogram.exceptions import TelegramNetworkError
 from aiogram.methods import SendMessage
 
 from adapters.telegram.client import TelegramClient
-from adapters.telegram.pacing import FORGET_CHATS_ABOVE, MARGIN, OPEN, Pacer, RateBudget, RateWindow
+from adapters.telegram.pacer import FORGET_CHATS_ABOVE, MARGIN, OPEN, Pacer, RateBudget, RateWindow
 from adapters.telegram.render import render_telegram
 from tests.fakes.telegram_api import FakeTelegramAPI
 

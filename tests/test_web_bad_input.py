@@ -12,8 +12,8 @@ import pytest
 from promptrails import AsyncPromptRails
 
 import gateway
-from adapters.web.socket import MAX_ATTACHMENTS
 from adapters.web.testing import base_url, running_gateway
+from adapters.web.widget.socket import MAX_ATTACHMENTS
 
 KEY = "bad-input-key"
 MAX_FRAME = 2048

@@ -482,7 +482,7 @@ async def test_the_same_content_after_the_dedup_window_runs_again(tmp_path):
 
 
 def test_sse_frames_are_lf_only_with_one_data_line():
-    from adapters.web.sse import sse_frame
+    from adapters.web.rest.sse import sse_frame
 
     frame = sse_frame("content", {"content": "line one\nline two\r\n", "emoji": "é😀"})
     assert frame.count(b"\n") == 3 and b"\r" not in frame

@@ -379,7 +379,7 @@ async def test_a_server_restart_mid_conversation(tmp_path):
 async def test_the_feed_never_repeats_text():
     from datetime import datetime
 
-    from adapters.web.feed import ClientFeed
+    from adapters.web.widget.feed import ClientFeed
     from gateway.store.records import MessageRecord
 
     sent: list[dict[str, Any]] = []

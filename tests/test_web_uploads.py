@@ -10,7 +10,7 @@ import pytest
 
 import gateway
 from adapters.web.testing import base_url, running_gateway
-from adapters.web.uploads import type_accepted
+from adapters.web.widget.uploads import type_accepted
 from adapters.web.wire import file_id_of, file_ref
 
 HOST_PAGE = "https://shop.example.com"

@@ -30,11 +30,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from adapters.base import Adapter, GatewayContext
 from adapters.telegram.client import DRAFT_ID_MAX, TelegramClient
-from adapters.telegram.outbox import TelegramOutbox
-from adapters.telegram.pacing import DRAFT_MIN_INTERVAL, Pacer
-from adapters.telegram.polling import Poller
-from adapters.telegram.render import TELEGRAM_CAPTION_LIMIT, TELEGRAM_TEXT_LIMIT
-from adapters.telegram.updates import (
+from adapters.telegram.inbound import (
     ALLOWED_UPDATES,
     CHANNEL_TYPE,
     FILE_URL_PREFIX,
@@ -42,6 +38,10 @@ from adapters.telegram.updates import (
     UpdatePolicy,
     convert,
 )
+from adapters.telegram.outbox import TelegramOutbox
+from adapters.telegram.pacer import DRAFT_MIN_INTERVAL, Pacer
+from adapters.telegram.polling import Poller
+from adapters.telegram.render import TELEGRAM_CAPTION_LIMIT, TELEGRAM_TEXT_LIMIT
 from gateway.config import Settings
 from gateway.outbound import Capabilities, Limits, Outbox
 from gateway.types import Attachment, SessionChannel

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiogram.types import InlineKeyboardButton, InlineKeyboardMarkup
 
-from adapters.telegram.updates import CALLBACK_SEPARATOR
+from adapters.telegram.inbound import CALLBACK_SEPARATOR
 
 log = logging.getLogger("chatgate.telegram")
 

@@ -5,7 +5,7 @@ has no idempotency key, so a request that may have arrived is not repeated unles
 harmless:
 
 - ``429`` (with ``retry_after``) and ``5xx`` answers: the server says it did not do it; retried
-  after the pause (``429`` pauses the chat's pacer, see :mod:`adapters.telegram.pacing`);
+  after the pause (``429`` pauses the chat's pacer, see :mod:`adapters.telegram.pacer`);
 - a connection that could not be made (refused, DNS, TLS handshake): the request never left;
 - any other network error (timeout, connection dropped mid-request) is retried only for
   idempotent methods (``editMessageText``, drafts, chat actions, ``getFile``, deletes,
@@ -47,7 +47,7 @@ from aiogram.types import InlineKeyboardMarkup, InputRichMessage, Message
 from aiohttp import ClientConnectorError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from adapters.telegram.pacing import Pacer, SlotKind
+from adapters.telegram.pacer import Pacer, SlotKind
 from adapters.telegram.render import TelegramPart
 
 log = logging.getLogger("chatgate.telegram")

@@ -27,7 +27,7 @@ from adapters.telegram.render import (
     render_telegram_caption,
     render_telegram_markdown,
 )
-from adapters.telegram.streams import DraftStream, EditStream
+from adapters.telegram.streaming import DraftStream, EditStream
 from gateway.outbound import MessageRef, StreamSink
 from gateway.types import SessionChannel
 

@@ -32,7 +32,7 @@ from aiogram.types import Update
 from pydantic import ValidationError
 
 from adapters.telegram.client import TelegramClient
-from adapters.telegram.updates import ALLOWED_UPDATES
+from adapters.telegram.inbound import ALLOWED_UPDATES
 
 log = logging.getLogger("chatgate.telegram")
 

@@ -17,11 +17,11 @@ from .context import API_CHANNEL, WIDGET_CHANNEL, WebContext
 from .cors import preflight
 from .identity import IdentityRefused, IdentityResolver
 from .outbox import WebOutbox
-from .rest import RestApi
-from .socket import websocket_handler
-from .static import mount_static
-from .uploads import upload_handler
-from .widget_api import mount_widget_api
+from .rest.routes import RestApi
+from .widget.api import mount_widget_api
+from .widget.socket import websocket_handler
+from .widget.static import mount_static
+from .widget.uploads import upload_handler
 from .wire import file_id_of
 
 BROWSER_MAX_TEXT = 1_000_000

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 from gateway.inbound import Inbound
 
-from .context import WebContext
-from .outbox import session_topic
-from .subscription import next_event, subscribed
+from ..context import WebContext
+from ..outbox import session_topic
+from ..subscription import next_event, subscribed
 
 log = logging.getLogger("chatgate.web.rest")
 

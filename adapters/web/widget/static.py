@@ -9,10 +9,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import errors
-from .context import WebContext
+from .. import errors
+from ..context import WebContext
 
-STATIC_DIR = Path(__file__).parent / "static"
+STATIC_DIR = Path(__file__).parent.parent / "static"
 INDEX = "index.html"
 WIDGET_SCRIPT = "widget.js"
 NO_CACHE = {"Cache-Control": "no-cache"}

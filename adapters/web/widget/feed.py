@@ -14,8 +14,8 @@ from typing import Any
 
 from gateway.store.records import MessageRecord
 
-from .outbox import assistant_message
-from .wire import SignFile, widget_frame
+from ..outbox import assistant_message
+from ..wire import SignFile, widget_frame
 
 FINISHED = frozenset({"complete", "stopped", "failed"})
 

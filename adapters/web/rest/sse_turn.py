@@ -12,10 +12,10 @@ import logging
 import time
 from typing import Any
 
-from . import errors
-from .context import WebContext
+from .. import errors
+from ..context import WebContext
+from ..subscription import EventQueue, next_event
 from .sse import SSEWriter
-from .subscription import EventQueue, next_event
 
 log = logging.getLogger("chatgate.web.sse")
 

@@ -21,18 +21,18 @@ from gateway.inbound import Inbound, PlatformUser
 from gateway.store.records import SessionRecord
 from gateway.types import Message, SessionChannel
 
-from . import errors
-from .context import API_CHANNEL, ID_PATTERN, WebContext
-from .cors import cors_headers, preflight
-from .errors import WebError, bad_request, not_found
+from .. import errors
+from ..context import API_CHANNEL, ID_PATTERN, WebContext
+from ..cors import cors_headers, preflight
+from ..errors import WebError, bad_request, not_found
+from ..outbox import session_topic
+from ..subscription import subscribed
+from ..wire import JSONRefused, chat_message, chat_session, now_rfc3339, page_meta, strict_json
 from .executions import Executions
-from .outbox import session_topic
 from .paging import page_offset, pagination
-from .rest_turns import RestTurns, content_digest
 from .sse import SSEWriter
 from .sse_turn import TurnStreamer
-from .subscription import subscribed
-from .wire import JSONRefused, chat_message, chat_session, now_rfc3339, page_meta, strict_json
+from .turns import RestTurns, content_digest
 
 log = logging.getLogger("chatgate.web.rest")
 

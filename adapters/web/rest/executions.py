@@ -20,18 +20,18 @@ from aiohttp import web
 from gateway.inbound import ButtonPress, Inbound
 from gateway.store.records import InboundRecord, MessageRecord, SessionRecord
 
-from . import errors
-from .context import ID_PATTERN
-from .errors import not_found
-from .outbox import session_topic
+from .. import errors
+from ..context import ID_PATTERN
+from ..errors import not_found
+from ..outbox import session_topic
+from ..subscription import subscribed
+from ..wire import page_meta, rfc3339
 from .paging import page_offset, pagination
 from .sse import SSEWriter
 from .sse_turn import ERROR_MESSAGES, MESSAGE_SEPARATOR, TurnStreamer
-from .subscription import subscribed
-from .wire import page_meta, rfc3339
 
 if TYPE_CHECKING:
-    from .rest import Caller, RestApi
+    from .routes import Caller, RestApi
 
 log = logging.getLogger("chatgate.web.rest")
 

@@ -17,11 +17,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 from gateway.files import FileRejected
 from gateway.types import Attachment
 
-from . import errors
-from .context import WebContext
-from .cors import cors_headers
-from .errors import WebError, bad_request
-from .wire import file_ref
+from .. import errors
+from ..context import WebContext
+from ..cors import cors_headers
+from ..errors import WebError, bad_request
+from ..wire import file_ref
 
 CHUNK_BYTES = 64 * 1024
 MULTIPART_OVERHEAD_BYTES = 16 * 1024

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .context import WebContext
-from .cors import cors_headers, preflight
-from .errors import WebError
+from ..context import WebContext
+from ..cors import cors_headers, preflight
+from ..errors import WebError
 
 
 def widget_config(ctx: WebContext) -> dict:

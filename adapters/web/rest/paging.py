@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .errors import bad_request
+from ..errors import bad_request
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100

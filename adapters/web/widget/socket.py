@@ -22,15 +22,15 @@ from gateway.inbound import ButtonPress, Inbound, PlatformUser
 from gateway.store.records import MessageRecord, SessionRecord
 from gateway.types import Attachment, Event, Message, SessionChannel, UserInfo
 
-from . import errors
-from .context import WIDGET_CHANNEL, WebContext
-from .cors import origin_allowed
-from .errors import WebError, error_frame
+from .. import errors
+from ..context import WIDGET_CHANNEL, WebContext
+from ..cors import origin_allowed
+from ..errors import WebError, error_frame
+from ..identity import IdentityRefused, WebIdentity
+from ..outbox import session_topic
+from ..wire import JSONRefused, now_rfc3339, public_attachments, strict_json
 from .feed import ClientFeed
-from .identity import IdentityRefused, WebIdentity
-from .outbox import session_topic
 from .uploads import attachment_for
-from .wire import JSONRefused, now_rfc3339, public_attachments, strict_json
 
 log = logging.getLogger("chatgate.web.socket")
 
