@@ -12,42 +12,68 @@ A new platform is one folder under ``adapters/`` with a class implementing this;
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from collections.abc import Coroutine
+from typing import Any, ClassVar, Protocol
 
 from aiohttp import web
 
-from gateway.inbound import Accepted, Inbound
-from gateway.outbound import Capabilities, Limits, Outbox
+from gateway.approvals import ApprovalDesk
+from gateway.bus import Bus
+from gateway.chats import ChatCatalog
+from gateway.config import Settings
+from gateway.dispatch import UnknownSession
+from gateway.files import FileRejected, FileStore
+from gateway.inbound import Accepted, ButtonPress, Inbound, PlatformUser
+from gateway.leases import LeaseStore
+from gateway.outbound import Capabilities, Limits, MessageRef, Outbox, StreamSink
+from gateway.sessions import SessionDirectory
+from gateway.store.records import FileRecord, InboundRecord, MessageRecord, SessionRecord
 from gateway.types import Attachment, SessionChannel
 
-if TYPE_CHECKING:
-    from gateway.config import Settings
+__all__ = [
+    "Accepted", "Adapter", "ApprovalDesk", "Attachment", "Bus", "ButtonPress", "Capabilities", "ChatCatalog",
+    "FileRecord", "FileRejected", "FileStore", "GatewayContext", "Inbound", "InboundRecord", "LeaseStore", "Limits",
+    "MessageRecord", "MessageRef", "Outbox", "PlatformUser", "SessionChannel", "SessionDirectory", "SessionRecord",
+    "Settings", "StreamSink", "UnknownSession",
+]
 
 
 class GatewayContext(Protocol):
-    """The core, as an adapter sees it (``gateway.runtime.Gateway`` implements it)."""
+    """The core, as an adapter sees it: domain operations, never the store or the app registry
+    (``gateway.runtime.Gateway`` implements it)."""
 
-    settings: Settings
-    app: Any
-    """The ``gateway.App`` registry (handler names for named chats)."""
-    store: Any
-    """The ``gateway.store.Store``: sessions, messages, users, leases (``acquire_lease``)."""
-    files: Any
-    """The ``gateway.files.FileStore``: save uploads, read files, sign URLs."""
-    bus: Any
-    """Pub/sub for frames that must reach the process holding a client's connection."""
+    @property
+    def settings(self) -> Settings: ...
 
-    async def submit(self, inbound: Inbound) -> Accepted:
-        """Record ``inbound`` durably and queue it; returns once it is safe to acknowledge."""
+    @property
+    def sessions(self) -> SessionDirectory:
+        """Find, make, open, list and delete sessions (deleting runs ``@app.exit`` hooks), and
+        read what was said in them."""
         ...
 
-    def awaited_approval(self, session_id: str) -> tuple[str, str] | None:
-        """``(inbox id, block id)`` while the session's handler waits in ``prompt_approval``;
-        a ``button`` event naming that block with ``"approve"`` / ``"reject"`` answers it."""
+    @property
+    def approvals(self) -> ApprovalDesk:
+        """Which handlers wait in ``prompt_approval`` (answered by a ``button`` event)."""
         ...
 
-    def sessions_awaiting_approval(self) -> list[str]:
-        """The sessions whose handler waits in ``prompt_approval`` now."""
+    @property
+    def chats(self) -> ChatCatalog:
+        """The app's named chats (``@app.message(name)``) and their labels."""
+        ...
+
+    @property
+    def files(self) -> FileStore:
+        """Save uploads, read files, sign and verify file URLs."""
+        ...
+
+    @property
+    def bus(self) -> Bus:
+        """Pub/sub for frames that must reach the process holding a client's connection."""
+        ...
+
+    @property
+    def leases(self) -> LeaseStore:
+        """Named leases, for work that must run in one process at a time (a poller)."""
         ...
 
     @property
@@ -55,7 +81,12 @@ class GatewayContext(Protocol):
         """The gateway's externally reachable base URL, without a trailing slash."""
         ...
 
-    def spawn(self, coro: Any, *, name: str) -> Any:
+    async def submit(self, inbound: Inbound) -> Accepted:
+        """Record ``inbound`` durably and queue it; returns once it is safe to acknowledge.
+        Raises ``UnknownSession`` when ``inbound.session_id`` names no session."""
+        ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> Any:
         """Run a background task that is cancelled and awaited at shutdown."""
         ...
 
@@ -81,8 +112,10 @@ class Adapter(ABC):
         their replies went out through this adapter, so only connections remain to close."""
 
     @abstractmethod
-    def outbox(self, channel: SessionChannel, session_id: str) -> Outbox:
-        """The outbound side of the conversation at ``channel``."""
+    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> Outbox:
+        """The outbound side of the conversation at ``channel``, for the handler answering the
+        inbound event ``turn`` (``None``: a job, a task, a broadcast). What the outbox sends may
+        name the turn, so a client waiting on that turn can pick its own replies out."""
 
     def resolve_attachment(self, attachment: Attachment) -> Attachment:
         """Give an attachment a way to download itself (``Attachment.fetch``).

@@ -92,7 +92,7 @@ class ConsoleAdapter(Adapter):
     async def stop(self) -> None:
         return None
 
-    def outbox(self, channel: SessionChannel, session_id: str) -> ConsoleOutbox:
+    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> ConsoleOutbox:
         return ConsoleOutbox(self)
 
     def resolve_attachment(self, attachment: Attachment) -> Attachment:

@@ -7,7 +7,6 @@ accepted and ignored, and unlike Capsule, ``image=`` is not required: decorators
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -226,7 +225,9 @@ class App:
         returns a ``BroadcastResult`` (see gateway.broadcast)."""
         from gateway.broadcast import broadcast
 
-        return await broadcast(self, content, session_ids=session_ids, channel=channel, concurrency=concurrency)
+        if self.runtime is None:
+            raise RuntimeError(f"app {self.name!r} is not running: broadcast needs a running gateway")
+        return await broadcast(self.runtime, content, session_ids=session_ids, channel=channel, concurrency=concurrency)
 
     # -- data --------------------------------------------------------------------------------
 
@@ -319,12 +320,6 @@ class SessionRef:
     def __await__(self) -> Any:
         if self.app.runtime is None:
             raise RuntimeError(f"app {self.app.name!r} is not running: app.session() needs a running gateway")
-        return self.app.runtime.open_session(self.key).__await__()
+        return self.app.runtime.sessions.open(self.key).__await__()
 
 
-async def call_maybe_async(fn: Handler, *args: Any, **kwargs: Any) -> Any:
-    """Call a handler that may be sync or async (Capsule allows both)."""
-    result = fn(*args, **kwargs)
-    if inspect.isawaitable(result):
-        return await result
-    return result

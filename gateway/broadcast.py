@@ -14,19 +14,27 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from gateway.config import Settings
 from gateway.dispatch import UnknownSession
+from gateway.session import Session
+from gateway.sessions import SessionDirectory
+from gateway.store import Store
 from gateway.store.task_tables import TaskQueries
 from gateway.types import Block
 
-if TYPE_CHECKING:
-    from gateway.app import App
-    from gateway.session import Session
-
 log = logging.getLogger("chatgate.broadcast")
 
-Content = str | Block | Callable[["Session"], Any]
+Content = str | Block | Callable[[Session], Any]
+
+
+class BroadcastHost(Protocol):
+    """What a broadcast needs from the running gateway."""
+
+    store: Store
+    settings: Settings
+    sessions: SessionDirectory
 
 
 @dataclass
@@ -44,7 +52,7 @@ class BroadcastResult:
 
 
 async def broadcast(
-    app: App,
+    runtime: BroadcastHost,
     content: Content,
     *,
     session_ids: Iterable[str] | None = None,
@@ -57,9 +65,6 @@ async def broadcast(
     ``content`` is Markdown text, a ``Block``, or ``f(session)`` returning either (or None to
     skip that session; it may be async), for messages made per recipient.
     """
-    runtime = app.runtime
-    if runtime is None:
-        raise RuntimeError(f"app {app.name!r} is not running: broadcast needs a running gateway")
     if (session_ids is None) == (channel is None):
         raise ValueError("broadcast needs exactly one of session_ids= or channel=")
     if not (isinstance(content, str | Block) or callable(content)):
@@ -93,9 +98,9 @@ async def broadcast(
     return result
 
 
-async def _deliver(runtime: Any, session_id: str, content: Content, result: BroadcastResult) -> None:
+async def _deliver(runtime: BroadcastHost, session_id: str, content: Content, result: BroadcastResult) -> None:
     try:
-        session = await runtime.open_session(session_id)
+        session = await runtime.sessions.open(session_id)
     except UnknownSession:
         result.failed[session_id] = "no such session"
         return

@@ -21,7 +21,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from gateway.store import Store
@@ -29,6 +29,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatgate.leases")
 
 Callback = Callable[[], Awaitable[Any]]
+
+
+class LeaseStore(Protocol):
+    """Where leases are kept (the ``Store``'s ``leases`` table): what an adapter that must run
+    in one process at a time (the Telegram poller) is given."""
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew ``name`` for ``holder`` for ``ttl`` seconds; False while another holds it."""
+        ...
+
+    async def release_lease(self, name: str, holder: str) -> None: ...
 
 
 def process_holder_id() -> str:

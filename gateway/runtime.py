@@ -18,15 +18,22 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.app import App, call_maybe_async
-from gateway.bus import LocalBus, RedisBus
+from gateway.app import App
+from gateway.approvals import ApprovalDesk
+from gateway.bus import Bus, LocalBus, RedisBus
+from gateway.callers import Callers
+from gateway.calls import call_maybe_async
+from gateway.chats import ChatCatalog
 from gateway.config import ConfigError, Settings
-from gateway.dispatch import Dispatcher, UnknownSession
+from gateway.conversation import Conversation
+from gateway.dispatch import Dispatcher
 from gateway.files import FileStore
 from gateway.inbound import Accepted, Inbound
+from gateway.intake import Intake
+from gateway.leases import LeaseStore
 from gateway.outbound import Outbox
 from gateway.server import build_web_app, refuse_shadowed_endpoints
-from gateway.session import Session
+from gateway.sessions import SessionDirectory
 from gateway.store import Store
 from gateway.turns import TurnRunner
 from gateway.types import Attachment, IntegrationCredentials, SessionChannel, UserInfo
@@ -34,7 +41,6 @@ from gateway.types import Attachment, IntegrationCredentials, SessionChannel, Us
 log = logging.getLogger("chatgate")
 
 SHUTDOWN_HOOK_LIMIT = 5.0  # seconds, as Capsule gives @app.shutdown
-API_USER = UserInfo("api")
 
 
 class Gateway:
@@ -42,17 +48,30 @@ class Gateway:
         self.app = app
         self.settings = settings
         self.store = Store(settings.database.url, echo=settings.database.echo, pool_size=settings.database.pool_size)
-        self.bus: Any = RedisBus(settings.redis.url) if settings.redis.url else LocalBus()
+        self.bus: Bus = RedisBus(settings.redis.url) if settings.redis.url else LocalBus()
         self.dispatcher = Dispatcher(
             self.store,
             TurnRunner(self),
             max_concurrent=settings.dispatch.max_concurrent_sessions,
             dedup_retention=timedelta(hours=settings.dispatch.dedup_retention_hours),
         )
+        self.chats = ChatCatalog(app)
+        self.intake = Intake(self.store, self.dispatcher, self.resolve_attachment)
+        self.approvals = ApprovalDesk(self.dispatcher)
+        self.sessions = SessionDirectory(
+            self.store,
+            hooks=app,
+            handlers=self.dispatcher,
+            conversation_for=self.conversation,
+            integrations_for=self.integrations_for,
+            history_limit=settings.dispatch.history_limit,
+            collections_gate=app.collections.backend.gate,
+        )
+        self.callers = Callers(settings.web.api_keys, self.sessions)
+        self.leases: LeaseStore = self.store
         self._adapters = adapters
         self.adapters: list[Any] = []
         self._by_channel: dict[str, Any] = {}
-        self.files: FileStore | None = None
         self.integrations: Any = None
         """The integrations service (OAuth/secret connect flows), when configured."""
         self.tasks: Any = None
@@ -66,6 +85,7 @@ class Gateway:
         self.started_at: float | None = None
         self._booted = False
         """Whether ``@app.boot`` hooks ran: only then do ``@app.shutdown`` hooks run at stop."""
+        self.files = FileStore(settings, self.store, self.public_url)
 
     # -- the GatewayContext adapters see -----------------------------------------------------
 
@@ -89,42 +109,37 @@ class Gateway:
         return task
 
     async def submit(self, inbound: Inbound) -> Accepted:
-        """Record an inbound event durably and queue it (see ``Dispatcher``)."""
-        sender: UserInfo | None = None
-        if inbound.session_id:
-            session = await self.store.get_session(inbound.session_id)
-            if session is None:
-                raise UnknownSession(f"no session {inbound.session_id!r}")
-        else:
-            sender = await self.store.resolve_user(inbound.user)
-            session = await self.store.session_for_address(inbound.channel, sender)
-        if inbound.message is not None and inbound.message.attachments:
-            # Bound here too (not only in the turn) because a prompt's answer skips the turn.
-            channel_type = inbound.message.channel_type or inbound.channel.type
-            attachments = inbound.message.attachments
-            inbound.message.attachments = [self.resolve_attachment(channel_type, a) for a in attachments]
-        return await self.dispatcher.submit(inbound, session, sender=sender)
+        """Record an inbound event durably and queue it (see ``gateway.intake``)."""
+        return await self.intake.submit(inbound)
 
-    def awaited_approval(self, session_id: str) -> tuple[str, str] | None:
-        """``(inbox id, block id)`` when the session's running handler waits in
-        ``prompt_approval``: the event it runs for, and the approval block a press must name."""
-        inbound_id = self.dispatcher.running_inbound(session_id)
-        prompts = self.dispatcher.prompts.waiting(session_id, "approval")
-        if inbound_id is None or not prompts:
-            return None
-        return inbound_id, prompts[0].block_id
+    # -- wiring the parts to each other ----------------------------------------------------------
 
-    def sessions_awaiting_approval(self) -> list[str]:
-        """The sessions whose running handler waits in ``prompt_approval``."""
-        return self.dispatcher.prompts.sessions_waiting("approval")
-
-    def outbox_for(self, channel: SessionChannel, session_id: str) -> Outbox | None:
+    def outbox_for(self, channel: SessionChannel, session_id: str, *, turn: str | None = None) -> Outbox | None:
         adapter = self._by_channel.get(channel.type)
-        return None if adapter is None else adapter.outbox(channel, session_id)
+        return None if adapter is None else adapter.outbox(channel, session_id, turn)
 
     def resolve_attachment(self, channel_type: str, attachment: Attachment) -> Attachment:
         adapter = self._by_channel.get(channel_type)
         return attachment if adapter is None else adapter.resolve_attachment(attachment)
+
+    def conversation(self, session_id: str, channel: SessionChannel, *, turn: str | None = None) -> Conversation:
+        """What a Session for ``session_id`` speaks through (``""``: a schedule's synthetic session)."""
+        return Conversation(
+            session_id=session_id,
+            store=self.store,
+            outbox=self.outbox_for(channel, session_id, turn=turn) if session_id else None,
+            prompts=self.dispatcher.prompts,
+            handlers=self.app,
+            files=self.files,
+            block_lock=self.block_lock,
+            shutting_down=self.shutting_down,
+            tasks=self.tasks,
+            integrations=self.integrations,
+            turn=turn,
+        )
+
+    def shutting_down(self) -> bool:
+        return self.dispatcher.closing
 
     def block_lock(self, session_id: str, block_id: str) -> asyncio.Lock:
         """Serialises the renders of one block: a task card re-shown by the task service while
@@ -146,77 +161,12 @@ class Gateway:
             return {}
         return await self.integrations.all_for(user)
 
-    async def identify(self, request: web.Request) -> tuple[UserInfo, bool]:
-        """Who makes an HTTP request: ``(user, authenticated)``. A configured API key is the
-        authenticated API user; then adapters that know identities answer (the web adapter's
-        signed host tokens and visitor cookies); anyone else is anonymous."""
-        key = request.headers.get("X-API-Key")
-        if key and key in self.settings.web.api_keys:
-            return API_USER, True
-        for adapter in self.adapters:
-            identify = getattr(adapter, "identify", None)
-            if identify is not None:
-                found = await identify(request)
-                if found is not None:
-                    return found
-        return UserInfo("anonymous"), False
-
-    async def session_for_request(self, request: web.Request, user: UserInfo, authenticated: bool) -> Session | None:
-        """The caller's session named by ``?session_id=`` or ``X-Capsule-Session-Id``."""
-        session_id = request.query.get("session_id") or request.headers.get("X-Capsule-Session-Id")
-        if not session_id:
-            return None
-        record = await self.store.get_session(session_id)
-        if record is None or not authenticated:
-            return None
-        if record.user_id != user.id and user is not API_USER:
-            return None
-        owner = await self.store.get_user(record.user_id) or user
-        return Session(record.id, owner, record.channel, data=record.data, runtime=self, mode="standalone")
-
-    async def open_session(self, session_id: str) -> Session:
-        """A real Session for ``session_id`` outside any inbound turn (jobs, tasks, broadcasts):
-        its replies are standalone messages on the session's channel."""
-        record = await self.store.get_session(session_id)
-        if record is None:
-            raise UnknownSession(f"no session {session_id!r}")
-        user = await self.store.get_user(record.user_id) or UserInfo(record.user_id)
-        from gateway.turns import history_of
-
-        recent = await self.store.recent_messages(session_id, self.settings.dispatch.history_limit)
-        history = history_of(recent, record.channel.type)
-        return Session(
-            record.id, user, record.channel, history=history, data=record.data,
-            integrations=await self.integrations_for(user), runtime=self, mode="standalone",
-        )
-
-    async def delete_session(self, session_id: str) -> bool:
-        """Delete a session and its messages, running ``@app.exit`` hooks first."""
-        if self.app.exit_hooks:
-            try:
-                session = await self.open_session(session_id)
-            except UnknownSession:
-                return False
-            for hook in self.app.exit_hooks:
-                try:
-                    await call_maybe_async(hook, session)
-                except Exception:
-                    log.exception("@app.exit hook %s failed", getattr(hook, "__name__", hook))
-        self.dispatcher.stop(session_id)
-        deleted = await self.store.delete_session(session_id)
-        if deleted:
-            from gateway.store.documents import delete_scope_data
-
-            await delete_scope_data(self.store, "session", session_id, gate=self.app.collections.backend.gate)
-        return deleted
-
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         started = time.perf_counter()
         self.app.runtime = self
         await self.store.open()
-        self.files = FileStore(self.settings, self.store, self.public_url)
         adapters = self._adapters
         if adapters is None:
             adapters = importlib.import_module("adapters.registry").configured_adapters(self.settings)
@@ -224,6 +174,9 @@ class Gateway:
         for adapter in self.adapters:
             for channel_type in adapter.channel_types:
                 self._by_channel[channel_type] = adapter
+            identify = getattr(adapter, "identify", None)
+            if identify is not None:
+                self.callers.add_identifier(identify)
         await self._start_services()
         self.web_app = build_web_app(self)
         for part in (*self.adapters, self.integrations, self.tasks, self.scheduler):
@@ -245,8 +198,7 @@ class Gateway:
         sockets = getattr(site._server, "sockets", None) or []
         if sockets:
             self._site_port = sockets[0].getsockname()[1]
-        if self.files is not None:
-            self.files.public_url = self.public_url
+        self.files.public_url = self.public_url
         for adapter in self.adapters:
             await adapter.start(self)
         recovered = await self.dispatcher.recover()

@@ -46,7 +46,8 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import create_engine, event
 
-from gateway.app import App, ScheduleSpec, call_maybe_async
+from gateway.app import App, ScheduleSpec
+from gateway.calls import call_maybe_async
 from gateway.context import reset_current_session, set_current_session
 from gateway.leases import Lease, process_holder_id
 from gateway.session import Session
@@ -553,7 +554,7 @@ async def open_conversation(
             raise LookupError(f"no {channel.type} conversation at {channel.chat_id!r} yet: pass user= to start one")
         owner = await runtime.store.resolve_user(user)
         record = await runtime.store.session_for_address(channel, owner)
-    return await runtime.open_session(record.id)
+    return await runtime.sessions.open(record.id)
 
 
 __all__ = [

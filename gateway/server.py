@@ -12,21 +12,38 @@ import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from gateway.app import DataSpec, EndpointSpec, call_maybe_async
-from gateway.config import ConfigError
+from gateway.app import App, DataSpec, EndpointSpec
+from gateway.callers import Callers
+from gateway.calls import call_maybe_async
+from gateway.config import ConfigError, Settings
 from gateway.context import bind_http_caller, reset_current_session, set_current_session, unbind_http_caller
-from gateway.types import HomeContext, RequestContext, UserInfo
+from gateway.files import FileStore
+from gateway.store import Store
+from gateway.types import HomeContext, IntegrationCredentials, RequestContext, UserInfo
 
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+
+class ServerHost(Protocol):
+    """What the core routes need from the running gateway (``gateway.runtime.Gateway``)."""
+
+    app: App
+    settings: Settings
+    store: Store
+    files: FileStore
+    callers: Callers
+
+    def adapter_names(self) -> list[str]: ...
+
+    async def integrations_for(self, user: UserInfo) -> dict[str, IntegrationCredentials]: ...
+
 
 log = logging.getLogger("chatgate.server")
 
 RUNTIME_KEY: web.AppKey[Any] = web.AppKey("chatgate_runtime", object)
+"""The ``ServerHost`` behind every route (typed ``Any``: aiohttp's key needs a runtime class)."""
 DATA_RESERVED_PARAMS = ("version_id", "session_id")  # removed before calling @app.data (Capsule)
 
 STATUS_CODES = {
@@ -71,7 +88,7 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
         return json_error(500, "internal error; the gateway log has the details", "internal_error")
 
 
-def build_web_app(runtime: Gateway) -> web.Application:
+def build_web_app(runtime: ServerHost) -> web.Application:
     settings = runtime.settings
     max_size = max(settings.server.max_request_bytes, settings.files.max_upload_bytes + 64 * 1024)
     web_app = web.Application(middlewares=[json_errors], client_max_size=max_size)
@@ -191,7 +208,7 @@ def _endpoint_view(spec: EndpointSpec) -> Callable[[web.Request], Awaitable[web.
     wants_ctx = _wants_context(spec.handler)
 
     async def view(request: web.Request) -> web.StreamResponse:
-        user, authenticated = await request.app[RUNTIME_KEY].identify(request)
+        user, authenticated = await request.app[RUNTIME_KEY].callers.identify(request)
         if spec.authorized and not authenticated:
             return json_error(401, "this endpoint needs an authenticated caller")
         argument = await _context(request, user, authenticated) if wants_ctx else request
@@ -219,7 +236,7 @@ async def serve_data(request: web.Request) -> web.StreamResponse:
     spec: DataSpec | None = runtime.app.data_sources.get(request.match_info["name"])
     if spec is None:
         return json_error(404, f"no data source named {request.match_info['name']!r}")
-    user, authenticated = await runtime.identify(request)
+    user, authenticated = await runtime.callers.identify(request)
     if spec.access == "authenticated" and not authenticated:
         return json_error(401, "this data source needs an authenticated caller")
     signature = inspect.signature(spec.handler)
@@ -236,7 +253,7 @@ async def serve_data(request: web.Request) -> web.StreamResponse:
     if session_param is not None:
         names.discard(session_param.name)
         kwargs.pop(session_param.name, None)
-        session = await runtime.session_for_request(request, user, authenticated)
+        session = await runtime.callers.session_for_request(request, user, authenticated)
         named = request.query.get("session_id") or request.headers.get("X-Capsule-Session-Id")
         if session is not None:
             kwargs[session_param.name] = session

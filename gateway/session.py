@@ -44,7 +44,7 @@ from gateway.types import (
 )
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from gateway.conversation import Conversation
 
 log = logging.getLogger("chatgate.session")
 
@@ -63,9 +63,8 @@ class Session:
         data: dict[str, Any] | None = None,
         integrations: dict[str, IntegrationCredentials] | None = None,
         *,
-        runtime: Gateway | None = None,
+        conversation: Conversation | None = None,
         mode: SessionMode = "turn",
-        inbound_id: str | None = None,
     ) -> None:
         self.id = id
         self.user = user
@@ -73,9 +72,9 @@ class Session:
         self.history: list[Message] = list(history or [])
         self.data = data if isinstance(data, SessionData) else SessionData(data)
         self.integrations: dict[str, IntegrationCredentials] = dict(integrations or {})
-        self._runtime = runtime
-        self._mode: SessionMode = mode if runtime is not None else "synthetic"
-        self._inbound_id = inbound_id
+        self._conversation = conversation
+        self._mode: SessionMode = mode if conversation is not None else "synthetic"
+        self._inbound_id = None if conversation is None else conversation.turn
 
     @property
     def inbound_id(self) -> str | None:
@@ -89,17 +88,17 @@ class Session:
     # -- plumbing ------------------------------------------------------------------------
 
     @property
-    def _rt(self) -> Gateway:
-        if self._runtime is None:
+    def _rt(self) -> Conversation:
+        if self._conversation is None:
             raise RuntimeError("this session is not attached to a running gateway")
-        return self._runtime
+        return self._conversation
 
     @property
     def _can_send(self) -> bool:
-        return self._mode != "synthetic" and bool(self.id) and self._runtime is not None
+        return self._mode != "synthetic" and bool(self.id) and self._conversation is not None
 
     def _outbox(self) -> Any:
-        return self._rt.outbox_for(self.channel, self.id)
+        return self._rt.outbox
 
     async def _deliver(self, what: str, send: Callable[[Any], Any]) -> Any:
         """Call the adapter; a platform failure is logged, never raised into the handler."""
@@ -160,7 +159,7 @@ class Session:
 
     async def _finish_stream(self, message_id: str, text: str, stopped: bool, refs: list[str]) -> None:
         status = "stopped" if stopped else "complete"
-        if stopped and self._inbound_id is not None and self._rt.dispatcher.closing:
+        if stopped and self._inbound_id is not None and self._rt.shutting_down():
             status = "failed"  # interrupted by shutdown, not by the user: the turn runs again at start
         await self._rt.store.update_message(message_id, text=text, status=status, platform_refs=list(refs))
         if text:
@@ -221,7 +220,7 @@ class Session:
         payload: dict[str, Any] = {"task_id": str(task_id)}
         if message is not None:
             payload["message"] = message
-        tasks = getattr(self._runtime, "tasks", None) if self._runtime else None
+        tasks = self._conversation.tasks if self._conversation is not None else None
         if tasks is not None:
             # Watch first: a status change between the two calls then still reaches the card.
             await tasks.watch_card(str(task_id), self.id, message)
@@ -244,11 +243,12 @@ class Session:
             except FileNotFoundError:
                 raise FileNotFoundError(f"show_image: no such file: {source}") from None
             content_type = mimetypes.guess_type(source)[0] or "application/octet-stream"
-            if self._can_send:
-                record = await self._rt.files.save(
+            files = self._rt.files if self._can_send else None
+            if files is not None:
+                record = await files.save(
                     data, name=os.path.basename(source), content_type=content_type, session_id=self.id
                 )
-                payload["url"] = self._rt.files.signed_url(record.id, self.id)
+                payload["url"] = files.signed_url(record.id, self.id)
                 payload["file_id"] = record.id
             else:
                 payload["url"] = source
@@ -337,7 +337,7 @@ class Session:
         payload: dict[str, Any] = {"message": message, "blocking": True, "session_id": self.id}
         if accept:
             payload["accept"] = accept
-        waiter = self._rt.dispatcher.prompts.register(self.id, "file", block_id, accept=accept)
+        waiter = self._rt.prompts.register(self.id, "file", block_id, accept=accept)
         try:
             await self.show(Block("file_upload", payload, id=block_id))
             try:
@@ -346,7 +346,7 @@ class Session:
                 await self.show(Block("file_upload", {**payload, "blocking": False, "timed_out": True}, id=block_id))
                 raise FileUploadTimeout(f"no file was uploaded within {timeout:g} s") from None
         finally:
-            self._rt.dispatcher.prompts.unregister(self.id, block_id)
+            self._rt.prompts.unregister(self.id, block_id)
         done = {
             **payload,
             "blocking": False,
@@ -380,7 +380,7 @@ class Session:
             "blocking": True,
             "session_id": self.id,
         }
-        waiter = self._rt.dispatcher.prompts.register(self.id, "approval", block_id)
+        waiter = self._rt.prompts.register(self.id, "approval", block_id)
         timed_out = False
         try:
             await self.show(Block("approval_prompt", payload, id=block_id))
@@ -389,7 +389,7 @@ class Session:
             except TimeoutError:
                 approved, timed_out = False, True
         finally:
-            self._rt.dispatcher.prompts.unregister(self.id, block_id)
+            self._rt.prompts.unregister(self.id, block_id)
         done = {**payload, "blocking": False, "completed": True, "approved": approved, "timed_out": timed_out}
         await self.show(Block("approval_prompt", done, id=block_id))
         return approved
@@ -414,14 +414,14 @@ class Session:
             return self.integrations[kind]
         if not self._can_send:  # nobody to connect it (a schedule): declined, as Capsule has it
             raise IntegrationDeclined(f"prompt_integration({kind!r}) needs a session with a user to answer it")
-        service = getattr(self._rt, "integrations", None)
+        service = self._rt.integrations
         if service is None or not service.knows(kind):
             raise IntegrationDeclined(f"no integration named {kind!r} is configured")
         prompt_text = reason if message is None else message
         if prompt_text:
             await self.reply(prompt_text)
         block_id = f"int_{kind}_{secrets.token_hex(6)}"
-        waiter = self._rt.dispatcher.prompts.register(self.id, "integration", block_id)
+        waiter = self._rt.prompts.register(self.id, "integration", block_id)
         payload = {
             "type": kind,
             "reason": "" if prompt_text == reason else reason,
@@ -437,7 +437,7 @@ class Session:
                                       id=block_id))
                 raise IntegrationTimeout(f"{kind} was not connected within {timeout:g} s") from None
         finally:
-            self._rt.dispatcher.prompts.unregister(self.id, block_id)
+            self._rt.prompts.unregister(self.id, block_id)
         if not result or result.get("declined"):
             await self.show(Block("integration_prompt", {**payload, "blocking": False, "declined": True}, id=block_id))
             raise IntegrationDeclined(f"the user did not connect {kind}")
@@ -449,7 +449,7 @@ class Session:
         return credentials
 
     def _integration_fields(self, kind: str, block_id: str | None) -> dict[str, Any]:
-        service = getattr(self._runtime, "integrations", None) if self._runtime else None
+        service = self._conversation.integrations if self._conversation is not None else None
         if service is None or not service.knows(kind) or not self.id:
             return {"mode": "oauth"}
         return service.card_fields(kind, user=self.user, session_id=self.id, prompt_id=block_id)
@@ -462,9 +462,9 @@ class Session:
 
     async def trigger_action(self, name: str, payload: dict[str, Any] | None = None) -> Any:
         """Run the ``@app.action(name)`` handler inline, in this turn; returns its result."""
-        from gateway.app import call_maybe_async
+        from gateway.calls import call_maybe_async
 
-        handler = self._rt.app.actions.get(name)
+        handler = self._rt.handlers.actions.get(name)
         if handler is None:
             raise RuntimeError(f"no @app.action named {name!r}")
         return await call_maybe_async(handler, self, Event(name, payload or {}))
@@ -473,7 +473,7 @@ class Session:
 
     async def flush_data(self) -> None:
         """Save ``session.data`` now instead of after the handler."""
-        if not self.id or self._runtime is None or not self.data.dirty:
+        if not self.id or self._conversation is None or not self.data.dirty:
             return
         changed, removed = self.data.take_changes()
         try:
@@ -509,12 +509,12 @@ class Session:
         raise ValueError(f"scope must be session, user, owner or app, not {scope!r}")
 
     def _kv(self) -> Any:
-        return self._rt.app._kv()
+        return self._rt.handlers._kv()
 
     @property
     def collections(self) -> Any:
         """``await session.collections.get(name, scope=...)``: collections by name at run time."""
-        return self._rt.app.collections.for_identity(self._identity())
+        return self._rt.handlers.collections.for_identity(self._identity())
 
     def _identity(self) -> Any:
         from gateway.collections import ScopeIdentity
@@ -524,9 +524,9 @@ class Session:
     @property
     def db(self) -> Any:
         """``session.db.<collection>``: the app's collections scoped to this user/owner/session."""
-        if self._runtime is None:
+        if self._conversation is None:
             raise RuntimeError("no database: this session is not attached to a running gateway")
-        return self._rt.app.collections.scoped(self._identity())
+        return self._rt.handlers.collections.scoped(self._identity())
 
 
 async def _aiter(source: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import tenacity
 
-from gateway.app import call_maybe_async
+from gateway.calls import call_maybe_async
 from gateway.context import reset_current_session, set_current_session
 from gateway.dispatch import UnknownSession
 from gateway.leases import Lease, process_holder_id, wait_event
@@ -548,7 +548,7 @@ class TaskService:
             payload["message"] = message
         payload.update(fields)
         try:
-            session = await self.rt.open_session(watcher.session_id)
+            session = await self.rt.sessions.open(watcher.session_id)
             await session.show(Block("task_card", payload, id=block_id))
         except UnknownSession:
             log.info("task card of %s: session %s is gone", watcher.task_id, watcher.session_id)
@@ -790,7 +790,7 @@ class TaskService:
 
     async def _session_for(self, row: TaskRow) -> Session:
         if row.session_id:
-            return await self.rt.open_session(row.session_id)
+            return await self.rt.sessions.open(row.session_id)
         return await synthetic_session(self.rt)
 
     # -- locks ---------------------------------------------------------------------------
@@ -833,7 +833,8 @@ async def synthetic_session(runtime: Gateway) -> Session:
     owner_id = runtime.settings.scheduler.owner_id
     owner = UserInfo(owner_id, None, UserInfo.org_id_from_owner_id(owner_id))
     integrations = await runtime.integrations_for(owner)
-    return Session("", owner, SessionChannel("chat"), integrations=integrations, runtime=runtime, mode="synthetic")
+    return Session("", owner, SessionChannel("chat"), integrations=integrations,
+                   conversation=runtime.conversation("", SessionChannel("chat")), mode="synthetic")
 
 
 def _card_fields(row: TaskRow) -> dict[str, Any]:

@@ -158,7 +158,7 @@ class RecordingAdapter:
     async def stop(self) -> None:
         return None
 
-    def outbox(self, channel: SessionChannel, session_id: str) -> _RecordingOutbox:
+    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> _RecordingOutbox:
         return _RecordingOutbox(self.client._conversation_for(session_id))
 
     def resolve_attachment(self, attachment: Attachment) -> Attachment:

@@ -9,21 +9,22 @@ user gets a short, configurable apology, never the exception text.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from gateway.app import call_maybe_async
+from gateway.calls import call_maybe_async
+from gateway.config import Settings
 from gateway.context import reset_current_session, set_current_session
+from gateway.conversation import Conversation
 from gateway.dispatch import WorkItem
 from gateway.inbound import Inbound
+from gateway.outbound import Outbox
 from gateway.session import Session
-from gateway.store import address_key
+from gateway.sessions import history_of
+from gateway.store import Store, address_key
 from gateway.store.records import MessageRecord, SessionRecord
-from gateway.types import Attachment, Event, Message
-
-if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+from gateway.types import Attachment, Event, IntegrationCredentials, Message, SessionChannel, UserInfo
 
 log = logging.getLogger("chatgate.turns")
 
@@ -31,9 +32,39 @@ CHAT_NAME_KEY = "__chat_name__"  # where Capsule keeps a session's named chat
 SESSION_DELETED = "session_deleted"  # a turn's outcome when its session went away under it
 
 
+class HandlerRegistry(Protocol):
+    """The ``App`` as a turn needs it: which handler runs for what."""
+
+    name: str
+    message_handlers: dict[str | None, Callable[..., Any]]
+    actions: dict[str, Callable[..., Any]]
+    session_inits: dict[str, Callable[..., Any]]
+    enter_hooks: list[Callable[..., Any]]
+
+
+class TurnHost(Protocol):
+    """What a turn needs from the running gateway (``gateway.runtime.Gateway`` provides it)."""
+
+    store: Store
+    settings: Settings
+
+    @property
+    def app(self) -> HandlerRegistry: ...
+
+    def conversation(self, session_id: str, channel: SessionChannel, *, turn: str | None = None) -> Conversation: ...
+
+    def outbox_for(self, channel: SessionChannel, session_id: str, *, turn: str | None = None) -> Outbox | None: ...
+
+    def resolve_attachment(self, channel_type: str, attachment: Attachment) -> Attachment: ...
+
+    async def integrations_for(self, user: UserInfo) -> dict[str, IntegrationCredentials]: ...
+
+    def shutting_down(self) -> bool: ...
+
+
 class TurnRunner:
-    def __init__(self, runtime: Gateway) -> None:
-        self.rt = runtime
+    def __init__(self, host: TurnHost) -> None:
+        self.rt = host
 
     async def __call__(self, item: WorkItem) -> None:
         rt = self.rt
@@ -41,7 +72,7 @@ class TurnRunner:
         context = await rt.store.turn_context(item.session_id, rt.settings.dispatch.history_limit + 1)
         if context is None:  # deleted while the event waited
             await rt.store.set_inbox_status(item.inbox_id, "done", "session deleted")
-            outbox = rt.outbox_for(inbound.channel, item.session_id)
+            outbox = rt.outbox_for(inbound.channel, item.session_id, turn=item.inbox_id)
             if outbox is not None:  # whoever waits on this turn learns it is over
                 await outbox.end_turn(item.inbox_id, SESSION_DELETED)
             return
@@ -62,9 +93,8 @@ class TurnRunner:
             history=history,
             data=record.data,
             integrations=await rt.integrations_for(user),
-            runtime=rt,
+            conversation=rt.conversation(record.id, record.channel, turn=item.inbox_id),
             mode="turn",
-            inbound_id=item.inbox_id,
         )
         if inbound.chat_name and inbound.chat_name != record.chat_name:
             await rt.store.update_session(record.id, chat_name=inbound.chat_name)
@@ -81,7 +111,7 @@ class TurnRunner:
             async with deadline:
                 await self._dispatch(session, record, inbound, message)
         except asyncio.CancelledError:
-            if rt.dispatcher.closing:
+            if rt.shutting_down():
                 status = "running"  # interrupted by shutdown: it runs again at the next start
                 raise
             error = "stopped"
@@ -109,7 +139,7 @@ class TurnRunner:
         # Recorded before the turn is announced over: whoever learns of the end (a REST client)
         # and then asks finds the event finished.
         await self.rt.store.set_inbox_status(item.inbox_id, status, error)
-        outbox = self.rt.outbox_for(session.channel, session.id)
+        outbox = self.rt.outbox_for(session.channel, session.id, turn=item.inbox_id)
         if outbox is not None:
             try:
                 await outbox.end_turn(item.inbox_id, error)
@@ -196,7 +226,11 @@ class TurnRunner:
         if message is None:
             return None
         if message.attachments:
-            message.attachments = [self.rt.resolve_attachment(message.channel_type, a) for a in message.attachments]
+            # Intake bound a live event's attachments; only a recovered event's still need it.
+            message.attachments = [
+                a if a.fetch is not None else self.rt.resolve_attachment(message.channel_type, a)
+                for a in message.attachments
+            ]
         message.channel_type = message.channel_type or inbound.channel.type
         return message
 
@@ -234,32 +268,3 @@ class TurnRunner:
             await session.reply(text)
         except Exception:
             log.exception("could not send the apology to session %s", session.id)
-
-
-SENDER_BY_ROLE = {"user": "user", "assistant": "app", "system": "system", "block": "block"}
-
-
-def history_of(records: list[MessageRecord], channel_type: str) -> list[Message]:
-    """``session.history`` from stored messages, leaving out empty replies (a stream that wrote
-    nothing, or was cut before its first word, is stored; Capsule never has such an entry)."""
-    return [
-        to_history_message(r, channel_type)
-        for r in records
-        if not (r.role == "assistant" and not r.text and not r.attachments)
-    ]
-
-
-def to_history_message(record: MessageRecord, channel_type: str = "chat") -> Message:
-    text = record.text
-    if record.role == "block" and record.block is not None:
-        text = json.dumps(record.block)
-    attachments = [Attachment(**{k: a[k] for k in ("name", "content_type", "url", "size") if k in a})
-                   for a in record.attachments] or None
-    return Message(
-        text,
-        SENDER_BY_ROLE.get(record.role, record.role),
-        channel_type,
-        timestamp=record.created_at.timestamp(),
-        attachments=attachments,
-        id=record.id,
-    )

@@ -271,10 +271,10 @@ async def test_exit_hook_runs_when_a_session_is_deleted(tmp_path):
     async with TestClient(app, tmp_path) as client:
         conv = await client.conversation()
         await conv.send("hi")
-        assert await client.gateway.delete_session(conv.session_id) is True
+        assert await client.gateway.sessions.delete(conv.session_id) is True
         assert seen == [(conv.session_id, 3)]
         assert await client.gateway.store.get_session(conv.session_id) is None
-        assert await client.gateway.delete_session(conv.session_id) is False
+        assert await client.gateway.sessions.delete(conv.session_id) is False
 
 
 async def test_an_event_that_keeps_killing_the_process_is_given_up(tmp_path, caplog):
@@ -314,7 +314,7 @@ async def test_shutdown_lets_running_handlers_reply_before_adapters_stop(tmp_pat
         async def stop(self) -> None:
             self.stopped = True
 
-        def outbox(self, channel, session_id):
+        def outbox(self, channel, session_id, turn=None):
             outbox = super().outbox(channel, session_id)
             adapter = self
 

@@ -592,7 +592,7 @@ async def test_deleting_a_session_deletes_its_session_scoped_data(tmp_path):
     async with TestClient(app, tmp_path) as client:
         conv = await client.conversation()
         assert (await conv.send("a")).replies == ["1"]
-        await client.gateway.delete_session(conv.session_id)
+        await client.gateway.sessions.delete(conv.session_id)
         assert await app.db.scratch.count() == 0
         kv = app._kv()
         assert await kv.get("seen", "gone", scope="session", scope_id=conv.session_id) == "gone"

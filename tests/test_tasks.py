@@ -561,7 +561,7 @@ async def test_a_card_shown_as_its_task_changes_ends_up_current(tmp_path: Path) 
         conversation = await tc.conversation(channel="telegram")
         handle = await later.schedule("1h")
         service = tc.gateway.tasks
-        session = await tc.gateway.open_session(conversation.session_id)
+        session = await tc.gateway.sessions.open(conversation.session_id)
         block_id = f"task_{handle.task_id}"
         # show_task's steps, with the task cancelled between reading the card and showing it
         await service.watch_card(handle.task_id, session.id, "Later…")

@@ -84,7 +84,11 @@ async def test_private_message_polling_reply_and_session_address(tmp_path: Path,
         api.send_text(PRIVATE, "again")
         await until(lambda: len(api.visible_texts(PRIVATE)) == 2)
         assert len(api.calls_to("sendRichMessage")) == 1
-        records, _ = await gw.store.list_messages(session.id)
+        async def stored() -> list[Any]:  # a reply is stored just after it is sent
+            records, total = await gw.store.list_messages(session.id)
+            return records if total == 4 else []
+
+        records = await until(stored)
         assert [r.role for r in records] == ["user", "assistant", "user", "assistant"]
         assert records[1].platform_refs == [str(sent.message_id)]
     assert not api.rate_limited

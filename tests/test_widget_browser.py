@@ -825,7 +825,7 @@ async def test_embed_script_on_a_cross_origin_host_page(running_gateway: Gateway
 
             # A reply that arrives while the panel is closed shows on the launcher.
             session_id = await page.evaluate("ChatGateWidget.chat.client.sessionId")
-            app_session = await running_gateway.open_session(session_id)
+            app_session = await running_gateway.sessions.open(session_id)
             await app_session.reply("While you were away: your export is ready.")
             badge = page.locator("chatgate-widget .cg-unread")
             await badge.wait_for()
@@ -992,7 +992,7 @@ async def test_a_block_updated_while_disconnected_is_current_after_the_reconnect
     await page.evaluate("window.chatgate.client.connection.stop()")
     await page.wait_for_timeout(300)  # the server has seen the socket go
     session_id = await page.evaluate("window.chatgate.client.sessionId")
-    session = await running_gateway.open_session(session_id)
+    session = await running_gateway.sessions.open(session_id)
     await session.show(Block("task_card", {"task_id": "t9", "name": "Import", "status": "completed"}, id="task_9"))
     await page.evaluate("window.chatgate.client.connection.start()")
 

@@ -174,7 +174,7 @@ class SlackAdapter(Adapter):
 
     # ---- outbound ----
 
-    def outbox(self, channel: SessionChannel, session_id: str) -> Outbox:
+    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> Outbox:
         team = channel.team_id or ""
         conversation = Conversation(
             client=self.client,
@@ -399,16 +399,16 @@ class SlackAdapter(Adapter):
     async def _keep_recipient(self, session_id: str, user_id: str) -> None:
         """Keep the thread's recipient in the session, so native streams survive a restart and
         work for replies from scheduled jobs (the in-memory cache is empty then)."""
-        store = self._require_gateway().store
-        record = await store.get_session(session_id)
+        sessions = self._require_gateway().sessions
+        record = await sessions.get(session_id)
         if record is not None and record.metadata.get(RECIPIENT_KEY) != user_id:
-            await store.update_session(session_id, metadata={**record.metadata, RECIPIENT_KEY: user_id})
+            await sessions.set_metadata(session_id, {**record.metadata, RECIPIENT_KEY: user_id})
 
     async def load_recipient(self, conversation: Conversation, session_id: str) -> None:
         """Fill ``conversation.recipient_user`` from the session when the cache has none."""
         if conversation.recipient_user or conversation.is_dm or not conversation.thread_ts or not session_id:
             return
-        record = await self._require_gateway().store.get_session(session_id)
+        record = await self._require_gateway().sessions.get(session_id)
         user_id = record.metadata.get(RECIPIENT_KEY) if record is not None else None
         if user_id:
             conversation.recipient_user = str(user_id)
@@ -423,10 +423,8 @@ class SlackAdapter(Adapter):
             return True
         if self.bot.user_id and event.get("parent_user_id") == self.bot.user_id:
             return True  # the reply opens the thread's session (one per thread, as everywhere)
-        store = getattr(self._require_gateway(), "store", None)
-        if store is None:
-            return False
-        found = await store.find_session(SessionChannel("slack", chat_id=channel, thread_id=thread_ts, team_id=team))
+        address = SessionChannel("slack", chat_id=channel, thread_id=thread_ts, team_id=team)
+        found = await self._require_gateway().sessions.find(address)
         if found is not None:
             self._threads[(team, channel, thread_ts)] = True
         return found is not None

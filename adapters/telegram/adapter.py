@@ -121,7 +121,7 @@ class TelegramAdapter(Adapter):
             self.client,
             self.handle_update,
             bot_id=me.id,
-            store=getattr(gateway, "store", None),
+            leases=gateway.leases,
             poll_timeout=self.config.poll_timeout,
             backoff=self.config.retry_backoff * self.config.rate_scale,
         )
@@ -216,7 +216,7 @@ class TelegramAdapter(Adapter):
     def files(self) -> Any:
         return getattr(self._gw, "files", None)
 
-    def outbox(self, channel: SessionChannel, session_id: str) -> Outbox:
+    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> Outbox:
         return TelegramOutbox(self, channel)
 
     def resolve_attachment(self, attachment: Attachment) -> Attachment:

@@ -24,13 +24,13 @@ import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiogram.exceptions import ClientDecodeError, TelegramAPIError, TelegramConflictError
 from aiogram.methods import GetUpdates
 from aiogram.types import Update
 from pydantic import ValidationError
 
+from adapters.base import LeaseStore
 from adapters.telegram.client import TelegramClient
 from adapters.telegram.inbound import ALLOWED_UPDATES
 
@@ -48,13 +48,14 @@ class Poller:
         handle: Callable[[Update], Awaitable[None]],
         *,
         bot_id: int,
-        store: Any,
+        leases: LeaseStore | None,
         poll_timeout: int,
         backoff: float = 0.5,
     ) -> None:
         self.client = client
         self.handle = handle
-        self.store = store
+        self.leases = leases
+        """Where the poll lease is kept; ``None`` runs unfenced (a single process, in tests)."""
         self.poll_timeout = poll_timeout
         self.backoff = backoff
         self.lease_name = f"telegram-poll:{bot_id}"
@@ -65,15 +66,13 @@ class Poller:
         """Set while this process holds the lease and polls (tests wait on it)."""
 
     async def _hold_lease(self) -> bool:
-        acquire = getattr(self.store, "acquire_lease", None)
-        if acquire is None:  # a store without leases: single-process deployments only
+        if self.leases is None:
             return True
-        return bool(await acquire(self.lease_name, self.holder, self.lease_ttl))
+        return await self.leases.acquire_lease(self.lease_name, self.holder, self.lease_ttl)
 
     async def release(self) -> None:
-        release = getattr(self.store, "release_lease", None)
-        if release is not None:
-            await release(self.lease_name, self.holder)
+        if self.leases is not None:
+            await self.leases.release_lease(self.lease_name, self.holder)
 
     def _one_by_one(self, exc: ClientDecodeError) -> list[tuple[int, Update | None]]:
         """aiogram reads a batch as one list, so a single update it cannot read (a newer Bot API

@@ -84,10 +84,11 @@ class WebAdapter(Adapter):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), SHUTDOWN_CLOSE_SECONDS)
 
-    def outbox(self, channel: SessionChannel, session_id: str) -> WebOutbox:
+    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> WebOutbox:
         return WebOutbox(
             self.ctx.core.bus,
             session_id,
+            turn,
             min_interval=self.settings.web.stream_interval,
             sign_file=self.ctx.sign_file,
             live_texts=self.ctx.live_texts,

@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from gateway.context import current_session
 from gateway.outbound import MessageRef
 
 from .wire import now_rfc3339
@@ -35,17 +34,6 @@ class Bus(Protocol):
 
 def session_topic(session_id: str) -> str:
     return f"session:{session_id}"
-
-
-def current_turn(session_id: str) -> str | None:
-    """The inbound id of the turn running in ``session_id``, if the caller is that turn's handler.
-
-    The core's Session keeps it as ``_inbound_id``; read defensively until it is public.
-    """
-    session = current_session()
-    if session is None or getattr(session, "id", None) != session_id:
-        return None
-    return getattr(session, "inbound_id", None) or getattr(session, "_inbound_id", None)
 
 
 def assistant_message(
@@ -98,12 +86,14 @@ class WebStreamSink:
 
 
 class WebOutbox:
-    """The outbox of one widget or REST session."""
+    """The outbox of one widget or REST session, for one turn (``turn``: the inbound id the
+    handler answers, ``None`` outside a turn): every event it publishes names that turn."""
 
     def __init__(
         self,
         bus: Bus,
         session_id: str,
+        turn: str | None = None,
         *,
         min_interval: float,
         sign_file: Callable[[str, str], str] | None = None,
@@ -111,6 +101,7 @@ class WebOutbox:
     ) -> None:
         self._bus = bus
         self._session_id = session_id
+        self._turn_id = turn
         self._topic = session_topic(session_id)
         self._min_interval = min_interval
         self._sign_file = sign_file
@@ -144,7 +135,7 @@ class WebOutbox:
         await self._bus.publish(self._topic, {"type": "turn_end", "inbound_id": inbound_id, "error": error})
 
     def _turn(self) -> str | None:
-        return current_turn(self._session_id)
+        return self._turn_id
 
     def _with_file_url(self, envelope: dict[str, Any]) -> dict[str, Any]:
         """An image from the file store gets a signed URL the browser can load."""

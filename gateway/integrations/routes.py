@@ -169,10 +169,10 @@ class IntegrationViews:
     # -- JSON API --------------------------------------------------------------------------
 
     async def _caller(self, request: web.Request) -> UserInfo | web.Response:
-        from gateway.runtime import API_USER
+        from gateway.callers import API_USER
 
         runtime = self.service.runtime
-        user, authenticated = await runtime.identify(request)
+        user, authenticated = await runtime.callers.identify(request)
         if not authenticated:
             return json_error(401, "identify yourself (a signed-in widget user, or X-API-Key with ?user_id=)")
         if user is not API_USER:

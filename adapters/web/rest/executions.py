@@ -70,7 +70,7 @@ class Executions:
 
     def _awaited_block(self, inbound: InboundRecord) -> str | None:
         """The approval block this execution's handler waits on, if it waits on one."""
-        awaited = self.api.ctx.core.awaited_approval(inbound.session_id)
+        awaited = self.api.ctx.core.approvals.awaited(inbound.session_id)
         if awaited is None or awaited[0] != inbound.id:
             return None
         return awaited[1]
@@ -160,8 +160,8 @@ class Executions:
         """The caller's executions waiting for an approval, oldest first."""
         page, limit = pagination(request)
         waiting: list[tuple[InboundRecord, SessionRecord]] = []
-        for session_id in self.api.ctx.core.sessions_awaiting_approval():
-            awaited = self.api.ctx.core.awaited_approval(session_id)
+        for session_id in self.api.ctx.core.approvals.waiting_sessions():
+            awaited = self.api.ctx.core.approvals.awaited(session_id)
             record = await self.store.get_session(session_id) if awaited else None
             if record is None or record.owner_key != caller.owner_key:
                 continue

@@ -163,11 +163,10 @@ class RestApi:
 
     def _chat_name_for(self, agent_id: str) -> str | None:
         """The handler an ``agent_id`` selects, as the session's ``chat_name``."""
-        app = self.ctx.core.app
-        handlers = app.message_handlers
-        if agent_id in handlers and agent_id is not None:
+        chats = self.ctx.core.chats
+        if agent_id is not None and chats.has(agent_id):
             return agent_id
-        if agent_id in (DEFAULT_AGENT, app.name) and None in handlers:
+        if agent_id in (DEFAULT_AGENT, chats.app_name) and chats.has(None):
             # The core runs the unnamed handler for chat_name == app.name, so keeping the app's
             # name lets the session echo the agent_id it was created with.
             return None if agent_id == DEFAULT_AGENT else agent_id

@@ -10,10 +10,10 @@ from ..errors import WebError
 
 
 def widget_config(ctx: WebContext) -> dict:
-    app = ctx.core.app
     web_settings = ctx.settings.web
     handlers = [
-        {"name": name, "label": spec.label or name or web_settings.title} for name, spec in app.message_specs.items()
+        {"name": name, "label": label or name or web_settings.title}
+        for name, label in ctx.core.chats.labels().items()
     ]
     return {
         "title": web_settings.title,

@@ -160,7 +160,7 @@ class WidgetConnection:
         handler = _optional_str(frame, "handler")
         store = self.ctx.core.store
         if session_id is None:
-            if handler not in self.ctx.core.app.message_handlers:
+            if not self.ctx.core.chats.has(handler):
                 raise errors.not_found(f"no message handler named {handler!r}")
             session = await store.create_session(SessionChannel(WIDGET_CHANNEL), self.user, chat_name=handler)
         else:

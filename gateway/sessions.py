@@ -1,0 +1,198 @@
+"""``SessionDirectory``: the sessions of a running gateway, as adapters and services use them.
+
+One place to find, make, open, list and delete sessions and to read what was said in them, so
+every path that deletes a session runs ``@app.exit`` hooks, stops its running handler and drops
+its session-scoped collection data (the REST API, the widget and the CLI alike), and no adapter
+needs the store.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from gateway.calls import call_maybe_async
+from gateway.conversation import Conversation
+from gateway.dispatch import UnknownSession
+from gateway.inbound import PlatformUser
+from gateway.session import Session
+from gateway.store import Store
+from gateway.store.documents import WriteGate, delete_scope_data
+from gateway.store.records import InboundRecord, MessageRecord, SessionRecord
+from gateway.types import Attachment, IntegrationCredentials, Message, SessionChannel, UserInfo
+
+log = logging.getLogger("chatgate.sessions")
+
+SENDER_BY_ROLE = {"user": "user", "assistant": "app", "system": "system", "block": "block"}
+
+
+class ExitHooks(Protocol):
+    """The ``App`` registry as deletion needs it."""
+
+    @property
+    def exit_hooks(self) -> Sequence[Callable[..., Any]]: ...
+
+
+class RunningHandlers(Protocol):
+    """The dispatcher as deletion needs it: cancel what runs for a session."""
+
+    def stop(self, session_id: str) -> bool: ...
+
+
+ConversationFor = Callable[[str, SessionChannel], Conversation]
+IntegrationsFor = Callable[[UserInfo], Any]
+
+
+class SessionDirectory:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        hooks: ExitHooks,
+        handlers: RunningHandlers,
+        conversation_for: ConversationFor,
+        integrations_for: IntegrationsFor,
+        history_limit: int,
+        collections_gate: WriteGate | None,
+    ) -> None:
+        self._store = store
+        self._hooks = hooks
+        self._handlers = handlers
+        self._conversation_for = conversation_for
+        self._integrations_for = integrations_for
+        self._history_limit = history_limit
+        self._gate = collections_gate
+
+    # -- finding and making ------------------------------------------------------------------
+
+    async def get(self, session_id: str) -> SessionRecord | None:
+        return await self._store.get_session(session_id)
+
+    async def find(self, channel: SessionChannel) -> SessionRecord | None:
+        """The session at a platform address (a chat, a thread), if one was opened there."""
+        return await self._store.find_session(channel)
+
+    async def create(
+        self,
+        channel: SessionChannel,
+        user: UserInfo,
+        *,
+        title: str = "",
+        metadata: dict[str, Any] | None = None,
+        chat_name: str | None = None,
+        owner_key: str | None = None,
+    ) -> SessionRecord:
+        return await self._store.create_session(
+            channel, user, title=title, metadata=metadata, chat_name=chat_name, owner_key=owner_key
+        )
+
+    async def list(
+        self, *, owner_key: str | None = None, user_id: str | None = None, offset: int = 0, limit: int = 20
+    ) -> tuple[list[SessionRecord], int]:
+        """Newest first, with the total count."""
+        return await self._store.list_sessions(owner_key=owner_key, user_id=user_id, offset=offset, limit=limit)
+
+    async def set_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
+        await self._store.update_session(session_id, metadata=metadata)
+
+    async def resolve_user(self, platform_user: PlatformUser) -> UserInfo:
+        """The stable chatgate user behind a platform identity, made on first sight."""
+        return await self._store.resolve_user(platform_user)
+
+    async def user(self, user_id: str) -> UserInfo | None:
+        return await self._store.get_user(user_id)
+
+    # -- what was said ---------------------------------------------------------------------
+
+    async def messages(
+        self, session_id: str, *, offset: int = 0, limit: int = 20, after_id: str | None = None
+    ) -> tuple[list[MessageRecord], int]:
+        """Oldest first, with the total count (see ``Store.list_messages`` for ``after_id``)."""
+        return await self._store.list_messages(session_id, offset=offset, limit=limit, after_id=after_id)
+
+    async def turn_messages(self, session_id: str, inbound_id: str) -> list[MessageRecord]:
+        """Everything stored for one inbound event (the user's message and the replies)."""
+        return await self._store.turn_messages(session_id, inbound_id)
+
+    async def message_for_inbound(self, session_id: str, inbound_id: str, *, role: str) -> MessageRecord | None:
+        return await self._store.message_for_inbound(session_id, inbound_id, role=role)
+
+    async def inbound(self, inbox_id: str) -> InboundRecord | None:
+        """One recorded inbound event (a turn, as PromptRails' executions see it)."""
+        return await self._store.get_inbound(inbox_id)
+
+    async def rate(self, session_id: str, inbound_id: str, value: int) -> None:
+        """Record (or change) the user's rating of one turn."""
+        await self._store.save_feedback(session_id, inbound_id, value)
+
+    # -- sessions a handler can use --------------------------------------------------------
+
+    async def open(self, session_id: str) -> Session:
+        """A real Session for ``session_id`` outside any inbound turn (jobs, tasks, broadcasts,
+        exit hooks): its replies are standalone messages on the session's channel."""
+        record = await self._store.get_session(session_id)
+        if record is None:
+            raise UnknownSession(f"no session {session_id!r}")
+        user = await self._store.get_user(record.user_id) or UserInfo(record.user_id)
+        recent = await self._store.recent_messages(session_id, self._history_limit)
+        integrations: dict[str, IntegrationCredentials] = await self._integrations_for(user)
+        return Session(
+            record.id, user, record.channel, history=history_of(recent, record.channel.type), data=record.data,
+            integrations=integrations, conversation=self._conversation_for(record.id, record.channel),
+            mode="standalone",
+        )
+
+    def attach(self, record: SessionRecord, user: UserInfo) -> Session:
+        """A Session over a record the caller already read (an HTTP handler's caller session)."""
+        return Session(
+            record.id, user, record.channel, data=record.data,
+            conversation=self._conversation_for(record.id, record.channel), mode="standalone",
+        )
+
+    async def delete(self, session_id: str) -> bool:
+        """Delete a session and everything kept for it: ``@app.exit`` hooks run first (a hook
+        that raises is logged), the running handler is stopped, then the session, its messages
+        and its session-scoped collection and key-value data are removed."""
+        if self._hooks.exit_hooks:
+            try:
+                session = await self.open(session_id)
+            except UnknownSession:
+                return False
+            for hook in self._hooks.exit_hooks:
+                try:
+                    await call_maybe_async(hook, session)
+                except Exception:
+                    log.exception("@app.exit hook %s failed", getattr(hook, "__name__", hook))
+        self._handlers.stop(session_id)
+        deleted = await self._store.delete_session(session_id)
+        if deleted:
+            await delete_scope_data(self._store, "session", session_id, gate=self._gate)
+        return deleted
+
+
+def history_of(records: list[MessageRecord], channel_type: str) -> list[Message]:
+    """``session.history`` from stored messages, leaving out empty replies (a stream that wrote
+    nothing, or was cut before its first word, is stored; Capsule never has such an entry)."""
+    return [
+        to_history_message(r, channel_type)
+        for r in records
+        if not (r.role == "assistant" and not r.text and not r.attachments)
+    ]
+
+
+def to_history_message(record: MessageRecord, channel_type: str = "chat") -> Message:
+    text = record.text
+    if record.role == "block" and record.block is not None:
+        text = json.dumps(record.block)
+    attachments = [Attachment(**{k: a[k] for k in ("name", "content_type", "url", "size") if k in a})
+                   for a in record.attachments] or None
+    return Message(
+        text,
+        SENDER_BY_ROLE.get(record.role, record.role),
+        channel_type,
+        timestamp=record.created_at.timestamp(),
+        attachments=attachments,
+        id=record.id,
+    )
