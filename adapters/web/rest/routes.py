@@ -212,7 +212,7 @@ class RestApi:
 
     async def delete_session(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         record = await self._own_session(request, caller)
-        await self.ctx.core.store.delete_session(record.id)
+        await self.ctx.core.sessions.delete(record.id)  # @app.exit hooks, the running turn, scoped data
         return web.Response(status=204)
 
     # -- messages ------------------------------------------------------------------------------
