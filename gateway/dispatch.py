@@ -23,17 +23,14 @@ from datetime import timedelta
 from gateway.inbound import Accepted, Inbound
 from gateway.prompts import PromptRegistry
 from gateway.store import Store
-from gateway.store.records import SessionRecord
-from gateway.types import UserInfo
+from gateway.types import UnknownSession, UserInfo
+
+__all__ = ["Dispatcher", "Lane", "UnknownSession", "WorkItem"]
 
 log = logging.getLogger("chatgate.dispatch")
 
 PURGE_EVERY = 3600.0  # seconds between inbox purges of expired dedup keys
 MAX_ATTEMPTS = 3  # an event interrupted this many times (it keeps killing the process) is given up
-
-
-class UnknownSession(LookupError):
-    """An inbound event named a session id that does not exist."""
 
 
 @dataclass
@@ -81,13 +78,15 @@ class Dispatcher:
 
     # -- intake --------------------------------------------------------------------------
 
-    async def submit(self, inbound: Inbound, session: SessionRecord, *, sender: UserInfo | None = None) -> Accepted:
-        """Record ``inbound`` for ``session`` and route it. Safe to acknowledge on return."""
+    async def submit(self, inbound: Inbound, session_id: str, *, sender: UserInfo | None = None) -> Accepted:
+        """Record ``inbound`` for the session ``session_id`` and route it. Safe to acknowledge on
+        return. Raises ``UnknownSession`` when there is no such session (checked in the same
+        transaction that records the event, so a session deleted meanwhile records nothing)."""
         if self._closed:
             raise RuntimeError("the dispatcher is shutting down")
         message = inbound.message if inbound.kind == "message" else None
         entry = await self.store.record_inbound(
-            session.id,
+            session_id,
             inbound.dedup_key,
             inbound.kind,
             inbound.to_json(),
@@ -96,11 +95,11 @@ class Dispatcher:
         )
         if entry.duplicate:
             log.info("dropped duplicate %s event %s", inbound.kind, inbound.dedup_key)
-            return Accepted(entry.id, session.id, duplicate=True)
+            return Accepted(entry.id, session_id, duplicate=True)
         if message is not None and entry.message_id:
             message.id = entry.message_id
-        self._route(WorkItem(entry.id, session.id, inbound, entry.message_id, sender))
-        return Accepted(entry.id, session.id)
+        self._route(WorkItem(entry.id, session_id, inbound, entry.message_id, sender))
+        return Accepted(entry.id, session_id)
 
     def _route(self, item: WorkItem) -> None:
         kind = item.inbound.kind

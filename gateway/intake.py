@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gateway.dispatch import Dispatcher, UnknownSession
+from gateway.dispatch import Dispatcher
 from gateway.inbound import Accepted, Inbound
 from gateway.store import Store
 from gateway.types import Attachment, UserInfo
@@ -27,14 +27,12 @@ class Intake:
     async def submit(self, inbound: Inbound) -> Accepted:
         sender: UserInfo | None = None
         if inbound.session_id:
-            session = await self._store.get_session(inbound.session_id)
-            if session is None:
-                raise UnknownSession(f"no session {inbound.session_id!r}")
+            session_id = inbound.session_id  # its existence is checked as the event is recorded
         else:
             sender = await self._store.resolve_user(inbound.user)
-            session = await self._store.session_for_address(inbound.channel, sender)
+            session_id = (await self._store.session_for_address(inbound.channel, sender)).id
         message = inbound.message
         if message is not None and message.attachments:
             channel_type = message.channel_type or inbound.channel.type
             message.attachments = [self._resolve_attachment(channel_type, a) for a in message.attachments]
-        return await self._dispatcher.submit(inbound, session, sender=sender)
+        return await self._dispatcher.submit(inbound, session_id, sender=sender)

@@ -153,8 +153,9 @@ class SessionDirectory:
 
     async def delete(self, session_id: str) -> bool:
         """Delete a session and everything kept for it: ``@app.exit`` hooks run first (a hook
-        that raises is logged), the running handler is stopped, then the session, its messages
-        and its session-scoped collection and key-value data are removed."""
+        that raises is logged), then the session and its messages are removed, its running
+        handler is stopped (its turn ends as ``session_deleted``), and its session-scoped
+        collection and key-value data are removed."""
         if self._hooks.exit_hooks:
             try:
                 session = await self.open(session_id)
@@ -165,8 +166,9 @@ class SessionDirectory:
                     await call_maybe_async(hook, session)
                 except Exception:
                     log.exception("@app.exit hook %s failed", getattr(hook, "__name__", hook))
-        self._handlers.stop(session_id)
         deleted = await self._store.delete_session(session_id)
+        # Stopped after the rows are gone, so the interrupted turn ends as "session deleted".
+        self._handlers.stop(session_id)
         if deleted:
             await delete_scope_data(self._store, "session", session_id, gate=self._gate)
         return deleted

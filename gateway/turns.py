@@ -114,7 +114,8 @@ class TurnRunner:
             if rt.shutting_down():
                 status = "running"  # interrupted by shutdown: it runs again at the next start
                 raise
-            error = "stopped"
+            # Stopped by the user, or by the deletion of its session (which stops it once gone).
+            error = SESSION_DELETED if await rt.store.get_session(session.id) is None else "stopped"
         except TimeoutError:
             if deadline.expired():
                 error = "timeout"

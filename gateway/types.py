@@ -465,3 +465,7 @@ class IntegrationDeclined(RuntimeError):
 
 class FileUploadTimeout(TimeoutError):
     """``prompt_file`` waited longer than its timeout."""
+
+
+class UnknownSession(LookupError):
+    """An inbound event or a caller named a session id that does not exist (or no longer does)."""

@@ -38,7 +38,7 @@ from gateway.store.tables import (
     new_id,
     utcnow,
 )
-from gateway.types import SessionChannel, UserInfo
+from gateway.types import SessionChannel, UnknownSession, UserInfo
 
 __all__ = ["FileRecord", "InboxEntry", "MessageRecord", "SessionRecord", "Store", "address_key"]
 
@@ -572,13 +572,17 @@ class Store:
     ) -> InboxEntry:
         """Store an inbound event, and the user's message when it carries one, in one transaction.
 
-        A repeated ``dedup_key`` stores nothing and returns ``duplicate=True``.
+        A repeated ``dedup_key`` stores nothing and returns ``duplicate=True``; a ``session_id``
+        that names no session stores nothing and raises ``UnknownSession``.
         """
         now = utcnow()
         inbox_id = new_id()
         message_id = new_id() if user_text is not None else None
 
         def work(conn: Connection) -> None:
+            # The session's existence is checked here, in the write itself: no read before it.
+            if conn.execute(TOUCH_SESSION, {"session_id": session_id, "now": now}).rowcount == 0:
+                raise UnknownSession(f"no session {session_id!r}")
             conn.execute(INSERT_INBOX, {
                 "id": inbox_id, "dedup_key": dedup_key, "session_id": session_id, "kind": kind, "payload": payload,
                 "status": "pending", "attempts": 0, "error": None, "created_at": now, "updated_at": now,
@@ -589,7 +593,6 @@ class Store:
                     "block": None, "attachments": attachments or [], "inbound_id": inbox_id, "status": "complete",
                     "platform_refs": [], "created_at": now, "updated_at": now,
                 })
-                conn.execute(TOUCH_SESSION, {"session_id": session_id, "now": now})
 
         try:
             await self._run_write(work)
