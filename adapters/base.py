@@ -5,8 +5,13 @@ events and hands them to ``GatewayContext.submit`` (which records them durably b
 acknowledge the platform only after that). Outbound, ``outbox(channel)`` returns the
 :class:`gateway.outbound.Outbox` that renders, splits and paces what a session sends.
 
-A new platform is one folder under ``adapters/`` with a class implementing this; nothing in
-``gateway/`` changes.
+A new platform is a package (a folder under ``adapters/``, or its own pip package) with a class
+implementing this, plus an :class:`AdapterSpec` named in the ``chatgate.adapters`` entry-point
+group: the spec holds what the core needs before importing the adapter, namely the settings model
+of its ``[name]`` section (``settings.<name>``), its conventional environment variables, the rule
+that enables it (``enabled(settings)``) and the hint of its "off" start-up line; the running
+adapter's own line is :meth:`Adapter.describe`. Nothing in ``gateway/`` changes (see
+docs/adapters.md).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from aiohttp import web
 
 from gateway.inbound import Accepted, Inbound
 from gateway.outbound import Capabilities, Limits, Outbox
+from gateway.plugins import AdapterSpec as AdapterSpec  # re-exported: the door an adapter package imports
 from gateway.types import Attachment, SessionChannel
 
 if TYPE_CHECKING:
@@ -62,7 +68,8 @@ class GatewayContext(Protocol):
 
 class Adapter(ABC):
     """One platform. ``channel_types`` are the ``SessionChannel.type`` values it owns (the web
-    adapter owns ``chat`` and ``api``). Constructed with the whole :class:`Settings`."""
+    adapter owns ``chat`` and ``api``). Constructed with the whole :class:`Settings` (its own
+    section is ``settings.<spec name>``), only when its :class:`AdapterSpec` enables it."""
 
     channel_types: ClassVar[tuple[str, ...]]
     limits: ClassVar[Limits]
@@ -94,5 +101,6 @@ class Adapter(ABC):
         return attachment
 
     def describe(self) -> str:
-        """One line for the start-up log: what runs and where."""
+        """One line for the start-up log: what runs and where (after :meth:`start`). A disabled
+        adapter's line is ``AdapterSpec.off_hint``'s, written without importing the adapter."""
         return ", ".join(self.channel_types)
