@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from gateway.config import Settings
+# ``settings`` below is a loaded ``gateway.config.Settings`` (with the adapters' sections). It is
+# typed ``Any``: gateway.config imports this module, and the sections are not known statically.
 
 log = logging.getLogger("chatgate")
 
@@ -63,7 +64,7 @@ class AdapterSpec:
     letters, digits and ``_``."""
     adapter: str
     """``"module:Class"`` of the :class:`adapters.base.Adapter`, imported only when enabled."""
-    enabled: Callable[[Settings], bool]
+    enabled: Callable[[Any], bool]
     """Whether to start the adapter, from the settings alone (its section is ``settings.<name>``)."""
     off_hint: str = ""
     """What turns a disabled adapter on, for its start-up line ``<name>: off (<off_hint>)``."""
@@ -85,7 +86,8 @@ class AdapterSpec:
     def load(self) -> type[Any]:
         """Import the adapter class."""
         module_name, _, attribute = self.adapter.partition(":")
-        return getattr(importlib.import_module(module_name), attribute)  # type: ignore[no-any-return]
+        adapter_class: type[Any] = getattr(importlib.import_module(module_name), attribute)
+        return adapter_class
 
     def off_line(self) -> str:
         return f"{self.name}: off ({self.off_hint})" if self.off_hint else f"{self.name}: off"
@@ -171,7 +173,7 @@ def discover() -> Discovery:
     return find(entry_points(group=ENTRY_POINT_GROUP))
 
 
-def configured_adapters(settings: Settings) -> list[Any]:
+def configured_adapters(settings: Any) -> list[Any]:
     """Instantiate every installed adapter whose rule enables it; log the broken ones (one line
     each) and go on without them. An adapter's constructor raising (a setting it cannot work
     with) stops start-up: that is a configuration error, named by the adapter."""
@@ -193,7 +195,7 @@ def configured_adapters(settings: Settings) -> list[Any]:
     return adapters
 
 
-def not_running_lines(settings: Settings, running: Iterable[Any]) -> list[str]:
+def not_running_lines(settings: Any, running: Iterable[Any]) -> list[str]:
     """Start-up lines for the installed adapters that are not running: the "off" line of each
     disabled one, a "failed to load" line for each broken one."""
     running_classes = {type(adapter) for adapter in running}
