@@ -74,6 +74,9 @@ class AdapterSpec:
     environment: Mapping[str, str] = field(default_factory=dict)
     """Conventional environment variables read into the section, ``{"TELEGRAM_BOT_TOKEN":
     "bot_token"}``; they rank below ``CHATGATE_<NAME>__<KEY>`` and above the config file."""
+    quiet_loggers: tuple[str, ...] = ()
+    """Loggers of the platform library that ``chatgate run`` keeps at WARNING or above (they log
+    every request at INFO)."""
 
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -193,6 +196,11 @@ def configured_adapters(settings: Any) -> list[Any]:
             continue
         adapters.append(adapter_class(settings))
     return adapters
+
+
+def quiet_loggers() -> list[str]:
+    """The installed adapters' ``quiet_loggers``."""
+    return [name for item in discover().installed for name in item.spec.quiet_loggers]
 
 
 def not_running_lines(settings: Any, running: Iterable[Any]) -> list[str]:

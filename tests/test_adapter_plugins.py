@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -371,3 +372,15 @@ def test_an_install_without_chatgates_entry_points_says_to_reinstall(tmp_path: P
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "chatgate's own adapters (web, telegram, slack) are not registered" in lines[0]
     assert "reinstall it with scripts/setup" in lines[0]
+
+
+def test_chatgate_run_quiets_the_loggers_adapters_name(tmp_path: Path) -> None:
+    out = run_python("""
+        import logging
+        from gateway.cli import configure_logging
+        from gateway.config import load_settings
+        configure_logging(load_settings(None, logging={"level": "DEBUG"}))
+        print(logging.getLogger("aiogram.event").level, logging.getLogger("slack_bolt").level,
+              logging.getLogger("chatgate").getEffectiveLevel())
+    """, cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
+    assert out.split() == [str(logging.WARNING), str(logging.WARNING), str(logging.DEBUG)]

@@ -29,6 +29,7 @@ spec = AdapterSpec(
         settings.slack.bot_token and (settings.slack.signing_secret or settings.slack.app_token)
     ),
     off_hint="set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET or SLACK_APP_TOKEN",
+    quiet_loggers=("slack_bolt",),
 )
 
 

@@ -22,6 +22,7 @@ spec = AdapterSpec(
     environment={"TELEGRAM_BOT_TOKEN": "bot_token"},
     enabled=lambda settings: bool(settings.telegram.bot_token),
     off_hint="set TELEGRAM_BOT_TOKEN to enable",
+    quiet_loggers=("aiogram.event",),
 )
 
 
