@@ -294,7 +294,8 @@ def settings_class(*, distribution: str | None = None) -> type[Settings]:
     ``distribution`` keeps only the adapters of that package: ``settings_class(distribution=
     "chatgate")`` is every option chatgate ships, the ones ``config.example.toml`` documents.
     Raises :class:`ConfigError` when chatgate's own adapters are not registered (an install older
-    than the entry points) or an adapter's name is one of the core's sections.
+    than the entry points), an adapter's name is one of the core's sections, or two read the same
+    conventional variable.
     """
     found = discover()
     if not any(item.distribution == OWN_DISTRIBUTION for item in found.installed):
@@ -321,6 +322,9 @@ def _compose(found: Discovery) -> type[Settings]:
                               f"chatgate's own [{spec.name}] section; that package must rename its entry point")
         fields[spec.name] = (spec.settings, Field(default_factory=spec.settings))
         for var, key in spec.environment.items():
+            if var in env:
+                raise ConfigError(f"config error: the adapter {spec.name!r} from package {item.package} reads "
+                                  f"{var}, which already sets {'.'.join(env[var])}; that package must drop it")
             env[var] = (spec.name, key)
     for broken in found.broken:  # its section loads unchecked; the adapter is not started
         if broken.name not in Settings.model_fields and not hasattr(Settings, broken.name):

@@ -384,3 +384,29 @@ def test_chatgate_run_quiets_the_loggers_adapters_name(tmp_path: Path) -> None:
               logging.getLogger("chatgate").getEffectiveLevel())
     """, cwd=tmp_path, env={"PYTHONPATH": str(ROOT)})
     assert out.split() == [str(logging.WARNING), str(logging.WARNING), str(logging.DEBUG)]
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ('name="server", adapter="chatgate_clash:A", settings=S, enabled=lambda s: False',
+     "config error: the adapter 'server' from package chatgate-clash 0.1 is named like chatgate's own [server] "
+     "section; that package must rename its entry point"),
+    ('name="clash", adapter="chatgate_clash:A", settings=S, environment={"PORT": "port"}, enabled=lambda s: False',
+     "config error: the adapter 'clash' from package chatgate-clash 0.1 reads PORT, which already sets "
+     "server.port; that package must drop it"),
+])
+def test_an_adapter_that_would_take_a_core_setting_is_refused(tmp_path: Path, spec: str, message: str) -> None:
+    name = re.match(r'name="(\w+)"', spec).group(1)  # type: ignore[union-attr]
+    write_distribution(tmp_path / "site", "chatgate-clash", {name: "chatgate_clash:spec"}, {"chatgate_clash": f"""
+        from adapters.base import AdapterSpec
+        from gateway.config import Section
+        class S(Section):
+            port: int = 0
+        spec = AdapterSpec({spec})
+    """})
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "run", str(ROOT / "examples" / "echo.py")],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(tmp_path / "site")])},
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"chatgate: {message}"]
