@@ -19,9 +19,10 @@ that is not an ``AdapterSpec``, or whose adapter class fails to import when swit
 ERROR log line at start naming the adapter, its package and the exception; the other adapters
 start without it, and ``describe`` lists it as failed. A third-party package broken by an upgrade
 of its own dependencies must not take the web widget and every other platform down with it; the
-line says what to fix. Its ``[name]`` section, if the config file has one, is accepted unchecked
-so that the config keeps loading. (Errors *in the settings* of a working adapter still stop
-start-up with one line naming the key, like every other config error.)
+line says what to fix. When the spec itself cannot be loaded, its ``[name]`` section (if the
+config has one) is accepted unchecked so that the config keeps loading. (Errors *in the settings*
+of a working adapter still stop start-up with one line naming the key, like every other config
+error.)
 """
 
 from __future__ import annotations
