@@ -5,8 +5,13 @@ events and hands them to ``GatewayContext.submit`` (which records them durably b
 acknowledge the platform only after that). Outbound, ``outbox(channel)`` returns the
 :class:`gateway.outbound.Outbox` that renders, splits and paces what a session sends.
 
-A new platform is one folder under ``adapters/`` with a class implementing this; nothing in
-``gateway/`` changes.
+A new platform is a package (a folder under ``adapters/``, or its own pip package) with a class
+implementing this, plus an :class:`AdapterSpec` named in the ``chatgate.adapters`` entry-point
+group: the spec holds what the core needs before importing the adapter, namely the settings model
+of its ``[name]`` section (``settings.<name>``), its conventional environment variables, the rule
+that enables it (``enabled(settings)``) and the hint of its "off" start-up line; the running
+adapter's own line is :meth:`Adapter.describe`. Nothing in ``gateway/`` changes (see
+docs/adapters.md).
 """
 
 from __future__ import annotations
@@ -26,15 +31,16 @@ from gateway.files import FileRejected, FileStore
 from gateway.inbound import Accepted, ButtonPress, Inbound, PlatformUser
 from gateway.leases import LeaseStore
 from gateway.outbound import Capabilities, Limits, MessageRef, Outbox, StreamSink
+from gateway.plugins import AdapterSpec
 from gateway.sessions import SessionDirectory
 from gateway.store.records import FileRecord, InboundRecord, MessageRecord, SessionRecord
 from gateway.types import Attachment, SessionChannel
 
 __all__ = [
-    "Accepted", "Adapter", "ApprovalDesk", "Attachment", "Bus", "ButtonPress", "Capabilities", "ChatCatalog",
-    "FileRecord", "FileRejected", "FileStore", "GatewayContext", "Inbound", "InboundRecord", "LeaseStore", "Limits",
-    "MessageRecord", "MessageRef", "Outbox", "PlatformUser", "SessionChannel", "SessionDirectory", "SessionRecord",
-    "Settings", "StreamSink", "UnknownSession",
+    "Accepted", "Adapter", "AdapterSpec", "ApprovalDesk", "Attachment", "Bus", "ButtonPress", "Capabilities",
+    "ChatCatalog", "FileRecord", "FileRejected", "FileStore", "GatewayContext", "Inbound", "InboundRecord",
+    "LeaseStore", "Limits", "MessageRecord", "MessageRef", "Outbox", "PlatformUser", "SessionChannel",
+    "SessionDirectory", "SessionRecord", "Settings", "StreamSink", "UnknownSession",
 ]
 
 
@@ -93,7 +99,8 @@ class GatewayContext(Protocol):
 
 class Adapter(ABC):
     """One platform. ``channel_types`` are the ``SessionChannel.type`` values it owns (the web
-    adapter owns ``chat`` and ``api``). Constructed with the whole :class:`Settings`."""
+    adapter owns ``chat`` and ``api``). Constructed with the whole :class:`Settings` (its own
+    section is ``settings.<spec name>``), only when its :class:`AdapterSpec` enables it."""
 
     channel_types: ClassVar[tuple[str, ...]]
     limits: ClassVar[Limits]
@@ -127,5 +134,6 @@ class Adapter(ABC):
         return attachment
 
     def describe(self) -> str:
-        """One line for the start-up log: what runs and where."""
+        """One line for the start-up log: what runs and where (after :meth:`start`). A disabled
+        adapter's line is ``AdapterSpec.off_hint``'s, written without importing the adapter."""
         return ", ".join(self.channel_types)

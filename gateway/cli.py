@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway import plugins
 from gateway.config import ConfigError, Settings, load_settings
 
 EXIT_USAGE = 2
@@ -78,7 +79,7 @@ def configure_logging(settings: Settings) -> None:
     else:
         fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", force=True)
-    for noisy in ("aiohttp.access", "aiogram.event", "slack_bolt", "apscheduler.executors.default", "alembic"):
+    for noisy in ("aiohttp.access", "apscheduler.executors.default", "alembic", *plugins.quiet_loggers()):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

@@ -1,14 +1,18 @@
 """Typed settings: ``chatgate.toml`` plus the environment (pydantic-settings).
 
 Precedence, highest first: values passed in code, ``CHATGATE_<SECTION>__<KEY>`` variables, the
-conventional variables (``DATABASE_URL``, ``REDIS_URL``, ``PORT``, ``TELEGRAM_BOT_TOKEN``,
-``SLACK_BOT_TOKEN``, ``SLACK_SIGNING_SECRET``, ``SLACK_APP_TOKEN``), the TOML file, defaults.
-Every option is documented in ``config.example.toml``; a bad value raises :class:`ConfigError`
-with one line naming the key.
+conventional variables (``DATABASE_URL``, ``REDIS_URL``, ``PORT``, and those adapters declare, such
+as ``TELEGRAM_BOT_TOKEN``), the TOML file, defaults. Every option is documented in
+``config.example.toml``; a bad value raises :class:`ConfigError` with one line naming the key.
+
+:class:`Settings` holds the core's sections. Each installed adapter (:mod:`gateway.plugins`) adds
+its own section under its name, so :func:`load_settings` returns an instance of
+:func:`settings_class`, a subclass with ``settings.telegram``, ``settings.slack``... as fields.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -16,9 +20,9 @@ import secrets
 import typing
 import zoneinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +30,8 @@ from pydantic_settings import (
     SettingsError,
     TomlConfigSettingsSource,
 )
+
+from gateway.plugins import OWN_DISTRIBUTION, Discovery, discover
 
 DEFAULT_CONFIG_FILE = "chatgate.toml"
 
@@ -38,14 +44,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-def _http_url(url: str) -> str:
+def absolute_http_url(url: str) -> str:
+    """A field validator's check: an absolute http(s) URL (the API URLs of platforms)."""
     scheme, _, rest = url.partition("://")
     if scheme not in ("http", "https") or not rest.strip("/"):
         raise ValueError("use an absolute http:// or https:// URL")
     return url
 
 
-def _route_path(path: str) -> str:
+def route_path(path: str) -> str:
+    """A field validator's check: a path on the gateway's HTTP server (webhooks)."""
     if not path.startswith("/") or any(c.isspace() for c in path):
         raise ValueError("use a path starting with '/', without spaces")
     return path
@@ -146,70 +154,6 @@ class WebSettings(Section):
     """Least seconds between two streamed frames sent to a browser or SSE client."""
 
 
-class TelegramSettings(Section):
-    bot_token: str | None = None
-    mode: Literal["polling", "webhook"] = "polling"
-    api_url: str = "https://api.telegram.org"
-    webhook_path: str = "/telegram/webhook"
-    webhook_secret: str | None = None
-    group_trigger: Literal["mention", "all"] = "mention"
-    edited_messages: Literal["ignore", "as_new"] = "ignore"
-    private_edit_interval: float = Field(1.1, ge=0.1)
-    group_edit_interval: float = Field(3.1, ge=0.1)
-    draft_interval: float = Field(0.25, ge=0.05)
-    global_rate: float = Field(30.0, gt=0)
-    use_drafts: bool = True
-    rich_messages: bool = True
-    """Send replies with ``sendRichMessage`` (Bot API 10.1) where the server has it, else HTML."""
-    chat_interval: float = Field(1.0, gt=0)
-    """Seconds between messages (sends and edits) to one chat; Telegram allows about one a second."""
-    group_messages_per_minute: int = Field(20, ge=1)
-    poll_timeout: int = Field(25, ge=0)
-    retry_attempts: int = Field(5, ge=1)
-    retry_backoff: float = Field(0.5, gt=0)
-    rate_scale: float = Field(1.0, gt=0)
-    """Multiplies every pacing interval and ``retry_after`` pause; 1.0 against Telegram (tests shrink it)."""
-
-    @field_validator("api_url")
-    @classmethod
-    def _api_url(cls, url: str) -> str:
-        return _http_url(url)
-
-    @field_validator("webhook_path")
-    @classmethod
-    def _webhook_path(cls, path: str) -> str:
-        return _route_path(path)
-
-
-class SlackSettings(Section):
-    bot_token: str | None = None
-    signing_secret: str | None = None
-    app_token: str | None = None
-    mode: Literal["events", "socket"] = "events"
-    api_url: str = "https://slack.com/api/"
-    events_path: str = "/slack/events"
-    slash_command: str = "/chatgate"
-    dm_sessions: Literal["per_dm", "per_thread"] = "per_thread"
-    update_interval: float = Field(1.0, ge=0.1)
-
-    @field_validator("api_url")
-    @classmethod
-    def _api_url(cls, url: str) -> str:
-        return _http_url(url)
-
-    @field_validator("events_path")
-    @classmethod
-    def _events_path(cls, path: str) -> str:
-        return _route_path(path)
-
-    @field_validator("slash_command")
-    @classmethod
-    def _slash_command(cls, command: str) -> str:
-        if not command.startswith("/") or len(command) < 2 or any(c.isspace() for c in command):
-            raise ValueError("a slash command is '/' and a name, e.g. /chatgate")
-        return command
-
-
 class SchedulerSettings(Section):
     enabled: bool = True
     """Run ``@app.schedule`` jobs (in the one elected process). Tasks run either way."""
@@ -259,31 +203,29 @@ class LoggingSettings(Section):
 
 
 class ConventionalEnvSource(PydanticBaseSettingsSource):
-    """The variables every platform-as-a-service sets, mapped onto chatgate's sections."""
-
-    MAPPING = {
-        "DATABASE_URL": ("database", "url"),
-        "REDIS_URL": ("redis", "url"),
-        "PORT": ("server", "port"),
-        "TELEGRAM_BOT_TOKEN": ("telegram", "bot_token"),
-        "SLACK_BOT_TOKEN": ("slack", "bot_token"),
-        "SLACK_SIGNING_SECRET": ("slack", "signing_secret"),
-        "SLACK_APP_TOKEN": ("slack", "app_token"),
-    }
+    """The variables every platform-as-a-service sets (and those adapters declare), mapped onto
+    chatgate's sections: ``Settings.conventional_env``."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
         out: dict[str, dict[str, Any]] = {}
-        for var, (section, key) in self.MAPPING.items():
+        for var, (section, key) in _conventional_env(self.settings_cls).items():
             value = os.environ.get(var)
             if value:
                 out.setdefault(section, {})[key] = value
         return out
 
 
+def _conventional_env(settings_cls: type[BaseSettings]) -> dict[str, tuple[str, str]]:
+    return getattr(settings_cls, "conventional_env", Settings.conventional_env)
+
+
 class Settings(BaseSettings):
+    """The core's settings. An instance from :func:`load_settings` also has one section per
+    installed adapter, by its name (``settings.telegram``): see :func:`settings_class`."""
+
     model_config = SettingsConfigDict(
         env_prefix="CHATGATE_",
         env_nested_delimiter="__",
@@ -300,11 +242,16 @@ class Settings(BaseSettings):
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     files: FileSettings = Field(default_factory=FileSettings)
     web: WebSettings = Field(default_factory=WebSettings)
-    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
-    slack: SlackSettings = Field(default_factory=SlackSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     integrations: IntegrationSettings = Field(default_factory=IntegrationSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    conventional_env: ClassVar[dict[str, tuple[str, str]]] = {
+        "DATABASE_URL": ("database", "url"),
+        "REDIS_URL": ("redis", "url"),
+        "PORT": ("server", "port"),
+    }
+    """Conventional variable -> (section, key); :func:`settings_class` adds the adapters' own."""
 
     @classmethod
     def settings_customise_sources(
@@ -339,7 +286,55 @@ class Settings(BaseSettings):
         return key
 
 
-def _describe(error: dict[str, Any]) -> str:
+@functools.cache
+def settings_class(*, distribution: str | None = None) -> type[Settings]:
+    """:class:`Settings` plus one field per installed adapter with a settings model, under the
+    adapter's name (``settings.telegram``), and the adapters' conventional variables.
+
+    ``distribution`` keeps only the adapters of that package: ``settings_class(distribution=
+    "chatgate")`` is every option chatgate ships, the ones ``config.example.toml`` documents.
+    Raises :class:`ConfigError` when chatgate's own adapters are not registered (an install older
+    than the entry points), an adapter's name is one of the core's sections, or two read the same
+    conventional variable.
+    """
+    found = discover()
+    if not any(item.distribution == OWN_DISTRIBUTION for item in found.installed):
+        raise ConfigError(
+            "config error: chatgate's own adapters (web, telegram, slack) are not registered in this "
+            "Python environment: the installed package predates its 'chatgate.adapters' entry points; "
+            "reinstall it with scripts/setup (or pip install -e .)"
+        )
+    if distribution is None:
+        return _compose(found)
+    own = Discovery(tuple(i for i in found.installed if i.distribution == distribution), ())
+    return _compose(own)
+
+
+def _compose(found: Discovery) -> type[Settings]:
+    fields: dict[str, Any] = {}
+    env = dict(Settings.conventional_env)
+    for item in found.installed:
+        spec = item.spec
+        if spec.settings is None:
+            continue
+        if spec.name in Settings.model_fields or hasattr(Settings, spec.name):
+            raise ConfigError(f"config error: the adapter {spec.name!r} from package {item.package} is named like "
+                              f"chatgate's own [{spec.name}] section; that package must rename its entry point")
+        fields[spec.name] = (spec.settings, Field(default_factory=spec.settings))
+        for var, key in spec.environment.items():
+            if var in env:
+                raise ConfigError(f"config error: the adapter {spec.name!r} from package {item.package} reads "
+                                  f"{var}, which already sets {'.'.join(env[var])}; that package must drop it")
+            env[var] = (spec.name, key)
+    for broken in found.broken:  # its section loads unchecked; the adapter is not started
+        if broken.name not in Settings.model_fields and not hasattr(Settings, broken.name):
+            fields[broken.name] = (dict[str, Any], Field(default_factory=dict))
+    composed = create_model("Settings", __base__=Settings, __module__=__name__, **fields)
+    composed.conventional_env = env
+    return composed
+
+
+def _describe(error: dict[str, Any], settings_cls: type[Settings]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     env = "CHATGATE_" + "__".join(str(p).upper() for p in error["loc"])
     message = error["msg"]
@@ -348,14 +343,14 @@ def _describe(error: dict[str, Any]) -> str:
     value = error.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     where = f"chatgate.toml or {env}"
-    conventional = next((var for var, loc in ConventionalEnvSource.MAPPING.items()
+    conventional = next((var for var, loc in settings_cls.conventional_env.items()
                          if loc == tuple(error["loc"]) and os.environ.get(var)), None)
     if conventional:
         where = f"chatgate.toml, {env} or {conventional}"
     return f"config error: {key}: {message}{shown}; fix it in {where}"
 
 
-def _describe_env_parse_error(exc: SettingsError) -> str:
+def _describe_env_parse_error(exc: SettingsError, settings_cls: type[Settings]) -> str:
     """pydantic-settings reads list, table and section variables as JSON; name the variable
     that is not (its value is not repeated: it may be a secret)."""
     match = re.search(r'field "([^"]+)"', str(exc))
@@ -366,7 +361,7 @@ def _describe_env_parse_error(exc: SettingsError) -> str:
         if not (name == prefix or name.startswith(prefix + "__")):
             continue
         path = [part.lower() for part in name[len("CHATGATE_"):].split("__")]
-        annotation = _annotation_at(path)
+        annotation = _annotation_at(path, settings_cls)
         if annotation is None or not _is_structured(annotation):
             continue
         try:
@@ -377,8 +372,8 @@ def _describe_env_parse_error(exc: SettingsError) -> str:
     return f"config error: cannot read the environment settings for {field or 'a section'}: {exc}"
 
 
-def _annotation_at(path: list[str]) -> Any:
-    model: Any = Settings
+def _annotation_at(path: list[str], settings_cls: type[Settings]) -> Any:
+    model: Any = settings_cls
     annotation: Any = None
     for part in path:
         fields = getattr(model, "model_fields", None)
@@ -413,14 +408,14 @@ def load_settings(config_file: str | None = None, **overrides: Any) -> Settings:
         raise ConfigError(f"config error: config file {path!r} does not exist")
     if path is not None and not os.path.isfile(path):  # pydantic-settings would skip it silently
         raise ConfigError(f"config error: config file {path!r} is not a file")
-    settings_cls = Settings
+    settings_cls = base = settings_class()
     if path is not None:
-        settings_cls = type("FileSettings", (Settings,), {"model_config": {**Settings.model_config, "toml_file": path}})
+        settings_cls = type("FileSettings", (base,), {"model_config": {**base.model_config, "toml_file": path}})
     try:
         return settings_cls(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc.errors()[0])) from None
+        raise ConfigError(_describe(exc.errors()[0], base)) from None
     except SettingsError as exc:  # an environment variable that is not the JSON its option needs
-        raise ConfigError(_describe_env_parse_error(exc)) from None
+        raise ConfigError(_describe_env_parse_error(exc, base)) from None
     except (ValueError, OSError) as exc:  # TOML syntax errors arrive as ValueError subclasses
         raise ConfigError(f"config error: {path}: {exc}") from None

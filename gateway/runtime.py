@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway import plugins
 from gateway.app import App
 from gateway.approvals import ApprovalDesk
 from gateway.bus import Bus, LocalBus, RedisBus
@@ -169,7 +170,7 @@ class Gateway:
         await self.store.open()
         adapters = self._adapters
         if adapters is None:
-            adapters = importlib.import_module("adapters.registry").configured_adapters(self.settings)
+            adapters = plugins.configured_adapters(self.settings)  # the chatgate.adapters entry points
         self.adapters = list(adapters)
         for adapter in self.adapters:
             for channel_type in adapter.channel_types:
@@ -257,10 +258,7 @@ class Gateway:
         lines.append(f"database: {_redact(self.settings.database.url)}")
         lines.append(f"http: {self.public_url} (listening on {self.settings.server.host}:{self.port})")
         lines.extend(f"channel: {adapter.describe()}" for adapter in self.adapters)
-        if not any("telegram" in a.channel_types for a in self.adapters):
-            lines.append("telegram: off (set TELEGRAM_BOT_TOKEN to enable)")
-        if not any("slack" in a.channel_types for a in self.adapters):
-            lines.append("slack: off (set SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET or SLACK_APP_TOKEN)")
+        lines.extend(plugins.not_running_lines(self.settings, self.adapters))
         return lines
 
 

@@ -8,6 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from gateway.config import settings_class
+
+ShippedSettings = settings_class(distribution="chatgate")
+"""Every option chatgate ships (the core's and its own adapters' sections): what
+config.example.toml documents. Third-party adapters installed for the tests are left out."""
+
 
 async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
     """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout``.

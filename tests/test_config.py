@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from gateway.config import ConfigError, Settings, load_settings
+from gateway.config import ConfigError, load_settings
+from tests.support import ShippedSettings as Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"

@@ -413,9 +413,9 @@ async def test_a_slow_inbox_is_not_acknowledged_and_the_retry_is_handled_once(sl
 
 
 async def test_the_registry_starts_slack_from_settings(slack: FakeSlack, tmp_path) -> None:
-    from adapters.registry import configured_adapters
     from adapters.slack import SlackAdapter
     from gateway.config import ConfigError
+    from gateway.plugins import configured_adapters
     from tests.fakes.slack_api import slack_settings
 
     settings = slack_settings(tmp_path, slack)
