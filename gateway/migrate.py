@@ -87,7 +87,7 @@ async def _make_revision(url: str, message: str) -> None:
     from alembic import command
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    import gateway.store  # noqa: F401
+    import gateway.store.schema  # noqa: F401  (every table on the metadata)
 
     engine = create_async_engine(url)
 

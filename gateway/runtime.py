@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway import plugins
+from gateway import integrations, plugins
 from gateway.app import App
 from gateway.approvals import ApprovalDesk
 from gateway.bus import Bus, LocalBus, RedisBus
@@ -180,10 +180,12 @@ class Gateway:
                 self.callers.add_identifier(identify)
         await self._start_services()
         self.web_app = build_web_app(self)
-        for part in (*self.adapters, self.integrations, self.tasks, self.scheduler):
+        for part in (*self.adapters, self.tasks, self.scheduler):
             mount = getattr(part, "mount", None)
             if mount is not None:
                 mount(self.web_app)
+        if self.integrations is not None:
+            integrations.mount(self.web_app, self.integrations)
         try:
             refuse_shadowed_endpoints(self.web_app, self.app.endpoints)
         except ConfigError:

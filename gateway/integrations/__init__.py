@@ -7,13 +7,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.runtime import Gateway
+    from aiohttp import web
+
+    from gateway.integrations.service import IntegrationService, IntegrationsHost
 
 
-async def attach(runtime: Gateway) -> None:
+async def attach(runtime: IntegrationsHost | Any) -> None:
     """Set ``runtime.integrations`` to the service when any provider is configured or declared.
 
     Raises ``ConfigError`` for a bad provider, or providers without an encryption key.
@@ -38,4 +40,11 @@ async def attach(runtime: Gateway) -> None:
     runtime.integrations = IntegrationService(runtime, providers, CredentialCipher(settings.encryption_key))
 
 
-__all__ = ["attach"]
+def mount(web_app: web.Application, service: IntegrationService) -> None:
+    """Add the connect pages and the ``/integrations`` JSON API for ``service``."""
+    from gateway.integrations.routes import add_routes
+
+    add_routes(web_app, service)
+
+
+__all__ = ["attach", "mount"]

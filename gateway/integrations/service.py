@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote, urlencode
 
 from gateway.dispatch import UnknownSession
@@ -27,9 +27,25 @@ from gateway.integrations.state import ConnectState, StateRefused, StateSigner
 from gateway.types import IntegrationCredentials, UserInfo
 
 if TYPE_CHECKING:
-    from aiohttp import web
+    from gateway.app import App
+    from gateway.callers import Callers
+    from gateway.config import Settings
+    from gateway.inbound import Accepted
+    from gateway.store import Store
 
-    from gateway.runtime import Gateway
+
+class IntegrationsHost(Protocol):
+    """What the integrations service needs from the running gateway (``gateway.runtime.Gateway``)."""
+
+    settings: Settings
+    store: Store
+    app: App
+    callers: Callers
+
+    @property
+    def public_url(self) -> str: ...
+
+    async def submit(self, inbound: Inbound) -> Accepted: ...
 
 log = logging.getLogger("chatgate.integrations")
 
@@ -66,7 +82,7 @@ def credentials_from(provider: ProviderSpec, payload: dict[str, Any]) -> Integra
 
 
 class IntegrationService:
-    def __init__(self, runtime: Gateway, providers: dict[str, ProviderSpec], cipher: CredentialCipher) -> None:
+    def __init__(self, runtime: IntegrationsHost, providers: dict[str, ProviderSpec], cipher: CredentialCipher) -> None:
         self.runtime = runtime
         self.providers = providers
         self.records = IntegrationRecords(runtime.store, cipher)
@@ -355,12 +371,6 @@ class IntegrationService:
         await self.records.purge_flows(now - self.settings.state_ttl_seconds - 3600)
 
     # -- wiring ----------------------------------------------------------------------------
-
-    def mount(self, web_app: web.Application) -> None:
-        from gateway.integrations.routes import add_routes
-
-        add_routes(web_app, self)
-
 
 def already_used() -> FlowRefused:
     return FlowRefused(409, "Link already used",

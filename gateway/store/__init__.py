@@ -20,10 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-# Importing these registers their tables on SQLModel.metadata before the schema is made.
-import gateway.integrations.tables  # connected accounts
-import gateway.store.documents  # collections and the scoped KV store
-import gateway.store.task_tables  # noqa: F401  (tasks, task watchers, scheduler ticks)
+import gateway.store.schema  # noqa: F401  (every table, registered before the schema is made)
 from gateway.inbound import PlatformUser
 from gateway.store.records import FileRecord, InboundRecord, InboxEntry, MessageRecord, SessionRecord
 from gateway.store.tables import (
