@@ -88,7 +88,7 @@ class SessionDirectory:
             channel, user, title=title, metadata=metadata, chat_name=chat_name, owner_key=owner_key
         )
 
-    async def list(
+    async def list_for(
         self, *, owner_key: str | None = None, user_id: str | None = None, offset: int = 0, limit: int = 20
     ) -> tuple[list[SessionRecord], int]:
         """Newest first, with the total count."""

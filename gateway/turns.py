@@ -35,11 +35,20 @@ SESSION_DELETED = "session_deleted"  # a turn's outcome when its session went aw
 class HandlerRegistry(Protocol):
     """The ``App`` as a turn needs it: which handler runs for what."""
 
-    name: str
-    message_handlers: dict[str | None, Callable[..., Any]]
-    actions: dict[str, Callable[..., Any]]
-    session_inits: dict[str, Callable[..., Any]]
-    enter_hooks: list[Callable[..., Any]]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def message_handlers(self) -> dict[str | None, Callable[..., Any]]: ...
+
+    @property
+    def actions(self) -> dict[str, Callable[..., Any]]: ...
+
+    @property
+    def session_inits(self) -> dict[str, Callable[..., Any]]: ...
+
+    @property
+    def enter_hooks(self) -> list[Callable[..., Any]]: ...
 
 
 class TurnHost(Protocol):
