@@ -21,6 +21,7 @@ from aiohttp import web
 from gateway.app import App, call_maybe_async
 from gateway.bus import LocalBus, RedisBus
 from gateway.config import ConfigError, Settings
+from gateway.connections import GuardedAppRunner
 from gateway.dispatch import Dispatcher, UnknownSession
 from gateway.files import FileStore
 from gateway.inbound import Accepted, Inbound
@@ -238,7 +239,7 @@ class Gateway:
         for hook in self.app.boot_hooks:
             await call_maybe_async(hook)
         self._booted = True
-        self._runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False)
+        self._runner = GuardedAppRunner(self.web_app, self.settings.server, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.server.host, self.settings.server.port, reuse_address=True)
         await site.start()

@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.app import DataSpec, EndpointSpec, call_maybe_async
 from gateway.config import ConfigError
 from gateway.context import bind_http_caller, reset_current_session, set_current_session, unbind_http_caller
+from gateway.request_headers import undecodable_headers
 from gateway.types import HomeContext, RequestContext, UserInfo
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ STATUS_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     413: "too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
@@ -74,7 +76,7 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
 def build_web_app(runtime: Gateway) -> web.Application:
     settings = runtime.settings
     max_size = max(settings.server.max_request_bytes, settings.files.max_upload_bytes + 64 * 1024)
-    web_app = web.Application(middlewares=[json_errors], client_max_size=max_size)
+    web_app = web.Application(middlewares=[json_errors, undecodable_headers], client_max_size=max_size)
     web_app[RUNTIME_KEY] = runtime
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/_meta", meta)

@@ -98,6 +98,8 @@ class RestApi:
                 response = await handler(request, self._authenticate(request))
             except WebError as exc:
                 return exc.response(headers)
+            except web.HTTPException:  # aiohttp's own (a stalled body's 408): JSON in json_errors
+                raise
             except Exception:
                 log.exception("%s %s failed", request.method, request.path)
                 return errors.json_error(500, errors.INTERNAL, "the server failed; it has been logged", headers=headers)
@@ -120,7 +122,8 @@ class RestApi:
         if not key:
             raise errors.unauthorized("send your API key in the X-API-Key header")
         # Compare against every key so the time taken does not say which one nearly matched.
-        matched = [k for k in keys if hmac.compare_digest(k.encode(), key.encode())]
+        offered = key.encode("utf-8", "surrogateescape")  # bytes that are not UTF-8 cannot match
+        matched = [k for k in keys if hmac.compare_digest(k.encode(), offered)]
         if not matched:
             raise errors.unauthorized("the API key is not valid")
         return Caller(self.ctx.owner_key(matched[0]))
