@@ -136,3 +136,43 @@ async def test_an_sse_stream_finishes_from_the_store_after_an_overflow(local_gw,
     assert events[0] == "event: execution" and events[-1] == "event: done", text[-500:]
     assert '"content":"after the burst"' in text.split("event: done")[-1]
     assert len(overflow_lines(caplog)) == 1
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(90)
+async def test_the_widget_reconnects_after_4408_and_shows_the_reply_it_missed(local_gw, chromium_path):
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page()
+            sockets: list[Any] = []
+            page.on("websocket", lambda socket: sockets.append(socket))
+            await page.goto(base_url(local_gw) + "/")
+            await page.wait_for_function("() => window.chatgate && window.chatgate.client.ready")
+            await page.fill(".cg-input", f"burst {SUBSCRIBER_BUFFER + 100} 10")
+            await page.press(".cg-input", "Enter")
+            await page.wait_for_function(
+                """() => Array.from(document.querySelectorAll('.cg-row[data-role=assistant] .cg-md'))
+                      .some(node => node.innerText.trim() === 'after the burst')""",
+                timeout=30_000,
+            )
+            assert len(sockets) >= 2  # it was cut off and came back
+            await page.fill(".cg-input", "and now?")
+            await page.press(".cg-input", "Enter")
+            await page.wait_for_function(
+                """() => Array.from(document.querySelectorAll('.cg-row[data-role=assistant] .cg-md'))
+                      .some(node => node.innerText.trim() === 'echo: and now?')""",
+                timeout=15_000,
+            )
+            rows = await page.evaluate(
+                """() => Array.from(document.querySelectorAll('.cg-log > .cg-row[data-role]'))
+                      .map(row => row.dataset.role + ': ' + row.innerText.trim().split('\\n')[0])"""
+            )
+            assert rows == [  # resumed: nothing missing, nothing repeated
+                f"user: burst {SUBSCRIBER_BUFFER + 100} 10", "assistant: after the burst",
+                "user: and now?", "assistant: echo: and now?",
+            ]
+        finally:
+            await browser.close()
