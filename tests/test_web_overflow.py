@@ -16,7 +16,7 @@ import pytest
 
 import gateway
 from adapters.web.testing import base_url, running_gateway
-from gateway.bus import SUBSCRIBER_BUFFER
+from gateway.bus import SUBSCRIBER_BUFFER, LocalBus, RedisBus, SubscriberOverflow
 from tests.support import until
 
 KEY = "overflow-key"
@@ -54,6 +54,25 @@ async def gw(request, tmp_path):
 async def local_gw(tmp_path):
     async with running_gateway(make_app(), tmp_path, web={"api_keys": [KEY]}) as running:
         yield running
+
+
+@pytest.mark.parametrize("kind", ["local", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_subscriber_that_falls_behind_is_told_once(kind, request, caplog):
+    """The bus itself: frames past the buffer end the subscription with SubscriberOverflow (not
+    silently), the frames already queued are freed, and the warning is logged once."""
+    bus: Any = RedisBus(request.getfixturevalue("redis_url")) if kind == "redis" else LocalBus()
+    try:
+        async with bus.subscribe("overflow-topic") as events:
+            for index in range(SUBSCRIBER_BUFFER + 500):
+                await bus.publish("overflow-topic", {"type": "notify", "text": str(index)})
+            await until(lambda: events.overflowed, timeout=30)  # over Redis, frames arrive a bit later
+            with pytest.raises(SubscriberOverflow):
+                async for _event in events:
+                    pass
+            assert events.queue.qsize() <= 1
+    finally:
+        await bus.close()
+    assert len(overflow_lines(caplog)) == 1
 
 
 def overflow_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

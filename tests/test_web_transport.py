@@ -148,6 +148,14 @@ async def test_a_cookie_that_is_not_utf8_is_ignored_and_free_text_headers_are_cl
     assert response.json() == {"user_agent": "caf\ufffd", "cookies": {"b": "kept"}}
 
 
+async def test_the_socket_opens_despite_a_cookie_that_is_not_utf8(gw):
+    reader, writer = await connect(gw)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nCookie: other=" + BAD + b"\r\n" + WS_UPGRADE + b"\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert RawResponse(head).status == 101
+    writer.close()
+
+
 async def test_a_non_ascii_but_utf8_api_key_is_a_plain_401(gw):
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base_url(gw)}/api/v1/chat/sessions", headers={"X-API-Key": "clé"}) as response:
