@@ -86,16 +86,17 @@ def parse_error_message(exc: BaseException | None, limits: ConnectionLimits, fal
 class GuardedRequestHandler(RequestHandler):
     """aiohttp's protocol for one connection, with read timeouts, a per-IP cap and JSON errors."""
 
-    def __init__(self, manager: GuardedServer, *, limits: ConnectionLimits, peers: Counter[str], **kwargs: Any) -> None:
+    def __init__(self, manager: GuardedServer, *, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._limits = limits
-        self._peers = peers
+        self._peers = manager.peers
+        self._over_cap = manager.over_cap
         self._peer_ip: str | None = None
         self._header_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body: StreamReader | None = None
-        self._linger: asyncio.TimerHandle | None = None
         """The payload of the newest request whose head has arrived, while it may still grow."""
+        self._linger: asyncio.TimerHandle | None = None
 
     # -- the connection --------------------------------------------------------------------------
 
@@ -106,8 +107,10 @@ class GuardedRequestHandler(RequestHandler):
         cap = self._limits.max_connections_per_ip
         if cap and ip is not None:
             if self._peers[ip] >= cap:
-                log.warning("refused a connection from %s: it already has %d open (server.max_connections_per_ip)",
-                            ip, cap)
+                if ip not in self._over_cap:  # once per episode, not once per refused connection
+                    self._over_cap.add(ip)
+                    log.warning("refusing connections from %s: it holds %d open (server.max_connections_per_ip)",
+                                ip, cap)
                 self._refuse(429, "rate_limited",
                              f"too many connections from your address (at most {cap}); close some and retry",
                              {"Retry-After": str(RETRY_AFTER_SECONDS)})
@@ -122,6 +125,7 @@ class GuardedRequestHandler(RequestHandler):
             self._peers[self._peer_ip] -= 1
             if self._peers[self._peer_ip] <= 0:
                 del self._peers[self._peer_ip]
+            self._over_cap.discard(self._peer_ip)
             self._peer_ip = None
         super().connection_lost(exc)
 
@@ -174,7 +178,7 @@ class GuardedRequestHandler(RequestHandler):
         self._header_timer = None
         if self.transport is None:
             return
-        log.info("closed a connection from %s: no complete request head within %ss (server.header_timeout)",
+        log.debug("closed a connection from %s: no complete request head within %ss (server.header_timeout)",
                  self._peer_ip or "?", self._limits.header_timeout)
         self._refuse(408, "timeout",
                      f"the request head did not arrive within {self._limits.header_timeout:g} seconds")
@@ -196,7 +200,7 @@ class GuardedRequestHandler(RequestHandler):
         if self._reading_paused or self._buffer_paused:  # we stopped reading, not the client
             self._time_body()
             return
-        log.info("closing a connection from %s: its request body stalled for %ss (server.body_timeout)",
+        log.debug("closing a connection from %s: its request body stalled for %ss (server.body_timeout)",
                  self._peer_ip or "?", self._limits.body_timeout)
         self.close()  # no keep-alive, later bytes are ignored; the handler still answers
         timeout = f"the request body stalled for {self._limits.body_timeout:g} seconds"
@@ -226,14 +230,14 @@ class GuardedRequestHandler(RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         """aiohttp's answer to a request it could not parse (or a failure outside every handler),
-        as JSON. A malformed request is the client's doing: logged at INFO, without a traceback."""
+        as JSON. A malformed request is the client's doing: logged at DEBUG, without a traceback."""
         if status >= 500:
             self.log_exception("error handling a request from %s", request.remote, exc_info=exc)
             code, text = "internal_error", "internal error; the gateway log has the details"
         else:
             text = parse_error_message(exc, self._limits, message)
             code = "bad_request" if status == 400 else "error"
-            log.info("refused a malformed request from %s: %s", request.remote, message or exc)
+            log.debug("refused a malformed request from %s: %s", request.remote, message or exc)
         if request.writer.output_size > 0:
             raise ConnectionError("the response has begun; the error cannot be sent")
         response = web.json_response({"error": {"code": code, "message": text}}, status=status)
@@ -249,9 +253,12 @@ class GuardedServer(web.Server):
         super().__init__(*args, **kwargs)
         self.limits = limits
         self.peers: Counter[str] = Counter()
+        """Open connections per client address."""
+        self.over_cap: set[str] = set()
+        """Addresses refused since they last dropped below the cap (logged once)."""
 
     def __call__(self) -> RequestHandler:
-        return GuardedRequestHandler(self, loop=self._loop, limits=self.limits, peers=self.peers, **self._kwargs)
+        return GuardedRequestHandler(self, loop=self._loop, limits=self.limits, **self._kwargs)
 
 
 class GuardedAppRunner(web.AppRunner):

@@ -262,17 +262,19 @@ async def test_a_body_that_keeps_coming_is_not_cut_off(gw):
     writer.close()
 
 
-async def test_one_address_cannot_hold_more_than_its_connection_cap(tmp_path):
+async def test_one_address_cannot_hold_more_than_its_connection_cap(tmp_path, caplog):
     server = {"max_connections_per_ip": 3, "header_timeout": 30}
     async with running_gateway(make_app(), tmp_path, server=server) as gw:
         held = [await connect(gw) for _ in range(2)]
         async with aiohttp.ClientSession() as http:
             ws = await http.ws_connect(f"{base_url(gw)}/ws")  # a socket counts too: the third
-            reader, writer = await connect(gw)
-            response = RawResponse(await read_all(reader))
-            assert response.status == 429 and response.error_code() == "rate_limited"
-            assert response.headers["retry-after"] == "5"
-            writer.close()
+            for _ in range(3):
+                reader, writer = await connect(gw)
+                response = RawResponse(await read_all(reader))
+                assert response.status == 429 and response.error_code() == "rate_limited"
+                assert response.headers["retry-after"] == "5"
+                writer.close()
+            assert len([r for r in caplog.records if "refusing connections from" in r.getMessage()]) == 1
             await ws.close()
         # A connection closed frees its place.
         async def admitted() -> bool:
