@@ -228,7 +228,8 @@ async def converse(url: str, frames: list[str | bytes], session_id: str) -> list
 
 
 @given(frames=conversations)
-@settings(max_examples=FRAME_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=FRAME_EXAMPLES, deadline=None, derandomize=True, database=None,
+          suppress_health_check=list(HealthCheck))
 def test_the_socket_answers_any_frames_in_the_protocols_shape(frames: list[str | bytes], served: ThreadedGateway):
     received = asyncio.run(converse(served.url, frames, served.session_id))
     for frame in received:
