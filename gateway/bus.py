@@ -18,25 +18,53 @@ log = logging.getLogger("chatgate.bus")
 SUBSCRIBER_BUFFER = 10_000  # frames a slow subscriber may lag before it is cut off
 
 
+class SubscriberOverflow(Exception):
+    """Raised by a subscription's iterator when its reader fell ``SUBSCRIBER_BUFFER`` frames
+    behind: frames were lost, so the reader must catch up from the store (the widget reconnects
+    and resumes, REST and SSE read the stored reply) instead of going on as if nothing happened."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"the subscriber of {topic!r} fell {SUBSCRIBER_BUFFER} frames behind and was cut off")
+        self.topic = topic
+
+
 class Subscription:
-    def __init__(self) -> None:
+    def __init__(self, topic: str = "") -> None:
+        self.topic = topic
         self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(SUBSCRIBER_BUFFER)
         self.overflowed = False
 
     def put(self, event: dict[str, Any]) -> None:
+        if self.overflowed:
+            return  # already cut off: the reader catches up from the store, once
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
-            self.overflowed = True
-            log.warning("a bus subscriber fell %d frames behind and was dropped", SUBSCRIBER_BUFFER)
+            self._overflow()
+
+    def _overflow(self) -> None:
+        """Cut the subscriber off: free the frames it will never read and wake its reader, which
+        raises ``SubscriberOverflow``. Logged once per overflow, not once per dropped frame."""
+        self.overflowed = True
+        log.warning(
+            "a subscriber of %s fell %d frames behind and was cut off; it catches up from the store",
+            self.topic or "a topic", SUBSCRIBER_BUFFER,
+        )
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
 
     def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
-        while not self.overflowed:
+        while True:
+            if self.overflowed:
+                raise SubscriberOverflow(self.topic)
             event = await self.queue.get()
             if event is None:
+                if self.overflowed:
+                    raise SubscriberOverflow(self.topic)
                 return
             yield event
 
@@ -59,7 +87,7 @@ class LocalBus:
 
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
-        subscription = Subscription()
+        subscription = Subscription(topic)
         self._topics.setdefault(topic, set()).add(subscription)
         try:
             yield subscription
@@ -90,7 +118,7 @@ class RedisBus:
 
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
-        subscription = Subscription()
+        subscription = Subscription(topic)
         pubsub = self._redis.pubsub()
         await pubsub.subscribe(f"chatgate:{topic}")
 
@@ -98,6 +126,8 @@ class RedisBus:
             async for raw in pubsub.listen():
                 if raw.get("type") == "message":
                     subscription.put(json.loads(raw["data"]))
+                    if subscription.overflowed:
+                        return  # cut off: stop reading what nobody will read
 
         task = asyncio.create_task(pump())
         try:

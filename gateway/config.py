@@ -65,6 +65,17 @@ class ServerSettings(Section):
     public_url: str | None = None
     """The URL users reach the gateway at (links in Telegram/Slack, OAuth callbacks)."""
     max_request_bytes: int = Field(1 << 20, ge=1024)
+    header_timeout: float = Field(15.0, ge=0)
+    """Seconds a client has to send a request's line and headers (0: no limit); then 408, closed."""
+    body_timeout: float = Field(30.0, ge=0)
+    """Longest pause, in seconds, while a client sends a request body (0: no limit); then 408."""
+    keepalive_timeout: float = Field(75.0, ge=0)
+    """Seconds an idle kept-alive HTTP connection stays open."""
+    max_connections_per_ip: int = Field(256, ge=0)
+    """Open connections (sockets included) one client address may hold (0: no cap); more get 429.
+    Behind a reverse proxy every connection comes from the proxy: raise it, or 0 and cap there."""
+    max_header_line_bytes: int = Field(8190, ge=1024)
+    """Longest request line or header line; longer gets a JSON 400."""
 
     @field_validator("public_url")
     @classmethod
@@ -152,6 +163,24 @@ class WebSettings(Section):
     """Largest WebSocket frame accepted; larger gets a ``too_large`` error frame."""
     stream_interval: float = Field(0.05, ge=0)
     """Least seconds between two streamed frames sent to a browser or SSE client."""
+    frame_ancestors: list[str] = Field(default_factory=list)
+    """Sites that may show the full-page chat (``/``) in a frame (CSP ``frame-ancestors``), e.g.
+    ``["https://shop.example.com"]``; empty: only the gateway's own pages."""
+
+    @field_validator("frame_ancestors")
+    @classmethod
+    def _frame_sources(cls, sources: list[str]) -> list[str]:
+        for source in sources:
+            if source == "'self'":
+                continue
+            scheme, sep, host = source.partition("://")
+            if (not sep or scheme not in ("http", "https") or not host.strip("/")
+                    or any(c.isspace() or c in ";,'\"" for c in source)):
+                raise ValueError(
+                    f"{source!r} is not a frame source: use origins such as \"https://shop.example.com\" "
+                    "(\"https://*.example.com\" for subdomains) or \"'self'\""
+                )
+        return sources
 
 
 class SchedulerSettings(Section):

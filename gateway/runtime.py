@@ -26,6 +26,7 @@ from gateway.callers import Callers
 from gateway.calls import call_maybe_async
 from gateway.chats import ChatCatalog
 from gateway.config import ConfigError, Settings
+from gateway.connections import GuardedAppRunner
 from gateway.conversation import Conversation
 from gateway.dispatch import Dispatcher
 from gateway.files import FileStore
@@ -194,7 +195,7 @@ class Gateway:
         for hook in self.app.boot_hooks:
             await call_maybe_async(hook)
         self._booted = True
-        self._runner = web.AppRunner(self.web_app, access_log=None, handle_signals=False)
+        self._runner = GuardedAppRunner(self.web_app, self.settings.server, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.server.host, self.settings.server.port, reuse_address=True)
         await site.start()

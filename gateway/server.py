@@ -22,6 +22,7 @@ from gateway.calls import call_maybe_async
 from gateway.config import ConfigError, Settings
 from gateway.context import bind_http_caller, reset_current_session, set_current_session, unbind_http_caller
 from gateway.files import FileStore
+from gateway.request_headers import undecodable_headers
 from gateway.store import Store
 from gateway.types import HomeContext, IntegrationCredentials, RequestContext, UserInfo
 
@@ -52,6 +53,7 @@ STATUS_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "timeout",
     413: "too_large",
     415: "unsupported_media_type",
     429: "rate_limited",
@@ -91,7 +93,7 @@ async def json_errors(request: web.Request, handler: Callable[[web.Request], Awa
 def build_web_app(runtime: ServerHost) -> web.Application:
     settings = runtime.settings
     max_size = max(settings.server.max_request_bytes, settings.files.max_upload_bytes + 64 * 1024)
-    web_app = web.Application(middlewares=[json_errors], client_max_size=max_size)
+    web_app = web.Application(middlewares=[json_errors, undecodable_headers], client_max_size=max_size)
     web_app[RUNTIME_KEY] = runtime
     web_app.router.add_get("/healthz", healthz)
     web_app.router.add_get("/_meta", meta)

@@ -2,7 +2,9 @@
 
 Timing out an ``await anext(events)`` would cancel the bus's async generator and end the
 subscription; a pump task that copies events into a queue makes ``wait_for(queue.get())`` safe.
-``None`` in the queue means the subscription ended (the bus closed, or the reader fell behind).
+``None`` in the queue means the subscription ended (the bus closed). A reader the bus cut off
+for falling behind gets ``SubscriberOverflow`` from ``next_event``: frames were lost, so it reads
+what it needs from the store instead (``catch_up.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-EventQueue = asyncio.Queue[dict[str, Any] | None]
+from gateway.bus import SubscriberOverflow
+
+EventQueue = asyncio.Queue[dict[str, Any] | SubscriberOverflow | None]
 
 
 @contextlib.asynccontextmanager
@@ -24,6 +28,8 @@ async def subscribed(bus: Any, topic: str) -> AsyncIterator[EventQueue]:
             try:
                 async for event in events:
                     queue.put_nowait(event)
+            except SubscriberOverflow as overflow:
+                queue.put_nowait(overflow)
             finally:
                 queue.put_nowait(None)
 
@@ -37,8 +43,14 @@ async def subscribed(bus: Any, topic: str) -> AsyncIterator[EventQueue]:
 
 
 async def next_event(queue: EventQueue, timeout: float | None) -> dict[str, Any] | bool | None:
-    """The next event, ``None`` when the subscription ended, ``False`` on timeout."""
+    """The next event, ``None`` when the subscription ended, ``False`` on timeout.
+
+    Raises ``SubscriberOverflow`` when the bus cut this reader off (it fell too far behind)."""
     try:
-        return await asyncio.wait_for(queue.get(), timeout)
+        event = await asyncio.wait_for(queue.get(), timeout)
     except TimeoutError:
         return False
+    if isinstance(event, SubscriberOverflow):
+        queue.put_nowait(event)  # every later read says so too
+        raise event
+    return event

@@ -630,16 +630,22 @@ class Store:
         return {row.inbound_id: row.value for row in rows}
 
     async def fail_streams_of(self, inbox_id: str) -> int:
-        """Mark replies of an interrupted turn that were still streaming as failed (the process
-        that streamed them is gone); returns how many."""
-        statement = (
-            update(MESSAGES)
-            .where(MESSAGES.c.inbound_id == inbox_id)
-            .where(MESSAGES.c.status == "streaming")
-            .values(status="failed", updated_at=utcnow())
-        )
-        result = await self._run_write(lambda conn: conn.execute(statement))
-        return int(result.rowcount or 0)
+        """Settle the replies of an interrupted turn that were still streaming (the process that
+        streamed them is gone); returns how many.
+
+        A reply with no text yet is deleted: the turn runs again and its reply takes the place, so
+        the history keeps no empty ``failed`` message. One with text is kept as ``failed``.
+        """
+        streaming = (MESSAGES.c.inbound_id == inbox_id) & (MESSAGES.c.status == "streaming")
+        empty = streaming & (MESSAGES.c.text == "")
+        fail = update(MESSAGES).where(streaming).values(status="failed", updated_at=utcnow())
+
+        def settle(conn: Connection) -> int:
+            deleted = conn.execute(delete(MESSAGES).where(empty)).rowcount or 0
+            failed = conn.execute(fail).rowcount or 0
+            return int(deleted) + int(failed)
+
+        return int(await self._run_write(settle))
 
     async def count_attempt(self, inbox_id: str) -> int:
         """Count one more attempt at an interrupted event; returns the new count."""

@@ -29,6 +29,7 @@ from ..outbox import session_topic
 from ..subscription import subscribed
 from ..wire import JSONRefused, chat_message, chat_session, now_rfc3339, page_meta, strict_json
 from .executions import Executions
+from .openapi import OPENAPI_PATH, openapi_document
 from .paging import page_offset, pagination
 from .sse import SSEWriter
 from .sse_turn import TurnStreamer
@@ -74,6 +75,9 @@ class RestApi:
         }
         for path, methods in routes.items():
             app.router.add_route("*", PREFIX + path, self._endpoint(methods))
+        self.route_table = {path: sorted(methods) for path, methods in routes.items()}
+        """Path (under ``/api/v1``) -> methods served: what the OpenAPI description must list."""
+        app.router.add_get(PREFIX + OPENAPI_PATH, self.openapi)
         app.router.add_route("*", PREFIX + "/{tail:.*}", self._unknown_route)
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -98,6 +102,8 @@ class RestApi:
                 response = await handler(request, self._authenticate(request))
             except WebError as exc:
                 return exc.response(headers)
+            except web.HTTPException:  # aiohttp's own (a stalled body's 408): JSON in json_errors
+                raise
             except Exception:
                 log.exception("%s %s failed", request.method, request.path)
                 return errors.json_error(500, errors.INTERNAL, "the server failed; it has been logged", headers=headers)
@@ -106,6 +112,16 @@ class RestApi:
             return response
 
         return endpoint
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        """The OpenAPI 3 description of this API; public, like any API's documentation."""
+        app = self.ctx.core.app
+        agents = [name for name in app.message_handlers if name is not None]
+        if None in app.message_handlers:
+            agents = [DEFAULT_AGENT, app.name, *agents]
+        document = openapi_document(self.ctx.core.public_url + PREFIX, app.name, sorted(set(agents)))
+        headers = cors_headers(request, self.ctx.settings.web.allowed_origins)
+        return web.json_response(document, headers=headers)
 
     async def _unknown_route(self, request: web.Request) -> web.StreamResponse:
         if request.method == "OPTIONS":
@@ -120,7 +136,8 @@ class RestApi:
         if not key:
             raise errors.unauthorized("send your API key in the X-API-Key header")
         # Compare against every key so the time taken does not say which one nearly matched.
-        matched = [k for k in keys if hmac.compare_digest(k.encode(), key.encode())]
+        offered = key.encode("utf-8", "surrogateescape")  # bytes that are not UTF-8 cannot match
+        matched = [k for k in keys if hmac.compare_digest(k.encode(), offered)]
         if not matched:
             raise errors.unauthorized("the API key is not valid")
         return Caller(self.ctx.owner_key(matched[0]))

@@ -12,9 +12,12 @@ import logging
 import time
 from typing import Any
 
+from gateway.bus import SubscriberOverflow
+
 from .. import errors
 from ..context import WebContext
 from ..subscription import EventQueue, next_event
+from .catch_up import turn_outcome
 from .sse import SSEWriter
 
 log = logging.getLogger("chatgate.web.sse")
@@ -57,7 +60,11 @@ class TurnStreamer:
                 await self._writer.send("error", {"message": ERROR_MESSAGES[errors.TIMEOUT], "code": errors.TIMEOUT})
                 return
             wake = START_POLL_SECONDS if not self._started else KEEPALIVE_SECONDS
-            event = await next_event(queue, min(wake, remaining))
+            try:
+                event = await next_event(queue, min(wake, remaining))
+            except SubscriberOverflow:
+                await self._catch_up(deadline - time.monotonic())
+                return
             if event is None:
                 await self._writer.send("error", {"message": "the stream was interrupted", "code": errors.INTERNAL})
                 return
@@ -73,6 +80,19 @@ class TurnStreamer:
                 continue
             if await self._on_event(event):
                 return
+
+    async def _catch_up(self, timeout: float) -> None:
+        """The bus cut this stream off (it fell behind a burst of frames): finish it from the
+        store, where the turn's reply is, sending the text the client has not had yet."""
+        ended, error = await turn_outcome(self._ctx.core.store, self._inbound_id, timeout)
+        if not ended:
+            await self._writer.send("error", {"message": ERROR_MESSAGES[errors.TIMEOUT], "code": errors.TIMEOUT})
+            return
+        for message in await self._ctx.core.store.turn_messages(self._session_id, self._inbound_id):
+            if message.role == "assistant":
+                await self._content(message.id, message.text)
+        await self._ensure_started()
+        await self._end(error)
 
     async def _try_start(self) -> None:
         store = self._ctx.core.store

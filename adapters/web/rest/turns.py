@@ -20,11 +20,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from gateway.bus import SubscriberOverflow
 from gateway.inbound import Inbound
 
 from ..context import WebContext
 from ..outbox import session_topic
 from ..subscription import next_event, subscribed
+from .catch_up import turn_outcome
 
 log = logging.getLogger("chatgate.web.rest")
 
@@ -111,31 +113,43 @@ class RestTurns:
         deadline = time.monotonic() + limit
         ended: dict[str | None, str | None] = {}
         try:
-            async with subscribed(self._ctx.core.bus, session_topic(turn.session_id)) as queue:
-                ready.set()
-                while True:
-                    if turn.submitted.is_set() and turn.inbound_id in ended:
-                        turn.finish(ended[turn.inbound_id])
-                        return
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        log.warning("turn %s: no turn_end after %.0fs; stopped waiting", turn.inbound_id, limit)
-                        turn.finish("timeout")
-                        return
-                    # Until submit returns, poll briefly: a turn_end may already be queued for it.
-                    wake = SUBMIT_POLL_SECONDS if not turn.submitted.is_set() else remaining
-                    event = await next_event(queue, min(remaining, wake))
-                    if event is None:
-                        turn.finish("timeout")
-                        return
-                    if event and event.get("type") == "turn_end":
-                        ended[event.get("inbound_id")] = event.get("error")
+            try:
+                await self._watch_bus(turn, ready, deadline, limit, ended)
+            except SubscriberOverflow:
+                # Cut off by the bus (a burst of frames): the turn goes on, its end is in the store.
+                await turn.submitted.wait()
+                if turn.failure is None:
+                    done, error = await turn_outcome(self._ctx.core.store, turn.inbound_id, deadline - time.monotonic())
+                    turn.finish(error if done else "timeout")
         finally:
             ready.set()
             if not turn.ended.is_set() and turn.failure is None:
                 turn.finish("timeout")
             if turn.ended.is_set():
                 self._ended.append((digest, turn))
+
+    async def _watch_bus(
+        self, turn: RestTurn, ready: asyncio.Event, deadline: float, limit: float, ended: dict[str | None, str | None]
+    ) -> None:
+        async with subscribed(self._ctx.core.bus, session_topic(turn.session_id)) as queue:
+            ready.set()
+            while True:
+                if turn.submitted.is_set() and turn.inbound_id in ended:
+                    turn.finish(ended[turn.inbound_id])
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("turn %s: no turn_end after %.0fs; stopped waiting", turn.inbound_id, limit)
+                    turn.finish("timeout")
+                    return
+                # Until submit returns, poll briefly: a turn_end may already be queued for it.
+                wake = SUBMIT_POLL_SECONDS if not turn.submitted.is_set() else remaining
+                event = await next_event(queue, min(remaining, wake))
+                if event is None:
+                    turn.finish("timeout")
+                    return
+                if event and event.get("type") == "turn_end":
+                    ended[event.get("inbound_id")] = event.get("error")
 
     def _forget_old(self) -> None:
         window = self._ctx.settings.web.dedup_window

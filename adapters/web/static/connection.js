@@ -1,14 +1,16 @@
 /* chatgate widget: one WebSocket that comes back by itself.
  *
  * Reconnects with exponential backoff and jitter after any close (a server restart, a network
- * change), at once when the browser comes back online or the tab becomes visible again, and
- * never after the server refused the identity (close code 4401). What to say on a fresh
- * socket (hello, re-sending unacknowledged frames) is the caller's business: see client.js.
+ * change), at once when the browser comes back online or the tab becomes visible again or the
+ * server cut the socket off for falling behind (close code 4408: the hello that follows replays
+ * what was lost), and never after the server refused the identity (close code 4401). What to say
+ * on a fresh socket (hello, re-sending unacknowledged frames) is the caller's business: client.js.
  */
 (function (global) {
   "use strict";
 
   var CLOSE_UNAUTHORIZED = 4401; // docs/web-protocol.md: a forged or expired identity token
+  var CLOSE_FELL_BEHIND = 4408; // docs/web-protocol.md: frames were lost; reconnect now and resume
 
   /**
    * @param {object} options
@@ -115,6 +117,12 @@
       if (self.stopped) return;
       if (event.code === CLOSE_UNAUTHORIZED) {
         self._setState("unauthorized");
+        return;
+      }
+      if (event.code === CLOSE_FELL_BEHIND) {
+        // Not a failure of the network or the server: the hello that follows replays the gap.
+        self.attempt = 0;
+        self._connectNow();
         return;
       }
       self._scheduleRetry();

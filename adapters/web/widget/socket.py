@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from gateway.bus import SubscriberOverflow
 from gateway.inbound import ButtonPress, Inbound, PlatformUser
 from gateway.store.records import MessageRecord, SessionRecord
 from gateway.types import Attachment, Event, Message, SessionChannel, UserInfo
@@ -38,6 +39,9 @@ HEARTBEAT_SECONDS = 30.0
 """Ping interval: keeps proxies from closing an idle socket and finds dead peers."""
 CLOSE_UNAUTHORIZED = 4401
 """Application close code (4000-4999 are free for applications, RFC 6455 §7.4.2)."""
+CLOSE_FELL_BEHIND = 4408
+"""The socket fell ``SUBSCRIBER_BUFFER`` frames behind its session's live updates and lost some:
+the client reconnects and resumes from the store (docs/web-protocol.md)."""
 HARD_LIMIT_FACTOR = 4
 """A frame this many times over ``max_frame_bytes`` closes the socket (aiohttp, code 1009)."""
 FRAME_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -293,6 +297,10 @@ class WidgetConnection:
                         return
         except asyncio.CancelledError:
             raise
+        except SubscriberOverflow:
+            # Frames were lost: the client cannot go on from here, but it can from the store. The
+            # close code tells the widget to reconnect at once and resume (docs/web-protocol.md).
+            await self.ws.close(code=CLOSE_FELL_BEHIND, message=b"fell behind; reconnect and resume")
         except Exception:
             log.exception("socket %s: forwarding session %s failed", self.connection_id, session.id)
             await self.send(error_frame(errors.INTERNAL, "live updates stopped; send resume"))

@@ -1,0 +1,197 @@
+"""A burst of more than ``SUBSCRIBER_BUFFER`` frames (issue 13 item 3): a reader the bus cuts off
+is told so and catches up from the store instead of going silent.
+
+The widget socket is closed with 4408 and a reconnect resumes from the store; REST answers with
+the stored reply (not 504); an SSE stream finishes from the store; the log says it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+import pytest
+
+import gateway
+from adapters.web.testing import base_url, running_gateway
+from gateway.bus import SUBSCRIBER_BUFFER, LocalBus, RedisBus, SubscriberOverflow
+from tests.support import until
+
+KEY = "overflow-key"
+CLOSE_FELL_BEHIND = 4408  # docs/web-protocol.md
+OVERFLOW_LOG = "frames behind and was cut off"
+
+
+def make_app() -> gateway.App:
+    app = gateway.App("burst-bot")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        if msg.text.startswith("burst "):
+            count, size = (int(part) for part in msg.text.split()[1:3])
+            pad = "x" * size
+            for index in range(count):  # status lines: frames that are never stored
+                await session.notify(f"step {index}", detail=pad)
+            await session.reply("after the burst")
+            return
+        await session.reply("echo: " + msg.text)
+
+    return app
+
+
+@pytest.fixture(params=["local", pytest.param("redis", marks=pytest.mark.redis)])
+async def gw(request, tmp_path):
+    overrides: dict[str, Any] = {"web": {"api_keys": [KEY]}}
+    if request.param == "redis":
+        overrides["redis"] = {"url": request.getfixturevalue("redis_url")}
+    async with running_gateway(make_app(), tmp_path, **overrides) as running:
+        yield running
+
+
+@pytest.fixture
+async def local_gw(tmp_path):
+    async with running_gateway(make_app(), tmp_path, web={"api_keys": [KEY]}) as running:
+        yield running
+
+
+@pytest.mark.parametrize("kind", ["local", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_subscriber_that_falls_behind_is_told_once(kind, request, caplog):
+    """The bus itself: frames past the buffer end the subscription with SubscriberOverflow (not
+    silently), the frames already queued are freed, and the warning is logged once."""
+    bus: Any = RedisBus(request.getfixturevalue("redis_url")) if kind == "redis" else LocalBus()
+    try:
+        async with bus.subscribe("overflow-topic") as events:
+            for index in range(SUBSCRIBER_BUFFER + 500):
+                await bus.publish("overflow-topic", {"type": "notify", "text": str(index)})
+            await until(lambda: events.overflowed, timeout=30)  # over Redis, frames arrive a bit later
+            with pytest.raises(SubscriberOverflow):
+                async for _event in events:
+                    pass
+            assert events.queue.qsize() <= 1
+    finally:
+        await bus.close()
+    assert len(overflow_lines(caplog)) == 1
+
+
+def overflow_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "chatgate.bus" and OVERFLOW_LOG in r.getMessage()]
+
+
+async def receive_until(ws: aiohttp.ClientWebSocketResponse, predicate: Any, timeout: float = 10.0) -> Any:
+    async with asyncio.timeout(timeout):
+        while True:
+            raw = await ws.receive()
+            if raw.type != aiohttp.WSMsgType.TEXT:
+                return raw
+            frame = raw.json()
+            if predicate(frame):
+                return frame
+
+
+async def test_a_socket_that_falls_behind_is_closed_with_4408_and_resumes_from_the_store(gw, caplog):
+    caplog.set_level(logging.INFO)
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{base_url(gw)}/ws", max_msg_size=0)
+        await ws.send_json({"type": "hello", "id": "h1", "session_id": None, "after": None})
+        ready = await receive_until(ws, lambda f: f["type"] == "ready")
+        session_id, visitor = ready["session_id"], ready["visitor_token"]
+        # Frames big enough that an unread socket stops the server's sends (the client does not
+        # read until the burst is over) and more of them than the bus keeps for one subscriber.
+        count = SUBSCRIBER_BUFFER + 6_000
+        await ws.send_json({"type": "message", "id": "m1", "text": f"burst {count} 2000"})
+
+        async def reply_stored() -> str | None:
+            records, _ = await gw.store.list_messages(session_id, limit=10)
+            return next((r.id for r in records if r.text == "after the burst"), None)
+
+        await until(reply_stored, timeout=60)
+        assert len(overflow_lines(caplog)) == 1, "one log line per overflow, not one per dropped frame"
+
+        closed = await receive_until(ws, lambda f: False, timeout=30)
+        assert closed.type == aiohttp.WSMsgType.CLOSE, (closed, ws.exception())
+        assert closed.data == CLOSE_FELL_BEHIND  # the code in the server's close frame
+
+        # The widget's answer to 4408: reconnect and resume; the replay has the reply it missed.
+        records, _ = await gw.store.list_messages(session_id, limit=10)
+        user_message = next(r for r in records if r.role == "user")
+        again = await http.ws_connect(f"{base_url(gw)}/ws", params={"visitor": visitor})
+        await again.send_json({"type": "hello", "id": "h2", "session_id": session_id, "after": user_message.id})
+        replayed = await receive_until(again, lambda f: f["type"] == "message")
+        assert replayed["message"]["text"] == "after the burst"
+        # ...and it is live again.
+        await again.send_json({"type": "message", "id": "m2", "text": "still there?"})
+        live = await receive_until(again, lambda f: f["type"] == "message" and f["message"]["role"] == "assistant")
+        assert live["message"]["text"] == "echo: still there?"
+        await again.close()
+    assert len(overflow_lines(caplog)) == 1
+
+
+async def test_rest_send_message_answers_with_the_stored_reply_after_an_overflow(local_gw, caplog):
+    async with aiohttp.ClientSession(headers={"X-API-Key": KEY}) as http:
+        url = f"{base_url(local_gw)}/api/v1/chat/sessions"
+        async with http.post(url, json={"agent_id": "default"}) as response:
+            session = (await response.json())["data"]
+        async with http.post(f"{url}/{session['id']}/messages",
+                             json={"content": f"burst {SUBSCRIBER_BUFFER + 10} 10"}) as response:
+            assert response.status == 201, await response.text()
+            body = (await response.json())["data"]
+        assert body["assistant_message"]["content"] == "after the burst"
+        assert body["content"] == "after the burst"
+    assert len(overflow_lines(caplog)) == 1
+
+
+async def test_an_sse_stream_finishes_from_the_store_after_an_overflow(local_gw, caplog):
+    async with aiohttp.ClientSession(headers={"X-API-Key": KEY}) as http:
+        url = f"{base_url(local_gw)}/api/v1/chat/sessions"
+        async with http.post(url, json={"agent_id": "default"}) as response:
+            session = (await response.json())["data"]
+        async with http.post(f"{url}/{session['id']}/messages/stream",
+                             json={"content": f"burst {SUBSCRIBER_BUFFER + 10} 10"}) as response:
+            assert response.status == 200
+            text = (await response.read()).decode()
+    events = [block.split("\n")[0] for block in text.strip().split("\n\n") if not block.startswith(":")]
+    assert events[0] == "event: execution" and events[-1] == "event: done", text[-500:]
+    assert '"content":"after the burst"' in text.split("event: done")[-1]
+    assert len(overflow_lines(caplog)) == 1
+
+
+@pytest.mark.browser
+@pytest.mark.timeout(90)
+async def test_the_widget_reconnects_after_4408_and_shows_the_reply_it_missed(local_gw, chromium_path):
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium_path, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page()
+            sockets: list[Any] = []
+            page.on("websocket", lambda socket: sockets.append(socket))
+            await page.goto(base_url(local_gw) + "/")
+            await page.wait_for_function("() => window.chatgate && window.chatgate.client.ready")
+            await page.fill(".cg-input", f"burst {SUBSCRIBER_BUFFER + 100} 10")
+            await page.press(".cg-input", "Enter")
+            await page.wait_for_function(
+                """() => Array.from(document.querySelectorAll('.cg-row[data-role=assistant] .cg-md'))
+                      .some(node => node.innerText.trim() === 'after the burst')""",
+                timeout=30_000,
+            )
+            assert len(sockets) >= 2  # it was cut off and came back
+            await page.fill(".cg-input", "and now?")
+            await page.press(".cg-input", "Enter")
+            await page.wait_for_function(
+                """() => Array.from(document.querySelectorAll('.cg-row[data-role=assistant] .cg-md'))
+                      .some(node => node.innerText.trim() === 'echo: and now?')""",
+                timeout=15_000,
+            )
+            rows = await page.evaluate(
+                """() => Array.from(document.querySelectorAll('.cg-log > .cg-row[data-role]'))
+                      .map(row => row.dataset.role + ': ' + row.innerText.trim().split('\\n')[0])"""
+            )
+            assert rows == [  # resumed: nothing missing, nothing repeated
+                f"user: burst {SUBSCRIBER_BUFFER + 100} 10", "assistant: after the burst",
+                "user: and now?", "assistant: echo: and now?",
+            ]
+        finally:
+            await browser.close()
