@@ -133,8 +133,12 @@ class Dispatcher:
     async def _drain(self, lane: Lane) -> None:
         try:
             while lane.queue and not self._closed:
-                item = lane.queue.popleft()
+                # The item leaves the queue only once a slot is held: a session waiting for a
+                # slot is still busy, and shutdown starting meanwhile leaves it for the next start.
                 async with self._slots:
+                    if self._closed:
+                        break
+                    item = lane.queue.popleft()
                     lane.current = item
                     lane.running = asyncio.create_task(self.runner(item), name=f"chatgate-turn-{item.inbox_id}")
                     try:
