@@ -147,38 +147,6 @@ async def status_of(store: Store, inbox_id: str) -> tuple[str, str | None] | Non
 # -- intake ----------------------------------------------------------------------------------
 
 
-async def test_submit_records_the_event_and_its_user_message_before_returning(dispatcher, runner, store, session):
-    runner.hold("hello")
-    inbound = message(session, "hello")
-    accepted = await dispatcher.submit(inbound, session)
-    assert not accepted.duplicate and accepted.session_id == session.id
-    # Durable on return (the adapter acknowledges the platform now): a fresh read finds both.
-    assert await status_of(store, accepted.inbound_id) == ("pending", None)
-    stored = await store.message_for_inbound(session.id, accepted.inbound_id, role="user")
-    assert stored is not None and stored.text == "hello"
-    assert inbound.message is not None and inbound.message.id == stored.id
-    await asyncio.wait_for(runner.started("hello").wait(), 5)
-    assert runner.items[0].message_id == stored.id
-    runner.release("hello")
-    await dispatcher.wait_idle(10)
-    assert await status_of(store, accepted.inbound_id) == ("done", None)
-
-
-async def test_a_repeated_dedup_key_is_dropped(dispatcher, runner, store, session):
-    runner.hold("once")
-    first = await dispatcher.submit(message(session, "once", key="tg:1:100"), session)
-    again_while_running = await dispatcher.submit(message(session, "once", key="tg:1:100"), session)
-    runner.release("once")
-    await dispatcher.wait_idle(10)
-    again_after_done = await dispatcher.submit(message(session, "once", key="tg:1:100"), session)
-    await dispatcher.wait_idle(10)
-    assert again_while_running.duplicate and again_after_done.duplicate
-    assert again_while_running.inbound_id == again_after_done.inbound_id == first.inbound_id
-    assert runner.texts() == ["once"]
-    messages, _ = await store.list_messages(session.id, limit=10)
-    assert [m.text for m in messages] == ["once"]  # the user message is not stored twice
-
-
 async def test_concurrent_submits_of_one_key_run_once(dispatcher, runner, session):
     results = await asyncio.gather(*[dispatcher.submit(message(session, "same", key="slack:Ev1"), session)
                                      for _ in range(5)])
@@ -232,20 +200,6 @@ async def test_recover_reruns_unfinished_events_in_order_after_a_restart(databas
         await second_store.close()
 
 
-async def test_an_event_interrupted_too_often_is_given_up(store, make_dispatcher, session, caplog):
-    crasher = FakeRunner(store)
-    crasher.leave_unfinished.add("poison")  # as if the process died in every attempt
-    accepted = await make_dispatcher(store, crasher).submit(message(session, "poison"), session)
-    for _ in range(MAX_ATTEMPTS):
-        dispatcher = make_dispatcher(store, crasher)
-        await dispatcher.recover()
-        await dispatcher.wait_idle(10)
-    # Once by submit, then MAX_ATTEMPTS - 1 recoveries; the last recovery gives it up.
-    assert crasher.texts() == ["poison"] * MAX_ATTEMPTS
-    status = await status_of(store, accepted.inbound_id)
-    assert status is not None and status[0] == "failed" and f"{MAX_ATTEMPTS} times" in (status[1] or "")
-
-
 async def test_purge_forgets_finished_events_past_retention(store, runner, make_dispatcher, session):
     dispatcher = make_dispatcher(store, runner, dedup_retention=timedelta(hours=1))
     old_done = await dispatcher.submit(message(session, "old", key="k-old"), session)
@@ -273,12 +227,13 @@ async def test_purge_forgets_finished_events_past_retention(store, runner, make_
     assert runner.texts() == ["old", "recent", "old again"]
 
 
-# -- lanes, prompts, stop, shutdown (one database kind) ---------------------------------------
+# -- lanes, prompts, stop, shutdown, intake details (a SQLite file is enough) -----------------
 
 
 class TestLanes:
-    """Ordering, the bound, prompts, stop and shutdown: the database kind plays no part, so a
-    SQLite file is enough (the module's other tests run on PostgreSQL too)."""
+    """Ordering, the bound, prompts, stop, shutdown and intake details: the database kind plays
+    no part here. What PostgreSQL does its own way (a unique-key race, recovery by a second
+    process, the purge) is covered by the module-level tests, which run on both."""
 
     @pytest.fixture
     def database_url(self, sqlite_url: str) -> str:
@@ -452,3 +407,48 @@ class TestLanes:
         assert runner.texts() == ["a1"]  # b1 did not start during shutdown ...
         unfinished = {row.id for row in await store.unfinished_inbound()}
         assert waiting.inbound_id in unfinished  # ... it runs at the next start
+
+    async def test_submit_records_the_event_and_its_user_message_before_returning(
+        self, dispatcher, runner, store, session
+    ):
+        runner.hold("hello")
+        inbound = message(session, "hello")
+        accepted = await dispatcher.submit(inbound, session)
+        assert not accepted.duplicate and accepted.session_id == session.id
+        # Durable on return (the adapter acknowledges the platform now): a fresh read finds both.
+        assert await status_of(store, accepted.inbound_id) == ("pending", None)
+        stored = await store.message_for_inbound(session.id, accepted.inbound_id, role="user")
+        assert stored is not None and stored.text == "hello"
+        assert inbound.message is not None and inbound.message.id == stored.id
+        await asyncio.wait_for(runner.started("hello").wait(), 5)
+        assert runner.items[0].message_id == stored.id
+        runner.release("hello")
+        await dispatcher.wait_idle(10)
+        assert await status_of(store, accepted.inbound_id) == ("done", None)
+
+    async def test_a_repeated_dedup_key_is_dropped(self, dispatcher, runner, store, session):
+        runner.hold("once")
+        first = await dispatcher.submit(message(session, "once", key="tg:1:100"), session)
+        again_while_running = await dispatcher.submit(message(session, "once", key="tg:1:100"), session)
+        runner.release("once")
+        await dispatcher.wait_idle(10)
+        again_after_done = await dispatcher.submit(message(session, "once", key="tg:1:100"), session)
+        await dispatcher.wait_idle(10)
+        assert again_while_running.duplicate and again_after_done.duplicate
+        assert again_while_running.inbound_id == again_after_done.inbound_id == first.inbound_id
+        assert runner.texts() == ["once"]
+        messages, _ = await store.list_messages(session.id, limit=10)
+        assert [m.text for m in messages] == ["once"]  # the user message is not stored twice
+
+    async def test_an_event_interrupted_too_often_is_given_up(self, store, make_dispatcher, session, caplog):
+        crasher = FakeRunner(store)
+        crasher.leave_unfinished.add("poison")  # as if the process died in every attempt
+        accepted = await make_dispatcher(store, crasher).submit(message(session, "poison"), session)
+        for _ in range(MAX_ATTEMPTS):
+            dispatcher = make_dispatcher(store, crasher)
+            await dispatcher.recover()
+            await dispatcher.wait_idle(10)
+        # Once by submit, then MAX_ATTEMPTS - 1 recoveries; the last recovery gives it up.
+        assert crasher.texts() == ["poison"] * MAX_ATTEMPTS
+        status = await status_of(store, accepted.inbound_id)
+        assert status is not None and status[0] == "failed" and f"{MAX_ATTEMPTS} times" in (status[1] or "")

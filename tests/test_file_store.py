@@ -58,36 +58,9 @@ async def test_save_then_read_returns_the_same_bytes_and_the_record(files, store
     assert sorted(p.name for p in files.root.iterdir()) == [record.id]
 
 
-async def test_an_empty_file_and_a_file_without_session_round_trip(files):
-    record = await files.save(b"", name="empty.txt", content_type="text/plain", session_id=None)
-    assert record.size == 0 and record.session_id is None
-    assert await files.read(record.id) == b""
-
-
-async def test_concurrent_saves_keep_every_file_apart(files):
-    payloads = [f"file {n}".encode() * (n + 1) for n in range(8)]
-    records = await asyncio.gather(*[
-        files.save(data, name="same-name.txt", content_type="text/plain", session_id="s")
-        for data in payloads])
-    assert len({r.id for r in records}) == len(payloads)
-    assert [await files.read(r.id) for r in records] == payloads
-
-
 TRAVERSAL_NAMES = ["../../etc/passwd", "..", "/abs/path.txt", "a/b\\c.txt", "C:\\Windows\\x.ini", ".hidden"]
 UNICODE_NAMES = ["résumé.pdf", "e\u0301cole.txt", "写真.png", "📎 notes 🚀.md", "\u202egnp.exe", "ﬁle\u200b.txt",
                  "x" * 500]
-
-
-async def test_a_name_never_chooses_where_the_file_is_written(files, tmp_path):
-    outside = tmp_path.parent / "etc"
-    records = [await files.save(b"payload", name=name, content_type="text/plain", session_id="s")
-               for name in TRAVERSAL_NAMES]
-    # Kept as given, for display (the file route sanitises the header it puts the name in) ...
-    assert [r.name for r in records] == TRAVERSAL_NAMES
-    # ... while every file is written under its id in the root, nowhere else.
-    assert sorted(p.name for p in files.root.iterdir()) == sorted(r.id for r in records)
-    assert not outside.exists() and not (tmp_path / "etc").exists()
-    assert all(files.path(r.id).resolve().parent == files.root.resolve() for r in records)
 
 
 async def test_odd_unicode_names_round_trip(files, store):
@@ -97,19 +70,10 @@ async def test_odd_unicode_names_round_trip(files, store):
         assert found is not None and found.name == name
 
 
-async def test_a_missing_file_is_file_not_found(files):
-    with pytest.raises(FileNotFoundError):
-        await files.read("01JNOSUCHFILE0000000000000")
-    record = await files.save(b"gone soon", name="a.txt", content_type="text/plain", session_id="s")
-    files.path(record.id).unlink()  # the record outlived its file (a wiped disk)
-    with pytest.raises(FileNotFoundError):
-        await files.read(record.id)
+# -- files on disk, upload limits, signed URLs (the database plays no part: SQLite only) ------
 
 
-# -- upload limits and signed URLs (no database in play: a SQLite file is enough) -------------
-
-
-class TestLimitsAndSignatures:
+class TestFilesAndSignatures:
     @pytest.fixture
     def database_url(self, sqlite_url: str) -> str:
         return sqlite_url
@@ -231,3 +195,35 @@ class TestLimitsAndSignatures:
         assert not await asyncio.to_thread(files.root.exists)
         record = await files.save(b"x", name="x", content_type="text/plain", session_id=None)
         assert (files.root / record.id).read_bytes() == b"x"
+
+    async def test_an_empty_file_and_a_file_without_session_round_trip(self, files):
+        record = await files.save(b"", name="empty.txt", content_type="text/plain", session_id=None)
+        assert record.size == 0 and record.session_id is None
+        assert await files.read(record.id) == b""
+
+    async def test_concurrent_saves_keep_every_file_apart(self, files):
+        payloads = [f"file {n}".encode() * (n + 1) for n in range(8)]
+        records = await asyncio.gather(*[
+            files.save(data, name="same-name.txt", content_type="text/plain", session_id="s")
+            for data in payloads])
+        assert len({r.id for r in records}) == len(payloads)
+        assert [await files.read(r.id) for r in records] == payloads
+
+    async def test_a_name_never_chooses_where_the_file_is_written(self, files, tmp_path):
+        outside = tmp_path.parent / "etc"
+        records = [await files.save(b"payload", name=name, content_type="text/plain", session_id="s")
+                   for name in TRAVERSAL_NAMES]
+        # Kept as given, for display (the file route sanitises the header it puts the name in) ...
+        assert [r.name for r in records] == TRAVERSAL_NAMES
+        # ... while every file is written under its id in the root, nowhere else.
+        assert sorted(p.name for p in files.root.iterdir()) == sorted(r.id for r in records)
+        assert not outside.exists() and not (tmp_path / "etc").exists()
+        assert all(files.path(r.id).resolve().parent == files.root.resolve() for r in records)
+
+    async def test_a_missing_file_is_file_not_found(self, files):
+        with pytest.raises(FileNotFoundError):
+            await files.read("01JNOSUCHFILE0000000000000")
+        record = await files.save(b"gone soon", name="a.txt", content_type="text/plain", session_id="s")
+        files.path(record.id).unlink()  # the record outlived its file (a wiped disk)
+        with pytest.raises(FileNotFoundError):
+            await files.read(record.id)

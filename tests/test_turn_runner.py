@@ -170,23 +170,6 @@ async def inbox(running: Gateway, inbox_id: str) -> tuple[str, str | None] | Non
 # -- on every database: what the turn writes -------------------------------------------------
 
 
-async def test_replies_are_sent_stored_and_the_inbox_row_marked_done(app, running, runner, adapter, session,
-                                                                      make_item):
-    @app.message()
-    async def handle(s, msg):
-        await s.reply(f"one: {msg.text}")
-        await s.reply("two")
-
-    item = await make_item(session, "hi")
-    await runner(item)
-    assert adapter.sent.texts == [(session.id, "one: hi"), (session.id, "two")]
-    assert await stored(running, session.id) == [
-        ("user", "hi", item.inbox_id), ("assistant", "one: hi", item.inbox_id), ("assistant", "two", item.inbox_id),
-    ]
-    # Marked done before the end is announced: whoever learns of the end and asks finds it done.
-    assert adapter.sent.ended == [Ended(item.inbox_id, None, ("done", None))]
-
-
 async def test_session_data_is_saved_after_each_turn_and_after_a_failing_one(app, running, runner, session,
                                                                               make_item):
     @app.message()
@@ -362,6 +345,23 @@ class TestTurnFlow:
         assert await inbox(running, item.inbox_id) == ("failed", "user missing")
         # Whoever waits on the turn (a REST call, the widget's typing line) learns it is over.
         assert [(e.inbound_id, e.error) for e in adapter.sent.ended] == [(item.inbox_id, "handler_error")]
+
+    async def test_replies_are_sent_stored_and_the_inbox_row_marked_done(
+        self, app, running, runner, adapter, session, make_item
+    ):
+        @app.message()
+        async def handle(s, msg):
+            await s.reply(f"one: {msg.text}")
+            await s.reply("two")
+
+        item = await make_item(session, "hi")
+        await runner(item)
+        assert adapter.sent.texts == [(session.id, "one: hi"), (session.id, "two")]
+        assert await stored(running, session.id) == [
+            ("user", "hi", item.inbox_id), ("assistant", "one: hi", item.inbox_id), ("assistant", "two", item.inbox_id),
+        ]
+        # Marked done before the end is announced: whoever learns of the end and asks finds it done.
+        assert adapter.sent.ended == [Ended(item.inbox_id, None, ("done", None))]
 
 
 class TestTimeout:
