@@ -233,6 +233,19 @@ async def test_a_subscriber_stops_receiving_once_its_block_is_left(bus, topic):
     assert leaving.queue.empty()  # nothing was queued for the subscriber that left
 
 
+async def test_breaking_out_of_the_iteration_keeps_the_subscription(bus, topic):
+    """Only leaving the ``async with`` block unsubscribes: a reader that stops iterating and
+    starts again misses nothing in between."""
+    async with bus.subscribe(topic) as subscription:
+        for n in range(3):
+            await bus.publish(topic, {"n": n})
+        async for event in subscription:
+            assert event == {"n": 0}
+            break
+        await bus.publish(topic, {"n": 3})
+        assert await receive(subscription, 3) == [{"n": 1}, {"n": 2}, {"n": 3}]
+
+
 async def test_a_reader_task_cancelled_mid_iteration_unsubscribes(bus, topic):
     """How a web connection that goes away ends its subscription: its task is cancelled."""
     received: list[dict[str, Any]] = []

@@ -130,8 +130,14 @@ async def running(app, adapter, tmp_path, database_url, dispatch_settings) -> As
 
 
 @pytest.fixture
-def runner(running) -> TurnRunner:
-    return TurnRunner(running)
+def make_runner(running) -> Callable[[], TurnRunner]:
+    """Builds TurnRunners on the test gateway (one place to follow a constructor change)."""
+    return lambda: TurnRunner(running)
+
+
+@pytest.fixture
+def runner(make_runner) -> TurnRunner:
+    return make_runner()
 
 
 @pytest.fixture
@@ -362,6 +368,26 @@ class TestTurnFlow:
         ]
         # Marked done before the end is announced: whoever learns of the end and asks finds it done.
         assert adapter.sent.ended == [Ended(item.inbox_id, None, ("done", None))]
+
+
+    async def test_enter_hooks_run_on_the_first_turn_of_a_session_only(
+        self, app, runner, make_runner, adapter, session, make_item
+    ):
+        entered: list[str] = []
+
+        @app.enter()
+        async def hello(s):
+            entered.append(s.id)
+            await s.reply("welcome")
+
+        @app.message()
+        async def handle(s, msg):
+            await s.reply(msg.text)
+
+        await runner(await make_item(session, "a"))
+        await make_runner()(await make_item(session, "b"))  # another runner: a restarted process
+        assert entered == [session.id]
+        assert [t for _, t in adapter.sent.texts] == ["welcome", "a", "b"]
 
 
 class TestTimeout:
