@@ -24,6 +24,7 @@ from gateway.store.records import SessionRecord
 from gateway.types import Message, SessionChannel
 from tests.support import until
 
+WAIT = 5.0  # seconds an awaited event may take before the test fails
 USER = PlatformUser("test", "user-1")
 
 
@@ -198,6 +199,20 @@ async def test_recover_reruns_unfinished_events_in_order_after_a_restart(databas
     finally:
         await second.close()
         await second_store.close()
+
+
+async def test_recover_leaves_alone_the_events_this_process_already_has(dispatcher, runner, store, session):
+    """The gateway starts its adapters (and the HTTP server) before it recovers: an event that
+    arrived meanwhile is unfinished in the inbox, but it is this process's own, queued or running."""
+    runner.hold("running")
+    await dispatcher.submit(message(session, "running"), session)
+    await dispatcher.submit(message(session, "queued"), session)
+    await asyncio.wait_for(runner.started("running").wait(), WAIT)
+    await dispatcher.recover()
+    runner.release("running")
+    await dispatcher.wait_idle(10)
+    assert runner.texts() == ["running", "queued"]  # each once
+    assert [row.attempts for row in await store.unfinished_inbound()] == []
 
 
 async def test_purge_forgets_finished_events_past_retention(store, runner, make_dispatcher, session):
