@@ -132,8 +132,16 @@ class RedisBus:
         async def pump() -> None:
             try:
                 async for raw in pubsub.listen():
-                    if raw.get("type") == "message":
-                        subscription.put(json.loads(raw["data"]))
+                    if raw.get("type") != "message":
+                        continue
+                    try:
+                        event = json.loads(raw["data"])
+                    except ValueError:  # UnicodeDecodeError too
+                        event = None
+                    if isinstance(event, dict):
+                        subscription.put(event)
+                    else:  # not ours: someone else published on the channel
+                        log.warning("bus topic %s: skipped a message that is not a JSON object", topic)
             except Exception as exc:  # the connection dropped (redis-py does not resubscribe)
                 log.warning("bus subscription to %s lost its Redis connection: %s", topic, exc)
                 subscription.end(exc)

@@ -384,6 +384,18 @@ async def test_redis_unsubscribes_on_the_server_when_the_reader_is_cancelled(mak
 
 
 @pytest.mark.redis
+async def test_a_malformed_message_on_the_channel_is_skipped(make_bus, redis_admin, topic):
+    """Something else publishes on our channel (an older version, a person with redis-cli):
+    the subscription skips what is not a JSON object and goes on."""
+    web = make_bus("redis")
+    async with web.subscribe(topic) as subscription:
+        for junk in (b"not json", b"\xff\xfe", b"[1, 2]", b"42"):
+            await redis_admin.publish(f"chatgate:{topic}", junk)
+        await web.publish(topic, {"n": 1})
+        assert await receive(subscription, 1) == [{"n": 1}]
+
+
+@pytest.mark.redis
 async def test_a_dropped_redis_connection_ends_the_subscription_with_an_error(make_bus, proxy, topic):
     """Redis restarts (or the network drops): events published meanwhile are gone, so the reader
     must learn it (the widget then resumes from the store) rather than wait forever."""
