@@ -84,13 +84,14 @@ def sink() -> FakeSink:
 
 
 @pytest.fixture
-async def make_pump() -> AsyncIterator[Callable[[Any], StreamPump]]:
-    """Builds started pumps (one place to follow a constructor change); ends them after."""
+async def make_pump() -> AsyncIterator[Callable[..., StreamPump]]:
+    """Builds pumps, started unless told (one place to follow a constructor change); ends them after."""
     pumps: list[StreamPump] = []
 
-    def make(sink: Any) -> StreamPump:
+    def make(sink: Any, *, start: bool = True) -> StreamPump:
         pump = StreamPump(sink)
-        pump.start()
+        if start:
+            pump.start()
         pumps.append(pump)
         return pump
 
@@ -267,8 +268,8 @@ async def test_a_failing_close_reaches_the_caller(pump, sink):
         await pump.close(stopped=False)
 
 
-async def test_a_pump_never_started_still_delivers_on_close(sink):
-    pump = StreamPump(sink)
+async def test_a_pump_never_started_still_delivers_on_close(make_pump, sink):
+    pump = make_pump(sink, start=False)
     pump.push("direct")
     assert await pump.close(stopped=False) == ["ref-1"]
     assert sink.frames == [] and sink.closes == [("direct", False)]
