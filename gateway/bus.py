@@ -105,6 +105,31 @@ class LocalBus:
                     subscription.queue.put_nowait(None)
 
 
+class BusDisconnected(ConnectionError):
+    """The bus lost its connection under a subscription: events published since are lost, so
+    the reader must catch up another way (the widget resumes from the store) and subscribe again."""
+
+
+class _RedisSubscription(Subscription):
+    """A subscription whose Redis connection may drop: the reader gets :class:`BusDisconnected`
+    instead of waiting forever for events that will not come."""
+
+    def __init__(self, topic: str = "") -> None:
+        super().__init__(topic)
+        self.error: BaseException | None = None
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.error = error
+        with suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+
+    async def _iterate(self) -> AsyncIterator[dict[str, Any]]:
+        async for event in super()._iterate():
+            yield event
+        if self.error is not None:
+            raise BusDisconnected("the connection to Redis was lost; subscribe again") from self.error
+
+
 class RedisBus:
     """The bus over Redis pub/sub, for ``chatgate web`` + ``chatgate worker`` deployments."""
 
@@ -112,32 +137,61 @@ class RedisBus:
         import redis.asyncio as redis
 
         self._redis = redis.from_url(url)
+        self._live: set[_RedisSubscription] = set()
 
     async def publish(self, topic: str, event: dict[str, Any]) -> None:
         await self._redis.publish(f"chatgate:{topic}", json.dumps(event))
 
     @asynccontextmanager
     async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
-        subscription = Subscription(topic)
+        subscription = _RedisSubscription(topic)
         pubsub = self._redis.pubsub()
-        await pubsub.subscribe(f"chatgate:{topic}")
+        try:
+            await pubsub.subscribe(f"chatgate:{topic}")
+            # SUBSCRIBE is sent without reading its reply: wait for the server's confirmation, or
+            # an event published right after this returns (a fast turn's end) could be missed.
+            while (await pubsub.get_message(timeout=None) or {}).get("type") != "subscribe":
+                pass
+        except BaseException:
+            with suppress(Exception):
+                await pubsub.aclose()
+            raise
 
         async def pump() -> None:
-            async for raw in pubsub.listen():
-                if raw.get("type") == "message":
-                    subscription.put(json.loads(raw["data"]))
-                    if subscription.overflowed:
-                        return  # cut off: stop reading what nobody will read
+            try:
+                async for raw in pubsub.listen():
+                    if raw.get("type") != "message":
+                        continue
+                    try:
+                        event = json.loads(raw["data"])
+                    except ValueError:  # UnicodeDecodeError too
+                        event = None
+                    if isinstance(event, dict):
+                        subscription.put(event)
+                        if subscription.overflowed:
+                            return  # cut off: stop reading what nobody will read
+                    else:  # not ours: someone else published on the channel
+                        log.warning("bus topic %s: skipped a message that is not a JSON object", topic)
+            except Exception as exc:  # the connection dropped (redis-py does not resubscribe)
+                log.warning("bus subscription to %s lost its Redis connection: %s", topic, exc)
+                subscription.end(exc)
 
         task = asyncio.create_task(pump())
+        self._live.add(subscription)
         try:
             yield subscription
         finally:
+            self._live.discard(subscription)
             task.cancel()
             with suppress(asyncio.CancelledError, Exception):
                 await task
-            await pubsub.unsubscribe()
-            await pubsub.aclose()
+            if subscription.error is None:  # a dropped connection has nothing to unsubscribe
+                with suppress(Exception):
+                    await pubsub.unsubscribe()
+            with suppress(Exception):
+                await pubsub.aclose()
 
     async def close(self) -> None:
+        for subscription in list(self._live):  # as LocalBus: every subscription ends
+            subscription.end()
         await self._redis.aclose()

@@ -73,6 +73,8 @@ class Dispatcher:
         self._retention = dedup_retention
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
+        self._in_hand: set[str] = set()
+        """Inbox ids queued or running here: unfinished in the inbox, yet not for ``recover``."""
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -118,6 +120,7 @@ class Dispatcher:
         if lane is None:
             lane = self._lanes[item.session_id] = Lane(item.session_id)
         lane.queue.append(item)
+        self._in_hand.add(item.inbox_id)
         if lane.worker is None or lane.worker.done():
             self._idle.clear()
             lane.worker = asyncio.create_task(self._drain(lane), name=f"chatgate-lane-{item.session_id}")
@@ -132,8 +135,12 @@ class Dispatcher:
     async def _drain(self, lane: Lane) -> None:
         try:
             while lane.queue and not self._closed:
-                item = lane.queue.popleft()
+                # The item leaves the queue only once a slot is held: a session waiting for a
+                # slot is still busy, and shutdown starting meanwhile leaves it for the next start.
                 async with self._slots:
+                    if self._closed:
+                        break
+                    item = lane.queue.popleft()
                     lane.current = item
                     lane.running = asyncio.create_task(self.runner(item), name=f"chatgate-turn-{item.inbox_id}")
                     try:
@@ -148,6 +155,7 @@ class Dispatcher:
                     finally:
                         lane.running = None
                         lane.current = None
+                        self._in_hand.discard(item.inbox_id)
         finally:
             if not lane.queue and self._lanes.get(lane.session_id) is lane:
                 del self._lanes[lane.session_id]
@@ -185,8 +193,11 @@ class Dispatcher:
     # -- start-up and shutdown -----------------------------------------------------------
 
     async def recover(self) -> int:
-        """Run again every event that was recorded but not finished before a crash."""
-        rows = await self.store.unfinished_inbound()
+        """Run again every event that was recorded but not finished before a crash.
+
+        Events this dispatcher already holds are left alone: adapters start taking events
+        before recovery runs, and such an event is unfinished in the inbox too."""
+        rows = [row for row in await self.store.unfinished_inbound() if row.id not in self._in_hand]
         for row in rows:
             inbound = Inbound.from_json(row.payload)
             if inbound.kind in ("stop", "signal"):

@@ -80,4 +80,5 @@ class FileStore:
             return False
         if exp < time.time():
             return False
-        return hmac.compare_digest(self._signature(file_id, session_id, exp), signature)
+        # compare_digest raises TypeError on non-ASCII str; such a signature is simply wrong.
+        return signature.isascii() and hmac.compare_digest(self._signature(file_id, session_id, exp), signature)

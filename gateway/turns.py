@@ -91,7 +91,11 @@ class TurnRunner:
             # this turn is whoever sent the event, not whoever spoke first.
             user = item.sender or await rt.store.resolve_user(inbound.user)
         if user is None:
+            log.error("session %s has no user (deleted?): event %s is not run", record.id, item.inbox_id)
             await rt.store.set_inbox_status(item.inbox_id, "failed", "user missing")
+            outbox = rt.outbox_for(record.channel, item.session_id)
+            if outbox is not None:  # whoever waits on this turn (a REST call) learns it failed
+                await outbox.end_turn(item.inbox_id, "handler_error")
             return
         message = self._bind_attachments(inbound)
         history = self._history(recent, record.channel.type, exclude_inbound=item.inbox_id)
