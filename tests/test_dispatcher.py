@@ -487,7 +487,7 @@ class EagerAdapter:
     async def stop(self) -> None:
         return None
 
-    def outbox(self, channel: SessionChannel, session_id: str) -> None:
+    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> None:
         return None  # replies go nowhere; the test looks at what the handler saw
 
     def resolve_attachment(self, attachment: Any) -> Any:

@@ -89,7 +89,7 @@ class FakeAdapter:
     async def stop(self) -> None:
         return None
 
-    def outbox(self, channel: SessionChannel, session_id: str) -> FakeOutbox:
+    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> FakeOutbox:
         return FakeOutbox(self, session_id)
 
     def resolve_attachment(self, attachment: Attachment) -> Attachment:
@@ -207,7 +207,7 @@ async def test_a_session_deleted_while_its_handler_runs_drops_the_turn_quietly(
     item = await make_item(session, "slow")
     turn = asyncio.create_task(runner(item))
     await asyncio.sleep(0)
-    assert await running.delete_session(session.id)
+    assert await running.sessions.delete(session.id)
     deleted.set()
     with caplog.at_level(logging.INFO, logger="chatgate.turns"):
         await asyncio.wait_for(turn, WAIT)
@@ -287,7 +287,7 @@ class TestTurnFlow:
             ran.append(msg.text)
 
         item = await make_item(session, "waited in the queue")
-        await running.delete_session(session.id)
+        await running.sessions.delete(session.id)
         await runner(item)
         assert ran == []
         assert [(e.inbound_id, e.error) for e in adapter.sent.ended] == [(item.inbox_id, "session_deleted")]
