@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.collections import CollectionRef
+    from gateway.tasks.api import TaskQuery
 
 log = logging.getLogger("chatgate.app")
 
@@ -71,7 +72,8 @@ class App:
         self.exit_hooks: list[Handler] = []
         self.session_inits: dict[str, Handler] = {}
         self.schedules: list[ScheduleSpec] = []
-        self.tasks: dict[str, Any] = {}
+        self.task_descriptors: dict[str, Any] = {}
+        """The ``@app.task`` functions by name (``TaskDescriptor``); ``app.tasks`` queries tasks."""
         self.integration_specs: dict[str, Any] = {}
         self.ui_config: dict[str, Any] = {}
         """Capsule's hosted-UI settings (``theme``, ``home``, ``shell``...): kept, not used."""
@@ -79,6 +81,7 @@ class App:
         """The running Gateway (set at start); ``None`` before ``chatgate run`` starts it."""
         self._collections: Any = None
         self._kv_store: Any = None
+        self._task_query: TaskQuery | None = None
 
     @property
     def collections(self) -> Any:
@@ -214,10 +217,21 @@ class App:
         return decorator
 
     def task(self, *args: Any, **kwargs: Any) -> Any:
-        """``@app.task(retries=, timeout=, lock=, retry_for=)``; see gateway.scheduler."""
-        from gateway.tasks import task_decorator
+        """``@app.task(retries=, timeout=, lock=, retry_for=)``: the function becomes a
+        ``TaskDescriptor``, also left at ``app.<name>`` (``await app.<name>.submit(...)``)."""
+        from gateway.tasks.api import task_decorator
 
         return task_decorator(self, *args, **kwargs)
+
+    @property
+    def tasks(self) -> TaskQuery:
+        """The app's tasks, whatever their kind: ``await app.tasks.get(task_id)``, ``find``,
+        ``count``, ``cancel`` (Capsule's runtime task query)."""
+        if self._task_query is None:
+            from gateway.tasks.api import TaskQuery
+
+            self._task_query = TaskQuery(self)
+        return self._task_query
 
     async def broadcast(
         self, content: Any, *, session_ids: Any = None, channel: str | None = None, concurrency: int | None = None
@@ -251,7 +265,7 @@ class App:
     def _kv(self) -> Any:
         """One KV store per app, sharing the collections' SQLite write queue."""
         if self._kv_store is None:
-            from gateway.collections import KVStore
+            from gateway.kv import KVStore
 
             self._kv_store = KVStore(self._store, write_gate=self.collections.backend.gate)
         return self._kv_store
@@ -301,7 +315,7 @@ class App:
             "endpoints": [{"method": e.method, "path": e.path} for e in self.endpoints],
             "data_sources": sorted(self.data_sources),
             "schedules": [s.name for s in self.schedules],
-            "tasks": sorted(self.tasks),
+            "tasks": sorted(self.task_descriptors),
         }
 
 
