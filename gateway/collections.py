@@ -55,6 +55,7 @@ from gateway.query import (
     update_paths,
 )
 from gateway.store import documents
+from gateway.store import documents as _document_sql  # ``insert_many(documents=...)`` shadows the module name
 from gateway.store.documents import SessionSource, UpdateResult, WriteGate
 
 __all__ = [
@@ -175,6 +176,11 @@ class Column:
             raise ValueError(f"invalid column key {self.key!r}")
         if self.type not in VALID_COLUMN_TYPES:
             raise ValueError(f"invalid column type {self.type!r}; use one of {sorted(VALID_COLUMN_TYPES)}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | str) -> Column:
+        """A column from its dict form (``to_dict``) or a bare key (Capsule's name for ``of``)."""
+        return cls.of(d)
 
     @classmethod
     def of(cls, value: str | Column | Mapping[str, Any]) -> Column:
@@ -410,13 +416,13 @@ class _CollectionHandle:
         await self._changed()
         return self._row(stored[0])
 
-    async def insert_many(self, documents_to_insert: Sequence[Mapping[str, Any]]) -> list[CollectionRow]:
+    async def insert_many(self, documents: Sequence[Mapping[str, Any]]) -> list[CollectionRow]:
         """Insert all documents in one transaction (all or none)."""
-        if isinstance(documents_to_insert, Mapping | str | bytes):
+        if isinstance(documents, Mapping | str | bytes):
             raise ValueError("insert_many needs a list of documents")
         scope = self._scope_fields()
-        prepared = [self._document_for_insert(document, scope) for document in documents_to_insert]
-        stored = await documents.insert_documents(self._source(), self.name, prepared, gate=self._backend.gate)
+        prepared = [self._document_for_insert(document, scope) for document in documents]
+        stored = await _document_sql.insert_documents(self._source(), self.name, prepared, gate=self._backend.gate)
         if stored:
             await self._changed()
         return [self._row(document) for document in stored]
@@ -441,7 +447,7 @@ class _CollectionHandle:
         return await documents.count_documents(self._source(), self.name, scoped)
 
     async def update_one(
-        self, filter: Mapping[str, Any] | None, update: Mapping[str, Any], upsert: bool = False
+        self, filter: Mapping[str, Any] | None, update: Mapping[str, Any], *, upsert: bool = False
     ) -> dict[str, Any]:
         """Update the first match: ``{"matched", "modified"}`` (plus ``upserted_id`` after an upsert).
 
