@@ -10,10 +10,12 @@ tells them apart once per stream:
 * The first two *different* non-empty items decide. If the second strictly extends the first
   (starts with it and is longer), the stream is **cumulative**; otherwise it is **deltas**. The
   stream keeps that mode to its end.
-* An item equal to the first one, before the mode is decided, is held back: a snapshot stream
+* An item equal to the first one, before the mode is decided, is ambiguous: a snapshot stream
   repeats its text when nothing new arrived (``"You", "You", "You said"``), and a delta stream
-  repeats tokens (``"ha", "ha", "!"``). The next different item decides what the held copies
-  were; a stream that ends undecided was deltas (``"ha", "ha"`` is ``"haha"``).
+  repeats tokens (``"ha", "ha", "!"``). Until the next different item decides, the text reads
+  the repeats as deltas (so a stream of one repeated token is shown as it comes, and a stream
+  that ends on repeats was deltas: ``"ha", "ha"`` is ``"haha"``); if the next different item
+  strictly extends the first, the stream was cumulative and that item replaces the text.
 * After such repeats, a cumulative reading is provisional until the next different item: if it
   extends the text again, the stream is cumulative; if not, it was deltas from the start
   (``"ha", "ha", "hah", "a"`` is ``"hahahaha"``, the case capsule-api.md shows Capsule losing).
@@ -37,14 +39,15 @@ StreamMode = Literal["undecided", "deltas", "cumulative"]
 
 
 class StreamText:
-    """The text of one stream so far; ``add`` each item, ``finish`` at the end."""
+    """The text of one stream so far; ``add`` each item, ``finish`` at the end. ``text`` is
+    always what the stream would be if it ended now."""
 
     def __init__(self) -> None:
         self.text = ""
         self.mode: StreamMode = "undecided"
         self._first: str | None = None
         self._held = 0
-        """Copies of the first item seen again before the mode was decided (not in ``text`` yet)."""
+        """Copies of the first item seen again before the mode was decided (in ``text`` as deltas)."""
         self._as_deltas: str | None = None
         """While a cumulative reading made after held repeats is provisional: the text as deltas,
         without the item that decided (that item is ``text``)."""
@@ -74,7 +77,8 @@ class StreamText:
             return True
         if item == self._first:
             self._held += 1
-            return False
+            self.text = self._first * (1 + self._held)  # deltas, until a different item says otherwise
+            return True
         if item.startswith(self._first):
             self.mode = "cumulative"
             self.text = item
@@ -94,12 +98,9 @@ class StreamText:
             self._first = text or None
             self._held = 0
 
-    def finish(self) -> bool:
-        """The stream ended: held copies of an undecided stream were deltas. True when ``text``
-        changed."""
-        if self.mode != "undecided" or not self._held or self._first is None:
-            return False
-        self.mode = "deltas"
-        self.text = self._first * (1 + self._held)
-        self._held = 0
-        return True
+    def finish(self) -> None:
+        """The stream ended: an undecided stream with repeats was deltas (``text`` already reads
+        them so)."""
+        if self.mode == "undecided" and self._held:
+            self.mode = "deltas"
+            self._held = 0

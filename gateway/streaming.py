@@ -131,8 +131,7 @@ class ReplyStream:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if not self._closed and self._text.finish():
-            self._push()  # held repeats of the first item were deltas after all
+        self._text.finish()
         self._closed = True
         stopped = exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
         # Shielded: a stop (cancellation) must still finalise what was written.

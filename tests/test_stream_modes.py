@@ -82,12 +82,25 @@ def test_where_capsules_rule_loses_text_and_ours_does_not(items, ours, capsules)
     assert capsule_rule(items) == capsules
 
 
-def test_held_repeats_are_not_shown_until_the_mode_is_known():
+def test_repeats_before_the_mode_is_known_read_as_deltas_until_a_snapshot_says_otherwise():
     text = StreamText()
     assert text.add("ha") is True and text.text == "ha"
-    assert text.add("ha") is False and text.text == "ha"
+    assert text.add("ha") is True and text.text == "haha"  # shown at once: a repeated token never stalls
     assert text.add("") is False
-    assert text.add(" ho") is True and text.text == "haha ho"
+    assert text.add(" ho") is True and text.text == "haha ho" and text.mode == "deltas"
+    snapshots = StreamText()
+    for item in ("You", "You", "You"):
+        snapshots.add(item)
+    assert snapshots.text == "YouYouYou" and snapshots.mode == "undecided"
+    snapshots.add("You said")
+    assert snapshots.text == "You said" and snapshots.mode == "cumulative"
+
+
+def test_a_long_run_of_one_repeated_token_grows_with_every_item():
+    text = StreamText()
+    for count in range(1, 200):
+        assert text.add("more ") is True
+        assert text.text == "more " * count
 
 
 def test_replace_sets_the_whole_text_in_every_mode():
