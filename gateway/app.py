@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gateway.collections import CollectionRef
+    from gateway.tasks.api import TaskQuery
 
 log = logging.getLogger("chatgate.app")
 
@@ -57,9 +58,33 @@ class ScheduleSpec:
 class App:
     """A chat app: ``@app.message()`` handlers plus the lifecycle and HTTP hooks."""
 
-    def __init__(self, name: str = "app", **deploy_fields: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        image: Any = None,
+        channels: list[Any] | None = None,
+        keep_warm_seconds: int = 0,
+        secrets: list[str] | None = None,
+        filesystems: dict[str, Any] | None = None,
+        npm_packages: list[str] | None = None,
+        cpu: float = 0.25,
+        memory: int = 512,
+        gpu: str | None = None,
+        price: int = 0,
+        pricing_type: str = "one_time",
+    ) -> None:
         self.name = name
-        self.deploy_fields = deploy_fields
+        self.deploy_fields: dict[str, Any] = {
+            key: value
+            for key, value in {
+                "image": image, "channels": channels, "keep_warm_seconds": keep_warm_seconds, "secrets": secrets,
+                "filesystems": filesystems, "npm_packages": npm_packages, "cpu": cpu, "memory": memory, "gpu": gpu,
+                "price": price, "pricing_type": pricing_type,
+            }.items()
+            if value is not None
+        }
+        """Capsule's deploy settings (image, channels, cpu, ...): kept, not used."""
         self.message_specs: dict[str | None, MessageSpec] = {}
         self.actions: dict[str, Handler] = {}
         self.endpoints: list[EndpointSpec] = []
@@ -70,7 +95,8 @@ class App:
         self.exit_hooks: list[Handler] = []
         self.session_inits: dict[str, Handler] = {}
         self.schedules: list[ScheduleSpec] = []
-        self.tasks: dict[str, Any] = {}
+        self.task_descriptors: dict[str, Any] = {}
+        """The ``@app.task`` functions by name (``TaskDescriptor``); ``app.tasks`` queries tasks."""
         self.integration_specs: dict[str, Any] = {}
         self.ui_config: dict[str, Any] = {}
         """Capsule's hosted-UI settings (``theme``, ``home``, ``shell``...): kept, not used."""
@@ -78,6 +104,7 @@ class App:
         """The running Gateway (set at start); ``None`` before ``chatgate run`` starts it."""
         self._collections: Any = None
         self._kv_store: Any = None
+        self._task_query: TaskQuery | None = None
 
     @property
     def collections(self) -> Any:
@@ -129,7 +156,7 @@ class App:
 
         return decorator
 
-    def session(self, name_or_id: str) -> SessionRef:
+    def session(self, name: str) -> SessionRef:
         """Two uses, told apart by how the result is used:
 
         - ``@app.session("name")`` registers an initializer for UI-started named sessions
@@ -138,7 +165,7 @@ class App:
           task, with its history, ``data`` and channel: replies reach the conversation as
           standalone messages (chatgate).
         """
-        return SessionRef(self, name_or_id)
+        return SessionRef(self, name)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -212,11 +239,38 @@ class App:
 
         return decorator
 
-    def task(self, *args: Any, **kwargs: Any) -> Any:
-        """``@app.task(retries=, timeout=, lock=, retry_for=)``; see gateway.scheduler."""
-        from gateway.tasks import task_decorator
+    def task(
+        self,
+        retries: int = 0,
+        timeout: int = 0,
+        lock: str | None = None,
+        retry_for: list[type[Exception]] | None = None,
+        callback_url: str | None = None,
+        process: bool = False,
+        *,
+        backoff: tuple[float, float] | None = None,
+    ) -> Any:
+        """``@app.task(retries=, timeout=, lock=, retry_for=, callback_url=)`` (or bare
+        ``@app.task``): the function becomes a ``TaskDescriptor``, also left at ``app.<name>``
+        (``await app.<name>.submit(...)``). ``backoff=(initial, max)`` seconds between retries
+        overrides the ``[scheduler]`` settings (chatgate); ``process=True`` runs in-process."""
+        from gateway.tasks.api import task_decorator
 
-        return task_decorator(self, *args, **kwargs)
+        options: dict[str, Any] = {"retries": retries, "timeout": timeout, "lock": lock, "retry_for": retry_for,
+                                   "callback_url": callback_url, "process": process, "backoff": backoff}
+        if callable(retries) and not isinstance(retries, int):  # bare @app.task
+            return task_decorator(self, retries, **{**options, "retries": 0})
+        return task_decorator(self, **options)
+
+    @property
+    def tasks(self) -> TaskQuery:
+        """The app's tasks, whatever their kind: ``await app.tasks.get(task_id)``, ``find``,
+        ``count``, ``cancel`` (Capsule's runtime task query)."""
+        if self._task_query is None:
+            from gateway.tasks.api import TaskQuery
+
+            self._task_query = TaskQuery(self)
+        return self._task_query
 
     async def broadcast(
         self, content: Any, *, session_ids: Any = None, channel: str | None = None, concurrency: int | None = None
@@ -231,8 +285,20 @@ class App:
 
     # -- data --------------------------------------------------------------------------------
 
-    def collection(self, name: str, **options: Any) -> CollectionRef:
-        return self.collections.declare(name, **options)
+    def collection(
+        self,
+        name: str,
+        *,
+        columns: list[Any] | None = None,
+        scope: str = "app",
+        sortable: bool = False,
+        filterable: bool = False,
+        paginate: int = 0,
+    ) -> CollectionRef:
+        """Declare a collection (``columns`` are strings, ``Column``s or column dicts)."""
+        return self.collections.declare(
+            name, scope, columns, sortable=sortable, filterable=filterable, paginate=paginate
+        )
 
     @property
     def db(self) -> Any:
@@ -252,19 +318,32 @@ class App:
     def _kv(self) -> Any:
         """One KV store per app, sharing the collections' SQLite write queue."""
         if self._kv_store is None:
-            from gateway.collections import KVStore
+            from gateway.kv import KVStore
 
             self._kv_store = KVStore(self._store, write_gate=self.collections.backend.gate)
         return self._kv_store
 
     # -- integrations ----------------------------------------------------------------------
 
-    def add_integration(self, integration: Any, **options: Any) -> None:
+    def add_integration(
+        self,
+        integration_type: Any,
+        *,
+        client_id: Any = "",
+        client_secret: Any = "",
+        scopes: list[str] | None = None,
+        fields: list[str] | None = None,
+        **options: Any,
+    ) -> None:
         """Declare an integration users can connect (OAuth 2 or secret fields): a name, an
         ``Integration`` or an ``IntegrationConfig`` (``gateway.GitHub(client_id=..., ...)``).
-        ``Secret`` values are read from the environment here."""
+        ``Secret`` values are read from the environment here. Further keywords
+        (``authorize_url``, ``token_url``, ...) describe a custom OAuth provider (chatgate)."""
         from gateway.types import IntegrationConfig, integration_name, resolve_secret
 
+        integration = integration_type
+        options = {"client_id": client_id, "client_secret": client_secret, "scopes": scopes, "fields": fields,
+                   **options}
         options = {key: resolve_secret(value) for key, value in options.items()}
         if isinstance(integration, IntegrationConfig):
             integration = dataclasses.replace(
@@ -276,14 +355,57 @@ class App:
 
     # -- Capsule's hosted UI configuration: accepted and kept, not used by chatgate ----------
 
-    def theme(self, **options: Any) -> None:
-        self.ui_config["theme"] = options
+    def theme(
+        self,
+        *,
+        preset: str | None = None,
+        logo: str | None = None,
+        logo_background: str | None = None,
+        tagline: str | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        site_name: str | None = None,
+        preview_image: str | None = None,
+        favicon: str | None = None,
+        primary: str | None = None,
+        accent: str | None = None,
+        background: str | None = None,
+        foreground: str | None = None,
+        sidebar: str | None = None,
+        surface: str | None = None,
+        border: str | None = None,
+        muted: str | None = None,
+        danger: str | None = None,
+        success: str | None = None,
+        font_sans: str | None = None,
+        font_mono: str | None = None,
+        radius: str | None = None,
+    ) -> None:
+        given = {key: value for key, value in locals().items() if key != "self" and value is not None}
+        self.ui_config["theme"] = given
 
-    def home(self, **options: Any) -> None:
-        self.ui_config["home"] = options
+    def home(
+        self,
+        *,
+        title: str | None = None,
+        subtitle: str | None = None,
+        suggestions: list[Any] | tuple[Any, ...] | None = None,
+        access: str = "public",
+    ) -> None:
+        self.ui_config["home"] = {"title": title, "subtitle": subtitle, "suggestions": suggestions, "access": access}
 
-    def shell(self, **options: Any) -> None:
-        self.ui_config["shell"] = options
+    def shell(
+        self,
+        *,
+        home: str = "default",
+        show_sidebar: bool = True,
+        show_header: bool = True,
+        show_pages: bool = True,
+        show_chats: bool = True,
+        default_page: Any | None = None,
+    ) -> None:
+        self.ui_config["shell"] = {"home": home, "show_sidebar": show_sidebar, "show_header": show_header,
+                                   "show_pages": show_pages, "show_chats": show_chats, "default_page": default_page}
 
     def add_npm_packages(self, *packages: str) -> None:
         self.ui_config.setdefault("npm_packages", []).extend(packages)
@@ -302,7 +424,7 @@ class App:
             "endpoints": [{"method": e.method, "path": e.path} for e in self.endpoints],
             "data_sources": sorted(self.data_sources),
             "schedules": [s.name for s in self.schedules],
-            "tasks": sorted(self.tasks),
+            "tasks": sorted(self.task_descriptors),
         }
 
 

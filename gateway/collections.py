@@ -1,4 +1,5 @@
-"""Capsule-compatible collections (a MongoDB-like document store) and the scoped KV store.
+"""Capsule-compatible collections (a MongoDB-like document store); the scoped key-value store
+that shares their scopes is ``gateway.kv``.
 
 How the core wires it (all constructors take callables, so collections can be declared at import
 time, before the store exists):
@@ -18,11 +19,6 @@ time, before the store exists):
     * ``unscoped() -> DatabaseProxy``: ``app.db`` (``app.db.notes``, raw and unscoped).
     * ``await get(name, *, scope=None)``: ``app.collections.get``; ``for_identity(identity)``
       gives ``session.collections`` (``await session.collections.get(name, scope=None)``).
-
-``KVStore(store_getter, *, write_gate=None)``
-    ``await get(key, default=None, *, scope="app", scope_id="")``, ``set``, ``delete``: the raw
-    store. ``for_identity(identity)`` gives Capsule's ``session.get/set/delete(key, *,
-    scope="session")``; ``app_scope()`` gives ``app.get/set/delete(key)``.
 
 Every handle (``CollectionRef``, ``ScopedCollection``, ``Collection``, ``DynamicCollection``) has
 Capsule's CRUD: ``insert_one/insert_many/find/find_one/update_one(upsert=)/delete_one/delete_many/
@@ -59,6 +55,7 @@ from gateway.query import (
     update_paths,
 )
 from gateway.store import documents
+from gateway.store import documents as _document_sql  # ``insert_many(documents=...)`` shadows the module name
 from gateway.store.documents import SessionSource, UpdateResult, WriteGate
 
 __all__ = [
@@ -75,8 +72,6 @@ __all__ = [
     "DatabaseProxy",
     "DynamicCollection",
     "IdentityCollections",
-    "IdentityKV",
-    "KVStore",
     "ScopeIdentity",
     "ScopedCollection",
     "ScopedDatabase",
@@ -94,7 +89,6 @@ VALID_COLUMN_TYPES = frozenset(
     {"text", "number", "currency", "date", "link", "file", "email", "status", "tags", "boolean", "score"}
 )  # cpsl 0.3.181 db.VALID_COLUMN_TYPES
 MAX_COLLECTION_NAME = 255
-MAX_KV_KEY = 512
 
 StoreGetter = Callable[[], SessionSource | None]
 ChangeHook = Callable[[str, str], Awaitable[None] | None]
@@ -182,6 +176,11 @@ class Column:
             raise ValueError(f"invalid column key {self.key!r}")
         if self.type not in VALID_COLUMN_TYPES:
             raise ValueError(f"invalid column type {self.type!r}; use one of {sorted(VALID_COLUMN_TYPES)}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | str) -> Column:
+        """A column from its dict form (``to_dict``) or a bare key (Capsule's name for ``of``)."""
+        return cls.of(d)
 
     @classmethod
     def of(cls, value: str | Column | Mapping[str, Any]) -> Column:
@@ -417,13 +416,13 @@ class _CollectionHandle:
         await self._changed()
         return self._row(stored[0])
 
-    async def insert_many(self, documents_to_insert: Sequence[Mapping[str, Any]]) -> list[CollectionRow]:
+    async def insert_many(self, documents: Sequence[Mapping[str, Any]]) -> list[CollectionRow]:
         """Insert all documents in one transaction (all or none)."""
-        if isinstance(documents_to_insert, Mapping | str | bytes):
+        if isinstance(documents, Mapping | str | bytes):
             raise ValueError("insert_many needs a list of documents")
         scope = self._scope_fields()
-        prepared = [self._document_for_insert(document, scope) for document in documents_to_insert]
-        stored = await documents.insert_documents(self._source(), self.name, prepared, gate=self._backend.gate)
+        prepared = [self._document_for_insert(document, scope) for document in documents]
+        stored = await _document_sql.insert_documents(self._source(), self.name, prepared, gate=self._backend.gate)
         if stored:
             await self._changed()
         return [self._row(document) for document in stored]
@@ -448,7 +447,7 @@ class _CollectionHandle:
         return await documents.count_documents(self._source(), self.name, scoped)
 
     async def update_one(
-        self, filter: Mapping[str, Any] | None, update: Mapping[str, Any], upsert: bool = False
+        self, filter: Mapping[str, Any] | None, update: Mapping[str, Any], *, upsert: bool = False
     ) -> dict[str, Any]:
         """Update the first match: ``{"matched", "modified"}`` (plus ``upserted_id`` after an upsert).
 
@@ -834,92 +833,3 @@ class CollectionManager:
     async def get(self, name: str, *, scope: str | None = None) -> DynamicCollection:
         """``await app.collections.get(name, scope=None)``, for the running handler's identity."""
         return self.dynamic(name, scope=scope, identity=self.current_scope())
-
-
-# -- KV ------------------------------------------------------------------------------------------
-
-
-def _check_key(key: Any) -> str:
-    if not isinstance(key, str) or not key or len(key) > MAX_KV_KEY:
-        raise ValueError(f"a KV key must be a non-empty string of at most {MAX_KV_KEY} characters")
-    return key
-
-
-class KVStore:
-    """Scoped key-value entries: ``(scope, scope_id, key) -> JSON value``.
-
-    Unlike collections, an empty ``scope_id`` is accepted for every scope, as in Capsule, where
-    ``session.set(k, v)`` in a scheduled job (session id "") writes one shared bucket.
-    """
-
-    def __init__(self, store_getter: StoreGetter, *, write_gate: WriteGate | None = None) -> None:
-        self._backend = Backend(store_getter, None, write_gate or WriteGate())
-
-    def _source(self) -> SessionSource:
-        return self._backend.source("The KV store")
-
-    @staticmethod
-    def _where(scope: str, scope_id: str | None) -> tuple[str, str]:
-        if scope not in VALID_SCOPES:
-            raise ValueError(f"scope must be one of {VALID_SCOPES}, got {scope!r}")
-        return scope, "" if scope == "app" else str(scope_id or "")
-
-    @staticmethod
-    def scope_id_for(scope: str, identity: ScopeIdentity | None) -> str:
-        """The id an identity has in ``scope`` ("" when it has none)."""
-        if scope == "app" or identity is None:
-            return ""
-        if scope == "user":
-            return identity.user_id or ""
-        if scope == "owner":
-            return identity.owner_id or identity.user_id or ""
-        if scope == "session":
-            return identity.session_id or ""
-        raise ValueError(f"scope must be one of {VALID_SCOPES}, got {scope!r}")
-
-    async def get(self, key: str, default: Any = None, *, scope: str = "app", scope_id: str = "") -> Any:
-        """The stored value (a stored ``None`` is returned as ``None``), else ``default``."""
-        where = self._where(scope, scope_id)
-        found, value = await documents.kv_get(self._source(), *where, _check_key(key))
-        return value if found else default
-
-    async def set(self, key: str, value: Any, *, scope: str = "app", scope_id: str = "") -> None:
-        """Store ``value`` (converted to JSON types the way session data is)."""
-        where = self._where(scope, scope_id)
-        await documents.kv_set(self._source(), *where, _check_key(key), value, gate=self._backend.gate)
-
-    async def delete(self, key: str, *, scope: str = "app", scope_id: str = "") -> bool:
-        """Remove the key; True when it existed."""
-        where = self._where(scope, scope_id)
-        return await documents.kv_delete(self._source(), *where, _check_key(key), gate=self._backend.gate)
-
-    def for_identity(self, identity: ScopeIdentity | None) -> IdentityKV:
-        return IdentityKV(self, identity)
-
-    def app_scope(self) -> IdentityKV:
-        return IdentityKV(self, None, default_scope="app")
-
-
-class IdentityKV:
-    """Capsule's ``session.get/set/delete(key, *, scope="session")`` for one identity."""
-
-    def __init__(self, store: KVStore, identity: ScopeIdentity | None, *, default_scope: str = "session") -> None:
-        self._store = store
-        self._identity = identity
-        self._default_scope = default_scope
-
-    def _scope(self, scope: str | None) -> tuple[str, str]:
-        resolved = scope or self._default_scope
-        return resolved, KVStore.scope_id_for(resolved, self._identity)
-
-    async def get(self, key: str, default: Any = None, *, scope: str | None = None) -> Any:
-        resolved, scope_id = self._scope(scope)
-        return await self._store.get(key, default, scope=resolved, scope_id=scope_id)
-
-    async def set(self, key: str, value: Any, *, scope: str | None = None) -> None:
-        resolved, scope_id = self._scope(scope)
-        await self._store.set(key, value, scope=resolved, scope_id=scope_id)
-
-    async def delete(self, key: str, *, scope: str | None = None) -> None:
-        resolved, scope_id = self._scope(scope)
-        await self._store.delete(key, scope=resolved, scope_id=scope_id)

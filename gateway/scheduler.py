@@ -52,7 +52,8 @@ from gateway.context import reset_current_session, set_current_session
 from gateway.leases import Lease, process_holder_id
 from gateway.session import Session
 from gateway.store.task_tables import TaskQueries
-from gateway.tasks import TaskService, parse_duration, synthetic_session
+from gateway.tasks.api import parse_duration
+from gateway.tasks.engine import TaskService, synthetic_session
 
 if TYPE_CHECKING:
     from gateway.config import SchedulerSettings

@@ -166,7 +166,8 @@ class Session:
             self.history.append(Message(text, "app", self.channel.type, id=message_id))
 
     async def stream(self, chunks: AsyncIterable[str | None] | Iterable[str | None]) -> None:
-        """Stream every item of ``chunks`` (deltas; ``None`` items are skipped) as one reply."""
+        """Stream every item of ``chunks`` as one reply: deltas or cumulative snapshots, told
+        apart as ``ReplyStream.write`` does (``gateway.stream_text``); ``None`` items are skipped."""
         if not self._can_send:
             return
         async with self.stream_reply() as reply:
@@ -175,7 +176,8 @@ class Session:
                     reply.write(str(chunk))
 
     async def stream_reply_from(self, stream: AsyncIterable[Any] | Iterable[Any]) -> str:
-        """Stream every non-None item as one reply; returns the full text."""
+        """Stream every non-None item as one reply (deltas or cumulative snapshots, as
+        ``ReplyStream.write`` takes them); returns the full text."""
         async with self.stream_reply() as reply:
             async for chunk in _aiter(stream):
                 if chunk is not None:

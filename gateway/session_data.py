@@ -225,9 +225,13 @@ class SessionData(dict):
         self._changed.discard(key)
         self._removed.add(key)
 
-    def pop(self, key: str, *default: Any) -> Any:
+    def pop(self, *args: Any) -> Any:
+        """``dict.pop(key[, default])``, recording the removal (Capsule's signature: ``*args``)."""
+        if not args:
+            raise TypeError("pop expected at least 1 argument, got 0")
+        key = args[0]
         present = key in self
-        value = super().pop(key, *default)
+        value = super().pop(*args)
         if present:
             self._changed.discard(key)
             self._removed.add(key)

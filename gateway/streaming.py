@@ -17,6 +17,7 @@ from contextlib import suppress
 from typing import Any
 
 from gateway.outbound import MessageRef, StreamSink
+from gateway.stream_text import StreamText
 
 log = logging.getLogger("chatgate.streaming")
 
@@ -73,8 +74,10 @@ class StreamPump:
 class ReplyStream:
     """``async with session.stream_reply() as reply: reply.write(token)``.
 
-    ``write`` takes deltas: writing ``"ha"`` twice gives ``"haha"`` (Capsule's snapshot detection
-    would swallow the second one). To stream cumulative snapshots, use ``replace(text)``.
+    ``write`` takes deltas or cumulative snapshots and tells them apart once per stream (see
+    ``gateway.stream_text``): ``"You", "You said"`` gives ``"You said"``, and writing ``"ha"``
+    twice gives ``"haha"`` (Capsule's rule would swallow the second one). ``replace(text)`` sets
+    the whole text, whatever the mode.
     """
 
     def __init__(
@@ -86,30 +89,36 @@ class ReplyStream:
         self._finish = finish
         self._pump: StreamPump | None = None
         self._handle: Any = None
-        self._text = ""
+        self._text = StreamText()
         self._entered = False
         self._closed = False
 
     @property
     def text(self) -> str:
-        return self._text
+        return self._text.text
 
     def write(self, text: str) -> None:
+        """One streamed item: a delta or the whole text so far (the stream's first two different
+        items decide which)."""
         if not isinstance(text, str):
             raise TypeError(f"write() takes str, not {type(text).__name__}")
-        if not text or self._closed:
+        if self._closed:
             return
-        self._text += text
-        if self._pump is not None:
-            self._pump.push(self._text)
+        if self._text.add(text):
+            self._push()
 
     def replace(self, text: str) -> None:
         """Set the whole text so far (for sources that yield snapshots, not deltas)."""
+        if not isinstance(text, str):
+            raise TypeError(f"replace() takes str, not {type(text).__name__}")
         if self._closed:
             return
-        self._text = text
+        self._text.replace(text)
+        self._push()
+
+    def _push(self) -> None:
         if self._pump is not None:
-            self._pump.push(self._text)
+            self._pump.push(self._text.text)
 
     async def __aenter__(self) -> ReplyStream:
         if self._entered:
@@ -122,6 +131,7 @@ class ReplyStream:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self._text.finish()
         self._closed = True
         stopped = exc_type is not None and issubclass(exc_type, asyncio.CancelledError)
         # Shielded: a stop (cancellation) must still finalise what was written.
@@ -134,4 +144,4 @@ class ReplyStream:
                 refs = await self._pump.close(stopped=stopped)
             except Exception:
                 log.exception("could not deliver the final text of a streamed reply")
-        await self._finish(self._handle, self._text, stopped, refs)
+        await self._finish(self._handle, self._text.text, stopped, refs)

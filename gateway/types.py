@@ -338,6 +338,9 @@ class Secret:
     def name(self) -> str | None:
         return self._name
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"_secret_name": self._name}
+
     @property
     def value(self) -> str:
         if not self._name:

@@ -566,7 +566,7 @@ async def test_column_schemas(harness):
 
 
 async def test_deleting_a_scope_value_removes_its_documents_and_kv(harness):
-    from gateway.collections import KVStore
+    from gateway.kv import KVStore
     from gateway.store.documents import delete_scope_data
 
     harness.manager.declare("scratch", scope="session")

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlmodel import select
 
-from gateway.collections import KVStore, ScopeIdentity
+from gateway.collections import ScopeIdentity
+from gateway.kv import KVStore
 from gateway.store.documents import KVRow
 from gateway.types import UserInfo
 

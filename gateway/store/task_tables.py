@@ -113,7 +113,22 @@ class TaskQueries:
         offset: int = 0,
     ) -> list[TaskRow]:
         """Newest first."""
-        statement = select(TaskRow)
+        statement = self._matching(select(TaskRow), name, status, session_id)
+        statement = statement.order_by(col(TaskRow.id).desc()).offset(offset)
+        if limit is not None:
+            statement = statement.limit(limit)
+        async with self.store.session() as db:
+            return list((await db.exec(statement)).all())
+
+    async def count(
+        self, *, name: str | None = None, status: str | Iterable[str] | None = None, session_id: str | None = None
+    ) -> int:
+        statement = self._matching(select(func.count()).select_from(TaskRow), name, status, session_id)
+        async with self.store.session() as db:
+            return int((await db.exec(statement)).one())
+
+    @staticmethod
+    def _matching(statement: Any, name: str | None, status: str | Iterable[str] | None, session_id: str | None) -> Any:
         if name is not None:
             statement = statement.where(TaskRow.name == name)
         if status is not None:
@@ -121,11 +136,7 @@ class TaskQueries:
             statement = statement.where(col(TaskRow.status).in_(statuses))
         if session_id is not None:
             statement = statement.where(TaskRow.session_id == session_id)
-        statement = statement.order_by(col(TaskRow.id).desc()).offset(offset)
-        if limit is not None:
-            statement = statement.limit(limit)
-        async with self.store.session() as db:
-            return list((await db.exec(statement)).all())
+        return statement
 
     async def due(self, names: Iterable[str], now: datetime, limit: int) -> list[TaskRow]:
         """Claimable tasks of ``names`` whose time has come, oldest due first; those whose lock
