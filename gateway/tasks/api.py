@@ -11,19 +11,57 @@ from __future__ import annotations
 import inspect
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from gateway.app import call_maybe_async
+from gateway.calls import call_maybe_async
 from gateway.session import Session
 from gateway.store.tables import utcnow
 from gateway.store.task_tables import TaskRow, as_utc
 
-if TYPE_CHECKING:
-    from gateway.app import App
-    from gateway.tasks.engine import TaskService
+
+class TaskService(Protocol):
+    """The task engine (``gateway.tasks.engine.TaskService``) as this front uses it."""
+
+    async def submit(
+        self, descriptor: TaskDescriptor, session_id: str | None, display_name: str, kwargs: dict[str, Any], *,
+        run_at: datetime | None = None, recurrence: float | None = None,
+    ) -> TaskHandle: ...
+
+    async def handle(self, task_id: str) -> TaskHandle | None: ...
+
+    async def find(
+        self, name: str | None, status: str | Iterable[str] | None, session_id: str | None, limit: int | None,
+        offset: int, kwarg_filters: dict[str, Any],
+    ) -> list[TaskHandle]: ...
+
+    async def count(
+        self, name: str | None, status: str | Iterable[str] | None, session_id: str | None,
+        kwarg_filters: dict[str, Any],
+    ) -> int: ...
+
+    async def cancel(self, task_id: str) -> bool: ...
+
+    async def cancel_matching(
+        self, name: str | None, status: str | None, session_id: str | None, kwarg_filters: dict[str, Any]
+    ) -> int: ...
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> TaskRow: ...
+
+    def extend_deadline(self, task_id: str) -> None: ...
+
+
+class App(Protocol):
+    """The ``App`` registry as a task front needs it: its name, and the running gateway whose
+    ``tasks`` attribute is the engine (``None`` until it starts)."""
+
+    name: str
+    runtime: Any
+    task_descriptors: dict[str, TaskDescriptor]
+
+    def _store_attribute(self, fn: Any) -> None: ...
 
 log = logging.getLogger("chatgate.tasks")
 

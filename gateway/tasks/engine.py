@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import tenacity
 
@@ -38,8 +38,33 @@ from gateway.tasks.api import TaskDescriptor, TaskHandle
 from gateway.types import Block, SessionChannel, UserInfo
 
 if TYPE_CHECKING:
-    from gateway.app import App
-    from gateway.runtime import Gateway
+    from gateway.config import Settings
+    from gateway.conversation import Conversation
+    from gateway.sessions import SessionDirectory
+    from gateway.store import Store
+    from gateway.types import IntegrationCredentials
+
+
+class TaskRegistry(Protocol):
+    """The ``App`` as the engine needs it: the registered tasks by name."""
+
+    name: str
+    task_descriptors: dict[str, TaskDescriptor]
+
+
+class TaskHost(Protocol):
+    """What the task engine needs from the running gateway (``gateway.runtime.Gateway``)."""
+
+    store: Store
+    settings: Settings
+    sessions: SessionDirectory
+
+    @property
+    def app(self) -> TaskRegistry: ...
+
+    def conversation(self, session_id: str, channel: SessionChannel, *, turn: str | None = None) -> Conversation: ...
+
+    async def integrations_for(self, user: UserInfo) -> dict[str, IntegrationCredentials]: ...
 
 log = logging.getLogger("chatgate.tasks")
 
@@ -53,7 +78,7 @@ CARD_RESYNC_WAIT = 2.0  # seconds to wait for a freshly shown task card before c
 class TaskService:
     """Runs the app's tasks in this process, claiming them from the shared table."""
 
-    def __init__(self, runtime: Gateway) -> None:
+    def __init__(self, runtime: TaskHost) -> None:
         self.rt = runtime
         self.settings = runtime.settings.scheduler
         self.queries = TaskQueries(runtime.store)
@@ -73,7 +98,7 @@ class TaskService:
         self._stopping = False
 
     @property
-    def app(self) -> App:
+    def app(self) -> TaskRegistry:
         return self.rt.app
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -563,7 +588,7 @@ class TaskService:
         task.add_done_callback(self._background.discard)
 
 
-async def synthetic_session(runtime: Gateway) -> Session:
+async def synthetic_session(runtime: TaskHost) -> Session:
     """The owner session of schedules and session-less tasks (Capsule): ``id == ""``, no reply
     target (``reply`` only logs, ``show``/``notify`` do nothing, ``stream_reply`` raises), but
     ``db``, the user/owner/app key-value scopes and ``integrations`` (the owner's connected
