@@ -198,6 +198,6 @@ async def test_http_endpoints_and_hooks(capsule_app, tmp_path):
         first = await conv.send("hi")
         assert first.replies == ["Welcome! Send me anything.", "hi (webhooks so far: 1)"]
         assert (await conv.send("again")).replies == ["again (webhooks so far: 1)"]  # enter runs once
-        assert await client.gateway.delete_session(conv.session_id)
+        assert await client.gateway.sessions.delete(conv.session_id)
         assert [e["session"] for e in await app.db.events.find({"kind": "exit"})] == [conv.session_id]
     assert app.lifecycle == ["boot", "shutdown"]
