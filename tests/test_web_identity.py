@@ -133,8 +133,10 @@ async def test_anonymous_visitors_keep_their_id_and_only_see_their_sessions(gw):
     async with aiohttp.ClientSession() as http:
         ready, _ = await ask(http, gw, "hi")
         token = ready["visitor_token"]
+        assert ready["user"]["id"] is None  # stored with the first message, after ready
         again, _ = await ask(http, gw, "hi", visitor=token)
-        assert again["user"]["id"] == ready["user"]["id"]
+        third, _ = await ask(http, gw, "hi", visitor=token)
+        assert again["user"]["id"] and third["user"]["id"] == again["user"]["id"]
         # Another visitor cannot open the first one's session, nor upload into it.
         async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
             await ws.send_json({"type": "hello", "id": "h", "session_id": ready["session_id"]})
@@ -195,7 +197,7 @@ async def test_app_endpoints_know_widget_users(tmp_path):
 
     async with running_gateway(app, tmp_path, web={"identity_secret": "host-secret-of-at-least-32-bytes!!"}) as gw:
         base = f"http://127.0.0.1:{gw.port}"
-        claims = {"sub": "ada", "email": "ada@example.com", "exp": 4102444800}
+        claims = {"sub": "ada", "email": "ada@example.com", "exp": int(time.time()) + 600}
         token = jwt.encode(claims, "host-secret-of-at-least-32-bytes!!", "HS256")
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             async with http.get(f"{base}/me", params={"token": token}) as r:

@@ -246,7 +246,7 @@ def make_settings(tmp_path: Path, port: int = 0) -> Settings:
     return load_settings(
         None,
         data_dir=str(tmp_path / "data"),
-        secret_key="widget-test-secret",
+        secret_key="widget-test-secret-of-at-least-32-bytes",
         server={"host": "127.0.0.1", "port": port},
         database={"url": f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}"},
         files={"dir": str(tmp_path / "files"), "max_upload_bytes": 1_000_000, "accepted_types": ["text/*", "image/*"]},
