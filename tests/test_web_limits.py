@@ -278,3 +278,18 @@ async def test_an_upload_before_the_first_message_stores_the_session_for_its_own
         made_up = "01" + "Z" * 24
         assert (await post_file(http, gw, visitor, made_up, b"x"))[0] == 404
         assert count_rows(tmp_path) == {"users": 1, "identities": 1, "sessions": 1}
+
+
+def test_reserved_ids_name_their_owner_and_handler_and_never_repeat():
+    from adapters.web.reservations import SessionReservations
+
+    reservations = SessionReservations("k" * 32)
+    ids = {reservations.reserve("anon-1", "support").session_id for _ in range(1000)}
+    assert len(ids) == 1000  # many in one millisecond still differ
+    one = next(iter(ids))
+    found = reservations.find(one, "anon-1", [None, "support"])
+    assert found is not None and found.handler == "support"
+    assert reservations.find(one, "anon-2", [None, "support"]) is None
+    assert reservations.find(one, "anon-1", [None]) is None
+    assert SessionReservations("another-key-" + "k" * 32).find(one, "anon-1", ["support"]) is None
+    assert reservations.find("not-a-ulid", "anon-1", [None]) is None

@@ -1408,3 +1408,29 @@ async def test_a_page_on_another_origin_of_the_same_site_cannot_take_over_the_vi
     await victim.wait_for_selector(".cg-chat[data-connection=open]")
     await wait_rows(victim, 2)
     assert (await conversation(victim))[0] == ("user", "my private question")
+
+
+async def test_messages_past_the_rate_limit_wait_and_go_out_by_themselves(tmp_path: Path, open_page) -> None:
+    """A `rate_limited` frame keeps the message queued; the widget sends it after retry_after."""
+    settings = make_settings(tmp_path)
+    settings.web.limits.messages_per_visitor = "2 per 2 second"
+    gw = Gateway(build_app(), settings)
+    await gw.start()
+    try:
+        page = await open_page(gw.public_url + "/")
+        await page.evaluate(
+            """() => {
+                const client = window.chatgate.client;
+                window.__limited = 0;
+                client.on('notify', n => { if (n && /paused/.test(n.text)) window.__limited++; });
+                for (const word of ['one', 'two', 'three']) client.sendMessage(word);
+            }"""
+        )
+        for word in ("one", "two", "three"):
+            await wait_reply(page, f"Echo: {word}")
+        assert await page.evaluate("window.__limited") >= 1  # the third was refused once, then sent
+        assert await page.locator(".cg-row[data-status=failed]").count() == 0
+        users = [text for role, text in await conversation(page) if role == "user"]
+        assert sorted(users) == ["one", "three", "two"]
+    finally:
+        await gw.stop()
