@@ -293,3 +293,15 @@ def test_reserved_ids_name_their_owner_and_handler_and_never_repeat():
     assert reservations.find(one, "anon-1", [None]) is None
     assert SessionReservations("another-key-" + "k" * 32).find(one, "anon-1", ["support"]) is None
     assert reservations.find("not-a-ulid", "anon-1", [None]) is None
+
+
+async def test_the_documented_defaults_hold_a_visitor_to_30_messages_a_minute(tmp_path):
+    from gateway.config import WebLimits
+
+    defaults = WebLimits().model_dump()
+    assert defaults["messages_per_visitor"] == "30/minute"
+    async with running_gateway(make_app(), tmp_path, web={"limits": defaults}) as gw, aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            await hello(ws)
+            answers = [(await answer(ws, f"m{n}", f"message {n}"))["type"] for n in range(31)]
+        assert answers == ["ack"] * 30 + ["error"]
