@@ -305,3 +305,18 @@ async def test_the_documented_defaults_hold_a_visitor_to_30_messages_a_minute(tm
             await hello(ws)
             answers = [(await answer(ws, f"m{n}", f"message {n}"))["type"] for n in range(31)]
         assert answers == ["ack"] * 30 + ["error"]
+
+
+async def test_a_visitor_refused_a_new_session_leaves_no_row(tmp_path):
+    limits = {"new_sessions_per_ip": "1/hour"}
+    async with running_gateway(make_app(), tmp_path, web={"limits": limits}) as gw, aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            await hello(ws)
+            assert (await answer(ws, "a", "first"))["type"] == "ack"
+            await turn(ws)
+        for n in range(3):  # fresh visitors from the same address
+            async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+                await hello(ws)
+                refused = await answer(ws, f"b{n}", "me too")
+                assert refused["code"] == "rate_limited" and "new_sessions_per_ip" in refused["message"]
+        assert count_rows(tmp_path) == {"users": 1, "identities": 1, "sessions": 1}

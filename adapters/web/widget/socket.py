@@ -213,9 +213,7 @@ class WidgetConnection:
         if self.session is not None:
             return self.session
         assert self.reserved is not None
-        if self.user is None:
-            self.user = await self.ctx.user_of(self.identity)
-        self.session = await store_reserved(self.ctx, self.reserved, self.user, ip=self.ip, visitor=self.identity.key)
+        self.session, self.user = await store_reserved(self.ctx, self.reserved, self.identity, self.user, ip=self.ip)
         self.reserved = None
         return self.session
 

@@ -141,8 +141,7 @@ async def _session_for_upload(ctx: WebContext, identity: WebIdentity, session_id
     reservation = ctx.reservations.find(session_id, identity.key, ctx.core.app.message_handlers)
     if reservation is None:
         raise errors.not_found()
-    user = user or await ctx.user_of(identity)
-    await store_reserved(ctx, reservation, user, ip=ip, visitor=identity.key)
+    await store_reserved(ctx, reservation, identity, user, ip=ip)
 
 
 def clean_filename(raw: str | None) -> str:
