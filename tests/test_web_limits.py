@@ -320,3 +320,13 @@ async def test_a_visitor_refused_a_new_session_leaves_no_row(tmp_path):
                 refused = await answer(ws, f"b{n}", "me too")
                 assert refused["code"] == "rate_limited" and "new_sessions_per_ip" in refused["message"]
         assert count_rows(tmp_path) == {"users": 1, "identities": 1, "sessions": 1}
+
+
+async def test_an_upload_to_a_session_id_that_is_no_id_is_not_found_on_postgresql(tmp_path, postgres_url):
+    async with running_gateway(make_app(), tmp_path, database={"url": postgres_url}) as gw:
+        async with aiohttp.ClientSession() as http:
+            visitor, session_id = await new_visitor(http, gw)
+            assert (await post_file(http, gw, visitor, session_id, b"stored"))[0] == 201  # now the visitor exists
+            for bad in ("a\x00b", "x" * 200, "../" + session_id):
+                status, _, body = await post_file(http, gw, visitor, bad, b"x")
+                assert status == 404 and body["error"]["code"] == "not_found", bad

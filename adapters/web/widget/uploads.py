@@ -24,7 +24,7 @@ from gateway.files import FileRejected
 from gateway.types import Attachment
 
 from .. import errors
-from ..context import WebContext, too_many_requests
+from ..context import ID_PATTERN, WebContext, too_many_requests
 from ..cors import cors_headers
 from ..errors import WebError, bad_request
 from ..identity import WebIdentity
@@ -133,6 +133,8 @@ async def _upload(
 async def _session_for_upload(ctx: WebContext, identity: WebIdentity, session_id: str, ip: str) -> None:
     """The caller's widget session ``session_id``; a session the caller's socket reserved but
     has not stored yet (a file attached before the first message) is stored now."""
+    if not ID_PATTERN.match(session_id):  # not an id: never worth a query (a NUL breaks PostgreSQL's)
+        raise errors.not_found()
     store = ctx.core.store
     user = await ctx.known_user(identity)
     if user is not None and await store.get_session(session_id) is not None:
