@@ -330,3 +330,18 @@ async def test_an_upload_to_a_session_id_that_is_no_id_is_not_found_on_postgresq
             for bad in ("a\x00b", "x" * 200, "../" + session_id):
                 status, _, body = await post_file(http, gw, visitor, bad, b"x")
                 assert status == 404 and body["error"]["code"] == "not_found", bad
+
+
+async def test_frames_that_need_a_stored_session_store_nothing(tmp_path):
+    async with running_gateway(make_app(), tmp_path) as gw, aiohttp.ClientSession() as http:
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            await hello(ws)
+            for frame in (
+                {"type": "button", "id": "b", "block_id": "x", "value": "0"},
+                {"type": "upload_done", "id": "u", "block_id": "x", "file_id": "01ABC"},
+                {"type": "stop", "id": "s"},
+            ):
+                await ws.send_json(frame)
+                answer_frame = await ws.receive_json(timeout=5)
+                assert answer_frame["code"] == "not_found" and answer_frame["id"] == frame["id"]
+        assert count_rows(tmp_path) == {"users": 0, "identities": 0, "sessions": 0}

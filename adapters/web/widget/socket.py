@@ -239,7 +239,8 @@ class WidgetConnection:
     async def _button(self, frame: dict[str, Any]) -> None:
         block_id = _required_str(frame, "block_id")
         value = _required_str(frame, "value")
-        await self._stored_session()
+        if self.session is None:  # nothing stored showed a button
+            raise errors.not_found("no such block in this session")
         await self._submit(frame, self._inbound("button", frame, button=ButtonPress(block_id, value)))
 
     async def _action(self, frame: dict[str, Any]) -> None:
