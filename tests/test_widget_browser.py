@@ -1434,3 +1434,25 @@ async def test_messages_past_the_rate_limit_wait_and_go_out_by_themselves(tmp_pa
         assert sorted(users) == ["one", "three", "two"]
     finally:
         await gw.stop()
+
+
+async def test_a_file_attached_before_the_first_message_starts_the_conversation(
+    running_gateway: Gateway, open_page
+) -> None:
+    """A new conversation is stored on first use: here the upload, before any words."""
+    page = await open_page(running_gateway.public_url + "/")
+    session_id = await page.evaluate("window.chatgate.client.sessionId")
+    assert await running_gateway.store.get_session(session_id) is None  # said hello, stored nothing
+    await page.locator(".cg-composer input[type=file]").set_input_files(
+        {"name": "first.txt", "mimeType": "text/plain", "buffer": b"attached first"}
+    )
+    await page.wait_for_function(
+        "() => (document.querySelector('.cg-pending-file') || {innerText: ''}).innerText.includes(' B')"
+    )
+    assert await running_gateway.store.get_session(session_id) is not None
+    await send(page, "then words")
+    await wait_reply(page, "Echo: then words [first.txt: 14 bytes]")
+    await page.reload()
+    await page.wait_for_selector(".cg-chat[data-connection=open]")
+    await wait_rows(page, 2)
+    assert await page.evaluate("window.chatgate.client.sessionId") == session_id
