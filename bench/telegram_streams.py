@@ -178,7 +178,7 @@ async def run(args: argparse.Namespace) -> int:
             settings = load_settings(
                 None,
                 data_dir=tmp,
-                secret_key="bench",
+                secret_key="bench-secret-key-of-at-least-32-bytes",
                 server={"host": "127.0.0.1", "port": 0},
                 database={"url": f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"},
                 files={"dir": str(Path(tmp) / "files")},

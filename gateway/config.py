@@ -34,6 +34,10 @@ from pydantic_settings import (
 from gateway.plugins import OWN_DISTRIBUTION, Discovery, discover
 
 DEFAULT_CONFIG_FILE = "chatgate.toml"
+MIN_SECRET_KEY_BYTES = 32
+"""HMAC keys shorter than the hash's output weaken it (RFC 2104 §3); SHA-256 gives 32 bytes."""
+SECRET_OPTIONS = ("secret", "key", "token", "password")
+"""Options whose values an error message never repeats."""
 
 
 class ConfigError(Exception):
@@ -146,6 +150,60 @@ class FileSettings(Section):
     url_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
 
 
+RATE_EXAMPLE = "30/minute"
+
+
+def _rate(value: str) -> str:
+    """A rate in the `limits` library's notation ("30/minute", "10 per hour", "1000/day");
+    "" turns the limit off."""
+    value = value.strip()
+    if not value:
+        return ""
+    from limits import parse  # imported here: the core's settings stay light to load
+
+    try:
+        parse(value)
+    except ValueError:
+        raise ValueError(f'use a rate such as "{RATE_EXAMPLE}" or "100/hour" (or "" for no limit)') from None
+    return value
+
+
+class WebLimits(Section):
+    """What one client IP and one widget identity (a visitor or a host-site user) may use.
+
+    Rates are moving windows ("30/minute"); counts are how many at once; 0 or "" turns one off.
+    Exceeding one answers HTTP 429 with ``Retry-After`` or a ``rate_limited`` error frame.
+    """
+
+    sockets_per_ip: int = Field(40, ge=0)
+    """Widget sockets open at once from one IP (offices and phone carriers share IPs)."""
+    sockets_per_visitor: int = Field(8, ge=0)
+    """Widget sockets open at once for one visitor (one per tab)."""
+    new_sessions_per_ip: str = "60/hour"
+    new_sessions_per_visitor: str = "20/hour"
+    messages_per_ip: str = "120/minute"
+    """Message, button and action frames from one IP."""
+    messages_per_visitor: str = "30/minute"
+    upload_bytes_per_ip: str = "500000000/hour"
+    """Bytes of uploaded files from one IP (a moving window, counted as they arrive)."""
+    upload_bytes_per_visitor: str = "200000000/hour"
+    uploads_per_ip: int = Field(6, ge=0)
+    """Uploads in progress at once from one IP."""
+    uploads_per_visitor: int = Field(3, ge=0)
+
+    @field_validator(
+        "new_sessions_per_ip",
+        "new_sessions_per_visitor",
+        "messages_per_ip",
+        "messages_per_visitor",
+        "upload_bytes_per_ip",
+        "upload_bytes_per_visitor",
+    )
+    @classmethod
+    def _valid_rate(cls, value: str) -> str:
+        return _rate(value)
+
+
 class WebSettings(Section):
     enabled: bool = True
     api_keys: list[str] = Field(default_factory=list)
@@ -166,6 +224,18 @@ class WebSettings(Section):
     frame_ancestors: list[str] = Field(default_factory=list)
     """Sites that may show the full-page chat (``/``) in a frame (CSP ``frame-ancestors``), e.g.
     ``["https://shop.example.com"]``; empty: only the gateway's own pages."""
+    visitor_ttl_seconds: int = Field(30 * 24 * 3600, ge=3600)
+    """How long an anonymous visitor token (cookie or ``?visitor=``) stays valid unused; a token
+    in use is renewed (re-issued) once it is older than a tenth of this."""
+    legacy_visitor_tokens: bool = True
+    """Accept visitor tokens issued before they carried a time (chatgate before expiring tokens),
+    replacing each with an expiring one on first use. Turn off once visitors have come back."""
+    identity_token_max_lifetime: int = Field(24 * 3600, ge=60)
+    """Seconds ahead a host identity token's ``exp`` may lie; a token valid for longer is refused."""
+    client_ip_header: str | None = None
+    """Header a reverse proxy puts the client's address in (``X-Forwarded-For``, ``X-Real-IP``);
+    its last address is the client IP the limits count. Unset: the TCP peer's address."""
+    limits: WebLimits = Field(default_factory=WebLimits)
 
     @field_validator("frame_ancestors")
     @classmethod
@@ -265,6 +335,16 @@ class Settings(BaseSettings):
     data_dir: str = "chatgate-data"
     secret_key: str | None = None
     """Signs cookies, file URLs and OAuth state. Generated into ``data_dir`` when unset."""
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, key: str | None) -> str | None:
+        if key and len(key.encode()) < MIN_SECRET_KEY_BYTES:
+            raise ValueError(
+                f"is shorter than {MIN_SECRET_KEY_BYTES} bytes; use a random key, e.g. the output of "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return key
     server: ServerSettings = Field(default_factory=ServerSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
@@ -306,7 +386,13 @@ class Settings(BaseSettings):
             return self.secret_key
         path = Path(self.data_dir) / "secret.key"
         if path.exists():
-            return path.read_text().strip()
+            key = path.read_text().strip()
+            if len(key.encode()) < MIN_SECRET_KEY_BYTES:
+                raise ConfigError(
+                    f"config error: secret_key: {path} holds a key shorter than {MIN_SECRET_KEY_BYTES} bytes; "
+                    "delete the file (a new key is generated) or set secret_key"
+                )
+            return key
         path.parent.mkdir(parents=True, exist_ok=True)
         key = secrets.token_urlsafe(32)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -370,7 +456,8 @@ def _describe(error: dict[str, Any], settings_cls: type[Settings]) -> str:
     if error["type"] == "extra_forbidden":
         return f"config error: unknown option {key!r}; see config.example.toml for the options"
     value = error.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    secret = any(word in str(error["loc"][-1]).lower() for word in SECRET_OPTIONS)
+    shown = "" if isinstance(value, dict) or secret else f" (got {value!r})"
     where = f"chatgate.toml or {env}"
     conventional = next((var for var, loc in settings_cls.conventional_env.items()
                          if loc == tuple(error["loc"]) and os.environ.get(var)), None)

@@ -10,6 +10,8 @@ import asyncio
 import fnmatch
 import hashlib
 import hmac
+import os
+import secrets
 import time
 from pathlib import Path
 from urllib.parse import urlencode
@@ -47,6 +49,20 @@ class FileStore:
     async def save(self, data: bytes, *, name: str, content_type: str, session_id: str | None) -> FileRecord:
         record = await self.store.add_file(name=name, content_type=content_type, size=len(data), session_id=session_id)
         await asyncio.to_thread(self._write, record.id, data)
+        return record
+
+    def staging_path(self) -> Path:
+        """A new file to stream an upload into, beside the stored files (so keeping it is a
+        rename, never a copy); :meth:`adopt` keeps it, the caller deletes it otherwise."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root / f".upload-{secrets.token_hex(12)}.part"
+
+    async def adopt(
+        self, staged: Path, *, name: str, content_type: str, size: int, session_id: str | None
+    ) -> FileRecord:
+        """Store a file already written to ``staged`` (see :meth:`staging_path`)."""
+        record = await self.store.add_file(name=name, content_type=content_type, size=size, session_id=session_id)
+        await asyncio.to_thread(os.replace, staged, self.root / record.id)
         return record
 
     def _write(self, file_id: str, data: bytes) -> None:

@@ -432,7 +432,7 @@ def test_settings(root: str | os.PathLike[str], **overrides: Any) -> Settings:
     root = Path(root)
     base: dict[str, Any] = {
         "data_dir": str(root),
-        "secret_key": "test-secret",
+        "secret_key": "test-secret-of-at-least-32-bytes-0123",
         "server": {"host": "127.0.0.1", "port": 0},
         "database": {"url": f"sqlite+aiosqlite:///{root / 'chatgate.db'}"},
         "files": {"dir": str(root / "files")},

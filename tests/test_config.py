@@ -41,10 +41,14 @@ def test_every_option_is_documented_in_the_example():
     for name, field in Settings.model_fields.items():
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            for sub in annotation.model_fields:
+            for sub, sub_field in annotation.model_fields.items():
                 if sub == "providers":
                     continue  # documented as [integrations.providers.<name>] tables
-                if sub not in keys.get(name, set()):
+                nested = sub_field.annotation
+                if isinstance(nested, type) and issubclass(nested, BaseModel):  # a [section.sub] table
+                    documented = keys.get(f"{name}.{sub}", set())
+                    missing += [f"{name}.{sub}.{key}" for key in nested.model_fields if key not in documented]
+                elif sub not in keys.get(name, set()):
                     missing.append(f"{name}.{sub}")
         elif name not in keys[""]:
             missing.append(name)
@@ -215,3 +219,29 @@ def test_values_that_failed_later_are_refused_at_load(monkeypatch, variable, val
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError, match=rf"^config error: {re.escape(key)}: "):
         load_settings()
+
+
+def test_a_short_secret_key_is_refused_in_one_line_without_its_value(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, data_dir=str(tmp_path), secret_key="too-short-but-secret")
+    message = str(refused.value)
+    assert "secret_key" in message and "32 bytes" in message and "\n" not in message
+    assert "too-short-but-secret" not in message
+    monkeypatch.setenv("CHATGATE_SECRET_KEY", "x" * 31)
+    with pytest.raises(ConfigError, match="CHATGATE_SECRET_KEY"):
+        load_settings(None, data_dir=str(tmp_path))
+    monkeypatch.setenv("CHATGATE_SECRET_KEY", "x" * 32)
+    assert load_settings(None, data_dir=str(tmp_path)).resolved_secret_key() == "x" * 32
+
+
+def test_a_short_generated_key_file_is_refused(tmp_path):
+    (tmp_path / "secret.key").write_text("short\n")
+    with pytest.raises(ConfigError, match=r"secret\.key holds a key shorter than 32 bytes"):
+        load_settings(None, data_dir=str(tmp_path)).resolved_secret_key()
+
+
+def test_web_limits_take_rates_in_the_limits_notation():
+    settings = load_settings(None, web={"limits": {"messages_per_visitor": "5 per minute", "uploads_per_ip": 0}})
+    assert settings.web.limits.messages_per_visitor == "5 per minute"
+    with pytest.raises(ConfigError, match=r"web\.limits\.new_sessions_per_ip: .*30/minute"):
+        load_settings(None, web={"limits": {"new_sessions_per_ip": "lots"}})

@@ -616,6 +616,11 @@ async def test_a_job_reaches_a_connected_widget_and_a_telegram_chat_through_real
                     while (frame := await ws.receive_json())["type"] != "ready":
                         assert frame["type"] != "error", frame
                 targets["web"] = frame["session_id"]
+                # A widget session is stored on its first message (docs/web-protocol.md).
+                await ws.send_json({"type": "message", "id": "m1", "text": "hi"})
+                async with asyncio.timeout(5):
+                    while (frame := await ws.receive_json())["type"] != "turn_end":
+                        pass
                 await gw.scheduler.reschedule("morning", datetime.now(UTC) + timedelta(seconds=0.05))
                 async with asyncio.timeout(5):
                     while True:

@@ -490,7 +490,10 @@ async def test_the_rest_api_is_closed_without_keys(tmp_path):
 async def test_a_deleted_session_is_not_found_on_the_socket(gw):
     async with aiohttp.ClientSession() as http, http.ws_connect(f"{base_url(gw)}/ws") as ws:
         ready = await hello(ws)
-        await gw.store.delete_session(ready["session_id"])
+        await ws.send_json({"type": "message", "id": "m0", "text": "store the session"})
+        while (await ws.receive_json(timeout=5))["type"] != "turn_end":
+            pass
+        assert await gw.store.delete_session(ready["session_id"])
         # The frame is not run, and the answer says to hello again (the widget keeps the frame).
         await ws.send_json({"type": "message", "id": "m1", "text": "anyone?"})
         assert "send hello" in (await expect_error(ws, "not_ready"))["message"]

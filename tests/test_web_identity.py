@@ -133,8 +133,10 @@ async def test_anonymous_visitors_keep_their_id_and_only_see_their_sessions(gw):
     async with aiohttp.ClientSession() as http:
         ready, _ = await ask(http, gw, "hi")
         token = ready["visitor_token"]
+        assert ready["user"]["id"] is None  # stored with the first message, after ready
         again, _ = await ask(http, gw, "hi", visitor=token)
-        assert again["user"]["id"] == ready["user"]["id"]
+        third, _ = await ask(http, gw, "hi", visitor=token)
+        assert again["user"]["id"] and third["user"]["id"] == again["user"]["id"]
         # Another visitor cannot open the first one's session, nor upload into it.
         async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
             await ws.send_json({"type": "hello", "id": "h", "session_id": ready["session_id"]})
@@ -195,7 +197,7 @@ async def test_app_endpoints_know_widget_users(tmp_path):
 
     async with running_gateway(app, tmp_path, web={"identity_secret": "host-secret-of-at-least-32-bytes!!"}) as gw:
         base = f"http://127.0.0.1:{gw.port}"
-        claims = {"sub": "ada", "email": "ada@example.com", "exp": 4102444800}
+        claims = {"sub": "ada", "email": "ada@example.com", "exp": int(time.time()) + 600}
         token = jwt.encode(claims, "host-secret-of-at-least-32-bytes!!", "HS256")
         async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
             async with http.get(f"{base}/me", params={"token": token}) as r:
@@ -212,3 +214,40 @@ async def test_app_endpoints_know_widget_users(tmp_path):
                 assert r.status == 401
             async with http.get(f"{base}/me", params={"token": "forged.token.value"}) as r:
                 assert (await r.json())["authenticated"] is False
+
+
+def test_host_tokens_valid_for_too_long_are_refused():
+    claims = {"sub": "u-1", "exp": int(time.time()) + 100 * 365 * 24 * 3600}
+    with pytest.raises(IdentityRefused, match="identity_token_max_lifetime"):
+        verify_host_token(jwt.encode(claims, SECRET, algorithm="HS256"), SECRET)
+    hour = {"sub": "u-1", "exp": int(time.time()) + 3600}
+    assert verify_host_token(jwt.encode(hour, SECRET, algorithm="HS256"), SECRET, max_lifetime=3600).id == "u-1"
+    with pytest.raises(IdentityRefused, match="too long"):
+        verify_host_token(jwt.encode(hour, SECRET, algorithm="HS256"), SECRET, max_lifetime=600)
+
+
+def test_a_host_sub_cannot_name_an_anonymous_visitor():
+    visitor = VisitorTokens("k" * 32).mint()
+    forged_sub = identity_token(SECRET, visitor.user.id)
+    with pytest.raises(IdentityRefused, match="anon-"):
+        verify_host_token(forged_sub, SECRET)
+
+
+async def test_long_lived_and_visitor_named_host_tokens_close_the_socket(tmp_path):
+    web = {"identity_secret": SECRET, "identity_token_max_lifetime": 600}
+    async with running_gateway(make_app(), tmp_path, web=web) as gw, aiohttp.ClientSession() as http:
+        # A visitor's conversation, then a host token that names that visitor's id as its sub.
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            await ws.send_json({"type": "hello", "id": "h", "session_id": None})
+            ready = await ws.receive_json(timeout=5)
+        visitor_id = VisitorTokens(gw.settings.resolved_secret_key()).check(ready["visitor_token"]).visitor_id
+        for token in (identity_token(SECRET, "u-1", ttl=3600), identity_token(SECRET, visitor_id)):
+            async with http.ws_connect(f"{base_url(gw)}/ws", params={"token": token}) as ws:
+                frame = await ws.receive_json(timeout=5)
+                assert frame["code"] == "unauthorized"
+                await ws.receive(timeout=5)
+                assert ws.close_code == 4401
+        short_lived = identity_token(SECRET, "u-1", ttl=300)
+        async with http.ws_connect(f"{base_url(gw)}/ws", params={"token": short_lived}) as ws:
+            await ws.send_json({"type": "hello", "id": "h", "session_id": None})
+            assert (await ws.receive_json(timeout=5))["type"] == "ready"

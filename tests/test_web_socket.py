@@ -140,7 +140,8 @@ async def test_hello_creates_a_session_and_a_reply_streams(gw):
     async with aiohttp.ClientSession() as http:
         widget = await open_widget(http, gw)
         ready = await widget.hello()
-        assert ready["session_id"] and ready["visitor_token"] and ready["user"]["id"]
+        # A new visitor is stored on their first message: no user id yet.
+        assert ready["session_id"] and ready["visitor_token"] and ready["user"]["id"] is None
         fid = await widget.send("message", text="stream a b c")
         ack = await widget.until(lambda f: f["type"] == "ack")
         assert ack["id"] == fid and ack["inbound_id"] and ack["duplicate"] is False
@@ -323,15 +324,30 @@ async def test_another_tab_sees_the_user_message_and_the_reply(gw):
     async with aiohttp.ClientSession() as http:
         tab1 = await open_widget(http, gw)
         await tab1.hello()
+        await tab1.send("message", text="the first message stores the session")
+        await tab1.turn()
         tab2 = await open_widget(http, gw, visitor=tab1.visitor_token)
         await tab2.hello(tab1.session_id)
         await tab1.send("message", text="hi from tab 1")
         ack = await tab1.until(lambda f: f["type"] == "ack")
-        echoed = await tab2.until(lambda f: f["type"] == "message" and f["message"]["role"] == "user")
+        echoed = await tab2.until(lambda f: f["type"] == "message" and f["message"]["text"] == "hi from tab 1")
         assert echoed["message"]["text"] == "hi from tab 1" and echoed["message"]["inbound_id"] == ack["inbound_id"]
         await tab2.until(lambda f: f["type"] == "message" and f["message"]["text"] == "echo: hi from tab 1")
         await tab1.turn()
         assert not [f for f in tab1.frames if f["type"] == "message" and f["message"]["role"] == "user"]
+
+
+async def test_a_new_conversation_is_only_on_the_socket_that_said_hello_until_its_first_message(gw):
+    async with aiohttp.ClientSession() as http:
+        tab1 = await open_widget(http, gw)
+        ready = await tab1.hello()
+        tab2 = await open_widget(http, gw, visitor=tab1.visitor_token)
+        refused = await tab2.hello(ready["session_id"])
+        assert refused["type"] == "error" and refused["code"] == "not_found"
+        assert await gw.store.get_session(ready["session_id"]) is None
+        await tab1.send("message", text="now it exists")
+        await tab1.turn()
+        assert (await tab2.hello(ready["session_id"]))["type"] == "ready"
 
 
 async def test_config_and_identity_endpoints(gw):

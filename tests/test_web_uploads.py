@@ -3,14 +3,17 @@ their own session, limited in size and type, usable from another origin (CORS)."
 
 from __future__ import annotations
 
+import unicodedata
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import gateway
 from adapters.web.testing import base_url, running_gateway
-from adapters.web.widget.uploads import type_accepted
+from adapters.web.widget.uploads import MAX_NAME_CHARS, clean_filename, type_accepted
 from adapters.web.wire import file_id_of, file_ref
 
 HOST_PAGE = "https://shop.example.com"
@@ -137,3 +140,40 @@ async def test_uploads_from_an_allowed_origin_get_cors_headers(gw):
         async with http.ws_connect(f"{base_url(gw)}/ws", headers={"Origin": HOST_PAGE}) as ws:
             await ws.send_json({"type": "hello", "id": "h", "session_id": None})
             assert (await ws.receive_json(timeout=5))["type"] == "ready"
+
+
+BIDI_AND_SEPARATORS = [chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x2028, 0x2029)]
+INVISIBLE = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+
+
+@given(st.text(alphabet=st.characters(codec=None) | st.sampled_from(BIDI_AND_SEPARATORS), max_size=400))
+def test_clean_names_keep_every_visible_character_in_order_and_nothing_else(raw):
+    name = clean_filename(raw)
+    assert not [c for c in name if unicodedata.category(c) in INVISIBLE]
+    visible = "".join(c for c in raw if unicodedata.category(c) not in INVISIBLE).strip()[:MAX_NAME_CHARS]
+    assert name == (visible or "file")
+
+
+async def post_as_a_browser(http, gw, visitor: str, session_id: str, name: str) -> tuple[int, dict]:
+    """A multipart body the way browsers write it: the file name as raw UTF-8 in quotes."""
+    boundary = "----chatgate-test"
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"session_id\"\r\n\r\n{session_id}\r\n"
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+        f"Content-Type: text/plain\r\n\r\nhi\r\n--{boundary}--\r\n"
+    ).encode()
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    async with http.post(f"{base_url(gw)}/upload", data=body, headers=headers, params={"visitor": visitor}) as response:
+        return response.status, await response.json()
+
+
+async def test_upload_names_lose_bidi_controls_and_line_separators(gw):
+    async with aiohttp.ClientSession() as http:
+        visitor, session_id = await new_visitor(http, gw)
+        # Shown as "eexe.png" by a bidi-aware renderer, it is an .exe: the override goes.
+        status, body = await post_as_a_browser(http, gw, visitor, session_id, "e\u202egnp.exe.txt")
+        assert status == 201 and body["name"] == "egnp.exe.txt"
+        tricky = "\u2066report\u2069\u2028line\u2029two\u200f\u200e\u202a\u202d\u2067\u2068.txt"
+        status, body = await post_as_a_browser(http, gw, visitor, session_id, tricky)
+        assert status == 201 and body["name"] == "reportlinetwo.txt"
+        assert (await gw.store.get_file(body["file_id"])).name == "reportlinetwo.txt"

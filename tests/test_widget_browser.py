@@ -246,7 +246,7 @@ def make_settings(tmp_path: Path, port: int = 0) -> Settings:
     return load_settings(
         None,
         data_dir=str(tmp_path / "data"),
-        secret_key="widget-test-secret",
+        secret_key="widget-test-secret-of-at-least-32-bytes",
         server={"host": "127.0.0.1", "port": port},
         database={"url": f"sqlite+aiosqlite:///{tmp_path / 'chatgate.db'}"},
         files={"dir": str(tmp_path / "files"), "max_upload_bytes": 1_000_000, "accepted_types": ["text/*", "image/*"]},
@@ -1340,3 +1340,119 @@ async def test_markdown_renderer_never_emits_active_content(running_gateway: Gat
     assert by_source["[a [nested](javascript:1)](https://ok.example)"]["hrefs"] == ["https://ok.example/"]
     assert by_source["![img](https://evil.example/track.png)"]["tags"] == ["P", "A"]  # a link, never a fetch
     assert by_source["\\<b>escaped</b>"]["text"] == "<b>escaped</b>"  # the backslash escapes the "<"
+
+
+ATTACKER_PAGE = """<!doctype html><meta charset="utf-8"><title>another origin</title>
+<script>
+  // A page on another port of the gateway's host: the same site, so the browser sends the
+  // visitor's SameSite=Lax cookie with this socket's handshake.
+  const params = new URLSearchParams(location.search);
+  window.frames_seen = [];
+  window.done = new Promise((resolve) => {
+    const ws = new WebSocket(params.get("ws"));
+    let answers = 0;
+    ws.onopen = () => ws.send(JSON.stringify({type: "hello", id: "h1", session_id: null}));
+    ws.onmessage = (event) => {
+      const frame = JSON.parse(event.data);
+      window.frames_seen.push(frame);
+      if (frame.type !== "ready" && frame.type !== "error") return;
+      answers += 1;
+      if (answers === 1) ws.send(JSON.stringify({type: "hello", id: "h2", session_id: params.get("victim")}));
+      else resolve(window.frames_seen);
+    };
+    ws.onclose = () => resolve(window.frames_seen);
+  });
+</script>"""
+
+
+async def test_a_page_on_another_origin_of_the_same_site_cannot_take_over_the_visitor(
+    running_gateway: Gateway, open_page
+) -> None:
+    """Issue 13 item 1 in Chromium: the gateway on one loopback port, the attacker's page on another."""
+    victim = await open_page(running_gateway.public_url + "/")
+    await send(victim, "my private question")
+    await wait_reply(victim, "Echo: my private question")
+    session_key = "Object.entries(localStorage).find(([k]) => k.endsWith(':session'))[1]"
+    session_id = await victim.evaluate(session_key)
+    record = await running_gateway.store.get_session(session_id)
+    assert record is not None
+    cookies = {c["name"]: c["value"] for c in await victim.context.cookies()}
+    cookie = cookies["chatgate_uid"]
+
+    async def attacker_page(_request: web.Request) -> web.Response:
+        return web.Response(text=ATTACKER_PAGE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", attacker_page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        attacker_url = runner_url(runner)
+        assert attacker_url != running_gateway.public_url  # another port: another origin, the same site
+        page = await victim.context.new_page()  # the victim's browser opens the attacker's page
+        socket_url = running_gateway.public_url.replace("http", "ws") + "/ws"
+        await page.goto(f"{attacker_url}/?ws={socket_url}&victim={session_id}")
+        frames = await page.evaluate("window.done")
+    finally:
+        await runner.cleanup()
+
+    ready = next(f for f in frames if f["type"] == "ready")
+    assert ready["visitor_token"] != cookie  # never the cookie's value
+    assert ready["user"]["id"] is None and ready["session_id"] != session_id  # a fresh visitor
+    answer = [f for f in frames if f["type"] in ("ready", "error")][1]
+    assert answer["type"] == "error" and answer["code"] == "not_found"  # the victim's session is not theirs
+    # The victim keeps their cookie and their conversation.
+    assert {c["name"]: c["value"] for c in await victim.context.cookies()}["chatgate_uid"] == cookie
+    await victim.reload()
+    await victim.wait_for_selector(".cg-chat[data-connection=open]")
+    await wait_rows(victim, 2)
+    assert (await conversation(victim))[0] == ("user", "my private question")
+
+
+async def test_messages_past_the_rate_limit_wait_and_go_out_by_themselves(tmp_path: Path, open_page) -> None:
+    """A `rate_limited` frame keeps the message queued; the widget sends it after retry_after."""
+    settings = make_settings(tmp_path)
+    settings.web.limits.messages_per_visitor = "2 per 2 second"
+    gw = Gateway(build_app(), settings)
+    await gw.start()
+    try:
+        page = await open_page(gw.public_url + "/")
+        await page.evaluate(
+            """() => {
+                const client = window.chatgate.client;
+                window.__limited = 0;
+                client.on('notify', n => { if (n && /paused/.test(n.text)) window.__limited++; });
+                for (const word of ['one', 'two', 'three']) client.sendMessage(word);
+            }"""
+        )
+        for word in ("one", "two", "three"):
+            await wait_reply(page, f"Echo: {word}")
+        assert await page.evaluate("window.__limited") >= 1  # the third was refused once, then sent
+        assert await page.locator(".cg-row[data-status=failed]").count() == 0
+        users = [text for role, text in await conversation(page) if role == "user"]
+        assert sorted(users) == ["one", "three", "two"]
+    finally:
+        await gw.stop()
+
+
+async def test_a_file_attached_before_the_first_message_starts_the_conversation(
+    running_gateway: Gateway, open_page
+) -> None:
+    """A new conversation is stored on first use: here the upload, before any words."""
+    page = await open_page(running_gateway.public_url + "/")
+    session_id = await page.evaluate("window.chatgate.client.sessionId")
+    assert await running_gateway.store.get_session(session_id) is None  # said hello, stored nothing
+    await page.locator(".cg-composer input[type=file]").set_input_files(
+        {"name": "first.txt", "mimeType": "text/plain", "buffer": b"attached first"}
+    )
+    await page.wait_for_function(
+        "() => (document.querySelector('.cg-pending-file') || {innerText: ''}).innerText.includes(' B')"
+    )
+    assert await running_gateway.store.get_session(session_id) is not None
+    await send(page, "then words")
+    await wait_reply(page, "Echo: then words [first.txt: 14 bytes]")
+    await page.reload()
+    await page.wait_for_selector(".cg-chat[data-connection=open]")
+    await wait_rows(page, 2)
+    assert await page.evaluate("window.chatgate.client.sessionId") == session_id

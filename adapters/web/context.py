@@ -14,8 +14,10 @@ from gateway.config import Settings
 from gateway.store.records import SessionRecord
 from gateway.types import UserInfo
 
-from .errors import WebError, not_found, unauthorized
+from .errors import RATE_LIMITED, WebError, json_error, not_found, unauthorized
 from .identity import IdentityRefused, IdentityResolver, WebIdentity
+from .quotas import RateLimited, WebQuotas
+from .reservations import SessionReservations
 
 log = logging.getLogger("chatgate.web")
 
@@ -39,6 +41,14 @@ class WebContext:
     """Set when the adapter stops: new widget sockets are refused (they reconnect elsewhere)."""
     live_texts: dict[str, str] = field(default_factory=dict)
     """Message id -> text so far, for replies streaming in this process (see ``WebOutbox``)."""
+    quotas: WebQuotas = field(init=False)
+    """Per-IP and per-visitor limits (``web.limits``)."""
+    reservations: SessionReservations = field(init=False)
+    """Ids of widget sessions not stored yet (``hello`` without a session)."""
+
+    def __post_init__(self) -> None:
+        self.quotas = WebQuotas(self.settings.web.limits, client_ip_header=self.settings.web.client_ip_header)
+        self.reservations = SessionReservations(self.settings.resolved_secret_key())
 
     @property
     def core(self) -> Any:
@@ -62,7 +72,15 @@ class WebContext:
         return identity
 
     async def user_of(self, identity: WebIdentity) -> UserInfo:
+        """The stored user behind ``identity``, made on first sight."""
         return await self.core.store.resolve_user(identity.user)
+
+    async def known_user(self, identity: WebIdentity) -> UserInfo | None:
+        """The stored user behind ``identity`` without making one for an anonymous visitor
+        (a visitor is stored on their first message or upload); a host-site user is resolved."""
+        if identity.anonymous:
+            return await self.core.store.find_user(identity.user)
+        return await self.user_of(identity)
 
     async def own_widget_session(self, session_id: Any, user: UserInfo) -> SessionRecord:
         """The widget session ``session_id`` if ``user`` owns it; anything else is "not found"."""
@@ -79,3 +97,14 @@ class WebContext:
         """What REST sessions are scoped by: a digest of the key, never the key itself."""
         digest = hashlib.sha256(api_key.encode()).hexdigest()[:32]
         return f"apikey:{digest}"
+
+
+def too_many_requests(exc: RateLimited, headers: dict[str, str] | None = None) -> web.Response:
+    """HTTP 429 with ``Retry-After`` (RFC 6585 §4) for a reached limit."""
+    return json_error(
+        429,
+        RATE_LIMITED,
+        exc.message,
+        {"retry_after": exc.retry_after},
+        headers={**(headers or {}), "Retry-After": str(exc.retry_after)},
+    )

@@ -23,6 +23,8 @@ TIMEOUT = "timeout"
 SESSION_DELETED = "session_deleted"
 """A turn's outcome (not an error code on the wire) when its session was deleted under it."""
 INTERNAL = "internal"
+RATE_LIMITED = "rate_limited"
+"""A per-IP or per-visitor limit (``web.limits``): HTTP 429 + ``Retry-After``, or an error frame."""
 
 
 class WebError(Exception):

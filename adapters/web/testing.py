@@ -23,10 +23,27 @@ from gateway.testing import test_settings
 
 from .adapter import WebAdapter
 
+NO_LIMITS: dict[str, Any] = {
+    "sockets_per_ip": 0,
+    "sockets_per_visitor": 0,
+    "new_sessions_per_ip": "",
+    "new_sessions_per_visitor": "",
+    "messages_per_ip": "",
+    "messages_per_visitor": "",
+    "upload_bytes_per_ip": "",
+    "upload_bytes_per_visitor": "",
+    "uploads_per_ip": 0,
+    "uploads_per_visitor": 0,
+}
+"""Every ``web.limits`` entry off: tests and benchmarks send from one loopback address."""
+
 
 def web_settings(root: str | Path, **overrides: Any) -> Any:
-    """``gateway.testing.test_settings`` with the web channel on and frames unthrottled."""
-    web = {"enabled": True, "stream_interval": 0.0, **overrides.pop("web", {})}
+    """``gateway.testing.test_settings`` with the web channel on, frames unthrottled and the
+    per-IP/per-visitor limits off except those given (``web={"limits": {...}}``)."""
+    web_overrides = dict(overrides.pop("web", {}))
+    limits = {**NO_LIMITS, **web_overrides.pop("limits", {})}
+    web = {"enabled": True, "stream_interval": 0.0, "limits": limits, **web_overrides}
     return test_settings(root, web=web, **overrides)
 
 

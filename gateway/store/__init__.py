@@ -244,6 +244,12 @@ class Store:
             assert found is not None
             return UserInfo(found.id, found.email, found.org_id)
 
+    async def find_user(self, platform_user: PlatformUser) -> UserInfo | None:
+        """The chatgate user behind a platform identity if there is one; nothing is made."""
+        async with self.session() as db:
+            found = await self._user_for(db, platform_user)
+        return None if found is None else UserInfo(found.id, found.email, found.org_id)
+
     async def _user_for(self, db: AsyncSession, platform_user: PlatformUser) -> UserRow | None:
         statement = (
             select(UserRow)

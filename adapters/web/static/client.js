@@ -556,6 +556,7 @@
   };
 
   ChatClient.prototype._onError = function (frame) {
+    if (frame.code === "rate_limited" && frame.id && this._retryLater(frame)) return;
     if (frame.code === "not_ready" && this.ready) {
       // The server forgot our hello (the session was deleted under this socket): say it again.
       // The frame stays in the outbox and goes again after `ready`; a session that is gone
@@ -607,6 +608,24 @@
       this.connection.restart();
     }
     this._emit("error", frame);
+  };
+
+  /**
+   * The gateway's limits say "not now" (rate_limited, docs/web-protocol.md): the frame stays
+   * queued and goes again after `retry_after` seconds (or with the next socket's `ready`).
+   * Returns false for a frame we do not hold (a stop, an unknown id).
+   */
+  ChatClient.prototype._retryLater = function (frame) {
+    var queued = null;
+    for (var i = 0; i < this.outbox.length; i++) if (this.outbox[i].id === frame.id) queued = this.outbox[i];
+    if (!queued) return false;
+    var seconds = Math.max(1, Math.min(3600, Number(frame.retry_after) || 5));
+    var self = this;
+    setTimeout(function () {
+      if (self.ready && self.outbox.indexOf(queued) !== -1) self.connection.send(queued);
+    }, seconds * 1000);
+    this._emit("notify", { text: "Sending is paused for a moment.", detail: "Retrying in " + seconds + " s" });
+    return true;
   };
 
   ChatClient.prototype._setBusy = function (busy) {

@@ -8,6 +8,8 @@ from ..context import WebContext
 from ..cors import cors_headers, preflight
 from ..errors import WebError
 
+_NO_USER = {"id": None, "email": None, "org_id": None}
+
 
 def widget_config(ctx: WebContext) -> dict:
     web_settings = ctx.settings.web
@@ -39,11 +41,12 @@ def mount_widget_api(app: web.Application, ctx: WebContext) -> None:
         headers = cors_headers(request, origins)
         try:
             who = ctx.identify(request, mint=True)
-            user = await ctx.user_of(who)
+            user = await ctx.known_user(who)  # a visitor is stored on their first message
         except WebError as exc:
             return exc.response(headers)
         body = {
-            "user": {"id": user.id, "email": user.email, "org_id": user.org_id},
+            "user": {"id": user.id, "email": user.email, "org_id": user.org_id} if user else _NO_USER,
+            # A new visitor's token, or a renewal of ?visitor=; never the cookie's (HttpOnly).
             "visitor_token": who.visitor_token,
         }
         response = web.json_response(body, headers=headers)

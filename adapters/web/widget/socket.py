@@ -24,13 +24,16 @@ from gateway.store.records import MessageRecord, SessionRecord
 from gateway.types import Attachment, Event, Message, SessionChannel, UserInfo
 
 from .. import errors
-from ..context import WIDGET_CHANNEL, WebContext
+from ..context import WIDGET_CHANNEL, WebContext, too_many_requests
 from ..cors import origin_allowed
 from ..errors import WebError, error_frame
 from ..identity import IdentityRefused, WebIdentity
 from ..outbox import session_topic
+from ..quotas import RateLimited
+from ..reservations import Reservation
 from ..wire import JSONRefused, now_rfc3339, public_attachments, strict_json
 from .feed import ClientFeed
+from .pending import store_reserved
 from .uploads import attachment_for
 
 log = logging.getLogger("chatgate.web.socket")
@@ -48,6 +51,8 @@ FRAME_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REPLAY_PAGE = 200
 MAX_ATTACHMENTS = 20
 """Files one message may carry (each is a store lookup); Telegram's media groups stop at 10."""
+COUNTED_FRAMES = frozenset({"message", "button", "action", "upload_done"})
+"""Frames that run the app: they count against ``web.limits.messages_per_*``."""
 
 
 async def websocket_handler(ctx: WebContext, request: web.Request) -> web.StreamResponse:
@@ -65,28 +70,43 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return ws
     assert identity is not None  # mint=True always gives one
-    if identity.minted:
-        ctx.identities.remember(ws, identity)
-    await ws.prepare(request)
-    user = await ctx.user_of(identity)
-    connection = WidgetConnection(ctx, ws, identity, user)
-    ctx.sockets.add(ws)
+    ip = ctx.quotas.client_ip(request)
     try:
-        await connection.serve()
+        release = ctx.quotas.acquire("sockets", ip, identity.key)
+    except RateLimited as exc:  # refused before the upgrade: a plain 429 with Retry-After
+        return too_many_requests(exc)
+    try:
+        ctx.identities.remember(ws, identity)  # a new visitor, or a renewed cookie
+        await ws.prepare(request)
+        # A visitor is stored on their first message, not here: a socket opened and dropped
+        # leaves no row (a new visitor has no history to show anyway).
+        user = await ctx.known_user(identity)
+        connection = WidgetConnection(ctx, ws, identity, user, ip=ip)
+        ctx.sockets.add(ws)
+        try:
+            await connection.serve()
+        finally:
+            ctx.sockets.discard(ws)
+            await connection.shutdown()
     finally:
-        ctx.sockets.discard(ws)
-        await connection.shutdown()
+        release()
     return ws
 
 
 class WidgetConnection:
-    def __init__(self, ctx: WebContext, ws: web.WebSocketResponse, identity: WebIdentity, user: UserInfo) -> None:
+    def __init__(
+        self, ctx: WebContext, ws: web.WebSocketResponse, identity: WebIdentity, user: UserInfo | None, *, ip: str
+    ) -> None:
         self.ctx = ctx
         self.ws = ws
         self.identity = identity
         self.user = user
+        """The stored user; None for a visitor who has not sent anything yet."""
+        self.ip = ip
         self.connection_id = secrets.token_hex(8)
         self.session: SessionRecord | None = None
+        self.reserved: Reservation | None = None
+        """The session this socket said hello to without an id, until its first message stores it."""
         self._forwarder: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._feed = ClientFeed(
@@ -140,11 +160,15 @@ class WidgetConnection:
         if handler is None:
             await self.send(error_frame(errors.BAD_FRAME, f"unknown frame type {kind!r}", frame_id))
             return
-        if kind != "hello" and self.session is None:
+        if kind != "hello" and self.session is None and self.reserved is None:
             await self.send(error_frame(errors.NOT_READY, "send hello first", frame_id))
             return
         try:
+            if kind in COUNTED_FRAMES:
+                self.ctx.quotas.spend("messages", self.ip, self.identity.key)
             await handler(self, frame)
+        except RateLimited as exc:
+            await self.send({**error_frame(errors.RATE_LIMITED, exc.message, frame_id), "retry_after": exc.retry_after})
         except WebError as exc:
             await self.send(error_frame(exc.code, exc.message, frame_id))
         except LookupError:  # the core's UnknownSession: the session was deleted meanwhile
@@ -162,19 +186,40 @@ class WidgetConnection:
         session_id = frame.get("session_id")
         after = _optional_str(frame, "after")
         handler = _optional_str(frame, "handler")
-        store = self.ctx.core.store
         if session_id is None:
             if not self.ctx.core.chats.has(handler):
                 raise errors.not_found(f"no message handler named {handler!r}")
-            session = await store.create_session(SessionChannel(WIDGET_CHANNEL), self.user, chat_name=handler)
-        else:
-            session = await self.ctx.own_widget_session(session_id, self.user)
-        self.session = session
-        self._follow(session, after, ready=True)
+            # Nothing is stored yet: the first message stores the session under this id.
+            self.session, self.reserved = None, self.ctx.reservations.reserve(self.identity.key, handler)
+            self._follow(self.reserved.session_id, None, ready=True)
+            return
+        if self.reserved is not None and session_id == self.reserved.session_id:
+            self._follow(session_id, after, ready=True)  # hello again on this socket: still nothing stored
+            return
+        if self.user is None:  # stored since this socket opened (another tab's first message)?
+            self.user = await self.ctx.known_user(self.identity)
+        if self.user is None:  # a visitor with nothing stored owns no session
+            raise errors.not_found()
+        self.session = await self.ctx.own_widget_session(session_id, self.user)
+        self.reserved = None
+        self._follow(self.session.id, after, ready=True)
 
     async def _resume(self, frame: dict[str, Any]) -> None:
-        assert self.session is not None
-        self._follow(self.session, _optional_str(frame, "after"), ready=False)
+        session_id = self.session.id if self.session is not None else self._reserved_id()
+        self._follow(session_id, _optional_str(frame, "after"), ready=False)
+
+    def _reserved_id(self) -> str:
+        assert self.reserved is not None
+        return self.reserved.session_id
+
+    async def _stored_session(self) -> SessionRecord:
+        """The socket's session, stored now if this is its first use (and the user with it)."""
+        if self.session is not None:
+            return self.session
+        assert self.reserved is not None
+        self.session, self.user = await store_reserved(self.ctx, self.reserved, self.identity, self.user, ip=self.ip)
+        self.reserved = None
+        return self.session
 
     async def _message(self, frame: dict[str, Any]) -> None:
         text = frame.get("text", "")
@@ -185,9 +230,10 @@ class WidgetConnection:
             raise errors.WebError(400, errors.BAD_FRAME, "attachments must be a list of {file_id}")
         if len(raw_attachments) > MAX_ATTACHMENTS:
             raise errors.WebError(400, errors.TOO_LARGE, f"a message carries at most {MAX_ATTACHMENTS} files")
-        attachments = [await self._attachment(item) for item in raw_attachments]
-        if not text.strip() and not attachments:
+        if not text.strip() and not raw_attachments:
             raise errors.WebError(400, errors.BAD_FRAME, "a message needs text or an attachment")
+        await self._stored_session()
+        attachments = [await self._attachment(item) for item in raw_attachments]
         message = Message(text, "user", WIDGET_CHANNEL, attachments=attachments or None)
         inbound = self._inbound("message", frame, message=message)
         accepted = await self._submit(frame, inbound)
@@ -197,6 +243,8 @@ class WidgetConnection:
     async def _button(self, frame: dict[str, Any]) -> None:
         block_id = _required_str(frame, "block_id")
         value = _required_str(frame, "value")
+        if self.session is None:  # nothing stored showed a button
+            raise errors.not_found("no such block in this session")
         await self._submit(frame, self._inbound("button", frame, button=ButtonPress(block_id, value)))
 
     async def _action(self, frame: dict[str, Any]) -> None:
@@ -205,15 +253,21 @@ class WidgetConnection:
         if not isinstance(payload, dict):
             raise errors.WebError(400, errors.BAD_FRAME, "payload must be an object")
         event = Event(name, payload, source={"channel": WIDGET_CHANNEL, "frame_id": frame["id"]})
+        await self._stored_session()
         await self._submit(frame, self._inbound("action", frame, action=event))
 
     async def _upload_done(self, frame: dict[str, Any]) -> None:
         block_id = _required_str(frame, "block_id")
-        attachment = await self._attachment({"file_id": frame.get("file_id")})
+        file_id = _required_str(frame, "file_id")
+        if self.session is None:  # nothing stored asked for a file
+            raise errors.not_found("no file prompt in this session")
+        attachment = await self._attachment({"file_id": file_id})
         message = Message("", "user", WIDGET_CHANNEL, attachments=[attachment])
         await self._submit(frame, self._inbound("upload", frame, message=message, prompt_id=block_id))
 
     async def _stop(self, frame: dict[str, Any]) -> None:
+        if self.session is None:  # nothing stored, nothing running
+            raise errors.not_found("no reply is running")
         await self._submit(frame, self._inbound("stop", frame))
 
     _handlers: dict[str, Any] = {
@@ -272,23 +326,24 @@ class WidgetConnection:
 
     # -- outbound: replay, then live events -------------------------------------------------
 
-    def _follow(self, session: SessionRecord, after: str | None, *, ready: bool) -> None:
+    def _follow(self, session_id: str, after: str | None, *, ready: bool) -> None:
         if self._forwarder is not None:
             self._forwarder.cancel()
         if ready:
             self._feed.reset()
         self._forwarder = asyncio.create_task(
-            self._forward(session, after, ready), name=f"web-socket-{self.connection_id}"
+            self._forward(session_id, after, ready), name=f"web-socket-{self.connection_id}"
         )
 
-    async def _forward(self, session: SessionRecord, after: str | None, ready: bool) -> None:
+    async def _forward(self, session_id: str, after: str | None, ready: bool) -> None:
         try:
-            async with self.ctx.core.bus.subscribe(session_topic(session.id)) as events:
+            async with self.ctx.core.bus.subscribe(session_topic(session_id)) as events:
                 # Read the replay before saying "ready": a message the client sends as soon as it
                 # is ready must arrive live (once), not also inside its own replay.
-                backlog = await self._backlog(session.id, after)
+                stored = self.session is not None
+                backlog = await self._backlog(session_id, after) if stored else []
                 if ready:
-                    await self.send(self._ready_frame(session))
+                    await self.send(self._ready_frame())
                 for record in backlog:
                     await self._feed.replay(record)
                 async for event in events:
@@ -302,17 +357,27 @@ class WidgetConnection:
             # close code tells the widget to reconnect at once and resume (docs/web-protocol.md).
             await self.ws.close(code=CLOSE_FELL_BEHIND, message=b"fell behind; reconnect and resume")
         except Exception:
-            log.exception("socket %s: forwarding session %s failed", self.connection_id, session.id)
+            log.exception("socket %s: forwarding session %s failed", self.connection_id, session_id)
             await self.send(error_frame(errors.INTERNAL, "live updates stopped; send resume"))
 
-    def _ready_frame(self, session: SessionRecord) -> dict[str, Any]:
-        user = {"id": self.user.id, "email": self.user.email, "org_id": self.user.org_id}
+    def _ready_frame(self) -> dict[str, Any]:
+        if self.user is not None:
+            user = {"id": self.user.id, "email": self.user.email, "org_id": self.user.org_id}
+        else:  # a visitor stored on their first message: no id yet
+            user = {"id": None, "email": None, "org_id": None}
+        if self.session is not None:
+            session_id, title, handler = self.session.id, self.session.title, self.session.chat_name
+        else:
+            reserved = self.reserved
+            assert reserved is not None
+            session_id, title, handler = reserved.session_id, "", reserved.handler
         return {
             "type": "ready",
-            "session_id": session.id,
+            "session_id": session_id,
             "user": user,
-            "title": session.title,
-            "handler": session.chat_name,
+            "title": title,
+            "handler": handler,
+            # A new visitor's token, or the renewal of the one in ?visitor=; never the cookie's.
             "visitor_token": self.identity.visitor_token,
         }
 
