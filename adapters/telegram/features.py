@@ -17,6 +17,11 @@ falls back for that call only and is not remembered:
 - ``401``/``403`` and a chat that migrated are about the bot or the chat: the basic method gets
   the same answer.
 
+**A reply rather than a guard against duplicates.** A ``200`` whose body cannot be read might
+mean the server did post the rich message; the basic method then posts it again. A possible
+duplicate, once per server that answers so, is the lesser harm than a reply that never arrives.
+(Network errors keep the usual rule: a request that may have arrived is not repeated.)
+
 **Tried again after a while.** A method turned off is tried once more ``retry_after`` seconds
 later (``telegram.optional_retry_after``, ten minutes by default), so a server upgraded while the
 bot runs, or a passing ``500`` from Telegram itself, costs rich formatting for minutes, not for the
