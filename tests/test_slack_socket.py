@@ -10,8 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from slack_sdk.socket_mode.request import SocketModeRequest
 
 import gateway
+from adapters.slack.socket_mode import CONTROL_TYPES, check_envelope
 from tests.fakes.slack_api import FakeSlack, SlackGateway
 from tests.fakes.slack_socket import FakeSocketMode
 
@@ -164,3 +168,32 @@ async def test_a_malformed_envelope_is_acknowledged_logged_once_and_the_next_eve
     line = lines[0].getMessage()
     assert line.startswith("slack socket mode: dropped") and not lines[0].exc_info
     assert (f"acknowledged envelope {envelope_id}" in line) == has_id
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+ENVELOPE_KEYS = st.sampled_from(["type", "envelope_id", "payload", "event", "command", "accepts_response_payload"])
+TYPES = st.sampled_from(["events_api", "interactive", "slash_commands", "hello", "disconnect", "other", ""])
+
+
+def envelopes() -> st.SearchStrategy[Any]:
+    """Envelope-shaped JSON: the known keys with well- and ill-typed values, nested once."""
+    payload = st.dictionaries(
+        st.sampled_from(["type", "event", "command"]), JSON | TYPES | st.fixed_dictionaries({"type": TYPES}), max_size=3
+    )
+    return st.dictionaries(ENVELOPE_KEYS, JSON | TYPES | payload, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=60), JSON.map(json.dumps), envelopes().map(json.dumps)))
+def test_every_message_is_either_usable_by_bolt_or_refused_with_a_reason(raw: str) -> None:
+    verdict = check_envelope(raw)
+    if verdict.problem is None:
+        kind = verdict.message.get("type")
+        assert kind in CONTROL_TYPES or SocketModeRequest.from_dict(verdict.message) is not None
+        assert kind in CONTROL_TYPES or isinstance(verdict.message["payload"], dict)
+    else:
+        assert verdict.problem and (verdict.envelope_id is None or isinstance(verdict.envelope_id, str))

@@ -63,6 +63,7 @@ def check_envelope(raw: str) -> Verdict:
     if not isinstance(message, dict):
         return Verdict({}, f"a JSON {type(message).__name__}, not an envelope object")
     kind = message.get("type")
+    kind = kind if isinstance(kind, str) else repr(kind)  # a list or an object is not a type (nor hashable)
     envelope_id = message.get("envelope_id")
     envelope_id = envelope_id if isinstance(envelope_id, str) and envelope_id else None
     if kind in CONTROL_TYPES:
@@ -81,10 +82,11 @@ def check_envelope(raw: str) -> Verdict:
 
 def _payload_problem(kind: str, payload: dict[str, Any]) -> str | None:
     if kind == "events_api":
-        if payload.get("type") not in EVENTS_API_PAYLOAD_TYPES:
-            return f"whose payload is not an event (type {payload.get('type')!r})"
+        payload_type = payload.get("type")
+        if not isinstance(payload_type, str) or payload_type not in EVENTS_API_PAYLOAD_TYPES:
+            return f"whose payload is not an event (type {payload_type!r})"
         event = payload.get("event")
-        if payload["type"] == "event_callback" and not (isinstance(event, dict) and isinstance(event.get("type"), str)):
+        if payload_type == "event_callback" and not (isinstance(event, dict) and isinstance(event.get("type"), str)):
             return "whose event_callback carries no event"
         return None
     if kind == "interactive" and not isinstance(payload.get("type"), str):
