@@ -21,9 +21,10 @@ import signal
 import sys
 from typing import Any, ClassVar, TextIO
 
-from rich.console import Console, Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -67,8 +68,25 @@ RICH_FRAME_INTERVAL = 0.05
 re-rendering of long replies off the event loop's back."""
 
 
+class _Tail:
+    """The last lines of a renderable that fit the terminal. ``rich.live`` can redraw only what is
+    on the screen (a taller render leaves copies in the scrollback), and it crops from the bottom;
+    a growing reply should show its newest text, so while it streams it shows its tail."""
+
+    def __init__(self, renderable: Any) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines = console.render_lines(self.renderable, options, pad=False)
+        room = max(1, console.size.height - 1)  # one line for the cursor under the reply
+        for line in lines[-room:]:
+            yield from line
+            yield Segment.line()
+
+
 class RichConsoleSink:
-    """Terminal mode: the reply rendered as Markdown, redrawn in place as it grows (``rich.live``)."""
+    """Terminal mode: the reply rendered as Markdown, redrawn in place as it grows (``rich.live``);
+    its newest lines while it streams, all of it once it is complete."""
 
     min_interval = RICH_FRAME_INTERVAL
 
@@ -77,9 +95,9 @@ class RichConsoleSink:
         self.live: Live | None = None
 
     async def frame(self, text: str) -> None:
-        shown = self.console.reply_view(heal_partial(text))
+        shown = _Tail(self.console.reply_view(heal_partial(text)))
         if self.live is None:
-            self.live = Live(shown, console=self.console.rich, auto_refresh=False, vertical_overflow="visible")
+            self.live = Live(shown, console=self.console.rich, auto_refresh=False)
             self.live.start()
         self.live.update(shown, refresh=True)
 
@@ -88,8 +106,8 @@ class RichConsoleSink:
         if self.live is None:
             self.console.rich.print(shown)
         else:
-            self.live.update(shown, refresh=True)
-            self.live.stop()
+            self.live.update(shown)
+            self.live.stop()  # draws the whole reply once, however tall (rich renders it "visible" at stop)
         return ["console"]
 
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import pty
 import re
+import secrets
 import select
+import shlex
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,6 +42,12 @@ REPLY = (
 
 @app.message()
 async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+    if msg.text == "tall":  # a reply three times the terminal's height, streamed line by line
+        async with session.stream_reply() as reply:
+            for i in range(1, 61):
+                reply.write(f"line {i:02d} is **bold**\\n\\n")
+                await asyncio.sleep(0.01)
+        return
     if msg.text == "stream":
         async with session.stream_reply() as reply:
             for word in "A **streamed** answer, word by word, to the end.".split(" "):
@@ -157,3 +167,41 @@ def test_plain_in_a_terminal_prints_the_markdown_as_written(app_file: Path, tmp_
         assert "\x1b[1m" not in shown
     finally:
         assert terminal.close() == 0
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_a_reply_taller_than_the_terminal_streams_without_copies_in_the_scrollback(
+    app_file: Path, tmp_path: Path
+) -> None:
+    """In tmux (a real terminal emulator with a scrollback): while a tall reply streams, its newest
+    lines are redrawn in place; afterwards screen and scrollback hold every line exactly once."""
+    server = ["tmux", "-L", f"chatgate-test-{secrets.token_hex(4)}", "-f", "/dev/null"]
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in environment().items() if k in ("PYTHONPATH", "PATH", "HOME"))
+    # the pane's own size, not COLUMNS/LINES inherited from the test run (rich would believe them)
+    chat = f"{shlex.quote(sys.executable)} -m gateway.cli chat {shlex.quote(str(app_file))}"
+    command = f"cd {shlex.quote(str(tmp_path))} && env -u COLUMNS -u LINES {env} TERM=screen-256color {chat}"
+    subprocess.run([*server, "new-session", "-d", "-x", "100", "-y", "20", "-s", "chat", command], check=True)
+    try:
+        subprocess.run([*server, "set-option", "-t", "chat", "remain-on-exit", "on"], check=True)
+
+        def pane() -> str:
+            shown = subprocess.run(
+                [*server, "capture-pane", "-p", "-J", "-S", "-", "-t", "chat"], capture_output=True, text=True
+            )
+            return shown.stdout
+
+        def wait_for(predicate: Callable[[str], bool]) -> str:
+            deadline = time.monotonic() + 30
+            while not predicate(text := pane()):
+                assert time.monotonic() < deadline, text
+                time.sleep(0.05)
+            return text
+
+        wait_for(lambda text: "you> " in text)
+        subprocess.run([*server, "send-keys", "-t", "chat", "tall", "Enter"], check=True)
+        text = wait_for(lambda text: text.rstrip().endswith("you>") and "line 60" in text)
+    finally:
+        subprocess.run([*server, "kill-server"], capture_output=True)
+    for i in range(1, 61):
+        assert text.count(f"line {i:02d} is bold") == 1, (i, text)
+    assert "**" not in text
