@@ -164,6 +164,19 @@ async def test_rate_limits_on_rich_messages_are_waited_out_not_taken_for_a_missi
     assert [c.status for c in api.calls_to("sendRichMessage")] == [429, 200]
 
 
+async def test_a_rich_message_still_rate_limited_after_every_retry_goes_as_html(tmp_path: Path) -> None:
+    async with (
+        FakeTelegramAPI(rate_scale=SCALE, rich_supported=True) as api,
+        running(everything_app(), tmp_path, api, retry_attempts=3),
+    ):
+        too_many = "Too Many Requests: retry after 1"
+        api.fail_next("sendRichMessage", status=429, description=too_many, retry_after=1, times=3)
+        await exchange(api, PRIVATE, "one", "one: found")
+        await exchange(api, PRIVATE, "two", "**two**: found")  # not remembered: a rate limit is not the method's
+    assert [c.status for c in api.calls_to("sendRichMessage")] == [429, 429, 429, 200]
+    assert [m.kind for m in api.visible(PRIVATE)] == ["text", "rich"]
+
+
 # -- rich drafts (item 6) ---------------------------------------------------------------------------
 
 

@@ -300,6 +300,8 @@ class TelegramClient:
                     continue
                 except MethodUnsupported:
                     pass  # this chunk goes as HTML (the following ones too, when it is remembered)
+                except TelegramRetryAfter as exc:  # still limited after every retry: one last try, basic
+                    log.warning("sendRichMessage stayed rate limited (%s); sending this part as HTML", exc.message)
             for part in render_telegram(chunk):
                 ids.append((await self.send_part(chat_id, part, thread_id=thread_id)).message_id)
         return ids
