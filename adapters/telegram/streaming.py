@@ -10,7 +10,8 @@ so a stream that outgrows 4,096 characters rolls over into a new message at a pa
 
 - :class:`DraftStream` (private chats, ``sendMessageDraft``, Bot API 9.3): the current part is a
   draft, animated under one ``draft_id`` with a stop button; parts the text has grown past are
-  posted as messages; ``close`` posts the rest. Drafts use their own budget, so the final
+  posted as messages; ``close`` posts the rest (a rich message where the server has them and
+  nothing was posted yet, as the Bot API suggests). Drafts use their own budget, so the final
   ``sendMessage`` does not wait behind them. A server without drafts switches the stream (and
   the bot, remembered) to edits mid-stream without losing what was already posted.
 - :class:`EditStream`: ``sendMessage`` once, then ``editMessageText`` at most every ``interval``
