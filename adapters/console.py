@@ -1,5 +1,10 @@
 """A terminal chat for local development (``chatgate chat APP``).
 
+In a terminal, replies are rendered Markdown (``rich``: bold, lists, code blocks, tables) and a
+streamed reply is updated in place as it grows. Plain mode (``--plain``, and whenever stdout is
+not a terminal: a pipe, a file) prints the Markdown as the handler wrote it, a streamed reply
+token by token, so scripts and tests read exactly what was sent.
+
 Replies stream live, blocks are printed as readable text, a file prompt is answered by typing a
 path, an approval by typing ``approve`` or ``reject``, a suggestion by its number (``/1``).
 Ctrl-C while a reply streams stops it; Ctrl-C (or Ctrl-D) at the prompt quits. The conversation
@@ -16,9 +21,17 @@ import signal
 import sys
 from typing import Any, ClassVar, TextIO
 
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.live import Live
+from rich.markdown import Markdown
+from rich.segment import Segment
+from rich.table import Table
+from rich.text import Text
+
 from adapters.base import Adapter
 from gateway.config import Settings
 from gateway.inbound import ButtonPress, Inbound, PlatformUser
+from gateway.markdown import heal_partial
 from gateway.outbound import Capabilities, Limits, MessageRef
 from gateway.types import Attachment, Message, SessionChannel
 
@@ -30,6 +43,8 @@ HELP = """commands:
 
 
 class ConsoleSink:
+    """Plain mode: ``bot> `` and the text as it grows, appended token by token."""
+
     min_interval = 0.0
 
     def __init__(self, console: ConsoleAdapter) -> None:
@@ -48,16 +63,67 @@ class ConsoleSink:
         return ["console"]
 
 
+RICH_FRAME_INTERVAL = 0.05
+"""Seconds between two renderings of a growing reply: 20 a second looks live and keeps the
+re-rendering of long replies off the event loop's back."""
+
+
+class _Tail:
+    """The last lines of a renderable that fit the terminal. ``rich.live`` can redraw only what is
+    on the screen (a taller render leaves copies in the scrollback), and it crops from the bottom;
+    a growing reply should show its newest text, so while it streams it shows its tail."""
+
+    def __init__(self, renderable: Any) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        lines = console.render_lines(self.renderable, options, pad=False)
+        room = max(1, console.size.height - 1)  # one line for the cursor under the reply
+        for line in lines[-room:]:
+            yield from line
+            yield Segment.line()
+
+
+class RichConsoleSink:
+    """Terminal mode: the reply rendered as Markdown, redrawn in place as it grows (``rich.live``);
+    its newest lines while it streams, all of it once it is complete."""
+
+    min_interval = RICH_FRAME_INTERVAL
+
+    def __init__(self, console: ConsoleAdapter) -> None:
+        self.console = console
+        self.live: Live | None = None
+
+    async def frame(self, text: str) -> None:
+        shown = _Tail(self.console.reply_view(heal_partial(text)))
+        if self.live is None:
+            self.live = Live(shown, console=self.console.rich, auto_refresh=False)
+            self.live.start()
+        self.live.update(shown, refresh=True)
+
+    async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
+        shown = self.console.reply_view(text, stopped=stopped)
+        if self.live is None:
+            self.console.rich.print(shown)
+        else:
+            self.live.update(shown)
+            self.live.stop()  # draws the whole reply once, however tall (rich renders it "visible" at stop)
+        return ["console"]
+
+
 class ConsoleOutbox:
     def __init__(self, console: ConsoleAdapter) -> None:
         self.console = console
 
     async def send_text(self, message_id: str, text: str) -> list[MessageRef]:
-        self.console.write(f"bot> {text}\n")
+        if self.console.plain:
+            self.console.write(f"bot> {text}\n")
+        else:
+            self.console.rich.print(self.console.reply_view(text))
         return ["console"]
 
-    def open_stream(self, message_id: str) -> ConsoleSink:
-        return ConsoleSink(self.console)
+    def open_stream(self, message_id: str) -> ConsoleSink | RichConsoleSink:
+        return ConsoleSink(self.console) if self.console.plain else RichConsoleSink(self.console)
 
     async def show_block(
         self, message_id: str, envelope: dict[str, Any], previous: list[MessageRef] | None
@@ -79,9 +145,12 @@ class ConsoleAdapter(Adapter):
     limits: ClassVar[Limits] = Limits(max_text=1_000_000)
     capabilities: ClassVar[Capabilities] = Capabilities(edits=False)
 
-    def __init__(self, settings: Settings, out: TextIO | None = None) -> None:
+    def __init__(self, settings: Settings, out: TextIO | None = None, *, plain: bool | None = None) -> None:
+        """``plain``: ``None`` decides by ``out``: rendered in a terminal, plain anywhere else."""
         self.settings = settings
         self.out = out or sys.stdout
+        self.plain = plain if plain is not None else not _is_terminal(self.out)
+        self.rich = Console(file=self.out, highlight=False, soft_wrap=False)
         self.turn_over = asyncio.Event()
         self.suggestions: tuple[str, list[dict[str, Any]]] | None = None
         self.prompt: dict[str, Any] | None = None
@@ -108,6 +177,17 @@ class ConsoleAdapter(Adapter):
     def write(self, text: str) -> None:
         self.out.write(text)
         self.out.flush()
+
+    def reply_view(self, markdown: str, *, stopped: bool = False) -> Table:
+        """A reply as the terminal shows it: ``bot>`` beside the rendered Markdown."""
+        body: Any = Markdown(markdown)
+        if stopped:
+            body = Group(body, Text("[stopped]", style="dim"))
+        view = Table.grid(padding=(0, 1))
+        view.add_column(no_wrap=True)
+        view.add_column()
+        view.add_row(Text("bot>", style="bold cyan"), body)
+        return view
 
     def show_block(self, envelope: dict[str, Any]) -> None:
         kind, payload = envelope["type"], envelope.get("payload") or {}
@@ -170,15 +250,25 @@ class ConsoleAdapter(Adapter):
             self.turn_over.set()  # give the keyboard back so the user can answer
 
 
+def _is_terminal(out: TextIO) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+
+
 def _read(path: str) -> bytes:
     with open(path, "rb") as f:
         return f.read()
 
 
-async def run_console(app: Any, settings: Settings, *, user: str, conversation: str) -> int:
+async def run_console(
+    app: Any, settings: Settings, *, user: str, conversation: str, plain: bool | None = None
+) -> int:
+    """``plain``: ``True`` prints Markdown as written; ``None`` renders it when stdout is a terminal."""
     from gateway.runtime import Gateway
 
-    console = ConsoleAdapter(settings)
+    console = ConsoleAdapter(settings, plain=plain)
     gateway = Gateway(app, settings, adapters=[console])
     await gateway.start()
     channel = SessionChannel("chat", chat_id=f"console:{conversation}")

@@ -160,7 +160,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
     settings.server.port = 0
     settings.web.enabled = False
     app = load_app(args.app)
-    return asyncio.run(run_console(app, settings, user=args.user, conversation=args.conversation))
+    plain = True if args.plain else None  # None: rendered in a terminal, plain when piped
+    return asyncio.run(run_console(app, settings, user=args.user, conversation=args.conversation, plain=plain))
 
 
 # -- init ------------------------------------------------------------------------------------
@@ -218,13 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
 
     chat = commands.add_parser("chat", help="chat with an app in this terminal",
-                               description="Chat with the app in the terminal. Replies stream live; blocks are "
-                               "shown as text; answer a file prompt with a path. /help lists the commands.")
+                               description="Chat with the app in the terminal. Replies are rendered Markdown "
+                               "and stream in place (plain text with --plain or when stdout is not a terminal); "
+                               "blocks are shown as text; answer a file prompt with a path. /help lists the commands.")
     _app_arguments(chat)
     chat.add_argument("--user", default=os.environ.get("USER", "you"), help="who you are (default: $USER)")
     chat.add_argument("--conversation", default="console",
                       help="conversation name; the same name continues the same conversation (default: console)")
     chat.add_argument("--database", help="database URL (default: database.url)")
+    chat.add_argument("--plain", action="store_true",
+                      help="print replies as the Markdown the app wrote, without rendering or redrawing "
+                      "(the default when stdout is not a terminal)")
     chat.add_argument("-v", "--verbose", action="store_true", help="show the gateway's log")
     chat.set_defaults(handler=cmd_chat)
 

@@ -457,6 +457,33 @@ async def test_without_draft_support_streams_by_edits_and_remembers(tmp_path: Pa
     assert not api.rate_limited
 
 
+async def test_a_stream_frame_returns_once_its_text_is_shown(tmp_path: Path) -> None:
+    """The StreamSink contract (gateway/outbound.py): ``frame`` waits while its preview is paced
+    or on the wire, so the core's pump coalesces the tokens written meanwhile (issue 10)."""
+    interval = 0.4
+    async with (
+        FakeTelegramAPI(rate_scale=SCALE, latency=0.05) as api,
+        running(echo_app(), tmp_path, api, group_edit_interval=interval / SCALE, rich_messages=False) as gw,
+    ):
+        adapter = next(a for a in gw.adapters if isinstance(a, TelegramAdapter))
+        group = adapter.outbox(gateway.SessionChannel("telegram", chat_id=str(GROUP)), "s-group").open_stream("m1")
+        await group.frame("first")
+        assert api.visible_texts(GROUP) == ["first"]  # sent before frame returned
+        await group.frame("first and second")  # waits out the group's edit interval, then edits
+        assert api.visible_texts(GROUP) == ["first and second"]
+        send, edit = api.calls_to("sendMessage", ok=True)[0], api.calls_to("editMessageText", ok=True)[0]
+        assert edit.at - send.at >= interval
+        assert await group.close("first and second, done", stopped=False) == [str(api.visible(GROUP)[0].message_id)]
+
+        private = adapter.outbox(gateway.SessionChannel("telegram", chat_id=str(PRIVATE)), "s-dm").open_stream("m2")
+        await private.frame("a draft")
+        assert next(iter(api.drafts.values()), None) == ["a draft"]  # on the server when frame returned
+        await private.close("a draft, final", stopped=False)
+    assert api.visible_texts(GROUP) == ["first and second, done"]
+    assert api.visible_texts(PRIVATE) == ["a draft, final"]
+    assert not api.rate_limited
+
+
 async def test_stop_button_on_the_draft_cancels_the_handler(tmp_path: Path, api: FakeTelegramAPI) -> None:
     cancelled = asyncio.Event()
     app = gateway.App("stop")

@@ -7,6 +7,7 @@ point is the wire shape.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -17,7 +18,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.exceptions import TelegramBadRequest, TelegramConflictError, TelegramNotFound, TelegramRetryAfter
 from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
 
-from tests.fakes.telegram_api import FakeTelegramAPI, HtmlParseError, parse_html
+from tests.fakes.telegram_api import UNKNOWN_METHOD_ANSWERS, FakeTelegramAPI, HtmlParseError, parse_html
 
 SCALE = 0.05
 
@@ -210,3 +211,48 @@ async def test_missing_methods_knobs_and_wire_errors(api: FakeTelegramAPI, bot: 
         ) as r:
             assert r.status == 400 and "JSON" in (await r.json())["description"]
     assert [c.status for c in api.calls_to("sendChatAction")] == [502]
+
+
+EXPECTED_ANSWERS = {
+    # unknown_method_answer: (status, content type, what the body is)
+    "not_found": (404, "application/json", lambda body: json.loads(body)["description"] == "Not Found"),
+    "no_ok": (404, "application/json", lambda body: "ok" not in json.loads(body)),
+    "html_404": (404, "text/html", lambda body: body.startswith("<html>")),
+    "odd_400": (400, "application/json", lambda body: "PARAMETERS_INVALID" in json.loads(body)["description"]),
+    "server_error": (500, "application/json", lambda body: json.loads(body)["ok"] is False),
+    "not_json": (200, "text/plain", lambda body: body == "OK"),
+}
+
+
+@pytest.mark.parametrize("answer", UNKNOWN_METHOD_ANSWERS)
+async def test_a_method_the_server_lacks_is_answered_the_configured_way(answer: str) -> None:
+    status, content_type, body_is = EXPECTED_ANSWERS[answer]
+    async with (
+        FakeTelegramAPI(rich_supported=False, unknown_method_answer=answer) as api,
+        aiohttp.ClientSession() as http,
+    ):
+        for method in ("sendRichMessage", "sendRichMessageDraft", "noSuchMethod"):
+            async with http.post(f"{api.base_url}/bot{api.token}/{method}", json={"chat_id": 1}) as response:
+                assert response.status == status and response.content_type == content_type
+                assert body_is(await response.text())
+        async with http.post(f"{api.base_url}/bot{api.token}/getMe") as response:
+            assert (await response.json())["ok"] is True  # the methods it has answer as usual
+    assert [c.method for c in api.calls] == ["sendRichMessage", "sendRichMessageDraft", "noSuchMethod", "getMe"]
+    with pytest.raises(ValueError):
+        FakeTelegramAPI(unknown_method_answer="teapot")
+
+
+async def test_rich_drafts_follow_rich_messages_unless_set() -> None:
+    async with (
+        FakeTelegramAPI(rich_supported=True, rich_drafts_supported=False) as api,
+        aiohttp.ClientSession() as http,
+    ):
+        draft = {"chat_id": 5, "draft_id": 7, "rich_message": {"markdown": "**hi**"}}
+        async with http.post(f"{api.base_url}/bot{api.token}/sendRichMessageDraft", json=draft) as response:
+            assert response.status == 404
+        api.rich_drafts_supported = None  # as rich messages
+        async with http.post(f"{api.base_url}/bot{api.token}/sendRichMessageDraft", json=draft) as response:
+            assert response.status == 200
+        async with http.post(f"{api.base_url}/bot{api.token}/sendRichMessageDraft", json={**draft, "chat_id": -5}) as r:
+            assert r.status == 400  # drafts only in private chats
+    assert api.rich_drafts == {(5, 7): ["**hi**"]} and api.drafts == {(5, 7): ["**hi**"]}

@@ -155,9 +155,9 @@ class SlackAdapter(Adapter):
         self.gw = gateway
         await self._sign_in()
         if self.settings.slack.mode == "socket":
-            from slack_bolt.adapter.socket_mode.aiohttp import AsyncSocketModeHandler
+            from adapters.slack.socket_mode import CheckedSocketModeHandler
 
-            self._socket_handler = AsyncSocketModeHandler(self.bolt, self.settings.slack.app_token)
+            self._socket_handler = CheckedSocketModeHandler(self.bolt, self.settings.slack.app_token or "")
             await self._socket_handler.connect_async()
 
     async def stop(self) -> None:

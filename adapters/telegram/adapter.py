@@ -85,6 +85,7 @@ class TelegramAdapter(Adapter):
             backoff=self.config.retry_backoff * self.config.rate_scale,
             drafts=self.config.use_drafts,
             rich=self.config.rich_messages,
+            optional_retry_after=self.config.optional_retry_after,
         )
         self.policy = UpdatePolicy(self.config.group_trigger, self.config.edited_messages)
         self.identity: BotIdentity | None = None

@@ -12,9 +12,12 @@ harmless:
   ``getUpdates``...). A ``sendMessage`` that may have arrived is not retried; the error is logged
   and raised, and the caller's own fallback applies (the core keeps the text in the history).
 
-Degradation, remembered per bot (an older or local Bot API server answers ``404 Not Found`` for a
-method it lacks): no drafts → streams by edits; no rich messages → HTML; no chat action → nothing.
-Markup Telegram rejects ("can't parse entities") is resent as the plain twin of the same part.
+Degradation (:mod:`adapters.telegram.features`): a newer, optional method (rich messages, rich
+drafts, drafts, chat actions) that fails in any way but a rate limit or a network error is not
+retried: the call falls back at once to its basic twin (HTML ``sendMessage``, plain drafts,
+send-then-edit, nothing) and the method is off for the bot until it is tried again later. A final
+reply is never lost to an optional method while ``sendMessage`` can carry it. Markup Telegram
+rejects ("can't parse entities") is resent as the plain twin of the same part.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from aiogram.exceptions import (
     TelegramBadRequest,
     TelegramEntityTooLarge,
     TelegramNetworkError,
-    TelegramNotFound,
     TelegramRetryAfter,
     TelegramServerError,
 )
@@ -41,14 +43,22 @@ from aiogram.methods import (
     SendMessage,
     SendMessageDraft,
     SendRichMessage,
+    SendRichMessageDraft,
     TelegramMethod,
 )
 from aiogram.types import InlineKeyboardMarkup, InputRichMessage, Message
 from aiohttp import ClientConnectorError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from adapters.telegram.features import (
+    OPTIONAL_RETRY_AFTER,
+    OptionalMethod,
+    OptionalMethods,
+    describe_failure,
+    failure_scope,
+)
 from adapters.telegram.pacer import Pacer, SlotKind
-from adapters.telegram.render import TelegramPart
+from adapters.telegram.render import TelegramPart, render_telegram, render_telegram_markdown
 
 log = logging.getLogger("chatgate.telegram")
 
@@ -60,19 +70,8 @@ DRAFT_ID_MAX = 2**31 - 1  # draft_id is an Integer (32-bit signed in the Bot API
 
 
 class MethodUnsupported(Exception):
-    """The Bot API server does not have this method (an older or local server)."""
-
-
-def is_unsupported(exc: TelegramAPIError) -> bool:
-    """``404 Not Found`` is how the Bot API answers a method it does not know."""
-    if isinstance(exc, TelegramNotFound):
-        return True
-    message = exc.message.lower()
-    return (
-        isinstance(exc, TelegramBadRequest)
-        and "method" in message
-        and ("not found" in message or "unsupported" in message or "unknown" in message)
-    )
+    """This call of an optional method must go the basic way (the server lacks the method, answered
+    it oddly, or refused this content); see :mod:`adapters.telegram.features`."""
 
 
 def _never_arrived(exc: BaseException) -> bool:
@@ -92,19 +91,49 @@ class TelegramClient:
         backoff_max: float = 10.0,
         drafts: bool = True,
         rich: bool = False,
+        optional_retry_after: float = OPTIONAL_RETRY_AFTER,
     ) -> None:
         self.bot = bot
         self.pacer = pacer
         self.attempts = attempts
         self.backoff = backoff
         self.backoff_max = backoff_max
-        self.supports_drafts = drafts
-        self.supports_rich = rich
-        self.supports_chat_action = True
+        enabled: list[OptionalMethod] = ["sendChatAction"]
+        if drafts:
+            enabled.append("sendMessageDraft")
+        if rich:
+            enabled.append("sendRichMessage")
+        if rich and drafts:
+            enabled.append("sendRichMessageDraft")
+        self.optional = OptionalMethods(enabled, retry_after=optional_retry_after)
         self.requests = 0
         self.retries = 0
         self.closed = False
         self._in_flight = 0
+
+    @property
+    def supports_drafts(self) -> bool:
+        return self.optional.available("sendMessageDraft")
+
+    @property
+    def supports_rich(self) -> bool:
+        return self.optional.available("sendRichMessage")
+
+    @property
+    def supports_rich_drafts(self) -> bool:
+        return self.optional.available("sendRichMessageDraft") and self.supports_rich
+
+    def _unsupported(self, method: OptionalMethod, exc: Exception) -> MethodUnsupported | None:
+        """What an optional call's failure means: ``None`` (not the method's fault: re-raise it),
+        else the :class:`MethodUnsupported` to raise, remembered for the bot where it should be."""
+        scope = failure_scope(exc)
+        if scope == "not_the_method":
+            return None
+        if scope == "the_bot":
+            self.optional.failed(method, exc)
+        else:
+            log.info("telegram refused this %s (%s); sending it the basic way", method, describe_failure(exc))
+        return MethodUnsupported(method)
 
     # -- the one entry point ------------------------------------------------------------------
 
@@ -115,12 +144,20 @@ class TelegramClient:
         chat_id: int | None = None,
         kind: SlotKind | None = None,
         idempotent: bool = False,
+        optional: bool = False,
         timeout: int | None = None,
     ) -> T:
-        """Send ``method``; paced when ``kind`` is given, retried per the module's rule."""
+        """Send ``method``; paced when ``kind`` is given, retried per the module's rule.
+
+        ``optional``: a newer method with a basic twin. Only ``429`` and network errors are retried:
+        any other failure is the caller's cue to fall back at once, not after five ``500``s."""
 
         def retryable(exc: BaseException) -> bool:
-            if isinstance(exc, TelegramRetryAfter | TelegramServerError):
+            if isinstance(exc, TelegramRetryAfter):
+                return True
+            if optional and not isinstance(exc, TelegramNetworkError):
+                return False
+            if isinstance(exc, TelegramServerError):
                 return True
             if isinstance(exc, TelegramEntityTooLarge):
                 return False
@@ -220,10 +257,12 @@ class TelegramClient:
     ) -> Message:
         """``sendRichMessage`` (Bot API 10.1): Telegram parses standard Markdown itself.
 
-        Raises :class:`MethodUnsupported` (and remembers it) when the server lacks the method.
+        Raises :class:`MethodUnsupported` when this text must go as HTML (remembered for the bot
+        when the failure says the server does not serve the method); ``429`` and network errors
+        are raised as they are.
         """
         try:
-            return await self.call(
+            sent = await self.call(
                 SendRichMessage(
                     chat_id=chat_id,
                     rich_message=InputRichMessage(markdown=markdown),
@@ -232,13 +271,40 @@ class TelegramClient:
                 ),
                 chat_id=chat_id,
                 kind="message",
+                optional=True,
             )
-        except TelegramAPIError as exc:
-            if is_unsupported(exc):
-                self.supports_rich = False
-                log.info("this Bot API server has no sendRichMessage; using HTML")
-                raise MethodUnsupported("sendRichMessage") from exc
-            raise
+            if not isinstance(sent, Message):
+                raise ValueError(f"sendRichMessage answered ok without the message ({sent!r})")
+            return sent
+        except Exception as exc:
+            unsupported = self._unsupported("sendRichMessage", exc)
+            if unsupported is None:
+                raise
+            raise unsupported from exc
+
+    async def send_markdown(
+        self,
+        chat_id: int,
+        markdown: str,
+        *,
+        thread_id: int | None = None,
+    ) -> list[int]:
+        """Send Markdown as rich messages where the server has them, else as HTML parts; a chunk
+        the rich method could not carry goes as HTML. Returns the message ids in order."""
+        ids: list[int] = []
+        chunks = render_telegram_markdown(markdown) if self.supports_rich else [markdown]
+        for chunk in chunks:
+            if self.supports_rich:
+                try:
+                    ids.append((await self.send_rich(chat_id, chunk, thread_id=thread_id)).message_id)
+                    continue
+                except MethodUnsupported:
+                    pass  # this chunk goes as HTML (the following ones too, when it is remembered)
+                except TelegramRetryAfter as exc:  # still limited after every retry: one last try, basic
+                    log.warning("sendRichMessage stayed rate limited (%s); sending this part as HTML", exc.message)
+            for part in render_telegram(chunk):
+                ids.append((await self.send_part(chat_id, part, thread_id=thread_id)).message_id)
+        return ids
 
     async def edit_part(
         self,
@@ -274,7 +340,8 @@ class TelegramClient:
     async def send_draft(
         self, chat_id: int, draft_id: int, part: TelegramPart | None, *, thread_id: int | None = None
     ) -> None:
-        """Show a draft (``None``: the "Thinking…" placeholder). Raises :class:`MethodUnsupported`."""
+        """Show a draft (``None``: the "Thinking…" placeholder). Raises :class:`MethodUnsupported`
+        when the stream must go on by edits (remembered for the bot unless the text was refused)."""
         attempts = ((part.html, "HTML"), (part.plain, None)) if part is not None else (("", None),)
         for text, parse_mode in attempts:
             try:
@@ -290,36 +357,55 @@ class TelegramClient:
                     chat_id=chat_id,
                     kind="draft",
                     idempotent=True,
+                    optional=True,
                 )
                 return
-            except TelegramAPIError as exc:
-                if is_unsupported(exc):
-                    self.supports_drafts = False
-                    log.info("this Bot API server has no sendMessageDraft (%s); streaming by edits", exc.message)
-                    raise MethodUnsupported("sendMessageDraft") from exc
+            except Exception as exc:
                 if isinstance(exc, TelegramBadRequest) and PARSE_ERROR in exc.message and parse_mode:
                     continue  # the plain twin next
-                if isinstance(exc, TelegramBadRequest):
-                    # refused for this chat (not a private chat, a bot without the needed mode...):
-                    # this stream goes on by edits; the next one tries drafts again
-                    log.info("telegram refused a draft in %s (%s); streaming by edits", chat_id, exc.message)
-                    raise MethodUnsupported("sendMessageDraft") from exc
+                unsupported = self._unsupported("sendMessageDraft", exc)
+                if unsupported is None:
+                    raise
+                raise unsupported from exc
+
+    async def send_rich_draft(
+        self, chat_id: int, draft_id: int, markdown: str, *, thread_id: int | None = None
+    ) -> None:
+        """``sendRichMessageDraft`` (Bot API 10.1): a draft of standard Markdown, parsed by Telegram.
+        Raises :class:`MethodUnsupported` when the stream must go on with plain drafts."""
+        try:
+            await self.call(
+                SendRichMessageDraft(
+                    chat_id=chat_id,
+                    draft_id=draft_id,
+                    rich_message=InputRichMessage(markdown=markdown),
+                    message_thread_id=thread_id,
+                    can_stop=True,
+                ),
+                chat_id=chat_id,
+                kind="draft",
+                idempotent=True,
+                optional=True,
+            )
+        except Exception as exc:
+            unsupported = self._unsupported("sendRichMessageDraft", exc)
+            if unsupported is None:
                 raise
+            raise unsupported from exc
 
     async def chat_action(self, chat_id: int, action: str = "typing", *, thread_id: int | None = None) -> None:
         """``sendChatAction``; a server without it, or any failure, costs nothing but a log line."""
-        if not self.supports_chat_action:
+        if not self.optional.available("sendChatAction"):
             return
         try:
             await self.call(
-                SendChatAction(chat_id=chat_id, action=action, message_thread_id=thread_id), idempotent=True
+                SendChatAction(chat_id=chat_id, action=action, message_thread_id=thread_id),
+                idempotent=True,
+                optional=True,
             )
-        except TelegramAPIError as exc:
-            if is_unsupported(exc):
-                self.supports_chat_action = False
-                log.info("this Bot API server has no sendChatAction; status is not shown")
-            else:
-                log.warning("sendChatAction failed: %s", exc)
+        except Exception as exc:
+            if self._unsupported("sendChatAction", exc) is None:
+                log.warning("sendChatAction failed: %s", describe_failure(exc))
 
     async def delete(self, chat_id: int, message_id: int) -> None:
         try:

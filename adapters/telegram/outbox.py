@@ -25,9 +25,8 @@ from adapters.telegram.render import (
     escape_html,
     render_telegram,
     render_telegram_caption,
-    render_telegram_markdown,
 )
-from adapters.telegram.streaming import DraftStream, EditStream
+from adapters.telegram.streaming import DraftStream, EditStream, RichDraftStream
 from gateway.outbound import MessageRef, StreamSink
 from gateway.types import SessionChannel
 
@@ -52,21 +51,10 @@ class TelegramOutbox:
     # -- text ------------------------------------------------------------------------------------
 
     async def send_text(self, message_id: str, text: str) -> list[MessageRef]:
-        if not (self.adapter.config.rich_messages and self.client.supports_rich):
-            return await self._send_parts(render_telegram(text))
-        refs: list[MessageRef] = []
-        for chunk in render_telegram_markdown(text):
-            if self.client.supports_rich:
-                try:
-                    sent = await self.client.send_rich(self.chat_id, chunk, thread_id=self.thread_id)
-                    refs.append(str(sent.message_id))
-                    continue
-                except MethodUnsupported:
-                    pass  # remembered: this and the following chunks go as HTML
-                except TelegramBadRequest as exc:  # Telegram refused this Markdown: send it as HTML
-                    log.warning("telegram refused a rich message (%s); sending HTML", exc.message)
-            refs += await self._send_parts(render_telegram(chunk))
-        return refs
+        """Rich Markdown messages where the server has them; HTML parts otherwise, and for any
+        chunk the rich method could not carry (the server failed it or refused the text)."""
+        ids = await self.client.send_markdown(self.chat_id, text, thread_id=self.thread_id)
+        return [str(i) for i in ids]
 
     async def _send_parts(self, parts: list[TelegramPart], keyboard: Any = None) -> list[MessageRef]:
         refs: list[MessageRef] = []
@@ -80,14 +68,16 @@ class TelegramOutbox:
         config = self.adapter.config
         scale = config.rate_scale
         edit_interval = (config.private_edit_interval if self.private else config.group_edit_interval) * scale
-        if self.private and config.use_drafts and self.client.supports_drafts:
-            return DraftStream(
-                self.client,
-                self.chat_id,
-                self.thread_id,
-                draft_interval=config.draft_interval * scale,
-                edit_interval=edit_interval,
-            )
+        if self.private and config.use_drafts:
+            kind = RichDraftStream if self.client.supports_rich_drafts else DraftStream
+            if kind is RichDraftStream or self.client.supports_drafts:
+                return kind(
+                    self.client,
+                    self.chat_id,
+                    self.thread_id,
+                    draft_interval=config.draft_interval * scale,
+                    edit_interval=edit_interval,
+                )
         return EditStream(self.client, self.chat_id, self.thread_id, edit_interval)
 
     # -- blocks ----------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ class TelegramSettings(Section):
     use_drafts: bool = True
     rich_messages: bool = True
     """Send replies with ``sendRichMessage`` (Bot API 10.1) where the server has it, else HTML."""
+    optional_retry_after: float = Field(600.0, ge=0)
+    """Seconds a newer optional method (rich messages, drafts, chat actions) the server failed stays
+    off for the bot before it is tried again."""
     chat_interval: float = Field(1.0, gt=0)
     """Seconds between messages (sends and edits) to one chat; Telegram allows about one a second."""
     group_messages_per_minute: int = Field(20, ge=1)

@@ -1,12 +1,17 @@
 """Streamed replies on Telegram: drafts in private chats, send-then-edit everywhere else.
 
-Both sinks render every frame from the whole text so far (``render_telegram`` through
+- :class:`RichDraftStream` (private chats, ``sendRichMessageDraft``, Bot API 10.1, with
+  ``telegram.rich_messages``): Markdown drafts Telegram renders itself, persisted by
+  ``sendRichMessage``; falls back to the next kind when the server fails it.
+
+The other two render every frame from the whole text so far (``render_telegram`` through
 :class:`~adapters.telegram.incremental.IncrementalRenderer`, which renders finished messages once),
 so a stream that outgrows 4,096 characters rolls over into a new message at a paragraph break.
 
 - :class:`DraftStream` (private chats, ``sendMessageDraft``, Bot API 9.3): the current part is a
   draft, animated under one ``draft_id`` with a stop button; parts the text has grown past are
-  posted as messages; ``close`` posts the rest. Drafts use their own budget, so the final
+  posted as messages; ``close`` posts the rest (a rich message where the server has them and
+  nothing was posted yet, as the Bot API suggests). Drafts use their own budget, so the final
   ``sendMessage`` does not wait behind them. A server without drafts switches the stream (and
   the bot, remembered) to edits mid-stream without losing what was already posted.
 - :class:`EditStream`: ``sendMessage`` once, then ``editMessageText`` at most every ``interval``
@@ -15,8 +20,8 @@ so a stream that outgrows 4,096 characters rolls over into a new message at a pa
   (``Pacer.room_for_preview``), so final texts and new messages never wait behind previews;
   a rollover (the finished part, then the next message) is not a preview and queues like them.
 
-Previews are sent by one background task per stream (:class:`_BackgroundFlush`): ``frame``
-returns at once, and ``close`` does not wait for a preview that has not left yet.
+Every sink's ``frame`` returns once its preview is shown or skipped (:class:`_PacedFrames`), so
+the core's pump coalesces what is written while the chat's budget is busy.
 
 ``close`` makes every part exactly the final rendering (edits are idempotent, so a retried edit
 never duplicates anything) and deletes messages the final text no longer needs.
@@ -25,14 +30,13 @@ never duplicates anything) and deletes messages the final text no longer needs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
 
 from adapters.telegram.client import DRAFT_ID_MAX, MethodUnsupported, TelegramClient
 from adapters.telegram.incremental import IncrementalRenderer
-from adapters.telegram.render import TelegramPart
+from adapters.telegram.render import TelegramPart, render_telegram_markdown
 from gateway.outbound import MessageRef
 
 log = logging.getLogger("chatgate.telegram")
@@ -74,24 +78,22 @@ async def _finish(
     return posted.refs()
 
 
-class _BackgroundFlush:
-    """``frame`` never waits: it hands the text to one background flush per stream, which shows the
-    newest text when the budget allows (frames that arrive meanwhile are coalesced). So ``close``
-    is never held up behind a preview waiting for its budget: it cancels a flush that has not
-    started sending, waits only for one already on the wire (a preview landing after the final
-    text would undo it), then delivers the final text."""
+PREVIEW_PATIENCE = 1.0
+"""How many ``min_interval``s a preview waits for room in a busy budget before it is skipped
+(the next frame, or ``close``, carries the whole text anyway)."""
+
+
+class _PacedFrames:
+    """The :class:`~gateway.outbound.StreamSink` contract: ``frame`` returns once its text is shown
+    (or the preview was skipped), so while a frame waits for the chat's budget or is on the wire
+    the core's pump coalesces the tokens written meanwhile into the next frame: a slow chat gets
+    fewer, larger frames, and no preview ever queues behind another.
+
+    A preview waits for its budget at most ``PREVIEW_PATIENCE`` intervals, so ``close`` (which
+    the pump calls only after the frame in hand has returned) is not held up behind a preview
+    that cannot go; a text that outgrew its message is not a preview and waits like a final."""
 
     min_interval: float
-
-    def __init__(self) -> None:
-        self._latest = ""
-        self._flush_task: asyncio.Task[None] | None = None
-        self._sending = False
-
-    async def frame(self, text: str) -> None:
-        self._latest = text
-        if self._flush_task is None or self._flush_task.done():
-            self._flush_task = asyncio.create_task(self._flush(), name="telegram-stream-preview")
 
     def _delay(self) -> float:
         """Seconds to wait before the next preview may be shown."""
@@ -104,36 +106,23 @@ class _BackgroundFlush:
     async def _show(self, text: str) -> None:
         raise NotImplementedError
 
-    async def _flush(self) -> None:
-        shown: str | None = None
-        while self._latest != shown:
-            await asyncio.sleep(self._delay())
-            if not self._ready():
-                await asyncio.sleep(self.min_interval / 4)
-                continue
-            text = self._latest
-            self._sending = True
-            try:
-                await self._show(text)
-            except Exception:  # a lost preview is not fatal: close() delivers the whole text
-                log.warning("telegram stream preview failed; the final text will carry it", exc_info=True)
-            finally:
-                self._sending = False
-            shown = text
+    _latest = ""
 
-    async def _stop_flush(self) -> None:
-        task = self._flush_task
-        if task is None or task.done():
-            return
-        if self._sending:
-            await asyncio.shield(task)
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    async def frame(self, text: str) -> None:
+        self._latest = text
+        delay = self._delay()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        give_up = time.monotonic() + self.min_interval * PREVIEW_PATIENCE
+        while not self._ready():
+            if time.monotonic() >= give_up:
+                log.debug("telegram stream preview skipped: no room in the budget")
+                return
+            await asyncio.sleep(self.min_interval / 4)
+        await self._show(text)
 
 
-class EditStream(_BackgroundFlush):
+class EditStream(_PacedFrames):
     """Send, then edit no more often than ``interval``."""
 
     def __init__(
@@ -145,7 +134,6 @@ class EditStream(_BackgroundFlush):
         posted: _Posted | None = None,
         renderer: IncrementalRenderer | None = None,
     ) -> None:
-        super().__init__()
         self.client = client
         self.renderer = renderer or IncrementalRenderer()
         self.chat_id = chat_id
@@ -175,12 +163,11 @@ class EditStream(_BackgroundFlush):
             self._last = time.monotonic()
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
-        await self._stop_flush()
         parts = self.renderer.render(text)
         return await _finish(self.client, self.chat_id, self.thread_id, self._posted, parts)
 
 
-class DraftStream(_BackgroundFlush):
+class DraftStream(_PacedFrames):
     """Drafts for the part being written; messages for finished parts and the final text."""
 
     def __init__(
@@ -191,14 +178,14 @@ class DraftStream(_BackgroundFlush):
         *,
         draft_interval: float,
         edit_interval: float,
+        draft_id: int | None = None,
     ) -> None:
-        super().__init__()
         self.client = client
         self.chat_id = chat_id
         self.thread_id = thread_id
         self.min_interval = draft_interval
         self.edit_interval = edit_interval
-        self.draft_id = secrets.randbelow(DRAFT_ID_MAX) + 1
+        self.draft_id = draft_id or secrets.randbelow(DRAFT_ID_MAX) + 1
         self._posted = _Posted()
         self._fallback: EditStream | None = None
         self.renderer = IncrementalRenderer()
@@ -222,6 +209,8 @@ class DraftStream(_BackgroundFlush):
         # parts the text has grown past are complete: post them as messages
         await _sync(self.client, self.chat_id, self.thread_id, self._posted, parts[: len(parts) - 1])
         try:
+            if not self.client.supports_drafts:  # another stream learnt it meanwhile
+                raise MethodUnsupported("sendMessageDraft")
             await self.client.send_draft(self.chat_id, self.draft_id, parts[-1], thread_id=self.thread_id)
         except MethodUnsupported:
             self._fallback = EditStream(
@@ -230,9 +219,77 @@ class DraftStream(_BackgroundFlush):
             await self._fallback.frame(text)
 
     async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
-        await self._stop_flush()
         if self._fallback is not None:
             return await self._fallback.close(text, stopped=stopped)
         # sending a message in the chat ends the draft; nothing else to clear
+        if not self._posted.ids and self.client.supports_rich:  # a rich message where the server has them
+            return [str(i) for i in await self.client.send_markdown(self.chat_id, text, thread_id=self.thread_id)]
         parts = self.renderer.render(text)
         return await _finish(self.client, self.chat_id, self.thread_id, self._posted, parts)
+
+
+class RichDraftStream(_PacedFrames):
+    """Rich drafts (``sendRichMessageDraft``, Bot API 10.1): the draft is standard Markdown that
+    Telegram renders itself (tables, headings, code), and ``close`` persists the reply with
+    ``sendRichMessage``, as the Bot API asks (a draft is an ephemeral preview).
+
+    Nothing is posted before ``close``: a reply longer than one rich message (32,768 characters)
+    shows its last chunk as the draft, and ``close`` posts every chunk. If the server fails the
+    rich draft, the stream goes on as a :class:`DraftStream` (plain drafts, then edits) under the
+    same ``draft_id``; the final text goes as HTML where ``sendRichMessage`` fails too."""
+
+    def __init__(
+        self,
+        client: TelegramClient,
+        chat_id: int,
+        thread_id: int | None,
+        *,
+        draft_interval: float,
+        edit_interval: float,
+    ) -> None:
+        self.client = client
+        self.chat_id = chat_id
+        self.thread_id = thread_id
+        self.min_interval = draft_interval
+        self.edit_interval = edit_interval
+        self.draft_id = secrets.randbelow(DRAFT_ID_MAX) + 1
+        self._fallback: DraftStream | EditStream | None = None
+
+    def _plain(self) -> DraftStream | EditStream:
+        if self.client.supports_drafts:
+            return DraftStream(
+                self.client,
+                self.chat_id,
+                self.thread_id,
+                draft_interval=self.min_interval,
+                edit_interval=self.edit_interval,
+                draft_id=self.draft_id,
+            )
+        return EditStream(self.client, self.chat_id, self.thread_id, self.edit_interval)
+
+    async def frame(self, text: str) -> None:
+        if self._fallback is not None:
+            await self._fallback.frame(text)
+            return
+        await super().frame(text)
+
+    def _delay(self) -> float:
+        return self.client.pacer.draft_delay(self.chat_id)
+
+    async def _show(self, text: str) -> None:
+        chunks = render_telegram_markdown(text, partial=True)
+        if not chunks:
+            return
+        try:
+            if not self.client.supports_rich_drafts:  # another stream learnt it meanwhile
+                raise MethodUnsupported("sendRichMessageDraft")
+            await self.client.send_rich_draft(self.chat_id, self.draft_id, chunks[-1], thread_id=self.thread_id)
+        except MethodUnsupported:
+            self._fallback = self._plain()
+            await self._fallback.frame(text)
+
+    async def close(self, text: str, *, stopped: bool) -> list[MessageRef]:
+        if self._fallback is not None:
+            return await self._fallback.close(text, stopped=stopped)
+        ids = await self.client.send_markdown(self.chat_id, text, thread_id=self.thread_id)
+        return [str(i) for i in ids]

@@ -114,6 +114,17 @@ class FakeSocketMode:
         )
         return envelope_id
 
+    async def send_raw(self, text: str, *, envelope_id: str | None = None) -> Delivery | None:
+        """Send ``text`` exactly as given (a malformed envelope); with ``envelope_id``, returns the
+        delivery whose ``acked`` is set when the app acknowledges that id."""
+        await asyncio.wait_for(self.connected.wait(), 5)
+        delivery = None
+        if envelope_id is not None:
+            delivery = self.deliveries.setdefault(envelope_id, Delivery(envelope_id))
+            delivery.attempts += 1
+        await self.connections[-1].send_str(text)
+        return delivery
+
     async def deliver(
         self, kind: str, payload: dict[str, Any], *, ack_timeout: float = 3.0, max_retries: int = 3
     ) -> Delivery:

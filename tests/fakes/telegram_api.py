@@ -15,10 +15,11 @@ enforces what makes Telegram hard to talk to:
   until the bot answers 2xx, updates kept until confirmed by ``offset``.
 
 Knobs for tests: ``reject_html`` (every HTML body "can't parse entities"), ``drafts_supported`` /
-``chat_action_supported`` / ``rich_supported`` (a method a server does not have answers ``404 Not
-Found``, as Telegram does), ``fail_next`` (5xx or any error), ``disconnect_next`` (process the
-call, then drop the connection: the client cannot know whether it arrived), ``latency``. Every
-call is recorded in ``calls``.
+``chat_action_supported`` / ``rich_supported`` / ``rich_drafts_supported`` (a method a server does
+not have answers ``404 Not Found`` as Telegram does, or as ``unknown_method_answer`` says: the odd
+ways other Bot API servers answer, see :data:`UNKNOWN_METHOD_ANSWERS`), ``fail_next`` (5xx or any
+error), ``disconnect_next`` (process the call, then drop the connection: the client cannot know
+whether it arrived), ``latency``. Every call is recorded in ``calls``.
 
 Chat ids follow Telegram's convention: positive ids are private chats (the user's id), negative
 ids are groups (``is_forum`` for chats registered with :meth:`FakeTelegramAPI.add_forum`).
@@ -50,6 +51,12 @@ MESSAGE_METHODS = frozenset(
     {"sendMessage", "editMessageText", "sendPhoto", "sendDocument", "sendRichMessage", "editMessageCaption"}
 )
 DRAFT_METHODS = frozenset({"sendMessageDraft", "sendRichMessageDraft"})
+
+UNKNOWN_METHOD_ANSWERS = ("not_found", "no_ok", "html_404", "odd_400", "server_error", "not_json")
+"""How a server answers a method it does not have: ``not_found`` is Telegram's own ``404`` JSON;
+the others are what emulators, local servers and proxies do: a JSON body without ``ok``
+(``{"error": ...}``), an HTML 404 page, ``400`` with a description of their own, a ``500``, and a
+``200`` whose body is not JSON."""
 
 
 @dataclass(frozen=True)
@@ -258,6 +265,7 @@ class _Fault:
     status: int
     description: str
     remaining: int
+    retry_after: int | None = None
 
 
 @dataclass
@@ -280,6 +288,8 @@ class FakeTelegramAPI:
         drafts_supported: bool = True,
         chat_action_supported: bool = True,
         rich_supported: bool = False,
+        rich_drafts_supported: bool | None = None,
+        unknown_method_answer: str = "not_found",
         reject_html: bool = False,
         latency: float = 0.0,
         webhook_retry_delay: float = 0.05,
@@ -294,6 +304,11 @@ class FakeTelegramAPI:
         self.drafts_supported = drafts_supported
         self.chat_action_supported = chat_action_supported
         self.rich_supported = rich_supported
+        self.rich_drafts_supported = rich_drafts_supported
+        """``None``: rich drafts where rich messages are (Bot API 10.1 brought both)."""
+        if unknown_method_answer not in UNKNOWN_METHOD_ANSWERS:
+            raise ValueError(f"unknown_method_answer must be one of {UNKNOWN_METHOD_ANSWERS}")
+        self.unknown_method_answer = unknown_method_answer
         self.reject_html = reject_html
         self.confirm_updates = True
         """False: ``offset`` confirms nothing, as if every confirmation were lost (a crash between
@@ -304,6 +319,8 @@ class FakeTelegramAPI:
         self.calls: list[RecordedCall] = []
         self.messages: dict[int, list[StoredMessage]] = {}
         self.drafts: dict[tuple[int, int], list[str]] = {}
+        self.rich_drafts: dict[tuple[int, int], list[str]] = {}
+        """The Markdown of every ``sendRichMessageDraft`` (also in ``drafts``)."""
         self.chat_actions: list[tuple[int, str]] = []
         self.callback_answers: dict[str, dict[str, Any]] = {}
         self.files: dict[str, StoredFile] = {}
@@ -374,9 +391,18 @@ class FakeTelegramAPI:
 
     # -- test knobs ----------------------------------------------------------------------------
 
-    def fail_next(self, method: str, *, status: int = 502, description: str = "Bad Gateway", times: int = 1) -> None:
-        """Answer the next ``times`` calls of ``method`` with an error, without processing them."""
-        self._faults.append(_Fault(method, status, description, times))
+    def fail_next(
+        self,
+        method: str,
+        *,
+        status: int = 502,
+        description: str = "Bad Gateway",
+        times: int = 1,
+        retry_after: int | None = None,
+    ) -> None:
+        """Answer the next ``times`` calls of ``method`` with an error, without processing them
+        (``retry_after``: in ``parameters``, as Telegram sends it with a 429)."""
+        self._faults.append(_Fault(method, status, description, times, retry_after))
 
     def disconnect_next(self, method: str, *, times: int = 1) -> None:
         """Process the next ``times`` calls of ``method``, then drop the connection unanswered."""
@@ -564,10 +590,10 @@ class FakeTelegramAPI:
         for fault in self._faults:
             if fault.method == method and fault.remaining > 0:
                 fault.remaining -= 1
-                return self._answer(method, params, _Reject(fault.status, fault.description))
+                return self._answer(method, params, _Reject(fault.status, fault.description, fault.retry_after))
         handler = getattr(self, f"_m_{method}", None)
         if handler is None or not self._supported(method):
-            return self._answer(method, params, _Reject(404, "Not Found"))
+            return self._unknown_method(method, params)
         try:
             self._check_rate(method, params)
             result = await handler(params, uploads)
@@ -584,11 +610,38 @@ class FakeTelegramAPI:
     def _supported(self, method: str) -> bool:
         if method == "sendMessageDraft":
             return self.drafts_supported
-        if method in ("sendRichMessage", "sendRichMessageDraft"):
+        if method == "sendRichMessage":
             return self.rich_supported
+        if method == "sendRichMessageDraft":
+            return self.rich_supported if self.rich_drafts_supported is None else self.rich_drafts_supported
         if method == "sendChatAction":
             return self.chat_action_supported
         return True
+
+    def _unknown_method(self, method: str, params: dict[str, Any]) -> web.Response:
+        """Answer a method this server does not have, the way ``unknown_method_answer`` says."""
+        how = self.unknown_method_answer
+        if how == "not_found":
+            return self._answer(method, params, _Reject(404, "Not Found"))
+        response: web.Response
+        if how == "no_ok":
+            body: Any = {"error": f"unknown method {method}", "code": 404}
+            response = web.json_response(body, status=404)
+        elif how == "html_404":
+            body = f"<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1>{method}</body></html>"
+            response = web.Response(text=body, status=404, content_type="text/html")
+        elif how == "odd_400":
+            body = {"ok": False, "error_code": 400, "description": "Bad Request: PARAMETERS_INVALID"}
+            response = web.json_response(body, status=400)
+        elif how == "server_error":
+            body = {"ok": False, "error_code": 500, "description": "Internal Server Error"}
+            response = web.json_response(body, status=500)
+        else:  # not_json
+            body = "OK"
+            response = web.Response(text=body, status=200, content_type="text/plain")
+        recorded = body if isinstance(body, dict) else {"body": body}
+        self.calls.append(RecordedCall(method, params, response.status, recorded, self._now()))
+        return response
 
     def _answer(self, method: str, params: dict[str, Any], result: Any) -> web.Response:
         if isinstance(result, _Reject):
@@ -941,8 +994,19 @@ class FakeTelegramAPI:
 
     async def _m_sendRichMessageDraft(self, params: dict[str, Any], uploads: Any) -> bool:
         chat_id = self._chat_id(params)
-        rich = params.get("rich_message") or {}
-        self.drafts.setdefault((chat_id, _int(params, "draft_id")), []).append(str(rich.get("markdown") or ""))
+        if chat_id < 0:
+            raise _Reject(400, "Bad Request: drafts can be sent only to private chats")
+        draft_id = _int(params, "draft_id")
+        if draft_id == 0:
+            raise _Reject(400, "Bad Request: draft_id must be non-zero")
+        rich = params.get("rich_message")
+        if not isinstance(rich, dict) or not isinstance(rich.get("markdown") or rich.get("html") or "", str):
+            raise _Reject(400, "Bad Request: can't parse rich_message JSON object")
+        text = str(rich.get("markdown") or rich.get("html") or "")
+        if _utf16_len(text) > RICH_TEXT_LIMIT:
+            raise _Reject(400, "Bad Request: message is too long")
+        self.drafts.setdefault((chat_id, draft_id), []).append(text)
+        self.rich_drafts.setdefault((chat_id, draft_id), []).append(text)
         return True
 
     async def _m_sendChatAction(self, params: dict[str, Any], uploads: Any) -> bool:
