@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from slack_sdk.errors import SlackApiError
 
@@ -12,10 +12,28 @@ from adapters.slack.conversation import Conversation
 from adapters.slack.limits import MAX_STATUS
 from adapters.slack.streaming import EditStreamSink, NativeStreamSink
 from adapters.slack.text import render_parts_async
+from gateway.config import Settings
 from gateway.outbound import MessageRef, StreamSink
 
-if TYPE_CHECKING:
-    from adapters.slack.adapter import SlackAdapter
+
+class SlackAdapter(Protocol):
+    """What an outbox needs of the adapter that made it (``adapters.slack.adapter.SlackAdapter``):
+    the per-workspace memory of what Slack refused, threads and shown statuses."""
+
+    settings: Settings
+    statuses_shown: set[tuple[str, str | None]]
+
+    def remember_thread(self, conversation: Conversation) -> None: ...
+
+    def native_streaming_allowed(self, team: str) -> bool: ...
+
+    def native_stream_refused(self, team: str, error: str) -> None: ...
+
+    def status_allowed(self, team: str) -> bool: ...
+
+    def status_unavailable(self, team: str, error: str) -> None: ...
+
+    async def slack_file_for(self, team: str, file_id: str, alt_text: str) -> str: ...
 
 log = logging.getLogger(__name__)
 

@@ -12,26 +12,38 @@ message to delete.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.methods import SendPhoto
 from aiogram.types import BufferedInputFile
 
 from adapters.telegram.blocks import BlockView, absolute_url, view_block
-from adapters.telegram.client import PARSE_ERROR, MethodUnsupported
+from adapters.telegram.client import PARSE_ERROR, MethodUnsupported, TelegramClient
 from adapters.telegram.render import (
     TelegramPart,
     escape_html,
     render_telegram,
     render_telegram_caption,
 )
+from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.streaming import DraftStream, EditStream, RichDraftStream
 from gateway.outbound import MessageRef, StreamSink
 from gateway.types import SessionChannel
 
-if TYPE_CHECKING:
-    from adapters.telegram.adapter import TelegramAdapter
+
+class TelegramAdapter(Protocol):
+    """What an outbox needs of the adapter that made it (``adapters.telegram.adapter.TelegramAdapter``)."""
+
+    client: TelegramClient
+    config: TelegramSettings
+    status_draft_id: int
+
+    @property
+    def public_url(self) -> str: ...
+
+    @property
+    def files(self) -> Any: ...
 
 log = logging.getLogger("chatgate.telegram")
 

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import JSON, Column, DateTime, Index, Text, delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 
 from gateway.store.tables import LeaseRow, SessionRow, new_id, utcnow
-
-if TYPE_CHECKING:
-    from gateway.store import Store
+from gateway.store.transactions import Transactions
 
 CLAIMABLE = ("pending", "scheduled", "retry")
 """Statuses a worker may start: new, due later, or waiting for its next attempt."""
@@ -89,7 +87,7 @@ class ScheduleRunRow(SQLModel, table=True):
 class TaskQueries:
     """The SQL of the task service, the scheduler and broadcasts."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Transactions) -> None:
         self.store = store
 
     # -- tasks ---------------------------------------------------------------------------

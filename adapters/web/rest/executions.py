@@ -13,7 +13,8 @@ A turn whose handler waits in ``session.prompt_approval`` is ``waiting_approval`
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -21,17 +22,17 @@ from gateway.inbound import ButtonPress, Inbound
 from gateway.store.records import InboundRecord, MessageRecord, SessionRecord
 
 from .. import errors
-from ..context import ID_PATTERN
+from ..context import ID_PATTERN, WebContext
 from ..errors import not_found
 from ..outbox import session_topic
 from ..subscription import subscribed
 from ..wire import page_meta, rfc3339
+from .caller import Caller
 from .paging import page_offset, pagination
 from .sse import SSEWriter
 from .sse_turn import ERROR_MESSAGES, MESSAGE_SEPARATOR, TurnStreamer
 
-if TYPE_CHECKING:
-    from .routes import Caller, RestApi
+JsonBody = Callable[[web.Request], Awaitable[dict[str, Any]]]
 
 log = logging.getLogger("chatgate.web.rest")
 
@@ -44,12 +45,13 @@ STATUS_BY_ERROR = {None: "completed", "stopped": "cancelled", errors.HANDLER_ERR
 
 
 class Executions:
-    def __init__(self, api: RestApi) -> None:
-        self.api = api
+    def __init__(self, ctx: WebContext, json_body: JsonBody) -> None:
+        self.ctx = ctx
+        self.json_body = json_body
 
     @property
     def store(self) -> Any:
-        return self.api.ctx.core.store
+        return self.ctx.core.store
 
     async def _own(self, request: web.Request, caller: Caller) -> tuple[InboundRecord, SessionRecord]:
         execution_id = request.match_info["execution_id"]
@@ -70,7 +72,7 @@ class Executions:
 
     def _awaited_block(self, inbound: InboundRecord) -> str | None:
         """The approval block this execution's handler waits on, if it waits on one."""
-        awaited = self.api.ctx.core.approvals.awaited(inbound.session_id)
+        awaited = self.ctx.core.approvals.awaited(inbound.session_id)
         if awaited is None or awaited[0] != inbound.id:
             return None
         return awaited[1]
@@ -112,11 +114,11 @@ class Executions:
     async def stream(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         inbound, record = await self._own(request, caller)
         writer = SSEWriter(request)
-        async with subscribed(self.api.ctx.core.bus, session_topic(record.id)) as queue:
+        async with subscribed(self.ctx.core.bus, session_topic(record.id)) as queue:
             inbound = await self.store.get_inbound(inbound.id) or inbound  # re-read once subscribed
             await writer.open()
             if self.status_of(inbound) in (RUNNING, WAITING_APPROVAL):
-                await TurnStreamer(self.api.ctx, record.id, inbound.id, writer).run(queue)
+                await TurnStreamer(self.ctx, record.id, inbound.id, writer).run(queue)
             else:
                 await self._replay(writer, inbound, record)
         return await writer.close()
@@ -147,7 +149,7 @@ class Executions:
                 user=caller.user,
                 session_id=record.id,
             )
-            await self.api.ctx.core.submit(stop)
+            await self.ctx.core.submit(stop)
         messages = await self.store.turn_messages(record.id, inbound.id)
         execution = self.execution(inbound, record, messages)
         if execution["status"] in (RUNNING, WAITING_APPROVAL):
@@ -160,8 +162,8 @@ class Executions:
         """The caller's executions waiting for an approval, oldest first."""
         page, limit = pagination(request)
         waiting: list[tuple[InboundRecord, SessionRecord]] = []
-        for session_id in self.api.ctx.core.approvals.waiting_sessions():
-            awaited = self.api.ctx.core.approvals.awaited(session_id)
+        for session_id in self.ctx.core.approvals.waiting_sessions():
+            awaited = self.ctx.core.approvals.awaited(session_id)
             record = await self.store.get_session(session_id) if awaited else None
             if record is None or record.owner_key != caller.owner_key:
                 continue
@@ -184,7 +186,7 @@ class Executions:
 
     async def _answer(self, request: web.Request, caller: Caller, route: str) -> web.StreamResponse:
         inbound, record = await self._own(request, caller)
-        body = await self.api.json_body(request)
+        body = await self.json_body(request)
         reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise errors.bad_request("reason must be a string")
@@ -199,7 +201,7 @@ class Executions:
             session_id=record.id,
             button=ButtonPress(block_id, ANSWER_BY_ROUTE[route]),
         )
-        await self.api.ctx.core.submit(press)
+        await self.ctx.core.submit(press)
         # The handler learns only yes or no (prompt_approval returns a bool); the reason is kept in the log.
         log.info("execution %s %s through the API%s", inbound.id, "approved" if route == "approve" else "denied",
                  f": {reason!r}" if reason else "")

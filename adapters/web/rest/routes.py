@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.inbound import Inbound, PlatformUser
+from gateway.inbound import Inbound
 from gateway.store.records import SessionRecord
 from gateway.types import Message, SessionChannel
 
@@ -28,6 +28,7 @@ from ..errors import WebError, bad_request, not_found
 from ..outbox import session_topic
 from ..subscription import subscribed
 from ..wire import JSONRefused, chat_message, chat_session, now_rfc3339, page_meta, strict_json
+from .caller import Caller
 from .executions import Executions
 from .openapi import OPENAPI_PATH, openapi_document
 from .paging import page_offset, pagination
@@ -39,25 +40,16 @@ log = logging.getLogger("chatgate.web.rest")
 
 PREFIX = "/api/v1"
 DEFAULT_AGENT = "default"
-API_PLATFORM = "api"
 FEEDBACK_VALUES = (1, -1)
 
 Handler = Callable[[web.Request, "Caller"], Awaitable[web.StreamResponse]]
-
-
-class Caller:
-    """An authenticated API client: its sessions are the ones with its ``owner_key``."""
-
-    def __init__(self, owner_key: str) -> None:
-        self.owner_key = owner_key
-        self.user = PlatformUser(API_PLATFORM, owner_key)
 
 
 class RestApi:
     def __init__(self, ctx: WebContext) -> None:
         self.ctx = ctx
         self.turns = RestTurns(ctx)
-        self.executions = Executions(self)
+        self.executions = Executions(ctx, self.json_body)
 
     def mount(self, app: web.Application) -> None:
         routes: dict[str, dict[str, Handler]] = {
