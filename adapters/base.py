@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Protocol
 from aiohttp import web
 
 from gateway.approvals import ApprovalDesk
-from gateway.bus import Bus
+from gateway.bus import Bus, SubscriberOverflow
 from gateway.chats import ChatCatalog
 from gateway.config import Settings
 from gateway.dispatch import UnknownSession
@@ -40,7 +40,7 @@ __all__ = [
     "Accepted", "Adapter", "AdapterSpec", "ApprovalDesk", "Attachment", "Bus", "ButtonPress", "Capabilities",
     "ChatCatalog", "FileRecord", "FileRejected", "FileStore", "GatewayContext", "Inbound", "InboundRecord",
     "LeaseStore", "Limits", "MessageRecord", "MessageRef", "Outbox", "PlatformUser", "SessionChannel",
-    "SessionDirectory", "SessionRecord", "Settings", "StreamSink", "UnknownSession",
+    "SessionDirectory", "SessionRecord", "Settings", "StreamSink", "SubscriberOverflow", "UnknownSession",
 ]
 
 

@@ -19,7 +19,7 @@ import os
 import secrets
 import signal
 import sys
-from typing import Any, ClassVar, TextIO
+from typing import Any, ClassVar, Protocol, TextIO
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.live import Live
@@ -28,11 +28,9 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
-from adapters.base import Adapter
+from adapters.base import Accepted, Adapter, ButtonPress, Capabilities, Inbound, Limits, MessageRef, PlatformUser
 from gateway.config import Settings
-from gateway.inbound import ButtonPress, Inbound, PlatformUser
 from gateway.markdown import heal_partial
-from gateway.outbound import Capabilities, Limits, MessageRef
 from gateway.types import Attachment, Message, SessionChannel
 
 HELP = """commands:
@@ -262,18 +260,27 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-async def run_console(
-    app: Any, settings: Settings, *, user: str, conversation: str, plain: bool | None = None
-) -> int:
-    """``plain``: ``True`` prints Markdown as written; ``None`` renders it when stdout is a terminal."""
-    from gateway.runtime import Gateway
+class ConsoleGateway(Protocol):
+    """The gateway ``chatgate chat`` built around a :class:`ConsoleAdapter` (``gateway.cli`` makes
+    it: an adapter never builds the core)."""
 
-    console = ConsoleAdapter(settings, plain=plain)
-    gateway = Gateway(app, settings, adapters=[console])
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def submit(self, inbound: Inbound) -> Accepted: ...
+
+    def spawn(self, coro: Any, *, name: str) -> Any: ...
+
+
+async def run_console(
+    gateway: ConsoleGateway, console: ConsoleAdapter, *, app_name: str, user: str, conversation: str
+) -> int:
+    """Chat with the app in the terminal until Ctrl-D or ``/quit``: lines in, replies out."""
     await gateway.start()
     channel = SessionChannel("chat", chat_id=f"console:{conversation}")
     platform_user = PlatformUser("console", user)
-    console.write(f"chatting with {app.name!r} as {user} — /help for commands, Ctrl-D to quit\n")
+    console.write(f"chatting with {app_name!r} as {user} — /help for commands, Ctrl-D to quit\n")
     loop = asyncio.get_running_loop()
     try:
         while True:

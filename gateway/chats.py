@@ -23,6 +23,10 @@ class ChatCatalog:
         """Whether a message handler is registered under ``name`` (``None``: the unnamed one)."""
         return name in self._app.message_specs
 
+    def names(self) -> list[str | None]:
+        """The names of the message handlers (``None``: the unnamed one)."""
+        return list(self._app.message_specs)
+
     def labels(self) -> dict[str | None, str | None]:
         """Handler name -> the label it was registered with (``None`` when it has none)."""
         return {name: spec.label for name, spec in self._app.message_specs.items()}

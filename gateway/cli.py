@@ -152,7 +152,8 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from adapters.console import run_console
+    from adapters.console import ConsoleAdapter, run_console
+    from gateway.runtime import Gateway
 
     settings = _settings(args)
     settings.logging.level = "WARNING" if not args.verbose else "DEBUG"
@@ -161,7 +162,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
     settings.web.enabled = False
     app = load_app(args.app)
     plain = True if args.plain else None  # None: rendered in a terminal, plain when piped
-    return asyncio.run(run_console(app, settings, user=args.user, conversation=args.conversation, plain=plain))
+    console = ConsoleAdapter(settings, plain=plain)
+    gateway = Gateway(app, settings, adapters=[console])
+    return asyncio.run(
+        run_console(gateway, console, app_name=app.name, user=args.user, conversation=args.conversation)
+    )
 
 
 # -- init ------------------------------------------------------------------------------------

@@ -71,6 +71,10 @@ class FileStore:
         tmp.write_bytes(data)
         tmp.replace(self.root / file_id)
 
+    async def record(self, file_id: str) -> FileRecord | None:
+        """What is known of a stored file (name, type, size, session), ``None`` for an unknown id."""
+        return await self.store.get_file(file_id)
+
     def path(self, file_id: str) -> Path:
         if not file_id.isalnum():
             raise ValueError("bad file id")

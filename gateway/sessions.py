@@ -83,9 +83,13 @@ class SessionDirectory:
         metadata: dict[str, Any] | None = None,
         chat_name: str | None = None,
         owner_key: str | None = None,
+        session_id: str | None = None,
     ) -> SessionRecord:
+        """A new session; ``session_id`` stores one whose id was handed out before (a widget
+        conversation is given its id on connect and stored on its first message)."""
         return await self._store.create_session(
-            channel, user, title=title, metadata=metadata, chat_name=chat_name, owner_key=owner_key
+            channel, user, title=title, metadata=metadata, chat_name=chat_name, owner_key=owner_key,
+            session_id=session_id,
         )
 
     async def list_for(
@@ -100,6 +104,10 @@ class SessionDirectory:
     async def resolve_user(self, platform_user: PlatformUser) -> UserInfo:
         """The stable chatgate user behind a platform identity, made on first sight."""
         return await self._store.resolve_user(platform_user)
+
+    async def known_user(self, platform_user: PlatformUser) -> UserInfo | None:
+        """The chatgate user behind a platform identity if one was stored; nothing is made."""
+        return await self._store.find_user(platform_user)
 
     async def user(self, user_id: str) -> UserInfo | None:
         return await self._store.get_user(user_id)

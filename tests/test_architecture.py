@@ -66,3 +66,25 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
     graph.add_import(importer="pkg.b", imported="pkg.a")
     graph.add_import(importer="pkg.b", imported="pkg.c")
     assert strongly_connected(graph) == [["pkg.a", "pkg.b"]]
+
+
+# -- the door ---------------------------------------------------------------------------------
+
+PUBLIC_CORE = ("gateway.types", "gateway.markdown", "gateway.config")
+"""What an adapter may import from the core besides the door: the public value types, the one
+Markdown parse every renderer shares, and the settings vocabulary an adapter's section extends."""
+
+COMPOSITION = {"adapters.web.testing"}
+"""Modules that build a whole gateway (a loopback test harness), as ``gateway.cli`` does."""
+
+
+def test_adapters_import_only_the_door_and_the_public_types() -> None:
+    graph = grimp.build_graph("gateway", "adapters", exclude_type_checking_imports=False)
+    crossings = []
+    for importer in sorted(graph.modules):
+        if not importer.startswith("adapters.") or importer == "adapters.base" or importer in COMPOSITION:
+            continue
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            if imported.startswith("gateway") and not imported.startswith(PUBLIC_CORE):
+                crossings.append(f"{importer} -> {imported}")
+    assert crossings == [], "adapters reaching past adapters/base.py:\n" + "\n".join(crossings)

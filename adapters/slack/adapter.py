@@ -26,7 +26,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import Adapter, GatewayContext
+from adapters.base import Accepted, Adapter, Capabilities, GatewayContext, Inbound, Limits, Outbox
 from adapters.slack.conversation import Conversation
 from adapters.slack.files import download_private, is_slack_file_url, upload_file
 from adapters.slack.inbound import (
@@ -48,8 +48,6 @@ from adapters.slack.pacer import SlackPacer
 from adapters.slack.response_url import CommandResponse
 from adapters.slack.users import LOOKUP_TIMEOUT, SlackDirectory
 from gateway.config import ConfigError
-from gateway.inbound import Accepted, Inbound
-from gateway.outbound import Capabilities, Limits, Outbox
 from gateway.types import Attachment, SessionChannel
 
 if TYPE_CHECKING:

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from adapters.base import ButtonPress, Inbound, PlatformUser
 from adapters.slack.blocks import LINK_ACTION_ID, envelope_block_id
-from gateway.inbound import ButtonPress, Inbound, PlatformUser
 from gateway.types import Attachment, Message, SessionChannel
 
 CHANNEL_TYPE = "slack"

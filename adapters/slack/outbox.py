@@ -7,13 +7,13 @@ from typing import Any, Protocol
 
 from slack_sdk.errors import SlackApiError
 
+from adapters.base import MessageRef, StreamSink
 from adapters.slack.blocks import render_block
 from adapters.slack.conversation import Conversation
 from adapters.slack.limits import MAX_STATUS
 from adapters.slack.streaming import EditStreamSink, NativeStreamSink
 from adapters.slack.text import render_parts_async
 from gateway.config import Settings
-from gateway.outbound import MessageRef, StreamSink
 
 
 class SlackAdapter(Protocol):

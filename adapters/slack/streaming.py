@@ -21,11 +21,11 @@ import logging
 
 from slack_sdk.errors import SlackApiError
 
+from adapters.base import MessageRef
 from adapters.slack.conversation import Conversation
 from adapters.slack.limits import MAX_STREAM_APPEND, MAX_STREAM_MESSAGE
 from adapters.slack.pacer import is_rate_limited
 from adapters.slack.text import Part, render_parts_async, same_content
-from gateway.outbound import MessageRef
 
 log = logging.getLogger(__name__)
 

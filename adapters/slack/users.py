@@ -12,8 +12,8 @@ from cachetools import LRUCache
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from adapters.base import PlatformUser
 from adapters.slack.pacer import SlackPacer
-from gateway.inbound import PlatformUser
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from aiohttp import ClientError, web
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from adapters.base import Adapter, GatewayContext
+from adapters.base import Adapter, Capabilities, GatewayContext, Limits, Outbox
 from adapters.telegram.client import DRAFT_ID_MAX, TelegramClient
 from adapters.telegram.inbound import (
     ALLOWED_UPDATES,
@@ -43,7 +43,6 @@ from adapters.telegram.pacer import DRAFT_MIN_INTERVAL, Pacer
 from adapters.telegram.polling import Poller
 from adapters.telegram.render import TELEGRAM_CAPTION_LIMIT, TELEGRAM_TEXT_LIMIT
 from gateway.config import Settings
-from gateway.outbound import Capabilities, Limits, Outbox
 from gateway.types import Attachment, SessionChannel
 
 log = logging.getLogger("chatgate.telegram")

@@ -15,7 +15,7 @@ from typing import Literal
 
 from aiogram.types import CallbackQuery, Message, Update, User
 
-from gateway.inbound import ButtonPress, Inbound, PlatformUser
+from adapters.base import ButtonPress, Inbound, PlatformUser
 from gateway.types import Attachment, SessionChannel
 from gateway.types import Message as ChatMessage
 

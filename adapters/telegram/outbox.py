@@ -18,6 +18,7 @@ from aiogram.exceptions import TelegramAPIError, TelegramBadRequest
 from aiogram.methods import SendPhoto
 from aiogram.types import BufferedInputFile
 
+from adapters.base import MessageRef, StreamSink
 from adapters.telegram.blocks import BlockView, absolute_url, view_block
 from adapters.telegram.client import PARSE_ERROR, MethodUnsupported, TelegramClient
 from adapters.telegram.render import (
@@ -28,7 +29,6 @@ from adapters.telegram.render import (
 )
 from adapters.telegram.settings import TelegramSettings
 from adapters.telegram.streaming import DraftStream, EditStream, RichDraftStream
-from gateway.outbound import MessageRef, StreamSink
 from gateway.types import SessionChannel
 
 

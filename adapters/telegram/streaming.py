@@ -34,10 +34,10 @@ import logging
 import secrets
 import time
 
+from adapters.base import MessageRef
 from adapters.telegram.client import DRAFT_ID_MAX, MethodUnsupported, TelegramClient
 from adapters.telegram.incremental import IncrementalRenderer
 from adapters.telegram.render import TelegramPart, render_telegram_markdown
-from gateway.outbound import MessageRef
 
 log = logging.getLogger("chatgate.telegram")
 

@@ -8,9 +8,8 @@ from typing import Any
 
 from aiohttp import WSCloseCode, web
 
-from adapters.base import Adapter, GatewayContext
+from adapters.base import Adapter, Capabilities, GatewayContext, Limits
 from gateway.config import Settings
-from gateway.outbound import Capabilities, Limits
 from gateway.types import Attachment, SessionChannel, UserInfo
 
 from .context import API_CHANNEL, WIDGET_CHANNEL, WebContext

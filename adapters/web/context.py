@@ -10,8 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from adapters.base import GatewayContext, SessionRecord
 from gateway.config import Settings
-from gateway.store.records import SessionRecord
 from gateway.types import UserInfo
 
 from .errors import RATE_LIMITED, WebError, json_error, not_found, unauthorized
@@ -32,9 +32,8 @@ without asking the database (which may refuse it, e.g. a NUL in PostgreSQL)."""
 class WebContext:
     settings: Settings
     identities: IdentityResolver
-    gw: Any = None
-    """The running core (``GatewayContext`` plus ``store``, ``bus``, ``files``, ``app``); set in
-    ``WebAdapter.start`` (until then requests get 503)."""
+    gw: GatewayContext | None = None
+    """The running core, through the door; set in ``WebAdapter.start`` (until then requests get 503)."""
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     """Open widget sockets, closed with "going away" at shutdown so widgets reconnect."""
     stopping: bool = False
@@ -51,7 +50,7 @@ class WebContext:
         self.reservations = SessionReservations(self.settings.resolved_secret_key())
 
     @property
-    def core(self) -> Any:
+    def core(self) -> GatewayContext:
         if self.gw is None:
             raise WebError(503, "unavailable", "the gateway is starting")
         return self.gw
@@ -73,20 +72,20 @@ class WebContext:
 
     async def user_of(self, identity: WebIdentity) -> UserInfo:
         """The stored user behind ``identity``, made on first sight."""
-        return await self.core.store.resolve_user(identity.user)
+        return await self.core.sessions.resolve_user(identity.user)
 
     async def known_user(self, identity: WebIdentity) -> UserInfo | None:
         """The stored user behind ``identity`` without making one for an anonymous visitor
         (a visitor is stored on their first message or upload); a host-site user is resolved."""
         if identity.anonymous:
-            return await self.core.store.find_user(identity.user)
+            return await self.core.sessions.known_user(identity.user)
         return await self.user_of(identity)
 
     async def own_widget_session(self, session_id: Any, user: UserInfo) -> SessionRecord:
         """The widget session ``session_id`` if ``user`` owns it; anything else is "not found"."""
         if not isinstance(session_id, str) or not ID_PATTERN.match(session_id):
             raise not_found()
-        record = await self.core.store.get_session(session_id)
+        record = await self.core.sessions.get(session_id)
         if record is None or record.channel.type != WIDGET_CHANNEL or record.user_id != user.id:
             raise not_found()
         return record

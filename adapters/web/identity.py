@@ -25,8 +25,8 @@ from aiohttp import web
 from itsdangerous import BadSignature, SignatureExpired, Signer, TimestampSigner
 from yarl import URL
 
+from adapters.base import PlatformUser
 from gateway.config import Settings
-from gateway.inbound import PlatformUser
 
 VISITOR_COOKIE = "chatgate_uid"
 VISITOR_SALT = "chatgate.web.visitor.v2"

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from gateway.outbound import MessageRef
+from adapters.base import MessageRef
 
 from .wire import now_rfc3339
 

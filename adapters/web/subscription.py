@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.bus import SubscriberOverflow
+from adapters.base import SubscriberOverflow
 
 EventQueue = asyncio.Queue[dict[str, Any] | SubscriberOverflow | None]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.store.records import MessageRecord, SessionRecord
+from adapters.base import MessageRecord, SessionRecord
 
 FILE_REF_PREFIX = "web-file:"
 """How an uploaded file is named in an inbound attachment's ``url``: resolvable after a restart,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.inbound import PlatformUser
+from adapters.base import PlatformUser
 
 API_PLATFORM = "api"
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+
+from adapters.base import SessionDirectory
 
 from .. import errors
 
@@ -21,12 +22,12 @@ INBOX_ERRORS = {"session deleted": errors.SESSION_DELETED}
 TURN_ERRORS = (errors.HANDLER_ERROR, errors.TIMEOUT, errors.SESSION_DELETED)
 
 
-async def turn_outcome(store: Any, inbound_id: str, timeout: float) -> tuple[bool, str | None]:
+async def turn_outcome(sessions: SessionDirectory, inbound_id: str, timeout: float) -> tuple[bool, str | None]:
     """``(ended, error)`` of a turn, read from its inbox row: ``error`` is what its ``turn_end``
     carries. ``ended`` is False when the turn did not finish within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
-        inbound = await store.get_inbound(inbound_id)
+        inbound = await sessions.inbound(inbound_id)
         if inbound is None:  # purged with its session
             return True, errors.SESSION_DELETED
         if inbound.status not in ("pending", "running"):

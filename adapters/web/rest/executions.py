@@ -18,8 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.inbound import ButtonPress, Inbound
-from gateway.store.records import InboundRecord, MessageRecord, SessionRecord
+from adapters.base import ButtonPress, Inbound, InboundRecord, MessageRecord, SessionDirectory, SessionRecord
 
 from .. import errors
 from ..context import ID_PATTERN, WebContext
@@ -50,15 +49,15 @@ class Executions:
         self.json_body = json_body
 
     @property
-    def store(self) -> Any:
-        return self.ctx.core.store
+    def sessions(self) -> SessionDirectory:
+        return self.ctx.core.sessions
 
     async def _own(self, request: web.Request, caller: Caller) -> tuple[InboundRecord, SessionRecord]:
         execution_id = request.match_info["execution_id"]
-        inbound = await self.store.get_inbound(execution_id) if ID_PATTERN.match(execution_id) else None
+        inbound = await self.sessions.inbound(execution_id) if ID_PATTERN.match(execution_id) else None
         if inbound is None:
             raise not_found("execution not found")
-        record = await self.store.get_session(inbound.session_id)
+        record = await self.sessions.get(inbound.session_id)
         if record is None or record.owner_key != caller.owner_key:
             raise not_found("execution not found")
         return inbound, record
@@ -108,14 +107,14 @@ class Executions:
 
     async def get(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         inbound, record = await self._own(request, caller)
-        messages = await self.store.turn_messages(record.id, inbound.id)
+        messages = await self.sessions.turn_messages(record.id, inbound.id)
         return web.json_response({"data": self.execution(inbound, record, messages)})
 
     async def stream(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         inbound, record = await self._own(request, caller)
         writer = SSEWriter(request)
         async with subscribed(self.ctx.core.bus, session_topic(record.id)) as queue:
-            inbound = await self.store.get_inbound(inbound.id) or inbound  # re-read once subscribed
+            inbound = await self.sessions.inbound(inbound.id) or inbound  # re-read once subscribed
             await writer.open()
             if self.status_of(inbound) in (RUNNING, WAITING_APPROVAL):
                 await TurnStreamer(self.ctx, record.id, inbound.id, writer).run(queue)
@@ -124,7 +123,7 @@ class Executions:
         return await writer.close()
 
     async def _replay(self, writer: SSEWriter, inbound: InboundRecord, record: SessionRecord) -> None:
-        messages = await self.store.turn_messages(record.id, inbound.id)
+        messages = await self.sessions.turn_messages(record.id, inbound.id)
         user = next((m for m in messages if m.role == "user"), None)
         start: dict[str, Any] = {"execution_id": inbound.id}
         if user is not None:
@@ -150,7 +149,7 @@ class Executions:
                 session_id=record.id,
             )
             await self.ctx.core.submit(stop)
-        messages = await self.store.turn_messages(record.id, inbound.id)
+        messages = await self.sessions.turn_messages(record.id, inbound.id)
         execution = self.execution(inbound, record, messages)
         if execution["status"] in (RUNNING, WAITING_APPROVAL):
             execution["status"] = "cancel_requested"
@@ -164,17 +163,17 @@ class Executions:
         waiting: list[tuple[InboundRecord, SessionRecord]] = []
         for session_id in self.ctx.core.approvals.waiting_sessions():
             awaited = self.ctx.core.approvals.awaited(session_id)
-            record = await self.store.get_session(session_id) if awaited else None
+            record = await self.sessions.get(session_id) if awaited else None
             if record is None or record.owner_key != caller.owner_key:
                 continue
-            inbound = await self.store.get_inbound(awaited[0])
+            inbound = await self.sessions.inbound(awaited[0])
             if inbound is not None:
                 waiting.append((inbound, record))
         waiting.sort(key=lambda pair: pair[0].id)
         start = page_offset(page, limit)
         data = []
         for inbound, record in waiting[start : start + limit]:
-            messages = await self.store.turn_messages(record.id, inbound.id)
+            messages = await self.sessions.turn_messages(record.id, inbound.id)
             data.append(self.execution(inbound, record, messages))
         return web.json_response({"data": data, "meta": page_meta(len(waiting), page, limit)})
 
@@ -205,6 +204,6 @@ class Executions:
         # The handler learns only yes or no (prompt_approval returns a bool); the reason is kept in the log.
         log.info("execution %s %s through the API%s", inbound.id, "approved" if route == "approve" else "denied",
                  f": {reason!r}" if reason else "")
-        inbound = await self.store.get_inbound(inbound.id) or inbound
-        messages = await self.store.turn_messages(record.id, inbound.id)
+        inbound = await self.sessions.inbound(inbound.id) or inbound
+        messages = await self.sessions.turn_messages(record.id, inbound.id)
         return web.json_response({"data": self.execution(inbound, record, messages)})

@@ -17,8 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.inbound import Inbound
-from gateway.store.records import SessionRecord
+from adapters.base import Inbound, SessionRecord
 from gateway.types import Message, SessionChannel
 
 from .. import errors
@@ -107,11 +106,11 @@ class RestApi:
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:
         """The OpenAPI 3 description of this API; public, like any API's documentation."""
-        app = self.ctx.core.app
-        agents = [name for name in app.message_handlers if name is not None]
-        if None in app.message_handlers:
-            agents = [DEFAULT_AGENT, app.name, *agents]
-        document = openapi_document(self.ctx.core.public_url + PREFIX, app.name, sorted(set(agents)))
+        chats = self.ctx.core.chats
+        agents = [name for name in chats.names() if name is not None]
+        if chats.has(None):
+            agents = [DEFAULT_AGENT, chats.app_name, *agents]
+        document = openapi_document(self.ctx.core.public_url + PREFIX, chats.app_name, sorted(set(agents)))
         headers = cors_headers(request, self.ctx.settings.web.allowed_origins)
         return web.json_response(document, headers=headers)
 
@@ -162,7 +161,7 @@ class RestApi:
         session_id = request.match_info["session_id"]
         if not ID_PATTERN.match(session_id):
             raise not_found()
-        record = await self.ctx.core.store.get_session(session_id)
+        record = await self.ctx.core.sessions.get(session_id)
         if record is None or record.owner_key != caller.owner_key:
             raise not_found()
         return record
@@ -185,7 +184,7 @@ class RestApi:
 
     async def list_sessions(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         page, limit = pagination(request)
-        records, total = await self.ctx.core.store.list_sessions(
+        records, total = await self.ctx.core.sessions.list_for(
             owner_key=caller.owner_key, offset=page_offset(page, limit), limit=limit
         )
         data = [chat_session(r, self._agent_id(r)) for r in records]
@@ -203,9 +202,9 @@ class RestApi:
         if metadata is not None and not isinstance(metadata, dict):
             raise bad_request("metadata must be an object")
         chat_name = self._chat_name_for(agent_id)
-        store = self.ctx.core.store
-        user = await store.resolve_user(caller.user)
-        record = await store.create_session(
+        sessions = self.ctx.core.sessions
+        user = await sessions.resolve_user(caller.user)
+        record = await sessions.create(
             SessionChannel(API_CHANNEL),
             user,
             title=title,
@@ -230,7 +229,7 @@ class RestApi:
         record = await self._own_session(request, caller)
         page, limit = pagination(request)
         offset = page_offset(page, limit)
-        messages, total = await self.ctx.core.store.list_messages(record.id, offset=offset, limit=limit)
+        messages, total = await self.ctx.core.sessions.messages(record.id, offset=offset, limit=limit)
         return web.json_response({"data": [chat_message(m) for m in messages], "meta": page_meta(total, page, limit)})
 
     async def _content(self, request: web.Request) -> str:
@@ -270,7 +269,7 @@ class RestApi:
             status = 500 if turn.error == errors.HANDLER_ERROR else 504
             message = "the bot failed to answer" if status == 500 else "the bot took too long to answer"
             return errors.json_error(status, turn.error, message, {"execution_id": turn.inbound_id})
-        stored = await self.ctx.core.store.turn_messages(record.id, turn.inbound_id)
+        stored = await self.ctx.core.sessions.turn_messages(record.id, turn.inbound_id)
         user_record = next((m for m in stored if m.role == "user"), None)
         user_message = (
             chat_message(user_record) if user_record else _pending_user_message(record.id, turn.inbound_id, content)
@@ -318,11 +317,11 @@ class RestApi:
             raise bad_request("execution_id is required")
         if isinstance(value, bool) or value not in FEEDBACK_VALUES:
             raise bad_request("value must be 1 or -1")
-        store = self.ctx.core.store
-        inbound = await store.get_inbound(execution_id) if ID_PATTERN.match(execution_id) else None
+        sessions = self.ctx.core.sessions
+        inbound = await sessions.inbound(execution_id) if ID_PATTERN.match(execution_id) else None
         if inbound is None or inbound.session_id != record.id:
             raise not_found("execution not found in this session")
-        await store.save_feedback(record.id, execution_id, value)
+        await sessions.rate(record.id, execution_id, value)
         return web.json_response({"data": {"submitted": True}})
 
 

@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from gateway.bus import SubscriberOverflow
+from adapters.base import SubscriberOverflow
 
 from .. import errors
 from ..context import WebContext
@@ -71,7 +71,7 @@ class TurnStreamer:
             if event is False:
                 if not self._started:
                     await self._try_start()
-                elif await self._ctx.core.store.get_session(self._session_id) is None:
+                elif await self._ctx.core.sessions.get(self._session_id) is None:
                     # Deleted mid-turn: the core drops the turn without a turn_end.
                     await self._writer.send("error", {"message": "the session was deleted", "code": errors.NOT_FOUND})
                     return
@@ -84,19 +84,19 @@ class TurnStreamer:
     async def _catch_up(self, timeout: float) -> None:
         """The bus cut this stream off (it fell behind a burst of frames): finish it from the
         store, where the turn's reply is, sending the text the client has not had yet."""
-        ended, error = await turn_outcome(self._ctx.core.store, self._inbound_id, timeout)
+        ended, error = await turn_outcome(self._ctx.core.sessions, self._inbound_id, timeout)
         if not ended:
             await self._writer.send("error", {"message": ERROR_MESSAGES[errors.TIMEOUT], "code": errors.TIMEOUT})
             return
-        for message in await self._ctx.core.store.turn_messages(self._session_id, self._inbound_id):
+        for message in await self._ctx.core.sessions.turn_messages(self._session_id, self._inbound_id):
             if message.role == "assistant":
                 await self._content(message.id, message.text)
         await self._ensure_started()
         await self._end(error)
 
     async def _try_start(self) -> None:
-        store = self._ctx.core.store
-        user_message = await store.message_for_inbound(self._session_id, self._inbound_id, role="user")
+        sessions = self._ctx.core.sessions
+        user_message = await sessions.message_for_inbound(self._session_id, self._inbound_id, role="user")
         if user_message is not None:
             await self._start(user_message.id)
 
@@ -111,7 +111,7 @@ class TurnStreamer:
 
     async def _ensure_started(self) -> None:
         if not self._started:
-            user_message = await self._ctx.core.store.message_for_inbound(
+            user_message = await self._ctx.core.sessions.message_for_inbound(
                 self._session_id, self._inbound_id, role="user"
             )
             await self._start(user_message.id if user_message else None)

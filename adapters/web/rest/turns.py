@@ -20,8 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.bus import SubscriberOverflow
-from gateway.inbound import Inbound
+from adapters.base import Inbound, SubscriberOverflow
 
 from ..context import WebContext
 from ..outbox import session_topic
@@ -119,7 +118,8 @@ class RestTurns:
                 # Cut off by the bus (a burst of frames): the turn goes on, its end is in the store.
                 await turn.submitted.wait()
                 if turn.failure is None:
-                    done, error = await turn_outcome(self._ctx.core.store, turn.inbound_id, deadline - time.monotonic())
+                    remaining = deadline - time.monotonic()
+                    done, error = await turn_outcome(self._ctx.core.sessions, turn.inbound_id, remaining)
                     turn.finish(error if done else "timeout")
         finally:
             ready.set()

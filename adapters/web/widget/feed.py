@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.store.records import MessageRecord
+from adapters.base import MessageRecord
 
 from ..outbox import assistant_message
 from ..wire import SignFile, widget_frame

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.store.records import SessionRecord
+from adapters.base import SessionRecord
 from gateway.types import SessionChannel, UserInfo
 
 from ..context import WIDGET_CHANNEL, WebContext
@@ -16,17 +16,17 @@ async def store_reserved(
     """Store a reserved session, and the caller's user when ``user`` is None (once: a second
     caller finds it stored). The new-session limits are counted before anything is stored, so a
     refused visitor leaves no row. Raises ``RateLimited``, or ``not_found`` for another's id."""
-    store = ctx.core.store
-    if await store.get_session(reservation.session_id) is None:
+    sessions = ctx.core.sessions
+    if await sessions.get(reservation.session_id) is None:
         ctx.quotas.spend("new_sessions", ip, identity.key)
         user = user or await ctx.user_of(identity)
         try:
-            record = await store.create_session(
+            record = await sessions.create(
                 SessionChannel(WIDGET_CHANNEL), user, chat_name=reservation.handler, session_id=reservation.session_id
             )
             return record, user
         except Exception:  # the same id stored meanwhile (the socket and an upload at once)
-            if await store.get_session(reservation.session_id) is None:
+            if await sessions.get(reservation.session_id) is None:
                 raise
     user = user or await ctx.user_of(identity)
     return await ctx.own_widget_session(reservation.session_id, user), user

@@ -18,9 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from gateway.bus import SubscriberOverflow
-from gateway.inbound import ButtonPress, Inbound, PlatformUser
-from gateway.store.records import MessageRecord, SessionRecord
+from adapters.base import ButtonPress, Inbound, MessageRecord, PlatformUser, SessionRecord, SubscriberOverflow
 from gateway.types import Attachment, Event, Message, SessionChannel, UserInfo
 
 from .. import errors
@@ -311,7 +309,7 @@ class WidgetConnection:
     async def _echo(self, inbound_id: str, text: str, attachments: list[Attachment]) -> None:
         """Show the user's message on the session's other sockets (another tab)."""
         assert self.session is not None
-        stored = await self.ctx.core.store.message_for_inbound(self.session.id, inbound_id, role="user")
+        stored = await self.ctx.core.sessions.message_for_inbound(self.session.id, inbound_id, role="user")
         message = {
             "id": stored.id if stored is not None else inbound_id,
             "role": "user",
@@ -385,7 +383,7 @@ class WidgetConnection:
         """Every stored message after ``after`` (all of them for ``None``), oldest first."""
         backlog: list[MessageRecord] = []
         while True:
-            records, _total = await self.ctx.core.store.list_messages(
+            records, _total = await self.ctx.core.sessions.messages(
                 session_id, offset=len(backlog), limit=REPLAY_PAGE, after_id=after
             )
             backlog += records

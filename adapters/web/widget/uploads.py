@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.files import FileRejected
+from adapters.base import FileRejected
 from gateway.types import Attachment
 
 from .. import errors
@@ -54,7 +54,7 @@ def type_accepted(content_type: str, accepted: list[str]) -> bool:
 
 async def attachment_for(ctx: WebContext, file_id: str, session_id: str) -> Attachment:
     """An uploaded file of ``session_id`` as an attachment; files of other sessions are unknown."""
-    record = await ctx.core.store.get_file(file_id)
+    record = await ctx.core.files.record(file_id)
     if record is None or record.session_id != session_id:
         raise errors.not_found("file not found")
     return Attachment(record.name, record.content_type, file_ref(record.id, session_id), record.size)
@@ -135,12 +135,12 @@ async def _session_for_upload(ctx: WebContext, identity: WebIdentity, session_id
     has not stored yet (a file attached before the first message) is stored now."""
     if not ID_PATTERN.match(session_id):  # not an id: never worth a query (a NUL breaks PostgreSQL's)
         raise errors.not_found()
-    store = ctx.core.store
+    sessions = ctx.core.sessions
     user = await ctx.known_user(identity)
-    if user is not None and await store.get_session(session_id) is not None:
+    if user is not None and await sessions.get(session_id) is not None:
         await ctx.own_widget_session(session_id, user)
         return
-    reservation = ctx.reservations.find(session_id, identity.key, ctx.core.app.message_handlers)
+    reservation = ctx.reservations.find(session_id, identity.key, ctx.core.chats.names())
     if reservation is None:
         raise errors.not_found()
     await store_reserved(ctx, reservation, identity, user, ip=ip)

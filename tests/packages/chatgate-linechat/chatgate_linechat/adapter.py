@@ -30,10 +30,8 @@ import logging
 import secrets
 from typing import Any, ClassVar
 
-from adapters.base import Adapter, GatewayContext
+from adapters.base import Adapter, ButtonPress, Capabilities, GatewayContext, Inbound, Limits, MessageRef, PlatformUser
 from gateway.config import Settings
-from gateway.inbound import ButtonPress, Inbound, PlatformUser
-from gateway.outbound import Capabilities, Limits, MessageRef
 from gateway.types import Message, SessionChannel
 
 log = logging.getLogger("chatgate.linechat")
