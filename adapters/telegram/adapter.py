@@ -44,6 +44,7 @@ from adapters.telegram.polling import Poller
 from adapters.telegram.render import TELEGRAM_CAPTION_LIMIT, TELEGRAM_TEXT_LIMIT
 from gateway.config import Settings
 from gateway.outbound import Capabilities, Limits, Outbox
+from gateway.ratelimit import SharedBudgets
 from gateway.types import Attachment, SessionChannel
 
 log = logging.getLogger("chatgate.telegram")
@@ -53,6 +54,12 @@ WEBHOOK_MAX_BODY = 1024 * 1024
 """Bytes a webhook request may carry. An update is one message or query (at most 4,096 characters
 of text with its entities, and the message it replies to): kilobytes, never near a megabyte."""
 INLINE_KEYBOARD_MAX_BUTTONS = 100  # Bot API: an inline keyboard holds at most 100 buttons
+
+
+def bot_id_of(token: str) -> str:
+    """The bot's id: the part of its token before the colon (Bot API: "123456:ABC-DEF...")."""
+    head = token.split(":", 1)[0]
+    return head if head.isdigit() else hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 class TelegramAdapter(Adapter):
@@ -77,6 +84,8 @@ class TelegramAdapter(Adapter):
             global_per_second=self.config.global_rate,
             draft_interval=min(DRAFT_MIN_INTERVAL, self.config.draft_interval),
             scale=self.config.rate_scale,
+            shared=SharedBudgets.from_url(settings.redis.url) if settings.redis.url else None,
+            namespace=f"{settings.redis.key_prefix}:budget:telegram:{bot_id_of(self.config.bot_token)}",
         )
         self.client = TelegramClient(
             self.bot,
@@ -139,6 +148,7 @@ class TelegramAdapter(Adapter):
             except Exception:
                 log.warning("could not release the telegram polling lease", exc_info=True)
         await self.client.close()
+        await self.pacer.close()
 
     def describe(self) -> str:
         name = f"@{self.identity.username}" if self.identity else "telegram"

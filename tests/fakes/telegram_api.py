@@ -258,6 +258,7 @@ class _Fault:
     status: int
     description: str
     remaining: int
+    retry_after: int | None = None
 
 
 @dataclass
@@ -374,9 +375,18 @@ class FakeTelegramAPI:
 
     # -- test knobs ----------------------------------------------------------------------------
 
-    def fail_next(self, method: str, *, status: int = 502, description: str = "Bad Gateway", times: int = 1) -> None:
-        """Answer the next ``times`` calls of ``method`` with an error, without processing them."""
-        self._faults.append(_Fault(method, status, description, times))
+    def fail_next(
+        self,
+        method: str,
+        *,
+        status: int = 502,
+        description: str = "Bad Gateway",
+        times: int = 1,
+        retry_after: int | None = None,
+    ) -> None:
+        """Answer the next ``times`` calls of ``method`` with an error, without processing them
+        (with ``retry_after``: a flood-control answer carrying ``parameters.retry_after``)."""
+        self._faults.append(_Fault(method, status, description, times, retry_after))
 
     def disconnect_next(self, method: str, *, times: int = 1) -> None:
         """Process the next ``times`` calls of ``method``, then drop the connection unanswered."""
@@ -564,7 +574,8 @@ class FakeTelegramAPI:
         for fault in self._faults:
             if fault.method == method and fault.remaining > 0:
                 fault.remaining -= 1
-                return self._answer(method, params, _Reject(fault.status, fault.description))
+                reject = _Reject(fault.status, fault.description, retry_after=fault.retry_after)
+                return self._answer(method, params, reject)
         handler = getattr(self, f"_m_{method}", None)
         if handler is None or not self._supported(method):
             return self._answer(method, params, _Reject(404, "Not Found"))
