@@ -44,12 +44,13 @@ from adapters.slack.inbound import (
 )
 from adapters.slack.limits import ACK_DEADLINE, MAX_ACTIONS_ELEMENTS, MAX_TEXT
 from adapters.slack.outbox import SlackOutbox
-from adapters.slack.pacer import SlackPacer
+from adapters.slack.pacer import SlackPacer, app_namespace
 from adapters.slack.response_url import CommandResponse
 from adapters.slack.users import LOOKUP_TIMEOUT, SlackDirectory
 from gateway.config import ConfigError
 from gateway.inbound import Accepted, Inbound
 from gateway.outbound import Capabilities, Limits, Outbox
+from gateway.ratelimit import SharedBudgets
 from gateway.types import Attachment, SessionChannel
 
 if TYPE_CHECKING:
@@ -126,7 +127,10 @@ class SlackAdapter(Adapter):
         # No transport-level retries: a chat.postMessage retried after a lost answer is a
         # duplicate message. The pacer handles 429s, and lost connections of idempotent calls.
         self.client = AsyncWebClient(token=slack.bot_token, base_url=api_url, retry_handlers=[])
-        self.pacer = SlackPacer()
+        self.pacer = SlackPacer(
+            shared=SharedBudgets.from_url(settings.redis.url) if settings.redis.url else None,
+            namespace=f"{settings.redis.key_prefix}:budget:slack:{app_namespace(slack.bot_token)}",
+        )
         self.directory = SlackDirectory(self.client, self.pacer)
         self.verifier = SignatureVerifier(slack.signing_secret) if slack.signing_secret else None
         self.gw: GatewayContext | None = None
@@ -166,6 +170,7 @@ class SlackAdapter(Adapter):
             self._socket_handler = None
         for pending in list(self._pending):
             pending.cancel()
+        await self.pacer.close()
 
     def describe(self) -> str:
         slack = self.settings.slack
