@@ -35,21 +35,25 @@ RETRY_AFTER = 10  # seconds a flood-control answer names; the pacer scales it: 0
 PAUSE = RETRY_AFTER * SCALE
 
 
-def settings(tmp_path: Path, api: FakeTelegramAPI, redis_url: str | None, prefix: str, name: str) -> Any:
+def settings(
+    tmp_path: Path, api: FakeTelegramAPI, redis_url: str | None, prefix: str, name: str, scale: float = SCALE
+) -> Any:
     root = tmp_path / name
     root.mkdir()
     redis = {"url": redis_url, "key_prefix": prefix} if redis_url else {}
     return test_settings(
         root,
-        telegram=api.settings(rate_scale=SCALE, retry_backoff=0.2, mode="webhook"),
+        telegram=api.settings(rate_scale=scale, retry_backoff=0.2, mode="webhook"),
         redis=redis,
     )
 
 
 @asynccontextmanager
-async def two_adapters(tmp_path: Path, api: FakeTelegramAPI, redis_url: str) -> AsyncIterator[list[TelegramAdapter]]:
+async def two_adapters(
+    tmp_path: Path, api: FakeTelegramAPI, redis_url: str, scale: float = SCALE
+) -> AsyncIterator[list[TelegramAdapter]]:
     prefix = f"test-{secrets.token_hex(6)}"
-    adapters = [TelegramAdapter(settings(tmp_path, api, redis_url, prefix, name)) for name in ("one", "two")]
+    adapters = [TelegramAdapter(settings(tmp_path, api, redis_url, prefix, name, scale)) for name in ("one", "two")]
     try:
         yield adapters
     finally:
@@ -187,6 +191,19 @@ async def test_two_chats_told_to_wait_in_two_processes_pause_the_bot_for_both(tm
         assert arrivals(api, 3)[0] >= second_429 + PAUSE * 0.9
         assert len(api.rate_limited) == 2
         assert [api.visible_texts(c) for c in (1, 2, 3)] == [["chat one"], ["chat two"], ["chat three"]]
+
+
+async def test_one_process_s_burst_keeps_the_other_s_previews_back(tmp_path: Path, redis_url: str) -> None:
+    """The first process has spent most of the bot's budget (28 of 30 this second): the second's
+    stream previews wait (``room_for_preview``) though its own budget is untouched, so final
+    texts and new messages anywhere go first."""
+    async with FakeTelegramAPI() as api, two_adapters(tmp_path, api, redis_url, scale=1.0) as (one, two):
+        assert two.pacer.room_for_preview(99)
+        await asyncio.gather(*(send(one, 100 + i, "busy") for i in range(28)))
+        await two.pacer.read_shared_load()
+        assert two.pacer.global_budget.load(asyncio.get_running_loop().time()) == 0.0  # nothing of its own
+        assert not two.pacer.room_for_preview(99)
+        assert api.rate_limited == []
 
 
 async def test_shared_keys_expire_once_they_no_longer_matter(tmp_path: Path, redis_url: str) -> None:

@@ -364,19 +364,23 @@ class Pacer:
         """Read the bot's shared window in the background (a synchronous caller asked)."""
         if self.shared is None or (self._shared_refresh is not None and not self._shared_refresh.done()):
             return
-        shared = self.shared
-        bot = self.global_budget.windows[0]
-        window = SharedWindow(self._global_key, bot.count, bot.seconds)
-
-        async def refresh() -> None:
-            try:
-                grant = await shared.peek([window], [self._global_key + ":pause"])
-            except SharedBudgetUnavailable:
-                return
-            self._note_shared_load(grant.counts[0], grant.paused[0])
-
         self._shared_global_seen = self._clock()  # one reading at a time
-        self._shared_refresh = asyncio.get_running_loop().create_task(refresh(), name="chatgate-telegram-load")
+        self._shared_refresh = asyncio.get_running_loop().create_task(
+            self.read_shared_load(), name="chatgate-telegram-load"
+        )
+
+    async def read_shared_load(self) -> None:
+        """Read how full the bot's budget is across every process (for :meth:`room_for_preview`)."""
+        if self.shared is None:
+            return
+        bot = self.global_budget.windows[0]
+        try:
+            grant = await self.shared.peek(
+                [SharedWindow(self._global_key, bot.count, bot.seconds)], [self._global_key + ":pause"]
+            )
+        except SharedBudgetUnavailable:
+            return
+        self._note_shared_load(grant.counts[0], grant.paused[0])
 
     def retry_after(self, chat_id: int, seconds: float, kind: SlotKind = "message") -> None:
         """Telegram said "retry after": pause the chat, and the bot when it looks global."""
