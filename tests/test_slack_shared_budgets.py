@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from adapters.slack.adapter import SlackAdapter
 from adapters.slack.limits import Budget
@@ -86,7 +88,7 @@ async def test_two_pacers_updating_at_once_share_the_method_tier(redis_url: str)
                     "chat.update",
                     "T0001",
                     "C1",
-                    lambda i=i: client.chat_update(channel="C1", ts=ts, text=f"{name} {i}"),
+                    partial(client.chat_update, channel="C1", ts=ts, text=f"{name} {i}"),
                 )
 
         await asyncio.gather(updates(pacers[0], posted[0], "one"), updates(pacers[1], posted[1], "two"))
@@ -111,8 +113,8 @@ async def test_a_retry_after_seen_by_one_pacer_blocks_the_method_for_the_other(r
         client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url, retry_handlers=[])
         ts = (await client.chat_postMessage(channel="C1", text="v"))["ts"]
 
-        def update(text: str):  # type: ignore[no-untyped-def]
-            return lambda: client.chat_update(channel="C1", ts=ts, text=text)
+        def update(text: str) -> Callable[[], Awaitable[AsyncSlackResponse]]:
+            return partial(client.chat_update, channel="C1", ts=ts, text=text)
 
         await one.call("chat.update", "T0001", "C1", update("first"))
         with rate_limits_noticed() as noticed:
