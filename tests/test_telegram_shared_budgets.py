@@ -148,6 +148,41 @@ async def test_a_group_burst_from_two_processes_keeps_the_group_minute(tmp_path:
         assert all(at[i + 20] - at[i] >= 60.0 * SCALE for i in range(len(at) - 20))
 
 
+async def test_streams_from_two_processes_into_the_same_chats_end_exact_without_429(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Both processes stream replies into the same six groups (send, then edits) and six private
+    chats (drafts, then the final message) at once: the previews share the chats' and the bot's
+    budgets, 0 × 429, and every chat ends with exactly the two final texts."""
+    async with FakeTelegramAPI(rate_scale=SCALE) as api, two_adapters(tmp_path, api, redis_url) as adapters:
+        groups, privates = [-2001 - i for i in range(6)], [3001 + i for i in range(6)]
+
+        async def stream(adapter: TelegramAdapter, chat_id: int, name: str) -> str:
+            outbox = adapter.outbox(SessionChannel("telegram", chat_id=str(chat_id)), f"s-{name}-{chat_id}")
+            sink = outbox.open_stream(f"m-{name}-{chat_id}")
+            text = ""
+            for i in range(40):
+                text += f"{name} word {i} "
+                await sink.frame(text)
+                await asyncio.sleep(0.01)
+            await sink.close(text.strip(), stopped=False)
+            return text.strip()
+
+        finals = await asyncio.gather(
+            *(
+                stream(adapter, chat, name)
+                for chat in groups + privates
+                for adapter, name in zip(adapters, ("one", "two"), strict=True)
+            )
+        )
+        assert api.rate_limited == []
+        for index, chat in enumerate(groups + privates):
+            assert sorted(api.visible_texts(chat)) == sorted(finals[2 * index : 2 * index + 2])
+        edits = api.calls_to("editMessageText")
+        drafts = api.calls_to("sendMessageDraft")
+        assert edits and drafts  # previews were shown, within the shared budgets
+
+
 async def test_a_retry_after_seen_by_one_process_pauses_the_chat_for_the_other(tmp_path: Path, redis_url: str) -> None:
     async with FakeTelegramAPI(rate_scale=SCALE) as api, two_adapters(tmp_path, api, redis_url) as (one, two):
         api.fail_next(
