@@ -25,6 +25,7 @@ from adapters.slack.limits import Budget
 from adapters.slack.pacer import SlackPacer
 from gateway.ratelimit import SharedBudgets
 from gateway.testing import test_settings
+from gateway.types import SessionChannel
 from tests.fakes.slack_api import FakeSlack
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
@@ -177,3 +178,54 @@ async def test_two_slack_adapters_posting_to_one_channel_keep_its_limit(tmp_path
         assert sorted(m.text for m in slack.thread("C9", None)) == sorted(texts)
         at = sorted(c.at for c in slack.calls_of("chat.postMessage"))
         assert at[3] - at[0] >= 3.0  # the channel's burst of 3 in any 3 s held across both
+
+
+async def test_streams_from_two_adapters_share_the_workspace_update_tier(tmp_path: Path, redis_url: str) -> None:
+    """Eight replies streamed at once into four channels, four by each adapter, at Slack's real
+    budgets: together they want far more than chat.update's 50 a minute; the previews share what
+    the shared window leaves after every process's promised finals, 0 × 429, and every message
+    ends with its exact final text."""
+    prefix = f"test-{secrets.token_hex(6)}"
+    async with FakeSlack() as slack:
+        adapters = []
+        for name in ("one", "two"):
+            (tmp_path / name).mkdir()
+            settings = test_settings(
+                tmp_path / name,
+                slack={
+                    "bot_token": slack.bot_token,
+                    "signing_secret": slack.signing_secret,
+                    "api_url": slack.api_url,
+                    "update_interval": 0.1,
+                },
+                redis={"url": redis_url, "key_prefix": prefix},
+            )
+            adapters.append(SlackAdapter(settings))
+        channels = [f"C{i}" for i in range(1, 5)]
+
+        async def stream(adapter: SlackAdapter, channel: str, name: str) -> str:
+            outbox = adapter.outbox(SessionChannel("slack", chat_id=channel, team_id="T0001"), "", None)
+            sink = outbox.open_stream(f"m-{name}-{channel}")
+            text = ""
+            for i in range(30):
+                text += f"{name} {i} "
+                await sink.frame(text)
+                await asyncio.sleep(0.05)
+            await sink.close(text.strip(), stopped=False)
+            return text.strip()
+
+        try:
+            finals = await asyncio.gather(
+                *(
+                    stream(adapter, ch, name)
+                    for ch in channels
+                    for adapter, name in zip(adapters, ("one", "two"), strict=True)
+                )
+            )
+        finally:
+            for adapter in adapters:
+                await adapter.pacer.close()
+        assert slack.rate_limited_calls() == []
+        for index, channel in enumerate(channels):
+            assert sorted(m.text for m in slack.thread(channel, None)) == sorted(finals[2 * index : 2 * index + 2])
+        assert 8 < len(slack.calls_of("chat.update")) <= 50  # previews were shown, inside one tier
