@@ -129,7 +129,8 @@ class SlackAdapter(Adapter):
         self.client = AsyncWebClient(token=slack.bot_token, base_url=api_url, retry_handlers=[])
         self.pacer = SlackPacer(
             shared=SharedBudgets.from_url(settings.redis.url) if settings.redis.url else None,
-            namespace=f"{settings.redis.key_prefix}:budget:slack:{app_namespace(slack.bot_token)}",
+            # a hash tag: the keys one script touches share a Redis Cluster slot
+            namespace=f"{{{settings.redis.key_prefix}:budget:slack:{app_namespace(slack.bot_token)}}}",
         )
         self.directory = SlackDirectory(self.client, self.pacer)
         self.verifier = SignatureVerifier(slack.signing_secret) if slack.signing_secret else None

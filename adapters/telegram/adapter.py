@@ -85,7 +85,8 @@ class TelegramAdapter(Adapter):
             draft_interval=min(DRAFT_MIN_INTERVAL, self.config.draft_interval),
             scale=self.config.rate_scale,
             shared=SharedBudgets.from_url(settings.redis.url) if settings.redis.url else None,
-            namespace=f"{settings.redis.key_prefix}:budget:telegram:{bot_id_of(self.config.bot_token)}",
+            # a hash tag: the keys one script touches share a Redis Cluster slot
+            namespace=f"{{{settings.redis.key_prefix}:budget:telegram:{bot_id_of(self.config.bot_token)}}}",
         )
         self.client = TelegramClient(
             self.bot,
