@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -129,6 +130,45 @@ async def test_two_gateways_broadcasting_for_one_bot_stay_inside_its_limits(tmp_
         sent = sorted(c.at for c in api.calls_to("sendMessage"))
         window = 1.0 * SCALE  # the bot's 30 messages a second
         assert all(sent[i + 30] - sent[i] >= window for i in range(len(sent) - 30))
+
+
+async def test_two_real_processes_sending_for_one_bot_share_its_budget(tmp_path: Path, redis_url: str) -> None:
+    """Two OS processes (``tests/apps/telegram_sender.py``), started together, each send one
+    message to the same 40 chats at once: 80 messages, 0 × 429, every text delivered."""
+    prefix = f"test-{secrets.token_hex(6)}"
+    chats = [8000 + i for i in range(40)]
+    async with FakeTelegramAPI(rate_scale=SCALE) as api:
+        processes = []
+        for name in ("alpha", "beta"):
+            (tmp_path / name).mkdir()
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tests.apps.telegram_sender", api.base_url, redis_url, prefix, str(SCALE), name,
+                ",".join(map(str, chats)), str(tmp_path / name),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            processes.append(process)
+        try:
+            for process in processes:
+                assert process.stdout is not None
+                assert (await asyncio.wait_for(process.stdout.readline(), 30)).strip() == b"ready"
+            for process in processes:
+                assert process.stdin is not None
+                process.stdin.write(b"go\n")
+                await process.stdin.drain()
+            for process in processes:
+                assert process.stdout is not None
+                assert (await asyncio.wait_for(process.stdout.readline(), 30)).strip() == b"done"
+                assert await process.wait() == 0
+        finally:
+            for process in processes:
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
+        assert api.rate_limited == []
+        for chat in chats:
+            assert sorted(api.visible_texts(chat)) == [f"alpha {chat}", f"beta {chat}"]
+        sent = sorted(c.at for c in api.calls_to("sendMessage"))
+        assert all(sent[i + 30] - sent[i] >= 1.0 * SCALE for i in range(len(sent) - 30))
 
 
 async def test_a_group_burst_from_two_processes_keeps_the_group_minute(tmp_path: Path, redis_url: str) -> None:
