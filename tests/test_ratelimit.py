@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.ratelimit import SharedBudgets, SharedBudgetUnavailable, SharedWindow
 
@@ -195,3 +197,56 @@ async def test_an_unreachable_redis_is_reported_then_retried_after_a_while() -> 
         assert budgets.outages == 2
     finally:
         await budgets.close()
+
+
+WINDOW_KEYS = ("a", "b", "c")
+# one request: the windows it touches (key, limit), whether it holds, whether it counts promises
+requests = st.lists(
+    st.tuples(
+        st.lists(st.tuples(st.sampled_from(WINDOW_KEYS), st.integers(0, 4)), min_size=1, max_size=3),
+        st.booleans(),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sequence=requests, promised=st.integers(0, 2))
+def test_takes_match_a_model_of_counting_windows(
+    redis_url: str, sequence: list[tuple[list[tuple[str, int]], bool, bool]], promised: int
+) -> None:
+    """Whatever windows a request names (one key twice with different limits, limits of 0, held
+    or not, minus promised slots), the script takes it exactly when a plain count says every
+    window has room, records it in every window or in none, and reports the counts it saw.
+    Windows are long (nothing expires during an example), so the model needs no clock."""
+
+    async def check() -> None:
+        prefix = f"test-{secrets.token_hex(6)}"
+        budgets = SharedBudgets.from_url(redis_url)
+        try:
+            finals = f"{prefix}:finals"
+            for index in range(promised):
+                await budgets.promise(finals, f"p{index}", 60.0)
+            counts = dict.fromkeys(WINDOW_KEYS, 0)
+            for windows, hold, uses_promises in sequence:
+                shared = [
+                    SharedWindow(f"{prefix}:{key}", limit, 60.0, hold=hold, promises=finals if uses_promises else None)
+                    for key, limit in windows
+                ]
+                room = all(counts[key] < limit - (promised if uses_promises else 0) for key, limit in windows)
+                grant = await budgets.take(shared)
+                assert grant.counts == tuple(counts[key] for key, _ in windows)
+                assert grant.taken == room
+                if room:
+                    for key in {key for key, _ in windows}:
+                        counts[key] += 1
+                else:
+                    assert grant.wait > 0
+            for key in WINDOW_KEYS:
+                assert await budgets.redis.zcard(f"{prefix}:{key}") == counts[key]
+        finally:
+            await budgets.close()
+
+    asyncio.run(check())
