@@ -32,15 +32,17 @@ from gateway.inbound import Accepted, ButtonPress, Inbound, PlatformUser
 from gateway.leases import LeaseStore
 from gateway.outbound import Capabilities, Limits, MessageRef, Outbox, StreamSink
 from gateway.plugins import AdapterSpec
+from gateway.ratelimit import Grant, SharedBudgets, SharedBudgetUnavailable, SharedWindow
 from gateway.sessions import SessionDirectory
 from gateway.store.records import FileRecord, InboundRecord, MessageRecord, SessionRecord
 from gateway.types import Attachment, SessionChannel
 
 __all__ = [
     "Accepted", "Adapter", "AdapterSpec", "ApprovalDesk", "Attachment", "Bus", "ButtonPress", "Capabilities",
-    "ChatCatalog", "FileRecord", "FileRejected", "FileStore", "GatewayContext", "Inbound", "InboundRecord",
+    "ChatCatalog", "FileRecord", "FileRejected", "FileStore", "GatewayContext", "Grant", "Inbound", "InboundRecord",
     "LeaseStore", "Limits", "MessageRecord", "MessageRef", "Outbox", "PlatformUser", "SessionChannel",
-    "SessionDirectory", "SessionRecord", "Settings", "StreamSink", "SubscriberOverflow", "UnknownSession",
+    "SessionDirectory", "SessionRecord", "Settings", "SharedBudgetUnavailable", "SharedBudgets", "SharedWindow",
+    "StreamSink", "SubscriberOverflow", "UnknownSession",
 ]
 
 

@@ -122,6 +122,9 @@ class DatabaseSettings(Section):
 
 class RedisSettings(Section):
     url: str | None = None
+    key_prefix: str = Field("chatgate", min_length=1)
+    """Prefix of chatgate's keys in Redis (the shared platform budgets); apps that share one Redis
+    and must not share budgets use different prefixes."""
 
     @field_validator("url")
     @classmethod

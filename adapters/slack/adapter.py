@@ -26,7 +26,7 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.signature import SignatureVerifier
 from slack_sdk.web.async_client import AsyncWebClient
 
-from adapters.base import Accepted, Adapter, Capabilities, GatewayContext, Inbound, Limits, Outbox
+from adapters.base import Accepted, Adapter, Capabilities, GatewayContext, Inbound, Limits, Outbox, SharedBudgets
 from adapters.slack.conversation import Conversation
 from adapters.slack.files import download_private, is_slack_file_url, upload_file
 from adapters.slack.inbound import (
@@ -44,7 +44,7 @@ from adapters.slack.inbound import (
 )
 from adapters.slack.limits import ACK_DEADLINE, MAX_ACTIONS_ELEMENTS, MAX_TEXT
 from adapters.slack.outbox import SlackOutbox
-from adapters.slack.pacer import SlackPacer
+from adapters.slack.pacer import SlackPacer, app_namespace
 from adapters.slack.response_url import CommandResponse
 from adapters.slack.users import LOOKUP_TIMEOUT, SlackDirectory
 from gateway.config import ConfigError
@@ -124,7 +124,11 @@ class SlackAdapter(Adapter):
         # No transport-level retries: a chat.postMessage retried after a lost answer is a
         # duplicate message. The pacer handles 429s, and lost connections of idempotent calls.
         self.client = AsyncWebClient(token=slack.bot_token, base_url=api_url, retry_handlers=[])
-        self.pacer = SlackPacer()
+        self.pacer = SlackPacer(
+            shared=SharedBudgets.from_url(settings.redis.url) if settings.redis.url else None,
+            # a hash tag: the keys one script touches share a Redis Cluster slot
+            namespace=f"{{{settings.redis.key_prefix}:budget:slack:{app_namespace(slack.bot_token)}}}",
+        )
         self.directory = SlackDirectory(self.client, self.pacer)
         self.verifier = SignatureVerifier(slack.signing_secret) if slack.signing_secret else None
         self.gw: GatewayContext | None = None
@@ -164,6 +168,7 @@ class SlackAdapter(Adapter):
             self._socket_handler = None
         for pending in list(self._pending):
             pending.cancel()
+        await self.pacer.close()
 
     def describe(self) -> str:
         slack = self.settings.slack

@@ -11,12 +11,24 @@ until every key it touches has room. Two priorities: *urgent* calls (final texts
 use the whole budget; preview frames leave a reserve so finals are never starved by previews,
 and give up (return ``None``) when no slot comes within ``max_wait`` — the next frame carries
 the same text, so nothing is lost.
+
+**Shared across processes.** Given a :class:`~gateway.ratelimit.SharedBudgets` (``redis.url`` is
+set), every call also takes its slot in Redis, atomically over the workspace's and the channel's
+windows and their 429 pauses, on keys under the app's namespace (its token's digest): every
+process calling for the workspace shares one budget, and a ``Retry-After`` seen by one blocks the
+method (and channel) for all. Promised final edits are shared too (a promise set with a lease,
+so a process that dies leaves nothing behind), so previews in any process leave room for them;
+the decision to promise, and :meth:`SlackPacer.available_within`, are answered from this process's
+own windows (they are synchronous), while the slot itself is always taken in Redis. When Redis is
+unreachable the in-memory windows pace alone (a warning is logged) and nothing is held back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
@@ -26,6 +38,7 @@ from typing import TypeVar
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
+from adapters.base import SharedBudgets, SharedBudgetUnavailable, SharedWindow
 from adapters.slack.limits import METHOD_BUDGETS, PER_CHANNEL_BUDGETS, Budget
 
 T = TypeVar("T")
@@ -48,6 +61,9 @@ MAX_RATE_LIMIT_RETRIES = 6
 """Urgent calls retried after this many 429s in a row give up and raise (the core logs it)."""
 DEFAULT_RETRY_AFTER = 1.0
 """Seconds to wait after a 429 that names no ``Retry-After`` (slack_sdk uses 1 s too)."""
+PROMISE_LEASE = 900.0
+"""Seconds a shared promise of a final edit lives unless withdrawn: longer than a stream runs
+(Slack ends a stream after about five minutes), short enough that a dead process's promise goes."""
 
 
 class RateLimited(Exception):
@@ -145,6 +161,12 @@ def is_transient(error: SlackApiError) -> bool:
     return status >= 500 or (isinstance(data, dict) and data.get("error") in TRANSIENT_ERRORS)
 
 
+def app_namespace(bot_token: str) -> str:
+    """Names the app in shared keys without writing its token to Redis: Slack counts limits per
+    app and workspace, and every process sending with one bot token is the same app."""
+    return hashlib.sha256(bot_token.encode()).hexdigest()[:16]
+
+
 class SlackPacer:
     """Shared by every conversation of one adapter: budgets are per workspace and per channel."""
 
@@ -154,12 +176,19 @@ class SlackPacer:
         method_budgets: dict[str, Budget] | None = None,
         channel_budgets: dict[str, Budget] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedBudgets | None = None,
+        namespace: str = "slack",
     ) -> None:
         self.method_budgets = METHOD_BUDGETS if method_budgets is None else method_budgets
         self.channel_budgets = PER_CHANNEL_BUDGETS if channel_budgets is None else channel_budgets
         self.clock = clock
         self.stats = PacerStats()
         self._windows: dict[tuple[str, ...], SlidingWindowBudget] = {}
+        self.shared = shared
+        """The budgets every process calling for this app shares (Redis), or None: this process alone."""
+        self.namespace = namespace
+        """Prefix of this app's keys in the shared budgets."""
+        self._promises: dict[tuple[str, str], list[str]] = {}
 
     def _window(self, key: tuple[str, ...], budget: Budget) -> SlidingWindowBudget:
         window = self._windows.get(key)
@@ -189,6 +218,10 @@ class SlackPacer:
         if not window.can_promise(self.clock()):
             return False
         window.pending_finals += 1
+        if self.shared is not None:
+            shared, key, token = self.shared, self._finals_key(team, method), secrets.token_hex(8)
+            self._promises.setdefault((team, method), []).append(token)
+            shared.defer(lambda: shared.promise(key, token, PROMISE_LEASE))
         return True
 
     def release_final(self, method: str, team: str) -> None:
@@ -196,6 +229,69 @@ class SlackPacer:
         if budget is not None:
             window = self._window(("team", team, method), budget)
             window.pending_finals = max(0, window.pending_finals - 1)
+            tokens = self._promises.get((team, method))
+            if self.shared is not None and tokens:
+                shared, key, token = self.shared, self._finals_key(team, method), tokens.pop()
+                if not tokens:
+                    del self._promises[(team, method)]
+                shared.defer(lambda: shared.withdraw(key, token))
+
+    # -- shared budgets (Redis) ------------------------------------------------------------------
+
+    def _shared_key(self, key: tuple[str, ...]) -> str:
+        return ":".join((self.namespace, *key))
+
+    def _finals_key(self, team: str, method: str) -> str:
+        return self._shared_key(("team", team, method)) + ":finals"
+
+    def _shared_windows(self, method: str, team: str, channel: str | None, *, urgent: bool) -> list[SharedWindow]:
+        """The same windows as :meth:`windows_for`, as Redis sees them: a preview may find the
+        budget less its reserve, less every process's promised finals (workspace windows)."""
+        windows = []
+        for key, budget in (
+            (("team", team, method), self.method_budgets.get(method)),
+            (("channel", team, channel or "", method), self.channel_budgets.get(method) if channel else None),
+        ):
+            if budget is None:
+                continue
+            local = self._window(key, budget)
+            if urgent:
+                windows.append(SharedWindow(self._shared_key(key), budget.calls, local.window))
+            else:
+                promises = self._finals_key(team, method) if key[0] == "team" else None
+                limit = max(1, budget.calls - local.reserve)
+                windows.append(SharedWindow(self._shared_key(key), limit, local.window, promises=promises))
+        return windows
+
+    async def _acquire_shared(
+        self, method: str, team: str, channel: str | None, *, urgent: bool, max_wait: float | None, started: float
+    ) -> bool | None:
+        """Take the slot in Redis; None when Redis is unreachable (pace locally instead)."""
+        assert self.shared is not None
+        windows = self._shared_windows(method, team, channel, urgent=urgent)
+        pauses = [w.key + ":pause" for w in windows]
+        try:
+            while True:
+                await self.shared.flush()  # our own promises reach Redis before we count them
+                grant = await self.shared.take(windows, pauses)
+                now = self.clock()
+                if grant.taken:
+                    return True
+                if max_wait is not None and (now - started) + grant.wait > max_wait:
+                    return False
+                await asyncio.sleep(grant.wait)
+        except SharedBudgetUnavailable:
+            return None
+
+    async def _pause_shared(self, method: str, team: str, channel: str | None, seconds: float) -> None:
+        """Block the call's windows in Redis too: every process waits out Slack's ``Retry-After``."""
+        if self.shared is None or not self.shared.available:
+            return
+        for window in self._shared_windows(method, team, channel, urgent=True):
+            try:
+                await self.shared.pause(window.key + ":pause", seconds)
+            except SharedBudgetUnavailable:
+                return  # the local block holds in this process
 
     def available_within(self, method: str, team: str, channel: str | None, max_wait: float) -> bool:
         """Whether a preview call could go out within ``max_wait`` seconds (takes nothing): lets a
@@ -211,6 +307,18 @@ class SlackPacer:
         nothing) when the slot would come later than ``max_wait`` seconds from now."""
         windows = self.windows_for(method, team, channel)
         started = self.clock()
+        if self.shared is not None and self.shared.available and windows:
+            taken = await self._acquire_shared(method, team, channel, urgent=urgent, max_wait=max_wait, started=started)
+            if taken is not None:
+                if not taken:
+                    return False
+                now = self.clock()
+                for w in windows:  # this process's own view, for the synchronous questions
+                    w.record(now)
+                self.stats.waited_seconds += now - started
+                if urgent:
+                    self.stats.longest_urgent_wait = max(self.stats.longest_urgent_wait, now - started)
+                return True
         while True:
             now = self.clock()
             wait = max((w.wait_time(now, urgent=urgent) for w in windows), default=0.0)
@@ -267,11 +375,17 @@ class SlackPacer:
                     continue
                 delay = retry_after_seconds(error)
                 self.stats.rate_limited[method] += 1
-                log.warning("slack %s rate limited in %s; retrying after %.2fs", method, team, delay)
                 until = self.clock() + delay
                 for w in windows:
                     w.block(until)
+                await self._pause_shared(method, team, channel, delay)  # every process waits too
+                log.warning("slack %s rate limited in %s; retrying after %.2fs", method, team, delay)
                 if not urgent:
                     self.stats.skipped_frames += 1
                     return None
         raise RateLimited(f"{method} kept answering 429 for workspace {team}")
+
+    async def close(self) -> None:
+        """Let the shared budgets hear the last promises, then close them."""
+        if self.shared is not None:
+            await self.shared.close()

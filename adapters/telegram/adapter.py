@@ -28,7 +28,7 @@ from aiohttp import ClientError, web
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from adapters.base import Adapter, Capabilities, GatewayContext, Limits, Outbox
+from adapters.base import Adapter, Capabilities, GatewayContext, Limits, Outbox, SharedBudgets
 from adapters.telegram.client import DRAFT_ID_MAX, TelegramClient
 from adapters.telegram.inbound import (
     ALLOWED_UPDATES,
@@ -54,6 +54,12 @@ of text with its entities, and the message it replies to): kilobytes, never near
 INLINE_KEYBOARD_MAX_BUTTONS = 100  # Bot API: an inline keyboard holds at most 100 buttons
 
 
+def bot_id_of(token: str) -> str:
+    """The bot's id: the part of its token before the colon (Bot API: "123456:ABC-DEF...")."""
+    head = token.split(":", 1)[0]
+    return head if head.isdigit() else hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
 class TelegramAdapter(Adapter):
     channel_types: ClassVar[tuple[str, ...]] = (CHANNEL_TYPE,)
     limits: ClassVar[Limits] = Limits(
@@ -76,6 +82,9 @@ class TelegramAdapter(Adapter):
             global_per_second=self.config.global_rate,
             draft_interval=min(DRAFT_MIN_INTERVAL, self.config.draft_interval),
             scale=self.config.rate_scale,
+            shared=SharedBudgets.from_url(settings.redis.url) if settings.redis.url else None,
+            # a hash tag: the keys one script touches share a Redis Cluster slot
+            namespace=f"{{{settings.redis.key_prefix}:budget:telegram:{bot_id_of(self.config.bot_token)}}}",
         )
         self.client = TelegramClient(
             self.bot,
@@ -139,6 +148,7 @@ class TelegramAdapter(Adapter):
             except Exception:
                 log.warning("could not release the telegram polling lease", exc_info=True)
         await self.client.close()
+        await self.pacer.close()
 
     def describe(self) -> str:
         name = f"@{self.identity.username}" if self.identity else "telegram"

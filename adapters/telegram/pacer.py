@@ -20,6 +20,19 @@ request is in flight, so a chat's requests leave in order (parts of a split mess
 frames, the final edit) and one at a time. Written by hand: aiogram has no outbound limiter, and
 aiolimiter-style leaky buckets know nothing of per-chat windows shared with a global one, or of
 ``retry_after``.
+
+**Shared across processes.** Given a :class:`~gateway.ratelimit.SharedBudgets` (``redis.url`` is
+set), every slot is also taken in Redis, atomically over the chat's windows, the bot's window and
+their pauses, on keys under the bot's id: all processes sending for the bot share one budget, and
+a ``retry_after`` seen by one pauses the chat (and, two chats within one pause, the bot) for all.
+The in-memory budgets still record this process's own requests: they answer the synchronous
+questions (:meth:`Pacer.room_for_preview`, :meth:`Pacer.draft_delay`) together with the last
+reading of the bot's shared window, and they pace alone while Redis is unreachable (a warning is
+logged; each process then keeps only its own budget, and a 429 is honoured as always).
+Ordering: a chat's requests from one process leave in order (the chat's lock is local); across
+processes nothing orders them beyond the windows (one session's replies are sent by the one
+process that runs its turn, so a stream never interleaves with itself). No lock is held in
+Redis while a request is in flight.
 """
 
 from __future__ import annotations
@@ -32,6 +45,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
+
+from adapters.base import Grant, SharedBudgets, SharedBudgetUnavailable, SharedWindow
 
 MARGIN = 0.05
 """Fraction added to every window: requests are timed on our clock, counted on Telegram's."""
@@ -157,6 +172,8 @@ class Pacer:
         draft_interval: float = DRAFT_MIN_INTERVAL,
         scale: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        shared: SharedBudgets | None = None,
+        namespace: str = "telegram",
     ) -> None:
         self.scale = scale
         self._clock = clock
@@ -170,6 +187,13 @@ class Pacer:
         self._last_429: tuple[int, float] | None = None
         self.waited = 0.0
         """Total seconds requests spent waiting for budget (for the benchmark and the logs)."""
+        self.shared = shared
+        """The budgets every process of this bot shares (Redis), or None: this process alone."""
+        self.namespace = namespace
+        """Prefix of this bot's keys in the shared budgets (it names the bot)."""
+        self._shared_global_load = 0.0
+        self._shared_global_seen = -math.inf
+        self._shared_refresh: asyncio.Task[None] | None = None
 
     def chat(self, chat_id: int) -> ChatBudget:
         budget = self._chats.get(chat_id)
@@ -201,7 +225,14 @@ class Pacer:
         now = self._clock()
         if self.chat(chat_id).messages.earliest(now) > now:
             return False
-        return self.global_budget.load(now) < PREVIEW_SHARE
+        load = self.global_budget.load(now)
+        if self.shared is not None and self.shared.available:
+            window = self.global_budget.windows[0].seconds
+            if now - self._shared_global_seen > window:
+                self._refresh_shared_load()
+            if now - self._shared_global_seen <= 2 * window:  # an older reading says nothing any more
+                load = max(load, self._shared_global_load)
+        return load < PREVIEW_SHARE
 
     def draft_delay(self, chat_id: int) -> float:
         """Seconds until the chat's draft budget has room (0: now)."""
@@ -213,31 +244,143 @@ class Pacer:
         """Wait for the chat's (and for messages the bot's) budget; hold the chat while inside."""
         chat = self.chat(chat_id)
         async with chat.lock:
-            own = chat.messages if kind == "message" else chat.drafts
-            claimed = False
-            started: float | None = None
-            try:
-                while True:
-                    await self._sleep_until(own.earliest(self._clock()))
-                    if kind == "message":
-                        at = await self.global_budget.claim()
-                        claimed = True
-                        await self._sleep_until(at)
-                    now = self._clock()
-                    if own.earliest(now) <= now:  # no pause arrived while we waited for the bot's budget
-                        own.record(now)
-                        started = now
-                        break
-                    if claimed:  # the chat was paused meanwhile: give the bot's slot back
-                        self.global_budget.settle(OPEN, now)
-                        claimed = False
+            if self.shared is not None and self.shared.available:
+                grant = await self._take_shared(chat_id, kind)
+                if grant is not None:
+                    async with self._shared_slot(chat_id, kind, grant.token):
+                        yield
+                    return
+            async with self._local_slot(chat, kind):
                 yield
-            finally:
-                finished = self._clock()
-                if started is not None:
-                    own.settle(started, finished)
-                if claimed:
-                    self.global_budget.settle(OPEN, finished)
+
+    @asynccontextmanager
+    async def _local_slot(self, chat: ChatBudget, kind: SlotKind) -> AsyncIterator[None]:
+        """This process's own budgets (no Redis, or Redis unreachable); the chat's lock is held."""
+        own = chat.messages if kind == "message" else chat.drafts
+        claimed = False
+        started: float | None = None
+        try:
+            while True:
+                await self._sleep_until(own.earliest(self._clock()))
+                if kind == "message":
+                    at = await self.global_budget.claim()
+                    claimed = True
+                    await self._sleep_until(at)
+                now = self._clock()
+                if own.earliest(now) <= now:  # no pause arrived while we waited for the bot's budget
+                    own.record(now)
+                    started = now
+                    break
+                if claimed:  # the chat was paused meanwhile: give the bot's slot back
+                    self.global_budget.settle(OPEN, now)
+                    claimed = False
+            yield
+        finally:
+            finished = self._clock()
+            if started is not None:
+                own.settle(started, finished)
+            if claimed:
+                self.global_budget.settle(OPEN, finished)
+
+    # -- shared budgets (Redis) ------------------------------------------------------------------
+
+    def _chat_key(self, chat_id: int, kind: SlotKind) -> str:
+        return f"{self.namespace}:chat:{chat_id}:{kind}"
+
+    @property
+    def _global_key(self) -> str:
+        return f"{self.namespace}:bot"
+
+    def _shared_windows(self, chat_id: int, kind: SlotKind) -> list[SharedWindow]:
+        chat = self.chat(chat_id)
+        own = chat.messages if kind == "message" else chat.drafts
+        key = self._chat_key(chat_id, kind)
+        # held: a chat's request in flight in another process blocks the chat until it settles
+        # (as the chat's lock does in one process), so spacing is measured from its finish
+        windows = [SharedWindow(key, w.count, w.seconds, hold=True) for w in own.windows]
+        if kind == "message":
+            bot = self.global_budget.windows[0]
+            windows.append(SharedWindow(self._global_key, bot.count, bot.seconds, hold=True))
+        return windows
+
+    def _shared_pauses(self, chat_id: int, kind: SlotKind) -> list[str]:
+        pauses = [self._chat_key(chat_id, kind) + ":pause"]
+        if kind == "message":
+            pauses.append(self._global_key + ":pause")
+        return pauses
+
+    async def _take_shared(self, chat_id: int, kind: SlotKind) -> Grant | None:
+        """Take the slot in Redis (waiting as long as it says); None: Redis is unreachable."""
+        assert self.shared is not None
+        windows = self._shared_windows(chat_id, kind)
+        pauses = self._shared_pauses(chat_id, kind)
+        own = self.chat(chat_id).messages if kind == "message" else self.chat(chat_id).drafts
+        try:
+            while True:
+                await self.shared.flush()  # our own pauses and settlements reach Redis first
+                # this process's own pause (a 429 it saw) holds even if Redis lost it
+                await self._sleep_until(max(self._clock(), own.paused_until, self._global_pause(kind)))
+                grant = await self.shared.take(windows, pauses)
+                if kind == "message":
+                    self._note_shared_load(grant.counts[-1], grant.paused[-1])
+                if grant.taken:
+                    return grant
+                self.waited += grant.wait
+                await asyncio.sleep(grant.wait)
+        except SharedBudgetUnavailable:
+            return None
+
+    def _global_pause(self, kind: SlotKind) -> float:
+        return self.global_budget.paused_until if kind == "message" else 0.0
+
+    @asynccontextmanager
+    async def _shared_slot(self, chat_id: int, kind: SlotKind, token: str) -> AsyncIterator[None]:
+        """Inside a slot taken in Redis: record it locally too, settle both when done (the
+        settlement reaches Redis in the background, before this process's next take)."""
+        chat = self.chat(chat_id)
+        own = chat.messages if kind == "message" else chat.drafts
+        started = self._clock()
+        own.record(started)
+        if kind == "message":
+            self.global_budget.record(OPEN)
+        try:
+            yield
+        finally:
+            finished = self._clock()
+            own.settle(started, finished)
+            if kind == "message":
+                self.global_budget.settle(OPEN, finished)
+            keys = sorted({w.key for w in self._shared_windows(chat_id, kind)})
+            shared = self.shared
+            assert shared is not None
+            shared.defer(lambda: shared.settle(keys, token))
+
+    def _note_shared_load(self, count: int, paused: float) -> None:
+        bot = self.global_budget.windows[0]
+        self._shared_global_load = 1.0 if paused > 0 else count / bot.count
+        self._shared_global_seen = self._clock()
+
+    def _refresh_shared_load(self) -> None:
+        """Read the bot's shared window in the background (a synchronous caller asked)."""
+        if self.shared is None or (self._shared_refresh is not None and not self._shared_refresh.done()):
+            return
+        self._shared_global_seen = self._clock()  # one reading at a time
+        self._shared_refresh = asyncio.get_running_loop().create_task(
+            self.read_shared_load(), name="chatgate-telegram-load"
+        )
+
+    async def read_shared_load(self) -> None:
+        """Read how full the bot's budget is across every process (for :meth:`room_for_preview`)."""
+        if self.shared is None:
+            return
+        bot = self.global_budget.windows[0]
+        try:
+            grant = await self.shared.peek(
+                [SharedWindow(self._global_key, bot.count, bot.seconds)], [self._global_key + ":pause"]
+            )
+        except SharedBudgetUnavailable:
+            return
+        self._note_shared_load(grant.counts[0], grant.paused[0])
 
     def retry_after(self, chat_id: int, seconds: float, kind: SlotKind = "message") -> None:
         """Telegram said "retry after": pause the chat, and the bot when it looks global."""
@@ -248,6 +391,21 @@ class Pacer:
         if last is not None and last[0] != chat_id and last[1] > now:
             self.global_budget.pause(seconds)
         self._last_429 = (chat_id, now + seconds)
+        if self.shared is not None:  # every process sending for this bot pauses too
+            shared = self.shared
+            key = self._chat_key(chat_id, kind) + ":pause"
+            if kind == "message":
+                last_key, parent = self._global_key + ":last429", self._global_key + ":pause"
+                shared.defer(lambda: shared.pause(key, seconds, source=str(chat_id), last=last_key, parent=parent))
+            else:
+                shared.defer(lambda: shared.pause(key, seconds))
+
+    async def close(self) -> None:
+        """Let the shared budgets hear the last settlements and pauses, then close them."""
+        if self._shared_refresh is not None:
+            self._shared_refresh.cancel()
+        if self.shared is not None:
+            await self.shared.close()
 
     async def _sleep_until(self, at: float) -> None:
         delay = at - self._clock()
