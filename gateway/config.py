@@ -65,6 +65,10 @@ class ServerSettings(Section):
     public_url: str | None = None
     """The URL users reach the gateway at (links in Telegram/Slack, OAuth callbacks)."""
     max_request_bytes: int = Field(1 << 20, ge=1024)
+    metrics_token: str | None = None
+    """Bearer token ``/metrics`` asks for. Unset: it answers direct loopback requests only."""
+    probe_timeout: float = Field(2.0, gt=0, le=60)
+    """Seconds each ``/readyz`` check (and the ``/metrics`` inbox query) may take."""
 
     @field_validator("public_url")
     @classmethod

@@ -26,6 +26,7 @@ from typing import TypeVar
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
+from adapters.base import platform_call
 from adapters.slack.limits import METHOD_BUDGETS, PER_CHANNEL_BUDGETS, Budget
 
 T = TypeVar("T")
@@ -145,6 +146,29 @@ def is_transient(error: SlackApiError) -> bool:
     return status >= 500 or (isinstance(data, dict) and data.get("error") in TRANSIENT_ERRORS)
 
 
+def call_status(error: BaseException) -> int | str:
+    """What a failed Web API call answered, for the gateway's platform-call counter."""
+    if isinstance(error, SlackApiError):
+        if is_rate_limited(error):
+            return 429
+        status = getattr(error.response, "status_code", None) or 200
+        return "api_error" if status == 200 else status  # Slack answers most errors 200 {"ok": false}
+    if isinstance(error, (TimeoutError, aiohttp.ClientConnectionError)):
+        return "network_error"
+    return "bad_response"
+
+
+async def counted(method: str, send: Callable[[], Awaitable[T]]) -> T:
+    """``send()``, counted for the gateway's /metrics with the status it ended with."""
+    try:
+        result = await send()
+    except Exception as error:
+        platform_call("slack", method, call_status(error))
+        raise
+    platform_call("slack", method, 200)
+    return result
+
+
 class SlackPacer:
     """Shared by every conversation of one adapter: budgets are per workspace and per channel."""
 
@@ -250,7 +274,7 @@ class SlackPacer:
                 return None
             self.stats.calls[method] += 1
             try:
-                return await send()
+                return await counted(method, send)
             except (TimeoutError, aiohttp.ClientConnectionError):
                 if not idempotent or failures >= CONNECTION_RETRIES:
                     raise

@@ -258,6 +258,7 @@ class _Fault:
     status: int
     description: str
     remaining: int
+    retry_after: int | None = None
 
 
 @dataclass
@@ -374,9 +375,13 @@ class FakeTelegramAPI:
 
     # -- test knobs ----------------------------------------------------------------------------
 
-    def fail_next(self, method: str, *, status: int = 502, description: str = "Bad Gateway", times: int = 1) -> None:
-        """Answer the next ``times`` calls of ``method`` with an error, without processing them."""
-        self._faults.append(_Fault(method, status, description, times))
+    def fail_next(
+        self, method: str, *, status: int = 502, description: str = "Bad Gateway", times: int = 1,
+        retry_after: int | None = None,
+    ) -> None:
+        """Answer the next ``times`` calls of ``method`` with an error, without processing them
+        (``retry_after``: in ``parameters``, as Telegram's 429 answers carry it)."""
+        self._faults.append(_Fault(method, status, description, times, retry_after))
 
     def disconnect_next(self, method: str, *, times: int = 1) -> None:
         """Process the next ``times`` calls of ``method``, then drop the connection unanswered."""
@@ -564,7 +569,7 @@ class FakeTelegramAPI:
         for fault in self._faults:
             if fault.method == method and fault.remaining > 0:
                 fault.remaining -= 1
-                return self._answer(method, params, _Reject(fault.status, fault.description))
+                return self._answer(method, params, _Reject(fault.status, fault.description, fault.retry_after))
         handler = getattr(self, f"_m_{method}", None)
         if handler is None or not self._supported(method):
             return self._answer(method, params, _Reject(404, "Not Found"))

@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from adapters.base import socket_opened
 from gateway.inbound import ButtonPress, Inbound, PlatformUser
 from gateway.store.records import MessageRecord, SessionRecord
 from gateway.types import Attachment, Event, Message, SessionChannel, UserInfo
@@ -67,9 +68,11 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
     user = await ctx.user_of(identity)
     connection = WidgetConnection(ctx, ws, identity, user)
     ctx.sockets.add(ws)
+    closed = socket_opened("web")
     try:
         await connection.serve()
     finally:
+        closed()
         ctx.sockets.discard(ws)
         await connection.shutdown()
     return ws
