@@ -30,6 +30,7 @@ import gateway
 from adapters.slack.pacer import SlackPacer
 from adapters.web import WebAdapter
 from adapters.web.testing import base_url, running_gateway, web_settings
+from gateway.config import ConfigError
 from gateway.context import bind_metrics, reset_metrics
 from gateway.leases import Lease
 from gateway.logs import log_formatter
@@ -420,6 +421,19 @@ async def test_metrics_without_a_token_answer_direct_loopback_requests_only(tmp_
         async with http.get(url, headers={"Accept": "application/openmetrics-text; version=1.0.0"}) as response:
             assert response.headers["Content-Type"].startswith("application/openmetrics-text")
             assert (await response.text()).rstrip().endswith("# EOF")
+
+
+@pytest.mark.parametrize("path", ["/readyz", "/metrics"])
+async def test_an_endpoint_may_not_take_an_operations_path(tmp_path, path):
+    app = gateway.App("shadow")
+
+    @app.endpoint("GET", path, authorized=False)
+    async def mine(request: Any) -> dict[str, Any]:
+        return {"mine": True}
+
+    with pytest.raises(ConfigError, match="choose another path"):
+        async with running_gateway(app, tmp_path):
+            pass
 
 
 # -- JSON log lines -----------------------------------------------------------------------------
