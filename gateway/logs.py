@@ -31,8 +31,7 @@ class JsonLineFormatter(JsonFormatter):
         super().__init__(
             ["levelname", "name", "message"],
             rename_fields={"levelname": "level", "name": "logger", "exc_info": "exception", "stack_info": "stack"},
-            timestamp="time",
-            json_ensure_ascii=False,
+            timestamp="time",  # non-ASCII text is escaped: valid JSON whatever the stream's encoding
         )
 
     def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]) -> None:
