@@ -27,7 +27,9 @@ Check = Callable[[], Awaitable[Any]]
 """A readiness check: returns when ready, raises (``NotReady`` or any error) when not."""
 
 MAX_ERROR_LENGTH = 200
-_URL_CREDENTIALS = re.compile(r"(\w[\w+.-]*://)[^/\s@]*@")
+_URL_CREDENTIALS = re.compile(r"(\w[\w+.-]*://)\S*@")
+"""A URL's user and password: up to its last ``@`` (a password may hold ``@`` or ``/``
+unencoded); blanking too much of a message is harmless, too little is not."""
 
 
 class NotReady(Exception):

@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
@@ -32,6 +34,7 @@ from adapters.web import WebAdapter
 from adapters.web.testing import base_url, running_gateway, web_settings
 from gateway.config import ConfigError
 from gateway.context import bind_metrics, reset_metrics
+from gateway.health import safe_error
 from gateway.leases import Lease
 from gateway.logs import log_formatter
 from gateway.metrics import GatewayMetrics
@@ -138,6 +141,19 @@ async def test_readyz_is_503_naming_redis_when_it_is_down_and_shows_no_secret(tm
     assert body["checks"]["database"]["ok"] and body["checks"]["dispatcher"]["ok"]
     assert "hunter2" not in text
     assert status == 200  # alive all the same: a restart would not bring Redis back
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scheme=st.sampled_from(["redis", "rediss", "postgresql+asyncpg", "postgres"]),
+    user=st.text(st.characters(blacklist_categories=("Z", "C"), blacklist_characters="@:/"), max_size=12),
+    password=st.text(st.characters(blacklist_categories=("Z", "C")), min_size=1, max_size=24),
+    host=st.from_regex(r"[a-z][a-z0-9.-]{0,20}", fullmatch=True),
+)
+def test_a_check_error_never_shows_the_credentials_of_a_url(scheme, user, password, host):
+    error = safe_error(ConnectionError(f"Error connecting to {scheme}://{user}:{password}@{host}:6379/0. Refused."))
+    assert f"{user}:{password}@" not in error
+    assert f"://***@{host}:6379/0" in error and error.startswith("ConnectionError: Error connecting to")
 
 
 @contextlib.asynccontextmanager
