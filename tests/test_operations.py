@@ -35,10 +35,12 @@ from adapters.web.testing import base_url, running_gateway, web_settings
 from gateway.config import ConfigError
 from gateway.context import bind_metrics, reset_metrics
 from gateway.health import safe_error
+from gateway.inbound import Inbound, PlatformUser
 from gateway.leases import Lease
 from gateway.logs import log_formatter
 from gateway.metrics import GatewayMetrics
 from gateway.runtime import Gateway
+from gateway.types import Message, SessionChannel
 from tests.fakes.slack_api import FakeSlack
 from tests.fakes.telegram_api import FakeTelegramAPI
 from tests.support import until
@@ -375,6 +377,22 @@ async def test_telegram_calls_and_429s_are_counted_by_method_and_status(tmp_path
     polls = value(samples, calls, platform="telegram", method="getUpdates", status="ok")
     assert polls is not None and polls >= 1  # the poller, started with the gateway, counts too
     assert value(samples, "chatgate_turns_total", channel="telegram", outcome="done") == 1
+
+
+async def test_a_turn_counts_its_platform_calls_whichever_task_submitted_it(tmp_path):
+    """An event submitted from a task the gateway did not start (here the test's own; a worker's
+    queue consumer later) still counts its replies: the turn binds the gateway's metrics."""
+    async with FakeTelegramAPI(rate_scale=SCALE) as api, running(echo_app(), tmp_path, api) as gw:
+        await gw.submit(Inbound(
+            kind="message", dedup_key="ops-direct-1", channel=SessionChannel("telegram", chat_id=str(PRIVATE)),
+            user=PlatformUser("telegram", str(PRIVATE)), message=Message("direct", "user", "telegram"),
+        ))
+        await until(lambda: api.visible_texts(PRIVATE))
+        await gw.dispatcher.wait_idle(5)
+        sample = gw.metrics.registry.get_sample_value
+        assert sample("chatgate_platform_calls_total",
+                      {"platform": "telegram", "method": "sendMessage", "status": "ok"}) == 1
+        assert sample("chatgate_turns_total", {"channel": "telegram", "outcome": "done"}) == 1
 
 
 async def test_slack_calls_and_429s_are_counted_at_the_pacer():
