@@ -12,6 +12,10 @@ of its ``[name]`` section (``settings.<name>``), its conventional environment va
 that enables it (``enabled(settings)``) and the hint of its "off" start-up line; the running
 adapter's own line is :meth:`Adapter.describe`. Nothing in ``gateway/`` changes (see
 docs/adapters.md).
+
+Counting for ``/metrics``: call :func:`platform_call` once per request to the platform's API (at
+the adapter's single request point, with the HTTP status), and :func:`socket_opened` for each
+client connection the adapter holds open (it returns the function to call when it closes).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from gateway.dispatch import UnknownSession
 from gateway.files import FileRejected, FileStore
 from gateway.inbound import Accepted, ButtonPress, Inbound, PlatformUser
 from gateway.leases import LeaseStore
+from gateway.metrics import platform_call, socket_opened
 from gateway.outbound import Capabilities, Limits, MessageRef, Outbox, StreamSink
 from gateway.plugins import AdapterSpec
 from gateway.ratelimit import Grant, SharedBudgets, SharedBudgetUnavailable, SharedWindow
@@ -42,7 +47,7 @@ __all__ = [
     "ChatCatalog", "FileRecord", "FileRejected", "FileStore", "GatewayContext", "Grant", "Inbound", "InboundRecord",
     "LeaseStore", "Limits", "MessageRecord", "MessageRef", "Outbox", "PlatformUser", "SessionChannel",
     "SessionDirectory", "SessionRecord", "Settings", "SharedBudgetUnavailable", "SharedBudgets", "SharedWindow",
-    "StreamSink", "SubscriberOverflow", "UnknownSession",
+    "StreamSink", "SubscriberOverflow", "UnknownSession", "platform_call", "socket_opened",
 ]
 
 

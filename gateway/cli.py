@@ -73,12 +73,13 @@ def load_app(target: str) -> Any:
 
 
 def configure_logging(settings: Settings) -> None:
+    """One handler on stderr, text or JSON lines (``gateway.logs``)."""
+    from gateway.logs import log_formatter
+
     level = getattr(logging, settings.logging.level)
-    if settings.logging.format == "json":
-        fmt = '{"time":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s","message":%(message)r}'
-    else:
-        fmt = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", force=True)
+    handler = logging.StreamHandler()
+    handler.setFormatter(log_formatter(settings.logging.format))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("aiohttp.access", "apscheduler.executors.default", "alembic", *plugins.quiet_loggers()):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 

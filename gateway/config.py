@@ -80,6 +80,10 @@ class ServerSettings(Section):
     Behind a reverse proxy every connection comes from the proxy: raise it, or 0 and cap there."""
     max_header_line_bytes: int = Field(8190, ge=1024)
     """Longest request line or header line; longer gets a JSON 400."""
+    metrics_token: str | None = None
+    """Bearer token ``/metrics`` asks for. Unset: it answers direct loopback requests only."""
+    probe_timeout: float = Field(2.0, gt=0, le=60)
+    """Seconds each ``/readyz`` check (and the ``/metrics`` inbox query) may take."""
 
     @field_validator("public_url")
     @classmethod

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from gateway.inbound import Accepted, Inbound
 from gateway.prompts import PromptRegistry
@@ -42,6 +43,8 @@ class WorkItem:
     """The stored user message of a ``message`` event (``None`` for a recovered event: look it up)."""
     sender: UserInfo | None = None
     """The chatgate user behind ``inbound.user`` when intake already resolved it (``None``: ask the store)."""
+    received_at: float | None = None
+    """Wall-clock time (``time.time()``) the event was recorded: its turn's latency is timed from it."""
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Dispatcher:
         transaction that records the event, so a session deleted meanwhile records nothing)."""
         if self._closed:
             raise RuntimeError("the dispatcher is shutting down")
+        received_at = time.time()
         message = inbound.message if inbound.kind == "message" else None
         entry = await self.store.record_inbound(
             session_id,
@@ -100,7 +104,7 @@ class Dispatcher:
             return Accepted(entry.id, session_id, duplicate=True)
         if message is not None and entry.message_id:
             message.id = entry.message_id
-        self._route(WorkItem(entry.id, session_id, inbound, entry.message_id, sender))
+        self._route(WorkItem(entry.id, session_id, inbound, entry.message_id, sender, received_at=received_at))
         return Accepted(entry.id, session_id)
 
     def _route(self, item: WorkItem) -> None:
@@ -211,7 +215,7 @@ class Dispatcher:
                 await self.store.set_inbox_status(row.id, "failed", f"interrupted {interruptions} times")
                 continue
             log.info("re-running %s event %s (interrupted by a restart)", inbound.kind, inbound.dedup_key)
-            self._route(WorkItem(row.id, row.session_id, inbound))
+            self._route(WorkItem(row.id, row.session_id, inbound, received_at=_epoch(row.created_at)))
         return len(rows)
 
     async def purge_forever(self) -> None:
@@ -239,3 +243,8 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _epoch(moment: datetime) -> float:
+    """A stored time as ``time.time()`` counts (SQLite hands back naive datetimes; the store writes UTC)."""
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()

@@ -27,12 +27,16 @@ from gateway.calls import call_maybe_async
 from gateway.chats import ChatCatalog
 from gateway.config import ConfigError, Settings
 from gateway.connections import GuardedAppRunner
+from gateway.context import bind_metrics, reset_metrics
 from gateway.conversation import Conversation
 from gateway.dispatch import Dispatcher
 from gateway.files import FileStore
+from gateway.health import Check, NotReady, Readiness, RedisPing
 from gateway.inbound import Accepted, Inbound
 from gateway.intake import Intake
 from gateway.leases import LeaseStore
+from gateway.metrics import GatewayMetrics
+from gateway.operations import Operations
 from gateway.outbound import Outbox
 from gateway.server import build_web_app, refuse_shadowed_endpoints
 from gateway.sessions import SessionDirectory
@@ -88,6 +92,16 @@ class Gateway:
         self._booted = False
         """Whether ``@app.boot`` hooks ran: only then do ``@app.shutdown`` hooks run at stop."""
         self.files = FileStore(settings, self.store, self.public_url)
+        self.metrics = GatewayMetrics(backlog=self.store.inbox_backlog, held_leases=self.store.held_lease_count)
+        probe_timeout = settings.server.probe_timeout
+        self._redis_ping = RedisPing(settings.redis.url, timeout=probe_timeout) if settings.redis.url else None
+        checks: dict[str, Check] = {"database": self.store.ping}
+        if self._redis_ping is not None:
+            checks["redis"] = self._redis_ping
+        checks["dispatcher"] = self._accepting_work
+        self.operations = Operations(
+            Readiness(checks, timeout=probe_timeout), self.metrics, settings.server.metrics_token
+        )
 
     # -- the GatewayContext adapters see -----------------------------------------------------
 
@@ -143,6 +157,13 @@ class Gateway:
     def shutting_down(self) -> bool:
         return self.dispatcher.closing
 
+    async def _accepting_work(self) -> None:
+        """The readiness check of the dispatcher: started, and not shutting down."""
+        if self.dispatcher.closing:
+            raise NotReady("shutting down")
+        if self.started_at is None:
+            raise NotReady("starting")
+
     def block_lock(self, session_id: str, block_id: str) -> asyncio.Lock:
         """Serialises the renders of one block: a task card re-shown by the task service while
         the handler shows it must edit the first render, not post a second message."""
@@ -166,6 +187,15 @@ class Gateway:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Everything started from here (the HTTP server, the adapters' tasks, recovered turns)
+        # inherits this gateway's metrics for the counting hooks (gateway.metrics).
+        token = bind_metrics(self.metrics)
+        try:
+            await self._start()
+        finally:
+            reset_metrics(token)
+
+    async def _start(self) -> None:
         started = time.perf_counter()
         self.app.runtime = self
         await self.store.open()
@@ -252,6 +282,8 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         await self.bus.close()
+        if self._redis_ping is not None:
+            await self._redis_ping.close()
         await self.store.close()
         self.app.runtime = None
 

@@ -1,8 +1,9 @@
 """The one aiohttp Application every HTTP request enters.
 
-Core routes: ``GET /healthz``, ``GET /_meta``, ``GET /files/{id}`` (signed), ``GET /data/{name}``
-and every ``@app.endpoint``. Adapters add theirs in ``Adapter.mount``. Errors, the router's 404
-and 405 included, are JSON: ``{"error": {"code": "...", "message": "..."}}``.
+Core routes: ``GET /healthz`` (alive), ``GET /readyz`` and ``GET /metrics`` (``gateway.operations``),
+``GET /_meta``, ``GET /files/{id}`` (signed), ``GET /data/{name}`` and every ``@app.endpoint``.
+Adapters add theirs in ``Adapter.mount``. Errors, the router's 404 and 405 included, are JSON:
+``{"error": {"code": "...", "message": "..."}}``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.calls import call_maybe_async
 from gateway.config import ConfigError, Settings
 from gateway.context import bind_http_caller, reset_current_session, set_current_session, unbind_http_caller
 from gateway.files import FileStore
+from gateway.operations import Operations, mount_operations
 from gateway.request_headers import undecodable_headers
 from gateway.store import Store
 from gateway.types import HomeContext, IntegrationCredentials, RequestContext, UserInfo
@@ -35,6 +37,7 @@ class ServerHost(Protocol):
     store: Store
     files: FileStore
     callers: Callers
+    operations: Operations
 
     def adapter_names(self) -> list[str]: ...
 
@@ -96,6 +99,7 @@ def build_web_app(runtime: ServerHost) -> web.Application:
     web_app = web.Application(middlewares=[json_errors, undecodable_headers], client_max_size=max_size)
     web_app[RUNTIME_KEY] = runtime
     web_app.router.add_get("/healthz", healthz)
+    mount_operations(web_app, runtime.operations)
     web_app.router.add_get("/_meta", meta)
     web_app.router.add_get("/files/{file_id}", serve_file)
     web_app.router.add_get("/data/{name}", serve_data)

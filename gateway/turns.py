@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.calls import call_maybe_async
 from gateway.config import Settings
-from gateway.context import reset_current_session, set_current_session
+from gateway.context import (
+    bind_metrics,
+    bind_turn,
+    reset_current_session,
+    reset_metrics,
+    reset_turn,
+    set_current_session,
+)
 from gateway.conversation import Conversation
 from gateway.dispatch import WorkItem
 from gateway.inbound import Inbound
+from gateway.metrics import GatewayMetrics
 from gateway.outbound import Outbox
 from gateway.session import Session
 from gateway.sessions import history_of
@@ -70,12 +80,26 @@ class TurnHost(Protocol):
 
     def shutting_down(self) -> bool: ...
 
+    @property
+    def metrics(self) -> GatewayMetrics: ...
+
 
 class TurnRunner:
     def __init__(self, host: TurnHost) -> None:
         self.rt = host
 
     async def __call__(self, item: WorkItem) -> None:
+        """Run one turn with its ids bound for the log (``gateway.logs``) and the gateway's
+        metrics bound for the adapters' counting hooks, whichever task submitted the event."""
+        ids = bind_turn(item.session_id, item.inbox_id)
+        metrics = bind_metrics(self.rt.metrics)
+        try:
+            await self._run(item)
+        finally:
+            reset_metrics(metrics)
+            reset_turn(ids)
+
+    async def _run(self, item: WorkItem) -> None:
         rt = self.rt
         inbound = item.inbound
         context = await rt.store.turn_context(item.session_id, rt.settings.dispatch.history_limit + 1)
@@ -84,6 +108,8 @@ class TurnRunner:
             outbox = rt.outbox_for(inbound.channel, item.session_id, turn=item.inbox_id)
             if outbox is not None:  # whoever waits on this turn learns it is over
                 await outbox.end_turn(item.inbox_id, SESSION_DELETED)
+            rt.metrics.turn_ended(inbound.channel.type, SESSION_DELETED, received_at=item.received_at,
+                                  handler_seconds=None)
             return
         record, user, recent = context
         if address_key(record.channel) is not None:
@@ -93,9 +119,10 @@ class TurnRunner:
         if user is None:
             log.error("session %s has no user (deleted?): event %s is not run", record.id, item.inbox_id)
             await rt.store.set_inbox_status(item.inbox_id, "failed", "user missing")
-            outbox = rt.outbox_for(record.channel, item.session_id)
+            outbox = rt.outbox_for(record.channel, item.session_id, turn=item.inbox_id)
             if outbox is not None:  # whoever waits on this turn (a REST call) learns it failed
                 await outbox.end_turn(item.inbox_id, "handler_error")
+            rt.metrics.turn_ended(record.channel.type, "failed", received_at=item.received_at, handler_seconds=None)
             return
         message = self._bind_attachments(inbound)
         history = self._history(recent, record.channel.type, exclude_inbound=item.inbox_id)
@@ -119,10 +146,15 @@ class TurnRunner:
         error: str | None = None
         status = "done"
         deadline = asyncio.timeout(rt.settings.dispatch.handler_timeout or None)
+        handler_seconds: float | None = None
         try:
             await self._store_user_message(item, message)
             async with deadline:
-                await self._dispatch(session, record, inbound, message)
+                handler_started = time.perf_counter()
+                try:
+                    await self._dispatch(session, record, inbound, message)
+                finally:
+                    handler_seconds = time.perf_counter() - handler_started
         except asyncio.CancelledError:
             if rt.shutting_down():
                 status = "running"  # interrupted by shutdown: it runs again at the next start
@@ -141,14 +173,18 @@ class TurnRunner:
             error = await self._failed(session)
         finally:
             reset_current_session(token)
-            await asyncio.shield(self._finish(session, item, status, error))
+            await asyncio.shield(self._finish(session, item, status, error, handler_seconds))
 
-    async def _finish(self, session: Session, item: WorkItem, status: str, error: str | None) -> None:
+    async def _finish(
+        self, session: Session, item: WorkItem, status: str, error: str | None, handler_seconds: float | None
+    ) -> None:
         try:
             await session.flush_data()
         except Exception:
             log.exception("saving session.data of %s failed", session.id)
         if status == "running":
+            self.rt.metrics.turn_ended(session.channel.type, "interrupted", received_at=item.received_at,
+                                       handler_seconds=handler_seconds)
             return
         # Recorded before the turn is announced over: whoever learns of the end (a REST client)
         # and then asks finds the event finished.
@@ -159,6 +195,8 @@ class TurnRunner:
                 await outbox.end_turn(item.inbox_id, error)
             except Exception:
                 log.exception("ending the turn on %s failed", session.channel.type)
+        self.rt.metrics.turn_ended(session.channel.type, error or "done", received_at=item.received_at,
+                                   handler_seconds=handler_seconds)
 
     # -- routing -------------------------------------------------------------------------
 
@@ -274,6 +312,7 @@ class TurnRunner:
             log.info("session %s was deleted while its handler ran; the turn is dropped", session.id)
             return SESSION_DELETED
         log.exception("handler for session %s (%s) raised", session.id, session.channel.type)
+        self.rt.metrics.handler_failed(session.channel.type, sys.exc_info()[1])
         await self._apologise(session, self.rt.settings.dispatch.error_message)
         return "handler_error"
 

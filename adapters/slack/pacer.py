@@ -38,7 +38,7 @@ from typing import TypeVar
 import aiohttp
 from slack_sdk.errors import SlackApiError
 
-from adapters.base import SharedBudgets, SharedBudgetUnavailable, SharedWindow
+from adapters.base import SharedBudgets, SharedBudgetUnavailable, SharedWindow, platform_call
 from adapters.slack.limits import METHOD_BUDGETS, PER_CHANNEL_BUDGETS, Budget
 
 T = TypeVar("T")
@@ -165,6 +165,27 @@ def app_namespace(bot_token: str) -> str:
     """Names the app in shared keys without writing its token to Redis: Slack counts limits per
     app and workspace, and every process sending with one bot token is the same app."""
     return hashlib.sha256(bot_token.encode()).hexdigest()[:16]
+def call_status(error: BaseException) -> int | str:
+    """What a failed Web API call answered, for the gateway's platform-call counter."""
+    if isinstance(error, SlackApiError):
+        if is_rate_limited(error):
+            return 429
+        status = getattr(error.response, "status_code", None) or 200
+        return "api_error" if status == 200 else status  # Slack answers most errors 200 {"ok": false}
+    if isinstance(error, (TimeoutError, aiohttp.ClientConnectionError)):
+        return "network_error"
+    return "bad_response"
+
+
+async def counted(method: str, send: Callable[[], Awaitable[T]]) -> T:
+    """``send()``, counted for the gateway's /metrics with the status it ended with."""
+    try:
+        result = await send()
+    except Exception as error:
+        platform_call("slack", method, call_status(error))
+        raise
+    platform_call("slack", method, 200)
+    return result
 
 
 class SlackPacer:
@@ -358,7 +379,7 @@ class SlackPacer:
                 return None
             self.stats.calls[method] += 1
             try:
-                return await send()
+                return await counted(method, send)
             except (TimeoutError, aiohttp.ClientConnectionError):
                 if not idempotent or failures >= CONNECTION_RETRIES:
                     raise

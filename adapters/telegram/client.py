@@ -30,10 +30,15 @@ from aiogram.exceptions import (
     ClientDecodeError,
     TelegramAPIError,
     TelegramBadRequest,
+    TelegramConflictError,
     TelegramEntityTooLarge,
+    TelegramForbiddenError,
+    TelegramMigrateToChat,
     TelegramNetworkError,
+    TelegramNotFound,
     TelegramRetryAfter,
     TelegramServerError,
+    TelegramUnauthorizedError,
 )
 from aiogram.methods import (
     AnswerCallbackQuery,
@@ -50,6 +55,7 @@ from aiogram.types import InlineKeyboardMarkup, InputRichMessage, Message
 from aiohttp import ClientConnectorError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from adapters.base import platform_call
 from adapters.telegram.features import (
     OPTIONAL_RETRY_AFTER,
     OptionalMethod,
@@ -78,6 +84,37 @@ def _never_arrived(exc: BaseException) -> bool:
     return isinstance(exc, TelegramNetworkError) and isinstance(exc.__cause__, ClientConnectorError)
 
 
+# What a failed Bot API request answered, for the gateway's platform-call counter: aiogram raises
+# these by HTTP status (BaseSession.check_response); the first match wins (a too-large entity is a
+# network error to aiogram, a 413 to Telegram).
+BOT_API_ERROR_STATUS: tuple[tuple[type[Exception], int | str], ...] = (
+    (TelegramRetryAfter, 429),
+    (TelegramEntityTooLarge, 413),
+    (TelegramNetworkError, "network_error"),
+    (ClientDecodeError, "bad_response"),
+    (TelegramBadRequest, 400),
+    (TelegramMigrateToChat, 400),
+    (TelegramUnauthorizedError, 401),
+    (TelegramForbiddenError, 403),
+    (TelegramNotFound, 404),
+    (TelegramConflictError, 409),
+    (TelegramServerError, "5xx"),
+)
+
+
+async def count_bot_api_request(make_request: Any, bot: Bot, method: TelegramMethod[Any]) -> Any:
+    """aiogram request middleware: counts every Bot API request (each attempt, polls included)
+    for the gateway's /metrics, with the status it ended with."""
+    try:
+        response = await make_request(bot, method)
+    except Exception as exc:
+        status = next((status for kind, status in BOT_API_ERROR_STATUS if isinstance(exc, kind)), "api_error")
+        platform_call("telegram", method.__api_method__, status)
+        raise
+    platform_call("telegram", method.__api_method__, 200)
+    return response
+
+
 class TelegramClient:
     """Wraps one ``aiogram.Bot`` with the pacer, the retry policy and the degradation flags."""
 
@@ -94,6 +131,7 @@ class TelegramClient:
         optional_retry_after: float = OPTIONAL_RETRY_AFTER,
     ) -> None:
         self.bot = bot
+        bot.session.middleware(count_bot_api_request)
         self.pacer = pacer
         self.attempts = attempts
         self.backoff = backoff

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, create_engine, delete, event, func, insert, or_, update
@@ -104,6 +105,8 @@ class Store:
         # SQLite has one writer at a time; queueing writers here avoids "database is locked"
         # when a deferred transaction tries to upgrade to a write lock.
         self._write_lock = asyncio.Lock()
+        self._held_leases: dict[tuple[str, str], float] = {}
+        """(lease, holder) -> when this process's hold lapses (monotonic): ``held_lease_count``."""
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -690,6 +693,17 @@ class Store:
             )
         return int(result.rowcount or 0)
 
+    async def inbox_backlog(self) -> tuple[int, datetime | None]:
+        """How many events are recorded and not finished, and when the oldest of them was
+        recorded: one query on the status index (the /metrics queue gauges)."""
+        statement = select(func.count(), func.min(INBOX.c.created_at)).where(INBOX.c.status.in_(UNFINISHED))
+        depth, oldest = (await self._run_read(lambda conn: conn.execute(statement).one()))
+        return int(depth or 0), oldest
+
+    async def ping(self) -> None:
+        """One trivial query: the database answers (readiness probes)."""
+        await self._run_read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+
     # -- files ---------------------------------------------------------------------------
 
     async def add_file(self, *, name: str, content_type: str, size: int, session_id: str | None) -> FileRecord:
@@ -709,6 +723,7 @@ class Store:
         """Take or renew the lease ``name`` for ``ttl`` seconds; False while another holds it."""
         now = utcnow()
         expires = now + timedelta(seconds=ttl)
+        lapses = time.monotonic() + ttl
         async with self.write() as db:
             result = await db.exec(
                 update(LeaseRow)
@@ -717,17 +732,29 @@ class Store:
                 .values(holder=holder, expires_at=expires)
             )
             if result.rowcount:
+                self._held_leases[(name, holder)] = lapses
                 return True
         try:
             async with self.write() as db:
                 db.add(LeaseRow(name=name, holder=holder, expires_at=expires))
+            self._held_leases[(name, holder)] = lapses
             return True
         except IntegrityError:
+            self._held_leases.pop((name, holder), None)
             return False
 
     async def release_lease(self, name: str, holder: str) -> None:
+        self._held_leases.pop((name, holder), None)
         with suppress(Exception):
             async with self.write() as db:
                 await db.exec(
                     delete(LeaseRow).where(col(LeaseRow.name) == name).where(col(LeaseRow.holder) == holder)
                 )
+
+    def held_lease_count(self) -> int:
+        """Leases this process took through this store and still holds (renewed within their
+        ttl, not released): the ``chatgate_leases_held`` gauge."""
+        now = time.monotonic()
+        for key in [key for key, lapses in self._held_leases.items() if lapses <= now]:
+            del self._held_leases[key]
+        return len(self._held_leases)

@@ -18,7 +18,15 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from adapters.base import ButtonPress, Inbound, MessageRecord, PlatformUser, SessionRecord, SubscriberOverflow
+from adapters.base import (
+    ButtonPress,
+    Inbound,
+    MessageRecord,
+    PlatformUser,
+    SessionRecord,
+    SubscriberOverflow,
+    socket_opened,
+)
 from gateway.types import Attachment, Event, Message, SessionChannel, UserInfo
 
 from .. import errors
@@ -81,9 +89,11 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
         user = await ctx.known_user(identity)
         connection = WidgetConnection(ctx, ws, identity, user, ip=ip)
         ctx.sockets.add(ws)
+        closed = socket_opened("web")
         try:
             await connection.serve()
         finally:
+            closed()
             ctx.sockets.discard(ws)
             await connection.shutdown()
     finally:
