@@ -5,12 +5,20 @@ counting hooks adapters call: ``gateway.metrics.platform_call``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from gateway.metrics import GatewayMetrics
     from gateway.session import Session
+
+
+class PlatformCounters(Protocol):
+    """What the counting hooks adapters call need of a gateway's metrics (``GatewayMetrics``)."""
+
+    def platform_call(self, platform: str, method: str, status: int | str) -> None: ...
+
+    def socket_opened(self, adapter: str) -> Callable[[], None]: ...
 
 _current: ContextVar[Session | None] = ContextVar("chatgate_current_session", default=None)
 # Who an @app.endpoint / @app.data handler serves (an authenticated caller), so a user- or
@@ -23,7 +31,7 @@ _turn_ids: ContextVar[tuple[str, str] | None] = ContextVar("chatgate_turn_ids", 
 # The metrics of the gateway this code runs for. Tests run several gateways in one process, each
 # with its own registry: the gateway binds its metrics while it starts (everything started then,
 # the HTTP server and the adapters' tasks among them, inherits it) and for each turn.
-_metrics: ContextVar[GatewayMetrics | None] = ContextVar("chatgate_metrics", default=None)
+_metrics: ContextVar[PlatformCounters | None] = ContextVar("chatgate_metrics", default=None)
 
 
 def current_session() -> Session | None:
@@ -77,7 +85,7 @@ def current_turn_ids() -> tuple[str, str] | None:
     return _turn_ids.get()
 
 
-def bind_metrics(metrics: GatewayMetrics | None) -> Any:
+def bind_metrics(metrics: PlatformCounters | None) -> Any:
     return _metrics.set(metrics)
 
 
@@ -85,7 +93,7 @@ def reset_metrics(token: Any) -> None:
     _metrics.reset(token)
 
 
-def current_metrics() -> GatewayMetrics | None:
+def current_metrics() -> PlatformCounters | None:
     """The metrics of the gateway this code runs for; ``None`` outside one (an adapter's part
     used on its own, in a unit test)."""
     return _metrics.get()

@@ -25,7 +25,7 @@ MIB = 1024 * 1024
 def make_files(store, tmp_path) -> Callable[..., FileStore]:
     """Builds FileStores on ``store`` (one place to follow a constructor change)."""
 
-    def make(*, secret: str = "test-secret", public_url: str = PUBLIC_URL, **files: Any) -> FileStore:
+    def make(*, secret: str = "test-secret-of-at-least-32-bytes!", public_url: str = PUBLIC_URL, **files: Any) -> FileStore:
         config = test_settings(tmp_path, secret_key=secret, files={"dir": str(tmp_path / "files"), **files})
         return FileStore(config, store, public_url)
 
@@ -174,7 +174,7 @@ class TestFilesAndSignatures:
 
     def test_urls_verify_across_file_stores_with_the_same_secret_only(self, make_files):
         """A worker signs, the web process verifies: the same secret is all they share."""
-        signer, same, other = make_files(), make_files(), make_files(secret="another-secret")
+        signer, same, other = make_files(), make_files(), make_files(secret="another-secret-of-at-least-32-bytes")
         file_id, session_id, expires, signature = parts(signer.signed_url("FILE1", "sess-1"))
         assert same.verify(file_id, session_id, expires, signature)
         assert not other.verify(file_id, session_id, expires, signature)
