@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from gateway.files import FileRejected, FileStore
 from gateway.testing import test_settings
 
+SECRET = "test-secret-of-at-least-32-bytes!"  # chatgate refuses shorter secret keys
 PUBLIC_URL = "https://chat.example.com/"
 MIB = 1024 * 1024
 
@@ -25,7 +26,7 @@ MIB = 1024 * 1024
 def make_files(store, tmp_path) -> Callable[..., FileStore]:
     """Builds FileStores on ``store`` (one place to follow a constructor change)."""
 
-    def make(*, secret: str = "test-secret-of-at-least-32-bytes!", public_url: str = PUBLIC_URL, **files: Any) -> FileStore:
+    def make(*, secret: str = SECRET, public_url: str = PUBLIC_URL, **files: Any) -> FileStore:
         config = test_settings(tmp_path, secret_key=secret, files={"dir": str(tmp_path / "files"), **files})
         return FileStore(config, store, public_url)
 
