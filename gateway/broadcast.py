@@ -21,7 +21,6 @@ from gateway.dispatch import UnknownSession
 from gateway.session import Session
 from gateway.sessions import SessionDirectory
 from gateway.store import Store
-from gateway.store.task_tables import TaskQueries
 from gateway.types import Block
 
 log = logging.getLogger("chatgate.broadcast")
@@ -74,7 +73,7 @@ async def broadcast(
             raise TypeError("session_ids= takes a list of ids, not one string")
         audience = list(dict.fromkeys(session_ids))
     else:
-        audience = await TaskQueries(runtime.store).session_ids(None if channel == "*" else channel)
+        audience = await runtime.store.tasks.session_ids(None if channel == "*" else channel)
     limit = concurrency or runtime.settings.scheduler.broadcast_concurrency
     if limit < 1:
         raise ValueError("broadcast concurrency must be at least 1")
@@ -126,7 +125,7 @@ async def _deliver(runtime: BroadcastHost, session_id: str, content: Content, re
         return
     # Session.reply logs a platform failure and marks the stored message failed
     message_id = session.history[-1].id if session.history else None
-    record = await runtime.store.get_message(message_id) if message_id else None
+    record = await runtime.store.messages.get(message_id) if message_id else None
     if record is None or record.status == "failed":
         result.failed[session_id] = "not delivered"
     else:

@@ -43,7 +43,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from gateway.query import (
     ID_FIELD,
@@ -54,9 +54,7 @@ from gateway.query import (
     normalise_update,
     update_paths,
 )
-from gateway.store import documents
-from gateway.store import documents as _document_sql  # ``insert_many(documents=...)`` shadows the module name
-from gateway.store.documents import SessionSource, UpdateResult, WriteGate
+from gateway.store.documents import DocumentQueries, KVQueries, UpdateResult, WriteGate
 
 __all__ = [
     "SCOPE_FIELDS",
@@ -90,7 +88,19 @@ VALID_COLUMN_TYPES = frozenset(
 )  # cpsl 0.3.181 db.VALID_COLUMN_TYPES
 MAX_COLLECTION_NAME = 255
 
-StoreGetter = Callable[[], SessionSource | None]
+
+
+class DocumentStore(Protocol):
+    """The ``Store`` as collections and the key-value store use it."""
+
+    @property
+    def documents(self) -> DocumentQueries: ...
+
+    @property
+    def kv(self) -> KVQueries: ...
+
+
+StoreGetter = Callable[[], DocumentStore | None]
 ChangeHook = Callable[[str, str], Awaitable[None] | None]
 
 
@@ -109,7 +119,7 @@ class Backend:
         except RuntimeError:
             return False
 
-    def source(self, what: str) -> SessionSource:
+    def source(self, what: str) -> DocumentStore:
         store = self.store_getter()
         if store is None:
             raise RuntimeError(f"{what} is not bound yet: the store is not started.")
@@ -373,7 +383,7 @@ class _CollectionHandle:
 
     # -- plumbing
 
-    def _source(self) -> SessionSource:
+    def _source(self) -> DocumentStore:
         return self._backend.source(f"Collection {self.name!r}")
 
     def _scoped(self, filter: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, str]]:
@@ -410,8 +420,8 @@ class _CollectionHandle:
     async def insert_one(self, document: Mapping[str, Any]) -> CollectionRow:
         """Insert one document; returns it as stored (with ``_id`` and the ``id`` alias)."""
         scope = self._scope_fields()
-        stored = await documents.insert_documents(
-            self._source(), self.name, [self._document_for_insert(document, scope)], gate=self._backend.gate
+        stored = await self._source().documents.insert(
+            self.name, [self._document_for_insert(document, scope)], gate=self._backend.gate
         )
         await self._changed()
         return self._row(stored[0])
@@ -422,7 +432,7 @@ class _CollectionHandle:
             raise ValueError("insert_many needs a list of documents")
         scope = self._scope_fields()
         prepared = [self._document_for_insert(document, scope) for document in documents]
-        stored = await _document_sql.insert_documents(self._source(), self.name, prepared, gate=self._backend.gate)
+        stored = await self._source().documents.insert(self.name, prepared, gate=self._backend.gate)
         if stored:
             await self._changed()
         return [self._row(document) for document in stored]
@@ -432,7 +442,7 @@ class _CollectionHandle:
     ) -> list[CollectionRow]:
         """Documents matching ``filter`` (MongoDB syntax); ``sort`` is ``{field: 1|-1}`` or ``"-field"``."""
         scoped, _ = self._scoped(filter)
-        found = await documents.find_documents(self._source(), self.name, scoped, sort=sort, skip=skip, limit=limit)
+        found = await self._source().documents.find(self.name, scoped, sort=sort, skip=skip, limit=limit)
         return [self._row(document) for document in found]
 
     async def find_one(self, filter: Mapping[str, Any] | None = None, *, sort: Any = None) -> CollectionRow | None:
@@ -444,7 +454,7 @@ class _CollectionHandle:
 
     async def count(self, filter: Mapping[str, Any] | None = None) -> int:
         scoped, _ = self._scoped(filter)
-        return await documents.count_documents(self._source(), self.name, scoped)
+        return await self._source().documents.count(self.name, scoped)
 
     async def update_one(
         self, filter: Mapping[str, Any] | None, update: Mapping[str, Any], *, upsert: bool = False
@@ -472,9 +482,7 @@ class _CollectionHandle:
     async def update_many(self, filter: Mapping[str, Any] | None, update: Mapping[str, Any]) -> dict[str, Any]:
         """Update every match, in one transaction: ``{"matched", "modified"}`` (MongoDB's, not Capsule's)."""
         scoped, normalised = self._scoped_update(filter, update)
-        result = await documents.update_documents(
-            self._source(), self.name, scoped, normalised, gate=self._backend.gate
-        )
+        result = await self._source().documents.update_many(self.name, scoped, normalised, gate=self._backend.gate)
         if result.matched:
             await self._changed()
         return result.as_dict()
@@ -483,8 +491,8 @@ class _CollectionHandle:
         self, filter: Mapping[str, Any] | None, update: Mapping[str, Any], *, upsert: bool
     ) -> UpdateResult:
         scoped, normalised = self._scoped_update(filter, update)
-        result = await documents.update_document(
-            self._source(), self.name, scoped, normalised, upsert=upsert, gate=self._backend.gate
+        result = await self._source().documents.update_one(
+            self.name, scoped, normalised, upsert=upsert, gate=self._backend.gate
         )
         if result.matched or result.upserted_id is not None:
             await self._changed()
@@ -492,7 +500,7 @@ class _CollectionHandle:
 
     async def delete_one(self, filter: Mapping[str, Any] | None) -> dict[str, int]:
         scoped, _ = self._scoped(filter)
-        deleted = await documents.delete_document(self._source(), self.name, scoped, gate=self._backend.gate)
+        deleted = await self._source().documents.delete_one(self.name, scoped, gate=self._backend.gate)
         if deleted:
             await self._changed()
         return {"deleted": deleted}
@@ -502,7 +510,7 @@ class _CollectionHandle:
         if filter is None:
             raise ValueError("delete_many needs a filter; pass {} to delete everything in scope")
         scoped, _ = self._scoped(filter)
-        deleted = await documents.delete_documents(self._source(), self.name, scoped, gate=self._backend.gate)
+        deleted = await self._source().documents.delete_many(self.name, scoped, gate=self._backend.gate)
         if deleted:
             await self._changed()
         return {"deleted": deleted}
@@ -590,7 +598,7 @@ class _ColumnSchema(_CollectionHandle):
         """The stored schema, else the declared columns (also before the store starts, as in Capsule)."""
         if not self._backend.started():
             return list(self.spec.columns or ())
-        found, stored = await documents.kv_get(self._source(), *self._schema_key(), self.name)
+        found, stored = await self._source().kv.get(*self._schema_key(), self.name)
         if found and stored:
             return [Column.of(column) for column in stored]
         return list(self.spec.columns or ())
@@ -598,7 +606,7 @@ class _ColumnSchema(_CollectionHandle):
     async def set_columns(self, columns: Iterable[str | Column | Mapping[str, Any]]) -> list[Column]:
         normalised = list(_columns(columns) or ())
         stored = [column.to_dict() for column in normalised]
-        await documents.kv_set(self._source(), *self._schema_key(), self.name, stored, gate=self._backend.gate)
+        await self._source().kv.set(*self._schema_key(), self.name, stored, gate=self._backend.gate)
         await self._changed("schema")
         return normalised
 

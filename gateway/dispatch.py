@@ -91,7 +91,7 @@ class Dispatcher:
             raise RuntimeError("the dispatcher is shutting down")
         received_at = time.time()
         message = inbound.message if inbound.kind == "message" else None
-        entry = await self.store.record_inbound(
+        entry = await self.store.inbox.record(
             session_id,
             inbound.dedup_key,
             inbound.kind,
@@ -130,7 +130,7 @@ class Dispatcher:
             lane.worker = asyncio.create_task(self._drain(lane), name=f"chatgate-lane-{item.session_id}")
 
     def _mark(self, inbox_id: str, status: str, error: str | None = None) -> None:
-        task = asyncio.create_task(self.store.set_inbox_status(inbox_id, status, error))
+        task = asyncio.create_task(self.store.inbox.set_status(inbox_id, status, error))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -201,18 +201,18 @@ class Dispatcher:
 
         Events this dispatcher already holds are left alone: adapters start taking events
         before recovery runs, and such an event is unfinished in the inbox too."""
-        rows = [row for row in await self.store.unfinished_inbound() if row.id not in self._in_hand]
+        rows = [row for row in await self.store.inbox.unfinished() if row.id not in self._in_hand]
         for row in rows:
             inbound = Inbound.from_json(row.payload)
             if inbound.kind in ("stop", "signal"):
-                await self.store.set_inbox_status(row.id, "done", "process restarted")
+                await self.store.inbox.set_status(row.id, "done", "process restarted")
                 continue
-            await self.store.fail_streams_of(row.id)
-            interruptions = await self.store.count_attempt(row.id)
+            await self.store.messages.fail_streams_of(row.id)
+            interruptions = await self.store.inbox.count_attempt(row.id)
             if interruptions >= MAX_ATTEMPTS:
                 log.error("giving up %s event %s: it was interrupted %d times (does it crash the process?)",
                           inbound.kind, inbound.dedup_key, interruptions)
-                await self.store.set_inbox_status(row.id, "failed", f"interrupted {interruptions} times")
+                await self.store.inbox.set_status(row.id, "failed", f"interrupted {interruptions} times")
                 continue
             log.info("re-running %s event %s (interrupted by a restart)", inbound.kind, inbound.dedup_key)
             self._route(WorkItem(row.id, row.session_id, inbound, received_at=_epoch(row.created_at)))
@@ -222,7 +222,7 @@ class Dispatcher:
         """Forget expired dedup keys every hour."""
         while True:
             try:
-                removed = await self.store.purge_inbox(self._retention)
+                removed = await self.store.inbox.purge(self._retention)
                 if removed:
                     log.info("forgot %d inbox entries older than %s", removed, self._retention)
             except Exception:

@@ -47,7 +47,7 @@ class FileStore:
             raise FileRejected("unsupported_type", f"files of type {ctype} are not accepted here")
 
     async def save(self, data: bytes, *, name: str, content_type: str, session_id: str | None) -> FileRecord:
-        record = await self.store.add_file(name=name, content_type=content_type, size=len(data), session_id=session_id)
+        record = await self.store.files.add(name=name, content_type=content_type, size=len(data), session_id=session_id)
         await asyncio.to_thread(self._write, record.id, data)
         return record
 
@@ -61,7 +61,7 @@ class FileStore:
         self, staged: Path, *, name: str, content_type: str, size: int, session_id: str | None
     ) -> FileRecord:
         """Store a file already written to ``staged`` (see :meth:`staging_path`)."""
-        record = await self.store.add_file(name=name, content_type=content_type, size=size, session_id=session_id)
+        record = await self.store.files.add(name=name, content_type=content_type, size=size, session_id=session_id)
         await asyncio.to_thread(os.replace, staged, self.root / record.id)
         return record
 
@@ -73,7 +73,7 @@ class FileStore:
 
     async def record(self, file_id: str) -> FileRecord | None:
         """What is known of a stored file (name, type, size, session), ``None`` for an unknown id."""
-        return await self.store.get_file(file_id)
+        return await self.store.files.get(file_id)
 
     def path(self, file_id: str) -> Path:
         if not file_id.isalnum():

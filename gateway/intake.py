@@ -29,8 +29,8 @@ class Intake:
         if inbound.session_id:
             session_id = inbound.session_id  # its existence is checked as the event is recorded
         else:
-            sender = await self._store.resolve_user(inbound.user)
-            session_id = (await self._store.session_for_address(inbound.channel, sender)).id
+            sender = await self._store.users.resolve(inbound.user)
+            session_id = (await self._store.sessions.for_address(inbound.channel, sender)).id
         message = inbound.message
         if message is not None and message.attachments:
             channel_type = message.channel_type or inbound.channel.type

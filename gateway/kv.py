@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.collections import VALID_SCOPES, Backend, ScopeIdentity, StoreGetter
-from gateway.store import documents
-from gateway.store.documents import SessionSource, WriteGate
+from gateway.collections import VALID_SCOPES, Backend, DocumentStore, ScopeIdentity, StoreGetter
+from gateway.store.documents import WriteGate
 
 MAX_KV_KEY = 512
 
@@ -34,7 +33,7 @@ class KVStore:
     def __init__(self, store_getter: StoreGetter, *, write_gate: WriteGate | None = None) -> None:
         self._backend = Backend(store_getter, None, write_gate or WriteGate())
 
-    def _source(self) -> SessionSource:
+    def _source(self) -> DocumentStore:
         return self._backend.source("The KV store")
 
     @staticmethod
@@ -59,18 +58,18 @@ class KVStore:
     async def get(self, key: str, default: Any = None, *, scope: str = "app", scope_id: str = "") -> Any:
         """The stored value (a stored ``None`` is returned as ``None``), else ``default``."""
         where = self._where(scope, scope_id)
-        found, value = await documents.kv_get(self._source(), *where, _check_key(key))
+        found, value = await self._source().kv.get(*where, _check_key(key))
         return value if found else default
 
     async def set(self, key: str, value: Any, *, scope: str = "app", scope_id: str = "") -> None:
         """Store ``value`` (converted to JSON types the way session data is)."""
         where = self._where(scope, scope_id)
-        await documents.kv_set(self._source(), *where, _check_key(key), value, gate=self._backend.gate)
+        await self._source().kv.set(*where, _check_key(key), value, gate=self._backend.gate)
 
     async def delete(self, key: str, *, scope: str = "app", scope_id: str = "") -> bool:
         """Remove the key; True when it existed."""
         where = self._where(scope, scope_id)
-        return await documents.kv_delete(self._source(), *where, _check_key(key), gate=self._backend.gate)
+        return await self._source().kv.delete(*where, _check_key(key), gate=self._backend.gate)
 
     def for_identity(self, identity: ScopeIdentity | None) -> IdentityKV:
         return IdentityKV(self, identity)

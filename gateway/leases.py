@@ -32,14 +32,14 @@ Callback = Callable[[], Awaitable[Any]]
 
 
 class LeaseStore(Protocol):
-    """Where leases are kept (the ``Store``'s ``leases`` table): what an adapter that must run
-    in one process at a time (the Telegram poller) is given."""
+    """Where leases are kept (the ``Store``'s ``leases`` table, ``store.leases``): what an adapter
+    that must run in one process at a time (the Telegram poller) is given."""
 
-    async def acquire_lease(self, name: str, holder: str, ttl: float) -> bool:
+    async def acquire(self, name: str, holder: str, ttl: float) -> bool:
         """Take or renew ``name`` for ``holder`` for ``ttl`` seconds; False while another holds it."""
         ...
 
-    async def release_lease(self, name: str, holder: str) -> None: ...
+    async def release(self, name: str, holder: str) -> None: ...
 
 
 def process_holder_id() -> str:
@@ -113,7 +113,7 @@ class Lease:
         end a lease still valid locally (a short outage should not depose a leader)."""
         sent_at = time.monotonic()
         try:
-            got = await self.store.acquire_lease(self.name, self.holder, self.ttl)
+            got = await self.store.leases.acquire(self.name, self.holder, self.ttl)
         except Exception:
             log.warning("renewing lease %s failed", self.name, exc_info=True)
             return self.held
@@ -127,7 +127,7 @@ class Lease:
         was_held = self.held or self._was_held
         self._valid_until = 0.0
         if was_held:
-            await self.store.release_lease(self.name, self.holder)
+            await self.store.leases.release(self.name, self.holder)
 
     async def abdicate(self) -> None:
         """Give the lease up without stopping the campaign (the work it guards failed to
@@ -135,7 +135,7 @@ class Lease:
         wins the lease back."""
         self._was_held = False
         self._valid_until = 0.0
-        await self.store.release_lease(self.name, self.holder)
+        await self.store.leases.release(self.name, self.holder)
 
     # -- the campaign loop ---------------------------------------------------------------
 
@@ -155,7 +155,7 @@ class Lease:
         if self._was_held:
             self._was_held = False
             await self._call(self.on_lost, "on_lost")
-        await self.store.release_lease(self.name, self.holder)
+        await self.store.leases.release(self.name, self.holder)
         self._valid_until = 0.0
 
     async def wait_held(self, timeout: float | None = None) -> bool:

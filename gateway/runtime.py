@@ -74,7 +74,7 @@ class Gateway:
             collections_gate=app.collections.backend.gate,
         )
         self.callers = Callers(settings.web.api_keys, self.sessions)
-        self.leases: LeaseStore = self.store
+        self.leases: LeaseStore = self.store.leases
         self._adapters = adapters
         self.adapters: list[Any] = []
         self._by_channel: dict[str, Any] = {}
@@ -92,7 +92,7 @@ class Gateway:
         self._booted = False
         """Whether ``@app.boot`` hooks ran: only then do ``@app.shutdown`` hooks run at stop."""
         self.files = FileStore(settings, self.store, self.public_url)
-        self.metrics = GatewayMetrics(backlog=self.store.inbox_backlog, held_leases=self.store.held_lease_count)
+        self.metrics = GatewayMetrics(backlog=self.store.inbox.backlog, held_leases=self.store.leases.held_count)
         probe_timeout = settings.server.probe_timeout
         self._redis_ping = RedisPing(settings.redis.url, timeout=probe_timeout) if settings.redis.url else None
         checks: dict[str, Check] = {"database": self.store.ping}

@@ -51,7 +51,6 @@ from gateway.calls import call_maybe_async
 from gateway.context import reset_current_session, set_current_session
 from gateway.leases import Lease, process_holder_id
 from gateway.session import Session
-from gateway.store.task_tables import TaskQueries
 from gateway.tasks.api import parse_duration
 from gateway.tasks.engine import TaskService, synthetic_session
 
@@ -313,7 +312,7 @@ class SchedulerService:
         self.rt = runtime
         self.settings = runtime.settings.scheduler
         self.tasks = tasks
-        self.queries = TaskQueries(runtime.store)
+        self.queries = runtime.store.tasks
         self.holder = process_holder_id()
         self.planned = {spec.name: plan_job(spec, self.settings) for spec in runtime.app.schedules}
         self.lease = Lease(
@@ -549,12 +548,12 @@ async def open_conversation(
         raise RuntimeError(f"app {app.name!r} is not running: open_conversation needs a running gateway")
     if channel.chat_id is None:
         raise ValueError("a web conversation has no address: open it by id with `await app.session(session_id)`")
-    record = await runtime.store.find_session(channel)
+    record = await runtime.store.sessions.find(channel)
     if record is None:
         if user is None:
             raise LookupError(f"no {channel.type} conversation at {channel.chat_id!r} yet: pass user= to start one")
-        owner = await runtime.store.resolve_user(user)
-        record = await runtime.store.session_for_address(channel, owner)
+        owner = await runtime.store.users.resolve(user)
+        record = await runtime.store.sessions.for_address(channel, owner)
     return await runtime.sessions.open(record.id)
 
 

@@ -141,7 +141,7 @@ async def serve_file(request: web.Request) -> web.StreamResponse:
         file_id, query.get("s", ""), query.get("exp", ""), query.get("sig", "")
     ):
         return json_error(403, "this file link is invalid or has expired")
-    record = await runtime.store.get_file(file_id)
+    record = await runtime.store.files.get(file_id)
     if record is None or (record.session_id or "") != query.get("s", ""):
         return json_error(404, "file not found")
     path = runtime.files.path(file_id)

@@ -126,7 +126,7 @@ class Session:
         refs = await self._deliver("a reply", lambda o: o.send_text(message_id, text))
         # Stored once, after sending, with the platform refs (a crash in between reruns the turn
         # either way, so storing first would buy nothing and cost a second write).
-        await self._rt.store.add_message(
+        await self._rt.store.messages.add(
             self.id, "assistant", text, message_id=message_id, inbound_id=self._inbound_id,
             status="failed" if refs is None else "complete", platform_refs=list(refs or []),
         )
@@ -145,7 +145,7 @@ class Session:
         return ReplyStream(self._open_stream, self._finish_stream)
 
     async def _open_stream(self) -> tuple[Any, Any]:
-        record = await self._rt.store.add_message(
+        record = await self._rt.store.messages.add(
             self.id, "assistant", "", inbound_id=self._inbound_id, status="streaming"
         )
         outbox = self._outbox()
@@ -161,7 +161,7 @@ class Session:
         status = "stopped" if stopped else "complete"
         if stopped and self._inbound_id is not None and self._rt.shutting_down():
             status = "failed"  # interrupted by shutdown, not by the user: the turn runs again at start
-        await self._rt.store.update_message(message_id, text=text, status=status, platform_refs=list(refs))
+        await self._rt.store.messages.update(message_id, text=text, status=status, platform_refs=list(refs))
         if text:
             self.history.append(Message(text, "app", self.channel.type, id=message_id))
 
@@ -212,10 +212,10 @@ class Session:
         if not self._can_send:
             return
         async with self._rt.block_lock(self.id, envelope["id"]):
-            record, previous = await self._rt.store.save_block(self.id, envelope)
+            record, previous = await self._rt.store.messages.save_block(self.id, envelope)
             refs = await self._deliver(f"a {block.type} block", lambda o: o.show_block(record.id, envelope, previous))
             if refs:
-                await self._rt.store.update_message(record.id, platform_refs=list(refs))
+                await self._rt.store.messages.update(record.id, platform_refs=list(refs))
 
     async def show_task(self, handle_or_id: Any, *, message: str | None = None) -> None:
         task_id = getattr(handle_or_id, "task_id", handle_or_id)
@@ -272,7 +272,7 @@ class Session:
 
     async def set_title(self, title: str) -> None:
         if self._can_send:
-            await self._rt.store.update_session(self.id, title=title)
+            await self._rt.store.sessions.update(self.id, title=title)
         await self.show(Block("session_title", {"title": title}, id=f"title_{self.id}"))
 
     async def show_step(
@@ -479,7 +479,7 @@ class Session:
             return
         changed, removed = self.data.take_changes()
         try:
-            await self._rt.store.save_session_data(self.id, changed, removed)
+            await self._rt.store.sessions.save_data(self.id, changed, removed)
         except BaseException:
             self.data.restore_changes(changed, removed)
             raise

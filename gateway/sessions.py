@@ -19,7 +19,7 @@ from gateway.dispatch import UnknownSession
 from gateway.inbound import PlatformUser
 from gateway.session import Session
 from gateway.store import Store
-from gateway.store.documents import WriteGate, delete_scope_data
+from gateway.store.documents import WriteGate
 from gateway.store.records import InboundRecord, MessageRecord, SessionRecord
 from gateway.types import Attachment, IntegrationCredentials, Message, SessionChannel, UserInfo
 
@@ -68,11 +68,11 @@ class SessionDirectory:
     # -- finding and making ------------------------------------------------------------------
 
     async def get(self, session_id: str) -> SessionRecord | None:
-        return await self._store.get_session(session_id)
+        return await self._store.sessions.get(session_id)
 
     async def find(self, channel: SessionChannel) -> SessionRecord | None:
         """The session at a platform address (a chat, a thread), if one was opened there."""
-        return await self._store.find_session(channel)
+        return await self._store.sessions.find(channel)
 
     async def create(
         self,
@@ -87,7 +87,7 @@ class SessionDirectory:
     ) -> SessionRecord:
         """A new session; ``session_id`` stores one whose id was handed out before (a widget
         conversation is given its id on connect and stored on its first message)."""
-        return await self._store.create_session(
+        return await self._store.sessions.create(
             channel, user, title=title, metadata=metadata, chat_name=chat_name, owner_key=owner_key,
             session_id=session_id,
         )
@@ -96,21 +96,21 @@ class SessionDirectory:
         self, *, owner_key: str | None = None, user_id: str | None = None, offset: int = 0, limit: int = 20
     ) -> tuple[list[SessionRecord], int]:
         """Newest first, with the total count."""
-        return await self._store.list_sessions(owner_key=owner_key, user_id=user_id, offset=offset, limit=limit)
+        return await self._store.sessions.page(owner_key=owner_key, user_id=user_id, offset=offset, limit=limit)
 
     async def set_metadata(self, session_id: str, metadata: dict[str, Any]) -> None:
-        await self._store.update_session(session_id, metadata=metadata)
+        await self._store.sessions.update(session_id, metadata=metadata)
 
     async def resolve_user(self, platform_user: PlatformUser) -> UserInfo:
         """The stable chatgate user behind a platform identity, made on first sight."""
-        return await self._store.resolve_user(platform_user)
+        return await self._store.users.resolve(platform_user)
 
     async def known_user(self, platform_user: PlatformUser) -> UserInfo | None:
         """The chatgate user behind a platform identity if one was stored; nothing is made."""
-        return await self._store.find_user(platform_user)
+        return await self._store.users.find(platform_user)
 
     async def user(self, user_id: str) -> UserInfo | None:
-        return await self._store.get_user(user_id)
+        return await self._store.users.get(user_id)
 
     # -- what was said ---------------------------------------------------------------------
 
@@ -118,33 +118,33 @@ class SessionDirectory:
         self, session_id: str, *, offset: int = 0, limit: int = 20, after_id: str | None = None
     ) -> tuple[list[MessageRecord], int]:
         """Oldest first, with the total count (see ``Store.list_messages`` for ``after_id``)."""
-        return await self._store.list_messages(session_id, offset=offset, limit=limit, after_id=after_id)
+        return await self._store.messages.page(session_id, offset=offset, limit=limit, after_id=after_id)
 
     async def turn_messages(self, session_id: str, inbound_id: str) -> list[MessageRecord]:
         """Everything stored for one inbound event (the user's message and the replies)."""
-        return await self._store.turn_messages(session_id, inbound_id)
+        return await self._store.messages.of_turn(session_id, inbound_id)
 
     async def message_for_inbound(self, session_id: str, inbound_id: str, *, role: str) -> MessageRecord | None:
-        return await self._store.message_for_inbound(session_id, inbound_id, role=role)
+        return await self._store.messages.for_inbound(session_id, inbound_id, role=role)
 
     async def inbound(self, inbox_id: str) -> InboundRecord | None:
         """One recorded inbound event (a turn, as PromptRails' executions see it)."""
-        return await self._store.get_inbound(inbox_id)
+        return await self._store.inbox.get(inbox_id)
 
     async def rate(self, session_id: str, inbound_id: str, value: int) -> None:
         """Record (or change) the user's rating of one turn."""
-        await self._store.save_feedback(session_id, inbound_id, value)
+        await self._store.messages.save_feedback(session_id, inbound_id, value)
 
     # -- sessions a handler can use --------------------------------------------------------
 
     async def open(self, session_id: str) -> Session:
         """A real Session for ``session_id`` outside any inbound turn (jobs, tasks, broadcasts,
         exit hooks): its replies are standalone messages on the session's channel."""
-        record = await self._store.get_session(session_id)
+        record = await self._store.sessions.get(session_id)
         if record is None:
             raise UnknownSession(f"no session {session_id!r}")
-        user = await self._store.get_user(record.user_id) or UserInfo(record.user_id)
-        recent = await self._store.recent_messages(session_id, self._history_limit)
+        user = await self._store.users.get(record.user_id) or UserInfo(record.user_id)
+        recent = await self._store.messages.recent(session_id, self._history_limit)
         integrations: dict[str, IntegrationCredentials] = await self._integrations_for(user)
         return Session(
             record.id, user, record.channel, history=history_of(recent, record.channel.type), data=record.data,
@@ -174,11 +174,11 @@ class SessionDirectory:
                     await call_maybe_async(hook, session)
                 except Exception:
                     log.exception("@app.exit hook %s failed", getattr(hook, "__name__", hook))
-        deleted = await self._store.delete_session(session_id)
+        deleted = await self._store.sessions.delete(session_id)
         # Stopped after the rows are gone, so the interrupted turn ends as "session deleted".
         self._handlers.stop(session_id)
         if deleted:
-            await delete_scope_data(self._store, "session", session_id, gate=self._gate)
+            await self._store.documents.delete_scope("session", session_id, gate=self._gate)
         return deleted
 
 

@@ -490,11 +490,11 @@ class TestClient:
                            org_id: str | None = None) -> Conversation:
         """A new conversation of ``user`` on ``channel`` (``chat``, ``telegram``, ``slack``...)."""
         platform_user = PlatformUser("test", user, email=email, org_id=org_id)
-        info = await self.gateway.store.resolve_user(platform_user)
+        info = await self.gateway.store.users.resolve(platform_user)
         address = SessionChannel(channel) if channel in ("chat", "api") else SessionChannel(
             channel, chat_id=f"{user}-{next(self._counter)}"
         )
-        record = await self.gateway.store.create_session(address, info)
+        record = await self.gateway.store.sessions.create(address, info)
         conversation = Conversation(self, record.id, address, platform_user)
         self._conversations[record.id] = conversation
         return conversation
@@ -525,7 +525,7 @@ class TestClient:
                                  f"{', '.join(sorted(service.providers))})")
         payload, expiry = _credential_payload(provider, access_token, fields, refresh_token, token_type,
                                               scopes, expires_at)
-        info = await self.gateway.store.resolve_user(PlatformUser("test", user, email=email, org_id=org_id))
+        info = await self.gateway.store.users.resolve(PlatformUser("test", user, email=email, org_id=org_id))
         state, _ = service.signer.issue(  # a connect link with no prompt to answer
             provider=provider.name, user_id=info.id, scope_key=service.scope_key(provider, info),
             session_id="", prompt_id=None, ttl=service.settings.state_ttl_seconds,

@@ -102,9 +102,9 @@ class TurnRunner:
     async def _run(self, item: WorkItem) -> None:
         rt = self.rt
         inbound = item.inbound
-        context = await rt.store.turn_context(item.session_id, rt.settings.dispatch.history_limit + 1)
+        context = await rt.store.sessions.turn_context(item.session_id, rt.settings.dispatch.history_limit + 1)
         if context is None:  # deleted while the event waited
-            await rt.store.set_inbox_status(item.inbox_id, "done", "session deleted")
+            await rt.store.inbox.set_status(item.inbox_id, "done", "session deleted")
             outbox = rt.outbox_for(inbound.channel, item.session_id, turn=item.inbox_id)
             if outbox is not None:  # whoever waits on this turn learns it is over
                 await outbox.end_turn(item.inbox_id, SESSION_DELETED)
@@ -115,10 +115,10 @@ class TurnRunner:
         if address_key(record.channel) is not None:
             # A platform conversation (a group, a channel thread) has many speakers: the user of
             # this turn is whoever sent the event, not whoever spoke first.
-            user = item.sender or await rt.store.resolve_user(inbound.user)
+            user = item.sender or await rt.store.users.resolve(inbound.user)
         if user is None:
             log.error("session %s has no user (deleted?): event %s is not run", record.id, item.inbox_id)
-            await rt.store.set_inbox_status(item.inbox_id, "failed", "user missing")
+            await rt.store.inbox.set_status(item.inbox_id, "failed", "user missing")
             outbox = rt.outbox_for(record.channel, item.session_id, turn=item.inbox_id)
             if outbox is not None:  # whoever waits on this turn (a REST call) learns it failed
                 await outbox.end_turn(item.inbox_id, "handler_error")
@@ -137,7 +137,7 @@ class TurnRunner:
             mode="turn",
         )
         if inbound.chat_name and inbound.chat_name != record.chat_name:
-            await rt.store.update_session(record.id, chat_name=inbound.chat_name)
+            await rt.store.sessions.update(record.id, chat_name=inbound.chat_name)
             record.chat_name = inbound.chat_name
         if record.chat_name and session.data.get(CHAT_NAME_KEY) != record.chat_name:
             session.data[CHAT_NAME_KEY] = record.chat_name
@@ -160,7 +160,7 @@ class TurnRunner:
                 status = "running"  # interrupted by shutdown: it runs again at the next start
                 raise
             # Stopped by the user, or by the deletion of its session (which stops it once gone).
-            error = SESSION_DELETED if await rt.store.get_session(session.id) is None else "stopped"
+            error = SESSION_DELETED if await rt.store.sessions.get(session.id) is None else "stopped"
         except TimeoutError:
             if deadline.expired():
                 error = "timeout"
@@ -188,7 +188,7 @@ class TurnRunner:
             return
         # Recorded before the turn is announced over: whoever learns of the end (a REST client)
         # and then asks finds the event finished.
-        await self.rt.store.set_inbox_status(item.inbox_id, status, error)
+        await self.rt.store.inbox.set_status(item.inbox_id, status, error)
         outbox = self.rt.outbox_for(session.channel, session.id, turn=item.inbox_id)
         if outbox is not None:
             try:
@@ -205,7 +205,7 @@ class TurnRunner:
     ) -> None:
         app = self.rt.app
         chat_name = record.chat_name
-        if not record.entered and await self.rt.store.mark_entered(session.id):
+        if not record.entered and await self.rt.store.sessions.mark_entered(session.id):
             for hook in app.enter_hooks:
                 await call_maybe_async(hook, session)
         if inbound.kind == "action" and inbound.action is not None:
@@ -246,7 +246,7 @@ class TurnRunner:
     async def _press(self, session: Session, inbound: Inbound, chat_name: str | None) -> None:
         """A button press no prompt was waiting for: look up the block and do what it says."""
         assert inbound.button is not None
-        block = await self.rt.store.block(session.id, inbound.button.block_id)
+        block = await self.rt.store.messages.block(session.id, inbound.button.block_id)
         if block is None:
             await session.notify("That button belongs to a message that no longer exists.")
             return
@@ -267,7 +267,7 @@ class TurnRunner:
             return
         text = str(choice.get("value") or choice.get("label") or "")
         message = Message(text, "user", session.channel.type)
-        stored = await self.rt.store.add_message(session.id, "user", text, inbound_id=session._inbound_id)
+        stored = await self.rt.store.messages.add(session.id, "user", text, inbound_id=session._inbound_id)
         message.id = stored.id
         await self._run_message(session, chat_name, message)
 
@@ -293,7 +293,7 @@ class TurnRunner:
         if item.message_id is not None:
             message.id = item.message_id
             return
-        existing = await self.rt.store.message_for_inbound(item.session_id, item.inbox_id, role="user")
+        existing = await self.rt.store.messages.for_inbound(item.session_id, item.inbox_id, role="user")
         if existing is not None:
             message.id = existing.id
 
@@ -307,7 +307,7 @@ class TurnRunner:
 
     async def _failed(self, session: Session) -> str:
         """Log the handler's exception (call from an ``except`` block) and apologise."""
-        if await self.rt.store.get_session(session.id) is None:
+        if await self.rt.store.sessions.get(session.id) is None:
             # Deleted while the handler ran: its replies had nowhere to go, nobody to apologise to.
             log.info("session %s was deleted while its handler ran; the turn is dropped", session.id)
             return SESSION_DELETED

@@ -137,9 +137,9 @@ async def test_a_third_party_adapter_serves_a_chat(tmp_path: Path) -> None:
             await client.send({"type": "message", "chat": "c1", "user": "ada", "text": "hi", "id": "m1"})
             assert await client.read() == {"type": "accepted", "chat": "c1", "id": "m1", "duplicate": True}
 
-        session = await gw.store.find_session(gateway.SessionChannel("linechat", chat_id="c1"))
+        session = await gw.store.sessions.find(gateway.SessionChannel("linechat", chat_id="c1"))
         assert session is not None
-        messages, _ = await gw.store.list_messages(session.id)
+        messages, _ = await gw.store.messages.page(session.id)
         assert [(m.role, m.text) for m in messages] == [
             ("user", "hi"), ("assistant", "echo 1: hi"), ("user", "stream"), ("assistant", "one two three"),
             ("user", "again"), ("assistant", "echo 3: again"),

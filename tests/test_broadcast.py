@@ -27,7 +27,7 @@ async def make_sessions(gw: Gateway, channel: str, count: int) -> list[str]:
     ids = []
     for index in range(count):
         address = SessionChannel(channel) if channel == "chat" else SessionChannel(channel, chat_id=str(7000 + index))
-        ids.append((await gw.store.create_session(address, owner)).id)
+        ids.append((await gw.store.sessions.create(address, owner)).id)
     return ids
 
 
@@ -53,7 +53,7 @@ async def test_broadcast_to_a_thousand_sessions_within_the_concurrency_bound(tmp
         for session_id in ids[:: AUDIENCE // 20]:
             sent = tc._conversations[session_id].sent
             assert [s.text for s in sent] == [f"release notes for {session_id[-6:]}"]
-            records, _ = await tc.gateway.store.list_messages(session_id)
+            records, _ = await tc.gateway.store.messages.page(session_id)
             assert [(r.role, r.text) for r in records] == [("assistant", f"release notes for {session_id[-6:]}")]
         print(f"\nbroadcast to {AUDIENCE} TestClient sessions: {elapsed:.2f} s")
 
@@ -88,7 +88,7 @@ async def test_broadcast_without_an_adapter_for_the_channel_counts_failures(tmp_
     app = gateway.App("news")
     async with TestClient(app, tmp_path) as tc:
         owner = UserInfo("o")
-        record = await tc.gateway.store.create_session(SessionChannel("discord", chat_id="1"), owner)  # type: ignore[arg-type]
+        record = await tc.gateway.store.sessions.create(SessionChannel("discord", chat_id="1"), owner)  # type: ignore[arg-type]
         result = await app.broadcast("hi", session_ids=[record.id])
         assert result.failed == {record.id: "not delivered"}
 

@@ -68,9 +68,9 @@ async def test_streaming_assistant(capsule_app, tmp_path):
         assert partials.replies == ["You said: /partials again (3 messages so far)"]  # not the snapshots glued
         plain = await conv.send("/plain ha ha")
         assert plain.replies == ["You said: /plain ha ha (5 messages so far)"]
-        stored = await client.gateway.store.recent_messages(conv.session_id, 10)
+        stored = await client.gateway.store.messages.recent(conv.session_id, 10)
         assert [m.text for m in stored if m.role == "assistant"] == first.replies + partials.replies + plain.replies
-        record = await client.gateway.store.get_session(conv.session_id)
+        record = await client.gateway.store.sessions.get(conv.session_id)
         assert record.data["last_answer"] == partials.replies[0]
 
 
@@ -89,8 +89,8 @@ async def test_blocks(capsule_app, tmp_path):
         assert cards[0]["id"] == cards[1]["id"] == "flight" and cards[1]["payload"]["price"] == 99
         steps = [b for b in turn.blocks if b["type"] == "step_status"]
         assert steps[0]["id"] == steps[1]["id"] and steps[1]["payload"]["status"] == "done"
-        assert await client.gateway.store.block(conv.session_id, "flight") is not None
-        stored = await client.gateway.store.block(conv.session_id, "flight")
+        assert await client.gateway.store.messages.block(conv.session_id, "flight") is not None
+        stored = await client.gateway.store.messages.block(conv.session_id, "flight")
         assert stored["payload"]["price"] == 99  # updated in place, not a second card
         suggestions = turn.block("suggestions")["payload"]
         assert suggestions["title"] == "What next?" and [s["label"] for s in suggestions["suggestions"]] == [
@@ -109,7 +109,7 @@ async def test_prompts(capsule_app, tmp_path):
         assert approval.block("approval_prompt")["payload"]["message"] == "Import 3 rows?"
         done = await conv.approve()
         assert done.replies == ["Imported 3 rows from sales.csv"]
-        record = await client.gateway.store.get_session(conv.session_id)
+        record = await client.gateway.store.sessions.get(conv.session_id)
         assert record.data["imported"] == ["a,1", "b,2", "c,3"]
 
         await conv.send("import")
@@ -143,7 +143,7 @@ async def test_state_and_collections(capsule_app, tmp_path, database_url):
         alice_on_telegram = await client.conversation("alice", channel="telegram")
         assert (await alice_on_telegram.send("whoami")).replies == ["lang=pt last=pt audit=1 turns=1"]
         assert (await bob.send("whoami")).replies == ["lang=en last=pt audit=1 turns=2"]
-        record = await client.gateway.store.get_session(alice.session_id)
+        record = await client.gateway.store.sessions.get(alice.session_id)
         assert record.data["turns"] == 5
 
 
@@ -159,7 +159,7 @@ async def test_schedules_and_tasks(capsule_app, tmp_path):
         await until(lambda: any(s.text == "Report on sales: 42 sales" for s in conv.sent))
 
         async def completed_card() -> bool:
-            block = await client.gateway.store.block(conv.session_id, f"task_{card['task_id']}")
+            block = await client.gateway.store.messages.block(conv.session_id, f"task_{card['task_id']}")
             return block is not None and block["payload"]["status"] == "completed"
 
         await until(completed_card)

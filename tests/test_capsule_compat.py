@@ -56,7 +56,7 @@ async def test_capsule_app_chats_in_the_test_client(capsule_app, tmp_path, datab
         await conv.send("confirm")
         turn = await conv.approve()
         assert turn.replies == ["confirmed"]
-        record = await client.gateway.store.get_session(conv.session_id)
+        record = await client.gateway.store.sessions.get(conv.session_id)
         assert record.data["turns"] >= 6
 
 

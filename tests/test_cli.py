@@ -191,7 +191,7 @@ async def _statuses(db: Path, session_id: str) -> list[tuple[str, str]]:
     store = Store(f"sqlite+aiosqlite:///{db}")
     await store.open()
     try:
-        messages, _ = await store.list_messages(session_id)
+        messages, _ = await store.messages.page(session_id)
         return [(m.role, m.status) for m in messages]
     finally:
         await store.close()

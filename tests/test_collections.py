@@ -567,7 +567,6 @@ async def test_column_schemas(harness):
 
 async def test_deleting_a_scope_value_removes_its_documents_and_kv(harness):
     from gateway.kv import KVStore
-    from gateway.store.documents import delete_scope_data
 
     harness.manager.declare("scratch", scope="session")
     harness.manager.declare("notes", scope="user")
@@ -577,14 +576,14 @@ async def test_deleting_a_scope_value_removes_its_documents_and_kv(harness):
     await harness.manager.scoped(ALICE_OTHER_CHAT).scratch.insert_one({"a": 3})
     await kv.set("draft", "x")
     await kv.set("theme", "dark", scope="user")
-    assert await delete_scope_data(harness.store, "session", ALICE.session_id) == (2, 1)
+    assert await harness.store.documents.delete_scope("session", ALICE.session_id) == (2, 1)
     assert await harness.manager.scoped(ALICE).scratch.count() == 0
     assert await harness.manager.scoped(ALICE_OTHER_CHAT).scratch.count() == 1
     assert await harness.manager.scoped(ALICE).notes.count() == 1
     assert await kv.get("theme", scope="user") == "dark"
-    assert await delete_scope_data(harness.store, "user", "alice") == (1, 1)
+    assert await harness.store.documents.delete_scope("user", "alice") == (1, 1)
     with pytest.raises(ValueError):
-        await delete_scope_data(harness.store, "app", "")
+        await harness.store.documents.delete_scope("app", "")
 
 
 # -- end to end, through the core: App, handlers, session.db, CollectionRef, app.db -------------------

@@ -41,7 +41,7 @@ async def test_one_session_runs_in_arrival_order(tmp_path, database_url):
             await client.gateway.submit(inbound_for(conv, f"m{n}"))
         await client.gateway.dispatcher.wait_idle(10)
         assert log == [entry for n in range(6) for entry in (f"start m{n}", f"end m{n}")]
-        messages, _ = await client.gateway.store.list_messages(conv.session_id, limit=100)
+        messages, _ = await client.gateway.store.messages.page(conv.session_id, limit=100)
         assert [m.text for m in messages if m.role == "assistant"] == [f"m{n}" for n in range(6)]
 
 
@@ -122,7 +122,7 @@ async def test_stop_cancels_and_finalises_the_stream(tmp_path, database_url):
         turn = await task
         assert turn.error == "stopped"
         assert turn.streams[0].text == "partial answer" and turn.streams[0].stopped
-        messages, _ = await client.gateway.store.list_messages(conv.session_id)
+        messages, _ = await client.gateway.store.messages.page(conv.session_id)
         assert (messages[1].text, messages[1].status) == ("partial answer", "stopped")
         turn = await conv.send("again")
         assert turn.replies == ["next works"]
@@ -160,7 +160,7 @@ async def test_unfinished_events_run_again_after_a_restart(tmp_path, database_ur
 
     async with TestClient(app, tmp_path, database_url=database_url) as client2:
         await client2.gateway.dispatcher.wait_idle(10)
-        messages, _ = await client2.gateway.store.list_messages(conv.session_id)
+        messages, _ = await client2.gateway.store.messages.page(conv.session_id)
         texts = [m.text for m in messages]
         assert texts.count("important") == 1  # the user message is not stored twice
         assert "handled important" in texts and "handled second" in texts
@@ -173,8 +173,8 @@ async def test_dedup_keys_are_purged_after_retention(tmp_path):
         conv = await client.conversation()
         await conv.send("x", dedup_key="k1")
         store = client.gateway.store
-        assert await store.purge_inbox(timedelta(hours=1)) == 0
-        assert await store.purge_inbox(timedelta(seconds=-1)) == 1
+        assert await store.inbox.purge(timedelta(hours=1)) == 0
+        assert await store.inbox.purge(timedelta(seconds=-1)) == 1
         turn = await conv.send("x", dedup_key="k1")  # remembered no longer: runs again
         assert turn.replies == ["x"]
 
@@ -273,7 +273,7 @@ async def test_exit_hook_runs_when_a_session_is_deleted(tmp_path):
         await conv.send("hi")
         assert await client.gateway.sessions.delete(conv.session_id) is True
         assert seen == [(conv.session_id, 3)]
-        assert await client.gateway.store.get_session(conv.session_id) is None
+        assert await client.gateway.store.sessions.get(conv.session_id) is None
         assert await client.gateway.sessions.delete(conv.session_id) is False
 
 
@@ -291,16 +291,16 @@ async def test_an_event_that_keeps_killing_the_process_is_given_up(tmp_path, cap
     async with TestClient(app, tmp_path) as client:
         conv = await client.conversation()
         store = client.gateway.store
-        entry = await store.record_inbound(conv.session_id, "poison-key", "message",
+        entry = await store.inbox.record(conv.session_id, "poison-key", "message",
                                            inbound_for(conv, "poison", "poison-key").to_json(), user_text="poison")
         for _ in range(MAX_ATTEMPTS - 1):
-            await store.count_attempt(entry.id)  # it was run again twice after crashes...
+            await store.inbox.count_attempt(entry.id)  # it was run again twice after crashes...
         # ...and this start finds it interrupted a third time.
         await client.gateway.dispatcher.recover()
         await client.gateway.dispatcher.wait_idle(5)
         assert runs == []
         assert "giving up message event poison-key" in caplog.text
-        assert await store.unfinished_inbound() == []
+        assert await store.inbox.unfinished() == []
 
 
 async def test_shutdown_lets_running_handlers_reply_before_adapters_stop(tmp_path):
@@ -362,6 +362,6 @@ async def test_a_reply_cut_by_shutdown_is_failed_not_complete(tmp_path):
     await client.gateway.submit(inbound_for(conv, "q"))
     await asyncio.wait_for(streaming.wait(), 5)
     await client.gateway.dispatcher.close(grace=0.1)
-    messages, _ = await client.gateway.store.list_messages(conv.session_id)
+    messages, _ = await client.gateway.store.messages.page(conv.session_id)
     assert [(m.text, m.status) for m in messages if m.role == "assistant"] == [("partial", "failed")]
     await client.__aexit__(None, None, None)

@@ -152,7 +152,7 @@ async def test_reply_sends_each_message_and_stores_it(client):
     turn = await client.send("reply")
     assert turn.replies == ["one", "two"]
     assert turn.ended and turn.error is None
-    messages, total = await client.gateway.store.list_messages(client.default.session_id)
+    messages, total = await client.gateway.store.messages.page(client.default.session_id)
     assert [(m.role, m.text) for m in messages] == [("user", "reply"), ("assistant", "one"), ("assistant", "two")]
     assert total == 3
 
@@ -161,7 +161,7 @@ async def test_notify_is_transient_and_ignores_empty(client):
     turn = await client.send("notify")
     assert turn.notifications == ["working"]
     assert turn.sent[0].detail == "step 1"
-    messages, _ = await client.gateway.store.list_messages(client.default.session_id)
+    messages, _ = await client.gateway.store.messages.page(client.default.session_id)
     assert "working" not in [m.text for m in messages]
 
 
@@ -170,7 +170,7 @@ async def test_stream_reply_takes_deltas_even_when_repeated(client):
     # Capsule's snapshot detection would have produced "haha"; deltas are deltas here.
     assert turn.streams[0].text == "hahahaha"
     assert turn.replies[-1] == "streamed 'hahahaha'"
-    messages, _ = await client.gateway.store.list_messages(client.default.session_id)
+    messages, _ = await client.gateway.store.messages.page(client.default.session_id)
     assert messages[1].text == "hahahaha" and messages[1].status == "complete"
 
 
@@ -265,7 +265,7 @@ async def test_step_activity_and_event_blocks(client):
                                                                                                   "url": "u"}]
     assert activities[1]["payload"]["label"] == "Read two files" and activities[1]["payload"]["fields"] == {"n": 2}
     assert turn.block("session_event")["payload"] == {"event": "progress", "payload": {"pct": 50}}
-    messages, _ = await client.gateway.store.list_messages(client.default.session_id)
+    messages, _ = await client.gateway.store.messages.page(client.default.session_id)
     assert sorted(m.block["type"] for m in messages if m.role == "block") == ["activity", "session_event",
                                                                                "step_status"]
 
@@ -273,7 +273,7 @@ async def test_step_activity_and_event_blocks(client):
 async def test_show_same_block_id_updates_in_place(client):
     turn = await client.send("show")
     assert [b["payload"]["n"] for b in turn.blocks] == [1, 2]
-    messages, _ = await client.gateway.store.list_messages(client.default.session_id)
+    messages, _ = await client.gateway.store.messages.page(client.default.session_id)
     blocks = [m for m in messages if m.role == "block"]
     assert len(blocks) == 1 and blocks[0].block["payload"] == {"n": 2}
 
@@ -281,7 +281,7 @@ async def test_show_same_block_id_updates_in_place(client):
 async def test_set_title_updates_session_and_shows_block(client):
     turn = await client.send("title")
     assert turn.block("session_title")["payload"] == {"title": "A new title"}
-    record = await client.gateway.store.get_session(client.default.session_id)
+    record = await client.gateway.store.sessions.get(client.default.session_id)
     assert record.title == "A new title"
 
 
@@ -425,7 +425,7 @@ async def test_session_data_saved_with_nested_mutation(client):
     await conv.send("data")
     turn = await conv.send("data")
     assert turn.replies == ["[0, 1]"]
-    record = await client.gateway.store.get_session(conv.session_id)
+    record = await client.gateway.store.sessions.get(conv.session_id)
     assert record.data["items"] == [0, 1] and record.data["nested"] == {"k": "v"}
 
 
@@ -436,7 +436,7 @@ async def test_session_data_saved_when_handler_raises_and_user_sees_apology(clie
     assert turn.replies == [client.settings.dispatch.error_message]
     assert "the secret internals" not in turn.text
     assert "the secret internals" in caplog.text  # logged with its traceback
-    record = await client.gateway.store.get_session(conv.session_id)
+    record = await client.gateway.store.sessions.get(conv.session_id)
     assert record.data["before_raise"] == 1
     turn = await conv.send("still alive?")
     assert turn.replies == ["echo: still alive?"]
@@ -445,7 +445,7 @@ async def test_session_data_saved_when_handler_raises_and_user_sees_apology(clie
 async def test_publish_saves_immediately(client):
     conv = await client.conversation()
     await conv.send("publish")
-    record = await client.gateway.store.get_session(conv.session_id)
+    record = await client.gateway.store.sessions.get(conv.session_id)
     assert record.data["published"] == {"a": [1]}
     assert record.data["late"] is True
 
@@ -453,7 +453,7 @@ async def test_publish_saves_immediately(client):
 async def test_in_place_operators_on_session_data_are_saved(client):
     conv = await client.conversation()
     await conv.send("data-ops")
-    record = await client.gateway.store.get_session(conv.session_id)
+    record = await client.gateway.store.sessions.get(conv.session_id)
     assert record.data["merged"] == 1
     assert record.data["table"] == {"x": 1, "y": 2}
     assert record.data["repeat"] == ["r", "r"]
@@ -472,7 +472,7 @@ async def test_two_handlers_of_one_session_writing_different_keys_lose_nothing(c
     app.release.set()
     turn = await running
     assert turn.ended and turn.error is None
-    record = await client.gateway.store.get_session(conv.session_id)
+    record = await client.gateway.store.sessions.get(conv.session_id)
     assert record.data["from_turn"] is True and record.data["from_job"] == 1
     assert record.data["nested"] == {"k": "from job"} and record.data["items"] == [0]
 
@@ -502,12 +502,12 @@ async def test_boot_runs_before_serving_and_shutdown_on_stop(tmp_path):
 async def test_two_sessions_writing_different_keys_lose_nothing(client):
     store = client.gateway.store
     conv = await client.conversation()
-    await store.save_session_data(conv.session_id, {"a": 1}, [])
+    await store.sessions.save_data(conv.session_id, {"a": 1}, [])
     await asyncio.gather(
-        store.save_session_data(conv.session_id, {"b": 2}, []),
-        store.save_session_data(conv.session_id, {"c": 3}, []),
+        store.sessions.save_data(conv.session_id, {"b": 2}, []),
+        store.sessions.save_data(conv.session_id, {"c": 3}, []),
     )
-    record = await store.get_session(conv.session_id)
+    record = await store.sessions.get(conv.session_id)
     assert record.data == {"a": 1, "b": 2, "c": 3}
 
 
@@ -517,7 +517,7 @@ async def test_dedup_drops_a_repeated_key(client):
     second = await conv.send("once", dedup_key="same-key")
     assert first.replies == ["echo: once"]
     assert second.replies == [] and second.ended
-    messages, _ = await client.gateway.store.list_messages(conv.session_id)
+    messages, _ = await client.gateway.store.messages.page(conv.session_id)
     assert [m.text for m in messages] == ["once", "echo: once"]
 
 
@@ -610,12 +610,12 @@ async def test_inbound_and_feedback_records(tmp_path):
         turn = await conv.send("hi")
         inbound_id = turn.replies[0]
         store = client.gateway.store
-        record = await store.get_inbound(inbound_id)
+        record = await store.inbox.get(inbound_id)
         assert (record.session_id, record.kind, record.status) == (conv.session_id, "message", "done")
-        assert await store.get_inbound("nope") is None
-        await store.save_feedback(conv.session_id, inbound_id, 1)
-        await store.save_feedback(conv.session_id, inbound_id, -1)
-        assert await store.feedback(conv.session_id) == {inbound_id: -1}
+        assert await store.inbox.get("nope") is None
+        await store.messages.save_feedback(conv.session_id, inbound_id, 1)
+        await store.messages.save_feedback(conv.session_id, inbound_id, -1)
+        assert await store.messages.feedback(conv.session_id) == {inbound_id: -1}
 
 
 async def test_an_escaping_prompt_timeout_is_a_handler_error_not_a_turn_timeout(tmp_path):

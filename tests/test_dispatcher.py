@@ -74,7 +74,7 @@ class FakeRunner:
             if label in self.fail_on:
                 raise RuntimeError(f"runner bug on {label}")
             if label not in self.leave_unfinished:
-                await self.store.set_inbox_status(item.inbox_id, "done")
+                await self.store.inbox.set_status(item.inbox_id, "done")
             self.finished.append(label)
         except asyncio.CancelledError:
             self.cancelled.append(label)
@@ -116,8 +116,8 @@ async def dispatcher(store, runner, make_dispatcher) -> Dispatcher:
 
 
 async def new_session(store: Store, name: str = "user-1") -> SessionRecord:
-    user = await store.resolve_user(PlatformUser("test", name))
-    return await store.create_session(SessionChannel("chat"), user)
+    user = await store.users.resolve(PlatformUser("test", name))
+    return await store.sessions.create(SessionChannel("chat"), user)
 
 
 @pytest.fixture
@@ -141,7 +141,7 @@ def event(session: SessionRecord, kind: str, **fields: Any) -> Inbound:
 
 
 async def status_of(store: Store, inbox_id: str) -> tuple[str, str | None] | None:
-    record = await store.get_inbound(inbox_id)
+    record = await store.inbox.get(inbox_id)
     return None if record is None else (record.status, record.error)
 
 
@@ -176,7 +176,7 @@ async def test_recover_reruns_unfinished_events_in_order_after_a_restart(databas
     interrupted = await first.submit(message(record, "interrupted"), record.id)
     await first.submit(message(record, "queued"), record.id)
     # A stop recorded but not handled when the process died: stale after a restart.
-    stale_stop = await first_store.record_inbound(record.id, "k-stop", "stop", event(record, "stop").to_json())
+    stale_stop = await first_store.inbox.record(record.id, "k-stop", "stop", event(record, "stop").to_json())
     await asyncio.wait_for(first_runner.started("interrupted").wait(), 5)
     await first.close(grace=0)  # the process goes away mid-turn
     assert first_runner.cancelled == ["interrupted"]
@@ -212,13 +212,13 @@ async def test_recover_leaves_alone_the_events_this_process_already_has(dispatch
     runner.release("running")
     await dispatcher.wait_idle(10)
     assert runner.texts() == ["running", "queued"]  # each once
-    assert await store.unfinished_inbound() == []  # both done, neither counted as interrupted
+    assert await store.inbox.unfinished() == []  # both done, neither counted as interrupted
 
 
 async def test_purge_forgets_finished_events_past_retention(store, runner, make_dispatcher, session):
     dispatcher = make_dispatcher(store, runner, dedup_retention=timedelta(hours=1))
     old_done = await dispatcher.submit(message(session, "old", key="k-old"), session.id)
-    old_pending = await store.record_inbound(session.id, "k-old-pending", "message", {"kind": "message"})
+    old_pending = await store.inbox.record(session.id, "k-old-pending", "message", {"kind": "message"})
     recent_done = await dispatcher.submit(message(session, "recent", key="k-recent"), session.id)
     await dispatcher.wait_idle(10)
     two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
@@ -228,7 +228,7 @@ async def test_purge_forgets_finished_events_past_retention(store, runner, make_
 
     purge = asyncio.create_task(dispatcher.purge_forever())
     try:
-        await until(lambda: _is(store.get_inbound(old_done.inbound_id), None))
+        await until(lambda: _is(store.inbox.get(old_done.inbound_id), None))
     finally:
         purge.cancel()
         await asyncio.gather(purge, return_exceptions=True)
@@ -400,7 +400,7 @@ class TestLanes:
         await asyncio.wait_for(dispatcher.close(grace=0.01), 10)
         assert runner.cancelled == ["stuck"]
         assert runner.texts() == ["stuck"]  # nothing new starts once shutdown began
-        unfinished = {row.id for row in await store.unfinished_inbound()}
+        unfinished = {row.id for row in await store.inbox.unfinished()}
         assert {stuck.inbound_id, behind.inbound_id} <= unfinished
 
     async def test_a_session_waiting_for_a_slot_is_busy_and_does_not_start_after_close(
@@ -420,7 +420,7 @@ class TestLanes:
         runner.release("a1")  # frees the slot while shutdown is under way
         await asyncio.wait_for(closing, 10)
         assert runner.texts() == ["a1"]  # b1 did not start during shutdown ...
-        unfinished = {row.id for row in await store.unfinished_inbound()}
+        unfinished = {row.id for row in await store.inbox.unfinished()}
         assert waiting.inbound_id in unfinished  # ... it runs at the next start
 
     async def test_submit_records_the_event_and_its_user_message_before_returning(
@@ -432,7 +432,7 @@ class TestLanes:
         assert not accepted.duplicate and accepted.session_id == session.id
         # Durable on return (the adapter acknowledges the platform now): a fresh read finds both.
         assert await status_of(store, accepted.inbound_id) == ("pending", None)
-        stored = await store.message_for_inbound(session.id, accepted.inbound_id, role="user")
+        stored = await store.messages.for_inbound(session.id, accepted.inbound_id, role="user")
         assert stored is not None and stored.text == "hello"
         assert inbound.message is not None and inbound.message.id == stored.id
         await asyncio.wait_for(runner.started("hello").wait(), 5)
@@ -452,7 +452,7 @@ class TestLanes:
         assert again_while_running.duplicate and again_after_done.duplicate
         assert again_while_running.inbound_id == again_after_done.inbound_id == first.inbound_id
         assert runner.texts() == ["once"]
-        messages, _ = await store.list_messages(session.id, limit=10)
+        messages, _ = await store.messages.page(session.id, limit=10)
         assert [m.text for m in messages] == ["once"]  # the user message is not stored twice
 
     async def test_an_event_interrupted_too_often_is_given_up(self, store, make_dispatcher, session, caplog):
@@ -509,7 +509,7 @@ async def test_an_interrupted_event_runs_before_one_that_arrives_at_start_up(tmp
     await before.open()
     record = await new_session(before)
     older = message(record, "older")
-    await before.record_inbound(record.id, older.dedup_key, "message", older.to_json(), user_text="older")
+    await before.inbox.record(record.id, older.dedup_key, "message", older.to_json(), user_text="older")
     await before.close()
 
     seen: list[str] = []

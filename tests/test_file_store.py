@@ -54,7 +54,7 @@ async def test_save_then_read_returns_the_same_bytes_and_the_record(files, store
     assert (record.name, record.content_type, record.size, record.session_id) == (
         "report.pdf", "application/pdf", len(data), "s1")
     assert await files.read(record.id) == data
-    assert await store.get_file(record.id) == record
+    assert await store.files.get(record.id) == record
     # Written atomically: the file under its id, no temporary left beside it.
     assert sorted(p.name for p in files.root.iterdir()) == [record.id]
 
@@ -67,7 +67,7 @@ UNICODE_NAMES = ["résumé.pdf", "e\u0301cole.txt", "写真.png", "📎 notes �
 async def test_odd_unicode_names_round_trip(files, store):
     for name in UNICODE_NAMES:
         record = await files.save(b"x", name=name, content_type="text/plain", session_id="s")
-        found = await store.get_file(record.id)
+        found = await store.files.get(record.id)
         assert found is not None and found.name == name
 
 

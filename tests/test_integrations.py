@@ -278,8 +278,8 @@ async def test_tokens_are_refreshed_before_they_expire(
         await until(lambda: turn.ended)
         first_token = turn.replies[-1].rsplit(" ", 1)[1]
         service = client.gateway.integrations
-        user = await client.gateway.store.get_user(
-            (await client.gateway.store.get_session(chat.session_id)).user_id  # type: ignore[union-attr]
+        user = await client.gateway.store.users.get(
+            (await client.gateway.store.sessions.get(chat.session_id)).user_id  # type: ignore[union-attr]
         )
         assert user is not None
         requests_before = len(oauth.token_requests)
@@ -337,9 +337,9 @@ async def test_two_gateways_on_one_database_spend_a_refresh_token_once(
         turn = await chat.send("acme")
         await connect_via_oauth(browser, prompt_of(turn)["connect_url"])
         await until(lambda: turn.ended)
-        record = await first.gateway.store.get_session(chat.session_id)
+        record = await first.gateway.store.sessions.get(chat.session_id)
         assert record is not None
-        user = await first.gateway.store.get_user(record.user_id)
+        user = await first.gateway.store.users.get(record.user_id)
         assert user is not None
         for client in (first, second):
             client.gateway.settings.integrations.refresh_margin_seconds = oauth.expires_in + 60
@@ -365,7 +365,7 @@ async def test_revoke_over_http(tmp_path: Any, oauth: FakeOAuthServer, browser: 
         await connect_via_oauth(browser, prompt_of(turn)["connect_url"])
         await until(lambda: turn.ended)
         token = turn.replies[-1].rsplit(" ", 1)[1]
-        record = await client.gateway.store.get_session(chat.session_id)
+        record = await client.gateway.store.sessions.get(chat.session_id)
         assert record is not None
         user_id = record.user_id
         base = client.gateway.public_url
@@ -409,7 +409,7 @@ async def test_revoke_with_the_cli(tmp_path: Any, oauth: FakeOAuthServer, browse
         await connect_via_oauth(browser, prompt_of(turn)["connect_url"])
         await until(lambda: turn.ended)
         token = turn.replies[-1].rsplit(" ", 1)[1]
-        record = await client.gateway.store.get_session(chat.session_id)
+        record = await client.gateway.store.sessions.get(chat.session_id)
         assert record is not None
         user_id = record.user_id
 
@@ -773,7 +773,7 @@ async def test_oauth_flow_from_the_widget_socket_and_revoke_as_the_signed_in_use
         assert oauth.token_is_valid(token)
         await ws.close()
 
-        alice_user = await gw.store.resolve_user(PlatformUser("web", "alice"))
+        alice_user = await gw.store.users.resolve(PlatformUser("web", "alice"))
         mallory = identity_token(secret, "mallory")
         async with http.delete(f"{base}/integrations/acme",
                                params={"token": mallory, "user_id": alice_user.id}) as response:

@@ -162,7 +162,7 @@ async def test_revoke_endpoint_refuses_bad_callers_and_removes_nothing(
         await connect_via_oauth(Browser(http), prompt_of(turn)["connect_url"])
         await until(lambda: turn.ended)
         token = turn.replies[-1].rsplit(" ", 1)[1]
-        record = await client.gateway.store.get_session(chat.session_id)
+        record = await client.gateway.store.sessions.get(chat.session_id)
         assert record is not None
         user_id = record.user_id
         base = client.gateway.public_url
@@ -208,7 +208,7 @@ async def test_revoke_when_the_provider_cannot_revoke_still_forgets_the_credenti
         await connect_via_oauth(Browser(http), prompt_of(turn)["connect_url"])
         await until(lambda: turn.ended)
         token = turn.replies[-1].rsplit(" ", 1)[1]
-        record = await client.gateway.store.get_session(chat.session_id)
+        record = await client.gateway.store.sessions.get(chat.session_id)
         assert record is not None
         oauth.revoke_status = 503
         async with http.delete(f"{client.gateway.public_url}/integrations/acme",

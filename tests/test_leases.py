@@ -99,8 +99,8 @@ async def test_campaign_loop_notices_a_lost_lease(stores: tuple[Store, Store]) -
     a.start()
     assert await a.wait_held(timeout=2)
     # another process steals the row (an operator, a clock jump): the holder must step down
-    await stores[1].release_lease("leader", "a")
-    assert await stores[1].acquire_lease("leader", "thief", 30)
+    await stores[1].leases.release("leader", "a")
+    assert await stores[1].leases.acquire("leader", "thief", 30)
     lost_seen = asyncio.Event()
     a.on_lost = lambda: _set(lost_seen, changes)
     await asyncio.wait_for(lost_seen.wait(), 2)

@@ -555,10 +555,10 @@ async def test_a_job_messages_a_web_session_and_a_telegram_chat(tmp_path: Path) 
         texts = [s.text for s in conversation.sent]
         assert texts[1:] == ["good morning, you said 'remind me about the weather' yesterday",
                              "today's forecast: sun"]
-        record = await tc.gateway.store.get_session(conversation.session_id)
+        record = await tc.gateway.store.sessions.get(conversation.session_id)
         assert record.data["greeted"] is True
         await until(lambda: tc.gateway.scheduler.runs["morning"] == 1)
-        telegram = await tc.gateway.store.find_session(SessionChannel("telegram", chat_id="5001"))
+        telegram = await tc.gateway.store.sessions.find(SessionChannel("telegram", chat_id="5001"))
         assert telegram is not None
         await until(lambda: tc._conversations.get(telegram.id) and tc._conversations[telegram.id].sent)
         assert [s.text for s in tc._conversations[telegram.id].sent] == ["good morning, Telegram"]

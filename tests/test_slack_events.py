@@ -183,7 +183,7 @@ async def test_ack_does_not_wait_for_the_handler(slack: FakeSlack, tmp_path) -> 
         assert status == 200 and elapsed < 1.0
         # Acknowledged means recorded: the session exists although the handler has not finished.
         address = gateway.SessionChannel("slack", chat_id="D1", thread_id="100.000001", team_id="T0001")
-        assert await gw.gateway.store.find_session(address) is not None
+        assert await gw.gateway.store.sessions.find(address) is not None
         release.set()
         await slack.wait_for(lambda: slack.thread("D1", "100.000001"))
 

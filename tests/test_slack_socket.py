@@ -62,7 +62,7 @@ async def test_events_are_acknowledged_after_they_are_recorded(socket_slack, tmp
         assert delivery.attempts == 1
         # Acknowledged means recorded: the session and its inbox entry exist already.
         address = gateway.SessionChannel("slack", chat_id="D1", thread_id="100.000001", team_id="T0001")
-        assert await gw.gateway.store.find_session(address) is not None
+        assert await gw.gateway.store.sessions.find(address) is not None
         await slack.wait_for(lambda: slack.thread("D1", "100.000001"))
         assert slack.thread("D1", "100.000001")[0].visible_text == "echo: hi"
 

@@ -203,7 +203,7 @@ async def test_stopped_reply_is_marked(slack: FakeSlack, tmp_path) -> None:
     async with SlackGateway(app, tmp_path, slack) as gw:
         await slack.deliver_event(gw.events_url, dm_event("100.000001"), event_id="Ev1")
         await asyncio.wait_for(started.wait(), 5)
-        session = await gw.gateway.store.find_session(
+        session = await gw.gateway.store.sessions.find(
             gateway.SessionChannel("slack", chat_id="D1", thread_id="100.000001", team_id="T0001")
         )
         assert gw.gateway.dispatcher.stop(session.id)
@@ -284,7 +284,7 @@ async def test_the_recipient_survives_a_restart_for_replies_from_jobs(slack: Fak
         await slack.wait_for(lambda: slack.calls_of("chat.stopStream"), timeout=10)
         await gw.idle()
         channel = gateway.SessionChannel("slack", chat_id="C1", thread_id="300.000001", team_id="T0001")
-        session_id = (await gw.gateway.store.find_session(channel)).id
+        session_id = (await gw.gateway.store.sessions.find(channel)).id
     starts_before = len(slack.calls_of("chat.startStream"))
     async with SlackGateway(app, tmp_path, slack) as gw:
         session = await app.session(session_id)

@@ -200,10 +200,10 @@ async def test_the_stored_and_shown_reply_is_exact(tmp_path, how, kind, expected
         [stream] = turn.streams
         assert stream.text == expected  # what the channel was given to show, finally
         assert all(expected.startswith(frame) for frame in stream.frames)  # and on the way
-        stored = await client.gateway.store.recent_messages(conv.session_id, 10)
+        stored = await client.gateway.store.messages.recent(conv.session_id, 10)
         assert [(m.role, m.text) for m in stored] == [("user", f"{how} {kind}"), ("assistant", expected)]
         if how == "from":
-            record = await client.gateway.store.get_session(conv.session_id)
+            record = await client.gateway.store.sessions.get(conv.session_id)
             assert record.data["returned"] == expected
 
 

@@ -73,9 +73,9 @@ async def test_session_bound_task_replies_as_standalone_messages(tmp_path: Path)
         turn = await conversation.send("sales")
         assert turn.replies == ["working on it"]
         await until(lambda: any(s.text == "report on sales is ready" for s in conversation.sent))
-        record = await tc.gateway.store.get_session(conversation.session_id)
-        await until(lambda: tc.gateway.store.get_session(conversation.session_id))
-        records, _ = await tc.gateway.store.list_messages(conversation.session_id)
+        record = await tc.gateway.store.sessions.get(conversation.session_id)
+        await until(lambda: tc.gateway.store.sessions.get(conversation.session_id))
+        records, _ = await tc.gateway.store.messages.page(conversation.session_id)
         assert [r.text for r in records if r.role == "assistant"] == ["working on it", "report on sales is ready"]
         record = await until(_data_has(tc, conversation.session_id, "reports"))
         assert record.data["reports"] == 1
@@ -83,7 +83,7 @@ async def test_session_bound_task_replies_as_standalone_messages(tmp_path: Path)
 
 def _data_has(tc: TestClient, session_id: str, key: str) -> Any:
     async def check() -> Any:
-        record = await tc.gateway.store.get_session(session_id)
+        record = await tc.gateway.store.sessions.get(session_id)
         return record if record and key in record.data else None
 
     return check
@@ -355,7 +355,7 @@ async def test_live_task_card_updates_in_place(tmp_path: Path, channel: str) -> 
         assert final["payload"]["message"] == "Exporting…"
         assert any(s.text == "exported 42 rows" for s in conversation.sent)
         # one stored block, updated in place
-        records, _ = await tc.gateway.store.list_messages(conversation.session_id)
+        records, _ = await tc.gateway.store.messages.page(conversation.session_id)
         cards = [r for r in records if r.role == "block" and r.block and r.block["id"] == f"task_{task_id}"]
         assert len(cards) == 1 and cards[0].block["payload"]["status"] == "completed"
 
@@ -578,7 +578,7 @@ async def test_a_card_shown_as_its_task_changes_ends_up_current(tmp_path: Path) 
         await until(lambda: (last_card() or {}).get("status") == "cancelled")
         card = last_card()
         assert card is not None and card["message"] == "Later…" and card["task_id"] == handle.task_id
-        stored = await tc.gateway.store.block(session.id, block_id)
+        stored = await tc.gateway.store.messages.block(session.id, block_id)
         assert stored is not None and stored["payload"]["status"] == "cancelled"
 
 

@@ -85,7 +85,7 @@ async def test_private_message_polling_reply_and_session_address(tmp_path: Path,
         await until(lambda: len(api.visible_texts(PRIVATE)) == 2)
         assert len(api.calls_to("sendRichMessage")) == 1
         async def stored() -> list[Any]:  # a reply is stored just after it is sent
-            records, total = await gw.store.list_messages(session.id)
+            records, total = await gw.store.messages.page(session.id)
             return records if total == 4 else []
 
         records = await until(stored)
@@ -353,9 +353,9 @@ async def test_private_stream_uses_drafts_then_one_exact_final_message(tmp_path:
         api.send_text(PRIVATE, "go")
         await until(lambda: api.visible(PRIVATE), timeout=10)
         await asyncio.sleep(0.1)
-        session = await gw.store.find_session(gateway.SessionChannel("telegram", chat_id=str(PRIVATE)))
+        session = await gw.store.sessions.find(gateway.SessionChannel("telegram", chat_id=str(PRIVATE)))
         assert session is not None
-        records, _ = await gw.store.list_messages(session.id)
+        records, _ = await gw.store.messages.page(session.id)
         reply = records[-1]
         assert reply.role == "assistant" and reply.status == "complete"
         assert reply.platform_refs == [str(api.visible(PRIVATE)[0].message_id)]  # the final message's id
@@ -872,5 +872,5 @@ async def test_in_a_group_the_user_of_a_turn_is_its_sender(tmp_path: Path, api: 
         assert first[0] != second[0] and (first[1], second[1]) == ("first", "second")
         private = api.visible_texts(PRIVATE)[0].split(" said ")
         assert private[0] == first[0]  # the same Telegram user is the same chatgate user everywhere
-        sessions, _ = await gw.store.list_sessions()
+        sessions, _ = await gw.store.sessions.page()
         assert len({s.id for s in sessions}) == 2  # still one session per chat

@@ -115,7 +115,7 @@ async def test_two_gateways_broadcasting_for_one_bot_stay_inside_its_limits(tmp_
             for gw in gateways:
                 owner = UserInfo("owner")
                 for index in range(chats):
-                    await gw.store.create_session(SessionChannel("telegram", chat_id=str(7000 + index)), owner)
+                    await gw.store.sessions.create(SessionChannel("telegram", chat_id=str(7000 + index)), owner)
             results = await asyncio.gather(
                 apps[0].broadcast("from the first process", channel="telegram"),
                 apps[1].broadcast("from the second process", channel="telegram"),

@@ -62,7 +62,7 @@ def client_for(tmp_path: Any) -> TestClient:
 
 
 async def stored_for(client: TestClient, user: str, kind: str) -> gateway.IntegrationCredentials | None:
-    info = await client.gateway.store.resolve_user(PlatformUser("test", user))
+    info = await client.gateway.store.users.resolve(PlatformUser("test", user))
     return await client.gateway.integrations.credentials_for(info, kind)
 
 

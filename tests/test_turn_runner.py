@@ -66,7 +66,7 @@ class FakeOutbox:
         return None
 
     async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
-        record = await self.adapter.gateway.store.get_inbound(inbound_id or "")
+        record = await self.adapter.gateway.store.inbox.get(inbound_id or "")
         status = None if record is None else (record.status, record.error)
         self.adapter.sent.ended.append(Ended(inbound_id, error, status))
         self.adapter.sent.turn_ended.set()
@@ -142,8 +142,8 @@ def runner(make_runner) -> TurnRunner:
 
 @pytest.fixture
 async def session(running) -> SessionRecord:
-    user = await running.store.resolve_user(USER)
-    return await running.store.create_session(SessionChannel("chat"), user)
+    user = await running.store.users.resolve(USER)
+    return await running.store.sessions.create(SessionChannel("chat"), user)
 
 
 @pytest.fixture
@@ -154,7 +154,7 @@ def make_item(running) -> Callable[..., Awaitable[WorkItem]]:
     async def make(record: SessionRecord, text: str, *, recovered: bool = False) -> WorkItem:
         inbound = Inbound("message", f"test:{next(counter)}", record.channel, USER,
                           message=Message(text, "user", "chat"), session_id=record.id)
-        entry = await running.store.record_inbound(record.id, inbound.dedup_key, "message", inbound.to_json(),
+        entry = await running.store.inbox.record(record.id, inbound.dedup_key, "message", inbound.to_json(),
                                                    user_text=text, attachments=[])
         if recovered:  # as Dispatcher.recover builds it: the message id is not known yet
             return WorkItem(entry.id, record.id, Inbound.from_json(inbound.to_json()))
@@ -164,12 +164,12 @@ def make_item(running) -> Callable[..., Awaitable[WorkItem]]:
 
 
 async def stored(running: Gateway, session_id: str) -> list[tuple[str, str, str | None]]:
-    messages, _ = await running.store.list_messages(session_id, limit=100)
+    messages, _ = await running.store.messages.page(session_id, limit=100)
     return [(m.role, m.text, m.inbound_id) for m in messages]
 
 
 async def inbox(running: Gateway, inbox_id: str) -> tuple[str, str | None] | None:
-    record = await running.store.get_inbound(inbox_id)
+    record = await running.store.inbox.get(inbox_id)
     return None if record is None else (record.status, record.error)
 
 
@@ -187,7 +187,7 @@ async def test_session_data_is_saved_after_each_turn_and_after_a_failing_one(app
 
     for text in ("a", "b", "fail"):
         await runner(await make_item(session, text))
-    record = await running.store.get_session(session.id)
+    record = await running.store.sessions.get(session.id)
     assert record is not None
     assert record.data == {"count": 3, "seen": ["a", "b", "fail"]}
 
@@ -215,7 +215,7 @@ async def test_a_session_deleted_while_its_handler_runs_drops_the_turn_quietly(
     assert [e.error for e in adapter.sent.ended] == ["session_deleted"]
     assert ERROR_MESSAGE not in [t for _, t in adapter.sent.texts]  # nobody to apologise to
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # not a handler bug
-    assert await running.store.get_session(session.id) is None  # the turn brought nothing back
+    assert await running.store.sessions.get(session.id) is None  # the turn brought nothing back
     assert await stored(running, session.id) == []
     assert await inbox(running, item.inbox_id) is None
 
@@ -273,7 +273,7 @@ class TestTurnFlow:
         item = await make_item(session, "from before the restart", recovered=True)
         assert item.message_id is None
         await runner(item)
-        user_message = await running.store.message_for_inbound(session.id, item.inbox_id, role="user")
+        user_message = await running.store.messages.for_inbound(session.id, item.inbox_id, role="user")
         assert user_message is not None and ids == [user_message.id]
         assert [role for role, _, _ in await stored(running, session.id)] == ["user"]  # not stored twice
 
@@ -310,7 +310,7 @@ class TestTurnFlow:
         turn.cancel()  # what Dispatcher.stop does
         await asyncio.wait_for(asyncio.gather(turn, return_exceptions=True), WAIT)
         assert adapter.sent.ended == [Ended(item.inbox_id, "stopped", ("done", "stopped"))]
-        record = await running.store.get_session(session.id)
+        record = await running.store.sessions.get(session.id)
         assert record is not None and record.data == {"progress": "half"}
         assert ("assistant", "working on it", item.inbox_id) in await stored(running, session.id)
 
@@ -332,7 +332,7 @@ class TestTurnFlow:
             await asyncio.wait_for(turn, WAIT)
         assert await inbox(running, item.inbox_id) == ("pending", None)  # runs again at the next start
         assert adapter.sent.ended == []  # not over: it continues after the restart
-        record = await running.store.get_session(session.id)
+        record = await running.store.sessions.get(session.id)
         assert record is not None and record.data == {"partial": True}
 
     async def test_a_turn_whose_user_is_gone_fails_and_still_ends(
@@ -344,7 +344,7 @@ class TestTurnFlow:
         async def handle(s, msg):
             ran.append(msg.text)
 
-        orphan = await running.store.create_session(SessionChannel("chat"), UserInfo("no-such-user"))
+        orphan = await running.store.sessions.create(SessionChannel("chat"), UserInfo("no-such-user"))
         item = await make_item(orphan, "hello?")
         await runner(item)
         assert ran == []

@@ -141,6 +141,6 @@ async def test_an_event_for_a_session_that_does_not_exist_records_nothing(tmp_pa
                           message=Message("anyone?", "user", "counted"), session_id="01NOSUCHSESSION")
         with pytest.raises(gateway.types.UnknownSession):
             await gw.submit(inbound)
-        assert await gw.store.unfinished_inbound() == []
+        assert await gw.store.inbox.unfinished() == []
     finally:
         await gw.stop()

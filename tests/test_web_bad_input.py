@@ -273,7 +273,7 @@ async def test_files_of_another_session_are_not_found_on_the_socket(gw):
                 assert (await expect_error(ws, "not_found"))["id"] == "m"
                 await ws.send_json({"type": "upload_done", "id": "u", "block_id": "b", "file_id": file_id})
                 assert (await expect_error(ws, "not_found"))["id"] == "u"
-                stored, _ = await gw.store.list_messages(other["session_id"], offset=0, limit=10)
+                stored, _ = await gw.store.messages.page(other["session_id"], offset=0, limit=10)
                 assert stored == []
 
 
@@ -476,7 +476,7 @@ async def test_frames_python_would_parse_but_the_gateway_cannot_keep_are_bad_fra
         while not frames or frames[-1]["type"] != "turn_end":
             frames.append(await ws.receive_json(timeout=5))
         assert [f["message"]["text"] for f in frames if f["type"] == "message"] == ["echo: " + text]
-        stored, _ = await gw.store.list_messages(ready["session_id"], offset=0, limit=10)
+        stored, _ = await gw.store.messages.page(ready["session_id"], offset=0, limit=10)
         assert [m.text for m in stored] == [text, "echo: " + text]
         await still_serving(http, gw)
 
@@ -493,7 +493,7 @@ async def test_a_deleted_session_is_not_found_on_the_socket(gw):
         await ws.send_json({"type": "message", "id": "m0", "text": "store the session"})
         while (await ws.receive_json(timeout=5))["type"] != "turn_end":
             pass
-        assert await gw.store.delete_session(ready["session_id"])
+        assert await gw.store.sessions.delete(ready["session_id"])
         # The frame is not run, and the answer says to hello again (the widget keeps the frame).
         await ws.send_json({"type": "message", "id": "m1", "text": "anyone?"})
         assert "send hello" in (await expect_error(ws, "not_ready"))["message"]

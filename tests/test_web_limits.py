@@ -85,7 +85,7 @@ async def test_sockets_opened_and_dropped_store_nothing(tmp_path):
             await turn(ws)
             assert (await hello(ws, ready["session_id"]))["user"]["id"]
         assert count_rows(tmp_path) == {"users": 1, "identities": 1, "sessions": 1}
-        record = await gw.store.get_session(ready["session_id"])
+        record = await gw.store.sessions.get(ready["session_id"])
         assert record is not None and record.chat_name == "support"
 
 
@@ -150,7 +150,7 @@ async def test_messages_per_minute_answer_rate_limited_frames(tmp_path):
             assert refused["type"] == "error" and refused["code"] == "rate_limited"
             assert 1 <= refused["retry_after"] <= 60 and "messages_per_visitor" in refused["message"]
             await asyncio.sleep(0.2)  # the three replies land; the fourth message never runs
-        stored = (await gw.store.list_messages(ready["session_id"], offset=0, limit=50))[0]
+        stored = (await gw.store.messages.page(ready["session_id"], offset=0, limit=50))[0]
         assert "one too many" not in [m.text for m in stored]
         assert len([m for m in stored if m.role == "user"]) == 3
 
@@ -172,7 +172,7 @@ async def test_new_sessions_are_limited_per_visitor(tmp_path):
             # An existing conversation goes on.
             await hello(ws, first["session_id"])
             assert (await answer(ws, "d", "still here"))["type"] == "ack"
-        assert await gw.store.get_session(third["session_id"]) is None
+        assert await gw.store.sessions.get(third["session_id"]) is None
 
 
 def multipart_head(session_id: str, name: str = "notes.txt") -> bytes:
@@ -264,7 +264,7 @@ async def test_an_upload_before_the_first_message_stores_the_session_for_its_own
             assert count_rows(tmp_path)["sessions"] == 0
             status, _, uploaded = await post_file(http, gw, visitor, ready["session_id"], b"first a file")
             assert status == 201
-            record = await gw.store.get_session(ready["session_id"])
+            record = await gw.store.sessions.get(ready["session_id"])
             assert record is not None and record.chat_name == "support"
             await ws.send_json(
                 {"type": "message", "id": "m", "text": "then words", "attachments": [{"file_id": uploaded["file_id"]}]}

@@ -103,7 +103,7 @@ async def test_a_socket_that_falls_behind_is_closed_with_4408_and_resumes_from_t
         await ws.send_json({"type": "message", "id": "m1", "text": f"burst {count} 2000"})
 
         async def reply_stored() -> str | None:
-            records, _ = await gw.store.list_messages(session_id, limit=10)
+            records, _ = await gw.store.messages.page(session_id, limit=10)
             return next((r.id for r in records if r.text == "after the burst"), None)
 
         await until(reply_stored, timeout=60)
@@ -114,7 +114,7 @@ async def test_a_socket_that_falls_behind_is_closed_with_4408_and_resumes_from_t
         assert closed.data == CLOSE_FELL_BEHIND  # the code in the server's close frame
 
         # The widget's answer to 4408: reconnect and resume; the replay has the reply it missed.
-        records, _ = await gw.store.list_messages(session_id, limit=10)
+        records, _ = await gw.store.messages.page(session_id, limit=10)
         user_message = next(r for r in records if r.role == "user")
         again = await http.ws_connect(f"{base_url(gw)}/ws", params={"visitor": visitor})
         await again.send_json({"type": "hello", "id": "h2", "session_id": session_id, "after": user_message.id})

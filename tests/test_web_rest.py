@@ -269,9 +269,9 @@ async def test_feedback(gw):
         await sdk.chat.submit_feedback(session.id, execution_id=execution_id, value=5)
     with pytest.raises(NotFoundError):
         await sdk.chat.submit_feedback(session.id, execution_id="01UNKNOWN", value=-1)
-    assert await gw.store.feedback(session.id) == {execution_id: 1}
+    assert await gw.store.messages.feedback(session.id) == {execution_id: 1}
     await sdk.chat.submit_feedback(session.id, execution_id=execution_id, value=-1)  # changing one's mind
-    assert await gw.store.feedback(session.id) == {execution_id: -1}
+    assert await gw.store.messages.feedback(session.id) == {execution_id: -1}
 
 
 async def test_executions_get_stream_and_cancel(gw):

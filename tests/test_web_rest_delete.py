@@ -50,12 +50,12 @@ async def test_rest_delete_runs_exit_hooks_and_removes_session_data(tmp_path, da
             doomed = await sdk.chat.create_session(agent_id="notes-bot")
             await sdk.chat.send_message(kept.id, content="stays")
             await sdk.chat.send_message(doomed.id, content="goes")
-            assert await gw.store.get_session(doomed.id) is not None
+            assert await gw.store.sessions.get(doomed.id) is not None
 
             await sdk.chat.delete_session(doomed.id)
 
             assert exits == [(doomed.id, "goes")]  # the hook saw the session and its data
-            assert await gw.store.get_session(doomed.id) is None
+            assert await gw.store.sessions.get(doomed.id) is None
             with pytest.raises(NotFoundError):
                 await sdk.chat.get_session(doomed.id)
             # session-scoped documents and KV of the deleted session are gone, the other's stay

@@ -229,7 +229,7 @@ async def test_stop_ends_a_streaming_reply(gw):
         assert end["error"] == "stopped"
         done = next(f for f in widget.frames if f["type"] == "done")
         assert done["stopped"] is True and len(done["text"]) < len(words)
-        record = await gw.store.get_message(done["message_id"])
+        record = await gw.store.messages.get(done["message_id"])
         assert record.status == "stopped" and record.text == done["text"]
         await widget.send("message", text="still there?")
         await widget.until(lambda f: f["type"] == "message" and f["message"]["text"] == "echo: still there?")
@@ -344,7 +344,7 @@ async def test_a_new_conversation_is_only_on_the_socket_that_said_hello_until_it
         tab2 = await open_widget(http, gw, visitor=tab1.visitor_token)
         refused = await tab2.hello(ready["session_id"])
         assert refused["type"] == "error" and refused["code"] == "not_found"
-        assert await gw.store.get_session(ready["session_id"]) is None
+        assert await gw.store.sessions.get(ready["session_id"]) is None
         await tab1.send("message", text="now it exists")
         await tab1.turn()
         assert (await tab2.hello(ready["session_id"]))["type"] == "ready"
@@ -388,7 +388,7 @@ async def test_a_server_restart_mid_conversation(tmp_path):
             await again.turn()
             texts = [again.texts[m] for m in again.order if again.texts[m]]
             assert texts == ["echo: after"]  # the replay after last_id repeats nothing
-            records, _ = await second_gw.store.list_messages(widget.session_id)
+            records, _ = await second_gw.store.messages.page(widget.session_id)
             assert [r.text for r in records] == ["before", "echo: before", "after", "echo: after"]
 
 

@@ -88,7 +88,7 @@ async def test_a_file_is_served_back_only_through_its_signed_url(gw):
             async with http.get(f"{base_url(gw)}{parts.path}?{urlencode(bad)}") as response:
                 assert response.status in (403, 404)
                 assert "error" in await response.json()
-        stored = await gw.store.get_file(body["file_id"])
+        stored = await gw.store.files.get(body["file_id"])
         assert stored.session_id == session_id
 
 
@@ -176,4 +176,4 @@ async def test_upload_names_lose_bidi_controls_and_line_separators(gw):
         tricky = "\u2066report\u2069\u2028line\u2029two\u200f\u200e\u202a\u202d\u2067\u2068.txt"
         status, body = await post_as_a_browser(http, gw, visitor, session_id, tricky)
         assert status == 201 and body["name"] == "reportlinetwo.txt"
-        assert (await gw.store.get_file(body["file_id"])).name == "reportlinetwo.txt"
+        assert (await gw.store.files.get(body["file_id"])).name == "reportlinetwo.txt"

@@ -1008,7 +1008,7 @@ async def test_host_signed_identity_token(running_gateway: Gateway, browser: Bro
     await send(page, "signed in")
     await wait_reply(page, "Echo: signed in")
     session_id = await page.evaluate("window.chatgate.client.sessionId")
-    record = await running_gateway.store.get_session(session_id)
+    record = await running_gateway.store.sessions.get(session_id)
     assert record is not None
     assert record.user_id == await page.evaluate("window.chatgate.client.user.id")
 
@@ -1157,14 +1157,14 @@ async def test_a_message_too_long_for_one_frame_is_kept_not_sent(running_gateway
     assert await page.input_value(".cg-input") == huge  # nothing the user wrote is lost
     assert await conversation(page) == []
     session_id = await page.evaluate("window.chatgate.client.sessionId")
-    stored, _ = await running_gateway.store.list_messages(session_id, offset=0, limit=10)
+    stored, _ = await running_gateway.store.messages.page(session_id, offset=0, limit=10)
     assert stored == []
 
     await page.fill(".cg-input", "\U0001f44b" * 100)
     await page.press(".cg-input", "Enter")
     await wait_reply(page, "Echo: " + "\U0001f44b" * 100)
     await status.wait_for(state="hidden")  # the complaint goes once a message is sent
-    stored, _ = await running_gateway.store.list_messages(session_id, offset=0, limit=10)
+    stored, _ = await running_gateway.store.messages.page(session_id, offset=0, limit=10)
     assert [m.role for m in stored] == ["user", "assistant"]
 
 
@@ -1247,7 +1247,7 @@ async def test_a_deleted_session_gives_way_to_a_new_one(running_gateway: Gateway
     old_session = await page.evaluate(session_key)
 
     # Deleted while the page is away: the reload starts a fresh conversation.
-    assert await running_gateway.store.delete_session(old_session)
+    assert await running_gateway.store.sessions.delete(old_session)
     await page.reload()
     await page.wait_for_selector(".cg-chat[data-connection=open]")
     await page.wait_for_function(
@@ -1259,7 +1259,7 @@ async def test_a_deleted_session_gives_way_to_a_new_one(running_gateway: Gateway
 
     # Deleted under the open socket: the next message lands in a new session and is answered.
     second_session = await page.evaluate(session_key)
-    assert await running_gateway.store.delete_session(second_session)
+    assert await running_gateway.store.sessions.delete(second_session)
     await send(page, "still there?")
     await wait_reply(page, "Echo: still there?")
     assert await conversation(page) == [("user", "still there?"), ("assistant", "Echo: still there?")]
@@ -1374,7 +1374,7 @@ async def test_a_page_on_another_origin_of_the_same_site_cannot_take_over_the_vi
     await wait_reply(victim, "Echo: my private question")
     session_key = "Object.entries(localStorage).find(([k]) => k.endsWith(':session'))[1]"
     session_id = await victim.evaluate(session_key)
-    record = await running_gateway.store.get_session(session_id)
+    record = await running_gateway.store.sessions.get(session_id)
     assert record is not None
     cookies = {c["name"]: c["value"] for c in await victim.context.cookies()}
     cookie = cookies["chatgate_uid"]
@@ -1442,14 +1442,14 @@ async def test_a_file_attached_before_the_first_message_starts_the_conversation(
     """A new conversation is stored on first use: here the upload, before any words."""
     page = await open_page(running_gateway.public_url + "/")
     session_id = await page.evaluate("window.chatgate.client.sessionId")
-    assert await running_gateway.store.get_session(session_id) is None  # said hello, stored nothing
+    assert await running_gateway.store.sessions.get(session_id) is None  # said hello, stored nothing
     await page.locator(".cg-composer input[type=file]").set_input_files(
         {"name": "first.txt", "mimeType": "text/plain", "buffer": b"attached first"}
     )
     await page.wait_for_function(
         "() => (document.querySelector('.cg-pending-file') || {innerText: ''}).innerText.includes(' B')"
     )
-    assert await running_gateway.store.get_session(session_id) is not None
+    assert await running_gateway.store.sessions.get(session_id) is not None
     await send(page, "then words")
     await wait_reply(page, "Echo: then words [first.txt: 14 bytes]")
     await page.reload()

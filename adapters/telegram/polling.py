@@ -10,7 +10,7 @@ stepped over, since it would otherwise block every update behind it forever.
 **One poller.** Telegram itself allows one ``getUpdates`` at a time per bot (a second one ends the
 first with ``409 Conflict``), which would make two processes steal updates from each other. So a
 process polls only while it holds the store's lease ``telegram-poll:<bot id>``
-(``Store.acquire_lease``: a row in the shared database, SQLite or PostgreSQL), renewed before
+(``store.leases.acquire``: a row in the shared database, SQLite or PostgreSQL), renewed before
 every long poll and released at shutdown; the lease outlives a poll by a margin, so a process that
 dies mid-poll is replaced once its lease expires. The others wait as hot standbys. A ``409`` that
 still happens (a poller outside chatgate, a webhook set by hand) is logged and waited out.
@@ -68,11 +68,11 @@ class Poller:
     async def _hold_lease(self) -> bool:
         if self.leases is None:
             return True
-        return await self.leases.acquire_lease(self.lease_name, self.holder, self.lease_ttl)
+        return await self.leases.acquire(self.lease_name, self.holder, self.lease_ttl)
 
     async def release(self) -> None:
         if self.leases is not None:
-            await self.leases.release_lease(self.lease_name, self.holder)
+            await self.leases.release(self.lease_name, self.holder)
 
     def _one_by_one(self, exc: ClientDecodeError) -> list[tuple[int, Update | None]]:
         """aiogram reads a batch as one list, so a single update it cannot read (a newer Bot API

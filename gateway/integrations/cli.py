@@ -19,8 +19,8 @@ from gateway.integrations.crypto import CredentialCipher, generate_key
 from gateway.integrations.providers import build_providers
 
 if TYPE_CHECKING:
-    from gateway.integrations.records import IntegrationRecords
     from gateway.store import Store
+    from gateway.store.integrations import IntegrationQueries
 
 # The store, records and the OAuth client (authlib, httpx) are imported by the commands that use
 # them: every `chatgate` command loads this module to register `integrations`, and start-up
@@ -83,11 +83,11 @@ def run_cli(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     return 2
 
 
-def _records(settings: Settings, store: Store) -> IntegrationRecords:
-    from gateway.integrations.records import IntegrationRecords
+def _records(settings: Settings, store: Store) -> IntegrationQueries:
+    from gateway.store.integrations import IntegrationQueries
 
     key = settings.integrations.encryption_key
-    return IntegrationRecords(store, CredentialCipher(key) if key else None)
+    return IntegrationQueries(store, CredentialCipher(key) if key else None)
 
 
 async def list_command(settings: Settings, *, user: str | None, as_json: bool, out: TextIO) -> int:

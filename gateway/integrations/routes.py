@@ -182,7 +182,7 @@ class IntegrationViews:
             return json_error(400, "an API-key caller names the user with ?user_id=")
         if not USER_ID.match(user_id):  # not one of ours; PostgreSQL would refuse a NUL (a 500)
             return json_error(404, "no such user")
-        target = await runtime.store.get_user(user_id)
+        target = await runtime.store.users.get(user_id)
         if target is None:
             return json_error(404, f"no user {user_id!r}")
         return target

@@ -22,8 +22,8 @@ from gateway.inbound import Inbound, PlatformUser
 from gateway.integrations.crypto import CredentialCipher
 from gateway.integrations.oauth import OAuthClient, OAuthFailure, TokenSet, new_code_verifier
 from gateway.integrations.providers import ProviderSpec
-from gateway.integrations.records import IntegrationRecords, StoredCredential
 from gateway.integrations.state import ConnectState, StateRefused, StateSigner
+from gateway.store.integrations import IntegrationQueries, StoredCredential
 from gateway.types import IntegrationCredentials, UserInfo
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class IntegrationService:
     def __init__(self, runtime: IntegrationsHost, providers: dict[str, ProviderSpec], cipher: CredentialCipher) -> None:
         self.runtime = runtime
         self.providers = providers
-        self.records = IntegrationRecords(runtime.store, cipher)
+        self.records = IntegrationQueries(runtime.store, cipher)
         self.signer = StateSigner(runtime.settings.resolved_secret_key())
         self._refresh_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._holder = f"integrations-{secrets.token_hex(8)}"
@@ -186,15 +186,15 @@ class IntegrationService:
         holder = f"{self._holder}:{secrets.token_hex(4)}"
         ttl = self.settings.http_timeout + 5
         deadline = time.monotonic() + 2 * ttl  # leases expire, so waiting ends; this is a backstop
-        leased = await store.acquire_lease(name, holder, ttl)
+        leased = await store.leases.acquire(name, holder, ttl)
         while not leased and time.monotonic() < deadline:
             await asyncio.sleep(LEASE_POLL)
-            leased = await store.acquire_lease(name, holder, ttl)
+            leased = await store.leases.acquire(name, holder, ttl)
         try:
             return await self._refresh(provider, scope_key)
         finally:
             if leased:
-                await store.release_lease(name, holder)
+                await store.leases.release(name, holder)
 
     async def _refresh(self, provider: ProviderSpec, scope_key: str) -> IntegrationCredentials | None:
         current = await self.records.get(scope_key, provider.name)  # another turn may have refreshed
@@ -349,7 +349,7 @@ class IntegrationService:
         signal nobody waits for, and the credentials are there for the next turn anyway)."""
         if not state.prompt_id:
             return
-        record = await self.runtime.store.get_session(state.session_id)
+        record = await self.runtime.store.sessions.get(state.session_id)
         if record is None:
             log.info("integration flow finished for session %s, which no longer exists", state.session_id)
             return

@@ -57,23 +57,14 @@ from gateway.query import (
 __all__ = [
     "SCOPE_COLUMNS",
     "ConcurrencyError",
+    "DocumentQueries",
     "DocumentRow",
     "DuplicateKeyError",
+    "KVQueries",
     "KVRow",
     "SessionSource",
     "UpdateResult",
     "WriteGate",
-    "count_documents",
-    "delete_document",
-    "delete_documents",
-    "delete_scope_data",
-    "find_documents",
-    "insert_documents",
-    "kv_delete",
-    "kv_get",
-    "kv_set",
-    "update_document",
-    "update_documents",
 ]
 
 SCOPE_COLUMNS = {"_user_id": "user_id", "_team_id": "team_id", "_session_id": "session_id"}
@@ -368,88 +359,7 @@ async def _locked(session: AsyncSession, collection: str, row_id: str) -> _Found
     return None if row is None else _Found(row_id, row[0], row[1])
 
 
-async def find_documents(
-    source: SessionSource,
-    collection: str,
-    filter: Mapping[str, Any] | None = None,
-    *,
-    sort: Any = None,
-    skip: int = 0,
-    limit: int = 0,
-) -> list[dict[str, Any]]:
-    """Matching documents; ``limit=0`` means all. Without a sort they come in ``_id`` order."""
-    filter = _normalise_filter(filter)
-    if skip < 0 or limit < 0:
-        raise ValueError("skip and limit cannot be negative")
-    spec = normalise_sort(sort)
-    prefilter = _sql_prefilter(filter)
-    by_id = spec in ([], [(ID_FIELD, 1)], [(ID_FIELD, -1)])
-    descending = spec == [(ID_FIELD, -1)]
-    async with source.session() as session:
-        if by_id and prefilter.complete:
-            statement = (
-                select(DocumentRow.doc)
-                .where(DocumentRow.collection == collection, *prefilter.conditions)
-                .order_by(_ID_COLUMN.desc() if descending else _ID_COLUMN)
-                .offset(skip)
-                .limit(limit or None)
-            )
-            return [dict(doc) for doc in (await session.exec(statement)).all()]
-        found: list[dict[str, Any]] = []
-        async with aclosing(_scan(session, collection, filter, prefilter, descending=descending)) as rows:
-            async for item in rows:
-                found.append(dict(item.doc))
-                if by_id and limit and len(found) >= skip + limit:
-                    break
-    ordered = found if by_id else sort_documents(found, spec)
-    return ordered[skip : skip + limit] if limit else ordered[skip:]
-
-
-async def count_documents(source: SessionSource, collection: str, filter: Mapping[str, Any] | None = None) -> int:
-    filter = _normalise_filter(filter)
-    prefilter = _sql_prefilter(filter)
-    async with source.session() as session:
-        if prefilter.complete:
-            statement = (
-                select(func.count())
-                .select_from(DocumentRow)
-                .where(DocumentRow.collection == collection, *prefilter.conditions)
-            )
-            return int((await session.exec(statement)).one())
-        total = 0
-        async for _ in _scan(session, collection, filter, prefilter):
-            total += 1
-        return total
-
-
 # -- writing -------------------------------------------------------------------------------------
-
-
-async def insert_documents(
-    source: SessionSource,
-    collection: str,
-    documents: Sequence[Mapping[str, Any]],
-    *,
-    gate: WriteGate | None = None,
-) -> list[dict[str, Any]]:
-    """Insert all of ``documents`` in one transaction (all or none); returns them as stored."""
-    prepared = [prepare_document(document) for document in documents]
-    ids = [document[ID_FIELD] for document in prepared]
-    if len(set(ids)) != len(ids):
-        raise DuplicateKeyError(f"the documents repeat an _id in collection {collection!r}")
-    if not prepared:
-        return []
-
-    async def attempt() -> list[dict[str, Any]]:
-        async with _writing(source, gate) as session:
-            session.add_all([_new_row(collection, document) for document in prepared])
-            try:
-                await session.commit()
-            except IntegrityError as exc:
-                raise DuplicateKeyError(f"an _id among {ids[:5]!r} already exists in {collection!r}") from exc
-        return [dict(document) for document in prepared]
-
-    return await _with_retries(f"insert into {collection!r}", attempt)
 
 
 _RETRY: Any = object()
@@ -501,89 +411,6 @@ async def _compare_and_swap(
     return result.rowcount == 1
 
 
-async def update_document(
-    source: SessionSource,
-    collection: str,
-    filter: Mapping[str, Any] | None,
-    update_spec: Mapping[str, Any],
-    *,
-    upsert: bool = False,
-    gate: WriteGate | None = None,
-) -> UpdateResult:
-    """Update the first matching document (``_id`` order); with ``upsert``, insert one if none.
-
-    An upsert starts from the filter's equality conditions (``gateway.query.upsert_seed``), then
-    applies the update with ``$setOnInsert``. Two concurrent upserts of a filter without ``_id``
-    may both insert, as in MongoDB without a unique index; with ``_id`` in the filter the loser
-    retries as an update.
-    """
-    filter = _normalise_filter(filter)
-    update_spec = normalise_update(update_spec)
-    apply_update({}, update_spec)  # reject malformed updates before touching the database
-
-    async def attempt() -> UpdateResult:
-        async with _writing(source, gate) as session:
-            candidate = await _first_match(session, collection, filter)
-            if candidate is None:
-                if not upsert:
-                    return UpdateResult(matched=0, modified=0)
-                return await _insert_upsert(session, collection, filter, update_spec)
-            current = await _locked(session, collection, candidate.id)
-            if current is None or not matches(current.doc, filter):
-                return _RETRY  # changed or deleted between the scan and the lock
-            new_document, modified = apply_update(current.doc, update_spec)
-            if not modified:
-                return UpdateResult(matched=1, modified=0, document=dict(current.doc))
-            _check_reserved_fields(new_document)
-            if not await _compare_and_swap(session, collection, current, new_document):
-                await session.rollback()
-                return _RETRY
-            await session.commit()
-            return UpdateResult(matched=1, modified=1, document=new_document)
-
-    return await _with_retries(f"update in {collection!r}", attempt)
-
-
-async def update_documents(
-    source: SessionSource,
-    collection: str,
-    filter: Mapping[str, Any] | None,
-    update_spec: Mapping[str, Any],
-    *,
-    gate: WriteGate | None = None,
-) -> UpdateResult:
-    """Update every matching document, all in one transaction (all or none on an error).
-
-    Each row is re-read locked and re-checked before its compare-and-swap, as in
-    ``update_document``; documents inserted while the update runs may be missed (as in MongoDB).
-    """
-    filter = _normalise_filter(filter)
-    update_spec = normalise_update(update_spec)
-    apply_update({}, update_spec)
-
-    async def attempt() -> UpdateResult:
-        async with _writing(source, gate) as session:
-            candidates = [item.id async for item in _scan(session, collection, filter, _sql_prefilter(filter))]
-            matched = modified = 0
-            for row_id in candidates:
-                current = await _locked(session, collection, row_id)
-                if current is None or not matches(current.doc, filter):
-                    continue
-                matched += 1
-                new_document, changed = apply_update(current.doc, update_spec)
-                if not changed:
-                    continue
-                _check_reserved_fields(new_document)
-                if not await _compare_and_swap(session, collection, current, new_document):
-                    await session.rollback()
-                    return _RETRY
-                modified += 1
-            await session.commit()
-            return UpdateResult(matched=matched, modified=modified)
-
-    return await _with_retries(f"update in {collection!r}", attempt)
-
-
 async def _insert_upsert(
     session: AsyncSession, collection: str, filter: Mapping[str, Any], update_spec: Mapping[str, Any]
 ) -> UpdateResult:
@@ -596,30 +423,6 @@ async def _insert_upsert(
         await session.rollback()
         return _RETRY  # the same _id was inserted meanwhile: now it is an update
     return UpdateResult(matched=0, modified=0, upserted_id=document[ID_FIELD], document=document)
-
-
-async def delete_document(
-    source: SessionSource, collection: str, filter: Mapping[str, Any] | None, *, gate: WriteGate | None = None
-) -> int:
-    """Delete the first matching document (``_id`` order); returns 0 or 1."""
-    filter = _normalise_filter(filter)
-
-    async def attempt() -> int:
-        async with _writing(source, gate) as session:
-            candidate = await _first_match(session, collection, filter)
-            if candidate is None:
-                return 0
-            current = await _locked(session, collection, candidate.id)
-            if current is None or not matches(current.doc, filter):
-                return _RETRY
-            deleted = await _delete_revisions(session, collection, [current])
-            if deleted != 1:
-                await session.rollback()
-                return _RETRY
-            await session.commit()
-            return 1
-
-    return await _with_retries(f"delete from {collection!r}", attempt)
 
 
 async def _delete_revisions(session: AsyncSession, collection: str, rows: list[_Found]) -> int:
@@ -637,48 +440,6 @@ async def _delete_revisions(session: AsyncSession, collection: str, rows: list[_
     return deleted
 
 
-async def delete_documents(
-    source: SessionSource, collection: str, filter: Mapping[str, Any] | None, *, gate: WriteGate | None = None
-) -> int:
-    """Delete every matching document; returns how many were deleted.
-
-    When everything the filter says is in SQL this is one DELETE. Otherwise matching rows are
-    deleted at the revision they matched at; rows changed meanwhile are looked at again.
-    """
-    filter = _normalise_filter(filter)
-    prefilter = _sql_prefilter(filter)
-    if prefilter.complete:
-
-        async def delete_in_sql() -> int:
-            async with _writing(source, gate) as session:
-                statement = (
-                    delete(DocumentRow)
-                    .where(col(DocumentRow.collection) == collection, *prefilter.conditions)
-                    .execution_options(synchronize_session=False)
-                )
-                deleted = (await session.exec(statement)).rowcount
-                await session.commit()
-                return int(deleted)
-
-        return await _with_retries(f"delete from {collection!r}", delete_in_sql)
-
-    total = 0
-    for _ in range(MAX_ATTEMPTS):
-
-        async def delete_batch() -> tuple[int, bool]:
-            async with _writing(source, gate) as session:
-                found = [item async for item in _scan(session, collection, filter, prefilter)]
-                deleted = await _delete_revisions(session, collection, found)
-                await session.commit()
-                return deleted, deleted == len(found)
-
-        deleted, settled = await _with_retries(f"delete from {collection!r}", delete_batch)
-        total += deleted
-        if settled:
-            return total
-    raise ConcurrencyError(f"delete from {collection!r}: rows kept changing under the delete")
-
-
 # -- clean-up ------------------------------------------------------------------------------------
 
 _SCOPE_TO_COLUMN = {
@@ -688,87 +449,325 @@ _SCOPE_TO_COLUMN = {
 }
 
 
-async def delete_scope_data(
-    source: SessionSource, scope: str, scope_id: str, *, gate: WriteGate | None = None
-) -> tuple[int, int]:
-    """Delete every document of every collection and every KV entry of one scope value.
-
-    For the core to call when a session or a user is deleted (``("session", session_id)``,
-    ``("user", user_id)``): returns ``(documents deleted, KV entries deleted)``.
-    """
-    column = _SCOPE_TO_COLUMN.get(scope)
-    if column is None or not scope_id:
-        raise ValueError(f"scope must be user, owner or session with a non-empty id, got {scope!r}/{scope_id!r}")
-
-    async def attempt() -> tuple[int, int]:
-        async with _writing(source, gate) as session:
-            documents = await session.exec(delete(DocumentRow).where(column == scope_id))
-            entries = await session.exec(
-                delete(KVRow).where(col(KVRow.scope) == scope, col(KVRow.scope_id) == scope_id)
-            )
-            await session.commit()
-            return int(documents.rowcount), int(entries.rowcount)
-
-    return await _with_retries(f"delete {scope} {scope_id!r} data", attempt)
-
-
 # -- KV ------------------------------------------------------------------------------------------
 
 
-async def kv_get(source: SessionSource, scope: str, scope_id: str, key: str) -> tuple[bool, Any]:
-    """``(found, value)`` for one KV entry."""
-    async with source.session() as session:
-        statement = select(KVRow.value).where(KVRow.scope == scope, KVRow.scope_id == scope_id, KVRow.key == key)
-        rows = (await session.exec(statement)).all()
-    return (True, rows[0]) if rows else (False, None)
+class DocumentQueries:
+    """The documents of every collection (``gateway.collections``); ``store.documents``."""
 
+    def __init__(self, db: SessionSource) -> None:
+        self._db = db
 
-async def kv_set(
-    source: SessionSource, scope: str, scope_id: str, key: str, value: Any, *, gate: WriteGate | None = None
-) -> None:
-    """Insert or replace one KV entry, atomically (``INSERT ... ON CONFLICT DO UPDATE``)."""
-    stored = jsonable(value)
-
-    async def attempt() -> None:
-        async with _writing(source, gate) as session:
-            dialect = session.get_bind().dialect.name
-            values = {"scope": scope, "scope_id": scope_id, "key": key, "value": stored, "updated_at": _utcnow()}
-            if dialect in ("postgresql", "sqlite"):
-                insert = (postgresql if dialect == "postgresql" else sqlite).insert(KVRow).values(**values)
-                statement = insert.on_conflict_do_update(
-                    index_elements=["scope", "scope_id", "key"],
-                    set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
+    async def find(
+        self,
+        collection: str,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        sort: Any = None,
+        skip: int = 0,
+        limit: int = 0,
+    ) -> list[dict[str, Any]]:
+        """Matching documents; ``limit=0`` means all. Without a sort they come in ``_id`` order."""
+        filter = _normalise_filter(filter)
+        if skip < 0 or limit < 0:
+            raise ValueError("skip and limit cannot be negative")
+        spec = normalise_sort(sort)
+        prefilter = _sql_prefilter(filter)
+        by_id = spec in ([], [(ID_FIELD, 1)], [(ID_FIELD, -1)])
+        descending = spec == [(ID_FIELD, -1)]
+        async with self._db.session() as session:
+            if by_id and prefilter.complete:
+                statement = (
+                    select(DocumentRow.doc)
+                    .where(DocumentRow.collection == collection, *prefilter.conditions)
+                    .order_by(_ID_COLUMN.desc() if descending else _ID_COLUMN)
+                    .offset(skip)
+                    .limit(limit or None)
                 )
-                await session.exec(statement)
-            else:  # another dialect: update, else insert (a concurrent insert retries as an update)
-                changed = await session.exec(
-                    update(KVRow)
-                    .where(col(KVRow.scope) == scope, col(KVRow.scope_id) == scope_id, col(KVRow.key) == key)
-                    .values(value=stored, updated_at=values["updated_at"])
+                return [dict(doc) for doc in (await session.exec(statement)).all()]
+            found: list[dict[str, Any]] = []
+            async with aclosing(_scan(session, collection, filter, prefilter, descending=descending)) as rows:
+                async for item in rows:
+                    found.append(dict(item.doc))
+                    if by_id and limit and len(found) >= skip + limit:
+                        break
+        ordered = found if by_id else sort_documents(found, spec)
+        return ordered[skip : skip + limit] if limit else ordered[skip:]
+
+    async def count(self, collection: str, filter: Mapping[str, Any] | None = None) -> int:
+        filter = _normalise_filter(filter)
+        prefilter = _sql_prefilter(filter)
+        async with self._db.session() as session:
+            if prefilter.complete:
+                statement = (
+                    select(func.count())
+                    .select_from(DocumentRow)
+                    .where(DocumentRow.collection == collection, *prefilter.conditions)
                 )
-                if changed.rowcount == 0:
-                    session.add(KVRow(**values))
-            try:
+                return int((await session.exec(statement)).one())
+            total = 0
+            async for _ in _scan(session, collection, filter, prefilter):
+                total += 1
+            return total
+
+    async def insert(
+        self,
+        collection: str,
+        documents: Sequence[Mapping[str, Any]],
+        *,
+        gate: WriteGate | None = None,
+    ) -> list[dict[str, Any]]:
+        """Insert all of ``documents`` in one transaction (all or none); returns them as stored."""
+        prepared = [prepare_document(document) for document in documents]
+        ids = [document[ID_FIELD] for document in prepared]
+        if len(set(ids)) != len(ids):
+            raise DuplicateKeyError(f"the documents repeat an _id in collection {collection!r}")
+        if not prepared:
+            return []
+
+        async def attempt() -> list[dict[str, Any]]:
+            async with _writing(self._db, gate) as session:
+                session.add_all([_new_row(collection, document) for document in prepared])
+                try:
+                    await session.commit()
+                except IntegrityError as exc:
+                    raise DuplicateKeyError(f"an _id among {ids[:5]!r} already exists in {collection!r}") from exc
+            return [dict(document) for document in prepared]
+
+        return await _with_retries(f"insert into {collection!r}", attempt)
+
+    async def update_one(
+        self,
+        collection: str,
+        filter: Mapping[str, Any] | None,
+        update_spec: Mapping[str, Any],
+        *,
+        upsert: bool = False,
+        gate: WriteGate | None = None,
+    ) -> UpdateResult:
+        """Update the first matching document (``_id`` order); with ``upsert``, insert one if none.
+
+        An upsert starts from the filter's equality conditions (``gateway.query.upsert_seed``), then
+        applies the update with ``$setOnInsert``. Two concurrent upserts of a filter without ``_id``
+        may both insert, as in MongoDB without a unique index; with ``_id`` in the filter the loser
+        retries as an update.
+        """
+        filter = _normalise_filter(filter)
+        update_spec = normalise_update(update_spec)
+        apply_update({}, update_spec)  # reject malformed updates before touching the database
+
+        async def attempt() -> UpdateResult:
+            async with _writing(self._db, gate) as session:
+                candidate = await _first_match(session, collection, filter)
+                if candidate is None:
+                    if not upsert:
+                        return UpdateResult(matched=0, modified=0)
+                    return await _insert_upsert(session, collection, filter, update_spec)
+                current = await _locked(session, collection, candidate.id)
+                if current is None or not matches(current.doc, filter):
+                    return _RETRY  # changed or deleted between the scan and the lock
+                new_document, modified = apply_update(current.doc, update_spec)
+                if not modified:
+                    return UpdateResult(matched=1, modified=0, document=dict(current.doc))
+                _check_reserved_fields(new_document)
+                if not await _compare_and_swap(session, collection, current, new_document):
+                    await session.rollback()
+                    return _RETRY
                 await session.commit()
-            except IntegrityError:
-                await session.rollback()
-                return _RETRY
+                return UpdateResult(matched=1, modified=1, document=new_document)
 
-    await _with_retries(f"KV set {key!r}", attempt)
+        return await _with_retries(f"update in {collection!r}", attempt)
+
+    async def update_many(
+        self,
+        collection: str,
+        filter: Mapping[str, Any] | None,
+        update_spec: Mapping[str, Any],
+        *,
+        gate: WriteGate | None = None,
+    ) -> UpdateResult:
+        """Update every matching document, all in one transaction (all or none on an error).
+
+        Each row is re-read locked and re-checked before its compare-and-swap, as in
+        ``update_document``; documents inserted while the update runs may be missed (as in MongoDB).
+        """
+        filter = _normalise_filter(filter)
+        update_spec = normalise_update(update_spec)
+        apply_update({}, update_spec)
+
+        async def attempt() -> UpdateResult:
+            async with _writing(self._db, gate) as session:
+                candidates = [item.id async for item in _scan(session, collection, filter, _sql_prefilter(filter))]
+                matched = modified = 0
+                for row_id in candidates:
+                    current = await _locked(session, collection, row_id)
+                    if current is None or not matches(current.doc, filter):
+                        continue
+                    matched += 1
+                    new_document, changed = apply_update(current.doc, update_spec)
+                    if not changed:
+                        continue
+                    _check_reserved_fields(new_document)
+                    if not await _compare_and_swap(session, collection, current, new_document):
+                        await session.rollback()
+                        return _RETRY
+                    modified += 1
+                await session.commit()
+                return UpdateResult(matched=matched, modified=modified)
+
+        return await _with_retries(f"update in {collection!r}", attempt)
+
+    async def delete_one(
+        self,
+        collection: str, filter: Mapping[str, Any] | None, *, gate: WriteGate | None = None
+    ) -> int:
+        """Delete the first matching document (``_id`` order); returns 0 or 1."""
+        filter = _normalise_filter(filter)
+
+        async def attempt() -> int:
+            async with _writing(self._db, gate) as session:
+                candidate = await _first_match(session, collection, filter)
+                if candidate is None:
+                    return 0
+                current = await _locked(session, collection, candidate.id)
+                if current is None or not matches(current.doc, filter):
+                    return _RETRY
+                deleted = await _delete_revisions(session, collection, [current])
+                if deleted != 1:
+                    await session.rollback()
+                    return _RETRY
+                await session.commit()
+                return 1
+
+        return await _with_retries(f"delete from {collection!r}", attempt)
+
+    async def delete_many(
+        self,
+        collection: str, filter: Mapping[str, Any] | None, *, gate: WriteGate | None = None
+    ) -> int:
+        """Delete every matching document; returns how many were deleted.
+
+        When everything the filter says is in SQL this is one DELETE. Otherwise matching rows are
+        deleted at the revision they matched at; rows changed meanwhile are looked at again.
+        """
+        filter = _normalise_filter(filter)
+        prefilter = _sql_prefilter(filter)
+        if prefilter.complete:
+
+            async def delete_in_sql() -> int:
+                async with _writing(self._db, gate) as session:
+                    statement = (
+                        delete(DocumentRow)
+                        .where(col(DocumentRow.collection) == collection, *prefilter.conditions)
+                        .execution_options(synchronize_session=False)
+                    )
+                    deleted = (await session.exec(statement)).rowcount
+                    await session.commit()
+                    return int(deleted)
+
+            return await _with_retries(f"delete from {collection!r}", delete_in_sql)
+
+        total = 0
+        for _ in range(MAX_ATTEMPTS):
+
+            async def delete_batch() -> tuple[int, bool]:
+                async with _writing(self._db, gate) as session:
+                    found = [item async for item in _scan(session, collection, filter, prefilter)]
+                    deleted = await _delete_revisions(session, collection, found)
+                    await session.commit()
+                    return deleted, deleted == len(found)
+
+            deleted, settled = await _with_retries(f"delete from {collection!r}", delete_batch)
+            total += deleted
+            if settled:
+                return total
+        raise ConcurrencyError(f"delete from {collection!r}: rows kept changing under the delete")
+
+    async def delete_scope(
+        self,
+        scope: str, scope_id: str, *, gate: WriteGate | None = None
+    ) -> tuple[int, int]:
+        """Delete every document of every collection and every KV entry of one scope value.
+
+        For the core to call when a session or a user is deleted (``("session", session_id)``,
+        ``("user", user_id)``): returns ``(documents deleted, KV entries deleted)``.
+        """
+        column = _SCOPE_TO_COLUMN.get(scope)
+        if column is None or not scope_id:
+            raise ValueError(f"scope must be user, owner or session with a non-empty id, got {scope!r}/{scope_id!r}")
+
+        async def attempt() -> tuple[int, int]:
+            async with _writing(self._db, gate) as session:
+                documents = await session.exec(delete(DocumentRow).where(column == scope_id))
+                entries = await session.exec(
+                    delete(KVRow).where(col(KVRow.scope) == scope, col(KVRow.scope_id) == scope_id)
+                )
+                await session.commit()
+                return int(documents.rowcount), int(entries.rowcount)
+
+        return await _with_retries(f"delete {scope} {scope_id!r} data", attempt)
 
 
-async def kv_delete(
-    source: SessionSource, scope: str, scope_id: str, key: str, *, gate: WriteGate | None = None
-) -> bool:
-    """Remove one KV entry; True when it existed."""
+class KVQueries:
+    """The scoped key-value entries (``session.get/set``, ``app.kv``); ``store.kv``."""
 
-    async def attempt() -> bool:
-        async with _writing(source, gate) as session:
-            statement = delete(KVRow).where(
-                col(KVRow.scope) == scope, col(KVRow.scope_id) == scope_id, col(KVRow.key) == key
-            )
-            deleted = (await session.exec(statement)).rowcount
-            await session.commit()
-            return bool(deleted)
+    def __init__(self, db: SessionSource) -> None:
+        self._db = db
 
-    return await _with_retries(f"KV delete {key!r}", attempt)
+    async def get(self, scope: str, scope_id: str, key: str) -> tuple[bool, Any]:
+        """``(found, value)`` for one KV entry."""
+        async with self._db.session() as session:
+            statement = select(KVRow.value).where(KVRow.scope == scope, KVRow.scope_id == scope_id, KVRow.key == key)
+            rows = (await session.exec(statement)).all()
+        return (True, rows[0]) if rows else (False, None)
+
+    async def set(
+        self,
+        scope: str, scope_id: str, key: str, value: Any, *, gate: WriteGate | None = None
+    ) -> None:
+        """Insert or replace one KV entry, atomically (``INSERT ... ON CONFLICT DO UPDATE``)."""
+        stored = jsonable(value)
+
+        async def attempt() -> None:
+            async with _writing(self._db, gate) as session:
+                dialect = session.get_bind().dialect.name
+                values = {"scope": scope, "scope_id": scope_id, "key": key, "value": stored, "updated_at": _utcnow()}
+                if dialect in ("postgresql", "sqlite"):
+                    insert = (postgresql if dialect == "postgresql" else sqlite).insert(KVRow).values(**values)
+                    statement = insert.on_conflict_do_update(
+                        index_elements=["scope", "scope_id", "key"],
+                        set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
+                    )
+                    await session.exec(statement)
+                else:  # another dialect: update, else insert (a concurrent insert retries as an update)
+                    changed = await session.exec(
+                        update(KVRow)
+                        .where(col(KVRow.scope) == scope, col(KVRow.scope_id) == scope_id, col(KVRow.key) == key)
+                        .values(value=stored, updated_at=values["updated_at"])
+                    )
+                    if changed.rowcount == 0:
+                        session.add(KVRow(**values))
+                try:
+                    await session.commit()
+                except IntegrityError:
+                    await session.rollback()
+                    return _RETRY
+
+        await _with_retries(f"KV set {key!r}", attempt)
+
+    async def delete(
+        self,
+        scope: str, scope_id: str, key: str, *, gate: WriteGate | None = None
+    ) -> bool:
+        """Remove one KV entry; True when it existed."""
+
+        async def attempt() -> bool:
+            async with _writing(self._db, gate) as session:
+                statement = delete(KVRow).where(
+                    col(KVRow.scope) == scope, col(KVRow.scope_id) == scope_id, col(KVRow.key) == key
+                )
+                deleted = (await session.exec(statement)).rowcount
+                await session.commit()
+                return bool(deleted)
+
+        return await _with_retries(f"KV delete {key!r}", attempt)

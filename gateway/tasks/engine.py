@@ -33,7 +33,7 @@ from gateway.dispatch import UnknownSession
 from gateway.leases import Lease, process_holder_id, wait_event
 from gateway.session import Session
 from gateway.store.tables import utcnow
-from gateway.store.task_tables import FINISHED, OPEN, TaskQueries, TaskRow, TaskWatchRow, as_utc
+from gateway.store.task_tables import FINISHED, OPEN, TaskRow, TaskWatchRow, as_utc
 from gateway.tasks.api import TaskDescriptor, TaskHandle
 from gateway.types import Block, SessionChannel, UserInfo
 
@@ -81,7 +81,7 @@ class TaskService:
     def __init__(self, runtime: TaskHost) -> None:
         self.rt = runtime
         self.settings = runtime.settings.scheduler
-        self.queries = TaskQueries(runtime.store)
+        self.queries = runtime.store.tasks
         self.worker_id = process_holder_id()
         self.worker_lease = Lease(
             runtime.store, f"task-worker:{self.worker_id}", holder=self.worker_id,
@@ -144,7 +144,7 @@ class TaskService:
             json.dumps(kwargs)
         except (TypeError, ValueError) as exc:
             raise TypeError(f"task {descriptor.name!r}: kwargs must be JSON-native ({exc})") from None
-        if session_id is not None and await self.rt.store.get_session(session_id) is None:
+        if session_id is not None and await self.rt.store.sessions.get(session_id) is None:
             raise UnknownSession(f"task {descriptor.name!r}: no session {session_id!r}")
         lock_key = None
         if descriptor.options.lock:
@@ -272,7 +272,7 @@ class TaskService:
         None: whatever it shows)."""
         deadline = time.monotonic() + CARD_RESYNC_WAIT
         while time.monotonic() < deadline:
-            block = await self.rt.store.block(session_id, f"task_{task_id}")
+            block = await self.rt.store.messages.block(session_id, f"task_{task_id}")
             if block is not None:
                 if stale_status is None or (block.get("payload") or {}).get("status") == stale_status:
                     await self._update_cards(task_id, only_session=session_id)
@@ -296,7 +296,7 @@ class TaskService:
     async def _show_card(self, watcher: TaskWatchRow, fields: dict[str, Any]) -> None:
         block_id = f"task_{watcher.task_id}"
         payload: dict[str, Any] = {"task_id": watcher.task_id}
-        shown = await self.rt.store.block(watcher.session_id, block_id)
+        shown = await self.rt.store.messages.block(watcher.session_id, block_id)
         if shown is None:
             # show_task registered the watcher but has not stored its card yet: update it once
             # it has (showing now would be overwritten by its card, read before this change, and
@@ -376,7 +376,7 @@ class TaskService:
         """Renew lock leases, stop attempts cancelled elsewhere, recover dead workers' tasks."""
         for row in await self.queries.running(self.worker_id):
             if row.lock_key:
-                await self.rt.store.acquire_lease(self._lock_name(row), self._lock_holder(row),
+                await self.rt.store.leases.acquire(self._lock_name(row), self._lock_holder(row),
                                                   self.settings.leader_lease_seconds)
         for task_id in list(self._running):
             row = await self.queries.get(task_id)
@@ -407,7 +407,7 @@ class TaskService:
                 log.warning("task %s (%s) was interrupted by a stop; %s", row.id, row.name,
                             "retrying" if row.attempts < row.max_attempts else "failed")
                 if row.lock_key:
-                    await self.rt.store.release_lease(self._lock_name(row), self._lock_holder(row))
+                    await self.rt.store.leases.release(self._lock_name(row), self._lock_holder(row))
                 self._changed_now(row.id)
                 await self._update_cards(row.id)
         if recovered:
@@ -510,7 +510,7 @@ class TaskService:
             except Exception:
                 log.exception("saving session.data after task %s failed", row.id)
         if row.lock_key:
-            await self.rt.store.release_lease(self._lock_name(row), self._lock_holder(row))
+            await self.rt.store.leases.release(self._lock_name(row), self._lock_holder(row))
         self._running.pop(row.id, None)
         self._changed_now(row.id)
         await self._update_cards(row.id)
@@ -568,12 +568,12 @@ class TaskService:
         return f"task:{row.id}"
 
     async def _take_lock(self, row: TaskRow) -> bool:
-        return await self.rt.store.acquire_lease(
+        return await self.rt.store.leases.acquire(
             self._lock_name(row), self._lock_holder(row), self.settings.leader_lease_seconds
         )
 
     async def _release_lock(self, row: TaskRow) -> None:
-        await self.rt.store.release_lease(self._lock_name(row), self._lock_holder(row))
+        await self.rt.store.leases.release(self._lock_name(row), self._lock_holder(row))
 
     # -- helpers -------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The SQL behind integrations: credentials (encrypted on the way in, decrypted on the way out)
+"""Connected accounts: credentials (encrypted on the way in, decrypted on the way out)
 and connect flows. Each method is one short transaction through the core ``Store``."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlmodel import col, select
 from gateway.integrations.crypto import CredentialCipher, UnreadableCredentials
 from gateway.integrations.state import ConnectState
 from gateway.integrations.tables import IntegrationCredentialRow, IntegrationFlowRow
-from gateway.store import Store
+from gateway.store.database import Database
 
 
 @dataclass
@@ -30,8 +30,8 @@ class StoredCredential:
     """The decrypted tokens or fields; ``None`` when the configured key cannot read them."""
 
 
-class IntegrationRecords:
-    def __init__(self, store: Store, cipher: CredentialCipher | None) -> None:
+class IntegrationQueries:
+    def __init__(self, store: Database, cipher: CredentialCipher | None) -> None:
         self.store = store
         self.cipher = cipher
 

@@ -1,0 +1,171 @@
+"""The database a Store speaks to: the engine, its connections and its transactions.
+
+SQLite gets a synchronous twin of the engine with one writer thread and a reader thread, so the
+per-turn statements run in one hop each (``run_write`` / ``run_read``); PostgreSQL goes through
+asyncpg. The query modules (``users``, ``sessions``, ``messages``, ``inbox``, ``files``,
+``leases``, ``documents``, ``kv``, ``tasks``) each take this and open short transactions of
+their own, so no caller holds a database session across an ``await`` on the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+import gateway.store.schema  # noqa: F401  (every table, registered before the schema is made)
+
+READER_THREADS = 1  # measured: more reader threads only contend for the GIL (bench/web_echo.py)
+T = TypeVar("T")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Database:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self._echo = echo
+        self._pool_size = pool_size
+        self._engine: AsyncEngine | None = None
+        self._sync_engine: Engine | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._readers: ThreadPoolExecutor | None = None
+        # SQLite has one writer at a time; queueing writers here avoids "database is locked"
+        # when a deferred transaction tries to upgrade to a write lock.
+        self._write_lock = asyncio.Lock()
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            raise RuntimeError("the store is not open: call await store.open() first")
+        return self._engine
+
+    async def open(self) -> None:
+        if self.is_sqlite:
+            path = self.url.split("///", 1)[1] if "///" in self.url else ""
+            if path and path != ":memory:":
+                directory = os.path.dirname(path) or "."
+                await asyncio.to_thread(os.makedirs, directory, exist_ok=True)
+            engine = create_async_engine(self.url, echo=self._echo)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            if path and path != ":memory:":
+                self._open_sqlite_threads(path)
+        else:
+            engine = create_async_engine(
+                self.url, echo=self._echo, pool_size=self._pool_size, pool_pre_ping=True
+            )
+        self._engine = engine
+        await self.create_schema()
+
+    async def create_schema(self) -> str:
+        """Make the schema on first start, migrate it with Alembic afterwards (gateway.migrate)."""
+        from gateway.migrate import migrate
+
+        async with self.engine.begin() as conn:
+            if not self.is_sqlite:
+                # Two processes starting together must not race on CREATE TABLE.
+                await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(727274)")
+            return await conn.run_sync(migrate)
+
+    def _open_sqlite_threads(self, path: str) -> None:
+        """A synchronous twin of the engine for the per-turn statements.
+
+        aiosqlite hops to its thread for every driver call (a write transaction is a dozen hops);
+        running the whole transaction in one hop to a thread of our own is several times faster.
+        Writes keep going through ``_write_lock``, so SQLite still sees one writer at a time.
+        """
+        self._sync_engine = create_engine(
+            f"sqlite:///{path}", echo=self._echo, connect_args={"check_same_thread": False}
+        )
+        event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatgate-sqlite-write")
+        self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="chatgate-sqlite-read")
+
+    async def run_write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(connection)`` in one write transaction, in one hop."""
+        if self._sync_engine is not None and self._writer is not None:
+            async with self._write_lock:
+                return await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_begin, work)
+        async with self.writing() as conn:
+            return await conn.run_sync(work)
+
+    async def run_read(self, work: Callable[[Connection], T]) -> T:
+        if self._sync_engine is not None and self._readers is not None:
+            return await asyncio.get_running_loop().run_in_executor(self._readers, self._sync_connect, work)
+        async with self.reading() as conn:
+            return await conn.run_sync(work)
+
+    def _sync_begin(self, work: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.begin() as conn:
+            return work(conn)
+
+    def _sync_connect(self, work: Callable[[Connection], T]) -> T:
+        assert self._sync_engine is not None
+        with self._sync_engine.connect() as conn:
+            return work(conn)
+
+    async def close(self) -> None:
+        for pool in (self._writer, self._readers):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._writer = self._readers = None
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+            self._sync_engine = None
+        if self._engine is not None:
+            await self._engine.dispose()
+            self._engine = None
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with AsyncSession(self.engine, expire_on_commit=False) as db:
+            yield db
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A plain connection for the per-turn reads (Core: no ORM unit-of-work on the hot path)."""
+        async with self.engine.connect() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def writing(self) -> AsyncIterator[AsyncConnection]:
+        """A Core write transaction, committed on exit (serialised on SQLite)."""
+        if self.is_sqlite:
+            async with self._write_lock, self.engine.begin() as conn:
+                yield conn
+        else:
+            async with self.engine.begin() as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction, committed on exit (serialised on SQLite)."""
+        if self.is_sqlite:
+            async with self._write_lock, self.session() as db:
+                yield db
+                await db.commit()
+        else:
+            async with self.session() as db:
+                yield db
+                await db.commit()
+
+    async def ping(self) -> None:
+        """One trivial query: the database answers (readiness probes)."""
+        await self.run_read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
+

@@ -1,0 +1,127 @@
+"""The inbox: every inbound event, recorded durably before the platform is acknowledged,
+with its status until its turn ends (and its dedup key for ``dispatch.dedup_retention_hours``)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, delete, func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+
+from gateway.store.database import Database
+from gateway.store.records import InboundRecord, InboxEntry
+from gateway.store.statements import (
+    INBOX,
+    INSERT_INBOX,
+    INSERT_MESSAGE,
+    SET_INBOX_STATUS,
+    TOUCH_SESSION,
+    UNFINISHED,
+)
+from gateway.store.tables import (
+    InboxRow,
+    new_id,
+    utcnow,
+)
+from gateway.types import UnknownSession
+
+
+class InboxQueries:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def record(
+        self,
+        session_id: str,
+        dedup_key: str,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        user_text: str | None = None,
+        attachments: list[dict[str, Any]] | None = None,
+    ) -> InboxEntry:
+        """Store an inbound event, and the user's message when it carries one, in one transaction.
+
+        A repeated ``dedup_key`` stores nothing and returns ``duplicate=True``; a ``session_id``
+        that names no session stores nothing and raises ``UnknownSession``.
+        """
+        now = utcnow()
+        inbox_id = new_id()
+        message_id = new_id() if user_text is not None else None
+
+        def work(conn: Connection) -> None:
+            # The session's existence is checked here, in the write itself: no read before it.
+            if conn.execute(TOUCH_SESSION, {"session_id": session_id, "now": now}).rowcount == 0:
+                raise UnknownSession(f"no session {session_id!r}")
+            conn.execute(INSERT_INBOX, {
+                "id": inbox_id, "dedup_key": dedup_key, "session_id": session_id, "kind": kind, "payload": payload,
+                "status": "pending", "attempts": 0, "error": None, "created_at": now, "updated_at": now,
+            })
+            if message_id is not None:
+                conn.execute(INSERT_MESSAGE, {
+                    "id": message_id, "session_id": session_id, "role": "user", "text": user_text, "block_id": None,
+                    "block": None, "attachments": attachments or [], "inbound_id": inbox_id, "status": "complete",
+                    "platform_refs": [], "created_at": now, "updated_at": now,
+                })
+
+        try:
+            await self._db.run_write(work)
+        except IntegrityError:
+            existing = await self._db.run_read(
+                lambda conn: conn.execute(select(INBOX.c.id).where(INBOX.c.dedup_key == dedup_key)).first()
+            )
+            return InboxEntry(existing[0] if existing else "", True, None)
+        return InboxEntry(inbox_id, False, message_id)
+
+    async def get(self, inbox_id: str) -> InboundRecord | None:
+        async with self._db.session() as db:
+            row = await db.get(InboxRow, inbox_id)
+        if row is None:
+            return None
+        return InboundRecord(row.id, row.session_id, row.kind, row.status, row.error, row.created_at, row.updated_at)
+
+    async def count_attempt(self, inbox_id: str) -> int:
+        """Count one more attempt at an interrupted event; returns the new count."""
+        async with self._db.write() as db:
+            await db.exec(
+                update(InboxRow).where(col(InboxRow.id) == inbox_id).values(attempts=InboxRow.attempts + 1)
+            )
+            row = await db.get(InboxRow, inbox_id)
+        return row.attempts if row is not None else 0
+
+    async def set_status(self, inbox_id: str, status: str, error: str | None = None) -> None:
+        parameters = {"inbox_id": inbox_id, "status": status, "error": error, "now": utcnow()}
+        await self._db.run_write(lambda conn: conn.execute(SET_INBOX_STATUS, parameters))
+
+    async def unfinished(self) -> list[InboxRow]:
+        """Events recorded but not finished (the process died): rerun at start-up, in order.
+
+        Status stays ``pending`` while a turn runs (a write saved per turn); attempts are counted
+        when an interrupted event is picked up again, see ``Dispatcher.recover``."""
+        async with self._db.session() as db:
+            rows = (
+                await db.exec(
+                    select(InboxRow).where(col(InboxRow.status).in_(UNFINISHED)).order_by(col(InboxRow.id))
+                )
+            ).all()
+        return list(rows)
+
+    async def purge(self, older_than: timedelta) -> int:
+        """Forget finished events (and their dedup keys) older than ``older_than``."""
+        cutoff = utcnow() - older_than
+        async with self._db.write() as db:
+            result = await db.exec(
+                delete(InboxRow)
+                .where(col(InboxRow.status).not_in(UNFINISHED))
+                .where(col(InboxRow.created_at) < cutoff)
+            )
+        return int(result.rowcount or 0)
+
+    async def backlog(self) -> tuple[int, datetime | None]:
+        """How many events are recorded and not finished, and when the oldest of them was
+        recorded: one query on the status index (the /metrics queue gauges)."""
+        statement = select(func.count(), func.min(INBOX.c.created_at)).where(INBOX.c.status.in_(UNFINISHED))
+        depth, oldest = (await self._db.run_read(lambda conn: conn.execute(statement).one()))
+        return int(depth or 0), oldest

@@ -1,0 +1,53 @@
+"""The per-turn statements, built once with bind parameters, and the keys they use.
+
+SQLAlchemy then skips building each statement and its cache key on every call (measured: a
+third of a turn's store time). Shared by the query modules of ``gateway/store/``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, insert, update
+from sqlmodel import select
+
+from gateway.store.tables import InboxRow, MessageRow, SessionRow, UserRow
+from gateway.types import SessionChannel
+
+UNFINISHED = ("pending", "running")
+
+# The Core tables behind the models.
+SESSIONS = SessionRow.__table__
+USERS = UserRow.__table__
+MESSAGES = MessageRow.__table__
+INBOX = InboxRow.__table__
+
+# The per-turn statements, built once with bind parameters: SQLAlchemy then skips building the
+# statement and its cache key on every call (measured: a third of a turn's store time).
+SELECT_SESSION = select(SESSIONS).where(SESSIONS.c.id == bindparam("session_id"))
+SELECT_USER = select(USERS).where(USERS.c.id == bindparam("user_id"))
+SELECT_RECENT = (
+    select(MESSAGES)
+    .where(MESSAGES.c.session_id == bindparam("session_id"))
+    .order_by(MESSAGES.c.id.desc())
+    .limit(bindparam("limit"))
+)
+SELECT_TURN = (
+    select(MESSAGES)
+    .where(MESSAGES.c.inbound_id == bindparam("inbound_id"))
+    .where(MESSAGES.c.session_id == bindparam("session_id"))
+    .order_by(MESSAGES.c.id)
+)
+INSERT_MESSAGE = insert(MESSAGES)
+INSERT_INBOX = insert(INBOX)
+TOUCH_SESSION = update(SESSIONS).where(SESSIONS.c.id == bindparam("session_id")).values(
+    updated_at=bindparam("now")
+)
+SET_INBOX_STATUS = update(INBOX).where(INBOX.c.id == bindparam("inbox_id")).values(
+    status=bindparam("status"), error=bindparam("error"), updated_at=bindparam("now")
+)
+
+
+def address_key(channel: SessionChannel) -> str | None:
+    """The unique key of a platform conversation; web sessions have none (a user has many)."""
+    if channel.chat_id is None:
+        return None
+    return "|".join((channel.type, channel.team_id or "", channel.chat_id, channel.thread_id or ""))
