@@ -7,8 +7,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
 import gateway.store  # noqa: F401  (registers every table)
-from gateway.migrate import HEAD_REVISION, head_revision, pending_changes
 from gateway.store import Store
+from gateway.store.migrate import HEAD_REVISION, head_revision, pending_changes
 
 
 async def _current_revision(url: str) -> str | None:
@@ -31,7 +31,7 @@ async def test_fresh_database_is_created_and_stamped(database_url):
 
 def test_the_head_revision_constant_is_alembics_head():
     # Start-up trusts HEAD_REVISION to skip Alembic on a current database: after adding a
-    # revision, set HEAD_REVISION in gateway/migrate.py to its id.
+    # revision, set HEAD_REVISION in gateway/store/migrate.py to its id.
     assert HEAD_REVISION == head_revision()
 
 
@@ -50,7 +50,7 @@ async def test_upgrade_from_an_empty_revision_history(database_url):
     """Running every revision from scratch yields the same schema the models describe."""
     from alembic import command
 
-    from gateway.migrate import alembic_config
+    from gateway.store.migrate import alembic_config
 
     engine = create_async_engine(database_url)
     async with engine.begin() as conn:

@@ -1,8 +1,8 @@
 """Integrations: users connect accounts (OAuth 2) or type in secrets (API keys) so a handler's
 ``session.require_integration("github")`` gets credentials, on every channel.
 
-``Gateway`` calls :func:`attach` at start-up. This module stays import-light because
-``gateway.store`` imports ``gateway.integrations.tables`` while it is itself being imported.
+``Gateway`` calls :func:`attach` at start-up and :func:`mount` for the connect pages. This module
+stays import-light: the OAuth client (authlib, httpx) loads only when a provider is configured.
 """
 
 from __future__ import annotations

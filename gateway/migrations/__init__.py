@@ -1,1 +1,1 @@
-"""Alembic migrations of chatgate's schema. ``gateway.migrate`` runs them at start-up."""
+"""Alembic migrations of chatgate's schema. ``gateway.store.migrate`` runs them at start-up."""

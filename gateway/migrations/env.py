@@ -1,4 +1,4 @@
-"""Alembic environment: chatgate hands Alembic an open connection (see gateway/migrate.py)."""
+"""Alembic environment: chatgate hands Alembic an open connection (see gateway/store/migrate.py)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import gateway.store  # noqa: F401  (registers every table on SQLModel.metadata)
-from gateway.migrate import include_object
+from gateway.store.migrate import include_object
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("run chatgate migrations through gateway.migrate (it passes the connection)")
+    raise RuntimeError("run chatgate migrations through gateway.store.migrate (it passes the connection)")
 
 context.configure(
     connection=connection,

@@ -73,8 +73,8 @@ class Database:
         await self.create_schema()
 
     async def create_schema(self) -> str:
-        """Make the schema on first start, migrate it with Alembic afterwards (gateway.migrate)."""
-        from gateway.migrate import migrate
+        """Make the schema on first start, migrate it with Alembic afterwards (gateway.store.migrate)."""
+        from gateway.store.migrate import migrate
 
         async with self.engine.begin() as conn:
             if not self.is_sqlite:

@@ -14,8 +14,8 @@ from sqlmodel import col, select
 
 from gateway.integrations.crypto import CredentialCipher, UnreadableCredentials
 from gateway.integrations.state import ConnectState
-from gateway.integrations.tables import IntegrationCredentialRow, IntegrationFlowRow
 from gateway.store.database import Database
+from gateway.store.integration_tables import IntegrationCredentialRow, IntegrationFlowRow
 
 
 @dataclass

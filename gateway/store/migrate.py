@@ -2,7 +2,7 @@
 
 On a fresh database chatgate creates the whole schema from the models and stamps it with the
 latest revision; on an existing one it applies the revisions it has not seen. New revisions are
-made with ``python -m gateway.migrate revision "what changed"`` after changing a table.
+made with ``python -m gateway.store.migrate revision "what changed"`` after changing a table.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from sqlmodel import SQLModel
 if TYPE_CHECKING:
     from alembic.config import Config
 
-MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"  # gateway/migrations
 VERSION_TABLE = "alembic_version"
 HEAD_REVISION = "e74d87c30c78"
 """The newest revision in ``migrations/versions`` (tests check it against Alembic's own answer).
@@ -101,7 +101,7 @@ async def _make_revision(url: str, message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.migrate", description="chatgate schema migrations")
+    parser = argparse.ArgumentParser(prog="python -m gateway.store.migrate", description="chatgate schema migrations")
     sub = parser.add_subparsers(dest="command", required=True)
     revision = sub.add_parser("revision", help="write a new revision from the models' changes")
     revision.add_argument("message")
