@@ -298,7 +298,7 @@ class CollectionQuery:
     sort_spec: tuple[tuple[str, int], ...] = ()
 
     def _with(self, **changes: Any) -> CollectionQuery:
-        values = {
+        values: dict[str, Any] = {
             "filter_doc": self.filter_doc,
             "limit_value": self.limit_value,
             "skip_value": self.skip_value,

@@ -19,6 +19,7 @@ import re
 import secrets
 import typing
 import zoneinfo
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -456,7 +457,7 @@ def _compose(found: Discovery) -> type[Settings]:
     return composed
 
 
-def _describe(error: dict[str, Any], settings_cls: type[Settings]) -> str:
+def _describe(error: Mapping[str, Any], settings_cls: type[Settings]) -> str:
     key = ".".join(str(part) for part in error["loc"])
     env = "CHATGATE_" + "__".join(str(p).upper() for p in error["loc"])
     message = error["msg"]

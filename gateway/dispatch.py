@@ -17,9 +17,10 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from gateway.inbound import Accepted, Inbound
 from gateway.prompts import PromptRegistry
@@ -56,7 +57,7 @@ class Lane:
     current: WorkItem | None = None
 
 
-Runner = Callable[[WorkItem], Awaitable[None]]
+Runner = Callable[[WorkItem], Coroutine[Any, Any, None]]
 
 
 class Dispatcher:

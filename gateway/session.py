@@ -532,11 +532,11 @@ class Session:
 
 
 async def _aiter(source: AsyncIterable[Any] | Iterable[Any]) -> AsyncIterator[Any]:
-    if hasattr(source, "__aiter__"):
-        async for item in source:  # type: ignore[union-attr]
+    if isinstance(source, AsyncIterable):
+        async for item in source:
             yield item
     else:
-        for item in source:  # type: ignore[union-attr]
+        for item in source:
             yield item
 
 

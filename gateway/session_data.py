@@ -88,11 +88,11 @@ class TrackedList(list, _Tracked):
         super().__delitem__(index)
         self._changed()
 
-    def __iadd__(self, values: Iterable[Any]) -> TrackedList:  # type: ignore[override]
+    def __iadd__(self, values: Iterable[Any]) -> TrackedList:  # type: ignore[misc]
         self.extend(values)
         return self
 
-    def __imul__(self, times: Any) -> TrackedList:  # type: ignore[override]
+    def __imul__(self, times: Any) -> TrackedList:  # type: ignore[misc]
         super().__imul__(times)
         self._changed()
         return self
@@ -152,7 +152,7 @@ class TrackedDict(dict, _Tracked):
             super().__setitem__(key, _wrap(value, self._notify))
         self._notify()
 
-    def __ior__(self, other: Any) -> TrackedDict:  # type: ignore[override,misc]
+    def __ior__(self, other: Any) -> TrackedDict:  # type: ignore[misc]
         self.update(other)
         return self
 
@@ -252,7 +252,7 @@ class SessionData(dict):
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
-    def __ior__(self, other: Any) -> SessionData:  # type: ignore[override,misc]
+    def __ior__(self, other: Any) -> SessionData:  # type: ignore[misc]
         self.update(other)
         return self
 

@@ -385,9 +385,9 @@ class Conversation:
         turn, previous = Turn(), self._current
         self._current = turn
         if previous is not None and not previous.ended:  # the waiting turn continues here
-            for inbound_id, waiting in list(self._turns.items()):
+            for waiting_id, waiting in list(self._turns.items()):
                 if waiting is previous:
-                    self._turns[inbound_id] = turn
+                    self._turns[waiting_id] = turn
         inbound_id = await deliver()
         if inbound_id is not None:
             self._turns.setdefault(inbound_id, turn)

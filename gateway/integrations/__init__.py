@@ -7,15 +7,20 @@ stays import-light: the OAuth client (authlib, httpx) loads only when a provider
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from gateway.integrations.service import IntegrationService, IntegrationsHost
 
+    class IntegrationsRuntime(IntegrationsHost, Protocol):
+        """The running gateway, which keeps the service once it is built."""
 
-async def attach(runtime: IntegrationsHost | Any) -> None:
+        integrations: IntegrationService | None
+
+
+async def attach(runtime: IntegrationsRuntime) -> None:
     """Set ``runtime.integrations`` to the service when any provider is configured or declared.
 
     Raises ``ConfigError`` for a bad provider, or providers without an encryption key.

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -229,14 +229,10 @@ def _mirrored_columns(document: Mapping[str, Any]) -> dict[str, str | None]:
 
 def _new_row(collection: str, document: dict[str, Any]) -> DocumentRow:
     now = _utcnow()
-    return DocumentRow(
-        collection=collection,
-        id=document[ID_FIELD],
-        doc=document,
-        created_at=now,
-        updated_at=now,
-        **_mirrored_columns(document),
-    )
+    row = DocumentRow(collection=collection, id=document[ID_FIELD], doc=document, created_at=now, updated_at=now)
+    for column, value in _mirrored_columns(document).items():
+        setattr(row, column, value)
+    return row
 
 
 # -- pushing what we can into SQL ----------------------------------------------------------------
@@ -311,7 +307,7 @@ def _normalise_filter(filter: Mapping[str, Any] | None) -> dict[str, Any]:
 @dataclass
 class _Found:
     id: str
-    doc: dict[str, Any]
+    doc: Mapping[str, Any]
     revision: int
 
 
@@ -322,7 +318,7 @@ async def _scan(
     prefilter: _Prefilter,
     *,
     descending: bool = False,
-) -> AsyncIterator[_Found]:
+) -> AsyncGenerator[_Found, None]:
     """Matching rows in ``_id`` order, read ``SCAN_BATCH`` at a time (keyset pagination)."""
     last_id: str | None = None
     while True:

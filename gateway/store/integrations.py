@@ -85,7 +85,9 @@ class IntegrationQueries:
         """Insert or replace the credentials of ``provider`` under ``scope_key``."""
         secret = self._require_cipher().encrypt(payload)
         now = time.time()
-        values = {"connected_by": connected_by, "secret": secret, "expires_at": expires_at, "updated_at": now}
+        values: dict[str, Any] = {
+            "connected_by": connected_by, "secret": secret, "expires_at": expires_at, "updated_at": now,
+        }
         for _ in range(2):  # a concurrent insert of the same key turns the second into an update
             try:
                 async with self.store.write() as db:

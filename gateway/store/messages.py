@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, or_, update
+from sqlalchemy import select as sql_select
 from sqlmodel import col, select
 
 from gateway.store.database import Database
@@ -150,7 +151,7 @@ class MessageQueries:
         if limit <= 0:
             return []
         statement = (
-            select(MESSAGES).where(MESSAGES.c.session_id == session_id).order_by(MESSAGES.c.id.desc()).limit(limit)
+            sql_select(MESSAGES).where(MESSAGES.c.session_id == session_id).order_by(MESSAGES.c.id.desc()).limit(limit)
         )
 
         def work(conn: Connection) -> list[MessageRecord]:

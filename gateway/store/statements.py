@@ -6,8 +6,7 @@ third of a turn's store time). Shared by the query modules of ``gateway/store/``
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, update
-from sqlmodel import select
+from sqlalchemy import bindparam, insert, select, update
 
 from gateway.store.tables import InboxRow, MessageRow, SessionRow, UserRow
 from gateway.types import SessionChannel
@@ -15,10 +14,10 @@ from gateway.types import SessionChannel
 UNFINISHED = ("pending", "running")
 
 # The Core tables behind the models.
-SESSIONS = SessionRow.__table__
-USERS = UserRow.__table__
-MESSAGES = MessageRow.__table__
-INBOX = InboxRow.__table__
+SESSIONS = SessionRow.metadata.tables["sessions"]
+USERS = UserRow.metadata.tables["users"]
+MESSAGES = MessageRow.metadata.tables["messages"]
+INBOX = InboxRow.metadata.tables["inbox"]
 
 # The per-turn statements, built once with bind parameters: SQLAlchemy then skips building the
 # statement and its cache key on every call (measured: a third of a turn's store time).

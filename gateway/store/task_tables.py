@@ -36,7 +36,7 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class TaskRow(SQLModel, table=True):
+class TaskRow(SQLModel, table=True):  # type: ignore[no-redef]  # mypy: the field ``kwargs`` below
     __tablename__ = "tasks"
     __table_args__ = (Index("ix_tasks_status_run_at", "status", "run_at"),)
 

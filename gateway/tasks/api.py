@@ -50,6 +50,10 @@ class TaskService(Protocol):
 
     async def wait(self, task_id: str, timeout: float | None = None) -> TaskRow: ...
 
+    async def row(self, task_id: str) -> TaskRow | None:
+        """The task's row as stored now (``None`` once it is purged)."""
+        ...
+
     def extend_deadline(self, task_id: str) -> None: ...
 
 
@@ -343,7 +347,7 @@ class TaskHandle:
         return self._row.result
 
     async def _reload(self) -> None:
-        row = await self._service.queries.get(self.task_id)
+        row = await self._service.row(self.task_id)
         if row is not None:
             self._row = row
 

@@ -209,6 +209,9 @@ class TaskService:
             cancelled += await self.cancel(handle.task_id)
         return cancelled
 
+    async def row(self, task_id: str) -> TaskRow | None:
+        return await self.queries.get(task_id)
+
     async def handle(self, task_id: str) -> TaskHandle | None:
         row = await self.queries.get(task_id)
         return None if row is None else TaskHandle(self, row)
@@ -379,8 +382,8 @@ class TaskService:
                 await self.rt.store.leases.acquire(self._lock_name(row), self._lock_holder(row),
                                                   self.settings.leader_lease_seconds)
         for task_id in list(self._running):
-            row = await self.queries.get(task_id)
-            if row is not None and row.status == "cancelled":
+            current = await self.queries.get(task_id)
+            if current is not None and current.status == "cancelled":
                 self._running[task_id].cancel()
         await self.recover_interrupted()
 
