@@ -153,8 +153,9 @@ class TurnStreamer:
             await self._writer.send("content", {"content": text[len(have) :]})
             self._sent[message_id] = text
         elif not text.startswith(have):
-            # The text was rewritten (never by the core's pump); SSE cannot take content back,
-            # so the rest goes out as it is and ``done.output`` carries the exact final text.
+            # The text was rewritten (a model stream of cumulative snapshots that revised itself,
+            # or ``reply.replace()``): SSE cannot take content back, so later deltas continue from
+            # the new text and ``done.output`` carries the exact final text (docs/web-protocol.md).
             self._sent[message_id] = text
 
     def full_text(self) -> str:
