@@ -439,7 +439,10 @@ async def test_live_task_card_on_telegram_edits_one_message(tmp_path: Path) -> N
         assert texts[-1] == "exported 12 rows"
         edits = [c for c in api.calls_to("editMessageText", ok=True)
                  if str(c.params.get("message_id")) == str(card.message_id)]
-        assert len(edits) >= 2  # at least retry/running and completed
+        # The card went from its first render to "completed" by editing that message; how many of
+        # the states in between (retry, running) get an edit of their own depends on how fast
+        # they follow each other against the chat's edit budget (under load they coalesce).
+        assert edits and "completed" in edits[-1].params["text"]
         assert api.rate_limited == []
 
 
