@@ -167,7 +167,25 @@ class EditStream(_PacedFrames):
         return await _finish(self.client, self.chat_id, self.thread_id, self._posted, parts)
 
 
-class DraftStream(_PacedFrames):
+class _DraftFrames(_PacedFrames):
+    """Drafts (plain or rich) are paced by the chat's draft budget, and once a stream fell back
+    to a plainer way (``_fallback``) every later frame goes there."""
+
+    client: TelegramClient
+    chat_id: int
+    _fallback: _PacedFrames | None
+
+    async def frame(self, text: str) -> None:
+        if self._fallback is not None:
+            await self._fallback.frame(text)
+            return
+        await super().frame(text)
+
+    def _delay(self) -> float:
+        return self.client.pacer.draft_delay(self.chat_id)
+
+
+class DraftStream(_DraftFrames):
     """Drafts for the part being written; messages for finished parts and the final text."""
 
     def __init__(
@@ -189,15 +207,6 @@ class DraftStream(_PacedFrames):
         self._posted = _Posted()
         self._fallback: EditStream | None = None
         self.renderer = IncrementalRenderer()
-
-    async def frame(self, text: str) -> None:
-        if self._fallback is not None:
-            await self._fallback.frame(text)
-            return
-        await super().frame(text)
-
-    def _delay(self) -> float:
-        return self.client.pacer.draft_delay(self.chat_id)
 
     async def _show(self, text: str) -> None:
         if self._fallback is not None:
@@ -228,7 +237,7 @@ class DraftStream(_PacedFrames):
         return await _finish(self.client, self.chat_id, self.thread_id, self._posted, parts)
 
 
-class RichDraftStream(_PacedFrames):
+class RichDraftStream(_DraftFrames):
     """Rich drafts (``sendRichMessageDraft``, Bot API 10.1): the draft is standard Markdown that
     Telegram renders itself (tables, headings, code), and ``close`` persists the reply with
     ``sendRichMessage``, as the Bot API asks (a draft is an ephemeral preview).
@@ -266,15 +275,6 @@ class RichDraftStream(_PacedFrames):
                 draft_id=self.draft_id,
             )
         return EditStream(self.client, self.chat_id, self.thread_id, self.edit_interval)
-
-    async def frame(self, text: str) -> None:
-        if self._fallback is not None:
-            await self._fallback.frame(text)
-            return
-        await super().frame(text)
-
-    def _delay(self) -> float:
-        return self.client.pacer.draft_delay(self.chat_id)
 
     async def _show(self, text: str) -> None:
         chunks = render_telegram_markdown(text, partial=True)
