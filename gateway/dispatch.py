@@ -99,6 +99,7 @@ class Dispatcher:
             inbound.to_json(),
             user_text=None if message is None else message.text,
             attachments=None if message is None else [a.to_dict() for a in message.attachments or []],
+            repeat=(inbound.repeat_key, inbound.repeat_window) if inbound.repeat_key else None,
         )
         if entry.duplicate:
             log.info("dropped duplicate %s event %s", inbound.kind, inbound.dedup_key)

@@ -77,6 +77,11 @@ class Inbound:
     """Selects a named ``@app.message(name)`` handler; sticks to the session once set."""
     platform_ref: str | None = None
     """The platform's id of the inbound message (Telegram message id, Slack ts)."""
+    repeat_key: str | None = None
+    """Events with the same ``repeat_key`` within ``repeat_window`` seconds of the first are that
+    event: they record nothing and are answered with its id, in any process and after a restart
+    (REST re-POSTs of the same content; the dedup key only catches the same platform event)."""
+    repeat_window: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe form for the inbox; ``Inbound.from_json`` reverses it."""

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -22,6 +23,7 @@ from gateway.store.statements import (
 )
 from gateway.store.tables import (
     InboxRow,
+    RepeatClaimRow,
     new_id,
     utcnow,
 )
@@ -41,11 +43,14 @@ class InboxQueries:
         *,
         user_text: str | None = None,
         attachments: list[dict[str, Any]] | None = None,
+        repeat: tuple[str, float] | None = None,
     ) -> InboxEntry:
         """Store an inbound event, and the user's message when it carries one, in one transaction.
 
         A repeated ``dedup_key`` stores nothing and returns ``duplicate=True``; a ``session_id``
-        that names no session stores nothing and raises ``UnknownSession``.
+        that names no session stores nothing and raises ``UnknownSession``. ``repeat`` is
+        ``(key, seconds)``: while an event recorded with the same key is younger than ``seconds``
+        this one stores nothing and is answered with that event's id as a duplicate.
         """
         now = utcnow()
         inbox_id = new_id()
@@ -55,6 +60,8 @@ class InboxQueries:
             # The session's existence is checked here, in the write itself: no read before it.
             if conn.execute(TOUCH_SESSION, {"session_id": session_id, "now": now}).rowcount == 0:
                 raise UnknownSession(f"no session {session_id!r}")
+            if repeat is not None:
+                _claim_repeat(conn, repeat, inbox_id, now)
             conn.execute(INSERT_INBOX, {
                 "id": inbox_id, "dedup_key": dedup_key, "session_id": session_id, "kind": kind, "payload": payload,
                 "status": "pending", "attempts": 0, "error": None, "created_at": now, "updated_at": now,
@@ -68,6 +75,8 @@ class InboxQueries:
 
         try:
             await self._db.run_write(work)
+        except _Repeated as repeated:
+            return InboxEntry(repeated.inbox_id, True, None)
         except IntegrityError:
             existing = await self._db.run_read(
                 lambda conn: conn.execute(select(INBOX.c.id).where(INBOX.c.dedup_key == dedup_key)).first()
@@ -109,9 +118,12 @@ class InboxQueries:
         return list(rows)
 
     async def purge(self, older_than: timedelta) -> int:
-        """Forget finished events (and their dedup keys) older than ``older_than``."""
-        cutoff = utcnow() - older_than
+        """Forget finished events (and their dedup keys) older than ``older_than``, and repeat
+        claims whose window has passed."""
+        now = utcnow()
+        cutoff = now - older_than
         async with self._db.write() as db:
+            await db.exec(delete(RepeatClaimRow).where(col(RepeatClaimRow.expires_at) < now))
             result = await db.exec(
                 delete(InboxRow)
                 .where(col(InboxRow.status).not_in(UNFINISHED))
@@ -125,3 +137,34 @@ class InboxQueries:
         statement = select(func.count(), func.min(INBOX.c.created_at)).where(INBOX.c.status.in_(UNFINISHED))
         depth, oldest = (await self._db.run_read(lambda conn: conn.execute(statement).one()))
         return int(depth or 0), oldest
+
+
+class _Repeated(Exception):
+    """Raised inside the write to roll it back: the content was claimed by ``inbox_id``."""
+
+    def __init__(self, inbox_id: str) -> None:
+        super().__init__(inbox_id)
+        self.inbox_id = inbox_id
+
+
+def _claim_repeat(conn: Connection, repeat: tuple[str, float], inbox_id: str, now: datetime) -> None:
+    """Claim ``key`` for this event unless an unexpired claim holds it (then raise ``_Repeated``).
+
+    One statement decides, on both engines: insert, or take over a claim whose window passed
+    (``ON CONFLICT ... DO UPDATE ... WHERE expires_at < now``); no row touched means a live claim.
+    """
+    key, seconds = repeat
+    values = {"key": key, "inbox_id": inbox_id, "expires_at": now + timedelta(seconds=seconds)}
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    insert = dialect.insert(REPEAT_CLAIMS).values(**values)
+    claim = insert.on_conflict_do_update(
+        index_elements=[REPEAT_CLAIMS.c.key],
+        set_={"inbox_id": insert.excluded.inbox_id, "expires_at": insert.excluded.expires_at},
+        where=REPEAT_CLAIMS.c.expires_at < now,
+    )
+    if conn.execute(claim).rowcount == 0:
+        holder = conn.execute(select(REPEAT_CLAIMS.c.inbox_id).where(REPEAT_CLAIMS.c.key == key)).scalar_one()
+        raise _Repeated(holder)
+
+
+REPEAT_CLAIMS = RepeatClaimRow.metadata.tables["repeat_claims"]

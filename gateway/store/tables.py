@@ -92,6 +92,19 @@ class MessageRow(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class RepeatClaimRow(SQLModel, table=True):
+    """Content whose repeats within a window are the same event (REST re-POSTs): the key (a digest
+    of the caller, the session and the content) names the inbox row of the first one until
+    ``expires_at``. Written in the transaction that records that event, so every process (and a
+    restarted one) finds it."""
+
+    __tablename__ = "repeat_claims"
+
+    key: str = Field(primary_key=True, max_length=128)
+    inbox_id: str = Field(max_length=64)
+    expires_at: datetime = Field(index=True)
+
+
 class InboxRow(SQLModel, table=True):
     """Every inbound event, recorded before it is acknowledged; the dedup key is unique."""
 

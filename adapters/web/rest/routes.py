@@ -239,7 +239,9 @@ class RestApi:
             raise bad_request("content is required")
         return content
 
-    def _inbound(self, record: SessionRecord, caller: Caller, content: str) -> Inbound:
+    def _inbound(self, record: SessionRecord, caller: Caller, content: str, digest: str | None = None) -> Inbound:
+        """The message event; ``digest`` (``send_message``) makes a re-POST of the same content
+        within ``web.dedup_window`` the same turn in any web process (a stream is never retried)."""
         return Inbound(
             kind="message",
             dedup_key=f"api:{record.id}:{secrets.token_hex(12)}",
@@ -248,12 +250,17 @@ class RestApi:
             message=Message(content, "user", API_CHANNEL),
             session_id=record.id,
             chat_name=record.chat_name,
+            # The same content again within web.dedup_window is this turn, in any web process.
+            repeat_key=None if digest is None else f"api:{digest}",
+            repeat_window=self.ctx.settings.web.dedup_window,
         )
 
     async def _submit(self, record: SessionRecord, caller: Caller, content: str) -> Any:
         digest = content_digest(caller.owner_key, record.id, content)
         try:
-            turn, _joined = await self.turns.submit(digest, record.id, lambda: self._inbound(record, caller, content))
+            turn, _joined = await self.turns.submit(
+                digest, record.id, lambda: self._inbound(record, caller, content, digest)
+            )
         except LookupError:  # the session was deleted meanwhile (the core's UnknownSession)
             raise not_found() from None
         return turn

@@ -7,7 +7,10 @@ same content arriving again for the same session while its turn runs (or within
 Each turn is watched by a background task subscribed to the session's bus topic *before* the
 message is submitted, so its ``turn_end`` cannot be missed, and every request that cares (the
 first POST, its retries) waits on the same :class:`RestTurn`, whatever happens to the others.
-The memory of recent turns is per process: a retry that lands on another process runs again.
+A retry that lands on another process (or on this one after a restart) is recognised by the
+store: the message is recorded with its content digest as a repeat key, and the core answers a
+repeat within the window with the first turn's id, whose end this process then learns from the
+bus (a turn still running elsewhere) or from the store (a turn already over).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class RestTurn:
     failure: BaseException | None = None
     """Set when submitting failed; every waiter re-raises it."""
     ended_at: float | None = None
+    joined: bool = False
+    """The core recognised this as a repeat of a turn recorded earlier (maybe by another process)."""
 
     def finish(self, error: str | None) -> None:
         if not self.ended.is_set():
@@ -103,6 +108,7 @@ class RestTurns:
             self._recent.pop(digest, None)
             raise
         turn.inbound_id = accepted.inbound_id
+        turn.joined = accepted.duplicate
         turn.submitted.set()
         return turn, accepted.duplicate
 
@@ -133,10 +139,19 @@ class RestTurns:
     ) -> None:
         async with subscribed(self._ctx.core.bus, session_topic(turn.session_id)) as queue:
             ready.set()
+            asked_store = False
             while True:
                 if turn.submitted.is_set() and turn.inbound_id in ended:
                     turn.finish(ended[turn.inbound_id])
                     return
+                if turn.submitted.is_set() and turn.joined and not asked_store:
+                    # A repeat of a turn recorded earlier: it may be over already (no turn_end
+                    # will come), or still running somewhere (its turn_end comes on the bus).
+                    asked_store = True
+                    done, error = await turn_outcome(self._ctx.core.sessions, turn.inbound_id, 0)
+                    if done:
+                        turn.finish(error)
+                        return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     log.warning("turn %s: no turn_end after %.0fs; stopped waiting", turn.inbound_id, limit)
