@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, delete, event, func, insert, or_, update
+from sqlalchemy import Connection, Engine, bindparam, create_engine, delete, event, func, insert, or_, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlmodel import col, select
@@ -23,6 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 import gateway.store.schema  # noqa: F401  (every table, registered before the schema is made)
 from gateway.inbound import PlatformUser
+from gateway.store.fence import Fence
 from gateway.store.records import FileRecord, InboundRecord, InboxEntry, MessageRecord, SessionRecord
 from gateway.store.tables import (
     FeedbackRow,
@@ -71,6 +72,7 @@ INSERT_INBOX = insert(INBOX)
 TOUCH_SESSION = update(SESSIONS).where(SESSIONS.c.id == bindparam("session_id")).values(
     updated_at=bindparam("now")
 )
+NOTIFY = text("SELECT pg_notify(:channel, :session_id)")
 SET_INBOX_STATUS = update(INBOX).where(INBOX.c.id == bindparam("inbox_id")).values(
     status=bindparam("status"), error=bindparam("error"), updated_at=bindparam("now")
 )
@@ -81,6 +83,16 @@ def address_key(channel: SessionChannel) -> str | None:
     if channel.chat_id is None:
         return None
     return "|".join((channel.type, channel.team_id or "", channel.chat_id, channel.thread_id or ""))
+
+
+def _fenced(work: Callable[[Connection], T], fence: Fence) -> Callable[[Connection], T]:
+    """``work`` preceded, in its transaction, by the check of ``fence``."""
+
+    def fenced(conn: Connection) -> T:
+        fence.verify(conn)
+        return work(conn)
+
+    return fenced
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -157,8 +169,12 @@ class Store:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatgate-sqlite-write")
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="chatgate-sqlite-read")
 
-    async def _run_write(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work(connection)`` in one write transaction, in one hop."""
+    async def _run_write(self, work: Callable[[Connection], T], fence: Fence | None = None) -> T:
+        """Run ``work(connection)`` in one write transaction, in one hop; with a ``fence``, only
+        while the session's lease stands (checked in the same transaction: ``gateway.store.fence``)."""
+        if fence is not None:
+            fence.check_local()
+            work = _fenced(work, fence)
         if self._sync_engine is not None and self._writer is not None:
             async with self._write_lock:
                 return await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_begin, work)
@@ -215,15 +231,22 @@ class Store:
                 yield conn
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction, committed on exit (serialised on SQLite)."""
+    async def write(self, fence: Fence | None = None) -> AsyncIterator[AsyncSession]:
+        """A write transaction, committed on exit (serialised on SQLite); with a ``fence``, it
+        commits only while the session's lease stands (``gateway.store.fence``)."""
+        if fence is not None:
+            fence.check_local()
         if self.is_sqlite:
             async with self._write_lock, self.session() as db:
                 yield db
+                if fence is not None:
+                    await fence.verify_async(await db.connection())
                 await db.commit()
         else:
             async with self.session() as db:
                 yield db
+                if fence is not None:
+                    await fence.verify_async(await db.connection())
                 await db.commit()
 
     # -- users ---------------------------------------------------------------------------
@@ -373,7 +396,7 @@ class Store:
             total = (await db.exec(count)).one()
         return [SessionRecord.from_row(r) for r in rows], int(total)
 
-    async def update_session(self, session_id: str, **values: Any) -> None:
+    async def update_session(self, session_id: str, *, fence: Fence | None = None, **values: Any) -> None:
         """Set ``title``, ``chat_name``, ``metadata``, ``owner_key`` (others are refused)."""
         allowed = {"title", "chat_name", "metadata", "owner_key"}
         unknown = set(values) - allowed
@@ -382,12 +405,12 @@ class Store:
         if "metadata" in values:
             values["meta"] = values.pop("metadata")
         values["updated_at"] = utcnow()
-        async with self.write() as db:
+        async with self.write(fence) as db:
             await db.exec(update(SessionRow).where(col(SessionRow.id) == session_id).values(**values))
 
-    async def mark_entered(self, session_id: str) -> bool:
+    async def mark_entered(self, session_id: str, *, fence: Fence | None = None) -> bool:
         """True exactly once per session: the first caller runs ``@app.enter``."""
-        async with self.write() as db:
+        async with self.write(fence) as db:
             result = await db.exec(
                 update(SessionRow)
                 .where(col(SessionRow.id) == session_id)
@@ -405,7 +428,7 @@ class Store:
         return bool(result.rowcount)
 
     async def save_session_data(
-        self, session_id: str, changed: dict[str, Any], removed: Iterable[str]
+        self, session_id: str, changed: dict[str, Any], removed: Iterable[str], *, fence: Fence | None = None
     ) -> dict[str, Any]:
         """Apply one turn's changes key by key to the stored data; returns the new snapshot.
 
@@ -413,7 +436,7 @@ class Store:
         handlers of the same session that write different keys both keep their writes.
         """
         removed = list(removed)
-        async with self.write() as db:
+        async with self.write(fence) as db:
             statement = select(SessionRow).where(SessionRow.id == session_id)
             if not self.is_sqlite:
                 statement = statement.with_for_update()
@@ -445,6 +468,7 @@ class Store:
         inbound_id: str | None = None,
         status: str = "complete",
         platform_refs: list[str] | None = None,
+        fence: Fence | None = None,
     ) -> MessageRecord:
         now = utcnow()
         values = {
@@ -464,10 +488,10 @@ class Store:
 
         # The session's updated_at moves with inbound activity (record_inbound), not with replies:
         # one statement less on every reply.
-        await self._run_write(lambda conn: conn.execute(INSERT_MESSAGE, values))
+        await self._run_write(lambda conn: conn.execute(INSERT_MESSAGE, values), fence)
         return MessageRecord.from_mapping(values)
 
-    async def update_message(self, message_id: str, **values: Any) -> None:
+    async def update_message(self, message_id: str, *, fence: Fence | None = None, **values: Any) -> None:
         """Set ``text``, ``status``, ``platform_refs`` or ``block`` of a stored message."""
         allowed = {"text", "status", "platform_refs", "block"}
         unknown = set(values) - allowed
@@ -475,19 +499,21 @@ class Store:
             raise ValueError(f"cannot update message fields {sorted(unknown)}")
         values["updated_at"] = utcnow()
         statement = update(MESSAGES).where(MESSAGES.c.id == message_id).values(**values)
-        await self._run_write(lambda conn: conn.execute(statement))
+        await self._run_write(lambda conn: conn.execute(statement), fence)
 
     async def get_message(self, message_id: str) -> MessageRecord | None:
         async with self.session() as db:
             row = await db.get(MessageRow, message_id)
         return None if row is None else MessageRecord.from_row(row)
 
-    async def save_block(self, session_id: str, envelope: dict[str, Any]) -> tuple[MessageRecord, list[str] | None]:
+    async def save_block(
+        self, session_id: str, envelope: dict[str, Any], *, fence: Fence | None = None
+    ) -> tuple[MessageRecord, list[str] | None]:
         """Store a block; a block id seen before in this session updates its row in place.
 
         Returns the record and the platform refs of the previous render (``None`` if new).
         """
-        async with self.write() as db:
+        async with self.write(fence) as db:
             existing = (
                 await db.exec(
                     select(MessageRow)
@@ -575,11 +601,14 @@ class Store:
         *,
         user_text: str | None = None,
         attachments: list[dict[str, Any]] | None = None,
+        notify: str | None = None,
     ) -> InboxEntry:
         """Store an inbound event, and the user's message when it carries one, in one transaction.
 
         A repeated ``dedup_key`` stores nothing and returns ``duplicate=True``; a ``session_id``
-        that names no session stores nothing and raises ``UnknownSession``.
+        that names no session stores nothing and raises ``UnknownSession``. ``notify`` names a
+        PostgreSQL channel told the session id in the same transaction (delivered on commit: the
+        workers of ``chatgate worker``, see ``gateway.claims``).
         """
         now = utcnow()
         inbox_id = new_id()
@@ -599,6 +628,8 @@ class Store:
                     "block": None, "attachments": attachments or [], "inbound_id": inbox_id, "status": "complete",
                     "platform_refs": [], "created_at": now, "updated_at": now,
                 })
+            if notify is not None:
+                conn.execute(NOTIFY, {"channel": notify, "session_id": session_id})
 
         try:
             await self._run_write(work)
@@ -638,7 +669,7 @@ class Store:
             rows = (await db.exec(select(FeedbackRow).where(FeedbackRow.session_id == session_id))).all()
         return {row.inbound_id: row.value for row in rows}
 
-    async def fail_streams_of(self, inbox_id: str) -> int:
+    async def fail_streams_of(self, inbox_id: str, *, fence: Fence | None = None) -> int:
         """Settle the replies of an interrupted turn that were still streaming (the process that
         streamed them is gone); returns how many.
 
@@ -654,20 +685,22 @@ class Store:
             failed = conn.execute(fail).rowcount or 0
             return int(deleted) + int(failed)
 
-        return int(await self._run_write(settle))
+        return int(await self._run_write(settle, fence))
 
-    async def count_attempt(self, inbox_id: str) -> int:
+    async def count_attempt(self, inbox_id: str, *, fence: Fence | None = None) -> int:
         """Count one more attempt at an interrupted event; returns the new count."""
-        async with self.write() as db:
+        async with self.write(fence) as db:
             await db.exec(
                 update(InboxRow).where(col(InboxRow.id) == inbox_id).values(attempts=InboxRow.attempts + 1)
             )
             row = await db.get(InboxRow, inbox_id)
         return row.attempts if row is not None else 0
 
-    async def set_inbox_status(self, inbox_id: str, status: str, error: str | None = None) -> None:
+    async def set_inbox_status(
+        self, inbox_id: str, status: str, error: str | None = None, *, fence: Fence | None = None
+    ) -> None:
         parameters = {"inbox_id": inbox_id, "status": status, "error": error, "now": utcnow()}
-        await self._run_write(lambda conn: conn.execute(SET_INBOX_STATUS, parameters))
+        await self._run_write(lambda conn: conn.execute(SET_INBOX_STATUS, parameters), fence)
 
     async def unfinished_inbound(self) -> list[InboxRow]:
         """Events recorded but not finished (the process died): rerun at start-up, in order.
