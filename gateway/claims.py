@@ -13,7 +13,8 @@ Nothing sleeps to notice work: a worker claims at start, on every notification, 
 ttl it sweeps for sessions with unfinished events whose lease expired or was never taken (a
 worker died, or a notification was missed while the listener reconnected): failure recovery.
 
-Every ttl/3 one statement renews every lease this worker holds. A lease missing from the answer
+Every ttl/3 one statement renews the leases this worker holds (named: a session it gave up
+locally is not kept from the others). A lease missing from the answer
 was taken over, and one not renewed within its ttl (the worker was paused, or cut off) may have
 been: either way the fence is marked lost, the session's running turn is cancelled and its queued
 events dropped here (the new holder runs them), and the turn writes nothing more.
@@ -102,7 +103,7 @@ class SessionClaims:
         for session_id, held in list(self.held.items()):
             held.fence.lost = True  # a straggler writes nothing after the release
             with contextlib.suppress(Exception):
-                await self.queue.release(session_id, held.fence.token)
+                await self.queue.release(session_id, held.fence.token, wake=True)
         self.held.clear()
 
     # -- noticing work -----------------------------------------------------------------------
@@ -215,12 +216,20 @@ class SessionClaims:
                 await self._feed(session_id, held, recovered=False)
                 if self.dispatcher.busy(session_id):
                     return
+        await self.dispatcher.settled()  # a stop or an answer marked done is not run again elsewhere
+        if self.held.get(session_id) is not held or self.dispatcher.busy(session_id):
+            return
         del self.held[session_id]
-        if not held.fence.lost:
+        if held.fence.lost:
+            log.warning("lost the lease of session %s (token %d): its events run on another worker",
+                        session_id, held.fence.token)
+        else:
             await self.queue.release(session_id, held.fence.token)
             log.debug("released session %s (token %d)", session_id, held.fence.token)
         # Something recorded while the lease was held but not yet seen here: claim it again.
-        if not self._closing and any(e.id not in held.routed for e in await self.queue.events_of(session_id)):
+        if held.fence.lost or self._closing:
+            return
+        if any(e.id not in held.routed for e in await self.queue.events_of(session_id)):
             self.poke(session_id)
 
     def _lane_ran_dry(self, session_id: str) -> None:
@@ -253,13 +262,18 @@ class SessionClaims:
         is given up: its turn is cancelled and writes nothing more."""
         if not self.held:
             return
+        # Judged against what was held when the statement was sent: a session claimed or
+        # released meanwhile is not in the answer, and was not lost.
+        sent = dict(self.held)
         sent_at = time.monotonic()
         try:
-            still = await self.queue.renew(self.holder, self.ttl)
+            still = await self.queue.renew(self.holder, list(sent), self.ttl)
         except Exception:
             log.warning("renewing the session leases failed; will retry", exc_info=True)
             still = None
-        for session_id, held in list(self.held.items()):
+        for session_id, held in sent.items():
+            if self.held.get(session_id) is not held:
+                continue
             fence = held.fence
             if still is not None and still.get(session_id) == fence.token:
                 fence.valid_until = sent_at + self.ttl

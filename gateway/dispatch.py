@@ -172,6 +172,9 @@ class Dispatcher:
                     if self._closed:
                         break
                     item = lane.queue.popleft()
+                    if item.fence is not None and item.fence.lost:  # another worker runs it now
+                        self._in_hand.discard(item.inbox_id)
+                        continue
                     lane.current = item
                     lane.running = asyncio.create_task(self.runner(item), name=f"chatgate-turn-{item.inbox_id}")
                     try:
@@ -203,6 +206,12 @@ class Dispatcher:
             return False
         lane.running.cancel()
         return True
+
+    async def settled(self) -> None:
+        """Wait for the inbox statuses still being recorded (stops and prompt answers are marked
+        done in the background): a worker does so before it gives a session's lease back."""
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
 
     def abandon(self, session_id: str) -> None:
         """The session's lease was lost: run none of its queued events here, and cancel the

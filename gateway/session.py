@@ -25,7 +25,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.session_data import SessionData
-from gateway.store.fence import Fence
+from gateway.store.fence import Fence, LeaseLost
 from gateway.store.tables import new_id
 from gateway.streaming import ReplyStream
 from gateway.types import (
@@ -114,6 +114,8 @@ class Session:
             return None
         try:
             return await send(outbox)
+        except LeaseLost:
+            raise  # another worker runs this session now: the handler stops here
         except Exception:
             log.exception("delivering %s to %s session %s failed", what, self.channel.type, self.id)
             return None

@@ -35,6 +35,9 @@ class SessionLeaseRow(SQLModel, table=True):
     token: int = Field(sa_column=Column(BigInteger, nullable=False))
     """Incremented by every claim: a write under an older token is refused."""
     expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    previous_holder: str = Field(default="", max_length=128)
+    """Who held the lease before the last claim (empty: nobody, or it was released). Set from the
+    row the claim locked, so a claim racing a release tells a takeover from a hand-over."""
 
 
 @dataclass(frozen=True)
@@ -60,19 +63,19 @@ class QueuedEvent:
 
 CLAIM = text(
     """
-    WITH previous AS (SELECT holder FROM session_leases WHERE session_id = :session_id)
-    INSERT INTO session_leases (session_id, holder, token, expires_at)
-    VALUES (:session_id, :holder, 1, now() + make_interval(secs => :ttl))
+    INSERT INTO session_leases (session_id, holder, token, expires_at, previous_holder)
+    VALUES (:session_id, :holder, 1, now() + make_interval(secs => :ttl), '')
     ON CONFLICT (session_id) DO UPDATE
-        SET holder = EXCLUDED.holder, token = session_leases.token + 1, expires_at = EXCLUDED.expires_at
+        SET holder = EXCLUDED.holder, token = session_leases.token + 1, expires_at = EXCLUDED.expires_at,
+            previous_holder = session_leases.holder
         WHERE session_leases.expires_at < now()
-    RETURNING token, (SELECT holder FROM previous) AS previous_holder
+    RETURNING token, previous_holder
     """
 )
 RENEW = text(
     """
     UPDATE session_leases SET expires_at = now() + make_interval(secs => :ttl)
-    WHERE holder = :holder RETURNING session_id, token
+    WHERE holder = :holder AND session_id = ANY(:session_ids) RETURNING session_id, token
     """
 )
 RELEASE = text(
@@ -81,6 +84,7 @@ RELEASE = text(
     WHERE session_id = :session_id AND token = :token
     """
 )
+WAKE = text("SELECT pg_notify(:channel, :session_id)")
 SESSION_EVENTS = text(
     """
     SELECT i.id, i.session_id, i.kind, i.payload, i.created_at,
@@ -117,16 +121,22 @@ class SessionQueue:
         previous = row.previous_holder
         return Claim(int(row.token), taken_over=bool(previous) and previous != holder)
 
-    async def renew(self, holder: str, ttl: float) -> dict[str, int]:
-        """Extend every lease ``holder`` holds: ``{session id: token}`` of those it still holds."""
+    async def renew(self, holder: str, session_ids: list[str], ttl: float) -> dict[str, int]:
+        """Extend the leases of ``session_ids`` that ``holder`` still holds, in one statement:
+        ``{session id: token}`` of those."""
+        parameters = {"holder": holder, "session_ids": session_ids, "ttl": ttl}
         async with self.engine.begin() as conn:
-            rows = (await conn.execute(RENEW, {"holder": holder, "ttl": ttl})).all()
+            rows = (await conn.execute(RENEW, parameters)).all()
         return {row.session_id: int(row.token) for row in rows}
 
-    async def release(self, session_id: str, token: int) -> None:
-        """Give the lease back (expired at once: the next event's worker claims it at once)."""
+    async def release(self, session_id: str, token: int, *, wake: bool = False) -> None:
+        """Give the lease back (expired at once: the next event's worker claims it at once).
+        ``wake``: notify the workers in the same transaction, as a new event would (a stopping
+        worker hands unfinished events over without waiting for a sweep)."""
         async with self.engine.begin() as conn:
             await conn.execute(RELEASE, {"session_id": session_id, "token": token})
+            if wake:
+                await conn.execute(WAKE, {"channel": INBOX_CHANNEL, "session_id": session_id})
 
     async def events_of(self, session_id: str) -> list[QueuedEvent]:
         """The session's unfinished events, oldest first."""

@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("holder", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
         sa.Column("token", sa.BigInteger(), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("previous_holder", sqlmodel.sql.sqltypes.AutoString(length=128), nullable=False),
         sa.PrimaryKeyConstraint("session_id"),
     )
 
