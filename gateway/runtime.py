@@ -54,6 +54,7 @@ from gateway.outbound import Outbox
 from gateway.server import build_operations_app, build_web_app, refuse_shadowed_endpoints
 from gateway.sessions import SessionDirectory
 from gateway.store import Store
+from gateway.store.approvals import StoredApprovals
 from gateway.store.fence import Fence
 from gateway.store.queue import INBOX_CHANNEL, SessionQueue
 from gateway.turns import TurnRunner
@@ -110,7 +111,7 @@ class Gateway:
         """The session leases of a ``worker`` (made at start, once the store is open)."""
         self.chats = ChatCatalog(app)
         self.intake = Intake(self.store, self.dispatcher, self.resolve_attachment)
-        self.approvals = ApprovalDesk(self.dispatcher)
+        self.approvals = ApprovalDesk(self.dispatcher, StoredApprovals(self.store) if role == "web" else None)
         self.sessions = SessionDirectory(
             self.store,
             hooks=app,

@@ -356,7 +356,7 @@ async def test_a_worker_paused_past_its_lease_writes_nothing_after(cluster_facto
 
 
 async def test_a_prompt_waiting_in_a_worker_is_answered_through_another_web_process(cluster_factory):
-    cluster = cluster_factory(CHATGATE_WEB__STREAM_INTERVAL="0")
+    cluster = cluster_factory(CHATGATE_WEB__STREAM_INTERVAL="0", CHATGATE_WEB__SEND_TIMEOUT="20")
     webs = [cluster.start("web"), cluster.start("web")]
     worker = cluster.start("worker")
     await cluster.ready(*webs, worker)
@@ -375,6 +375,25 @@ async def test_a_prompt_waiting_in_a_worker_is_answered_through_another_web_proc
         await first.until(lambda f: f["type"] == "turn_end")
         await first.ws.close()
         await second.ws.close()
+
+        # The same through PromptRails' approval API: asked on one web process, approved on the other.
+        asking, approving = Api(http, webs[0]), Api(http, webs[1])
+        session_id = await asking.create_session()
+        answer = asyncio.create_task(asking.send(session_id, "deploy"))
+
+        async def waiting() -> list[dict[str, Any]]:
+            async with http.get(f"{approving.base}/executions/approval-inbox", headers={"X-API-Key": KEY}) as r:
+                assert r.status == 200, await r.text()
+                return (await r.json())["data"]
+
+        [execution] = await wait_for(waiting, 10, "the execution to wait for approval")
+        assert execution["status"] == "waiting_approval" and execution["session_id"] == session_id
+        async with http.post(f"{approving.base}/executions/{execution['id']}/approve", json={},
+                             headers={"X-API-Key": KEY}) as response:
+            assert response.status == 200, await response.text()
+        reply = await asyncio.wait_for(answer, 15)
+        assert reply["content"] == f"deploying (worker {worker.popen.pid})"
+        assert await waiting() == []
 
 
 class _Widget:
