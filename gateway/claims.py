@@ -74,6 +74,8 @@ class SessionClaims:
         self._closing = False
         self._stopped = asyncio.Event()
         self._listening = asyncio.Event()
+        self.listening = False
+        """Whether the LISTEN connection is up now (the worker's ``/readyz`` ``queue`` check)."""
         dispatcher.on_idle = self._lane_ran_dry
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -136,6 +138,7 @@ class SessionClaims:
                 if self._listening.is_set():  # reconnected: what was said meanwhile is unheard
                     await self.sweep()
                 self._listening.set()
+                self.listening = True
                 while not lost.is_set() and not self._stopped.is_set():
                     # A dead TCP peer is noticed only by using the connection: ping once a ttl.
                     if not await wait_event(lost, self.ttl):
@@ -145,6 +148,7 @@ class SessionClaims:
             except Exception as exc:
                 log.warning("the LISTEN connection for %s failed (%s); reconnecting", INBOX_CHANNEL, exc)
             finally:
+                self.listening = False
                 if connection is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.wait_for(connection.close(), 1.0)
@@ -281,8 +285,8 @@ class SessionClaims:
                 self._lose(session_id, held)
 
     def _lose(self, session_id: str, held: Held) -> None:
-        log.warning("lost the lease of session %s (token %d): its events run on another worker",
-                    session_id, held.fence.token)
+        log.warning("lost the lease of session %s (token %d): taken over by another worker, or the "
+                    "session was deleted", session_id, held.fence.token)
         held.fence.lost = True
         if self.held.get(session_id) is held:
             del self.held[session_id]

@@ -147,6 +147,8 @@ class Gateway:
         if self._redis_ping is not None:
             checks["redis"] = self._redis_ping
         checks["dispatcher"] = self._accepting_work
+        if role == "worker":
+            checks["queue"] = self._hearing_new_work
         self.operations = Operations(
             Readiness(checks, timeout=probe_timeout), self.metrics, settings.server.metrics_token
         )
@@ -237,6 +239,13 @@ class Gateway:
             raise NotReady("shutting down")
         if self.started_at is None:
             raise NotReady("starting")
+
+    async def _hearing_new_work(self) -> None:
+        """The readiness check of a worker's queue: its LISTEN connection is up."""
+        if self.claims is None:
+            raise NotReady("starting")
+        if not self.claims.listening:
+            raise NotReady("not listening for new events (reconnecting to PostgreSQL)")
 
     def block_lock(self, session_id: str, block_id: str) -> asyncio.Lock:
         """Serialises the renders of one block: a task card re-shown by the task service while

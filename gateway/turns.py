@@ -174,10 +174,13 @@ class TurnRunner:
                     handler_seconds = time.perf_counter() - handler_started
         except asyncio.CancelledError:
             if rt.shutting_down() or _lease_lost(item):
-                # Interrupted by shutdown (it runs again at the next start) or by the loss of the
-                # session's lease (the worker that took the session over runs it again).
-                status = "running"
-                raise
+                if not rt.shutting_down() and await rt.store.get_session(session.id) is None:
+                    error = SESSION_DELETED  # deleted through a web process: the lease went with it
+                else:
+                    # Interrupted by shutdown (it runs again at the next start) or by the loss of
+                    # the session's lease (the worker that took the session over runs it again).
+                    status = "running"
+                    raise
             # Stopped by the user, or by the deletion of its session (which stops it once gone).
             error = SESSION_DELETED if await rt.store.get_session(session.id) is None else "stopped"
         except TimeoutError:
@@ -189,9 +192,12 @@ class TurnRunner:
             else:  # the handler's own TimeoutError (an unanswered prompt, say) is a failure like any
                 error = await self._failed(session)
         except LeaseLost:
-            log.warning("session %s was taken over by another worker: turn %s stops here, writing nothing",
-                        session.id, item.inbox_id)
-            status = "running"
+            if await rt.store.get_session(session.id) is None:
+                error = SESSION_DELETED
+            else:
+                log.warning("session %s was taken over by another worker: turn %s stops here, writing nothing",
+                            session.id, item.inbox_id)
+                status = "running"
         except Exception:
             if _lease_lost(item):  # a write failed on the fence inside the handler's own code
                 status = "running"
@@ -219,10 +225,11 @@ class TurnRunner:
         # and then asks finds the event finished.
         try:
             await self.rt.store.set_inbox_status(item.inbox_id, status, error, fence=item.fence)
-        except LeaseLost:  # the worker that took the session over runs the event again
-            self.rt.metrics.turn_ended(session.channel.type, "interrupted", received_at=item.received_at,
-                                       handler_seconds=handler_seconds)
-            return
+        except LeaseLost:
+            if error != SESSION_DELETED:  # the worker that took the session over runs the event again
+                self.rt.metrics.turn_ended(session.channel.type, "interrupted", received_at=item.received_at,
+                                           handler_seconds=handler_seconds)
+                return
         outbox = self.rt.outbox_for(session.channel, session.id, turn=item.inbox_id)
         if outbox is not None:
             try:

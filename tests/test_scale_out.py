@@ -308,6 +308,39 @@ async def test_sigterm_lets_the_running_handler_finish_and_hands_the_rest_over_a
     assert "stopped" in stopping.text() and "Traceback" not in stopping.text() + other.text()
 
 
+# -- a session deleted through a web process while its handler runs in a worker ------------------
+
+
+async def test_deleting_a_session_stops_its_handler_in_the_worker(cluster_factory):
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="1.5", CHATGATE_WEB__SEND_TIMEOUT="30")
+    web, worker = cluster.start("web"), cluster.start("worker")
+    await cluster.ready(web, worker)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        api = Api(http, web)
+        session_id = await api.create_session()
+        async def ask() -> tuple[int, dict[str, Any]]:
+            async with http.post(f"{api.base}/chat/sessions/{session_id}/messages", json={"content": "slow:8"},
+                                 headers={"X-API-Key": KEY}) as response:
+                return response.status, await response.json()
+
+        answer = asyncio.create_task(ask())
+        await wait_for(lambda: cluster.query("SELECT 1 FROM session_leases WHERE session_id = $1 AND holder <> ''",
+                                             session_id), 10, "the worker to claim the session")
+        started = time.monotonic()
+        async with http.delete(f"{api.base}/chat/sessions/{session_id}", headers={"X-API-Key": KEY}) as response:
+            assert response.status in (200, 204), await response.text()
+        # The renewal finds the session gone: the handler is cancelled and its turn ends.
+        await wait_for(lambda: "lost the lease of session" in worker.text(), 10, "the worker to give it up")
+        assert time.monotonic() - started < 5  # not the handler's 8 s
+        status, body = await asyncio.wait_for(answer, 10)  # the waiting request learns it at once
+        async with http.get(f"http://127.0.0.1:{worker.port}/readyz") as response:  # the worker's own port
+            assert response.status == 200
+            assert set((await response.json())["checks"]) == {"database", "redis", "dispatcher", "queue"}
+        assert status == 404 and "deleted before the bot answered" in body["error"]["message"]
+    assert await cluster.query("SELECT id FROM messages WHERE session_id = $1", session_id) == []
+    assert "slow done by" not in worker.text() and "Traceback" not in worker.text()
+
+
 # -- a paused worker ----------------------------------------------------------------------------
 
 

@@ -119,6 +119,23 @@ async def test_a_write_under_a_stale_token_is_refused_and_rolled_back(pg_store):
     assert (await pg_store.get_inbound(entry.id)).status == "done"  # type: ignore[union-attr]
 
 
+async def test_a_deleted_session_refuses_fenced_writes_and_is_not_renewed(pg_store):
+    queue = SessionQueue(pg_store.engine)
+    session_id = await _session(pg_store)
+    claim = await queue.claim(session_id, "worker-a", TTL)
+    assert claim is not None
+    fence = _fence(session_id, claim.token)
+    await pg_store.add_message(session_id, "assistant", "while it lived", fence=fence)
+    assert await pg_store.delete_session(session_id)  # through a web process, say
+    with pytest.raises(LeaseLost):
+        await pg_store.add_message(session_id, "assistant", "orphan", fence=fence)
+    assert await queue.renew("worker-a", [session_id], TTL) == {}
+    async with pg_store.engine.connect() as conn:
+        left = (await conn.execute(text("SELECT count(*) FROM messages WHERE session_id = :s"),
+                                   {"s": session_id})).scalar()
+    assert left == 0
+
+
 async def test_a_lapsed_fence_refuses_before_reaching_the_database(pg_store):
     session_id = await _session(pg_store)
     lapsed = Fence(session_id, 1, time.monotonic() - 0.001)  # the last renewal is older than the ttl

@@ -8,7 +8,8 @@ write's own transaction::
     UPDATE session_leases SET expires_at = expires_at WHERE session_id = :s AND token = :t
 
 touches one row while the claim stands, none once another worker took the session over (which
-incremented the token): the write then raises :class:`LeaseLost` and its transaction rolls back.
+incremented the token) or the session was deleted (through any web process): the write then
+raises :class:`LeaseLost` and its transaction rolls back.
 The ``UPDATE`` also locks the lease row until the write commits, so a takeover waits for a write
 already under way instead of racing it.
 
@@ -30,11 +31,13 @@ __all__ = ["FENCE_CHECK", "Fence", "LeaseLost"]
 
 FENCE_CHECK = text(
     "UPDATE session_leases SET expires_at = expires_at WHERE session_id = :session_id AND token = :token"
+    " AND EXISTS (SELECT 1 FROM sessions WHERE id = :session_id)"
 )
 
 
 class LeaseLost(Exception):
-    """This worker no longer holds the session's lease: another one runs its events now."""
+    """This worker no longer holds the session's lease (another one runs its events now), or
+    the session was deleted."""
 
 
 @dataclass(eq=False)

@@ -75,7 +75,9 @@ CLAIM = text(
 RENEW = text(
     """
     UPDATE session_leases SET expires_at = now() + make_interval(secs => :ttl)
-    WHERE holder = :holder AND session_id = ANY(:session_ids) RETURNING session_id, token
+    WHERE holder = :holder AND session_id = ANY(:session_ids)
+      AND EXISTS (SELECT 1 FROM sessions WHERE sessions.id = session_leases.session_id)
+    RETURNING session_id, token
     """
 )
 RELEASE = text(
@@ -123,7 +125,8 @@ class SessionQueue:
 
     async def renew(self, holder: str, session_ids: list[str], ttl: float) -> dict[str, int]:
         """Extend the leases of ``session_ids`` that ``holder`` still holds, in one statement:
-        ``{session id: token}`` of those."""
+        ``{session id: token}`` of those. A deleted session's lease is not renewed: its handler,
+        wherever it runs, is given up at the next renewal."""
         parameters = {"holder": holder, "session_ids": session_ids, "ttl": ttl}
         async with self.engine.begin() as conn:
             rows = (await conn.execute(RENEW, parameters)).all()
