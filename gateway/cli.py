@@ -90,10 +90,10 @@ def configure_logging(settings: Settings) -> None:
 
 
 async def _serve(app: Any, settings: Settings, role: str = "all") -> None:
-    from gateway.runtime import Gateway
+    from gateway.runtime import Gateway, as_role
 
     started = time.perf_counter()
-    gateway = Gateway(app, settings, role=role)  # type: ignore[arg-type]  (checked by the Gateway)
+    gateway = Gateway(app, settings, role=as_role(role))
     await gateway.start()
     ready = time.perf_counter() - started
     for line in gateway.describe():

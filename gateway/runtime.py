@@ -25,7 +25,7 @@ import time
 import weakref
 from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from aiohttp import web
 
@@ -69,12 +69,18 @@ Role = Literal["all", "web", "worker"]
 ROLES: tuple[str, ...] = get_args(Role)
 
 
+def as_role(name: str) -> Role:
+    """``name`` as a role, or ``ConfigError``."""
+    for role in get_args(Role):
+        if name == role:
+            return cast(Role, role)
+    raise ConfigError(f"unknown role {name!r}: use one of {', '.join(ROLES)}")
+
+
 def check_scale_out(settings: Settings, role: str) -> None:
     """``web`` and ``worker`` share their work through PostgreSQL and Redis: refuse to start
     without them, with one line that says what to set."""
-    if role not in ROLES:
-        raise ConfigError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
-    if role == "all":
+    if as_role(role) == "all":
         return
     if not settings.database.url.startswith("postgresql"):
         raise ConfigError(
@@ -85,6 +91,11 @@ def check_scale_out(settings: Settings, role: str) -> None:
         raise ConfigError(
             f"chatgate {role} needs Redis: set redis.url (or REDIS_URL) to a redis:// URL shared by every "
             "web and worker process"
+        )
+    if not settings.secret_key:
+        raise ConfigError(
+            f"chatgate {role} needs secret_key: set secret_key (or CHATGATE_SECRET_KEY) to the same value in "
+            "every web and worker process (file URLs signed by a worker are checked by a web process)"
         )
 
 

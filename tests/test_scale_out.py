@@ -196,7 +196,8 @@ def test_web_and_worker_refuse_sqlite_and_a_missing_redis(role, tmp_path):
     app = tmp_path / "app.py"
     app.write_text(APP)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CHATGATE_DATA_DIR": str(tmp_path / "data")}
-    env.pop("REDIS_URL", None)
+    for name in ("REDIS_URL", "CHATGATE_SECRET_KEY", "CHATGATE_REDIS__URL"):
+        env.pop(name, None)
     on_sqlite = subprocess.run([*CHATGATE, role, str(app)], capture_output=True, text=True, timeout=30,
                                env={**env, "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}, cwd=tmp_path)
     assert on_sqlite.returncode == 2
@@ -205,6 +206,11 @@ def test_web_and_worker_refuse_sqlite_and_a_missing_redis(role, tmp_path):
                               env={**env, "DATABASE_URL": "postgresql://postgres@127.0.0.1/nothing"}, cwd=tmp_path)
     assert no_redis.returncode == 2
     assert no_redis.stderr.count("\n") == 1 and "needs Redis: set redis.url" in no_redis.stderr
+    no_key = subprocess.run([*CHATGATE, role, str(app)], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                            env={**env, "DATABASE_URL": "postgresql://postgres@127.0.0.1/nothing",
+                                 "REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert no_key.returncode == 2
+    assert no_key.stderr.count("\n") == 1 and "needs secret_key: set secret_key" in no_key.stderr
     assert not (tmp_path / "x.db").exists()  # stopped before touching anything
 
 
