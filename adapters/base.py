@@ -85,6 +85,18 @@ class GatewayContext(Protocol):
         ...
 
     @property
+    def role(self) -> str:
+        """``all`` (``chatgate run``), ``web`` (``chatgate web``) or ``worker`` (``chatgate worker``)."""
+        ...
+
+    @property
+    def inbound(self) -> bool:
+        """Whether this process takes platform traffic in. False in a ``chatgate worker``: start
+        no poller, open no socket-mode connection, register no webhook; ``mount`` is not called
+        there either. The outbox works in every role (a worker sends every reply)."""
+        ...
+
+    @property
     def leases(self) -> LeaseStore:
         """Named leases, for work that must run in one process at a time (a poller)."""
         ...
@@ -118,7 +130,8 @@ class Adapter(ABC):
 
     @abstractmethod
     async def start(self, gateway: GatewayContext) -> None:
-        """Connect (start polling, open a socket). Return once it is running."""
+        """Connect (start polling, open a socket). Return once it is running. When
+        ``gateway.inbound`` is False (a ``chatgate worker``) start only what sending needs."""
 
     @abstractmethod
     async def stop(self) -> None:

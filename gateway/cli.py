@@ -1,6 +1,8 @@
 """``chatgate``: run an app, chat with it in the terminal, or start a new one.
 
     chatgate run APP [--config FILE]     the whole gateway in one process
+    chatgate web APP [--config FILE]     scaled out: HTTP and inbound traffic (PostgreSQL + Redis)
+    chatgate worker APP [--config FILE]  scaled out: handlers, schedules, tasks, sending
     chatgate chat APP [--config FILE]    a terminal chat with the app
     chatgate init DIR                    a starter app and config
     chatgate integrations ...            list and revoke connected accounts
@@ -87,18 +89,21 @@ def configure_logging(settings: Settings) -> None:
 # -- run -------------------------------------------------------------------------------------
 
 
-async def _serve(app: Any, settings: Settings) -> None:
-    from gateway.runtime import Gateway
+async def _serve(app: Any, settings: Settings, role: str = "all") -> None:
+    from gateway.runtime import Gateway, as_role
 
     started = time.perf_counter()
-    gateway = Gateway(app, settings)
+    gateway = Gateway(app, settings, role=as_role(role))
     await gateway.start()
     ready = time.perf_counter() - started
     for line in gateway.describe():
         log.info(line)
     age = _process_age()
     since_start = f" ({age:.2f} s since the process started)" if age is not None else ""
-    log.info("ready in %.2f s%s — open %s/ to chat; Ctrl-C stops", ready, since_start, gateway.public_url)
+    if role == "worker":
+        log.info("worker ready in %.2f s%s; SIGTERM hands its sessions back", ready, since_start)
+    else:
+        log.info("ready in %.2f s%s — open %s/ to chat; Ctrl-C stops", ready, since_start, gateway.public_url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -106,7 +111,11 @@ async def _serve(app: Any, settings: Settings) -> None:
     try:
         await stop.wait()
     finally:
-        log.info("stopping: finishing running handlers (up to 5 s)")
+        if role == "web":
+            log.info("stopping")
+        else:
+            grace = settings.worker.shutdown_grace if role == "worker" else 5
+            log.info("stopping: finishing running handlers (up to %g s)", grace)
         await gateway.stop()
         log.info("stopped")
 
@@ -130,13 +139,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scaled(args: argparse.Namespace) -> int:
+    """``chatgate web`` / ``chatgate worker``: refuse at once without PostgreSQL and Redis."""
+    from gateway.runtime import check_scale_out
+
+    settings = _settings(args)
+    check_scale_out(settings, args.command)
+    configure_logging(settings)
+    app = load_app(args.app)
+    asyncio.run(_serve(app, settings, args.command))
+    return 0
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
     server: dict[str, Any] = {}
     if getattr(args, "host", None):
         server["host"] = args.host
     if getattr(args, "port", None) is not None:
-        server["port"] = args.port
+        if getattr(args, "command", None) == "worker":
+            overrides["worker"] = {"port": args.port}
+        else:
+            server["port"] = args.port
     if server:
         overrides["server"] = server
     if getattr(args, "database", None):
@@ -223,6 +247,30 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="port to listen on (default: server.port or $PORT, 8000)")
     run.add_argument("--database", help="database URL (default: database.url or $DATABASE_URL)")
     run.set_defaults(handler=cmd_run)
+
+    web = commands.add_parser(
+        "web", help="scaled out: serve HTTP and take platform traffic in; workers run the handlers",
+        description="Serve the widget and its sockets, REST + SSE, webhooks and connect pages, and poll "
+        "Telegram (one process at a time, by lease). Each event is stored in PostgreSQL and a worker is "
+        "woken; no handler runs here. Needs database.url on PostgreSQL and redis.url, shared with the "
+        "workers. Run any number, behind a load balancer (docs/scaling.md).")
+    _app_arguments(web)
+    web.add_argument("--host", help="interface to listen on (default: server.host, 127.0.0.1)")
+    web.add_argument("--port", type=int, help="port to listen on (default: server.port or $PORT, 8000)")
+    web.add_argument("--database", help="PostgreSQL URL (default: database.url or $DATABASE_URL)")
+    web.set_defaults(handler=cmd_scaled)
+
+    worker = commands.add_parser(
+        "worker", help="scaled out: run handlers, schedules and tasks, and send to the platforms",
+        description="Run the handlers of the events the web processes store, one session at a time per "
+        "worker under a lease, plus schedules and tasks; send replies to the platforms. Serves /healthz, "
+        "/readyz and /metrics on worker.port. SIGTERM lets running handlers finish (worker.shutdown_grace) "
+        "and hands the sessions to the other workers. Needs database.url on PostgreSQL and redis.url.")
+    _app_arguments(worker)
+    worker.add_argument("--host", help="interface of the health port (default: server.host, 127.0.0.1)")
+    worker.add_argument("--port", type=int, help="health and metrics port (default: worker.port, 8001)")
+    worker.add_argument("--database", help="PostgreSQL URL (default: database.url or $DATABASE_URL)")
+    worker.set_defaults(handler=cmd_scaled)
 
     chat = commands.add_parser("chat", help="chat with an app in this terminal",
                                description="Chat with the app in the terminal. Replies are rendered Markdown "

@@ -149,6 +149,19 @@ class DispatchSettings(Section):
     error_message: str = "Sorry, something went wrong on our side. Please try again."
     timeout_message: str = "Sorry, that took too long. Please try again."
     history_limit: int = Field(50, ge=0)
+    lease_ttl: float = Field(15.0, gt=0)
+    """``chatgate worker``: seconds a worker's hold on a session lasts unless renewed (every
+    ttl/3). A killed worker's sessions run on another worker at most this long after it died."""
+
+
+class WorkerSettings(Section):
+    """``chatgate worker``: its small HTTP port and how it stops."""
+
+    port: int = Field(8001, ge=0, le=65535)
+    """Where the worker serves ``/healthz``, ``/readyz`` and ``/metrics`` (on ``server.host``)."""
+    shutdown_grace: float = Field(30.0, ge=0)
+    """Seconds running handlers get to finish after SIGTERM; then they are cancelled, and every
+    session lease is released so other workers run what is left at once."""
 
 
 class FileSettings(Section):
@@ -357,6 +370,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     files: FileSettings = Field(default_factory=FileSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)

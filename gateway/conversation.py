@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.outbound import Outbox
 from gateway.prompts import PromptRegistry
+from gateway.store.fence import Fence
 
 if TYPE_CHECKING:
     from gateway.files import FileStore
@@ -74,3 +75,20 @@ class Conversation:
     tasks: TaskCards | None = None
     integrations: IntegrationDesk | None = None
     turn: str | None = None
+    fence: Fence | None = None
+    """The session lease the turn runs under (``chatgate worker``): its writes check it, and the
+    outbox (``FencedOutbox``) sends nothing once the lease is known lost. ``None`` in one process."""
+    replay: list[tuple[str, str]] = field(default_factory=list)
+    """``(message id, text)`` of the replies an interrupted run of this turn already sent and
+    stored, oldest first."""
+
+    def replayed(self, text: str) -> str | None:
+        """Whether ``text`` is the next reply the interrupted run stored: then it is not sent or
+        stored again, and its stored id is returned. The first reply that differs ends the replay
+        (from there the rerun says something new)."""
+        if not self.replay:
+            return None
+        if self.replay[0][1] != text:
+            self.replay.clear()
+            return None
+        return self.replay.pop(0)[0]

@@ -9,6 +9,12 @@
 - A waiting prompt takes the next event that answers it before the event would queue.
 - ``stop`` cancels the session's running handler at once (it never queues).
 - At start-up, every event recorded but not finished (the process died) runs again, in order.
+
+Split into ``chatgate web`` and ``chatgate worker`` (``gateway.claims``), the web process's
+dispatcher only records (``runs_handlers=False``: the event is stored and the workers are told
+over PostgreSQL ``NOTIFY``); a worker's dispatcher is fed the recorded events of the sessions it
+holds the lease of (``route``), each with the lease's fence, and tells the claims when a lane
+runs dry (``on_idle``) so the lease can be given back.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 from gateway.inbound import Accepted, Inbound
 from gateway.prompts import PromptRegistry
 from gateway.store import Store
+from gateway.store.fence import Fence
 from gateway.types import UnknownSession, UserInfo
 
 __all__ = ["Dispatcher", "Lane", "UnknownSession", "WorkItem"]
@@ -46,6 +53,10 @@ class WorkItem:
     """The chatgate user behind ``inbound.user`` when intake already resolved it (``None``: ask the store)."""
     received_at: float | None = None
     """Wall-clock time (``time.time()``) the event was recorded: its turn's latency is timed from it."""
+    fence: Fence | None = None
+    """The session lease this event runs under (``chatgate worker``); ``None`` in one process."""
+    retried: bool = False
+    """The event ran before and was interrupted: replies it already stored are not sent again."""
 
 
 @dataclass
@@ -68,7 +79,11 @@ class Dispatcher:
         *,
         max_concurrent: int = 64,
         dedup_retention: timedelta = timedelta(hours=24),
+        runs_handlers: bool = True,
+        notify: str | None = None,
     ) -> None:
+        """``runs_handlers=False`` (``chatgate web``): ``submit`` records and returns, and the
+        PostgreSQL channel ``notify`` is told the session id in the same transaction."""
         self.store = store
         self.runner = runner
         self.prompts = PromptRegistry()
@@ -81,6 +96,10 @@ class Dispatcher:
         """Inbox ids queued or running here: unfinished in the inbox, yet not for ``recover``."""
         self._idle = asyncio.Event()
         self._idle.set()
+        self.runs_handlers = runs_handlers
+        self._notify = notify
+        self.on_idle: Callable[[str], None] | None = None
+        """Called with a session id when its lane ran dry (the worker's claims release the lease)."""
 
     # -- intake --------------------------------------------------------------------------
 
@@ -100,27 +119,34 @@ class Dispatcher:
             user_text=None if message is None else message.text,
             attachments=None if message is None else [a.to_dict() for a in message.attachments or []],
             repeat=(inbound.repeat_key, inbound.repeat_window) if inbound.repeat_key else None,
+            notify=self._notify,
         )
         if entry.duplicate:
             log.info("dropped duplicate %s event %s", inbound.kind, inbound.dedup_key)
             return Accepted(entry.id, session_id, duplicate=True)
         if message is not None and entry.message_id:
             message.id = entry.message_id
+        if not self.runs_handlers:  # a worker holding the session's lease runs it
+            return Accepted(entry.id, session_id)
         self._route(WorkItem(entry.id, session_id, inbound, entry.message_id, sender, received_at=received_at))
         return Accepted(entry.id, session_id)
+
+    def route(self, item: WorkItem) -> None:
+        """Route an event already recorded: a stop, a prompt's answer, or the session's lane."""
+        self._route(item)
 
     def _route(self, item: WorkItem) -> None:
         kind = item.inbound.kind
         if kind == "stop":
             self.stop(item.session_id)
-            self._mark(item.inbox_id, "done")
+            self._mark(item.inbox_id, "done", fence=item.fence)
             return
         if self.prompts.offer(item.session_id, item.inbound):
             # The answer is kept in the inbox row (done) and reaches the waiting handler.
-            self._mark(item.inbox_id, "done")
+            self._mark(item.inbox_id, "done", fence=item.fence)
             return
         if kind == "signal":  # an answer to a prompt nobody waits for any more
-            self._mark(item.inbox_id, "done", "no prompt was waiting")
+            self._mark(item.inbox_id, "done", "no prompt was waiting", fence=item.fence)
             return
         lane = self._lanes.get(item.session_id)
         if lane is None:
@@ -131,10 +157,11 @@ class Dispatcher:
             self._idle.clear()
             lane.worker = asyncio.create_task(self._drain(lane), name=f"chatgate-lane-{item.session_id}")
 
-    def _mark(self, inbox_id: str, status: str, error: str | None = None) -> None:
-        task = asyncio.create_task(self.store.inbox.set_status(inbox_id, status, error))
+    def _mark(self, inbox_id: str, status: str, error: str | None = None, *, fence: Fence | None = None) -> None:
+        task = asyncio.create_task(self.store.inbox.set_status(inbox_id, status, error, fence=fence))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
 
     # -- lanes ---------------------------------------------------------------------------
 
@@ -147,6 +174,9 @@ class Dispatcher:
                     if self._closed:
                         break
                     item = lane.queue.popleft()
+                    if item.fence is not None and item.fence.lost:  # another worker runs it now
+                        self._in_hand.discard(item.inbox_id)
+                        continue
                     lane.current = item
                     lane.running = asyncio.create_task(self.runner(item), name=f"chatgate-turn-{item.inbox_id}")
                     try:
@@ -163,10 +193,13 @@ class Dispatcher:
                         lane.current = None
                         self._in_hand.discard(item.inbox_id)
         finally:
-            if not lane.queue and self._lanes.get(lane.session_id) is lane:
+            dry = not lane.queue and self._lanes.get(lane.session_id) is lane
+            if dry:
                 del self._lanes[lane.session_id]
             if not self._lanes:
                 self._idle.set()
+            if dry and self.on_idle is not None:
+                self.on_idle(lane.session_id)
 
     def stop(self, session_id: str) -> bool:
         """Cancel the session's running handler; True if one was running."""
@@ -175,6 +208,24 @@ class Dispatcher:
             return False
         lane.running.cancel()
         return True
+
+    async def settled(self) -> None:
+        """Wait for the inbox statuses still being recorded (stops and prompt answers are marked
+        done in the background): a worker does so before it gives a session's lease back."""
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    def abandon(self, session_id: str) -> None:
+        """The session's lease was lost: run none of its queued events here, and cancel the
+        running one (another worker runs them all now; the turn writes nothing more)."""
+        lane = self._lanes.get(session_id)
+        if lane is None:
+            return
+        for item in lane.queue:
+            self._in_hand.discard(item.inbox_id)
+        lane.queue.clear()
+        if lane.running is not None and not lane.running.done():
+            lane.running.cancel()
 
     @property
     def closing(self) -> bool:
@@ -205,20 +256,29 @@ class Dispatcher:
         before recovery runs, and such an event is unfinished in the inbox too."""
         rows = [row for row in await self.store.inbox.unfinished() if row.id not in self._in_hand]
         for row in rows:
-            inbound = Inbound.from_json(row.payload)
-            if inbound.kind in ("stop", "signal"):
-                await self.store.inbox.set_status(row.id, "done", "process restarted")
-                continue
-            await self.store.messages.fail_streams_of(row.id)
-            interruptions = await self.store.inbox.count_attempt(row.id)
-            if interruptions >= MAX_ATTEMPTS:
-                log.error("giving up %s event %s: it was interrupted %d times (does it crash the process?)",
-                          inbound.kind, inbound.dedup_key, interruptions)
-                await self.store.inbox.set_status(row.id, "failed", f"interrupted {interruptions} times")
-                continue
-            log.info("re-running %s event %s (interrupted by a restart)", inbound.kind, inbound.dedup_key)
-            self._route(WorkItem(row.id, row.session_id, inbound, received_at=_epoch(row.created_at)))
+            item = WorkItem(row.id, row.session_id, Inbound.from_json(row.payload), received_at=_epoch(row.created_at))
+            await self.recover_item(item)
         return len(rows)
+
+    async def recover_item(self, item: WorkItem) -> None:
+        """Route an event whose run was interrupted (its process died): a stop or an answer is
+        moot; a turn's half-streamed replies are settled, the attempt counted, and it runs again
+        unless it was interrupted ``MAX_ATTEMPTS`` times. Every write carries the item's fence."""
+        inbound, fence = item.inbound, item.fence
+        if inbound.kind in ("stop", "signal"):
+            await self.store.inbox.set_status(item.inbox_id, "done", "process restarted", fence=fence)
+            return
+        await self.store.messages.fail_streams_of(item.inbox_id, fence=fence)
+        interruptions = await self.store.inbox.count_attempt(item.inbox_id, fence=fence)
+        if interruptions >= MAX_ATTEMPTS:
+            log.error("giving up %s event %s: it was interrupted %d times (does it crash the process?)",
+                      inbound.kind, inbound.dedup_key, interruptions)
+            error = f"interrupted {interruptions} times"
+            await self.store.inbox.set_status(item.inbox_id, "failed", error, fence=fence)
+            return
+        log.info("re-running %s event %s (interrupted by a restart)", inbound.kind, inbound.dedup_key)
+        item.retried = True
+        self._route(item)
 
     async def purge_forever(self) -> None:
         """Forget expired dedup keys every hour."""
@@ -245,6 +305,11 @@ class Dispatcher:
             await asyncio.gather(*pending, return_exceptions=True)
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("recording an inbox status failed: %s", task.exception())
 
 
 def _epoch(moment: datetime) -> float:

@@ -1,6 +1,17 @@
 """``Gateway``: one running chatgate — the store, the dispatcher, the adapters and the HTTP server.
 
-``chatgate run`` builds one of these. Tests build one too, on a loopback port.
+``chatgate run`` builds one of these (role ``all``). Tests build one too, on a loopback port.
+
+Scaled out (docs/scaling.md), the same class runs in one of two roles:
+
+- ``web`` (``chatgate web``): the HTTP server and the adapters' inbound side (widget sockets,
+  REST/SSE, webhooks, connect pages, the Telegram poller under its lease). ``submit`` records the
+  event and notifies the workers; no handler runs here. Frames of the workers' turns reach the
+  sockets and requests held here through the Redis bus.
+- ``worker`` (``chatgate worker``): handlers, schedules and tasks, sending to the platforms.
+  Adapters start for outbound only (no poller, no webhook routes); sessions are claimed one at a
+  time under a fenced lease (``gateway.claims``). It serves ``/healthz``, ``/readyz`` and
+  ``/metrics`` on ``worker.port``.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ import time
 import weakref
 from collections.abc import Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from aiohttp import web
 
@@ -25,11 +36,13 @@ from gateway.bus import Bus, LocalBus, RedisBus
 from gateway.callers import Callers
 from gateway.calls import call_maybe_async
 from gateway.chats import ChatCatalog
+from gateway.claims import SessionClaims
 from gateway.config import ConfigError, Settings
 from gateway.connections import GuardedAppRunner
 from gateway.context import bind_metrics, reset_metrics
 from gateway.conversation import Conversation
 from gateway.dispatch import Dispatcher
+from gateway.fenced_outbox import FencedOutbox
 from gateway.files import FileStore
 from gateway.health import Check, NotReady, Readiness, RedisPing
 from gateway.inbound import Accepted, Inbound
@@ -38,21 +51,63 @@ from gateway.leases import LeaseStore
 from gateway.metrics import GatewayMetrics
 from gateway.operations import Operations
 from gateway.outbound import Outbox
-from gateway.server import build_web_app, refuse_shadowed_endpoints
+from gateway.server import build_operations_app, build_web_app, refuse_shadowed_endpoints
 from gateway.sessions import SessionDirectory
 from gateway.store import Store
+from gateway.store.approvals import StoredApprovals
+from gateway.store.fence import Fence
+from gateway.store.queue import INBOX_CHANNEL, SessionQueue
 from gateway.turns import TurnRunner
 from gateway.types import Attachment, IntegrationCredentials, SessionChannel, UserInfo
 
 log = logging.getLogger("chatgate")
 
 SHUTDOWN_HOOK_LIMIT = 5.0  # seconds, as Capsule gives @app.shutdown
+SHUTDOWN_GRACE = 5.0  # seconds running handlers get at the stop of `chatgate run`
+
+Role = Literal["all", "web", "worker"]
+ROLES: tuple[str, ...] = get_args(Role)
+
+
+def as_role(name: str) -> Role:
+    """``name`` as a role, or ``ConfigError``."""
+    for role in get_args(Role):
+        if name == role:
+            return cast(Role, role)
+    raise ConfigError(f"unknown role {name!r}: use one of {', '.join(ROLES)}")
+
+
+def check_scale_out(settings: Settings, role: str) -> None:
+    """``web`` and ``worker`` share their work through PostgreSQL and Redis: refuse to start
+    without them, with one line that says what to set."""
+    if as_role(role) == "all":
+        return
+    if not settings.database.url.startswith("postgresql"):
+        raise ConfigError(
+            f"chatgate {role} needs PostgreSQL: set database.url (or DATABASE_URL) to a postgresql:// URL "
+            "shared by every web and worker process (SQLite is for chatgate run)"
+        )
+    if not settings.redis.url:
+        raise ConfigError(
+            f"chatgate {role} needs Redis: set redis.url (or REDIS_URL) to a redis:// URL shared by every "
+            "web and worker process"
+        )
+    if not settings.secret_key:
+        raise ConfigError(
+            f"chatgate {role} needs secret_key: set secret_key (or CHATGATE_SECRET_KEY) to the same value in "
+            "every web and worker process (file URLs signed by a worker are checked by a web process)"
+        )
 
 
 class Gateway:
-    def __init__(self, app: App, settings: Settings, adapters: list[Any] | None = None) -> None:
+    def __init__(
+        self, app: App, settings: Settings, adapters: list[Any] | None = None, role: Role = "all"
+    ) -> None:
+        check_scale_out(settings, role)
         self.app = app
         self.settings = settings
+        self.role: Role = role
+        """``all`` (``chatgate run``), ``web`` or ``worker``: what this process does (module doc)."""
         self.store = Store(settings.database.url, echo=settings.database.echo, pool_size=settings.database.pool_size)
         self.bus: Bus = RedisBus(settings.redis.url) if settings.redis.url else LocalBus()
         self.dispatcher = Dispatcher(
@@ -60,10 +115,14 @@ class Gateway:
             TurnRunner(self),
             max_concurrent=settings.dispatch.max_concurrent_sessions,
             dedup_retention=timedelta(hours=settings.dispatch.dedup_retention_hours),
+            runs_handlers=role != "web",
+            notify=INBOX_CHANNEL if role == "web" else None,
         )
+        self.claims: SessionClaims | None = None
+        """The session leases of a ``worker`` (made at start, once the store is open)."""
         self.chats = ChatCatalog(app)
         self.intake = Intake(self.store, self.dispatcher, self.resolve_attachment)
-        self.approvals = ApprovalDesk(self.dispatcher)
+        self.approvals = ApprovalDesk(self.dispatcher, StoredApprovals(self.store) if role == "web" else None)
         self.sessions = SessionDirectory(
             self.store,
             hooks=app,
@@ -92,13 +151,15 @@ class Gateway:
         self._booted = False
         """Whether ``@app.boot`` hooks ran: only then do ``@app.shutdown`` hooks run at stop."""
         self.files = FileStore(settings, self.store, self.public_url)
-        self.metrics = GatewayMetrics(backlog=self.store.inbox.backlog, held_leases=self.store.leases.held_count)
+        self.metrics = GatewayMetrics(backlog=self.store.inbox.backlog, held_leases=self._held_lease_count)
         probe_timeout = settings.server.probe_timeout
         self._redis_ping = RedisPing(settings.redis.url, timeout=probe_timeout) if settings.redis.url else None
         checks: dict[str, Check] = {"database": self.store.ping}
         if self._redis_ping is not None:
             checks["redis"] = self._redis_ping
         checks["dispatcher"] = self._accepting_work
+        if role == "worker":
+            checks["queue"] = self._hearing_new_work
         self.operations = Operations(
             Readiness(checks, timeout=probe_timeout), self.metrics, settings.server.metrics_token
         )
@@ -111,7 +172,8 @@ class Gateway:
         if server.public_url:
             return server.public_url.rstrip("/")
         host = "127.0.0.1" if server.host in ("0.0.0.0", "::", "") else server.host
-        return f"http://{host}:{self.port}"
+        port = server.port if self.role == "worker" else self.port  # a worker's own port serves no pages
+        return f"http://{host}:{port}"
 
     @property
     def port(self) -> int:
@@ -138,12 +200,31 @@ class Gateway:
         adapter = self._by_channel.get(channel_type)
         return attachment if adapter is None else adapter.resolve_attachment(attachment)
 
-    def conversation(self, session_id: str, channel: SessionChannel, *, turn: str | None = None) -> Conversation:
-        """What a Session for ``session_id`` speaks through (``""``: a schedule's synthetic session)."""
+    @property
+    def inbound(self) -> bool:
+        """Whether this process takes platform traffic in (``all`` and ``web``): adapters start
+        their pollers, sockets and webhooks only then (docs/adapters.md)."""
+        return self.role != "worker"
+
+    def conversation(
+        self,
+        session_id: str,
+        channel: SessionChannel,
+        *,
+        turn: str | None = None,
+        fence: Fence | None = None,
+        replay: list[tuple[str, str]] | None = None,
+    ) -> Conversation:
+        """What a Session for ``session_id`` speaks through (``""``: a schedule's synthetic
+        session). ``fence``: the session lease a worker's turn runs under (its writes and sends
+        stop once it is lost); ``replay``: replies an interrupted run of the turn already made."""
+        outbox = self.outbox_for(channel, session_id, turn=turn) if session_id else None
+        if outbox is not None and fence is not None:
+            outbox = FencedOutbox(outbox, fence)
         return Conversation(
             session_id=session_id,
             store=self.store,
-            outbox=self.outbox_for(channel, session_id, turn=turn) if session_id else None,
+            outbox=outbox,
             prompts=self.dispatcher.prompts,
             handlers=self.app,
             files=self.files,
@@ -152,7 +233,13 @@ class Gateway:
             tasks=self.tasks,
             integrations=self.integrations,
             turn=turn,
+            fence=fence,
+            replay=list(replay or []),
         )
+
+    def _held_lease_count(self) -> int:
+        """Named leases (the poller, the scheduler leader) and a worker's session leases."""
+        return self.store.leases.held_count() + (self.claims.held_count() if self.claims is not None else 0)
 
     def shutting_down(self) -> bool:
         return self.dispatcher.closing
@@ -163,6 +250,13 @@ class Gateway:
             raise NotReady("shutting down")
         if self.started_at is None:
             raise NotReady("starting")
+
+    async def _hearing_new_work(self) -> None:
+        """The readiness check of a worker's queue: its LISTEN connection is up."""
+        if self.claims is None:
+            raise NotReady("starting")
+        if not self.claims.listening:
+            raise NotReady("not listening for new events (reconnecting to PostgreSQL)")
 
     def block_lock(self, session_id: str, block_id: str) -> asyncio.Lock:
         """Serialises the renders of one block: a task card re-shown by the task service while
@@ -196,19 +290,13 @@ class Gateway:
             reset_metrics(token)
 
     async def _start(self) -> None:
+        if self.role == "worker":
+            await self._start_worker()
+            return
         started = time.perf_counter()
         self.app.runtime = self
         await self.store.open()
-        adapters = self._adapters
-        if adapters is None:
-            adapters = plugins.configured_adapters(self.settings)  # the chatgate.adapters entry points
-        self.adapters = list(adapters)
-        for adapter in self.adapters:
-            for channel_type in adapter.channel_types:
-                self._by_channel[channel_type] = adapter
-            identify = getattr(adapter, "identify", None)
-            if identify is not None:
-                self.callers.add_identifier(identify)
+        self._bind_adapters()
         await self._start_services()
         self.web_app = build_web_app(self)
         for part in (*self.adapters, self.tasks, self.scheduler):
@@ -235,6 +323,9 @@ class Gateway:
         self.files.public_url = self.public_url
         for adapter in self.adapters:
             await adapter.start(self)
+        if self.role == "web":  # the workers run handlers, recovery, schedules and the purge
+            self.started_at = time.perf_counter() - started
+            return
         recovered = await self.dispatcher.recover()
         if recovered:
             log.info("re-running %d event(s) interrupted by the last shutdown", recovered)
@@ -242,6 +333,50 @@ class Gateway:
         if self.scheduler is not None:
             await self.scheduler.start()
         self.started_at = time.perf_counter() - started
+
+    async def _start_worker(self) -> None:
+        """Adapters for outbound only, the services, the operations port, then the claims."""
+        started = time.perf_counter()
+        self.app.runtime = self
+        await self.store.open()
+        self._bind_adapters()
+        await self._start_services()
+        for hook in self.app.boot_hooks:
+            await call_maybe_async(hook)
+        self._booted = True
+        self.web_app = build_operations_app(self)
+        self._runner = GuardedAppRunner(self.web_app, self.settings.server, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.server.host, self.settings.worker.port, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        if sockets:
+            self._site_port = sockets[0].getsockname()[1]
+        for adapter in self.adapters:
+            await adapter.start(self)
+        self.claims = SessionClaims(
+            SessionQueue(self.store.engine),
+            self.dispatcher,
+            dsn=_libpq_dsn(self.settings.database.url),
+            ttl=self.settings.dispatch.lease_ttl,
+        )
+        await self.claims.start()
+        self.spawn(self.dispatcher.purge_forever(), name="chatgate-inbox-purge")
+        if self.scheduler is not None:
+            await self.scheduler.start()
+        self.started_at = time.perf_counter() - started
+
+    def _bind_adapters(self) -> None:
+        adapters = self._adapters
+        if adapters is None:
+            adapters = plugins.configured_adapters(self.settings)  # the chatgate.adapters entry points
+        self.adapters = list(adapters)
+        for adapter in self.adapters:
+            for channel_type in adapter.channel_types:
+                self._by_channel[channel_type] = adapter
+            identify = getattr(adapter, "identify", None)
+            if identify is not None:
+                self.callers.add_identifier(identify)
 
     async def _start_services(self) -> None:
         """Optional services (scheduler/tasks, integrations) are wired when their modules exist."""
@@ -264,7 +399,10 @@ class Gateway:
         if self.scheduler is not None:
             with contextlib.suppress(Exception):
                 await self.scheduler.stop()
-        await self.dispatcher.close()
+        if self.claims is not None:  # a worker hands its sessions back once its handlers finished
+            await self.claims.stop(self.settings.worker.shutdown_grace)
+        else:
+            await self.dispatcher.close(SHUTDOWN_GRACE)
         for adapter in reversed(self.adapters):
             try:
                 await adapter.stop()
@@ -291,10 +429,21 @@ class Gateway:
         """Lines for the start-up message: what runs and where."""
         lines = [f"app {self.app.name!r}: {len(self.app.message_specs)} message handler(s)"]
         lines.append(f"database: {_redact(self.settings.database.url)}")
-        lines.append(f"http: {self.public_url} (listening on {self.settings.server.host}:{self.port})")
+        if self.role == "worker":
+            lines.append(f"worker: /healthz, /readyz, /metrics on {self.settings.server.host}:{self.port}; "
+                         f"session leases of {self.settings.dispatch.lease_ttl:g} s")
+        else:
+            lines.append(f"http: {self.public_url} (listening on {self.settings.server.host}:{self.port})")
+        if self.role == "web":
+            lines.append("handlers: none here (chatgate worker runs them)")
         lines.extend(f"channel: {adapter.describe()}" for adapter in self.adapters)
         lines.extend(plugins.not_running_lines(self.settings, self.adapters))
         return lines
+
+
+def _libpq_dsn(url: str) -> str:
+    """``postgresql+asyncpg://...`` as asyncpg's own ``connect`` takes it (the LISTEN connection)."""
+    return "postgresql://" + url.split("://", 1)[1]
 
 
 def _redact(url: str) -> str:

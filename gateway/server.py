@@ -108,6 +108,15 @@ def build_web_app(runtime: ServerHost) -> web.Application:
     return web_app
 
 
+def build_operations_app(runtime: ServerHost) -> web.Application:
+    """The small app of a ``chatgate worker``: ``/healthz``, ``/readyz`` and ``/metrics`` only."""
+    web_app = web.Application(middlewares=[json_errors])
+    web_app[RUNTIME_KEY] = runtime
+    web_app.router.add_get("/healthz", healthz)
+    mount_operations(web_app, runtime.operations)
+    return web_app
+
+
 def refuse_shadowed_endpoints(web_app: web.Application, endpoints: list[EndpointSpec]) -> None:
     """Raise ``ConfigError`` when an ``@app.endpoint`` has the method and path of a route of
     chatgate's own (``/healthz``, the widget's ``/``, a webhook): one of the two would never run."""

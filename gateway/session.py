@@ -25,6 +25,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.session_data import SessionData
+from gateway.store.fence import Fence, LeaseLost
 from gateway.store.tables import new_id
 from gateway.streaming import ReplyStream
 from gateway.types import (
@@ -88,6 +89,11 @@ class Session:
     # -- plumbing ------------------------------------------------------------------------
 
     @property
+    def fence(self) -> Fence | None:
+        """The session lease this turn runs under (``chatgate worker``): every write checks it."""
+        return None if self._conversation is None else self._conversation.fence
+
+    @property
     def _rt(self) -> Conversation:
         if self._conversation is None:
             raise RuntimeError("this session is not attached to a running gateway")
@@ -108,6 +114,8 @@ class Session:
             return None
         try:
             return await send(outbox)
+        except LeaseLost:
+            raise  # another worker runs this session now: the handler stops here
         except Exception:
             log.exception("delivering %s to %s session %s failed", what, self.channel.type, self.id)
             return None
@@ -121,6 +129,10 @@ class Session:
         if not self._can_send:
             log.info("reply from a session with no reply target (id=%r) not sent: %s", self.id, text[:200])
             return
+        replayed = self._rt.replayed(text)
+        if replayed is not None:  # an interrupted run of this turn sent and stored it already
+            self.history[-1].id = replayed
+            return
         message_id = new_id()
         self.history[-1].id = message_id
         refs = await self._deliver("a reply", lambda o: o.send_text(message_id, text))
@@ -128,7 +140,7 @@ class Session:
         # either way, so storing first would buy nothing and cost a second write).
         await self._rt.store.messages.add(
             self.id, "assistant", text, message_id=message_id, inbound_id=self._inbound_id,
-            status="failed" if refs is None else "complete", platform_refs=list(refs or []),
+            status="failed" if refs is None else "complete", platform_refs=list(refs or []), fence=self.fence,
         )
 
     async def notify(self, text: str, *, detail: str = "") -> None:
@@ -146,7 +158,7 @@ class Session:
 
     async def _open_stream(self) -> tuple[Any, Any]:
         record = await self._rt.store.messages.add(
-            self.id, "assistant", "", inbound_id=self._inbound_id, status="streaming"
+            self.id, "assistant", "", inbound_id=self._inbound_id, status="streaming", fence=self.fence
         )
         outbox = self._outbox()
         sink = None
@@ -161,7 +173,9 @@ class Session:
         status = "stopped" if stopped else "complete"
         if stopped and self._inbound_id is not None and self._rt.shutting_down():
             status = "failed"  # interrupted by shutdown, not by the user: the turn runs again at start
-        await self._rt.store.messages.update(message_id, text=text, status=status, platform_refs=list(refs))
+        await self._rt.store.messages.update(
+            message_id, text=text, status=status, platform_refs=list(refs), fence=self.fence
+        )
         if text:
             self.history.append(Message(text, "app", self.channel.type, id=message_id))
 
@@ -212,10 +226,10 @@ class Session:
         if not self._can_send:
             return
         async with self._rt.block_lock(self.id, envelope["id"]):
-            record, previous = await self._rt.store.messages.save_block(self.id, envelope)
+            record, previous = await self._rt.store.messages.save_block(self.id, envelope, fence=self.fence)
             refs = await self._deliver(f"a {block.type} block", lambda o: o.show_block(record.id, envelope, previous))
             if refs:
-                await self._rt.store.messages.update(record.id, platform_refs=list(refs))
+                await self._rt.store.messages.update(record.id, platform_refs=list(refs), fence=self.fence)
 
     async def show_task(self, handle_or_id: Any, *, message: str | None = None) -> None:
         task_id = getattr(handle_or_id, "task_id", handle_or_id)
@@ -272,7 +286,7 @@ class Session:
 
     async def set_title(self, title: str) -> None:
         if self._can_send:
-            await self._rt.store.sessions.update(self.id, title=title)
+            await self._rt.store.sessions.update(self.id, title=title, fence=self.fence)
         await self.show(Block("session_title", {"title": title}, id=f"title_{self.id}"))
 
     async def show_step(
@@ -479,7 +493,7 @@ class Session:
             return
         changed, removed = self.data.take_changes()
         try:
-            await self._rt.store.sessions.save_data(self.id, changed, removed)
+            await self._rt.store.sessions.save_data(self.id, changed, removed, fence=self.fence)
         except BaseException:
             self.data.restore_changes(changed, removed)
             raise

@@ -33,6 +33,7 @@ from gateway.outbound import Outbox
 from gateway.session import Session
 from gateway.sessions import history_of
 from gateway.store import Store, address_key
+from gateway.store.fence import Fence, LeaseLost
 from gateway.store.records import MessageRecord, SessionRecord
 from gateway.types import Attachment, Event, IntegrationCredentials, Message, SessionChannel, UserInfo
 
@@ -70,7 +71,15 @@ class TurnHost(Protocol):
     @property
     def app(self) -> HandlerRegistry: ...
 
-    def conversation(self, session_id: str, channel: SessionChannel, *, turn: str | None = None) -> Conversation: ...
+    def conversation(
+        self,
+        session_id: str,
+        channel: SessionChannel,
+        *,
+        turn: str | None = None,
+        fence: Fence | None = None,
+        replay: list[tuple[str, str]] | None = None,
+    ) -> Conversation: ...
 
     def outbox_for(self, channel: SessionChannel, session_id: str, *, turn: str | None = None) -> Outbox | None: ...
 
@@ -82,6 +91,10 @@ class TurnHost(Protocol):
 
     @property
     def metrics(self) -> GatewayMetrics: ...
+
+
+def _lease_lost(item: WorkItem) -> bool:
+    return item.fence is not None and item.fence.lost
 
 
 class TurnRunner:
@@ -102,9 +115,10 @@ class TurnRunner:
     async def _run(self, item: WorkItem) -> None:
         rt = self.rt
         inbound = item.inbound
+        fence = item.fence
         context = await rt.store.sessions.turn_context(item.session_id, rt.settings.dispatch.history_limit + 1)
         if context is None:  # deleted while the event waited
-            await rt.store.inbox.set_status(item.inbox_id, "done", "session deleted")
+            await rt.store.inbox.set_status(item.inbox_id, "done", "session deleted", fence=fence)
             outbox = rt.outbox_for(inbound.channel, item.session_id, turn=item.inbox_id)
             if outbox is not None:  # whoever waits on this turn learns it is over
                 await outbox.end_turn(item.inbox_id, SESSION_DELETED)
@@ -118,7 +132,7 @@ class TurnRunner:
             user = item.sender or await rt.store.users.resolve(inbound.user)
         if user is None:
             log.error("session %s has no user (deleted?): event %s is not run", record.id, item.inbox_id)
-            await rt.store.inbox.set_status(item.inbox_id, "failed", "user missing")
+            await rt.store.inbox.set_status(item.inbox_id, "failed", "user missing", fence=fence)
             outbox = rt.outbox_for(record.channel, item.session_id, turn=item.inbox_id)
             if outbox is not None:  # whoever waits on this turn (a REST call) learns it failed
                 await outbox.end_turn(item.inbox_id, "handler_error")
@@ -133,11 +147,14 @@ class TurnRunner:
             history=history,
             data=record.data,
             integrations=await rt.integrations_for(user),
-            conversation=rt.conversation(record.id, record.channel, turn=item.inbox_id),
+            conversation=rt.conversation(
+                record.id, record.channel, turn=item.inbox_id, fence=fence,
+                replay=await self._stored_replies(item) if item.retried else None,
+            ),
             mode="turn",
         )
         if inbound.chat_name and inbound.chat_name != record.chat_name:
-            await rt.store.sessions.update(record.id, chat_name=inbound.chat_name)
+            await rt.store.sessions.update(record.id, chat_name=inbound.chat_name, fence=fence)
             record.chat_name = inbound.chat_name
         if record.chat_name and session.data.get(CHAT_NAME_KEY) != record.chat_name:
             session.data[CHAT_NAME_KEY] = record.chat_name
@@ -156,9 +173,14 @@ class TurnRunner:
                 finally:
                     handler_seconds = time.perf_counter() - handler_started
         except asyncio.CancelledError:
-            if rt.shutting_down():
-                status = "running"  # interrupted by shutdown: it runs again at the next start
-                raise
+            if rt.shutting_down() or _lease_lost(item):
+                if not rt.shutting_down() and await rt.store.sessions.get(session.id) is None:
+                    error = SESSION_DELETED  # deleted through a web process: the lease went with it
+                else:
+                    # Interrupted by shutdown (it runs again at the next start) or by the loss of
+                    # the session's lease (the worker that took the session over runs it again).
+                    status = "running"
+                    raise
             # Stopped by the user, or by the deletion of its session (which stops it once gone).
             error = SESSION_DELETED if await rt.store.sessions.get(session.id) is None else "stopped"
         except TimeoutError:
@@ -169,8 +191,18 @@ class TurnRunner:
                 await self._apologise(session, rt.settings.dispatch.timeout_message)
             else:  # the handler's own TimeoutError (an unanswered prompt, say) is a failure like any
                 error = await self._failed(session)
+        except LeaseLost:
+            if await rt.store.sessions.get(session.id) is None:
+                error = SESSION_DELETED
+            else:
+                log.warning("session %s was taken over by another worker: turn %s stops here, writing nothing",
+                            session.id, item.inbox_id)
+                status = "running"
         except Exception:
-            error = await self._failed(session)
+            if _lease_lost(item):  # a write failed on the fence inside the handler's own code
+                status = "running"
+            else:
+                error = await self._failed(session)
         finally:
             reset_current_session(token)
             await asyncio.shield(self._finish(session, item, status, error, handler_seconds))
@@ -179,7 +211,10 @@ class TurnRunner:
         self, session: Session, item: WorkItem, status: str, error: str | None, handler_seconds: float | None
     ) -> None:
         try:
-            await session.flush_data()
+            if not _lease_lost(item):
+                await session.flush_data()
+        except LeaseLost:
+            status = "running"
         except Exception:
             log.exception("saving session.data of %s failed", session.id)
         if status == "running":
@@ -188,7 +223,13 @@ class TurnRunner:
             return
         # Recorded before the turn is announced over: whoever learns of the end (a REST client)
         # and then asks finds the event finished.
-        await self.rt.store.inbox.set_status(item.inbox_id, status, error)
+        try:
+            await self.rt.store.inbox.set_status(item.inbox_id, status, error, fence=item.fence)
+        except LeaseLost:
+            if error != SESSION_DELETED:  # the worker that took the session over runs the event again
+                self.rt.metrics.turn_ended(session.channel.type, "interrupted", received_at=item.received_at,
+                                           handler_seconds=handler_seconds)
+                return
         outbox = self.rt.outbox_for(session.channel, session.id, turn=item.inbox_id)
         if outbox is not None:
             try:
@@ -205,7 +246,7 @@ class TurnRunner:
     ) -> None:
         app = self.rt.app
         chat_name = record.chat_name
-        if not record.entered and await self.rt.store.sessions.mark_entered(session.id):
+        if not record.entered and await self.rt.store.sessions.mark_entered(session.id, fence=session.fence):
             for hook in app.enter_hooks:
                 await call_maybe_async(hook, session)
         if inbound.kind == "action" and inbound.action is not None:
@@ -267,7 +308,9 @@ class TurnRunner:
             return
         text = str(choice.get("value") or choice.get("label") or "")
         message = Message(text, "user", session.channel.type)
-        stored = await self.rt.store.messages.add(session.id, "user", text, inbound_id=session._inbound_id)
+        stored = await self.rt.store.messages.add(
+            session.id, "user", text, inbound_id=session._inbound_id, fence=session.fence
+        )
         message.id = stored.id
         await self._run_message(session, chat_name, message)
 
@@ -296,6 +339,14 @@ class TurnRunner:
         existing = await self.rt.store.messages.for_inbound(item.session_id, item.inbox_id, role="user")
         if existing is not None:
             message.id = existing.id
+
+    async def _stored_replies(self, item: WorkItem) -> list[tuple[str, str]]:
+        """The replies an interrupted run of this event stored, in order: the rerun's identical
+        replies are neither sent nor stored again (``Session.reply``)."""
+        messages = await self.rt.store.messages.of_turn(item.session_id, item.inbox_id)
+        return [
+            (m.id, m.text) for m in messages if m.role == "assistant" and m.status == "complete" and m.block is None
+        ]
 
     def _history(self, records: list[MessageRecord], channel_type: str, exclude_inbound: str) -> list[Message]:
         """The last messages before this turn (the current message excluded, as in Capsule)."""

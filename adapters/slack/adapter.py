@@ -156,7 +156,7 @@ class SlackAdapter(Adapter):
     async def start(self, gateway: GatewayContext) -> None:
         self.gw = gateway
         await self._sign_in()
-        if self.settings.slack.mode == "socket":
+        if self.settings.slack.mode == "socket" and gateway.inbound:  # a chatgate worker only sends
             from adapters.slack.socket_mode import CheckedSocketModeHandler
 
             self._socket_handler = CheckedSocketModeHandler(self.bolt, self.settings.slack.app_token or "")

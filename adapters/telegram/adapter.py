@@ -113,6 +113,8 @@ class TelegramAdapter(Adapter):
         self._gw = gateway
         me = await self.client.call(GetMe(), idempotent=True)
         self.identity = BotIdentity(me.id, me.username or "")
+        if not gateway.inbound:  # a chatgate worker only sends: the web processes take updates in
+            return
         if self.config.mode == "webhook":
             await self.client.call(
                 SetWebhook(

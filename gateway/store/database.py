@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 import gateway.store.schema  # noqa: F401  (every table, registered before the schema is made)
+from gateway.store.fence import Fence
 
 READER_THREADS = 1  # measured: more reader threads only contend for the GIL (bench/web_echo.py)
 T = TypeVar("T")
@@ -33,6 +34,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _fenced(work: Callable[[Connection], T], fence: Fence) -> Callable[[Connection], T]:
+    """``work`` preceded, in its transaction, by the check of ``fence``."""
+
+    def fenced(conn: Connection) -> T:
+        fence.verify(conn)
+        return work(conn)
+
+    return fenced
 
 
 class Database:
@@ -96,8 +107,12 @@ class Database:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatgate-sqlite-write")
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="chatgate-sqlite-read")
 
-    async def run_write(self, work: Callable[[Connection], T]) -> T:
-        """Run ``work(connection)`` in one write transaction, in one hop."""
+    async def run_write(self, work: Callable[[Connection], T], fence: Fence | None = None) -> T:
+        """Run ``work(connection)`` in one write transaction, in one hop; with a ``fence``, only
+        while the session's lease stands (checked in the same transaction: ``gateway.store.fence``)."""
+        if fence is not None:
+            fence.check_local()
+            work = _fenced(work, fence)
         if self._sync_engine is not None and self._writer is not None:
             async with self._write_lock:
                 return await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_begin, work)
@@ -154,15 +169,22 @@ class Database:
                 yield conn
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction, committed on exit (serialised on SQLite)."""
+    async def write(self, fence: Fence | None = None) -> AsyncIterator[AsyncSession]:
+        """A write transaction, committed on exit (serialised on SQLite); with a ``fence``, it
+        commits only while the session's lease stands (``gateway.store.fence``)."""
+        if fence is not None:
+            fence.check_local()
         if self.is_sqlite:
             async with self._write_lock, self.session() as db:
                 yield db
+                if fence is not None:
+                    await fence.verify_async(await db.connection())
                 await db.commit()
         else:
             async with self.session() as db:
                 yield db
+                if fence is not None:
+                    await fence.verify_async(await db.connection())
                 await db.commit()
 
     async def ping(self) -> None:

@@ -12,11 +12,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from gateway.store.database import Database
+from gateway.store.fence import Fence
 from gateway.store.records import InboundRecord, InboxEntry
 from gateway.store.statements import (
     INBOX,
     INSERT_INBOX,
     INSERT_MESSAGE,
+    NOTIFY,
     SET_INBOX_STATUS,
     TOUCH_SESSION,
     UNFINISHED,
@@ -44,13 +46,16 @@ class InboxQueries:
         user_text: str | None = None,
         attachments: list[dict[str, Any]] | None = None,
         repeat: tuple[str, float] | None = None,
+        notify: str | None = None,
     ) -> InboxEntry:
         """Store an inbound event, and the user's message when it carries one, in one transaction.
 
         A repeated ``dedup_key`` stores nothing and returns ``duplicate=True``; a ``session_id``
         that names no session stores nothing and raises ``UnknownSession``. ``repeat`` is
         ``(key, seconds)``: while an event recorded with the same key is younger than ``seconds``
-        this one stores nothing and is answered with that event's id as a duplicate.
+        this one stores nothing and is answered with that event's id as a duplicate. ``notify``
+        names a PostgreSQL channel told the session id in the same transaction (delivered on
+        commit: the workers of ``chatgate worker``, see ``gateway.claims``).
         """
         now = utcnow()
         inbox_id = new_id()
@@ -72,6 +77,8 @@ class InboxQueries:
                     "block": None, "attachments": attachments or [], "inbound_id": inbox_id, "status": "complete",
                     "platform_refs": [], "created_at": now, "updated_at": now,
                 })
+            if notify is not None:
+                conn.execute(NOTIFY, {"channel": notify, "session_id": session_id})
 
         try:
             await self._db.run_write(work)
@@ -91,18 +98,20 @@ class InboxQueries:
             return None
         return InboundRecord(row.id, row.session_id, row.kind, row.status, row.error, row.created_at, row.updated_at)
 
-    async def count_attempt(self, inbox_id: str) -> int:
+    async def count_attempt(self, inbox_id: str, *, fence: Fence | None = None) -> int:
         """Count one more attempt at an interrupted event; returns the new count."""
-        async with self._db.write() as db:
+        async with self._db.write(fence) as db:
             await db.exec(
                 update(InboxRow).where(col(InboxRow.id) == inbox_id).values(attempts=InboxRow.attempts + 1)
             )
             row = await db.get(InboxRow, inbox_id)
         return row.attempts if row is not None else 0
 
-    async def set_status(self, inbox_id: str, status: str, error: str | None = None) -> None:
+    async def set_status(
+        self, inbox_id: str, status: str, error: str | None = None, *, fence: Fence | None = None
+    ) -> None:
         parameters = {"inbox_id": inbox_id, "status": status, "error": error, "now": utcnow()}
-        await self._db.run_write(lambda conn: conn.execute(SET_INBOX_STATUS, parameters))
+        await self._db.run_write(lambda conn: conn.execute(SET_INBOX_STATUS, parameters), fence)
 
     async def unfinished(self) -> list[InboxRow]:
         """Events recorded but not finished (the process died): rerun at start-up, in order.

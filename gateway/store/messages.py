@@ -10,6 +10,7 @@ from sqlalchemy import select as sql_select
 from sqlmodel import col, select
 
 from gateway.store.database import Database
+from gateway.store.fence import Fence
 from gateway.store.records import MessageRecord
 from gateway.store.statements import (
     INSERT_MESSAGE,
@@ -40,6 +41,7 @@ class MessageQueries:
         inbound_id: str | None = None,
         status: str = "complete",
         platform_refs: list[str] | None = None,
+        fence: Fence | None = None,
     ) -> MessageRecord:
         now = utcnow()
         values = {
@@ -59,10 +61,10 @@ class MessageQueries:
 
         # The session's updated_at moves with inbound activity (record_inbound), not with replies:
         # one statement less on every reply.
-        await self._db.run_write(lambda conn: conn.execute(INSERT_MESSAGE, values))
+        await self._db.run_write(lambda conn: conn.execute(INSERT_MESSAGE, values), fence)
         return MessageRecord.from_mapping(values)
 
-    async def update(self, message_id: str, **values: Any) -> None:
+    async def update(self, message_id: str, *, fence: Fence | None = None, **values: Any) -> None:
         """Set ``text``, ``status``, ``platform_refs`` or ``block`` of a stored message."""
         allowed = {"text", "status", "platform_refs", "block"}
         unknown = set(values) - allowed
@@ -70,19 +72,21 @@ class MessageQueries:
             raise ValueError(f"cannot update message fields {sorted(unknown)}")
         values["updated_at"] = utcnow()
         statement = update(MESSAGES).where(MESSAGES.c.id == message_id).values(**values)
-        await self._db.run_write(lambda conn: conn.execute(statement))
+        await self._db.run_write(lambda conn: conn.execute(statement), fence)
 
     async def get(self, message_id: str) -> MessageRecord | None:
         async with self._db.session() as db:
             row = await db.get(MessageRow, message_id)
         return None if row is None else MessageRecord.from_row(row)
 
-    async def save_block(self, session_id: str, envelope: dict[str, Any]) -> tuple[MessageRecord, list[str] | None]:
+    async def save_block(
+        self, session_id: str, envelope: dict[str, Any], *, fence: Fence | None = None
+    ) -> tuple[MessageRecord, list[str] | None]:
         """Store a block; a block id seen before in this session updates its row in place.
 
         Returns the record and the platform refs of the previous render (``None`` if new).
         """
-        async with self._db.write() as db:
+        async with self._db.write(fence) as db:
             existing = (
                 await db.exec(
                     select(MessageRow)
@@ -181,7 +185,7 @@ class MessageQueries:
             rows = (await db.exec(select(FeedbackRow).where(FeedbackRow.session_id == session_id))).all()
         return {row.inbound_id: row.value for row in rows}
 
-    async def fail_streams_of(self, inbox_id: str) -> int:
+    async def fail_streams_of(self, inbox_id: str, *, fence: Fence | None = None) -> int:
         """Settle the replies of an interrupted turn that were still streaming (the process that
         streamed them is gone); returns how many.
 
@@ -197,4 +201,4 @@ class MessageQueries:
             failed = conn.execute(fail).rowcount or 0
             return int(deleted) + int(failed)
 
-        return int(await self._db.run_write(settle))
+        return int(await self._db.run_write(settle, fence))

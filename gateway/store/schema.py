@@ -10,6 +10,7 @@ from sqlmodel import SQLModel
 
 import gateway.store.documents  # collections and the scoped KV store
 import gateway.store.integration_tables  # connected accounts, connect flows
+import gateway.store.queue  # session leases of the worker queue
 import gateway.store.tables  # users, identities, sessions, messages, inbox, files, feedback, leases
 import gateway.store.task_tables  # noqa: F401  (tasks, task watchers, scheduler ticks)
 

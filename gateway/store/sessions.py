@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from gateway.store.database import Database
+from gateway.store.fence import Fence
 from gateway.store.records import MessageRecord, SessionRecord
 from gateway.store.statements import (
     SELECT_RECENT,
@@ -126,7 +127,7 @@ class SessionQueries:
             total = (await db.exec(count)).one()
         return [SessionRecord.from_row(r) for r in rows], int(total)
 
-    async def update(self, session_id: str, **values: Any) -> None:
+    async def update(self, session_id: str, *, fence: Fence | None = None, **values: Any) -> None:
         """Set ``title``, ``chat_name``, ``metadata``, ``owner_key`` (others are refused)."""
         allowed = {"title", "chat_name", "metadata", "owner_key"}
         unknown = set(values) - allowed
@@ -135,12 +136,12 @@ class SessionQueries:
         if "metadata" in values:
             values["meta"] = values.pop("metadata")
         values["updated_at"] = utcnow()
-        async with self._db.write() as db:
+        async with self._db.write(fence) as db:
             await db.exec(update(SessionRow).where(col(SessionRow.id) == session_id).values(**values))
 
-    async def mark_entered(self, session_id: str) -> bool:
+    async def mark_entered(self, session_id: str, *, fence: Fence | None = None) -> bool:
         """True exactly once per session: the first caller runs ``@app.enter``."""
-        async with self._db.write() as db:
+        async with self._db.write(fence) as db:
             result = await db.exec(
                 update(SessionRow)
                 .where(col(SessionRow.id) == session_id)
@@ -158,7 +159,7 @@ class SessionQueries:
         return bool(result.rowcount)
 
     async def save_data(
-        self, session_id: str, changed: dict[str, Any], removed: Iterable[str]
+        self, session_id: str, changed: dict[str, Any], removed: Iterable[str], *, fence: Fence | None = None
     ) -> dict[str, Any]:
         """Apply one turn's changes key by key to the stored data; returns the new snapshot.
 
@@ -166,7 +167,7 @@ class SessionQueries:
         handlers of the same session that write different keys both keep their writes.
         """
         removed = list(removed)
-        async with self._db.write() as db:
+        async with self._db.write(fence) as db:
             statement = select(SessionRow).where(SessionRow.id == session_id)
             if not self._db.is_sqlite:
                 statement = statement.with_for_update()

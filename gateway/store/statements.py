@@ -6,7 +6,7 @@ third of a turn's store time). Shared by the query modules of ``gateway/store/``
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, text, update
 
 from gateway.store.tables import InboxRow, MessageRow, SessionRow, UserRow
 from gateway.types import SessionChannel
@@ -40,6 +40,8 @@ INSERT_INBOX = insert(INBOX)
 TOUCH_SESSION = update(SESSIONS).where(SESSIONS.c.id == bindparam("session_id")).values(
     updated_at=bindparam("now")
 )
+NOTIFY = text("SELECT pg_notify(:channel, :session_id)")
+"""Tells the workers listening on a channel that a session has work (``gateway.claims``)."""
 SET_INBOX_STATUS = update(INBOX).where(INBOX.c.id == bindparam("inbox_id")).values(
     status=bindparam("status"), error=bindparam("error"), updated_at=bindparam("now")
 )

@@ -62,22 +62,24 @@ class Executions:
             raise not_found("execution not found")
         return inbound, record
 
-    def status_of(self, inbound: InboundRecord) -> str:
+    async def status_of(self, inbound: InboundRecord) -> str:
         if inbound.status in ("pending", "running"):
-            return WAITING_APPROVAL if self._awaited_block(inbound) else RUNNING
+            return WAITING_APPROVAL if await self._awaited_block(inbound) else RUNNING
         if inbound.status == "failed":
             return "failed"
         return STATUS_BY_ERROR.get(inbound.error, "failed")
 
-    def _awaited_block(self, inbound: InboundRecord) -> str | None:
+    async def _awaited_block(self, inbound: InboundRecord) -> str | None:
         """The approval block this execution's handler waits on, if it waits on one."""
-        awaited = self.ctx.core.approvals.awaited(inbound.session_id)
+        awaited = await self.ctx.core.approvals.awaited(inbound.session_id)
         if awaited is None or awaited[0] != inbound.id:
             return None
         return awaited[1]
 
-    def execution(self, inbound: InboundRecord, record: SessionRecord, messages: list[MessageRecord]) -> dict[str, Any]:
-        status = self.status_of(inbound)
+    async def execution(
+        self, inbound: InboundRecord, record: SessionRecord, messages: list[MessageRecord]
+    ) -> dict[str, Any]:
+        status = await self.status_of(inbound)
         user = next((m.text for m in messages if m.role == "user"), "")
         replies = [m.text for m in messages if m.role == "assistant"]
         finished = status not in (RUNNING, WAITING_APPROVAL)
@@ -108,7 +110,7 @@ class Executions:
     async def get(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         inbound, record = await self._own(request, caller)
         messages = await self.sessions.turn_messages(record.id, inbound.id)
-        return web.json_response({"data": self.execution(inbound, record, messages)})
+        return web.json_response({"data": await self.execution(inbound, record, messages)})
 
     async def stream(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         inbound, record = await self._own(request, caller)
@@ -116,7 +118,7 @@ class Executions:
         async with subscribed(self.ctx.core.bus, session_topic(record.id)) as queue:
             inbound = await self.sessions.inbound(inbound.id) or inbound  # re-read once subscribed
             await writer.open()
-            if self.status_of(inbound) in (RUNNING, WAITING_APPROVAL):
+            if await self.status_of(inbound) in (RUNNING, WAITING_APPROVAL):
                 await TurnStreamer(self.ctx, record.id, inbound.id, writer).run(queue)
             else:
                 await self._replay(writer, inbound, record)
@@ -132,7 +134,7 @@ class Executions:
         text = MESSAGE_SEPARATOR.join(m.text for m in messages if m.role == "assistant")
         if text:
             await writer.send("content", {"content": text})
-        if self.status_of(inbound) == "failed":
+        if await self.status_of(inbound) == "failed":
             message = ERROR_MESSAGES.get(inbound.error or "", "the turn failed")
             await writer.send("error", {"message": message, "code": inbound.error or errors.INTERNAL})
             return
@@ -140,7 +142,7 @@ class Executions:
 
     async def cancel(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         inbound, record = await self._own(request, caller)
-        if self.status_of(inbound) in (RUNNING, WAITING_APPROVAL):
+        if await self.status_of(inbound) in (RUNNING, WAITING_APPROVAL):
             stop = Inbound(
                 kind="stop",
                 dedup_key=f"web:cancel:{inbound.id}",
@@ -150,7 +152,7 @@ class Executions:
             )
             await self.ctx.core.submit(stop)
         messages = await self.sessions.turn_messages(record.id, inbound.id)
-        execution = self.execution(inbound, record, messages)
+        execution = await self.execution(inbound, record, messages)
         if execution["status"] in (RUNNING, WAITING_APPROVAL):
             execution["status"] = "cancel_requested"
         return web.json_response({"data": execution})
@@ -161,8 +163,8 @@ class Executions:
         """The caller's executions waiting for an approval, oldest first."""
         page, limit = pagination(request)
         waiting: list[tuple[InboundRecord, SessionRecord]] = []
-        for session_id in self.ctx.core.approvals.waiting_sessions():
-            awaited = self.ctx.core.approvals.awaited(session_id)
+        for session_id in await self.ctx.core.approvals.waiting_sessions():
+            awaited = await self.ctx.core.approvals.awaited(session_id)
             record = await self.sessions.get(session_id) if awaited else None
             if record is None or record.owner_key != caller.owner_key:
                 continue
@@ -174,7 +176,7 @@ class Executions:
         data = []
         for inbound, record in waiting[start : start + limit]:
             messages = await self.sessions.turn_messages(record.id, inbound.id)
-            data.append(self.execution(inbound, record, messages))
+            data.append(await self.execution(inbound, record, messages))
         return web.json_response({"data": data, "meta": page_meta(len(waiting), page, limit)})
 
     async def approve(self, request: web.Request, caller: Caller) -> web.StreamResponse:
@@ -189,7 +191,7 @@ class Executions:
         reason = body.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise errors.bad_request("reason must be a string")
-        block_id = self._awaited_block(inbound)
+        block_id = await self._awaited_block(inbound)
         if block_id is None:
             raise errors.bad_request(f"execution {inbound.id} is not waiting for an approval")
         press = Inbound(
@@ -206,4 +208,4 @@ class Executions:
                  f": {reason!r}" if reason else "")
         inbound = await self.sessions.inbound(inbound.id) or inbound
         messages = await self.sessions.turn_messages(record.id, inbound.id)
-        return web.json_response({"data": self.execution(inbound, record, messages)})
+        return web.json_response({"data": await self.execution(inbound, record, messages)})

@@ -1,0 +1,154 @@
+"""The work queue of ``chatgate worker``: the inbox table itself, plus one lease per session.
+
+Web processes record events in ``inbox`` and ``NOTIFY chatgate_inbox, '<session id>'`` in the
+same transaction. A worker that hears it (or that sweeps for sessions nobody holds) claims the
+session's row in ``session_leases``, reads the session's unfinished events in id order and runs
+them, renewing the lease every ttl/3 and releasing it when the session has nothing left to run.
+Each claim increments the row's ``token``: the fence every write of a turn checks
+(``gateway.store.fence``). All times are the database's (``now()``), so the workers' clocks
+never have to agree. PostgreSQL only: ``chatgate web``/``worker`` refuse SQLite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, String, column, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import Field, SQLModel
+
+INBOX_CHANNEL = "chatgate_inbox"
+"""The PostgreSQL notification channel a web process tells the session id of a new event on."""
+UNFINISHED = ("pending", "running")
+
+
+class SessionLeaseRow(SQLModel, table=True):
+    """Which worker runs a session's events now, until when, under which fencing token."""
+
+    __tablename__ = "session_leases"
+
+    session_id: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=128)
+    """The worker (``host:pid:random``); empty once released."""
+    token: int = Field(sa_column=Column(BigInteger, nullable=False))
+    """Incremented by every claim: a write under an older token is refused."""
+    expires_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    previous_holder: str = Field(default="", max_length=128)
+    """Who held the lease before the last claim (empty: nobody, or it was released). Set from the
+    row the claim locked, so a claim racing a release tells a takeover from a hand-over."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    token: int
+    taken_over: bool
+    """The lease was taken from another worker whose hold expired (it died or stalled): its
+    unfinished events are recovered (interrupted streams settled, attempts counted)."""
+
+
+@dataclass(frozen=True)
+class QueuedEvent:
+    """One unfinished inbox row of a session, as a worker runs it."""
+
+    id: str
+    session_id: str
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
+    message_id: str | None
+    """The user message stored with a ``message`` event."""
+
+
+CLAIM = text(
+    """
+    INSERT INTO session_leases (session_id, holder, token, expires_at, previous_holder)
+    VALUES (:session_id, :holder, 1, now() + make_interval(secs => :ttl), '')
+    ON CONFLICT (session_id) DO UPDATE
+        SET holder = EXCLUDED.holder, token = session_leases.token + 1, expires_at = EXCLUDED.expires_at,
+            previous_holder = session_leases.holder
+        WHERE session_leases.expires_at < now()
+    RETURNING token, previous_holder
+    """
+)
+RENEW = text(
+    """
+    UPDATE session_leases SET expires_at = now() + make_interval(secs => :ttl)
+    WHERE holder = :holder AND session_id = ANY(:session_ids)
+      AND EXISTS (SELECT 1 FROM sessions WHERE sessions.id = session_leases.session_id)
+    RETURNING session_id, token
+    """
+)
+RELEASE = text(
+    """
+    UPDATE session_leases SET holder = '', expires_at = now() - interval '1 second'
+    WHERE session_id = :session_id AND token = :token
+    """
+)
+WAKE = text("SELECT pg_notify(:channel, :session_id)")
+SESSION_EVENTS = text(
+    """
+    SELECT i.id, i.session_id, i.kind, i.payload, i.created_at,
+           (SELECT m.id FROM messages m WHERE m.inbound_id = i.id AND m.role = 'user' ORDER BY m.id LIMIT 1)
+               AS message_id
+    FROM inbox i WHERE i.session_id = :session_id AND i.status IN ('pending', 'running') ORDER BY i.id
+    """
+).columns(
+    column("id", String), column("session_id", String), column("kind", String), column("payload", JSON),
+    column("created_at", DateTime(timezone=True)), column("message_id", String),
+)
+UNHELD_SESSIONS = text(
+    """
+    SELECT DISTINCT i.session_id FROM inbox i
+    LEFT JOIN session_leases l ON l.session_id = i.session_id
+    WHERE i.status IN ('pending', 'running') AND (l.session_id IS NULL OR l.expires_at < now())
+    """
+)
+
+
+class SessionQueue:
+    """The statements of the queue, on the store's engine (one short transaction each)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def claim(self, session_id: str, holder: str, ttl: float) -> Claim | None:
+        """Take the session's lease if nobody holds it (or the holder's expired): one statement.
+        ``None`` while another worker holds it."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(CLAIM, {"session_id": session_id, "holder": holder, "ttl": ttl})).first()
+        if row is None:
+            return None
+        previous = row.previous_holder
+        return Claim(int(row.token), taken_over=bool(previous) and previous != holder)
+
+    async def renew(self, holder: str, session_ids: list[str], ttl: float) -> dict[str, int]:
+        """Extend the leases of ``session_ids`` that ``holder`` still holds, in one statement:
+        ``{session id: token}`` of those. A deleted session's lease is not renewed: its handler,
+        wherever it runs, is given up at the next renewal."""
+        parameters = {"holder": holder, "session_ids": session_ids, "ttl": ttl}
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(RENEW, parameters)).all()
+        return {row.session_id: int(row.token) for row in rows}
+
+    async def release(self, session_id: str, token: int, *, wake: bool = False) -> None:
+        """Give the lease back (expired at once: the next event's worker claims it at once).
+        ``wake``: notify the workers in the same transaction, as a new event would (a stopping
+        worker hands unfinished events over without waiting for a sweep)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(RELEASE, {"session_id": session_id, "token": token})
+            if wake:
+                await conn.execute(WAKE, {"channel": INBOX_CHANNEL, "session_id": session_id})
+
+    async def events_of(self, session_id: str) -> list[QueuedEvent]:
+        """The session's unfinished events, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(SESSION_EVENTS, {"session_id": session_id})).mappings().all()
+        return [QueuedEvent(**row) for row in rows]
+
+    async def unheld_sessions(self) -> list[str]:
+        """Sessions with unfinished events that no worker holds (never claimed, released, or
+        whose holder's lease expired)."""
+        async with self.engine.connect() as conn:
+            return [row[0] for row in (await conn.execute(UNHELD_SESSIONS)).all()]

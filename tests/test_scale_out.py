@@ -1,0 +1,459 @@
+"""``chatgate web`` + ``chatgate worker`` as real processes on this machine's PostgreSQL and Redis.
+
+Each test starts ``python -m gateway.cli web/worker`` on loopback ports with an app file written
+to ``tmp_path`` and drives them over HTTP and WebSockets, as a deployment would be driven: a
+worker killed with SIGKILL mid-run, a worker paused with SIGSTOP past its lease, a prompt answered
+through the other web process. Leases are short here (``dispatch.lease_ttl``) so a takeover takes
+seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHATGATE = [sys.executable, "-m", "gateway.cli"]
+KEY = "scale-key"
+START_TIMEOUT = 30.0
+
+APP = '''
+import asyncio
+import os
+
+import gateway
+
+app = gateway.App("echo")
+
+
+@app.message()
+async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+    text = msg.text
+    if text.startswith("slow:"):
+        await asyncio.sleep(float(text.split(":")[1]))
+        session.data["slow_by"] = os.getpid()
+        await session.reply(f"slow done by {os.getpid()}")
+        return
+    if text == "deploy":
+        approved = await session.prompt_approval("Deploy to production?", timeout=20)
+        await session.reply(f"{'deploying' if approved else 'cancelled'} (worker {os.getpid()})")
+        return
+    await asyncio.sleep(0.02)  # a model call: a kill finds handlers mid-turn
+    session.data["count"] = session.data.get("count", 0) + 1
+    await session.reply(f"echo: {text}")
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    def __init__(self, role: str, port: int, popen: subprocess.Popen[bytes], log: Path) -> None:
+        self.role, self.port, self.popen, self.log = role, port, popen, log
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+class Cluster:
+    """Web and worker processes sharing one PostgreSQL database and one Redis."""
+
+    def __init__(self, tmp_path: Path, database_url: str, redis_url: str, **settings: str) -> None:
+        self.tmp_path = tmp_path
+        self.database_url = database_url
+        self.app_file = tmp_path / "echo_app.py"
+        self.app_file.write_text(APP)
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "CHATGATE_REDIS__KEY_PREFIX": f"scale-{secrets.token_hex(4)}",
+            "CHATGATE_SECRET_KEY": secrets.token_urlsafe(32),
+            "CHATGATE_DATA_DIR": str(tmp_path / "data"),
+            "CHATGATE_FILES__DIR": str(tmp_path / "data" / "files"),
+            "CHATGATE_WEB__API_KEYS": f'["{KEY}"]',
+            "CHATGATE_SCHEDULER__ENABLED": "false",
+            **settings,
+        }
+        self.processes: list[Process] = []
+
+    def start(self, role: str) -> Process:
+        port = _free_port()
+        log = self.tmp_path / f"{role}-{len(self.processes)}.log"
+        popen = subprocess.Popen(
+            [*CHATGATE, role, str(self.app_file), "--port", str(port)],
+            stdout=log.open("w"), stderr=subprocess.STDOUT, env=self.env, cwd=self.tmp_path,
+        )
+        process = Process(role, port, popen, log)
+        self.processes.append(process)
+        return process
+
+    async def ready(self, *processes: Process) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        for process in processes:
+            marker = "worker ready in" if process.role == "worker" else "ready in"
+            while marker not in process.text():
+                assert process.popen.poll() is None, f"{process.role} exited:\n{process.text()}"
+                assert time.monotonic() < deadline, f"{process.role} did not start:\n{process.text()}"
+                await asyncio.sleep(0.05)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.popen.poll() is None:
+                process.popen.send_signal(signal.SIGCONT)
+                process.popen.kill()
+        for process in self.processes:
+            process.popen.wait(10)
+
+    async def query(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(self.database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            return await connection.fetch(sql, *args)
+        finally:
+            await connection.close()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path, postgres_url, redis_url) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(**settings: str) -> Cluster:
+        cluster = Cluster(tmp_path, postgres_url, redis_url, **settings)
+        made.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            cluster.stop_all()
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+class Api:
+    """The PromptRails REST surface of one web process."""
+
+    def __init__(self, http: aiohttp.ClientSession, web: Process) -> None:
+        self.http, self.base = http, web.base + "/api/v1"
+
+    async def create_session(self) -> str:
+        async with self.http.post(f"{self.base}/chat/sessions", json={"agent_id": "echo"},
+                                  headers={"X-API-Key": KEY}) as response:
+            assert response.status == 201, await response.text()
+            return (await response.json())["data"]["id"]
+
+    async def send(self, session_id: str, content: str) -> dict[str, Any]:
+        async with self.http.post(f"{self.base}/chat/sessions/{session_id}/messages", json={"content": content},
+                                  headers={"X-API-Key": KEY}) as response:
+            assert response.status in (200, 201), await response.text()
+            return (await response.json())["data"]
+
+    async def transcript(self, session_id: str) -> list[tuple[str, str]]:
+        async with self.http.get(f"{self.base}/chat/sessions/{session_id}/messages", params={"limit": "100"},
+                                 headers={"X-API-Key": KEY}) as response:
+            assert response.status == 200, await response.text()
+            return [(m["role"], m["content"]) for m in (await response.json())["data"]]
+
+
+# -- the commands refuse what they cannot run on --------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["web", "worker"])
+def test_web_and_worker_refuse_sqlite_and_a_missing_redis(role, tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text(APP)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CHATGATE_DATA_DIR": str(tmp_path / "data")}
+    for name in ("REDIS_URL", "CHATGATE_SECRET_KEY", "CHATGATE_REDIS__URL"):
+        env.pop(name, None)
+    on_sqlite = subprocess.run([*CHATGATE, role, str(app)], capture_output=True, text=True, timeout=30,
+                               env={**env, "DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}, cwd=tmp_path)
+    assert on_sqlite.returncode == 2
+    assert on_sqlite.stderr.count("\n") == 1 and "needs PostgreSQL: set database.url" in on_sqlite.stderr
+    no_redis = subprocess.run([*CHATGATE, role, str(app)], capture_output=True, text=True, timeout=30,
+                              env={**env, "DATABASE_URL": "postgresql://postgres@127.0.0.1/nothing"}, cwd=tmp_path)
+    assert no_redis.returncode == 2
+    assert no_redis.stderr.count("\n") == 1 and "needs Redis: set redis.url" in no_redis.stderr
+    no_key = subprocess.run([*CHATGATE, role, str(app)], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                            env={**env, "DATABASE_URL": "postgresql://postgres@127.0.0.1/nothing",
+                                 "REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert no_key.returncode == 2
+    assert no_key.stderr.count("\n") == 1 and "needs secret_key: set secret_key" in no_key.stderr
+    assert not (tmp_path / "x.db").exists()  # stopped before touching anything
+
+
+# -- a worker killed mid-run ----------------------------------------------------------------------
+
+SESSIONS = 20
+MESSAGES_PER_SESSION = 10
+
+
+async def test_a_worker_killed_mid_run_loses_and_repeats_nothing(cluster_factory):
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="2", CHATGATE_WEB__SEND_TIMEOUT="6")
+    web = cluster.start("web")
+    workers = [cluster.start("worker"), cluster.start("worker")]
+    await cluster.ready(web, *workers)
+    doomed: Process | None = None
+    sent = 0
+    halfway = asyncio.Event()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        api = Api(http, web)
+        sessions = [await api.create_session() for _ in range(SESSIONS)]
+
+        async def converse(index: int, session_id: str) -> None:
+            nonlocal sent
+            for n in range(MESSAGES_PER_SESSION):
+                text = f"s{index} m{n}"
+                answer = await api.send(session_id, text)
+                if answer["role"] != "assistant":  # send_timeout passed (the turn moved workers)
+                    await wait_for(lambda text=text: _has_reply(api, session_id, text), 20, f"the reply to {text}")
+                sent += 1
+                if sent == SESSIONS * MESSAGES_PER_SESSION // 3:
+                    halfway.set()
+
+        async def kill_one_worker() -> None:
+            nonlocal doomed
+            await halfway.wait()
+            # The worker running the most sessions right now (a lease is held only while a
+            # session has work), killed with no chance to release anything.
+            busiest = await cluster.query(
+                "SELECT holder FROM session_leases WHERE holder <> '' AND expires_at > now() "
+                "GROUP BY holder ORDER BY count(*) DESC LIMIT 1"
+            )
+            doomed = next(w for w in workers if f":{w.popen.pid}:" in busiest[0]["holder"])
+            doomed.popen.send_signal(signal.SIGKILL)
+            doomed.popen.wait(5)
+            await cluster.ready(cluster.start("worker"))
+
+        await asyncio.wait_for(
+            asyncio.gather(kill_one_worker(), *(converse(i, s) for i, s in enumerate(sessions))), 90
+        )
+        for index, session_id in enumerate(sessions):
+            expected = []
+            for n in range(MESSAGES_PER_SESSION):
+                expected += [("user", f"s{index} m{n}"), ("assistant", f"echo: s{index} m{n}")]
+            assert await api.transcript(session_id) == expected
+    unfinished = await cluster.query("SELECT count(*) FROM inbox WHERE status IN ('pending', 'running')")
+    assert unfinished[0][0] == 0
+    # session.data is saved just before the event is marked done: a kill between the two runs
+    # the handler again on data it already changed (docs/scaling.md), so at most once more.
+    counts = [json.loads(row[0])["count"] for row in await cluster.query("SELECT data FROM sessions")]
+    assert len(counts) == SESSIONS and all(count in (10, 11) for count in counts), counts
+    others = "".join(p.text() for p in cluster.processes if p is not doomed)
+    assert "over from a worker whose lease expired" in others  # the killed worker's turns ran again
+    assert "Traceback" not in others, others
+
+
+async def _has_reply(api: Api, session_id: str, text: str) -> bool:
+    return ("assistant", f"echo: {text}") in await api.transcript(session_id)
+
+
+# -- a worker stopped with SIGTERM -----------------------------------------------------------------
+
+
+async def test_sigterm_lets_the_running_handler_finish_and_hands_the_rest_over_at_once(cluster_factory):
+    # A lease of 20 s: the hand-over must not wait for it to expire.
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="20", CHATGATE_WEB__SEND_TIMEOUT="30",
+                              CHATGATE_WORKER__SHUTDOWN_GRACE="10")
+    web = cluster.start("web")
+    workers = [cluster.start("worker"), cluster.start("worker")]
+    await cluster.ready(web, *workers)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        api = Api(http, web)
+        session_id = await api.create_session()
+        slow = asyncio.create_task(api.send(session_id, "slow:1.5"))
+        lease = await wait_for(lambda: cluster.query(
+            "SELECT holder FROM session_leases WHERE session_id = $1 AND holder <> ''", session_id), 10, "a claim")
+        stopping = next(w for w in workers if f":{w.popen.pid}:" in lease[0]["holder"])
+        other = next(w for w in workers if w is not stopping)
+        queued = asyncio.create_task(api.send(session_id, "after"))  # waits in the same session's lane
+        await wait_for(lambda: cluster.query("SELECT 1 FROM inbox WHERE session_id = $1 AND payload::text LIKE "
+                                             "'%after%'", session_id), 10, "the second event to be recorded")
+        started = time.monotonic()
+        stopping.popen.send_signal(signal.SIGTERM)
+        assert (await asyncio.wait_for(slow, 15))["content"] == f"slow done by {stopping.popen.pid}"
+        assert (await asyncio.wait_for(queued, 15))["content"] == "echo: after"
+        assert time.monotonic() - started < 10  # not the 20 s lease: handed over on release
+        assert await asyncio.to_thread(stopping.popen.wait, 15) == 0
+        assert await api.transcript(session_id) == [
+            ("user", "slow:1.5"), ("user", "after"),  # the second was stored as it arrived
+            ("assistant", f"slow done by {stopping.popen.pid}"), ("assistant", "echo: after"),
+        ]
+    assert "stopped" in stopping.text() and "Traceback" not in stopping.text() + other.text()
+
+
+# -- a session deleted through a web process while its handler runs in a worker ------------------
+
+
+async def test_deleting_a_session_stops_its_handler_in_the_worker(cluster_factory):
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="1.5", CHATGATE_WEB__SEND_TIMEOUT="30")
+    web, worker = cluster.start("web"), cluster.start("worker")
+    await cluster.ready(web, worker)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        api = Api(http, web)
+        session_id = await api.create_session()
+        async def ask() -> tuple[int, dict[str, Any]]:
+            async with http.post(f"{api.base}/chat/sessions/{session_id}/messages", json={"content": "slow:8"},
+                                 headers={"X-API-Key": KEY}) as response:
+                return response.status, await response.json()
+
+        answer = asyncio.create_task(ask())
+        await wait_for(lambda: cluster.query("SELECT 1 FROM session_leases WHERE session_id = $1 AND holder <> ''",
+                                             session_id), 10, "the worker to claim the session")
+        started = time.monotonic()
+        async with http.delete(f"{api.base}/chat/sessions/{session_id}", headers={"X-API-Key": KEY}) as response:
+            assert response.status in (200, 204), await response.text()
+        # The renewal finds the session gone: the handler is cancelled and its turn ends.
+        await wait_for(lambda: "lost the lease of session" in worker.text(), 10, "the worker to give it up")
+        assert time.monotonic() - started < 5  # not the handler's 8 s
+        status, body = await asyncio.wait_for(answer, 10)  # the waiting request learns it at once
+        async with http.get(f"http://127.0.0.1:{worker.port}/readyz") as response:  # the worker's own port
+            assert response.status == 200
+            assert set((await response.json())["checks"]) == {"database", "redis", "dispatcher", "queue"}
+        assert status == 404 and "deleted before the bot answered" in body["error"]["message"]
+    assert await cluster.query("SELECT id FROM messages WHERE session_id = $1", session_id) == []
+    assert "slow done by" not in worker.text() and "Traceback" not in worker.text()
+
+
+# -- a paused worker ----------------------------------------------------------------------------
+
+
+async def test_a_worker_paused_past_its_lease_writes_nothing_after(cluster_factory):
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="1.5", CHATGATE_WEB__SEND_TIMEOUT="30")
+    web = cluster.start("web")
+    workers = [cluster.start("worker"), cluster.start("worker")]
+    await cluster.ready(web, *workers)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        api = Api(http, web)
+        session_id = await api.create_session()
+        answer = asyncio.create_task(api.send(session_id, "slow:3"))
+
+        async def holder() -> asyncpg.Record | None:
+            rows = await cluster.query("SELECT holder, token FROM session_leases WHERE session_id = $1", session_id)
+            return rows[0] if rows and rows[0]["holder"] else None
+
+        first = await wait_for(holder, 10, "a worker to claim the session")
+        paused = next(w for w in workers if f":{w.popen.pid}:" in first["holder"])
+        other = next(w for w in workers if w is not paused)
+        paused.popen.send_signal(signal.SIGSTOP)
+        try:
+            # The other worker's sweep finds the lease expired and takes the session over.
+            async def taken_over() -> bool:
+                lease = await holder()
+                return lease is not None and lease["token"] == first["token"] + 1
+            await wait_for(taken_over, 15, "the other worker to take the session over")
+            lease = await holder()
+            assert lease is not None and f":{other.popen.pid}:" in lease["holder"]
+        finally:
+            paused.popen.send_signal(signal.SIGCONT)
+        reply = await asyncio.wait_for(answer, 30)
+        # The paused worker's handler woke up after the takeover: what it tried to send or write
+        # was refused, and it gave the session up.
+        await wait_for(lambda: "lost the lease of session" in paused.text(), 10, "the paused worker to notice")
+        transcript = await api.transcript(session_id)
+    assert reply["content"] == f"slow done by {other.popen.pid}"
+    assert transcript == [("user", "slow:3"), ("assistant", f"slow done by {other.popen.pid}")]
+    data = await cluster.query("SELECT data FROM sessions WHERE id = $1", session_id)
+    assert json.loads(data[0][0])["slow_by"] == other.popen.pid
+    statuses = await cluster.query("SELECT status, attempts FROM inbox WHERE session_id = $1", session_id)
+    assert [(r["status"], r["attempts"]) for r in statuses] == [("done", 1)]
+
+
+# -- a prompt answered through the other web process --------------------------------------------
+
+
+async def test_a_prompt_waiting_in_a_worker_is_answered_through_another_web_process(cluster_factory):
+    cluster = cluster_factory(CHATGATE_WEB__STREAM_INTERVAL="0", CHATGATE_WEB__SEND_TIMEOUT="20")
+    webs = [cluster.start("web"), cluster.start("web")]
+    worker = cluster.start("worker")
+    await cluster.ready(*webs, worker)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        first = await _widget(http, webs[0])
+        ready = await first.hello()
+        await first.send("message", text="deploy")
+        block = (await first.until(lambda f: f["type"] == "block"))["block"]
+        assert block["type"] == "approval_prompt" and block["payload"]["blocking"] is True
+        # The same visitor, on the other web process: the button press reaches the worker.
+        second = await _widget(http, webs[1], visitor=ready["visitor_token"])
+        assert (await second.hello(session_id=ready["session_id"]))["type"] == "ready"
+        await second.send("button", block_id=block["id"], value="approve")
+        reply = await first.until(lambda f: f["type"] == "message" and f["message"]["role"] == "assistant")
+        assert reply["message"]["text"] == f"deploying (worker {worker.popen.pid})"
+        await first.until(lambda f: f["type"] == "turn_end")
+        await first.ws.close()
+        await second.ws.close()
+
+        # The same through PromptRails' approval API: asked on one web process, approved on the other.
+        asking, approving = Api(http, webs[0]), Api(http, webs[1])
+        session_id = await asking.create_session()
+        answer = asyncio.create_task(asking.send(session_id, "deploy"))
+
+        async def waiting() -> list[dict[str, Any]]:
+            async with http.get(f"{approving.base}/executions/approval-inbox", headers={"X-API-Key": KEY}) as r:
+                assert r.status == 200, await r.text()
+                return (await r.json())["data"]
+
+        [execution] = await wait_for(waiting, 10, "the execution to wait for approval")
+        assert execution["status"] == "waiting_approval" and execution["session_id"] == session_id
+        async with http.post(f"{approving.base}/executions/{execution['id']}/approve", json={},
+                             headers={"X-API-Key": KEY}) as response:
+            assert response.status == 200, await response.text()
+        reply = await asyncio.wait_for(answer, 15)
+        assert reply["content"] == f"deploying (worker {worker.popen.pid})"
+        assert await waiting() == []
+
+
+class _Widget:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+
+    async def send(self, frame_type: str, **fields: Any) -> None:
+        await self.ws.send_json({"type": frame_type, "id": secrets.token_hex(6), **fields})
+
+    async def until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.ws.receive_json()
+                if predicate(frame):
+                    return frame
+
+    async def hello(self, session_id: str | None = None) -> dict[str, Any]:
+        await self.send("hello", session_id=session_id)
+        return await self.until(lambda f: f["type"] in ("ready", "error"))
+
+
+async def _widget(http: aiohttp.ClientSession, web: Process, **params: str) -> _Widget:
+    return _Widget(await http.ws_connect(f"{web.base}/ws", params=params))
+
