@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -68,7 +69,9 @@ class SessionClaims:
         self.ttl = ttl
         self.holder = holder or process_holder_id()
         self.held: dict[str, Held] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        """Per session: the lock that serialises claiming, feeding and releasing, and how many
+        tasks use it (dropped when none does)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._closing = False
@@ -167,14 +170,20 @@ class SessionClaims:
 
     # -- one session ---------------------------------------------------------------------------
 
-    def _lock(self, session_id: str) -> asyncio.Lock:
-        lock = self._locks.get(session_id)
-        if lock is None:
-            lock = self._locks[session_id] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _session_lock(self, session_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(session_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[session_id]
 
     async def _poke(self, session_id: str) -> None:
-        async with self._lock(session_id):
+        async with self._session_lock(session_id):
             held = self.held.get(session_id)
             if held is None:
                 held = await self._claim(session_id)
@@ -182,7 +191,6 @@ class SessionClaims:
                     return
             await self._feed(session_id, held, recovered=False)
             await self._settle(session_id, held)
-        self._forget_lock(session_id)
 
     async def _claim(self, session_id: str) -> Held | None:
         if self._closing:
@@ -244,16 +252,10 @@ class SessionClaims:
             task.add_done_callback(_log_crash)
 
     async def _settle_locked(self, session_id: str) -> None:
-        async with self._lock(session_id):
+        async with self._session_lock(session_id):
             held = self.held.get(session_id)
             if held is not None:
                 await self._settle(session_id, held)
-        self._forget_lock(session_id)
-
-    def _forget_lock(self, session_id: str) -> None:
-        lock = self._locks.get(session_id)
-        if lock is not None and not lock.locked() and session_id not in self.held:
-            del self._locks[session_id]
 
     # -- keeping the leases --------------------------------------------------------------------
 
