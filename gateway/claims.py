@@ -108,7 +108,8 @@ class SessionClaims:
         for session_id, held in list(self.held.items()):
             held.fence.lost = True  # a straggler writes nothing after the release
             with contextlib.suppress(Exception):
-                await self.queue.release(session_id, held.fence.token, wake=True)
+                interrupted = session_id in self.dispatcher.interrupted
+                await self.queue.release(session_id, held.fence.token, wake=True, interrupted=interrupted)
         self.held.clear()
 
     # -- noticing work -----------------------------------------------------------------------
@@ -202,7 +203,8 @@ class SessionClaims:
         held = self.held[session_id] = Held(Fence(session_id, claim.token, sent_at + self.ttl))
         log.debug("claimed session %s (token %d)", session_id, claim.token)
         if claim.taken_over:
-            log.info("took session %s over from a worker whose lease expired (token %d)", session_id, claim.token)
+            log.info("took session %s over from worker %s, which left it unfinished (token %d)",
+                     session_id, claim.previous_holder, claim.token)
             await self._feed(session_id, held, recovered=True)
         return held
 
