@@ -42,6 +42,8 @@ from gateway.store.queue import INBOX_CHANNEL, QueuedEvent, SessionQueue
 log = logging.getLogger("chatgate.claims")
 
 LISTEN_RETRY = 1.0  # seconds between attempts to reconnect the LISTEN connection
+LISTENER_NAME = "chatgate-listen"
+"""``application_name`` of the LISTEN connection (``pg_stat_activity`` shows which it is)."""
 
 
 @dataclass
@@ -136,7 +138,7 @@ class SessionClaims:
             connection: asyncpg.Connection | None = None
             lost = asyncio.Event()
             try:
-                connection = await asyncpg.connect(self.dsn)
+                connection = await asyncpg.connect(self.dsn, server_settings={"application_name": LISTENER_NAME})
                 connection.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await connection.add_listener(INBOX_CHANNEL, self._notified)
                 if self._listening.is_set():  # reconnected: what was said meanwhile is unheard
