@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -41,6 +42,8 @@ from gateway.store.queue import INBOX_CHANNEL, QueuedEvent, SessionQueue
 log = logging.getLogger("chatgate.claims")
 
 LISTEN_RETRY = 1.0  # seconds between attempts to reconnect the LISTEN connection
+LISTENER_NAME = "chatgate-listen"
+"""``application_name`` of the LISTEN connection (``pg_stat_activity`` shows which it is)."""
 
 
 @dataclass
@@ -68,7 +71,9 @@ class SessionClaims:
         self.ttl = ttl
         self.holder = holder or process_holder_id()
         self.held: dict[str, Held] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        """Per session: the lock that serialises claiming, feeding and releasing, and how many
+        tasks use it (dropped when none does)."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._closing = False
@@ -105,7 +110,8 @@ class SessionClaims:
         for session_id, held in list(self.held.items()):
             held.fence.lost = True  # a straggler writes nothing after the release
             with contextlib.suppress(Exception):
-                await self.queue.release(session_id, held.fence.token, wake=True)
+                interrupted = session_id in self.dispatcher.interrupted
+                await self.queue.release(session_id, held.fence.token, wake=True, interrupted=interrupted)
         self.held.clear()
 
     # -- noticing work -----------------------------------------------------------------------
@@ -132,7 +138,7 @@ class SessionClaims:
             connection: asyncpg.Connection | None = None
             lost = asyncio.Event()
             try:
-                connection = await asyncpg.connect(self.dsn)
+                connection = await asyncpg.connect(self.dsn, server_settings={"application_name": LISTENER_NAME})
                 connection.add_termination_listener(lambda _conn, lost=lost: lost.set())
                 await connection.add_listener(INBOX_CHANNEL, self._notified)
                 if self._listening.is_set():  # reconnected: what was said meanwhile is unheard
@@ -167,14 +173,20 @@ class SessionClaims:
 
     # -- one session ---------------------------------------------------------------------------
 
-    def _lock(self, session_id: str) -> asyncio.Lock:
-        lock = self._locks.get(session_id)
-        if lock is None:
-            lock = self._locks[session_id] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _session_lock(self, session_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.setdefault(session_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[session_id]
 
     async def _poke(self, session_id: str) -> None:
-        async with self._lock(session_id):
+        async with self._session_lock(session_id):
             held = self.held.get(session_id)
             if held is None:
                 held = await self._claim(session_id)
@@ -182,7 +194,6 @@ class SessionClaims:
                     return
             await self._feed(session_id, held, recovered=False)
             await self._settle(session_id, held)
-        self._forget_lock(session_id)
 
     async def _claim(self, session_id: str) -> Held | None:
         if self._closing:
@@ -194,7 +205,8 @@ class SessionClaims:
         held = self.held[session_id] = Held(Fence(session_id, claim.token, sent_at + self.ttl))
         log.debug("claimed session %s (token %d)", session_id, claim.token)
         if claim.taken_over:
-            log.info("took session %s over from a worker whose lease expired (token %d)", session_id, claim.token)
+            log.info("took session %s over from worker %s, which left it unfinished (token %d)",
+                     session_id, claim.previous_holder, claim.token)
             await self._feed(session_id, held, recovered=True)
         return held
 
@@ -244,16 +256,10 @@ class SessionClaims:
             task.add_done_callback(_log_crash)
 
     async def _settle_locked(self, session_id: str) -> None:
-        async with self._lock(session_id):
+        async with self._session_lock(session_id):
             held = self.held.get(session_id)
             if held is not None:
                 await self._settle(session_id, held)
-        self._forget_lock(session_id)
-
-    def _forget_lock(self, session_id: str) -> None:
-        lock = self._locks.get(session_id)
-        if lock is not None and not lock.locked() and session_id not in self.held:
-            del self._locks[session_id]
 
     # -- keeping the leases --------------------------------------------------------------------
 

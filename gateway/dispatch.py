@@ -98,6 +98,8 @@ class Dispatcher:
         self._idle.set()
         self.runs_handlers = runs_handlers
         self._notify = notify
+        self.interrupted: set[str] = set()
+        """Sessions whose running handler ``close`` had to cancel (past its grace)."""
         self.on_idle: Callable[[str], None] | None = None
         """Called with a session id when its lane ran dry (the worker's claims release the lease)."""
 
@@ -297,10 +299,12 @@ class Dispatcher:
         A cancelled turn stays ``running`` in the inbox, so it runs again at the next start.
         """
         self._closed = True
-        workers = [lane.worker for lane in self._lanes.values() if lane.worker]
-        if workers:
-            _, pending = await asyncio.wait(workers, timeout=grace)
+        lanes = {lane.worker: lane for lane in self._lanes.values() if lane.worker}
+        if lanes:
+            _, pending = await asyncio.wait(lanes, timeout=grace)
             for task in pending:
+                if lanes[task].current is not None:
+                    self.interrupted.add(lanes[task].session_id)
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
         if self._background:

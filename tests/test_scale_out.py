@@ -272,7 +272,7 @@ async def test_a_worker_killed_mid_run_loses_and_repeats_nothing(cluster_factory
     counts = [json.loads(row[0])["count"] for row in await cluster.query("SELECT data FROM sessions")]
     assert len(counts) == SESSIONS and all(count in (10, 11) for count in counts), counts
     others = "".join(p.text() for p in cluster.processes if p is not doomed)
-    assert "over from a worker whose lease expired" in others  # the killed worker's turns ran again
+    assert "which left it unfinished" in others  # the killed worker's turns ran again
     assert "Traceback" not in others, others
 
 
@@ -312,6 +312,30 @@ async def test_sigterm_lets_the_running_handler_finish_and_hands_the_rest_over_a
             ("assistant", f"slow done by {stopping.popen.pid}"), ("assistant", "echo: after"),
         ]
     assert "stopped" in stopping.text() and "Traceback" not in stopping.text() + other.text()
+
+
+async def test_a_handler_cut_off_by_the_sigterm_grace_runs_again_as_after_a_crash(cluster_factory):
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="20", CHATGATE_WEB__SEND_TIMEOUT="30",
+                              CHATGATE_WORKER__SHUTDOWN_GRACE="0.3")
+    web = cluster.start("web")
+    workers = [cluster.start("worker"), cluster.start("worker")]
+    await cluster.ready(web, *workers)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        api = Api(http, web)
+        session_id = await api.create_session()
+        answer = asyncio.create_task(api.send(session_id, "slow:2"))
+        lease = await wait_for(lambda: cluster.query(
+            "SELECT holder FROM session_leases WHERE session_id = $1 AND holder <> ''", session_id), 10, "a claim")
+        stopping = next(w for w in workers if f":{w.popen.pid}:" in lease[0]["holder"])
+        other = next(w for w in workers if w is not stopping)
+        stopping.popen.send_signal(signal.SIGTERM)
+        assert (await asyncio.wait_for(answer, 15))["content"] == f"slow done by {other.popen.pid}"
+        assert await asyncio.to_thread(stopping.popen.wait, 15) == 0
+        transcript = await api.transcript(session_id)
+        assert transcript == [("user", "slow:2"), ("assistant", f"slow done by {other.popen.pid}")]
+    rows = await cluster.query("SELECT status, attempts FROM inbox WHERE session_id = $1", session_id)
+    assert [(r["status"], r["attempts"]) for r in rows] == [("done", 1)]  # counted: it was interrupted
+    assert "which left it unfinished" in other.text()
 
 
 # -- a session deleted through a web process while its handler runs in a worker ------------------

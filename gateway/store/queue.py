@@ -43,6 +43,7 @@ class SessionLeaseRow(SQLModel, table=True):
 @dataclass(frozen=True)
 class Claim:
     token: int
+    previous_holder: str
     taken_over: bool
     """The lease was taken from another worker whose hold expired (it died or stalled): its
     unfinished events are recovered (interrupted streams settled, attempts counted)."""
@@ -82,7 +83,8 @@ RENEW = text(
 )
 RELEASE = text(
     """
-    UPDATE session_leases SET holder = '', expires_at = now() - interval '1 second'
+    UPDATE session_leases
+    SET holder = CASE WHEN :interrupted THEN holder ELSE '' END, expires_at = now() - interval '1 second'
     WHERE session_id = :session_id AND token = :token
     """
 )
@@ -121,7 +123,7 @@ class SessionQueue:
         if row is None:
             return None
         previous = row.previous_holder
-        return Claim(int(row.token), taken_over=bool(previous) and previous != holder)
+        return Claim(int(row.token), previous or "", taken_over=bool(previous) and previous != holder)
 
     async def renew(self, holder: str, session_ids: list[str], ttl: float) -> dict[str, int]:
         """Extend the leases of ``session_ids`` that ``holder`` still holds, in one statement:
@@ -132,12 +134,15 @@ class SessionQueue:
             rows = (await conn.execute(RENEW, parameters)).all()
         return {row.session_id: int(row.token) for row in rows}
 
-    async def release(self, session_id: str, token: int, *, wake: bool = False) -> None:
+    async def release(self, session_id: str, token: int, *, wake: bool = False, interrupted: bool = False) -> None:
         """Give the lease back (expired at once: the next event's worker claims it at once).
         ``wake``: notify the workers in the same transaction, as a new event would (a stopping
-        worker hands unfinished events over without waiting for a sweep)."""
+        worker hands unfinished events over without waiting for a sweep). ``interrupted``: a
+        handler was cut off; the holder stays named, so the next claim is a takeover and
+        recovers the event as after a crash (attempt counted, stored replies not repeated)."""
+        parameters = {"session_id": session_id, "token": token, "interrupted": interrupted}
         async with self.engine.begin() as conn:
-            await conn.execute(RELEASE, {"session_id": session_id, "token": token})
+            await conn.execute(RELEASE, parameters)
             if wake:
                 await conn.execute(WAKE, {"channel": INBOX_CHANNEL, "session_id": session_id})
 

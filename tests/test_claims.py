@@ -1,0 +1,110 @@
+"""``SessionClaims`` in process, on PostgreSQL and Redis: a ``web`` and a ``worker`` Gateway in
+one event loop (two App objects, one handler), so the worker's LISTEN connection can be cut from
+the database side and its return watched."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+import asyncpg
+import pytest
+
+import gateway
+from adapters.base import Adapter, Capabilities, Inbound, Limits, PlatformUser
+from gateway.claims import LISTENER_NAME
+from gateway.runtime import Gateway
+from gateway.testing import test_settings
+from gateway.types import Message, SessionChannel
+from tests.support import until
+
+pytestmark = pytest.mark.postgres
+
+
+class Collecting(Adapter):
+    channel_types: ClassVar[tuple[str, ...]] = ("collected",)
+    limits: ClassVar[Limits] = Limits(max_text=4096)
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self) -> None:
+        self.sent: asyncio.Queue[str] = asyncio.Queue()
+        self.roles: list[tuple[str, bool]] = []
+
+    async def start(self, gateway: Any) -> None:
+        self.roles.append((gateway.role, gateway.inbound))
+
+    async def stop(self) -> None:
+        return None
+
+    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> Any:
+        adapter = self
+
+        class Outbox:
+            async def send_text(self, message_id: str, text: str) -> list[str]:
+                adapter.sent.put_nowait(text)
+                return [message_id]
+
+            async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
+                return None
+
+        return Outbox()
+
+
+def echo_app() -> gateway.App:
+    app = gateway.App("echo")
+
+    @app.message()
+    async def echo(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply(f"echo: {msg.text}")
+
+    return app
+
+
+def _settings(tmp_path: Any, postgres_url: str, redis_url: str, port_name: str) -> Any:
+    return test_settings(
+        tmp_path / port_name,
+        database={"url": postgres_url},
+        redis={"url": redis_url},
+        dispatch={"lease_ttl": 30.0},  # the sweep (every ttl) must not be what finds the work
+        worker={"port": 0},
+    )
+
+
+async def _admin(postgres_url: str, sql: str) -> list[Any]:
+    connection = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return await connection.fetch(sql)
+    finally:
+        await connection.close()
+
+
+async def test_the_worker_listens_again_after_its_connection_is_cut(tmp_path, postgres_url, redis_url):
+    outbound = Collecting()
+    worker = Gateway(echo_app(), _settings(tmp_path, postgres_url, redis_url, "worker"), [outbound], role="worker")
+    inbound = Collecting()
+    web = Gateway(echo_app(), _settings(tmp_path, postgres_url, redis_url, "web"), [inbound], role="web")
+    await worker.start()
+    await web.start()
+    try:
+        assert outbound.roles == [("worker", False)] and inbound.roles == [("web", True)]
+        user = await web.sessions.resolve_user(PlatformUser("collected", "u1"))
+        record = await web.sessions.create(SessionChannel("collected"), user)
+
+        async def say(key: str, text: str) -> str:
+            await web.submit(Inbound("message", key, SessionChannel("collected"), PlatformUser("collected", "u1"),
+                                     message=Message(text, "user", "collected"), session_id=record.id))
+            return await asyncio.wait_for(outbound.sent.get(), 10)
+
+        assert await say("k1", "before") == "echo: before"
+        assert inbound.sent.empty()  # the web process ran no handler
+        cut = await _admin(postgres_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                         f"WHERE application_name = '{LISTENER_NAME}'")
+        assert [row[0] for row in cut] == [True]
+        assert worker.claims is not None
+        await until(lambda: not worker.claims.listening, timeout=10)
+        await until(lambda: worker.claims.listening, timeout=10)
+        # Heard through the new connection, well before the 30 s sweep.
+        assert await say("k2", "after") == "echo: after"
+    finally:
+        await web.stop()
+        await worker.stop()
