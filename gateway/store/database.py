@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -23,6 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 import gateway.store.schema  # noqa: F401  (every table, registered before the schema is made)
 
 READER_THREADS = 1  # measured: more reader threads only contend for the GIL (bench/web_echo.py)
+BLOCKING_READ_TIMEOUT = 30.0  # seconds a blocking read (``Database.read_now``) may hold its caller
 T = TypeVar("T")
 
 
@@ -48,6 +50,7 @@ class Database:
         # SQLite has one writer at a time; queueing writers here avoids "database is locked"
         # when a deferred transaction tries to upgrade to a write lock.
         self._write_lock = asyncio.Lock()
+        self._blocking: _BlockingReads | None = None
 
     @property
     def engine(self) -> AsyncEngine:
@@ -110,6 +113,29 @@ class Database:
         async with self.reading() as conn:
             return await conn.run_sync(work)
 
+    @property
+    def reads_now(self) -> bool:
+        """Whether ``read_now`` can serve this database (not an in-memory SQLite one, which only
+        its own engine's connection can see)."""
+        return not self.is_sqlite or self._sync_engine is not None
+
+    def read_now(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(connection)`` and return its result *synchronously*, from any thread.
+
+        For the few reads a synchronous API needs on first use (``session.history``). The
+        calling thread waits for the read: on SQLite the read runs on it (WAL readers never wait
+        for the writer); on PostgreSQL it runs on a thread with an engine of its own, so the
+        event loop that waits cannot deadlock with it. Raises ``RuntimeError`` when the store
+        is closed or cannot serve it (``reads_now``).
+        """
+        if self._sync_engine is not None:
+            return self._sync_connect(work)
+        if self._engine is None or self.is_sqlite:
+            raise RuntimeError("the store is closed (or an in-memory SQLite database): no blocking read")
+        if self._blocking is None:
+            self._blocking = _BlockingReads(self.url, echo=self._echo)
+        return self._blocking.run(work)
+
     def _sync_begin(self, work: Callable[[Connection], T]) -> T:
         assert self._sync_engine is not None
         with self._sync_engine.begin() as conn:
@@ -121,6 +147,9 @@ class Database:
             return work(conn)
 
     async def close(self) -> None:
+        if self._blocking is not None:
+            await asyncio.to_thread(self._blocking.close)
+            self._blocking = None
         for pool in (self._writer, self._readers):
             if pool is not None:
                 pool.shutdown(wait=True)
@@ -169,3 +198,27 @@ class Database:
         """One trivial query: the database answers (readiness probes)."""
         await self.run_read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
 
+
+
+class _BlockingReads:
+    """A thread with an event loop and an engine of its own, for ``Database.read_now`` on an
+    async driver (asyncpg): started on first use, two connections at most."""
+
+    def __init__(self, url: str, *, echo: bool) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="chatgate-blocking-read", daemon=True)
+        self._thread.start()
+        self._engine = create_async_engine(url, echo=echo, pool_size=1, max_overflow=1, pool_pre_ping=True)
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        return asyncio.run_coroutine_threadsafe(self._read(work), self._loop).result(BLOCKING_READ_TIMEOUT)
+
+    async def _read(self, work: Callable[[Connection], T]) -> T:
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(work)
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._engine.dispose(), self._loop).result(BLOCKING_READ_TIMEOUT)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(BLOCKING_READ_TIMEOUT)
+        self._loop.close()
