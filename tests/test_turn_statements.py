@@ -263,3 +263,28 @@ async def test_a_block_updated_in_place_before_the_history_is_read_shows_as_it_w
     titles = [json.loads(text)["payload"]["title"] for sender, text in seen[0] if sender == "block"]
     assert titles == ["first", "second"]
     assert [(s, t) for s, t in seen[0] if s != "block"] == [("user", "first"), ("app", "ok")]
+
+
+async def test_a_store_that_cannot_read_now_reads_the_history_when_awaited(tmp_path) -> None:
+    """An in-memory SQLite store has no connection a synchronous read could use: a turn there
+    reads the history up front (``read_async``), and ``read`` says why it cannot."""
+    from gateway.history import StoredHistory
+    from gateway.store import Store
+
+    store = Store("sqlite+aiosqlite:///:memory:")
+    await store.open()
+    try:
+        user = await store.users.resolve(PlatformUser("counted", "u1"))
+        record = await store.sessions.create(SessionChannel("counted"), user)
+        await store.messages.add(record.id, "user", "hi")
+        await store.messages.add(record.id, "assistant", "")  # an empty reply: left out
+        await store.messages.add(record.id, "assistant", "hello")
+        history = StoredHistory(store.messages, record.id, "counted", 50)
+        assert not history.reads_now
+        assert [(m.sender, m.text) for m in await history.read_async()] == [("user", "hi"), ("app", "hello")]
+        with pytest.raises(RuntimeError, match="in-memory SQLite"):
+            history.read()
+        nothing = StoredHistory(store.messages, record.id, "counted", 0)  # dispatch.history_limit = 0
+        assert nothing.reads_now and nothing.read() == []
+    finally:
+        await store.close()
