@@ -49,7 +49,11 @@ START_TIMEOUT = 90.0
 CACHE = ROOT / ".bench"
 CHAINLIT_VENV = CACHE / "chainlit-venv"
 CHAINLIT_DIR = Path(__file__).resolve().parent / "chainlit"
-CHAINLIT_PACKAGES = ["chainlit>=2.0,<3", "aiosqlite>=0.20,<1", "greenlet>=3,<4"]  # its data layer's driver
+CHAINLIT_PACKAGES = [
+    "chainlit>=2.0,<3",
+    "sqlalchemy[asyncio]>=2.0,<3", "aiosqlite>=0.20,<1", "greenlet>=3,<4",  # its SQLAlchemy data layer on SQLite
+    "aiohttp>=3.9,<4",  # python-socketio's asyncio client (bench/chainlit/client.py)
+]
 
 
 # -- the servers (each in its own process) ---------------------------------------------------
@@ -153,8 +157,9 @@ class ServerProcess:
 def chainlit_python() -> Path:
     """The Chainlit virtualenv's Python, made (venv + pip from PyPI) when missing."""
     python = CHAINLIT_VENV / "bin" / "python"
-    check = [str(python), "-c", "import chainlit, socketio, aiosqlite"]
-    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+    check = [str(python), "-c", "import chainlit, socketio, aiohttp, aiosqlite, sqlalchemy, greenlet"]
+    # From the cache folder: importing chainlit writes a .chainlit/ config into the working directory.
+    if python.exists() and subprocess.run(check, capture_output=True, cwd=CACHE).returncode == 0:
         return python
     print(f"installing Chainlit into {CHAINLIT_VENV} (once; --no-chainlit skips it)", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(CHAINLIT_VENV)], check=True)
