@@ -124,7 +124,7 @@ async def _deliver(runtime: BroadcastHost, session_id: str, content: Content, re
         result.failed[session_id] = type(exc).__name__
         return
     # Session.reply logs a platform failure and marks the stored message failed
-    message_id = session.history[-1].id if session.history else None
+    message_id = session.last_message_id
     record = await runtime.store.messages.get(message_id) if message_id else None
     if record is None or record.status == "failed":
         result.failed[session_id] = "not delivered"

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway import loop as event_loop
 from gateway import plugins
 from gateway.config import ConfigError, Settings, load_settings
 
@@ -135,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     configure_logging(settings)
     app = load_app(args.app)
-    asyncio.run(_serve(app, settings))
+    event_loop.run(_serve(app, settings), settings.server.event_loop)
     return 0
 
 

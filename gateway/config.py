@@ -85,6 +85,8 @@ class ServerSettings(Section):
     """Bearer token ``/metrics`` asks for. Unset: it answers direct loopback requests only."""
     probe_timeout: float = Field(2.0, gt=0, le=60)
     """Seconds each ``/readyz`` check (and the ``/metrics`` inbox query) may take."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """``chatgate run``'s event loop: ``auto`` is uvloop when installed (``chatgate[fast]``)."""
 
     @field_validator("public_url")
     @classmethod

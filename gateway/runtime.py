@@ -48,6 +48,7 @@ from gateway.health import Check, NotReady, Readiness, RedisPing
 from gateway.inbound import Accepted, Inbound
 from gateway.intake import Intake
 from gateway.leases import LeaseStore
+from gateway.loop import running_loop_name
 from gateway.metrics import GatewayMetrics
 from gateway.operations import Operations
 from gateway.outbound import Outbox
@@ -436,6 +437,7 @@ class Gateway:
             lines.append(f"http: {self.public_url} (listening on {self.settings.server.host}:{self.port})")
         if self.role == "web":
             lines.append("handlers: none here (chatgate worker runs them)")
+        lines.append(f"event loop: {running_loop_name()}")
         lines.extend(f"channel: {adapter.describe()}" for adapter in self.adapters)
         lines.extend(plugins.not_running_lines(self.settings, self.adapters))
         return lines

@@ -46,6 +46,7 @@ from gateway.types import (
 
 if TYPE_CHECKING:
     from gateway.conversation import Conversation
+    from gateway.history import StoredHistory
 
 log = logging.getLogger("chatgate.session")
 
@@ -66,11 +67,17 @@ class Session:
         *,
         conversation: Conversation | None = None,
         mode: SessionMode = "turn",
+        stored_history: StoredHistory | None = None,
     ) -> None:
         self.id = id
         self.user = user
         self.channel = channel
-        self.history: list[Message] = list(history or [])
+        # ``history`` is read from the store on first use (``gateway.history``); until then what
+        # the Session sends waits in ``_unread_sent`` and is appended after what was read.
+        self._history: list[Message] | None = list(history or []) if stored_history is None else None
+        self._stored_history = stored_history
+        self._unread_sent: list[Message] = []
+        self._last_message_id: str | None = None
         self.data = data if isinstance(data, SessionData) else SessionData(data)
         self.integrations: dict[str, IntegrationCredentials] = dict(integrations or {})
         self._conversation = conversation
@@ -82,6 +89,45 @@ class Session:
         """The inbound event this turn answers (chatgate extension; ``None`` outside a turn).
         Adapters use it to tie what a handler sends to the request that caused it."""
         return self._inbound_id
+
+    @property
+    def history(self) -> list[Message]:
+        """The conversation before this handler ran, then what it sent (Capsule's list): read
+        from the store the first time it is used, the same list object afterwards."""
+        if self._history is None:
+            assert self._stored_history is not None
+            self._take_history(self._stored_history.read())
+        assert self._history is not None
+        return self._history
+
+    @history.setter
+    def history(self, value: list[Message]) -> None:
+        self._history, self._stored_history, self._unread_sent = value, None, []
+
+    @property
+    def last_message_id(self) -> str | None:
+        """The id of the last entry this Session added to its history (chatgate extension): a
+        reply's stored id; ``None`` before any, after a block, or for a reply with nowhere to
+        go. Unlike ``history[-1].id`` it never reads the stored history."""
+        return self._last_message_id
+
+    async def _history_read(self) -> None:
+        """Read the history now if it is still unread (before a change the stored rows would
+        show too early: a block updated in place)."""
+        if self._history is None and self._stored_history is not None:
+            self._take_history(await self._stored_history.read_async())
+
+    def _take_history(self, read: list[Message]) -> None:
+        self._history, self._stored_history = read + self._unread_sent, None
+        self._unread_sent = []
+
+    def _remember(self, message: Message) -> None:
+        """Append to ``history`` without reading it."""
+        self._last_message_id = message.id
+        if self._history is None:
+            self._unread_sent.append(message)
+        else:
+            self._history.append(message)
 
     def __repr__(self) -> str:
         return f"<Session {self.id or '(synthetic)'} {self.channel.type} user={self.user.id}>"
@@ -125,8 +171,8 @@ class Session:
     async def reply(self, text: str) -> None:
         """Send ``text`` (Markdown) as one message and add it to ``history``."""
         text = str(text)
-        self.history.append(Message(text, "app", self.channel.type))
         if not self._can_send:
+            self._remember(Message(text, "app", self.channel.type))
             log.info("reply from a session with no reply target (id=%r) not sent: %s", self.id, text[:200])
             return
         replayed = self._rt.replayed(text)
@@ -134,7 +180,7 @@ class Session:
             self.history[-1].id = replayed
             return
         message_id = new_id()
-        self.history[-1].id = message_id
+        self._remember(Message(text, "app", self.channel.type, id=message_id))
         refs = await self._deliver("a reply", lambda o: o.send_text(message_id, text))
         # Stored once, after sending, with the platform refs (a crash in between reruns the turn
         # either way, so storing first would buy nothing and cost a second write).
@@ -177,7 +223,7 @@ class Session:
             message_id, text=text, status=status, platform_refs=list(refs), fence=self.fence
         )
         if text:
-            self.history.append(Message(text, "app", self.channel.type, id=message_id))
+            self._remember(Message(text, "app", self.channel.type, id=message_id))
 
     async def stream(self, chunks: AsyncIterable[str | None] | Iterable[str | None]) -> None:
         """Stream every item of ``chunks`` as one reply: deltas or cumulative snapshots, told
@@ -222,7 +268,9 @@ class Session:
     async def show(self, block: Block) -> None:
         """Show a block; a block id shown before updates it in place."""
         envelope = block.to_envelope()
-        self.history.append(Message(json.dumps(envelope), "block", self.channel.type))
+        if self._can_send:
+            await self._history_read()  # a block shown before is updated in place: read it as it was
+        self._remember(Message(json.dumps(envelope), "block", self.channel.type))
         if not self._can_send:
             return
         async with self._rt.block_lock(self.id, envelope["id"]):

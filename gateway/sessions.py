@@ -8,7 +8,6 @@ needs the store.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -16,16 +15,15 @@ from typing import Any, Protocol
 from gateway.calls import call_maybe_async
 from gateway.conversation import Conversation
 from gateway.dispatch import UnknownSession
+from gateway.history import StoredHistory
 from gateway.inbound import PlatformUser
 from gateway.session import Session
 from gateway.store import Store
 from gateway.store.documents import WriteGate
 from gateway.store.records import InboundRecord, MessageRecord, SessionRecord
-from gateway.types import Attachment, IntegrationCredentials, Message, SessionChannel, UserInfo
+from gateway.types import IntegrationCredentials, SessionChannel, UserInfo
 
 log = logging.getLogger("chatgate.sessions")
-
-SENDER_BY_ROLE = {"user": "user", "assistant": "app", "system": "system", "block": "block"}
 
 
 class ExitHooks(Protocol):
@@ -144,10 +142,12 @@ class SessionDirectory:
         if record is None:
             raise UnknownSession(f"no session {session_id!r}")
         user = await self._store.users.get(record.user_id) or UserInfo(record.user_id)
-        recent = await self._store.messages.recent(session_id, self._history_limit)
+        history = StoredHistory(self._store.messages, record.id, record.channel.type, self._history_limit)
         integrations: dict[str, IntegrationCredentials] = await self._integrations_for(user)
         return Session(
-            record.id, user, record.channel, history=history_of(recent, record.channel.type), data=record.data,
+            record.id, user, record.channel, data=record.data,
+            history=None if history.reads_now else await history.read_async(),
+            stored_history=history if history.reads_now else None,
             integrations=integrations, conversation=self._conversation_for(record.id, record.channel),
             mode="standalone",
         )
@@ -180,29 +180,3 @@ class SessionDirectory:
         if deleted:
             await self._store.documents.delete_scope("session", session_id, gate=self._gate)
         return deleted
-
-
-def history_of(records: list[MessageRecord], channel_type: str) -> list[Message]:
-    """``session.history`` from stored messages, leaving out empty replies (a stream that wrote
-    nothing, or was cut before its first word, is stored; Capsule never has such an entry)."""
-    return [
-        to_history_message(r, channel_type)
-        for r in records
-        if not (r.role == "assistant" and not r.text and not r.attachments)
-    ]
-
-
-def to_history_message(record: MessageRecord, channel_type: str = "chat") -> Message:
-    text = record.text
-    if record.role == "block" and record.block is not None:
-        text = json.dumps(record.block)
-    attachments = [Attachment(**{k: a[k] for k in ("name", "content_type", "url", "size") if k in a})
-                   for a in record.attachments] or None
-    return Message(
-        text,
-        SENDER_BY_ROLE.get(record.role, record.role),
-        channel_type,
-        timestamp=record.created_at.timestamp(),
-        attachments=attachments,
-        id=record.id,
-    )

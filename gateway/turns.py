@@ -27,14 +27,14 @@ from gateway.context import (
 )
 from gateway.conversation import Conversation
 from gateway.dispatch import WorkItem
+from gateway.history import StoredHistory
 from gateway.inbound import Inbound
 from gateway.metrics import GatewayMetrics
 from gateway.outbound import Outbox
 from gateway.session import Session
-from gateway.sessions import history_of
 from gateway.store import Store, address_key
 from gateway.store.fence import Fence, LeaseLost
-from gateway.store.records import MessageRecord, SessionRecord
+from gateway.store.records import SessionRecord
 from gateway.types import Attachment, Event, IntegrationCredentials, Message, SessionChannel, UserInfo
 
 log = logging.getLogger("chatgate.turns")
@@ -116,7 +116,7 @@ class TurnRunner:
         rt = self.rt
         inbound = item.inbound
         fence = item.fence
-        context = await rt.store.sessions.turn_context(item.session_id, rt.settings.dispatch.history_limit + 1)
+        context = await rt.store.sessions.turn_context(item.session_id)
         if context is None:  # deleted while the event waited
             await rt.store.inbox.set_status(item.inbox_id, "done", "session deleted", fence=fence)
             outbox = rt.outbox_for(inbound.channel, item.session_id, turn=item.inbox_id)
@@ -125,7 +125,7 @@ class TurnRunner:
             rt.metrics.turn_ended(inbound.channel.type, SESSION_DELETED, received_at=item.received_at,
                                   handler_seconds=None)
             return
-        record, user, recent = context
+        record, user = context
         if address_key(record.channel) is not None:
             # A platform conversation (a group, a channel thread) has many speakers: the user of
             # this turn is whoever sent the event, not whoever spoke first.
@@ -139,12 +139,14 @@ class TurnRunner:
             rt.metrics.turn_ended(record.channel.type, "failed", received_at=item.received_at, handler_seconds=None)
             return
         message = self._bind_attachments(inbound)
-        history = self._history(recent, record.channel.type, exclude_inbound=item.inbox_id)
+        history = StoredHistory(rt.store.messages, record.id, record.channel.type, rt.settings.dispatch.history_limit,
+                                exclude_inbound=item.inbox_id)
         session = Session(
             record.id,
             user,
             record.channel,
-            history=history,
+            history=None if history.reads_now else await history.read_async(),
+            stored_history=history if history.reads_now else None,
             data=record.data,
             integrations=await rt.integrations_for(user),
             conversation=rt.conversation(
@@ -347,14 +349,6 @@ class TurnRunner:
         return [
             (m.id, m.text) for m in messages if m.role == "assistant" and m.status == "complete" and m.block is None
         ]
-
-    def _history(self, records: list[MessageRecord], channel_type: str, exclude_inbound: str) -> list[Message]:
-        """The last messages before this turn (the current message excluded, as in Capsule)."""
-        limit = self.rt.settings.dispatch.history_limit
-        if limit <= 0:
-            return []
-        kept = [r for r in records if not (r.inbound_id == exclude_inbound and r.role == "user")]
-        return history_of(kept[-limit:], channel_type)
 
     async def _failed(self, session: Session) -> str:
         """Log the handler's exception (call from an ``except`` block) and apologise."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -17,11 +18,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CHATGATE = [sys.executable, "-m", "gateway.cli"]
+THIS_TREE = {"PYTHONPATH": str(ROOT)}  # the chatgate of this tree, whichever one the venv has installed
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None, **kwargs):
     return subprocess.run([*CHATGATE, *args], capture_output=True, text=True, timeout=60, cwd=cwd,
-                          env={**os.environ, **(env or {})}, **kwargs)
+                          env={**os.environ, **THIS_TREE, **(env or {})}, **kwargs)
 
 
 def every_command() -> list[list[str]]:
@@ -197,9 +199,11 @@ async def _statuses(db: Path, session_id: str) -> list[tuple[str, str]]:
         await store.close()
 
 
-def _start(tmp_path: Path, port: int, log_name: str) -> subprocess.Popen:
+def _start(tmp_path: Path, port: int, log_name: str, **extra_env: str) -> subprocess.Popen:
     env = {
         **os.environ,
+        **THIS_TREE,
+        **extra_env,
         "CRASHY_MARKER_DIR": str(tmp_path),
         "CHATGATE_WEB__API_KEYS": '["test-key"]',
         "CHATGATE_WEB__SEND_TIMEOUT": "0.5",
@@ -220,6 +224,9 @@ def test_killed_mid_handler_the_event_runs_again_after_restart(tmp_path, free_po
         startup = re.search(r"ready in ([\d.]+) s \(([\d.]+) s since the process started\)",
                             (tmp_path / "first.log").read_text())
         assert startup and float(startup.group(2)) >= float(startup.group(1))  # imports count too
+        # server.event_loop = "auto": uvloop when installed (chatgate[fast]), and the log says so
+        expected_loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+        assert f"event loop: {expected_loop}" in (tmp_path / "first.log").read_text()
         session = _post_json(f"{base}/api/v1/chat/sessions", "test-key", {"agent_id": "default"})["data"]
         # send_message answers with the stored user message once send_timeout passes.
         stored = _post_json(f"{base}/api/v1/chat/sessions/{session['id']}/messages", "test-key",
@@ -231,9 +238,10 @@ def test_killed_mid_handler_the_event_runs_again_after_restart(tmp_path, free_po
     finally:
         if first.poll() is None:
             first.kill()
-    second = _start(tmp_path, free_port, "second.log")
+    second = _start(tmp_path, free_port, "second.log", CHATGATE_SERVER__EVENT_LOOP="asyncio")
     try:
         _wait_for(lambda: "ready in" in (tmp_path / "second.log").read_text(), 30, "the restart")
+        assert "event loop: asyncio" in (tmp_path / "second.log").read_text()
 
         def reply():
             messages = _get_json(f"{base}/api/v1/chat/sessions/{session['id']}/messages?limit=50", "test-key")

@@ -1,12 +1,14 @@
 """What one text turn costs the store: counted statements, not timings.
 
 A turn answering a message in a known session reads the session once (the turn's own read; the
-intake checks it exists inside the write that records the event) and binds each attachment to
-its adapter once (at intake; only an event recovered after a restart is bound in the turn)."""
+intake checks it exists inside the write that records the event), binds each attachment to
+its adapter once (at intake; only an event recovered after a restart is bound in the turn), and
+reads its history only if the handler uses it (``session.history``, ``chat_messages``)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections import Counter
 from typing import Any, ClassVar
@@ -62,6 +64,11 @@ class CountingAdapter(Adapter):
         return Attachment(attachment.name, attachment.content_type, attachment.url, attachment.size, fetch=fetch)
 
 
+def reads_lazily(database_url: str) -> bool:
+    """``session.history`` is read on first use on a SQLite file, up front on PostgreSQL."""
+    return database_url.startswith("sqlite")
+
+
 class StatementLog:
     """Every SQL statement any engine runs while ``recording`` (a listener, not a patch)."""
 
@@ -75,6 +82,9 @@ class StatementLog:
 
     def session_reads(self) -> list[str]:
         return [s for s in self.statements if re.match(r"SELECT .* FROM sessions\b", s)]
+
+    def message_reads(self) -> list[str]:
+        return [s for s in self.statements if re.match(r"SELECT .* FROM messages\b", s)]
 
 
 @pytest.fixture
@@ -124,6 +134,9 @@ async def test_one_text_turn_reads_its_session_once_and_binds_attachments_once(
 
     assert reply == "echo: hello ['report.pdf'] [8]"
     assert len(statements.session_reads()) == 1, statements.session_reads()
+    # The handler never looked at its history: on a SQLite file nothing is read for it; on
+    # PostgreSQL the history is read before the handler (a lazy read there would block the loop).
+    assert len(statements.message_reads()) == (0 if reads_lazily(database_url) else 1), statements.message_reads()
     assert adapter.bound == {"counted-file:1": 1}
     writes = [s for s in statements.statements if s.startswith(("INSERT", "UPDATE", "DELETE"))]
     # the event and the user's message, in one transaction with the session check; the reply; done
@@ -144,3 +157,141 @@ async def test_an_event_for_a_session_that_does_not_exist_records_nothing(tmp_pa
         assert await gw.store.inbox.unfinished() == []
     finally:
         await gw.stop()
+
+
+def history_app(seen: list[Any]) -> gateway.App:
+    """``look*`` messages report what the handler sees of its history; ``empty`` stores an
+    empty reply (left out of history); anything else is echoed."""
+    app = gateway.App("counted")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        if msg.text == "look after a reply":
+            await session.reply("first reply")  # appended before anyone read the history
+            seen.append([(m.sender, m.text) for m in session.history])
+            assert session.history is session.history  # one list, read once
+        elif msg.text == "look through chat_messages":
+            seen.append(session.chat_messages(msg))
+        await session.reply("" if msg.text == "empty" else f"echo: {msg.text}")
+
+    return app
+
+
+async def test_history_is_read_on_first_use_and_is_the_list_capsule_gives(
+    tmp_path, database_url, statements
+) -> None:
+    adapter = CountingAdapter()
+    seen: list[Any] = []
+    settings = test_settings(tmp_path, database={"url": database_url}, dispatch={"history_limit": 3})
+    gw = Gateway(history_app(seen), settings, adapters=[adapter])
+    await gw.start()
+    try:
+        user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
+        record = await gw.sessions.create(SessionChannel("counted"), user)
+
+        async def turn(key: str, text: str) -> list[str]:
+            await gw.submit(Inbound("message", key, SessionChannel("counted"), PlatformUser("counted", "u1"),
+                                    message=Message(text, "user", "counted"), session_id=record.id))
+            replies = [await asyncio.wait_for(adapter.replies.get(), 10)]
+            await until(lambda: gw.dispatcher.running_inbound(record.id) is None)
+            while not adapter.replies.empty():
+                replies.append(adapter.replies.get_nowait())
+            return replies
+
+        for number, text in enumerate(["one", "two", "empty"]):
+            await turn(f"counted:{number}", text)
+        statements.recording = True
+        assert await turn("counted:3", "look after a reply") == ["first reply", "echo: look after a reply"]
+        statements.recording = False
+        # The last 3 stored before the turn (its own message left out): "echo: two", "empty" and
+        # the empty reply, which history leaves out; then the reply sent before the first read.
+        assert seen.pop() == [("app", "echo: two"), ("user", "empty"), ("app", "first reply")]
+        assert len(statements.message_reads()) == 1, statements.message_reads()
+
+        statements.statements.clear()
+        statements.recording = True
+        await turn("counted:4", "look through chat_messages")
+        statements.recording = False
+        assert seen.pop() == [
+            {"role": "user", "content": "look after a reply"},
+            {"role": "assistant", "content": "first replyecho: look after a reply"},
+            {"role": "user", "content": "look through chat_messages"},
+        ]
+        assert len(statements.message_reads()) == 1, statements.message_reads()
+
+        # A session opened outside a turn (a job, a task, a broadcast) reads it on first use too.
+        statements.statements.clear()
+        statements.recording = True
+        opened = await gw.sessions.open(record.id)
+        await opened.reply("from a job")
+        assert len(statements.message_reads()) == (0 if reads_lazily(database_url) else 1)
+        assert opened.last_message_id is not None
+        history = [(m.sender, m.text) for m in opened.history]
+        statements.recording = False
+        assert history == [  # the last 3 stored before it was opened, then its own reply
+            ("app", "echo: look after a reply"),
+            ("user", "look through chat_messages"),
+            ("app", "echo: look through chat_messages"),
+            ("app", "from a job"),
+        ]
+        assert opened.history[-1].id == opened.last_message_id
+        assert len(statements.message_reads()) == 1, statements.message_reads()
+    finally:
+        await gw.stop()
+
+
+async def test_a_block_updated_in_place_before_the_history_is_read_shows_as_it_was(tmp_path, database_url) -> None:
+    """Showing a block again updates its stored row: the history read afterwards would show
+    the new envelope twice, so a Session reads its history before it shows a block."""
+    adapter = CountingAdapter()
+    seen: list[Any] = []
+    app = gateway.App("counted")
+
+    @app.message()
+    async def handle(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.set_title(msg.text)  # the block title_<session id>, updated in place
+        if msg.text == "second":
+            seen.append([(m.sender, m.text) for m in session.history])
+        await session.reply("ok")
+
+    gw = Gateway(app, test_settings(tmp_path, database={"url": database_url}), adapters=[adapter])
+    await gw.start()
+    try:
+        user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
+        record = await gw.sessions.create(SessionChannel("counted"), user)
+        for number, text in enumerate(["first", "second"]):
+            await gw.submit(Inbound("message", f"counted:{number}", SessionChannel("counted"),
+                                    PlatformUser("counted", "u1"), message=Message(text, "user", "counted"),
+                                    session_id=record.id))
+            assert await asyncio.wait_for(adapter.replies.get(), 10) == "ok"
+            await until(lambda: gw.dispatcher.running_inbound(record.id) is None)
+    finally:
+        await gw.stop()
+    titles = [json.loads(text)["payload"]["title"] for sender, text in seen[0] if sender == "block"]
+    assert titles == ["first", "second"]
+    assert [(s, t) for s, t in seen[0] if s != "block"] == [("user", "first"), ("app", "ok")]
+
+
+async def test_a_store_that_cannot_read_now_reads_the_history_when_awaited(tmp_path) -> None:
+    """An in-memory SQLite store has no connection a synchronous read could use: a turn there
+    reads the history up front (``read_async``), and ``read`` says why it cannot."""
+    from gateway.history import StoredHistory
+    from gateway.store import Store
+
+    store = Store("sqlite+aiosqlite:///:memory:")
+    await store.open()
+    try:
+        user = await store.users.resolve(PlatformUser("counted", "u1"))
+        record = await store.sessions.create(SessionChannel("counted"), user)
+        await store.messages.add(record.id, "user", "hi")
+        await store.messages.add(record.id, "assistant", "")  # an empty reply: left out
+        await store.messages.add(record.id, "assistant", "hello")
+        history = StoredHistory(store.messages, record.id, "counted", 50)
+        assert not history.reads_now
+        assert [(m.sender, m.text) for m in await history.read_async()] == [("user", "hi"), ("app", "hello")]
+        with pytest.raises(RuntimeError, match="no synchronous reads"):
+            history.read()
+        nothing = StoredHistory(store.messages, record.id, "counted", 0)  # dispatch.history_limit = 0
+        assert nothing.reads_now and nothing.read() == []
+    finally:
+        await store.close()

@@ -69,7 +69,7 @@ async def test_a_subscriber_that_falls_behind_is_told_once(kind, request, caplog
             with pytest.raises(SubscriberOverflow):
                 async for _event in events:
                     pass
-            assert events.queue.qsize() <= 1
+            assert events.pending() <= 1
     finally:
         await bus.close()
     assert len(overflow_lines(caplog)) == 1

@@ -125,6 +125,24 @@ class Database:
         async with self.reading() as conn:
             return await conn.run_sync(work)
 
+    @property
+    def reads_now(self) -> bool:
+        """Whether ``read_now`` can serve this database: a SQLite file, whose reads are local and
+        take well under a millisecond. Not PostgreSQL: a read there waits on the network, and a
+        synchronous wait would stall the event loop (so ``session.history`` is read before the
+        handler runs instead), nor an in-memory SQLite database (only its own engine sees it)."""
+        return self._sync_engine is not None
+
+    def read_now(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(connection)`` on the calling thread and return its result *synchronously*.
+
+        For the few reads a synchronous API needs on first use (``session.history``), on a
+        SQLite file only (``reads_now``): WAL readers never wait for the writer. Raises
+        ``RuntimeError`` elsewhere."""
+        if self._sync_engine is None:
+            raise RuntimeError("no synchronous reads on this database (see Database.reads_now)")
+        return self._sync_connect(work)
+
     def _sync_begin(self, work: Callable[[Connection], T]) -> T:
         assert self._sync_engine is not None
         with self._sync_engine.begin() as conn:
@@ -190,4 +208,3 @@ class Database:
     async def ping(self) -> None:
         """One trivial query: the database answers (readiness probes)."""
         await self.run_read(lambda conn: conn.exec_driver_sql("SELECT 1").scalar())
-

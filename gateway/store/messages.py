@@ -3,6 +3,7 @@ turns."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, or_, update
@@ -15,6 +16,7 @@ from gateway.store.records import MessageRecord
 from gateway.store.statements import (
     INSERT_MESSAGE,
     MESSAGES,
+    SELECT_HISTORY,
     SELECT_TURN,
 )
 from gateway.store.tables import (
@@ -163,6 +165,20 @@ class MessageQueries:
 
         return await self._db.run_read(work)
 
+    def history_now(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]:
+        """The last ``limit`` messages with ids before ``before_id``, oldest first, read
+        synchronously (``Database.read_now``): ``session.history`` on first use."""
+        return self._db.read_now(_history_reader(session_id, before_id, limit))
+
+    async def history(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]:
+        """``history_now`` for a caller that can await (or a store that cannot read now)."""
+        return await self._db.run_read(_history_reader(session_id, before_id, limit))
+
+    @property
+    def reads_now(self) -> bool:
+        """Whether ``history_now`` can serve this store (``Database.reads_now``)."""
+        return self._db.reads_now
+
     async def save_feedback(self, session_id: str, inbound_id: str, value: int) -> None:
         """Record (or change) the rating of one turn."""
         async with self._db.write() as db:
@@ -202,3 +218,13 @@ class MessageQueries:
             return int(deleted) + int(failed)
 
         return int(await self._db.run_write(settle, fence))
+
+
+def _history_reader(session_id: str, before_id: str, limit: int) -> Callable[[Connection], list[MessageRecord]]:
+    parameters = {"session_id": session_id, "before_id": before_id, "limit": limit}
+
+    def work(conn: Connection) -> list[MessageRecord]:
+        rows = conn.execute(SELECT_HISTORY, parameters).mappings().all()
+        return [MessageRecord.from_mapping(r) for r in reversed(rows)]
+
+    return work

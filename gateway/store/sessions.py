@@ -12,9 +12,8 @@ from sqlmodel import col, select
 
 from gateway.store.database import Database
 from gateway.store.fence import Fence
-from gateway.store.records import MessageRecord, SessionRecord
+from gateway.store.records import SessionRecord
 from gateway.store.statements import (
-    SELECT_RECENT,
     SELECT_SESSION,
     SELECT_USER,
     address_key,
@@ -69,23 +68,18 @@ class SessionQueries:
 
         return await self._db.run_read(work)
 
-    async def turn_context(
-        self, session_id: str, history_limit: int
-    ) -> tuple[SessionRecord, UserInfo | None, list[MessageRecord]] | None:
-        """What a turn needs, in one read: the session, its user, the recent messages."""
+    async def turn_context(self, session_id: str) -> tuple[SessionRecord, UserInfo | None] | None:
+        """What a turn needs, in one read: the session and its user (its history is read only
+        if the handler uses it: ``gateway.history``)."""
 
-        def work(conn: Connection) -> tuple[SessionRecord, UserInfo | None, list[MessageRecord]] | None:
+        def work(conn: Connection) -> tuple[SessionRecord, UserInfo | None] | None:
             row = conn.execute(SELECT_SESSION, {"session_id": session_id}).mappings().first()
             if row is None:
                 return None
             record = SessionRecord.from_mapping(row)
             user_row = conn.execute(SELECT_USER, {"user_id": record.user_id}).mappings().first()
-            messages: list[MessageRecord] = []
-            if history_limit > 0:
-                result = conn.execute(SELECT_RECENT, {"session_id": session_id, "limit": history_limit})
-                messages = [MessageRecord.from_mapping(m) for m in reversed(result.mappings().all())]
             user = None if user_row is None else UserInfo(user_row["id"], user_row["email"], user_row["org_id"])
-            return record, user, messages
+            return record, user
 
         return await self._db.run_read(work)
 

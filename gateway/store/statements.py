@@ -29,6 +29,13 @@ SELECT_RECENT = (
     .order_by(MESSAGES.c.id.desc())
     .limit(bindparam("limit"))
 )
+SELECT_HISTORY = (  # session.history: the last messages stored before the Session was made
+    select(MESSAGES)
+    .where(MESSAGES.c.session_id == bindparam("session_id"))
+    .where(MESSAGES.c.id < bindparam("before_id"))
+    .order_by(MESSAGES.c.id.desc())
+    .limit(bindparam("limit"))
+)
 SELECT_TURN = (
     select(MESSAGES)
     .where(MESSAGES.c.inbound_id == bindparam("inbound_id"))

@@ -8,10 +8,11 @@ response is closed right after the terminal ``done`` or ``error`` event.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
+
+from ..jsoncodec import compact
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -22,10 +23,10 @@ TERMINAL_EVENTS = frozenset({"done", "error"})
 
 
 def sse_frame(event: str, data: dict[str, Any]) -> bytes:
-    """One SSE frame. ``json.dumps`` without indent escapes newlines, so ``data`` is one line."""
+    """One SSE frame. Compact JSON escapes newlines, so ``data`` is one line."""
     if not event or any(c in event for c in "\r\n"):
         raise ValueError(f"bad SSE event name {event!r}")
-    payload = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    payload = compact(data)
     return f"event: {event}\ndata: {payload}\n\n".encode()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import secrets
@@ -34,6 +33,7 @@ from ..context import WIDGET_CHANNEL, WebContext, too_many_requests
 from ..cors import origin_allowed
 from ..errors import WebError, error_frame
 from ..identity import IdentityRefused, WebIdentity
+from ..jsoncodec import compact
 from ..outbox import session_topic
 from ..quotas import RateLimited
 from ..reservations import Reservation
@@ -84,6 +84,7 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
     try:
         ctx.identities.remember(ws, identity)  # a new visitor, or a renewed cookie
         await ws.prepare(request)
+        ws.cookies.clear()  # sent with the upgrade; kept, they cost an idle socket ~0.8 KB
         # A visitor is stored on their first message, not here: a socket opened and dropped
         # leaves no row (a new visitor has no history to show anyway).
         user = await ctx.known_user(identity)
@@ -406,7 +407,7 @@ class WidgetConnection:
             return
         async with self._send_lock:
             try:
-                await self.ws.send_str(json.dumps(frame, ensure_ascii=False, separators=(",", ":")))
+                await self.ws.send_str(compact(frame))
             except (ConnectionError, RuntimeError):
                 log.debug("socket %s went away while sending", self.connection_id)
 

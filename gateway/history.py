@@ -1,0 +1,108 @@
+"""``session.history`` from the store, read on first use.
+
+A handler that never looks at its history (an echo, a router, most LLM handlers that keep their
+own memory) should not pay for reading the last fifty messages and decoding their JSON on every
+turn: that read was half the CPU of a stored turn (issue 12). ``StoredHistory`` remembers what
+to read; ``Session.history`` reads it the first time something asks, with Capsule's semantics:
+the messages stored before the Session was made (the current user message excluded in a turn),
+empty replies left out, at most ``history_limit`` of them, followed by whatever the Session sent
+before anyone looked.
+
+The cut-off is an id made when the Session is: ids sort in creation order (``new_id``), so what
+this Session (or anyone) stores afterwards is not read twice.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+from gateway.store.records import MessageRecord
+from gateway.store.tables import new_id
+from gateway.types import Attachment, Message
+
+SENDER_BY_ROLE = {"user": "user", "assistant": "app", "system": "system", "block": "block"}
+
+
+class HistoryReads(Protocol):
+    """The store's messages as a history needs them (``gateway.store.messages.MessageQueries``)."""
+
+    @property
+    def reads_now(self) -> bool: ...
+
+    def history_now(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]: ...
+
+    async def history(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]: ...
+
+
+class StoredHistory:
+    """What ``session.history`` holds until someone reads it: which session, up to when, how
+    many, and (in a turn) which inbound event's user message to leave out."""
+
+    def __init__(
+        self,
+        messages: HistoryReads,
+        session_id: str,
+        channel_type: str,
+        limit: int,
+        *,
+        exclude_inbound: str | None = None,
+    ) -> None:
+        self._messages = messages
+        self._session_id = session_id
+        self._channel_type = channel_type
+        self._limit = limit
+        self._exclude_inbound = exclude_inbound
+        self._before_id = new_id()
+
+    @property
+    def reads_now(self) -> bool:
+        """Whether ``read`` works synchronously on this store (not on in-memory SQLite)."""
+        return self._limit <= 0 or self._messages.reads_now
+
+    def read(self) -> list[Message]:
+        """The history, read now (the calling thread waits; see ``Database.read_now``)."""
+        if self._limit <= 0:
+            return []
+        return self._select(self._messages.history_now(self._session_id, self._before_id, self._fetch))
+
+    async def read_async(self) -> list[Message]:
+        if self._limit <= 0:
+            return []
+        return self._select(await self._messages.history(self._session_id, self._before_id, self._fetch))
+
+    @property
+    def _fetch(self) -> int:
+        # One more than the limit in a turn: the current user message is among them, then left out.
+        return self._limit + 1 if self._exclude_inbound is not None else self._limit
+
+    def _select(self, records: list[MessageRecord]) -> list[Message]:
+        excluded = self._exclude_inbound
+        kept = [r for r in records if not (excluded is not None and r.inbound_id == excluded and r.role == "user")]
+        return history_of(kept[-self._limit:], self._channel_type)
+
+
+def history_of(records: list[MessageRecord], channel_type: str) -> list[Message]:
+    """``session.history`` from stored messages, leaving out empty replies (a stream that wrote
+    nothing, or was cut before its first word, is stored; Capsule never has such an entry)."""
+    return [
+        to_history_message(r, channel_type)
+        for r in records
+        if not (r.role == "assistant" and not r.text and not r.attachments)
+    ]
+
+
+def to_history_message(record: MessageRecord, channel_type: str = "chat") -> Message:
+    text = record.text
+    if record.role == "block" and record.block is not None:
+        text = json.dumps(record.block)
+    attachments = [Attachment(**{k: a[k] for k in ("name", "content_type", "url", "size") if k in a})
+                   for a in record.attachments] or None
+    return Message(
+        text,
+        SENDER_BY_ROLE.get(record.role, record.role),
+        channel_type,
+        timestamp=record.created_at.timestamp(),
+        attachments=attachments,
+        id=record.id,
+    )
