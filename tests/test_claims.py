@@ -97,8 +97,10 @@ async def test_the_worker_listens_again_after_its_connection_is_cut(tmp_path, po
 
         assert await say("k1", "before") == "echo: before"
         assert inbound.sent.empty()  # the web process ran no handler
+        # This test's own listener: the connection runs in this test's database (other tests or
+        # processes on the same server may be listening too).
         cut = await _admin(postgres_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                         f"WHERE application_name = '{LISTENER_NAME}'")
+                                         f"WHERE application_name = '{LISTENER_NAME}' AND datname = current_database()")
         assert [row[0] for row in cut] == [True]
         assert worker.claims is not None
         await until(lambda: not worker.claims.listening, timeout=10)
