@@ -52,6 +52,13 @@ async def handle(session: gateway.Session, msg: gateway.Message) -> None:
         approved = await session.prompt_approval("Deploy to production?", timeout=20)
         await session.reply(f"{'deploying' if approved else 'cancelled'} (worker {os.getpid()})")
         return
+    if text.startswith("stream:"):  # stream:<words>:<seconds between words>
+        _, words, pause = text.split(":")
+        async with session.stream_reply() as reply:
+            for i in range(int(words)):
+                reply.write(f" w{i}" if i else "w0")
+                await asyncio.sleep(float(pause))
+        return
     await asyncio.sleep(0.02)  # a model call: a kill finds handlers mid-turn
     session.data["count"] = session.data.get("count", 0) + 1
     await session.reply(f"echo: {text}")
@@ -481,3 +488,190 @@ class _Widget:
 async def _widget(http: aiohttp.ClientSession, web: Process, **params: str) -> _Widget:
     return _Widget(await http.ws_connect(f"{web.base}/ws", params=params))
 
+
+
+# -- the issue's main run: 2 web + 2 workers under load, one process failing -----------------------
+
+
+class Load:
+    """Clients conversing in many sessions at once, each message through the next web process in
+    turn. A request cut off by a dying web process is sent again, same content, to a live one
+    (the SDK's re-POST): within ``web.dedup_window`` it joins the first turn wherever that was
+    recorded. ``at(n)`` is set once ``n`` exchanges are complete."""
+
+    def __init__(self, http: aiohttp.ClientSession, webs: list[Process], sessions: int, per_session: int) -> None:
+        self.apis = [Api(http, web) for web in webs]
+        self.alive = list(self.apis)
+        self.sessions, self.per_session = sessions, per_session
+        self.session_ids: list[str] = []
+        self.done = 0
+        self.retried = 0
+        self._marks: dict[int, asyncio.Event] = {}
+
+    def at(self, exchanges: int) -> asyncio.Event:
+        mark = self._marks.setdefault(exchanges, asyncio.Event())
+        if self.done >= exchanges:
+            mark.set()
+        return mark
+
+    async def run(self) -> None:
+        self.session_ids = [await self.apis[i % len(self.apis)].create_session() for i in range(self.sessions)]
+        await asyncio.gather(*(self._converse(i, s) for i, s in enumerate(self.session_ids)))
+
+    async def _converse(self, index: int, session_id: str) -> None:
+        for n in range(self.per_session):
+            text = f"s{index} m{n}"
+            answer = await self._send(index + n, session_id, text)
+            if answer["content"] != f"echo: {text}":  # send_timeout passed (the turn moved workers)
+                replied = lambda text=text: _has_reply(self.alive[0], session_id, text)  # noqa: E731
+                await wait_for(replied, 30, f"the reply to {text}")
+            self.done += 1
+            if self.done in self._marks:
+                self._marks[self.done].set()
+
+    async def _send(self, turn: int, session_id: str, text: str) -> dict[str, Any]:
+        while True:
+            api = self.alive[turn % len(self.alive)]
+            try:
+                return await api.send(session_id, text)
+            except aiohttp.ClientConnectionError:
+                # The web process died under the request (or refuses connections): the same
+                # content again, to the next live one.
+                if api in self.alive and len(self.alive) > 1:
+                    self.alive.remove(api)
+                self.retried += 1
+
+    async def check_transcripts(self) -> None:
+        """Every session: each user message once and each reply once, in order."""
+        api = self.alive[0]
+        transcripts = await asyncio.gather(*(api.transcript(s) for s in self.session_ids))
+        for index, transcript in enumerate(transcripts):
+            expected = []
+            for n in range(self.per_session):
+                expected += [("user", f"s{index} m{n}"), ("assistant", f"echo: s{index} m{n}")]
+            assert transcript == expected, (index, transcript)
+
+
+async def _handler_runs(cluster: Cluster) -> list[int]:
+    """How often each session's handler ran to its ``session.data`` save."""
+    return [json.loads(row[0]).get("count", 0) for row in await cluster.query("SELECT data FROM sessions")]
+
+
+async def _unfinished(cluster: Cluster) -> int:
+    return (await cluster.query("SELECT count(*) FROM inbox WHERE status IN ('pending', 'running')"))[0][0]
+
+
+async def _busiest_worker(cluster: Cluster, workers: list[Process]) -> Process:
+    """The live worker holding the most leases right now (one at random when none holds any)."""
+    rows = await cluster.query(
+        "SELECT holder FROM session_leases WHERE holder <> '' AND expires_at > now() "
+        "GROUP BY holder ORDER BY count(*) DESC"
+    )
+    live = [w for w in workers if w.popen.poll() is None]
+    for row in rows:
+        for worker in live:
+            if f":{worker.popen.pid}:" in row["holder"]:
+                return worker
+    return live[0]
+
+
+MAIN_SESSIONS = 50
+MAIN_PER_SESSION = 20  # 1,000 messages, the issue's scale
+
+
+async def test_two_web_two_workers_a_thousand_messages_a_worker_killed_mid_run(cluster_factory):
+    """Issue 11's main run: 1,000 REST messages over 50 sessions through both web processes (each
+    session's messages alternate between them), two workers, the busiest worker killed with
+    SIGKILL a third of the way in and a new one started: every transcript exact, nothing left
+    unfinished, each handler run at most once more than it had messages (the kill)."""
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="2", CHATGATE_WEB__SEND_TIMEOUT="6")
+    webs = [cluster.start("web"), cluster.start("web")]
+    workers = [cluster.start("worker"), cluster.start("worker")]
+    await cluster.ready(*webs, *workers)
+    total = MAIN_SESSIONS * MAIN_PER_SESSION
+    doomed: list[Process] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        load = Load(http, webs, MAIN_SESSIONS, MAIN_PER_SESSION)
+
+        async def kill_one_worker() -> None:
+            await load.at(total // 3).wait()
+            victim = await _busiest_worker(cluster, workers)
+            victim.popen.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(victim.popen.wait, 5)
+            doomed.append(victim)
+            await cluster.ready(cluster.start("worker"))
+
+        await asyncio.wait_for(asyncio.gather(load.run(), kill_one_worker()), 100)
+        await load.check_transcripts()
+    assert load.retried == 0  # both web processes answered every request
+    assert await _unfinished(cluster) == 0
+    runs = await _handler_runs(cluster)
+    assert len(runs) == MAIN_SESSIONS and all(r in (MAIN_PER_SESSION, MAIN_PER_SESSION + 1) for r in runs), runs
+    others = "".join(p.text() for p in cluster.processes if p not in doomed)
+    assert "which left it unfinished" in others  # the killed worker's turns ran again elsewhere
+    assert "Traceback" not in others, others
+
+
+async def test_a_web_process_killed_mid_run_clients_retry_on_the_other(cluster_factory):
+    """kill -9 of one of two web processes while 20 clients converse through both: requests it
+    held are sent again to the other (same content: the re-POST joins the first turn if the dead
+    process had recorded it), later ones go to the survivor. Every transcript exact; every
+    handler ran exactly once per message (a join runs nothing again); nothing unfinished."""
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="2", CHATGATE_WEB__SEND_TIMEOUT="6",
+                              CHATGATE_WEB__DEDUP_WINDOW="60")
+    webs = [cluster.start("web"), cluster.start("web")]
+    workers = [cluster.start("worker"), cluster.start("worker")]
+    await cluster.ready(*webs, *workers)
+    sessions, per_session = 20, 12
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        load = Load(http, webs, sessions, per_session)
+
+        async def kill_a_web_process() -> None:
+            await load.at(sessions * per_session // 3).wait()
+            webs[0].popen.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(webs[0].popen.wait, 5)
+
+        await asyncio.wait_for(asyncio.gather(load.run(), kill_a_web_process()), 60)
+        assert load.alive == [load.apis[1]] and load.retried > 0
+        await load.check_transcripts()
+    assert await _unfinished(cluster) == 0
+    assert await _handler_runs(cluster) == [per_session] * sessions
+    survivors = "".join(p.text() for p in cluster.processes if p is not webs[0])
+    assert "Traceback" not in survivors, survivors
+
+
+async def test_a_rolling_sigterm_restart_of_both_workers_under_load(cluster_factory):
+    """Both workers replaced one after the other while 20 clients converse through two web
+    processes: a new worker is started, the old one gets SIGTERM and exits cleanly, then the
+    same for the other. Nothing lost, nothing repeated: transcripts exact, each handler ran once
+    per message, no event needed a second attempt."""
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="20", CHATGATE_WEB__SEND_TIMEOUT="20",
+                              CHATGATE_WORKER__SHUTDOWN_GRACE="10")
+    webs = [cluster.start("web"), cluster.start("web")]
+    workers = [cluster.start("worker"), cluster.start("worker")]
+    await cluster.ready(*webs, *workers)
+    sessions, per_session = 20, 20
+    total = sessions * per_session
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        load = Load(http, webs, sessions, per_session)
+        stopped_at: list[int] = []
+
+        async def roll() -> None:
+            for old in workers:
+                replacement = cluster.start("worker")  # up before the old one goes, as a deployment does
+                await load.at(total // 10).wait()
+                await cluster.ready(replacement)
+                old.popen.send_signal(signal.SIGTERM)
+                stopped_at.append(load.done)
+                assert await asyncio.to_thread(old.popen.wait, 15) == 0
+
+        await asyncio.wait_for(asyncio.gather(load.run(), roll()), 60)
+        await load.check_transcripts()
+    assert stopped_at[-1] < total, stopped_at  # both SIGTERMs came while clients were still sending
+    assert await _unfinished(cluster) == 0
+    assert await _handler_runs(cluster) == [per_session] * sessions
+    retried = await cluster.query("SELECT count(*) FROM inbox WHERE attempts > 0")
+    assert retried[0][0] == 0
+    logs = "".join(p.text() for p in cluster.processes)
+    assert "which left it unfinished" not in logs and "Traceback" not in logs, logs
+    assert all("stopped" in w.text() for w in workers)
