@@ -675,3 +675,84 @@ async def test_a_rolling_sigterm_restart_of_both_workers_under_load(cluster_fact
     logs = "".join(p.text() for p in cluster.processes)
     assert "which left it unfinished" not in logs and "Traceback" not in logs, logs
     assert all("stopped" in w.text() for w in workers)
+
+
+# -- a widget stream resumed on the other web process ----------------------------------------------
+
+
+class _Reader(_Widget):
+    """A widget that keeps each message's text as docs/web-protocol.md says, and checks that every
+    delta starts exactly where its text ends (a gap or a repeat fails the test)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        super().__init__(ws)
+        self.texts: dict[str, str] = {}
+        self.roles: dict[str, str] = {}
+        self.first_status: dict[str, str] = {}
+        self.deltas = 0
+
+    async def until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.ws.receive_json()
+                self._apply(frame)
+                if predicate(frame):
+                    return frame
+
+    def _apply(self, frame: dict[str, Any]) -> None:
+        if frame["type"] == "message":
+            message = frame["message"]
+            self.texts[message["id"]] = message["text"]
+            self.roles[message["id"]] = message["role"]
+            self.first_status.setdefault(message["id"], message["status"])
+        elif frame["type"] == "delta":
+            have = self.texts[frame["message_id"]]
+            assert frame["offset"] == len(have.encode("utf-16-le")) // 2, (have, frame)  # no gap, no repeat
+            self.texts[frame["message_id"]] = have + frame["delta"]
+            self.deltas += 1
+        elif frame["type"] == "done":
+            assert self.texts[frame["message_id"]] == frame["text"], "deltas and done disagree"
+
+
+async def test_a_widget_stream_resumed_on_the_other_web_process(cluster_factory):
+    """A widget watches a slow streaming reply through web A, loses its socket mid-stream and
+    reconnects to web B asking to resume after its last final message (as the widget's client.js
+    does): B replays the reply as far as it has got and streams the rest, every delta
+    continuing exactly where the text ends, and the final text is exact."""
+    cluster = cluster_factory(CHATGATE_WEB__STREAM_INTERVAL="0")
+    webs = [cluster.start("web"), cluster.start("web")]
+    workers = [cluster.start("worker"), cluster.start("worker")]
+    await cluster.ready(*webs, *workers)
+    words = 60
+    final = " ".join(f"w{i}" for i in range(words))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        first = _Reader(await http.ws_connect(f"{webs[0].base}/ws"))
+        ready = await first.hello()
+        await first.send("message", text="hi")
+        echo = await first.until(lambda f: f["type"] == "message" and f["message"]["text"] == "echo: hi")
+        await first.until(lambda f: f["type"] == "turn_end")
+        await first.send("message", text=f"stream:{words}:0.04")
+        # Mid-stream: part of the reply seen, then the socket is gone.
+        await first.until(lambda f: first.deltas >= 5)
+        [reply_id] = [m for m, role in first.roles.items() if role == "assistant" and m != echo["message"]["id"]]
+        seen = first.texts[reply_id]
+        await first.ws.close()
+        assert final.startswith(seen) and seen != final
+
+        # The last message known final is the echo (the widget's own message has no id until it
+        # is replayed): resume after it, on the other web process.
+        second = _Reader(await http.ws_connect(f"{webs[1].base}/ws", params={"visitor": ready["visitor_token"]}))
+        await second.send("hello", session_id=ready["session_id"], after=echo["message"]["id"])
+        assert (await second.until(lambda f: f["type"] in ("ready", "error")))["type"] == "ready"
+        done = await second.until(lambda f: f["type"] == "done")
+        await second.until(lambda f: f["type"] == "turn_end")
+        await second.ws.close()
+    assert done["message_id"] == reply_id and done["text"] == final and second.texts[reply_id] == final
+    # After the echo: the user's message and the reply, each once.
+    assert [second.roles[m] for m in second.roles] == ["user", "assistant"] and list(second.roles)[1] == reply_id
+    assert second.first_status[reply_id] == "streaming" and second.deltas > 0  # joined mid-stream, the rest live
+    transcript = await cluster.query("SELECT role, text, status FROM messages ORDER BY id")
+    assert [tuple(r) for r in transcript] == [
+        ("user", "hi", "complete"), ("assistant", "echo: hi", "complete"),
+        ("user", f"stream:{words}:0.04", "complete"), ("assistant", final, "complete"),
+    ]
