@@ -26,6 +26,9 @@ import aiohttp
 import asyncpg
 import pytest
 
+from tests.fakes.slack_api import FakeSlack
+from tests.fakes.telegram_api import FakeTelegramAPI, RateWindow, TelegramRates
+
 ROOT = Path(__file__).resolve().parent.parent
 CHATGATE = [sys.executable, "-m", "gateway.cli"]
 KEY = "scale-key"
@@ -58,6 +61,7 @@ async def handle(session: gateway.Session, msg: gateway.Message) -> None:
             for i in range(int(words)):
                 reply.write(f" w{i}" if i else "w0")
                 await asyncio.sleep(float(pause))
+        session.data["streamed_by"] = os.getpid()
         return
     await asyncio.sleep(0.02)  # a model call: a kill finds handlers mid-turn
     session.data["count"] = session.data.get("count", 0) + 1
@@ -756,3 +760,79 @@ async def test_a_widget_stream_resumed_on_the_other_web_process(cluster_factory)
         ("user", "hi", "complete"), ("assistant", "echo: hi", "complete"),
         ("user", f"stream:{words}:0.04", "complete"), ("assistant", final, "complete"),
     ]
+
+
+# -- Telegram and Slack streams through two workers ------------------------------------------------
+
+PLATFORM_SCALE = 0.05  # Telegram's windows shrunk on both sides (the fake's limits and the pacing)
+BOT_RATE = 1  # the bot-wide window narrowed on both sides: 1 message a (scaled) second, 20/s here
+"""Narrowed so that the groups' previews from two workers want about twice what the bot may send:
+each worker alone would stay inside it, together only by sharing it through Redis."""
+
+
+async def test_telegram_and_slack_streams_through_two_workers_stay_inside_the_limits(cluster_factory):
+    """Twenty-one chats stream at once through two workers. Telegram: three private chats (drafts,
+    then the final message) and six groups (a message, then edits), the updates taken in by the
+    web process holding the poller lease. Slack: six DMs and six channel mentions (native streams),
+    the events POSTed to both web processes in turn. Together the streams want more than the
+    bot's Telegram window and Slack's chat.appendStream tier allow (each worker alone would not):
+    the fakes, which enforce the limits, answer 0 × 429, and every chat ends with exactly its
+    final text, once."""
+    words = 40
+    final = " ".join(f"w{i}" for i in range(words))
+    prompt = f"stream:{words}:0.05"
+    rates = TelegramRates(global_=RateWindow(BOT_RATE, 1.0))
+    async with FakeTelegramAPI(rate_scale=PLATFORM_SCALE, rates=rates) as telegram, FakeSlack() as slack:
+        slack.add_user("U1", email="ada@example.com")
+        cluster = cluster_factory(
+            CHATGATE_TELEGRAM__BOT_TOKEN=telegram.token, CHATGATE_TELEGRAM__API_URL=telegram.base_url,
+            CHATGATE_TELEGRAM__POLL_TIMEOUT="1", CHATGATE_TELEGRAM__RATE_SCALE=str(PLATFORM_SCALE),
+            CHATGATE_TELEGRAM__GLOBAL_RATE=str(BOT_RATE), CHATGATE_TELEGRAM__RETRY_BACKOFF="0.2",
+            CHATGATE_TELEGRAM__GROUP_TRIGGER="all",
+            CHATGATE_SLACK__BOT_TOKEN=slack.bot_token, CHATGATE_SLACK__SIGNING_SECRET=slack.signing_secret,
+            CHATGATE_SLACK__API_URL=slack.api_url, CHATGATE_SLACK__UPDATE_INTERVAL="0.1",
+        )
+        webs = [cluster.start("web"), cluster.start("web")]
+        workers = [cluster.start("worker"), cluster.start("worker")]
+        await cluster.ready(*webs, *workers)
+
+        privates, groups = [5101, 5102, 5103], [-5201 - i for i in range(6)]
+        for chat in privates + groups:
+            telegram.send_text(chat, prompt)
+        dms = [(f"D{i}", f"100.00000{i}") for i in range(1, 7)]
+        mentions = [(f"C{i}", f"200.00000{i}") for i in range(1, 7)]
+        events = [{"type": "message", "channel": c, "channel_type": "im", "user": "U1", "text": prompt, "ts": ts}
+                  for c, ts in dms]
+        events += [{"type": "app_mention", "channel": c, "user": "U1", "text": f"<@UBOT> {prompt}", "ts": ts}
+                   for c, ts in mentions]
+        for index, event in enumerate(events):
+            url = f"{webs[index % 2].base}/slack/events"
+            status, body, _ = await slack.deliver_event(url, event, event_id=f"Ev{index}")
+            assert status == 200, body
+
+        def telegram_done() -> bool:
+            return all(telegram.visible_texts(chat) == [final] for chat in privates + groups)
+
+        def slack_done() -> bool:
+            return all(
+                [m.visible_text for m in slack.thread(c, ts) if not m.streaming] == [final] for c, ts in dms + mentions
+            )
+
+        await wait_for(lambda: telegram_done() and slack_done(), 30, "every chat's final text")
+        await wait_for(lambda: _unfinished_is_zero(cluster), 10, "every event finished")
+        assert telegram.rate_limited == []
+        assert slack.rate_limited_calls() == []
+        for chat in privates + groups:  # the final text exactly, once, and nothing else
+            assert telegram.visible_texts(chat) == [final]
+        for channel, ts in dms + mentions:
+            assert [m.visible_text for m in slack.thread(channel, ts)] == [final]
+        assert telegram.calls_to("sendMessageDraft") and telegram.calls_to("editMessageText")  # previews shown
+        assert slack.calls_of("chat.appendStream")
+    senders = {json.loads(row[0]).get("streamed_by") for row in await cluster.query("SELECT data FROM sessions")}
+    assert senders == {w.popen.pid for w in workers}  # both workers streamed replies
+    logs = "".join(p.text() for p in cluster.processes)
+    assert "Traceback" not in logs, logs
+
+
+async def _unfinished_is_zero(cluster: Cluster) -> bool:
+    return await _unfinished(cluster) == 0
