@@ -674,6 +674,32 @@ async def test_a_web_process_killed_mid_run_clients_retry_on_the_other(cluster_f
     assert "Traceback" not in survivors, survivors
 
 
+async def test_a_re_post_to_another_web_process_joins_a_turn_still_running_past_the_window(cluster_factory):
+    """``web.dedup_window`` counts from the end of the first turn, as in one process: a client
+    whose web process died while a slow turn ran re-POSTs to the other one after more than the
+    window since its first POST; the turn is still running, so the re-POST joins it instead of
+    running the handler a second time."""
+    cluster = cluster_factory(CHATGATE_WEB__DEDUP_WINDOW="1", CHATGATE_WEB__SEND_TIMEOUT="20")
+    webs = [cluster.start("web"), cluster.start("web")]
+    worker = cluster.start("worker")
+    await cluster.ready(*webs, worker)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        first, second = Api(http, webs[0]), Api(http, webs[1])
+        session_id = await first.create_session()
+        posted = time.monotonic()
+        cut_off = asyncio.create_task(first.send(session_id, "slow:4"))
+        await wait_for(lambda: cluster.query("SELECT 1 FROM session_leases WHERE session_id = $1 AND holder <> ''",
+                                             session_id), 10, "the worker to claim the session")
+        await asyncio.sleep(max(0.0, posted + 1.5 - time.monotonic()))  # past the window, the turn runs on
+        webs[0].popen.send_signal(signal.SIGKILL)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await cut_off
+        answer = await second.send(session_id, "slow:4")
+        assert answer["content"] == f"slow done by {worker.popen.pid}"
+        assert await second.transcript(session_id) == [("user", "slow:4"), ("assistant", answer["content"])]
+    assert len(await cluster.query("SELECT id FROM inbox WHERE session_id = $1", session_id)) == 1
+
+
 async def test_a_rolling_sigterm_restart_of_both_workers_under_load(cluster_factory):
     """Both workers replaced one after the other while 20 clients converse through two web
     processes (and go on until the restart is over): two new workers start, then each old one
