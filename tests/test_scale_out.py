@@ -1,10 +1,12 @@
 """``chatgate web`` + ``chatgate worker`` as real processes on this machine's PostgreSQL and Redis.
 
 Each test starts ``python -m gateway.cli web/worker`` on loopback ports with an app file written
-to ``tmp_path`` and drives them over HTTP and WebSockets, as a deployment would be driven: a
-worker killed with SIGKILL mid-run, a worker paused with SIGSTOP past its lease, a prompt answered
-through the other web process. Leases are short here (``dispatch.lease_ttl``) so a takeover takes
-seconds.
+to ``tmp_path`` and drives them over HTTP and WebSockets, as a deployment would be driven (issue
+11, "What it must show"): 1,000 messages through 2 web + 2 workers with a worker killed with
+SIGKILL mid-run, a web process killed mid-run, a rolling SIGTERM restart of both workers, a worker
+paused with SIGSTOP past its lease, a prompt answered and a widget stream resumed through the
+other web process, Telegram and Slack streams through two workers against the fake platforms.
+Leases are short here (``dispatch.lease_ttl``) so a takeover takes seconds.
 """
 
 from __future__ import annotations
@@ -224,68 +226,6 @@ def test_web_and_worker_refuse_sqlite_and_a_missing_redis(role, tmp_path):
     assert no_key.returncode == 2
     assert no_key.stderr.count("\n") == 1 and "needs secret_key: set secret_key" in no_key.stderr
     assert not (tmp_path / "x.db").exists()  # stopped before touching anything
-
-
-# -- a worker killed mid-run ----------------------------------------------------------------------
-
-SESSIONS = 20
-MESSAGES_PER_SESSION = 10
-
-
-async def test_a_worker_killed_mid_run_loses_and_repeats_nothing(cluster_factory):
-    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="2", CHATGATE_WEB__SEND_TIMEOUT="6")
-    web = cluster.start("web")
-    workers = [cluster.start("worker"), cluster.start("worker")]
-    await cluster.ready(web, *workers)
-    doomed: Process | None = None
-    sent = 0
-    halfway = asyncio.Event()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-        api = Api(http, web)
-        sessions = [await api.create_session() for _ in range(SESSIONS)]
-
-        async def converse(index: int, session_id: str) -> None:
-            nonlocal sent
-            for n in range(MESSAGES_PER_SESSION):
-                text = f"s{index} m{n}"
-                answer = await api.send(session_id, text)
-                if answer["role"] != "assistant":  # send_timeout passed (the turn moved workers)
-                    await wait_for(lambda text=text: _has_reply(api, session_id, text), 20, f"the reply to {text}")
-                sent += 1
-                if sent == SESSIONS * MESSAGES_PER_SESSION // 3:
-                    halfway.set()
-
-        async def kill_one_worker() -> None:
-            nonlocal doomed
-            await halfway.wait()
-            # The worker running the most sessions right now (a lease is held only while a
-            # session has work), killed with no chance to release anything.
-            busiest = await cluster.query(
-                "SELECT holder FROM session_leases WHERE holder <> '' AND expires_at > now() "
-                "GROUP BY holder ORDER BY count(*) DESC LIMIT 1"
-            )
-            doomed = next(w for w in workers if f":{w.popen.pid}:" in busiest[0]["holder"])
-            doomed.popen.send_signal(signal.SIGKILL)
-            doomed.popen.wait(5)
-            await cluster.ready(cluster.start("worker"))
-
-        await asyncio.wait_for(
-            asyncio.gather(kill_one_worker(), *(converse(i, s) for i, s in enumerate(sessions))), 90
-        )
-        for index, session_id in enumerate(sessions):
-            expected = []
-            for n in range(MESSAGES_PER_SESSION):
-                expected += [("user", f"s{index} m{n}"), ("assistant", f"echo: s{index} m{n}")]
-            assert await api.transcript(session_id) == expected
-    unfinished = await cluster.query("SELECT count(*) FROM inbox WHERE status IN ('pending', 'running')")
-    assert unfinished[0][0] == 0
-    # session.data is saved just before the event is marked done: a kill between the two runs
-    # the handler again on data it already changed (docs/scaling.md), so at most once more.
-    counts = [json.loads(row[0])["count"] for row in await cluster.query("SELECT data FROM sessions")]
-    assert len(counts) == SESSIONS and all(count in (10, 11) for count in counts), counts
-    others = "".join(p.text() for p in cluster.processes if p is not doomed)
-    assert "which left it unfinished" in others  # the killed worker's turns ran again
-    assert "Traceback" not in others, others
 
 
 async def _has_reply(api: Api, session_id: str, text: str) -> bool:
