@@ -713,9 +713,9 @@ class _Reader(_Widget):
 
 
 async def test_a_widget_stream_resumed_on_the_other_web_process(cluster_factory):
-    """A widget watches a slow streaming reply through web A, loses its socket mid-stream and
-    reconnects to web B asking to resume after its last final message (as the widget's client.js
-    does): B replays the reply as far as it has got and streams the rest, every delta
+    """A widget watches a slow streaming reply through web A, which is killed (SIGKILL) mid-stream;
+    the widget reconnects to web B asking to resume after its last final message (as the widget's
+    client.js does): B replays the reply as far as it has got and streams the rest, every delta
     continuing exactly where the text ends, and the final text is exact."""
     cluster = cluster_factory(CHATGATE_WEB__STREAM_INTERVAL="0")
     webs = [cluster.start("web"), cluster.start("web")]
@@ -730,11 +730,14 @@ async def test_a_widget_stream_resumed_on_the_other_web_process(cluster_factory)
         echo = await first.until(lambda f: f["type"] == "message" and f["message"]["text"] == "echo: hi")
         await first.until(lambda f: f["type"] == "turn_end")
         await first.send("message", text=f"stream:{words}:0.04")
-        # Mid-stream: part of the reply seen, then the socket is gone.
+        # Mid-stream: part of the reply seen, then web A is killed under the socket.
         await first.until(lambda f: first.deltas >= 5)
         [reply_id] = [m for m, role in first.roles.items() if role == "assistant" and m != echo["message"]["id"]]
         seen = first.texts[reply_id]
-        await first.ws.close()
+        webs[0].popen.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(webs[0].popen.wait, 5)
+        assert (await first.ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                                   aiohttp.WSMsgType.ERROR)
         assert final.startswith(seen) and seen != final
 
         # The last message known final is the echo (the widget's own message has no id until it
