@@ -597,7 +597,7 @@ async def test_a_web_process_killed_mid_run_clients_retry_on_the_other(cluster_f
             await load.at(sessions * per_session // 3).wait()
             webs[0].popen.send_signal(signal.SIGKILL)
             await asyncio.to_thread(webs[0].popen.wait, 5)
-            killed_at.append((await cluster.query("SELECT now()"))[0][0])
+            killed_at.append((await cluster.query("SELECT now() AT TIME ZONE 'UTC'"))[0][0])  # as stored
 
         await asyncio.wait_for(asyncio.gather(load.run(), kill_a_web_process()), 60)
         assert load.alive == [load.apis[1]] and load.retried > 0
