@@ -10,8 +10,9 @@ import pytest
 import gateway
 from gateway.inbound import Inbound, PlatformUser
 from gateway.runtime import Gateway
+from gateway.store.records import InboxEntry
 from gateway.testing import TestClient
-from gateway.types import Message, SessionChannel
+from gateway.types import Message, SessionChannel, UserInfo
 
 
 def ordered_app(log: list[str], gate: asyncio.Event | None = None) -> gateway.App:
@@ -365,3 +366,26 @@ async def test_a_reply_cut_by_shutdown_is_failed_not_complete(tmp_path):
     messages, _ = await client.gateway.store.messages.page(conv.session_id)
     assert [(m.text, m.status) for m in messages if m.role == "assistant"] == [("partial", "failed")]
     await client.__aexit__(None, None, None)
+
+
+async def test_a_repeat_claim_holds_while_its_event_runs_and_the_window_after_it_ends(tmp_path, database_url):
+    """A REST repeat claim counts its window from the event's end, not its start, and the purge
+    keeps it while the event is recorded (a slow turn re-POSTed after the window joins it)."""
+    async with TestClient(ordered_app([]), tmp_path, database_url=database_url) as client:
+        store = client.gateway.store
+        session = await store.sessions.create(SessionChannel("web"), UserInfo("ada"))
+        window = 0.05
+
+        async def record(key: str) -> InboxEntry:
+            return await store.inbox.record(session.id, key, "message", {}, user_text="slow", repeat=("c", window))
+
+        first = await record("k1")
+        await asyncio.sleep(window * 3)  # past the window since the claim; the event still runs
+        await store.inbox.purge(timedelta(hours=1))
+        again = await record("k2")
+        assert again.duplicate and again.id == first.id
+        await store.inbox.set_status(first.id, "done")
+        assert (await record("k3")).id == first.id  # within the window after its end
+        await asyncio.sleep(window * 3)
+        later = await record("k4")
+        assert not later.duplicate and later.id != first.id

@@ -1,10 +1,12 @@
 """``chatgate web`` + ``chatgate worker`` as real processes on this machine's PostgreSQL and Redis.
 
 Each test starts ``python -m gateway.cli web/worker`` on loopback ports with an app file written
-to ``tmp_path`` and drives them over HTTP and WebSockets, as a deployment would be driven: a
-worker killed with SIGKILL mid-run, a worker paused with SIGSTOP past its lease, a prompt answered
-through the other web process. Leases are short here (``dispatch.lease_ttl``) so a takeover takes
-seconds.
+to ``tmp_path`` and drives them over HTTP and WebSockets, as a deployment would be driven (issue
+11, "What it must show"): 1,000 messages through 2 web + 2 workers with a worker killed with
+SIGKILL mid-run, a web process killed mid-run, a rolling SIGTERM restart of both workers, a worker
+paused with SIGSTOP past its lease, a prompt answered and a widget stream resumed through the
+other web process, Telegram and Slack streams through two workers against the fake platforms.
+Leases are short here (``dispatch.lease_ttl``) so a takeover takes seconds.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
+
+from tests.fakes.slack_api import FakeSlack
+from tests.fakes.telegram_api import FakeTelegramAPI, RateWindow, TelegramRates
 
 ROOT = Path(__file__).resolve().parent.parent
 CHATGATE = [sys.executable, "-m", "gateway.cli"]
@@ -51,6 +57,14 @@ async def handle(session: gateway.Session, msg: gateway.Message) -> None:
     if text == "deploy":
         approved = await session.prompt_approval("Deploy to production?", timeout=20)
         await session.reply(f"{'deploying' if approved else 'cancelled'} (worker {os.getpid()})")
+        return
+    if text.startswith("stream:"):  # stream:<words>:<seconds between words>
+        _, words, pause = text.split(":")
+        async with session.stream_reply() as reply:
+            for i in range(int(words)):
+                reply.write(f" w{i}" if i else "w0")
+                await asyncio.sleep(float(pause))
+        session.data["streamed_by"] = os.getpid()
         return
     await asyncio.sleep(0.02)  # a model call: a kill finds handlers mid-turn
     session.data["count"] = session.data.get("count", 0) + 1
@@ -212,68 +226,6 @@ def test_web_and_worker_refuse_sqlite_and_a_missing_redis(role, tmp_path):
     assert no_key.returncode == 2
     assert no_key.stderr.count("\n") == 1 and "needs secret_key: set secret_key" in no_key.stderr
     assert not (tmp_path / "x.db").exists()  # stopped before touching anything
-
-
-# -- a worker killed mid-run ----------------------------------------------------------------------
-
-SESSIONS = 20
-MESSAGES_PER_SESSION = 10
-
-
-async def test_a_worker_killed_mid_run_loses_and_repeats_nothing(cluster_factory):
-    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="2", CHATGATE_WEB__SEND_TIMEOUT="6")
-    web = cluster.start("web")
-    workers = [cluster.start("worker"), cluster.start("worker")]
-    await cluster.ready(web, *workers)
-    doomed: Process | None = None
-    sent = 0
-    halfway = asyncio.Event()
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-        api = Api(http, web)
-        sessions = [await api.create_session() for _ in range(SESSIONS)]
-
-        async def converse(index: int, session_id: str) -> None:
-            nonlocal sent
-            for n in range(MESSAGES_PER_SESSION):
-                text = f"s{index} m{n}"
-                answer = await api.send(session_id, text)
-                if answer["role"] != "assistant":  # send_timeout passed (the turn moved workers)
-                    await wait_for(lambda text=text: _has_reply(api, session_id, text), 20, f"the reply to {text}")
-                sent += 1
-                if sent == SESSIONS * MESSAGES_PER_SESSION // 3:
-                    halfway.set()
-
-        async def kill_one_worker() -> None:
-            nonlocal doomed
-            await halfway.wait()
-            # The worker running the most sessions right now (a lease is held only while a
-            # session has work), killed with no chance to release anything.
-            busiest = await cluster.query(
-                "SELECT holder FROM session_leases WHERE holder <> '' AND expires_at > now() "
-                "GROUP BY holder ORDER BY count(*) DESC LIMIT 1"
-            )
-            doomed = next(w for w in workers if f":{w.popen.pid}:" in busiest[0]["holder"])
-            doomed.popen.send_signal(signal.SIGKILL)
-            doomed.popen.wait(5)
-            await cluster.ready(cluster.start("worker"))
-
-        await asyncio.wait_for(
-            asyncio.gather(kill_one_worker(), *(converse(i, s) for i, s in enumerate(sessions))), 90
-        )
-        for index, session_id in enumerate(sessions):
-            expected = []
-            for n in range(MESSAGES_PER_SESSION):
-                expected += [("user", f"s{index} m{n}"), ("assistant", f"echo: s{index} m{n}")]
-            assert await api.transcript(session_id) == expected
-    unfinished = await cluster.query("SELECT count(*) FROM inbox WHERE status IN ('pending', 'running')")
-    assert unfinished[0][0] == 0
-    # session.data is saved just before the event is marked done: a kill between the two runs
-    # the handler again on data it already changed (docs/scaling.md), so at most once more.
-    counts = [json.loads(row[0])["count"] for row in await cluster.query("SELECT data FROM sessions")]
-    assert len(counts) == SESSIONS and all(count in (10, 11) for count in counts), counts
-    others = "".join(p.text() for p in cluster.processes if p is not doomed)
-    assert "which left it unfinished" in others  # the killed worker's turns ran again
-    assert "Traceback" not in others, others
 
 
 async def _has_reply(api: Api, session_id: str, text: str) -> bool:
@@ -481,3 +433,403 @@ class _Widget:
 async def _widget(http: aiohttp.ClientSession, web: Process, **params: str) -> _Widget:
     return _Widget(await http.ws_connect(f"{web.base}/ws", params=params))
 
+
+
+# -- the issue's main run: 2 web + 2 workers under load, one process failing -----------------------
+
+
+class Load:
+    """Clients conversing in many sessions at once, each message through the next web process in
+    turn. A request cut off by a dying web process is sent again, same content, to a live one
+    (the SDK's re-POST): within ``web.dedup_window`` it joins the first turn wherever that was
+    recorded. ``at(n)`` is set once ``n`` exchanges are complete. Each session sends
+    ``per_session`` messages, and with ``until`` goes on until it is set (at most ``CAP``)."""
+
+    CAP = 45  # a transcript of 90 rows: one page of the transcript API
+
+    def __init__(
+        self, http: aiohttp.ClientSession, webs: list[Process], sessions: int, per_session: int,
+        until: asyncio.Event | None = None,
+    ) -> None:
+        self.apis = [Api(http, web) for web in webs]
+        self.alive = list(self.apis)
+        self.sessions, self.per_session, self.until = sessions, per_session, until
+        self.session_ids: list[str] = []
+        self.sent = [0] * sessions
+        """Per session, the messages answered so far."""
+        self.done = 0
+        self.retried = 0
+        self.resent: list[str] = []
+        """The contents sent again after a web process died under them."""
+        self._marks: dict[int, asyncio.Event] = {}
+
+    def at(self, exchanges: int) -> asyncio.Event:
+        mark = self._marks.setdefault(exchanges, asyncio.Event())
+        if self.done >= exchanges:
+            mark.set()
+        return mark
+
+    async def run(self) -> None:
+        self.session_ids = [await self.apis[i % len(self.apis)].create_session() for i in range(self.sessions)]
+        await asyncio.gather(*(self._converse(i, s) for i, s in enumerate(self.session_ids)))
+
+    def _more(self, index: int) -> bool:
+        n = self.sent[index]
+        return n < self.per_session or (self.until is not None and not self.until.is_set() and n < self.CAP)
+
+    async def _converse(self, index: int, session_id: str) -> None:
+        while self._more(index):
+            n = self.sent[index]
+            text = f"s{index} m{n}"
+            answer = await self._send(index + n, session_id, text)
+            if answer["content"] != f"echo: {text}":  # send_timeout passed (the turn moved workers)
+                await wait_for(partial(_has_reply, self.alive[0], session_id, text), 30, f"the reply to {text}")
+            self.sent[index] += 1
+            self.done += 1
+            if self.done in self._marks:
+                self._marks[self.done].set()
+
+    async def _send(self, turn: int, session_id: str, text: str) -> dict[str, Any]:
+        while True:
+            api = self.alive[turn % len(self.alive)]
+            try:
+                return await api.send(session_id, text)
+            except aiohttp.ClientConnectionError:
+                # The web process died under the request (or refuses connections): the same
+                # content again, to the next live one.
+                if api in self.alive and len(self.alive) > 1:
+                    self.alive.remove(api)
+                self.retried += 1
+                self.resent.append(text)
+
+    async def check_transcripts(self) -> None:
+        """Every session: each user message once and each reply once, in order."""
+        api = self.alive[0]
+        transcripts = await asyncio.gather(*(api.transcript(s) for s in self.session_ids))
+        for index, transcript in enumerate(transcripts):
+            expected = []
+            for n in range(self.sent[index]):
+                expected += [("user", f"s{index} m{n}"), ("assistant", f"echo: s{index} m{n}")]
+            assert transcript == expected, (index, transcript)
+
+    def messages(self) -> dict[str, int]:
+        return dict(zip(self.session_ids, self.sent, strict=True))
+
+
+async def _handler_runs(cluster: Cluster) -> dict[str, int]:
+    """How often each session's handler ran to its ``session.data`` save."""
+    rows = await cluster.query("SELECT id, data FROM sessions")
+    return {row["id"]: json.loads(row["data"]).get("count", 0) for row in rows}
+
+
+async def _unfinished(cluster: Cluster) -> int:
+    return (await cluster.query("SELECT count(*) FROM inbox WHERE status IN ('pending', 'running')"))[0][0]
+
+
+async def _busiest_worker(cluster: Cluster, workers: list[Process]) -> Process:
+    """The live worker holding the most leases right now (one at random when none holds any)."""
+    rows = await cluster.query(
+        "SELECT holder FROM session_leases WHERE holder <> '' AND expires_at > now() "
+        "GROUP BY holder ORDER BY count(*) DESC"
+    )
+    live = [w for w in workers if w.popen.poll() is None]
+    for row in rows:
+        for worker in live:
+            if f":{worker.popen.pid}:" in row["holder"]:
+                return worker
+    return live[0]
+
+
+MAIN_SESSIONS = 50
+MAIN_PER_SESSION = 20  # 1,000 messages, the issue's scale
+
+
+async def test_two_web_two_workers_a_thousand_messages_a_worker_killed_mid_run(cluster_factory):
+    """Issue 11's main run: 1,000 REST messages over 50 sessions through both web processes (each
+    session's messages alternate between them), two workers, the busiest worker killed with
+    SIGKILL a third of the way in and a new one started: every transcript exact, nothing left
+    unfinished, each handler run at most once more than it had messages (the kill)."""
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="2", CHATGATE_WEB__SEND_TIMEOUT="6")
+    webs = [cluster.start("web"), cluster.start("web")]
+    workers = [cluster.start("worker"), cluster.start("worker")]
+    await cluster.ready(*webs, *workers)
+    total = MAIN_SESSIONS * MAIN_PER_SESSION
+    doomed: list[Process] = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        load = Load(http, webs, MAIN_SESSIONS, MAIN_PER_SESSION)
+
+        async def kill_one_worker() -> None:
+            await load.at(total // 3).wait()
+            victim = await _busiest_worker(cluster, workers)
+            victim.popen.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(victim.popen.wait, 5)
+            doomed.append(victim)
+            await cluster.ready(cluster.start("worker"))
+
+        await asyncio.wait_for(asyncio.gather(load.run(), kill_one_worker()), 100)
+        await load.check_transcripts()
+    assert load.retried == 0  # both web processes answered every request
+    assert await _unfinished(cluster) == 0
+    runs = await _handler_runs(cluster)
+    assert len(runs) == MAIN_SESSIONS and all(r in (MAIN_PER_SESSION, MAIN_PER_SESSION + 1) for r in runs.values())
+    others = "".join(p.text() for p in cluster.processes if p not in doomed)
+    assert "which left it unfinished" in others  # the killed worker's turns ran again elsewhere
+    assert "Traceback" not in others, others
+
+
+async def test_a_web_process_killed_mid_run_clients_retry_on_the_other(cluster_factory):
+    """kill -9 of one of two web processes while 20 clients converse through both: requests it
+    held are sent again to the other (same content: the re-POST joins the first turn if the dead
+    process had recorded it), later ones go to the survivor. Every transcript exact; every
+    handler ran exactly once per message (a join runs nothing again); nothing unfinished."""
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="2", CHATGATE_WEB__SEND_TIMEOUT="6",
+                              CHATGATE_WEB__DEDUP_WINDOW="60")
+    webs = [cluster.start("web"), cluster.start("web")]
+    workers = [cluster.start("worker"), cluster.start("worker")]
+    await cluster.ready(*webs, *workers)
+    sessions, per_session = 20, 12
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        load = Load(http, webs, sessions, per_session)
+
+        killed_at: list[Any] = []
+
+        async def kill_a_web_process() -> None:
+            await load.at(sessions * per_session // 3).wait()
+            webs[0].popen.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(webs[0].popen.wait, 5)
+            killed_at.append((await cluster.query("SELECT now() AT TIME ZONE 'UTC'"))[0][0])  # as stored
+
+        await asyncio.wait_for(asyncio.gather(load.run(), kill_a_web_process()), 60)
+        assert load.alive == [load.apis[1]] and load.retried > 0
+        await load.check_transcripts()
+    # Some requests the dead process held had been recorded by it: their re-POSTs to the other
+    # process joined those turns (the transcripts above hold each of them once).
+    recorded_by_the_dead = await cluster.query(
+        "SELECT count(*) FROM messages WHERE role = 'user' AND text = ANY($1::text[]) AND created_at < $2",
+        load.resent, killed_at[0])
+    assert recorded_by_the_dead[0][0] > 0
+    assert await _unfinished(cluster) == 0
+    assert await _handler_runs(cluster) == load.messages()
+    survivors = "".join(p.text() for p in cluster.processes if p is not webs[0])
+    assert "Traceback" not in survivors, survivors
+
+
+async def test_a_re_post_to_another_web_process_joins_a_turn_still_running_past_the_window(cluster_factory):
+    """``web.dedup_window`` counts from the end of the first turn, as in one process: a client
+    whose web process died while a slow turn ran re-POSTs to the other one after more than the
+    window since its first POST; the turn is still running, so the re-POST joins it instead of
+    running the handler a second time."""
+    cluster = cluster_factory(CHATGATE_WEB__DEDUP_WINDOW="1", CHATGATE_WEB__SEND_TIMEOUT="20")
+    webs = [cluster.start("web"), cluster.start("web")]
+    worker = cluster.start("worker")
+    await cluster.ready(*webs, worker)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        first, second = Api(http, webs[0]), Api(http, webs[1])
+        session_id = await first.create_session()
+        posted = time.monotonic()
+        cut_off = asyncio.create_task(first.send(session_id, "slow:4"))
+        await wait_for(lambda: cluster.query("SELECT 1 FROM session_leases WHERE session_id = $1 AND holder <> ''",
+                                             session_id), 10, "the worker to claim the session")
+        await asyncio.sleep(max(0.0, posted + 1.5 - time.monotonic()))  # past the window, the turn runs on
+        webs[0].popen.send_signal(signal.SIGKILL)
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await cut_off
+        answer = await second.send(session_id, "slow:4")
+        assert answer["content"] == f"slow done by {worker.popen.pid}"
+        assert await second.transcript(session_id) == [("user", "slow:4"), ("assistant", answer["content"])]
+    assert len(await cluster.query("SELECT id FROM inbox WHERE session_id = $1", session_id)) == 1
+
+
+async def test_a_rolling_sigterm_restart_of_both_workers_under_load(cluster_factory):
+    """Both workers replaced one after the other while 20 clients converse through two web
+    processes (and go on until the restart is over): two new workers start, then each old one
+    in turn gets SIGTERM and exits cleanly. Nothing lost, nothing repeated: transcripts exact,
+    each handler ran once per message, no event needed a second attempt."""
+    cluster = cluster_factory(CHATGATE_DISPATCH__LEASE_TTL="20", CHATGATE_WEB__SEND_TIMEOUT="20",
+                              CHATGATE_WORKER__SHUTDOWN_GRACE="10")
+    webs = [cluster.start("web"), cluster.start("web")]
+    workers = [cluster.start("worker"), cluster.start("worker")]
+    await cluster.ready(*webs, *workers)
+    restarted = asyncio.Event()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        load = Load(http, webs, sessions=20, per_session=5, until=restarted)
+
+        async def roll() -> None:
+            replacements = [cluster.start("worker") for _ in workers]  # up before the old ones go
+            await load.at(40).wait()
+            await cluster.ready(*replacements)
+            for old in workers:
+                old.popen.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(old.popen.wait, 15) == 0
+            restarted.set()
+
+        await asyncio.wait_for(asyncio.gather(load.run(), roll()), 60)
+        await load.check_transcripts()
+    assert max(load.sent) < Load.CAP  # the clients were still sending when the restart ended
+    assert await _unfinished(cluster) == 0
+    assert await _handler_runs(cluster) == load.messages()
+    retried = await cluster.query("SELECT count(*) FROM inbox WHERE attempts > 0")
+    assert retried[0][0] == 0
+    logs = "".join(p.text() for p in cluster.processes)
+    assert "which left it unfinished" not in logs and "Traceback" not in logs, logs
+    assert all("stopped" in w.text() for w in workers)
+
+
+# -- a widget stream resumed on the other web process ----------------------------------------------
+
+
+class _Reader(_Widget):
+    """A widget that keeps each message's text as docs/web-protocol.md says, and checks that every
+    delta starts exactly where its text ends (a gap or a repeat fails the test)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        super().__init__(ws)
+        self.texts: dict[str, str] = {}
+        self.roles: dict[str, str] = {}
+        self.first_status: dict[str, str] = {}
+        self.deltas = 0
+
+    async def until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.ws.receive_json()
+                self._apply(frame)
+                if predicate(frame):
+                    return frame
+
+    def _apply(self, frame: dict[str, Any]) -> None:
+        if frame["type"] == "message":
+            message = frame["message"]
+            self.texts[message["id"]] = message["text"]
+            self.roles[message["id"]] = message["role"]
+            self.first_status.setdefault(message["id"], message["status"])
+        elif frame["type"] == "delta":
+            have = self.texts[frame["message_id"]]
+            assert frame["offset"] == len(have.encode("utf-16-le")) // 2, (have, frame)  # no gap, no repeat
+            self.texts[frame["message_id"]] = have + frame["delta"]
+            self.deltas += 1
+        elif frame["type"] == "done":
+            assert self.texts[frame["message_id"]] == frame["text"], "deltas and done disagree"
+
+
+async def test_a_widget_stream_resumed_on_the_other_web_process(cluster_factory):
+    """A widget watches a slow streaming reply through web A, which is killed (SIGKILL) mid-stream;
+    the widget reconnects to web B asking to resume after its last final message (as the widget's
+    client.js does): B replays the reply as far as it has got and streams the rest, every delta
+    continuing exactly where the text ends, and the final text is exact."""
+    cluster = cluster_factory(CHATGATE_WEB__STREAM_INTERVAL="0")
+    webs = [cluster.start("web"), cluster.start("web")]
+    worker = cluster.start("worker")
+    await cluster.ready(*webs, worker)
+    words = 60
+    final = " ".join(f"w{i}" for i in range(words))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        first = _Reader(await http.ws_connect(f"{webs[0].base}/ws"))
+        ready = await first.hello()
+        await first.send("message", text="hi")
+        echo = await first.until(lambda f: f["type"] == "message" and f["message"]["text"] == "echo: hi")
+        await first.until(lambda f: f["type"] == "turn_end")
+        await first.send("message", text=f"stream:{words}:0.04")
+        # Mid-stream: part of the reply seen, then web A is killed under the socket.
+        await first.until(lambda f: first.deltas >= 5)
+        [reply_id] = [m for m, role in first.roles.items() if role == "assistant" and m != echo["message"]["id"]]
+        seen = first.texts[reply_id]
+        webs[0].popen.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(webs[0].popen.wait, 5)
+        assert (await first.ws.receive()).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                                   aiohttp.WSMsgType.ERROR)
+        assert final.startswith(seen) and seen != final
+
+        # The last message known final is the echo (the widget's own message has no id until it
+        # is replayed): resume after it, on the other web process.
+        second = _Reader(await http.ws_connect(f"{webs[1].base}/ws", params={"visitor": ready["visitor_token"]}))
+        await second.send("hello", session_id=ready["session_id"], after=echo["message"]["id"])
+        assert (await second.until(lambda f: f["type"] in ("ready", "error")))["type"] == "ready"
+        done = await second.until(lambda f: f["type"] == "done")
+        await second.until(lambda f: f["type"] == "turn_end")
+        await second.ws.close()
+    assert done["message_id"] == reply_id and done["text"] == final and second.texts[reply_id] == final
+    # After the echo: the user's message and the reply, each once.
+    assert [second.roles[m] for m in second.roles] == ["user", "assistant"] and list(second.roles)[1] == reply_id
+    assert second.first_status[reply_id] == "streaming" and second.deltas > 0  # joined mid-stream, the rest live
+    transcript = await cluster.query("SELECT role, text, status FROM messages ORDER BY id")
+    assert [tuple(r) for r in transcript] == [
+        ("user", "hi", "complete"), ("assistant", "echo: hi", "complete"),
+        ("user", f"stream:{words}:0.04", "complete"), ("assistant", final, "complete"),
+    ]
+
+
+# -- Telegram and Slack streams through two workers ------------------------------------------------
+
+PLATFORM_SCALE = 0.05  # Telegram's windows shrunk on both sides (the fake's limits and the pacing)
+BOT_RATE = 1  # the bot-wide window narrowed on both sides: 1 message a (scaled) second, 20/s here
+"""Narrowed so that the groups' previews from two workers want about twice what the bot may send:
+each worker alone would stay inside it, together only by sharing it through Redis."""
+
+
+async def test_telegram_and_slack_streams_through_two_workers_stay_inside_the_limits(cluster_factory):
+    """Twenty-one chats stream at once through two workers. Telegram: three private chats (drafts,
+    then the final message) and six groups (a message, then edits), the updates taken in by the
+    web process holding the poller lease. Slack: six DMs and six channel mentions (native streams),
+    the events POSTed to both web processes in turn. Together the streams want more than the
+    bot's Telegram window and Slack's chat.appendStream tier allow (each worker alone would not):
+    the fakes, which enforce the limits, answer 0 × 429, and every chat ends with exactly its
+    final text, once."""
+    words = 40
+    final = " ".join(f"w{i}" for i in range(words))
+    prompt = f"stream:{words}:0.05"
+    rates = TelegramRates(global_=RateWindow(BOT_RATE, 1.0))
+    async with FakeTelegramAPI(rate_scale=PLATFORM_SCALE, rates=rates) as telegram, FakeSlack() as slack:
+        slack.add_user("U1", email="ada@example.com")
+        cluster = cluster_factory(
+            CHATGATE_TELEGRAM__BOT_TOKEN=telegram.token, CHATGATE_TELEGRAM__API_URL=telegram.base_url,
+            CHATGATE_TELEGRAM__POLL_TIMEOUT="1", CHATGATE_TELEGRAM__RATE_SCALE=str(PLATFORM_SCALE),
+            CHATGATE_TELEGRAM__GLOBAL_RATE=str(BOT_RATE), CHATGATE_TELEGRAM__RETRY_BACKOFF="0.2",
+            CHATGATE_TELEGRAM__GROUP_TRIGGER="all",
+            CHATGATE_SLACK__BOT_TOKEN=slack.bot_token, CHATGATE_SLACK__SIGNING_SECRET=slack.signing_secret,
+            CHATGATE_SLACK__API_URL=slack.api_url, CHATGATE_SLACK__UPDATE_INTERVAL="0.1",
+        )
+        webs = [cluster.start("web"), cluster.start("web")]
+        workers = [cluster.start("worker"), cluster.start("worker")]
+        await cluster.ready(*webs, *workers)
+
+        privates, groups = [5101, 5102, 5103], [-5201 - i for i in range(6)]
+        for chat in privates + groups:
+            telegram.send_text(chat, prompt)
+        dms = [(f"D{i}", f"100.00000{i}") for i in range(1, 7)]
+        mentions = [(f"C{i}", f"200.00000{i}") for i in range(1, 7)]
+        events = [{"type": "message", "channel": c, "channel_type": "im", "user": "U1", "text": prompt, "ts": ts}
+                  for c, ts in dms]
+        events += [{"type": "app_mention", "channel": c, "user": "U1", "text": f"<@UBOT> {prompt}", "ts": ts}
+                   for c, ts in mentions]
+        for index, event in enumerate(events):
+            url = f"{webs[index % 2].base}/slack/events"
+            status, body, _ = await slack.deliver_event(url, event, event_id=f"Ev{index}")
+            assert status == 200, body
+
+        def telegram_done() -> bool:
+            return all(telegram.visible_texts(chat) == [final] for chat in privates + groups)
+
+        def slack_done() -> bool:
+            return all(
+                [m.visible_text for m in slack.thread(c, ts) if not m.streaming] == [final] for c, ts in dms + mentions
+            )
+
+        await wait_for(lambda: telegram_done() and slack_done(), 30, "every chat's final text")
+        await wait_for(lambda: _unfinished_is_zero(cluster), 10, "every event finished")
+        assert telegram.rate_limited == []
+        assert slack.rate_limited_calls() == []
+        for chat in privates + groups:  # the final text exactly, once, and nothing else
+            assert telegram.visible_texts(chat) == [final]
+        for channel, ts in dms + mentions:
+            assert [m.visible_text for m in slack.thread(channel, ts)] == [final]
+        assert telegram.calls_to("sendMessageDraft") and telegram.calls_to("editMessageText")  # previews shown
+        assert slack.calls_of("chat.appendStream")
+    senders = {json.loads(row[0]).get("streamed_by") for row in await cluster.query("SELECT data FROM sessions")}
+    assert senders == {w.popen.pid for w in workers}  # both workers streamed replies
+    logs = "".join(p.text() for p in cluster.processes)
+    assert "Traceback" not in logs, logs
+
+
+async def _unfinished_is_zero(cluster: Cluster) -> bool:
+    return await _unfinished(cluster) == 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, update
+from sqlalchemy import Connection, and_, delete, func, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -52,8 +52,8 @@ class InboxQueries:
 
         A repeated ``dedup_key`` stores nothing and returns ``duplicate=True``; a ``session_id``
         that names no session stores nothing and raises ``UnknownSession``. ``repeat`` is
-        ``(key, seconds)``: while an event recorded with the same key is younger than ``seconds``
-        this one stores nothing and is answered with that event's id as a duplicate. ``notify``
+        ``(key, seconds)``: while an event recorded with the same key runs, or ended less than
+        ``seconds`` ago, this one stores nothing and is answered with that event's id as a duplicate. ``notify``
         names a PostgreSQL channel told the session id in the same transaction (delivered on
         commit: the workers of ``chatgate worker``, see ``gateway.claims``).
         """
@@ -128,16 +128,18 @@ class InboxQueries:
 
     async def purge(self, older_than: timedelta) -> int:
         """Forget finished events (and their dedup keys) older than ``older_than``, and repeat
-        claims whose window has passed."""
+        claims whose window has passed and whose event is forgotten (a claim on an event still
+        recorded may be live: its window counts from the event's end, see ``_claim_repeat``)."""
         now = utcnow()
         cutoff = now - older_than
         async with self._db.write() as db:
-            await db.exec(delete(RepeatClaimRow).where(col(RepeatClaimRow.expires_at) < now))
             result = await db.exec(
                 delete(InboxRow)
                 .where(col(InboxRow.status).not_in(UNFINISHED))
                 .where(col(InboxRow.created_at) < cutoff)
             )
+            event = select(INBOX.c.id).where(INBOX.c.id == REPEAT_CLAIMS.c.inbox_id)
+            await db.exec(delete(RepeatClaimRow).where(col(RepeatClaimRow.expires_at) < now).where(~event.exists()))
         return int(result.rowcount or 0)
 
     async def backlog(self) -> tuple[int, datetime | None]:
@@ -157,19 +159,30 @@ class _Repeated(Exception):
 
 
 def _claim_repeat(conn: Connection, repeat: tuple[str, float], inbox_id: str, now: datetime) -> None:
-    """Claim ``key`` for this event unless an unexpired claim holds it (then raise ``_Repeated``).
+    """Claim ``key`` for this event unless a live claim holds it (then raise ``_Repeated``).
 
-    One statement decides, on both engines: insert, or take over a claim whose window passed
-    (``ON CONFLICT ... DO UPDATE ... WHERE expires_at < now``); no row touched means a live claim.
+    A claim is live while its event runs and for ``seconds`` after it ended, as the window is in
+    one process (``RestTurns``): ``expires_at`` (``seconds`` after the claim) alone would let a
+    re-POST after the window start the same content again while a slow first turn still runs.
+    One statement decides, on both engines: insert, or take over a claim whose window passed and
+    whose event is finished since more than ``seconds`` or forgotten (``ON CONFLICT ... DO UPDATE
+    ... WHERE``); no row touched means a live claim.
     """
     key, seconds = repeat
-    values = {"key": key, "inbox_id": inbox_id, "expires_at": now + timedelta(seconds=seconds)}
+    window = timedelta(seconds=seconds)
+    values = {"key": key, "inbox_id": inbox_id, "expires_at": now + window}
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     insert = dialect.insert(REPEAT_CLAIMS).values(**values)
+    event_live = (
+        select(INBOX.c.id)
+        .where(INBOX.c.id == REPEAT_CLAIMS.c.inbox_id)
+        .where(or_(INBOX.c.status.in_(UNFINISHED), INBOX.c.updated_at > now - window))
+        .exists()
+    )
     claim = insert.on_conflict_do_update(
         index_elements=[REPEAT_CLAIMS.c.key],
         set_={"inbox_id": insert.excluded.inbox_id, "expires_at": insert.excluded.expires_at},
-        where=REPEAT_CLAIMS.c.expires_at < now,
+        where=and_(REPEAT_CLAIMS.c.expires_at < now, ~event_live),
     )
     if conn.execute(claim).rowcount == 0:
         holder = conn.execute(select(REPEAT_CLAIMS.c.inbox_id).where(REPEAT_CLAIMS.c.key == key)).scalar_one()
