@@ -93,6 +93,8 @@ class Dispatcher:
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
         self._in_hand: set[str] = set()
+        self._held: list[WorkItem] | None = None
+        """Events recorded while start-up recovery is pending (``hold_until_recovered``)."""
         """Inbox ids queued or running here: unfinished in the inbox, yet not for ``recover``."""
         self._idle = asyncio.Event()
         self._idle.set()
@@ -130,7 +132,11 @@ class Dispatcher:
             message.id = entry.message_id
         if not self.runs_handlers:  # a worker holding the session's lease runs it
             return Accepted(entry.id, session_id)
-        self._route(WorkItem(entry.id, session_id, inbound, entry.message_id, sender, received_at=received_at))
+        item = WorkItem(entry.id, session_id, inbound, entry.message_id, sender, received_at=received_at)
+        if self._held is not None:  # older interrupted events run first (see recover)
+            self._held.append(item)
+        else:
+            self._route(item)
         return Accepted(entry.id, session_id)
 
     def route(self, item: WorkItem) -> None:
@@ -251,15 +257,30 @@ class Dispatcher:
 
     # -- start-up and shutdown -----------------------------------------------------------
 
-    async def recover(self) -> int:
-        """Run again every event that was recorded but not finished before a crash.
+    def hold_until_recovered(self) -> None:
+        """Record the events submitted from now on, but route them only once ``recover`` has
+        routed the interrupted ones: adapters start taking events (Telegram's backlog after a
+        restart) before recovery runs, and one session's events must still run in arrival order."""
+        self._held = []
 
-        Events this dispatcher already holds are left alone: adapters start taking events
-        before recovery runs, and such an event is unfinished in the inbox too."""
-        rows = [row for row in await self.store.inbox.unfinished() if row.id not in self._in_hand]
-        for row in rows:
-            item = WorkItem(row.id, row.session_id, Inbound.from_json(row.payload), received_at=_epoch(row.created_at))
-            await self.recover_item(item)
+    async def recover(self) -> int:
+        """Run again every event that was recorded but not finished before a crash, then the
+        events held meanwhile (``hold_until_recovered``), in the order they arrived.
+
+        Events this dispatcher already holds are left alone: they are unfinished in the inbox too."""
+        held = self._held or []
+        fresh = {item.inbox_id for item in held}
+        rows = [row for row in await self.store.inbox.unfinished()
+                if row.id not in self._in_hand and row.id not in fresh]
+        try:
+            for row in rows:
+                inbound = Inbound.from_json(row.payload)
+                item = WorkItem(row.id, row.session_id, inbound, received_at=_epoch(row.created_at))
+                await self.recover_item(item)
+        finally:
+            self._held = None
+            for item in held:
+                self._route(item)
         return len(rows)
 
     async def recover_item(self, item: WorkItem) -> None:

@@ -316,6 +316,8 @@ class Gateway:
         self._booted = True
         self._runner = GuardedAppRunner(self.web_app, self.settings.server, access_log=None, handle_signals=False)
         await self._runner.setup()
+        if self.role != "web":  # requests and adapters' events from now on run after the interrupted ones
+            self.dispatcher.hold_until_recovered()
         site = web.TCPSite(self._runner, self.settings.server.host, self.settings.server.port, reuse_address=True)
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []

@@ -497,8 +497,6 @@ class EagerAdapter:
         return "eager test adapter"
 
 
-@pytest.mark.xfail(strict=True, reason="Gateway.start (runtime.py) starts the adapters and the HTTP server before "
-                   "Dispatcher.recover, so an event arriving at start-up runs before an older interrupted one")
 async def test_an_interrupted_event_runs_before_one_that_arrives_at_start_up(tmp_path):
     import gateway
     from gateway.runtime import Gateway
