@@ -244,9 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the gateway (web widget, Telegram, Slack) in one process",
                               description="Run the whole gateway in one process until Ctrl-C or SIGTERM.")
     _app_arguments(run)
-    run.add_argument("--host", help="interface to listen on (default: server.host, 127.0.0.1)")
-    run.add_argument("--port", type=int, help="port to listen on (default: server.port or $PORT, 8000)")
-    run.add_argument("--database", help="database URL (default: database.url or $DATABASE_URL)")
+    _listen_arguments(run, database="database URL (default: database.url or $DATABASE_URL)")
     run.set_defaults(handler=cmd_run)
 
     web = commands.add_parser(
@@ -256,9 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "woken; no handler runs here. Needs database.url on PostgreSQL and redis.url, shared with the "
         "workers. Run any number, behind a load balancer (docs/scaling.md).")
     _app_arguments(web)
-    web.add_argument("--host", help="interface to listen on (default: server.host, 127.0.0.1)")
-    web.add_argument("--port", type=int, help="port to listen on (default: server.port or $PORT, 8000)")
-    web.add_argument("--database", help="PostgreSQL URL (default: database.url or $DATABASE_URL)")
+    _listen_arguments(web, database="PostgreSQL URL (default: database.url or $DATABASE_URL)")
     web.set_defaults(handler=cmd_scaled)
 
     worker = commands.add_parser(
@@ -304,6 +300,13 @@ def _register_optional(commands: Any) -> None:
     except ModuleNotFoundError:
         return
     integrations.register_cli(commands)
+
+
+def _listen_arguments(parser: argparse.ArgumentParser, *, database: str) -> None:
+    """``--host``, ``--port`` and ``--database`` of the commands that serve HTTP."""
+    parser.add_argument("--host", help="interface to listen on (default: server.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: server.port or $PORT, 8000)")
+    parser.add_argument("--database", help=database)
 
 
 def _app_arguments(parser: argparse.ArgumentParser) -> None:
