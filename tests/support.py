@@ -6,8 +6,9 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
+from adapters.base import Adapter, Capabilities, Limits, SessionChannel
 from gateway.config import settings_class
 
 ShippedSettings = settings_class(distribution="chatgate")
@@ -28,3 +29,39 @@ async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
             return value
         await asyncio.sleep(0.01)
     raise AssertionError("condition not met in time")
+
+
+class TextChannel(Adapter):
+    """A channel whose outbox takes text only, for tests that drive a real Gateway directly: every
+    reply is kept in order (``texts``) and queued to wait on (``replies``); ``ended`` is set when
+    a turn ends; ``roles`` records the gateway role each start saw."""
+
+    limits: ClassVar[Limits] = Limits(max_text=4096)
+    capabilities: ClassVar[Capabilities] = Capabilities()
+
+    def __init__(self, channel_type: str) -> None:
+        self.channel_types = (channel_type,)
+        self.texts: list[str] = []
+        self.replies: asyncio.Queue[str] = asyncio.Queue()
+        self.ended = asyncio.Event()
+        self.roles: list[tuple[str, bool]] = []
+
+    async def start(self, gateway: Any) -> None:
+        self.roles.append((gateway.role, gateway.inbound))
+
+    async def stop(self) -> None:
+        return None
+
+    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> Any:
+        channel_ = self
+
+        class Outbox:
+            async def send_text(self, message_id: str, text: str) -> list[str]:
+                channel_.texts.append(text)
+                channel_.replies.put_nowait(text)
+                return [message_id]
+
+            async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
+                channel_.ended.set()
+
+        return Outbox()

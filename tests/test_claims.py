@@ -5,49 +5,20 @@ the database side and its return watched."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import Any
 
 import asyncpg
 import pytest
 
 import gateway
-from adapters.base import Adapter, Capabilities, Inbound, Limits, PlatformUser
+from adapters.base import Inbound, PlatformUser
 from gateway.claims import LISTENER_NAME
 from gateway.runtime import Gateway
 from gateway.testing import test_settings
 from gateway.types import Message, SessionChannel
-from tests.support import until
+from tests.support import TextChannel, until
 
 pytestmark = pytest.mark.postgres
-
-
-class Collecting(Adapter):
-    channel_types: ClassVar[tuple[str, ...]] = ("collected",)
-    limits: ClassVar[Limits] = Limits(max_text=4096)
-    capabilities: ClassVar[Capabilities] = Capabilities()
-
-    def __init__(self) -> None:
-        self.sent: asyncio.Queue[str] = asyncio.Queue()
-        self.roles: list[tuple[str, bool]] = []
-
-    async def start(self, gateway: Any) -> None:
-        self.roles.append((gateway.role, gateway.inbound))
-
-    async def stop(self) -> None:
-        return None
-
-    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> Any:
-        adapter = self
-
-        class Outbox:
-            async def send_text(self, message_id: str, text: str) -> list[str]:
-                adapter.sent.put_nowait(text)
-                return [message_id]
-
-            async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
-                return None
-
-        return Outbox()
 
 
 def echo_app() -> gateway.App:
@@ -79,9 +50,9 @@ async def _admin(postgres_url: str, sql: str) -> list[Any]:
 
 
 async def test_the_worker_listens_again_after_its_connection_is_cut(tmp_path, postgres_url, redis_url):
-    outbound = Collecting()
+    outbound = TextChannel("collected")
     worker = Gateway(echo_app(), _settings(tmp_path, postgres_url, redis_url, "worker"), [outbound], role="worker")
-    inbound = Collecting()
+    inbound = TextChannel("collected")
     web = Gateway(echo_app(), _settings(tmp_path, postgres_url, redis_url, "web"), [inbound], role="web")
     await worker.start()
     await web.start()
@@ -93,10 +64,10 @@ async def test_the_worker_listens_again_after_its_connection_is_cut(tmp_path, po
         async def say(key: str, text: str) -> str:
             await web.submit(Inbound("message", key, SessionChannel("collected"), PlatformUser("collected", "u1"),
                                      message=Message(text, "user", "collected"), session_id=record.id))
-            return await asyncio.wait_for(outbound.sent.get(), 10)
+            return await asyncio.wait_for(outbound.replies.get(), 10)
 
         assert await say("k1", "before") == "echo: before"
-        assert inbound.sent.empty()  # the web process ran no handler
+        assert inbound.replies.empty()  # the web process ran no handler
         # This test's own listener: the connection runs in this test's database (other tests or
         # processes on the same server may be listening too).
         cut = await _admin(postgres_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

@@ -5,43 +5,14 @@ in flight when the process died."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
 
 import gateway
-from adapters.base import Adapter, Capabilities, Inbound, Limits, PlatformUser
+from adapters.base import Inbound, PlatformUser
 from gateway.runtime import Gateway
 from gateway.store import Store
 from gateway.testing import test_settings
 from gateway.types import Message, SessionChannel
-
-
-class Collecting(Adapter):
-    channel_types: ClassVar[tuple[str, ...]] = ("collected",)
-    limits: ClassVar[Limits] = Limits(max_text=4096)
-    capabilities: ClassVar[Capabilities] = Capabilities()
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.ended = asyncio.Event()
-
-    async def start(self, gateway: Any) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> Any:
-        adapter = self
-
-        class Outbox:
-            async def send_text(self, message_id: str, text: str) -> list[str]:
-                adapter.sent.append(text)
-                return [message_id]
-
-            async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
-                adapter.ended.set()
-
-        return Outbox()
+from tests.support import TextChannel
 
 
 def chatty_app() -> gateway.App:
@@ -69,7 +40,7 @@ async def test_a_rerun_skips_the_replies_its_interrupted_run_stored(tmp_path) ->
     await store.messages.add(record.id, "assistant", "first: hi", inbound_id=entry.id)
     await store.close()
 
-    adapter = Collecting()
+    adapter = TextChannel("collected")
     gw = Gateway(chatty_app(), settings, adapters=[adapter])
     await gw.start()
     try:
@@ -79,7 +50,7 @@ async def test_a_rerun_skips_the_replies_its_interrupted_run_stored(tmp_path) ->
         unfinished, row = await gw.store.inbox.unfinished(), await gw.store.inbox.get(entry.id)
     finally:
         await gw.stop()
-    assert adapter.sent == ["second", "third"]  # the stored first reply is not sent again
+    assert adapter.texts == ["second", "third"]  # the stored first reply is not sent again
     assert [(m.role, m.text) for m in messages] == [
         ("user", "hi"), ("assistant", "first: hi"), ("assistant", "second"), ("assistant", "third"),
     ]
@@ -99,11 +70,11 @@ async def test_a_rerun_that_says_something_else_sends_it_all(tmp_path) -> None:
     await store.messages.add(record.id, "assistant", "an answer from a different model", inbound_id=entry.id)
     await store.close()
 
-    adapter = Collecting()
+    adapter = TextChannel("collected")
     gw = Gateway(chatty_app(), settings, adapters=[adapter])
     await gw.start()
     try:
         await asyncio.wait_for(adapter.ended.wait(), 10)
     finally:
         await gw.stop()
-    assert adapter.sent == ["first: hi", "second", "third"]
+    assert adapter.texts == ["first: hi", "second", "third"]

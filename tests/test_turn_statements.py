@@ -11,49 +11,26 @@ import asyncio
 import json
 import re
 from collections import Counter
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 import gateway
-from adapters.base import Adapter, Capabilities, Inbound, Limits, PlatformUser
+from adapters.base import Inbound, PlatformUser
 from gateway.runtime import Gateway
 from gateway.testing import test_settings
 from gateway.types import Attachment, Message, SessionChannel
-from tests.support import until
+from tests.support import TextChannel, until
 
 
-class CountingAdapter(Adapter):
-    """A channel whose outbox collects replies and whose attachments count their bindings."""
-
-    channel_types: ClassVar[tuple[str, ...]] = ("counted",)
-    limits: ClassVar[Limits] = Limits(max_text=4096)
-    capabilities: ClassVar[Capabilities] = Capabilities()
+class CountingAdapter(TextChannel):
+    """A text channel whose attachments count their bindings."""
 
     def __init__(self) -> None:
-        self.replies: asyncio.Queue[str] = asyncio.Queue()
+        super().__init__("counted")
         self.bound: Counter[str] = Counter()
-
-    async def start(self, gateway: Any) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
-
-    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> Any:
-        adapter = self
-
-        class Outbox:
-            async def send_text(self, message_id: str, text: str) -> list[str]:
-                adapter.replies.put_nowait(text)
-                return [message_id]
-
-            async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
-                return None
-
-        return Outbox()
 
     def resolve_attachment(self, attachment: Attachment) -> Attachment:
         self.bound[attachment.url] += 1
