@@ -271,9 +271,6 @@ class Gateway:
     def adapter_names(self) -> list[str]:
         return [type(a).__name__ for a in self.adapters]
 
-    def adapter(self, channel_type: str) -> Any:
-        return self._by_channel.get(channel_type)
-
     async def integrations_for(self, user: UserInfo) -> dict[str, IntegrationCredentials]:
         if self.integrations is None:
             return {}
