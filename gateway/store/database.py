@@ -22,6 +22,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 import gateway.store.schema  # noqa: F401  (every table, registered before the schema is made)
 from gateway.store.fence import Fence
+from gateway.store.group_commit import GroupCommit
 
 READER_THREADS = 1  # measured: more reader threads only contend for the GIL (bench/web_echo.py)
 T = TypeVar("T")
@@ -34,6 +35,12 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _explicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+    """The driver in SQLite's autocommit mode: the writer begins and commits explicitly
+    (``gateway.store.group_commit``); a read outside a transaction sees the latest commit."""
+    dbapi_connection.isolation_level = None
 
 
 def _fenced(work: Callable[[Connection], T], fence: Fence) -> Callable[[Connection], T]:
@@ -56,6 +63,7 @@ class Database:
         self._sync_engine: Engine | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
+        self._group_commit: GroupCommit | None = None
         # SQLite has one writer at a time; queueing writers here avoids "database is locked"
         # when a deferred transaction tries to upgrade to a write lock.
         self._write_lock = asyncio.Lock()
@@ -97,15 +105,18 @@ class Database:
         """A synchronous twin of the engine for the per-turn statements.
 
         aiosqlite hops to its thread for every driver call (a write transaction is a dozen hops);
-        running the whole transaction in one hop to a thread of our own is several times faster.
+        running the whole transaction in one hop to a thread of our own is several times faster,
+        and concurrent writes share that hop and their COMMIT (``gateway.store.group_commit``).
         Writes keep going through ``_write_lock``, so SQLite still sees one writer at a time.
         """
         self._sync_engine = create_engine(
             f"sqlite:///{path}", echo=self._echo, connect_args={"check_same_thread": False}
         )
         event.listen(self._sync_engine, "connect", _sqlite_pragmas)
+        event.listen(self._sync_engine, "connect", _explicit_transactions)
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatgate-sqlite-write")
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="chatgate-sqlite-read")
+        self._group_commit = GroupCommit(self._sync_engine, self._writer, self._write_lock)
 
     async def run_write(self, work: Callable[[Connection], T], fence: Fence | None = None) -> T:
         """Run ``work(connection)`` in one write transaction, in one hop; with a ``fence``, only
@@ -113,9 +124,8 @@ class Database:
         if fence is not None:
             fence.check_local()
             work = _fenced(work, fence)
-        if self._sync_engine is not None and self._writer is not None:
-            async with self._write_lock:
-                return await asyncio.get_running_loop().run_in_executor(self._writer, self._sync_begin, work)
+        if self._group_commit is not None:
+            return await self._group_commit.run(work)
         async with self.writing() as conn:
             return await conn.run_sync(work)
 
@@ -143,17 +153,15 @@ class Database:
             raise RuntimeError("no synchronous reads on this database (see Database.reads_now)")
         return self._sync_connect(work)
 
-    def _sync_begin(self, work: Callable[[Connection], T]) -> T:
-        assert self._sync_engine is not None
-        with self._sync_engine.begin() as conn:
-            return work(conn)
-
     def _sync_connect(self, work: Callable[[Connection], T]) -> T:
         assert self._sync_engine is not None
         with self._sync_engine.connect() as conn:
             return work(conn)
 
     async def close(self) -> None:
+        if self._group_commit is not None:
+            await self._group_commit.close()
+            self._group_commit = None
         for pool in (self._writer, self._readers):
             if pool is not None:
                 pool.shutdown(wait=True)
