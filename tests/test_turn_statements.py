@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 import gateway
 from adapters.base import Inbound, PlatformUser
 from gateway.runtime import Gateway
+from gateway.store.postgres_turns import listen_statements
 from gateway.testing import test_settings
 from gateway.types import Attachment, Message, SessionChannel
 from tests.support import TextChannel, until
@@ -47,13 +48,18 @@ def reads_lazily(database_url: str) -> bool:
 
 
 class StatementLog:
-    """Every SQL statement any engine runs while ``recording`` (a listener, not a patch)."""
+    """Every SQL statement run while ``recording`` (listeners, not patches): any SQLAlchemy
+    engine's, and on PostgreSQL those the per-turn statements run on asyncpg directly
+    (``gateway.store.postgres_turns``, seen by asyncpg's query logger)."""
 
     def __init__(self) -> None:
         self.recording = False
         self.statements: list[str] = []
 
     def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.add(statement)
+
+    def add(self, statement: str) -> None:
         if self.recording:
             self.statements.append(" ".join(statement.split()))
 
@@ -68,7 +74,9 @@ class StatementLog:
 def statements() -> Any:
     log = StatementLog()
     event.listen(Engine, "before_cursor_execute", log)
+    stop_listening = listen_statements(log.add)
     yield log
+    stop_listening()
     event.remove(Engine, "before_cursor_execute", log)
 
 

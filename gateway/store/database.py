@@ -23,6 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 import gateway.store.schema  # noqa: F401  (every table, registered before the schema is made)
 from gateway.store.fence import Fence
 from gateway.store.group_commit import GroupCommit
+from gateway.store.postgres_turns import PostgresTurns
 
 READER_THREADS = 1  # measured: more reader threads only contend for the GIL (bench/web_echo.py)
 T = TypeVar("T")
@@ -64,6 +65,8 @@ class Database:
         self._writer: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._group_commit: GroupCommit | None = None
+        self.postgres_turns: PostgresTurns | None = None
+        """PostgreSQL only: the per-turn statements on asyncpg directly (``gateway.store.postgres_turns``)."""
         # SQLite has one writer at a time; queueing writers here avoids "database is locked"
         # when a deferred transaction tries to upgrade to a write lock.
         self._write_lock = asyncio.Lock()
@@ -90,6 +93,8 @@ class Database:
             )
         self._engine = engine
         await self.create_schema()
+        if not self.is_sqlite:
+            self.postgres_turns = await PostgresTurns.open(self.url, max_size=self._pool_size)
 
     async def create_schema(self) -> str:
         """Make the schema on first start, migrate it with Alembic afterwards (gateway.store.migrate)."""
@@ -159,6 +164,9 @@ class Database:
             return work(conn)
 
     async def close(self) -> None:
+        if self.postgres_turns is not None:
+            await self.postgres_turns.close()
+            self.postgres_turns = None
         if self._group_commit is not None:
             await self._group_commit.close()
             self._group_commit = None

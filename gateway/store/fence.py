@@ -23,9 +23,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncConnection
+
+if TYPE_CHECKING:
+    import asyncpg
 
 __all__ = ["FENCE_CHECK", "Fence", "LeaseLost"]
 
@@ -33,6 +37,11 @@ FENCE_CHECK = text(
     "UPDATE session_leases SET expires_at = expires_at WHERE session_id = :session_id AND token = :token"
     " AND EXISTS (SELECT 1 FROM sessions WHERE id = :session_id)"
 )
+FENCE_CHECK_POSTGRES = (
+    "UPDATE session_leases SET expires_at = expires_at WHERE session_id = $1 AND token = $2"
+    " AND EXISTS (SELECT 1 FROM sessions WHERE id = $1)"
+)
+"""``FENCE_CHECK`` for the asyncpg driver (``gateway.store.postgres_turns``)."""
 
 
 class LeaseLost(Exception):
@@ -73,4 +82,10 @@ class Fence:
     async def verify_async(self, conn: AsyncConnection) -> None:
         self.check_local()
         if (await conn.execute(FENCE_CHECK, self._parameters())).rowcount != 1:
+            raise self._lost()
+
+    async def verify_postgres(self, conn: asyncpg.Connection) -> None:
+        """``verify`` on an asyncpg connection, inside its transaction."""
+        self.check_local()
+        if await conn.execute(FENCE_CHECK_POSTGRES, self.session_id, self.token) != "UPDATE 1":
             raise self._lost()

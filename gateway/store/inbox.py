@@ -57,6 +57,11 @@ class InboxQueries:
         names a PostgreSQL channel told the session id in the same transaction (delivered on
         commit: the workers of ``chatgate worker``, see ``gateway.claims``).
         """
+        if self._db.postgres_turns is not None:
+            return await self._db.postgres_turns.record(
+                session_id, dedup_key, kind, payload, user_text=user_text, attachments=attachments, repeat=repeat,
+                notify=notify,
+            )
         now = utcnow()
         inbox_id = new_id()
         message_id = new_id() if user_text is not None else None
@@ -110,6 +115,9 @@ class InboxQueries:
     async def set_status(
         self, inbox_id: str, status: str, error: str | None = None, *, fence: Fence | None = None
     ) -> None:
+        if self._db.postgres_turns is not None:
+            await self._db.postgres_turns.set_status(inbox_id, status, error, fence)
+            return
         parameters = {"inbox_id": inbox_id, "status": status, "error": error, "now": utcnow()}
         await self._db.run_write(lambda conn: conn.execute(SET_INBOX_STATUS, parameters), fence)
 

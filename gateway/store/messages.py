@@ -63,6 +63,9 @@ class MessageQueries:
 
         # The session's updated_at moves with inbound activity (record_inbound), not with replies:
         # one statement less on every reply.
+        if self._db.postgres_turns is not None:
+            await self._db.postgres_turns.add_message(values, fence)
+            return MessageRecord.from_mapping(values)
         await self._db.run_write(lambda conn: conn.execute(INSERT_MESSAGE, values), fence)
         return MessageRecord.from_mapping(values)
 
@@ -126,6 +129,8 @@ class MessageQueries:
 
     async def of_turn(self, session_id: str, inbound_id: str) -> list[MessageRecord]:
         """Every message stored for one inbound event (the user's and the replies), oldest first."""
+        if self._db.postgres_turns is not None:
+            return await self._db.postgres_turns.messages_of_turn(session_id, inbound_id)
         parameters = {"inbound_id": inbound_id, "session_id": session_id}
 
         def work(conn: Connection) -> list[MessageRecord]:
@@ -172,6 +177,8 @@ class MessageQueries:
 
     async def history(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]:
         """``history_now`` for a caller that can await (or a store that cannot read now)."""
+        if self._db.postgres_turns is not None:
+            return await self._db.postgres_turns.history(session_id, before_id, limit)
         return await self._db.run_read(_history_reader(session_id, before_id, limit))
 
     @property

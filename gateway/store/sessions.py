@@ -62,6 +62,8 @@ class SessionQueries:
         return SessionRecord.from_row(row)
 
     async def get(self, session_id: str) -> SessionRecord | None:
+        if self._db.postgres_turns is not None:
+            return await self._db.postgres_turns.session(session_id)
         def work(conn: Connection) -> SessionRecord | None:
             row = conn.execute(SELECT_SESSION, {"session_id": session_id}).mappings().first()
             return None if row is None else SessionRecord.from_mapping(row)
@@ -71,6 +73,8 @@ class SessionQueries:
     async def turn_context(self, session_id: str) -> tuple[SessionRecord, UserInfo | None] | None:
         """What a turn needs, in one read: the session and its user (its history is read only
         if the handler uses it: ``gateway.history``)."""
+        if self._db.postgres_turns is not None:
+            return await self._db.postgres_turns.turn_context(session_id)
 
         def work(conn: Connection) -> tuple[SessionRecord, UserInfo | None] | None:
             row = conn.execute(SELECT_SESSION, {"session_id": session_id}).mappings().first()

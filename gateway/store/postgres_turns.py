@@ -1,0 +1,279 @@
+"""The per-turn statements on PostgreSQL, on the asyncpg driver directly.
+
+A stored text turn runs a handful of statements: record the event (``InboxQueries.record``),
+read the session and its user (``SessionQueries.turn_context``) and the history, store the
+reply (``MessageQueries.add``), mark the event done (``InboxQueries.set_status``), read the
+turn's messages back (``MessageQueries.of_turn``). Through SQLAlchemy's async engine each of
+them costs a pool checkout with a ping, ``run_sync`` and greenlet hops, the compiled-statement
+cache and the result layer: most of a turn's CPU (issue 12). Here they run on an asyncpg pool
+of their own, as prepared statements (asyncpg caches them per connection) with plain tuples in
+and out; the ORM stays for everything else. Query modules branch here first when
+``Database.postgres_turns`` is set (PostgreSQL only; SQLite keeps its own path).
+
+Both paths read each other's rows identically: JSON columns hold ``json.dumps`` of the value
+(what SQLAlchemy's ``JSON`` type writes, a Python ``None`` included: the JSON ``null``) and are
+read with ``json.loads``; timestamps are ``timestamp with time zone``, written and read as aware
+UTC datetimes. ``tests/test_postgres_turns.py`` round-trips rows both ways.
+
+A write that carries a :class:`~gateway.store.fence.Fence` checks the session's lease first in
+its transaction, as ``Database.run_write`` does; one without a fence that is a single statement
+runs without ``BEGIN``/``COMMIT`` (PostgreSQL commits it on its own, durably: ``synchronous_commit``
+stays on), so it is one round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+from sqlalchemy.exc import IntegrityError
+
+from gateway.store.fence import Fence
+from gateway.store.records import InboxEntry, MessageRecord, SessionRecord
+from gateway.store.tables import new_id, utcnow
+from gateway.types import SessionChannel, UnknownSession, UserInfo
+
+__all__ = ["PostgresTurns", "listen_statements"]
+
+# -- the statements ---------------------------------------------------------------------------
+
+_MESSAGE_COLUMNS = (
+    "id, session_id, role, text, block, attachments, inbound_id, status, platform_refs, created_at, updated_at"
+)
+_SESSION_COLUMNS = (
+    "sessions.id, sessions.channel_type, sessions.chat_id, sessions.thread_id, sessions.team_id,"
+    " sessions.user_id, sessions.owner_key, sessions.title, sessions.metadata, sessions.chat_name,"
+    " sessions.created_at, sessions.updated_at, sessions.data, sessions.entered"
+)
+TOUCH_SESSION = "UPDATE sessions SET updated_at = $2 WHERE id = $1"
+CLAIM_REPEAT = (
+    "INSERT INTO repeat_claims (key, inbox_id, expires_at) VALUES ($1, $2, $3)"
+    " ON CONFLICT (key) DO UPDATE SET inbox_id = excluded.inbox_id, expires_at = excluded.expires_at"
+    " WHERE repeat_claims.expires_at < $4 AND NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.id = repeat_claims.inbox_id"
+    " AND (inbox.status IN ('pending', 'running') OR inbox.updated_at > $5))"
+)
+"""``gateway.store.inbox._claim_repeat``: the claim's own event decides whether it is live."""
+REPEAT_HOLDER = "SELECT inbox_id FROM repeat_claims WHERE key = $1"
+INSERT_INBOX = (
+    "INSERT INTO inbox (id, dedup_key, session_id, kind, payload, status, attempts, error, created_at, updated_at)"
+    " VALUES ($1, $2, $3, $4, $5, 'pending', 0, NULL, $6, $6)"
+)
+INBOX_OF_KEY = "SELECT id FROM inbox WHERE dedup_key = $1"
+INSERT_MESSAGE = (
+    "INSERT INTO messages (id, session_id, role, text, block_id, block, attachments, inbound_id, status,"
+    " platform_refs, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)"
+)
+NOTIFY = "SELECT pg_notify($1, $2)"
+SET_INBOX_STATUS = "UPDATE inbox SET status = $2, error = $3, updated_at = $4 WHERE id = $1"
+SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE sessions.id = $1"
+SELECT_TURN_CONTEXT = (
+    f"SELECT {_SESSION_COLUMNS}, users.id, users.email, users.org_id"
+    " FROM sessions LEFT JOIN users ON users.id = sessions.user_id WHERE sessions.id = $1"
+)
+"""The session and its user in one round trip (a session whose user is gone reads ``None``)."""
+SELECT_TURN = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE inbound_id = $1 AND session_id = $2 ORDER BY id"
+SELECT_HISTORY = (
+    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
+)
+
+
+# -- the column encodings (those of SQLAlchemy's JSON type on asyncpg) ---------------------------
+
+_dumps = json.dumps
+_loads = json.loads
+
+
+def _message(row: Sequence[Any]) -> MessageRecord:
+    block, attachments, platform_refs = row[4], row[5], row[8]
+    return MessageRecord(
+        row[0], row[1], row[2], row[3],
+        None if block is None else _loads(block),
+        list(_loads(attachments) or []),
+        row[6], row[7],
+        list(_loads(platform_refs) or []),
+        row[9], row[10],
+    )
+
+
+def _session(row: Sequence[Any]) -> SessionRecord:
+    return SessionRecord(
+        id=row[0],
+        channel=SessionChannel(row[1], row[2], row[3], row[4]),
+        user_id=row[5],
+        owner_key=row[6],
+        title=row[7],
+        metadata=dict(_loads(row[8]) or {}),
+        chat_name=row[9],
+        created_at=row[10],
+        updated_at=row[11],
+        data=dict(_loads(row[12]) or {}),
+        entered=bool(row[13]),
+    )
+
+
+def _touched(status: str) -> int:
+    """The row count of a command tag (``UPDATE 1``, ``INSERT 0 1``)."""
+    return int(status.rsplit(" ", 1)[1])
+
+
+# -- observing every statement (tests count them) ---------------------------------------------
+
+_statement_listeners: list[Callable[[str], None]] = []
+
+
+def listen_statements(listener: Callable[[str], None]) -> Callable[[], None]:
+    """Call ``listener(sql)`` for every statement a ``PostgresTurns`` pool opened afterwards runs
+    (asyncpg's query logger; ``BEGIN``/``COMMIT`` included). Returns the function that stops it.
+    The raw-driver twin of SQLAlchemy's ``before_cursor_execute`` event, for tests that count."""
+    _statement_listeners.append(listener)
+    return lambda: _statement_listeners.remove(listener)
+
+
+def _log_statement(record: Any) -> None:
+    for listener in list(_statement_listeners):
+        listener(record.query)
+
+
+async def _observe(conn: asyncpg.Connection) -> None:
+    if _statement_listeners:
+        conn.add_query_logger(_log_statement)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing. asyncpg rolls back an open transaction itself; this
+    code sets no session state (no ``SET``, ``LISTEN``, cursor or advisory lock) to undo, so the
+    default reset query (a round trip per release) would buy nothing."""
+
+
+class _Repeated(Exception):
+    """Rolls the recording back: the content is claimed by ``inbox_id``."""
+
+    def __init__(self, inbox_id: str) -> None:
+        super().__init__(inbox_id)
+        self.inbox_id = inbox_id
+
+
+class PostgresTurns:
+    """The per-turn statements on an asyncpg pool (see the module's docstring)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, url: str, *, max_size: int) -> PostgresTurns:
+        """A pool on the database of ``url`` (``postgresql+asyncpg://...``, SQLAlchemy's form)."""
+        pool = await asyncpg.create_pool(
+            "postgresql://" + url.split("://", 1)[1], min_size=1, max_size=max_size, init=_observe,
+            reset=_keep_session,
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # -- the inbox ----------------------------------------------------------------------------
+
+    async def record(
+        self,
+        session_id: str,
+        dedup_key: str,
+        kind: str,
+        payload: dict[str, Any],
+        *,
+        user_text: str | None,
+        attachments: list[dict[str, Any]] | None,
+        repeat: tuple[str, float] | None,
+        notify: str | None,
+    ) -> InboxEntry:
+        """``InboxQueries.record``: the same statements in one transaction."""
+        now = utcnow()
+        inbox_id = new_id()
+        message_id = new_id() if user_text is not None else None
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    if _touched(await conn.execute(TOUCH_SESSION, session_id, now)) == 0:
+                        raise UnknownSession(f"no session {session_id!r}")
+                    if repeat is not None:
+                        await _claim_repeat(conn, repeat, inbox_id, now)
+                    await conn.execute(INSERT_INBOX, inbox_id, dedup_key, session_id, kind, _dumps(payload), now)
+                    if message_id is not None:
+                        await conn.execute(
+                            INSERT_MESSAGE, message_id, session_id, "user", user_text, None, "null",
+                            _dumps(attachments or []), inbox_id, "complete", "[]", now,
+                        )
+                    if notify is not None:
+                        await conn.execute(NOTIFY, notify, session_id)
+            except _Repeated as repeated:
+                return InboxEntry(repeated.inbox_id, True, None)
+            except asyncpg.IntegrityConstraintViolationError:
+                existing = await conn.fetchval(INBOX_OF_KEY, dedup_key)
+                return InboxEntry(existing or "", True, None)
+        return InboxEntry(inbox_id, False, message_id)
+
+    async def set_status(self, inbox_id: str, status: str, error: str | None, fence: Fence | None) -> None:
+        await self._write(SET_INBOX_STATUS, (inbox_id, status, error, utcnow()), fence)
+
+    # -- messages -----------------------------------------------------------------------------
+
+    async def add_message(self, values: dict[str, Any], fence: Fence | None) -> None:
+        """``MessageQueries.add``: ``values`` as that method builds them."""
+        block = values["block"]
+        await self._write(INSERT_MESSAGE, (
+            values["id"], values["session_id"], values["role"], values["text"], values["block_id"],
+            _dumps(block), _dumps(values["attachments"]), values["inbound_id"], values["status"],
+            _dumps(values["platform_refs"]), values["created_at"],
+        ), fence)
+
+    async def messages_of_turn(self, session_id: str, inbound_id: str) -> list[MessageRecord]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(SELECT_TURN, inbound_id, session_id)
+        return [_message(row) for row in rows]
+
+    async def history(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]:
+        """The last ``limit`` messages with ids before ``before_id``, oldest first."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(SELECT_HISTORY, session_id, before_id, limit)
+        return [_message(row) for row in reversed(rows)]
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    async def session(self, session_id: str) -> SessionRecord | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(SELECT_SESSION, session_id)
+        return None if row is None else _session(row)
+
+    async def turn_context(self, session_id: str) -> tuple[SessionRecord, UserInfo | None] | None:
+        async with self._pool.acquire() as conn:
+            row = await conn.fetchrow(SELECT_TURN_CONTEXT, session_id)
+        if row is None:
+            return None
+        user = None if row[14] is None else UserInfo(row[14], row[15], row[16])
+        return _session(row), user
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def _write(self, statement: str, arguments: Sequence[Any], fence: Fence | None) -> str:
+        """One statement; with a ``fence``, in a transaction that checks it first."""
+        try:
+            if fence is None:
+                async with self._pool.acquire() as conn:
+                    return await conn.execute(statement, *arguments)
+            fence.check_local()
+            async with self._pool.acquire() as conn, conn.transaction():
+                await fence.verify_postgres(conn)
+                return await conn.execute(statement, *arguments)
+        except asyncpg.IntegrityConstraintViolationError as error:
+            # What the ORM path raises (callers catch SQLAlchemy's exception, not the driver's).
+            raise IntegrityError(statement, arguments, error) from error
+
+
+async def _claim_repeat(conn: asyncpg.Connection, repeat: tuple[str, float], inbox_id: str, now: datetime) -> None:
+    """``gateway.store.inbox._claim_repeat`` (see there): raises ``_Repeated`` on a live claim."""
+    key, seconds = repeat
+    window = timedelta(seconds=seconds)
+    if _touched(await conn.execute(CLAIM_REPEAT, key, inbox_id, now + window, now, now - window)) == 0:
+        raise _Repeated(await conn.fetchval(REPEAT_HOLDER, key))
