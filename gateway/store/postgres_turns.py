@@ -86,15 +86,20 @@ _dumps = json.dumps
 _loads = json.loads
 
 
+def _json_list(text: str) -> list[Any]:
+    # Most messages have no attachments and no platform refs: "[]" needs no parser (a history
+    # read decodes fifty messages a turn).
+    return [] if text == "[]" else list(_loads(text) or [])
+
+
+def _json_or_none(text: str | None) -> Any:
+    return None if text is None or text == "null" else _loads(text)
+
+
 def _message(row: Sequence[Any]) -> MessageRecord:
-    block, attachments, platform_refs = row[4], row[5], row[8]
     return MessageRecord(
-        row[0], row[1], row[2], row[3],
-        None if block is None else _loads(block),
-        list(_loads(attachments) or []),
-        row[6], row[7],
-        list(_loads(platform_refs) or []),
-        row[9], row[10],
+        row[0], row[1], row[2], row[3], _json_or_none(row[4]), _json_list(row[5]), row[6], row[7],
+        _json_list(row[8]), row[9], row[10],
     )
 
 
