@@ -15,6 +15,7 @@ this Session (or anyone) stores afterwards is not read twice.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Protocol
 
 from gateway.store.records import MessageRecord
@@ -33,6 +34,10 @@ class HistoryReads(Protocol):
     def history_now(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]: ...
 
     async def history(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]: ...
+
+    async def history_fetched(
+        self, session_id: str, before_id: str, limit: int
+    ) -> Callable[[], list[MessageRecord]]: ...
 
 
 class StoredHistory:
@@ -54,21 +59,33 @@ class StoredHistory:
         self._limit = limit
         self._exclude_inbound = exclude_inbound
         self._before_id = new_id()
+        self._fetched: Callable[[], list[MessageRecord]] | None = None
 
     @property
     def reads_now(self) -> bool:
-        """Whether ``read`` works synchronously on this store (not on in-memory SQLite)."""
-        return self._limit <= 0 or self._messages.reads_now
+        """Whether ``read`` works synchronously: on a SQLite file, or once ``prefetch``-ed."""
+        return self._limit <= 0 or self._fetched is not None or self._messages.reads_now
+
+    async def prefetch(self) -> None:
+        """On a store that cannot read now (PostgreSQL: a synchronous read would stall the event
+        loop; in-memory SQLite), fetch the rows now and decode them on first use: a handler that
+        never looks at its history pays one round trip, not the decoding of fifty messages."""
+        if self._limit > 0 and self._fetched is None and not self._messages.reads_now:
+            self._fetched = await self._messages.history_fetched(self._session_id, self._before_id, self._fetch)
 
     def read(self) -> list[Message]:
         """The history, read now (the calling thread waits; see ``Database.read_now``)."""
         if self._limit <= 0:
             return []
+        if self._fetched is not None:
+            return self._select(self._fetched())
         return self._select(self._messages.history_now(self._session_id, self._before_id, self._fetch))
 
     async def read_async(self) -> list[Message]:
         if self._limit <= 0:
             return []
+        if self._fetched is not None:
+            return self._select(self._fetched())
         return self._select(await self._messages.history(self._session_id, self._before_id, self._fetch))
 
     @property

@@ -143,6 +143,7 @@ class SessionDirectory:
             raise UnknownSession(f"no session {session_id!r}")
         user = await self._store.users.get(record.user_id) or UserInfo(record.user_id)
         history = StoredHistory(self._store.messages, record.id, record.channel.type, self._history_limit)
+        await history.prefetch()
         integrations: dict[str, IntegrationCredentials] = await self._integrations_for(user)
         return Session(
             record.id, user, record.channel, data=record.data,

@@ -141,6 +141,7 @@ class TurnRunner:
         message = self._bind_attachments(inbound)
         history = StoredHistory(rt.store.messages, record.id, record.channel.type, rt.settings.dispatch.history_limit,
                                 exclude_inbound=item.inbox_id)
+        await history.prefetch()  # PostgreSQL: the rows now, decoded if the handler reads them
         session = Session(
             record.id,
             user,

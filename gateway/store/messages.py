@@ -181,6 +181,16 @@ class MessageQueries:
             return await self._db.postgres_turns.history(session_id, before_id, limit)
         return await self._db.run_read(_history_reader(session_id, before_id, limit))
 
+    async def history_fetched(
+        self, session_id: str, before_id: str, limit: int
+    ) -> Callable[[], list[MessageRecord]]:
+        """``history``'s rows read now, decoded when the returned function is called (at most once
+        is needed: ``gateway.history.StoredHistory.prefetch``)."""
+        if self._db.postgres_turns is not None:
+            return await self._db.postgres_turns.history_fetched(session_id, before_id, limit)
+        records = await self.history(session_id, before_id, limit)
+        return lambda: records
+
     @property
     def reads_now(self) -> bool:
         """Whether ``history_now`` can serve this store (``Database.reads_now``)."""

@@ -240,9 +240,15 @@ class PostgresTurns:
 
     async def history(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]:
         """The last ``limit`` messages with ids before ``before_id``, oldest first."""
+        return (await self.history_fetched(session_id, before_id, limit))()
+
+    async def history_fetched(
+        self, session_id: str, before_id: str, limit: int
+    ) -> Callable[[], list[MessageRecord]]:
+        """``history``'s rows, fetched now, turned into records when the function is called."""
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(SELECT_HISTORY, session_id, before_id, limit)
-        return [_message(row) for row in reversed(rows)]
+        return lambda: [_message(row) for row in reversed(rows)]
 
     # -- sessions -----------------------------------------------------------------------------
 
