@@ -23,9 +23,10 @@ stays on), so it is one round trip.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -48,25 +49,12 @@ _SESSION_COLUMNS = (
     " sessions.user_id, sessions.owner_key, sessions.title, sessions.metadata, sessions.chat_name,"
     " sessions.created_at, sessions.updated_at, sessions.data, sessions.entered"
 )
-TOUCH_SESSION = "UPDATE sessions SET updated_at = $2 WHERE id = $1"
-CLAIM_REPEAT = (
-    "INSERT INTO repeat_claims (key, inbox_id, expires_at) VALUES ($1, $2, $3)"
-    " ON CONFLICT (key) DO UPDATE SET inbox_id = excluded.inbox_id, expires_at = excluded.expires_at"
-    " WHERE repeat_claims.expires_at < $4 AND NOT EXISTS (SELECT 1 FROM inbox WHERE inbox.id = repeat_claims.inbox_id"
-    " AND (inbox.status IN ('pending', 'running') OR inbox.updated_at > $5))"
-)
-"""``gateway.store.inbox._claim_repeat``: the claim's own event decides whether it is live."""
-REPEAT_HOLDER = "SELECT inbox_id FROM repeat_claims WHERE key = $1"
-INSERT_INBOX = (
-    "INSERT INTO inbox (id, dedup_key, session_id, kind, payload, status, attempts, error, created_at, updated_at)"
-    " VALUES ($1, $2, $3, $4, $5, 'pending', 0, NULL, $6, $6)"
-)
-INBOX_OF_KEY = "SELECT id FROM inbox WHERE dedup_key = $1"
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, role, text, block_id, block, attachments, inbound_id, status,"
     " platform_refs, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)"
 )
-NOTIFY = "SELECT pg_notify($1, $2)"
+INBOX_OF_KEY = "SELECT id FROM inbox WHERE dedup_key = $1"
+REPEAT_HOLDER = "SELECT inbox_id FROM repeat_claims WHERE key = $1"
 SET_INBOX_STATUS = "UPDATE inbox SET status = $2, error = $3, updated_at = $4 WHERE id = $1"
 SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE sessions.id = $1"
 SELECT_TURN_CONTEXT = (
@@ -78,6 +66,61 @@ SELECT_TURN = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE inbound_id = $1 AN
 SELECT_HISTORY = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
 )
+
+
+
+
+@functools.cache
+def record_statement(*, repeat: bool, message: bool, notify: bool) -> str:
+    """``InboxQueries.record`` as one statement: one round trip, and PostgreSQL commits it on its
+    own (atomically: every part of it or nothing). The parameters are ``$1`` session id, ``$2``
+    inbox id, ``$3`` dedup key, ``$4`` kind, ``$5`` payload, ``$6`` now, then the repeat's key,
+    expiry and window start, the message's id, text and attachments, the notify channel, in that
+    order, for the parts present.
+
+    The session row is locked first (what the ``UPDATE`` of the ORM path does); with a
+    ``repeat``, only a claim taken (inserted, or taken over: the conditions of
+    ``gateway.store.inbox._claim_repeat``, the claim's own event deciding whether it is live)
+    admits the event, so a live claim stores nothing, not even the session's ``updated_at``.
+    Returns ``found`` (the session exists), ``recorded`` and, for a repeat, ``holder`` (the claim's
+    event as this statement's snapshot saw it).
+    """
+    parameters = iter(range(7, 14))
+    parts = ["session AS (SELECT id FROM sessions WHERE id = $1 FOR UPDATE)"]
+    admitted = "session"
+    if repeat:
+        key, expires, window_start = (f"${next(parameters)}" for _ in range(3))
+        parts.append(
+            f"claim AS (INSERT INTO repeat_claims (key, inbox_id, expires_at)"
+            f" SELECT {key}::varchar, $2::varchar, {expires}::timestamptz FROM session"
+            f" ON CONFLICT (key) DO UPDATE SET inbox_id = excluded.inbox_id, expires_at = excluded.expires_at"
+            f" WHERE repeat_claims.expires_at < $6 AND NOT EXISTS (SELECT 1 FROM inbox"
+            f" WHERE inbox.id = repeat_claims.inbox_id AND (inbox.status IN ('pending', 'running')"
+            f" OR inbox.updated_at > {window_start}::timestamptz)) RETURNING 1)"
+        )
+        parts.append("admitted AS (SELECT id FROM session WHERE EXISTS (SELECT 1 FROM claim))")
+        admitted = "admitted"
+    parts.append(f"touched AS (UPDATE sessions SET updated_at = $6 WHERE id IN (SELECT id FROM {admitted}))")
+    parts.append(
+        "event AS (INSERT INTO inbox (id, dedup_key, session_id, kind, payload, status, attempts, error,"
+        " created_at, updated_at) SELECT $2::varchar, $3::varchar, id, $4::varchar, $5::json, 'pending', 0, NULL,"
+        f" $6::timestamptz, $6::timestamptz FROM {admitted} RETURNING id)"
+    )
+    if message:
+        message_id, text, attachments = (f"${next(parameters)}" for _ in range(3))
+        parts.append(
+            "message AS (INSERT INTO messages (id, session_id, role, text, block_id, block, attachments, inbound_id,"
+            f" status, platform_refs, created_at, updated_at) SELECT {message_id}::varchar, $1::varchar, 'user',"
+            f" {text}::text, NULL, 'null', {attachments}::json, id, 'complete', '[]', $6::timestamptz,"
+            " $6::timestamptz FROM event)"
+        )
+    columns = ["EXISTS (SELECT 1 FROM session) AS found", "EXISTS (SELECT 1 FROM event) AS recorded"]
+    if repeat:
+        columns.append(f"(SELECT inbox_id FROM repeat_claims WHERE key = {key}) AS holder")
+    if notify:
+        # Told on commit, and only when the event was recorded (``gateway.claims``).
+        columns.append(f"CASE WHEN EXISTS (SELECT 1 FROM event) THEN pg_notify(${next(parameters)}, $1) END")
+    return "WITH " + ", ".join(parts) + " SELECT " + ", ".join(columns)
 
 
 # -- the column encodings (those of SQLAlchemy's JSON type on asyncpg) ---------------------------
@@ -153,14 +196,6 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     default reset query (a round trip per release) would buy nothing."""
 
 
-class _Repeated(Exception):
-    """Rolls the recording back: the content is claimed by ``inbox_id``."""
-
-    def __init__(self, inbox_id: str) -> None:
-        super().__init__(inbox_id)
-        self.inbox_id = inbox_id
-
-
 class PostgresTurns:
     """The per-turn statements on an asyncpg pool (see the module's docstring)."""
 
@@ -193,31 +228,36 @@ class PostgresTurns:
         repeat: tuple[str, float] | None,
         notify: str | None,
     ) -> InboxEntry:
-        """``InboxQueries.record``: the same statements in one transaction."""
+        """``InboxQueries.record`` in one statement (``record_statement``)."""
         now = utcnow()
         inbox_id = new_id()
         message_id = new_id() if user_text is not None else None
+        arguments: list[Any] = [session_id, inbox_id, dedup_key, kind, _dumps(payload), now]
+        if repeat is not None:
+            window = timedelta(seconds=repeat[1])
+            arguments += [repeat[0], now + window, now - window]
+        if message_id is not None:
+            arguments += [message_id, user_text, _dumps(attachments or [])]
+        if notify is not None:
+            arguments.append(notify)
+        statement = record_statement(
+            repeat=repeat is not None, message=message_id is not None, notify=notify is not None
+        )
         async with self._pool.acquire() as conn:
             try:
-                async with conn.transaction():
-                    if _touched(await conn.execute(TOUCH_SESSION, session_id, now)) == 0:
-                        raise UnknownSession(f"no session {session_id!r}")
-                    if repeat is not None:
-                        await _claim_repeat(conn, repeat, inbox_id, now)
-                    await conn.execute(INSERT_INBOX, inbox_id, dedup_key, session_id, kind, _dumps(payload), now)
-                    if message_id is not None:
-                        await conn.execute(
-                            INSERT_MESSAGE, message_id, session_id, "user", user_text, None, "null",
-                            _dumps(attachments or []), inbox_id, "complete", "[]", now,
-                        )
-                    if notify is not None:
-                        await conn.execute(NOTIFY, notify, session_id)
-            except _Repeated as repeated:
-                return InboxEntry(repeated.inbox_id, True, None)
-            except asyncpg.IntegrityConstraintViolationError:
+                row = await conn.fetchrow(statement, *arguments)
+            except asyncpg.IntegrityConstraintViolationError:  # the dedup key: recorded before
                 existing = await conn.fetchval(INBOX_OF_KEY, dedup_key)
                 return InboxEntry(existing or "", True, None)
-        return InboxEntry(inbox_id, False, message_id)
+            assert row is not None
+            if not row[0]:
+                raise UnknownSession(f"no session {session_id!r}")
+            if row[1]:
+                return InboxEntry(inbox_id, False, message_id)
+            assert repeat is not None  # only a live claim stops a recording of an existing session
+            # A claim committed after this statement's snapshot was taken: read it now.
+            holder = row[2] or await conn.fetchval(REPEAT_HOLDER, repeat[0]) or ""
+            return InboxEntry(holder, True, None)
 
     async def set_status(self, inbox_id: str, status: str, error: str | None, fence: Fence | None) -> None:
         await self._write(SET_INBOX_STATUS, (inbox_id, status, error, utcnow()), fence)
@@ -281,10 +321,3 @@ class PostgresTurns:
             # What the ORM path raises (callers catch SQLAlchemy's exception, not the driver's).
             raise IntegrityError(statement, arguments, error) from error
 
-
-async def _claim_repeat(conn: asyncpg.Connection, repeat: tuple[str, float], inbox_id: str, now: datetime) -> None:
-    """``gateway.store.inbox._claim_repeat`` (see there): raises ``_Repeated`` on a live claim."""
-    key, seconds = repeat
-    window = timedelta(seconds=seconds)
-    if _touched(await conn.execute(CLAIM_REPEAT, key, inbox_id, now + window, now, now - window)) == 0:
-        raise _Repeated(await conn.fetchval(REPEAT_HOLDER, key))
