@@ -1,0 +1,242 @@
+"""The per-turn statements on asyncpg directly (gateway/store/postgres_turns.py) against the ORM
+path of the same methods, on one PostgreSQL database: each reads what the other wrote as the
+same records, the columns hold the same text, and the recording of an event behaves the same."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy import text, update
+
+from gateway.store import Store
+from gateway.store.inbox import REPEAT_CLAIMS
+from gateway.store.postgres_turns import listen_statements
+from gateway.store.statements import INBOX
+from gateway.store.tables import utcnow
+from gateway.types import SessionChannel, UnknownSession, UserInfo
+
+pytestmark = pytest.mark.postgres
+
+
+async def _open(url: str, *, raw: bool) -> Store:
+    store = Store(url)
+    await store.open()
+    if not raw:  # the same methods on their ORM path (what SQLite and every other query use)
+        assert store.postgres_turns is not None
+        await store.postgres_turns.close()
+        store.postgres_turns = None
+    return store
+
+
+@pytest.fixture
+async def stores(postgres_url) -> AsyncIterator[tuple[Store, Store]]:
+    """``(raw, orm)``: two stores on one database, the per-turn statements on asyncpg in the first."""
+    raw, orm = await _open(postgres_url, raw=True), await _open(postgres_url, raw=False)
+    try:
+        yield raw, orm
+    finally:
+        await raw.close()
+        await orm.close()
+
+
+@pytest.fixture(params=["raw", "orm", "sqlite"])
+def path(request) -> tuple[str, bool]:
+    """A database and whether its per-turn statements run on asyncpg: PostgreSQL either way, and
+    SQLite (whose statements are the ORM path's)."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url"), False
+    return request.getfixturevalue("postgres_url"), request.param == "raw"
+
+
+@pytest.fixture
+async def store(path) -> AsyncIterator[Store]:
+    """One store on ``path``: the behaviour tests run on each."""
+    url, raw = path
+    opened = await _open(url, raw=raw) if url.startswith("postgresql") else Store(url)
+    if url.startswith("sqlite"):
+        await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def _session(store: Store, **values: Any) -> str:
+    user = await store.users.resolve(_platform_user())
+    record = await store.sessions.create(SessionChannel("api", "chat-1", "thread-1", "team-1"),
+                                         UserInfo(user.id, None, None), **values)
+    return record.id
+
+
+def _platform_user() -> Any:
+    from gateway.inbound import PlatformUser
+
+    return PlatformUser("api", "someone", email="someone@example.com", org_id="org-1")
+
+
+MESSAGES: list[dict[str, Any]] = [
+    {"role": "assistant", "text": "plain"},
+    {"role": "assistant", "text": "ünïcode ✓ \"quoted\" \\ and\nlines", "platform_refs": ["ref-1", "ref-2"]},
+    {"role": "block", "text": "", "block": {"id": "b1", "type": "card", "payload": {"n": 1, "x": [None, 1.5]}}},
+    {"role": "user", "text": "with a file",
+     "attachments": [{"name": "a.pdf", "content_type": "application/pdf", "url": "u", "size": 3}]},
+    {"role": "assistant", "text": "", "status": "streaming"},
+]
+
+
+async def _an_hour_ago(store: Store) -> None:
+    """Every repeat claim expired, every event last changed, an hour ago."""
+    then = utcnow() - timedelta(hours=1)
+    async with store.engine.begin() as conn:
+        await conn.execute(update(REPEAT_CLAIMS).values(expires_at=then))
+        await conn.execute(update(INBOX).values(updated_at=then))
+
+
+async def _add_all(store: Store, session_id: str, inbound_id: str) -> list[Any]:
+    return [await store.messages.add(session_id, inbound_id=inbound_id, **values) for values in MESSAGES]
+
+
+async def _columns(store: Store, ids: list[str]) -> list[tuple[Any, ...]]:
+    """What the columns hold, as PostgreSQL's text: the encodings, not the decoded values."""
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT block IS NULL, block::text, attachments::text, platform_refs::text, text, status, block_id,"
+            " created_at = updated_at FROM messages WHERE id = ANY(:ids) ORDER BY id"
+        ), {"ids": ids})).all()
+    return [tuple(row) for row in rows]
+
+
+async def test_each_path_reads_what_the_other_wrote_as_the_same_records(stores) -> None:
+    raw, orm = stores
+    session_id = await _session(orm, title="t", metadata={"k": ["v", 1]})
+    assert raw.postgres_turns is not None and orm.postgres_turns is None
+    by_orm = await _add_all(orm, session_id, "turn-orm")
+    by_raw = await _add_all(raw, session_id, "turn-raw")
+
+    for inbound in ("turn-orm", "turn-raw"):  # of_turn, both ways
+        assert await raw.messages.of_turn(session_id, inbound) == await orm.messages.of_turn(session_id, inbound)
+    assert await raw.messages.of_turn(session_id, "turn-orm") == by_orm  # what add returned
+    assert await orm.messages.of_turn(session_id, "turn-raw") == by_raw
+    last = by_raw[-1].id + "Z"
+    assert await raw.messages.history(session_id, last, 50) == await orm.messages.history(session_id, last, 50)
+    assert [m.id for m in await raw.messages.history(session_id, last, 3)] == [m.id for m in by_raw[-3:]]
+    # ... and the columns hold the same text whichever path wrote them (a None block included).
+    assert await _columns(orm, [m.id for m in by_orm]) == await _columns(orm, [m.id for m in by_raw])
+
+    # The session reads: the same record, the same user.
+    assert await raw.sessions.get(session_id) == await orm.sessions.get(session_id)
+    assert await raw.sessions.turn_context(session_id) == await orm.sessions.turn_context(session_id)
+    context = await raw.sessions.turn_context(session_id)
+    assert context is not None and context[0].metadata == {"k": ["v", 1]} and context[1] is not None
+    assert context[1].email == "someone@example.com"
+    assert await raw.sessions.get("01NOSUCHSESSION") is None
+    assert await raw.sessions.turn_context("01NOSUCHSESSION") is None
+
+
+async def test_the_recorded_event_reads_the_same_whichever_path_recorded_it(stores) -> None:
+    raw, orm = stores
+    session_id = await _session(orm)
+    payload = {"kind": "message", "text": "é", "nested": {"list": [1, None, True]}}
+    attachments = [{"name": "a.txt", "url": "u", "size": 1}]
+    entries = [
+        await s.inbox.record(session_id, f"key-{name}", "message", payload, user_text="hi ✓", attachments=attachments)
+        for name, s in (("orm", orm), ("raw", raw))
+    ]
+    for entry in entries:
+        assert not entry.duplicate and entry.message_id is not None
+        assert await raw.messages.of_turn(session_id, entry.id) == await orm.messages.of_turn(session_id, entry.id)
+        assert await raw.inbox.get(entry.id) is not None
+    async with orm.engine.connect() as conn:
+        rows = (await conn.execute(text(
+            "SELECT i.payload::text, i.status, i.attempts, i.error IS NULL, i.created_at = i.updated_at,"
+            " m.block IS NULL, m.block::text, m.attachments::text, m.platform_refs::text, m.role, m.status,"
+            " m.created_at = i.created_at FROM inbox i JOIN messages m ON m.inbound_id = i.id ORDER BY i.id"
+        ))).all()
+    assert len(rows) == 2 and tuple(rows[0]) == tuple(rows[1])
+    # the status as set_status writes it, read back by the ORM
+    await raw.inbox.set_status(entries[1].id, "failed", "boom")
+    recorded = await orm.inbox.get(entries[1].id)
+    assert recorded is not None and (recorded.status, recorded.error) == ("failed", "boom")
+
+
+async def test_an_unknown_session_or_a_repeated_key_records_nothing(store) -> None:
+    session_id = await _session(store)
+    with pytest.raises(UnknownSession):
+        await store.inbox.record("01NOSUCHSESSION", "k0", "message", {}, user_text="lost")
+    first = await store.inbox.record(session_id, "k1", "message", {}, user_text="one")
+    again = await store.inbox.record(session_id, "k1", "message", {}, user_text="one again")
+    assert again.duplicate and again.id == first.id and again.message_id is None
+    assert [m.text for m in await store.messages.of_turn(session_id, first.id)] == ["one"]
+    assert [row.id for row in await store.inbox.unfinished()] == [first.id]
+
+
+async def test_a_live_repeat_claim_stores_nothing_and_a_finished_one_is_taken_over(store) -> None:
+    session_id = await _session(store)
+    first = await store.inbox.record(session_id, "r1", "message", {}, user_text="same", repeat=("digest", 60.0))
+    before = await store.sessions.get(session_id)
+    repeated = await store.inbox.record(session_id, "r2", "message", {}, user_text="same", repeat=("digest", 60.0))
+    assert repeated.duplicate and repeated.id == first.id
+    assert [row.id for row in await store.inbox.unfinished()] == [first.id]
+    assert await store.sessions.get(session_id) == before  # not even touched
+    # Finished, and its window (counted from the claim and from the event's end) passed: taken over.
+    await store.inbox.set_status(first.id, "done")
+    await _an_hour_ago(store)
+    taken = await store.inbox.record(session_id, "r3", "message", {}, user_text="same", repeat=("digest", 60.0))
+    assert not taken.duplicate and taken.id != first.id
+    again = await store.inbox.record(session_id, "r4", "message", {}, user_text="same", repeat=("digest", 60.0))
+    assert again.duplicate and again.id == taken.id
+
+
+async def test_the_workers_are_told_of_a_recorded_event_only(store, path) -> None:
+    postgres_url = path[0]
+    if not postgres_url.startswith("postgresql"):
+        pytest.skip("LISTEN/NOTIFY: PostgreSQL only")
+    session_id = await _session(store)
+    told: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect("postgresql://" + postgres_url.split("://", 1)[1])
+    try:
+        await listener.add_listener("chatgate_work", lambda *args: told.put_nowait(args[-1]))
+        entry = await store.inbox.record(session_id, "n1", "message", {}, user_text="hi", notify="chatgate_work")
+        assert await asyncio.wait_for(told.get(), 5) == session_id
+        duplicate = await store.inbox.record(session_id, "n1", "message", {}, user_text="hi", notify="chatgate_work")
+        assert duplicate.duplicate and duplicate.id == entry.id
+        await store.inbox.record(session_id, "n2", "action", {}, notify="chatgate_work")  # no message: told too
+        assert await asyncio.wait_for(told.get(), 5) == session_id
+        assert told.empty()
+    finally:
+        await listener.close()
+
+
+async def test_every_raw_statement_is_observed(postgres_url) -> None:
+    seen: list[str] = []
+    stop = listen_statements(seen.append)
+    try:
+        store = await _open(postgres_url, raw=True)
+        try:
+            session_id = await _session(store)
+            entry = await store.inbox.record(session_id, "s1", "message", {}, user_text="hi")
+            await store.messages.add(session_id, "assistant", "hello", inbound_id=entry.id)
+            await store.inbox.set_status(entry.id, "done")
+            await asyncio.sleep(0)  # asyncpg calls its query loggers soon after each query
+        finally:
+            await store.close()
+    finally:
+        stop()
+    assert [s.split(" ")[0] for s in seen] == ["WITH", "INSERT", "UPDATE"], seen
+
+
+async def test_a_finished_claim_is_taken_over_while_another_contents_claim_is_live(store) -> None:
+    """Whether a claim is live is decided by the claim's own event, not by any other claim's."""
+    session_id = await _session(store)
+    first = await store.inbox.record(session_id, "c1", "message", {}, user_text="same", repeat=("digest", 60.0))
+    await store.inbox.set_status(first.id, "done")
+    await _an_hour_ago(store)
+    other = await store.inbox.record(session_id, "c2", "message", {}, user_text="other", repeat=("other", 60.0))
+    assert not other.duplicate  # live: pending
+    taken = await store.inbox.record(session_id, "c3", "message", {}, user_text="same", repeat=("digest", 60.0))
+    assert not taken.duplicate and taken.id != first.id
