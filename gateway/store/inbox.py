@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, or_, update
+from sqlalchemy import Connection, and_, delete, func, literal_column, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -181,9 +181,12 @@ def _claim_repeat(conn: Connection, repeat: tuple[str, float], inbox_id: str, no
     values = {"key": key, "inbox_id": inbox_id, "expires_at": now + window}
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     insert = dialect.insert(REPEAT_CLAIMS).values(**values)
+    # The claim's own event (the conflicting row's ``inbox_id``): a plain column reference, since
+    # SQLAlchemy does not correlate a subquery of ``ON CONFLICT ... WHERE`` with the target table
+    # and would add ``repeat_claims`` to its FROM, asking whether *any* claim's event is live.
     event_live = (
         select(INBOX.c.id)
-        .where(INBOX.c.id == REPEAT_CLAIMS.c.inbox_id)
+        .where(INBOX.c.id == literal_column("repeat_claims.inbox_id"))
         .where(or_(INBOX.c.status.in_(UNFINISHED), INBOX.c.updated_at > now - window))
         .exists()
     )
