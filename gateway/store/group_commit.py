@@ -24,14 +24,13 @@ What does not change:
 from __future__ import annotations
 
 import asyncio
-import logging
+import sqlite3
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
-
-log = logging.getLogger("chatgate.store")
+from sqlalchemy.exc import DBAPIError
 
 T = TypeVar("T")
 Work = Callable[[Connection], Any]
@@ -124,7 +123,7 @@ class GroupCommit:
                     driver.execute("ROLLBACK")
                 if not isinstance(error, Exception):
                     raise
-                return [(False, error)] * len(works)
+                return [(False, _as_sqlalchemy_error(error))] * len(works)
             return outcomes
 
 
@@ -147,6 +146,14 @@ def _run_each(conn: Connection, driver: Any, works: list[Work]) -> list[Outcome]
             outcomes.append((True, value))
         driver.execute(f"RELEASE {SAVEPOINT}")
     return outcomes
+
+
+def _as_sqlalchemy_error(error: Exception) -> Exception:
+    """A driver error of ``BEGIN``/``COMMIT`` as SQLAlchemy would raise it (``IntegrityError``,
+    ``OperationalError``...), as every caller of the store expects."""
+    if isinstance(error, sqlite3.Error):
+        return DBAPIError.instance("COMMIT", None, error, sqlite3.Error)
+    return error
 
 
 def _settle(batch: list[tuple[Work, asyncio.Future[Any]]], done: asyncio.Future[list[Outcome]]) -> None:
