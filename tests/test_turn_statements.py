@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from collections import Counter
 from typing import Any
 
@@ -47,13 +48,24 @@ def reads_lazily(database_url: str) -> bool:
 
 
 class StatementLog:
-    """Every SQL statement any engine runs while ``recording`` (a listener, not a patch)."""
+    """Every SQL statement any engine runs while ``recording``: SQLAlchemy's statements by its
+    ``before_cursor_execute`` event, and on ``sqlite3`` connections (where the store also runs
+    statements on the driver itself, ``gateway.store.sqlite_turns``) every statement by the
+    driver's own trace callback, set as the engine connects. Listeners, not patches."""
 
     def __init__(self) -> None:
         self.recording = False
         self.statements: list[str] = []
 
     def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not isinstance(conn.connection.dbapi_connection, sqlite3.Connection):  # traced below
+            self.record(statement)
+
+    def connected(self, dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.set_trace_callback(self.record)
+
+    def record(self, statement: str) -> None:
         if self.recording:
             self.statements.append(" ".join(statement.split()))
 
@@ -68,7 +80,9 @@ class StatementLog:
 def statements() -> Any:
     log = StatementLog()
     event.listen(Engine, "before_cursor_execute", log)
+    event.listen(Engine, "connect", log.connected)
     yield log
+    event.remove(Engine, "connect", log.connected)
     event.remove(Engine, "before_cursor_execute", log)
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, PoolProxiedConnection, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -64,6 +66,8 @@ class Database:
         self._writer: ThreadPoolExecutor | None = None
         self._readers: ThreadPoolExecutor | None = None
         self._group_commit: GroupCommit | None = None
+        self._reader_drivers = threading.local()
+        self._held_drivers: list[PoolProxiedConnection] = []
         # SQLite has one writer at a time; queueing writers here avoids "database is locked"
         # when a deferred transaction tries to upgrade to a write lock.
         self._write_lock = asyncio.Lock()
@@ -129,6 +133,42 @@ class Database:
         async with self.writing() as conn:
             return await conn.run_sync(work)
 
+    @property
+    def has_driver(self) -> bool:
+        """Whether ``run_driver_write``/``run_driver_read`` serve this database: a SQLite file
+        (``gateway.store.sqlite_turns`` runs a turn's own statements there)."""
+        return self._group_commit is not None
+
+    async def run_driver_write(self, work: Callable[[sqlite3.Connection], T], fence: Fence | None = None) -> T:
+        """``run_write`` for work on the ``sqlite3`` connection itself (``has_driver`` only)."""
+
+        def on_driver(conn: Connection) -> T:
+            driver = conn.connection.dbapi_connection
+            assert isinstance(driver, sqlite3.Connection)
+            return work(driver)
+
+        return await self.run_write(on_driver, fence)
+
+    async def run_driver_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``run_read`` for work on a ``sqlite3`` connection of the reader thread's own, outside
+        SQLAlchemy's pool (``has_driver`` only)."""
+        if self._readers is None:
+            raise RuntimeError("no driver reads on this database (see Database.has_driver)")
+        return await asyncio.get_running_loop().run_in_executor(self._readers, self._on_reader_driver, work)
+
+    def _on_reader_driver(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        driver: sqlite3.Connection | None = getattr(self._reader_drivers, "driver", None)
+        if driver is None:
+            # Taken from the engine's pool for the thread's life: its "connect" listeners (the
+            # pragmas, a test's statement log) apply as to every connection of the engine.
+            assert self._sync_engine is not None
+            held = self._sync_engine.raw_connection()
+            raw = held.dbapi_connection
+            assert isinstance(raw, sqlite3.Connection)
+            self._reader_drivers.driver = driver = raw
+            self._held_drivers.append(held)
+        return work(driver)
+
     async def run_read(self, work: Callable[[Connection], T]) -> T:
         if self._sync_engine is not None and self._readers is not None:
             return await asyncio.get_running_loop().run_in_executor(self._readers, self._sync_connect, work)
@@ -166,6 +206,10 @@ class Database:
             if pool is not None:
                 pool.shutdown(wait=True)
         self._writer = self._readers = None
+        for held in self._held_drivers:
+            held.close()  # back to the pool, which the engine's dispose() below closes
+        self._held_drivers.clear()
+        self._reader_drivers = threading.local()
         if self._sync_engine is not None:
             self._sync_engine.dispose()
             self._sync_engine = None

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, delete, func, or_, update
 from sqlalchemy import select as sql_select
 from sqlmodel import col, select
 
+from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
 from gateway.store.records import MessageRecord
@@ -63,7 +64,10 @@ class MessageQueries:
 
         # The session's updated_at moves with inbound activity (record_inbound), not with replies:
         # one statement less on every reply.
-        await self._db.run_write(lambda conn: conn.execute(INSERT_MESSAGE, values), fence)
+        if self._db.has_driver:
+            await self._db.run_driver_write(lambda driver: sqlite_turns.insert_message(driver, values), fence)
+        else:
+            await self._db.run_write(lambda conn: conn.execute(INSERT_MESSAGE, values), fence)
         return MessageRecord.from_mapping(values)
 
     async def update(self, message_id: str, *, fence: Fence | None = None, **values: Any) -> None:
@@ -126,6 +130,10 @@ class MessageQueries:
 
     async def of_turn(self, session_id: str, inbound_id: str) -> list[MessageRecord]:
         """Every message stored for one inbound event (the user's and the replies), oldest first."""
+        if self._db.has_driver:
+            return await self._db.run_driver_read(
+                lambda driver: sqlite_turns.turn_messages(driver, session_id, inbound_id)
+            )
         parameters = {"inbound_id": inbound_id, "session_id": session_id}
 
         def work(conn: Connection) -> list[MessageRecord]:

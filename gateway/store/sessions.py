@@ -10,6 +10,7 @@ from sqlalchemy import Connection, delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
 from gateway.store.records import SessionRecord
@@ -71,6 +72,8 @@ class SessionQueries:
     async def turn_context(self, session_id: str) -> tuple[SessionRecord, UserInfo | None] | None:
         """What a turn needs, in one read: the session and its user (its history is read only
         if the handler uses it: ``gateway.history``)."""
+        if self._db.has_driver:
+            return await self._db.run_driver_read(lambda driver: sqlite_turns.turn_context(driver, session_id))
 
         def work(conn: Connection) -> tuple[SessionRecord, UserInfo | None] | None:
             row = conn.execute(SELECT_SESSION, {"session_id": session_id}).mappings().first()
