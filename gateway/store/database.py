@@ -14,7 +14,6 @@ import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -23,10 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 import gateway.store.schema  # noqa: F401  (every table, registered before the schema is made)
+from gateway.store.driver_thread import DriverThread
 from gateway.store.fence import Fence
 from gateway.store.group_commit import GroupCommit
 
-READER_THREADS = 1  # measured: more reader threads only contend for the GIL (bench/web_echo.py)
 T = TypeVar("T")
 
 
@@ -63,8 +62,8 @@ class Database:
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
         self._sync_engine: Engine | None = None
-        self._writer: ThreadPoolExecutor | None = None
-        self._readers: ThreadPoolExecutor | None = None
+        self._writer: DriverThread | None = None
+        self._reader: DriverThread | None = None
         self._group_commit: GroupCommit | None = None
         self._reader_drivers = threading.local()
         self._held_drivers: list[PoolProxiedConnection] = []
@@ -118,8 +117,9 @@ class Database:
         )
         event.listen(self._sync_engine, "connect", _sqlite_pragmas)
         event.listen(self._sync_engine, "connect", _explicit_transactions)
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatgate-sqlite-write")
-        self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="chatgate-sqlite-read")
+        self._writer = DriverThread("chatgate-sqlite-write")
+        # One reader thread: measured, more only contend for the GIL (bench/web_echo.py).
+        self._reader = DriverThread("chatgate-sqlite-read")
         self._group_commit = GroupCommit(self._sync_engine, self._writer, self._write_lock)
 
     async def run_write(self, work: Callable[[Connection], T], fence: Fence | None = None) -> T:
@@ -152,9 +152,9 @@ class Database:
     async def run_driver_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """``run_read`` for work on a ``sqlite3`` connection of the reader thread's own, outside
         SQLAlchemy's pool (``has_driver`` only)."""
-        if self._readers is None:
+        if self._reader is None:
             raise RuntimeError("no driver reads on this database (see Database.has_driver)")
-        return await asyncio.get_running_loop().run_in_executor(self._readers, self._on_reader_driver, work)
+        return await self._reader.run(self._on_reader_driver, work)
 
     def _on_reader_driver(self, work: Callable[[sqlite3.Connection], T]) -> T:
         driver: sqlite3.Connection | None = getattr(self._reader_drivers, "driver", None)
@@ -170,8 +170,8 @@ class Database:
         return work(driver)
 
     async def run_read(self, work: Callable[[Connection], T]) -> T:
-        if self._sync_engine is not None and self._readers is not None:
-            return await asyncio.get_running_loop().run_in_executor(self._readers, self._sync_connect, work)
+        if self._sync_engine is not None and self._reader is not None:
+            return await self._reader.run(self._sync_connect, work)
         async with self.reading() as conn:
             return await conn.run_sync(work)
 
@@ -202,10 +202,10 @@ class Database:
         if self._group_commit is not None:
             await self._group_commit.close()
             self._group_commit = None
-        for pool in (self._writer, self._readers):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._writer = self._readers = None
+        for thread in (self._writer, self._reader):
+            if thread is not None:
+                await asyncio.to_thread(thread.shutdown)
+        self._writer = self._reader = None
         for held in self._held_drivers:
             held.close()  # back to the pool, which the engine's dispose() below closes
         self._held_drivers.clear()
