@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
@@ -247,3 +248,102 @@ def test_killed_between_write_and_commit_nothing_is_acknowledged_or_stored(tmp_p
             child.kill()
     assert out.splitlines() == ["acked before"]  # "a" shared the batch: it was never answered
     assert rows(path) == ["before"]  # and nothing of the uncommitted batch is in the database
+
+
+async def test_killed_under_load_every_answered_turn_is_stored_and_nothing_runs_twice(tmp_path, free_port):
+    """``chatgate run`` answering 8 REST clients (group commit batches their writes) is killed
+    with SIGKILL mid-load: every message it answered is in the database with its reply; after a
+    restart every message it recorded has exactly one reply, and nothing is left unfinished."""
+    database = tmp_path / "data" / "chatgate.db"
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "CHATGATE_WEB__API_KEYS": '["test-key"]',
+        "CHATGATE_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": f"sqlite:///{database}",
+        "CHATGATE_LOGGING__LEVEL": "WARNING",
+    }
+    base = f"http://127.0.0.1:{free_port}/api/v1/chat/sessions"
+    headers = {"X-API-Key": "test-key"}
+    app = str(ROOT / "tests" / "apps" / "echo_app.py")
+
+    def start(log_name: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / log_name, "wb")
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", app, "--port", str(free_port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+
+    async def ready(http: aiohttp.ClientSession) -> None:
+        for _ in range(300):
+            try:
+                async with http.get(f"http://127.0.0.1:{free_port}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError("chatgate did not start")
+
+    answered: list[str] = []
+    enough = asyncio.Event()
+
+    async def client(http: aiohttp.ClientSession, index: int) -> None:
+        async with http.post(base, json={"agent_id": "default"}, headers=headers) as response:
+            session_id = (await response.json())["data"]["id"]
+        for n in range(10_000):
+            text = f"c{index} m{n}"
+            try:
+                async with http.post(f"{base}/{session_id}/messages", json={"content": text},
+                                     headers=headers) as response:
+                    body = await response.json()
+            except (TimeoutError, aiohttp.ClientError):
+                return  # the server is gone
+            assert response.status == 201 and body["data"]["content"] == f"echo: {text}", body
+            answered.append(text)
+            if len(answered) >= 200:
+                enough.set()
+
+    first = start("first.log")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            await ready(http)
+            clients = [asyncio.ensure_future(client(http, i)) for i in range(8)]
+            await asyncio.wait_for(enough.wait(), 60)
+            first.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(first.wait, 10)
+            await asyncio.gather(*clients)
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+    def messages() -> list[tuple[str, str, str | None]]:
+        with sqlite3.connect(database) as conn:
+            return conn.execute("SELECT role, text, inbound_id FROM messages ORDER BY id").fetchall()
+
+    stored = messages()
+    users = [text for role, text, _ in stored if role == "user"]
+    replies = [text for role, text, _ in stored if role == "assistant"]
+    for text in answered:  # answered means committed: the message and its reply are stored
+        assert users.count(text) == 1 and replies.count(f"echo: {text}") == 1, text
+    assert len(users) == len(set(users))
+
+    second = start("second.log")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            await ready(http)
+            deadline = time.monotonic() + 30
+            while True:  # the events recorded and not finished run again
+                with sqlite3.connect(database) as conn:
+                    unfinished = conn.execute(
+                        "SELECT count(*) FROM inbox WHERE status IN ('pending', 'running')").fetchone()[0]
+                if unfinished == 0:
+                    break
+                assert time.monotonic() < deadline, f"{unfinished} events never finished"
+                await asyncio.sleep(0.1)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        try:
+            second.wait(15)
+        except subprocess.TimeoutExpired:
+            second.kill()
+    stored = messages()
+    users = [text for role, text, _ in stored if role == "user"]
+    replies = [text for role, text, _ in stored if role == "assistant"]
+    assert sorted(replies) == sorted(f"echo: {text}" for text in users)  # one reply each, none twice
+    assert len(users) >= len(answered)
