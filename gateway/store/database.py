@@ -150,13 +150,18 @@ class Database:
         return await self.run_write(on_driver, fence)
 
     async def run_driver_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """``run_read`` for work on a ``sqlite3`` connection of the reader thread's own, outside
-        SQLAlchemy's pool (``has_driver`` only)."""
-        if self._reader is None:
-            raise RuntimeError("no driver reads on this database (see Database.has_driver)")
-        return await self._reader.run(self._on_reader_driver, work)
+        """Run ``work`` on a ``sqlite3`` connection of the calling thread's own, *on* that thread
+        (``has_driver`` only).
 
-    def _on_reader_driver(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        A turn's own reads (its session and user, the turn's messages) are key lookups in a local
+        file's page cache: tens of microseconds, less than handing them to a thread and back
+        costs; and with one GIL a thread would not run them beside the event loop anyway. WAL
+        readers never wait for the writer. Anything bigger goes through ``run_read``."""
+        if self._sync_engine is None:
+            raise RuntimeError("no driver reads on this database (see Database.has_driver)")
+        return work(self._driver_of_this_thread())
+
+    def _driver_of_this_thread(self) -> sqlite3.Connection:
         driver: sqlite3.Connection | None = getattr(self._reader_drivers, "driver", None)
         if driver is None:
             # Taken from the engine's pool for the thread's life: its "connect" listeners (the
@@ -167,7 +172,7 @@ class Database:
             assert isinstance(raw, sqlite3.Connection)
             self._reader_drivers.driver = driver = raw
             self._held_drivers.append(held)
-        return work(driver)
+        return driver
 
     async def run_read(self, work: Callable[[Connection], T]) -> T:
         if self._sync_engine is not None and self._reader is not None:

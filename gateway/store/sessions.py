@@ -63,6 +63,9 @@ class SessionQueries:
         return SessionRecord.from_row(row)
 
     async def get(self, session_id: str) -> SessionRecord | None:
+        if self._db.has_driver:
+            return await self._db.run_driver_read(lambda driver: sqlite_turns.session(driver, session_id))
+
         def work(conn: Connection) -> SessionRecord | None:
             row = conn.execute(SELECT_SESSION, {"session_id": session_id}).mappings().first()
             return None if row is None else SessionRecord.from_mapping(row)

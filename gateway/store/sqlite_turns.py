@@ -126,14 +126,14 @@ def set_inbox_status(driver: sqlite3.Connection, inbox_id: str, status: str, err
     driver.execute(SET_INBOX_STATUS, (status, error, timestamp(now), inbox_id))
 
 
-def turn_context(driver: sqlite3.Connection, session_id: str) -> tuple[SessionRecord, UserInfo | None] | None:
-    """The session and its user (``SessionQueries.turn_context``)."""
+def session(driver: sqlite3.Connection, session_id: str) -> SessionRecord | None:
+    """One session (``SessionQueries.get``)."""
     row = driver.execute(SELECT_SESSION, (session_id,)).fetchone()
     if row is None:
         return None
     (id_, channel_type, chat_id, thread_id, team_id, user_id, owner_key, title, metadata, chat_name, data,
      entered, created_at, updated_at) = row
-    record = SessionRecord(
+    return SessionRecord(
         id=id_,
         channel=SessionChannel(channel_type, chat_id, thread_id, team_id),
         user_id=user_id,
@@ -146,7 +146,14 @@ def turn_context(driver: sqlite3.Connection, session_id: str) -> tuple[SessionRe
         data=dict(_read_json(data) or {}),
         entered=bool(entered),
     )
-    user = driver.execute(SELECT_USER, (user_id,)).fetchone()
+
+
+def turn_context(driver: sqlite3.Connection, session_id: str) -> tuple[SessionRecord, UserInfo | None] | None:
+    """The session and its user (``SessionQueries.turn_context``)."""
+    record = session(driver, session_id)
+    if record is None:
+        return None
+    user = driver.execute(SELECT_USER, (record.user_id,)).fetchone()
     return record, None if user is None else UserInfo(*user)
 
 
