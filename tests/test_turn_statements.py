@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sqlite3
 from collections import Counter
 from typing import Any
 
@@ -48,18 +49,26 @@ def reads_lazily(database_url: str) -> bool:
 
 
 class StatementLog:
-    """Every SQL statement run while ``recording`` (listeners, not patches): any SQLAlchemy
-    engine's, and on PostgreSQL those the per-turn statements run on asyncpg directly
-    (``gateway.store.postgres_turns``, seen by asyncpg's query logger)."""
+    """Every SQL statement any engine runs while ``recording``: SQLAlchemy's statements by its
+    ``before_cursor_execute`` event, on ``sqlite3`` connections (where the store also runs
+    statements on the driver itself, ``gateway.store.sqlite_turns``) every statement by the
+    driver's own trace callback, set as the engine connects, and on PostgreSQL those the per-turn
+    statements run on asyncpg directly (``gateway.store.postgres_turns``) by asyncpg's query
+    logger. Listeners, not patches."""
 
     def __init__(self) -> None:
         self.recording = False
         self.statements: list[str] = []
 
     def __call__(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        self.add(statement)
+        if not isinstance(conn.connection.dbapi_connection, sqlite3.Connection):  # traced below
+            self.record(statement)
 
-    def add(self, statement: str) -> None:
+    def connected(self, dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.set_trace_callback(self.record)
+
+    def record(self, statement: str) -> None:
         if self.recording:
             self.statements.append(" ".join(statement.split()))
 
@@ -80,9 +89,11 @@ def changes(statement: str) -> list[str]:
 def statements() -> Any:
     log = StatementLog()
     event.listen(Engine, "before_cursor_execute", log)
-    stop_listening = listen_statements(log.add)
+    event.listen(Engine, "connect", log.connected)
+    stop_listening = listen_statements(log.record)
     yield log
     stop_listening()
+    event.remove(Engine, "connect", log.connected)
     event.remove(Engine, "before_cursor_execute", log)
 
 

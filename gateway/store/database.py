@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
+import threading
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, PoolProxiedConnection, create_engine, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 import gateway.store.schema  # noqa: F401  (every table, registered before the schema is made)
+from gateway.store.driver_thread import DriverThread
 from gateway.store.fence import Fence
 from gateway.store.group_commit import GroupCommit
 from gateway.store.postgres_turns import PostgresTurns
 
-READER_THREADS = 1  # measured: more reader threads only contend for the GIL (bench/web_echo.py)
 T = TypeVar("T")
 
 
@@ -62,11 +63,13 @@ class Database:
         self._pool_size = pool_size
         self._engine: AsyncEngine | None = None
         self._sync_engine: Engine | None = None
-        self._writer: ThreadPoolExecutor | None = None
-        self._readers: ThreadPoolExecutor | None = None
+        self._writer: DriverThread | None = None
+        self._reader: DriverThread | None = None
         self._group_commit: GroupCommit | None = None
         self.postgres_turns: PostgresTurns | None = None
         """PostgreSQL only: the per-turn statements on asyncpg directly (``gateway.store.postgres_turns``)."""
+        self._reader_drivers = threading.local()
+        self._held_drivers: list[PoolProxiedConnection] = []
         # SQLite has one writer at a time; queueing writers here avoids "database is locked"
         # when a deferred transaction tries to upgrade to a write lock.
         self._write_lock = asyncio.Lock()
@@ -119,8 +122,9 @@ class Database:
         )
         event.listen(self._sync_engine, "connect", _sqlite_pragmas)
         event.listen(self._sync_engine, "connect", _explicit_transactions)
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="chatgate-sqlite-write")
-        self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="chatgate-sqlite-read")
+        self._writer = DriverThread("chatgate-sqlite-write")
+        # One reader thread: measured, more only contend for the GIL (bench/web_echo.py).
+        self._reader = DriverThread("chatgate-sqlite-read")
         self._group_commit = GroupCommit(self._sync_engine, self._writer, self._write_lock)
 
     async def run_write(self, work: Callable[[Connection], T], fence: Fence | None = None) -> T:
@@ -134,9 +138,50 @@ class Database:
         async with self.writing() as conn:
             return await conn.run_sync(work)
 
+    @property
+    def has_driver(self) -> bool:
+        """Whether ``run_driver_write``/``run_driver_read`` serve this database: a SQLite file
+        (``gateway.store.sqlite_turns`` runs a turn's own statements there)."""
+        return self._group_commit is not None
+
+    async def run_driver_write(self, work: Callable[[sqlite3.Connection], T], fence: Fence | None = None) -> T:
+        """``run_write`` for work on the ``sqlite3`` connection itself (``has_driver`` only)."""
+
+        def on_driver(conn: Connection) -> T:
+            driver = conn.connection.dbapi_connection
+            assert isinstance(driver, sqlite3.Connection)
+            return work(driver)
+
+        return await self.run_write(on_driver, fence)
+
+    async def run_driver_read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on a ``sqlite3`` connection of the calling thread's own, *on* that thread
+        (``has_driver`` only).
+
+        A turn's own reads (its session and user, the turn's messages) are key lookups in a local
+        file's page cache: tens of microseconds, less than handing them to a thread and back
+        costs; and with one GIL a thread would not run them beside the event loop anyway. WAL
+        readers never wait for the writer. Anything bigger goes through ``run_read``."""
+        if self._sync_engine is None:
+            raise RuntimeError("no driver reads on this database (see Database.has_driver)")
+        return work(self._driver_of_this_thread())
+
+    def _driver_of_this_thread(self) -> sqlite3.Connection:
+        driver: sqlite3.Connection | None = getattr(self._reader_drivers, "driver", None)
+        if driver is None:
+            # Taken from the engine's pool for the thread's life: its "connect" listeners (the
+            # pragmas, a test's statement log) apply as to every connection of the engine.
+            assert self._sync_engine is not None
+            held = self._sync_engine.raw_connection()
+            raw = held.dbapi_connection
+            assert isinstance(raw, sqlite3.Connection)
+            self._reader_drivers.driver = driver = raw
+            self._held_drivers.append(held)
+        return driver
+
     async def run_read(self, work: Callable[[Connection], T]) -> T:
-        if self._sync_engine is not None and self._readers is not None:
-            return await asyncio.get_running_loop().run_in_executor(self._readers, self._sync_connect, work)
+        if self._sync_engine is not None and self._reader is not None:
+            return await self._reader.run(self._sync_connect, work)
         async with self.reading() as conn:
             return await conn.run_sync(work)
 
@@ -170,10 +215,14 @@ class Database:
         if self._group_commit is not None:
             await self._group_commit.close()
             self._group_commit = None
-        for pool in (self._writer, self._readers):
-            if pool is not None:
-                pool.shutdown(wait=True)
-        self._writer = self._readers = None
+        for thread in (self._writer, self._reader):
+            if thread is not None:
+                await asyncio.to_thread(thread.shutdown)
+        self._writer = self._reader = None
+        for held in self._held_drivers:
+            held.close()  # back to the pool, which the engine's dispose() below closes
+        self._held_drivers.clear()
+        self._reader_drivers = threading.local()
         if self._sync_engine is not None:
             self._sync_engine.dispose()
             self._sync_engine = None

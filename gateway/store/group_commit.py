@@ -24,14 +24,14 @@ What does not change:
 from __future__ import annotations
 
 import asyncio
-import logging
+import sqlite3
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
-log = logging.getLogger("chatgate.store")
+from gateway.store.driver_thread import DriverThread
 
 T = TypeVar("T")
 Work = Callable[[Connection], Any]
@@ -58,9 +58,9 @@ class GroupCommit:
     wrote meanwhile).
     """
 
-    def __init__(self, engine: Engine, executor: Executor, lock: asyncio.Lock) -> None:
+    def __init__(self, engine: Engine, writer: DriverThread, lock: asyncio.Lock) -> None:
         self._engine = engine
-        self._executor = executor
+        self._writer = writer
         self._lock = lock
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -99,7 +99,7 @@ class GroupCommit:
                 if not batch:
                     continue
                 async with self._lock:
-                    written = loop.run_in_executor(self._executor, self._write, [work for work, _ in batch])
+                    written = self._writer.run(self._write, [work for work, _ in batch])
                     written.add_done_callback(lambda done, batch=batch: _settle(batch, done))  # type: ignore[misc]
                     # Shielded: if this task is cancelled (the loop shuts down) the batch is still
                     # written and its callers still get their outcomes from the callback.
@@ -124,7 +124,7 @@ class GroupCommit:
                     driver.execute("ROLLBACK")
                 if not isinstance(error, Exception):
                     raise
-                return [(False, error)] * len(works)
+                return [(False, _as_sqlalchemy_error(error))] * len(works)
             return outcomes
 
 
@@ -147,6 +147,14 @@ def _run_each(conn: Connection, driver: Any, works: list[Work]) -> list[Outcome]
             outcomes.append((True, value))
         driver.execute(f"RELEASE {SAVEPOINT}")
     return outcomes
+
+
+def _as_sqlalchemy_error(error: Exception) -> Exception:
+    """A driver error of ``BEGIN``/``COMMIT`` as SQLAlchemy would raise it (``IntegrityError``,
+    ``OperationalError``...), as every caller of the store expects."""
+    if isinstance(error, sqlite3.Error):
+        return DBAPIError.instance("COMMIT", None, error, sqlite3.Error)
+    return error
 
 
 def _settle(batch: list[tuple[Work, asyncio.Future[Any]]], done: asyncio.Future[list[Outcome]]) -> None:

@@ -3,6 +3,7 @@ with its status until its turn ends (and its dedup key for ``dispatch.dedup_rete
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
 from gateway.store.records import InboundRecord, InboxEntry
@@ -22,6 +24,7 @@ from gateway.store.statements import (
     SET_INBOX_STATUS,
     TOUCH_SESSION,
     UNFINISHED,
+    Repeated,
 )
 from gateway.store.tables import (
     InboxRow,
@@ -85,11 +88,20 @@ class InboxQueries:
             if notify is not None:
                 conn.execute(NOTIFY, {"channel": notify, "session_id": session_id})
 
+        def driver_work(driver: sqlite3.Connection) -> None:
+            sqlite_turns.record_inbound(
+                driver, session_id=session_id, inbox_id=inbox_id, dedup_key=dedup_key, kind=kind, payload=payload,
+                message_id=message_id, user_text=user_text, attachments=attachments, repeat=repeat, now=now,
+            )
+
         try:
-            await self._db.run_write(work)
-        except _Repeated as repeated:
+            if self._db.has_driver:  # SQLite: never a NOTIFY (the workers of gateway.claims need PostgreSQL)
+                await self._db.run_driver_write(driver_work)
+            else:
+                await self._db.run_write(work)
+        except Repeated as repeated:
             return InboxEntry(repeated.inbox_id, True, None)
-        except IntegrityError:
+        except (IntegrityError, sqlite3.IntegrityError):
             existing = await self._db.run_read(
                 lambda conn: conn.execute(select(INBOX.c.id).where(INBOX.c.dedup_key == dedup_key)).first()
             )
@@ -118,7 +130,13 @@ class InboxQueries:
         if self._db.postgres_turns is not None:
             await self._db.postgres_turns.set_status(inbox_id, status, error, fence)
             return
-        parameters = {"inbox_id": inbox_id, "status": status, "error": error, "now": utcnow()}
+        now = utcnow()
+        if self._db.has_driver:
+            await self._db.run_driver_write(
+                lambda driver: sqlite_turns.set_inbox_status(driver, inbox_id, status, error, now), fence
+            )
+            return
+        parameters = {"inbox_id": inbox_id, "status": status, "error": error, "now": now}
         await self._db.run_write(lambda conn: conn.execute(SET_INBOX_STATUS, parameters), fence)
 
     async def unfinished(self) -> list[InboxRow]:
@@ -158,16 +176,8 @@ class InboxQueries:
         return int(depth or 0), oldest
 
 
-class _Repeated(Exception):
-    """Raised inside the write to roll it back: the content was claimed by ``inbox_id``."""
-
-    def __init__(self, inbox_id: str) -> None:
-        super().__init__(inbox_id)
-        self.inbox_id = inbox_id
-
-
 def _claim_repeat(conn: Connection, repeat: tuple[str, float], inbox_id: str, now: datetime) -> None:
-    """Claim ``key`` for this event unless a live claim holds it (then raise ``_Repeated``).
+    """Claim ``key`` for this event unless a live claim holds it (then raise ``Repeated``).
 
     A claim is live while its event runs and for ``seconds`` after it ended, as the window is in
     one process (``RestTurns``): ``expires_at`` (``seconds`` after the claim) alone would let a
@@ -197,7 +207,7 @@ def _claim_repeat(conn: Connection, repeat: tuple[str, float], inbox_id: str, no
     )
     if conn.execute(claim).rowcount == 0:
         holder = conn.execute(select(REPEAT_CLAIMS.c.inbox_id).where(REPEAT_CLAIMS.c.key == key)).scalar_one()
-        raise _Repeated(holder)
+        raise Repeated(holder)
 
 
 REPEAT_CLAIMS = RepeatClaimRow.metadata.tables["repeat_claims"]

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, delete, func, or_, update
 from sqlalchemy import select as sql_select
 from sqlmodel import col, select
 
+from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
 from gateway.store.records import MessageRecord
@@ -66,7 +67,10 @@ class MessageQueries:
         if self._db.postgres_turns is not None:
             await self._db.postgres_turns.add_message(values, fence)
             return MessageRecord.from_mapping(values)
-        await self._db.run_write(lambda conn: conn.execute(INSERT_MESSAGE, values), fence)
+        if self._db.has_driver:
+            await self._db.run_driver_write(lambda driver: sqlite_turns.insert_message(driver, values), fence)
+        else:
+            await self._db.run_write(lambda conn: conn.execute(INSERT_MESSAGE, values), fence)
         return MessageRecord.from_mapping(values)
 
     async def update(self, message_id: str, *, fence: Fence | None = None, **values: Any) -> None:
@@ -131,6 +135,10 @@ class MessageQueries:
         """Every message stored for one inbound event (the user's and the replies), oldest first."""
         if self._db.postgres_turns is not None:
             return await self._db.postgres_turns.messages_of_turn(session_id, inbound_id)
+        if self._db.has_driver:
+            return await self._db.run_driver_read(
+                lambda driver: sqlite_turns.turn_messages(driver, session_id, inbound_id)
+            )
         parameters = {"inbound_id": inbound_id, "session_id": session_id}
 
         def work(conn: Connection) -> list[MessageRecord]:

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
 from gateway.store.records import SessionRecord
@@ -64,6 +65,9 @@ class SessionQueries:
     async def get(self, session_id: str) -> SessionRecord | None:
         if self._db.postgres_turns is not None:
             return await self._db.postgres_turns.session(session_id)
+        if self._db.has_driver:
+            return await self._db.run_driver_read(lambda driver: sqlite_turns.session(driver, session_id))
+
         def work(conn: Connection) -> SessionRecord | None:
             row = conn.execute(SELECT_SESSION, {"session_id": session_id}).mappings().first()
             return None if row is None else SessionRecord.from_mapping(row)
@@ -75,6 +79,8 @@ class SessionQueries:
         if the handler uses it: ``gateway.history``)."""
         if self._db.postgres_turns is not None:
             return await self._db.postgres_turns.turn_context(session_id)
+        if self._db.has_driver:
+            return await self._db.run_driver_read(lambda driver: sqlite_turns.turn_context(driver, session_id))
 
         def work(conn: Connection) -> tuple[SessionRecord, UserInfo | None] | None:
             row = conn.execute(SELECT_SESSION, {"session_id": session_id}).mappings().first()

@@ -54,6 +54,15 @@ SET_INBOX_STATUS = update(INBOX).where(INBOX.c.id == bindparam("inbox_id")).valu
 )
 
 
+class Repeated(Exception):
+    """Raised inside the write that records an event, to roll it back: a live repeat claim
+    holds its content, so it is a repeat of the event ``inbox_id``."""
+
+    def __init__(self, inbox_id: str) -> None:
+        super().__init__(inbox_id)
+        self.inbox_id = inbox_id
+
+
 def address_key(channel: SessionChannel) -> str | None:
     """The unique key of a platform conversation; web sessions have none (a user has many)."""
     if channel.chat_id is None:

@@ -247,7 +247,7 @@ class WidgetConnection:
         inbound = self._inbound("message", frame, message=message)
         accepted = await self._submit(frame, inbound)
         if not accepted.duplicate:
-            await self._echo(accepted.inbound_id, text, attachments)
+            await self._echo(accepted.inbound_id, message.id, text, attachments)
 
     async def _button(self, frame: dict[str, Any]) -> None:
         block_id = _required_str(frame, "block_id")
@@ -317,12 +317,15 @@ class WidgetConnection:
         assert self.session is not None
         return await attachment_for(self.ctx, item["file_id"], self.session.id)
 
-    async def _echo(self, inbound_id: str, text: str, attachments: list[Attachment]) -> None:
-        """Show the user's message on the session's other sockets (another tab)."""
+    async def _echo(self, inbound_id: str, message_id: str, text: str, attachments: list[Attachment]) -> None:
+        """Show the user's message on the session's other sockets (another tab). ``message_id``
+        is the stored message's, as recording the event set it on the message."""
         assert self.session is not None
-        stored = await self.ctx.core.sessions.message_for_inbound(self.session.id, inbound_id, role="user")
+        if not message_id:
+            stored = await self.ctx.core.sessions.message_for_inbound(self.session.id, inbound_id, role="user")
+            message_id = stored.id if stored is not None else inbound_id
         message = {
-            "id": stored.id if stored is not None else inbound_id,
+            "id": message_id,
             "role": "user",
             "text": text,
             "status": "complete",

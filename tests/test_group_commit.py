@@ -1,0 +1,349 @@
+"""Group commit on SQLite (``gateway.store.group_commit``): concurrent writes share one
+transaction, and nobody hears of a write before the COMMIT that holds it.
+
+On a real SQLite file, read back through a connection of the test's own; the last test kills a
+real process with SIGKILL while a batch is written and not yet committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
+
+from gateway.store.database import Database
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rows(path: Path, table: str = "t") -> list[str]:
+    """What another connection (another process would see the same) finds committed."""
+    with sqlite3.connect(path) as conn:
+        return [row[0] for row in conn.execute(f"SELECT k FROM {table} ORDER BY k")]
+
+
+def insert(key: str, then: Any = None) -> Any:
+    def work(conn: Connection) -> str:
+        conn.exec_driver_sql("INSERT INTO t (k) VALUES (?)", (key,))
+        if then is not None:
+            then(conn)
+        return key
+
+    return work
+
+
+async def open_database(path: Path) -> Database:
+    db = Database(f"sqlite+aiosqlite:///{path}")
+    await db.open()
+    await db.run_write(lambda conn: conn.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY)"))
+    return db
+
+
+async def queued(db: Database, work: Any, gate: threading.Event) -> asyncio.Task[Any]:
+    """Start ``work`` as a write once the writer thread is held inside a first batch (which
+    waits on ``gate``): then everything started before ``gate`` opens shares the next batch."""
+    return asyncio.ensure_future(db.run_write(work))
+
+
+async def hold_the_writer(db: Database) -> tuple[asyncio.Task[Any], threading.Event]:
+    inside, gate = threading.Event(), threading.Event()
+
+    def blocker(conn: Connection) -> None:
+        inside.set()
+        gate.wait(10)
+
+    task = asyncio.ensure_future(db.run_write(blocker))
+    await asyncio.to_thread(inside.wait, 10)
+    return task, gate
+
+
+async def test_concurrent_writes_share_one_transaction(tmp_path):
+    db = await open_database(tmp_path / "g.db")
+    try:
+        held, gate = await hold_the_writer(db)
+        connections: list[Connection] = []
+        tasks = [asyncio.ensure_future(db.run_write(insert(f"k{i}", connections.append))) for i in range(10)]
+        await asyncio.sleep(0.05)
+        assert not any(task.done() for task in tasks)  # queued behind the held batch
+        gate.set()
+        assert await asyncio.gather(*tasks) == [f"k{i}" for i in range(10)]
+        await held
+        # One batch: every write of it ran on the same connection, in one transaction.
+        assert len({id(conn) for conn in connections}) == 1
+        assert rows(tmp_path / "g.db") == sorted(f"k{i}" for i in range(10))
+    finally:
+        await db.close()
+
+
+async def test_no_caller_hears_of_its_write_before_the_commit(tmp_path):
+    path = tmp_path / "g.db"
+    db = await open_database(path)
+    try:
+        held, gate = await hold_the_writer(db)
+        inside_second, release_second = threading.Event(), threading.Event()
+
+        def wait_inside(conn: Connection) -> None:
+            inside_second.set()
+            release_second.wait(10)
+
+        first = asyncio.ensure_future(db.run_write(insert("a")))
+        second = asyncio.ensure_future(db.run_write(insert("b", wait_inside)))
+        await asyncio.sleep(0.02)
+        gate.set()
+        await held
+        await asyncio.to_thread(inside_second.wait, 10)
+        # "a" is written inside the transaction, and "b" holds the transaction open: the caller
+        # of "a" has no answer yet, and nobody else can see "a".
+        await asyncio.sleep(0.05)
+        assert not first.done()
+        assert rows(path) == []
+        release_second.set()
+        assert await first == "a"
+        assert rows(path) == ["a", "b"]  # the moment "a" is answered, it is committed
+        assert await second == "b"
+    finally:
+        await db.close()
+
+
+async def test_a_failing_write_is_rolled_back_alone(tmp_path):
+    path = tmp_path / "g.db"
+    db = await open_database(path)
+    try:
+        await db.run_write(insert("taken"))
+        held, gate = await hold_the_writer(db)
+
+        def fail(conn: Connection) -> None:
+            raise ValueError("the handler's own bug")
+
+        tasks = [
+            asyncio.ensure_future(db.run_write(insert("a"))),
+            asyncio.ensure_future(db.run_write(insert("b", fail))),  # wrote "b", then raised
+            asyncio.ensure_future(db.run_write(insert("taken"))),  # a duplicate key
+            asyncio.ensure_future(db.run_write(insert("d"))),
+        ]
+        await asyncio.sleep(0.02)
+        gate.set()
+        await held
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert outcomes[0] == "a" and outcomes[3] == "d"
+        assert isinstance(outcomes[1], ValueError)
+        assert isinstance(outcomes[2], IntegrityError)
+        assert rows(path) == ["a", "d", "taken"]
+    finally:
+        await db.close()
+
+
+async def test_a_failed_commit_fails_every_caller_of_its_batch_and_stores_nothing(tmp_path):
+    path = tmp_path / "g.db"
+    db = await open_database(path)
+    try:
+        await db.run_write(lambda conn: conn.exec_driver_sql(
+            "CREATE TABLE child (k TEXT PRIMARY KEY, parent TEXT REFERENCES t (k))"))
+        held, gate = await hold_the_writer(db)
+
+        def orphan(conn: Connection) -> None:
+            # A foreign key checked at COMMIT (not at the statement): the COMMIT itself fails.
+            conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
+            conn.exec_driver_sql("INSERT INTO child (k, parent) VALUES ('c', 'nobody')")
+
+        tasks = [asyncio.ensure_future(db.run_write(insert("a"))), asyncio.ensure_future(db.run_write(orphan))]
+        await asyncio.sleep(0.02)
+        gate.set()
+        await held
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(outcome, IntegrityError) for outcome in outcomes), outcomes
+        assert rows(path) == []
+        assert await db.run_write(insert("after")) == "after"  # the writer goes on
+        assert rows(path) == ["after"]
+    finally:
+        await db.close()
+
+
+async def test_a_write_cancelled_before_its_batch_began_is_not_run(tmp_path):
+    path = tmp_path / "g.db"
+    db = await open_database(path)
+    try:
+        held, gate = await hold_the_writer(db)
+        cancelled = asyncio.ensure_future(db.run_write(insert("cancelled")))
+        kept = asyncio.ensure_future(db.run_write(insert("kept")))
+        await asyncio.sleep(0.02)
+        cancelled.cancel()
+        gate.set()
+        await held
+        assert await kept == "kept"
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert rows(path) == ["kept"]
+    finally:
+        await db.close()
+
+
+CHILD = textwrap.dedent("""
+    import asyncio, pathlib, sys, threading, time
+    from gateway.store.database import Database
+
+    path = pathlib.Path(sys.argv[1])
+
+    def insert(key, then=None):
+        def work(conn):
+            conn.exec_driver_sql("INSERT INTO t (k) VALUES (?)", (key,))
+            if then is not None:
+                then()
+        return work
+
+    async def main():
+        db = Database(f"sqlite+aiosqlite:///{path}")
+        await db.open()
+        await db.run_write(lambda conn: conn.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY)"))
+        await db.run_write(insert("before"))
+        print("acked before", flush=True)
+        inside, gate = threading.Event(), threading.Event()
+        held = asyncio.ensure_future(db.run_write(lambda conn: (inside.set(), gate.wait(30))))
+        await asyncio.to_thread(inside.wait, 10)
+
+        async def write(key, then=None):
+            await db.run_write(insert(key, then))
+            print("acked", key, flush=True)
+
+        def stop_inside_the_transaction():
+            (path.parent / "written").touch()  # "a" and "b" are written, not committed
+            time.sleep(60)
+
+        tasks = [asyncio.ensure_future(write("a")), asyncio.ensure_future(write("b", stop_inside_the_transaction))]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(held, *tasks)
+
+    asyncio.run(main())
+""")
+
+
+def test_killed_between_write_and_commit_nothing_is_acknowledged_or_stored(tmp_path):
+    path = tmp_path / "g.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "written").exists():
+            assert child.poll() is None, "the child ended early"
+            assert time.monotonic() < deadline, "the batch was never written"
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        out, _ = child.communicate(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert out.splitlines() == ["acked before"]  # "a" shared the batch: it was never answered
+    assert rows(path) == ["before"]  # and nothing of the uncommitted batch is in the database
+
+
+async def test_killed_under_load_every_answered_turn_is_stored_and_nothing_runs_twice(tmp_path, free_port):
+    """``chatgate run`` answering 8 REST clients (group commit batches their writes) is killed
+    with SIGKILL mid-load: every message it answered is in the database with its reply; after a
+    restart every message it recorded has exactly one reply, and nothing is left unfinished."""
+    database = tmp_path / "data" / "chatgate.db"
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "CHATGATE_WEB__API_KEYS": '["test-key"]',
+        "CHATGATE_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": f"sqlite:///{database}",
+        "CHATGATE_LOGGING__LEVEL": "WARNING",
+    }
+    base = f"http://127.0.0.1:{free_port}/api/v1/chat/sessions"
+    headers = {"X-API-Key": "test-key"}
+    app = str(ROOT / "tests" / "apps" / "echo_app.py")
+
+    def start(log_name: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / log_name, "wb")
+        return subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", app, "--port", str(free_port)],
+                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+
+    async def ready(http: aiohttp.ClientSession) -> None:
+        for _ in range(300):
+            try:
+                async with http.get(f"http://127.0.0.1:{free_port}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        raise AssertionError("chatgate did not start")
+
+    answered: list[str] = []
+    enough = asyncio.Event()
+
+    async def client(http: aiohttp.ClientSession, index: int) -> None:
+        async with http.post(base, json={"agent_id": "default"}, headers=headers) as response:
+            session_id = (await response.json())["data"]["id"]
+        for n in range(10_000):
+            text = f"c{index} m{n}"
+            try:
+                async with http.post(f"{base}/{session_id}/messages", json={"content": text},
+                                     headers=headers) as response:
+                    body = await response.json()
+            except (TimeoutError, aiohttp.ClientError):
+                return  # the server is gone
+            assert response.status == 201 and body["data"]["content"] == f"echo: {text}", body
+            answered.append(text)
+            if len(answered) >= 200:
+                enough.set()
+
+    first = start("first.log")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            await ready(http)
+            clients = [asyncio.ensure_future(client(http, i)) for i in range(8)]
+            await asyncio.wait_for(enough.wait(), 60)
+            first.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(first.wait, 10)
+            await asyncio.gather(*clients)
+    finally:
+        if first.poll() is None:
+            first.kill()
+
+    def messages() -> list[tuple[str, str, str | None]]:
+        with sqlite3.connect(database) as conn:
+            return conn.execute("SELECT role, text, inbound_id FROM messages ORDER BY id").fetchall()
+
+    stored = messages()
+    users = [text for role, text, _ in stored if role == "user"]
+    replies = [text for role, text, _ in stored if role == "assistant"]
+    for text in answered:  # answered means committed: the message and its reply are stored
+        assert users.count(text) == 1 and replies.count(f"echo: {text}") == 1, text
+    assert len(users) == len(set(users))
+
+    second = start("second.log")
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+            await ready(http)
+            deadline = time.monotonic() + 30
+            while True:  # the events recorded and not finished run again
+                with sqlite3.connect(database) as conn:
+                    unfinished = conn.execute(
+                        "SELECT count(*) FROM inbox WHERE status IN ('pending', 'running')").fetchone()[0]
+                if unfinished == 0:
+                    break
+                assert time.monotonic() < deadline, f"{unfinished} events never finished"
+                await asyncio.sleep(0.1)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        try:
+            second.wait(15)
+        except subprocess.TimeoutExpired:
+            second.kill()
+    stored = messages()
+    users = [text for role, text, _ in stored if role == "user"]
+    replies = [text for role, text, _ in stored if role == "assistant"]
+    assert sorted(replies) == sorted(f"echo: {text}" for text in users)  # one reply each, none twice
+    assert len(users) >= len(answered)
