@@ -33,6 +33,7 @@ from .openapi import OPENAPI_PATH, openapi_document
 from .paging import page_offset, pagination
 from .sse import SSEWriter
 from .sse_turn import TurnStreamer
+from .told import told_reply, told_user_message
 from .turns import RestTurns, content_digest
 
 log = logging.getLogger("chatgate.web.rest")
@@ -276,12 +277,17 @@ class RestApi:
             status = 500 if turn.error == errors.HANDLER_ERROR else 504
             message = "the bot failed to answer" if status == 500 else "the bot took too long to answer"
             return errors.json_error(status, turn.error, message, {"execution_id": turn.inbound_id})
-        stored = await self.ctx.core.sessions.turn_messages(record.id, turn.inbound_id)
-        user_record = next((m for m in stored if m.role == "user"), None)
-        user_message = (
-            chat_message(user_record) if user_record else _pending_user_message(record.id, turn.inbound_id, content)
-        )
-        replies = [chat_message(m) for m in stored if m.role == "assistant"]
+        if ended and turn.told_all and turn.message_id:
+            # The turn ran here and this request saw every reply it stored: no need to read it back.
+            user_message = told_user_message(record.id, turn.message_id, content)
+            replies = [told_reply(record.id, m) for m in turn.replies]
+        else:
+            stored = await self.ctx.core.sessions.turn_messages(record.id, turn.inbound_id)
+            user_record = next((m for m in stored if m.role == "user"), None)
+            user_message = (
+                chat_message(user_record) if user_record else _pending_user_message(record.id, turn.inbound_id, content)
+            )
+            replies = [chat_message(m) for m in stored if m.role == "assistant"]
         assistant = replies[-1] if ended and replies else None
         flat = dict(assistant or user_message)
         flat.update(

@@ -11,6 +11,11 @@ A retry that lands on another process (or on this one after a restart) is recogn
 store: the message is recorded with its content digest as a repeat key, and the core answers a
 repeat within the window with the first turn's id, whose end this process then learns from the
 bus (a turn still running elsewhere) or from the store (a turn already over).
+
+The watcher also keeps the turn's replies as they pass on the bus. When the turn ran in this
+process and its ``turn_end`` says every reply went out as a plain message (``told_all``, see
+``outbox.py``), those are exactly the replies stored for it, and ``send_message`` answers from
+them without reading the turn back from the store.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from adapters.base import Inbound, SubscriberOverflow
 
@@ -52,6 +58,13 @@ class RestTurn:
     ended_at: float | None = None
     joined: bool = False
     """The core recognised this as a repeat of a turn recorded earlier (maybe by another process)."""
+    message_id: str = ""
+    """The stored id of the turn's user message (empty when the core did not say)."""
+    replies: list[dict[str, Any]] = field(default_factory=list)
+    """The assistant messages published for this turn, as the bus carried them, in id order."""
+    told_all: bool = False
+    """The turn ran in this process, ``replies`` are all it stored, and this request saw them all:
+    its answer needs nothing from the store (see the module docstring)."""
 
     def finish(self, error: str | None) -> None:
         if not self.ended.is_set():
@@ -100,7 +113,8 @@ class RestTurns:
         watcher = self._ctx.core.spawn(self._watch(digest, turn, ready), name=f"chatgate-web-turn-{session_id}")
         try:
             await ready.wait()
-            accepted = await self._ctx.core.submit(make_inbound())
+            inbound = make_inbound()
+            accepted = await self._ctx.core.submit(inbound)
         except BaseException as exc:
             turn.failure = exc
             turn.submitted.set()
@@ -109,6 +123,8 @@ class RestTurns:
             raise
         turn.inbound_id = accepted.inbound_id
         turn.joined = accepted.duplicate
+        if inbound.message is not None and not accepted.duplicate:
+            turn.message_id = inbound.message.id  # the core stored it with the event, under this id
         turn.submitted.set()
         return turn, accepted.duplicate
 
@@ -116,7 +132,7 @@ class RestTurns:
         timeout = self._ctx.settings.dispatch.handler_timeout
         limit = timeout + WATCH_GRACE_SECONDS if timeout else UNBOUNDED_WATCH_SECONDS
         deadline = time.monotonic() + limit
-        ended: dict[str | None, str | None] = {}
+        ended: dict[str | None, dict[str, Any]] = {}
         try:
             try:
                 await self._watch_bus(turn, ready, deadline, limit, ended)
@@ -135,14 +151,25 @@ class RestTurns:
                 self._ended.append((digest, turn))
 
     async def _watch_bus(
-        self, turn: RestTurn, ready: asyncio.Event, deadline: float, limit: float, ended: dict[str | None, str | None]
+        self,
+        turn: RestTurn,
+        ready: asyncio.Event,
+        deadline: float,
+        limit: float,
+        ended: dict[str | None, dict[str, Any]],
     ) -> None:
+        said: dict[str, list[dict[str, Any]]] = {}
+        """Turn id -> the assistant messages published for it (until submit returns, every turn's)."""
         async with subscribed(self._ctx.core.bus, session_topic(turn.session_id)) as queue:
             ready.set()
             asked_store = False
             while True:
                 if turn.submitted.is_set() and turn.inbound_id in ended:
-                    turn.finish(ended[turn.inbound_id])
+                    end = ended[turn.inbound_id]
+                    replies = said.get(turn.inbound_id, [])
+                    turn.replies = sorted(replies, key=lambda m: str(m.get("id")))
+                    turn.told_all = not turn.joined and end.get("told_all") == self._ctx.turn_ledger.process
+                    turn.finish(end.get("error"))
                     return
                 if turn.submitted.is_set() and turn.joined and not asked_store:
                     # A repeat of a turn recorded earlier: it may be over already (no turn_end
@@ -163,8 +190,17 @@ class RestTurns:
                 if event is None:
                     turn.finish("timeout")
                     return
-                if event and event.get("type") == "turn_end":
-                    ended[event.get("inbound_id")] = event.get("error")
+                if not event:
+                    continue
+                kind = event.get("type")
+                if kind == "turn_end":
+                    ended[event.get("inbound_id")] = event
+                elif kind == "message" and event.get("turn") is not None:
+                    message = event.get("message") or {}
+                    if message.get("role") == "assistant" and (
+                        not turn.submitted.is_set() or event["turn"] == turn.inbound_id
+                    ):
+                        said.setdefault(event["turn"], []).append(message)
 
     def _forget_old(self) -> None:
         window = self._ctx.settings.web.dedup_window
