@@ -236,6 +236,35 @@ async def test_send_message_reads_a_streamed_turn_back_from_the_store(gw, monkey
     assert len(reads) == 1  # the ledger forgot the streamed turn once it ended
 
 
+async def test_messages_to_a_known_session_skip_its_read_and_a_deleted_one_is_still_404(gw, monkeypatch):
+    """send_message remembers a session's owner (owners.py); one deleted behind this process's
+    back (as another web process would) is refused as the message is recorded."""
+    sdk, other = client(gw), client(gw, OTHER_KEY)
+    session = await sdk.chat.create_session(agent_id="support")
+    reads: list[str] = []
+    get = gw.sessions.get
+
+    async def counted(session_id: str):
+        reads.append(session_id)
+        return await get(session_id)
+
+    monkeypatch.setattr(gw.sessions, "get", counted)
+    assert (await sdk.chat.send_message(session.id, content="one")).content == "support: one"
+    assert (await sdk.chat.send_message(session.id, content="two")).content == "support: two"
+    assert reads == []
+    with pytest.raises(NotFoundError):
+        await other.chat.send_message(session.id, content="not yours")
+    await gw.sessions.delete(session.id)
+    async with aiohttp.ClientSession(headers={"X-API-Key": KEY}) as http:
+        url = f"{base_url(gw)}/api/v1/chat/sessions/{session.id}/messages/stream"
+        async with http.post(url, json={"content": "three"}) as response:
+            assert response.status == 404 and (await response.json())["error"]["code"] == "not_found"
+    assert reads == []
+    with pytest.raises(NotFoundError):
+        await sdk.chat.send_message(session.id, content="four")
+    assert reads == [session.id]  # forgotten after the first refusal, then read (and not found)
+
+
 def test_the_turn_ledger_names_this_process_only_for_turns_told_in_full():
     from adapters.web.outbox import TurnLedger
 
