@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from adapters.base import MessageRef
 
-from .wire import now_rfc3339
+from .wire import id_rfc3339
 
 
 class Bus(Protocol):
@@ -53,7 +53,7 @@ def assistant_message(
         "status": status,
         "attachments": [],
         "inbound_id": inbound_id,
-        "created_at": now_rfc3339(),
+        "created_at": id_rfc3339(message_id),
     }
 
 

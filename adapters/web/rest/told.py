@@ -3,26 +3,15 @@
 ``send_message`` answers with the turn's user message and replies. When the turn ran in this
 process and every reply went out as a plain ``message`` event (``RestTurn.told_all``), the
 request already holds everything the store would return: the user message's id (the core stored
-it with the inbound event), its content, and each reply's id, text and time. Their ``created_at``
-is when the message was made (the id's ULID time for the user message, the event's time for a
-reply), which can be a millisecond earlier than the time the store stamps a moment later.
+it with the inbound event), its content, and each reply's id, text and time. A stored message's
+``created_at`` is its id's instant (``gateway.ids``), so the answer's times are the store's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from ulid import ULID
-
-from ..wire import now_rfc3339, rfc3339
-
-
-def id_time(message_id: str) -> str:
-    """The millisecond a chatgate id (a ULID, ``gateway.store.tables.new_id``) was made."""
-    try:
-        return rfc3339(ULID.from_str(message_id).datetime)
-    except ValueError:
-        return now_rfc3339()
+from ..wire import id_rfc3339
 
 
 def told_user_message(session_id: str, message_id: str, content: str) -> dict[str, Any]:
@@ -33,7 +22,7 @@ def told_user_message(session_id: str, message_id: str, content: str) -> dict[st
         "role": "user",
         "content": content,
         "metadata": {},
-        "created_at": id_time(message_id),
+        "created_at": id_rfc3339(message_id),
     }
 
 
@@ -51,5 +40,5 @@ def told_reply(session_id: str, message: dict[str, Any]) -> dict[str, Any]:
         "role": "assistant",
         "content": message.get("text", ""),
         "metadata": metadata,
-        "created_at": message.get("created_at") or id_time(message_id),
+        "created_at": message.get("created_at") or id_rfc3339(message_id),
     }
