@@ -32,6 +32,7 @@ from gateway.chats import ChatCatalog
 from gateway.config import Settings
 from gateway.dispatch import UnknownSession
 from gateway.files import FileRejected, FileStore
+from gateway.ids import id_instant
 from gateway.inbound import Accepted, ButtonPress, Inbound, PlatformUser
 from gateway.leases import LeaseStore
 from gateway.metrics import platform_call, socket_opened
@@ -47,7 +48,7 @@ __all__ = [
     "ChatCatalog", "FileRecord", "FileRejected", "FileStore", "GatewayContext", "Grant", "Inbound", "InboundRecord",
     "LeaseStore", "Limits", "MessageRecord", "MessageRef", "Outbox", "PlatformUser", "SessionChannel",
     "SessionDirectory", "SessionRecord", "Settings", "SharedBudgetUnavailable", "SharedBudgets", "SharedWindow",
-    "StreamSink", "SubscriberOverflow", "UnknownSession", "platform_call", "socket_opened",
+    "StreamSink", "SubscriberOverflow", "UnknownSession", "id_instant", "platform_call", "socket_opened",
 ]
 
 

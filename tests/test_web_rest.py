@@ -180,6 +180,124 @@ async def test_send_message_returns_the_hybrid_shape(gw):
     assert data["execution_id"]
 
 
+def _counting_turn_reads(gw, monkeypatch) -> list[str]:
+    """The inbound ids ``send_message`` read back from the store."""
+    reads: list[str] = []
+    read = gw.sessions.turn_messages
+
+    async def counted(session_id: str, inbound_id: str):
+        reads.append(inbound_id)
+        return await read(session_id, inbound_id)
+
+    monkeypatch.setattr(gw.sessions, "turn_messages", counted)
+    return reads
+
+
+async def test_send_message_answers_from_the_replies_it_saw_like_the_store(gw, monkeypatch):
+    """A turn run in this process is answered from the replies its request saw on the bus, with
+    exactly what the store holds: the same ids, roles, contents, metadata and created_at (a
+    stored message's created_at is its id's instant, gateway.ids)."""
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    reads = _counting_turn_reads(gw, monkeypatch)
+    async with aiohttp.ClientSession(headers={"X-API-Key": KEY}) as http:
+        url = f"{base_url(gw)}/api/v1/chat/sessions/{session.id}/messages"
+        async with http.post(url, json={"content": "two"}) as response:
+            assert response.status == 201
+            data = (await response.json())["data"]
+        async with http.get(url) as response:
+            listed = (await response.json())["data"]
+    assert reads == []
+    told = [data["user_message"], *data["assistant_messages"]]
+    assert told == listed
+    assert data["assistant_message"] == data["assistant_messages"][-1]
+    assert data["id"] == listed[-1]["id"] and data["execution_id"]
+
+
+async def test_send_message_reads_a_streamed_turn_back_from_the_store(gw, monkeypatch):
+    """A streamed reply's stored time and final status are not on the bus: the store answers."""
+    sdk = client(gw)
+    session = await sdk.chat.create_session(agent_id="default")
+    reads = _counting_turn_reads(gw, monkeypatch)
+    reply = await sdk.chat.send_message(session.id, content="stream x y")
+    assert reply.content == "x y " and len(reads) == 1
+    listed = await sdk.chat.list_messages(session.id)
+    assert (listed.data[-1].id, listed.data[-1].created_at) == (reply.id, reply.created_at)
+    assert (await sdk.chat.send_message(session.id, content="plain")).content == "echo: plain"
+    assert len(reads) == 1  # the ledger forgot the streamed turn once it ended
+
+
+async def test_messages_to_a_known_session_skip_its_read_and_a_deleted_one_is_still_404(gw, monkeypatch):
+    """send_message remembers a session's owner (owners.py); one deleted behind this process's
+    back (as another web process would) is refused as the message is recorded."""
+    sdk, other = client(gw), client(gw, OTHER_KEY)
+    session = await sdk.chat.create_session(agent_id="support")
+    reads: list[str] = []
+    get = gw.sessions.get
+
+    async def counted(session_id: str):
+        reads.append(session_id)
+        return await get(session_id)
+
+    monkeypatch.setattr(gw.sessions, "get", counted)
+    assert (await sdk.chat.send_message(session.id, content="one")).content == "support: one"
+    assert (await sdk.chat.send_message(session.id, content="two")).content == "support: two"
+    assert reads == []
+    with pytest.raises(NotFoundError):
+        await other.chat.send_message(session.id, content="not yours")
+    await gw.sessions.delete(session.id)
+    async with aiohttp.ClientSession(headers={"X-API-Key": KEY}) as http:
+        url = f"{base_url(gw)}/api/v1/chat/sessions/{session.id}/messages/stream"
+        async with http.post(url, json={"content": "three"}) as response:
+            assert response.status == 404 and (await response.json())["error"]["code"] == "not_found"
+    assert reads == []
+    with pytest.raises(NotFoundError):
+        await sdk.chat.send_message(session.id, content="four")
+    assert reads == [session.id]  # forgotten after the first refusal, then read (and not found)
+
+
+def test_the_turn_ledger_names_this_process_only_for_turns_told_in_full():
+    from adapters.web.outbox import TurnLedger
+
+    ledger = TurnLedger()
+    assert ledger.told_all("t1") == ledger.process
+    ledger.untold("t2")
+    assert ledger.told_all("t2") is None
+    assert ledger.told_all("t2") == ledger.process  # forgotten once its turn ended
+    assert ledger.told_all(None) is None
+
+
+async def test_an_outbox_ends_a_turn_told_in_full_only_without_streams_or_failed_sends():
+    from adapters.web.outbox import TurnLedger, WebOutbox
+
+    class Bus:
+        def __init__(self) -> None:
+            self.events: list[dict] = []
+            self.failing = False
+
+        async def publish(self, topic: str, event: dict) -> None:
+            if self.failing:
+                raise ConnectionError("the bus is down")
+            self.events.append(event)
+
+    bus, ledger = Bus(), TurnLedger()
+
+    def outbox(turn: str) -> WebOutbox:
+        return WebOutbox(bus, "s1", turn, min_interval=0, ledger=ledger)
+
+    await outbox("plain").send_text("m1", "hi")
+    await outbox("plain").end_turn("plain", None)
+    outbox("streamed").open_stream("m2")
+    await outbox("streamed").end_turn("streamed", None)
+    bus.failing = True
+    with pytest.raises(ConnectionError):
+        await outbox("failed").send_text("m3", "lost")
+    bus.failing = False
+    await outbox("failed").end_turn("failed", None)
+    ends = {e["inbound_id"]: e["told_all"] for e in bus.events if e["type"] == "turn_end"}
+    assert ends == {"plain": ledger.process, "streamed": None, "failed": None}
+
+
 async def test_async_sdk_streams_a_reply(gw):
     sdk = client(gw)
     session = await sdk.chat.create_session(agent_id="default")

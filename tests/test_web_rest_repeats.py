@@ -96,3 +96,29 @@ async def test_the_same_content_after_the_window_is_a_new_turn(tmp_path):
         second = await post(http, base_url(gw), session_id, "again?")
         assert calls == ["again?", "again?"]
         assert first["execution_id"] != second["execution_id"]
+
+
+async def test_a_turn_whose_end_is_seen_before_submit_returns_settles_with_its_own_replies():
+    """The watcher subscribes before the event is recorded, so a fast turn's frames (and other
+    turns' of the same session) can arrive before the inbound id is known."""
+    from adapters.web.rest.turns import RestTurn
+
+    turn = RestTurn("s1", "this-process")
+
+    def reply(turn_id: str, message_id: str) -> dict:
+        return {"type": "message", "turn": turn_id, "message": {"id": message_id, "role": "assistant", "text": "x"}}
+
+    for event in (
+        reply("other", "m0"),
+        reply("mine", "m2"),
+        reply("mine", "m1"),
+        {"type": "message", "turn": "mine", "message": {"id": "u", "role": "user"}},
+        {"type": "turn_end", "inbound_id": "other", "error": None, "told_all": "this-process"},
+        {"type": "turn_end", "inbound_id": "mine", "error": None, "told_all": "this-process"},
+    ):
+        turn.observe(event)
+    assert not turn.ended.is_set()
+    turn.inbound_id = "mine"
+    turn.submitted.set()
+    assert turn.settle() and turn.error is None and turn.told_all
+    assert [m["id"] for m in turn.replies] == ["m1", "m2"]

@@ -91,6 +91,7 @@ class WebAdapter(Adapter):
             min_interval=self.settings.web.stream_interval,
             sign_file=self.ctx.sign_file,
             live_texts=self.ctx.live_texts,
+            ledger=self.ctx.turn_ledger,
         )
 
     def resolve_attachment(self, attachment: Attachment) -> Attachment:

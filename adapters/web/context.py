@@ -16,6 +16,7 @@ from gateway.types import UserInfo
 
 from .errors import RATE_LIMITED, WebError, json_error, not_found, unauthorized
 from .identity import IdentityRefused, IdentityResolver, WebIdentity
+from .outbox import TurnLedger
 from .quotas import RateLimited, WebQuotas
 from .reservations import SessionReservations
 
@@ -40,6 +41,8 @@ class WebContext:
     """Set when the adapter stops: new widget sockets are refused (they reconnect elsewhere)."""
     live_texts: dict[str, str] = field(default_factory=dict)
     """Message id -> text so far, for replies streaming in this process (see ``WebOutbox``)."""
+    turn_ledger: TurnLedger = field(default_factory=TurnLedger)
+    """The turns whose replies this process's outboxes did not all publish as plain messages."""
     quotas: WebQuotas = field(init=False)
     """Per-IP and per-visitor limits (``web.limits``)."""
     reservations: SessionReservations = field(init=False)

@@ -11,21 +11,28 @@ when scaled out). Events on ``session:<session_id>``:
 - ``{"type": "done", "message_id", "text", "stopped"}``
 - ``{"type": "block", "message_id", "block"}``
 - ``{"type": "notify", "text", "detail"}``
-- ``{"type": "turn_end", "inbound_id", "error"}``
+- ``{"type": "turn_end", "inbound_id", "error", "told_all"}``
 
 Every event a handler causes also carries ``turn``: the inbound id of the turn that sent it (or
 ``None`` outside a turn, e.g. a scheduled broadcast), so a REST stream can pick its own turn's
 content out of a session's traffic without asking the store.
+
+``told_all`` on ``turn_end`` names the process (:attr:`TurnLedger.process`) whose outbox ran the
+whole turn with every reply published as a plain ``message`` event (no stream, no failed send).
+A ``send_message`` request of that process, which watched the session's topic from before the
+turn began, then builds its answer from the ``message`` events it saw rather than reading the
+turn back from the store (``rest/turns.py``). Anywhere else it is someone else's process id.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from adapters.base import MessageRef
 
-from .wire import now_rfc3339
+from .wire import id_rfc3339
 
 
 class Bus(Protocol):
@@ -46,8 +53,38 @@ def assistant_message(
         "status": status,
         "attachments": [],
         "inbound_id": inbound_id,
-        "created_at": now_rfc3339(),
+        "created_at": id_rfc3339(message_id),
     }
+
+
+MAX_UNTOLD_TURNS = 4096
+"""How many turns :class:`TurnLedger` remembers as not fully told at once (a turn interrupted by
+shutdown or a lost lease never ends here; beyond this the oldest are forgotten)."""
+
+
+class TurnLedger:
+    """Which turns' replies this process did not publish as plain ``message`` events: a reply
+    streamed (the store keeps when its stream opened and how it ended, the bus does not say) or
+    a send that failed (stored as ``failed``, never published). Shared by every outbox of the
+    process; a turn leaves it when its ``turn_end`` is published."""
+
+    def __init__(self) -> None:
+        self.process = secrets.token_hex(8)
+        """This process, as ``turn_end``'s ``told_all`` names it."""
+        self._untold: dict[str, None] = {}
+
+    def untold(self, turn: str | None) -> None:
+        if turn is None:
+            return
+        self._untold[turn] = None
+        while len(self._untold) > MAX_UNTOLD_TURNS:
+            del self._untold[next(iter(self._untold))]
+
+    def told_all(self, turn: str | None) -> str | None:
+        """``turn_end``'s ``told_all``: this process, unless ``turn`` is (was) untold here."""
+        if turn is None:
+            return None
+        return None if self._untold.pop(turn, 1) is None else self.process
 
 
 class WebStreamSink:
@@ -98,6 +135,7 @@ class WebOutbox:
         min_interval: float,
         sign_file: Callable[[str, str], str] | None = None,
         live_texts: dict[str, str] | None = None,
+        ledger: TurnLedger | None = None,
     ) -> None:
         self._bus = bus
         self._session_id = session_id
@@ -108,15 +146,21 @@ class WebOutbox:
         self._live_texts = {} if live_texts is None else live_texts
         """Text so far of the replies streaming in this process (the store has it only at the
         end), so a socket that connects mid-reply starts from it rather than from nothing."""
+        self._ledger = TurnLedger() if ledger is None else ledger
 
     async def send_text(self, message_id: str, text: str) -> list[MessageRef]:
         # A browser takes any length: no splitting on the web.
         turn = self._turn()
         event = {"type": "message", "message": assistant_message(message_id, text, inbound_id=turn), "turn": turn}
-        await self._bus.publish(self._topic, event)
+        try:
+            await self._bus.publish(self._topic, event)
+        except BaseException:
+            self._ledger.untold(turn)  # stored as failed, never seen on the bus
+            raise
         return [message_id]
 
     def open_stream(self, message_id: str) -> WebStreamSink:
+        self._ledger.untold(self._turn())
         return WebStreamSink(self._bus, self._topic, message_id, self._min_interval, self._live_texts, self._turn())
 
     async def show_block(
@@ -132,7 +176,9 @@ class WebOutbox:
         await self._bus.publish(self._topic, {"type": "notify", "text": text, "detail": detail, "turn": self._turn()})
 
     async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
-        await self._bus.publish(self._topic, {"type": "turn_end", "inbound_id": inbound_id, "error": error})
+        told_all = self._ledger.told_all(inbound_id)
+        event = {"type": "turn_end", "inbound_id": inbound_id, "error": error, "told_all": told_all}
+        await self._bus.publish(self._topic, event)
 
     def _turn(self) -> str | None:
         return self._turn_id

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from adapters.base import MessageRecord, SessionRecord
+from adapters.base import MessageRecord, SessionRecord, id_instant
 
 FILE_REF_PREFIX = "web-file:"
 """How an uploaded file is named in an inbound attachment's ``url``: resolvable after a restart,
@@ -80,6 +80,13 @@ def rfc3339(moment: datetime | None) -> str:
 
 def now_rfc3339() -> str:
     return rfc3339(datetime.now(UTC))
+
+
+def id_rfc3339(record_id: str) -> str:
+    """The ``created_at`` the store keeps for the row ``record_id`` keys (its id's instant,
+    ``gateway.ids``), without reading it; now for an id that is not one of ours."""
+    moment = id_instant(record_id)
+    return now_rfc3339() if moment is None else rfc3339(moment)
 
 
 def file_ref(file_id: str, session_id: str) -> str:

@@ -4,6 +4,7 @@ with its status until its turn ends (and its dedup key for ``dispatch.dedup_rete
 from __future__ import annotations
 
 import sqlite3
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from gateway.ids import instant, new_id
 from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
@@ -29,7 +31,6 @@ from gateway.store.statements import (
 from gateway.store.tables import (
     InboxRow,
     RepeatClaimRow,
-    new_id,
     utcnow,
 )
 from gateway.types import UnknownSession
@@ -65,9 +66,11 @@ class InboxQueries:
                 session_id, dedup_key, kind, payload, user_text=user_text, attachments=attachments, repeat=repeat,
                 notify=notify,
             )
-        now = utcnow()
-        inbox_id = new_id()
-        message_id = new_id() if user_text is not None else None
+        # The event and the user's message are stamped with their ids' instant (gateway.ids).
+        at_ns = time.time_ns()
+        now = instant(at_ns)
+        inbox_id = new_id(at_ns)
+        message_id = new_id(at_ns) if user_text is not None else None
 
         def work(conn: Connection) -> None:
             # The session's existence is checked here, in the write itself: no read before it.

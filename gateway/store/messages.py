@@ -10,6 +10,7 @@ from sqlalchemy import Connection, delete, func, or_, update
 from sqlalchemy import select as sql_select
 from sqlmodel import col, select
 
+from gateway.ids import id_instant, stamped_id
 from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
@@ -23,7 +24,6 @@ from gateway.store.statements import (
 from gateway.store.tables import (
     FeedbackRow,
     MessageRow,
-    new_id,
     utcnow,
 )
 
@@ -46,9 +46,13 @@ class MessageQueries:
         platform_refs: list[str] | None = None,
         fence: Fence | None = None,
     ) -> MessageRecord:
-        now = utcnow()
+        # created_at is the id's instant, so whoever holds the id knows it (gateway.ids).
+        if message_id is None:
+            message_id, now = stamped_id()
+        else:
+            now = id_instant(message_id) or utcnow()
         values = {
-            "id": message_id or new_id(),
+            "id": message_id,
             "session_id": session_id,
             "role": role,
             "text": text,

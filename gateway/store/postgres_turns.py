@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
@@ -32,9 +33,10 @@ from typing import Any
 import asyncpg
 from sqlalchemy.exc import IntegrityError
 
+from gateway.ids import instant, new_id
 from gateway.store.fence import Fence
 from gateway.store.records import InboxEntry, MessageRecord, SessionRecord
-from gateway.store.tables import new_id, utcnow
+from gateway.store.tables import utcnow
 from gateway.types import SessionChannel, UnknownSession, UserInfo
 
 __all__ = ["PostgresTurns", "listen_statements"]
@@ -229,9 +231,11 @@ class PostgresTurns:
         notify: str | None,
     ) -> InboxEntry:
         """``InboxQueries.record`` in one statement (``record_statement``)."""
-        now = utcnow()
-        inbox_id = new_id()
-        message_id = new_id() if user_text is not None else None
+        # The event and the user's message are stamped with their ids' instant (gateway.ids).
+        at_ns = time.time_ns()
+        now = instant(at_ns)
+        inbox_id = new_id(at_ns)
+        message_id = new_id(at_ns) if user_text is not None else None
         arguments: list[Any] = [session_id, inbox_id, dedup_key, kind, _dumps(payload), now]
         if repeat is not None:
             window = timedelta(seconds=repeat[1])

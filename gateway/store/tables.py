@@ -6,30 +6,13 @@ Ids are ULIDs: 26 characters of Crockford base32, URL-safe and sortable by creat
 
 from __future__ import annotations
 
-import secrets
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-CROCKFORD_BASE32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # the ULID alphabet (ulid/spec)
-_PAIRS = [high + low for high in CROCKFORD_BASE32 for low in CROCKFORD_BASE32]  # 10 bits -> 2 characters
-_PAIR_SHIFTS = tuple(range(120, -1, -10))  # 26 characters: 130 bits, the top two always 0
-
-
-def new_id() -> str:
-    """A ULID whose random part starts with the sub-millisecond time, so ids made one after the
-    other sort in creation order even within one millisecond (a message and its reply do).
-
-    Encoded here, two characters per table lookup: a turn makes three ids, and the ``ulid``
-    package's encoder took 2-3 us each (it is checked against that package in the tests).
-    """
-    now = time.time_ns()
-    millis, nanos = divmod(now, 1_000_000)  # nanos < 2**20
-    value = (millis << 80) | (nanos << 60) | secrets.randbits(60)
-    return "".join([_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
+from gateway.ids import new_id
 
 
 def utcnow() -> datetime:

@@ -30,9 +30,11 @@ from ..wire import JSONRefused, chat_message, chat_session, now_rfc3339, page_me
 from .caller import Caller
 from .executions import Executions
 from .openapi import OPENAPI_PATH, openapi_document
+from .owners import KnownSession, SessionOwners
 from .paging import page_offset, pagination
 from .sse import SSEWriter
 from .sse_turn import TurnStreamer
+from .told import told_reply, told_user_message
 from .turns import RestTurns, content_digest
 
 log = logging.getLogger("chatgate.web.rest")
@@ -48,6 +50,7 @@ class RestApi:
     def __init__(self, ctx: WebContext) -> None:
         self.ctx = ctx
         self.turns = RestTurns(ctx)
+        self.owners = SessionOwners()
         self.executions = Executions(ctx, self.json_body)
 
     def mount(self, app: web.Application) -> None:
@@ -166,6 +169,16 @@ class RestApi:
             raise not_found()
         return record
 
+    async def _message_target(self, request: web.Request, caller: Caller) -> KnownSession:
+        """The caller's session a message goes to, from memory after the first read
+        (``owners.py``: the core refuses a session deleted since as the message is recorded)."""
+        known = self.owners.get(request.match_info["session_id"])
+        if known is None:
+            return self.owners.remember(await self._own_session(request, caller))
+        if known.owner_key != caller.owner_key:
+            raise not_found()
+        return known
+
     def _agent_id(self, record: SessionRecord) -> str:
         return record.chat_name or DEFAULT_AGENT
 
@@ -212,6 +225,7 @@ class RestApi:
             chat_name=chat_name,
             owner_key=caller.owner_key,
         )
+        self.owners.remember(record)
         return web.json_response({"data": chat_session(record, self._agent_id(record))}, status=201)
 
     async def get_session(self, request: web.Request, caller: Caller) -> web.StreamResponse:
@@ -220,6 +234,7 @@ class RestApi:
 
     async def delete_session(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         record = await self._own_session(request, caller)
+        self.owners.forget(record.id)
         await self.ctx.core.sessions.delete(record.id)  # @app.exit hooks, the running turn, scoped data
         return web.Response(status=204)
 
@@ -239,7 +254,7 @@ class RestApi:
             raise bad_request("content is required")
         return content
 
-    def _inbound(self, record: SessionRecord, caller: Caller, content: str, digest: str | None = None) -> Inbound:
+    def _inbound(self, record: KnownSession, caller: Caller, content: str, digest: str | None = None) -> Inbound:
         """The message event; ``digest`` (``send_message``) makes a re-POST of the same content
         within ``web.dedup_window`` the same turn in any web process (a stream is never retried)."""
         return Inbound(
@@ -255,18 +270,19 @@ class RestApi:
             repeat_window=self.ctx.settings.web.dedup_window,
         )
 
-    async def _submit(self, record: SessionRecord, caller: Caller, content: str) -> Any:
+    async def _submit(self, record: KnownSession, caller: Caller, content: str) -> Any:
         digest = content_digest(caller.owner_key, record.id, content)
         try:
             turn, _joined = await self.turns.submit(
                 digest, record.id, lambda: self._inbound(record, caller, content, digest)
             )
         except LookupError:  # the session was deleted meanwhile (the core's UnknownSession)
+            self.owners.forget(record.id)
             raise not_found() from None
         return turn
 
     async def send_message(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        record = await self._own_session(request, caller)
+        record = await self._message_target(request, caller)
         content = await self._content(request)
         turn = await self._submit(record, caller, content)
         ended = await turn.wait_ended(self.ctx.settings.web.send_timeout)
@@ -276,12 +292,17 @@ class RestApi:
             status = 500 if turn.error == errors.HANDLER_ERROR else 504
             message = "the bot failed to answer" if status == 500 else "the bot took too long to answer"
             return errors.json_error(status, turn.error, message, {"execution_id": turn.inbound_id})
-        stored = await self.ctx.core.sessions.turn_messages(record.id, turn.inbound_id)
-        user_record = next((m for m in stored if m.role == "user"), None)
-        user_message = (
-            chat_message(user_record) if user_record else _pending_user_message(record.id, turn.inbound_id, content)
-        )
-        replies = [chat_message(m) for m in stored if m.role == "assistant"]
+        if ended and turn.told_all and turn.message_id:
+            # The turn ran here and this request saw every reply it stored: no need to read it back.
+            user_message = told_user_message(record.id, turn.message_id, content)
+            replies = [told_reply(record.id, m) for m in turn.replies]
+        else:
+            stored = await self.ctx.core.sessions.turn_messages(record.id, turn.inbound_id)
+            user_record = next((m for m in stored if m.role == "user"), None)
+            user_message = (
+                chat_message(user_record) if user_record else _pending_user_message(record.id, turn.inbound_id, content)
+            )
+            replies = [chat_message(m) for m in stored if m.role == "assistant"]
         assistant = replies[-1] if ended and replies else None
         flat = dict(assistant or user_message)
         flat.update(
@@ -295,13 +316,14 @@ class RestApi:
         return web.json_response({"data": flat}, status=201)
 
     async def stream_message(self, request: web.Request, caller: Caller) -> web.StreamResponse:
-        record = await self._own_session(request, caller)
+        record = await self._message_target(request, caller)
         content = await self._content(request)
         writer = SSEWriter(request)
         async with subscribed(self.ctx.core.bus, session_topic(record.id)) as queue:
             try:
                 accepted = await self.ctx.core.submit(self._inbound(record, caller, content))
             except LookupError:
+                self.owners.forget(record.id)
                 raise not_found() from None
             writer.response.headers.update(cors_headers(request, self.ctx.settings.web.allowed_origins))
             await writer.open()

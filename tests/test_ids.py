@@ -1,0 +1,43 @@
+"""chatgate's ids (``gateway.ids``): ULIDs that sort in the order they were made and name the
+instant they were made, which is the ``created_at`` the store keeps for their rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import given
+from hypothesis import strategies as st
+from ulid import ULID
+
+from gateway.ids import id_instant, instant, new_id, stamped_id
+
+LAST_NS = int((datetime(9999, 12, 31, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 10**9
+
+
+def test_ids_sort_in_the_order_they_were_made_even_within_a_millisecond():
+    ids = [new_id() for _ in range(5000)]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+
+
+@given(st.integers(min_value=0, max_value=LAST_NS))
+def test_an_id_is_a_ulid_of_its_millisecond_and_names_its_instant_exactly(at_ns):
+    made = new_id(at_ns)
+    parsed = ULID.from_str(made)  # the ulid package reads it as the same ULID
+    assert str(parsed) == made and len(made) == 26
+    assert parsed.milliseconds == at_ns // 1_000_000
+    assert id_instant(made) == instant(at_ns)
+    assert id_instant(made.lower()) == instant(at_ns)
+
+
+def test_a_stamped_id_names_the_instant_it_is_stamped_with():
+    record_id, created_at = stamped_id()
+    assert id_instant(record_id) == created_at
+    assert abs((created_at - datetime.now(UTC)).total_seconds()) < 5
+
+
+def test_another_ulid_names_its_millisecond_and_anything_else_nothing():
+    other = ULID()  # random bits where ours keep the nanoseconds
+    assert id_instant(str(other)).replace(microsecond=0) == other.datetime.replace(microsecond=0)
+    assert id_instant(new_id((2**48 - 1) * 1_000_000)) is None  # a valid ULID, past the year 9999
+    for not_an_id in ("", "m-1", "x" * 26, "8" + "0" * 25, "01HZ" + "!" * 22, "01" * 20):
+        assert id_instant(not_an_id) is None, not_an_id
