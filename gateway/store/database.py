@@ -91,8 +91,13 @@ class Database:
             if path and path != ":memory:":
                 self._open_sqlite_threads(path)
         else:
+            # ``pool_size`` connections for the turns' statements (asyncpg, below) and up to as many
+            # again for everything else (SQLAlchemy: half kept, half overflow): 2 x pool_size per
+            # process at most, as before the turns had a pool of their own (docs/scaling.md).
+            orm_share = max(1, self._pool_size // 2)
             engine = create_async_engine(
-                self.url, echo=self._echo, pool_size=self._pool_size, pool_pre_ping=True
+                self.url, echo=self._echo, pool_size=orm_share, max_overflow=max(1, self._pool_size - orm_share),
+                pool_pre_ping=True,
             )
         self._engine = engine
         await self.create_schema()
