@@ -70,8 +70,6 @@ SELECT_HISTORY = (
 )
 
 
-
-
 @functools.cache
 def record_statement(*, repeat: bool, message: bool, notify: bool) -> str:
     """``InboxQueries.record`` as one statement: one round trip, and PostgreSQL commits it on its
