@@ -1,9 +1,11 @@
 """The widget's WebSocket (`GET /ws`): frames in, inbound events to the core, bus events out.
 
-One ``WidgetConnection`` per socket. Inbound frames are validated and submitted; a forwarding task
+One ``WidgetConnection`` per socket. Inbound frames are validated and submitted; a task
 subscribes to the session's bus topic *before* it replays the stored history, so nothing that
-happens during the replay is missed, and it tracks the text the client holds for every message,
-so neither a replay nor a live delta ever repeats text (``feed.py``, docs/web-protocol.md).
+happens during the replay is missed; afterwards live events are delivered by short tasks the
+subscription wakes (an idle socket has none). The feed tracks the text the client holds for
+every message, so neither a replay nor a live delta ever repeats text (``feed.py``,
+docs/web-protocol.md).
 """
 
 from __future__ import annotations
@@ -116,7 +118,12 @@ class WidgetConnection:
         self.session: SessionRecord | None = None
         self.reserved: Reservation | None = None
         """The session this socket said hello to without an id, until its first message stores it."""
-        self._forwarder: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        """Subscribing and replaying, or delivering live events; None while the socket is idle."""
+        self._joined: Any = None
+        """The bus subscription's context manager, entered (``_leave`` exits it)."""
+        self._events: Any = None
+        """The subscription itself (``gateway.bus.Subscription``), listened to by ``_wake``."""
         self._send_lock = asyncio.Lock()
         self._feed = ClientFeed(
             self.send, connection_id=self.connection_id, live_texts=ctx.live_texts, sign_file=ctx.sign_file
@@ -140,10 +147,13 @@ class WidgetConnection:
                 break
 
     async def shutdown(self) -> None:
-        if self._forwarder is not None:
-            self._forwarder.cancel()
+        joined = self._detach()  # first: no event may start a task from here on
+        task = self._task
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._forwarder
+                await task
+        await _leave(joined)
 
     async def _on_text(self, data: str) -> None:
         if len(data.encode()) > self._max_frame:
@@ -334,19 +344,28 @@ class WidgetConnection:
         await self.ctx.core.bus.publish(session_topic(self.session.id), event)
 
     # -- outbound: replay, then live events -------------------------------------------------
+    #
+    # No task waits for an idle socket's events: the subscription calls ``_wake`` when one
+    # arrives, and a short-lived task delivers what is there, in order, then ends. A ``hello`` or
+    # ``resume`` starts a task that subscribes, replays the stored history, and hands over.
 
     def _follow(self, session_id: str, after: str | None, *, ready: bool) -> None:
-        if self._forwarder is not None:
-            self._forwarder.cancel()
+        if self._task is not None:
+            self._task.cancel()
+        previous = self._detach()
         if ready:
             self._feed.reset()
-        self._forwarder = asyncio.create_task(
-            self._forward(session_id, after, ready), name=f"web-socket-{self.connection_id}"
+        self._task = asyncio.create_task(
+            self._forward(session_id, after, ready, previous), name=f"web-socket-{self.connection_id}"
         )
 
-    async def _forward(self, session_id: str, after: str | None, ready: bool) -> None:
+    async def _forward(self, session_id: str, after: str | None, ready: bool, previous: Any) -> None:
         try:
-            async with self.ctx.core.bus.subscribe(session_topic(session_id)) as events:
+            if previous is not None:
+                await _leave(previous)
+            joining = self.ctx.core.bus.subscribe(session_topic(session_id))
+            events = await joining.__aenter__()
+            try:
                 # Read the replay before saying "ready": a message the client sends as soon as it
                 # is ready must arrive live (once), not also inside its own replay.
                 stored = self.session is not None
@@ -355,19 +374,61 @@ class WidgetConnection:
                     await self.send(self._ready_frame())
                 for record in backlog:
                     await self._feed.replay(record)
-                async for event in events:
-                    await self._feed.deliver(event)
-                    if self.ws.closed:
-                        return
+            except BaseException:
+                await _leave(joining)
+                raise
+            self._joined, self._events = joining, events
+            events.listen(self._wake)
+            await self._deliver_ready(session_id)
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
+
+    def _wake(self) -> None:
+        """The subscription has something to read: deliver it, unless a task already is."""
+        if self._task is None and self._events is not None:
+            self._task = asyncio.create_task(self._pump(), name=f"web-socket-{self.connection_id}")
+
+    async def _pump(self) -> None:
+        try:
+            if self._events is not None:
+                await self._deliver_ready(self._events.topic)
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
+
+    async def _deliver_ready(self, session_id: str) -> None:
+        """Send what the subscription holds now, in order; the next event wakes a new task."""
+        events = self._events
+        try:
+            while events is not None and events.ready():
+                event = events.read_ready()
+                if event is None:  # the bus closed: no more live updates
+                    await _leave(self._detach())
+                    return
+                await self._feed.deliver(event)
+                if self.ws.closed:
+                    await _leave(self._detach())
+                    return
         except asyncio.CancelledError:
             raise
         except SubscriberOverflow:
+            await _leave(self._detach())
             # Frames were lost: the client cannot go on from here, but it can from the store. The
             # close code tells the widget to reconnect at once and resume (docs/web-protocol.md).
             await self.ws.close(code=CLOSE_FELL_BEHIND, message=b"fell behind; reconnect and resume")
         except Exception:
+            await _leave(self._detach())
             log.exception("socket %s: forwarding session %s failed", self.connection_id, session_id)
             await self.send(error_frame(errors.INTERNAL, "live updates stopped; send resume"))
+
+    def _detach(self) -> Any:
+        """Stop listening to the current subscription; returns what ``_leave`` must exit."""
+        joined, events = self._joined, self._events
+        self._joined = self._events = None
+        if events is not None:
+            events.listen(None)
+        return joined
 
     def _ready_frame(self) -> dict[str, Any]:
         if self.user is not None:
@@ -410,6 +471,13 @@ class WidgetConnection:
                 await self.ws.send_str(compact(frame))
             except (ConnectionError, RuntimeError):
                 log.debug("socket %s went away while sending", self.connection_id)
+
+
+async def _leave(joined: Any) -> None:
+    """Leave a bus subscription entered with ``__aenter__`` (as ``async with`` would on exit)."""
+    if joined is not None:
+        with contextlib.suppress(Exception):
+            await joined.__aexit__(None, None, None)
 
 
 def _optional_str(frame: dict[str, Any], key: str) -> str | None:
