@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -44,6 +45,8 @@ dropped: closing with unread input resets the connection, and a reset can destro
 before the client reads it (RFC 9112 section 9.6, "lingering close")."""
 RETRY_AFTER_SECONDS = 5
 """``Retry-After`` of the 429 sent to an address over its connection cap."""
+_NO_MORE_REQUESTS: Any = ()
+"""The request queue of an upgraded connection: empty, and an error to append to."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,12 @@ def parse_error_message(exc: BaseException | None, limits: ConnectionLimits, fal
 
 
 class GuardedRequestHandler(RequestHandler):
-    """aiohttp's protocol for one connection, with read timeouts, a per-IP cap and JSON errors."""
+    """aiohttp's protocol for one connection, with read timeouts, a per-IP cap and JSON errors.
+
+    Slotted like aiohttp's own classes, and a connection upgraded to a WebSocket drops its HTTP
+    parser and request queue: an idle widget socket holds a protocol for hours (issue 12)."""
+
+    __slots__ = ("_body", "_body_timer", "_header_timer", "_limits", "_linger", "_over_cap", "_peer_ip", "_peers")
 
     def __init__(self, manager: GuardedServer, *, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -142,6 +150,15 @@ class GuardedRequestHandler(RequestHandler):
         if transport.can_write_eof():
             transport.write_eof()
         self._linger = self._loop.call_later(LINGER_SECONDS, self.force_close)
+
+    def set_parser(self, parser: Any, data_received_cb: Callable[[], None] | None = None) -> None:
+        """The upgrade is accepted (aiohttp hands the connection to the WebSocket's reader): no
+        HTTP request will be parsed on it again, so its parser and queue (~1.5 KB) are freed.
+        aiohttp only reads them while not upgraded (``data_received``, ``start``) and checks
+        the queue is empty after the handler (``finish_response``): an empty tuple is."""
+        super().set_parser(parser, data_received_cb)
+        self._parser = None
+        self._messages = _NO_MORE_REQUESTS
 
     # -- reading ---------------------------------------------------------------------------------
 
