@@ -59,6 +59,8 @@ FRAME_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REPLAY_PAGE = 200
 MAX_ATTACHMENTS = 20
 """Files one message may carry (each is a store lookup); Telegram's media groups stop at 10."""
+CLOSED_TYPES = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
+"""Where ``async for`` over a WebSocketResponse stops."""
 COUNTED_FRAMES = frozenset({"message", "button", "action", "upload_done"})
 """Frames that run the app: they count against ``web.limits.messages_per_*``."""
 
@@ -105,6 +107,12 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
 
 
 class WidgetConnection:
+    # Slotted, and the feed made on first use: thousands of idle sockets each hold one (issue 12).
+    __slots__ = (
+        "_events", "_feed", "_joined", "_send_lock", "_task", "connection_id", "ctx", "identity", "ip", "reserved",
+        "session", "user", "ws",
+    )
+
     def __init__(
         self, ctx: WebContext, ws: web.WebSocketResponse, identity: WebIdentity, user: UserInfo | None, *, ip: str
     ) -> None:
@@ -125,19 +133,27 @@ class WidgetConnection:
         self._events: Any = None
         """The subscription itself (``gateway.bus.Subscription``), listened to by ``_wake``."""
         self._send_lock = asyncio.Lock()
-        self._feed = ClientFeed(
-            self.send, connection_id=self.connection_id, live_texts=ctx.live_texts, sign_file=ctx.sign_file
-        )
-        self._max_frame = ctx.settings.web.max_frame_bytes
+        self._feed: ClientFeed | None = None
+        """What the client holds (``feed.py``); made by the first replay or live event."""
 
     @property
     def platform_user(self) -> PlatformUser:
         return self.identity.user
 
+    @property
+    def feed(self) -> ClientFeed:
+        if self._feed is None:
+            self._feed = ClientFeed(
+                self.send, connection_id=self.connection_id, live_texts=self.ctx.live_texts,
+                sign_file=self.ctx.sign_file,
+            )
+        return self._feed
+
     # -- the read loop ----------------------------------------------------------------------
 
     async def serve(self) -> None:
-        async for raw in self.ws:
+        # ``async for raw in self.ws``, without the coroutine frame ``__anext__`` keeps per socket.
+        while (raw := await self.ws.receive()).type not in CLOSED_TYPES:
             if raw.type == WSMsgType.TEXT:
                 await self._on_text(raw.data)
             elif raw.type == WSMsgType.BINARY:
@@ -156,8 +172,9 @@ class WidgetConnection:
         await _leave(joined)
 
     async def _on_text(self, data: str) -> None:
-        if len(data.encode()) > self._max_frame:
-            await self.send(error_frame(errors.TOO_LARGE, f"frames are limited to {self._max_frame} bytes"))
+        max_frame = self.ctx.settings.web.max_frame_bytes
+        if len(data.encode()) > max_frame:
+            await self.send(error_frame(errors.TOO_LARGE, f"frames are limited to {max_frame} bytes"))
             return
         try:
             frame = strict_json(data)
@@ -353,7 +370,7 @@ class WidgetConnection:
         if self._task is not None:
             self._task.cancel()
         previous = self._detach()
-        if ready:
+        if ready and self._feed is not None:
             self._feed.reset()
         self._task = asyncio.create_task(
             self._forward(session_id, after, ready, previous), name=f"web-socket-{self.connection_id}"
@@ -373,7 +390,7 @@ class WidgetConnection:
                 if ready:
                     await self.send(self._ready_frame())
                 for record in backlog:
-                    await self._feed.replay(record)
+                    await self.feed.replay(record)
             except BaseException:
                 await _leave(joining)
                 raise
@@ -406,7 +423,7 @@ class WidgetConnection:
                 if event is None:  # the bus closed: no more live updates
                     await _leave(self._detach())
                     return
-                await self._feed.deliver(event)
+                await self.feed.deliver(event)
                 if self.ws.closed:
                     await _leave(self._detach())
                     return
