@@ -92,7 +92,9 @@ class GuardedRequestHandler(RequestHandler):
     Slotted like aiohttp's own classes, and a connection upgraded to a WebSocket drops its HTTP
     parser and request queue: an idle widget socket holds a protocol for hours (issue 12)."""
 
-    __slots__ = ("_body", "_body_timer", "_header_timer", "_limits", "_linger", "_over_cap", "_peer_ip", "_peers")
+    __slots__ = (
+        "_body", "_body_timer", "_header_timer", "_limits", "_linger", "_over_cap", "_peer_ip", "_peers", "last_read",
+    )
 
     def __init__(self, manager: GuardedServer, *, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -105,6 +107,9 @@ class GuardedRequestHandler(RequestHandler):
         self._body: StreamReader | None = None
         """The payload of the newest request whose head has arrived, while it may still grow."""
         self._linger: asyncio.TimerHandle | None = None
+        self.last_read = 0.0
+        """When a WebSocket on this connection last received bytes (loop time; from the upgrade):
+        what the widget's heartbeat (``adapters/web/widget/heartbeat.py``) watches."""
 
     # -- the connection --------------------------------------------------------------------------
 
@@ -159,14 +164,16 @@ class GuardedRequestHandler(RequestHandler):
         super().set_parser(parser, data_received_cb)
         self._parser = None
         self._messages = _NO_MORE_REQUESTS
+        self.last_read = self._loop.time()
 
     # -- reading ---------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self._payload_parser is not None or self._upgraded or self._force_close or self._close:
-            # A WebSocket (its own heartbeat finds dead peers) or a connection that is closing.
+            # A WebSocket (its heartbeat finds dead peers) or a connection that is closing.
             self._cancel_header_timer()
             self._stop_body_timer()
+            self.last_read = self._loop.time()
             super().data_received(data)
             return
         reading_body = self._body is not None and not self._body.is_eof()

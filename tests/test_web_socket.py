@@ -372,6 +372,38 @@ async def test_every_socket_of_a_session_gets_every_event_in_order_and_idles_wit
             await tab.until(lambda f: f["type"] == "message" and f["message"]["text"] == echo)
 
 
+async def test_idle_sockets_are_pinged_and_a_silent_one_is_dropped(tmp_path, monkeypatch, caplog):
+    """One sweeping task pings every idle socket (adapters/web/widget/heartbeat.py): a client
+    that answers stays, one that does not is dropped as aiohttp's own heartbeat drops it."""
+    from adapters.web.widget import heartbeat
+
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_SECONDS", 0.4)
+    monkeypatch.setattr(heartbeat, "PONG_SECONDS", 0.2)
+    monkeypatch.setattr(heartbeat, "SWEEP_SECONDS", 0.05)
+    caplog.set_level("INFO", logger="chatgate.web.socket")
+    async with running_gateway(make_app(), tmp_path) as gw, aiohttp.ClientSession() as http:
+        alive = await open_widget(http, gw)  # aiohttp's client answers pings while it reads
+        await alive.hello()
+
+        async def read_for_a_while() -> None:  # several ping periods, answering each ping
+            with pytest.raises(TimeoutError):  # (receive's own timeout restarts at every ping)
+                await asyncio.wait_for(alive.ws.receive(), 2.0)
+
+        reading = asyncio.create_task(read_for_a_while())
+        silent = await http.ws_connect(f"{base_url(gw)}/ws", autoping=False)
+        await silent.send_json({"type": "hello", "id": frame_id(), "session_id": None})
+        assert (await silent.receive_json(timeout=FRAME_WAIT))["type"] == "ready"
+        ping = await silent.receive(timeout=FRAME_WAIT)
+        assert ping.type == aiohttp.WSMsgType.PING  # after 0.4 s of silence
+        dropped = await silent.receive(timeout=FRAME_WAIT)  # it never answers
+        assert dropped.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE) and silent.closed
+        await until(lambda: "No PONG received" in caplog.text, FRAME_WAIT)  # the read loop saw ERROR
+        await reading
+        assert caplog.text.count("No PONG received") == 1
+        await alive.send("message", text="still here")
+        await alive.until(lambda f: f["type"] == "message" and f["message"]["text"] == "echo: still here")
+
+
 async def test_a_new_conversation_is_only_on_the_socket_that_said_hello_until_its_first_message(gw):
     async with aiohttp.ClientSession() as http:
         tab1 = await open_widget(http, gw)

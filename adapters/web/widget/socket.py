@@ -41,13 +41,12 @@ from ..quotas import RateLimited
 from ..reservations import Reservation
 from ..wire import JSONRefused, now_rfc3339, public_attachments, strict_json
 from .feed import ClientFeed
+from .heartbeat import HEARTBEAT_SECONDS, heartbeat, watchable
 from .pending import store_reserved
 from .uploads import attachment_for
 
 log = logging.getLogger("chatgate.web.socket")
 
-HEARTBEAT_SECONDS = 30.0
-"""Ping interval: keeps proxies from closing an idle socket and finds dead peers."""
 CLOSE_UNAUTHORIZED = 4401
 """Application close code (4000-4999 are free for applications, RFC 6455 §7.4.2)."""
 CLOSE_FELL_BEHIND = 4408
@@ -71,7 +70,10 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
     if not origin_allowed(request, ctx.settings.web.allowed_origins):
         return WebError(403, "forbidden", "this origin may not open the chat socket").response()
     max_frame = ctx.settings.web.max_frame_bytes
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=max_frame * HARD_LIMIT_FACTOR)
+    watched = watchable(request)  # pinged by the shared heartbeat, else by aiohttp's own
+    ws = web.WebSocketResponse(
+        heartbeat=None if watched else HEARTBEAT_SECONDS, max_msg_size=max_frame * HARD_LIMIT_FACTOR
+    )
     try:
         identity = ctx.identities.resolve(request, mint=True)
     except IdentityRefused as exc:
@@ -94,12 +96,16 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
         user = await ctx.known_user(identity)
         connection = WidgetConnection(ctx, ws, identity, user, ip=ip)
         ctx.sockets.add(ws)
+        if watched:
+            heartbeat().watch(ws, request)
         closed = socket_opened("web")
         try:
             await connection.serve()
         finally:
             closed()
             ctx.sockets.discard(ws)
+            if watched:
+                heartbeat().unwatch(ws)
             await connection.shutdown()
     finally:
         release()
