@@ -133,6 +133,28 @@ class Bus(Protocol):
     async def close(self) -> None: ...
 
 
+class _LocalSubscription(Subscription):
+    """A subscription that is its own ``async with`` block: an idle widget socket holds it
+    entered, and an ``asynccontextmanager`` would add its object and suspended frame (~0.5 KB)."""
+
+    __slots__ = ("_topics",)
+
+    def __init__(self, topic: str, topics: dict[str, set[Subscription]]) -> None:
+        super().__init__(topic)
+        self._topics = topics
+
+    async def __aenter__(self) -> Subscription:
+        self._topics.setdefault(self.topic, set()).add(self)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        subscribers = self._topics.get(self.topic)
+        if subscribers is not None:
+            subscribers.discard(self)
+            if not subscribers:
+                del self._topics[self.topic]
+
+
 class LocalBus:
     def __init__(self) -> None:
         self._topics: dict[str, set[Subscription]] = {}
@@ -141,18 +163,9 @@ class LocalBus:
         for subscription in list(self._topics.get(topic, ())):
             subscription.put(event)
 
-    @asynccontextmanager
-    async def subscribe(self, topic: str) -> AsyncIterator[Subscription]:
-        subscription = Subscription(topic)
-        self._topics.setdefault(topic, set()).add(subscription)
-        try:
-            yield subscription
-        finally:
-            subscribers = self._topics.get(topic)
-            if subscribers is not None:
-                subscribers.discard(subscription)
-                if not subscribers:
-                    del self._topics[topic]
+    def subscribe(self, topic: str) -> _LocalSubscription:
+        """``async with bus.subscribe(topic) as subscription``: subscribed inside the block."""
+        return _LocalSubscription(topic, self._topics)
 
     async def close(self) -> None:
         for subscribers in self._topics.values():
