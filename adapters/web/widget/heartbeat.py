@@ -8,8 +8,9 @@ per socket, and those push its ``WebSocketResponse`` past the 30 attributes CPyt
 instances: about 2 KB per idle socket (issue 12). The sweep runs every ``SWEEP_SECONDS``, so a
 ping leaves up to that much later than aiohttp's would.
 
-"Received" is counted by the connection (``GuardedRequestHandler.last_read``), which sees every
-byte, pongs included; a socket on another protocol keeps aiohttp's heartbeat (``watchable``).
+"Received" is counted by the connection: the server's protocol (``GuardedRequestHandler`` in
+gateway/connections.py) sees every byte, pongs included, and keeps the time in ``last_read``. A
+socket served by a protocol without it keeps aiohttp's heartbeat (``watchable``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
-
-from gateway.connections import GuardedRequestHandler
 
 HEARTBEAT_SECONDS = 30.0
 """Silence after which a socket is pinged: keeps proxies from closing an idle socket."""
@@ -31,25 +30,29 @@ SWEEP_SECONDS = 5.0
 """How often the sockets are looked at."""
 
 
+class ReadClock(Protocol):
+    last_read: float
+    """Loop time of the connection's last received bytes."""
+
+
 def watchable(request: web.BaseRequest) -> bool:
     """Whether the sweep can watch this request's socket (else it takes aiohttp's heartbeat)."""
-    return isinstance(request.protocol, GuardedRequestHandler)
+    return isinstance(getattr(request.protocol, "last_read", None), float)
 
 
 class Heartbeat:
     """The sockets of one event loop; its task runs while there are any."""
 
     def __init__(self) -> None:
-        self._sockets: dict[web.WebSocketResponse, GuardedRequestHandler] = {}
+        self._sockets: dict[web.WebSocketResponse, ReadClock] = {}
         self._pinged: dict[web.WebSocketResponse, float] = {}
         """Sockets pinged and silent since: when the ping left."""
         self._task: asyncio.Task[None] | None = None
         self._pings: set[asyncio.Task[None]] = set()
 
     def watch(self, ws: web.WebSocketResponse, request: web.BaseRequest) -> None:
-        protocol = request.protocol
-        assert isinstance(protocol, GuardedRequestHandler), "check watchable() first"
-        self._sockets[ws] = protocol
+        assert watchable(request), "check watchable() first"
+        self._sockets[ws] = request.protocol  # type: ignore[assignment]
         if self._task is None:
             self._task = asyncio.create_task(self._sweep(), name="chatgate-web-heartbeat")
 
