@@ -121,8 +121,8 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
 class WidgetConnection:
     # Slotted, and the feed made on first use: thousands of idle sockets each hold one (issue 12).
     __slots__ = (
-        "_events", "_feed", "_joined", "_send_lock", "_task", "connection_id", "ctx", "identity", "ip", "reserved",
-        "session", "user", "ws",
+        "_events", "_feed", "_joined", "_send_lock", "_senders", "_task", "connection_id", "ctx", "identity", "ip",
+        "reserved", "session", "user", "ws",
     )
 
     def __init__(
@@ -144,7 +144,10 @@ class WidgetConnection:
         """The bus subscription's context manager, entered (``_leave`` exits it)."""
         self._events: Any = None
         """The subscription itself (``gateway.bus.Subscription``), listened to by ``_wake``."""
-        self._send_lock = asyncio.Lock()
+        self._send_lock: asyncio.Lock | None = None
+        """Keeps frames in order when two tasks send at once (aiohttp may start a big compressed
+        frame after a small one sent later); made by a send and dropped by the last one waiting."""
+        self._senders = 0
         self._feed: ClientFeed | None = None
         """What the client holds (``feed.py``); made by the first replay or live event."""
 
@@ -495,11 +498,19 @@ class WidgetConnection:
         """Send one frame; a socket that has gone away is not an error (its client will resume)."""
         if self.ws.closed:
             return
-        async with self._send_lock:
-            try:
-                await self.ws.send_str(compact(frame))
-            except (ConnectionError, RuntimeError):
-                log.debug("socket %s went away while sending", self.connection_id)
+        if self._send_lock is None:
+            self._send_lock = asyncio.Lock()
+        self._senders += 1
+        try:
+            async with self._send_lock:
+                try:
+                    await self.ws.send_str(compact(frame))
+                except (ConnectionError, RuntimeError):
+                    log.debug("socket %s went away while sending", self.connection_id)
+        finally:
+            self._senders -= 1
+            if not self._senders:  # nobody holds or waits for the lock: an idle socket keeps none
+                self._send_lock = None
 
 
 async def _leave(joined: Any) -> None:
