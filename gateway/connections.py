@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -44,6 +45,8 @@ dropped: closing with unread input resets the connection, and a reset can destro
 before the client reads it (RFC 9112 section 9.6, "lingering close")."""
 RETRY_AFTER_SECONDS = 5
 """``Retry-After`` of the 429 sent to an address over its connection cap."""
+_NO_MORE_REQUESTS: Any = ()
+"""The request queue of an upgraded connection: empty, and an error to append to."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,14 @@ def parse_error_message(exc: BaseException | None, limits: ConnectionLimits, fal
 
 
 class GuardedRequestHandler(RequestHandler):
-    """aiohttp's protocol for one connection, with read timeouts, a per-IP cap and JSON errors."""
+    """aiohttp's protocol for one connection, with read timeouts, a per-IP cap and JSON errors.
+
+    Slotted like aiohttp's own classes, and a connection upgraded to a WebSocket drops its HTTP
+    parser and request queue: an idle widget socket holds a protocol for hours (issue 12)."""
+
+    __slots__ = (
+        "_body", "_body_timer", "_header_timer", "_limits", "_linger", "_over_cap", "_peer_ip", "_peers", "last_read",
+    )
 
     def __init__(self, manager: GuardedServer, *, limits: ConnectionLimits, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -97,6 +107,9 @@ class GuardedRequestHandler(RequestHandler):
         self._body: StreamReader | None = None
         """The payload of the newest request whose head has arrived, while it may still grow."""
         self._linger: asyncio.TimerHandle | None = None
+        self.last_read = 0.0
+        """When a WebSocket on this connection last received bytes (loop time; from the upgrade):
+        what the widget's heartbeat (``adapters/web/widget/heartbeat.py``) watches."""
 
     # -- the connection --------------------------------------------------------------------------
 
@@ -143,13 +156,24 @@ class GuardedRequestHandler(RequestHandler):
             transport.write_eof()
         self._linger = self._loop.call_later(LINGER_SECONDS, self.force_close)
 
+    def set_parser(self, parser: Any, data_received_cb: Callable[[], None] | None = None) -> None:
+        """The upgrade is accepted (aiohttp hands the connection to the WebSocket's reader): no
+        HTTP request will be parsed on it again, so its parser and queue (~1.5 KB) are freed.
+        aiohttp only reads them while not upgraded (``data_received``, ``start``) and checks
+        the queue is empty after the handler (``finish_response``): an empty tuple is."""
+        super().set_parser(parser, data_received_cb)
+        self._parser = None
+        self._messages = _NO_MORE_REQUESTS
+        self.last_read = self._loop.time()
+
     # -- reading ---------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self._payload_parser is not None or self._upgraded or self._force_close or self._close:
-            # A WebSocket (its own heartbeat finds dead peers) or a connection that is closing.
+            # A WebSocket (its heartbeat finds dead peers) or a connection that is closing.
             self._cancel_header_timer()
             self._stop_body_timer()
+            self.last_read = self._loop.time()
             super().data_received(data)
             return
         reading_body = self._body is not None and not self._body.is_eof()

@@ -138,15 +138,7 @@ class GatewayMetrics:
     def socket_opened(self, adapter: str) -> Callable[[], None]:
         gauge = self.open_sockets.labels(adapter)
         gauge.inc()
-        closed = False
-
-        def close() -> None:
-            nonlocal closed
-            if not closed:
-                closed = True
-                gauge.dec()
-
-        return close
+        return _SocketClosed(gauge)
 
     # -- the scrape ------------------------------------------------------------------------
 
@@ -226,6 +218,22 @@ def platform_call(platform: str, method: str, status: Status) -> None:
     metrics = current_metrics()
     if metrics is not None:
         metrics.platform_call(platform, method, status)
+
+
+class _SocketClosed:
+    """What ``socket_opened`` returns: the first call counts the socket closed, later ones do
+    nothing. A slotted object rather than a closure and its cells: every open socket (thousands
+    of idle widget sockets) holds one."""
+
+    __slots__ = ("_gauge",)
+
+    def __init__(self, gauge: Any) -> None:
+        self._gauge: Any = gauge
+
+    def __call__(self) -> None:
+        gauge, self._gauge = self._gauge, None
+        if gauge is not None:
+            gauge.dec()
 
 
 def socket_opened(adapter: str) -> Callable[[], None]:

@@ -20,6 +20,7 @@ import pytest
 
 from gateway import bus as bus_module
 from gateway.bus import LocalBus, RedisBus
+from tests.support import until
 
 WAIT = 5.0  # seconds an awaited event may take before the test fails
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -289,6 +290,45 @@ async def test_close_ends_every_subscription(bus, topic):
         await bus.close()
         assert await ends(first) is None
         assert await ends(second) is None
+
+
+async def test_a_listened_subscription_is_read_without_waiting(bus, topic):
+    """How a widget socket reads: no task waits on the subscription; the listener is called for
+    every arrival, and ``read_ready`` takes the frames in order, then ``None`` for the end."""
+    woken: list[int] = []
+    async with bus.subscribe(topic) as subscription:
+        subscription.listen(lambda: woken.append(subscription.pending()))
+        assert not subscription.ready()
+        for n in range(5):
+            await bus.publish(topic, {"n": n})
+        await until(lambda: subscription.pending() == 5, WAIT)  # Redis delivers through its own task
+        assert woken == [1, 2, 3, 4, 5]
+        got = []
+        while subscription.ready():
+            got.append(subscription.read_ready())
+        assert got == [{"n": n} for n in range(5)]
+        subscription.listen(None)
+        await bus.publish(topic, {"n": 5})
+        await until(subscription.ready, WAIT)
+        assert len(woken) == 5  # no longer listened to; the frame still waits to be read
+        assert subscription.read_ready() == {"n": 5}
+        subscription.listen(lambda: woken.append(-1))
+        await bus.close()
+        assert woken[-1] == -1 and subscription.ready()
+        assert subscription.read_ready() is None and not subscription.ready()
+
+
+async def test_a_listened_subscription_that_overflows_raises_on_read(make_bus, topic):
+    bus = make_bus("local")
+    async with bus.subscribe(topic) as subscription:
+        woken: list[bool] = []
+        subscription.listen(lambda: woken.append(subscription.overflowed))
+        for n in range(bus_module.SUBSCRIBER_BUFFER + 1):
+            await bus.publish(topic, {"n": n})
+        assert woken[-1] is True and subscription.ready()
+        for _ in range(2):  # every later read says so too
+            with pytest.raises(bus_module.SubscriberOverflow):
+                subscription.read_ready()
 
 
 async def test_a_slow_subscriber_neither_blocks_the_publisher_nor_the_fast_subscribers(make_bus, topic):

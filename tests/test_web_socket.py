@@ -12,6 +12,7 @@ import pytest
 
 import gateway
 from adapters.web.testing import base_url, running_gateway
+from tests.support import until
 
 FRAME_WAIT = 5.0
 _ids = itertools.count()
@@ -335,6 +336,72 @@ async def test_another_tab_sees_the_user_message_and_the_reply(gw):
         await tab2.until(lambda f: f["type"] == "message" and f["message"]["text"] == "echo: hi from tab 1")
         await tab1.turn()
         assert not [f for f in tab1.frames if f["type"] == "message" and f["message"]["role"] == "user"]
+
+
+def socket_tasks() -> list[asyncio.Task[Any]]:
+    return [t for t in asyncio.all_tasks() if t.get_name().startswith("web-socket-")]
+
+
+async def test_every_socket_of_a_session_gets_every_event_in_order_and_idles_without_a_task(gw):
+    """Live events reach a socket through a task its subscription wakes, which ends once it has
+    delivered what was there: many sockets on one session each get a streamed reply whole and in
+    order, and once the reply is over no task is left waiting for any of them."""
+    async with aiohttp.ClientSession() as http:
+        first = await open_widget(http, gw)
+        await first.hello()
+        await first.send("message", text="the first message stores the session")
+        await first.turn()
+        tabs = [first] + [await open_widget(http, gw, visitor=first.visitor_token) for _ in range(5)]
+        for tab in tabs[1:]:
+            assert (await tab.hello(first.session_id))["type"] == "ready"
+        words = [f"w{n}" for n in range(40)]
+        await first.send("message", text="stream " + " ".join(words))
+        expected = "".join(word + " " for word in words)
+        for tab in tabs:
+            done = await tab.until(lambda f: f["type"] in ("done", "message") and (
+                f.get("text") == expected or f.get("message", {}).get("text") == expected))
+            message_id = done.get("message_id") or done["message"]["id"]
+            assert tab.texts[message_id] == expected  # every delta applied at its offset, none missing
+            deltas = [f["delta"] for f in tab.frames if f["type"] == "delta" and f["message_id"] == message_id]
+            assert "".join(deltas) == expected[len(expected) - len("".join(deltas)):]
+        await first.turn()
+        await until(lambda: not socket_tasks(), FRAME_WAIT)
+        await first.send("message", text="still live after idling")
+        echo = "echo: still live after idling"
+        for tab in tabs[1:]:
+            await tab.until(lambda f: f["type"] == "message" and f["message"]["text"] == echo)
+
+
+async def test_idle_sockets_are_pinged_and_a_silent_one_is_dropped(tmp_path, monkeypatch, caplog):
+    """One sweeping task pings every idle socket (adapters/web/widget/heartbeat.py): a client
+    that answers stays, one that does not is dropped as aiohttp's own heartbeat drops it."""
+    from adapters.web.widget import heartbeat
+
+    monkeypatch.setattr(heartbeat, "HEARTBEAT_SECONDS", 0.4)
+    monkeypatch.setattr(heartbeat, "PONG_SECONDS", 0.2)
+    monkeypatch.setattr(heartbeat, "SWEEP_SECONDS", 0.05)
+    caplog.set_level("INFO", logger="chatgate.web.socket")
+    async with running_gateway(make_app(), tmp_path) as gw, aiohttp.ClientSession() as http:
+        alive = await open_widget(http, gw)  # aiohttp's client answers pings while it reads
+        await alive.hello()
+
+        async def read_for_a_while() -> None:  # several ping periods, answering each ping
+            with pytest.raises(TimeoutError):  # (receive's own timeout restarts at every ping)
+                await asyncio.wait_for(alive.ws.receive(), 2.0)
+
+        reading = asyncio.create_task(read_for_a_while())
+        silent = await http.ws_connect(f"{base_url(gw)}/ws", autoping=False)
+        await silent.send_json({"type": "hello", "id": frame_id(), "session_id": None})
+        assert (await silent.receive_json(timeout=FRAME_WAIT))["type"] == "ready"
+        ping = await silent.receive(timeout=FRAME_WAIT)
+        assert ping.type == aiohttp.WSMsgType.PING  # after 0.4 s of silence
+        dropped = await silent.receive(timeout=FRAME_WAIT)  # it never answers
+        assert dropped.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSE) and silent.closed
+        await until(lambda: "No PONG received" in caplog.text, FRAME_WAIT)  # the read loop saw ERROR
+        await reading
+        assert caplog.text.count("No PONG received") == 1
+        await alive.send("message", text="still here")
+        await alive.until(lambda f: f["type"] == "message" and f["message"]["text"] == "echo: still here")
 
 
 async def test_a_new_conversation_is_only_on_the_socket_that_said_hello_until_its_first_message(gw):

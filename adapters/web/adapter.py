@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from typing import Any
 
 from aiohttp import WSCloseCode, web
@@ -41,15 +42,13 @@ class WebAdapter(Adapter):
     def mount(self, web_app: web.Application) -> None:
         ctx = self.ctx
 
-        async def ws(request: web.Request) -> web.StreamResponse:
-            return await websocket_handler(ctx, request)
-
         async def upload(request: web.Request) -> web.StreamResponse:
             if request.method == "OPTIONS":
                 return preflight(request, ctx.settings.web.allowed_origins)
             return await upload_handler(ctx, request)
 
-        web_app.router.add_get("/ws", ws)
+        # A partial, not a closure: an idle socket would keep the closure's coroutine frame.
+        web_app.router.add_get("/ws", functools.partial(websocket_handler, ctx))
         web_app.router.add_route("POST", "/upload", upload)
         web_app.router.add_route("OPTIONS", "/upload", upload)
         mount_widget_api(web_app, ctx)

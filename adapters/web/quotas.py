@@ -95,30 +95,18 @@ class WebQuotas:
     def acquire(self, what: str, ip: str, visitor: str | None) -> Callable[[], None]:
         """Count one open ``what`` (sockets, uploads) for the IP and the visitor until the returned
         release is called; raise :class:`RateLimited` when either is at its limit."""
-        keys = [(f"{what}_per_ip", (what, f"ip:{ip}"))]
+        limits = [(f"{what}_per_ip", (what, f"ip:{ip}"))]
         if visitor is not None:
-            keys.append((f"{what}_per_visitor", (what, f"visitor:{visitor}")))
-        for name, key in keys:
+            limits.append((f"{what}_per_visitor", (what, f"visitor:{visitor}")))
+        for name, key in limits:
             limit = getattr(self.limits, name)
             if limit and self._open[key] >= limit:
                 raise RateLimited(
                     f"too many {what} open at once: at most {limit} (web.limits.{name})", BUSY_RETRY_SECONDS
                 )
-        for _, key in keys:
+        for _, key in limits:
             self._open[key] += 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if released:
-                return
-            released = True
-            for _, key in keys:
-                self._open[key] -= 1
-                if self._open[key] <= 0:
-                    del self._open[key]
-
-        return release
+        return _Release(self._open, tuple(key for _, key in limits))
 
     @contextlib.contextmanager
     def hold(self, what: str, ip: str, visitor: str | None) -> Iterator[None]:
@@ -131,3 +119,22 @@ class WebQuotas:
 
     def open_count(self, what: str, ip: str) -> int:
         return self._open[(what, f"ip:{ip}")]
+
+
+class _Release:
+    """What :meth:`WebQuotas.acquire` returns: call it once to release (later calls do nothing).
+    A slotted object holding only the counted keys, not a closure: every idle widget socket
+    holds one for its whole life (issue 12)."""
+
+    __slots__ = ("_keys", "_open")
+
+    def __init__(self, open_counts: Counter[tuple[str, str]], keys: tuple[tuple[str, str], ...]) -> None:
+        self._open = open_counts
+        self._keys = keys
+
+    def __call__(self) -> None:
+        keys, self._keys = self._keys, ()
+        for key in keys:
+            self._open[key] -= 1
+            if self._open[key] <= 0:
+                del self._open[key]

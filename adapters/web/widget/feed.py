@@ -36,6 +36,8 @@ def common_prefix(a: str, b: str) -> str:
 
 
 class ClientFeed:
+    __slots__ = ("_connection_id", "_finished", "_live_texts", "_send", "_sign_file", "_texts")
+
     def __init__(self, send: Send, *, connection_id: str, live_texts: dict[str, str], sign_file: SignFile) -> None:
         self._send = send
         self._connection_id = connection_id

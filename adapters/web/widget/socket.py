@@ -1,9 +1,11 @@
 """The widget's WebSocket (`GET /ws`): frames in, inbound events to the core, bus events out.
 
-One ``WidgetConnection`` per socket. Inbound frames are validated and submitted; a forwarding task
+One ``WidgetConnection`` per socket. Inbound frames are validated and submitted; a task
 subscribes to the session's bus topic *before* it replays the stored history, so nothing that
-happens during the replay is missed, and it tracks the text the client holds for every message,
-so neither a replay nor a live delta ever repeats text (``feed.py``, docs/web-protocol.md).
+happens during the replay is missed; afterwards live events are delivered by short tasks the
+subscription wakes (an idle socket has none). The feed tracks the text the client holds for
+every message, so neither a replay nor a live delta ever repeats text (``feed.py``,
+docs/web-protocol.md).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import re
 import secrets
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 
 from adapters.base import (
     ButtonPress,
@@ -39,13 +41,12 @@ from ..quotas import RateLimited
 from ..reservations import Reservation
 from ..wire import JSONRefused, now_rfc3339, public_attachments, strict_json
 from .feed import ClientFeed
+from .heartbeat import HEARTBEAT_SECONDS, heartbeat, watchable
 from .pending import store_reserved
 from .uploads import attachment_for
 
 log = logging.getLogger("chatgate.web.socket")
 
-HEARTBEAT_SECONDS = 30.0
-"""Ping interval: keeps proxies from closing an idle socket and finds dead peers."""
 CLOSE_UNAUTHORIZED = 4401
 """Application close code (4000-4999 are free for applications, RFC 6455 §7.4.2)."""
 CLOSE_FELL_BEHIND = 4408
@@ -57,6 +58,8 @@ FRAME_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REPLAY_PAGE = 200
 MAX_ATTACHMENTS = 20
 """Files one message may carry (each is a store lookup); Telegram's media groups stop at 10."""
+CLOSED_TYPES = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
+"""Where ``async for`` over a WebSocketResponse stops."""
 COUNTED_FRAMES = frozenset({"message", "button", "action", "upload_done"})
 """Frames that run the app: they count against ``web.limits.messages_per_*``."""
 
@@ -67,15 +70,17 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
     if not origin_allowed(request, ctx.settings.web.allowed_origins):
         return WebError(403, "forbidden", "this origin may not open the chat socket").response()
     max_frame = ctx.settings.web.max_frame_bytes
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=max_frame * HARD_LIMIT_FACTOR)
+    watched = watchable(request)  # pinged by the shared heartbeat, else by aiohttp's own
     try:
         identity = ctx.identities.resolve(request, mint=True)
     except IdentityRefused as exc:
-        await ws.prepare(request)
-        await ws.send_json(error_frame(errors.UNAUTHORIZED, str(exc)))
-        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
-        return ws
+        refused = _new_socket(RefusedSocket, watched, max_frame)
+        await refused.prepare(request)
+        await refused.send_json(error_frame(errors.UNAUTHORIZED, str(exc)))
+        await refused.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
+        return refused
     assert identity is not None  # mint=True always gives one
+    ws = _new_socket(web.WebSocketResponse, watched, max_frame)
     ip = ctx.quotas.client_ip(request)
     try:
         release = ctx.quotas.acquire("sockets", ip, identity.key)
@@ -84,25 +89,53 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
     try:
         ctx.identities.remember(ws, identity)  # a new visitor, or a renewed cookie
         await ws.prepare(request)
-        ws.cookies.clear()  # sent with the upgrade; kept, they cost an idle socket ~0.8 KB
+        # Sent with the upgrade and never read again; kept, they cost an idle socket ~1 KB.
+        ws.cookies.clear()
+        ws.headers.clear()
         # A visitor is stored on their first message, not here: a socket opened and dropped
         # leaves no row (a new visitor has no history to show anyway).
         user = await ctx.known_user(identity)
         connection = WidgetConnection(ctx, ws, identity, user, ip=ip)
         ctx.sockets.add(ws)
+        if watched:
+            heartbeat().watch(ws, request)
         closed = socket_opened("web")
         try:
-            await connection.serve()
+            # The read loop, here rather than in a method: one coroutine frame fewer per socket.
+            # ``async for raw in ws`` would add ``__anext__``'s; and the last message is
+            # dropped before waiting for the next, so an idle socket does not keep its hello.
+            while (raw := await ws.receive()).type not in CLOSED_TYPES and await connection.handle(raw):
+                del raw
         finally:
             closed()
             ctx.sockets.discard(ws)
+            if watched:
+                heartbeat().unwatch(ws)
             await connection.shutdown()
     finally:
         release()
     return ws
 
 
+def _new_socket(kind: type[web.WebSocketResponse], watched: bool, max_frame: int) -> web.WebSocketResponse:
+    return kind(heartbeat=None if watched else HEARTBEAT_SECONDS, max_msg_size=max_frame * HARD_LIMIT_FACTOR)
+
+
+class RefusedSocket(web.WebSocketResponse):
+    """A socket closed right after its upgrade, in a class of its own. CPython shares one table
+    of attribute names among a class's instances, for the first 30 names they set; an instance
+    that sets a name beyond those carries a dict of its own. A socket that is closed sets names an
+    open one has not set yet: were the first socket of the process refused, every idle socket
+    after it would cost ~1.5 KB more (issue 12)."""
+
+
 class WidgetConnection:
+    # Slotted, and the feed made on first use: thousands of idle sockets each hold one (issue 12).
+    __slots__ = (
+        "_events", "_feed", "_joined", "_send_lock", "_senders", "_task", "connection_id", "ctx", "identity", "ip",
+        "reserved", "session", "user", "ws",
+    )
+
     def __init__(
         self, ctx: WebContext, ws: web.WebSocketResponse, identity: WebIdentity, user: UserInfo | None, *, ip: str
     ) -> None:
@@ -116,38 +149,58 @@ class WidgetConnection:
         self.session: SessionRecord | None = None
         self.reserved: Reservation | None = None
         """The session this socket said hello to without an id, until its first message stores it."""
-        self._forwarder: asyncio.Task[None] | None = None
-        self._send_lock = asyncio.Lock()
-        self._feed = ClientFeed(
-            self.send, connection_id=self.connection_id, live_texts=ctx.live_texts, sign_file=ctx.sign_file
-        )
-        self._max_frame = ctx.settings.web.max_frame_bytes
+        self._task: asyncio.Task[None] | None = None
+        """Subscribing and replaying, or delivering live events; None while the socket is idle."""
+        self._joined: Any = None
+        """The bus subscription's context manager, entered (``_leave`` exits it)."""
+        self._events: Any = None
+        """The subscription itself (``gateway.bus.Subscription``), listened to by ``_wake``."""
+        self._send_lock: asyncio.Lock | None = None
+        """Keeps frames in order when two tasks send at once (aiohttp may start a big compressed
+        frame after a small one sent later); made by a send and dropped by the last one waiting."""
+        self._senders = 0
+        self._feed: ClientFeed | None = None
+        """What the client holds (``feed.py``); made by the first replay or live event."""
 
     @property
     def platform_user(self) -> PlatformUser:
         return self.identity.user
 
+    @property
+    def feed(self) -> ClientFeed:
+        if self._feed is None:
+            self._feed = ClientFeed(
+                self.send, connection_id=self.connection_id, live_texts=self.ctx.live_texts,
+                sign_file=self.ctx.sign_file,
+            )
+        return self._feed
+
     # -- the read loop ----------------------------------------------------------------------
 
-    async def serve(self) -> None:
-        async for raw in self.ws:
-            if raw.type == WSMsgType.TEXT:
-                await self._on_text(raw.data)
-            elif raw.type == WSMsgType.BINARY:
-                await self.send(error_frame(errors.BAD_FRAME, "frames are JSON text, not binary"))
-            elif raw.type == WSMsgType.ERROR:
-                log.info("socket %s closed with an error: %s", self.connection_id, self.ws.exception())
-                break
+    async def handle(self, raw: WSMessage) -> bool:
+        """Handle one message; False when the socket is done (it broke)."""
+        if raw.type == WSMsgType.TEXT:
+            await self._on_text(raw.data)
+        elif raw.type == WSMsgType.BINARY:
+            await self.send(error_frame(errors.BAD_FRAME, "frames are JSON text, not binary"))
+        elif raw.type == WSMsgType.ERROR:
+            log.info("socket %s closed with an error: %s", self.connection_id, self.ws.exception())
+            return False
+        return True
 
     async def shutdown(self) -> None:
-        if self._forwarder is not None:
-            self._forwarder.cancel()
+        joined = self._detach()  # first: no event may start a task from here on
+        task = self._task
+        if task is not None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._forwarder
+                await task
+        await _leave(joined)
 
     async def _on_text(self, data: str) -> None:
-        if len(data.encode()) > self._max_frame:
-            await self.send(error_frame(errors.TOO_LARGE, f"frames are limited to {self._max_frame} bytes"))
+        max_frame = self.ctx.settings.web.max_frame_bytes
+        if len(data.encode()) > max_frame:
+            await self.send(error_frame(errors.TOO_LARGE, f"frames are limited to {max_frame} bytes"))
             return
         try:
             frame = strict_json(data)
@@ -337,19 +390,28 @@ class WidgetConnection:
         await self.ctx.core.bus.publish(session_topic(self.session.id), event)
 
     # -- outbound: replay, then live events -------------------------------------------------
+    #
+    # No task waits for an idle socket's events: the subscription calls ``_wake`` when one
+    # arrives, and a short-lived task delivers what is there, in order, then ends. A ``hello`` or
+    # ``resume`` starts a task that subscribes, replays the stored history, and hands over.
 
     def _follow(self, session_id: str, after: str | None, *, ready: bool) -> None:
-        if self._forwarder is not None:
-            self._forwarder.cancel()
-        if ready:
+        if self._task is not None:
+            self._task.cancel()
+        previous = self._detach()
+        if ready and self._feed is not None:
             self._feed.reset()
-        self._forwarder = asyncio.create_task(
-            self._forward(session_id, after, ready), name=f"web-socket-{self.connection_id}"
+        self._task = asyncio.create_task(
+            self._forward(session_id, after, ready, previous), name=f"web-socket-{self.connection_id}"
         )
 
-    async def _forward(self, session_id: str, after: str | None, ready: bool) -> None:
+    async def _forward(self, session_id: str, after: str | None, ready: bool, previous: Any) -> None:
         try:
-            async with self.ctx.core.bus.subscribe(session_topic(session_id)) as events:
+            if previous is not None:
+                await _leave(previous)
+            joining = self.ctx.core.bus.subscribe(session_topic(session_id))
+            events = await joining.__aenter__()
+            try:
                 # Read the replay before saying "ready": a message the client sends as soon as it
                 # is ready must arrive live (once), not also inside its own replay.
                 stored = self.session is not None
@@ -357,20 +419,62 @@ class WidgetConnection:
                 if ready:
                     await self.send(self._ready_frame())
                 for record in backlog:
-                    await self._feed.replay(record)
-                async for event in events:
-                    await self._feed.deliver(event)
-                    if self.ws.closed:
-                        return
+                    await self.feed.replay(record)
+            except BaseException:
+                await _leave(joining)
+                raise
+            self._joined, self._events = joining, events
+            events.listen(self._wake)
+            await self._deliver_ready(session_id)
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
+
+    def _wake(self) -> None:
+        """The subscription has something to read: deliver it, unless a task already is."""
+        if self._task is None and self._events is not None:
+            self._task = asyncio.create_task(self._pump(), name=f"web-socket-{self.connection_id}")
+
+    async def _pump(self) -> None:
+        try:
+            if self._events is not None:
+                await self._deliver_ready(self._events.topic)
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
+
+    async def _deliver_ready(self, session_id: str) -> None:
+        """Send what the subscription holds now, in order; the next event wakes a new task."""
+        events = self._events
+        try:
+            while events is not None and events.ready():
+                event = events.read_ready()
+                if event is None:  # the bus closed: no more live updates
+                    await _leave(self._detach())
+                    return
+                await self.feed.deliver(event)
+                if self.ws.closed:
+                    await _leave(self._detach())
+                    return
         except asyncio.CancelledError:
             raise
         except SubscriberOverflow:
+            await _leave(self._detach())
             # Frames were lost: the client cannot go on from here, but it can from the store. The
             # close code tells the widget to reconnect at once and resume (docs/web-protocol.md).
             await self.ws.close(code=CLOSE_FELL_BEHIND, message=b"fell behind; reconnect and resume")
         except Exception:
+            await _leave(self._detach())
             log.exception("socket %s: forwarding session %s failed", self.connection_id, session_id)
             await self.send(error_frame(errors.INTERNAL, "live updates stopped; send resume"))
+
+    def _detach(self) -> Any:
+        """Stop listening to the current subscription; returns what ``_leave`` must exit."""
+        joined, events = self._joined, self._events
+        self._joined = self._events = None
+        if events is not None:
+            events.listen(None)
+        return joined
 
     def _ready_frame(self) -> dict[str, Any]:
         if self.user is not None:
@@ -408,11 +512,26 @@ class WidgetConnection:
         """Send one frame; a socket that has gone away is not an error (its client will resume)."""
         if self.ws.closed:
             return
-        async with self._send_lock:
-            try:
-                await self.ws.send_str(compact(frame))
-            except (ConnectionError, RuntimeError):
-                log.debug("socket %s went away while sending", self.connection_id)
+        if self._send_lock is None:
+            self._send_lock = asyncio.Lock()
+        self._senders += 1
+        try:
+            async with self._send_lock:
+                try:
+                    await self.ws.send_str(compact(frame))
+                except (ConnectionError, RuntimeError):
+                    log.debug("socket %s went away while sending", self.connection_id)
+        finally:
+            self._senders -= 1
+            if not self._senders:  # nobody holds or waits for the lock: an idle socket keeps none
+                self._send_lock = None
+
+
+async def _leave(joined: Any) -> None:
+    """Leave a bus subscription entered with ``__aenter__`` (as ``async with`` would on exit)."""
+    if joined is not None:
+        with contextlib.suppress(Exception):
+            await joined.__aexit__(None, None, None)
 
 
 def _optional_str(frame: dict[str, Any], key: str) -> str | None:
