@@ -1,10 +1,13 @@
 """The database a Store speaks to: the engine, its connections and its transactions.
 
-SQLite gets a synchronous twin of the engine with one writer thread and a reader thread, so the
-per-turn statements run in one hop each (``run_write`` / ``run_read``); PostgreSQL goes through
-asyncpg. The query modules (``users``, ``sessions``, ``messages``, ``inbox``, ``files``,
-``leases``, ``documents``, ``kv``, ``tasks``) each take this and open short transactions of
-their own, so no caller holds a database session across an ``await`` on the network.
+SQLite gets a synchronous twin of the engine: writes go to one writer thread, where concurrent
+ones share a transaction (``run_write``, ``gateway.store.group_commit``); reads go to a reader
+thread (``run_read``), or run where they are asked for when they are a turn's own key lookups
+(``run_driver_read``). PostgreSQL goes through SQLAlchemy's async engine, and a turn's own
+statements through an asyncpg pool (``postgres_turns``). The query modules (``users``,
+``sessions``, ``messages``, ``inbox``, ``files``, ``leases``, ``documents``, ``kv``, ``tasks``)
+each take this and open short transactions of their own, so no caller holds a database session
+across an ``await`` on the network.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ class Database:
         self._group_commit: GroupCommit | None = None
         self.postgres_turns: PostgresTurns | None = None
         """PostgreSQL only: the per-turn statements on asyncpg directly (``gateway.store.postgres_turns``)."""
-        self._reader_drivers = threading.local()
+        self._thread_drivers = threading.local()
         self._held_drivers: list[PoolProxiedConnection] = []
         # SQLite has one writer at a time; queueing writers here avoids "database is locked"
         # when a deferred transaction tries to upgrade to a write lock.
@@ -172,7 +175,7 @@ class Database:
         return work(self._driver_of_this_thread())
 
     def _driver_of_this_thread(self) -> sqlite3.Connection:
-        driver: sqlite3.Connection | None = getattr(self._reader_drivers, "driver", None)
+        driver: sqlite3.Connection | None = getattr(self._thread_drivers, "driver", None)
         if driver is None:
             # Taken from the engine's pool for the thread's life: its "connect" listeners (the
             # pragmas, a test's statement log) apply as to every connection of the engine.
@@ -180,7 +183,7 @@ class Database:
             held = self._sync_engine.raw_connection()
             raw = held.dbapi_connection
             assert isinstance(raw, sqlite3.Connection)
-            self._reader_drivers.driver = driver = raw
+            self._thread_drivers.driver = driver = raw
             self._held_drivers.append(held)
         return driver
 
@@ -227,7 +230,7 @@ class Database:
         for held in self._held_drivers:
             held.close()  # back to the pool, which the engine's dispose() below closes
         self._held_drivers.clear()
-        self._reader_drivers = threading.local()
+        self._thread_drivers = threading.local()
         if self._sync_engine is not None:
             self._sync_engine.dispose()
             self._sync_engine = None
