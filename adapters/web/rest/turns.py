@@ -111,7 +111,8 @@ class RestTurn:
     async def wait_ended(self, timeout: float) -> bool:
         """True when the turn ended within ``timeout`` seconds."""
         try:
-            await asyncio.wait_for(self.ended.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: no task made for the wait (3.11)
+                await self.ended.wait()
         except TimeoutError:
             return False
         return True
