@@ -52,13 +52,9 @@ async def open_database(path: Path) -> Database:
     return db
 
 
-async def queued(db: Database, work: Any, gate: threading.Event) -> asyncio.Task[Any]:
-    """Start ``work`` as a write once the writer thread is held inside a first batch (which
-    waits on ``gate``): then everything started before ``gate`` opens shares the next batch."""
-    return asyncio.ensure_future(db.run_write(work))
-
-
 async def hold_the_writer(db: Database) -> tuple[asyncio.Task[Any], threading.Event]:
+    """Hold the writer thread inside a first batch until the returned gate opens: every write
+    started meanwhile shares the next batch."""
     inside, gate = threading.Event(), threading.Event()
 
     def blocker(conn: Connection) -> None:
