@@ -18,8 +18,8 @@ import json
 from collections.abc import Callable
 from typing import Protocol
 
+from gateway.ids import new_id
 from gateway.store.records import MessageRecord
-from gateway.store.tables import new_id
 from gateway.types import Attachment, Message
 
 SENDER_BY_ROLE = {"user": "user", "assistant": "app", "system": "system", "block": "block"}

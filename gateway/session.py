@@ -24,9 +24,9 @@ import secrets
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
+from gateway.ids import new_id
 from gateway.session_data import SessionData
 from gateway.store.fence import Fence, LeaseLost
-from gateway.store.tables import new_id
 from gateway.streaming import ReplyStream
 from gateway.types import (
     Attachment,

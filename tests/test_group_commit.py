@@ -25,6 +25,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from gateway.store.database import Database
+from gateway.store.group_commit import StoreClosed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -343,3 +344,31 @@ async def test_killed_under_load_every_answered_turn_is_stored_and_nothing_runs_
     replies = [text for role, text, _ in stored if role == "assistant"]
     assert sorted(replies) == sorted(f"echo: {text}" for text in users)  # one reply each, none twice
     assert len(users) >= len(answered)
+
+
+async def test_closing_lets_the_batch_being_written_commit_and_refuses_the_rest(tmp_path):
+    path = tmp_path / "g.db"
+    db = await open_database(path)
+    inside, gate = threading.Event(), threading.Event()
+
+    def writing(conn: Connection) -> str:
+        conn.exec_driver_sql("INSERT INTO t (k) VALUES ('in the batch')")
+        inside.set()
+        gate.wait(10)
+        return "written"
+
+    in_batch = asyncio.ensure_future(db.run_write(writing))
+    await asyncio.to_thread(inside.wait, 10)
+    waiting = asyncio.ensure_future(db.run_write(insert("waiting")))
+    await asyncio.sleep(0.02)
+    closing = asyncio.ensure_future(db.close())
+    await asyncio.sleep(0.02)
+    with pytest.raises(StoreClosed):
+        await waiting  # not begun: refused at once, while the batch is still being written
+    assert not in_batch.done()
+    gate.set()
+    await closing
+    assert await in_batch == "written"
+    assert rows(path) == ["in the batch"]
+    with pytest.raises(RuntimeError):  # the store is closed: no more writes
+        await db.run_write(insert("late"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from sqlalchemy import Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from gateway.store.tables import new_id
+from gateway.ids import new_id
 
 
 class IntegrationCredentialRow(SQLModel, table=True):

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from gateway.ids import new_id
 from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
@@ -24,7 +25,6 @@ from gateway.store.tables import (
     InboxRow,
     MessageRow,
     SessionRow,
-    new_id,
     utcnow,
 )
 from gateway.types import SessionChannel, UserInfo

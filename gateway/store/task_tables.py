@@ -15,7 +15,8 @@ from sqlalchemy import JSON, Column, DateTime, Index, Text, delete, func, or_, u
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, SQLModel, col, select
 
-from gateway.store.tables import LeaseRow, SessionRow, new_id, utcnow
+from gateway.ids import new_id
+from gateway.store.tables import LeaseRow, SessionRow, utcnow
 from gateway.store.transactions import Transactions
 
 CLAIMABLE = ("pending", "scheduled", "retry")
