@@ -110,6 +110,9 @@ class DatabaseSettings(Section):
     url: str = "sqlite+aiosqlite:///chatgate-data/chatgate.db"
     echo: bool = False
     pool_size: int = Field(10, ge=1)
+    sqlite_writes: Literal["loop", "thread"] = "loop"
+    """Where SQLite's write transactions run: on the event loop (fastest, for a local disk) or on
+    a thread of their own (for a disk whose writes can take milliseconds: a network file system)."""
 
     @field_validator("url")
     @classmethod

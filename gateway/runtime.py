@@ -109,7 +109,10 @@ class Gateway:
         self.settings = settings
         self.role: Role = role
         """``all`` (``chatgate run``), ``web`` or ``worker``: what this process does (module doc)."""
-        self.store = Store(settings.database.url, echo=settings.database.echo, pool_size=settings.database.pool_size)
+        self.store = Store(
+            settings.database.url, echo=settings.database.echo, pool_size=settings.database.pool_size,
+            sqlite_writes=settings.database.sqlite_writes,
+        )
         self.bus: Bus = RedisBus(settings.redis.url) if settings.redis.url else LocalBus()
         self.dispatcher = Dispatcher(
             self.store,

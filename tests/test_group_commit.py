@@ -1,13 +1,16 @@
 """Group commit on SQLite (``gateway.store.group_commit``): concurrent writes share one
 transaction, and nobody hears of a write before the COMMIT that holds it.
 
-On a real SQLite file, read back through a connection of the test's own; the last test kills a
-real process with SIGKILL while a batch is written and not yet committed.
+Both places a batch is written are tested: the event loop (``database.sqlite_writes = "loop"``,
+the default) and the writer thread (``"thread"``, and where the loop's batches go when the
+database is busy). On a real SQLite file, read back through a connection of the test's own; two
+tests kill a real process with SIGKILL while a batch is written and not yet committed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -16,16 +19,17 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine, event
 from sqlalchemy.exc import IntegrityError
 
 from gateway.store.database import Database
-from gateway.store.group_commit import StoreClosed
+from gateway.store.group_commit import CHECKPOINT_EVERY, StoreClosed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,8 +50,13 @@ def insert(key: str, then: Any = None) -> Any:
     return work
 
 
-async def open_database(path: Path) -> Database:
-    db = Database(f"sqlite+aiosqlite:///{path}")
+WRITER_THREAD = "chatgate-sqlite-write"
+
+both_places = pytest.mark.parametrize("writes", ["loop", "thread"])
+
+
+async def open_database(path: Path, writes: str = "loop") -> Database:
+    db = Database(f"sqlite+aiosqlite:///{path}", sqlite_writes=writes)  # type: ignore[arg-type]
     await db.open()
     await db.run_write(lambda conn: conn.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY)"))
     return db
@@ -67,8 +76,27 @@ async def hold_the_writer(db: Database) -> tuple[asyncio.Task[Any], threading.Ev
     return task, gate
 
 
+@contextlib.asynccontextmanager
+async def one_batch(db: Database, writes: str) -> AsyncIterator[None]:
+    """The writes started in the block share one batch. On the thread, they queue behind a batch
+    that holds the writer until the block ends; on the loop, the writes started in one turn of
+    the loop share the batch written at its end (so the block must not await)."""
+    if writes == "loop":
+        yield
+        return
+    held, gate = await hold_the_writer(db)
+    yield
+    await asyncio.sleep(0.02)  # every write of the block is queued
+    gate.set()
+    await held
+
+
+def thread_name(names: list[str]) -> Any:
+    return lambda _conn: names.append(threading.current_thread().name)
+
+
 async def test_concurrent_writes_share_one_transaction(tmp_path):
-    db = await open_database(tmp_path / "g.db")
+    db = await open_database(tmp_path / "g.db", "thread")
     try:
         held, gate = await hold_the_writer(db)
         connections: list[Connection] = []
@@ -85,9 +113,36 @@ async def test_concurrent_writes_share_one_transaction(tmp_path):
         await db.close()
 
 
-async def test_no_caller_hears_of_its_write_before_the_commit(tmp_path):
+async def test_on_the_loop_the_writes_of_one_turn_of_the_loop_share_a_transaction(tmp_path):
+    """One batch, written on the loop's thread; inside it, nobody has been answered yet and no
+    other connection sees its rows."""
     path = tmp_path / "g.db"
     db = await open_database(path)
+    try:
+        connections: list[Connection] = []
+        names: list[str] = []
+        seen_by_last: dict[str, Any] = {}
+
+        def last(conn: Connection) -> None:
+            seen_by_last["answered"] = [task.done() for task in tasks]
+            seen_by_last["committed"] = rows(path)
+
+        tasks = [asyncio.ensure_future(db.run_write(insert(f"k{i}", connections.append))) for i in range(10)]
+        tasks.append(asyncio.ensure_future(db.run_write(insert("z", last))))
+        tasks.append(asyncio.ensure_future(db.run_write(thread_name(names))))
+        await asyncio.gather(*tasks)
+        assert [task.result() for task in tasks[:11]] == [f"k{i}" for i in range(10)] + ["z"]
+        assert len({id(conn) for conn in connections}) == 1
+        assert names == [threading.current_thread().name]  # not handed to a thread
+        assert seen_by_last == {"answered": [False] * 12, "committed": []}
+        assert rows(path) == sorted([f"k{i}" for i in range(10)] + ["z"])
+    finally:
+        await db.close()
+
+
+async def test_no_caller_hears_of_its_write_before_the_commit(tmp_path):
+    path = tmp_path / "g.db"
+    db = await open_database(path, "thread")
     try:
         held, gate = await hold_the_writer(db)
         inside_second, release_second = threading.Event(), threading.Event()
@@ -115,25 +170,23 @@ async def test_no_caller_hears_of_its_write_before_the_commit(tmp_path):
         await db.close()
 
 
-async def test_a_failing_write_is_rolled_back_alone(tmp_path):
+@both_places
+async def test_a_failing_write_is_rolled_back_alone(tmp_path, writes):
     path = tmp_path / "g.db"
-    db = await open_database(path)
+    db = await open_database(path, writes)
     try:
         await db.run_write(insert("taken"))
-        held, gate = await hold_the_writer(db)
 
         def fail(conn: Connection) -> None:
             raise ValueError("the handler's own bug")
 
-        tasks = [
-            asyncio.ensure_future(db.run_write(insert("a"))),
-            asyncio.ensure_future(db.run_write(insert("b", fail))),  # wrote "b", then raised
-            asyncio.ensure_future(db.run_write(insert("taken"))),  # a duplicate key
-            asyncio.ensure_future(db.run_write(insert("d"))),
-        ]
-        await asyncio.sleep(0.02)
-        gate.set()
-        await held
+        async with one_batch(db, writes):
+            tasks = [
+                asyncio.ensure_future(db.run_write(insert("a"))),
+                asyncio.ensure_future(db.run_write(insert("b", fail))),  # wrote "b", then raised
+                asyncio.ensure_future(db.run_write(insert("taken"))),  # a duplicate key
+                asyncio.ensure_future(db.run_write(insert("d"))),
+            ]
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         assert outcomes[0] == "a" and outcomes[3] == "d"
         assert isinstance(outcomes[1], ValueError)
@@ -143,23 +196,21 @@ async def test_a_failing_write_is_rolled_back_alone(tmp_path):
         await db.close()
 
 
-async def test_a_failed_commit_fails_every_caller_of_its_batch_and_stores_nothing(tmp_path):
+@both_places
+async def test_a_failed_commit_fails_every_caller_of_its_batch_and_stores_nothing(tmp_path, writes):
     path = tmp_path / "g.db"
-    db = await open_database(path)
+    db = await open_database(path, writes)
     try:
         await db.run_write(lambda conn: conn.exec_driver_sql(
             "CREATE TABLE child (k TEXT PRIMARY KEY, parent TEXT REFERENCES t (k))"))
-        held, gate = await hold_the_writer(db)
 
         def orphan(conn: Connection) -> None:
             # A foreign key checked at COMMIT (not at the statement): the COMMIT itself fails.
             conn.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
             conn.exec_driver_sql("INSERT INTO child (k, parent) VALUES ('c', 'nobody')")
 
-        tasks = [asyncio.ensure_future(db.run_write(insert("a"))), asyncio.ensure_future(db.run_write(orphan))]
-        await asyncio.sleep(0.02)
-        gate.set()
-        await held
+        async with one_batch(db, writes):
+            tasks = [asyncio.ensure_future(db.run_write(insert("a"))), asyncio.ensure_future(db.run_write(orphan))]
         outcomes = await asyncio.gather(*tasks, return_exceptions=True)
         assert all(isinstance(outcome, IntegrityError) for outcome in outcomes), outcomes
         assert rows(path) == []
@@ -169,17 +220,16 @@ async def test_a_failed_commit_fails_every_caller_of_its_batch_and_stores_nothin
         await db.close()
 
 
-async def test_a_write_cancelled_before_its_batch_began_is_not_run(tmp_path):
+@both_places
+async def test_a_write_cancelled_before_its_batch_began_is_not_run(tmp_path, writes):
     path = tmp_path / "g.db"
-    db = await open_database(path)
+    db = await open_database(path, writes)
     try:
-        held, gate = await hold_the_writer(db)
-        cancelled = asyncio.ensure_future(db.run_write(insert("cancelled")))
-        kept = asyncio.ensure_future(db.run_write(insert("kept")))
-        await asyncio.sleep(0.02)
-        cancelled.cancel()
-        gate.set()
-        await held
+        async with one_batch(db, writes):
+            cancelled = asyncio.ensure_future(db.run_write(insert("cancelled")))
+            kept = asyncio.ensure_future(db.run_write(insert("kept")))
+            # After both asked for their write (in the next turn of the loop), before the batch.
+            asyncio.get_running_loop().call_soon(cancelled.cancel)
         assert await kept == "kept"
         with pytest.raises(asyncio.CancelledError):
             await cancelled
@@ -192,7 +242,7 @@ CHILD = textwrap.dedent("""
     import asyncio, pathlib, sys, threading, time
     from gateway.store.database import Database
 
-    path = pathlib.Path(sys.argv[1])
+    path, writes = pathlib.Path(sys.argv[1]), sys.argv[2]
 
     def insert(key, then=None):
         def work(conn):
@@ -202,14 +252,17 @@ CHILD = textwrap.dedent("""
         return work
 
     async def main():
-        db = Database(f"sqlite+aiosqlite:///{path}")
+        db = Database(f"sqlite+aiosqlite:///{path}", sqlite_writes=writes)
         await db.open()
         await db.run_write(lambda conn: conn.exec_driver_sql("CREATE TABLE t (k TEXT PRIMARY KEY)"))
         await db.run_write(insert("before"))
         print("acked before", flush=True)
         inside, gate = threading.Event(), threading.Event()
-        held = asyncio.ensure_future(db.run_write(lambda conn: (inside.set(), gate.wait(30))))
-        await asyncio.to_thread(inside.wait, 10)
+        if writes == "thread":  # "a" and "b" queue behind a batch that holds the writer thread
+            held = asyncio.ensure_future(db.run_write(lambda conn: (inside.set(), gate.wait(30))))
+            await asyncio.to_thread(inside.wait, 10)
+        else:  # on the loop, writes asked for in one turn of the loop share a batch
+            held = asyncio.ensure_future(asyncio.sleep(0))
 
         async def write(key, then=None):
             await db.run_write(insert(key, then))
@@ -220,18 +273,21 @@ CHILD = textwrap.dedent("""
             time.sleep(60)
 
         tasks = [asyncio.ensure_future(write("a")), asyncio.ensure_future(write("b", stop_inside_the_transaction))]
-        await asyncio.sleep(0.05)
-        gate.set()
+        if writes == "thread":
+            await asyncio.sleep(0.05)
+            gate.set()
         await asyncio.gather(held, *tasks)
 
     asyncio.run(main())
 """)
 
 
-def test_killed_between_write_and_commit_nothing_is_acknowledged_or_stored(tmp_path):
+@both_places
+def test_killed_between_write_and_commit_nothing_is_acknowledged_or_stored(tmp_path, writes):
     path = tmp_path / "g.db"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), writes], stdout=subprocess.PIPE, text=True,
+                             env=env)
     try:
         deadline = time.monotonic() + 30
         while not (tmp_path / "written").exists():
@@ -348,7 +404,7 @@ async def test_killed_under_load_every_answered_turn_is_stored_and_nothing_runs_
 
 async def test_closing_lets_the_batch_being_written_commit_and_refuses_the_rest(tmp_path):
     path = tmp_path / "g.db"
-    db = await open_database(path)
+    db = await open_database(path, "thread")
     inside, gate = threading.Event(), threading.Event()
 
     def writing(conn: Connection) -> str:
@@ -372,3 +428,88 @@ async def test_closing_lets_the_batch_being_written_commit_and_refuses_the_rest(
     assert rows(path) == ["in the batch"]
     with pytest.raises(RuntimeError):  # the store is closed: no more writes
         await db.run_write(insert("late"))
+
+
+async def test_on_the_loop_closing_refuses_the_batch_not_yet_written(tmp_path):
+    path = tmp_path / "g.db"
+    db = await open_database(path)
+    waiting = asyncio.ensure_future(db.run_write(insert("waiting")))
+    closing = asyncio.ensure_future(db.close())  # in the same turn of the loop, before the batch
+    with pytest.raises(StoreClosed):
+        await waiting
+    await closing
+    assert rows(path) == []
+
+
+async def test_on_the_loop_a_busy_database_is_waited_for_on_the_writer_thread(tmp_path):
+    """Another process holds SQLite's write lock: the loop does not wait for it (its connection
+    has no busy timeout); the batch waits on the writer thread, and the next is on the loop again."""
+    path = tmp_path / "g.db"
+    db = await open_database(path)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO t (k) VALUES ('other')")
+        names: list[str] = []
+        mine = asyncio.ensure_future(db.run_write(insert("mine", thread_name(names))))
+        # Had the loop waited on the lock, this sleep would end only after the busy timeout,
+        # and "mine" would have failed by then.
+        await asyncio.sleep(0.2)
+        assert not mine.done() and names == []
+        other.execute("COMMIT")
+        assert await mine == "mine"
+        assert names == [WRITER_THREAD]
+        assert await db.run_write(insert("next", thread_name(names))) == "next"
+        assert names == [WRITER_THREAD, threading.current_thread().name]
+        assert rows(path) == ["mine", "next", "other"]
+    finally:
+        other.close()
+        await db.close()
+
+
+async def test_on_the_loop_a_write_waits_for_the_async_engines_transaction(tmp_path):
+    """An ORM write of this process is inside its transaction (holding the write lock across
+    awaits): a batch asked for meanwhile runs after it, not beside it."""
+    path = tmp_path / "g.db"
+    db = await open_database(path)
+    try:
+        async with db.writing() as conn:
+            await conn.exec_driver_sql("INSERT INTO t (k) VALUES ('orm')")
+            mine = asyncio.ensure_future(db.run_write(insert("mine")))
+            await asyncio.sleep(0.05)
+            assert not mine.done()
+        assert await mine == "mine"
+        assert rows(path) == ["mine", "orm"]
+        assert await db.run_write(insert("after")) == "after"
+    finally:
+        await db.close()
+
+
+async def test_on_the_loop_the_wal_is_checkpointed_on_the_writer_thread(tmp_path):
+    """The loop's connection never checkpoints (an fsync would stall the loop); every
+    CHECKPOINT_EVERY commits, a passive checkpoint runs on the writer thread."""
+    path = tmp_path / "g.db"
+    statements: list[tuple[str, str]] = []
+
+    def trace(dbapi_connection: Any, _record: Any) -> None:
+        if not isinstance(dbapi_connection, sqlite3.Connection):  # the async engine's
+            return
+        dbapi_connection.set_trace_callback(
+            lambda sql: statements.append((threading.current_thread().name, sql)))
+
+    event.listen(Engine, "connect", trace)
+    try:
+        db = await open_database(path)
+        try:
+            for i in range(2 * CHECKPOINT_EVERY + 10):  # one batch each
+                await db.run_write(insert(f"k{i:04}"))
+            await asyncio.sleep(0.1)  # the last checkpoint's thread
+        finally:
+            await db.close()
+    finally:
+        event.remove(Engine, "connect", trace)
+    checkpoints = [name for name, sql in statements if "wal_checkpoint" in sql]
+    assert checkpoints == [WRITER_THREAD, WRITER_THREAD]
+    inserts = {name for name, sql in statements if sql.startswith("INSERT INTO t")}
+    assert inserts == {threading.current_thread().name}
+    assert len(rows(path)) == 2 * CHECKPOINT_EVERY + 10

@@ -24,6 +24,7 @@ from __future__ import annotations
 from gateway.store.database import Database
 from gateway.store.documents import DocumentQueries, KVQueries
 from gateway.store.files import FileQueries
+from gateway.store.group_commit import SqliteWrites
 from gateway.store.inbox import InboxQueries
 from gateway.store.leases import LeaseQueries
 from gateway.store.messages import MessageQueries
@@ -37,8 +38,10 @@ __all__ = ["FileRecord", "InboxEntry", "MessageRecord", "SessionRecord", "Store"
 
 
 class Store(Database):
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
-        super().__init__(url, echo=echo, pool_size=pool_size)
+    def __init__(
+        self, url: str, *, echo: bool = False, pool_size: int = 10, sqlite_writes: SqliteWrites = "loop"
+    ) -> None:
+        super().__init__(url, echo=echo, pool_size=pool_size, sqlite_writes=sqlite_writes)
         self.users = UserQueries(self)
         self.sessions = SessionQueries(self)
         self.messages = MessageQueries(self)

@@ -1,7 +1,7 @@
 """The database a Store speaks to: the engine, its connections and its transactions.
 
-SQLite gets a synchronous twin of the engine: writes go to one writer thread, where concurrent
-ones share a transaction (``run_write``, ``gateway.store.group_commit``); reads go to a reader
+SQLite gets a synchronous twin of the engine: concurrent writes share a transaction, written on
+the event loop or on a writer thread (``run_write``, ``gateway.store.group_commit``); reads go to a reader
 thread (``run_read``), or run where they are asked for when they are a turn's own key lookups
 (``run_driver_read``). PostgreSQL goes through SQLAlchemy's async engine, and a turn's own
 statements through an asyncpg pool (``postgres_turns``). The query modules (``users``,
@@ -27,7 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 import gateway.store.schema  # noqa: F401  (every table, registered before the schema is made)
 from gateway.store.driver_thread import DriverThread
 from gateway.store.fence import Fence
-from gateway.store.group_commit import GroupCommit
+from gateway.store.group_commit import GroupCommit, SqliteWrites
 from gateway.store.postgres_turns import PostgresTurns
 
 T = TypeVar("T")
@@ -59,11 +59,14 @@ def _fenced(work: Callable[[Connection], T], fence: Fence) -> Callable[[Connecti
 
 
 class Database:
-    def __init__(self, url: str, *, echo: bool = False, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, pool_size: int = 10, sqlite_writes: SqliteWrites = "loop"
+    ) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         self._echo = echo
         self._pool_size = pool_size
+        self._sqlite_writes = sqlite_writes
         self._engine: AsyncEngine | None = None
         self._sync_engine: Engine | None = None
         self._writer: DriverThread | None = None
@@ -124,6 +127,8 @@ class Database:
         running the whole transaction in one hop to a thread of our own is several times faster,
         and concurrent writes share that hop and their COMMIT (``gateway.store.group_commit``).
         Writes keep going through ``_write_lock``, so SQLite still sees one writer at a time.
+        With ``sqlite_writes = "loop"`` the batches are written on the event loop itself, and the
+        thread takes only those that find the database busy, and the WAL's checkpoints.
         """
         self._sync_engine = create_engine(
             f"sqlite:///{path}", echo=self._echo, connect_args={"check_same_thread": False}
@@ -133,7 +138,9 @@ class Database:
         self._writer = DriverThread("chatgate-sqlite-write")
         # One reader thread: measured, more only contend for the GIL (bench/web_echo.py).
         self._reader = DriverThread("chatgate-sqlite-read")
-        self._group_commit = GroupCommit(self._sync_engine, self._writer, self._write_lock)
+        self._group_commit = GroupCommit(
+            self._sync_engine, self._writer, self._write_lock, on_loop=self._sqlite_writes == "loop"
+        )
 
     async def run_write(self, work: Callable[[Connection], T], fence: Fence | None = None) -> T:
         """Run ``work(connection)`` in one write transaction, in one hop; with a ``fence``, only

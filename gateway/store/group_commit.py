@@ -3,9 +3,23 @@
 A turn writes three or four times (record the event and the user's message, store the reply,
 mark the event done). Run one by one, each write is a hop to the writer thread and back, a
 ``BEGIN``, a ``COMMIT`` and a wake-up of the event loop, and on a busy gateway that hand-off
-costs more CPU than the SQL itself (bench/README.md). Here the writes that arrive while a batch
-is being written wait for the next one and go to the writer thread together: one hop, one
-transaction, one ``COMMIT`` for all of them.
+costs more CPU than the SQL itself (bench/README.md). Here the writes asked for in one turn of
+the event loop (or, on the writer thread, while a batch is being written) share one transaction
+and one ``COMMIT``.
+
+Where a batch is written:
+
+- **On the event loop** (the default, ``database.sqlite_writes = "loop"``). A local SQLite
+  file in WAL mode with ``synchronous=NORMAL`` commits into the page cache and the WAL file
+  without an fsync: a batch takes tens of microseconds, less than handing it to a thread and
+  back (bench/README.md measured 20-25 % of a turn's CPU). What could stall the loop does not
+  run there: the loop's connection never waits for a lock (``busy_timeout = 0``; a batch that
+  finds another connection writing goes to the writer thread, which waits its turn), and it
+  never checkpoints (a passive checkpoint, with its fsync, runs on the writer thread every
+  ``CHECKPOINT_EVERY`` commits).
+- **On the writer thread** (``database.sqlite_writes = "thread"``, for a database on a disk
+  whose writes can take milliseconds, such as a network file system; and for the batches
+  above that find the database busy).
 
 What does not change:
 
@@ -24,9 +38,11 @@ What does not change:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sqlite3
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
@@ -36,12 +52,25 @@ from gateway.store.driver_thread import DriverThread
 T = TypeVar("T")
 Work = Callable[[Connection], Any]
 Outcome = tuple[bool, Any]  # (True, the work's result) or (False, the exception it raised)
+SqliteWrites = Literal["loop", "thread"]
+"""Where batches are written: ``database.sqlite_writes`` (see the module's docstring)."""
 
 MAX_BATCH = 128
 """At most this many writes share a transaction: a batch holds up the first caller's answer
 until the last of its writes is done (about 30-100 us each)."""
 
+log = logging.getLogger("chatgate.store")
+
 SAVEPOINT = "chatgate_write"
+
+CHECKPOINT_EVERY = 250
+"""Commits on the event loop between two passive checkpoints on the writer thread. A turn's
+batch adds a few pages to the WAL; SQLite's own automatic checkpoint (which the loop's connection
+does not run) comes at 1000 pages."""
+
+
+class _DatabaseBusy(Exception):
+    """``BEGIN IMMEDIATE`` on the loop's connection found another connection writing."""
 
 
 class StoreClosed(RuntimeError):
@@ -49,7 +78,8 @@ class StoreClosed(RuntimeError):
 
 
 class GroupCommit:
-    """Runs ``Connection`` work in shared write transactions on one writer thread.
+    """Runs ``Connection`` work in shared write transactions, on the event loop or on the writer
+    thread (``on_loop``).
 
     ``engine``'s connections must be in SQLite's autocommit mode (``isolation_level=None`` on
     the driver connection): the transactions here are begun, savepointed and committed
@@ -58,12 +88,19 @@ class GroupCommit:
     wrote meanwhile).
     """
 
-    def __init__(self, engine: Engine, writer: DriverThread, lock: asyncio.Lock) -> None:
+    def __init__(self, engine: Engine, writer: DriverThread, lock: asyncio.Lock, *, on_loop: bool = True) -> None:
         self._engine = engine
         self._writer = writer
         self._lock = lock
+        self._on_loop = on_loop
         self._pending: list[tuple[Work, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        """Writes batches on the writer thread, one after another, while there are any."""
+        self._scheduled: asyncio.Handle | None = None
+        """Writes the pending batch on the event loop at the end of this turn of the loop."""
+        self._loop_connection: Connection | None = None
+        self._commits_on_loop = 0
+        self._checkpoint: asyncio.Future[None] | None = None
         self._closed = False
 
     async def run(self, work: Callable[[Connection], T]) -> T:
@@ -73,59 +110,176 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append((work, future))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush(), name="chatgate-group-commit")
+        if self._flusher is None and self._scheduled is None:
+            if self._on_loop:
+                self._scheduled = loop.call_soon(self._flush_on_loop)
+            else:
+                self._flusher = loop.create_task(self._flush(), name="chatgate-group-commit")
         return await future
 
     async def close(self) -> None:
         """Let the batch being written finish; writes not yet begun fail with ``StoreClosed``."""
         self._closed = True
+        if self._scheduled is not None:
+            self._scheduled.cancel()
+            self._scheduled = None
         pending, self._pending = self._pending, []
         for _, future in pending:
             if not future.done():
                 future.set_exception(StoreClosed("the store closed before this write began"))
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._checkpoint is not None:
+            await asyncio.gather(self._checkpoint, return_exceptions=True)
+        self._drop_loop_connection()
+
+    def _next_batch(self) -> list[tuple[Work, asyncio.Future[Any]]]:
+        batch = self._pending[:MAX_BATCH]
+        del self._pending[:MAX_BATCH]
+        # A caller cancelled before its batch began asked for nothing: as with a write still
+        # queued for the writer thread, it is not run.
+        return [(work, future) for work, future in batch if not future.cancelled()]
+
+    # -- on the event loop ----------------------------------------------------------------
+
+    def _flush_on_loop(self) -> None:
+        """Write what is pending, on the loop; what finds the database busy goes to the thread."""
+        self._scheduled = None
+        if self._closed or self._flusher is not None:  # the thread's batches go first, in order
+            return
+        # Another writer of this process is inside a transaction (an ORM write awaiting the
+        # async engine): the thread waits for it.
+        while self._pending and not self._lock.locked():
+            batch = self._next_batch()
+            if not batch:
+                continue
+            try:
+                outcomes = self._write_on_loop([work for work, _ in batch])
+            except _DatabaseBusy:  # another process writes: nothing of the batch ran
+                self._pending[:0] = batch
+                break
+            _settle_outcomes(batch, outcomes)
+        if self._pending:  # to the writer thread, which waits for the lock (or the other process)
+            self._flusher = asyncio.get_running_loop().create_task(self._flush(), name="chatgate-group-commit")
+
+    def _write_on_loop(self, works: list[Work]) -> list[Outcome]:
+        """One transaction for ``works`` on the loop's connection; raises ``_DatabaseBusy``
+        (nothing run) when another connection holds the write lock."""
+        try:
+            conn = self._connection_on_loop()
+            driver = conn.connection.dbapi_connection
+            assert driver is not None
+            driver.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+                raise _DatabaseBusy from error
+            self._drop_loop_connection()
+            return [(False, _as_sqlalchemy_error(error))] * len(works)
+        except Exception as error:  # no connection (the file cannot be opened): the next batch tries again
+            self._drop_loop_connection()
+            return [(False, _as_sqlalchemy_error(error))] * len(works)
+        try:
+            outcomes = _commit(conn, driver, works)
+        finally:
+            if conn.in_transaction():  # an ORM work's own view of the transaction committed above
+                conn.rollback()  # (the driver is in autocommit mode again: nothing is rolled back)
+        self._commits_on_loop += 1
+        if self._commits_on_loop >= CHECKPOINT_EVERY and self._checkpoint is None:
+            self._commits_on_loop = 0
+            self._checkpoint = self._writer.run(self._passive_checkpoint)
+            self._checkpoint.add_done_callback(self._checkpointed)
+        return outcomes
+
+    def _connection_on_loop(self) -> Connection:
+        if self._loop_connection is None:
+            conn = self._engine.connect()
+            driver = conn.connection.dbapi_connection
+            assert driver is not None
+            driver.execute("PRAGMA busy_timeout = 0")
+            driver.execute("PRAGMA wal_autocheckpoint = 0")
+            self._loop_connection = conn
+        return self._loop_connection
+
+    def _drop_loop_connection(self) -> None:
+        if self._loop_connection is not None:
+            # Not back to the pool: its busy_timeout and checkpoint settings are the loop's own.
+            with contextlib.suppress(Exception):
+                self._loop_connection.invalidate()
+                self._loop_connection.close()
+            self._loop_connection = None
+
+    def _passive_checkpoint(self) -> None:
+        """On the writer thread: copy what the WAL holds into the database, as far as readers
+        allow, without waiting for anyone (``PRAGMA wal_checkpoint(PASSIVE)``)."""
+        with self._engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        self._checkpoint = None
+        if not done.cancelled() and (error := done.exception()) is not None:
+            log.warning("checkpointing the SQLite WAL failed (the next one tries again): %s", error)
+
+    # -- on the writer thread -------------------------------------------------------------
 
     async def _flush(self) -> None:
+        """Write the pending batches in order, each once the write lock is free: on the writer
+        thread, or (``on_loop``) on the loop unless the database is busy, after which the loop's
+        own path takes the rest."""
         loop = asyncio.get_running_loop()
         try:
             while self._pending:
-                batch = self._pending[:MAX_BATCH]
-                del self._pending[:MAX_BATCH]
-                # A caller cancelled before its batch began asked for nothing: as with a write
-                # still queued for the writer thread, it is not run.
-                batch = [(work, future) for work, future in batch if not future.cancelled()]
+                batch = self._next_batch()
                 if not batch:
                     continue
                 async with self._lock:
-                    written = self._writer.run(self._write, [work for work, _ in batch])
+                    works = [work for work, _ in batch]
+                    if self._on_loop:
+                        try:
+                            outcomes = self._write_on_loop(works)
+                        except _DatabaseBusy:  # another process writes: the thread waits for it
+                            pass
+                        else:
+                            _settle_outcomes(batch, outcomes)
+                            break
+                    written = self._writer.run(self._write, works)
                     written.add_done_callback(lambda done, batch=batch: _settle(batch, done))  # type: ignore[misc]
                     # Shielded: if this task is cancelled (the loop shuts down) the batch is still
                     # written and its callers still get their outcomes from the callback.
                     await asyncio.shield(written)
         finally:
             self._flusher = None
-            if self._pending and not self._closed:  # arrived as this task was being cancelled
-                self._flusher = loop.create_task(self._flush(), name="chatgate-group-commit")
+            if self._pending and not self._closed:  # arrived meanwhile, or as this task was cancelled
+                if self._on_loop:
+                    if self._scheduled is None:
+                        self._scheduled = loop.call_soon(self._flush_on_loop)
+                else:
+                    self._flusher = loop.create_task(self._flush(), name="chatgate-group-commit")
 
     def _write(self, works: list[Work]) -> list[Outcome]:
         """On the writer thread: one transaction for ``works``, each in its own savepoint."""
         with self._engine.connect() as conn:
             driver = conn.connection.dbapi_connection
             assert driver is not None
-            driver.execute("BEGIN IMMEDIATE")
             try:
-                outcomes = _run_each(conn, driver, works)
-                if driver.in_transaction:  # not when a lone work failed and rolled it back
-                    driver.execute("COMMIT")
-            except BaseException as error:  # the COMMIT (or the connection) failed: nothing stored
-                if driver.in_transaction:
-                    driver.execute("ROLLBACK")
-                if not isinstance(error, Exception):
-                    raise
+                driver.execute("BEGIN IMMEDIATE")  # waits up to the engine's busy_timeout
+            except sqlite3.Error as error:
                 return [(False, _as_sqlalchemy_error(error))] * len(works)
-            return outcomes
+            return _commit(conn, driver, works)
+
+
+def _commit(conn: Connection, driver: Any, works: list[Work]) -> list[Outcome]:
+    """Inside ``BEGIN IMMEDIATE``: run ``works``, each in its own savepoint, and commit."""
+    try:
+        outcomes = _run_each(conn, driver, works)
+        if driver.in_transaction:  # not when a lone work failed and rolled it back
+            driver.execute("COMMIT")
+    except BaseException as error:  # the COMMIT (or the connection) failed: nothing stored
+        if driver.in_transaction:
+            driver.execute("ROLLBACK")
+        if not isinstance(error, Exception):
+            raise
+        return [(False, _as_sqlalchemy_error(error))] * len(works)
+    return outcomes
 
 
 def _run_each(conn: Connection, driver: Any, works: list[Work]) -> list[Outcome]:
@@ -158,13 +312,18 @@ def _as_sqlalchemy_error(error: Exception) -> Exception:
 
 
 def _settle(batch: list[tuple[Work, asyncio.Future[Any]]], done: asyncio.Future[list[Outcome]]) -> None:
-    """Hand each caller of a committed (or failed) batch its own outcome."""
+    """Hand each caller of a batch committed (or failed) on the writer thread its own outcome."""
     if done.cancelled():
         outcomes: list[Outcome] = [(False, StoreClosed("the write was cancelled"))] * len(batch)
     elif (error := done.exception()) is not None:
         outcomes = [(False, error)] * len(batch)
     else:
         outcomes = done.result()
+    _settle_outcomes(batch, outcomes)
+
+
+def _settle_outcomes(batch: list[tuple[Work, asyncio.Future[Any]]], outcomes: list[Outcome]) -> None:
+    """Hand each caller of a committed (or failed) batch its own outcome."""
     for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
         if future.done():  # its caller was cancelled meanwhile: the write stands, nobody waits
             continue
