@@ -513,3 +513,23 @@ async def test_on_the_loop_the_wal_is_checkpointed_on_the_writer_thread(tmp_path
     inserts = {name for name, sql in statements if sql.startswith("INSERT INTO t")}
     assert inserts == {threading.current_thread().name}
     assert len(rows(path)) == 2 * CHECKPOINT_EVERY + 10
+
+
+async def test_on_the_loop_a_turns_reads_use_the_connection_that_wrote(tmp_path):
+    """Reads on the loop's thread go to the loop's write connection (its page cache holds what
+    it wrote; any other connection's was emptied by that write); another thread reads on a
+    connection of its own."""
+    db = await open_database(tmp_path / "g.db")
+    try:
+        writers: list[Any] = []
+        await db.run_write(insert("k", lambda conn: writers.append(conn.connection.dbapi_connection)))
+
+        def read(driver: sqlite3.Connection) -> tuple[sqlite3.Connection, list[Any]]:
+            return driver, driver.execute("SELECT k FROM t").fetchall()
+
+        driver, found = await db.run_driver_read(read)
+        assert driver is writers[0] and found == [("k",)]
+        elsewhere, found = await asyncio.to_thread(lambda: asyncio.run(db.run_driver_read(read)))
+        assert elsewhere is not writers[0] and found == [("k",)]
+    finally:
+        await db.close()

@@ -176,9 +176,14 @@ class Database:
         A turn's own reads (its session and user, the turn's messages) are key lookups in a local
         file's page cache: tens of microseconds, less than handing them to a thread and back
         costs; and with one GIL a thread would not run them beside the event loop anyway. WAL
-        readers never wait for the writer. Anything bigger goes through ``run_read``."""
+        readers never wait for the writer. Anything bigger goes through ``run_read``.
+
+        On the event loop's thread, with the batches written there, the read goes to the loop's
+        own write connection (``GroupCommit.reading_driver``)."""
         if self._sync_engine is None:
             raise RuntimeError("no driver reads on this database (see Database.has_driver)")
+        if self._group_commit is not None and (driver := self._group_commit.reading_driver()) is not None:
+            return work(driver)
         return work(self._driver_of_this_thread())
 
     def _driver_of_this_thread(self) -> sqlite3.Connection:

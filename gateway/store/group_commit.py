@@ -99,6 +99,7 @@ class GroupCommit:
         self._scheduled: asyncio.Handle | None = None
         """Writes the pending batch on the event loop at the end of this turn of the loop."""
         self._loop_connection: Connection | None = None
+        self._loop_of_connection: asyncio.AbstractEventLoop | None = None
         self._commits_on_loop = 0
         self._checkpoint: asyncio.Future[None] | None = None
         self._closed = False
@@ -190,6 +191,23 @@ class GroupCommit:
             self._checkpoint.add_done_callback(self._checkpointed)
         return outcomes
 
+    def reading_driver(self) -> sqlite3.Connection | None:
+        """The loop's own connection, for a read on the loop's thread between two batches; None
+        elsewhere (another thread, or batches written on the thread).
+
+        SQLite empties a connection's page cache whenever another connection has written since
+        its last read, as one always has on a busy gateway: a turn's key lookups on a reader
+        connection went to the file for every page (a twelfth of a REST turn, py-spy). The
+        connection that wrote those pages still has them."""
+        if not self._on_loop or self._closed:
+            return None
+        loop = asyncio._get_running_loop()
+        if loop is None or self._loop_of_connection not in (None, loop):  # another thread's loop
+            return None
+        driver = self._connection_on_loop().connection.dbapi_connection
+        assert isinstance(driver, sqlite3.Connection)
+        return None if driver.in_transaction else driver
+
     def _connection_on_loop(self) -> Connection:
         if self._loop_connection is None:
             conn = self._engine.connect()
@@ -198,6 +216,7 @@ class GroupCommit:
             driver.execute("PRAGMA busy_timeout = 0")
             driver.execute("PRAGMA wal_autocheckpoint = 0")
             self._loop_connection = conn
+            self._loop_of_connection = asyncio._get_running_loop()
         return self._loop_connection
 
     def _drop_loop_connection(self) -> None:
