@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Protocol
 from aiohttp import web
 
 from gateway.approvals import ApprovalDesk
-from gateway.bus import Bus, SubscriberOverflow
+from gateway.bus import Bus, SubscriberOverflow, Subscription
 from gateway.chats import ChatCatalog
 from gateway.config import Settings
 from gateway.dispatch import UnknownSession
@@ -48,7 +48,8 @@ __all__ = [
     "ChatCatalog", "FileRecord", "FileRejected", "FileStore", "GatewayContext", "Grant", "Inbound", "InboundRecord",
     "LeaseStore", "Limits", "MessageRecord", "MessageRef", "Outbox", "PlatformUser", "SessionChannel",
     "SessionDirectory", "SessionRecord", "Settings", "SharedBudgetUnavailable", "SharedBudgets", "SharedWindow",
-    "StreamSink", "SubscriberOverflow", "UnknownSession", "id_instant", "platform_call", "socket_opened",
+    "StreamSink", "SubscriberOverflow", "Subscription", "UnknownSession", "id_instant", "platform_call",
+    "socket_opened",
 ]
 
 

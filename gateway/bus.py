@@ -65,7 +65,8 @@ class Subscription:
 
     def listen(self, listener: Callable[[], None] | None) -> None:
         """Call ``listener()`` each time a frame, the end or the cut-off arrives (synchronously,
-        from the publisher: it must only schedule the reading, never raise); ``None`` stops it."""
+        from the publisher: it must be quick, schedule anything that waits, and never raise);
+        ``None`` stops it."""
         self._listener = listener
 
     def ready(self) -> bool:

@@ -1,8 +1,9 @@
 """A burst of more than ``SUBSCRIBER_BUFFER`` frames (issue 13 item 3): a reader the bus cuts off
 is told so and catches up from the store instead of going silent.
 
-The widget socket is closed with 4408 and a reconnect resumes from the store; REST answers with
-the stored reply (not 504); an SSE stream finishes from the store; the log says it once.
+The widget socket is closed with 4408 and a reconnect resumes from the store; an SSE stream
+finishes from the store; the log says it once. A REST turn reads its frames as they are
+published, so it is never cut off; when Redis drops its subscription, it answers from the store.
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ async def test_a_socket_that_falls_behind_is_closed_with_4408_and_resumes_from_t
     assert len(overflow_lines(caplog)) == 1
 
 
-async def test_rest_send_message_answers_with_the_stored_reply_after_an_overflow(local_gw, caplog):
+async def test_rest_send_message_takes_a_burst_as_it_comes(local_gw, caplog):
+    """The REST turn's watch reads each frame when the bus publishes it (``Subscription.listen``),
+    so a burst past the buffer never cuts it off: the answer comes from the frames it saw."""
     async with aiohttp.ClientSession(headers={"X-API-Key": KEY}) as http:
         url = f"{base_url(local_gw)}/api/v1/chat/sessions"
         async with http.post(url, json={"agent_id": "default"}) as response:
@@ -139,7 +142,42 @@ async def test_rest_send_message_answers_with_the_stored_reply_after_an_overflow
             body = (await response.json())["data"]
         assert body["assistant_message"]["content"] == "after the burst"
         assert body["content"] == "after the burst"
-    assert len(overflow_lines(caplog)) == 1
+    assert overflow_lines(caplog) == []
+
+
+@pytest.mark.redis
+async def test_rest_send_message_answers_from_the_store_when_the_bus_drops(tmp_path, redis_url):
+    """Redis drops the turn's subscription mid-turn (a restart, the network): events published
+    meanwhile are gone, so the POST learns the turn's end from the store, with its reply."""
+    from tests.test_bus import REDIS_HOST, REDIS_PORT, TcpProxy
+
+    started, release = asyncio.Event(), asyncio.Event()
+    app = gateway.App("dropping-bot")
+
+    @app.message()
+    async def slow(session: gateway.Session, msg: gateway.Message) -> None:
+        started.set()
+        await release.wait()
+        await session.reply("echo: " + msg.text)
+
+    proxy = TcpProxy(REDIS_HOST, REDIS_PORT)
+    await proxy.start()
+    try:
+        async with running_gateway(app, tmp_path, web={"api_keys": [KEY]}, redis={"url": proxy.url}) as gw, \
+                aiohttp.ClientSession(headers={"X-API-Key": KEY}) as http:
+            url = f"{base_url(gw)}/api/v1/chat/sessions"
+            async with http.post(url, json={"agent_id": "default"}) as response:
+                session = (await response.json())["data"]
+            posted = asyncio.create_task(http.post(f"{url}/{session['id']}/messages", json={"content": "hello"}))
+            await asyncio.wait_for(started.wait(), 10)
+            proxy.cut()
+            release.set()
+            async with await posted as response:
+                assert response.status == 201, await response.text()
+                body = (await response.json())["data"]
+        assert body["assistant_message"]["content"] == "echo: hello"
+    finally:
+        await proxy.close()
 
 
 async def test_an_sse_stream_finishes_from_the_store_after_an_overflow(local_gw, caplog):

@@ -122,3 +122,28 @@ async def test_a_turn_whose_end_is_seen_before_submit_returns_settles_with_its_o
     turn.submitted.set()
     assert turn.settle() and turn.error is None and turn.told_all
     assert [m["id"] for m in turn.replies] == ["m1", "m2"]
+
+
+async def test_a_turn_that_outlives_its_post_is_joined_and_no_subscription_is_left(tmp_path):
+    """The first POST stops waiting at ``send_timeout``; the turn is still watched, so a re-POST
+    joins it and gets its reply. Once the turns are over, nothing is subscribed to the session."""
+    from adapters.web.outbox import session_topic
+
+    calls: list[str] = []
+    release = asyncio.Event()
+    settings = {"web": {"api_keys": [KEY], "send_timeout": 0.2, "dedup_window": 60}}
+    async with running_gateway(counting_app(calls, release), tmp_path, **settings) as gw, \
+            aiohttp.ClientSession() as http:
+        session_id = await new_session(http, base_url(gw))
+        quick = await post(http, base_url(gw), session_id, "quick")
+        assert quick["assistant_message"]["content"] == "echo: quick"
+        first = await post(http, base_url(gw), session_id, "slow one")
+        assert first["assistant_message"] is None  # send_timeout passed: the user message alone
+        repeat = asyncio.create_task(post(http, base_url(gw), session_id, "slow one"))
+        await asyncio.sleep(0.1)
+        release.set()
+        again = await repeat
+        assert calls == ["quick", "slow one"]  # the re-POST joined the turn
+        assert again["execution_id"] == first["execution_id"]
+        assert again["assistant_message"]["content"] == "echo: slow one"
+        await until(lambda: session_topic(session_id) not in gw.bus._topics)

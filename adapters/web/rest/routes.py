@@ -35,7 +35,7 @@ from .paging import page_offset, pagination
 from .sse import SSEWriter
 from .sse_turn import TurnStreamer
 from .told import told_reply, told_user_message
-from .turns import RestTurns, content_digest
+from .turns import RestTurn, RestTurns, content_digest
 
 log = logging.getLogger("chatgate.web.rest")
 
@@ -270,22 +270,19 @@ class RestApi:
             repeat_window=self.ctx.settings.web.dedup_window,
         )
 
-    async def _submit(self, record: KnownSession, caller: Caller, content: str) -> Any:
+    async def _submit(self, record: KnownSession, caller: Caller, content: str) -> tuple[RestTurn, bool]:
         digest = content_digest(caller.owner_key, record.id, content)
         try:
-            turn, _joined = await self.turns.submit(
-                digest, record.id, lambda: self._inbound(record, caller, content, digest)
-            )
+            return await self.turns.submit(digest, record.id, lambda: self._inbound(record, caller, content, digest))
         except LookupError:  # the session was deleted meanwhile (the core's UnknownSession)
             self.owners.forget(record.id)
             raise not_found() from None
-        return turn
 
     async def send_message(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         record = await self._message_target(request, caller)
         content = await self._content(request)
-        turn = await self._submit(record, caller, content)
-        ended = await turn.wait_ended(self.ctx.settings.web.send_timeout)
+        turn, joined = await self._submit(record, caller, content)
+        ended = await self.turns.wait(turn, joined, self.ctx.settings.web.send_timeout)
         if ended and turn.error == errors.SESSION_DELETED:
             raise not_found("the session was deleted before the bot answered")
         if ended and turn.error in (errors.HANDLER_ERROR, errors.TIMEOUT):

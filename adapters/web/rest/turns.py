@@ -4,9 +4,12 @@ The PromptRails SDK re-POSTs ``send_message`` when its request times out or gets
 same content arriving again for the same session while its turn runs (or within
 ``web.dedup_window`` seconds after) joins the first turn instead of running the handler twice.
 
-Each turn is watched by a background task subscribed to the session's bus topic *before* the
-message is submitted, so its ``turn_end`` cannot be missed, and every request that cares (the
+Each turn is watched through a subscription to the session's bus topic, entered *before* the
+message is submitted so its ``turn_end`` cannot be missed, and every request that cares (the
 first POST, its retries) waits on the same :class:`RestTurn`, whatever happens to the others.
+No task waits on the subscription: the bus calls the watch when an event arrives
+(``Subscription.listen``), and the POST that made the turn leaves the subscription once the turn
+is over. Only a turn that outlives that POST (it timed out) gets a task to see it end.
 A retry that lands on another process (or on this one after a restart) is recognised by the
 store: the message is recorded with its content digest as a repeat key, and the core answers a
 repeat within the window with the first turn's id, whose end this process then learns from the
@@ -29,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from adapters.base import Inbound, SubscriberOverflow
+from adapters.base import Inbound, SubscriberOverflow, Subscription
 
 from ..context import WebContext
 from ..outbox import session_topic
@@ -68,12 +71,18 @@ class RestTurn:
     """Inbound id -> ``turn_end`` seen on the session's topic (until submit returns, any turn's)."""
     _said: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """Inbound id -> the assistant messages published for that turn, likewise."""
+    on_end: Callable[[], None] | None = None
+    """Called once when the turn is over (``RestTurns`` starts counting its dedup window)."""
+    watch: _Watch | None = None
+    """The turn's subscription, until the POST that made it releases it (``RestTurns.wait``)."""
 
     def finish(self, error: str | None) -> None:
         if not self.ended.is_set():
             self.error = error
             self.ended_at = time.monotonic()
             self.ended.set()
+            if self.on_end is not None:
+                self.on_end()
 
     def observe(self, event: dict[str, Any]) -> None:
         """Take in one event of the session's topic; finishes the turn on its ``turn_end``."""
@@ -132,7 +141,8 @@ class RestTurns:
     async def submit(self, digest: str, session_id: str, make_inbound: Callable[[], Inbound]) -> tuple[RestTurn, bool]:
         """Run a turn for this content, or join the identical one still running or just ended.
 
-        Returns the turn and whether it was joined (a duplicate POST).
+        Returns the turn and whether it was joined (a duplicate POST). The caller that did not
+        join owns the turn's watch: it waits with :meth:`wait`, which also releases the watch.
         """
         self._forget_old()
         existing = self._recent.get(digest)
@@ -140,75 +150,75 @@ class RestTurns:
             await existing.wait_submitted()
             return existing, True
         turn = RestTurn(session_id, self._ctx.turn_ledger.process)
+        turn.on_end = lambda: self._ended.append((digest, turn))
         self._recent[digest] = turn  # claimed before any await: a concurrent duplicate joins it
-        ready = asyncio.Event()
-        watcher = self._ctx.core.spawn(self._watch(digest, turn, ready), name=f"chatgate-web-turn-{session_id}")
+        watch: _Watch | None = None
         try:
-            await ready.wait()
+            joining = self._ctx.core.bus.subscribe(session_topic(session_id))
+            watch = _Watch(self, turn, joining, await joining.__aenter__())
             inbound = make_inbound()
             accepted = await self._ctx.core.submit(inbound)
         except BaseException as exc:
             turn.failure = exc
             turn.submitted.set()
-            watcher.cancel()
             self._recent.pop(digest, None)
+            if watch is not None:
+                await watch.leave()
             raise
         turn.inbound_id = accepted.inbound_id
         turn.joined = accepted.duplicate
         if inbound.message is not None and not accepted.duplicate:
             turn.message_id = inbound.message.id  # the core stored it with the event, under this id
         turn.submitted.set()
-        if turn.settle():  # its turn_end came while it was being submitted
-            watcher.cancel()
-        elif turn.joined:
-            self._ctx.core.spawn(self._ask_store(turn, watcher), name=f"chatgate-web-repeat-{session_id}")
+        turn.watch = watch
+        if not turn.settle():  # its turn_end may have come while it was being submitted
+            watch.wake()  # what arrived meanwhile
+            if not turn.ended.is_set() and turn.joined:
+                self._ctx.core.spawn(self._ask_store(turn), name=f"chatgate-web-repeat-{session_id}")
         return turn, accepted.duplicate
 
-    async def _ask_store(self, turn: RestTurn, watcher: asyncio.Task[None]) -> None:
+    async def wait(self, turn: RestTurn, joined: bool, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the turn's end; True when it ended. The POST that
+        made the turn (``joined`` false) then leaves its watch, or hands it to a task when the
+        turn goes on."""
+        try:
+            return await turn.wait_ended(timeout)
+        finally:
+            if not joined and (watch := turn.watch) is not None:
+                turn.watch = None
+                if turn.ended.is_set():
+                    await watch.leave()
+                else:
+                    self._ctx.core.spawn(self._outlive(turn, watch), name=f"chatgate-web-turn-{turn.session_id}")
+
+    async def _outlive(self, turn: RestTurn, watch: _Watch) -> None:
+        """Keep watching a turn its POST stopped waiting for, so a re-POST can still join it,
+        until it ends or runs past the handler timeout (and a grace)."""
+        timeout = self._ctx.settings.dispatch.handler_timeout
+        limit = timeout + WATCH_GRACE_SECONDS if timeout else UNBOUNDED_WATCH_SECONDS
+        try:
+            if not await turn.wait_ended(limit):
+                log.warning("turn %s: no turn_end after %.0fs; stopped waiting", turn.inbound_id, limit)
+                turn.finish("timeout")
+        finally:
+            await watch.leave()
+
+    async def _ask_store(self, turn: RestTurn) -> None:
         """A repeat of a turn recorded earlier may be over already (no ``turn_end`` will come),
         or still running somewhere (its ``turn_end`` comes on the bus)."""
         done, error = await turn_outcome(self._ctx.core.sessions, turn.inbound_id, 0)
-        if done and not turn.ended.is_set():
+        if done:
             turn.finish(error)
-            watcher.cancel()
 
-    async def _watch(self, digest: str, turn: RestTurn, ready: asyncio.Event) -> None:
-        timeout = self._ctx.settings.dispatch.handler_timeout
-        limit = timeout + WATCH_GRACE_SECONDS if timeout else UNBOUNDED_WATCH_SECONDS
-        deadline = time.monotonic() + limit
-        try:
-            try:
-                await self._watch_bus(turn, ready, limit)
-            except (SubscriberOverflow, ConnectionError):
-                # Cut off by the bus (a burst of frames, a lost connection): the turn goes on,
-                # its end is in the store.
-                ready.set()
-                await turn.submitted.wait()
-                if turn.failure is None and not turn.ended.is_set():
-                    remaining = deadline - time.monotonic()
-                    done, error = await turn_outcome(self._ctx.core.sessions, turn.inbound_id, remaining)
-                    turn.finish(error if done else "timeout")
-        finally:
-            ready.set()
-            if not turn.ended.is_set() and turn.failure is None:
-                turn.finish("timeout")
-            if turn.ended.is_set():
-                self._ended.append((digest, turn))
-
-    async def _watch_bus(self, turn: RestTurn, ready: asyncio.Event, limit: float) -> None:
-        """Feed the session's events to ``turn`` until its ``turn_end`` (``submit`` settles a
-        turn whose end came before it returned, and stops this watcher then)."""
-        async with self._ctx.core.bus.subscribe(session_topic(turn.session_id)) as events:
-            ready.set()
-            try:
-                async with asyncio.timeout(limit):
-                    async for event in events:
-                        turn.observe(event)
-                        if turn.ended.is_set():
-                            return
-            except TimeoutError:
-                log.warning("turn %s: no turn_end after %.0fs; stopped waiting", turn.inbound_id, limit)
-        turn.finish("timeout")  # waited too long, or the bus closed
+    async def _from_store(self, turn: RestTurn) -> None:
+        """The bus cut the watch off (a burst of frames, a lost connection): the turn goes on,
+        and its end is in the store."""
+        await turn.submitted.wait()
+        if turn.failure is None and not turn.ended.is_set():
+            timeout = self._ctx.settings.dispatch.handler_timeout
+            limit = timeout + WATCH_GRACE_SECONDS if timeout else UNBOUNDED_WATCH_SECONDS
+            done, error = await turn_outcome(self._ctx.core.sessions, turn.inbound_id, limit)
+            turn.finish(error if done else "timeout")
 
     def _forget_old(self) -> None:
         window = self._ctx.settings.web.dedup_window
@@ -220,3 +230,43 @@ class RestTurns:
             self._ended.popleft()
             if self._recent.get(digest) is turn:
                 del self._recent[digest]
+
+
+class _Watch:
+    """One turn's subscription to its session's events, read when the bus says there is
+    something to read: ``wake`` feeds them to the turn until its ``turn_end``."""
+
+    __slots__ = ("_events", "_joining", "_left", "_turn", "_turns")
+
+    def __init__(self, turns: RestTurns, turn: RestTurn, joining: Any, events: Subscription) -> None:
+        self._turns, self._turn = turns, turn
+        self._joining, self._events = joining, events
+        self._left = False
+        events.listen(self.wake)
+
+    def wake(self) -> None:
+        """Called by the publisher (synchronously): take in what arrived; never raises."""
+        turn, events = self._turn, self._events
+        try:
+            while not turn.ended.is_set() and events.ready():
+                event = events.read_ready()
+                if event is None:  # the bus closed: no end will come
+                    turn.finish("timeout")
+                    break
+                turn.observe(event)
+        except (SubscriberOverflow, ConnectionError):
+            events.listen(None)
+            self._turns._ctx.core.spawn(self._turns._from_store(turn), name=f"chatgate-web-turn-{turn.session_id}")
+        except Exception:
+            events.listen(None)
+            log.exception("watching REST turn %s failed", turn.inbound_id)
+            turn.finish("timeout")
+        if turn.ended.is_set():
+            events.listen(None)
+
+    async def leave(self) -> None:
+        """Leave the subscription (once)."""
+        if not self._left:
+            self._left = True
+            self._events.listen(None)
+            await self._joining.__aexit__(None, None, None)
