@@ -52,14 +52,24 @@ class StoredHistory:
         limit: int,
         *,
         exclude_inbound: str | None = None,
+        before_id: str | None = None,
+        fetched: Callable[[], list[MessageRecord]] | None = None,
     ) -> None:
+        """``before_id`` and ``fetched``: the cut-off and its rows, when they were read with the
+        session (``SessionQueries.turn_context_and_history``, see ``rows_to_fetch``)."""
         self._messages = messages
         self._session_id = session_id
         self._channel_type = channel_type
         self._limit = limit
         self._exclude_inbound = exclude_inbound
-        self._before_id = new_id()
-        self._fetched: Callable[[], list[MessageRecord]] | None = None
+        self._before_id = new_id() if before_id is None else before_id
+        self._fetched = fetched
+
+    @staticmethod
+    def rows_to_fetch(limit: int, *, in_turn: bool) -> int:
+        """How many stored messages a history of ``limit`` reads: one more in a turn, where the
+        current user message is among them, then left out."""
+        return limit + 1 if in_turn and limit > 0 else limit
 
     @property
     def reads_now(self) -> bool:
@@ -90,8 +100,7 @@ class StoredHistory:
 
     @property
     def _fetch(self) -> int:
-        # One more than the limit in a turn: the current user message is among them, then left out.
-        return self._limit + 1 if self._exclude_inbound is not None else self._limit
+        return self.rows_to_fetch(self._limit, in_turn=self._exclude_inbound is not None)
 
     def _select(self, records: list[MessageRecord]) -> list[Message]:
         excluded = self._exclude_inbound

@@ -28,6 +28,7 @@ from gateway.context import (
 from gateway.conversation import Conversation
 from gateway.dispatch import WorkItem
 from gateway.history import StoredHistory
+from gateway.ids import new_id
 from gateway.inbound import Inbound
 from gateway.metrics import GatewayMetrics
 from gateway.outbound import Outbox
@@ -116,7 +117,11 @@ class TurnRunner:
         rt = self.rt
         inbound = item.inbound
         fence = item.fence
-        context = await rt.store.sessions.turn_context(item.session_id)
+        history_limit = rt.settings.dispatch.history_limit
+        history_before = new_id()  # the history is what was stored before the turn's Session
+        context = await rt.store.sessions.turn_context_and_history(
+            item.session_id, history_before, StoredHistory.rows_to_fetch(history_limit, in_turn=True)
+        )
         if context is None:  # deleted while the event waited
             await rt.store.inbox.set_status(item.inbox_id, "done", "session deleted", fence=fence)
             outbox = rt.outbox_for(inbound.channel, item.session_id, turn=item.inbox_id)
@@ -125,7 +130,7 @@ class TurnRunner:
             rt.metrics.turn_ended(inbound.channel.type, SESSION_DELETED, received_at=item.received_at,
                                   handler_seconds=None)
             return
-        record, user = context
+        record, user, history_rows = context
         if address_key(record.channel) is not None:
             # A platform conversation (a group, a channel thread) has many speakers: the user of
             # this turn is whoever sent the event, not whoever spoke first.
@@ -139,9 +144,9 @@ class TurnRunner:
             rt.metrics.turn_ended(record.channel.type, "failed", received_at=item.received_at, handler_seconds=None)
             return
         message = self._bind_attachments(inbound)
-        history = StoredHistory(rt.store.messages, record.id, record.channel.type, rt.settings.dispatch.history_limit,
-                                exclude_inbound=item.inbox_id)
-        await history.prefetch()  # PostgreSQL: the rows now, decoded if the handler reads them
+        history = StoredHistory(rt.store.messages, record.id, record.channel.type, history_limit,
+                                exclude_inbound=item.inbox_id, before_id=history_before, fetched=history_rows)
+        await history.prefetch()  # when not read with the session: the rows now, decoded if the handler reads them
         session = Session(
             record.id,
             user,

@@ -240,3 +240,32 @@ async def test_a_finished_claim_is_taken_over_while_another_contents_claim_is_li
     assert not other.duplicate  # live: pending
     taken = await store.inbox.record(session_id, "c3", "message", {}, user_text="same", repeat=("digest", 60.0))
     assert not taken.duplicate and taken.id != first.id
+
+
+async def test_the_session_user_and_history_in_one_statement_read_as_the_three_reads_do(stores) -> None:
+    """``turn_context_and_history`` on asyncpg (one statement) against ``turn_context`` and
+    ``history`` on the ORM path: the same session, user and messages, the cut-off and the limit
+    respected; a session with no messages, one whose user is gone and one that does not exist."""
+    raw, orm = stores
+    assert raw.postgres_turns is not None
+    session_id = await _session(orm, title="t", metadata={"k": ["v", 1]})
+    context = await raw.sessions.turn_context_and_history(session_id, "7ZZZZZZZZZZZZZZZZZZZZZZZZZ", 50)
+    assert context is not None and context[2] is not None  # no messages yet
+    assert (context[0], context[1]) == await orm.sessions.turn_context(session_id) and context[2]() == []
+
+    written = await _add_all(orm, session_id, "turn-1") + await _add_all(orm, session_id, "turn-2")
+    cut_off = written[7].id  # messages 0..6 are before it
+    for limit in (1, 3, 50):
+        context = await raw.sessions.turn_context_and_history(session_id, cut_off, limit)
+        assert context is not None and context[2] is not None
+        assert (context[0], context[1]) == await orm.sessions.turn_context(session_id)
+        assert context[2]() == await orm.messages.history(session_id, cut_off, limit) == written[:7][-limit:]
+
+    async with orm.engine.begin() as conn:  # the session's user is gone
+        await conn.execute(text("UPDATE sessions SET user_id = 'nobody' WHERE id = :id"), {"id": session_id})
+    context = await raw.sessions.turn_context_and_history(session_id, cut_off, 3)
+    assert context is not None and context[1] is None and len(context[2]()) == 3  # type: ignore[misc]
+    assert await raw.sessions.turn_context_and_history("01NOSUCHSESSION", cut_off, 3) is None
+    # Where the history is read on first use (SQLite; the ORM path), no rows come with the session.
+    context = await orm.sessions.turn_context_and_history(session_id, cut_off, 3)
+    assert context is not None and context[2] is None

@@ -64,6 +64,18 @@ SELECT_TURN_CONTEXT = (
     " FROM sessions LEFT JOIN users ON users.id = sessions.user_id WHERE sessions.id = $1"
 )
 """The session and its user in one round trip (a session whose user is gone reads ``None``)."""
+_MESSAGE_COLUMNS_OF_H = ", ".join(f"h.{column.strip()}" for column in _MESSAGE_COLUMNS.split(","))
+SELECT_TURN_CONTEXT_AND_HISTORY = (
+    f"SELECT {_SESSION_COLUMNS}, users.id, users.email, users.org_id, {_MESSAGE_COLUMNS_OF_H}"
+    " FROM sessions LEFT JOIN users ON users.id = sessions.user_id"
+    " LEFT JOIN LATERAL (SELECT * FROM messages WHERE messages.session_id = sessions.id AND messages.id < $2"
+    " ORDER BY messages.id DESC LIMIT $3) AS h ON true"
+    " WHERE sessions.id = $1"
+)
+"""The session, its user and its history (newest first) in one round trip: a row per message,
+or one row with no message. A handler that never reads its history still has it fetched (there
+is no synchronous read on PostgreSQL), but not in a round trip of its own."""
+_HISTORY_AT = 17  # where the message columns start in a row of SELECT_TURN_CONTEXT_AND_HISTORY
 SELECT_TURN = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE inbound_id = $1 AND session_id = $2 ORDER BY id"
 SELECT_HISTORY = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
@@ -306,6 +318,19 @@ class PostgresTurns:
             return None
         user = None if row[14] is None else UserInfo(row[14], row[15], row[16])
         return _session(row), user
+
+    async def turn_context_and_history(
+        self, session_id: str, before_id: str, limit: int
+    ) -> tuple[SessionRecord, UserInfo | None, Callable[[], list[MessageRecord]]] | None:
+        """``turn_context`` and ``history_fetched`` in one statement."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(SELECT_TURN_CONTEXT_AND_HISTORY, session_id, before_id, limit)
+        if not rows:
+            return None
+        first = rows[0]
+        user = None if first[14] is None else UserInfo(first[14], first[15], first[16])
+        history = [row[_HISTORY_AT:] for row in rows if row[_HISTORY_AT] is not None]
+        return _session(first), user, lambda: [_message(row) for row in reversed(history)]
 
     # -- writes -------------------------------------------------------------------------------
 

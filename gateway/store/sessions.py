@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, update
@@ -14,7 +14,7 @@ from gateway.ids import new_id
 from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
-from gateway.store.records import SessionRecord
+from gateway.store.records import MessageRecord, SessionRecord
 from gateway.store.statements import (
     SELECT_SESSION,
     SELECT_USER,
@@ -73,6 +73,17 @@ class SessionQueries:
             return None if row is None else SessionRecord.from_mapping(row)
 
         return await self._db.run_read(work)
+
+    async def turn_context_and_history(
+        self, session_id: str, before_id: str, limit: int
+    ) -> tuple[SessionRecord, UserInfo | None, Callable[[], list[MessageRecord]] | None] | None:
+        """``turn_context``, and where the history cannot be read on first use (PostgreSQL: see
+        ``gateway.history``), the rows of ``MessageQueries.history_fetched`` in the same round
+        trip; ``None`` in their place elsewhere."""
+        if self._db.postgres_turns is not None and limit > 0:
+            return await self._db.postgres_turns.turn_context_and_history(session_id, before_id, limit)
+        context = await self.turn_context(session_id)
+        return None if context is None else (*context, None)
 
     async def turn_context(self, session_id: str) -> tuple[SessionRecord, UserInfo | None] | None:
         """What a turn needs, in one read: the session and its user (its history is read only
