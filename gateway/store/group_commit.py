@@ -192,19 +192,17 @@ class GroupCommit:
         return outcomes
 
     def reading_driver(self) -> sqlite3.Connection | None:
-        """The loop's own connection, for a read on the loop's thread between two batches; None
-        elsewhere (another thread, or batches written on the thread).
+        """The loop's own write connection, for a read on the loop's thread between two batches;
+        None elsewhere (another thread, or batches written on the thread).
 
         SQLite empties a connection's page cache whenever another connection has written since
         its last read, as one always has on a busy gateway: a turn's key lookups on a reader
         connection went to the file for every page (a twelfth of a REST turn, py-spy). The
         connection that wrote those pages still has them."""
-        if not self._on_loop or self._closed:
-            return None
-        loop = asyncio._get_running_loop()
-        if loop is None or self._loop_of_connection not in (None, loop):  # another thread's loop
-            return None
-        driver = self._connection_on_loop().connection.dbapi_connection
+        conn = self._loop_connection
+        if conn is None or self._closed or asyncio._get_running_loop() is not self._loop_of_connection:
+            return None  # nothing written on the loop yet, or another thread (its own loop)
+        driver = conn.connection.dbapi_connection
         assert isinstance(driver, sqlite3.Connection)
         return None if driver.in_transaction else driver
 

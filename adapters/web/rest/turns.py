@@ -155,7 +155,7 @@ class RestTurns:
         watch: _Watch | None = None
         try:
             joining = self._ctx.core.bus.subscribe(session_topic(session_id))
-            watch = _Watch(self, turn, joining, await joining.__aenter__())
+            watch = _Watch(turn, joining, await joining.__aenter__(), self._cut_off)
             inbound = make_inbound()
             accepted = await self._ctx.core.submit(inbound)
         except BaseException as exc:
@@ -210,6 +210,9 @@ class RestTurns:
         if done:
             turn.finish(error)
 
+    def _cut_off(self, turn: RestTurn) -> None:
+        self._ctx.core.spawn(self._from_store(turn), name=f"chatgate-web-turn-{turn.session_id}")
+
     async def _from_store(self, turn: RestTurn) -> None:
         """The bus cut the watch off (a burst of frames, a lost connection): the turn goes on,
         and its end is in the store."""
@@ -234,12 +237,15 @@ class RestTurns:
 
 class _Watch:
     """One turn's subscription to its session's events, read when the bus says there is
-    something to read: ``wake`` feeds them to the turn until its ``turn_end``."""
+    something to read: ``wake`` feeds them to the turn until its ``turn_end``. ``cut_off`` is
+    told when the bus cut the subscription off (its end must then come from the store)."""
 
-    __slots__ = ("_events", "_joining", "_left", "_turn", "_turns")
+    __slots__ = ("_cut_off", "_events", "_joining", "_left", "_turn")
 
-    def __init__(self, turns: RestTurns, turn: RestTurn, joining: Any, events: Subscription) -> None:
-        self._turns, self._turn = turns, turn
+    def __init__(
+        self, turn: RestTurn, joining: Any, events: Subscription, cut_off: Callable[[RestTurn], None]
+    ) -> None:
+        self._turn, self._cut_off = turn, cut_off
         self._joining, self._events = joining, events
         self._left = False
         events.listen(self.wake)
@@ -256,7 +262,7 @@ class _Watch:
                 turn.observe(event)
         except (SubscriberOverflow, ConnectionError):
             events.listen(None)
-            self._turns._ctx.core.spawn(self._turns._from_store(turn), name=f"chatgate-web-turn-{turn.session_id}")
+            self._cut_off(turn)
         except Exception:
             events.listen(None)
             log.exception("watching REST turn %s failed", turn.inbound_id)
