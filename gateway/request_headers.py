@@ -11,12 +11,12 @@ before any handler runs:
 - ``User-Agent`` and ``Referer`` (free text nobody here interprets) have the bytes replaced;
 - any other header that is not UTF-8 (``Origin``, ``Content-Type``, ``X-Capsule-Session-Id``...)
   is a 400 that names it.
+
+``readable_headers`` is called by the web app's one middleware (``gateway.server``), not a
+middleware of its own: a widget socket holds every middleware's frame for its whole life.
 """
 
 from __future__ import annotations
-
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -42,10 +42,9 @@ def _readable_cookies(value: str) -> str:
     return "; ".join(pair.strip() for pair in value.split(";") if is_text(pair) and pair.strip())
 
 
-@web.middleware
-async def undecodable_headers(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> Any:
+def readable_headers(request: web.Request) -> web.Request | web.Response:
+    """The request to handle (itself, or a clone with its headers cleaned), or the error response
+    to send instead."""
     cleaned: CIMultiDict[str] | None = None
     for name, value in request.headers.items():
         if is_text(value):
@@ -57,7 +56,7 @@ async def undecodable_headers(
             return _error(400, "bad_request", f"the {name} header is not valid UTF-8 text")
         cleaned = cleaned if cleaned is not None else CIMultiDict(request.headers)
     if cleaned is None:
-        return await handler(request)
+        return request
     headers: CIMultiDict[str] = CIMultiDict()
     for name, value in cleaned.items():
         if is_text(value):
@@ -67,4 +66,4 @@ async def undecodable_headers(
                 headers.add(name, readable)
         else:
             headers.add(name, value.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
-    return await handler(request.clone(headers=headers))
+    return request.clone(headers=headers)
