@@ -131,7 +131,7 @@ async def test_a_turn_that_outlives_its_post_is_joined_and_no_subscription_is_le
 
     calls: list[str] = []
     release = asyncio.Event()
-    settings = {"web": {"api_keys": [KEY], "send_timeout": 0.2, "dedup_window": 60}}
+    settings = {"web": {"api_keys": [KEY], "send_timeout": 1.0, "dedup_window": 60}}
     async with running_gateway(counting_app(calls, release), tmp_path, **settings) as gw, \
             aiohttp.ClientSession() as http:
         session_id = await new_session(http, base_url(gw))
