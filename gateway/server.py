@@ -71,22 +71,12 @@ def json_error(status: int, message: str, code: str | None = None, **extra: Any)
 
 
 @web.middleware
-async def json_errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
-    """Every error leaves as JSON, including aiohttp's own 404/405/413."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        return _as_json(request, exc)
-    except Exception:
-        return _internal_error(request)
-
-
-@web.middleware
 async def checked_requests(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> Any:
-    """``json_errors`` for requests whose headers are text (``gateway.request_headers``): one
-    middleware, so one suspended frame per open widget socket rather than two."""
+    """Requests whose headers are not text are refused (``gateway.request_headers``), and every
+    error leaves as JSON, including aiohttp's own 404/405/413. One middleware, so one suspended
+    frame per open widget socket rather than two."""
     try:
         checked = readable_headers(request)
         if isinstance(checked, web.Response):
@@ -136,7 +126,7 @@ def build_web_app(runtime: ServerHost) -> web.Application:
 
 def build_operations_app(runtime: ServerHost) -> web.Application:
     """The small app of a ``chatgate worker``: ``/healthz``, ``/readyz`` and ``/metrics`` only."""
-    web_app = web.Application(middlewares=[json_errors])
+    web_app = web.Application(middlewares=[checked_requests])
     web_app[RUNTIME_KEY] = runtime
     web_app.router.add_get("/healthz", healthz)
     mount_operations(web_app, runtime.operations)

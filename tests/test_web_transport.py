@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 import gateway
 from adapters.web.testing import base_url, running_gateway
@@ -290,3 +291,35 @@ async def test_one_address_cannot_hold_more_than_its_connection_cap(tmp_path, ca
             raise AssertionError("the closed socket's place was not freed")
         for _, held_writer in held:
             held_writer.close()
+
+
+async def test_the_workers_operations_app_refuses_such_headers_too():
+    """``chatgate worker``'s small app (``/healthz``, ``/readyz``, ``/metrics``) has the same one
+    middleware: a header that is not UTF-8 is a JSON 400, an unknown route a JSON 404."""
+    from gateway.server import checked_requests
+
+    async def metrics(_request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(middlewares=[checked_requests])
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async def ask(head: bytes) -> tuple[int, bytes]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(head + b"\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            raw = await reader.read()
+            writer.close()
+            return int(raw.split(b" ", 2)[1]), raw.partition(b"\r\n\r\n")[2]
+
+        status, body = await ask(b"GET /metrics HTTP/1.1\r\nOrigin: http://" + BAD)
+        assert status == 400 and json.loads(body)["error"]["code"] == "bad_request"
+        status, body = await ask(b"GET /nowhere HTTP/1.1")
+        assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+        assert (await ask(b"GET /metrics HTTP/1.1"))[0] == 200
+    finally:
+        await runner.cleanup()

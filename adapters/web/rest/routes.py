@@ -34,7 +34,7 @@ from .owners import KnownSession, SessionOwners
 from .paging import page_offset, pagination
 from .sse import SSEWriter
 from .sse_turn import TurnStreamer
-from .told import told_reply, told_user_message
+from .told import told_reply, told_user_message, user_message
 from .turns import RestTurn, RestTurns, content_digest
 
 log = logging.getLogger("chatgate.web.rest")
@@ -96,7 +96,7 @@ class RestApi:
                 response = await handler(request, self._authenticate(request))
             except WebError as exc:
                 return exc.response(headers)
-            except web.HTTPException:  # aiohttp's own (a stalled body's 408): JSON in json_errors
+            except web.HTTPException:  # aiohttp's own (a stalled body's 408): JSON in checked_requests
                 raise
             except Exception:
                 log.exception("%s %s failed", request.method, request.path)
@@ -353,11 +353,4 @@ class RestApi:
 
 def _pending_user_message(session_id: str, inbound_id: str, content: str) -> dict[str, Any]:
     """The user message of a turn still queued behind another (not stored yet)."""
-    return {
-        "id": inbound_id,
-        "session_id": session_id,
-        "role": "user",
-        "content": content,
-        "metadata": {"status": "queued"},
-        "created_at": now_rfc3339(),
-    }
+    return user_message(session_id, inbound_id, content, now_rfc3339(), {"status": "queued"})

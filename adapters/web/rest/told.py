@@ -16,13 +16,20 @@ from ..wire import id_rfc3339
 
 def told_user_message(session_id: str, message_id: str, content: str) -> dict[str, Any]:
     """The user message the core stored with the turn's inbound event, as ``chat_message`` shows it."""
+    return user_message(session_id, message_id, content, id_rfc3339(message_id), {})
+
+
+def user_message(
+    session_id: str, message_id: str, content: str, created_at: str, metadata: dict[str, Any]
+) -> dict[str, Any]:
+    """A user message in ``chat_message``'s shape."""
     return {
         "id": message_id,
         "session_id": session_id,
         "role": "user",
         "content": content,
-        "metadata": {},
-        "created_at": id_rfc3339(message_id),
+        "metadata": metadata,
+        "created_at": created_at,
     }
 
 
