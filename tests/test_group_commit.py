@@ -488,7 +488,7 @@ async def test_on_the_loop_a_write_waits_for_the_async_engines_transaction(tmp_p
 
 async def test_on_the_loop_the_wal_is_checkpointed_on_the_writer_thread(tmp_path):
     """The loop's connection never checkpoints (an fsync would stall the loop); every
-    CHECKPOINT_EVERY commits, a passive checkpoint runs on the writer thread."""
+    CHECKPOINT_EVERY commits, a checkpoint (passive, then restart) runs on the writer thread."""
     path = tmp_path / "g.db"
     statements: list[tuple[str, str]] = []
 
@@ -503,7 +503,7 @@ async def test_on_the_loop_the_wal_is_checkpointed_on_the_writer_thread(tmp_path
         db = await open_database(path)  # its CREATE TABLE is the first commit
 
         def checkpoints() -> list[str]:
-            return [name for name, sql in statements if "wal_checkpoint" in sql]
+            return [name for name, sql in statements if "wal_checkpoint(RESTART)" in sql]
 
         try:
             written = 1
@@ -518,6 +518,9 @@ async def test_on_the_loop_the_wal_is_checkpointed_on_the_writer_thread(tmp_path
     finally:
         event.remove(Engine, "connect", trace)
     assert checkpoints() == [WRITER_THREAD, WRITER_THREAD]
+    passes = [(name, sql) for name, sql in statements if "wal_checkpoint" in sql]
+    assert passes == [(WRITER_THREAD, "PRAGMA wal_checkpoint(PASSIVE)"),
+                      (WRITER_THREAD, "PRAGMA wal_checkpoint(RESTART)")] * 2
     inserts = {name for name, sql in statements if sql.startswith("INSERT INTO t")}
     assert inserts == {threading.current_thread().name}
     assert len(rows(path)) == 2 * CHECKPOINT_EVERY - 1
@@ -539,5 +542,66 @@ async def test_on_the_loop_a_turns_reads_use_the_connection_that_wrote(tmp_path)
         assert driver is writers[0] and found == [("k",)]
         elsewhere, found = await asyncio.to_thread(lambda: asyncio.run(db.run_driver_read(read)))
         assert elsewhere is not writers[0] and found == [("k",)]
+    finally:
+        await db.close()
+
+
+def wal_restarts(path: Path) -> int:
+    """How many times the WAL started over: its header's checkpoint sequence number."""
+    header = (path.parent / (path.name + "-wal")).read_bytes()[:16]
+    return int.from_bytes(header[12:16], "big")
+
+
+async def test_under_endless_writes_the_wal_starts_over_and_stays_small(tmp_path):
+    """The loop's batches never pause, as under load: each checkpoint still ends with the WAL
+    starting over from its beginning, so it stays the size of one round of commits. A checkpoint
+    that ran beside the writes (passive) never found the moment to start over: the WAL grew by
+    every commit, without end."""
+    path = tmp_path / "g.db"
+    db = await open_database(path)
+    await db.run_write(lambda conn: conn.exec_driver_sql("CREATE TABLE blobs (k INTEGER PRIMARY KEY, v BLOB)"))
+    frame = 24 + 4096  # a WAL frame: its header and a page
+    rounds = 6
+    commits = 0
+    try:
+        first = wal_restarts(path)
+        while commits < rounds * CHECKPOINT_EVERY:
+            # Two rows of most of a page each: every commit adds at least two frames to the WAL.
+            def work(conn: Connection, n: int = commits) -> None:
+                for row in (2 * n, 2 * n + 1):
+                    conn.exec_driver_sql("INSERT INTO blobs (k, v) VALUES (?, randomblob(3000))", (row,))
+
+            await db.run_write(work)
+            commits += 1
+            await asyncio.sleep(0.0005)  # about as often as a busy gateway commits
+        restarts = wal_restarts(path) - first
+        wal_size = (tmp_path / "g.db-wal").stat().st_size
+    finally:
+        await db.close()
+    assert restarts >= rounds - 1
+    # A WAL that never started over would hold every frame: at least two per commit. This one
+    # holds a round or two of them.
+    assert wal_size < 0.7 * commits * 2 * frame, wal_size
+
+
+async def test_every_connection_keeps_temporary_data_in_memory_and_caps_the_wal(tmp_path):
+    """SQLite's temporary tables and statement journals stay in memory (on a file they cost an
+    open and an unlink in /var/tmp every few turns), and a WAL that grew is cut back when it
+    starts over; on the loop's connection, the reader threads' and the async engine's alike."""
+    from gateway.store.database import WAL_SIZE_LIMIT
+
+    db = await open_database(tmp_path / "g.db")
+    try:
+        def pragmas(conn: Connection) -> tuple[int, int]:
+            return (conn.exec_driver_sql("PRAGMA temp_store").scalar_one(),
+                    conn.exec_driver_sql("PRAGMA journal_size_limit").scalar_one())
+
+        memory = 2  # PRAGMA temp_store: 0 default, 1 file, 2 memory
+        assert await db.run_write(pragmas) == (memory, WAL_SIZE_LIMIT)
+        assert await db.run_read(pragmas) == (memory, WAL_SIZE_LIMIT)
+        assert await db.run_driver_read(
+            lambda driver: tuple(driver.execute(sql).fetchone()[0]
+                                 for sql in ("PRAGMA temp_store", "PRAGMA journal_size_limit"))
+        ) == (memory, WAL_SIZE_LIMIT)
     finally:
         await db.close()

@@ -15,8 +15,8 @@ Where a batch is written:
   back (bench/README.md measured 20-25 % of a turn's CPU). What could stall the loop does not
   run there: the loop's connection never waits for a lock (``busy_timeout = 0``; a batch that
   finds another connection writing goes to the writer thread, which waits its turn), and it
-  never checkpoints (a passive checkpoint, with its fsync, runs on the writer thread every
-  ``CHECKPOINT_EVERY`` commits).
+  never checkpoints (the writer thread does, every ``CHECKPOINT_EVERY`` commits: see
+  ``GroupCommit._checkpoint``).
 - **On the writer thread** (``database.sqlite_writes = "thread"``, for a database on a disk
   whose writes can take milliseconds, such as a network file system; and for the batches
   above that find the database busy).
@@ -64,9 +64,9 @@ log = logging.getLogger("chatgate.store")
 SAVEPOINT = "chatgate_write"
 
 CHECKPOINT_EVERY = 250
-"""Commits on the event loop between two passive checkpoints on the writer thread. A turn's
-batch adds a few pages to the WAL; SQLite's own automatic checkpoint (which the loop's connection
-does not run) comes at 1000 pages."""
+"""Commits on the event loop between two checkpoints on the writer thread. A batch adds about
+17 pages to the WAL under load (bench/README.md), so the WAL stays near 250 x 17 pages (17 MB);
+SQLite's own automatic checkpoint (which the loop's connection does not run) comes at 1000 pages."""
 
 
 class _DatabaseBusy(Exception):
@@ -187,7 +187,7 @@ class GroupCommit:
         self._commits_on_loop += 1
         if self._commits_on_loop >= CHECKPOINT_EVERY and self._checkpoint is None:
             self._commits_on_loop = 0
-            self._checkpoint = self._writer.run(self._passive_checkpoint)
+            self._checkpoint = self._writer.run(self._checkpoint_wal)
             self._checkpoint.add_done_callback(self._checkpointed)
         return outcomes
 
@@ -225,11 +225,25 @@ class GroupCommit:
                 self._loop_connection.close()
             self._loop_connection = None
 
-    def _passive_checkpoint(self) -> None:
-        """On the writer thread: copy what the WAL holds into the database, as far as readers
-        allow, without waiting for anyone (``PRAGMA wal_checkpoint(PASSIVE)``)."""
+    def _checkpoint_wal(self) -> None:
+        """On the writer thread: copy what the WAL holds into the database, and have the next
+        write start the WAL over from its beginning.
+
+        SQLite starts the WAL over only when a write begins with every frame already copied. A
+        checkpoint that runs beside the loop's writes (``PASSIVE``) never sees that moment under
+        load, since commits keep adding frames while it copies: the WAL grew without end (280 MB
+        after 10,000 turns of bench/web_echo.py, with every write extending the file). So:
+
+        1. ``PASSIVE`` copies the bulk while the loop goes on writing;
+        2. ``RESTART`` then holds writers off while it copies the few frames added meanwhile (and
+           syncs), and waits for readers to leave the WAL. The loop's batches that find the
+           database busy meanwhile go to this thread, behind the checkpoint (milliseconds).
+
+        ``journal_size_limit`` (``gateway.store.database``) cuts a WAL that grew past it (a long
+        reader held a checkpoint back) when it starts over."""
         with self._engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(RESTART)").fetchall()
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
         self._checkpoint = None
