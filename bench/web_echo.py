@@ -95,7 +95,7 @@ async def _serve_chatgate(conn: Any, data_dir: str, database: str | None) -> Non
     import gateway
     from adapters.web.adapter import WebAdapter
     from adapters.web.testing import web_settings
-    from gateway.heap import freeze_startup_objects
+    from gateway.heap import tune_collector_after_startup
     from gateway.runtime import Gateway
 
     logging.basicConfig(level=logging.WARNING)
@@ -115,7 +115,7 @@ async def _serve_chatgate(conn: Any, data_dir: str, database: str | None) -> Non
     settings = web_settings(data_dir, **overrides)
     gw = Gateway(app, settings, adapters=[WebAdapter(settings)])
     await gw.start()
-    freeze_startup_objects()  # as chatgate run does (gateway/heap.py)
+    tune_collector_after_startup()  # as chatgate run does (gateway/heap.py)
     conn.send(gw.port)
     await asyncio.get_running_loop().run_in_executor(None, conn.recv)
     await gw.stop()

@@ -91,13 +91,13 @@ def configure_logging(settings: Settings) -> None:
 
 
 async def _serve(app: Any, settings: Settings, role: str = "all") -> None:
-    from gateway.heap import freeze_startup_objects
+    from gateway.heap import tune_collector_after_startup
     from gateway.runtime import Gateway, as_role
 
     started = time.perf_counter()
     gateway = Gateway(app, settings, role=as_role(role))
     await gateway.start()
-    frozen = freeze_startup_objects()
+    frozen = tune_collector_after_startup()
     ready = time.perf_counter() - started
     log.debug("%d objects of start-up frozen for the garbage collector (gateway.heap)", frozen)
     for line in gateway.describe():

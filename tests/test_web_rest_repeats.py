@@ -147,3 +147,36 @@ async def test_a_turn_that_outlives_its_post_is_joined_and_no_subscription_is_le
         assert again["execution_id"] == first["execution_id"]
         assert again["assistant_message"]["content"] == "echo: slow one"
         await until(lambda: session_topic(session_id) not in gw.bus._topics)
+
+
+async def test_turns_kept_for_the_window_hold_nothing_of_their_own_and_go_without_the_collector(tmp_path):
+    """A turn over is kept ``dedup_window`` seconds (thousands of them on a busy gateway): it keeps
+    its answer, shares one set flag with every other turn over instead of two events of its own,
+    and holds no callback back to itself, so reference counting frees it once the window passed;
+    the cyclic collector is not needed (it is switched off here)."""
+    import gc
+    import weakref
+
+    from adapters.web.adapter import WebAdapter
+    from adapters.web.rest.turns import OVER
+
+    calls: list[str] = []
+    async with running_gateway(counting_app(calls), tmp_path, web={"api_keys": [KEY], "dedup_window": 0.3}) as gw, \
+            aiohttp.ClientSession() as http:
+        (web,) = [adapter for adapter in gw._adapters if isinstance(adapter, WebAdapter)]
+        session_id = await new_session(http, base_url(gw))
+        gc.disable()
+        try:
+            answers = [await post(http, base_url(gw), session_id, f"question {n}") for n in range(3)]
+            kept = list(web.rest.turns._recent.values())
+            assert len(kept) == 3
+            assert all(turn.ended is OVER and turn.submitted is OVER and turn.on_end is None for turn in kept)
+            assert [turn.replies[0]["text"] for turn in kept] == [f"echo: question {n}" for n in range(3)]
+            gone = [weakref.ref(turn) for turn in kept]
+            del kept
+            await asyncio.sleep(0.5)
+            await post(http, base_url(gw), session_id, "later")  # forgets the turns past their window
+            assert [ref() for ref in gone] == [None, None, None]
+        finally:
+            gc.enable()
+        assert [a["assistant_message"]["content"] for a in answers] == [f"echo: question {n}" for n in range(3)]

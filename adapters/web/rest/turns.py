@@ -46,7 +46,24 @@ UNBOUNDED_WATCH_SECONDS = 6 * 3600.0
 """The watch limit when handlers have no timeout (``dispatch.handler_timeout = 0``)."""
 
 
-@dataclass
+def _set_flag() -> asyncio.Event:
+    flag = asyncio.Event()
+    flag.set()
+    return flag
+
+
+OVER = _set_flag()
+"""The ``submitted`` and ``ended`` of every turn that is over: a set ``Event`` binds no loop and
+queues no waiter, so one serves them all.
+
+An ended turn is kept ``web.dedup_window`` seconds for a re-POST to join: 15,000 of them at
+1,500 turns/s. With two events of its own each (an object, a dict and a waiter deque apiece)
+and a reference cycle through ``on_end``, they were most of what the garbage collector walked
+on a busy gateway: a full collection took 45-55 ms, 5 % of the CPU (``gc.callbacks``,
+bench/README.md)."""
+
+
+@dataclass(slots=True, weakref_slot=True)
 class RestTurn:
     session_id: str
     process: str = ""
@@ -80,9 +97,13 @@ class RestTurn:
         if not self.ended.is_set():
             self.error = error
             self.ended_at = time.monotonic()
-            self.ended.set()
-            if self.on_end is not None:
-                self.on_end()
+            self.ended.set()  # wakes its waiters; the shared flag takes its place (see OVER)
+            self.ended = OVER
+            if self.submitted.is_set():
+                self.submitted = OVER
+            on_end, self.on_end = self.on_end, None
+            if on_end is not None:
+                on_end()
 
     def observe(self, event: dict[str, Any]) -> None:
         """Take in one event of the session's topic; finishes the turn on its ``turn_end``."""
@@ -170,6 +191,8 @@ class RestTurns:
         if inbound.message is not None and not accepted.duplicate:
             turn.message_id = inbound.message.id  # the core stored it with the event, under this id
         turn.submitted.set()
+        if turn.ended.is_set():  # over before it was submitted (the bus closed)
+            turn.submitted = OVER
         turn.watch = watch
         if not turn.settle():  # its turn_end may have come while it was being submitted
             watch.wake()  # what arrived meanwhile
