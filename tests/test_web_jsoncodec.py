@@ -1,5 +1,6 @@
-"""adapters/web/jsoncodec.py: the socket frames and SSE lines orjson writes are the text ``json``
-wrote (key order, non-ASCII as UTF-8, escapes), for any JSON value; NaN never goes out."""
+"""adapters/web/jsoncodec.py: the socket frames, SSE lines and JSON responses orjson writes are
+the text ``json`` wrote (key order, non-ASCII as UTF-8, escapes), for any JSON value; NaN never
+goes out."""
 
 from __future__ import annotations
 
@@ -49,3 +50,31 @@ def test_an_sse_frame_carries_the_same_one_line(data: dict[str, str]) -> None:
     frame = sse_frame("content", data).decode()
     assert frame == f"event: content\ndata: {as_json_wrote(data)}\n\n"
     assert frame.count("\n") == 3
+
+
+async def test_a_rest_answer_is_the_compact_text_in_utf8(tmp_path) -> None:
+    """The REST API's bodies are this module's text: what the official SDK parses, with non-ASCII
+    content as UTF-8 rather than ``\\u`` escapes."""
+    import aiohttp
+
+    import gateway
+    from adapters.web.testing import base_url, running_gateway
+
+    app = gateway.App("codec-bot")
+
+    @app.message()
+    async def echo(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply(f"echo: {msg.text}")
+
+    headers = {"X-API-Key": "codec-key"}
+    async with running_gateway(app, tmp_path, web={"api_keys": ["codec-key"]}) as gw, aiohttp.ClientSession() as http:
+        url = f"{base_url(gw)}/api/v1/chat/sessions"
+        async with http.post(url, json={"agent_id": "codec-bot"}, headers=headers) as response:
+            session_id = (await response.json())["data"]["id"]
+        async with http.post(f"{url}/{session_id}/messages", json={"content": "grüß 🌍"}, headers=headers) as response:
+            assert response.status == 201
+            assert response.headers["Content-Type"] == "application/json; charset=utf-8"
+            raw = await response.read()
+    body = json.loads(raw)
+    assert body["data"]["assistant_message"]["content"] == "echo: grüß 🌍"
+    assert raw.decode() == compact(body)  # compact, and the text itself, not escapes

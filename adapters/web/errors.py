@@ -10,6 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .jsoncodec import json_response
+
 BAD_FRAME = "bad_frame"
 BAD_REQUEST = "bad_request"
 NOT_READY = "not_ready"
@@ -56,7 +58,7 @@ def json_error(
     *,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    return web.json_response(error_body(code, message, details), status=status, headers=headers)
+    return json_response(error_body(code, message, details), status=status, headers=headers)
 
 
 def error_frame(code: str, message: str, frame_id: str | None = None) -> dict[str, Any]:

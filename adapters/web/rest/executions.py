@@ -23,6 +23,7 @@ from adapters.base import ButtonPress, Inbound, InboundRecord, MessageRecord, Se
 from .. import errors
 from ..context import ID_PATTERN, WebContext
 from ..errors import not_found
+from ..jsoncodec import json_response
 from ..outbox import session_topic
 from ..subscription import subscribed
 from ..wire import page_meta, rfc3339
@@ -110,7 +111,7 @@ class Executions:
     async def get(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         inbound, record = await self._own(request, caller)
         messages = await self.sessions.turn_messages(record.id, inbound.id)
-        return web.json_response({"data": await self.execution(inbound, record, messages)})
+        return json_response({"data": await self.execution(inbound, record, messages)})
 
     async def stream(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         inbound, record = await self._own(request, caller)
@@ -155,7 +156,7 @@ class Executions:
         execution = await self.execution(inbound, record, messages)
         if execution["status"] in (RUNNING, WAITING_APPROVAL):
             execution["status"] = "cancel_requested"
-        return web.json_response({"data": execution})
+        return json_response({"data": execution})
 
     # -- approvals -----------------------------------------------------------------------------
 
@@ -177,7 +178,7 @@ class Executions:
         for inbound, record in waiting[start : start + limit]:
             messages = await self.sessions.turn_messages(record.id, inbound.id)
             data.append(await self.execution(inbound, record, messages))
-        return web.json_response({"data": data, "meta": page_meta(len(waiting), page, limit)})
+        return json_response({"data": data, "meta": page_meta(len(waiting), page, limit)})
 
     async def approve(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         return await self._answer(request, caller, "approve")
@@ -208,4 +209,4 @@ class Executions:
                  f": {reason!r}" if reason else "")
         inbound = await self.sessions.inbound(inbound.id) or inbound
         messages = await self.sessions.turn_messages(record.id, inbound.id)
-        return web.json_response({"data": await self.execution(inbound, record, messages)})
+        return json_response({"data": await self.execution(inbound, record, messages)})

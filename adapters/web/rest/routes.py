@@ -24,6 +24,7 @@ from .. import errors
 from ..context import API_CHANNEL, ID_PATTERN, WebContext
 from ..cors import cors_headers, preflight
 from ..errors import WebError, bad_request, not_found
+from ..jsoncodec import json_response
 from ..outbox import session_topic
 from ..subscription import subscribed
 from ..wire import JSONRefused, chat_message, chat_session, now_rfc3339, page_meta, strict_json
@@ -115,7 +116,7 @@ class RestApi:
             agents = [DEFAULT_AGENT, chats.app_name, *agents]
         document = openapi_document(self.ctx.core.public_url + PREFIX, chats.app_name, sorted(set(agents)))
         headers = cors_headers(request, self.ctx.settings.web.allowed_origins)
-        return web.json_response(document, headers=headers)
+        return json_response(document, headers=headers)
 
     async def _unknown_route(self, request: web.Request) -> web.StreamResponse:
         if request.method == "OPTIONS":
@@ -201,7 +202,7 @@ class RestApi:
             owner_key=caller.owner_key, offset=page_offset(page, limit), limit=limit
         )
         data = [chat_session(r, self._agent_id(r)) for r in records]
-        return web.json_response({"data": data, "meta": page_meta(total, page, limit)})
+        return json_response({"data": data, "meta": page_meta(total, page, limit)})
 
     async def create_session(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         body = await self.json_body(request)
@@ -226,11 +227,11 @@ class RestApi:
             owner_key=caller.owner_key,
         )
         self.owners.remember(record)
-        return web.json_response({"data": chat_session(record, self._agent_id(record))}, status=201)
+        return json_response({"data": chat_session(record, self._agent_id(record))}, status=201)
 
     async def get_session(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         record = await self._own_session(request, caller)
-        return web.json_response({"data": chat_session(record, self._agent_id(record))})
+        return json_response({"data": chat_session(record, self._agent_id(record))})
 
     async def delete_session(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         record = await self._own_session(request, caller)
@@ -245,7 +246,7 @@ class RestApi:
         page, limit = pagination(request)
         offset = page_offset(page, limit)
         messages, total = await self.ctx.core.sessions.messages(record.id, offset=offset, limit=limit)
-        return web.json_response({"data": [chat_message(m) for m in messages], "meta": page_meta(total, page, limit)})
+        return json_response({"data": [chat_message(m) for m in messages], "meta": page_meta(total, page, limit)})
 
     async def _content(self, request: web.Request) -> str:
         body = await self.json_body(request)
@@ -310,7 +311,7 @@ class RestApi:
                 "execution_id": turn.inbound_id,
             }
         )
-        return web.json_response({"data": flat}, status=201)
+        return json_response({"data": flat}, status=201)
 
     async def stream_message(self, request: web.Request, caller: Caller) -> web.StreamResponse:
         record = await self._message_target(request, caller)
@@ -348,7 +349,7 @@ class RestApi:
         if inbound is None or inbound.session_id != record.id:
             raise not_found("execution not found in this session")
         await sessions.rate(record.id, execution_id, value)
-        return web.json_response({"data": {"submitted": True}})
+        return json_response({"data": {"submitted": True}})
 
 
 def _pending_user_message(session_id: str, inbound_id: str, content: str) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from aiohttp import web
 from ..context import WebContext
 from ..cors import cors_headers, preflight
 from ..errors import WebError
+from ..jsoncodec import json_response
 
 _NO_USER = {"id": None, "email": None, "org_id": None}
 
@@ -33,7 +34,7 @@ def mount_widget_api(app: web.Application, ctx: WebContext) -> None:
     async def config(request: web.Request) -> web.StreamResponse:
         if request.method == "OPTIONS":
             return preflight(request, origins)
-        return web.json_response(widget_config(ctx), headers=cors_headers(request, origins))
+        return json_response(widget_config(ctx), headers=cors_headers(request, origins))
 
     async def identity(request: web.Request) -> web.StreamResponse:
         if request.method == "OPTIONS":
@@ -49,7 +50,7 @@ def mount_widget_api(app: web.Application, ctx: WebContext) -> None:
             # A new visitor's token, or a renewal of ?visitor=; never the cookie's (HttpOnly).
             "visitor_token": who.visitor_token,
         }
-        response = web.json_response(body, headers=headers)
+        response = json_response(body, headers=headers)
         ctx.identities.remember(response, who)
         return response
 

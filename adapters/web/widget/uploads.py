@@ -28,6 +28,7 @@ from ..context import ID_PATTERN, WebContext, too_many_requests
 from ..cors import cors_headers
 from ..errors import WebError, bad_request
 from ..identity import WebIdentity
+from ..jsoncodec import json_response
 from ..quotas import RateLimited
 from ..wire import file_ref
 from .pending import store_reserved
@@ -125,7 +126,7 @@ async def _upload(
         "size": record.size,
         "url": ctx.sign_file(record.id, session_id),
     }
-    response = web.json_response(body, status=201, headers=headers)
+    response = json_response(body, status=201, headers=headers)
     ctx.identities.remember(response, identity)
     return response
 
