@@ -29,7 +29,18 @@ def new_id(at_ns: int | None = None) -> str:
     package's encoder took 2-3 us each (``tests/test_ids.py`` checks the two agree).
     """
     millis, nanos = divmod(time.time_ns() if at_ns is None else at_ns, _NANOS_PER_MILLI)  # nanos < 2**20
-    value = (millis << 80) | (nanos << 60) | secrets.randbits(60)
+    return _encode((millis << 80) | (nanos << 60) | secrets.randbits(60))
+
+
+def floor_id(moment: datetime) -> str:
+    """The least id ``new_id`` can make at ``moment`` or later: ``id < floor_id(t)`` holds exactly
+    for the ids made before ``t`` (to the microsecond, as ``instant`` keeps time)."""
+    micros = (moment - _EPOCH) // timedelta(microseconds=1)
+    millis, micros_in_milli = divmod(micros, 1000)
+    return _encode((millis << 80) | ((micros_in_milli * 1000) << 60))
+
+
+def _encode(value: int) -> str:
     return "".join([_PAIRS[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 

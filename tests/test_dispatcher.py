@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import text
 
 from gateway.dispatch import MAX_ATTEMPTS, Dispatcher, WorkItem
+from gateway.ids import instant, new_id
 from gateway.inbound import ButtonPress, Inbound, PlatformUser
 from gateway.store import Store
 from gateway.store.records import SessionRecord
@@ -221,18 +223,23 @@ async def test_purge_forgets_finished_events_past_retention(store, runner, make_
     old_pending = await store.inbox.record(session.id, "k-old-pending", "message", {"kind": "message"})
     recent_done = await dispatcher.submit(message(session, "recent", key="k-recent"), session.id)
     await dispatcher.wait_idle(10)
-    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+    # Two events recorded two hours ago: an id names the instant its event was recorded (the
+    # purge finds old events by it), so both are rewritten.
+    two_hours_ago_ns = time.time_ns() - 2 * 3600 * 10**9
+    aged = {old_done.inbound_id: new_id(two_hours_ago_ns), old_pending.id: new_id(two_hours_ago_ns + 1000)}
     async with store.engine.begin() as conn:
-        await conn.execute(text("UPDATE inbox SET created_at = :t WHERE id IN (:a, :b)"),
-                           {"t": two_hours_ago, "a": old_done.inbound_id, "b": old_pending.id})
+        for was, now_id in aged.items():
+            await conn.execute(text("UPDATE inbox SET id = :id, created_at = :t WHERE id = :was"),
+                               {"id": now_id, "t": instant(two_hours_ago_ns), "was": was})
+    old_done_id, old_pending_id = aged[old_done.inbound_id], aged[old_pending.id]
 
     purge = asyncio.create_task(dispatcher.purge_forever())
     try:
-        await until(lambda: _is(store.inbox.get(old_done.inbound_id), None))
+        await until(lambda: _is(store.inbox.get(old_done_id), None))
     finally:
         purge.cancel()
         await asyncio.gather(purge, return_exceptions=True)
-    assert await status_of(store, old_pending.id) == ("pending", None)  # unfinished: kept to rerun
+    assert await status_of(store, old_pending_id) == ("pending", None)  # unfinished: kept to rerun
     assert await status_of(store, recent_done.inbound_id) == ("done", None)  # inside retention
     # The forgotten key is no longer a duplicate; the remembered one still is.
     again = await dispatcher.submit(message(session, "old again", key="k-old"), session.id)

@@ -3,13 +3,13 @@ instant they were made, which is the ``created_at`` the store keeps for their ro
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
 from ulid import ULID
 
-from gateway.ids import id_instant, instant, new_id, stamped_id
+from gateway.ids import floor_id, id_instant, instant, new_id, stamped_id
 
 LAST_NS = int((datetime(9999, 12, 31, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 10**9
 
@@ -41,3 +41,11 @@ def test_another_ulid_names_its_millisecond_and_anything_else_nothing():
     assert id_instant(new_id((2**48 - 1) * 1_000_000)) is None  # a valid ULID, past the year 9999
     for not_an_id in ("", "m-1", "x" * 26, "8" + "0" * 25, "01HZ" + "!" * 22, "01" * 20):
         assert id_instant(not_an_id) is None, not_an_id
+
+
+@given(st.integers(min_value=0, max_value=LAST_NS - 10**9))
+def test_the_floor_of_an_instant_parts_the_ids_made_before_it_from_the_rest(at_ns):
+    """``id < floor_id(t)`` is "made before t" (the inbox purge finds old events by their ids)."""
+    made, moment = new_id(at_ns), instant(at_ns)
+    assert floor_id(moment) <= made < floor_id(moment + timedelta(microseconds=1))
+    assert id_instant(floor_id(moment)) == moment

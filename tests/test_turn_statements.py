@@ -306,3 +306,26 @@ async def test_a_store_that_cannot_read_now_reads_the_history_when_awaited(tmp_p
         assert nothing.reads_now and nothing.read() == []
     finally:
         await store.close()
+
+
+async def test_plain_turns_write_no_entry_in_the_indexes_of_unfinished_events_and_of_blocks(tmp_path) -> None:
+    """Each index a turn writes costs it a WAL frame: a finished text turn leaves nothing in the
+    index of unfinished events (its entry went with its end) nor in the index of blocks (its
+    messages carry none). Counted in the file's own b-trees (SQLite's ``dbstat``)."""
+    from gateway.testing import TestClient
+
+    async with TestClient(echo_app(), tmp_path) as client:
+        conv = await client.conversation()
+        for n in range(20):
+            await conv.send(f"hello {n}")
+        await client.gateway.dispatcher.wait_idle(10)
+        with sqlite3.connect(tmp_path / "chatgate.db") as db:
+            def entries(index: str) -> int:
+                return db.execute("SELECT coalesce(sum(ncell), 0) FROM dbstat WHERE name = ? AND pagetype = 'leaf'",
+                                  (index,)).fetchone()[0]
+
+            indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+            assert {"ix_inbox_unfinished", "ix_messages_block_id"} <= indexes
+            assert entries("ix_messages_session_id_id") == 40  # the count works: every message is there
+            assert entries("ix_inbox_unfinished") == 0
+            assert entries("ix_messages_block_id") == 0

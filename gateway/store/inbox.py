@@ -8,12 +8,12 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, literal_column, or_, update
+from sqlalchemy import Connection, and_, delete, func, literal_column, or_, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
-from gateway.ids import instant, new_id
+from gateway.ids import floor_id, instant, new_id
 from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
@@ -29,11 +29,15 @@ from gateway.store.statements import (
     Repeated,
 )
 from gateway.store.tables import (
+    UNFINISHED_SQL,
     InboxRow,
     RepeatClaimRow,
     utcnow,
 )
 from gateway.types import UnknownSession
+
+UNFINISHED_ROWS = text(f"inbox.{UNFINISHED_SQL}")
+"""The partial index's own predicate, literally (``tables.UNFINISHED_SQL`` says why)."""
 
 
 class InboxQueries:
@@ -148,11 +152,7 @@ class InboxQueries:
         Status stays ``pending`` while a turn runs (a write saved per turn); attempts are counted
         when an interrupted event is picked up again, see ``Dispatcher.recover``."""
         async with self._db.session() as db:
-            rows = (
-                await db.exec(
-                    select(InboxRow).where(col(InboxRow.status).in_(UNFINISHED)).order_by(col(InboxRow.id))
-                )
-            ).all()
+            rows = (await db.exec(select(InboxRow).where(UNFINISHED_ROWS).order_by(col(InboxRow.id)))).all()
         return list(rows)
 
     async def purge(self, older_than: timedelta) -> int:
@@ -165,6 +165,7 @@ class InboxQueries:
             result = await db.exec(
                 delete(InboxRow)
                 .where(col(InboxRow.status).not_in(UNFINISHED))
+                .where(col(InboxRow.id) < floor_id(cutoff))  # the primary key's index finds them
                 .where(col(InboxRow.created_at) < cutoff)
             )
             event = select(INBOX.c.id).where(INBOX.c.id == REPEAT_CLAIMS.c.inbox_id)
@@ -173,8 +174,8 @@ class InboxQueries:
 
     async def backlog(self) -> tuple[int, datetime | None]:
         """How many events are recorded and not finished, and when the oldest of them was
-        recorded: one query on the status index (the /metrics queue gauges)."""
-        statement = select(func.count(), func.min(INBOX.c.created_at)).where(INBOX.c.status.in_(UNFINISHED))
+        recorded: one query on the index of unfinished events (the /metrics queue gauges)."""
+        statement = select(func.count(), func.min(INBOX.c.created_at)).where(UNFINISHED_ROWS)
         depth, oldest = (await self._db.run_read(lambda conn: conn.execute(statement).one()))
         return int(depth or 0), oldest
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
+from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 from gateway.ids import new_id
+
+UNFINISHED_SQL = "status IN ('pending', 'running')"
+"""The inbox rows not finished, as SQL: the predicate of the partial index ``ix_inbox_unfinished``.
+A query uses that index only when it says this very predicate with literal values (SQLite, and
+PostgreSQL's generic plans, cannot prove that a list of bound parameters implies it)."""
 
 
 def utcnow() -> datetime:
@@ -64,14 +69,19 @@ class SessionRow(SQLModel, table=True):
 
 class MessageRow(SQLModel, table=True):
     __tablename__ = "messages"
-    __table_args__ = (Index("ix_messages_session_id_id", "session_id", "id"),)
+    __table_args__ = (
+        Index("ix_messages_session_id_id", "session_id", "id"),
+        # Only the messages that carry a block: a plain message (most of them) writes no entry.
+        Index("ix_messages_block_id", "block_id", sqlite_where=text("block_id IS NOT NULL"),
+              postgresql_where=text("block_id IS NOT NULL")),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
     session_id: str = Field(foreign_key="sessions.id", ondelete="CASCADE", max_length=64)
     role: str = Field(max_length=16)
     """``user``, ``assistant``, ``system`` or ``block``."""
     text: str = Field(default="", sa_column=Column(Text, nullable=False))
-    block_id: str | None = Field(default=None, index=True, max_length=128)
+    block_id: str | None = Field(default=None, max_length=128)
     block: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     attachments: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     inbound_id: str | None = Field(default=None, index=True, max_length=64)
@@ -95,20 +105,30 @@ class RepeatClaimRow(SQLModel, table=True):
 
 
 class InboxRow(SQLModel, table=True):
-    """Every inbound event, recorded before it is acknowledged; the dedup key is unique."""
+    """Every inbound event, recorded before it is acknowledged; the dedup key is unique.
+
+    Every index is written by every turn (a WAL frame each, bench/README.md), so there are few:
+    the unfinished events are indexed alone (a handful, whatever the inbox holds), and the
+    purge finds old rows by their ids, which name the instant they were recorded (the primary
+    key's index)."""
 
     __tablename__ = "inbox"
+    __table_args__ = (
+        Index("ix_inbox_unfinished", "id", "session_id", sqlite_where=text(UNFINISHED_SQL),
+              postgresql_where=text(UNFINISHED_SQL)),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=64)
     dedup_key: str = Field(unique=True, max_length=255)
     session_id: str = Field(index=True, max_length=64)
     kind: str = Field(max_length=16)
     payload: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
-    status: str = Field(default="pending", index=True, max_length=16)
+    status: str = Field(default="pending", max_length=16)
     """``pending`` -> ``running`` -> ``done`` | ``failed``; ``pending``/``running`` rerun at start-up."""
     attempts: int = 0
     error: str | None = None
-    created_at: datetime = Field(default_factory=utcnow, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    """The instant its id names (``gateway.ids``)."""
     updated_at: datetime = Field(default_factory=utcnow)
 
 
