@@ -213,7 +213,10 @@ class TurnRunner:
                 error = await self._failed(session)
         finally:
             reset_current_session(token)
-            await asyncio.shield(self._finish(session, item, status, error, handler_seconds))
+            # From here a stop no longer cancels the turn (Dispatcher.stop): its outcome is
+            # recorded whole, without a task of its own to shield it.
+            item.finishing = True
+            await self._finish(session, item, status, error, handler_seconds)
 
     async def _finish(
         self, session: Session, item: WorkItem, status: str, error: str | None, handler_seconds: float | None

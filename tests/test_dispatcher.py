@@ -309,6 +309,47 @@ class TestLanes:
         assert sorted(runner.finished) == ["s0", "s1", "s2", "s3"]
         assert runner.peak_total == 2
 
+    async def test_a_freed_slot_goes_to_the_session_that_waited_longest(self, store, runner, make_dispatcher):
+        """A session with more events queued goes behind the sessions already waiting for a slot."""
+        dispatcher = make_dispatcher(store, runner, max_concurrent=1)
+        a, b, c = [await new_session(store, name) for name in "abc"]
+        runner.hold("a1")
+        await dispatcher.submit(message(a, "a1"), a.id)
+        await dispatcher.submit(message(a, "a2"), a.id)
+        await dispatcher.submit(message(b, "b1"), b.id)
+        await dispatcher.submit(message(c, "c1"), c.id)
+        await asyncio.wait_for(runner.started("a1").wait(), 5)
+        runner.release("a1")
+        await dispatcher.wait_idle(10)
+        assert runner.texts() == ["a1", "b1", "c1", "a2"]
+        assert runner.peak_total == 1
+
+    async def test_a_turn_recording_its_outcome_is_not_stopped_and_close_lets_it_finish(
+        self, dispatcher, runner, store, session
+    ):
+        """Once its handler is over (``WorkItem.finishing``), a turn records its outcome whole: a
+        stop does not cancel it, and shutdown waits for it past the grace."""
+        gate = asyncio.Event()
+        finishing = asyncio.Event()
+
+        async def finishing_runner(item: WorkItem) -> None:
+            item.finishing = True  # as TurnRunner does once the handler returned
+            finishing.set()
+            await gate.wait()
+            await store.inbox.set_status(item.inbox_id, "done")
+
+        dispatcher.runner = finishing_runner
+        accepted = await dispatcher.submit(message(session, "almost done"), session.id)
+        await asyncio.wait_for(finishing.wait(), 5)
+        assert dispatcher.stop(session.id) is False
+        closing = asyncio.create_task(dispatcher.close(grace=1.0))
+        await asyncio.sleep(1.3)  # past the grace: still finishing, not cancelled (it gets one more)
+        assert not closing.done()
+        gate.set()
+        await asyncio.wait_for(closing, 10)
+        assert await status_of(store, accepted.inbound_id) == ("done", None)
+        assert session.id not in dispatcher.interrupted
+
     async def test_running_inbound_names_the_event_being_handled(self, dispatcher, runner, session):
         runner.hold("first")
         first = await dispatcher.submit(message(session, "first"), session.id)
