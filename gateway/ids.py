@@ -17,7 +17,12 @@ from datetime import UTC, datetime, timedelta
 CROCKFORD_BASE32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # the ULID alphabet (github.com/ulid/spec)
 _PAIRS = [high + low for high in CROCKFORD_BASE32 for low in CROCKFORD_BASE32]  # 10 bits -> 2 characters
 _PAIR_SHIFTS = tuple(range(120, -1, -10))  # 26 characters: 130 bits, the top two always 0
-_VALUES = {character: value for value, character in enumerate(CROCKFORD_BASE32)}
+_BASE32HEX = "0123456789ABCDEFGHIJKLMNOPQRSTUV"  # the digits int(text, 32) reads, in the same order
+_AS_BASE32HEX = str.maketrans(
+    {**{c: h for c, h in zip(CROCKFORD_BASE32 + CROCKFORD_BASE32.lower(), _BASE32HEX * 2, strict=True)},
+     **{c: "!" for c in "ILOUilou"}}  # not Crockford's: made unreadable
+)
+"""An id as ``int(text, 32)`` reads it: decoded in C (the Python loop took 5 us an id)."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NANOS_PER_MILLI = 1_000_000
 
@@ -60,11 +65,12 @@ def id_instant(record_id: str) -> datetime | None:
     for anything that is not a ULID (or names a time past the year 9999)."""
     if len(record_id) != 26:
         return None
-    value = 0
+    digits = record_id.translate(_AS_BASE32HEX)
+    if not (digits.isascii() and digits.isalnum()):  # int() would also take "_", "+", spaces
+        return None
     try:
-        for character in record_id.upper():
-            value = (value << 5) | _VALUES[character]
-    except KeyError:
+        value = int(digits, 32)
+    except ValueError:  # a letter past V: not Crockford's either
         return None
     if value >> 128:
         return None

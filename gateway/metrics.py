@@ -109,6 +109,9 @@ class GatewayMetrics:
         self._refresh_lock = asyncio.Lock()
         self._unwinding: set[asyncio.Future[Any]] = set()
         registry.register(_ReadAtScrape(self))
+        self._children: dict[tuple[Any, ...], Any] = {}
+        """Labelled children by (metric, labels...): ``labels()`` validates and locks on every
+        call (three calls, 8 us, a turn); a child, once made, is the same object for good."""
 
     # -- what the core counts ------------------------------------------------------------
 
@@ -118,11 +121,18 @@ class GatewayMetrics:
         """One turn is over. ``received_at``: the wall-clock time its event was recorded (the
         inbox row's, so a turn run by another process than the one that took the event is timed
         from intake too); ``handler_seconds``: how long its handler ran (``None``: it never ran)."""
-        self.turns.labels(channel, outcome).inc()
+        self._child(self.turns, channel, outcome).inc()
         if handler_seconds is not None:
-            self.handler_seconds.labels(channel).observe(handler_seconds)
+            self._child(self.handler_seconds, channel).observe(handler_seconds)
         if received_at is not None and outcome != "interrupted":
-            self.turn_seconds.labels(channel).observe(max(0.0, time.time() - received_at))
+            self._child(self.turn_seconds, channel).observe(max(0.0, time.time() - received_at))
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def handler_failed(self, channel: str, error: BaseException | None) -> None:
         self.handler_errors.labels(channel, type(error).__name__ if error is not None else "unknown").inc()

@@ -39,8 +39,30 @@ def test_another_ulid_names_its_millisecond_and_anything_else_nothing():
     other = ULID()  # random bits where ours keep the nanoseconds
     assert id_instant(str(other)).replace(microsecond=0) == other.datetime.replace(microsecond=0)
     assert id_instant(new_id((2**48 - 1) * 1_000_000)) is None  # a valid ULID, past the year 9999
-    for not_an_id in ("", "m-1", "x" * 26, "8" + "0" * 25, "01HZ" + "!" * 22, "01" * 20):
+    made = new_id()
+    for not_an_id in ("", "m-1", "x" * 26, "8" + "0" * 25, "01HZ" + "!" * 22, "01" * 20,
+                      # what int(text, 32) would read: separators, signs, spaces, other digits
+                      made[:10] + "_" + made[11:], "+" + made[1:], " " + made[1:], made[:-1] + "\n",
+                      made[:-1] + "\u0663", made[:-1] + "I", made[:-1] + "u", made[:-1] + "é"):
         assert id_instant(not_an_id) is None, not_an_id
+
+
+@given(st.text(min_size=26, max_size=26))
+def test_any_text_of_an_ids_length_is_read_as_the_reference_decoder_reads_it(text):
+    """Decoded in C (``int(text, 32)`` after a translation): the same answer as reading the
+    characters one by one from Crockford's alphabet, for any text."""
+    from gateway.ids import CROCKFORD_BASE32
+
+    value = 0
+    for character in text.upper() if text.isascii() else "!":
+        if character not in CROCKFORD_BASE32:
+            value = -1
+            break
+        value = (value << 5) | CROCKFORD_BASE32.index(character)
+    if value < 0 or value >> 128:
+        assert id_instant(text) is None
+    else:
+        assert id_instant(text) is not None or (value >> 80) > 253402300799999
 
 
 @given(st.integers(min_value=0, max_value=LAST_NS - 10**9))

@@ -28,12 +28,10 @@ from gateway.types import SessionChannel, UnknownSession, UserInfo
 
 def timestamp(moment: datetime) -> str:
     """An aware ``moment`` as the tables' ``UTCDateTime`` stores it on SQLite: in UTC, as
-    SQLAlchemy's ``DATETIME`` text (the offset dropped)."""
-    moment = moment.astimezone(UTC)
-    return (
-        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d} "
-        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}.{moment.microsecond:06d}"
-    )
+    SQLAlchemy's ``DATETIME`` text (the offset dropped, microseconds always)."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(" ", "microseconds")[:26]  # "YYYY-MM-DD HH:MM:SS.ffffff", then "+00:00"
 
 
 def read_timestamp(text: str) -> datetime:
@@ -42,11 +40,23 @@ def read_timestamp(text: str) -> datetime:
 
 
 def _json(value: Any) -> str:
+    # Most of a turn's JSON columns are empty (a reply's block, attachments, platform refs):
+    # their text without a call to json.dumps (five calls, 15 us, a REST turn).
+    if value is None:
+        return "null"
+    if not value and type(value) in (list, dict):
+        return "[]" if type(value) is list else "{}"
     return json.dumps(value)
 
 
 def _read_json(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    if text is None or text == "null":
+        return None
+    if text == "{}":
+        return {}
+    if text == "[]":
+        return []
+    return json.loads(text)
 
 
 TOUCH_SESSION = "UPDATE sessions SET updated_at = ? WHERE id = ?"
