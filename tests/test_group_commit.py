@@ -198,6 +198,53 @@ async def test_a_failing_write_is_rolled_back_alone(tmp_path, writes):
 
 
 @both_places
+async def test_a_batch_takes_one_savepoint_and_one_per_write_only_when_a_write_fails(tmp_path, writes):
+    """Works almost never fail: a batch runs under one savepoint, and only a batch in which one
+    write raised is run again with a savepoint per write (that write alone rolled back)."""
+    path = tmp_path / "g.db"
+    statements: list[str] = []
+
+    def trace(dbapi_connection: Any, _record: Any) -> None:
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            dbapi_connection.set_trace_callback(statements.append)
+
+    event.listen(Engine, "connect", trace)
+    try:
+        db = await open_database(path, writes)
+        try:
+            def savepoints() -> list[str]:
+                return [sql.split()[0] + " " + sql.split()[-1] for sql in statements
+                        if sql.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK TO"))]
+
+            statements.clear()
+            async with one_batch(db, writes):
+                fine = [asyncio.ensure_future(db.run_write(insert(key))) for key in ("a", "b", "c")]
+            assert await asyncio.gather(*fine) == ["a", "b", "c"]
+            assert savepoints() == ["SAVEPOINT chatgate_batch", "RELEASE chatgate_batch"]
+
+            def fail(conn: Connection) -> None:
+                raise ValueError("the handler's own bug")
+
+            statements.clear()
+            async with one_batch(db, writes):
+                mixed = [asyncio.ensure_future(db.run_write(insert(key, then)))
+                         for key, then in (("d", None), ("e", fail), ("f", None))]
+            outcomes = await asyncio.gather(*mixed, return_exceptions=True)
+            assert outcomes[0] == "d" and isinstance(outcomes[1], ValueError) and outcomes[2] == "f"
+            assert savepoints() == [
+                "SAVEPOINT chatgate_batch", "ROLLBACK chatgate_batch", "RELEASE chatgate_batch",
+                *["SAVEPOINT chatgate_write", "RELEASE chatgate_write"],
+                *["SAVEPOINT chatgate_write", "ROLLBACK chatgate_write", "RELEASE chatgate_write"],
+                *["SAVEPOINT chatgate_write", "RELEASE chatgate_write"],
+            ]
+            assert rows(path) == ["a", "b", "c", "d", "f"]
+        finally:
+            await db.close()
+    finally:
+        event.remove(Engine, "connect", trace)
+
+
+@both_places
 async def test_a_failed_commit_fails_every_caller_of_its_batch_and_stores_nothing(tmp_path, writes):
     path = tmp_path / "g.db"
     db = await open_database(path, writes)
