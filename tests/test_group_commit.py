@@ -141,6 +141,45 @@ async def test_on_the_loop_the_writes_of_one_turn_of_the_loop_share_a_transactio
         await db.close()
 
 
+async def test_on_the_loop_a_batch_waits_a_few_turns_of_the_loop_while_writes_keep_arriving(tmp_path):
+    """Writes asked for over the next turns of the loop join the batch while they keep coming
+    (under load a commit then holds twice the writes); a batch waits at most
+    ``MAX_WAITING_TURNS`` turns, so a write asked for on every turn still gets committed."""
+    from gateway.store.group_commit import MAX_WAITING_TURNS
+
+    path = tmp_path / "g.db"
+    db = await open_database(path)
+    commits: list[str] = []
+
+    def count_commits(conn: Connection) -> None:
+        conn.connection.dbapi_connection.set_trace_callback(  # type: ignore[union-attr]
+            lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+
+    await db.run_write(count_commits)  # on the loop's own connection, for the batches below
+    try:
+        commits.clear()
+        first = asyncio.ensure_future(db.run_write(insert("a")))
+        await asyncio.sleep(0)  # one turn of the loop later...
+        second = asyncio.ensure_future(db.run_write(insert("b")))
+        await asyncio.sleep(0)  # ...and another
+        third = asyncio.ensure_future(db.run_write(insert("c")))
+        assert await asyncio.gather(first, second, third) == ["a", "b", "c"]
+        assert commits == ["COMMIT"]  # one batch
+
+        commits.clear()
+        endless = [asyncio.ensure_future(db.run_write(insert("d0")))]
+        turns = 0
+        while not endless[0].done() and turns < 100:  # a write on every turn of the loop
+            turns += 1
+            endless.append(asyncio.ensure_future(db.run_write(insert(f"d{turns}"))))
+            await asyncio.sleep(0)
+        assert turns <= MAX_WAITING_TURNS + 3  # and the turns of the commit and of the writer's wake-up
+        await asyncio.gather(*endless)
+        assert len(rows(path)) == 3 + len(endless)
+    finally:
+        await db.close()
+
+
 async def test_no_caller_hears_of_its_write_before_the_commit(tmp_path):
     path = tmp_path / "g.db"
     db = await open_database(path, "thread")
