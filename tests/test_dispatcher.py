@@ -9,6 +9,7 @@ against the dispatcher alone, not through a whole gateway.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -450,6 +451,31 @@ class TestLanes:
         assert runner.texts() == ["stuck"]  # nothing new starts once shutdown began
         unfinished = {row.id for row in await store.inbox.unfinished()}
         assert {stuck.inbound_id, behind.inbound_id} <= unfinished
+
+    async def test_a_session_abandoned_while_it_waits_for_a_slot_runs_nothing_and_goes_idle(
+        self, store, runner, make_dispatcher, caplog
+    ):
+        """Its lease was lost while its events waited for a slot: once a slot frees, nothing of it
+        runs here, and the claims hear that it went idle (the lane's task used to fail there,
+        popping an event from the emptied queue)."""
+        dispatcher = make_dispatcher(store, runner, max_concurrent=1)
+        idle: list[str] = []
+        dispatcher.on_idle = idle.append
+        a, b = await new_session(store, "a"), await new_session(store, "b")
+        runner.hold("a1")
+        await dispatcher.submit(message(a, "a1"), a.id)
+        await dispatcher.submit(message(b, "b1"), b.id)
+        await asyncio.wait_for(runner.started("a1").wait(), 5)
+        dispatcher.abandon(b.id)
+        assert not dispatcher.busy(b.id)
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            runner.release("a1")
+            await dispatcher.wait_idle(10)
+            await asyncio.sleep(0.05)
+            gc.collect()  # a task that failed unobserved is reported as it is collected
+        assert runner.texts() == ["a1"]
+        assert sorted(idle) == sorted([a.id, b.id])
+        assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
     async def test_a_session_waiting_for_a_slot_is_busy_and_does_not_start_after_close(
         self, store, runner, make_dispatcher

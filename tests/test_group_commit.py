@@ -691,3 +691,36 @@ async def test_every_connection_keeps_temporary_data_in_memory_and_caps_the_wal(
         ) == (memory, WAL_SIZE_LIMIT)
     finally:
         await db.close()
+
+
+async def test_a_long_reader_does_not_hold_writes_off_while_the_wal_is_checkpointed(tmp_path):
+    """A checkpoint's ``RESTART`` pass holds new writes off while it waits for readers to leave
+    the WAL: it waits ``RESTART_WAIT_MS`` at most, so a read left open for seconds (another
+    process, a big listing) costs the writes of its round milliseconds, not the 10 s busy
+    timeout. Once the reader is gone, the WAL starts over again."""
+    from gateway.store.group_commit import RESTART_WAIT_MS
+
+    path = tmp_path / "g.db"
+    db = await open_database(path)
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        await db.run_write(insert("first"))
+        reader.execute("BEGIN")
+        assert reader.execute("SELECT count(*) FROM t").fetchone() == (1,)  # a snapshot, held open
+        slowest = 0.0
+        for n in range(2 * CHECKPOINT_EVERY):  # two checkpoint rounds with the reader inside
+            started = time.perf_counter()
+            await db.run_write(insert(f"k{n:04}"))
+            slowest = max(slowest, time.perf_counter() - started)
+            await asyncio.sleep(0.0005)
+        restarts_with_reader = wal_restarts(path)
+        assert slowest < 1.0, slowest  # never the 10 s busy timeout; about RESTART_WAIT_MS
+        reader.execute("COMMIT")
+        for n in range(2 * CHECKPOINT_EVERY):
+            await db.run_write(insert(f"m{n:04}"))
+            await asyncio.sleep(0.0005)
+        assert wal_restarts(path) > restarts_with_reader
+    finally:
+        reader.close()
+        await db.close()
+    assert RESTART_WAIT_MS < 1000

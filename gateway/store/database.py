@@ -35,7 +35,7 @@ T = TypeVar("T")
 
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 """Bytes a WAL that grew past them is cut back to when it starts over (``journal_size_limit``):
-it stays near 17 MB under load (``group_commit.CHECKPOINT_EVERY``); a long reader can hold a
+it stays near 20 MB under load (``group_commit.CHECKPOINT_EVERY``); a long reader can hold a
 checkpoint back and let it grow meanwhile."""
 
 

@@ -74,8 +74,14 @@ BATCH_SAVEPOINT = "chatgate_batch"
 
 CHECKPOINT_EVERY = 250
 """Commits on the event loop between two checkpoints on the writer thread. A batch adds about
-17 pages to the WAL under load (bench/README.md), so the WAL stays near 250 x 17 pages (17 MB);
-SQLite's own automatic checkpoint (which the loop's connection does not run) comes at 1000 pages."""
+17 pages to the WAL under load (bench/README.md), so the WAL stays near 250 x 17 pages (about
+20 MB, with what arrives while a checkpoint runs); SQLite's own automatic checkpoint (which the
+loop's connection does not run) comes at 1000 pages."""
+
+
+RESTART_WAIT_MS = 50
+"""How long a checkpoint's ``RESTART`` pass waits for readers to leave the WAL (and for a writer
+to finish), holding new writes off meanwhile; past it, the WAL starts over at a later round."""
 
 
 class _DatabaseBusy(Exception):
@@ -257,12 +263,19 @@ class GroupCommit:
         2. ``RESTART`` then holds writers off while it copies the few frames added meanwhile (and
            syncs), and waits for readers to leave the WAL. The loop's batches that find the
            database busy meanwhile go to this thread, behind the checkpoint (milliseconds).
+           It waits for a reader at most ``RESTART_WAIT_MS``: a long read (a big listing) would
+           otherwise hold every write off with it; the WAL then starts over a round later.
 
         ``journal_size_limit`` (``gateway.store.database``) cuts a WAL that grew past it (a long
         reader held a checkpoint back) when it starts over."""
         with self._engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            conn.exec_driver_sql("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            waits = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+            try:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            finally:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(waits)}")
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
         self._checkpoint = None
