@@ -16,7 +16,7 @@ Where a batch is written:
   run there: the loop's connection never waits for a lock (``busy_timeout = 0``; a batch that
   finds another connection writing goes to the writer thread, which waits its turn), and it
   never checkpoints (the writer thread does, every ``CHECKPOINT_EVERY`` commits: see
-  ``GroupCommit._checkpoint``).
+  ``GroupCommit._checkpoint_wal``).
 - **On the writer thread** (``database.sqlite_writes = "thread"``, for a database on a disk
   whose writes can take milliseconds, such as a network file system; and for the batches
   above that find the database busy).
