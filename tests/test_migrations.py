@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -85,7 +86,9 @@ def _index_definitions(connection: sa.Connection) -> dict[str, str]:
     return {name: " ".join(definition.split()) for name, definition in rows}
 
 
-async def test_the_inbox_indexes_only_its_unfinished_events_and_the_messages_only_their_blocks(database_url):
+async def test_the_inbox_indexes_only_its_unfinished_events_and_the_messages_only_their_blocks(
+    database_url, caplog
+):
     """A turn writes every index of the rows it writes (a WAL frame each on SQLite): the status
     and age of every event are not indexed any more, only which events are unfinished, and only
     the messages that carry a block are indexed by block. A database of the previous revision,
@@ -115,7 +118,9 @@ async def test_the_inbox_indexes_only_its_unfinished_events_and_the_messages_onl
         assert await conn.run_sync(pending_changes) == []
     await engine.dispose()
     store = Store(database_url)
-    await store.open()
+    with caplog.at_level(logging.INFO, logger="chatgate.store"):
+        await store.open()
+    assert [r.getMessage() for r in caplog.records if r.name == "chatgate.store"] == []  # already current
     try:
         assert [row.id for row in await store.inbox.unfinished()] == ["01B"]
         assert (await store.inbox.backlog())[0] == 1
@@ -147,3 +152,21 @@ async def test_sqlite_answers_the_recovery_and_the_backlog_from_the_partial_inde
                 assert any("ix_inbox_unfinished" in row[-1] for row in plan), plan
     finally:
         await store.close()
+
+
+async def test_a_start_on_a_database_of_an_earlier_revision_says_it_upgraded_the_schema(sqlite_url, caplog):
+    """Whoever upgrades chatgate reads in its log that the schema moved, and from where."""
+    from alembic import command
+
+    from gateway.store.migrate import alembic_config
+
+    engine = create_async_engine(sqlite_url)
+    async with engine.begin() as conn:
+        await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "c9c1c6e6bdc2"))
+    await engine.dispose()
+    store = Store(sqlite_url)
+    with caplog.at_level(logging.INFO, logger="chatgate.store"):
+        await store.open()
+    await store.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "chatgate.store"]
+    assert said == [f"database schema upgraded from c9c1c6e6bdc2 to {HEAD_REVISION} (gateway/migrations)"]

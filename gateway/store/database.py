@@ -13,6 +13,7 @@ across an ``await`` on the network.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import threading
@@ -29,6 +30,8 @@ from gateway.store.driver_thread import DriverThread
 from gateway.store.fence import Fence
 from gateway.store.group_commit import GroupCommit, SqliteWrites
 from gateway.store.postgres_turns import PostgresTurns
+
+log = logging.getLogger("chatgate.store")
 
 T = TypeVar("T")
 
@@ -116,7 +119,11 @@ class Database:
                 pool_pre_ping=True,
             )
         self._engine = engine
-        await self.create_schema()
+        done = await self.create_schema()
+        if done.startswith("upgraded"):  # "created", "stamped" and "current" need no word
+            from gateway.store.migrate import HEAD_REVISION
+
+            log.info("database schema %s to %s (gateway/migrations)", done, HEAD_REVISION)
         if not self.is_sqlite:
             self.postgres_turns = await PostgresTurns.open(self.url, max_size=self._pool_size)
 
