@@ -36,8 +36,9 @@ from gateway.store.tables import (
 )
 from gateway.types import UnknownSession
 
-UNFINISHED_ROWS = text(f"inbox.{UNFINISHED_SQL}")
-"""The partial index's own predicate, literally (``tables.UNFINISHED_SQL`` says why)."""
+UNFINISHED_ROWS = text(UNFINISHED_SQL)
+"""The partial index's own predicate, literally (``tables.UNFINISHED_SQL`` says why), for the
+queries on the inbox alone."""
 
 
 class InboxQueries:
