@@ -223,6 +223,27 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
+def _local_postgres(url: str | None) -> bool:
+    return bool(url) and url.startswith("postgresql") and any(
+        f"@{host}" in url for host in ("127.0.0.1", "localhost", "[::1]")
+    )
+
+
+def database_cpu_seconds() -> float:
+    """The CPU of this machine's PostgreSQL processes (the server and its backends), where
+    they can be read: what a turn costs the database, beside what it costs the gateway. A
+    backend that exits within the measure takes its share with it; the gateway's pool keeps
+    its connections open, so under load that is next to none."""
+    total = 0.0
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] != "postgres":
+            continue
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
 @dataclass
 class Result:
     target: str
@@ -231,6 +252,13 @@ class Result:
     latencies: list[float]
     cpu: float = 0.0  # server CPU seconds over the measured messages
     note: str = ""
+    database_cpu: float | None = None  # PostgreSQL's CPU seconds over them, when it is local
+
+    @property
+    def database_cpu_ms(self) -> float | None:
+        if self.database_cpu is None or not self.requests:
+            return None
+        return self.database_cpu / self.requests * 1000
 
     @property
     def rps(self) -> float:
@@ -245,26 +273,30 @@ class Result:
         return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
     def row(self) -> str:
+        database = "" if self.database_cpu_ms is None else f"{self.database_cpu_ms:>7.3f}"
         return (f"{self.target:<30} {self.rps:>8.0f} {self.percentile(50):>8.2f} {self.percentile(99):>8.2f} "
-                f"{self.cpu_ms:>9.3f}  {self.note}").rstrip()
+                f"{self.cpu_ms:>9.3f} {database:>7}  {self.note}").rstrip()
 
 
 Worker = Callable[[int, int], Awaitable[list[float]]]
 
 
-async def _load(target: str, requests: int, concurrency: int, worker: Worker, pid: int = 0) -> Result:
+async def _load(target: str, requests: int, concurrency: int, worker: Worker, pid: int = 0,
+                database: bool = False) -> Result:
     shares = [requests // concurrency + (1 if i < requests % concurrency else 0) for i in range(concurrency)]
     cpu_before = cpu_seconds(pid) if pid else 0.0
+    database_before = database_cpu_seconds() if database else 0.0
     started = time.perf_counter()
     latencies = await asyncio.gather(*(worker(i, n) for i, n in enumerate(shares) if n))
     elapsed = time.perf_counter() - started
     cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
+    database_cpu = database_cpu_seconds() - database_before if database else None
     flat = [x for chunk in latencies for x in chunk]
-    return Result(target, len(flat), elapsed, flat, cpu)
+    return Result(target, len(flat), elapsed, flat, cpu, database_cpu=database_cpu)
 
 
 async def rest_load(url: str, *, chatgate: bool, requests: int, concurrency: int, warmup: int,
-                    pid: int = 0) -> Result:
+                    pid: int = 0, database: bool = False) -> Result:
     headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
@@ -295,7 +327,7 @@ async def rest_load(url: str, *, chatgate: bool, requests: int, concurrency: int
         if warmup:
             await _load("warmup", warmup, min(concurrency, warmup), worker)
         name = "chatgate REST send_message" if chatgate else "bare aiohttp POST"
-        return await _load(name, requests, concurrency, worker, pid)
+        return await _load(name, requests, concurrency, worker, pid, database)
 
 
 async def _hello(ws: aiohttp.ClientWebSocketResponse, index: int) -> None:
@@ -304,7 +336,7 @@ async def _hello(ws: aiohttp.ClientWebSocketResponse, index: int) -> None:
 
 
 async def socket_load(url: str, *, chatgate: bool, requests: int, concurrency: int, warmup: int,
-                      pid: int = 0) -> Result:
+                      pid: int = 0, database: bool = False) -> Result:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
 
         async def worker(index: int, count: int) -> list[float]:
@@ -328,7 +360,7 @@ async def socket_load(url: str, *, chatgate: bool, requests: int, concurrency: i
         if warmup:
             await _load("warmup", warmup, min(concurrency, warmup), worker)
         name = "chatgate socket turn" if chatgate else "bare aiohttp WebSocket"
-        return await _load(name, requests, concurrency, worker, pid)
+        return await _load(name, requests, concurrency, worker, pid, database)
 
 
 async def chainlit_load(python: Path, port: int, pid: int, *, name: str, requests: int, concurrency: int,
@@ -465,8 +497,12 @@ async def measure(args: argparse.Namespace) -> Run:
             with ServerProcess(kind, data_dir, args.database, args.event_loop) as server:
                 url = f"http://{HOST}:{server.port}"
                 chatgate = kind == "chatgate"
-                run.results[f"{kind}-rest"] = await rest_load(url, chatgate=chatgate, pid=server.pid, **options)
-                run.results[f"{kind}-ws"] = await socket_load(url, chatgate=chatgate, pid=server.pid, **options)
+                # PostgreSQL's own CPU, when it runs here: a turn's cost is the gateway's and its.
+                database = chatgate and _local_postgres(args.database)
+                run.results[f"{kind}-rest"] = await rest_load(url, chatgate=chatgate, pid=server.pid,
+                                                              database=database, **options)
+                run.results[f"{kind}-ws"] = await socket_load(url, chatgate=chatgate, pid=server.pid,
+                                                              database=database, **options)
                 if chatgate and args.idle_sockets:
                     run.idle.append(await chatgate_idle(url, server.pid, args.idle_sockets))
         if args.chainlit:
@@ -489,7 +525,8 @@ def report(run: Run, args: argparse.Namespace) -> str:
     lines = [
         f"{args.requests} messages per target, {args.concurrency} concurrent clients, loopback; "
         f"chatgate on {database}, event loop {args.event_loop}",
-        f"{'target':<30} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/msg':>9}",
+        f"{'target':<30} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/msg':>9}"
+        + (f" {'DB ms':>7}" if any(result.database_cpu is not None for result in r.values()) else ""),
     ]
     order = ["chatgate-rest", "chatgate-ws", "chainlit", "chainlit-db", "bare-rest", "bare-ws"]
     lines += [r[key].row() for key in order if key in r]
