@@ -69,7 +69,9 @@ class Fence:
     def _parameters(self) -> dict[str, object]:
         return {"session_id": self.session_id, "token": self.token}
 
-    def _lost(self) -> LeaseLost:
+    def taken_over(self) -> LeaseLost:
+        """Mark the lease lost (its check found another token, or no session) and return the error
+        to raise."""
         self.lost = True
         return LeaseLost(f"session {self.session_id} was taken over (token {self.token} is stale)")
 
@@ -77,15 +79,15 @@ class Fence:
         """Check the fence inside ``conn``'s transaction (raises ``LeaseLost``: roll back)."""
         self.check_local()
         if conn.execute(FENCE_CHECK, self._parameters()).rowcount != 1:
-            raise self._lost()
+            raise self.taken_over()
 
     async def verify_async(self, conn: AsyncConnection) -> None:
         self.check_local()
         if (await conn.execute(FENCE_CHECK, self._parameters())).rowcount != 1:
-            raise self._lost()
+            raise self.taken_over()
 
     async def verify_postgres(self, conn: asyncpg.Connection) -> None:
         """``verify`` on an asyncpg connection, inside its transaction."""
         self.check_local()
         if await conn.execute(FENCE_CHECK_POSTGRES, self.session_id, self.token) != "UPDATE 1":
-            raise self._lost()
+            raise self.taken_over()

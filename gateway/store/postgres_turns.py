@@ -15,10 +15,12 @@ Both paths read each other's rows identically: JSON columns hold ``json.dumps`` 
 read with ``json.loads``; timestamps are ``timestamp with time zone``, written and read as aware
 UTC datetimes. ``tests/test_postgres_turns.py`` round-trips rows both ways.
 
-A write that carries a :class:`~gateway.store.fence.Fence` checks the session's lease first in
-its transaction, as ``Database.run_write`` does; one without a fence that is a single statement
-runs without ``BEGIN``/``COMMIT`` (PostgreSQL commits it on its own, durably: ``synchronous_commit``
-stays on), so it is one round trip.
+A write that is a single statement runs without ``BEGIN``/``COMMIT`` (PostgreSQL commits it on
+its own, durably: ``synchronous_commit`` stays on), so it is one round trip. The reply and the
+event's status go out with those of concurrent turns, in one statement
+(``gateway.store.postgres_group_commit``), and check their :class:`~gateway.store.fence.Fence`
+there; a write alone that carries a fence checks the session's lease first in its transaction, as
+``Database.run_write`` does.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ import asyncpg
 from sqlalchemy.exc import IntegrityError
 
 from gateway.ids import instant, new_id
+from gateway.store.connection_lender import ConnectionLender
 from gateway.store.fence import Fence
+from gateway.store.postgres_group_commit import PendingWrite, PostgresGroupCommit
 from gateway.store.records import InboxEntry, MessageRecord, SessionRecord
 from gateway.store.tables import utcnow
 from gateway.types import SessionChannel, UnknownSession, UserInfo
@@ -202,29 +206,31 @@ async def _observe(conn: asyncpg.Connection) -> None:
         conn.add_query_logger(_log_statement)
 
 
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """The pool's reset on release: nothing. asyncpg rolls back an open transaction itself; this
-    code sets no session state (no ``SET``, ``LISTEN``, cursor or advisory lock) to undo, so the
-    default reset query (a round trip per release) would buy nothing."""
-
-
 class PostgresTurns:
-    """The per-turn statements on an asyncpg pool (see the module's docstring)."""
+    """The per-turn statements on connections of their own (see the module's docstring)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+    def __init__(self, connections: ConnectionLender) -> None:
+        self._connections = connections
+        self.group_commit = PostgresGroupCommit(connections)
 
     @classmethod
     async def open(cls, url: str, *, max_size: int) -> PostgresTurns:
-        """A pool on the database of ``url`` (``postgresql+asyncpg://...``, SQLAlchemy's form)."""
-        pool = await asyncpg.create_pool(
-            "postgresql://" + url.split("://", 1)[1], min_size=1, max_size=max_size, init=_observe,
-            reset=_keep_session,
-        )
-        return cls(pool)
+        """Up to ``max_size`` connections to the database of ``url`` (``postgresql+asyncpg://...``,
+        SQLAlchemy's form), one of them opened now."""
+        dsn = "postgresql://" + url.split("://", 1)[1]
+
+        async def connect() -> asyncpg.Connection:
+            conn = await asyncpg.connect(dsn)
+            await _observe(conn)
+            return conn
+
+        connections = ConnectionLender(connect, max_size)
+        await connections.open_first()
+        return cls(connections)
 
     async def close(self) -> None:
-        await self._pool.close()
+        await self.group_commit.drain()
+        await self._connections.close()
 
     # -- the inbox ----------------------------------------------------------------------------
 
@@ -257,7 +263,7 @@ class PostgresTurns:
         statement = record_statement(
             repeat=repeat is not None, message=message_id is not None, notify=notify is not None
         )
-        async with self._pool.acquire() as conn:
+        async with self._connections.lend() as conn:
             try:
                 row = await conn.fetchrow(statement, *arguments)
             except asyncpg.IntegrityConstraintViolationError:  # the dedup key: recorded before
@@ -274,21 +280,24 @@ class PostgresTurns:
             return InboxEntry(holder, True, None)
 
     async def set_status(self, inbox_id: str, status: str, error: str | None, fence: Fence | None) -> None:
-        await self._write(SET_INBOX_STATUS, (inbox_id, status, error, utcnow()), fence)
+        values = (inbox_id, status, error, utcnow())
+        await self.group_commit.write(PendingWrite(
+            False, values, fence, lambda: self._write(SET_INBOX_STATUS, values, fence)
+        ))
 
     # -- messages -----------------------------------------------------------------------------
 
     async def add_message(self, values: dict[str, Any], fence: Fence | None) -> None:
         """``MessageQueries.add``: ``values`` as that method builds them."""
-        block = values["block"]
-        await self._write(INSERT_MESSAGE, (
+        row = (
             values["id"], values["session_id"], values["role"], values["text"], values["block_id"],
-            _dumps(block), _dumps(values["attachments"]), values["inbound_id"], values["status"],
+            _dumps(values["block"]), _dumps(values["attachments"]), values["inbound_id"], values["status"],
             _dumps(values["platform_refs"]), values["created_at"],
-        ), fence)
+        )
+        await self.group_commit.write(PendingWrite(True, row, fence, lambda: self._write(INSERT_MESSAGE, row, fence)))
 
     async def messages_of_turn(self, session_id: str, inbound_id: str) -> list[MessageRecord]:
-        async with self._pool.acquire() as conn:
+        async with self._connections.lend() as conn:
             rows = await conn.fetch(SELECT_TURN, inbound_id, session_id)
         return [_message(row) for row in rows]
 
@@ -300,19 +309,19 @@ class PostgresTurns:
         self, session_id: str, before_id: str, limit: int
     ) -> Callable[[], list[MessageRecord]]:
         """``history``'s rows, fetched now, turned into records when the function is called."""
-        async with self._pool.acquire() as conn:
+        async with self._connections.lend() as conn:
             rows = await conn.fetch(SELECT_HISTORY, session_id, before_id, limit)
         return lambda: [_message(row) for row in reversed(rows)]
 
     # -- sessions -----------------------------------------------------------------------------
 
     async def session(self, session_id: str) -> SessionRecord | None:
-        async with self._pool.acquire() as conn:
+        async with self._connections.lend() as conn:
             row = await conn.fetchrow(SELECT_SESSION, session_id)
         return None if row is None else _session(row)
 
     async def turn_context(self, session_id: str) -> tuple[SessionRecord, UserInfo | None] | None:
-        async with self._pool.acquire() as conn:
+        async with self._connections.lend() as conn:
             row = await conn.fetchrow(SELECT_TURN_CONTEXT, session_id)
         if row is None:
             return None
@@ -323,7 +332,7 @@ class PostgresTurns:
         self, session_id: str, before_id: str, limit: int
     ) -> tuple[SessionRecord, UserInfo | None, Callable[[], list[MessageRecord]]] | None:
         """``turn_context`` and ``history_fetched`` in one statement."""
-        async with self._pool.acquire() as conn:
+        async with self._connections.lend() as conn:
             rows = await conn.fetch(SELECT_TURN_CONTEXT_AND_HISTORY, session_id, before_id, limit)
         if not rows:
             return None
@@ -338,10 +347,10 @@ class PostgresTurns:
         """One statement; with a ``fence``, in a transaction that checks it first."""
         try:
             if fence is None:
-                async with self._pool.acquire() as conn:
+                async with self._connections.lend() as conn:
                     return await conn.execute(statement, *arguments)
             fence.check_local()
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with self._connections.lend() as conn, conn.transaction():
                 await fence.verify_postgres(conn)
                 return await conn.execute(statement, *arguments)
         except asyncpg.IntegrityConstraintViolationError as error:

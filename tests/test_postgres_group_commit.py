@@ -1,0 +1,208 @@
+"""Group commit on PostgreSQL (gateway/store/postgres_group_commit.py): the replies and statuses
+of concurrent turns go out in one statement, each caller answered only once it is committed, a
+refused batch falling back to one statement per write, and a fence checked per row."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+
+from gateway.store import Store
+from gateway.store.fence import Fence, LeaseLost
+from gateway.store.postgres_group_commit import batch_statement
+from gateway.store.postgres_turns import listen_statements
+from gateway.store.queue import SessionQueue
+from gateway.types import SessionChannel, UserInfo
+
+pytestmark = pytest.mark.postgres
+TTL = 30.0
+
+
+@pytest.fixture
+async def store(postgres_url) -> AsyncIterator[Store]:
+    opened = Store(postgres_url)
+    await opened.open()
+    assert opened.postgres_turns is not None
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def statements() -> Any:
+    """Every statement the per-turn connections run (listening before the store opens them)."""
+    seen: list[str] = []
+    stop = listen_statements(seen.append)
+    yield seen
+    stop()
+
+
+async def _session(store: Store) -> str:
+    from gateway.inbound import PlatformUser
+
+    user = await store.users.resolve(PlatformUser("api", "someone"))
+    return (await store.sessions.create(SessionChannel("api"), UserInfo(user.id, None, None))).id
+
+
+def _batches(seen: list[str]) -> list[str]:
+    return [s for s in seen if s.startswith(("WITH added", "WITH marked", "WITH held"))]
+
+
+async def _rows(store: Store, sql: str, **values: Any) -> list[Any]:
+    async with store.engine.connect() as conn:
+        return list((await conn.execute(text(sql), values)).all())
+
+
+async def test_concurrent_replies_and_statuses_share_one_statement(statements, store) -> None:
+    sessions = [await _session(store) for _ in range(4)]
+    entries = [await store.inbox.record(s, f"k{i}", "message", {}, user_text="hi") for i, s in enumerate(sessions)]
+    statements.clear()
+    await asyncio.gather(
+        *(store.messages.add(s, "assistant", f"reply {i}", inbound_id=e.id)
+          for i, (s, e) in enumerate(zip(sessions, entries, strict=True))),
+        *(store.inbox.set_status(e.id, "done") for e in entries),
+    )
+    await asyncio.sleep(0.01)  # asyncpg calls its query loggers soon after each query
+    assert len(_batches(statements)) == 1, statements
+    assert store.postgres_turns.group_commit.batches >= 1
+    for i, (session_id, entry) in enumerate(zip(sessions, entries, strict=True)):
+        turn = await store.messages.of_turn(session_id, entry.id)
+        assert [(m.role, m.text) for m in turn] == [("user", "hi"), ("assistant", f"reply {i}")]
+        stored = await store.inbox.get(entry.id)
+        assert stored is not None and stored.status == "done"
+
+
+async def test_the_batched_rows_read_as_a_write_alone_stores_them(store) -> None:
+    session_id = await _session(store)
+    entry = await store.inbox.record(session_id, "k", "message", {}, user_text="hi")
+    block = {"id": "b1", "type": "card", "payload": {"title": "ü ✓", "n": [1, 2]}}
+    attachments = [{"name": "a.pdf", "url": "file:1", "content_type": "application/pdf", "size": 3}]
+    added = await store.messages.add(session_id, "assistant", "with 'quotes' and \\ and \x01", block=block,
+                                     attachments=attachments, inbound_id=entry.id, status="streaming")
+    await store.inbox.set_status(entry.id, "failed", "it broke: ' \" \\")
+    [reply] = [m for m in await store.messages.of_turn(session_id, entry.id) if m.role == "assistant"]
+    assert (reply.id, reply.text, reply.block, reply.attachments, reply.status) == (
+        added.id, added.text, block, attachments, "streaming"
+    )
+    assert reply.created_at == added.created_at == reply.updated_at
+    stored = await store.inbox.get(entry.id)
+    assert stored is not None and (stored.status, stored.error) == ("failed", "it broke: ' \" \\")
+    [(kind,)] = await _rows(store, "SELECT json_typeof(block) FROM messages WHERE id = :id", id=added.id)
+    assert kind == "object"  # JSON, not a JSON string of it
+
+
+async def test_a_refused_batch_is_written_again_one_by_one_and_only_the_faulty_write_fails(
+    statements, store
+) -> None:
+    session_id = await _session(store)
+    entry = await store.inbox.record(session_id, "k", "message", {}, user_text="hi")
+    ghost = await _session(store)
+    await store.sessions.delete(ghost)  # a reply to it breaks the messages' foreign key
+    statements.clear()
+    outcomes = await asyncio.gather(
+        store.messages.add(session_id, "assistant", "kept", inbound_id=entry.id),
+        store.messages.add(ghost, "assistant", "refused"),
+        store.inbox.set_status(entry.id, "done"),
+        return_exceptions=True,
+    )
+    assert not isinstance(outcomes[0], BaseException) and outcomes[2] is None
+    assert isinstance(outcomes[1], IntegrityError)  # what the ORM path raises
+    await asyncio.sleep(0.01)
+    assert len(_batches(statements)) == 1  # the refused one, then each alone
+    assert [m.text for m in await store.messages.of_turn(session_id, entry.id)] == ["hi", "kept"]
+    assert (await store.inbox.get(entry.id)).status == "done"  # type: ignore[union-attr]
+    assert await _rows(store, "SELECT id FROM messages WHERE session_id = :s", s=ghost) == []
+
+
+async def test_two_statuses_of_one_event_in_one_batch_end_as_the_later(store) -> None:
+    session_id = await _session(store)
+    entry = await store.inbox.record(session_id, "k", "message", {}, user_text="hi")
+    await asyncio.gather(store.inbox.set_status(entry.id, "running"), store.inbox.set_status(entry.id, "done"))
+    assert (await store.inbox.get(entry.id)).status == "done"  # type: ignore[union-attr]
+    await asyncio.gather(store.inbox.set_status(entry.id, "done"), store.inbox.set_status(entry.id, "failed", "x"))
+    stored = await store.inbox.get(entry.id)
+    assert stored is not None and (stored.status, stored.error) == ("failed", "x")
+
+
+async def test_a_row_under_a_lost_lease_is_not_written_and_the_rest_of_its_batch_is(statements, store) -> None:
+    queue = SessionQueue(store.engine)
+    held, lost = await _session(store), await _session(store)
+    held_claim, lost_claim = await queue.claim(held, "worker-a", TTL), await queue.claim(lost, "worker-a", TTL)
+    assert held_claim is not None and lost_claim is not None
+    held_fence = Fence(held, held_claim.token, time.monotonic() + TTL)
+    stale = Fence(lost, lost_claim.token, time.monotonic() + TTL)
+    held_entry = await store.inbox.record(held, "k1", "message", {}, user_text="hi")
+    lost_entry = await store.inbox.record(lost, "k2", "message", {}, user_text="hi")
+    async with store.engine.begin() as conn:  # another worker took the session over
+        await conn.execute(text("UPDATE session_leases SET token = token + 1 WHERE session_id = :s"), {"s": lost})
+    statements.clear()
+    outcomes = await asyncio.gather(
+        store.messages.add(held, "assistant", "fenced and held", inbound_id=held_entry.id, fence=held_fence),
+        store.messages.add(lost, "assistant", "fenced and lost", inbound_id=lost_entry.id, fence=stale),
+        store.inbox.set_status(held_entry.id, "done", fence=held_fence),
+        store.inbox.set_status(lost_entry.id, "done", fence=stale),
+        store.messages.add(lost, "assistant", "not fenced", inbound_id=lost_entry.id),
+        return_exceptions=True,
+    )
+    assert [type(o).__name__ for o in outcomes] == ["MessageRecord", "LeaseLost", "NoneType", "LeaseLost",
+                                                    "MessageRecord"]
+    assert stale.lost and not held_fence.lost
+    await asyncio.sleep(0.01)
+    [batch] = _batches(statements)
+    assert re.findall(r"\b(?:INSERT INTO|UPDATE) (\w+)", batch) == ["session_leases", "messages", "inbox"]
+    assert [m.text for m in await store.messages.of_turn(held, held_entry.id)] == ["hi", "fenced and held"]
+    assert [m.text for m in await store.messages.of_turn(lost, lost_entry.id)] == ["hi", "not fenced"]
+    assert (await store.inbox.get(held_entry.id)).status == "done"  # type: ignore[union-attr]
+    assert (await store.inbox.get(lost_entry.id)).status == "pending"  # type: ignore[union-attr]
+    with pytest.raises(LeaseLost):  # known lost now: refused before reaching the database
+        await store.inbox.set_status(lost_entry.id, "done", fence=stale)
+
+
+async def test_a_cancelled_caller_does_not_take_its_batch_down(store) -> None:
+    session_id = await _session(store)
+    entry = await store.inbox.record(session_id, "k", "message", {}, user_text="hi")
+    cancelled = asyncio.ensure_future(store.messages.add(session_id, "assistant", "one", inbound_id=entry.id))
+    other = asyncio.ensure_future(store.messages.add(session_id, "assistant", "two", inbound_id=entry.id))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await other
+    await store.inbox.set_status(entry.id, "done")
+    texts = [m.text for m in await store.messages.of_turn(session_id, entry.id)]
+    assert texts[0] == "hi" and "two" in texts  # "one" was on its way already: written or not, never half
+
+
+async def test_closing_the_store_writes_what_was_asked_for(postgres_url) -> None:
+    store = Store(postgres_url)
+    await store.open()
+    session_id = await _session(store)
+    entry = await store.inbox.record(session_id, "k", "message", {}, user_text="hi")
+    pending = [asyncio.ensure_future(store.inbox.set_status(entry.id, "done")),
+               asyncio.ensure_future(store.messages.add(session_id, "assistant", "late", inbound_id=entry.id))]
+    await asyncio.sleep(0)
+    await store.close()
+    await asyncio.gather(*pending)
+    reopened = Store(postgres_url)
+    await reopened.open()
+    try:
+        assert (await reopened.inbox.get(entry.id)).status == "done"  # type: ignore[union-attr]
+        assert [m.text for m in await reopened.messages.of_turn(session_id, entry.id)] == ["hi", "late"]
+    finally:
+        await reopened.close()
+
+
+@pytest.mark.parametrize("fenced", [False, True])
+@pytest.mark.parametrize("parts", [(True, False), (False, True), (True, True)])
+def test_each_statement_takes_text_arrays_only(parts: tuple[bool, bool], fenced: bool) -> None:
+    """asyncpg looks any other array type up in the catalog on each new connection."""
+    statement = batch_statement(messages=parts[0], statuses=parts[1], fenced=fenced)
+    arrays = re.findall(r"\$(\d+)::(\w+)\[\]", statement)
+    assert {kind for _, kind in arrays} == {"text"}
+    assert sorted(int(n) for n, _ in arrays) == list(range(1, len(arrays) + 1))
