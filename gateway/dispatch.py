@@ -29,10 +29,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from gateway.ids import new_id
 from gateway.inbound import Accepted, Inbound
 from gateway.prompts import PromptRegistry
 from gateway.store import Store
 from gateway.store.fence import Fence
+from gateway.store.records import TurnContext
 from gateway.types import UnknownSession, UserInfo
 
 __all__ = ["Dispatcher", "Lane", "UnknownSession", "WorkItem"]
@@ -56,6 +58,9 @@ class WorkItem:
     """Wall-clock time (``time.time()``) the event was recorded: its turn's latency is timed from it."""
     fence: Fence | None = None
     """The session lease this event runs under (``chatgate worker``); ``None`` in one process."""
+    context: TurnContext | None = None
+    """The turn's context, read as the event was recorded, for a turn that starts at once (see
+    ``Dispatcher.submit``); ``None``: the turn reads it."""
     retried: bool = False
     """The event ran before and was interrupted: replies it already stored are not sent again."""
     finishing: bool = False
@@ -89,9 +94,12 @@ class Dispatcher:
         dedup_retention: timedelta = timedelta(hours=24),
         runs_handlers: bool = True,
         notify: str | None = None,
+        context_rows: int = 0,
     ) -> None:
         """``runs_handlers=False`` (``chatgate web``): ``submit`` records and returns, and the
-        PostgreSQL channel ``notify`` is told the session id in the same transaction."""
+        PostgreSQL channel ``notify`` is told the session id in the same transaction.
+        ``context_rows``: the history rows a turn reads with its session; when above 0, a message
+        for a session with nothing running here has its turn's context read as it is recorded."""
         self.store = store
         self.runner = runner
         self.prompts = PromptRegistry()
@@ -110,6 +118,7 @@ class Dispatcher:
         self._idle.set()
         self.runs_handlers = runs_handlers
         self._notify = notify
+        self._context_rows = context_rows if runs_handlers else 0
         self.interrupted: set[str] = set()
         """Sessions whose running handler ``close`` had to cancel (past its grace)."""
         self.on_idle: Callable[[str], None] | None = None
@@ -125,6 +134,15 @@ class Dispatcher:
             raise RuntimeError("the dispatcher is shutting down")
         received_at = time.time()
         message = inbound.message if inbound.kind == "message" else None
+        # A message for a session idle here starts its turn as soon as it is recorded: on
+        # PostgreSQL the statement that records it reads what the turn needs too, a round trip
+        # fewer (``InboxQueries.record``; elsewhere the turn's read stays in this process).
+        context = (
+            (new_id(), self._context_rows)
+            if self._context_rows and message is not None and session_id not in self._lanes
+            and self._free_slots and self._held is None
+            else None
+        )
         entry = await self.store.inbox.record(
             session_id,
             inbound.dedup_key,
@@ -134,6 +152,7 @@ class Dispatcher:
             attachments=None if message is None else [a.to_dict() for a in message.attachments or []],
             repeat=(inbound.repeat_key, inbound.repeat_window) if inbound.repeat_key else None,
             notify=self._notify,
+            context=context,
         )
         if entry.duplicate:
             log.info("dropped duplicate %s event %s", inbound.kind, inbound.dedup_key)
@@ -142,8 +161,10 @@ class Dispatcher:
             message.id = entry.message_id
         if not self.runs_handlers:  # a worker holding the session's lease runs it
             return Accepted(entry.id, session_id)
-        item = WorkItem(entry.id, session_id, inbound, entry.message_id, sender, received_at=received_at)
+        item = WorkItem(entry.id, session_id, inbound, entry.message_id, sender, received_at=received_at,
+                        context=entry.context)
         if self._held is not None:  # older interrupted events run first (see recover)
+            item.context = None
             self._held.append(item)
         else:
             self._route(item)
@@ -170,6 +191,8 @@ class Dispatcher:
         if lane is None:
             lane = self._lanes[item.session_id] = Lane(item.session_id)
             self._idle.clear()
+        if item.context is not None and (lane.queue or lane.running is not None or not self._free_slots):
+            item.context = None  # it waits for another turn or a slot: read afresh when it starts
         lane.queue.append(item)
         self._in_hand.add(item.inbox_id)
         if lane.running is None and not lane.waiting:

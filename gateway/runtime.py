@@ -45,6 +45,7 @@ from gateway.dispatch import Dispatcher
 from gateway.fenced_outbox import FencedOutbox
 from gateway.files import FileStore
 from gateway.health import Check, NotReady, Readiness, RedisPing
+from gateway.history import StoredHistory
 from gateway.inbound import Accepted, Inbound
 from gateway.intake import Intake
 from gateway.leases import LeaseStore
@@ -121,6 +122,7 @@ class Gateway:
             dedup_retention=timedelta(hours=settings.dispatch.dedup_retention_hours),
             runs_handlers=role != "web",
             notify=INBOX_CHANNEL if role == "web" else None,
+            context_rows=StoredHistory.rows_to_fetch(settings.dispatch.history_limit, in_turn=True),
         )
         self.claims: SessionClaims | None = None
         """The session leases of a ``worker`` (made at start, once the store is open)."""

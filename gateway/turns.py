@@ -35,7 +35,7 @@ from gateway.outbound import Outbox
 from gateway.session import Session
 from gateway.store import Store, address_key
 from gateway.store.fence import Fence, LeaseLost
-from gateway.store.records import SessionRecord
+from gateway.store.records import MessageRecord, SessionRecord
 from gateway.types import Attachment, Event, IntegrationCredentials, Message, SessionChannel, UserInfo
 
 log = logging.getLogger("chatgate.turns")
@@ -118,10 +118,16 @@ class TurnRunner:
         inbound = item.inbound
         fence = item.fence
         history_limit = rt.settings.dispatch.history_limit
-        history_before = new_id()  # the history is what was stored before the turn's Session
-        context = await rt.store.sessions.turn_context_and_history(
-            item.session_id, history_before, StoredHistory.rows_to_fetch(history_limit, in_turn=True)
-        )
+        context: tuple[SessionRecord, UserInfo | None, Callable[[], list[MessageRecord]] | None] | None
+        if item.context is not None:  # read as the event was recorded (Dispatcher.submit)
+            prefetched, item.context = item.context, None
+            history_before = prefetched.history_before
+            context = prefetched.session, prefetched.user, prefetched.history
+        else:
+            history_before = new_id()  # the history is what was stored before the turn's Session
+            context = await rt.store.sessions.turn_context_and_history(
+                item.session_id, history_before, StoredHistory.rows_to_fetch(history_limit, in_turn=True)
+            )
         if context is None:  # deleted while the event waited
             await rt.store.inbox.set_status(item.inbox_id, "done", "session deleted", fence=fence)
             outbox = rt.outbox_for(inbound.channel, item.session_id, turn=item.inbox_id)

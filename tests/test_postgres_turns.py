@@ -273,3 +273,34 @@ async def test_the_session_user_and_history_in_one_statement_read_as_the_three_r
     # Where the history is read on first use (SQLite; the ORM path), no rows come with the session.
     context = await orm.sessions.turn_context_and_history(session_id, cut_off, 3)
     assert context is not None and context[2] is None
+
+
+async def test_the_context_read_with_the_event_is_what_the_turn_would_read(stores) -> None:
+    """``record(context=...)``: the session, its user and its history before the event, as
+    ``turn_context_and_history`` reads them, in the statement that records the event (the new
+    user message left out, the session's ``updated_at`` the event's); nothing for a duplicate, and
+    an unknown session still refused."""
+    raw, orm = stores
+    session_id = await _session(orm, title="t", metadata={"k": ["v", 1]})
+    written = await _add_all(orm, session_id, "turn-1")
+    before = "7ZZZZZZZZZZZZZZZZZZZZZZZZZ"
+    expected = await raw.sessions.turn_context_and_history(session_id, before, 3)
+    assert expected is not None and expected[2] is not None
+    entry = await raw.inbox.record(session_id, "c1", "message", {}, user_text="new", context=(before, 3))
+    assert entry.context is not None and entry.context.history is not None
+    assert entry.context.history_before == before
+    assert entry.context.history() == expected[2]() == written[-3:]  # not the message just stored
+    assert entry.context.user == expected[1]
+    stored = await orm.sessions.get(session_id)
+    assert stored is not None and entry.context.session == stored  # updated_at included
+    assert stored.updated_at > expected[0].updated_at
+
+    duplicate = await raw.inbox.record(session_id, "c1", "message", {}, user_text="new", context=(before, 3))
+    assert duplicate.duplicate and duplicate.context is None
+    repeated = await raw.inbox.record(session_id, "c2", "message", {}, user_text="r", repeat=("same", 60),
+                                      context=(before, 50))
+    assert repeated.context is not None and len(repeated.context.history()) == len(written) + 1
+    with pytest.raises(UnknownSession):
+        await raw.inbox.record("01NOSUCHSESSION", "c3", "message", {}, user_text="x", context=(before, 3))
+    # The ORM path (and SQLite) reads the context in the turn: nothing comes back with the event.
+    assert (await orm.inbox.record(session_id, "c4", "message", {}, user_text="o", context=(before, 3))).context is None

@@ -76,7 +76,9 @@ class StatementLog:
         return [s for s in self.statements if re.match(r"SELECT .* FROM sessions\b", s)]
 
     def message_reads(self) -> list[str]:
-        return [s for s in self.statements if re.match(r"SELECT .* FROM messages\b", s)]
+        """Statements that read messages: a ``SELECT``, or on PostgreSQL the statement recording
+        an event that also reads the turn's context (``gateway.store.postgres_turns``)."""
+        return [s for s in self.statements if re.search(r"\bFROM messages\b", s)]
 
 
 def changes(statement: str) -> list[str]:
@@ -135,15 +137,18 @@ async def test_one_text_turn_reads_its_session_once_and_binds_attachments_once(
         await gw.stop()
 
     assert reply == "echo: hello ['report.pdf'] [8]"
-    assert len(statements.session_reads()) == 1, statements.session_reads()
     # The handler never looked at its history: on a SQLite file nothing is read for it; on
     # PostgreSQL the history is read before the handler (a lazy read there would block the loop),
-    # in the statement that reads the session and its user.
+    # with the session and its user, in the very statement that records the event: the session
+    # was idle, so its turn starts at once and reads nothing of its own.
     reads = [s for s in statements.statements if s.startswith("SELECT")]
     if reads_lazily(database_url):
+        assert len(statements.session_reads()) == 1, statements.session_reads()
         assert statements.message_reads() == [], statements.message_reads()
     else:
-        assert len(reads) == 1 and "FROM messages" in reads[0] and "JOIN users" in reads[0], reads
+        assert reads == [], reads
+        [recording] = [s for s in statements.statements if "INSERT INTO inbox" in s]
+        assert re.search(r"JOIN sessions .* JOIN users .* FROM messages", recording), recording
     assert adapter.bound == {"counted-file:1": 1}
     writes = [s for s in statements.statements if s.startswith(("INSERT", "UPDATE", "DELETE", "WITH"))]
     # the event and the user's message, in one transaction with the session check; the reply; done
@@ -329,3 +334,42 @@ async def test_plain_turns_write_no_entry_in_the_indexes_of_unfinished_events_an
             assert entries("ix_messages_session_id_id") == 40  # the count works: every message is there
             assert entries("ix_inbox_unfinished") == 0
             assert entries("ix_messages_block_id") == 0
+
+
+async def test_a_message_that_waits_behind_another_turn_reads_what_that_turn_left(tmp_path, database_url) -> None:
+    """On PostgreSQL a message for an idle session has its turn's context read as it is recorded.
+    Two messages recorded at once for one session: the second waits for the first turn, and
+    must see that turn's ``session.data`` and reply, not what its own recording read."""
+    adapter = CountingAdapter()
+    app = gateway.App("counted")
+    seen: list[tuple[int, list[str]]] = []
+
+    @app.message()
+    async def count(session: gateway.Session, msg: gateway.Message) -> None:
+        number = session.data.get("n", 0) + 1
+        seen.append((number, [m.text for m in session.history]))
+        await asyncio.sleep(0.05)  # the other message is recorded meanwhile
+        session.data["n"] = number
+        await session.reply(f"reply {number}")
+
+    gw = Gateway(app, test_settings(tmp_path, database={"url": database_url}), adapters=[adapter])
+    await gw.start()
+    try:
+        user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
+        record = await gw.sessions.create(SessionChannel("counted"), user)
+
+        def inbound(number: int) -> Inbound:
+            return Inbound("message", f"counted:{number}", SessionChannel("counted"), PlatformUser("counted", "u1"),
+                           message=Message(f"m{number}", "user", "counted"), session_id=record.id)
+
+        await asyncio.gather(gw.submit(inbound(1)), gw.submit(inbound(2)))
+        replies = [await asyncio.wait_for(adapter.replies.get(), 10) for _ in range(2)]
+        await until(lambda: gw.dispatcher.running_inbound(record.id) is None)
+        stored = await gw.store.sessions.get(record.id)
+    finally:
+        await gw.stop()
+
+    assert replies == ["reply 1", "reply 2"]
+    assert [number for number, _ in seen] == [1, 2]
+    assert seen[1][1][-1] == "reply 1"  # the first turn's reply is in the second's history
+    assert stored is not None and stored.data["n"] == 2

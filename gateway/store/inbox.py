@@ -56,6 +56,7 @@ class InboxQueries:
         attachments: list[dict[str, Any]] | None = None,
         repeat: tuple[str, float] | None = None,
         notify: str | None = None,
+        context: tuple[str, int] | None = None,
     ) -> InboxEntry:
         """Store an inbound event, and the user's message when it carries one, in one transaction.
 
@@ -65,11 +66,16 @@ class InboxQueries:
         ``seconds`` ago, this one stores nothing and is answered with that event's id as a duplicate. ``notify``
         names a PostgreSQL channel told the session id in the same transaction (delivered on
         commit: the workers of ``chatgate worker``, see ``gateway.claims``).
+
+        ``context`` is ``(before_id, limit)``: read the turn's context (the session, its user, up to
+        ``limit`` messages of history before ``before_id``) in the same statement and return it in
+        ``InboxEntry.context``, saving the turn a round trip. Only PostgreSQL's per-turn statements
+        do (elsewhere the turn's read is in this process: ``context`` stays ``None``).
         """
         if self._db.postgres_turns is not None:
             return await self._db.postgres_turns.record(
                 session_id, dedup_key, kind, payload, user_text=user_text, attachments=attachments, repeat=repeat,
-                notify=notify,
+                notify=notify, context=context,
             )
         # The event and the user's message are stamped with their ids' instant (gateway.ids).
         at_ns = time.time_ns()

@@ -29,7 +29,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -39,7 +39,7 @@ from gateway.ids import instant, new_id
 from gateway.store.connection_lender import ConnectionLender
 from gateway.store.fence import Fence
 from gateway.store.postgres_group_commit import PendingWrite, PostgresGroupCommit
-from gateway.store.records import InboxEntry, MessageRecord, SessionRecord
+from gateway.store.records import InboxEntry, MessageRecord, SessionRecord, TurnContext
 from gateway.store.tables import utcnow
 from gateway.types import SessionChannel, UnknownSession, UserInfo
 
@@ -79,7 +79,8 @@ SELECT_TURN_CONTEXT_AND_HISTORY = (
 """The session, its user and its history (newest first) in one round trip: a row per message,
 or one row with no message. A handler that never reads its history still has it fetched (there
 is no synchronous read on PostgreSQL), but not in a round trip of its own."""
-_HISTORY_AT = 17  # where the message columns start in a row of SELECT_TURN_CONTEXT_AND_HISTORY
+_USER_AT = 14  # where the user's columns start in a row of SELECT_TURN_CONTEXT_AND_HISTORY
+_HISTORY_AT = 17  # where the message columns start in it
 SELECT_TURN = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE inbound_id = $1 AND session_id = $2 ORDER BY id"
 SELECT_HISTORY = (
     f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
@@ -87,7 +88,7 @@ SELECT_HISTORY = (
 
 
 @functools.cache
-def record_statement(*, repeat: bool, message: bool, notify: bool) -> str:
+def record_statement(*, repeat: bool, message: bool, notify: bool, context: bool = False) -> str:
     """``InboxQueries.record`` as one statement: one round trip, and PostgreSQL commits it on its
     own (atomically: every part of it or nothing). The parameters are ``$1`` session id, ``$2``
     inbox id, ``$3`` dedup key, ``$4`` kind, ``$5`` payload, ``$6`` now, then the repeat's key,
@@ -100,8 +101,15 @@ def record_statement(*, repeat: bool, message: bool, notify: bool) -> str:
     admits the event, so a live claim stores nothing, not even the session's ``updated_at``.
     Returns ``found`` (the session exists), ``recorded`` and, for a repeat, ``holder`` (the claim's
     event as this statement's snapshot saw it).
+
+    With ``context`` (not with ``notify``: the process that records then runs the turn), it also
+    reads what the turn will read (``SELECT_TURN_CONTEXT_AND_HISTORY``: the session, its user,
+    the history before the id ``$before`` up to ``$limit`` rows, the last two parameters), as the
+    statement's snapshot sees them: before this event and its message, which is what the turn
+    would read. A row per history message, each beginning with the columns above.
     """
-    parameters = iter(range(7, 14))
+    assert not (context and notify), "the turn runs elsewhere: nothing to read for it"
+    parameters = iter(range(7, 16))
     parts = ["session AS (SELECT id FROM sessions WHERE id = $1 FOR UPDATE)"]
     admitted = "session"
     if repeat:
@@ -136,7 +144,17 @@ def record_statement(*, repeat: bool, message: bool, notify: bool) -> str:
     if notify:
         # Told on commit, and only when the event was recorded (``gateway.claims``).
         columns.append(f"CASE WHEN EXISTS (SELECT 1 FROM event) THEN pg_notify(${next(parameters)}, $1) END")
-    return "WITH " + ", ".join(parts) + " SELECT " + ", ".join(columns)
+    statement = "WITH " + ", ".join(parts) + " SELECT " + ", ".join(columns)
+    if context:
+        before, limit = f"${next(parameters)}", f"${next(parameters)}"
+        statement += (
+            f", {_SESSION_COLUMNS}, users.id, users.email, users.org_id, {_MESSAGE_COLUMNS_OF_H}"
+            " FROM (SELECT 1) AS one LEFT JOIN sessions ON sessions.id = $1"
+            " LEFT JOIN users ON users.id = sessions.user_id"
+            " LEFT JOIN LATERAL (SELECT * FROM messages WHERE messages.session_id = sessions.id"
+            f" AND messages.id < {before}::varchar ORDER BY messages.id DESC LIMIT {limit}::int) AS h ON true"
+        )
+    return statement
 
 
 # -- the column encodings (those of SQLAlchemy's JSON type on asyncpg) ---------------------------
@@ -176,6 +194,20 @@ def _session(row: Sequence[Any]) -> SessionRecord:
         data=dict(_loads(row[12]) or {}),
         entered=bool(row[13]),
     )
+
+
+def _context_read_with(rows: Sequence[Any], at: int, now: datetime, before_id: str) -> TurnContext:
+    """The turn's context from the rows of ``record_statement(context=True)``, its columns from
+    ``at``. The session row is as the statement's snapshot saw it: before the statement touched
+    its ``updated_at``, which is ``now`` since."""
+    first = rows[0]
+    session = _session(first[at:])
+    session.updated_at = now
+    user_at = at + _USER_AT
+    user = None if first[user_at] is None else UserInfo(first[user_at], first[user_at + 1], first[user_at + 2])
+    history_at = at + _HISTORY_AT
+    history = [row[history_at:] for row in rows if row[history_at] is not None]
+    return TurnContext(session, user, lambda: [_message(row) for row in reversed(history)], before_id)
 
 
 def _touched(status: str) -> int:
@@ -245,8 +277,10 @@ class PostgresTurns:
         attachments: list[dict[str, Any]] | None,
         repeat: tuple[str, float] | None,
         notify: str | None,
+        context: tuple[str, int] | None = None,
     ) -> InboxEntry:
-        """``InboxQueries.record`` in one statement (``record_statement``)."""
+        """``InboxQueries.record`` in one statement (``record_statement``); with ``context``
+        (``(before_id, limit)``), the turn's context read in it too (``InboxEntry.context``)."""
         # The event and the user's message are stamped with their ids' instant (gateway.ids).
         at_ns = time.time_ns()
         now = instant(at_ns)
@@ -260,20 +294,26 @@ class PostgresTurns:
             arguments += [message_id, user_text, _dumps(attachments or [])]
         if notify is not None:
             arguments.append(notify)
+        if context is not None:
+            arguments += context
         statement = record_statement(
-            repeat=repeat is not None, message=message_id is not None, notify=notify is not None
+            repeat=repeat is not None, message=message_id is not None, notify=notify is not None,
+            context=context is not None,
         )
         async with self._connections.lend() as conn:
             try:
-                row = await conn.fetchrow(statement, *arguments)
+                rows = await conn.fetch(statement, *arguments)
             except asyncpg.IntegrityConstraintViolationError:  # the dedup key: recorded before
                 existing = await conn.fetchval(INBOX_OF_KEY, dedup_key)
                 return InboxEntry(existing or "", True, None)
-            assert row is not None
+            row = rows[0]
             if not row[0]:
                 raise UnknownSession(f"no session {session_id!r}")
             if row[1]:
-                return InboxEntry(inbox_id, False, message_id)
+                entry = InboxEntry(inbox_id, False, message_id)
+                if context is not None:
+                    entry.context = _context_read_with(rows, 3 if repeat is not None else 2, now, context[0])
+                return entry
             assert repeat is not None  # only a live claim stops a recording of an existing session
             # A claim committed after this statement's snapshot was taken: read it now.
             holder = row[2] or await conn.fetchval(REPEAT_HOLDER, repeat[0]) or ""
@@ -325,7 +365,7 @@ class PostgresTurns:
             row = await conn.fetchrow(SELECT_TURN_CONTEXT, session_id)
         if row is None:
             return None
-        user = None if row[14] is None else UserInfo(row[14], row[15], row[16])
+        user = None if row[_USER_AT] is None else UserInfo(row[_USER_AT], row[_USER_AT + 1], row[_USER_AT + 2])
         return _session(row), user
 
     async def turn_context_and_history(
@@ -337,7 +377,7 @@ class PostgresTurns:
         if not rows:
             return None
         first = rows[0]
-        user = None if first[14] is None else UserInfo(first[14], first[15], first[16])
+        user = None if first[_USER_AT] is None else UserInfo(first[_USER_AT], first[_USER_AT + 1], first[_USER_AT + 2])
         history = [row[_HISTORY_AT:] for row in rows if row[_HISTORY_AT] is not None]
         return _session(first), user, lambda: [_message(row) for row in reversed(history)]
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from gateway.store.tables import MessageRow, SessionRow
-from gateway.types import SessionChannel
+from gateway.types import SessionChannel, UserInfo
 
 
 @dataclass
@@ -115,13 +116,27 @@ class FileRecord:
     session_id: str | None
 
 
+@dataclass(slots=True)
+class TurnContext:
+    """What a turn reads before its handler runs: the session, its user and (where it cannot be
+    read on first use) its history rows, stored before ``history_before``
+    (``SessionQueries.turn_context_and_history``)."""
+
+    session: SessionRecord
+    user: UserInfo | None
+    history: Callable[[], list[MessageRecord]] | None
+    history_before: str
+
+
 @dataclass
 class InboxEntry:
-    """``record_inbound``'s answer: the inbox row, whether it was a duplicate, the stored message."""
+    """``record_inbound``'s answer: the inbox row, whether it was a duplicate, the stored message,
+    and the turn's context when it was asked for and read in the same statement."""
 
     id: str
     duplicate: bool
     message_id: str | None
+    context: TurnContext | None = None
 
 
 @dataclass
