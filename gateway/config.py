@@ -154,6 +154,10 @@ class DispatchSettings(Section):
     error_message: str = "Sorry, something went wrong on our side. Please try again."
     timeout_message: str = "Sorry, that took too long. Please try again."
     history_limit: int = Field(50, ge=0)
+    history_prefetch: Literal["auto", "always"] = "auto"
+    """PostgreSQL: ``auto`` fetches a turn's history before its handler runs while handlers read
+    it, and stops after 200 turns in a row that did not (the next handler to read it holds the
+    event loop up for one round trip); ``always`` fetches it for every turn."""
     lease_ttl: float = Field(15.0, gt=0)
     """``chatgate worker``: seconds a worker's hold on a session lasts unless renewed (every
     ttl/3). A killed worker's sessions run on another worker at most this long after it died."""

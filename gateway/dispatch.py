@@ -94,12 +94,13 @@ class Dispatcher:
         dedup_retention: timedelta = timedelta(hours=24),
         runs_handlers: bool = True,
         notify: str | None = None,
-        context_rows: int = 0,
+        context_rows: Callable[[], int] | None = None,
     ) -> None:
         """``runs_handlers=False`` (``chatgate web``): ``submit`` records and returns, and the
         PostgreSQL channel ``notify`` is told the session id in the same transaction.
-        ``context_rows``: the history rows a turn reads with its session; when above 0, a message
-        for a session with nothing running here has its turn's context read as it is recorded."""
+        ``context_rows`` says how many history rows a turn reads with its session now; when
+        given, a message for a session with nothing running here has its turn's context read as
+        it is recorded."""
         self.store = store
         self.runner = runner
         self.prompts = PromptRegistry()
@@ -118,7 +119,7 @@ class Dispatcher:
         self._idle.set()
         self.runs_handlers = runs_handlers
         self._notify = notify
-        self._context_rows = context_rows if runs_handlers else 0
+        self._context_rows = context_rows if runs_handlers else None
         self.interrupted: set[str] = set()
         """Sessions whose running handler ``close`` had to cancel (past its grace)."""
         self.on_idle: Callable[[str], None] | None = None
@@ -138,8 +139,8 @@ class Dispatcher:
         # PostgreSQL the statement that records it reads what the turn needs too, a round trip
         # fewer (``InboxQueries.record``; elsewhere the turn's read stays in this process).
         context = (
-            (new_id(), self._context_rows)
-            if self._context_rows and message is not None and session_id not in self._lanes
+            (new_id(), self._context_rows())
+            if self._context_rows is not None and message is not None and session_id not in self._lanes
             and self._free_slots and self._held is None
             else None
         )

@@ -45,7 +45,7 @@ from gateway.dispatch import Dispatcher
 from gateway.fenced_outbox import FencedOutbox
 from gateway.files import FileStore
 from gateway.health import Check, NotReady, Readiness, RedisPing
-from gateway.history import StoredHistory
+from gateway.history import HistoryPrefetch, StoredHistory
 from gateway.inbound import Accepted, Inbound
 from gateway.intake import Intake
 from gateway.leases import LeaseStore
@@ -115,6 +115,8 @@ class Gateway:
             sqlite_writes=settings.database.sqlite_writes,
         )
         self.bus: Bus = RedisBus(settings.redis.url) if settings.redis.url else LocalBus()
+        self.history_prefetch = HistoryPrefetch(settings.dispatch.history_prefetch)
+        """Whether a turn on PostgreSQL fetches its history before its handler (``gateway.history``)."""
         self.dispatcher = Dispatcher(
             self.store,
             TurnRunner(self),
@@ -122,7 +124,7 @@ class Gateway:
             dedup_retention=timedelta(hours=settings.dispatch.dedup_retention_hours),
             runs_handlers=role != "web",
             notify=INBOX_CHANNEL if role == "web" else None,
-            context_rows=StoredHistory.rows_to_fetch(settings.dispatch.history_limit, in_turn=True),
+            context_rows=self.history_rows,
         )
         self.claims: SessionClaims | None = None
         """The session leases of a ``worker`` (made at start, once the store is open)."""
@@ -197,6 +199,13 @@ class Gateway:
         return await self.intake.submit(inbound)
 
     # -- wiring the parts to each other ----------------------------------------------------------
+
+    def history_rows(self) -> int:
+        """The stored messages a turn fetches before its handler runs (the current one
+        included): none while ``history_prefetch`` says handlers leave their history alone."""
+        if not self.history_prefetch.wanted:
+            return 0
+        return StoredHistory.rows_to_fetch(self.settings.dispatch.history_limit, in_turn=True)
 
     def outbox_for(self, channel: SessionChannel, session_id: str, *, turn: str | None = None) -> Outbox | None:
         adapter = self._by_channel.get(channel.type)

@@ -27,7 +27,7 @@ from gateway.context import (
 )
 from gateway.conversation import Conversation
 from gateway.dispatch import WorkItem
-from gateway.history import StoredHistory
+from gateway.history import HistoryPrefetch, StoredHistory
 from gateway.ids import new_id
 from gateway.inbound import Inbound
 from gateway.metrics import GatewayMetrics
@@ -68,9 +68,12 @@ class TurnHost(Protocol):
 
     store: Store
     settings: Settings
+    history_prefetch: HistoryPrefetch
 
     @property
     def app(self) -> HandlerRegistry: ...
+
+    def history_rows(self) -> int: ...
 
     def conversation(
         self,
@@ -126,7 +129,7 @@ class TurnRunner:
         else:
             history_before = new_id()  # the history is what was stored before the turn's Session
             context = await rt.store.sessions.turn_context_and_history(
-                item.session_id, history_before, StoredHistory.rows_to_fetch(history_limit, in_turn=True)
+                item.session_id, history_before, rt.history_rows()
             )
         if context is None:  # deleted while the event waited
             await rt.store.inbox.set_status(item.inbox_id, "done", "session deleted", fence=fence)
@@ -151,7 +154,8 @@ class TurnRunner:
             return
         message = self._bind_attachments(inbound)
         history = StoredHistory(rt.store.messages, record.id, record.channel.type, history_limit,
-                                exclude_inbound=item.inbox_id, before_id=history_before, fetched=history_rows)
+                                exclude_inbound=item.inbox_id, before_id=history_before, fetched=history_rows,
+                                may_block=history_rows is None)
         await history.prefetch()  # when not read with the session: the rows now, decoded if the handler reads them
         session = Session(
             record.id,
@@ -219,6 +223,7 @@ class TurnRunner:
                 error = await self._failed(session)
         finally:
             reset_current_session(token)
+            rt.history_prefetch.turn_ended(read_history=history.was_read)
             # From here a stop no longer cancels the turn (Dispatcher.stop): its outcome is
             # recorded whole, without a task of its own to shield it.
             item.finishing = True

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 import gateway
 from adapters.base import Inbound, PlatformUser
+from gateway.history import HistoryPrefetch
 from gateway.runtime import Gateway
 from gateway.store.postgres_turns import listen_statements
 from gateway.testing import test_settings
@@ -373,3 +374,61 @@ async def test_a_message_that_waits_behind_another_turn_reads_what_that_turn_lef
     assert [number for number, _ in seen] == [1, 2]
     assert seen[1][1][-1] == "reply 1"  # the first turn's reply is in the second's history
     assert stored is not None and stored.data["n"] == 2
+
+
+async def test_history_left_alone_is_no_longer_fetched_and_is_still_there_when_read(
+    tmp_path, database_url, statements
+) -> None:
+    """On PostgreSQL a turn fetches its history before its handler runs while handlers read it
+    (``gateway.history.HistoryPrefetch``). After turns that left it alone it is no longer
+    fetched; the handler that reads it then gets it all the same (a read that holds the loop up
+    once), and fetching resumes."""
+    adapter = CountingAdapter()
+    seen: list[Any] = []
+    settings = test_settings(tmp_path, database={"url": database_url}, dispatch={"history_limit": 4})
+    gw = Gateway(history_app(seen), settings, adapters=[adapter])
+    gw.history_prefetch = HistoryPrefetch("auto", quiet_turns=2)
+    await gw.start()
+    try:
+        user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
+        record = await gw.sessions.create(SessionChannel("counted"), user)
+
+        async def turn(key: str, text: str) -> None:
+            await gw.submit(Inbound("message", key, SessionChannel("counted"), PlatformUser("counted", "u1"),
+                                    message=Message(text, "user", "counted"), session_id=record.id))
+            await asyncio.wait_for(adapter.replies.get(), 10)
+            await until(lambda: gw.dispatcher.running_inbound(record.id) is None)
+            while not adapter.replies.empty():
+                adapter.replies.get_nowait()
+
+        assert gw.history_prefetch.wanted
+        for number, text in enumerate(["one", "two", "three"]):
+            await turn(f"counted:{number}", text)
+        assert not gw.history_prefetch.wanted  # two turns in a row left it alone
+        statements.recording = True
+        await turn("counted:3", "look after a reply")
+        statements.recording = False
+        assert seen.pop() == [("user", "two"), ("app", "echo: two"), ("user", "three"), ("app", "echo: three"),
+                              ("app", "first reply")]
+        history_reads = [s for s in statements.statements if s.startswith("SELECT") and "FROM messages" in s]
+        assert len(history_reads) == 1, statements.statements  # read when the handler looked, not before
+        assert gw.history_prefetch.wanted  # it was read: fetched again from the next turn
+    finally:
+        await gw.stop()
+
+
+def test_history_prefetch_stops_after_quiet_turns_and_resumes_on_a_read() -> None:
+    auto = HistoryPrefetch("auto", quiet_turns=3)
+    for _ in range(2):
+        auto.turn_ended(read_history=False)
+    assert auto.wanted
+    auto.turn_ended(read_history=False)
+    assert not auto.wanted
+    for _ in range(100):
+        auto.turn_ended(read_history=False)
+    auto.turn_ended(read_history=True)
+    assert auto.wanted
+    always = HistoryPrefetch("always", quiet_turns=1)
+    for _ in range(5):
+        always.turn_ended(read_history=False)
+    assert always.wanted

@@ -184,7 +184,10 @@ class MessageQueries:
 
     def history_now(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]:
         """The last ``limit`` messages with ids before ``before_id``, oldest first, read
-        synchronously (``Database.read_now``): ``session.history`` on first use."""
+        synchronously (``Database.read_now``; on PostgreSQL the event loop waits a round trip:
+        ``blocks_to_read_now``): ``session.history`` on first use."""
+        if self._db.postgres_turns is not None:
+            return self._db.postgres_turns.history_now(session_id, before_id, limit)
         return self._db.read_now(_history_reader(session_id, before_id, limit))
 
     async def history(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]:
@@ -205,8 +208,15 @@ class MessageQueries:
 
     @property
     def reads_now(self) -> bool:
-        """Whether ``history_now`` can serve this store (``Database.reads_now``)."""
+        """Whether ``history_now`` can serve this store without holding up the event loop
+        (``Database.reads_now``)."""
         return self._db.reads_now
+
+    @property
+    def blocks_to_read_now(self) -> bool:
+        """Whether ``history_now`` can serve this store by holding up the event loop for a
+        round trip (PostgreSQL: ``gateway.store.postgres_blocking_reads``)."""
+        return self._db.postgres_turns is not None
 
     async def save_feedback(self, session_id: str, inbound_id: str, value: int) -> None:
         """Record (or change) the rating of one turn."""

@@ -38,6 +38,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.ids import instant, new_id
 from gateway.store.connection_lender import ConnectionLender
 from gateway.store.fence import Fence
+from gateway.store.postgres_blocking_reads import BlockingReads
 from gateway.store.postgres_group_commit import PendingWrite, PostgresGroupCommit
 from gateway.store.records import InboxEntry, MessageRecord, SessionRecord, TurnContext
 from gateway.store.tables import utcnow
@@ -196,15 +197,20 @@ def _session(row: Sequence[Any]) -> SessionRecord:
     )
 
 
-def _context_read_with(rows: Sequence[Any], at: int, now: datetime, before_id: str) -> TurnContext:
+def _context_read_with(
+    rows: Sequence[Any], at: int, now: datetime, before_id: str, *, with_history: bool
+) -> TurnContext:
     """The turn's context from the rows of ``record_statement(context=True)``, its columns from
     ``at``. The session row is as the statement's snapshot saw it: before the statement touched
-    its ``updated_at``, which is ``now`` since."""
+    its ``updated_at``, which is ``now`` since. Without ``with_history`` (no rows were asked
+    for), its history is left to be read on first use."""
     first = rows[0]
     session = _session(first[at:])
     session.updated_at = now
     user_at = at + _USER_AT
     user = None if first[user_at] is None else UserInfo(first[user_at], first[user_at + 1], first[user_at + 2])
+    if not with_history:
+        return TurnContext(session, user, None, before_id)
     history_at = at + _HISTORY_AT
     history = [row[history_at:] for row in rows if row[history_at] is not None]
     return TurnContext(session, user, lambda: [_message(row) for row in reversed(history)], before_id)
@@ -241,8 +247,9 @@ async def _observe(conn: asyncpg.Connection) -> None:
 class PostgresTurns:
     """The per-turn statements on connections of their own (see the module's docstring)."""
 
-    def __init__(self, connections: ConnectionLender) -> None:
+    def __init__(self, connections: ConnectionLender, blocking: BlockingReads) -> None:
         self._connections = connections
+        self._blocking = blocking
         self.group_commit = PostgresGroupCommit(connections)
 
     @classmethod
@@ -258,11 +265,12 @@ class PostgresTurns:
 
         connections = ConnectionLender(connect, max_size)
         await connections.open_first()
-        return cls(connections)
+        return cls(connections, BlockingReads(connect))
 
     async def close(self) -> None:
         await self.group_commit.drain()
         await self._connections.close()
+        await self._blocking.close()
 
     # -- the inbox ----------------------------------------------------------------------------
 
@@ -312,7 +320,9 @@ class PostgresTurns:
             if row[1]:
                 entry = InboxEntry(inbox_id, False, message_id)
                 if context is not None:
-                    entry.context = _context_read_with(rows, 3 if repeat is not None else 2, now, context[0])
+                    entry.context = _context_read_with(
+                        rows, 3 if repeat is not None else 2, now, context[0], with_history=context[1] > 0
+                    )
                 return entry
             assert repeat is not None  # only a live claim stops a recording of an existing session
             # A claim committed after this statement's snapshot was taken: read it now.
@@ -344,6 +354,12 @@ class PostgresTurns:
     async def history(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]:
         """The last ``limit`` messages with ids before ``before_id``, oldest first."""
         return (await self.history_fetched(session_id, before_id, limit))()
+
+    def history_now(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]:
+        """``history``, the calling thread (and its event loop) waiting for it
+        (``gateway.store.postgres_blocking_reads``): ``session.history`` on first use."""
+        rows = self._blocking.fetch(SELECT_HISTORY, session_id, before_id, limit)
+        return [_message(row) for row in reversed(rows)]
 
     async def history_fetched(
         self, session_id: str, before_id: str, limit: int
