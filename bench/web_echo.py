@@ -224,8 +224,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def _local_postgres(url: str | None) -> bool:
+    """A PostgreSQL on this machine: on loopback, or on its Unix socket (``user@/db?host=/dir``)."""
     return bool(url) and url.startswith("postgresql") and any(
-        f"@{host}" in url for host in ("127.0.0.1", "localhost", "[::1]")
+        f"@{host}" in url for host in ("127.0.0.1", "localhost", "[::1]", "/")
     )
 
 
