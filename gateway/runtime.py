@@ -124,7 +124,8 @@ class Gateway:
             dedup_retention=timedelta(hours=settings.dispatch.dedup_retention_hours),
             runs_handlers=role != "web",
             notify=INBOX_CHANNEL if role == "web" else None,
-            context_rows=self.history_rows,
+            # PostgreSQL reads a turn's context with its event; on SQLite the turn's read is local.
+            context_rows=None if self.store.is_sqlite else self.history_rows,
         )
         self.claims: SessionClaims | None = None
         """The session leases of a ``worker`` (made at start, once the store is open)."""
