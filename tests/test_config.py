@@ -214,6 +214,7 @@ def test_public_url_must_be_absolute(monkeypatch):
     ("CHATGATE_SLACK__API_URL", "slack.com/api", "slack.api_url"),
     ("CHATGATE_SLACK__EVENTS_PATH", "slack events", "slack.events_path"),
     ("CHATGATE_SLACK__SLASH_COMMAND", "chatgate", "slack.slash_command"),
+    ("CHATGATE_DISPATCH__HISTORY_PREFETCH", "sometimes", "dispatch.history_prefetch"),
 ])
 def test_values_that_failed_later_are_refused_at_load(monkeypatch, variable, value, key):
     monkeypatch.setenv(variable, value)

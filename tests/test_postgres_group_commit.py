@@ -206,3 +206,26 @@ def test_each_statement_takes_text_arrays_only(parts: tuple[bool, bool], fenced:
     arrays = re.findall(r"\$(\d+)::(\w+)\[\]", statement)
     assert {kind for _, kind in arrays} == {"text"}
     assert sorted(int(n) for n, _ in arrays) == list(range(1, len(arrays) + 1))
+
+
+async def test_a_status_under_a_lost_lease_does_not_hide_the_one_before_it(statements, store) -> None:
+    """Two statuses of one event asked for together, the first under the lease, the second under
+    a stale token: in sequence the first is written and the second refused, and so here."""
+    queue = SessionQueue(store.engine)
+    session_id = await _session(store)
+    claim = await queue.claim(session_id, "worker-a", TTL)
+    assert claim is not None
+    held = Fence(session_id, claim.token, time.monotonic() + TTL)
+    stale = Fence(session_id, claim.token - 1, time.monotonic() + TTL)
+    entry = await store.inbox.record(session_id, "k", "message", {}, user_text="hi")
+    statements.clear()
+    outcomes = await asyncio.gather(
+        store.inbox.set_status(entry.id, "done", fence=held),
+        store.inbox.set_status(entry.id, "failed", "late", fence=stale),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is None and isinstance(outcomes[1], LeaseLost)
+    stored = await store.inbox.get(entry.id)
+    assert stored is not None and (stored.status, stored.error) == ("done", None)
+    await asyncio.sleep(0.01)
+    assert len(_batches(statements)) == 2  # the second waited for a batch of its own

@@ -22,7 +22,8 @@ What does not change:
   the commit, as ``Fence.verify_postgres`` does) and writes only the rows whose fence held. The
   others' callers get ``LeaseLost``; their rows are not written.
 - **Order.** A caller that awaits its write before the next sees them in order. Two status
-  writes of one event in one batch are written as one, the later winning, as in sequence.
+  writes of one event in one batch are written as one, the later winning, as in sequence (under
+  the same fence; under another, the later waits for the next batch).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class PostgresGroupCommit:
         self._idle = asyncio.Event()
         self._idle.set()
         self.batches = 0
-        """Batches sent so far (with ``writes``, what the tests and the bench read)."""
+        """Batches sent so far, and ``writes`` in them (the tests read them)."""
         self.writes = 0
 
     async def write(self, pending: PendingWrite) -> None:
@@ -158,9 +159,25 @@ class PostgresGroupCommit:
         self._scheduled = False
         if not self._pending or self._in_flight >= MAX_BATCHES_IN_FLIGHT:
             return  # the batch on its way starts the next one when it is back
-        batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+        batch = self._take_batch()
         self._in_flight += 1
         asyncio.get_running_loop().create_task(self._send(batch))
+
+    def _take_batch(self) -> list[PendingWrite]:
+        """Up to ``MAX_BATCH`` pending writes, in order. A batch writes one status per event (the
+        later), which is what writing both in sequence leaves only if both pass the same fence:
+        a status of an event already in the batch under another fence starts the next batch."""
+        fences: dict[str, Fence | None] = {}
+        taken = 0
+        for pending in self._pending[:MAX_BATCH]:
+            if not pending.is_message:
+                inbox_id = pending.values[0]
+                if inbox_id in fences and fences[inbox_id] is not pending.fence:
+                    break
+                fences[inbox_id] = pending.fence
+            taken += 1
+        batch, self._pending = self._pending[:taken], self._pending[taken:]
+        return batch
 
     async def _send(self, batch: list[PendingWrite]) -> None:
         outcomes: Sequence[BaseException | None]

@@ -78,8 +78,9 @@ SELECT_TURN_CONTEXT_AND_HISTORY = (
     " WHERE sessions.id = $1"
 )
 """The session, its user and its history (newest first) in one round trip: a row per message,
-or one row with no message. A handler that never reads its history still has it fetched (there
-is no synchronous read on PostgreSQL), but not in a round trip of its own."""
+or one row with no message. The history is fetched while handlers read it (a read on first use
+would hold the event loop up: ``gateway.history.HistoryPrefetch``), in this round trip, not one
+of its own."""
 _USER_AT = 14  # where the user's columns start in a row of SELECT_TURN_CONTEXT_AND_HISTORY
 _HISTORY_AT = 17  # where the message columns start in it
 SELECT_TURN = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE inbound_id = $1 AND session_id = $2 ORDER BY id"
@@ -197,6 +198,18 @@ def _session(row: Sequence[Any]) -> SessionRecord:
     )
 
 
+def _user(row: Sequence[Any], at: int) -> UserInfo | None:
+    """The user's columns of a turn-context row, from ``at`` (``None``: the user is gone)."""
+    return None if row[at] is None else UserInfo(row[at], row[at + 1], row[at + 2])
+
+
+def _history(rows: Sequence[Any], at: int) -> Callable[[], list[MessageRecord]]:
+    """The history in turn-context rows (newest first, a message's columns from ``at``; none in
+    a row of a session with no message), decoded oldest first when the function is called."""
+    history = [row[at:] for row in rows if row[at] is not None]
+    return lambda: [_message(row) for row in reversed(history)]
+
+
 def _context_read_with(
     rows: Sequence[Any], at: int, now: datetime, before_id: str, *, with_history: bool
 ) -> TurnContext:
@@ -204,16 +217,10 @@ def _context_read_with(
     ``at``. The session row is as the statement's snapshot saw it: before the statement touched
     its ``updated_at``, which is ``now`` since. Without ``with_history`` (no rows were asked
     for), its history is left to be read on first use."""
-    first = rows[0]
-    session = _session(first[at:])
+    session = _session(rows[0][at:])
     session.updated_at = now
-    user_at = at + _USER_AT
-    user = None if first[user_at] is None else UserInfo(first[user_at], first[user_at + 1], first[user_at + 2])
-    if not with_history:
-        return TurnContext(session, user, None, before_id)
-    history_at = at + _HISTORY_AT
-    history = [row[history_at:] for row in rows if row[history_at] is not None]
-    return TurnContext(session, user, lambda: [_message(row) for row in reversed(history)], before_id)
+    history = _history(rows, at + _HISTORY_AT) if with_history else None
+    return TurnContext(session, _user(rows[0], at + _USER_AT), history, before_id)
 
 
 def _touched(status: str) -> int:
@@ -381,8 +388,7 @@ class PostgresTurns:
             row = await conn.fetchrow(SELECT_TURN_CONTEXT, session_id)
         if row is None:
             return None
-        user = None if row[_USER_AT] is None else UserInfo(row[_USER_AT], row[_USER_AT + 1], row[_USER_AT + 2])
-        return _session(row), user
+        return _session(row), _user(row, _USER_AT)
 
     async def turn_context_and_history(
         self, session_id: str, before_id: str, limit: int
@@ -392,10 +398,7 @@ class PostgresTurns:
             rows = await conn.fetch(SELECT_TURN_CONTEXT_AND_HISTORY, session_id, before_id, limit)
         if not rows:
             return None
-        first = rows[0]
-        user = None if first[_USER_AT] is None else UserInfo(first[_USER_AT], first[_USER_AT + 1], first[_USER_AT + 2])
-        history = [row[_HISTORY_AT:] for row in rows if row[_HISTORY_AT] is not None]
-        return _session(first), user, lambda: [_message(row) for row in reversed(history)]
+        return _session(rows[0]), _user(rows[0], _USER_AT), _history(rows, _HISTORY_AT)
 
     # -- writes -------------------------------------------------------------------------------
 
