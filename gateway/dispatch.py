@@ -66,6 +66,9 @@ class WorkItem:
     finishing: bool = False
     """Its handler is over and its turn records the outcome: a stop no longer cancels it (the
     runner sets it; see ``Dispatcher.stop``)."""
+    hand_over: Callable[[], None] | None = None
+    """Set by the dispatcher while the turn runs: the runner calls it just before it asks for the
+    turn's final status, and the session's next event may start (see ``Dispatcher._hand_over``)."""
 
 
 @dataclass
@@ -79,6 +82,13 @@ class Lane:
     current: WorkItem | None = None
     waiting: bool = False
     """Queued for a slot (``Dispatcher._waiting_for_slot``)."""
+    finishing: set[asyncio.Task[None]] = field(default_factory=set)
+    """Turns that handed the lane over and still wait for their status to commit: the lane is
+    not dry (nor its lease free) until they are done."""
+
+    def free(self) -> bool:
+        """Nothing runs or waits to run here: an event for the session would start at once."""
+        return self.running is None and not self.queue and not self.waiting
 
 
 Runner = Callable[[WorkItem], Coroutine[Any, Any, None]]
@@ -140,7 +150,7 @@ class Dispatcher:
         # fewer (``InboxQueries.record``; elsewhere the turn's read stays in this process).
         context = (
             (new_id(), self._context_rows())
-            if self._context_rows is not None and message is not None and session_id not in self._lanes
+            if self._context_rows is not None and message is not None and self._lane_free(session_id)
             and self._free_slots and self._held is None
             else None
         )
@@ -170,6 +180,10 @@ class Dispatcher:
         else:
             self._route(item)
         return Accepted(entry.id, session_id)
+
+    def _lane_free(self, session_id: str) -> bool:
+        lane = self._lanes.get(session_id)
+        return lane is None or lane.free()
 
     def route(self, item: WorkItem) -> None:
         """Route an event already recorded: a stop, a prompt's answer, or the session's lane."""
@@ -225,10 +239,11 @@ class Dispatcher:
                 continue
             self._free_slots -= 1
             lane.current = item
+            item.hand_over = functools.partial(self._hand_over, lane, item)
             lane.running = asyncio.create_task(self.runner(item), name=f"chatgate-turn-{item.inbox_id}")
             lane.running.add_done_callback(functools.partial(self._turn_over, lane, item))
             return
-        dry = not lane.queue and self._lanes.get(lane.session_id) is lane
+        dry = not lane.queue and not lane.finishing and self._lanes.get(lane.session_id) is lane
         if dry:
             del self._lanes[lane.session_id]
         if not self._lanes:
@@ -236,17 +251,48 @@ class Dispatcher:
         if dry and self.on_idle is not None:
             self.on_idle(lane.session_id)
 
+    def _hand_over(self, lane: Lane, item: WorkItem) -> None:
+        """The turn of ``item`` is about to ask for its final status: let the lane's next event
+        start now rather than after that write's round trip (the next message of a chat often
+        arrives during it). The turn's task goes on to await the commit and announce its end.
+
+        Safe because the status write is queued before the next turn can write anything: the
+        group commit sends writes in order (one batch in flight), so no later write of the
+        session commits before it, and a crash in between re-runs both turns, as it would have
+        re-run the first. Everything else of the turn (replies, ``session.data``) is committed
+        by then, so the next turn's context, even one read as it is recorded, sees it.
+
+        The turn's slot is freed here; the session stays busy here (``busy``, the lease) until
+        the status is written."""
+        item.hand_over = None
+        if lane.current is not item or lane.running is None:
+            return
+        lane.finishing.add(lane.running)
+        lane.running = None
+        lane.current = None
+        self._release_slot(lane)
+
     def _turn_over(self, lane: Lane, item: WorkItem, task: asyncio.Task[None]) -> None:
         """A turn's task is done: free its slot, give it to the lane that waited longest, and go
-        on with this lane (behind those, as a slot's waiters are served in order)."""
+        on with this lane (behind those, as a slot's waiters are served in order). A turn that
+        handed the lane over (``_hand_over``) only leaves it, maybe dry now."""
         if task.cancelled():
             if not self._closed:
                 log.info("turn %s in session %s was stopped", item.inbox_id, lane.session_id)
         elif (error := task.exception()) is not None:  # the runner handles handler errors; this is a bug
             log.error("turn %s failed outside the handler", item.inbox_id, exc_info=error)
+        item.hand_over = None
+        self._in_hand.discard(item.inbox_id)
+        if task in lane.finishing:
+            lane.finishing.discard(task)
+            if lane.free():
+                self._start_next(lane)  # nothing to start: forgets the lane once its last turn is over
+            return
         lane.running = None
         lane.current = None
-        self._in_hand.discard(item.inbox_id)
+        self._release_slot(lane)
+
+    def _release_slot(self, lane: Lane) -> None:
         self._free_slots += 1
         if self._waiting_for_slot and lane.queue and not self._closed:
             lane.waiting = True
@@ -301,8 +347,9 @@ class Dispatcher:
         return lane.current.inbox_id
 
     def busy(self, session_id: str) -> bool:
+        """Whether anything of the session is here: queued, running, or recording its outcome."""
         lane = self._lanes.get(session_id)
-        return lane is not None and (lane.running is not None or bool(lane.queue))
+        return lane is not None and (lane.running is not None or bool(lane.queue) or bool(lane.finishing))
 
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until every lane is empty (tests, graceful shutdown)."""
@@ -374,11 +421,13 @@ class Dispatcher:
         """
         self._closed = True
         turns = {lane.running: lane for lane in self._lanes.values() if lane.running is not None}
+        turns.update((task, lane) for lane in self._lanes.values() for task in lane.finishing)
         if turns:
             _, pending = await asyncio.wait(turns, timeout=grace)
             for task in pending:  # a turn recording its outcome gets another grace to finish
                 current = turns[task].current
-                if current is None or not current.finishing:
+                handed_over = task in turns[task].finishing
+                if not handed_over and (current is None or not current.finishing):
                     self.interrupted.add(turns[task].session_id)
                     task.cancel()
             if pending:

@@ -244,7 +244,10 @@ class TurnRunner:
                                        handler_seconds=handler_seconds)
             return
         # Recorded before the turn is announced over: whoever learns of the end (a REST client)
-        # and then asks finds the event finished.
+        # and then asks finds the event finished. The session's next event may start meanwhile:
+        # the status is queued ahead of anything it writes (``Dispatcher._hand_over``).
+        if item.hand_over is not None:
+            item.hand_over()
         try:
             await self.rt.store.inbox.set_status(item.inbox_id, status, error, fence=item.fence)
         except LeaseLost:

@@ -351,6 +351,80 @@ class TestLanes:
         assert await status_of(store, accepted.inbound_id) == ("done", None)
         assert session.id not in dispatcher.interrupted
 
+    async def test_a_turn_writing_its_status_hands_the_lane_over_and_keeps_the_session_busy(
+        self, dispatcher, runner, store, session
+    ):
+        """A turn calls ``WorkItem.hand_over`` just before it writes its status (``TurnRunner``):
+        the session's next event starts then, while the first turn still waits for its write.
+        The session stays busy (its lease held, ``wait_idle`` waiting) until that write is done,
+        and neither a stop nor close cuts it."""
+        status_gate = asyncio.Event()
+        handed_over = asyncio.Event()
+        idle_calls: list[str] = []
+        dispatcher.on_idle = idle_calls.append
+
+        async def handing_over(item: WorkItem) -> None:
+            if item.inbound.message is not None and item.inbound.message.text == "first":
+                item.finishing = True
+                assert item.hand_over is not None
+                item.hand_over()
+                handed_over.set()
+                await status_gate.wait()  # the status write's round trip, made long
+                await store.inbox.set_status(item.inbox_id, "done")
+                runner.finished.append("first")
+                return
+            await runner(item)
+
+        dispatcher.runner = handing_over
+        first = await dispatcher.submit(message(session, "first"), session.id)
+        await asyncio.wait_for(handed_over.wait(), 5)
+        assert dispatcher.running_inbound(session.id) is None  # nothing handles an event here now
+        assert dispatcher.busy(session.id)
+        runner.hold("second")
+        await dispatcher.submit(message(session, "second"), session.id)
+        await asyncio.wait_for(runner.started("second").wait(), 5)  # started before the first is written
+        assert dispatcher.stop(session.id) is True  # stops the second; the first records its outcome
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert runner.cancelled == ["second"]
+        assert dispatcher.busy(session.id) and idle_calls == []
+        with pytest.raises(TimeoutError):
+            await dispatcher.wait_idle(0.2)
+        closing = asyncio.create_task(dispatcher.close(grace=0.5))
+        await asyncio.sleep(0.7)  # past the grace: still writing its status, not cancelled (it gets one more)
+        assert not closing.done()
+        status_gate.set()
+        await asyncio.wait_for(closing, 10)
+        assert await status_of(store, first.inbound_id) == ("done", None)
+        assert runner.finished == ["first"]
+        assert session.id not in dispatcher.interrupted
+        assert not dispatcher.busy(session.id)
+        assert idle_calls == [session.id]  # the lease goes back only once the first is written
+
+    async def test_a_handed_over_turn_frees_its_slot_for_another_session(self, store, runner, make_dispatcher):
+        dispatcher = make_dispatcher(store, runner, max_concurrent=1)
+        a, b = await new_session(store, "a"), await new_session(store, "b")
+        status_gate = asyncio.Event()
+
+        async def handing_over(item: WorkItem) -> None:
+            if item.session_id == a.id:
+                assert item.hand_over is not None
+                item.hand_over()
+                await status_gate.wait()
+                await store.inbox.set_status(item.inbox_id, "done")
+                return
+            await runner(item)
+
+        dispatcher.runner = handing_over
+        await dispatcher.submit(message(a, "a1"), a.id)
+        await dispatcher.submit(message(b, "b1"), b.id)
+        await asyncio.wait_for(runner.started("b1").wait(), 5)
+        await until(lambda: not dispatcher.busy(b.id))
+        assert dispatcher.busy(a.id)
+        status_gate.set()
+        await dispatcher.wait_idle(10)
+        assert not dispatcher.busy(a.id)
+
     async def test_running_inbound_names_the_event_being_handled(self, dispatcher, runner, session):
         runner.hold("first")
         first = await dispatcher.submit(message(session, "first"), session.id)

@@ -14,6 +14,7 @@ import sqlite3
 from collections import Counter
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -373,6 +374,69 @@ async def test_a_message_that_waits_behind_another_turn_reads_what_that_turn_lef
     assert replies == ["reply 1", "reply 2"]
     assert [number for number, _ in seen] == [1, 2]
     assert seen[1][1][-1] == "reply 1"  # the first turn's reply is in the second's history
+    assert stored is not None and stored.data["n"] == 2
+
+
+async def test_a_message_arriving_while_the_last_turn_writes_its_status_starts_at_once_and_sees_that_turn(
+    tmp_path, postgres_url, statements
+) -> None:
+    """A turn hands its session over just before it writes its status (``Dispatcher._hand_over``).
+    Here that write is held on a row lock taken by another connection: the next message starts
+    meanwhile, its context read with the statement that records it (no read of its own), and
+    sees the first turn's ``session.data`` and reply; its own reply commits only after the first
+    turn's status (the group commit writes in order)."""
+    adapter = CountingAdapter()
+    app = gateway.App("counted")
+    seen: list[tuple[int, list[str]]] = []
+    may_return = asyncio.Event()
+
+    @app.message()
+    async def count(session: gateway.Session, msg: gateway.Message) -> None:
+        number = session.data.get("n", 0) + 1
+        seen.append((number, [m.text for m in session.history]))
+        session.data["n"] = number
+        await session.reply(f"reply {number}")
+        if number == 1:
+            await may_return.wait()
+
+    locker = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    gw = Gateway(app, test_settings(tmp_path, database={"url": postgres_url}), adapters=[adapter])
+    await gw.start()
+    try:
+        user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
+        record = await gw.sessions.create(SessionChannel("counted"), user)
+
+        def inbound(number: int) -> Inbound:
+            return Inbound("message", f"counted:{number}", SessionChannel("counted"), PlatformUser("counted", "u1"),
+                           message=Message(f"m{number}", "user", "counted"), session_id=record.id)
+
+        first = await gw.submit(inbound(1))
+        assert await asyncio.wait_for(adapter.replies.get(), 10) == "reply 1"
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("SELECT 1 FROM inbox WHERE id = $1 FOR UPDATE", first.inbound_id)
+        may_return.set()
+        # handed over: nothing runs in the session, yet it is busy writing the first turn's status
+        await until(lambda: gw.dispatcher.running_inbound(record.id) is None and gw.dispatcher.busy(record.id))
+        statements.recording = True
+        await gw.submit(inbound(2))
+        await until(lambda: len(seen) == 2)
+        statements.recording = False
+        first_status = await locker.fetchval("SELECT status FROM inbox WHERE id = $1", first.inbound_id)
+        await lock.rollback()
+        assert await asyncio.wait_for(adapter.replies.get(), 10) == "reply 2"
+        await until(lambda: not gw.dispatcher.busy(record.id))
+        first_event = await gw.store.inbox.get(first.inbound_id)
+        stored = await gw.store.sessions.get(record.id)
+    finally:
+        await gw.stop()
+        await locker.close()
+
+    assert first_status != "done"  # the second turn ran while the first's status was still unwritten
+    assert first_event is not None and first_event.status == "done"
+    assert seen[1] == (2, ["m1", "reply 1"])
+    reads = [s for s in statements.statements if s.startswith("SELECT")]
+    assert reads == [], reads  # the context came with the recording
     assert stored is not None and stored.data["n"] == 2
 
 
