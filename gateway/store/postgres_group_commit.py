@@ -21,7 +21,9 @@ What does not change:
   lease is still held: the statement checks each fence of the batch once (locking its row until
   the commit, as ``Fence.verify_postgres`` does) and writes only the rows whose fence held. The
   others' callers get ``LeaseLost``; their rows are not written.
-- **Order.** A caller that awaits its write before the next sees them in order. Two status
+- **Order.** Writes are sent in the order they were asked for: a write asked for after another
+  goes in the same batch or a later one, never an earlier (a turn hands its session to the next
+  event once its status write is asked for: ``Dispatcher._hand_over``). Two status
   writes of one event in one batch are written as one, the later winning, as in sequence (under
   the same fence; under another, the later waits for the next batch).
 """
