@@ -53,6 +53,8 @@ log = logging.getLogger("chatgate.session")
 SessionMode = Literal["turn", "standalone", "synthetic"]
 KVScope = Literal["session", "user", "owner", "app"]
 PROMPT_TIMEOUT = 300.0  # Capsule's default for every prompt
+MAX_QUEUED_REPLIES = 64
+"""Replies a turn may have queued for storage before the next one waits for them (``Session.settle``)."""
 
 
 class Session:
@@ -68,7 +70,11 @@ class Session:
         conversation: Conversation | None = None,
         mode: SessionMode = "turn",
         stored_history: StoredHistory | None = None,
+        queue_replies: bool = False,
     ) -> None:
+        """``queue_replies`` (a turn on PostgreSQL, ``gateway.turns``): ``reply`` queues its write
+        and returns once the reply is delivered; the turn's end waits for them (``settle``), so
+        the last reply and the event's status share one batch."""
         self.id = id
         self.user = user
         self.channel = channel
@@ -83,6 +89,8 @@ class Session:
         self._conversation = conversation
         self._mode: SessionMode = mode if conversation is not None else "synthetic"
         self._inbound_id = None if conversation is None else conversation.turn
+        self.queue_replies = queue_replies and conversation is not None
+        self._queued: list[asyncio.Future[None]] = []
 
     @property
     def inbound_id(self) -> str | None:
@@ -184,10 +192,35 @@ class Session:
         refs = await self._deliver("a reply", lambda o: o.send_text(message_id, text))
         # Stored once, after sending, with the platform refs (a crash in between reruns the turn
         # either way, so storing first would buy nothing and cost a second write).
+        status = "failed" if refs is None else "complete"
+        if self.queue_replies:  # stored with the next batch; the turn's end waits for it
+            write = self._rt.store.messages.queue_add(
+                self.id, "assistant", text, message_id=message_id, inbound_id=self._inbound_id,
+                status=status, platform_refs=list(refs or []), fence=self.fence,
+            )
+            write.add_done_callback(_seen)  # a turn cut short never settles: its failure is not news
+            self._queued.append(write)
+            if len(self._queued) >= MAX_QUEUED_REPLIES:
+                await self.settle()
+            return
         await self._rt.store.messages.add(
             self.id, "assistant", text, message_id=message_id, inbound_id=self._inbound_id,
-            status="failed" if refs is None else "complete", platform_refs=list(refs or []), fence=self.fence,
+            status=status, platform_refs=list(refs or []), fence=self.fence,
         )
+
+    async def settle(self) -> None:
+        """Wait until the replies queued for storage (``queue_replies``) are stored; raise the
+        first failure (``LeaseLost``, or the database's error). A chatgate extension: the turn
+        calls it as it ends."""
+        queued, self._queued = self._queued, []
+        failure: BaseException | None = None
+        for write in queued:
+            try:
+                await write
+            except Exception as error:
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
     async def notify(self, text: str, *, detail: str = "") -> None:
         """A transient status line ("Searching the docs..."): shown, never kept in history."""
@@ -620,3 +653,9 @@ def _suggestion_dict(item: str | Suggestion | dict[str, Any]) -> dict[str, Any]:
             raise ValueError("a suggestion needs a label")
         return {**item, "target": target, "value": item.get("value", item["label"])}
     raise TypeError(f"a suggestion is a str, Suggestion or dict, not {type(item).__name__}")
+
+
+def _seen(write: asyncio.Future[None]) -> None:
+    """Mark a queued write's failure as retrieved (``settle`` raises it when the turn waits)."""
+    if not write.cancelled():
+        write.exception()

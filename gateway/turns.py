@@ -170,6 +170,7 @@ class TurnRunner:
                 replay=await self._stored_replies(item) if item.retried else None,
             ),
             mode="turn",
+            queue_replies=rt.store.queues_writes,
         )
         if inbound.chat_name and inbound.chat_name != record.chat_name:
             await rt.store.sessions.update(record.id, chat_name=inbound.chat_name, fence=fence)
@@ -240,16 +241,14 @@ class TurnRunner:
         except Exception:
             log.exception("saving session.data of %s failed", session.id)
         if status == "running":
+            await self._settle(session)
             self.rt.metrics.turn_ended(session.channel.type, "interrupted", received_at=item.received_at,
                                        handler_seconds=handler_seconds)
             return
         # Recorded before the turn is announced over: whoever learns of the end (a REST client)
-        # and then asks finds the event finished. The session's next event may start meanwhile:
-        # the status is queued ahead of anything it writes (``Dispatcher._hand_over``).
-        if item.hand_over is not None:
-            item.hand_over()
+        # and then asks finds the event finished.
         try:
-            await self.rt.store.inbox.set_status(item.inbox_id, status, error, fence=item.fence)
+            error = await self._record_outcome(session, item, status, error)
         except LeaseLost:
             if error != SESSION_DELETED:  # the worker that took the session over runs the event again
                 self.rt.metrics.turn_ended(session.channel.type, "interrupted", received_at=item.received_at,
@@ -263,6 +262,53 @@ class TurnRunner:
                 log.exception("ending the turn on %s failed", session.channel.type)
         self.rt.metrics.turn_ended(session.channel.type, error or "done", received_at=item.received_at,
                                    handler_seconds=handler_seconds)
+
+    async def _record_outcome(self, session: Session, item: WorkItem, status: str, error: str | None) -> str | None:
+        """Store the event's status once the turn's replies are stored, handing the session to
+        its next event as soon as that is safe (``Dispatcher._hand_over``); the turn's error.
+
+        On PostgreSQL the replies were queued, not awaited (``Session.queue_replies``): the
+        status is queued behind them, so the last reply and the status share a batch, one round
+        trip. The next event starts only once the replies are stored (its context, maybe read
+        as it is recorded, must see them); the status may still be on its way then, queued
+        ahead of anything the next turn writes. Elsewhere the replies are stored already: the
+        session is handed over, then the status written."""
+        store = self.rt.store
+        if not session.queue_replies:
+            if item.hand_over is not None:
+                item.hand_over()
+            await store.inbox.set_status(item.inbox_id, status, error, fence=item.fence)
+            return error
+        session.queue_replies = False  # a reply sent after the turn (a task the handler left) is awaited
+        written = store.inbox.queue_status(item.inbox_id, status, error, fence=item.fence)
+        try:
+            await session.settle()
+        except LeaseLost:
+            await asyncio.gather(written, return_exceptions=True)  # under the same fence: not written
+            raise
+        except Exception:
+            await asyncio.gather(written, return_exceptions=True)
+            if await store.sessions.get(session.id) is None:
+                # Deleted while the handler ran: its replies had nowhere to go (as ``_failed``).
+                log.info("session %s was deleted while its handler ran; the turn is dropped", session.id)
+                return SESSION_DELETED
+            log.exception("storing a reply of session %s failed: the event is marked failed", session.id)
+            error = "handler_error"
+            status = "failed"
+            written = store.inbox.queue_status(item.inbox_id, status, error, fence=item.fence)
+        if item.hand_over is not None:
+            item.hand_over()
+        await written
+        return error
+
+    async def _settle(self, session: Session) -> None:
+        """Wait for the replies an interrupted turn queued: they are stored or not, as a reply
+        awaited in the handler would have been, and its rerun replays what was."""
+        session.queue_replies = False
+        try:
+            await session.settle()
+        except Exception as error:
+            log.info("a reply of interrupted session %s was not stored: %s", session.id, error)
 
     # -- routing -------------------------------------------------------------------------
 

@@ -158,9 +158,11 @@ async def test_one_text_turn_reads_its_session_once_and_binds_attachments_once(
         "UPDATE sessions", "INSERT INTO inbox", "INSERT INTO messages", "INSERT INTO messages", "UPDATE inbox",
     ], "\n".join(w[:90] for w in writes)
     if not database_url.startswith("sqlite"):
-        # PostgreSQL records the event in one statement (gateway.store.postgres_turns): every
-        # write of the turn is a round trip of its own and no more.
-        assert len(writes) == 3 and not {"BEGIN", "COMMIT"} & set(statements.statements), statements.statements
+        # PostgreSQL records the event in one statement (gateway.store.postgres_turns), and the
+        # reply, queued rather than awaited (Session.queue_replies), goes out with the event's
+        # status in one batch: two round trips in all.
+        assert len(writes) == 2 and not {"BEGIN", "COMMIT"} & set(statements.statements), statements.statements
+        assert changes(writes[1]) == ["INSERT INTO messages", "UPDATE inbox"], writes[1]
 
 
 async def test_an_event_for_a_session_that_does_not_exist_records_nothing(tmp_path, database_url) -> None:
@@ -435,8 +437,9 @@ async def test_a_message_arriving_while_the_last_turn_writes_its_status_starts_a
     assert first_status != "done"  # the second turn ran while the first's status was still unwritten
     assert first_event is not None and first_event.status == "done"
     assert seen[1] == (2, ["m1", "reply 1"])
-    reads = [s for s in statements.statements if s.startswith("SELECT")]
-    assert reads == [], reads  # the context came with the recording
+    # The context came with the recording: the one read is the second turn saving its data.
+    reads = [s for s in statements.statements if s.startswith("SELECT") and not s.endswith("FOR UPDATE")]
+    assert reads == [], reads
     assert stored is not None and stored.data["n"] == 2
 
 
@@ -496,3 +499,108 @@ def test_history_prefetch_stops_after_quiet_turns_and_resumes_on_a_read() -> Non
     for _ in range(5):
         always.turn_ended(read_history=False)
     assert always.wanted
+
+
+# -- PostgreSQL: replies queued, the turn's end waits for them ----------------------------------
+
+
+class EndingChannel(CountingAdapter):
+    """``CountingAdapter`` that also keeps each turn's end, as its outbox is told it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ends: asyncio.Queue[tuple[str | None, str | None]] = asyncio.Queue()
+
+    def outbox(self, channel: SessionChannel, session_id: str, turn: str | None = None) -> Any:
+        inner, ends = super().outbox(channel, session_id, turn), self.ends
+
+        class Outbox:
+            async def send_text(self, message_id: str, text: str) -> list[str]:
+                return await inner.send_text(message_id, text)
+
+            async def end_turn(self, inbound_id: str | None, error: str | None) -> None:
+                ends.put_nowait((inbound_id, error))
+
+        return Outbox()
+
+
+async def _pg_turn(tmp_path: Any, postgres_url: str, app: gateway.App, text_: str,
+                   before: Any = None) -> tuple[Gateway, EndingChannel, str, tuple[str | None, str | None]]:
+    """Run one message through a gateway on PostgreSQL; the gateway is left running."""
+    adapter = EndingChannel()
+    gw = Gateway(app, test_settings(tmp_path, database={"url": postgres_url}), adapters=[adapter])
+    await gw.start()
+    if before is not None:
+        await before(gw)
+    user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
+    record = await gw.sessions.create(SessionChannel("counted"), user)
+    accepted = await gw.submit(Inbound("message", f"counted:{text_}", SessionChannel("counted"),
+                                       PlatformUser("counted", "u1"), message=Message(text_, "user", "counted"),
+                                       session_id=record.id))
+    end = await asyncio.wait_for(adapter.ends.get(), 10)
+    assert end[0] == accepted.inbound_id
+    await until(lambda: not gw.dispatcher.busy(record.id))
+    return gw, adapter, record.id, end
+
+
+async def test_a_turns_replies_are_queued_and_go_out_with_its_status_in_order(tmp_path, postgres_url, statements):
+    """On PostgreSQL ``session.reply`` returns once the reply is delivered; its write is queued
+    (``Session.queue_replies``), and the turn's end waits for them all before the event's status
+    is written and the end announced. Replies past ``MAX_QUEUED_REPLIES`` wait for the earlier."""
+    from gateway.session import MAX_QUEUED_REPLIES
+
+    app = gateway.App("counted")
+    count = MAX_QUEUED_REPLIES + 6
+
+    @app.message()
+    async def chatty(session: gateway.Session, msg: gateway.Message) -> None:
+        for n in range(count):
+            await session.reply(f"part {n}")
+
+    statements.recording = True
+    gw, adapter, session_id, end = await _pg_turn(tmp_path, postgres_url, app, "go")
+    statements.recording = False
+    try:
+        stored, _ = await gw.store.messages.page(session_id, offset=0, limit=200)
+        events = [row for row in await gw.store.inbox.unfinished() if row.session_id == session_id]
+    finally:
+        await gw.stop()
+    assert end[1] is None
+    assert adapter.texts == [f"part {n}" for n in range(count)]
+    assert [m.text for m in stored if m.role == "assistant"] == [f"part {n}" for n in range(count)]
+    assert events == []  # the event is done
+    batches = [s for s in statements.statements if "INSERT INTO messages" in s and "unnest" in s]
+    # one batch for the first MAX_QUEUED_REPLIES, and the rest go with the status
+    assert len(batches) == 2, len(batches)
+    assert changes(batches[-1]) == ["INSERT INTO messages", "UPDATE inbox"]
+
+
+async def test_a_queued_reply_the_database_refuses_marks_the_event_failed(tmp_path, postgres_url, caplog):
+    """The handler returned before its reply was stored: when storing it fails, the turn ends as
+    a handler error (logged, the event failed), not as done."""
+    app = gateway.App("counted")
+
+    @app.message()
+    async def answer(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply("refused")
+
+    async def refuse_that_reply(gw: Gateway) -> None:
+        dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("ALTER TABLE messages ADD CONSTRAINT no_refused CHECK (text <> 'refused')")
+        finally:
+            await conn.close()
+
+    gw, adapter, session_id, end = await _pg_turn(tmp_path, postgres_url, app, "hi", before=refuse_that_reply)
+    try:
+        assert end[0] is not None
+        event_ = await gw.store.inbox.get(end[0])
+        stored, _ = await gw.store.messages.page(session_id, offset=0, limit=10)
+    finally:
+        await gw.stop()
+    assert adapter.texts == ["refused"]  # delivered before it was stored, as always
+    assert end[1] == "handler_error"
+    assert event_ is not None and (event_.status, event_.error) == ("failed", "handler_error")
+    assert [m.role for m in stored] == ["user"]
+    assert any("storing a reply of session" in r.getMessage() for r in caplog.records)

@@ -171,6 +171,14 @@ class Database:
             return await conn.run_sync(work)
 
     @property
+    def queues_writes(self) -> bool:
+        """Whether a turn's replies and status can be queued without waiting
+        (``MessageQueries.queue_add``, ``InboxQueries.queue_status``): PostgreSQL's group commit
+        sends writes in the order they were asked for, so a write queued now is ahead of every
+        write asked for later."""
+        return self.postgres_turns is not None
+
+    @property
     def has_driver(self) -> bool:
         """Whether ``run_driver_write``/``run_driver_read`` serve this database: a SQLite file
         (``gateway.store.sqlite_turns`` runs a turn's own statements there)."""

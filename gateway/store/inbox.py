@@ -3,6 +3,7 @@ with its status until its turn ends (and its dedup key for ``dispatch.dedup_rete
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from datetime import datetime, timedelta
@@ -137,6 +138,15 @@ class InboxQueries:
             )
             row = await db.get(InboxRow, inbox_id)
         return row.attempts if row is not None else 0
+
+    def queue_status(
+        self, inbox_id: str, status: str, error: str | None = None, *, fence: Fence | None = None
+    ) -> asyncio.Future[None]:
+        """``set_status`` queued now, ahead of every write asked for after it (see
+        ``MessageQueries.queue_add``). Only where ``Database.queues_writes``."""
+        if self._db.postgres_turns is None:
+            raise RuntimeError("queued writes need PostgreSQL's group commit (see Database.queues_writes)")
+        return self._db.postgres_turns.queue_status(inbox_id, status, error, fence)
 
     async def set_status(
         self, inbox_id: str, status: str, error: str | None = None, *, fence: Fence | None = None

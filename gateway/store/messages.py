@@ -3,6 +3,7 @@ turns."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,31 @@ from gateway.store.tables import (
 )
 
 
+def _message_values(
+    session_id: str, role: str, text: str, message_id: str | None, block: dict[str, Any] | None,
+    attachments: list[dict[str, Any]] | None, inbound_id: str | None, status: str, platform_refs: list[str] | None,
+) -> dict[str, Any]:
+    # created_at is the id's instant, so whoever holds the id knows it (gateway.ids).
+    if message_id is None:
+        message_id, now = stamped_id()
+    else:
+        now = id_instant(message_id) or utcnow()
+    return {
+        "id": message_id,
+        "session_id": session_id,
+        "role": role,
+        "text": text,
+        "block_id": block["id"] if block else None,
+        "block": block,
+        "attachments": attachments or [],
+        "inbound_id": inbound_id,
+        "status": status,
+        "platform_refs": platform_refs or [],
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
 class MessageQueries:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -46,26 +72,8 @@ class MessageQueries:
         platform_refs: list[str] | None = None,
         fence: Fence | None = None,
     ) -> MessageRecord:
-        # created_at is the id's instant, so whoever holds the id knows it (gateway.ids).
-        if message_id is None:
-            message_id, now = stamped_id()
-        else:
-            now = id_instant(message_id) or utcnow()
-        values = {
-            "id": message_id,
-            "session_id": session_id,
-            "role": role,
-            "text": text,
-            "block_id": block["id"] if block else None,
-            "block": block,
-            "attachments": attachments or [],
-            "inbound_id": inbound_id,
-            "status": status,
-            "platform_refs": platform_refs or [],
-            "created_at": now,
-            "updated_at": now,
-        }
-
+        values = _message_values(session_id, role, text, message_id, block, attachments, inbound_id, status,
+                                 platform_refs)
         # The session's updated_at moves with inbound activity (record_inbound), not with replies:
         # one statement less on every reply.
         if self._db.postgres_turns is not None:
@@ -76,6 +84,26 @@ class MessageQueries:
         else:
             await self._db.run_write(lambda conn: conn.execute(INSERT_MESSAGE, values), fence)
         return MessageRecord.from_mapping(values)
+
+    def queue_add(
+        self,
+        session_id: str,
+        role: str,
+        text: str,
+        *,
+        message_id: str,
+        inbound_id: str | None,
+        status: str,
+        platform_refs: list[str],
+        fence: Fence | None,
+    ) -> asyncio.Future[None]:
+        """``add`` queued now, ahead of every write asked for after it, and committed with the
+        next batch: the future is done then (or failed as ``add`` would raise). Only where
+        ``Database.queues_writes`` (PostgreSQL's group commit)."""
+        if self._db.postgres_turns is None:
+            raise RuntimeError("queued writes need PostgreSQL's group commit (see Database.queues_writes)")
+        values = _message_values(session_id, role, text, message_id, None, None, inbound_id, status, platform_refs)
+        return self._db.postgres_turns.queue_message(values, fence)
 
     async def update(self, message_id: str, *, fence: Fence | None = None, **values: Any) -> None:
         """Set ``text``, ``status``, ``platform_refs`` or ``block`` of a stored message."""

@@ -144,6 +144,11 @@ class PostgresGroupCommit:
     async def write(self, pending: PendingWrite) -> None:
         """Send ``pending`` with the next batch and return once it is committed (or raise what
         made it fail: ``LeaseLost``, or the error of its statement run alone)."""
+        await self.enqueue(pending)
+
+    def enqueue(self, pending: PendingWrite) -> asyncio.Future[None]:
+        """Queue ``pending`` for the next batch now, in order; its future is done once it is
+        committed (or failed). Raises ``LeaseLost`` at once for a fence already known lost."""
         if pending.fence is not None:
             pending.fence.check_local()
         self._pending.append(pending)
@@ -151,7 +156,7 @@ class PostgresGroupCommit:
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._send_next)
-        await pending.done
+        return pending.done
 
     async def drain(self) -> None:
         """Wait until every write asked for so far is written (before the pool closes)."""

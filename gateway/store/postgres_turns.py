@@ -25,6 +25,7 @@ there; a write alone that carries a fence checks the session's lease first in it
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import time
@@ -337,8 +338,12 @@ class PostgresTurns:
             return InboxEntry(holder, True, None)
 
     async def set_status(self, inbox_id: str, status: str, error: str | None, fence: Fence | None) -> None:
+        await self.queue_status(inbox_id, status, error, fence)
+
+    def queue_status(self, inbox_id: str, status: str, error: str | None, fence: Fence | None) -> asyncio.Future[None]:
+        """``set_status``, queued now for the next batch (``PostgresGroupCommit.enqueue``)."""
         values = (inbox_id, status, error, utcnow())
-        await self.group_commit.write(PendingWrite(
+        return self.group_commit.enqueue(PendingWrite(
             False, values, fence, lambda: self._write(SET_INBOX_STATUS, values, fence)
         ))
 
@@ -346,12 +351,18 @@ class PostgresTurns:
 
     async def add_message(self, values: dict[str, Any], fence: Fence | None) -> None:
         """``MessageQueries.add``: ``values`` as that method builds them."""
+        await self.queue_message(values, fence)
+
+    def queue_message(self, values: dict[str, Any], fence: Fence | None) -> asyncio.Future[None]:
+        """``add_message``, queued now for the next batch (``PostgresGroupCommit.enqueue``)."""
         row = (
             values["id"], values["session_id"], values["role"], values["text"], values["block_id"],
             _dumps(values["block"]), _dumps(values["attachments"]), values["inbound_id"], values["status"],
             _dumps(values["platform_refs"]), values["created_at"],
         )
-        await self.group_commit.write(PendingWrite(True, row, fence, lambda: self._write(INSERT_MESSAGE, row, fence)))
+        return self.group_commit.enqueue(
+            PendingWrite(True, row, fence, lambda: self._write(INSERT_MESSAGE, row, fence))
+        )
 
     async def messages_of_turn(self, session_id: str, inbound_id: str) -> list[MessageRecord]:
         async with self._connections.lend() as conn:
