@@ -66,9 +66,13 @@ class WorkItem:
     finishing: bool = False
     """Its handler is over and its turn records the outcome: a stop no longer cancels it (the
     runner sets it; see ``Dispatcher.stop``)."""
-    hand_over: Callable[[], None] | None = None
-    """Set by the dispatcher while the turn runs: the runner calls it just before it asks for the
-    turn's final status, and the session's next event may start (see ``Dispatcher._hand_over``)."""
+    hand_over: Callable[[asyncio.Future[None] | None], None] | None = None
+    """Set by the dispatcher while the turn runs: the runner calls it once the turn's final status
+    is asked for, and the session's next event may start (see ``Dispatcher._hand_over``). Its
+    argument: the turn's writes still on their way, or ``None``."""
+    after: asyncio.Future[None] | None = None
+    """The writes of the session's previous turn, still on their way when this one started: the
+    turn reads its session only once they are done (``Dispatcher._hand_over``)."""
 
 
 @dataclass
@@ -85,10 +89,16 @@ class Lane:
     finishing: set[asyncio.Task[None]] = field(default_factory=set)
     """Turns that handed the lane over and still wait for their status to commit: the lane is
     not dry (nor its lease free) until they are done."""
+    unwritten: asyncio.Future[None] | None = None
+    """The last handed-over turn's writes still on their way (``Dispatcher._hand_over``)."""
 
     def free(self) -> bool:
         """Nothing runs or waits to run here: an event for the session would start at once."""
         return self.running is None and not self.queue and not self.waiting
+
+    def settled(self) -> bool:
+        """``free``, and what the last turn wrote is stored: a read now sees it."""
+        return self.free() and (self.unwritten is None or self.unwritten.done())
 
 
 Runner = Callable[[WorkItem], Coroutine[Any, Any, None]]
@@ -183,7 +193,7 @@ class Dispatcher:
 
     def _lane_free(self, session_id: str) -> bool:
         lane = self._lanes.get(session_id)
-        return lane is None or lane.free()
+        return lane is None or lane.settled()
 
     def route(self, item: WorkItem) -> None:
         """Route an event already recorded: a stop, a prompt's answer, or the session's lane."""
@@ -239,6 +249,8 @@ class Dispatcher:
                 continue
             self._free_slots -= 1
             lane.current = item
+            if lane.unwritten is not None and not lane.unwritten.done():
+                item.after, item.context = lane.unwritten, None
             item.hand_over = functools.partial(self._hand_over, lane, item)
             lane.running = asyncio.create_task(self.runner(item), name=f"chatgate-turn-{item.inbox_id}")
             lane.running.add_done_callback(functools.partial(self._turn_over, lane, item))
@@ -251,22 +263,25 @@ class Dispatcher:
         if dry and self.on_idle is not None:
             self.on_idle(lane.session_id)
 
-    def _hand_over(self, lane: Lane, item: WorkItem) -> None:
-        """The turn of ``item`` is about to ask for its final status: let the lane's next event
-        start now rather than after that write's round trip (the next message of a chat often
-        arrives during it). The turn's task goes on to await the commit and announce its end.
+    def _hand_over(self, lane: Lane, item: WorkItem, unwritten: asyncio.Future[None] | None = None) -> None:
+        """The turn of ``item`` asked for its final status: let the lane's next event start now
+        rather than after that write's round trip (the next message of a chat often arrives
+        during it). The turn's task goes on to await the commit and announce its end.
 
         Safe because the status write is queued before the next turn can write anything: the
         group commit sends writes in order (one batch in flight), so no later write of the
-        session commits before it, and a crash in between re-runs both turns, as it would have
-        re-run the first. Everything else of the turn (replies, ``session.data``) is committed
-        by then, so the next turn's context, even one read as it is recorded, sees it.
+        session's turns commits before it, and a crash in between re-runs both events, the
+        first maybe seeing what the second stored. ``unwritten`` is done once the turn's writes
+        are (its replies, queued on PostgreSQL: ``Session.queue_replies``): the next turn reads
+        its session only then (``WorkItem.after``), and until then no message has its turn's
+        context read as it is recorded (``Lane.settled``).
 
         The turn's slot is freed here; the session stays busy here (``busy``, the lease) until
         the status is written."""
         item.hand_over = None
         if lane.current is not item or lane.running is None:
             return
+        lane.unwritten = unwritten
         lane.finishing.add(lane.running)
         lane.running = None
         lane.current = None

@@ -122,6 +122,9 @@ class TurnRunner:
         fence = item.fence
         history_limit = rt.settings.dispatch.history_limit
         context: tuple[SessionRecord, UserInfo | None, Callable[[], list[MessageRecord]] | None] | None
+        if item.after is not None:  # the previous turn's writes: this turn's read must see them
+            await asyncio.wait([item.after])
+            item.after = None
         if item.context is not None:  # read as the event was recorded (Dispatcher.submit)
             prefetched, item.context = item.context, None
             history_before = prefetched.history_before
@@ -265,22 +268,24 @@ class TurnRunner:
 
     async def _record_outcome(self, session: Session, item: WorkItem, status: str, error: str | None) -> str | None:
         """Store the event's status once the turn's replies are stored, handing the session to
-        its next event as soon as that is safe (``Dispatcher._hand_over``); the turn's error.
+        its next event as soon as the status is asked for (``Dispatcher._hand_over``); the
+        turn's error.
 
         On PostgreSQL the replies were queued, not awaited (``Session.queue_replies``): the
         status is queued behind them, so the last reply and the status share a batch, one round
-        trip. The next event starts only once the replies are stored (its context, maybe read
-        as it is recorded, must see them); the status may still be on its way then, queued
-        ahead of anything the next turn writes. Elsewhere the replies are stored already: the
-        session is handed over, then the status written."""
+        trip, and the next event, started meanwhile, reads its session once the replies are in.
+        Elsewhere the replies are stored already: the session is handed over, then the status
+        written."""
         store = self.rt.store
         if not session.queue_replies:
             if item.hand_over is not None:
-                item.hand_over()
+                item.hand_over(None)
             await store.inbox.set_status(item.inbox_id, status, error, fence=item.fence)
             return error
         session.queue_replies = False  # a reply sent after the turn (a task the handler left) is awaited
         written = store.inbox.queue_status(item.inbox_id, status, error, fence=item.fence)
+        if item.hand_over is not None:
+            item.hand_over(session.last_unstored_reply())
         try:
             await session.settle()
         except LeaseLost:
@@ -296,8 +301,6 @@ class TurnRunner:
             error = "handler_error"
             status = "failed"
             written = store.inbox.queue_status(item.inbox_id, status, error, fence=item.fence)
-        if item.hand_over is not None:
-            item.hand_over()
         await written
         return error
 

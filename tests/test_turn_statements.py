@@ -129,11 +129,11 @@ async def test_one_text_turn_reads_its_session_once_and_binds_attachments_once(
             return await asyncio.wait_for(adapter.replies.get(), 10)
 
         await turn("counted:0", Message("first", "user", "counted"))  # the session's first turn runs @app.enter
-        await until(lambda: gw.dispatcher.running_inbound(record.id) is None)
+        await until(lambda: not gw.dispatcher.busy(record.id))  # its reply and status stored
         attachment = Attachment("report.pdf", "application/pdf", "counted-file:1", 8)
         statements.recording = True
         reply = await turn("counted:1", Message("hello", "user", "counted", attachments=[attachment]))
-        await until(lambda: gw.dispatcher.running_inbound(record.id) is None)  # marked done
+        await until(lambda: not gw.dispatcher.busy(record.id))  # marked done
         statements.recording = False
     finally:
         await gw.stop()
@@ -604,3 +604,54 @@ async def test_a_queued_reply_the_database_refuses_marks_the_event_failed(tmp_pa
     assert event_ is not None and (event_.status, event_.error) == ("failed", "handler_error")
     assert [m.role for m in stored] == ["user"]
     assert any("storing a reply of session" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_next_turn_reads_its_session_only_once_the_last_turns_queued_reply_is_stored(
+    tmp_path, postgres_url
+):
+    """The session is handed to its next event as soon as a turn's status is asked for, while
+    its last reply (queued, ``Session.queue_replies``) may still be on its way: the next turn
+    waits for that reply before it reads its session and history (``WorkItem.after``). Here
+    the batch holding the reply and the status is held on a row lock."""
+    adapter = EndingChannel()
+    app = gateway.App("counted")
+    seen: list[list[str]] = []
+    may_reply = asyncio.Event()
+
+    @app.message()
+    async def answer(session: gateway.Session, msg: gateway.Message) -> None:
+        seen.append([m.text for m in session.history])
+        if msg.text == "m1":
+            await may_reply.wait()
+        await session.reply(f"reply to {msg.text}")
+
+    locker = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    gw = Gateway(app, test_settings(tmp_path, database={"url": postgres_url}), adapters=[adapter])
+    await gw.start()
+    try:
+        user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
+        record = await gw.sessions.create(SessionChannel("counted"), user)
+
+        def inbound(text_: str) -> Inbound:
+            return Inbound("message", f"counted:{text_}", SessionChannel("counted"), PlatformUser("counted", "u1"),
+                           message=Message(text_, "user", "counted"), session_id=record.id)
+
+        first = await gw.submit(inbound("m1"))
+        lock = locker.transaction()
+        await lock.start()
+        await locker.execute("SELECT 1 FROM inbox WHERE id = $1 FOR UPDATE", first.inbound_id)
+        may_reply.set()
+        assert await asyncio.wait_for(adapter.replies.get(), 10) == "reply to m1"  # delivered, not stored
+        await until(lambda: gw.dispatcher.running_inbound(record.id) is None and gw.dispatcher.busy(record.id))
+        await gw.submit(inbound("m2"))
+        await asyncio.sleep(0.3)
+        waited = len(seen) == 1  # the second turn has not read its session yet
+        await lock.rollback()
+        assert await asyncio.wait_for(adapter.replies.get(), 10) == "reply to m2"
+        await until(lambda: not gw.dispatcher.busy(record.id))
+    finally:
+        await gw.stop()
+        await locker.close()
+
+    assert waited
+    assert seen == [[], ["m1", "reply to m1"]]
