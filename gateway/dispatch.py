@@ -158,12 +158,11 @@ class Dispatcher:
         # A message for a session idle here starts its turn as soon as it is recorded: on
         # PostgreSQL the statement that records it reads what the turn needs too, a round trip
         # fewer (``InboxQueries.record``; elsewhere the turn's read stays in this process).
-        context = (
-            (new_id(), self._context_rows())
-            if self._context_rows is not None and message is not None and self._lane_free(session_id)
-            and self._free_slots and self._held is None
-            else None
-        )
+        context = None
+        if self._context_rows is not None and message is not None and self._free_slots and self._held is None:
+            rows = self._context_rows()
+            if self._starts_at_once(session_id, with_history=rows > 0):
+                context = (new_id(), rows)
         entry = await self.store.inbox.record(
             session_id,
             inbound.dedup_key,
@@ -191,9 +190,12 @@ class Dispatcher:
             self._route(item)
         return Accepted(entry.id, session_id)
 
-    def _lane_free(self, session_id: str) -> bool:
+    def _starts_at_once(self, session_id: str, *, with_history: bool) -> bool:
+        """Whether an event for the session recorded now would start at once, with a context
+        read as it is recorded still true: history read then must not miss a reply of the last
+        turn still on its way (``Lane.unwritten``); the session's row is written by then."""
         lane = self._lanes.get(session_id)
-        return lane is None or lane.settled()
+        return lane is None or (lane.settled() if with_history else lane.free())
 
     def route(self, item: WorkItem) -> None:
         """Route an event already recorded: a stop, a prompt's answer, or the session's lane."""
@@ -250,7 +252,9 @@ class Dispatcher:
             self._free_slots -= 1
             lane.current = item
             if lane.unwritten is not None and not lane.unwritten.done():
-                item.after, item.context = lane.unwritten, None
+                item.after = lane.unwritten
+                if item.context is not None and item.context.history is not None:
+                    item.context = None  # its history may miss the last turn's reply: read afresh
             item.hand_over = functools.partial(self._hand_over, lane, item)
             lane.running = asyncio.create_task(self.runner(item), name=f"chatgate-turn-{item.inbox_id}")
             lane.running.add_done_callback(functools.partial(self._turn_over, lane, item))
@@ -273,8 +277,8 @@ class Dispatcher:
         session's turns commits before it, and a crash in between re-runs both events, the
         first maybe seeing what the second stored. ``unwritten`` is done once the turn's writes
         are (its replies, queued on PostgreSQL: ``Session.queue_replies``): the next turn reads
-        its session only then (``WorkItem.after``), and until then no message has its turn's
-        context read as it is recorded (``Lane.settled``).
+        its session only then (``WorkItem.after``), and until then no message has history read
+        with its recording (``Dispatcher._starts_at_once``).
 
         The turn's slot is freed here; the session stays busy here (``busy``, the lease) until
         the status is written."""

@@ -122,7 +122,7 @@ class TurnRunner:
         fence = item.fence
         history_limit = rt.settings.dispatch.history_limit
         context: tuple[SessionRecord, UserInfo | None, Callable[[], list[MessageRecord]] | None] | None
-        if item.after is not None:  # the previous turn's writes: this turn's read must see them
+        if item.after is not None:  # the last turn's queued reply: this turn's reads must see it
             await asyncio.wait([item.after])
             item.after = None
         if item.context is not None:  # read as the event was recorded (Dispatcher.submit)

@@ -606,13 +606,16 @@ async def test_a_queued_reply_the_database_refuses_marks_the_event_failed(tmp_pa
     assert any("storing a reply of session" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("history_fetched", [True, False], ids=["history-fetched", "history-on-first-use"])
 async def test_the_next_turn_reads_its_session_only_once_the_last_turns_queued_reply_is_stored(
-    tmp_path, postgres_url
+    tmp_path, postgres_url, history_fetched
 ):
     """The session is handed to its next event as soon as a turn's status is asked for, while
     its last reply (queued, ``Session.queue_replies``) may still be on its way: the next turn
-    waits for that reply before it reads its session and history (``WorkItem.after``). Here
-    the batch holding the reply and the status is held on a row lock."""
+    waits for that reply before it reads its history (``WorkItem.after``), whether the history
+    comes with the session or, no longer fetched (``HistoryPrefetch``), on first use (then the
+    session and user were read with the recording). Here the batch holding the reply and the
+    status is held on a row lock."""
     adapter = EndingChannel()
     app = gateway.App("counted")
     seen: list[list[str]] = []
@@ -627,6 +630,8 @@ async def test_the_next_turn_reads_its_session_only_once_the_last_turns_queued_r
 
     locker = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
     gw = Gateway(app, test_settings(tmp_path, database={"url": postgres_url}), adapters=[adapter])
+    if not history_fetched:
+        gw.history_prefetch = HistoryPrefetch("auto", quiet_turns=0)
     await gw.start()
     try:
         user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
