@@ -69,10 +69,10 @@ class WorkItem:
     hand_over: Callable[[asyncio.Future[None] | None], None] | None = None
     """Set by the dispatcher while the turn runs: the runner calls it once the turn's final status
     is asked for, and the session's next event may start (see ``Dispatcher._hand_over``). Its
-    argument: the turn's writes still on their way, or ``None``."""
+    argument: the write of the turn's last reply if it is still on its way, else ``None``."""
     after: asyncio.Future[None] | None = None
-    """The writes of the session's previous turn, still on their way when this one started: the
-    turn reads its session only once they are done (``Dispatcher._hand_over``)."""
+    """The write of the previous turn's last reply, still on its way when this turn started: the
+    turn reads nothing before it is done (``Dispatcher._hand_over``)."""
 
 
 @dataclass
@@ -90,14 +90,14 @@ class Lane:
     """Turns that handed the lane over and still wait for their status to commit: the lane is
     not dry (nor its lease free) until they are done."""
     unwritten: asyncio.Future[None] | None = None
-    """The last handed-over turn's writes still on their way (``Dispatcher._hand_over``)."""
+    """The last handed-over turn's last reply, while its write is on its way (``Dispatcher._hand_over``)."""
 
     def free(self) -> bool:
         """Nothing runs or waits to run here: an event for the session would start at once."""
         return self.running is None and not self.queue and not self.waiting
 
-    def settled(self) -> bool:
-        """``free``, and what the last turn wrote is stored: a read now sees it."""
+    def caught_up(self) -> bool:
+        """``free``, and the last turn's replies are stored: a read now sees them."""
         return self.free() and (self.unwritten is None or self.unwritten.done())
 
 
@@ -195,7 +195,7 @@ class Dispatcher:
         read as it is recorded still true: history read then must not miss a reply of the last
         turn still on its way (``Lane.unwritten``); the session's row is written by then."""
         lane = self._lanes.get(session_id)
-        return lane is None or (lane.settled() if with_history else lane.free())
+        return lane is None or (lane.caught_up() if with_history else lane.free())
 
     def route(self, item: WorkItem) -> None:
         """Route an event already recorded: a stop, a prompt's answer, or the session's lane."""
@@ -275,10 +275,10 @@ class Dispatcher:
         Safe because the status write is queued before the next turn can write anything: the
         group commit sends writes in order (one batch in flight), so no later write of the
         session's turns commits before it, and a crash in between re-runs both events, the
-        first maybe seeing what the second stored. ``unwritten`` is done once the turn's writes
-        are (its replies, queued on PostgreSQL: ``Session.queue_replies``): the next turn reads
-        its session only then (``WorkItem.after``), and until then no message has history read
-        with its recording (``Dispatcher._starts_at_once``).
+        first maybe seeing what the second stored. ``unwritten`` is done once the turn's replies
+        are stored (queued on PostgreSQL: ``Session.queue_replies``): the next turn reads
+        nothing before (``WorkItem.after``), and until then no message has history read with
+        its recording (``Dispatcher._starts_at_once``).
 
         The turn's slot is freed here; the session stays busy here (``busy``, the lease) until
         the status is written."""

@@ -343,6 +343,10 @@ async def test_a_worker_paused_past_its_lease_writes_nothing_after(cluster_facto
         first = await wait_for(holder, 10, "a worker to claim the session")
         paused = next(w for w in workers if f":{w.popen.pid}:" in first["holder"])
         other = next(w for w in workers if w is not paused)
+        # Paused inside the handler's sleep, not while it claims the session: a worker stopped
+        # inside a transaction that checked its fence keeps the lease row locked, and the
+        # takeover waits for it (seen once in a full run).
+        await asyncio.sleep(0.5)
         paused.popen.send_signal(signal.SIGSTOP)
         try:
             # The other worker's sweep finds the lease expired and takes the session over.
