@@ -66,13 +66,12 @@ class WorkItem:
     finishing: bool = False
     """Its handler is over and its turn records the outcome: a stop no longer cancels it (the
     runner sets it; see ``Dispatcher.stop``)."""
-    hand_over: Callable[[asyncio.Future[None] | None], None] | None = None
-    """Set by the dispatcher while the turn runs: the runner calls it once the turn's final status
-    is asked for, and the session's next event may start (see ``Dispatcher._hand_over``). Its
-    argument: the write of the turn's last reply if it is still on its way, else ``None``."""
+    hand_over: Callable[[asyncio.Future[None]], None] | None = None
+    """Set by the dispatcher while the turn runs: the runner calls it with the write of the turn's
+    final status once it is queued, and the session's next event may start (``Dispatcher._hand_over``)."""
     after: asyncio.Future[None] | None = None
-    """The write of the previous turn's last reply, still on its way when this turn started: the
-    turn reads nothing before it is done (``Dispatcher._hand_over``)."""
+    """The previous turn's status write, still on its way when this turn started: the turn runs
+    nothing before it is done (``Dispatcher._hand_over``)."""
 
 
 @dataclass
@@ -90,14 +89,14 @@ class Lane:
     """Turns that handed the lane over and still wait for their status to commit: the lane is
     not dry (nor its lease free) until they are done."""
     unwritten: asyncio.Future[None] | None = None
-    """The last handed-over turn's last reply, while its write is on its way (``Dispatcher._hand_over``)."""
+    """The status write of the last handed-over turn (``Dispatcher._hand_over``)."""
 
     def free(self) -> bool:
         """Nothing runs or waits to run here: an event for the session would start at once."""
         return self.running is None and not self.queue and not self.waiting
 
     def caught_up(self) -> bool:
-        """``free``, and the last turn's replies are stored: a read now sees them."""
+        """``free``, and the last turn's status is stored, its replies with it: a read now sees them."""
         return self.free() and (self.unwritten is None or self.unwritten.done())
 
 
@@ -193,7 +192,8 @@ class Dispatcher:
     def _starts_at_once(self, session_id: str, *, with_history: bool) -> bool:
         """Whether an event for the session recorded now would start at once, with a context
         read as it is recorded still true: history read then must not miss a reply of the last
-        turn still on its way (``Lane.unwritten``); the session's row is written by then."""
+        turn still on its way with its status (``Lane.unwritten``); the session's row and user
+        are written by then."""
         lane = self._lanes.get(session_id)
         return lane is None or (lane.caught_up() if with_history else lane.free())
 
@@ -267,21 +267,17 @@ class Dispatcher:
         if dry and self.on_idle is not None:
             self.on_idle(lane.session_id)
 
-    def _hand_over(self, lane: Lane, item: WorkItem, unwritten: asyncio.Future[None] | None = None) -> None:
-        """The turn of ``item`` asked for its final status: let the lane's next event start now
-        rather than after that write's round trip (the next message of a chat often arrives
-        during it). The turn's task goes on to await the commit and announce its end.
-
-        Safe because the status write is queued before the next turn can write anything: the
-        group commit sends writes in order (one batch in flight), so no later write of the
-        session's turns commits before it, and a crash in between re-runs both events, the
-        first maybe seeing what the second stored. ``unwritten`` is done once the turn's replies
-        are stored (queued on PostgreSQL: ``Session.queue_replies``): the next turn reads
-        nothing before (``WorkItem.after``), and until then no message has history read with
-        its recording (``Dispatcher._starts_at_once``).
+    def _hand_over(self, lane: Lane, item: WorkItem, unwritten: asyncio.Future[None]) -> None:
+        """The turn of ``item`` queued its final status (``unwritten``, done once stored): let
+        the lane's next event start now rather than once the turn's task is over. It runs
+        nothing before that status is stored (``WorkItem.after``), so a crash still leaves at
+        most one event of the session to run again, as before; what it gains is that its
+        context may be read as it is recorded, while the status is on its way: its session and
+        user, which the turn wrote before (history only once the status is in, as the turn's
+        last replies share its batch: ``Dispatcher._starts_at_once``).
 
         The turn's slot is freed here; the session stays busy here (``busy``, the lease) until
-        the status is written."""
+        the turn's task is over."""
         item.hand_over = None
         if lane.current is not item or lane.running is None:
             return

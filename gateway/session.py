@@ -208,13 +208,6 @@ class Session:
             status=status, platform_refs=list(refs or []), fence=self.fence,
         )
 
-    def last_unstored_reply(self) -> asyncio.Future[None] | None:
-        """The write of the last reply queued and not yet stored (``queue_replies``), if any:
-        once it is done, so are those queued before it (they go out in order)."""
-        if self._queued and not self._queued[-1].done():
-            return self._queued[-1]
-        return None
-
     async def settle(self) -> None:
         """Wait until the replies queued for storage (``queue_replies``) are stored; raise the
         first failure (``LeaseLost``, or the database's error). A chatgate extension: the turn

@@ -122,7 +122,7 @@ class TurnRunner:
         fence = item.fence
         history_limit = rt.settings.dispatch.history_limit
         context: tuple[SessionRecord, UserInfo | None, Callable[[], list[MessageRecord]] | None] | None
-        if item.after is not None:  # the last turn's queued reply: this turn's reads must see it
+        if item.after is not None:  # the last turn's status: nothing of this turn runs before it is stored
             await asyncio.wait([item.after])
             item.after = None
         if item.context is not None:  # read as the event was recorded (Dispatcher.submit)
@@ -267,25 +267,21 @@ class TurnRunner:
                                    handler_seconds=handler_seconds)
 
     async def _record_outcome(self, session: Session, item: WorkItem, status: str, error: str | None) -> str | None:
-        """Store the event's status once the turn's replies are stored, handing the session to
-        its next event as soon as the status is asked for (``Dispatcher._hand_over``); the
-        turn's error.
+        """Store the event's status once the turn's replies are stored; the turn's error.
 
         On PostgreSQL the replies were queued, not awaited (``Session.queue_replies``): the
         status is queued behind them, so the last reply and the status share a batch, one round
-        trip, and the next event, started meanwhile, reads its session once the replies are in.
-        Elsewhere the replies are stored already: the session is handed over, then the status
-        written."""
+        trip. The session is handed to its next event as soon as the status is queued
+        (``Dispatcher._hand_over``): that event starts, but runs nothing before the status is
+        stored (``WorkItem.after``)."""
         store = self.rt.store
         if not session.queue_replies:
-            if item.hand_over is not None:
-                item.hand_over(None)
             await store.inbox.set_status(item.inbox_id, status, error, fence=item.fence)
             return error
         session.queue_replies = False  # a reply sent after the turn (a task the handler left) is awaited
         written = store.inbox.queue_status(item.inbox_id, status, error, fence=item.fence)
         if item.hand_over is not None:
-            item.hand_over(session.last_unstored_reply())
+            item.hand_over(written)
         try:
             await session.settle()
         except LeaseLost:

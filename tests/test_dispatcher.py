@@ -367,7 +367,7 @@ class TestLanes:
             if item.inbound.message is not None and item.inbound.message.text == "first":
                 item.finishing = True
                 assert item.hand_over is not None
-                item.hand_over(None)
+                item.hand_over(asyncio.get_running_loop().create_future())
                 handed_over.set()
                 await status_gate.wait()  # the status write's round trip, made long
                 await store.inbox.set_status(item.inbox_id, "done")
@@ -409,7 +409,7 @@ class TestLanes:
         async def handing_over(item: WorkItem) -> None:
             if item.session_id == a.id:
                 assert item.hand_over is not None
-                item.hand_over(None)
+                item.hand_over(asyncio.get_running_loop().create_future())
                 await status_gate.wait()
                 await store.inbox.set_status(item.inbox_id, "done")
                 return

@@ -161,3 +161,29 @@ async def test_a_takeover_waits_for_a_fenced_write_under_way(pg_store):
         await asyncio.sleep(0.2)
         assert not takeover.done()  # blocked on the row lock
     assert (await takeover).token == 2  # type: ignore[union-attr]
+
+
+async def test_a_fenced_write_locks_the_lease_row_before_the_rows_it_writes(pg_store):
+    """Every fenced write takes the session's lease row first: the group commit's batches check
+    their fences before they insert (a reply's insert then checks its session row), so a fenced
+    ORM write that locked the session row first (``save_data``) and the lease row last could
+    deadlock with a batch holding that session's reply (seen in ``test_scale_out``'s main run)."""
+    from sqlalchemy import event
+
+    queue = SessionQueue(pg_store.engine)
+    session_id = await _session(pg_store)
+    claim = await queue.claim(session_id, "worker-a", TTL)
+    assert claim is not None
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    event.listen(pg_store.engine.sync_engine, "before_cursor_execute", record)
+    try:
+        await pg_store.sessions.save_data(session_id, {"k": 1}, [], fence=_fence(session_id, claim.token))
+    finally:
+        event.remove(pg_store.engine.sync_engine, "before_cursor_execute", record)
+    fence_check = next(i for i, s in enumerate(statements) if s.startswith("UPDATE session_leases"))
+    session_lock = next(i for i, s in enumerate(statements) if s.startswith("SELECT") and "FOR UPDATE" in s)
+    assert fence_check < session_lock, statements

@@ -310,9 +310,13 @@ class Database:
                 await db.commit()
         else:
             async with self.session() as db:
-                yield db
+                # The lease row first, as every fenced write locks it (the group commit's batches
+                # too, before the rows they write): in any other order, a batch holding this
+                # session's lease and waiting to check a reply's session row could deadlock
+                # with this transaction, holding that row (``save_data``) and waiting for the lease.
                 if fence is not None:
                     await fence.verify_async(await db.connection())
+                yield db
                 await db.commit()
 
     async def ping(self) -> None:
