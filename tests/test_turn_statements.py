@@ -101,6 +101,18 @@ def statements() -> Any:
     event.remove(Engine, "before_cursor_execute", log)
 
 
+async def counted_session(gw: Gateway) -> Any:
+    """A new session of the ``counted`` channel's user ``u1``."""
+    user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
+    return await gw.sessions.create(SessionChannel("counted"), user)
+
+
+def counted_message(session_id: str, text_: str) -> Inbound:
+    """A message from ``u1`` to the session, its dedup key named by its text."""
+    return Inbound("message", f"counted:{text_}", SessionChannel("counted"), PlatformUser("counted", "u1"),
+                   message=Message(text_, "user", "counted"), session_id=session_id)
+
+
 def echo_app() -> gateway.App:
     app = gateway.App("counted")
 
@@ -359,12 +371,10 @@ async def test_a_message_that_waits_behind_another_turn_reads_what_that_turn_lef
     gw = Gateway(app, test_settings(tmp_path, database={"url": database_url}), adapters=[adapter])
     await gw.start()
     try:
-        user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
-        record = await gw.sessions.create(SessionChannel("counted"), user)
+        record = await counted_session(gw)
 
         def inbound(number: int) -> Inbound:
-            return Inbound("message", f"counted:{number}", SessionChannel("counted"), PlatformUser("counted", "u1"),
-                           message=Message(f"m{number}", "user", "counted"), session_id=record.id)
+            return counted_message(record.id, f"m{number}")
 
         await asyncio.gather(gw.submit(inbound(1)), gw.submit(inbound(2)))
         replies = [await asyncio.wait_for(adapter.replies.get(), 10) for _ in range(2)]
@@ -404,12 +414,10 @@ async def test_a_message_arriving_while_the_last_turn_writes_its_status_runs_onl
     gw = Gateway(app, test_settings(tmp_path, database={"url": postgres_url}), adapters=[adapter])
     await gw.start()
     try:
-        user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
-        record = await gw.sessions.create(SessionChannel("counted"), user)
+        record = await counted_session(gw)
 
         def inbound(number: int) -> Inbound:
-            return Inbound("message", f"counted:{number}", SessionChannel("counted"), PlatformUser("counted", "u1"),
-                           message=Message(f"m{number}", "user", "counted"), session_id=record.id)
+            return counted_message(record.id, f"m{number}")
 
         first = await gw.submit(inbound(1))
         assert await asyncio.wait_for(adapter.replies.get(), 10) == "reply 1"
@@ -527,11 +535,8 @@ async def _pg_turn(tmp_path: Any, postgres_url: str, app: gateway.App, text_: st
     await gw.start()
     if before is not None:
         await before(gw)
-    user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
-    record = await gw.sessions.create(SessionChannel("counted"), user)
-    accepted = await gw.submit(Inbound("message", f"counted:{text_}", SessionChannel("counted"),
-                                       PlatformUser("counted", "u1"), message=Message(text_, "user", "counted"),
-                                       session_id=record.id))
+    record = await counted_session(gw)
+    accepted = await gw.submit(counted_message(record.id, text_))
     end = await asyncio.wait_for(adapter.ends.get(), 10)
     assert end[0] == accepted.inbound_id
     await until(lambda: not gw.dispatcher.busy(record.id))
@@ -629,12 +634,10 @@ async def test_the_next_turn_reads_its_session_only_once_the_last_turns_queued_r
         gw.history_prefetch = HistoryPrefetch("auto", quiet_turns=0)
     await gw.start()
     try:
-        user = await gw.sessions.resolve_user(PlatformUser("counted", "u1"))
-        record = await gw.sessions.create(SessionChannel("counted"), user)
+        record = await counted_session(gw)
 
         def inbound(text_: str) -> Inbound:
-            return Inbound("message", f"counted:{text_}", SessionChannel("counted"), PlatformUser("counted", "u1"),
-                           message=Message(text_, "user", "counted"), session_id=record.id)
+            return counted_message(record.id, text_)
 
         first = await gw.submit(inbound("m1"))
         lock = locker.transaction()
