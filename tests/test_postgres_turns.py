@@ -5,6 +5,7 @@ same records, the columns hold the same text, and the recording of an event beha
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -304,3 +305,74 @@ async def test_the_context_read_with_the_event_is_what_the_turn_would_read(store
         await raw.inbox.record("01NOSUCHSESSION", "c3", "message", {}, user_text="x", context=(before, 3))
     # The ORM path (and SQLite) reads the context in the turn: nothing comes back with the event.
     assert (await orm.inbox.record(session_id, "c4", "message", {}, user_text="o", context=(before, 3))).context is None
+
+
+# -- the plans PostgreSQL keeps for the per-turn statements --------------------------------------
+
+
+def _every_turn_statement() -> list[tuple[str, str]]:
+    """``(label, statement)`` for every shape of the per-turn statements: the group commit's
+    batches, the recordings, the single statements, the fence check."""
+    from gateway.store import postgres_turns
+    from gateway.store.fence import FENCE_CHECK_POSTGRES
+    from gateway.store.postgres_group_commit import batch_statement
+
+    shapes = [
+        (f"batch messages={m} statuses={s} fenced={f}", batch_statement(messages=m, statuses=s, fenced=f))
+        for m, s, f in itertools.product((True, False), repeat=3) if m or s
+    ]
+    shapes += [
+        (f"record repeat={r} message={m} notify={n} context={c}",
+         postgres_turns.record_statement(repeat=r, message=m, notify=n, context=c))
+        for r, m, n, c in itertools.product((True, False), repeat=4) if not (n and c)
+    ]
+    shapes += [
+        (name, getattr(postgres_turns, name)) for name in (
+            "INSERT_MESSAGE", "INBOX_OF_KEY", "REPEAT_HOLDER", "SET_INBOX_STATUS", "SELECT_SESSION",
+            "SELECT_TURN_CONTEXT", "SELECT_TURN_CONTEXT_AND_HISTORY", "SELECT_TURN", "SELECT_HISTORY",
+        )
+    ]
+    return [*shapes, ("FENCE_CHECK_POSTGRES", FENCE_CHECK_POSTGRES)]
+
+
+async def _kept_plan(conn: asyncpg.Connection, statement: str) -> list[str]:
+    """The plan PostgreSQL keeps for ``statement`` prepared on ``conn``: the generic one, costed
+    with the tables as they are now (asyncpg prepares once; PostgreSQL switches to the generic
+    plan after five runs and keeps it until the table is analyzed)."""
+    count = max((int(number) for number in re.findall(r"\$(\d+)", statement)), default=0)
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    await conn.execute(f"PREPARE kept AS {statement}")
+    try:
+        rows = await conn.fetch(f"EXPLAIN EXECUTE kept({', '.join(['NULL'] * count)})")
+    finally:
+        await conn.execute("DEALLOCATE kept")
+    return [row[0] for row in rows]
+
+
+def _scans(plan: list[str]) -> list[str]:
+    return [line.strip() for line in plan if re.search(r"Seq Scan on|Hash (Join|Semi Join|Anti Join)", line)]
+
+
+async def test_the_plans_kept_for_the_turn_statements_look_rows_up_by_key_on_a_new_database(postgres_url):
+    """A new database's tables are small: left to its costs, PostgreSQL plans the batch's status
+    update as a hash join over a sequential scan of ``inbox``, and keeps that plan on the
+    connection while ``inbox`` grows (``TURN_CONNECTION_SETTINGS``). On the connections the
+    turns run on, every statement's kept plan finds its rows through an index."""
+    from gateway.store.postgres_turns import connect_for_turns
+
+    store = await _open(postgres_url, raw=True)  # the schema, empty
+    dsn = "postgresql://" + postgres_url.split("://", 1)[1]
+    plain, turns = await asyncpg.connect(dsn), await connect_for_turns(dsn)
+    try:
+        statements = _every_turn_statement()
+        # What happens without the settings (so this test can tell): the batches' status update.
+        status_batch = dict(statements)["batch messages=False statuses=True fenced=False"]
+        assert "Seq Scan on inbox" in " ".join(await _kept_plan(plain, status_batch))
+        scanning = {label: _scans(plan) for label, statement in statements
+                    if _scans(plan := await _kept_plan(turns, statement))}
+        assert scanning == {}
+        assert await turns.fetchval("SHOW jit") == "off"
+    finally:
+        await plain.close()
+        await turns.close()
+        await store.close()

@@ -45,7 +45,7 @@ from gateway.store.records import InboxEntry, MessageRecord, SessionRecord, Turn
 from gateway.store.tables import utcnow
 from gateway.types import SessionChannel, UnknownSession, UserInfo
 
-__all__ = ["PostgresTurns", "listen_statements"]
+__all__ = ["TURN_CONNECTION_SETTINGS", "PostgresTurns", "connect_for_turns", "listen_statements"]
 
 # -- the statements ---------------------------------------------------------------------------
 
@@ -252,6 +252,29 @@ async def _observe(conn: asyncpg.Connection) -> None:
         conn.add_query_logger(_log_statement)
 
 
+TURN_CONNECTION_SETTINGS = {"enable_seqscan": "off", "jit": "off"}
+"""The server settings of the connections the per-turn statements run on.
+
+Every statement of this module and of ``gateway.store.postgres_group_commit`` finds its rows
+by a key: the plan wanted is an index lookup, at every table size. PostgreSQL does not always
+choose it. asyncpg prepares a statement once per connection, and after five runs PostgreSQL
+keeps a generic plan, costed with the tables' sizes at that moment, until a table is next
+analyzed. On a new database it costed ``inbox`` at ten pages, and the batch's status update kept
+a hash join over a sequential scan of all of ``inbox``: 8,000 events into a benchmark, that was
+the larger part of PostgreSQL's CPU per turn (bench/README.md, issue 12's seventh part).
+Autovacuum would have fixed the plan a minute or more later. ``enable_seqscan = off`` costs a
+sequential scan out of every plan that has an index to use (it forbids nothing: a statement
+with no index still runs). ``jit = off``: such a penalised plan would otherwise cost enough to
+be compiled, and no statement here runs long enough for compiling to pay."""
+
+
+async def connect_for_turns(dsn: str) -> asyncpg.Connection:
+    """A connection for the per-turn statements (``TURN_CONNECTION_SETTINGS``)."""
+    conn = await asyncpg.connect(dsn, server_settings=TURN_CONNECTION_SETTINGS)
+    await _observe(conn)
+    return conn
+
+
 class PostgresTurns:
     """The per-turn statements on connections of their own (see the module's docstring)."""
 
@@ -267,9 +290,7 @@ class PostgresTurns:
         dsn = "postgresql://" + url.split("://", 1)[1]
 
         async def connect() -> asyncpg.Connection:
-            conn = await asyncpg.connect(dsn)
-            await _observe(conn)
-            return conn
+            return await connect_for_turns(dsn)
 
         connections = ConnectionLender(connect, max_size)
         await connections.open_first()
