@@ -376,3 +376,26 @@ async def test_the_plans_kept_for_the_turn_statements_look_rows_up_by_key_on_a_n
         await plain.close()
         await turns.close()
         await store.close()
+
+
+async def test_a_setting_the_server_refuses_leaves_the_turns_connection_working_and_is_warned_of_once(
+    postgres_url, monkeypatch, caplog
+):
+    """The settings are applied by ``SET`` after connecting (a pooler refuses unknown startup
+    parameters): one the server refuses is skipped with one warning, the others still apply."""
+    from gateway.store import postgres_turns
+
+    monkeypatch.setattr(postgres_turns, "TURN_CONNECTION_SETTINGS", {"no_such_setting": "on", "jit": "off"})
+    monkeypatch.setattr(postgres_turns, "_refused_settings", set())
+    dsn = "postgresql://" + postgres_url.split("://", 1)[1]
+    with caplog.at_level("WARNING", logger="chatgate.store"):
+        first, second = await postgres_turns.connect_for_turns(dsn), await postgres_turns.connect_for_turns(dsn)
+    try:
+        for conn in (first, second):
+            assert await conn.fetchval("SHOW jit") == "off"
+            assert await conn.fetchval("SELECT 1") == 1
+        warnings = [record.getMessage() for record in caplog.records if "no_such_setting" in record.getMessage()]
+        assert len(warnings) == 1 and "refused" in warnings[0]
+    finally:
+        await first.close()
+        await second.close()

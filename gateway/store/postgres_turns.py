@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
@@ -46,6 +47,8 @@ from gateway.store.tables import utcnow
 from gateway.types import SessionChannel, UnknownSession, UserInfo
 
 __all__ = ["TURN_CONNECTION_SETTINGS", "PostgresTurns", "connect_for_turns", "listen_statements"]
+
+log = logging.getLogger("chatgate.store")
 
 # -- the statements ---------------------------------------------------------------------------
 
@@ -253,24 +256,43 @@ async def _observe(conn: asyncpg.Connection) -> None:
 
 
 TURN_CONNECTION_SETTINGS = {"enable_seqscan": "off", "jit": "off"}
-"""The server settings of the connections the per-turn statements run on.
+"""The settings of the connections the per-turn statements run on.
 
 Every statement of this module and of ``gateway.store.postgres_group_commit`` finds its rows
 by a key: the plan wanted is an index lookup, at every table size. PostgreSQL does not always
 choose it. asyncpg prepares a statement once per connection, and after five runs PostgreSQL
 keeps a generic plan, costed with the tables' sizes at that moment, until a table is next
 analyzed. On a new database it costed ``inbox`` at ten pages, and the batch's status update kept
-a hash join over a sequential scan of all of ``inbox``: 8,000 events into a benchmark, that was
-the larger part of PostgreSQL's CPU per turn (bench/README.md, issue 12's seventh part).
+a hash join over a sequential scan of all of ``inbox`` while the table grew: a sixth to a third
+of PostgreSQL's CPU per turn in a benchmark (bench/README.md, issue 12's seventh part).
 Autovacuum would have fixed the plan a minute or more later. ``enable_seqscan = off`` costs a
 sequential scan out of every plan that has an index to use (it forbids nothing: a statement
 with no index still runs). ``jit = off``: such a penalised plan would otherwise cost enough to
-be compiled, and no statement here runs long enough for compiling to pay."""
+be compiled, and no statement here runs long enough for compiling to pay.
+
+They are set by ``SET`` once the connection is open, not as startup parameters: a pooler in
+front of PostgreSQL (PgBouncer) refuses a connection whose startup names a setting it does not
+know. A server that refuses them (a PostgreSQL-compatible database without them) leaves the
+connection on its own plans, with a warning: slower on a new database, never wrong."""
+
+_refused_settings: set[str] = set()
+"""The settings a server refused, each warned of once per process."""
 
 
 async def connect_for_turns(dsn: str) -> asyncpg.Connection:
-    """A connection for the per-turn statements (``TURN_CONNECTION_SETTINGS``)."""
-    conn = await asyncpg.connect(dsn, server_settings=TURN_CONNECTION_SETTINGS)
+    """A connection for the per-turn statements, with ``TURN_CONNECTION_SETTINGS`` applied."""
+    conn = await asyncpg.connect(dsn)
+    for name, value in TURN_CONNECTION_SETTINGS.items():
+        try:
+            await conn.execute(f"SET {name} = {value}")
+        except asyncpg.PostgresError as error:
+            if name not in _refused_settings:
+                _refused_settings.add(name)
+                log.warning(
+                    "PostgreSQL refused %s = %s for the turns' connections (%s): they run on the server's"
+                    " query plans, which can scan whole tables on a new database until it is analyzed",
+                    name, value, error,
+                )
     await _observe(conn)
     return conn
 
