@@ -506,18 +506,38 @@ class Load:
                 self.retried += 1
                 self.resent.append(text)
 
-    async def check_transcripts(self) -> None:
-        """Every session: each user message once and each reply once, in order."""
+    async def check_transcripts(self, cluster: Cluster) -> None:
+        """Every session: each user message once and each reply once, in order. A mismatch also
+        shows what the store and the processes' logs say of that session (``_session_story``)."""
         api = self.alive[0]
         transcripts = await asyncio.gather(*(api.transcript(s) for s in self.session_ids))
         for index, transcript in enumerate(transcripts):
             expected = []
             for n in range(self.sent[index]):
                 expected += [("user", f"s{index} m{n}"), ("assistant", f"echo: s{index} m{n}")]
-            assert transcript == expected, (index, transcript)
+            if transcript != expected:
+                story = await _session_story(cluster, self.session_ids[index])
+                raise AssertionError(f"session {index}: {transcript}\n{story}")
 
     def messages(self) -> dict[str, int]:
         return dict(zip(self.session_ids, self.sent, strict=True))
+
+
+async def _session_story(cluster: Cluster, session_id: str) -> str:
+    """A session's stored messages and events, and every log line that names it: what a failed
+    transcript check needs to say which process wrote what."""
+    messages = await cluster.query(
+        "SELECT id, role, text, status, inbound_id FROM messages WHERE session_id = $1 ORDER BY id", session_id)
+    events = await cluster.query(
+        "SELECT id, status, attempts, error, payload::json->'message'->>'text' AS text FROM inbox"
+        " WHERE session_id = $1 ORDER BY id", session_id)
+    lines = [f"{process.log.name}: {line}" for process in cluster.processes
+             for line in process.text().splitlines() if session_id in line]
+    return "\n".join([
+        "messages:", *(str(tuple(row)) for row in messages),
+        "events:", *(str(tuple(row)) for row in events),
+        "log lines:", *lines,
+    ])
 
 
 async def _handler_runs(cluster: Cluster) -> dict[str, int]:
@@ -571,7 +591,7 @@ async def test_two_web_two_workers_a_thousand_messages_a_worker_killed_mid_run(c
             await cluster.ready(cluster.start("worker"))
 
         await asyncio.wait_for(asyncio.gather(load.run(), kill_one_worker()), 100)
-        await load.check_transcripts()
+        await load.check_transcripts(cluster)
     assert load.retried == 0  # both web processes answered every request
     assert await _unfinished(cluster) == 0
     runs = await _handler_runs(cluster)
@@ -606,7 +626,7 @@ async def test_a_web_process_killed_mid_run_clients_retry_on_the_other(cluster_f
 
         await asyncio.wait_for(asyncio.gather(load.run(), kill_a_web_process()), 60)
         assert load.alive == [load.apis[1]] and load.retried > 0
-        await load.check_transcripts()
+        await load.check_transcripts(cluster)
     # Some requests the dead process held had been recorded by it: their re-POSTs to the other
     # process joined those turns (the transcripts above hold each of them once).
     recorded_by_the_dead = await cluster.query(
@@ -669,7 +689,7 @@ async def test_a_rolling_sigterm_restart_of_both_workers_under_load(cluster_fact
             restarted.set()
 
         await asyncio.wait_for(asyncio.gather(load.run(), roll()), 60)
-        await load.check_transcripts()
+        await load.check_transcripts(cluster)
     assert max(load.sent) < Load.CAP  # the clients were still sending when the restart ended
     assert await _unfinished(cluster) == 0
     assert await _handler_runs(cluster) == load.messages()
