@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -157,7 +159,8 @@ async def test_a_row_under_a_lost_lease_is_not_written_and_the_rest_of_its_batch
     assert stale.lost and not held_fence.lost
     await asyncio.sleep(0.01)
     [batch] = _batches(statements)
-    assert re.findall(r"\b(?:INSERT INTO|UPDATE) (\w+)", batch) == ["session_leases", "messages", "inbox"]
+    assert re.findall(r"\b(?:INSERT INTO|UPDATE) (?!OF\b)(\w+)", batch) == ["messages", "inbox"]
+    assert "FOR NO KEY UPDATE OF session_leases" in batch  # the fences checked, their rows locked
     assert [m.text for m in await store.messages.of_turn(held, held_entry.id)] == ["hi", "fenced and held"]
     assert [m.text for m in await store.messages.of_turn(lost, lost_entry.id)] == ["hi", "not fenced"]
     assert (await store.inbox.get(held_entry.id)).status == "done"  # type: ignore[union-attr]
@@ -229,3 +232,93 @@ async def test_a_status_under_a_lost_lease_does_not_hide_the_one_before_it(state
     assert stored is not None and (stored.status, stored.error) == ("done", None)
     await asyncio.sleep(0.01)
     assert len(_batches(statements)) == 2  # the second waited for a batch of its own
+
+
+# -- the order the lease rows are locked in (LEASE_LOCK_ORDER) -------------------------------------
+
+
+async def _two_claimed_sessions(store: Store, queue: SessionQueue, *, claim_second_first: bool) -> list[Fence]:
+    """Two sessions claimed by ``worker-a``, the first's id the lower; with
+    ``claim_second_first`` the second's lease row is written first (first in the table's pages)."""
+    first, second = sorted([await _session(store), await _session(store)])
+    order = [second, first] if claim_second_first else [first, second]
+    tokens = {session_id: await queue.claim(session_id, "worker-a", TTL) for session_id in order}
+    return [Fence(s, tokens[s].token, time.monotonic() + TTL) for s in (first, second)]  # type: ignore[union-attr]
+
+
+async def _blocked_on_a_lock(dsn: str, timeout: float = 10.0) -> None:
+    """Until some backend of the database waits for a row lock."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while not await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ):
+            assert time.monotonic() < deadline, "nothing waited for the lock held"
+            await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+
+
+async def _lockable_now(dsn: str, session_id: str) -> bool:
+    """Whether the session's lease row can be locked at once (nobody holds it)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "SELECT 1 FROM session_leases WHERE session_id = $1 FOR NO KEY UPDATE NOWAIT", session_id
+            )
+        return True
+    except asyncpg.LockNotAvailableError:
+        return False
+    finally:
+        await conn.close()
+
+
+async def _holding_the_lease_row_of(dsn: str, session_id: str) -> asyncpg.Connection:
+    """A connection in a transaction that holds the session's lease row."""
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("BEGIN")
+    await conn.execute("SELECT 1 FROM session_leases WHERE session_id = $1 FOR UPDATE", session_id)
+    return conn
+
+
+async def test_a_batch_locks_the_lease_rows_of_its_fences_in_session_id_order(postgres_url, store) -> None:
+    """Its fences asked for in the other order, a batch waiting for the first session's lease row
+    holds nothing of the second's yet: a worker's renewal, which locks in the same order, cannot
+    be holding one while waiting for the other (a deadlock seen under the scale-out tests)."""
+    dsn = "postgresql://" + postgres_url.split("://", 1)[1]
+    queue = SessionQueue(store.engine)
+    first, second = await _two_claimed_sessions(store, queue, claim_second_first=False)
+    entries = [await store.inbox.record(f.session_id, secrets.token_hex(4), "message", {}, user_text="hi")
+               for f in (first, second)]
+    holder = await _holding_the_lease_row_of(dsn, first.session_id)
+    try:
+        writes = asyncio.gather(  # the second session's write first: its fence leads the batch's arrays
+            store.messages.add(second.session_id, "assistant", "b", inbound_id=entries[1].id, fence=second),
+            store.messages.add(first.session_id, "assistant", "a", inbound_id=entries[0].id, fence=first),
+        )
+        await _blocked_on_a_lock(dsn)
+        assert await _lockable_now(dsn, second.session_id)
+    finally:
+        await holder.execute("ROLLBACK")
+        await holder.close()
+    await writes
+    assert [m.text for m in await store.messages.of_turn(second.session_id, entries[1].id)] == ["hi", "b"]
+
+
+async def test_a_renewal_locks_the_lease_rows_in_session_id_order(postgres_url, store) -> None:
+    """The second session's lease row first in the table, a renewal waiting for the first
+    session's row holds nothing of the second's yet (the order of ``LEASE_LOCK_ORDER``)."""
+    dsn = "postgresql://" + postgres_url.split("://", 1)[1]
+    queue = SessionQueue(store.engine)
+    first, second = await _two_claimed_sessions(store, queue, claim_second_first=True)
+    holder = await _holding_the_lease_row_of(dsn, first.session_id)
+    try:
+        renewal = asyncio.ensure_future(queue.renew("worker-a", [first.session_id, second.session_id], TTL))
+        await _blocked_on_a_lock(dsn)
+        assert await _lockable_now(dsn, second.session_id)
+    finally:
+        await holder.execute("ROLLBACK")
+        await holder.close()
+    assert await renewal == {first.session_id: first.token, second.session_id: second.token}

@@ -42,7 +42,7 @@ import asyncpg
 from gateway.store.connection_lender import ConnectionLender
 from gateway.store.fence import Fence
 
-__all__ = ["MAX_BATCHES_IN_FLIGHT", "PostgresGroupCommit", "batch_statement"]
+__all__ = ["LEASE_LOCK_ORDER", "MAX_BATCHES_IN_FLIGHT", "PostgresGroupCommit", "batch_statement"]
 
 log = logging.getLogger("chatgate.store")
 
@@ -53,6 +53,15 @@ wait and then go together: under load a batch then holds what arrived during one
 MAX_BATCH = 256
 """At most this many writes in one statement (its arrays): a batch holds up its first caller
 until the last row is written."""
+
+LEASE_LOCK_ORDER = "session_id"
+"""Every statement that locks several rows of ``session_leases`` locks them in this order: a
+batch's fence check here, a worker's lease renewal (``gateway.store.queue.RENEW``). Locked in
+whatever order their plans read them, a batch of one worker and the renewal of another could
+each hold a row the other waits for: PostgreSQL breaks the deadlock by failing one, and a failed
+renewal can lose every lease of its worker (a turn then runs again elsewhere). ``SELECT ...
+ORDER BY ... FOR NO KEY UPDATE`` locks the rows as the sort returns them: the same lock an
+``UPDATE`` of non-key columns takes, in an order no plan changes."""
 
 _MESSAGE_COLUMNS = (
     "id", "session_id", "role", "text", "block_id", "block::json", "attachments::json", "inbound_id", "status",
@@ -103,13 +112,15 @@ def batch_statement(*, messages: bool, statuses: bool, fenced: bool) -> str:
         )
     if not fenced:
         return "WITH " + ", ".join(parts) + " SELECT NULL, NULL WHERE false"
-    # The fence check of gateway.store.fence, for every fence of the batch at once.
+    # The fence check of gateway.store.fence for every fence of the batch at once, the lease rows
+    # locked in session id order (LEASE_LOCK_ORDER).
     fences = unnest(("session_id", "token"), "f")
     parts.insert(0, (
-        "held AS (UPDATE session_leases SET expires_at = session_leases.expires_at"
-        f" FROM {fences} WHERE session_leases.session_id = f.session_id AND session_leases.token = f.token::bigint"
-        " AND EXISTS (SELECT 1 FROM sessions WHERE sessions.id = f.session_id)"
-        " RETURNING session_leases.session_id, session_leases.token)"
+        "held AS MATERIALIZED (SELECT session_leases.session_id, session_leases.token"
+        f" FROM {fences} JOIN session_leases ON session_leases.session_id = f.session_id"
+        " AND session_leases.token = f.token::bigint"
+        " WHERE EXISTS (SELECT 1 FROM sessions WHERE sessions.id = f.session_id)"
+        " ORDER BY session_leases.session_id FOR NO KEY UPDATE OF session_leases)"
     ))
     return "WITH " + ", ".join(parts) + " SELECT session_id, token FROM held"
 

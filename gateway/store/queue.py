@@ -75,12 +75,20 @@ CLAIM = text(
 )
 RENEW = text(
     """
+    WITH mine AS MATERIALIZED (
+        SELECT session_id FROM session_leases
+        WHERE holder = :holder AND session_id = ANY(:session_ids)
+        ORDER BY session_id FOR NO KEY UPDATE
+    )
     UPDATE session_leases SET expires_at = now() + make_interval(secs => :ttl)
-    WHERE holder = :holder AND session_id = ANY(:session_ids)
+    FROM mine
+    WHERE session_leases.session_id = mine.session_id
       AND EXISTS (SELECT 1 FROM sessions WHERE sessions.id = session_leases.session_id)
-    RETURNING session_id, token
+    RETURNING session_leases.session_id, session_leases.token
     """
 )
+"""The rows are locked in session id order first, as a batch's fence check locks them
+(``gateway.store.postgres_group_commit.LEASE_LOCK_ORDER``): otherwise the two could deadlock."""
 RELEASE = text(
     """
     UPDATE session_leases
