@@ -120,7 +120,7 @@ def batch_statement(*, messages: bool, statuses: bool, fenced: bool) -> str:
         f" FROM {fences} JOIN session_leases ON session_leases.session_id = f.session_id"
         " AND session_leases.token = f.token::bigint"
         " WHERE EXISTS (SELECT 1 FROM sessions WHERE sessions.id = f.session_id)"
-        " ORDER BY session_leases.session_id FOR NO KEY UPDATE OF session_leases)"
+        f" ORDER BY session_leases.{LEASE_LOCK_ORDER} FOR NO KEY UPDATE OF session_leases)"
     ))
     return "WITH " + ", ".join(parts) + " SELECT session_id, token FROM held"
 

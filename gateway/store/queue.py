@@ -19,6 +19,8 @@ from sqlalchemy import JSON, BigInteger, Column, DateTime, String, column, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel
 
+from gateway.store.postgres_group_commit import LEASE_LOCK_ORDER
+
 INBOX_CHANNEL = "chatgate_inbox"
 """The PostgreSQL notification channel a web process tells the session id of a new event on."""
 UNFINISHED = ("pending", "running")
@@ -74,11 +76,11 @@ CLAIM = text(
     """
 )
 RENEW = text(
-    """
+    f"""
     WITH mine AS MATERIALIZED (
         SELECT session_id FROM session_leases
         WHERE holder = :holder AND session_id = ANY(:session_ids)
-        ORDER BY session_id FOR NO KEY UPDATE
+        ORDER BY {LEASE_LOCK_ORDER} FOR NO KEY UPDATE
     )
     UPDATE session_leases SET expires_at = now() + make_interval(secs => :ttl)
     FROM mine
