@@ -41,8 +41,9 @@ import asyncpg
 
 from gateway.store.connection_lender import ConnectionLender
 from gateway.store.fence import Fence
+from gateway.store.queue import LEASE_LOCK_ORDER
 
-__all__ = ["LEASE_LOCK_ORDER", "MAX_BATCHES_IN_FLIGHT", "PostgresGroupCommit", "batch_statement"]
+__all__ = ["MAX_BATCHES_IN_FLIGHT", "PostgresGroupCommit", "batch_statement"]
 
 log = logging.getLogger("chatgate.store")
 
@@ -53,15 +54,6 @@ wait and then go together: under load a batch then holds what arrived during one
 MAX_BATCH = 256
 """At most this many writes in one statement (its arrays): a batch holds up its first caller
 until the last row is written."""
-
-LEASE_LOCK_ORDER = "session_id"
-"""Every statement that locks several rows of ``session_leases`` locks them in this order: a
-batch's fence check here, a worker's lease renewal (``gateway.store.queue.RENEW``). Locked in
-whatever order their plans read them, a batch of one worker and the renewal of another could
-each hold a row the other waits for: PostgreSQL breaks the deadlock by failing one, and a failed
-renewal can lose every lease of its worker (a turn then runs again elsewhere). ``SELECT ...
-ORDER BY ... FOR NO KEY UPDATE`` locks the rows as the sort returns them: the same lock an
-``UPDATE`` of non-key columns takes, in an order no plan changes."""
 
 _MESSAGE_COLUMNS = (
     "id", "session_id", "role", "text", "block_id", "block::json", "attachments::json", "inbound_id", "status",

@@ -19,8 +19,6 @@ from sqlalchemy import JSON, BigInteger, Column, DateTime, String, column, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel
 
-from gateway.store.postgres_group_commit import LEASE_LOCK_ORDER
-
 INBOX_CHANNEL = "chatgate_inbox"
 """The PostgreSQL notification channel a web process tells the session id of a new event on."""
 UNFINISHED = ("pending", "running")
@@ -64,6 +62,16 @@ class QueuedEvent:
     """The user message stored with a ``message`` event."""
 
 
+LEASE_LOCK_ORDER = "session_id"
+"""Every statement that locks several rows of ``session_leases`` locks them in this order: a
+worker's lease renewal (``RENEW``) and a batch's fence check
+(``gateway.store.postgres_group_commit``). Locked in whatever order their plans read them, a
+batch of one worker and the renewal of another could
+each hold a row the other waits for: PostgreSQL breaks the deadlock by failing one, and a failed
+renewal can lose every lease of its worker (a turn then runs again elsewhere). ``SELECT ...
+ORDER BY ... FOR NO KEY UPDATE`` locks the rows as the sort returns them: the same lock an
+``UPDATE`` of non-key columns takes, in an order no plan changes."""
+
 CLAIM = text(
     """
     INSERT INTO session_leases (session_id, holder, token, expires_at, previous_holder)
@@ -90,7 +98,7 @@ RENEW = text(
     """
 )
 """The rows are locked in session id order first, as a batch's fence check locks them
-(``gateway.store.postgres_group_commit.LEASE_LOCK_ORDER``): otherwise the two could deadlock."""
+(``LEASE_LOCK_ORDER``): otherwise the two could deadlock."""
 RELEASE = text(
     """
     UPDATE session_leases
