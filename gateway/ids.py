@@ -10,13 +10,20 @@ an id says exactly when it was made. A stored row's ``created_at`` is its id's i
 
 from __future__ import annotations
 
-import secrets
+import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 CROCKFORD_BASE32 = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # the ULID alphabet (github.com/ulid/spec)
 _PAIRS = [high + low for high in CROCKFORD_BASE32 for low in CROCKFORD_BASE32]  # 10 bits -> 2 characters
 _PAIR_SHIFTS = tuple(range(120, -1, -10))  # 26 characters: 130 bits, the top two always 0
+_MILLIS_SHIFTS = (40, 30, 20, 10, 0)  # the first 10 characters: the two zero bits and 48 of milliseconds
+_RANDOM_CHARACTERS = 12  # the last 60 bits: 12 characters of 5 random bits each
+_AS_CROCKFORD = bytes.maketrans(bytes(range(256)), bytes(ord(CROCKFORD_BASE32[b & 31]) for b in range(256)))
+"""A random byte as a random character of the alphabet: its low 5 bits (256 is a multiple of 32,
+so each character stays equally likely)."""
+_RANDOM_BATCH = 4092  # bytes of the OS's randomness read at once: 341 ids' random parts
 _BASE32HEX = "0123456789ABCDEFGHIJKLMNOPQRSTUV"  # the digits int(text, 32) reads, in the same order
 _AS_BASE32HEX = str.maketrans(
     {**{c: h for c, h in zip(CROCKFORD_BASE32 + CROCKFORD_BASE32.lower(), _BASE32HEX * 2, strict=True)},
@@ -30,11 +37,44 @@ _NANOS_PER_MILLI = 1_000_000
 def new_id(at_ns: int | None = None) -> str:
     """A new id for the instant ``at_ns`` (``time.time_ns()``; now by default).
 
-    Encoded here, two characters per table lookup: a turn makes three ids, and the ``ulid``
-    package's encoder took 2-3 us each (``tests/test_ids.py`` checks the two agree).
+    Made as three runs of characters: the millisecond's ten, kept while the millisecond lasts;
+    the nanoseconds' four; twelve random ones from a batch of the OS's randomness (``os.urandom``,
+    what ``secrets`` reads), read 341 ids at a time. A turn makes four ids: the ``ulid`` package's
+    encoder took 2-3 us each, encoding all 130 bits and reading the OS's randomness for each id
+    1.9 us, this 0.5 us (``tests/test_ids.py`` checks that ``ulid`` reads them as the same ULID).
     """
     millis, nanos = divmod(time.time_ns() if at_ns is None else at_ns, _NANOS_PER_MILLI)  # nanos < 2**20
-    return _encode((millis << 80) | (nanos << 60) | secrets.randbits(60))
+    cached = _millis_prefix
+    if cached[0] != millis:
+        cached = _remember_millis(millis)
+    try:
+        random_part = next(_random_parts)
+    except StopIteration:
+        _read_randomness()
+        random_part = next(_random_parts)
+    return cached[1] + _PAIRS[nanos >> 10] + _PAIRS[nanos & 1023] + random_part
+
+
+def _remember_millis(millis: int) -> tuple[int, str]:
+    global _millis_prefix
+    # One tuple, replaced whole: a thread reading it sees a millisecond and its own characters.
+    _millis_prefix = (millis, "".join([_PAIRS[(millis >> shift) & 1023] for shift in _MILLIS_SHIFTS]))
+    return _millis_prefix
+
+
+def _read_randomness() -> None:
+    """A new batch of random parts. Each is handed out once: ``next`` on a list's iterator is
+    one step under the GIL, so two threads never take the same part; a process made by ``fork``
+    reads a batch of its own before its first id (its parent's batch is not its to reuse)."""
+    global _random_parts
+    characters = os.urandom(_RANDOM_BATCH).translate(_AS_CROCKFORD).decode("ascii")
+    _random_parts = iter([characters[at : at + _RANDOM_CHARACTERS]
+                          for at in range(0, _RANDOM_BATCH, _RANDOM_CHARACTERS)])
+
+
+_millis_prefix: tuple[int, str] = (-1, "")
+_random_parts: Iterator[str] = iter(())
+os.register_at_fork(after_in_child=_read_randomness)
 
 
 def floor_id(moment: datetime) -> str:

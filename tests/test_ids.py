@@ -71,3 +71,47 @@ def test_the_floor_of_an_instant_parts_the_ids_made_before_it_from_the_rest(at_n
     made, moment = new_id(at_ns), instant(at_ns)
     assert floor_id(moment) <= made < floor_id(moment + timedelta(microseconds=1))
     assert id_instant(floor_id(moment)) == moment
+
+
+def test_the_random_part_is_every_character_of_the_alphabet_alike_and_never_handed_out_twice():
+    """Twelve characters from the OS's randomness, read in batches: across many batches no two
+    ids share their random part, and each of the 32 characters turns up about as often."""
+    from collections import Counter
+
+    from gateway.ids import CROCKFORD_BASE32
+
+    parts = [new_id(0)[14:] for _ in range(20_000)]  # one instant: only the random part differs
+    assert len(set(parts)) == len(parts) and all(len(part) == 12 for part in parts)
+    counts = Counter("".join(parts))
+    assert set(counts) == set(CROCKFORD_BASE32)
+    expected = 12 * len(parts) / 32
+    assert all(abs(count - expected) < 0.05 * expected for count in counts.values()), counts
+
+
+def test_threads_making_ids_at_once_never_make_the_same_one():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def make(_: int) -> list[str]:
+        return [new_id(0) for _ in range(5_000)]
+
+    with ThreadPoolExecutor(4) as pool:
+        made = [i for batch in pool.map(make, range(4)) for i in batch]
+    assert len(set(made)) == len(made)
+
+
+def test_a_forked_process_does_not_repeat_its_parents_random_parts():
+    import os
+
+    new_id()  # the parent holds a batch it has begun
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child writes its ids and leaves
+        os.write(write, "".join(new_id(0) for _ in range(5)).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(child, 0)
+    with os.fdopen(read) as pipe:
+        childs = pipe.read()
+    parents = "".join(new_id(0) for _ in range(5))
+    assert len(childs) == 130 and childs != parents
+    assert not {childs[at:at + 26] for at in range(0, 130, 26)} & {parents[at:at + 26] for at in range(0, 130, 26)}
