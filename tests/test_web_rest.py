@@ -612,7 +612,7 @@ def test_sse_frames_are_lf_only_with_one_data_line():
 
 
 def test_envelopes_dates_and_pagination():
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta, timezone
 
     from adapters.web.wire import block_text, page_meta, rfc3339
 
@@ -620,6 +620,10 @@ def test_envelopes_dates_and_pagination():
     assert page_meta(0, 1, 20)["pages"] == 0
     assert rfc3339(datetime(2026, 1, 2, 3, 4, 5, 123456)) == "2026-01-02T03:04:05.123Z"
     assert rfc3339(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05.000Z"
+    two_hours_east = timezone(timedelta(hours=2))
+    assert rfc3339(datetime(2026, 1, 2, 5, 4, 5, 999999, tzinfo=two_hours_east)) == "2026-01-02T03:04:05.999Z"
+    assert rfc3339(datetime(9, 1, 2, 3, 4, 5)) == "0009-01-02T03:04:05.000Z"  # RFC 3339: four digits
+    assert rfc3339(None) == ""
     suggestions = {"type": "suggestions", "payload": {"title": "Pick", "suggestions": [{"label": "A"}, {"label": "B"}]}}
     assert block_text(suggestions) == "Pick\n- A\n- B"
     assert block_text({"type": "task_card", "payload": {"name": "Export", "status": "done"}}) == "Export: done"

