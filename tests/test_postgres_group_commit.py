@@ -211,6 +211,26 @@ def test_each_statement_takes_text_arrays_only(parts: tuple[bool, bool], fenced:
     assert sorted(int(n) for n, _ in arrays) == list(range(1, len(arrays) + 1))
 
 
+async def test_a_text_postgresql_cannot_store_fails_its_own_write_only(store) -> None:
+    """A lone UTF-16 surrogate (not Unicode: asyncpg cannot encode it, a ``DataError``) or a NUL
+    (which PostgreSQL's text columns refuse) in a reply, among others in one batch: the batch is
+    refused whole and written again one by one; only those two replies fail."""
+    session_id = await _session(store)
+    entry = await store.inbox.record(session_id, "k", "message", {}, user_text="hi")
+    outcomes = await asyncio.gather(
+        store.messages.add(session_id, "assistant", "before", inbound_id=entry.id),
+        store.messages.add(session_id, "assistant", "half a pair \ud800", inbound_id=entry.id),
+        store.messages.add(session_id, "assistant", "a NUL \x00", inbound_id=entry.id),
+        store.messages.add(session_id, "assistant", "after ✓", inbound_id=entry.id),
+        store.inbox.set_status(entry.id, "done"),
+        return_exceptions=True,
+    )
+    assert not isinstance(outcomes[0], BaseException) and not isinstance(outcomes[3], BaseException)
+    assert isinstance(outcomes[1], Exception) and isinstance(outcomes[2], Exception) and outcomes[4] is None
+    assert [m.text for m in await store.messages.of_turn(session_id, entry.id)] == ["hi", "before", "after ✓"]
+    assert (await store.inbox.get(entry.id)).status == "done"  # type: ignore[union-attr]
+
+
 async def test_a_status_under_a_lost_lease_does_not_hide_the_one_before_it(statements, store) -> None:
     """Two statuses of one event asked for together, the first under the lease, the second under
     a stale token: in sequence the first is written and the second refused, and so here."""
