@@ -8,48 +8,34 @@ asked for while the previous batch was on its way to the database, or in the sam
 event loop, go out together as one statement: the rows as arrays (``unnest``), one round trip,
 one commit. The busier the gateway, the bigger the batches (bench/README.md).
 
-What does not change:
+The batching itself (``postgres_batches``) answers no caller before its row is committed, runs
+every row of a refused batch again alone (a repeated message id, a reply to a session deleted
+meanwhile: only the row at fault fails), and keeps the order rows were asked for in: a turn
+hands its session to the next event once its status write is asked for
+(``Dispatcher._hand_over``). What this kind adds:
 
-- **Nothing is acknowledged before it is committed.** A caller's ``write`` returns once the
-  statement holding its row has returned, that is, committed (PostgreSQL commits a statement run
-  outside a transaction on its own, durably: ``synchronous_commit`` stays on). When the
-  statement fails, nothing of it is stored.
-- **One failing write does not take the others down.** When PostgreSQL refuses a batch (a
-  repeated message id, a reply to a session deleted meanwhile), every write of it runs again
-  alone, as before, and only the one at fault raises.
 - **Fences.** A write under a session's lease (``gateway.store.fence``) is stored only if the
   lease is still held: the statement checks each fence of the batch once (locking its row until
   the commit, as ``Fence.verify_postgres`` does) and writes only the rows whose fence held. The
   others' callers get ``LeaseLost``; their rows are not written.
-- **Order.** Writes are sent in the order they were asked for: a write asked for after another
-  goes in the same batch or a later one, never an earlier (a turn hands its session to the next
-  event once its status write is asked for: ``Dispatcher._hand_over``). Two status
-  writes of one event in one batch are written as one, the later winning, as in sequence (under
-  the same fence; under another, the later waits for the next batch).
+- **One status per event.** Two status writes of one event in one batch are written as one, the
+  later winning, as in sequence (under the same fence; under another, the later waits for the
+  next batch).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import asyncpg
-
-from gateway.store.connection_lender import ConnectionLender
 from gateway.store.fence import Fence
+from gateway.store.postgres_batches import StatementBatches
 from gateway.store.queue import LEASE_LOCK_ORDER
 
-__all__ = ["MAX_BATCHES_IN_FLIGHT", "PostgresGroupCommit", "batch_statement"]
-
-log = logging.getLogger("chatgate.store")
-
-MAX_BATCHES_IN_FLIGHT = 1
-"""Batches on their way to PostgreSQL at once. While one is, the writes asked for meanwhile
-wait and then go together: under load a batch then holds what arrived during one round trip."""
+__all__ = ["PendingWrite", "PostgresGroupCommit", "batch_statement"]
 
 MAX_BATCH = 256
 """At most this many writes in one statement (its arrays): a batch holds up its first caller
@@ -130,19 +116,8 @@ class PendingWrite:
     done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
-class PostgresGroupCommit:
-    """Collects writes and sends them in batches (see the module's docstring)."""
-
-    def __init__(self, connections: ConnectionLender) -> None:
-        self._connections = connections
-        self._pending: list[PendingWrite] = []
-        self._in_flight = 0
-        self._scheduled = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.batches = 0
-        """Batches sent so far, and ``writes`` in them (the tests read them)."""
-        self.writes = 0
+class PostgresGroupCommit(StatementBatches[PendingWrite]):
+    """Collects replies and statuses and sends them in batches (see the module's docstring)."""
 
     async def write(self, pending: PendingWrite) -> None:
         """Send ``pending`` with the next batch and return once it is committed (or raise what
@@ -154,24 +129,7 @@ class PostgresGroupCommit:
         committed (or failed). Raises ``LeaseLost`` at once for a fence already known lost."""
         if pending.fence is not None:
             pending.fence.check_local()
-        self._pending.append(pending)
-        self._idle.clear()
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._send_next)
-        return pending.done
-
-    async def drain(self) -> None:
-        """Wait until every write asked for so far is written (before the pool closes)."""
-        await self._idle.wait()
-
-    def _send_next(self) -> None:
-        self._scheduled = False
-        if not self._pending or self._in_flight >= MAX_BATCHES_IN_FLIGHT:
-            return  # the batch on its way starts the next one when it is back
-        batch = self._take_batch()
-        self._in_flight += 1
-        asyncio.get_running_loop().create_task(self._send(batch))
+        return super().enqueue(pending)
 
     def _take_batch(self) -> list[PendingWrite]:
         """Up to ``MAX_BATCH`` pending writes, in order. A batch writes one status per event (the
@@ -189,36 +147,7 @@ class PostgresGroupCommit:
         batch, self._pending = self._pending[:taken], self._pending[taken:]
         return batch
 
-    async def _send(self, batch: list[PendingWrite]) -> None:
-        outcomes: Sequence[BaseException | None]
-        try:
-            outcomes = await self._write_batch(batch)
-        except asyncpg.PostgresError as error:
-            # PostgreSQL refused the statement and stored none of it: each write alone, in order.
-            log.debug("a batch of %d writes was refused (%s): writing each alone", len(batch), error)
-            outcomes = [await _outcome(pending.alone()) for pending in batch]
-        except Exception as error:  # the connection failed: whether it committed is unknown
-            outcomes = [error] * len(batch)
-        except BaseException:  # cancelled (the loop is closing): so are its callers
-            for pending in batch:
-                pending.done.cancel()
-            raise
-        finally:
-            self._in_flight -= 1
-            if self._pending:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._send_next)
-            elif not self._in_flight:
-                self._idle.set()
-        for pending, outcome in zip(batch, outcomes, strict=True):
-            if pending.done.done():  # its caller was cancelled; the write went out all the same
-                continue
-            if outcome is None:
-                pending.done.set_result(None)
-            else:
-                pending.done.set_exception(outcome)
-
-    async def _write_batch(self, batch: list[PendingWrite]) -> list[BaseException | None]:
+    async def _write_batch(self, batch: list[PendingWrite]) -> list[Any]:
         messages: list[PendingWrite] = []
         statuses: dict[str, PendingWrite] = {}  # the last status of each event
         fences: dict[tuple[str, int], Fence] = {}
@@ -245,18 +174,9 @@ class PostgresGroupCommit:
         statement = batch_statement(messages=bool(messages), statuses=bool(statuses), fenced=bool(fences))
         async with self._connections.lend() as conn:
             held = {(row[0], row[1]) for row in await conn.fetch(statement, *arguments)}
-        self.batches += 1
-        self.writes += len(batch)
         outcomes: list[BaseException | None] = []
         for pending in batch:
             fence = pending.fence
             outcomes.append(None if fence is None or (fence.session_id, fence.token) in held else fence.taken_over())
         return outcomes
 
-
-async def _outcome(write: Awaitable[Any]) -> BaseException | None:
-    try:
-        await write
-    except Exception as error:
-        return error
-    return None
