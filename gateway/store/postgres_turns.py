@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -42,9 +42,21 @@ from gateway.store.connection_lender import ConnectionLender
 from gateway.store.fence import Fence
 from gateway.store.postgres_blocking_reads import BlockingReads
 from gateway.store.postgres_group_commit import PendingWrite, PostgresGroupCommit
-from gateway.store.records import InboxEntry, MessageRecord, SessionRecord, TurnContext
+from gateway.store.postgres_rows import (
+    HISTORY_AT,
+    MESSAGE_COLUMNS,
+    MESSAGE_COLUMNS_OF_H,
+    SESSION_COLUMNS,
+    USER_AT,
+    context_read_with,
+    history_of,
+    message_record,
+    session_record,
+    user_info,
+)
+from gateway.store.records import InboxEntry, MessageRecord, SessionRecord
 from gateway.store.tables import utcnow
-from gateway.types import SessionChannel, UnknownSession, UserInfo
+from gateway.types import UnknownSession, UserInfo
 
 __all__ = ["TURN_CONNECTION_SETTINGS", "PostgresTurns", "connect_for_turns", "listen_statements"]
 
@@ -52,14 +64,6 @@ log = logging.getLogger("chatgate.store")
 
 # -- the statements ---------------------------------------------------------------------------
 
-_MESSAGE_COLUMNS = (
-    "id, session_id, role, text, block, attachments, inbound_id, status, platform_refs, created_at, updated_at"
-)
-_SESSION_COLUMNS = (
-    "sessions.id, sessions.channel_type, sessions.chat_id, sessions.thread_id, sessions.team_id,"
-    " sessions.user_id, sessions.owner_key, sessions.title, sessions.metadata, sessions.chat_name,"
-    " sessions.created_at, sessions.updated_at, sessions.data, sessions.entered"
-)
 INSERT_MESSAGE = (
     "INSERT INTO messages (id, session_id, role, text, block_id, block, attachments, inbound_id, status,"
     " platform_refs, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)"
@@ -67,15 +71,14 @@ INSERT_MESSAGE = (
 INBOX_OF_KEY = "SELECT id FROM inbox WHERE dedup_key = $1"
 REPEAT_HOLDER = "SELECT inbox_id FROM repeat_claims WHERE key = $1"
 SET_INBOX_STATUS = "UPDATE inbox SET status = $2, error = $3, updated_at = $4 WHERE id = $1"
-SELECT_SESSION = f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE sessions.id = $1"
+SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE sessions.id = $1"
 SELECT_TURN_CONTEXT = (
-    f"SELECT {_SESSION_COLUMNS}, users.id, users.email, users.org_id"
+    f"SELECT {SESSION_COLUMNS}, users.id, users.email, users.org_id"
     " FROM sessions LEFT JOIN users ON users.id = sessions.user_id WHERE sessions.id = $1"
 )
 """The session and its user in one round trip (a session whose user is gone reads ``None``)."""
-_MESSAGE_COLUMNS_OF_H = ", ".join(f"h.{column.strip()}" for column in _MESSAGE_COLUMNS.split(","))
 SELECT_TURN_CONTEXT_AND_HISTORY = (
-    f"SELECT {_SESSION_COLUMNS}, users.id, users.email, users.org_id, {_MESSAGE_COLUMNS_OF_H}"
+    f"SELECT {SESSION_COLUMNS}, users.id, users.email, users.org_id, {MESSAGE_COLUMNS_OF_H}"
     " FROM sessions LEFT JOIN users ON users.id = sessions.user_id"
     " LEFT JOIN LATERAL (SELECT * FROM messages WHERE messages.session_id = sessions.id AND messages.id < $2"
     " ORDER BY messages.id DESC LIMIT $3) AS h ON true"
@@ -85,11 +88,9 @@ SELECT_TURN_CONTEXT_AND_HISTORY = (
 or one row with no message. The history is fetched while handlers read it (a read on first use
 would hold the event loop up: ``gateway.history.HistoryPrefetch``), in this round trip, not one
 of its own."""
-_USER_AT = 14  # where the user's columns start in a row of SELECT_TURN_CONTEXT_AND_HISTORY
-_HISTORY_AT = 17  # where the message columns start in it
-SELECT_TURN = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE inbound_id = $1 AND session_id = $2 ORDER BY id"
+SELECT_TURN = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE inbound_id = $1 AND session_id = $2 ORDER BY id"
 SELECT_HISTORY = (
-    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"
 )
 
 
@@ -154,7 +155,7 @@ def record_statement(*, repeat: bool, message: bool, notify: bool, context: bool
     if context:
         before, limit = f"${next(parameters)}", f"${next(parameters)}"
         statement += (
-            f", {_SESSION_COLUMNS}, users.id, users.email, users.org_id, {_MESSAGE_COLUMNS_OF_H}"
+            f", {SESSION_COLUMNS}, users.id, users.email, users.org_id, {MESSAGE_COLUMNS_OF_H}"
             " FROM (SELECT 1) AS one LEFT JOIN sessions ON sessions.id = $1"
             " LEFT JOIN users ON users.id = sessions.user_id"
             " LEFT JOIN LATERAL (SELECT * FROM messages WHERE messages.session_id = sessions.id"
@@ -163,68 +164,7 @@ def record_statement(*, repeat: bool, message: bool, notify: bool, context: bool
     return statement
 
 
-# -- the column encodings (those of SQLAlchemy's JSON type on asyncpg) ---------------------------
-
-_dumps = json.dumps
-_loads = json.loads
-
-
-def _json_list(text: str) -> list[Any]:
-    # Most messages have no attachments and no platform refs: "[]" needs no parser (a history
-    # read decodes fifty messages a turn).
-    return [] if text == "[]" else list(_loads(text) or [])
-
-
-def _json_or_none(text: str | None) -> Any:
-    return None if text is None or text == "null" else _loads(text)
-
-
-def _message(row: Sequence[Any]) -> MessageRecord:
-    return MessageRecord(
-        row[0], row[1], row[2], row[3], _json_or_none(row[4]), _json_list(row[5]), row[6], row[7],
-        _json_list(row[8]), row[9], row[10],
-    )
-
-
-def _session(row: Sequence[Any]) -> SessionRecord:
-    return SessionRecord(
-        id=row[0],
-        channel=SessionChannel(row[1], row[2], row[3], row[4]),
-        user_id=row[5],
-        owner_key=row[6],
-        title=row[7],
-        metadata=dict(_loads(row[8]) or {}),
-        chat_name=row[9],
-        created_at=row[10],
-        updated_at=row[11],
-        data=dict(_loads(row[12]) or {}),
-        entered=bool(row[13]),
-    )
-
-
-def _user(row: Sequence[Any], at: int) -> UserInfo | None:
-    """The user's columns of a turn-context row, from ``at`` (``None``: the user is gone)."""
-    return None if row[at] is None else UserInfo(row[at], row[at + 1], row[at + 2])
-
-
-def _history(rows: Sequence[Any], at: int) -> Callable[[], list[MessageRecord]]:
-    """The history in turn-context rows (newest first, a message's columns from ``at``; none in
-    a row of a session with no message), decoded oldest first when the function is called."""
-    history = [row[at:] for row in rows if row[at] is not None]
-    return lambda: [_message(row) for row in reversed(history)]
-
-
-def _context_read_with(
-    rows: Sequence[Any], at: int, now: datetime, before_id: str, *, with_history: bool
-) -> TurnContext:
-    """The turn's context from the rows of ``record_statement(context=True)``, its columns from
-    ``at``. The session row is as the statement's snapshot saw it: before the statement touched
-    its ``updated_at``, which is ``now`` since. Without ``with_history`` (no rows were asked
-    for), its history is left to be read on first use."""
-    session = _session(rows[0][at:])
-    session.updated_at = now
-    history = _history(rows, at + _HISTORY_AT) if with_history else None
-    return TurnContext(session, _user(rows[0], at + _USER_AT), history, before_id)
+_dumps = json.dumps  # the JSON columns' text: what SQLAlchemy's ``JSON`` type writes on asyncpg
 
 
 def _touched(status: str) -> int:
@@ -371,7 +311,7 @@ class PostgresTurns:
             if row[1]:
                 entry = InboxEntry(inbox_id, False, message_id)
                 if context is not None:
-                    entry.context = _context_read_with(
+                    entry.context = context_read_with(
                         rows, 3 if repeat is not None else 2, now, context[0], with_history=context[1] > 0
                     )
                 return entry
@@ -410,7 +350,7 @@ class PostgresTurns:
     async def messages_of_turn(self, session_id: str, inbound_id: str) -> list[MessageRecord]:
         async with self._connections.lend() as conn:
             rows = await conn.fetch(SELECT_TURN, inbound_id, session_id)
-        return [_message(row) for row in rows]
+        return [message_record(row) for row in rows]
 
     async def history(self, session_id: str, before_id: str, limit: int) -> list[MessageRecord]:
         """The last ``limit`` messages with ids before ``before_id``, oldest first."""
@@ -420,7 +360,7 @@ class PostgresTurns:
         """``history``, the calling thread (and its event loop) waiting for it
         (``gateway.store.postgres_blocking_reads``): ``session.history`` on first use."""
         rows = self._blocking.fetch(SELECT_HISTORY, session_id, before_id, limit)
-        return [_message(row) for row in reversed(rows)]
+        return [message_record(row) for row in reversed(rows)]
 
     async def history_fetched(
         self, session_id: str, before_id: str, limit: int
@@ -428,21 +368,21 @@ class PostgresTurns:
         """``history``'s rows, fetched now, turned into records when the function is called."""
         async with self._connections.lend() as conn:
             rows = await conn.fetch(SELECT_HISTORY, session_id, before_id, limit)
-        return lambda: [_message(row) for row in reversed(rows)]
+        return lambda: [message_record(row) for row in reversed(rows)]
 
     # -- sessions -----------------------------------------------------------------------------
 
     async def session(self, session_id: str) -> SessionRecord | None:
         async with self._connections.lend() as conn:
             row = await conn.fetchrow(SELECT_SESSION, session_id)
-        return None if row is None else _session(row)
+        return None if row is None else session_record(row)
 
     async def turn_context(self, session_id: str) -> tuple[SessionRecord, UserInfo | None] | None:
         async with self._connections.lend() as conn:
             row = await conn.fetchrow(SELECT_TURN_CONTEXT, session_id)
         if row is None:
             return None
-        return _session(row), _user(row, _USER_AT)
+        return session_record(row), user_info(row, USER_AT)
 
     async def turn_context_and_history(
         self, session_id: str, before_id: str, limit: int
@@ -452,7 +392,7 @@ class PostgresTurns:
             rows = await conn.fetch(SELECT_TURN_CONTEXT_AND_HISTORY, session_id, before_id, limit)
         if not rows:
             return None
-        return _session(rows[0]), _user(rows[0], _USER_AT), _history(rows, _HISTORY_AT)
+        return session_record(rows[0]), user_info(rows[0], USER_AT), history_of(rows, HISTORY_AT)
 
     # -- writes -------------------------------------------------------------------------------
 
