@@ -316,6 +316,7 @@ def _every_turn_statement() -> list[tuple[str, str]]:
     from gateway.store import postgres_turns
     from gateway.store.fence import FENCE_CHECK_POSTGRES
     from gateway.store.postgres_group_commit import batch_statement
+    from gateway.store.postgres_recording import RECORDS_STATEMENT
 
     shapes = [
         (f"batch messages={m} statuses={s} fenced={f}", batch_statement(messages=m, statuses=s, fenced=f))
@@ -332,6 +333,7 @@ def _every_turn_statement() -> list[tuple[str, str]]:
             "SELECT_TURN_CONTEXT", "SELECT_TURN_CONTEXT_AND_HISTORY", "SELECT_TURN", "SELECT_HISTORY",
         )
     ]
+    shapes.append(("RECORDS_STATEMENT", RECORDS_STATEMENT))  # the recordings of several events at once
     return [*shapes, ("FENCE_CHECK_POSTGRES", FENCE_CHECK_POSTGRES)]
 
 

@@ -30,7 +30,7 @@ import asyncpg
 
 from gateway.store.connection_lender import ConnectionLender
 
-__all__ = ["MAX_BATCHES_IN_FLIGHT", "Batched", "StatementBatches"]
+__all__ = ["MAX_BATCHES_IN_FLIGHT", "Batched", "StatementBatches", "outcome_of"]
 
 log = logging.getLogger("chatgate.store")
 
@@ -56,6 +56,8 @@ Row = TypeVar("Row", bound=Batched)
 
 class StatementBatches(Generic[Row]):
     """Collects rows and sends them in batches (see the module's docstring)."""
+
+    max_in_flight = MAX_BATCHES_IN_FLIGHT
 
     def __init__(self, connections: ConnectionLender) -> None:
         self._connections = connections
@@ -93,7 +95,7 @@ class StatementBatches(Generic[Row]):
 
     def _send_next(self) -> None:
         self._scheduled = False
-        if not self._pending or self._in_flight >= MAX_BATCHES_IN_FLIGHT:
+        if not self._pending or self._in_flight >= self.max_in_flight:
             return  # the batch on its way starts the next one when it is back
         batch = self._take_batch()
         self._in_flight += 1
@@ -108,7 +110,7 @@ class StatementBatches(Generic[Row]):
         except asyncpg.PostgresError as error:
             # PostgreSQL refused the statement and stored none of it: each row alone, in order.
             log.debug("a batch of %d rows was refused (%s): writing each alone", len(batch), error)
-            outcomes = [await _outcome(pending.alone()) for pending in batch]
+            outcomes = [await outcome_of(pending.alone()) for pending in batch]
         except Exception as error:  # the connection failed: whether it committed is unknown
             outcomes = [error] * len(batch)
         except BaseException:  # cancelled (the loop is closing): so are its callers
@@ -131,7 +133,7 @@ class StatementBatches(Generic[Row]):
                 pending.done.set_result(outcome)
 
 
-async def _outcome(write: Awaitable[Any]) -> Any:
+async def outcome_of(write: Awaitable[Any]) -> Any:
     """What ``write`` returns, or the exception it raised."""
     try:
         return await write

@@ -42,6 +42,7 @@ from gateway.store.connection_lender import ConnectionLender
 from gateway.store.fence import Fence
 from gateway.store.postgres_blocking_reads import BlockingReads
 from gateway.store.postgres_group_commit import PendingWrite, PostgresGroupCommit
+from gateway.store.postgres_recording import REPEAT_HOLDER, PendingRecord, RecordBatches
 from gateway.store.postgres_rows import (
     HISTORY_AT,
     MESSAGE_COLUMNS,
@@ -69,7 +70,6 @@ INSERT_MESSAGE = (
     " platform_refs, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)"
 )
 INBOX_OF_KEY = "SELECT id FROM inbox WHERE dedup_key = $1"
-REPEAT_HOLDER = "SELECT inbox_id FROM repeat_claims WHERE key = $1"
 SET_INBOX_STATUS = "UPDATE inbox SET status = $2, error = $3, updated_at = $4 WHERE id = $1"
 SELECT_SESSION = f"SELECT {SESSION_COLUMNS} FROM sessions WHERE sessions.id = $1"
 SELECT_TURN_CONTEXT = (
@@ -244,6 +244,7 @@ class PostgresTurns:
         self._connections = connections
         self._blocking = blocking
         self.group_commit = PostgresGroupCommit(connections)
+        self.recordings = RecordBatches(connections)
 
     @classmethod
     async def open(cls, url: str, *, max_size: int) -> PostgresTurns:
@@ -259,6 +260,7 @@ class PostgresTurns:
         return cls(connections, BlockingReads(connect))
 
     async def close(self) -> None:
+        await self.recordings.drain()
         await self.group_commit.drain()
         await self._connections.close()
         await self._blocking.close()
@@ -278,38 +280,49 @@ class PostgresTurns:
         notify: str | None,
         context: tuple[str, int] | None = None,
     ) -> InboxEntry:
-        """``InboxQueries.record`` in one statement (``record_statement``); with ``context``
-        (``(before_id, limit)``), the turn's context read in it too (``InboxEntry.context``)."""
+        """``InboxQueries.record``: in one statement, shared with the events recorded at the same
+        time (``postgres_recording``); with ``context`` (``(before_id, limit)``), the turn's
+        context read in it too (``InboxEntry.context``)."""
         # The event and the user's message are stamped with their ids' instant (gateway.ids).
         at_ns = time.time_ns()
-        now = instant(at_ns)
-        inbox_id = new_id(at_ns)
         message_id = new_id(at_ns) if user_text is not None else None
-        arguments: list[Any] = [session_id, inbox_id, dedup_key, kind, _dumps(payload), now]
+        pending = PendingRecord(
+            session_id, new_id(at_ns), dedup_key, kind, _dumps(payload), instant(at_ns), repeat, message_id,
+            user_text, None if message_id is None else _dumps(attachments or []), notify, context,
+            alone=lambda: self._record_alone(pending),
+        )
+        return await self.recordings.record(pending)
+
+    async def _record_alone(self, pending: PendingRecord) -> InboxEntry:
+        """One event in a statement of its own (``record_statement``)."""
+        now, repeat, context = pending.now, pending.repeat, pending.context
+        arguments: list[Any] = [
+            pending.session_id, pending.inbox_id, pending.dedup_key, pending.kind, pending.payload, now,
+        ]
         if repeat is not None:
             window = timedelta(seconds=repeat[1])
             arguments += [repeat[0], now + window, now - window]
-        if message_id is not None:
-            arguments += [message_id, user_text, _dumps(attachments or [])]
-        if notify is not None:
-            arguments.append(notify)
+        if pending.message_id is not None:
+            arguments += [pending.message_id, pending.user_text, pending.attachments]
+        if pending.notify is not None:
+            arguments.append(pending.notify)
         if context is not None:
             arguments += context
         statement = record_statement(
-            repeat=repeat is not None, message=message_id is not None, notify=notify is not None,
+            repeat=repeat is not None, message=pending.message_id is not None, notify=pending.notify is not None,
             context=context is not None,
         )
         async with self._connections.lend() as conn:
             try:
                 rows = await conn.fetch(statement, *arguments)
             except asyncpg.IntegrityConstraintViolationError:  # the dedup key: recorded before
-                existing = await conn.fetchval(INBOX_OF_KEY, dedup_key)
+                existing = await conn.fetchval(INBOX_OF_KEY, pending.dedup_key)
                 return InboxEntry(existing or "", True, None)
             row = rows[0]
             if not row[0]:
-                raise UnknownSession(f"no session {session_id!r}")
+                raise UnknownSession(f"no session {pending.session_id!r}")
             if row[1]:
-                entry = InboxEntry(inbox_id, False, message_id)
+                entry = InboxEntry(pending.inbox_id, False, pending.message_id)
                 if context is not None:
                     entry.context = context_read_with(
                         rows, 3 if repeat is not None else 2, now, context[0], with_history=context[1] > 0
