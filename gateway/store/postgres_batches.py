@@ -98,6 +98,13 @@ class StatementBatches(Generic[Row]):
         if not self._pending or self._in_flight >= self.max_in_flight:
             return  # the batch on its way starts the next one when it is back
         batch = self._take_batch()
+        if not batch:  # every row taken had lost its caller: nothing to send
+            if self._pending:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._send_next)
+            elif not self._in_flight:
+                self._idle.set()
+            return
         self._in_flight += 1
         asyncio.get_running_loop().create_task(self._send(batch))
 

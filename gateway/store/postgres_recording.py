@@ -167,8 +167,8 @@ class RecordBatches(StatementBatches[PendingRecord]):
         return batch
 
     async def _write_batch(self, batch: list[PendingRecord]) -> list[Any]:
-        if len(batch) <= 1:  # the statement of its own: the cheapest for one
-            return [await outcome_of(pending.alone()) for pending in batch]
+        if len(batch) == 1:  # the statement of its own: the cheapest for one
+            return [await outcome_of(batch[0].alone())]
         columns: list[list[str | None]] = [[] for _ in _COLUMNS]
         window = 0.0
         for ord_, pending in enumerate(batch):
