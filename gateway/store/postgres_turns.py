@@ -16,11 +16,12 @@ read with ``json.loads``; timestamps are ``timestamp with time zone``, written a
 UTC datetimes. ``tests/test_postgres_turns.py`` round-trips rows both ways.
 
 A write that is a single statement runs without ``BEGIN``/``COMMIT`` (PostgreSQL commits it on
-its own, durably: ``synchronous_commit`` stays on), so it is one round trip. The reply and the
-event's status go out with those of concurrent turns, in one statement
-(``gateway.store.postgres_group_commit``), and check their :class:`~gateway.store.fence.Fence`
-there; a write alone that carries a fence checks the session's lease first in its transaction, as
-``Database.run_write`` does.
+its own, durably: ``synchronous_commit`` stays on), so it is one round trip. The recording of
+an event goes out with the events recorded at the same time, in one statement
+(``gateway.store.postgres_recording``); the reply and the event's status with those of
+concurrent turns (``gateway.store.postgres_group_commit``), which check their
+:class:`~gateway.store.fence.Fence` there; a write alone that carries a fence checks the
+session's lease first in its transaction, as ``Database.run_write`` does.
 """
 
 from __future__ import annotations
