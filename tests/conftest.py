@@ -116,3 +116,29 @@ async def store(database_url) -> AsyncIterator[Any]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest.fixture
+async def postgres_store(postgres_url) -> AsyncIterator[Any]:
+    """An open Store on PostgreSQL, its per-turn statements on asyncpg (``Store.postgres_turns``)."""
+    from gateway.store import Store
+
+    opened = Store(postgres_url)
+    await opened.open()
+    assert opened.postgres_turns is not None
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def turn_statements() -> Iterator[list[str]]:
+    """Every statement the per-turn connections run from now on (``listen_statements``)."""
+    from gateway.store.postgres_turns import listen_statements
+
+    seen: list[str] = []
+    stop = listen_statements(seen.append)
+    yield seen
+    stop()
+

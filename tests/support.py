@@ -16,6 +16,49 @@ ShippedSettings = settings_class(distribution="chatgate")
 config.example.toml documents. Third-party adapters installed for the tests are left out."""
 
 
+async def blocked_on_a_lock(dsn: str, timeout: float = 10.0) -> None:
+    """Until some backend of the PostgreSQL database ``dsn`` waits for a lock (a row lock a test
+    holds from another connection)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        deadline = time.monotonic() + timeout
+        while not await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ):
+            assert time.monotonic() < deadline, "nothing waited for the lock held"
+            await asyncio.sleep(0.01)
+    finally:
+        await conn.close()
+
+
+async def holding_a_row(dsn: str, table: str, key_column: str, key: str, lock: str = "FOR UPDATE") -> Any:
+    """A connection in a transaction that holds the row of ``table`` whose ``key_column`` is
+    ``key`` under ``lock``: ``ROLLBACK`` and close it to let go."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    await conn.execute("BEGIN")
+    await conn.execute(f"SELECT 1 FROM {table} WHERE {key_column} = $1 {lock}", key)
+    return conn
+
+
+async def lockable_now(dsn: str, table: str, key_column: str, key: str) -> bool:
+    """Whether that row can be locked (``FOR NO KEY UPDATE``) at once: nobody holds it."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute(f"SELECT 1 FROM {table} WHERE {key_column} = $1 FOR NO KEY UPDATE NOWAIT", key)
+        return True
+    except asyncpg.LockNotAvailableError:
+        return False
+    finally:
+        await conn.close()
+
+
 async def until(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
     """Poll ``predicate`` until it returns something truthy (returned), or fail after ``timeout``.
 

@@ -8,10 +8,8 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -19,32 +17,22 @@ from sqlalchemy.exc import IntegrityError
 from gateway.store import Store
 from gateway.store.fence import Fence, LeaseLost
 from gateway.store.postgres_group_commit import batch_statement
-from gateway.store.postgres_turns import listen_statements
 from gateway.store.queue import SessionQueue
 from gateway.types import SessionChannel, UserInfo
+from tests.support import blocked_on_a_lock, holding_a_row, lockable_now
 
 pytestmark = pytest.mark.postgres
 TTL = 30.0
 
 
 @pytest.fixture
-async def store(postgres_url) -> AsyncIterator[Store]:
-    opened = Store(postgres_url)
-    await opened.open()
-    assert opened.postgres_turns is not None
-    try:
-        yield opened
-    finally:
-        await opened.close()
+def store(postgres_store: Store) -> Store:
+    return postgres_store
 
 
 @pytest.fixture
-def statements() -> Any:
-    """Every statement the per-turn connections run (listening before the store opens them)."""
-    seen: list[str] = []
-    stop = listen_statements(seen.append)
-    yield seen
-    stop()
+def statements(turn_statements: list[str]) -> list[str]:
+    return turn_statements
 
 
 async def _session(store: Store) -> str:
@@ -266,43 +254,6 @@ async def _two_claimed_sessions(store: Store, queue: SessionQueue, *, claim_seco
     return [Fence(s, tokens[s].token, time.monotonic() + TTL) for s in (first, second)]  # type: ignore[union-attr]
 
 
-async def _blocked_on_a_lock(dsn: str, timeout: float = 10.0) -> None:
-    """Until some backend of the database waits for a row lock."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        deadline = time.monotonic() + timeout
-        while not await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ):
-            assert time.monotonic() < deadline, "nothing waited for the lock held"
-            await asyncio.sleep(0.01)
-    finally:
-        await conn.close()
-
-
-async def _lockable_now(dsn: str, session_id: str) -> bool:
-    """Whether the session's lease row can be locked at once (nobody holds it)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        async with conn.transaction():
-            await conn.execute(
-                "SELECT 1 FROM session_leases WHERE session_id = $1 FOR NO KEY UPDATE NOWAIT", session_id
-            )
-        return True
-    except asyncpg.LockNotAvailableError:
-        return False
-    finally:
-        await conn.close()
-
-
-async def _holding_the_lease_row_of(dsn: str, session_id: str) -> asyncpg.Connection:
-    """A connection in a transaction that holds the session's lease row."""
-    conn = await asyncpg.connect(dsn)
-    await conn.execute("BEGIN")
-    await conn.execute("SELECT 1 FROM session_leases WHERE session_id = $1 FOR UPDATE", session_id)
-    return conn
-
-
 async def test_a_batch_locks_the_lease_rows_of_its_fences_in_session_id_order(postgres_url, store) -> None:
     """Its fences asked for in the other order, a batch waiting for the first session's lease row
     holds nothing of the second's yet: a worker's renewal, which locks in the same order, cannot
@@ -312,14 +263,14 @@ async def test_a_batch_locks_the_lease_rows_of_its_fences_in_session_id_order(po
     first, second = await _two_claimed_sessions(store, queue, claim_second_first=False)
     entries = [await store.inbox.record(f.session_id, secrets.token_hex(4), "message", {}, user_text="hi")
                for f in (first, second)]
-    holder = await _holding_the_lease_row_of(dsn, first.session_id)
+    holder = await holding_a_row(dsn, "session_leases", "session_id", first.session_id)
     try:
         writes = asyncio.gather(  # the second session's write first: its fence leads the batch's arrays
             store.messages.add(second.session_id, "assistant", "b", inbound_id=entries[1].id, fence=second),
             store.messages.add(first.session_id, "assistant", "a", inbound_id=entries[0].id, fence=first),
         )
-        await _blocked_on_a_lock(dsn)
-        assert await _lockable_now(dsn, second.session_id)
+        await blocked_on_a_lock(dsn)
+        assert await lockable_now(dsn, "session_leases", "session_id", second.session_id)
     finally:
         await holder.execute("ROLLBACK")
         await holder.close()
@@ -333,11 +284,11 @@ async def test_a_renewal_locks_the_lease_rows_in_session_id_order(postgres_url, 
     dsn = "postgresql://" + postgres_url.split("://", 1)[1]
     queue = SessionQueue(store.engine)
     first, second = await _two_claimed_sessions(store, queue, claim_second_first=True)
-    holder = await _holding_the_lease_row_of(dsn, first.session_id)
+    holder = await holding_a_row(dsn, "session_leases", "session_id", first.session_id)
     try:
         renewal = asyncio.ensure_future(queue.renew("worker-a", [first.session_id, second.session_id], TTL))
-        await _blocked_on_a_lock(dsn)
-        assert await _lockable_now(dsn, second.session_id)
+        await blocked_on_a_lock(dsn)
+        assert await lockable_now(dsn, "session_leases", "session_id", second.session_id)
     finally:
         await holder.execute("ROLLBACK")
         await holder.close()

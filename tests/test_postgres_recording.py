@@ -6,8 +6,6 @@ not share a statement kept apart; the session rows locked in one order."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,43 +16,24 @@ from sqlalchemy import text, update
 from gateway.store import Store
 from gateway.store.inbox import REPEAT_CLAIMS
 from gateway.store.postgres_recording import RECORDS_STATEMENT
-from gateway.store.postgres_turns import listen_statements
 from gateway.store.statements import INBOX
 from gateway.store.tables import utcnow
 from gateway.types import SessionChannel, UnknownSession, UserInfo
+from tests.support import blocked_on_a_lock, holding_a_row, lockable_now
 
 pytestmark = pytest.mark.postgres
 LATER = "7ZZZZZZZZZZZZZZZZZZZZZZZZZ"  # an id after every id made: the whole history
-
-
-@pytest.fixture
-async def store(postgres_url) -> AsyncIterator[Store]:
-    opened = Store(postgres_url)
-    await opened.open()
-    assert opened.postgres_turns is not None
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
-@pytest.fixture
-def statements() -> Any:
-    seen: list[str] = []
-    stop = listen_statements(seen.append)
-    yield seen
-    stop()
 
 
 def _dsn(postgres_url: str) -> str:
     return "postgresql://" + postgres_url.split("://", 1)[1]
 
 
-async def _sessions(store: Store, count: int) -> list[str]:
+async def _sessions(postgres_store: Store, count: int) -> list[str]:
     from gateway.inbound import PlatformUser
 
-    user = await store.users.resolve(PlatformUser("api", "someone", email="someone@example.com"))
-    return sorted([(await store.sessions.create(SessionChannel("api"), UserInfo(user.id, None, None))).id
+    user = await postgres_store.users.resolve(PlatformUser("api", "someone", email="someone@example.com"))
+    return sorted([(await postgres_store.sessions.create(SessionChannel("api"), UserInfo(user.id, None, None))).id
                    for _ in range(count)])
 
 
@@ -63,9 +42,9 @@ async def _batched(seen: list[str]) -> int:
     return sum(statement == RECORDS_STATEMENT for statement in seen)
 
 
-async def _stored(store: Store, inbox_id: str) -> tuple[Any, ...]:
+async def _stored(postgres_store: Store, inbox_id: str) -> tuple[Any, ...]:
     """An event's row and its user message's, as PostgreSQL's text (ids and instants aside)."""
-    async with store.engine.connect() as conn:
+    async with postgres_store.engine.connect() as conn:
         row = (await conn.execute(text(
             "SELECT i.dedup_key, i.kind, i.payload::text, i.status, i.attempts, i.error IS NULL,"
             " i.created_at = i.updated_at, s.updated_at = i.created_at, m.role, m.text, m.block::text,"
@@ -77,50 +56,52 @@ async def _stored(store: Store, inbox_id: str) -> tuple[Any, ...]:
 
 
 async def test_concurrent_recordings_share_one_statement_and_store_what_the_statement_alone_does(
-    statements, store
+    turn_statements, postgres_store
 ) -> None:
-    alone_session, *sessions = await _sessions(store, 5)
+    alone_session, *sessions = await _sessions(postgres_store, 5)
     payload = {"kind": "message", "text": "é ✓", "nested": {"list": [1, None, True]}}
     attachments = [{"name": "a.txt", "url": "u", "size": 1}]
-    alone = await store.inbox.record(alone_session, "key", "message", payload, user_text="hi \"✓\"",
+    alone = await postgres_store.inbox.record(alone_session, "key", "message", payload, user_text="hi \"✓\"",
                                      attachments=attachments)
-    statements.clear()
+    turn_statements.clear()
     entries = await asyncio.gather(*(
-        store.inbox.record(session_id, f"key-{i}", "message", payload, user_text="hi \"✓\"", attachments=attachments)
+        postgres_store.inbox.record(session_id, f"key-{i}", "message", payload, user_text="hi \"✓\"",
+                                    attachments=attachments)
         if i != 3 else
-        store.inbox.record(session_id, f"key-{i}", "action", {"name": "go"})  # no message
+        postgres_store.inbox.record(session_id, f"key-{i}", "action", {"name": "go"})  # no message
         for i, session_id in enumerate(sessions)
     ))
-    assert await _batched(statements) == 1 and len(statements) == 1, statements
+    assert await _batched(turn_statements) == 1 and len(turn_statements) == 1, turn_statements
     assert [entry.duplicate for entry in entries] == [False] * 4
     assert len({entry.id for entry in entries}) == 4 and entries[3].message_id is None
-    expected = list(await _stored(store, alone.id))
+    expected = list(await _stored(postgres_store, alone.id))
     for i, entry in enumerate(entries):
         expected[0] = f"key-{i}"
         if i == 3:
-            assert (await _stored(store, entry.id))[:8] == ("key-3", "action", '{"name": "go"}', *expected[3:8])
+            action = ("key-3", "action", '{"name": "go"}', *expected[3:8])
+            assert (await _stored(postgres_store, entry.id))[:8] == action
             continue
-        assert await _stored(store, entry.id) == tuple(expected)
-        turn = await store.messages.of_turn(sessions[i], entry.id)
+        assert await _stored(postgres_store, entry.id) == tuple(expected)
+        turn = await postgres_store.messages.of_turn(sessions[i], entry.id)
         assert [(m.id, m.text, m.attachments) for m in turn] == [(entry.message_id, "hi \"✓\"", attachments)]
-    assert {row.id for row in await store.inbox.unfinished()} == {alone.id, *(entry.id for entry in entries)}
+    assert {row.id for row in await postgres_store.inbox.unfinished()} == {alone.id, *(entry.id for entry in entries)}
 
 
-async def test_each_event_of_a_batch_reads_its_own_context(statements, store) -> None:
+async def test_each_event_of_a_batch_reads_its_own_context(turn_statements, postgres_store) -> None:
     """The session, its user and its history before the event, as the turn would read them:
     one event asking for fifty messages, one for two, one for none, one for no context at all."""
-    sessions = await _sessions(store, 4)
+    sessions = await _sessions(postgres_store, 4)
     for n, session_id in enumerate(sessions):
         for i in range(n + 2):
-            await store.messages.add(session_id, "assistant", f"{session_id} {i}")
-    expected = [await store.sessions.turn_context_and_history(s, LATER, 50) for s in sessions]
+            await postgres_store.messages.add(session_id, "assistant", f"{session_id} {i}")
+    expected = [await postgres_store.sessions.turn_context_and_history(s, LATER, 50) for s in sessions]
     contexts: list[tuple[str, int] | None] = [(LATER, 50), (LATER, 2), (LATER, 0), None]
-    statements.clear()
+    turn_statements.clear()
     entries = await asyncio.gather(*(
-        store.inbox.record(s, f"k{n}", "message", {}, user_text="new", context=context)
+        postgres_store.inbox.record(s, f"k{n}", "message", {}, user_text="new", context=context)
         for n, (s, context) in enumerate(zip(sessions, contexts, strict=True))
     ))
-    assert await _batched(statements) == 1
+    assert await _batched(turn_statements) == 1
     for n, (entry, wanted, asked) in enumerate(zip(entries, expected, contexts, strict=True)):
         assert wanted is not None and wanted[2] is not None
         if asked is None:
@@ -128,7 +109,7 @@ async def test_each_event_of_a_batch_reads_its_own_context(statements, store) ->
             continue
         context = entry.context
         assert context is not None and context.history_before == LATER and context.user == wanted[1]
-        stored = await store.sessions.get(sessions[n])
+        stored = await postgres_store.sessions.get(sessions[n])
         assert context.session == stored  # its updated_at the event's, as stored
         if asked[1] == 0:
             assert context.history is None  # read on first use
@@ -137,96 +118,100 @@ async def test_each_event_of_a_batch_reads_its_own_context(statements, store) ->
             assert [m.text for m in context.history()] == [m.text for m in wanted[2]()][-asked[1]:]
 
 
-async def test_an_unknown_session_fails_its_own_recording_only(statements, store) -> None:
-    sessions = await _sessions(store, 2)
-    statements.clear()
+async def test_an_unknown_session_fails_its_own_recording_only(turn_statements, postgres_store) -> None:
+    sessions = await _sessions(postgres_store, 2)
+    turn_statements.clear()
     outcomes = await asyncio.gather(
-        store.inbox.record(sessions[0], "a", "message", {}, user_text="one"),
-        store.inbox.record("01NOSUCHSESSION", "b", "message", {}, user_text="lost"),
-        store.inbox.record(sessions[1], "c", "message", {}, user_text="two"),
+        postgres_store.inbox.record(sessions[0], "a", "message", {}, user_text="one"),
+        postgres_store.inbox.record("01NOSUCHSESSION", "b", "message", {}, user_text="lost"),
+        postgres_store.inbox.record(sessions[1], "c", "message", {}, user_text="two"),
         return_exceptions=True,
     )
-    assert await _batched(statements) == 1
+    assert await _batched(turn_statements) == 1
     assert isinstance(outcomes[1], UnknownSession)
-    assert [m.text for m in await store.messages.of_turn(sessions[1], outcomes[2].id)] == ["two"]  # type: ignore[union-attr]
-    assert len(await store.inbox.unfinished()) == 2
+    assert [m.text for m in await postgres_store.messages.of_turn(sessions[1], outcomes[2].id)] == ["two"]  # type: ignore[union-attr]
+    assert len(await postgres_store.inbox.unfinished()) == 2
 
 
-async def test_repeat_claims_in_a_batch_are_taken_or_refused_event_by_event(statements, store) -> None:
+async def test_repeat_claims_in_a_batch_are_taken_or_refused_event_by_event(turn_statements, postgres_store) -> None:
     """A live claim refuses its event (answered with the claim's event, nothing stored, the
     session not even touched); a new claim and a finished, expired one are taken."""
-    live, fresh, expired = await _sessions(store, 3)
-    first = await store.inbox.record(live, "r1", "message", {}, user_text="same", repeat=("live", 60.0))
-    old = await store.inbox.record(expired, "r2", "message", {}, user_text="old", repeat=("expired", 60.0))
-    await store.inbox.set_status(old.id, "done")
+    live, fresh, expired = await _sessions(postgres_store, 3)
+    first = await postgres_store.inbox.record(live, "r1", "message", {}, user_text="same", repeat=("live", 60.0))
+    old = await postgres_store.inbox.record(expired, "r2", "message", {}, user_text="old", repeat=("expired", 60.0))
+    await postgres_store.inbox.set_status(old.id, "done")
     then = utcnow() - timedelta(hours=1)
-    async with store.engine.begin() as conn:
+    async with postgres_store.engine.begin() as conn:
         await conn.execute(update(REPEAT_CLAIMS).where(REPEAT_CLAIMS.c.key == "expired").values(expires_at=then))
         await conn.execute(update(INBOX).where(INBOX.c.id == old.id).values(updated_at=then))
-    untouched = await store.sessions.get(live)
-    statements.clear()
+    untouched = await postgres_store.sessions.get(live)
+    turn_statements.clear()
     repeated, new, taken = await asyncio.gather(
-        store.inbox.record(live, "r3", "message", {}, user_text="same", repeat=("live", 60.0)),
-        store.inbox.record(fresh, "r4", "message", {}, user_text="new", repeat=("fresh", 60.0)),
-        store.inbox.record(expired, "r5", "message", {}, user_text="old", repeat=("expired", 60.0)),
+        postgres_store.inbox.record(live, "r3", "message", {}, user_text="same", repeat=("live", 60.0)),
+        postgres_store.inbox.record(fresh, "r4", "message", {}, user_text="new", repeat=("fresh", 60.0)),
+        postgres_store.inbox.record(expired, "r5", "message", {}, user_text="old", repeat=("expired", 60.0)),
     )
-    assert await _batched(statements) == 1
+    assert await _batched(turn_statements) == 1
     assert repeated.duplicate and repeated.id == first.id and repeated.message_id is None
     assert not new.duplicate and not taken.duplicate and taken.id != old.id
-    assert await store.sessions.get(live) == untouched
-    assert [m.text for m in await store.messages.of_turn(expired, taken.id)] == ["old"]
+    assert await postgres_store.sessions.get(live) == untouched
+    assert [m.text for m in await postgres_store.messages.of_turn(expired, taken.id)] == ["old"]
     # The claims now name the events that took them: a repeat of either is refused.
     again = await asyncio.gather(
-        store.inbox.record(fresh, "r6", "message", {}, user_text="new", repeat=("fresh", 60.0)),
-        store.inbox.record(expired, "r7", "message", {}, user_text="old", repeat=("expired", 60.0)),
+        postgres_store.inbox.record(fresh, "r6", "message", {}, user_text="new", repeat=("fresh", 60.0)),
+        postgres_store.inbox.record(expired, "r7", "message", {}, user_text="old", repeat=("expired", 60.0)),
     )
     assert [(entry.duplicate, entry.id) for entry in again] == [(True, new.id), (True, taken.id)]
 
 
-async def test_a_repeated_dedup_key_has_the_batch_recorded_event_by_event(statements, store) -> None:
-    sessions = await _sessions(store, 2)
-    first = await store.inbox.record(sessions[0], "seen", "message", {}, user_text="one")
-    statements.clear()
+async def test_a_repeated_dedup_key_has_the_batch_recorded_event_by_event(turn_statements, postgres_store) -> None:
+    sessions = await _sessions(postgres_store, 2)
+    first = await postgres_store.inbox.record(sessions[0], "seen", "message", {}, user_text="one")
+    turn_statements.clear()
     other, again = await asyncio.gather(
-        store.inbox.record(sessions[1], "new", "message", {}, user_text="two"),
-        store.inbox.record(sessions[0], "seen", "message", {}, user_text="one again"),
+        postgres_store.inbox.record(sessions[1], "new", "message", {}, user_text="two"),
+        postgres_store.inbox.record(sessions[0], "seen", "message", {}, user_text="one again"),
     )
-    assert await _batched(statements) == 1  # refused, then each alone
+    assert await _batched(turn_statements) == 1  # refused, then each alone
     assert again.duplicate and again.id == first.id and not other.duplicate
-    assert [m.text for m in await store.messages.of_turn(sessions[1], other.id)] == ["two"]
-    assert [m.text for m in await store.messages.of_turn(sessions[0], first.id)] == ["one"]
+    assert [m.text for m in await postgres_store.messages.of_turn(sessions[1], other.id)] == ["two"]
+    assert [m.text for m in await postgres_store.messages.of_turn(sessions[0], first.id)] == ["one"]
 
 
-async def test_two_events_of_one_session_are_recorded_in_order_in_separate_statements(statements, store) -> None:
+async def test_two_events_of_one_session_are_recorded_in_order_in_separate_statements(
+    turn_statements, postgres_store
+) -> None:
     """The second's context must include the first: it starts the next batch."""
-    mine, other = await _sessions(store, 2)
-    statements.clear()
+    mine, other = await _sessions(postgres_store, 2)
+    turn_statements.clear()
     one, two, three = await asyncio.gather(
-        store.inbox.record(mine, "e1", "message", {}, user_text="first", context=(LATER, 50)),
-        store.inbox.record(mine, "e2", "message", {}, user_text="second", context=(LATER, 50)),
-        store.inbox.record(other, "e3", "message", {}, user_text="third"),
+        postgres_store.inbox.record(mine, "e1", "message", {}, user_text="first", context=(LATER, 50)),
+        postgres_store.inbox.record(mine, "e2", "message", {}, user_text="second", context=(LATER, 50)),
+        postgres_store.inbox.record(other, "e3", "message", {}, user_text="third"),
     )
-    assert await _batched(statements) == 1 and len(statements) == 2  # e1 alone, then e2 with e3
+    assert await _batched(turn_statements) == 1 and len(turn_statements) == 2  # e1 alone, then e2 with e3
     assert one.id < two.id and not three.duplicate
     assert two.context is not None and two.context.history is not None
     assert [m.text for m in two.context.history()] == ["first"]
 
 
-async def test_the_workers_are_told_of_each_recorded_event_of_a_batch_once(postgres_url, statements, store) -> None:
-    sessions = await _sessions(store, 3)
-    await store.inbox.record(sessions[0], "held", "message", {}, user_text="x", repeat=("held", 60.0))
+async def test_the_workers_are_told_of_each_recorded_event_of_a_batch_once(
+    postgres_url, turn_statements, postgres_store
+) -> None:
+    sessions = await _sessions(postgres_store, 3)
+    await postgres_store.inbox.record(sessions[0], "held", "message", {}, user_text="x", repeat=("held", 60.0))
     told: asyncio.Queue[str] = asyncio.Queue()
     listener = await asyncpg.connect(_dsn(postgres_url))
     try:
         await listener.add_listener("chatgate_work", lambda *args: told.put_nowait(args[-1]))
-        statements.clear()
+        turn_statements.clear()
         entries = await asyncio.gather(
-            store.inbox.record(sessions[0], "n0", "message", {}, user_text="x", repeat=("held", 60.0),
+            postgres_store.inbox.record(sessions[0], "n0", "message", {}, user_text="x", repeat=("held", 60.0),
                                notify="chatgate_work"),
-            *(store.inbox.record(s, f"n{i}", "message", {}, user_text="x", notify="chatgate_work")
+            *(postgres_store.inbox.record(s, f"n{i}", "message", {}, user_text="x", notify="chatgate_work")
               for i, s in enumerate(sessions[1:], 1)),
         )
-        assert await _batched(statements) == 1 and entries[0].duplicate
+        assert await _batched(turn_statements) == 1 and entries[0].duplicate
         received = [await asyncio.wait_for(told.get(), 5) for _ in sessions[1:]]
         await asyncio.sleep(0.05)
         assert sorted(received) == sessions[1:] and told.empty()
@@ -234,63 +219,50 @@ async def test_the_workers_are_told_of_each_recorded_event_of_a_batch_once(postg
         await listener.close()
 
 
-async def _holding_the_session_row(dsn: str, session_id: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn)
-    await conn.execute("BEGIN")
-    await conn.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", session_id)
-    return conn
-
-
-async def _blocked_on_a_lock(dsn: str, timeout: float = 10.0) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        deadline = time.monotonic() + timeout
-        while not await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ):
-            assert time.monotonic() < deadline, "nothing waited for the lock held"
-            await asyncio.sleep(0.01)
-    finally:
-        await conn.close()
-
-
-async def test_a_batch_locks_its_sessions_in_session_id_order(postgres_url, store) -> None:
+async def test_a_batch_locks_its_sessions_in_session_id_order(postgres_url, postgres_store) -> None:
     """Its events asked for in the other order, a batch waiting for the first session's row holds
     nothing of the second's: two batches (in two web processes) never wait on each other in a
-    circle. A reply's foreign key check on a locked session is not held up by the lock."""
+    circle."""
     dsn = _dsn(postgres_url)
-    first, second = await _sessions(store, 2)
-    entry = await store.inbox.record(second, "before", "message", {}, user_text="hi")
-    holder = await _holding_the_session_row(dsn, first)
+    first, second = await _sessions(postgres_store, 2)
+    holder = await holding_a_row(dsn, "sessions", "id", first)
     try:
         recordings = asyncio.gather(
-            store.inbox.record(second, "b", "message", {}, user_text="b"),
-            store.inbox.record(first, "a", "message", {}, user_text="a"),
+            postgres_store.inbox.record(second, "b", "message", {}, user_text="b"),
+            postgres_store.inbox.record(first, "a", "message", {}, user_text="a"),
         )
-        await _blocked_on_a_lock(dsn)
-        probe = await asyncpg.connect(dsn)
-        try:
-            async with probe.transaction():
-                await probe.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE NOWAIT", second)
-        finally:
-            await probe.close()
+        await blocked_on_a_lock(dsn)
+        assert await lockable_now(dsn, "sessions", "id", second)
     finally:
         await holder.execute("ROLLBACK")
         await holder.close()
-    recorded = await recordings
-    assert [r.duplicate for r in recorded] == [False, False]
-    await store.messages.add(second, "assistant", "reply", inbound_id=entry.id)
-    assert [m.text for m in await store.messages.of_turn(second, entry.id)] == ["hi", "reply"]
+    assert [r.duplicate for r in await recordings] == [False, False]
 
 
-async def test_an_event_whose_caller_left_before_its_batch_went_is_not_recorded(postgres_url, store) -> None:
+async def test_the_lock_a_batch_takes_on_a_session_does_not_hold_up_its_replies(postgres_url, postgres_store) -> None:
+    """``FOR NO KEY UPDATE``, not ``FOR UPDATE``: a reply's foreign key check on the session
+    (``FOR KEY SHARE``) goes through while a recording batch holds the row, so a batch of
+    replies locking lease rows never waits on a recording batch that waits on it."""
     dsn = _dsn(postgres_url)
-    busy, left = await _sessions(store, 2)
-    holder = await _holding_the_session_row(dsn, busy)
+    [session_id] = await _sessions(postgres_store, 1)
+    entry = await postgres_store.inbox.record(session_id, "before", "message", {}, user_text="hi")
+    holder = await holding_a_row(dsn, "sessions", "id", session_id, lock="FOR NO KEY UPDATE")
     try:
-        in_flight = asyncio.ensure_future(store.inbox.record(busy, "first", "message", {}, user_text="waits"))
-        await _blocked_on_a_lock(dsn)  # its batch is on its way: the next waits for it
-        queued = asyncio.ensure_future(store.inbox.record(left, "gone", "message", {}, user_text="never"))
+        await asyncio.wait_for(postgres_store.messages.add(session_id, "assistant", "reply", inbound_id=entry.id), 5)
+    finally:
+        await holder.execute("ROLLBACK")
+        await holder.close()
+    assert [m.text for m in await postgres_store.messages.of_turn(session_id, entry.id)] == ["hi", "reply"]
+
+
+async def test_an_event_whose_caller_left_before_its_batch_went_is_not_recorded(postgres_url, postgres_store) -> None:
+    dsn = _dsn(postgres_url)
+    busy, left = await _sessions(postgres_store, 2)
+    holder = await holding_a_row(dsn, "sessions", "id", busy)
+    try:
+        in_flight = asyncio.ensure_future(postgres_store.inbox.record(busy, "first", "message", {}, user_text="waits"))
+        await blocked_on_a_lock(dsn)  # its batch is on its way: the next waits for it
+        queued = asyncio.ensure_future(postgres_store.inbox.record(left, "gone", "message", {}, user_text="never"))
         await asyncio.sleep(0.05)
         queued.cancel()
         await asyncio.sleep(0)
@@ -300,5 +272,5 @@ async def test_an_event_whose_caller_left_before_its_batch_went_is_not_recorded(
     assert not (await in_flight).duplicate
     with pytest.raises(asyncio.CancelledError):
         await queued
-    await store.postgres_turns.recordings.drain()  # type: ignore[union-attr]
-    assert [row.session_id for row in await store.inbox.unfinished()] == [busy]
+    await postgres_store.postgres_turns.recordings.drain()  # type: ignore[union-attr]
+    assert [row.session_id for row in await postgres_store.inbox.unfinished()] == [busy]
