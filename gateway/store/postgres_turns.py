@@ -103,8 +103,9 @@ def record_statement(*, repeat: bool, message: bool, notify: bool, context: bool
     expiry and window start, the message's id, text and attachments, the notify channel, in that
     order, for the parts present.
 
-    The session row is locked first (what the ``UPDATE`` of the ORM path does); with a
-    ``repeat``, only a claim taken (inserted, or taken over: the conditions of
+    The session row is locked first, with the lock of the ``UPDATE`` of the ORM path (``FOR NO
+    KEY UPDATE``: a deletion of the session waits for it, a reply's foreign key check does not);
+    with a ``repeat``, only a claim taken (inserted, or taken over: the conditions of
     ``gateway.store.inbox._claim_repeat``, the claim's own event deciding whether it is live)
     admits the event, so a live claim stores nothing, not even the session's ``updated_at``.
     Returns ``found`` (the session exists), ``recorded`` and, for a repeat, ``holder`` (the claim's
@@ -118,7 +119,7 @@ def record_statement(*, repeat: bool, message: bool, notify: bool, context: bool
     """
     assert not (context and notify), "the turn runs elsewhere: nothing to read for it"
     parameters = iter(range(7, 16))
-    parts = ["session AS (SELECT id FROM sessions WHERE id = $1 FOR UPDATE)"]
+    parts = ["session AS (SELECT id FROM sessions WHERE id = $1 FOR NO KEY UPDATE)"]
     admitted = "session"
     if repeat:
         key, expires, window_start = (f"${next(parameters)}" for _ in range(3))
