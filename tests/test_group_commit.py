@@ -19,7 +19,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -390,14 +390,43 @@ def test_killed_between_write_and_commit_nothing_is_acknowledged_or_stored(tmp_p
     assert rows(path) == ["before"]  # and nothing of the uncommitted batch is in the database
 
 
-async def test_killed_under_load_every_answered_turn_is_stored_and_nothing_runs_twice(tmp_path, free_port):
-    """``chatgate run`` answering 8 REST clients (group commit batches their writes) is killed
-    with SIGKILL mid-load: every message it answered is in the database with its reply; after a
-    restart every message it recorded has exactly one reply, and nothing is left unfinished."""
-    database = tmp_path / "data" / "chatgate.db"
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def killed_database(request, tmp_path) -> tuple[str, Callable[[str], Awaitable[list[tuple[Any, ...]]]]]:
+    """``(DATABASE_URL, query)`` for the kill test: a SQLite file, or a fresh PostgreSQL database
+    (where the events recorded at the same time share a statement, and so do the replies)."""
+    if request.param == "sqlite":
+        database = tmp_path / "data" / "chatgate.db"
+
+        async def query_sqlite(sql: str) -> list[tuple[Any, ...]]:
+            with sqlite3.connect(database) as conn:
+                return conn.execute(sql).fetchall()
+
+        return f"sqlite:///{database}", query_sqlite
+    url = request.getfixturevalue("postgres_url")
+
+    async def query_postgres(sql: str) -> list[tuple[Any, ...]]:
+        import asyncpg
+
+        conn = await asyncpg.connect("postgresql://" + url.split("://", 1)[1])
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return url, query_postgres
+
+
+async def test_killed_under_load_every_answered_turn_is_stored_and_nothing_runs_twice(
+    tmp_path, free_port, killed_database
+):
+    """``chatgate run`` answering 8 REST clients (group commit batches their writes; on
+    PostgreSQL the recordings too) is killed with SIGKILL mid-load: every message it answered is
+    in the database with its reply; after a restart every message it recorded has exactly one
+    reply, and nothing is left unfinished."""
+    database_url, query = killed_database
     env = {
         **os.environ, "PYTHONPATH": str(ROOT), "CHATGATE_WEB__API_KEYS": '["test-key"]',
-        "CHATGATE_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": f"sqlite:///{database}",
+        "CHATGATE_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": database_url,
         "CHATGATE_LOGGING__LEVEL": "WARNING",
     }
     base = f"http://127.0.0.1:{free_port}/api/v1/chat/sessions"
@@ -452,11 +481,10 @@ async def test_killed_under_load_every_answered_turn_is_stored_and_nothing_runs_
         if first.poll() is None:
             first.kill()
 
-    def messages() -> list[tuple[str, str, str | None]]:
-        with sqlite3.connect(database) as conn:
-            return conn.execute("SELECT role, text, inbound_id FROM messages ORDER BY id").fetchall()
+    async def messages() -> list[tuple[Any, ...]]:
+        return await query("SELECT role, text, inbound_id FROM messages ORDER BY id")
 
-    stored = messages()
+    stored = await messages()
     users = [text for role, text, _ in stored if role == "user"]
     replies = [text for role, text, _ in stored if role == "assistant"]
     for text in answered:  # answered means committed: the message and its reply are stored
@@ -469,9 +497,7 @@ async def test_killed_under_load_every_answered_turn_is_stored_and_nothing_runs_
             await ready(http)
             deadline = time.monotonic() + 30
             while True:  # the events recorded and not finished run again
-                with sqlite3.connect(database) as conn:
-                    unfinished = conn.execute(
-                        "SELECT count(*) FROM inbox WHERE status IN ('pending', 'running')").fetchone()[0]
+                [(unfinished,)] = await query("SELECT count(*) FROM inbox WHERE status IN ('pending', 'running')")
                 if unfinished == 0:
                     break
                 assert time.monotonic() < deadline, f"{unfinished} events never finished"
@@ -482,7 +508,7 @@ async def test_killed_under_load_every_answered_turn_is_stored_and_nothing_runs_
             second.wait(15)
         except subprocess.TimeoutExpired:
             second.kill()
-    stored = messages()
+    stored = await messages()
     users = [text for role, text, _ in stored if role == "user"]
     replies = [text for role, text, _ in stored if role == "assistant"]
     assert sorted(replies) == sorted(f"echo: {text}" for text in users)  # one reply each, none twice
