@@ -151,7 +151,7 @@ def cmd_scaled(args: argparse.Namespace) -> int:
     check_scale_out(settings, args.command)
     configure_logging(settings)
     app = load_app(args.app)
-    asyncio.run(_serve(app, settings, args.command))
+    event_loop.run(_serve(app, settings, args.command), settings.server.event_loop)
     return 0
 
 

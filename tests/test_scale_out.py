@@ -228,6 +228,20 @@ def test_web_and_worker_refuse_sqlite_and_a_missing_redis(role, tmp_path):
     assert not (tmp_path / "x.db").exists()  # stopped before touching anything
 
 
+@pytest.mark.parametrize("choice", ["auto", "asyncio"])
+async def test_web_and_worker_run_on_the_event_loop_the_settings_choose(cluster_factory, choice):
+    """``server.event_loop`` applies to ``chatgate web`` and ``worker`` as to ``run``: uvloop by
+    default when it is installed (they ran on asyncio's own loop whatever the setting, once)."""
+    import importlib.util
+
+    expected = "uvloop" if choice == "auto" and importlib.util.find_spec("uvloop") else "asyncio"
+    cluster = cluster_factory(CHATGATE_SERVER__EVENT_LOOP=choice)
+    web, worker = cluster.start("web"), cluster.start("worker")
+    await cluster.ready(web, worker)
+    for process in (web, worker):
+        assert f"event loop: {expected}" in process.text(), process.text()
+
+
 async def _has_reply(api: Api, session_id: str, text: str) -> bool:
     return ("assistant", f"echo: {text}") in await api.transcript(session_id)
 
