@@ -369,8 +369,9 @@ class Gateway:
             self._site_port = sockets[0].getsockname()[1]
         for adapter in self.adapters:
             await adapter.start(self)
+        turns = self.store.postgres_turns  # the per-turn connections: the claims of every turn run there too
         self.claims = SessionClaims(
-            SessionQueue(self.store.engine),
+            SessionQueue(self.store.engine, turns.connections if turns is not None else None),
             self.dispatcher,
             dsn=_libpq_dsn(self.settings.database.url),
             ttl=self.settings.dispatch.lease_ttl,

@@ -316,6 +316,7 @@ def _every_turn_statement() -> list[tuple[str, str]]:
     from gateway.store import postgres_turns
     from gateway.store.fence import FENCE_CHECK_POSTGRES
     from gateway.store.postgres_group_commit import batch_statement
+    from gateway.store import queue
     from gateway.store.postgres_recording import RECORDS_STATEMENT
 
     shapes = [
@@ -334,6 +335,9 @@ def _every_turn_statement() -> list[tuple[str, str]]:
         )
     ]
     shapes.append(("RECORDS_STATEMENT", RECORDS_STATEMENT))  # the recordings of several events at once
+    shapes += [(name, getattr(queue, name)) for name in (  # a worker's statements for every turn
+        "CLAIM_ON_DRIVER", "RELEASE_ON_DRIVER", "RELEASE_AND_WAKE_ON_DRIVER", "SESSION_EVENTS_ON_DRIVER",
+    )]
     return [*shapes, ("FENCE_CHECK_POSTGRES", FENCE_CHECK_POSTGRES)]
 
 

@@ -261,6 +261,11 @@ class PostgresTurns:
         await connections.open_first()
         return cls(connections, BlockingReads(connect))
 
+    @property
+    def connections(self) -> ConnectionLender:
+        """The connections these statements run on (a worker's queue runs its own there too)."""
+        return self._connections
+
     async def close(self) -> None:
         await self.recordings.drain()
         await self.group_commit.drain()

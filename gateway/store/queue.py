@@ -11,13 +11,17 @@ never have to agree. PostgreSQL only: ``chatgate web``/``worker`` refuse SQLite.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import JSON, BigInteger, Column, DateTime, String, column, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel
+
+if TYPE_CHECKING:
+    from gateway.store.connection_lender import ConnectionLender
 
 INBOX_CHANNEL = "chatgate_inbox"
 """The PostgreSQL notification channel a web process tells the session id of a new event on."""
@@ -118,6 +122,19 @@ SESSION_EVENTS = text(
     column("id", String), column("session_id", String), column("kind", String), column("payload", JSON),
     column("created_at", DateTime(timezone=True)), column("message_id", String),
 )
+
+# The same statements on asyncpg, for the per-turn connections (``SessionQueue(connections=...)``).
+CLAIM_ON_DRIVER = CLAIM.text.replace(":session_id", "$1").replace(":holder", "$2").replace(":ttl", "$3::float8")
+RELEASE_ON_DRIVER = (
+    RELEASE.text.replace(":interrupted", "$3::boolean").replace(":session_id", "$1").replace(":token", "$2")
+)
+RELEASE_AND_WAKE_ON_DRIVER = (
+    f"WITH released AS ({RELEASE_ON_DRIVER.strip()} RETURNING 1) SELECT pg_notify($4, $1)"
+)
+"""The release and the workers told, in one statement: the notification goes out on commit
+whether or not the lease was still this worker's, as the ORM path's two statements do."""
+SESSION_EVENTS_ON_DRIVER = SESSION_EVENTS.element.text.replace(":session_id", "$1")
+
 UNHELD_SESSIONS = text(
     """
     SELECT DISTINCT i.session_id FROM inbox i
@@ -128,20 +145,31 @@ UNHELD_SESSIONS = text(
 
 
 class SessionQueue:
-    """The statements of the queue, on the store's engine (one short transaction each)."""
+    """The statements of the queue, on the store's engine (one short transaction each).
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    With ``connections`` (the per-turn statements' connections on asyncpg,
+    ``PostgresTurns.connections``), the statements a worker runs for every turn (claim, read the
+    events, release) run there, as prepared statements with plain tuples: through SQLAlchemy's
+    async engine each cost a pool checkout, greenlet hops and the result layer, and they were
+    half of a worker's CPU (docs/scaling.md). The renewal and the sweep stay on the engine."""
+
+    def __init__(self, engine: AsyncEngine, connections: ConnectionLender | None = None) -> None:
         self.engine = engine
+        self._connections = connections
 
     async def claim(self, session_id: str, holder: str, ttl: float) -> Claim | None:
         """Take the session's lease if nobody holds it (or the holder's expired): one statement.
         ``None`` while another worker holds it."""
-        async with self.engine.begin() as conn:
-            row = (await conn.execute(CLAIM, {"session_id": session_id, "holder": holder, "ttl": ttl})).first()
+        if self._connections is not None:
+            async with self._connections.lend() as driver:
+                row = await driver.fetchrow(CLAIM_ON_DRIVER, session_id, holder, ttl)
+        else:
+            async with self.engine.begin() as conn:
+                row = (await conn.execute(CLAIM, {"session_id": session_id, "holder": holder, "ttl": ttl})).first()
         if row is None:
             return None
-        previous = row.previous_holder
-        return Claim(int(row.token), previous or "", taken_over=bool(previous) and previous != holder)
+        token, previous = row[0], row[1]
+        return Claim(int(token), previous or "", taken_over=bool(previous) and previous != holder)
 
     async def renew(self, holder: str, session_ids: list[str], ttl: float) -> dict[str, int]:
         """Extend the leases of ``session_ids`` that ``holder`` still holds, in one statement:
@@ -158,6 +186,13 @@ class SessionQueue:
         worker hands unfinished events over without waiting for a sweep). ``interrupted``: a
         handler was cut off; the holder stays named, so the next claim is a takeover and
         recovers the event as after a crash (attempt counted, stored replies not repeated)."""
+        if self._connections is not None:
+            async with self._connections.lend() as driver:
+                if wake:
+                    await driver.execute(RELEASE_AND_WAKE_ON_DRIVER, session_id, token, interrupted, INBOX_CHANNEL)
+                else:
+                    await driver.execute(RELEASE_ON_DRIVER, session_id, token, interrupted)
+            return
         parameters = {"session_id": session_id, "token": token, "interrupted": interrupted}
         async with self.engine.begin() as conn:
             await conn.execute(RELEASE, parameters)
@@ -166,6 +201,10 @@ class SessionQueue:
 
     async def events_of(self, session_id: str) -> list[QueuedEvent]:
         """The session's unfinished events, oldest first."""
+        if self._connections is not None:
+            async with self._connections.lend() as driver:
+                records = await driver.fetch(SESSION_EVENTS_ON_DRIVER, session_id)
+            return [QueuedEvent(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in records]
         async with self.engine.connect() as conn:
             rows = (await conn.execute(SESSION_EVENTS, {"session_id": session_id})).mappings().all()
         return [QueuedEvent(**row) for row in rows]

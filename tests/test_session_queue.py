@@ -1,0 +1,104 @@
+"""The worker queue's per-turn statements (gateway/store/queue.py) on both of their paths: the
+store's engine, and the per-turn connections on asyncpg that ``chatgate worker`` uses. Claim,
+read a session's events and release answer and store the same either way."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.store import Store
+from gateway.store.queue import INBOX_CHANNEL, SessionQueue
+from gateway.types import SessionChannel, UserInfo
+
+pytestmark = pytest.mark.postgres
+TTL = 30.0
+
+
+@pytest.fixture(params=["engine", "driver"])
+def queue(request, postgres_store: Store) -> SessionQueue:
+    if request.param == "engine":
+        return SessionQueue(postgres_store.engine)
+    assert postgres_store.postgres_turns is not None
+    return SessionQueue(postgres_store.engine, postgres_store.postgres_turns.connections)
+
+
+async def _session(store: Store) -> str:
+    from gateway.inbound import PlatformUser
+
+    user = await store.users.resolve(PlatformUser("api", "someone"))
+    return (await store.sessions.create(SessionChannel("api"), UserInfo(user.id, None, None))).id
+
+
+async def _lease(store: Store, session_id: str) -> tuple[Any, ...]:
+    async with store.engine.connect() as conn:
+        from sqlalchemy import text
+
+        row = (await conn.execute(text(
+            "SELECT holder, token, expires_at > now(), previous_holder FROM session_leases WHERE session_id = :s"
+        ), {"s": session_id})).one()
+    return tuple(row)
+
+
+async def test_a_claim_is_taken_refused_while_held_and_taken_over_once_expired(queue, postgres_store) -> None:
+    session_id = await _session(postgres_store)
+    first = await queue.claim(session_id, "worker-a", 0.2)
+    assert first is not None and (first.token, first.previous_holder, first.taken_over) == (1, "", False)
+    assert await queue.claim(session_id, "worker-b", TTL) is None  # held
+    assert await _lease(postgres_store, session_id) == ("worker-a", 1, True, "")
+    await asyncio.sleep(0.3)
+    taken = await queue.claim(session_id, "worker-b", TTL)
+    assert taken is not None and (taken.token, taken.previous_holder, taken.taken_over) == (2, "worker-a", True)
+    await queue.release(session_id, taken.token)
+    assert await _lease(postgres_store, session_id) == ("", 2, False, "worker-a")
+    again = await queue.claim(session_id, "worker-a", TTL)  # released: a hand-over, not a takeover
+    assert again is not None and (again.token, again.previous_holder, again.taken_over) == (3, "", False)
+
+
+async def test_a_release_under_an_old_token_changes_nothing(queue, postgres_store) -> None:
+    session_id = await _session(postgres_store)
+    claim = await queue.claim(session_id, "worker-a", TTL)
+    assert claim is not None
+    await queue.release(session_id, claim.token - 1)
+    assert await _lease(postgres_store, session_id) == ("worker-a", 1, True, "")
+    await queue.release(session_id, claim.token, interrupted=True)  # the holder stays named
+    assert await _lease(postgres_store, session_id) == ("worker-a", 1, False, "")
+    taken = await queue.claim(session_id, "worker-b", TTL)
+    assert taken is not None and taken.taken_over  # recovered as after a crash
+
+
+async def test_a_release_that_wakes_tells_the_workers_on_commit(queue, postgres_store, postgres_url) -> None:
+    session_id = await _session(postgres_store)
+    claim = await queue.claim(session_id, "worker-a", TTL)
+    assert claim is not None
+    told: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect("postgresql://" + postgres_url.split("://", 1)[1])
+    try:
+        await listener.add_listener(INBOX_CHANNEL, lambda *args: told.put_nowait(args[-1]))
+        await queue.release(session_id, claim.token)
+        await queue.release(session_id, claim.token, wake=True)
+        assert await asyncio.wait_for(told.get(), 5) == session_id
+        await asyncio.sleep(0.05)
+        assert told.empty()  # the release without wake told nobody
+    finally:
+        await listener.close()
+
+
+async def test_a_sessions_unfinished_events_in_order_with_their_user_messages(queue, postgres_store) -> None:
+    session_id = await _session(postgres_store)
+    other = await _session(postgres_store)
+    payload = {"kind": "message", "text": "é ✓", "nested": [1, None, {"a": True}]}
+    first = await postgres_store.inbox.record(session_id, "k1", "message", payload, user_text="one")
+    action = await postgres_store.inbox.record(session_id, "k2", "action", {"name": "go"})
+    done = await postgres_store.inbox.record(session_id, "k3", "message", {}, user_text="three")
+    await postgres_store.inbox.set_status(done.id, "done")
+    await postgres_store.inbox.record(other, "k4", "message", {}, user_text="elsewhere")
+    events = await queue.events_of(session_id)
+    assert [(e.id, e.kind, e.payload, e.message_id) for e in events] == [
+        (first.id, "message", payload, first.message_id), (action.id, "action", {"name": "go"}, None),
+    ]
+    assert all(e.session_id == session_id and e.created_at.tzinfo is not None for e in events)
+    assert await queue.events_of("01NOSUCHSESSION") == []
