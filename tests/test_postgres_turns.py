@@ -313,10 +313,9 @@ async def test_the_context_read_with_the_event_is_what_the_turn_would_read(store
 def _every_turn_statement() -> list[tuple[str, str]]:
     """``(label, statement)`` for every shape of the per-turn statements: the group commit's
     batches, the recordings, the single statements, the fence check."""
-    from gateway.store import postgres_turns
+    from gateway.store import postgres_turns, queue
     from gateway.store.fence import FENCE_CHECK_POSTGRES
     from gateway.store.postgres_group_commit import batch_statement
-    from gateway.store import queue
     from gateway.store.postgres_recording import RECORDS_STATEMENT
 
     shapes = [
