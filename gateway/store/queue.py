@@ -150,8 +150,9 @@ class SessionQueue:
     With ``connections`` (the per-turn statements' connections on asyncpg,
     ``PostgresTurns.connections``), the statements a worker runs for every turn (claim, read the
     events, release) run there, as prepared statements with plain tuples: through SQLAlchemy's
-    async engine each cost a pool checkout, greenlet hops and the result layer, and they were
-    half of a worker's CPU (docs/scaling.md). The renewal and the sweep stay on the engine."""
+    async engine each also cost a pool checkout with its pre-ping (a round trip of its own),
+    greenlet hops and the result layer, about half of a worker's samples under load
+    (docs/scaling.md). The renewal and the sweep stay on the engine."""
 
     def __init__(self, engine: AsyncEngine, connections: ConnectionLender | None = None) -> None:
         self.engine = engine
