@@ -57,8 +57,6 @@ Row = TypeVar("Row", bound=Batched)
 class StatementBatches(Generic[Row]):
     """Collects rows and sends them in batches (see the module's docstring)."""
 
-    max_in_flight = MAX_BATCHES_IN_FLIGHT
-
     def __init__(self, connections: ConnectionLender) -> None:
         self._connections = connections
         self._pending: list[Row] = []
@@ -95,18 +93,22 @@ class StatementBatches(Generic[Row]):
 
     def _send_next(self) -> None:
         self._scheduled = False
-        if not self._pending or self._in_flight >= self.max_in_flight:
+        if not self._pending or self._in_flight >= MAX_BATCHES_IN_FLIGHT:
             return  # the batch on its way starts the next one when it is back
         batch = self._take_batch()
         if not batch:  # every row taken had lost its caller: nothing to send
-            if self._pending:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._send_next)
-            elif not self._in_flight:
-                self._idle.set()
+            self._continue()
             return
         self._in_flight += 1
         asyncio.get_running_loop().create_task(self._send(batch))
+
+    def _continue(self) -> None:
+        """The next batch soon if rows wait; idle once none waits and none is on its way."""
+        if self._pending:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_next)
+        elif not self._in_flight:
+            self._idle.set()
 
     async def _send(self, batch: list[Row]) -> None:
         outcomes: list[Any]
@@ -126,11 +128,7 @@ class StatementBatches(Generic[Row]):
             raise
         finally:
             self._in_flight -= 1
-            if self._pending:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._send_next)
-            elif not self._in_flight:
-                self._idle.set()
+            self._continue()
         for pending, outcome in zip(batch, outcomes, strict=True):
             if pending.done.done():  # its caller was cancelled; the row went out all the same
                 continue
