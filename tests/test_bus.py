@@ -11,6 +11,8 @@ Every topic is unique per test: the Redis server is shared with other test runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
@@ -34,6 +36,8 @@ class TcpProxy:
         self.delay_up = 0.0
         """Seconds each chunk from client to server is held (a slow link)."""
         self.port = 0
+        self.accepted = 0
+        """Connections made through the proxy so far."""
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -47,6 +51,7 @@ class TcpProxy:
         return f"redis://127.0.0.1:{self.port}/0"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -150,6 +155,16 @@ async def redis_admin(redis_url) -> AsyncIterator[Any]:
 async def subscribers_on_server(admin: Any, topic: str) -> int:
     [(_, count)] = await admin.pubsub_numsub(f"chatgate:{topic}")
     return int(count)
+
+
+async def unsubscribed_on_server(admin: Any, topic: str) -> None:
+    """Wait until nothing follows the topic on the server: a bus sends its UNSUBSCRIBE as the
+    last block is left, and the server reads it a moment later (fails after ``WAIT``)."""
+
+    async def nobody() -> bool:
+        return await subscribers_on_server(admin, topic) == 0
+
+    await until(nobody, WAIT)
 
 
 async def receive(subscription: Any, count: int, timeout: float = WAIT) -> list[dict[str, Any]]:
@@ -390,10 +405,114 @@ async def test_redis_subscription_is_live_when_subscribe_returns(make_bus, proxy
 
 @pytest.mark.redis
 async def test_redis_unsubscribes_on_the_server_when_the_block_is_left(make_bus, redis_admin, topic):
+    """The process's subscriptions share one connection: a channel is subscribed on the server
+    once, while any of them follows it, and not after the last has left its block."""
     web = make_bus("redis")
-    async with web.subscribe(topic), web.subscribe(topic):
-        assert await subscribers_on_server(redis_admin, topic) == 2
-    assert await subscribers_on_server(redis_admin, topic) == 0
+    async with web.subscribe(topic):
+        async with web.subscribe(topic):
+            assert await subscribers_on_server(redis_admin, topic) == 1
+        assert await subscribers_on_server(redis_admin, topic) == 1
+    await unsubscribed_on_server(redis_admin, topic)
+
+
+@pytest.mark.redis
+async def test_every_subscription_of_a_process_shares_one_redis_connection(make_bus, redis_url, proxy, topic):
+    """A web process holds a subscription per open widget socket and per REST request: one
+    connection each would cost a TCP connection per request, and Redis refuses clients past
+    ``maxclients`` (and redis-py's pool past 100 connections)."""
+    worker, web = make_bus("redis"), make_bus("redis", proxy.url)
+    topics = [f"{topic}-{n}" for n in range(150)]
+    async with contextlib.AsyncExitStack() as stack:
+        subscriptions = [await stack.enter_async_context(web.subscribe(name)) for name in topics]
+        for n, name in enumerate(topics):
+            await worker.publish(name, {"n": n})
+        for n, subscription in enumerate(subscriptions):
+            assert await receive(subscription, 1) == [{"n": n}]
+    for _ in range(20):  # a REST request's subscribe, turn, leave
+        async with web.subscribe(topic) as subscription:
+            await worker.publish(topic, {"again": True})
+            assert await receive(subscription, 1) == [{"again": True}]
+    assert proxy.accepted == 1
+
+
+@pytest.mark.redis
+async def test_leaving_and_joining_a_channel_at_once_stays_subscribed(make_bus, redis_admin, proxy, topic):
+    """The last subscriber leaves (UNSUBSCRIBE) while a new one joins (SUBSCRIBE) over a slow
+    link: each waits for its own confirmation, and the new one is live when it returns."""
+    worker, web = make_bus("redis"), make_bus("redis", proxy.url)
+    proxy.delay_up = 0.05
+    joined: list[Any] = []
+
+    async def join_and_hold(ready: asyncio.Event, done: asyncio.Event) -> None:
+        async with web.subscribe(topic) as subscription:
+            joined.append(subscription)
+            ready.set()
+            await done.wait()
+
+    leaving = web.subscribe(topic)
+    await leaving.__aenter__()
+    ready, done = asyncio.Event(), asyncio.Event()
+    holder = asyncio.create_task(join_and_hold(ready, done))
+    await asyncio.sleep(0)  # the new join is on its way when the last one leaves
+    await leaving.__aexit__(None, None, None)
+    await asyncio.wait_for(ready.wait(), WAIT)
+    await worker.publish(topic, {"n": 1})
+    assert await receive(joined[0], 1) == [{"n": 1}]
+    assert await subscribers_on_server(redis_admin, topic) == 1
+    done.set()
+    await holder
+    await unsubscribed_on_server(redis_admin, topic)
+
+
+@pytest.mark.redis
+async def test_a_join_cancelled_before_its_confirmation_leaves_the_others_live(make_bus, redis_admin, proxy, topic):
+    worker, web = make_bus("redis"), make_bus("redis", proxy.url)
+    proxy.delay_up = 0.1
+    cancelled = asyncio.create_task(web.subscribe(topic).__aenter__())
+    await asyncio.sleep(0.02)  # its SUBSCRIBE is on the slow link
+    staying = web.subscribe(topic)
+    waiting = asyncio.create_task(staying.__aenter__())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    subscription = await asyncio.wait_for(waiting, WAIT)
+    await worker.publish(topic, {"n": 1})
+    assert await receive(subscription, 1) == [{"n": 1}]
+    await staying.__aexit__(None, None, None)
+    await unsubscribed_on_server(redis_admin, topic)
+    # Alone and cancelled: nothing stays subscribed on the server.
+    alone = asyncio.create_task(web.subscribe(topic + "-alone").__aenter__())
+    await asyncio.sleep(0.02)
+    alone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await alone
+    await unsubscribed_on_server(redis_admin, topic + "-alone")
+
+
+@pytest.mark.redis
+async def test_concurrent_requests_on_shared_topics_each_get_their_own_events(make_bus, redis_admin, topic):
+    """Many REST-like requests at once, several per session: each subscribes, publishes its
+    marker, must see it (and its session's other markers, never another session's), and leaves;
+    afterwards nothing is subscribed on the server."""
+    worker, web = make_bus("redis"), make_bus("redis")
+    rng = random.Random(12)
+    sessions = [f"{topic}-s{n}" for n in range(6)]
+
+    async def request(n: int) -> None:
+        session = rng.choice(sessions)
+        await asyncio.sleep(rng.random() / 100)
+        async with web.subscribe(session) as subscription:
+            await worker.publish(session, {"session": session, "n": n})
+            async with asyncio.timeout(WAIT):
+                async for event in subscription:
+                    assert event["session"] == session
+                    if event["n"] == n:
+                        break
+
+    await asyncio.gather(*(request(n) for n in range(200)))
+    for session in sessions:
+        await unsubscribed_on_server(redis_admin, session)
 
 
 @pytest.mark.redis
@@ -413,7 +532,7 @@ async def test_redis_unsubscribes_on_the_server_when_the_reader_is_cancelled(mak
     reader.cancel()
     with pytest.raises(asyncio.CancelledError):
         await reader
-    assert await subscribers_on_server(redis_admin, topic) == 0
+    await unsubscribed_on_server(redis_admin, topic)
 
 
 @pytest.mark.redis
@@ -443,6 +562,25 @@ async def test_a_dropped_redis_connection_ends_the_subscription_with_an_error(ma
     async with web.subscribe(topic) as again:
         await web.publish(topic, {"n": 2})
         assert await receive(again, 1) == [{"n": 2}]
+
+
+@pytest.mark.redis
+async def test_a_dropped_shared_connection_ends_every_subscription_and_fails_a_pending_join(make_bus, proxy, topic):
+    worker, web = make_bus("redis"), make_bus("redis", proxy.url)
+    async with web.subscribe(topic) as first, web.subscribe(topic + "-2") as second:
+        proxy.delay_up = 0.5  # the next SUBSCRIBE is still on its way when the connection drops
+        pending = asyncio.create_task(web.subscribe(topic + "-3").__aenter__())
+        await asyncio.sleep(0.05)
+        proxy.cut()
+        for subscription in (first, second):
+            assert isinstance(await ends(subscription), bus_module.BusDisconnected)
+        with pytest.raises(ConnectionError):
+            await asyncio.wait_for(pending, WAIT)
+    proxy.delay_up = 0.0
+    async with web.subscribe(topic) as again:  # the next join connects afresh
+        await worker.publish(topic, {"n": 1})
+        assert await receive(again, 1) == [{"n": 1}]
+    assert proxy.accepted == 2
 
 
 @pytest.mark.redis
