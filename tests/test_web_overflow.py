@@ -22,6 +22,7 @@ from tests.support import until
 
 KEY = "overflow-key"
 CLOSE_FELL_BEHIND = 4408  # docs/web-protocol.md
+CLOSE_TRY_AGAIN = 1013
 OVERFLOW_LOG = "frames behind and was cut off"
 
 
@@ -176,6 +177,46 @@ async def test_rest_send_message_answers_from_the_store_when_the_bus_drops(tmp_p
                 assert response.status == 201, await response.text()
                 body = (await response.json())["data"]
         assert body["assistant_message"]["content"] == "echo: hello"
+    finally:
+        await proxy.close()
+
+
+async def test_a_widget_socket_is_closed_with_1013_while_redis_is_down_and_the_gateway_serves_on(
+    tmp_path, redis_url, caplog
+):
+    """Redis is unreachable when a widget says hello: the socket cannot follow its session, so it
+    is closed with 1013 (try again later: the widget reconnects with backoff) instead of never
+    answering; the process goes on serving, and once Redis is back a socket works again."""
+    from tests.test_bus import REDIS_HOST, REDIS_PORT, TcpProxy
+
+    app = gateway.App("bus-down-bot")
+
+    @app.message()
+    async def echo(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply("echo: " + msg.text)
+
+    proxy = TcpProxy(REDIS_HOST, REDIS_PORT)
+    await proxy.start()
+    try:
+        async with running_gateway(app, tmp_path, redis={"url": proxy.url}) as gw, aiohttp.ClientSession() as http:
+            proxy.shut()
+            async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+                await ws.send_json({"type": "hello", "id": "h1", "session_id": None})
+                closed = await ws.receive(timeout=20)
+                assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closed
+                assert ws.close_code == CLOSE_TRY_AGAIN
+            assert any("cannot follow session" in r.getMessage() for r in caplog.records)
+            async with http.get(f"{base_url(gw)}/healthz") as response:
+                assert response.status == 200
+            await proxy.start()  # Redis is back, on the same port
+            async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+                await ws.send_json({"type": "hello", "id": "h2", "session_id": None})
+                assert (await ws.receive_json(timeout=20))["type"] == "ready"
+                await ws.send_json({"type": "message", "id": "m1", "text": "hi"})
+                while (frame := await ws.receive_json(timeout=20))["type"] != "message" or \
+                        frame["message"]["role"] != "assistant":
+                    pass
+                assert frame["message"]["text"] == "echo: hi"
     finally:
         await proxy.close()
 

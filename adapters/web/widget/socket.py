@@ -52,6 +52,9 @@ CLOSE_UNAUTHORIZED = 4401
 CLOSE_FELL_BEHIND = 4408
 """The socket fell ``SUBSCRIBER_BUFFER`` frames behind its session's live updates and lost some:
 the client reconnects and resumes from the store (docs/web-protocol.md)."""
+CLOSE_TRY_AGAIN = 1013
+"""The bus (Redis, when scaled out) could not be reached to follow the session: "Try Again
+Later" in IANA's WebSocket close code registry. The widget reconnects with its backoff."""
 HARD_LIMIT_FACTOR = 4
 """A frame this many times over ``max_frame_bytes`` closes the socket (aiohttp, code 1009)."""
 FRAME_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -410,7 +413,13 @@ class WidgetConnection:
             if previous is not None:
                 await _leave(previous)
             joining = self.ctx.core.bus.subscribe(session_topic(session_id))
-            events = await joining.__aenter__()
+            try:
+                events = await joining.__aenter__()
+            except Exception as exc:  # the bus is down (Redis unreachable): no live updates
+                log.warning("socket %s: cannot follow session %s: %s; closed, the client reconnects",
+                            self.connection_id, session_id, exc)
+                await self.ws.close(code=CLOSE_TRY_AGAIN, message=b"live updates unavailable; reconnect")
+                return
             try:
                 # Read the replay before saying "ready": a message the client sends as soon as it
                 # is ready must arrive live (once), not also inside its own replay.
