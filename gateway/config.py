@@ -183,18 +183,23 @@ class FileSettings(Section):
 RATE_EXAMPLE = "30/minute"
 
 
-def _rate(value: str) -> str:
+def _rate(value: Any) -> Any:
     """A rate in the `limits` library's notation ("30/minute", "10 per hour", "1000/day");
-    "" turns the limit off."""
+    "" or 0 turns the limit off, as 0 does for the counts beside it. Anything else that is not
+    text is left to the field's own type check."""
+    if value == 0 and type(value) is int:
+        return ""
+    if not isinstance(value, str):
+        return value
     value = value.strip()
-    if not value:
+    if value in ("", "0"):
         return ""
     from limits import parse  # imported here: the core's settings stay light to load
 
     try:
         parse(value)
     except ValueError:
-        raise ValueError(f'use a rate such as "{RATE_EXAMPLE}" or "100/hour" (or "" for no limit)') from None
+        raise ValueError(f'use a rate such as "{RATE_EXAMPLE}" or "100/hour" (or "" or 0 for no limit)') from None
     return value
 
 
@@ -228,9 +233,10 @@ class WebLimits(Section):
         "messages_per_visitor",
         "upload_bytes_per_ip",
         "upload_bytes_per_visitor",
+        mode="before",
     )
     @classmethod
-    def _valid_rate(cls, value: str) -> str:
+    def _valid_rate(cls, value: Any) -> Any:
         return _rate(value)
 
 

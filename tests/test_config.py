@@ -246,3 +246,11 @@ def test_web_limits_take_rates_in_the_limits_notation():
     assert settings.web.limits.messages_per_visitor == "5 per minute"
     with pytest.raises(ConfigError, match=r"web\.limits\.new_sessions_per_ip: .*30/minute"):
         load_settings(None, web={"limits": {"new_sessions_per_ip": "lots"}})
+
+
+def test_a_rate_of_0_turns_the_limit_off_as_the_config_example_says():
+    """config.example.toml: '"" or 0 turns a limit off', for rates as for counts (the
+    environment gives a rate of 0 as the text "0")."""
+    for off in ("", "0", " 0 ", 0):
+        settings = load_settings(None, web={"limits": {"messages_per_ip": off}})
+        assert settings.web.limits.messages_per_ip == ""
