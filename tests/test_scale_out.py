@@ -242,6 +242,32 @@ async def test_web_and_worker_run_on_the_event_loop_the_settings_choose(cluster_
         assert f"event loop: {expected}" in process.text(), process.text()
 
 
+async def test_a_web_process_holds_more_widget_sockets_than_a_redis_pool_has_connections(cluster_factory):
+    """Every bus subscription of a web process shares one Redis connection. With a connection
+    each, the socket past redis-py's pool of 100 failed its hello, and each idle socket held a
+    Redis client (issue 12)."""
+    sockets = 150
+    cluster = cluster_factory(**{
+        f"CHATGATE_WEB__LIMITS__{limit}": "0"
+        for limit in ("SOCKETS_PER_IP", "NEW_SESSIONS_PER_IP", "MESSAGES_PER_IP")
+    })
+    web, worker = cluster.start("web"), cluster.start("worker")
+    await cluster.ready(web, worker)
+    unlimited = aiohttp.TCPConnector(limit=0)  # aiohttp's client also stops at 100 connections
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60), connector=unlimited) as http:
+        widgets = [await _widget(http, web) for _ in range(sockets)]
+        readies = await asyncio.gather(*(widget.hello() for widget in widgets))
+        assert [ready["type"] for ready in readies] == ["ready"] * sockets, readies
+        for n, widget in enumerate(widgets):
+            await widget.send("message", text=f"hi {n}")
+        await asyncio.gather(*(
+            widget.until(lambda f, n=n: f["type"] == "message" and f["message"]["text"] == f"echo: hi {n}")
+            for n, widget in enumerate(widgets)
+        ))
+        for widget in widgets:
+            await widget.ws.close()
+
+
 async def _has_reply(api: Api, session_id: str, text: str) -> bool:
     return ("assistant", f"echo: {text}") in await api.transcript(session_id)
 
