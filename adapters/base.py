@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Protocol
 from aiohttp import web
 
 from gateway.approvals import ApprovalDesk
-from gateway.bus import Bus, SubscriberOverflow, Subscription
+from gateway.bus import Bus, BusDisconnected, SubscriberOverflow, Subscription
 from gateway.chats import ChatCatalog
 from gateway.config import Settings
 from gateway.dispatch import UnknownSession
@@ -44,12 +44,12 @@ from gateway.store.records import FileRecord, InboundRecord, MessageRecord, Sess
 from gateway.types import Attachment, SessionChannel
 
 __all__ = [
-    "Accepted", "Adapter", "AdapterSpec", "ApprovalDesk", "Attachment", "Bus", "ButtonPress", "Capabilities",
-    "ChatCatalog", "FileRecord", "FileRejected", "FileStore", "GatewayContext", "Grant", "Inbound", "InboundRecord",
-    "LeaseStore", "Limits", "MessageRecord", "MessageRef", "Outbox", "PlatformUser", "SessionChannel",
-    "SessionDirectory", "SessionRecord", "Settings", "SharedBudgetUnavailable", "SharedBudgets", "SharedWindow",
-    "StreamSink", "SubscriberOverflow", "Subscription", "UnknownSession", "id_instant", "platform_call",
-    "socket_opened",
+    "Accepted", "Adapter", "AdapterSpec", "ApprovalDesk", "Attachment", "Bus", "BusDisconnected", "ButtonPress",
+    "Capabilities", "ChatCatalog", "FileRecord", "FileRejected", "FileStore", "GatewayContext", "Grant", "Inbound",
+    "InboundRecord", "LeaseStore", "Limits", "MessageRecord", "MessageRef", "Outbox", "PlatformUser",
+    "SessionChannel", "SessionDirectory", "SessionRecord", "Settings", "SharedBudgetUnavailable", "SharedBudgets",
+    "SharedWindow", "StreamSink", "SubscriberOverflow", "Subscription", "UnknownSession", "id_instant",
+    "platform_call", "socket_opened",
 ]
 
 

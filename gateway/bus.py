@@ -181,7 +181,8 @@ class LocalBus:
 
 class BusDisconnected(ConnectionError):
     """The bus lost its connection under a subscription: events published since are lost, so
-    the reader must catch up another way (the widget resumes from the store) and subscribe again."""
+    the reader must catch up another way (the widget resumes from the store) and subscribe again.
+    Also raised by a subscription that cannot start, when Redis cannot be reached."""
 
 
 class _RedisSubscription(Subscription):
@@ -363,7 +364,7 @@ class RedisBus:
 
     async def _connected(self) -> Any:
         """The shared subscriber connection, connected (and its reader started) if need be.
-        Raises redis-py's ``ConnectionError`` at once when Redis is down."""
+        Raises :class:`BusDisconnected` at once when Redis cannot be reached."""
         if self._pubsub is not None:
             return self._pubsub
         if self._connecting is None or self._connecting.done():  # one connect for all who wait
@@ -372,9 +373,14 @@ class RedisBus:
         return await asyncio.shield(self._connecting)
 
     async def _connect(self) -> Any:
+        from redis.exceptions import RedisError
+
         pubsub = self._listening.pubsub()
         try:
-            await pubsub.connect()
+            try:
+                await pubsub.connect()
+            except (RedisError, OSError) as exc:
+                raise BusDisconnected(f"cannot reach Redis: {exc}") from exc
             if self._closed:
                 raise BusDisconnected("the bus was closed")
         except BaseException:

@@ -181,12 +181,11 @@ async def test_rest_send_message_answers_from_the_store_when_the_bus_drops(tmp_p
         await proxy.close()
 
 
-async def test_a_widget_socket_is_closed_with_1013_while_redis_is_down_and_the_gateway_serves_on(
-    tmp_path, redis_url, caplog
-):
-    """Redis is unreachable when a widget says hello: the socket cannot follow its session, so it
-    is closed with 1013 (try again later: the widget reconnects with backoff) instead of never
-    answering; the process goes on serving, and once Redis is back a socket works again."""
+async def test_while_redis_is_down_sockets_close_with_1013_and_rest_answers_503(tmp_path, redis_url, caplog):
+    """Redis is unreachable: a widget's hello cannot follow its session, so the socket is closed
+    with 1013 (try again later: the widget reconnects with backoff) instead of never answering,
+    and REST answers 503 ``unavailable`` with Retry-After (the SDK retries a 5xx) rather than a
+    500 with a traceback. Nothing is submitted meanwhile; once Redis is back both work again."""
     from tests.test_bus import REDIS_HOST, REDIS_PORT, TcpProxy
 
     app = gateway.App("bus-down-bot")
@@ -198,8 +197,17 @@ async def test_a_widget_socket_is_closed_with_1013_while_redis_is_down_and_the_g
     proxy = TcpProxy(REDIS_HOST, REDIS_PORT)
     await proxy.start()
     try:
-        async with running_gateway(app, tmp_path, redis={"url": proxy.url}) as gw, aiohttp.ClientSession() as http:
+        async with running_gateway(app, tmp_path, web={"api_keys": [KEY]}, redis={"url": proxy.url}) as gw, \
+                aiohttp.ClientSession(headers={"X-API-Key": KEY}) as http:
+            sessions = f"{base_url(gw)}/api/v1/chat/sessions"
+            async with http.post(sessions, json={"agent_id": "default"}) as response:
+                session_id = (await response.json())["data"]["id"]
             proxy.shut()
+            for path in ("messages", "messages/stream"):
+                async with http.post(f"{sessions}/{session_id}/{path}", json={"content": "hello"}) as response:
+                    assert response.status == 503, await response.text()
+                    assert (await response.json())["error"]["code"] == "unavailable"
+                    assert response.headers["Retry-After"] == "1"
             async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
                 await ws.send_json({"type": "hello", "id": "h1", "session_id": None})
                 closed = await ws.receive(timeout=20)
@@ -217,6 +225,12 @@ async def test_a_widget_socket_is_closed_with_1013_while_redis_is_down_and_the_g
                         frame["message"]["role"] != "assistant":
                     pass
                 assert frame["message"]["text"] == "echo: hi"
+            async with http.post(f"{sessions}/{session_id}/messages", json={"content": "again"}) as response:
+                assert response.status == 201, await response.text()
+                assert (await response.json())["data"]["content"] == "echo: again"
+            async with http.get(f"{sessions}/{session_id}/messages") as response:
+                stored = [m["content"] for m in (await response.json())["data"]]
+            assert "hello" not in stored and stored[-2:] == ["again", "echo: again"]
     finally:
         await proxy.close()
 

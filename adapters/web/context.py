@@ -14,7 +14,7 @@ from adapters.base import GatewayContext, SessionRecord
 from gateway.config import Settings
 from gateway.types import UserInfo
 
-from .errors import RATE_LIMITED, WebError, json_error, not_found, unauthorized
+from .errors import RATE_LIMITED, UNAVAILABLE, WebError, json_error, not_found, unauthorized
 from .identity import IdentityRefused, IdentityResolver, WebIdentity
 from .outbox import TurnLedger
 from .quotas import RateLimited, WebQuotas
@@ -55,7 +55,7 @@ class WebContext:
     @property
     def core(self) -> GatewayContext:
         if self.gw is None:
-            raise WebError(503, "unavailable", "the gateway is starting")
+            raise WebError(503, UNAVAILABLE, "the gateway is starting")
         return self.gw
 
     def sign_file(self, file_id: str, session_id: str) -> str:

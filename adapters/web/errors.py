@@ -25,6 +25,8 @@ TIMEOUT = "timeout"
 SESSION_DELETED = "session_deleted"
 """A turn's outcome (not an error code on the wire) when its session was deleted under it."""
 INTERNAL = "internal"
+UNAVAILABLE = "unavailable"
+"""HTTP 503: the gateway is starting or restarting, or cannot reach its message bus (Redis)."""
 RATE_LIMITED = "rate_limited"
 """A per-IP or per-visitor limit (``web.limits``): HTTP 429 + ``Retry-After``, or an error frame."""
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.base import Inbound, SessionRecord
+from adapters.base import BusDisconnected, Inbound, SessionRecord
 from gateway.types import Message, SessionChannel
 
 from .. import errors
@@ -39,6 +39,9 @@ from .told import told_reply, told_user_message, user_message
 from .turns import RestTurn, RestTurns, content_digest
 
 log = logging.getLogger("chatgate.web.rest")
+
+BUS_RETRY_AFTER_SECONDS = 1
+"""``Retry-After`` of a 503 for an unreachable bus: the SDK retries any 5xx with its own backoff."""
 
 PREFIX = "/api/v1"
 DEFAULT_AGENT = "default"
@@ -97,6 +100,12 @@ class RestApi:
                 response = await handler(request, self._authenticate(request))
             except WebError as exc:
                 return exc.response(headers)
+            except BusDisconnected as exc:  # Redis unreachable (scaled out): the turn was not submitted
+                log.warning("%s %s: %s", request.method, request.path, exc)
+                return errors.json_error(
+                    503, errors.UNAVAILABLE, "the gateway cannot reach its message bus; try again in a moment",
+                    headers={**headers, "Retry-After": str(BUS_RETRY_AFTER_SECONDS)},
+                )
             except web.HTTPException:  # aiohttp's own (a stalled body's 408): JSON in checked_requests
                 raise
             except Exception:

@@ -69,7 +69,7 @@ COUNTED_FRAMES = frozenset({"message", "button", "action", "upload_done"})
 
 async def websocket_handler(ctx: WebContext, request: web.Request) -> web.StreamResponse:
     if ctx.stopping:  # a socket opened now would outlive the close of all the others
-        return WebError(503, "unavailable", "the gateway is restarting; reconnect in a moment").response()
+        return WebError(503, errors.UNAVAILABLE, "the gateway is restarting; reconnect in a moment").response()
     if not origin_allowed(request, ctx.settings.web.allowed_origins):
         return WebError(403, "forbidden", "this origin may not open the chat socket").response()
     max_frame = ctx.settings.web.max_frame_bytes
