@@ -32,7 +32,7 @@ from aiohttp import web
 from gateway import integrations, plugins
 from gateway.app import App
 from gateway.approvals import ApprovalDesk
-from gateway.bus import Bus, LocalBus, RedisBus
+from gateway.bus import Bus, LocalBus
 from gateway.callers import Callers
 from gateway.calls import call_maybe_async
 from gateway.chats import ChatCatalog
@@ -53,6 +53,7 @@ from gateway.loop import running_loop_name
 from gateway.metrics import GatewayMetrics
 from gateway.operations import Operations
 from gateway.outbound import Outbox
+from gateway.redis_bus import RedisBus
 from gateway.server import build_operations_app, build_web_app, refuse_shadowed_endpoints
 from gateway.sessions import SessionDirectory
 from gateway.store import Store

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from gateway import bus as bus_module
-from gateway.bus import LocalBus, RedisBus
+from gateway.bus import LocalBus
+from gateway.redis_bus import RedisBus
 from tests.support import until
 
 WAIT = 5.0  # seconds an awaited event may take before the test fails

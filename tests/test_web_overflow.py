@@ -17,7 +17,8 @@ import pytest
 
 import gateway
 from adapters.web.testing import base_url, running_gateway
-from gateway.bus import SUBSCRIBER_BUFFER, LocalBus, RedisBus, SubscriberOverflow
+from gateway.bus import SUBSCRIBER_BUFFER, LocalBus, SubscriberOverflow
+from gateway.redis_bus import RedisBus
 from tests.support import until
 
 KEY = "overflow-key"

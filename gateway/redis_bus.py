@@ -1,0 +1,306 @@
+"""The bus over Redis pub/sub (``chatgate web`` + ``chatgate worker``): the same interface as
+``LocalBus`` (``gateway/bus.py``), so a web process streams what a worker process produces."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from contextlib import suppress
+from typing import Any
+
+from gateway.bus import BusDisconnected, Subscription
+
+log = logging.getLogger("chatgate.bus")
+
+
+class _RedisSubscription(Subscription):
+    """A subscription whose Redis connection may drop: the reader gets :class:`BusDisconnected`
+    instead of waiting forever for events that will not come. It is its own ``async with``
+    block, as a local one is (an idle widget socket holds it entered)."""
+
+    __slots__ = ("_bus", "channel", "error")
+
+    def __init__(self, topic: str, bus: RedisBus) -> None:
+        super().__init__(topic)
+        self._bus = bus
+        self.channel = (CHANNEL_PREFIX + topic).encode()
+        self.error: BaseException | None = None
+
+    def end(self, error: BaseException | None = None) -> None:
+        self.error = error
+        super().end()
+
+    def read_ready(self) -> dict[str, Any] | None:
+        event = super().read_ready()
+        if event is None and self.error is not None:
+            raise BusDisconnected("the connection to Redis was lost; subscribe again") from self.error
+        return event
+
+    async def __aenter__(self) -> Subscription:
+        await self._bus._join(self)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._bus._leave(self)
+
+
+PUBLISH_CONNECTIONS = 100
+"""Connections a process publishes on at most (redis-py's default pool size)."""
+PUBLISH_WAIT_SECONDS = 20.0
+"""How long a publish waits for one of them before it fails."""
+CHANNEL_PREFIX = "chatgate:"
+"""Every topic's Redis channel starts with this, so other users of the server are left alone."""
+
+
+class RedisBus:
+    """The bus over Redis pub/sub, for ``chatgate web`` + ``chatgate worker`` deployments.
+
+    Publishing goes through the client's pool. Every subscription of the process shares one
+    connection, on which one task reads: a channel is subscribed on the server while at least one
+    of the process's subscriptions follows it, and each event is decoded once for all of them.
+    A connection per subscription cost a new TCP connection, a SUBSCRIBE and an UNSUBSCRIBE per
+    REST request (17 % of a web process's CPU under load), and a Redis connection and a task per
+    idle widget socket (Redis refuses clients past ``maxclients``, 10,000 by default).
+
+    ``async with bus.subscribe(topic)`` returns once the server has confirmed the subscription,
+    so an event published after that arrives; when the last subscriber of a channel leaves its
+    block, the UNSUBSCRIBE is sent before the block ends. When the shared connection
+    drops, every subscription ends with :class:`BusDisconnected` (events published meanwhile are
+    lost, and the readers catch up from the store), and the next subscription connects afresh.
+    """
+
+    def __init__(self, url: str) -> None:
+        import redis.asyncio as redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # Publishing borrows a pooled connection per call; a burst of more concurrent publishes
+        # than the pool holds waits for one (redis-py's plain pool raises MaxConnectionsError).
+        self._redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            url, max_connections=PUBLISH_CONNECTIONS, timeout=PUBLISH_WAIT_SECONDS,
+        ))
+        # No retries on the listening connection: redis-py would reconnect a dropped one and
+        # carry on, and the events published meanwhile would be lost without a word. With no
+        # error to retry on, it does not even reconnect before it raises.
+        self._listening = redis.from_url(url, retry=Retry(NoBackoff(), 0, supported_errors=()))
+        self._pubsub: Any = None
+        """The shared subscriber connection (a redis-py ``PubSub``), made by the first join."""
+        self._reader: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Future[Any] | None = None
+        self._subscribers: dict[bytes, tuple[_RedisSubscription, ...]] = {}
+        """Each channel's subscriptions here; a channel is in it while subscribed on the server."""
+        self._live: dict[bytes, asyncio.Future[None]] = {}
+        """Each subscribed channel's confirmation: done when the server has said ``subscribe``."""
+        self._awaiting: dict[tuple[bytes, bytes], deque[asyncio.Future[None]]] = {}
+        """(``subscribe``, channel): a future per SUBSCRIBE sent and not yet confirmed, in the order
+        sent. The server confirms in that order, one reply per channel of a command; an
+        UNSUBSCRIBE in between (the last subscriber left) has its own reply kind."""
+        self._closing: set[asyncio.Future[None]] = set()
+        self._closed = False
+
+    async def publish(self, topic: str, event: dict[str, Any]) -> None:
+        await self._redis.publish(CHANNEL_PREFIX + topic, json.dumps(event))
+
+    def subscribe(self, topic: str) -> _RedisSubscription:
+        """``async with bus.subscribe(topic) as subscription``: subscribed inside the block."""
+        return _RedisSubscription(topic, self)
+
+    async def close(self) -> None:
+        self._closed = True
+        subscribers, self._subscribers = self._subscribers, {}
+        for subscription in _every(subscribers):  # as LocalBus: every subscription ends
+            subscription.end()
+        self._fail_awaiting(BusDisconnected("the bus was closed"))
+        self._live = {}
+        pubsub, reader = self._pubsub, self._reader
+        self._pubsub = self._reader = None
+        if reader is not None:
+            reader.cancel()
+            with suppress(asyncio.CancelledError, Exception):
+                await reader
+        if pubsub is not None:
+            with suppress(Exception):
+                await pubsub.aclose()
+        for task in list(self._closing):
+            with suppress(Exception):
+                await task
+        await self._listening.aclose()
+        await self._redis.aclose()
+
+    # -- joining and leaving a channel ---------------------------------------------------------
+
+    async def _join(self, subscription: _RedisSubscription) -> None:
+        channel = subscription.channel
+        pubsub = None if channel in self._subscribers else await self._connected()
+        subscribers = self._subscribers.get(channel)  # another join may have come meanwhile
+        if subscribers is not None:  # subscribed already, or on its way: wait for the word
+            if subscription in subscribers:
+                return
+            self._subscribers[channel] = (*subscribers, subscription)
+            live = self._live[channel]
+        elif pubsub is not self._pubsub:
+            raise BusDisconnected("the connection to Redis was lost while subscribing")
+        else:
+            self._subscribers[channel] = (subscription,)
+            live = self._live[channel] = self._awaiting_confirmation(b"subscribe", channel)
+        try:
+            if pubsub is not None and subscribers is None:
+                await self._write(pubsub, "SUBSCRIBE", channel)
+            if not live.done():
+                await asyncio.shield(live)  # shared: a cancelled join must not cancel the others'
+            live.result()
+        except BaseException:
+            await self._leave(subscription)
+            raise
+
+    async def _leave(self, subscription: _RedisSubscription) -> None:
+        channel = subscription.channel
+        subscribers = self._subscribers.get(channel)
+        if subscribers is None or subscription not in subscribers:
+            return  # ended by a dropped connection or by close: nothing here or on the server
+        rest = tuple(s for s in subscribers if s is not subscription)
+        if rest:
+            self._subscribers[channel] = rest
+            return
+        del self._subscribers[channel]
+        del self._live[channel]
+        if (pubsub := self._pubsub) is not None:
+            # Written before this returns, not waited for: what arrives for the channel until the
+            # server has read it finds nobody here, and the block's end waits on no round trip.
+            with suppress(Exception):  # a dropped connection unsubscribed everything anyway
+                await self._write(pubsub, "UNSUBSCRIBE", channel)
+
+    def _awaiting_confirmation(self, kind: bytes, channel: bytes) -> asyncio.Future[None]:
+        """A future the reader completes when the server confirms the command about to be sent."""
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._awaiting.setdefault((kind, channel), deque()).append(confirmed)
+        return confirmed
+
+    async def _write(self, pubsub: Any, command: str, channel: bytes) -> None:
+        """Send a command on the shared connection. A connected redis-py connection writes before
+        it can suspend, so commands go out in the order their confirmations were registered; a
+        send that fails leaves the connection in an unknown state, which counts as a drop."""
+        try:
+            await pubsub.execute_command(command, channel)
+        except asyncio.CancelledError:
+            raise  # written already: its confirmation comes, and goes to its future
+        except Exception as exc:
+            self._dropped(pubsub, exc)
+            raise
+
+    # -- the shared connection -----------------------------------------------------------------
+
+    async def _connected(self) -> Any:
+        """The shared subscriber connection, connected (and its reader started) if need be.
+        Raises :class:`BusDisconnected` at once when Redis cannot be reached."""
+        if self._pubsub is not None:
+            return self._pubsub
+        if self._connecting is None or self._connecting.done():  # one connect for all who wait
+            self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting.add_done_callback(_retrieved)
+        return await asyncio.shield(self._connecting)
+
+    async def _connect(self) -> Any:
+        from redis.exceptions import RedisError
+
+        pubsub = self._listening.pubsub()
+        try:
+            try:
+                await pubsub.connect()
+            except (RedisError, OSError) as exc:
+                raise BusDisconnected(f"cannot reach Redis: {exc}") from exc
+            if self._closed:
+                raise BusDisconnected("the bus was closed")
+        except BaseException:
+            with suppress(Exception):
+                await pubsub.aclose()
+            raise
+        self._pubsub = pubsub
+        self._reader = asyncio.create_task(self._read(pubsub), name="chatgate-bus-reader")
+        return pubsub
+
+    async def _read(self, pubsub: Any) -> None:
+        """The one reader of the shared connection: events to their channel's subscriptions,
+        confirmations to the commands that wait for them."""
+        try:
+            while True:
+                reply = await pubsub.parse_response(block=True)
+                if not isinstance(reply, (list, tuple)) or len(reply) < 3:
+                    continue  # a pong, or something not meant for us
+                kind, channel, payload = _as_bytes(reply[0]), _as_bytes(reply[1]), reply[2]
+                if kind == b"message":
+                    self._deliver(channel, payload)
+                elif (awaiting := self._awaiting.get((kind, channel))) is not None:
+                    confirmed = awaiting.popleft()
+                    if not awaiting:
+                        del self._awaiting[kind, channel]
+                    if not confirmed.done():  # a join cancelled meanwhile left it to us
+                        confirmed.set_result(None)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the connection dropped
+            self._dropped(pubsub, exc)
+
+    def _deliver(self, channel: bytes, payload: Any) -> None:
+        subscribers = self._subscribers.get(channel)
+        if not subscribers:
+            return  # its last subscriber left; the UNSUBSCRIBE is on its way
+        try:
+            event = json.loads(payload)
+        except ValueError:  # UnicodeDecodeError too
+            event = None
+        if not isinstance(event, dict):  # not ours: someone else published on the channel
+            log.warning("bus channel %s: skipped a message that is not a JSON object", channel.decode(errors="replace"))
+            return
+        for subscription in subscribers:
+            subscription.put(event)
+
+    def _dropped(self, pubsub: Any, error: BaseException) -> None:
+        """The shared connection is gone: every subscription ends with the error, every command
+        waiting for a confirmation fails, and the next join connects afresh."""
+        if pubsub is not self._pubsub:
+            return  # an older connection, already dealt with
+        subscribers, self._subscribers = self._subscribers, {}
+        self._live = {}
+        self._pubsub = None
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        self._fail_awaiting(BusDisconnected(f"the connection to Redis was lost: {error}"))
+        ended = 0
+        for subscription in _every(subscribers):
+            subscription.end(error)
+            ended += 1
+        log.warning("the bus lost its Redis connection (%s); %d subscriptions ended", error, ended)
+        closing = asyncio.ensure_future(_quietly(pubsub.aclose()))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    def _fail_awaiting(self, error: BaseException) -> None:
+        awaiting, self._awaiting = self._awaiting, {}
+        for futures in awaiting.values():
+            for confirmed in futures:
+                if not confirmed.done():
+                    confirmed.set_exception(error)
+                    confirmed.exception()  # nobody may be waiting (a cancelled join): no warning
+
+
+def _every(subscribers: dict[bytes, tuple[_RedisSubscription, ...]]) -> list[_RedisSubscription]:
+    return [subscription for channel in subscribers.values() for subscription in channel]
+
+
+def _as_bytes(value: Any) -> Any:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A done-callback that reads a future's outcome, so one nobody awaited logs no warning."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _quietly(closing: Any) -> None:
+    with suppress(Exception):
+        await closing
