@@ -46,10 +46,89 @@ class _RedisSubscription(Subscription):
         await self._bus._leave(self)
 
 
-PUBLISH_CONNECTIONS = 100
-"""Connections a process publishes on at most (redis-py's default pool size)."""
-PUBLISH_WAIT_SECONDS = 20.0
-"""How long a publish waits for one of them before it fails."""
+class _Publishes:
+    """A process's publishes, one command or pipeline on its way to Redis at a time: those made
+    meanwhile go out together as the next pipeline, in the order they were made.
+
+    A publish alone is sent at once. Under load (a worker's turns each publish their replies and
+    their end), the publishes of concurrent turns share a round trip, and redis-py's per-command
+    work (a pooled connection borrowed and returned, its retry and timeout wrappers) is paid once
+    per pipeline. Each publish still returns only once Redis has taken it, or raises what the
+    command (or its pipeline's connection) raised. Since a publisher awaits each publish before
+    its next, its own publishes stay in order, as they did with a connection each."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._queued: list[tuple[str, str, asyncio.Future[None]]] = []
+        self._busy = False
+        """A publish or a pipeline is on its way: new publishes queue for the next pipeline."""
+        self._sending: asyncio.Task[None] | None = None
+
+    async def publish(self, channel: str, data: str) -> None:
+        if not self._busy:
+            self._busy = True
+            try:
+                await self._redis.publish(channel, data)
+            finally:
+                self._send_queued()
+            return
+        sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queued.append((channel, data, sent))
+        await sent
+
+    def _send_queued(self) -> None:
+        if not self._queued:
+            self._busy = False
+            self._sending = None
+            return
+        batch, self._queued = self._queued, []
+        self._sending = asyncio.create_task(self._send(batch), name="chatgate-bus-publish")
+
+    async def _send(self, batch: list[tuple[str, str, asyncio.Future[None]]]) -> None:
+        outcomes: list[Any]
+        try:
+            if len(batch) == 1:  # a pipeline of one costs more than the command
+                outcomes = [await self._redis.publish(batch[0][0], batch[0][1])]
+            else:
+                async with self._redis.pipeline(transaction=False) as pipeline:
+                    for channel, data, _ in batch:
+                        pipeline.publish(channel, data)
+                    outcomes = await pipeline.execute(raise_on_error=False)
+        except asyncio.CancelledError:  # the loop is going away: nothing more will be sent
+            self._busy = False
+            self._fail([*batch, *self._queued], BusDisconnected("the bus was closed"))
+            self._queued = []
+            raise
+        except Exception as exc:  # the connection failed: every publish of the pipeline
+            outcomes = [exc] * len(batch)
+        for (_, _, sent), outcome in zip(batch, outcomes, strict=True):
+            if sent.done():  # its publisher was cancelled: nobody to tell
+                continue
+            if isinstance(outcome, BaseException):
+                sent.set_exception(outcome)
+            else:
+                sent.set_result(None)
+        self._send_queued()
+
+    async def close(self) -> None:
+        """Fail what is queued; wait for what is on its way."""
+        queued, self._queued = self._queued, []
+        self._fail(queued, BusDisconnected("the bus was closed"))
+        if self._sending is not None:
+            with suppress(Exception):
+                await self._sending
+
+    @staticmethod
+    def _fail(batch: list[tuple[str, str, asyncio.Future[None]]], error: BaseException) -> None:
+        for _, _, sent in batch:
+            if not sent.done():
+                sent.set_exception(error)
+
+
+PUBLISH_RETRIES = 3
+"""Times a publish is sent again after its connection failed, each on a new connection."""
+PUBLISH_BACKOFF_CAP_SECONDS = 1.0
+"""The longest wait between those tries (redis-py's exponential backoff)."""
 CHANNEL_PREFIX = "chatgate:"
 """Every topic's Redis channel starts with this, so other users of the server are left alone."""
 
@@ -57,9 +136,10 @@ CHANNEL_PREFIX = "chatgate:"
 class RedisBus:
     """The bus over Redis pub/sub, for ``chatgate web`` + ``chatgate worker`` deployments.
 
-    Publishing goes through the client's pool. Every subscription of the process shares one
-    connection, on which one task reads: a channel is subscribed on the server while at least one
-    of the process's subscriptions follows it, and each event is decoded once for all of them.
+    Publishes go out one command or pipeline at a time (``_Publishes``). Every subscription of
+    the process shares one connection, on which one task reads: a channel is subscribed on the
+    server while at least one of the process's subscriptions follows it, and each event is
+    decoded once for all of them.
     A connection per subscription cost a new TCP connection, a SUBSCRIBE and an UNSUBSCRIBE per
     REST request (17 % of a web process's CPU under load), and a Redis connection and a task per
     idle widget socket (Redis refuses clients past ``maxclients``, 10,000 by default).
@@ -74,13 +154,17 @@ class RedisBus:
     def __init__(self, url: str) -> None:
         import redis.asyncio as redis
         from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
+        from redis.backoff import ExponentialBackoff, NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
-        # Publishing borrows a pooled connection per call; a burst of more concurrent publishes
-        # than the pool holds waits for one (redis-py's plain pool raises MaxConnectionsError).
-        self._redis = redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            url, max_connections=PUBLISH_CONNECTIONS, timeout=PUBLISH_WAIT_SECONDS,
-        ))
+        # A publish whose pooled connection was dropped while idle (a Redis restart, a firewall's
+        # idle timeout) is sent again on a new one; redis-py does not by default, and the event
+        # (a reply, a turn's end) would be lost though every subscriber is still listening.
+        self._redis = redis.from_url(
+            url, retry=Retry(ExponentialBackoff(cap=PUBLISH_BACKOFF_CAP_SECONDS), PUBLISH_RETRIES),
+            retry_on_error=[RedisConnectionError],
+        )
+        self._publishes = _Publishes(self._redis)  # one command or pipeline at a time: one connection
         # No retries on the listening connection: redis-py would reconnect a dropped one and
         # carry on, and the events published meanwhile would be lost without a word. With no
         # error to retry on, it does not even reconnect before it raises.
@@ -101,7 +185,7 @@ class RedisBus:
         self._closed = False
 
     async def publish(self, topic: str, event: dict[str, Any]) -> None:
-        await self._redis.publish(CHANNEL_PREFIX + topic, json.dumps(event))
+        await self._publishes.publish(CHANNEL_PREFIX + topic, json.dumps(event))
 
     def subscribe(self, topic: str) -> _RedisSubscription:
         """``async with bus.subscribe(topic) as subscription``: subscribed inside the block."""
@@ -126,6 +210,7 @@ class RedisBus:
         for task in list(self._closing):
             with suppress(Exception):
                 await task
+        await self._publishes.close()
         await self._listening.aclose()
         await self._redis.aclose()
 

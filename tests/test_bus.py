@@ -437,6 +437,40 @@ async def test_every_subscription_of_a_process_shares_one_redis_connection(make_
 
 
 @pytest.mark.redis
+async def test_concurrent_publishes_share_one_connection_and_each_publisher_keeps_its_order(
+    make_bus, proxy, topic
+):
+    """A worker's concurrent turns publish at once: their publishes go out in pipelines on one
+    connection, every publish returns once Redis has it, and each publisher's events arrive in
+    the order it published them."""
+    worker, web = make_bus("redis", proxy.url), make_bus("redis")
+    publishers, each = 20, 30
+
+    async def publish_in_turn(publisher: int) -> None:
+        for n in range(each):
+            await worker.publish(topic, {"publisher": publisher, "n": n})
+
+    async with web.subscribe(topic) as subscription:
+        await asyncio.gather(*(publish_in_turn(p) for p in range(publishers)))
+        events = await receive(subscription, publishers * each)
+    for publisher in range(publishers):
+        assert [e["n"] for e in events if e["publisher"] == publisher] == list(range(each))
+    assert proxy.accepted == 1
+
+
+@pytest.mark.redis
+async def test_publishes_go_on_after_the_connection_drops(make_bus, proxy, topic):
+    worker, web = make_bus("redis", proxy.url), make_bus("redis")
+    async with web.subscribe(topic) as subscription:
+        await asyncio.gather(*(worker.publish(topic, {"n": n}) for n in range(10)))
+        proxy.cut()
+        for n in range(10, 20):  # redis-py reconnects the publishing connection
+            await worker.publish(topic, {"n": n})
+        events = await receive(subscription, 20)
+    assert sorted(e["n"] for e in events) == list(range(20))
+
+
+@pytest.mark.redis
 async def test_leaving_and_joining_a_channel_at_once_stays_subscribed(make_bus, redis_admin, proxy, topic):
     """The last subscriber leaves (UNSUBSCRIBE) while a new one joins (SUBSCRIBE) over a slow
     link: each waits for its own confirmation, and the new one is live when it returns."""
