@@ -129,6 +129,14 @@ PUBLISH_RETRIES = 3
 """Times a publish is sent again after its connection failed, each on a new connection."""
 PUBLISH_BACKOFF_CAP_SECONDS = 1.0
 """The longest wait between those tries (redis-py's exponential backoff)."""
+SUBSCRIPTION_LINGER_SECONDS = 30.0
+"""How long a channel stays subscribed on the server after its last subscriber here left. A
+REST client's next message to the same session (or an SSE stream's) then finds it subscribed:
+no SUBSCRIBE, no wait for its confirmation, no UNSUBSCRIBE. What arrives meanwhile finds nobody
+and is dropped unread."""
+MAX_LINGERING_CHANNELS = 10_000
+"""Channels kept subscribed with nobody following them, at most; past it, a channel whose last
+subscriber leaves is unsubscribed at once."""
 CHANNEL_PREFIX = "chatgate:"
 """Every topic's Redis channel starts with this, so other users of the server are left alone."""
 
@@ -145,13 +153,19 @@ class RedisBus:
     idle widget socket (Redis refuses clients past ``maxclients``, 10,000 by default).
 
     ``async with bus.subscribe(topic)`` returns once the server has confirmed the subscription,
-    so an event published after that arrives; when the last subscriber of a channel leaves its
-    block, the UNSUBSCRIBE is sent before the block ends. When the shared connection
+    so an event published after that arrives. An event published just before may arrive too,
+    when the channel was already subscribed (another subscriber here, or lingering): the web
+    channel's readers match events to their turn, and the socket's feed skips what its client
+    holds. A channel whose last subscriber has left lingers (``SUBSCRIPTION_LINGER_SECONDS``),
+    then is unsubscribed with the others that lingered as long. When the shared connection
     drops, every subscription ends with :class:`BusDisconnected` (events published meanwhile are
     lost, and the readers catch up from the store), and the next subscription connects afresh.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, linger_seconds: float = SUBSCRIPTION_LINGER_SECONDS,
+        max_lingering: int = MAX_LINGERING_CHANNELS,
+    ) -> None:
         import redis.asyncio as redis
         from redis.asyncio.retry import Retry
         from redis.backoff import ExponentialBackoff, NoBackoff
@@ -174,7 +188,14 @@ class RedisBus:
         self._reader: asyncio.Task[None] | None = None
         self._connecting: asyncio.Future[Any] | None = None
         self._subscribers: dict[bytes, tuple[_RedisSubscription, ...]] = {}
-        """Each channel's subscriptions here; a channel is in it while subscribed on the server."""
+        """Each channel's subscriptions here; a channel is in it while subscribed on the server
+        (with none while it lingers)."""
+        self._linger = linger_seconds
+        self._max_lingering = max_lingering
+        self._lingering: dict[bytes, float] = {}
+        """Channels subscribed with nobody here following them, oldest first: since when (the
+        loop's clock)."""
+        self._sweep: asyncio.TimerHandle | None = None
         self._live: dict[bytes, asyncio.Future[None]] = {}
         """Each subscribed channel's confirmation: done when the server has said ``subscribe``."""
         self._awaiting: dict[tuple[bytes, bytes], deque[asyncio.Future[None]]] = {}
@@ -198,6 +219,7 @@ class RedisBus:
             subscription.end()
         self._fail_awaiting(BusDisconnected("the bus was closed"))
         self._live = {}
+        self._stop_lingering()
         pubsub, reader = self._pubsub, self._reader
         self._pubsub = self._reader = None
         if reader is not None:
@@ -223,6 +245,8 @@ class RedisBus:
         if subscribers is not None:  # subscribed already, or on its way: wait for the word
             if subscription in subscribers:
                 return
+            if not subscribers:  # it was lingering: still subscribed, confirmed long ago
+                del self._lingering[channel]
             self._subscribers[channel] = (*subscribers, subscription)
             live = self._live[channel]
         elif pubsub is not self._pubsub:
@@ -249,6 +273,14 @@ class RedisBus:
         if rest:
             self._subscribers[channel] = rest
             return
+        live = self._live[channel]
+        confirmed = live.done() and not live.cancelled() and live.exception() is None
+        if confirmed and self._linger > 0 and len(self._lingering) < self._max_lingering:
+            self._subscribers[channel] = ()
+            self._lingering[channel] = asyncio.get_running_loop().time()
+            if self._sweep is None:
+                self._sweep = asyncio.get_running_loop().call_later(self._linger, self._start_expiry)
+            return
         del self._subscribers[channel]
         del self._live[channel]
         if (pubsub := self._pubsub) is not None:
@@ -257,18 +289,53 @@ class RedisBus:
             with suppress(Exception):  # a dropped connection unsubscribed everything anyway
                 await self._write(pubsub, "UNSUBSCRIBE", channel)
 
+    def _start_expiry(self) -> None:
+        self._sweep = None
+        expiring = asyncio.ensure_future(self._expire())
+        self._closing.add(expiring)
+        expiring.add_done_callback(self._closing.discard)
+
+    async def _expire(self) -> None:
+        """Unsubscribe the channels that have lingered long enough, in one command. They leave
+        the maps and the UNSUBSCRIBE is written in one step, with no await between: a join that
+        comes after finds the channel gone, and its SUBSCRIBE is written after."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        expired: list[bytes] = []
+        for channel, since in self._lingering.items():
+            if now - since < self._linger:
+                break
+            expired.append(channel)
+        for channel in expired:
+            del self._lingering[channel], self._subscribers[channel], self._live[channel]
+        if self._sweep is not None:  # one timer at a time (a leave may have set one meanwhile)
+            self._sweep.cancel()
+            self._sweep = None
+        if self._lingering:
+            oldest = next(iter(self._lingering.values()))
+            self._sweep = loop.call_later(max(oldest + self._linger - now, 0.0), self._start_expiry)
+        if expired and (pubsub := self._pubsub) is not None:
+            with suppress(Exception):
+                await self._write(pubsub, "UNSUBSCRIBE", *expired)
+
+    def _stop_lingering(self) -> None:
+        self._lingering = {}
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+
     def _awaiting_confirmation(self, kind: bytes, channel: bytes) -> asyncio.Future[None]:
         """A future the reader completes when the server confirms the command about to be sent."""
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._awaiting.setdefault((kind, channel), deque()).append(confirmed)
         return confirmed
 
-    async def _write(self, pubsub: Any, command: str, channel: bytes) -> None:
+    async def _write(self, pubsub: Any, command: str, *channels: bytes) -> None:
         """Send a command on the shared connection. A connected redis-py connection writes before
         it can suspend, so commands go out in the order their confirmations were registered; a
         send that fails leaves the connection in an unknown state, which counts as a drop."""
         try:
-            await pubsub.execute_command(command, channel)
+            await pubsub.execute_command(command, *channels)
         except asyncio.CancelledError:
             raise  # written already: its confirmation comes, and goes to its future
         except Exception as exc:
@@ -349,6 +416,7 @@ class RedisBus:
             return  # an older connection, already dealt with
         subscribers, self._subscribers = self._subscribers, {}
         self._live = {}
+        self._stop_lingering()
         self._pubsub = None
         reader, self._reader = self._reader, None
         if reader is not None and reader is not asyncio.current_task():

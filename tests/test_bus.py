@@ -101,14 +101,15 @@ class TcpProxy:
 
 @pytest.fixture
 async def make_bus(request) -> AsyncIterator[Callable[..., Any]]:
-    """``make_bus("local")`` or ``make_bus("redis", url=...)``; every bus is closed after."""
+    """``make_bus("local")`` or ``make_bus("redis", url=..., linger_seconds=...)``; every bus is
+    closed after."""
     built: list[Any] = []
 
-    def make(kind: str, url: str | None = None) -> Any:
+    def make(kind: str, url: str | None = None, **options: Any) -> Any:
         if kind == "local":
             made: Any = LocalBus()
-        else:
-            made = RedisBus(url or request.getfixturevalue("redis_url"))
+        else:  # no lingering unless a test asks: a channel is unsubscribed as its last block ends
+            made = RedisBus(url or request.getfixturevalue("redis_url"), **{"linger_seconds": 0, **options})
         built.append(made)
         return made
 
@@ -468,6 +469,55 @@ async def test_publishes_go_on_after_the_connection_drops(make_bus, proxy, topic
             await worker.publish(topic, {"n": n})
         events = await receive(subscription, 20)
     assert sorted(e["n"] for e in events) == list(range(20))
+
+
+async def _subscribe_commands(admin: Any) -> int:
+    return int((await admin.info("commandstats")).get("cmdstat_subscribe", {}).get("calls", 0))
+
+
+@pytest.mark.redis
+async def test_a_channel_lingers_after_its_last_subscriber_and_is_taken_up_again_at_once(
+    make_bus, redis_admin, topic
+):
+    """A REST client's next message to a session finds its channel still subscribed: no
+    SUBSCRIBE and no wait for its confirmation. Once it has lingered long enough, it is
+    unsubscribed on the server."""
+    worker, web = make_bus("redis"), make_bus("redis", linger_seconds=0.5)
+    before = await _subscribe_commands(redis_admin)
+    for n in range(5):
+        async with web.subscribe(topic) as subscription:
+            await worker.publish(topic, {"n": n})
+            assert await receive(subscription, 1) == [{"n": n}]
+        assert await subscribers_on_server(redis_admin, topic) == 1  # lingering
+    async with web.subscribe(topic) as subscription:
+        await worker.publish(topic, {"n": 5})
+        assert await receive(subscription, 1) == [{"n": 5}]
+    assert await _subscribe_commands(redis_admin) - before == 1
+    await unsubscribed_on_server(redis_admin, topic)
+
+
+@pytest.mark.redis
+async def test_a_join_as_its_channel_expires_is_live(make_bus, redis_admin, topic):
+    """Joins and leaves around the moment a lingering channel is unsubscribed: the expiry's
+    UNSUBSCRIBE and a new join's SUBSCRIBE go out in the order that leaves the join subscribed."""
+    worker, web = make_bus("redis"), make_bus("redis", linger_seconds=0.02)
+    rng = random.Random(7)
+    for n in range(60):
+        async with web.subscribe(topic) as subscription:
+            await worker.publish(topic, {"n": n})
+            assert await receive(subscription, 1) == [{"n": n}]
+        await asyncio.sleep(rng.random() * 0.04)
+    await unsubscribed_on_server(redis_admin, topic)
+
+
+@pytest.mark.redis
+async def test_past_the_most_lingering_channels_a_channel_is_unsubscribed_at_once(make_bus, redis_admin, topic):
+    web = make_bus("redis", linger_seconds=60, max_lingering=2)
+    for name in (f"{topic}-1", f"{topic}-2", f"{topic}-3"):
+        async with web.subscribe(name):
+            pass
+    assert [await subscribers_on_server(redis_admin, f"{topic}-{n}") for n in (1, 2)] == [1, 1]
+    await unsubscribed_on_server(redis_admin, f"{topic}-3")
 
 
 @pytest.mark.redis
