@@ -9,7 +9,9 @@ published, so it is never cut off; when Redis drops its subscription, it answers
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -148,52 +150,11 @@ async def test_rest_send_message_takes_a_burst_as_it_comes(local_gw, caplog):
 
 
 @pytest.mark.redis
-async def test_rest_send_message_answers_from_the_store_when_the_bus_drops(tmp_path, redis_url):
-    """Redis drops the turn's subscription mid-turn (a restart, the network): events published
-    meanwhile are gone, so the POST learns the turn's end from the store, with its reply."""
+@contextlib.asynccontextmanager
+async def behind_a_redis_proxy(app: gateway.App, tmp_path: Any) -> AsyncIterator[tuple[Any, Any, Any, str]]:
+    """The gateway with its Redis reached through a proxy a test can cut or shut
+    (``tests/test_bus.py``), a REST client, and the URL of a session made for the test."""
     from tests.test_bus import REDIS_HOST, REDIS_PORT, TcpProxy
-
-    started, release = asyncio.Event(), asyncio.Event()
-    app = gateway.App("dropping-bot")
-
-    @app.message()
-    async def slow(session: gateway.Session, msg: gateway.Message) -> None:
-        started.set()
-        await release.wait()
-        await session.reply("echo: " + msg.text)
-
-    proxy = TcpProxy(REDIS_HOST, REDIS_PORT)
-    await proxy.start()
-    try:
-        async with running_gateway(app, tmp_path, web={"api_keys": [KEY]}, redis={"url": proxy.url}) as gw, \
-                aiohttp.ClientSession(headers={"X-API-Key": KEY}) as http:
-            url = f"{base_url(gw)}/api/v1/chat/sessions"
-            async with http.post(url, json={"agent_id": "default"}) as response:
-                session = (await response.json())["data"]
-            posted = asyncio.create_task(http.post(f"{url}/{session['id']}/messages", json={"content": "hello"}))
-            await asyncio.wait_for(started.wait(), 10)
-            proxy.cut()
-            release.set()
-            async with await posted as response:
-                assert response.status == 201, await response.text()
-                body = (await response.json())["data"]
-        assert body["assistant_message"]["content"] == "echo: hello"
-    finally:
-        await proxy.close()
-
-
-async def test_while_redis_is_down_sockets_close_with_1013_and_rest_answers_503(tmp_path, redis_url, caplog):
-    """Redis is unreachable: a widget's hello cannot follow its session, so the socket is closed
-    with 1013 (try again later: the widget reconnects with backoff) instead of never answering,
-    and REST answers 503 ``unavailable`` with Retry-After (the SDK retries a 5xx) rather than a
-    500 with a traceback. Nothing is submitted meanwhile; once Redis is back both work again."""
-    from tests.test_bus import REDIS_HOST, REDIS_PORT, TcpProxy
-
-    app = gateway.App("bus-down-bot")
-
-    @app.message()
-    async def echo(session: gateway.Session, msg: gateway.Message) -> None:
-        await session.reply("echo: " + msg.text)
 
     proxy = TcpProxy(REDIS_HOST, REDIS_PORT)
     await proxy.start()
@@ -203,37 +164,75 @@ async def test_while_redis_is_down_sockets_close_with_1013_and_rest_answers_503(
             sessions = f"{base_url(gw)}/api/v1/chat/sessions"
             async with http.post(sessions, json={"agent_id": "default"}) as response:
                 session_id = (await response.json())["data"]["id"]
-            proxy.shut()
-            for path in ("messages", "messages/stream"):
-                async with http.post(f"{sessions}/{session_id}/{path}", json={"content": "hello"}) as response:
-                    assert response.status == 503, await response.text()
-                    assert (await response.json())["error"]["code"] == "unavailable"
-                    assert response.headers["Retry-After"] == "1"
-            async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
-                await ws.send_json({"type": "hello", "id": "h1", "session_id": None})
-                closed = await ws.receive(timeout=20)
-                assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closed
-                assert ws.close_code == CLOSE_TRY_AGAIN
-            assert any("cannot follow session" in r.getMessage() for r in caplog.records)
-            async with http.get(f"{base_url(gw)}/healthz") as response:
-                assert response.status == 200
-            await proxy.start()  # Redis is back, on the same port
-            async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
-                await ws.send_json({"type": "hello", "id": "h2", "session_id": None})
-                assert (await ws.receive_json(timeout=20))["type"] == "ready"
-                await ws.send_json({"type": "message", "id": "m1", "text": "hi"})
-                while (frame := await ws.receive_json(timeout=20))["type"] != "message" or \
-                        frame["message"]["role"] != "assistant":
-                    pass
-                assert frame["message"]["text"] == "echo: hi"
-            async with http.post(f"{sessions}/{session_id}/messages", json={"content": "again"}) as response:
-                assert response.status == 201, await response.text()
-                assert (await response.json())["data"]["content"] == "echo: again"
-            async with http.get(f"{sessions}/{session_id}/messages") as response:
-                stored = [m["content"] for m in (await response.json())["data"]]
-            assert "hello" not in stored and stored[-2:] == ["again", "echo: again"]
+            yield gw, http, proxy, f"{sessions}/{session_id}"
     finally:
         await proxy.close()
+
+
+async def test_rest_send_message_answers_from_the_store_when_the_bus_drops(tmp_path, redis_url):
+    """Redis drops the turn's subscription mid-turn (a restart, the network): events published
+    meanwhile are gone, so the POST learns the turn's end from the store, with its reply."""
+    started, release = asyncio.Event(), asyncio.Event()
+    app = gateway.App("dropping-bot")
+
+    @app.message()
+    async def slow(session: gateway.Session, msg: gateway.Message) -> None:
+        started.set()
+        await release.wait()
+        await session.reply("echo: " + msg.text)
+
+    async with behind_a_redis_proxy(app, tmp_path) as (_, http, proxy, session_url):
+        posted = asyncio.create_task(http.post(f"{session_url}/messages", json={"content": "hello"}))
+        await asyncio.wait_for(started.wait(), 10)
+        proxy.cut()
+        release.set()
+        async with await posted as response:
+            assert response.status == 201, await response.text()
+            body = (await response.json())["data"]
+    assert body["assistant_message"]["content"] == "echo: hello"
+
+
+async def test_while_redis_is_down_sockets_close_with_1013_and_rest_answers_503(tmp_path, redis_url, caplog):
+    """Redis is unreachable: a widget's hello cannot follow its session, so the socket is closed
+    with 1013 (try again later: the widget reconnects with backoff) instead of never answering,
+    and REST answers 503 ``unavailable`` with Retry-After (the SDK retries a 5xx) rather than a
+    500 with a traceback. Nothing is submitted meanwhile; once Redis is back both work again."""
+    app = gateway.App("bus-down-bot")
+
+    @app.message()
+    async def echo(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply("echo: " + msg.text)
+
+    async with behind_a_redis_proxy(app, tmp_path) as (gw, http, proxy, session_url):
+        proxy.shut()
+        for path in ("messages", "messages/stream"):
+            async with http.post(f"{session_url}/{path}", json={"content": "hello"}) as response:
+                assert response.status == 503, await response.text()
+                assert (await response.json())["error"]["code"] == "unavailable"
+                assert response.headers["Retry-After"] == "1"
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            await ws.send_json({"type": "hello", "id": "h1", "session_id": None})
+            closed = await ws.receive(timeout=20)
+            assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), closed
+            assert ws.close_code == CLOSE_TRY_AGAIN
+        assert any("cannot follow session" in r.getMessage() for r in caplog.records)
+        async with http.get(f"{base_url(gw)}/healthz") as response:
+            assert response.status == 200
+        await proxy.start()  # Redis is back, on the same port
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            await ws.send_json({"type": "hello", "id": "h2", "session_id": None})
+            assert (await ws.receive_json(timeout=20))["type"] == "ready"
+            await ws.send_json({"type": "message", "id": "m1", "text": "hi"})
+            while (frame := await ws.receive_json(timeout=20))["type"] != "message" or \
+                    frame["message"]["role"] != "assistant":
+                pass
+            assert frame["message"]["text"] == "echo: hi"
+        async with http.post(f"{session_url}/messages", json={"content": "again"}) as response:
+            assert response.status == 201, await response.text()
+            assert (await response.json())["data"]["content"] == "echo: again"
+        async with http.get(f"{session_url}/messages") as response:
+            stored = [m["content"] for m in (await response.json())["data"]]
+        assert "hello" not in stored and stored[-2:] == ["again", "echo: again"]
 
 
 async def test_an_sse_stream_finishes_from_the_store_after_an_overflow(local_gw, caplog):
