@@ -189,30 +189,36 @@ class SessionClaims:
         async with self._session_lock(session_id):
             held = self.held.get(session_id)
             if held is None:
-                held = await self._claim(session_id)
-                if held is None:
+                claimed = await self._claim(session_id)
+                if claimed is None:
                     return
-            await self._feed(session_id, held, recovered=False)
+                held, events = claimed
+            else:
+                events = await self.queue.events_of(session_id)
+            await self._feed(session_id, held, events, recovered=False)
             await self._settle(session_id, held)
 
-    async def _claim(self, session_id: str) -> Held | None:
+    async def _claim(self, session_id: str) -> tuple[Held, list[QueuedEvent]] | None:
+        """The session's lease and its unfinished events (one round trip), or None while another
+        worker holds it."""
         if self._closing:
             return None
         sent_at = time.monotonic()
-        claim = await self.queue.claim(session_id, self.holder, self.ttl)
-        if claim is None:
+        claimed = await self.queue.claim_with_events(session_id, self.holder, self.ttl)
+        if claimed is None:
             return None  # another worker holds it and runs what was just recorded
+        claim, events = claimed
         held = self.held[session_id] = Held(Fence(session_id, claim.token, sent_at + self.ttl))
         log.debug("claimed session %s (token %d)", session_id, claim.token)
         if claim.taken_over:
             log.info("took session %s over from worker %s, which left it unfinished (token %d)",
                      session_id, claim.previous_holder, claim.token)
-            await self._feed(session_id, held, recovered=True)
-        return held
+            await self._feed(session_id, held, events, recovered=True)
+        return held, events
 
-    async def _feed(self, session_id: str, held: Held, *, recovered: bool) -> None:
-        """Hand the session's unfinished events not yet routed under this claim to the dispatcher."""
-        for event in await self.queue.events_of(session_id):
+    async def _feed(self, session_id: str, held: Held, events: list[QueuedEvent], *, recovered: bool) -> None:
+        """Hand the session's unfinished ``events`` not yet routed under this claim to the dispatcher."""
+        for event in events:
             if event.id in held.routed or held.fence.lost or self._closing:
                 continue
             held.routed.add(event.id)
@@ -226,27 +232,31 @@ class SessionClaims:
         """Release the lease when the session has nothing running here and nothing unfinished."""
         if self.held.get(session_id) is not held or self.dispatcher.busy(session_id):
             return
-        if not held.fence.lost:
-            pending = [e for e in await self.queue.events_of(session_id) if e.id not in held.routed]
-            if pending:
-                await self._feed(session_id, held, recovered=False)
-                if self.dispatcher.busy(session_id):
-                    return
         await self.dispatcher.settled()  # a stop or an answer marked done is not run again elsewhere
         if self.held.get(session_id) is not held or self.dispatcher.busy(session_id):
             return
-        del self.held[session_id]
         if held.fence.lost:
+            del self.held[session_id]
             log.warning("lost the lease of session %s (token %d): its events run on another worker",
                         session_id, held.fence.token)
-        else:
-            await self.queue.release(session_id, held.fence.token)
-            log.debug("released session %s (token %d)", session_id, held.fence.token)
-        # Something recorded while the lease was held but not yet seen here: claim it again.
-        if held.fence.lost or self._closing:
             return
-        if any(e.id not in held.routed for e in await self.queue.events_of(session_id)):
-            self.poke(session_id)
+        # Given back in the statement that looks for events recorded meanwhile and not routed
+        # here; one committed after it is notified after, and that notification claims it again.
+        # Out of ``held`` first, as released: a renewal meanwhile judges it so (``renew``).
+        del self.held[session_id]
+        pending = await self.queue.release_unless_pending(session_id, held.fence.token, held.routed)
+        if not pending:
+            log.debug("released session %s (token %d)", session_id, held.fence.token)
+            return
+        self.held[session_id] = held  # kept: they run under it
+        await self._feed(session_id, held, pending, recovered=False)
+        if self.dispatcher.busy(session_id) or self.held.get(session_id) is not held:
+            return
+        # None of them runs here (the worker is closing, or the lease was lost meanwhile): the
+        # lease goes back anyway, and whoever claims it next runs them.
+        del self.held[session_id]
+        if not held.fence.lost:
+            await self.queue.release(session_id, held.fence.token)
 
     def _lane_ran_dry(self, session_id: str) -> None:
         if session_id in self.held and not self._closing:

@@ -102,3 +102,41 @@ async def test_a_sessions_unfinished_events_in_order_with_their_user_messages(qu
     ]
     assert all(e.session_id == session_id and e.created_at.tzinfo is not None for e in events)
     assert await queue.events_of("01NOSUCHSESSION") == []
+
+
+async def test_a_claim_with_its_events_in_one_round_trip(queue, postgres_store) -> None:
+    """What a worker does on a notification: the claim, and the session's unfinished events with
+    it; nothing while another worker holds the lease; no event when nothing is unfinished."""
+    session_id = await _session(postgres_store)
+    idle = await _session(postgres_store)
+    first = await postgres_store.inbox.record(session_id, "k1", "message", {"n": 1}, user_text="one")
+    action = await postgres_store.inbox.record(session_id, "k2", "action", {"name": "go"})
+    claimed = await queue.claim_with_events(session_id, "worker-a", TTL)
+    assert claimed is not None
+    claim, events = claimed
+    assert (claim.token, claim.previous_holder, claim.taken_over) == (1, "", False)
+    assert [(e.id, e.kind, e.payload, e.message_id) for e in events] == [
+        (first.id, "message", {"n": 1}, first.message_id), (action.id, "action", {"name": "go"}, None),
+    ]
+    assert events == await queue.events_of(session_id)
+    assert await queue.claim_with_events(session_id, "worker-b", TTL) is None  # held
+    claimed_idle = await queue.claim_with_events(idle, "worker-b", TTL)
+    assert claimed_idle is not None and claimed_idle[1] == [] and claimed_idle[0].token == 1
+
+
+async def test_a_release_unless_pending_keeps_the_lease_for_an_event_not_routed(queue, postgres_store) -> None:
+    """A worker's lane ran dry: the lease goes back in the statement that looks for events
+    recorded meanwhile; one that this worker did not route keeps the lease and is returned."""
+    session_id = await _session(postgres_store)
+    routed = await postgres_store.inbox.record(session_id, "k1", "message", {}, user_text="one")
+    claim = await queue.claim(session_id, "worker-a", TTL)
+    assert claim is not None
+    late = await postgres_store.inbox.record(session_id, "k2", "message", {}, user_text="two")
+    pending = await queue.release_unless_pending(session_id, claim.token, {routed.id})
+    assert [(e.id, e.message_id) for e in pending] == [(late.id, late.message_id)]
+    assert await _lease(postgres_store, session_id) == ("worker-a", 1, True, "")  # kept
+    await postgres_store.inbox.set_status(late.id, "done")
+    assert await queue.release_unless_pending(session_id, claim.token - 1, {routed.id}) == []  # not its token
+    assert await _lease(postgres_store, session_id) == ("worker-a", 1, True, "")
+    assert await queue.release_unless_pending(session_id, claim.token, {routed.id}) == []
+    assert await _lease(postgres_store, session_id) == ("", 1, False, "")  # given back

@@ -12,6 +12,7 @@ never have to agree. PostgreSQL only: ``chatgate web``/``worker`` refuse SQLite.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -134,6 +135,28 @@ RELEASE_AND_WAKE_ON_DRIVER = (
 """The release and the workers told, in one statement: the notification goes out on commit
 whether or not the lease was still this worker's, as the ORM path's two statements do."""
 SESSION_EVENTS_ON_DRIVER = SESSION_EVENTS.element.text.replace(":session_id", "$1")
+EVENT_COLUMNS = "e.id, e.session_id, e.kind, e.payload, e.created_at, e.message_id"
+CLAIM_WITH_EVENTS_ON_DRIVER = f"""
+WITH claimed AS ({CLAIM_ON_DRIVER.strip()})
+SELECT c.token, c.previous_holder, {EVENT_COLUMNS}
+FROM claimed c LEFT JOIN LATERAL ({SESSION_EVENTS_ON_DRIVER.strip()}) e ON true
+ORDER BY e.id
+"""
+"""The claim and, when it is taken, the session's unfinished events, in one round trip: no row
+while another worker holds the lease; one row with no event when nothing is unfinished. The
+events are those committed when the statement began: one committed after is notified after
+its commit, and its notification feeds it to the holder (``SessionClaims._poke``)."""
+RELEASE_UNLESS_PENDING_ON_DRIVER = f"""
+WITH pending AS MATERIALIZED (
+    {SESSION_EVENTS_ON_DRIVER.strip().replace("ORDER BY i.id", "AND i.id <> ALL($3::text[]) ORDER BY i.id")}
+), released AS (
+    {RELEASE_ON_DRIVER.strip().replace("$3::boolean", "false")} AND NOT EXISTS (SELECT 1 FROM pending)
+)
+SELECT {EVENT_COLUMNS} FROM pending e ORDER BY e.id
+"""
+"""The lease given back unless the session has an unfinished event outside ``$3`` (those this
+worker routed under the lease), in one round trip: those events, none when it was released. A
+data-modifying ``WITH`` runs whether or not the query reads it."""
 
 UNHELD_SESSIONS = text(
     """
@@ -172,6 +195,34 @@ class SessionQueue:
         token, previous = row[0], row[1]
         return Claim(int(token), previous or "", taken_over=bool(previous) and previous != holder)
 
+    async def claim_with_events(
+        self, session_id: str, holder: str, ttl: float
+    ) -> tuple[Claim, list[QueuedEvent]] | None:
+        """``claim`` and, when taken, ``events_of``: one round trip on the per-turn connections."""
+        if self._connections is None:
+            claim = await self.claim(session_id, holder, ttl)
+            return None if claim is None else (claim, await self.events_of(session_id))
+        async with self._connections.lend() as driver:
+            records = await driver.fetch(CLAIM_WITH_EVENTS_ON_DRIVER, session_id, holder, ttl)
+        if not records:
+            return None
+        token, previous = records[0][0], records[0][1] or ""
+        claim = Claim(int(token), previous, taken_over=bool(previous) and previous != holder)
+        return claim, [_queued_event(r[2:]) for r in records if r[2] is not None]
+
+    async def release_unless_pending(self, session_id: str, token: int, routed: Collection[str]) -> list[QueuedEvent]:
+        """Give the lease back (as ``release``) unless the session has unfinished events other
+        than ``routed``: those, oldest first, and the lease kept; ``[]`` once released (or when
+        ``token`` is no longer the lease's: then nothing changes)."""
+        if self._connections is None:
+            pending = [e for e in await self.events_of(session_id) if e.id not in routed]
+            if not pending:
+                await self.release(session_id, token)
+            return pending
+        async with self._connections.lend() as driver:
+            records = await driver.fetch(RELEASE_UNLESS_PENDING_ON_DRIVER, session_id, token, list(routed))
+        return [_queued_event(r) for r in records]
+
     async def renew(self, holder: str, session_ids: list[str], ttl: float) -> dict[str, int]:
         """Extend the leases of ``session_ids`` that ``holder`` still holds, in one statement:
         ``{session id: token}`` of those. A deleted session's lease is not renewed: its handler,
@@ -205,7 +256,7 @@ class SessionQueue:
         if self._connections is not None:
             async with self._connections.lend() as driver:
                 records = await driver.fetch(SESSION_EVENTS_ON_DRIVER, session_id)
-            return [QueuedEvent(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in records]
+            return [_queued_event(r) for r in records]
         async with self.engine.connect() as conn:
             rows = (await conn.execute(SESSION_EVENTS, {"session_id": session_id})).mappings().all()
         return [QueuedEvent(**row) for row in rows]
@@ -215,3 +266,9 @@ class SessionQueue:
         whose holder's lease expired)."""
         async with self.engine.connect() as conn:
             return [row[0] for row in (await conn.execute(UNHELD_SESSIONS)).all()]
+
+
+def _queued_event(record: Any) -> QueuedEvent:
+    """A ``QueuedEvent`` from the six columns of ``SESSION_EVENTS`` as asyncpg returns them."""
+    event_id, session_id, kind, payload, created_at, message_id = record
+    return QueuedEvent(event_id, session_id, kind, json.loads(payload), created_at, message_id)
