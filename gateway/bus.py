@@ -129,6 +129,11 @@ class Bus(Protocol):
 
     def subscribe(self, topic: str) -> Any: ...
 
+    def followed_beyond(self, topic: str, mine: Subscription | None) -> bool:
+        """Whether anyone but ``mine`` may follow ``topic``: an event only they would read need
+        not be published. True whenever the bus cannot tell (another process may follow it)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -170,6 +175,9 @@ class LocalBus:
     def subscribe(self, topic: str) -> _LocalSubscription:
         """``async with bus.subscribe(topic) as subscription``: subscribed inside the block."""
         return _LocalSubscription(topic, self._topics)
+
+    def followed_beyond(self, topic: str, mine: Subscription | None) -> bool:
+        return any(subscription is not mine for subscription in self._topics.get(topic, ()))
 
     async def close(self) -> None:
         for subscribers in self._topics.values():

@@ -212,6 +212,9 @@ class RedisBus:
         """``async with bus.subscribe(topic) as subscription``: subscribed inside the block."""
         return _RedisSubscription(topic, self)
 
+    def followed_beyond(self, topic: str, mine: Subscription | None) -> bool:
+        return True  # another process may follow it
+
     async def close(self) -> None:
         self._closed = True
         subscribers, self._subscribers = self._subscribers, {}

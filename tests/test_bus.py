@@ -300,6 +300,22 @@ async def _until_delivered(bus: Any, topic: str, delivered: asyncio.Event) -> No
                 await asyncio.wait_for(delivered.wait(), 0.05)
 
 
+async def test_followed_beyond_tells_whether_an_event_would_reach_anyone_else(make_bus, bus_kind, topic):
+    """The widget skips publishing a user's message that only its own socket would read (and
+    skip): the local bus knows its subscribers; over Redis another process may follow."""
+    bus = make_bus(bus_kind)
+    if bus_kind == "redis":
+        assert bus.followed_beyond(topic, None)
+        return
+    assert not bus.followed_beyond(topic, None)
+    async with bus.subscribe(topic) as mine:
+        assert not bus.followed_beyond(topic, mine) and bus.followed_beyond(topic, None)
+        async with bus.subscribe(topic):
+            assert bus.followed_beyond(topic, mine)
+        assert not bus.followed_beyond(topic, mine)
+        assert not bus.followed_beyond(topic + "-other", mine)
+
+
 async def test_close_ends_every_subscription(bus, topic):
     async with bus.subscribe(topic) as first, bus.subscribe(topic + "-2") as second:
         await bus.publish(topic, {"n": 1})

@@ -375,8 +375,13 @@ class WidgetConnection:
 
     async def _echo(self, inbound_id: str, message_id: str, text: str, attachments: list[Attachment]) -> None:
         """Show the user's message on the session's other sockets (another tab). ``message_id``
-        is the stored message's, as recording the event set it on the message."""
+        is the stored message's, as recording the event set it on the message. Not published
+        when nobody else follows the session (one tab, in one process): this socket's own feed
+        would only skip it."""
         assert self.session is not None
+        topic = session_topic(self.session.id)
+        if not self.ctx.core.bus.followed_beyond(topic, self._events):
+            return
         if not message_id:
             stored = await self.ctx.core.sessions.message_for_inbound(self.session.id, inbound_id, role="user")
             message_id = stored.id if stored is not None else inbound_id
@@ -390,7 +395,7 @@ class WidgetConnection:
             "created_at": now_rfc3339(),
         }
         event = {"type": "message", "message": message, "origin": self.connection_id}
-        await self.ctx.core.bus.publish(session_topic(self.session.id), event)
+        await self.ctx.core.bus.publish(topic, event)
 
     # -- outbound: replay, then live events -------------------------------------------------
     #
