@@ -192,6 +192,30 @@ async def test_rest_send_message_answers_from_the_store_when_the_bus_drops(tmp_p
     assert body["assistant_message"]["content"] == "echo: hello"
 
 
+async def test_an_sse_stream_finishes_from_the_store_when_the_bus_drops(tmp_path, redis_url):
+    """As for the POST: the stream's subscription ends with BusDisconnected mid-turn, and the
+    stream ends with the reply read from the store, not a server error after its head."""
+    started, release = asyncio.Event(), asyncio.Event()
+    app = gateway.App("dropping-stream-bot")
+
+    @app.message()
+    async def slow(session: gateway.Session, msg: gateway.Message) -> None:
+        started.set()
+        await release.wait()
+        await session.reply("echo: " + msg.text)
+
+    async with behind_a_redis_proxy(app, tmp_path) as (_, http, proxy, session_url):
+        async with http.post(f"{session_url}/messages/stream", json={"content": "hello"}) as response:
+            assert response.status == 200
+            await asyncio.wait_for(started.wait(), 10)
+            proxy.cut()
+            release.set()
+            text = (await response.read()).decode()
+    events = [block.split("\n")[0] for block in text.strip().split("\n\n") if not block.startswith(":")]
+    assert events[0] == "event: execution" and events[-1] == "event: done", text
+    assert '"content":"echo: hello"' in text.split("event: done")[-1]
+
+
 async def test_while_redis_is_down_sockets_close_with_1013_and_rest_answers_503(tmp_path, redis_url, caplog):
     """Redis is unreachable: a widget's hello cannot follow its session, so the socket is closed
     with 1013 (try again later: the widget reconnects with backoff) instead of never answering,

@@ -12,11 +12,9 @@ import logging
 import time
 from typing import Any
 
-from adapters.base import SubscriberOverflow
-
 from .. import errors
 from ..context import WebContext
-from ..subscription import EventQueue, next_event
+from ..subscription import CUT_OFF, EventQueue, next_event
 from .catch_up import turn_outcome
 from .sse import SSEWriter
 
@@ -62,7 +60,7 @@ class TurnStreamer:
             wake = START_POLL_SECONDS if not self._started else KEEPALIVE_SECONDS
             try:
                 event = await next_event(queue, min(wake, remaining))
-            except SubscriberOverflow:
+            except CUT_OFF:  # frames were lost (a burst, or Redis dropped): the rest from the store
                 await self._catch_up(deadline - time.monotonic())
                 return
             if event is None:
