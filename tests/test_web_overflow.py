@@ -216,6 +216,37 @@ async def test_an_sse_stream_finishes_from_the_store_when_the_bus_drops(tmp_path
     assert '"content":"echo: hello"' in text.split("event: done")[-1]
 
 
+async def test_a_widget_socket_told_its_live_updates_stopped_when_the_bus_drops_resumes(tmp_path, redis_url, caplog):
+    """Redis drops the socket's subscription: the socket says so (``internal``, "send resume",
+    which the widget answers with ``resume``), logged as a warning, not a crash; after the resume
+    the socket follows its session again."""
+    app = gateway.App("dropping-socket-bot")
+
+    @app.message()
+    async def echo(session: gateway.Session, msg: gateway.Message) -> None:
+        await session.reply("echo: " + msg.text)
+
+    async def reply_to(ws: Any, text: str) -> None:
+        await ws.send_json({"type": "message", "id": f"m{len(text)}", "text": text})
+        while (frame := await ws.receive_json(timeout=20))["type"] != "message" or \
+                frame["message"]["text"] != f"echo: {text}":
+            pass
+
+    async with behind_a_redis_proxy(app, tmp_path) as (gw, http, proxy, _):
+        async with http.ws_connect(f"{base_url(gw)}/ws") as ws:
+            await ws.send_json({"type": "hello", "id": "h1", "session_id": None})
+            assert (await ws.receive_json(timeout=20))["type"] == "ready"
+            await reply_to(ws, "first")
+            proxy.cut()
+            while (frame := await ws.receive_json(timeout=20))["type"] != "error":
+                pass
+            assert frame["code"] == "internal" and "send resume" in frame["message"]
+            await ws.send_json({"type": "resume", "id": "r1"})
+            await reply_to(ws, "after the drop")
+    stopped = [r for r in caplog.records if "live updates of session" in r.getMessage()]
+    assert stopped and all(r.levelno == logging.WARNING and r.exc_info is None for r in stopped)
+
+
 async def test_while_redis_is_down_sockets_close_with_1013_and_rest_answers_503(tmp_path, redis_url, caplog):
     """Redis is unreachable: a widget's hello cannot follow its session, so the socket is closed
     with 1013 (try again later: the widget reconnects with backoff) instead of never answering,
