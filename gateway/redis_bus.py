@@ -125,6 +125,10 @@ class _Publishes:
                 sent.set_exception(error)
 
 
+SUBSCRIBE_TIMEOUT_SECONDS = 10.0
+"""How long a join waits for Redis to confirm its SUBSCRIBE. A Redis that keeps the connection
+open and answers nothing (stalled, or a network that drops without a reset) would otherwise hold
+every request's subscription forever: past it, the shared connection counts as dropped."""
 PUBLISH_RETRIES = 3
 """Times a publish is sent again after its connection failed, each on a new connection."""
 PUBLISH_BACKOFF_CAP_SECONDS = 1.0
@@ -164,7 +168,7 @@ class RedisBus:
 
     def __init__(
         self, url: str, *, linger_seconds: float = SUBSCRIPTION_LINGER_SECONDS,
-        max_lingering: int = MAX_LINGERING_CHANNELS,
+        max_lingering: int = MAX_LINGERING_CHANNELS, subscribe_timeout: float = SUBSCRIBE_TIMEOUT_SECONDS,
     ) -> None:
         import redis.asyncio as redis
         from redis.asyncio.retry import Retry
@@ -191,6 +195,7 @@ class RedisBus:
         """Each channel's subscriptions here; a channel is in it while subscribed on the server
         (with none while it lingers)."""
         self._linger = linger_seconds
+        self._subscribe_timeout = subscribe_timeout
         self._max_lingering = max_lingering
         self._lingering: dict[bytes, float] = {}
         """Channels subscribed with nobody here following them, oldest first: since when (the
@@ -261,11 +266,23 @@ class RedisBus:
             if pubsub is not None and subscribers is None:
                 await self._write(pubsub, "SUBSCRIBE", channel)
             if not live.done():
-                await asyncio.shield(live)  # shared: a cancelled join must not cancel the others'
+                await self._confirmed(live)
             live.result()
         except BaseException:
             await self._leave(subscription)
             raise
+
+    async def _confirmed(self, live: asyncio.Future[None]) -> None:
+        pubsub = self._pubsub
+        try:
+            async with asyncio.timeout(self._subscribe_timeout):
+                await asyncio.shield(live)  # shared: a cancelled join must not cancel the others'
+        except TimeoutError:
+            if pubsub is not None:
+                self._dropped(pubsub, TimeoutError(
+                    f"Redis did not confirm a subscription within {self._subscribe_timeout:g} s"
+                ))
+            raise BusDisconnected("Redis did not confirm the subscription in time") from None
 
     async def _leave(self, subscription: _RedisSubscription) -> None:
         channel = subscription.channel

@@ -685,6 +685,24 @@ async def test_a_dropped_shared_connection_ends_every_subscription_and_fails_a_p
 
 
 @pytest.mark.redis
+async def test_a_redis_that_does_not_confirm_a_subscription_counts_as_dropped(make_bus, proxy, topic):
+    """Redis keeps the connection open and answers nothing (stalled, or a network that drops
+    without a reset): a join fails after ``subscribe_timeout`` instead of holding its request
+    forever, the shared connection's subscriptions end, and the next join connects afresh."""
+    worker, web = make_bus("redis"), make_bus("redis", proxy.url, subscribe_timeout=0.3)
+    async with web.subscribe(topic) as first:
+        proxy.delay_up = 2.0  # its SUBSCRIBE would be confirmed after 2 s: long past the timeout
+        with pytest.raises(bus_module.BusDisconnected, match="in time"):
+            async with web.subscribe(topic + "-2"):
+                pass
+        assert isinstance(await ends(first), bus_module.BusDisconnected)
+    proxy.delay_up = 0.0
+    async with web.subscribe(topic) as again:
+        await worker.publish(topic, {"n": 1})
+        assert await receive(again, 1) == [{"n": 1}]
+
+
+@pytest.mark.redis
 async def test_subscribing_while_redis_is_down_fails_instead_of_hanging(make_bus, proxy, topic):
     web = make_bus("redis", proxy.url)
     proxy.shut()
