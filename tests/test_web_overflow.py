@@ -169,11 +169,11 @@ async def behind_a_redis_proxy(app: gateway.App, tmp_path: Any) -> AsyncIterator
         await proxy.close()
 
 
-async def test_rest_send_message_answers_from_the_store_when_the_bus_drops(tmp_path, redis_url):
-    """Redis drops the turn's subscription mid-turn (a restart, the network): events published
-    meanwhile are gone, so the POST learns the turn's end from the store, with its reply."""
+def app_held_mid_turn(name: str) -> tuple[gateway.App, asyncio.Event, asyncio.Event]:
+    """An echo app whose handler sets ``started`` and replies once ``release`` is set: a test
+    does something to the bus in between."""
     started, release = asyncio.Event(), asyncio.Event()
-    app = gateway.App("dropping-bot")
+    app = gateway.App(name)
 
     @app.message()
     async def slow(session: gateway.Session, msg: gateway.Message) -> None:
@@ -181,6 +181,13 @@ async def test_rest_send_message_answers_from_the_store_when_the_bus_drops(tmp_p
         await release.wait()
         await session.reply("echo: " + msg.text)
 
+    return app, started, release
+
+
+async def test_rest_send_message_answers_from_the_store_when_the_bus_drops(tmp_path, redis_url):
+    """Redis drops the turn's subscription mid-turn (a restart, the network): events published
+    meanwhile are gone, so the POST learns the turn's end from the store, with its reply."""
+    app, started, release = app_held_mid_turn("dropping-bot")
     async with behind_a_redis_proxy(app, tmp_path) as (_, http, proxy, session_url):
         posted = asyncio.create_task(http.post(f"{session_url}/messages", json={"content": "hello"}))
         await asyncio.wait_for(started.wait(), 10)
@@ -195,15 +202,7 @@ async def test_rest_send_message_answers_from_the_store_when_the_bus_drops(tmp_p
 async def test_an_sse_stream_finishes_from_the_store_when_the_bus_drops(tmp_path, redis_url):
     """As for the POST: the stream's subscription ends with BusDisconnected mid-turn, and the
     stream ends with the reply read from the store, not a server error after its head."""
-    started, release = asyncio.Event(), asyncio.Event()
-    app = gateway.App("dropping-stream-bot")
-
-    @app.message()
-    async def slow(session: gateway.Session, msg: gateway.Message) -> None:
-        started.set()
-        await release.wait()
-        await session.reply("echo: " + msg.text)
-
+    app, started, release = app_held_mid_turn("dropping-stream-bot")
     async with behind_a_redis_proxy(app, tmp_path) as (_, http, proxy, session_url):
         async with http.post(f"{session_url}/messages/stream", json={"content": "hello"}) as response:
             assert response.status == 200
