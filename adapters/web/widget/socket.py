@@ -478,13 +478,12 @@ class WidgetConnection:
             # Frames were lost: the client cannot go on from here, but it can from the store. The
             # close code tells the widget to reconnect at once and resume (docs/web-protocol.md).
             await self.ws.close(code=CLOSE_FELL_BEHIND, message=b"fell behind; reconnect and resume")
-        except BusDisconnected as exc:  # Redis dropped the subscription: events were lost
+        except Exception as exc:
             await _leave(self._detach())
-            log.warning("socket %s: live updates of session %s stopped: %s", self.connection_id, session_id, exc)
-            await self.send(error_frame(errors.INTERNAL, "live updates stopped; send resume"))
-        except Exception:
-            await _leave(self._detach())
-            log.exception("socket %s: forwarding session %s failed", self.connection_id, session_id)
+            if isinstance(exc, BusDisconnected):  # Redis dropped the subscription: expected, no crash
+                log.warning("socket %s: live updates of session %s stopped: %s", self.connection_id, session_id, exc)
+            else:
+                log.exception("socket %s: forwarding session %s failed", self.connection_id, session_id)
             await self.send(error_frame(errors.INTERNAL, "live updates stopped; send resume"))
 
     def _detach(self) -> Any:
