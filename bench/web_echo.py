@@ -58,6 +58,9 @@ CHAINLIT_PACKAGES = [
 
 # -- the servers (each in its own process) ---------------------------------------------------
 
+STORE_ALONE_NAMES = ("store alone, REST turn", "store alone, socket turn")
+"""The rows of ``_serve_store_alone``: a turn's durable work with none of the gateway around it."""
+
 
 async def _serve_bare(conn: Any) -> None:
     from aiohttp import web
@@ -121,10 +124,129 @@ async def _serve_chatgate(conn: Any, data_dir: str, database: str | None) -> Non
     await gw.stop()
 
 
+async def _serve_store_alone(conn: Any, data_dir: str, database: str | None) -> None:
+    """The floor under a stored turn: chatgate's own store doing exactly what a turn stores (the
+    event and the user's message, committed before the ack; the session and its user read; the
+    reply and the event's status), behind bare aiohttp routes that answer in the shapes the load
+    expects (``send_message``'s body; the socket's ``ack``, ``message`` and ``turn_end`` frames),
+    with nothing of the gateway between: no dispatcher, turn, ``Session``, outbox or bus.
+
+    A REST turn also claims its content for ``web.dedup_window`` as ``send_message`` does. As in a
+    turn, PostgreSQL reads the session with the event and commits the reply and the status
+    together (``Database.queues_writes``); SQLite reads the session in this process."""
+    from aiohttp import web
+
+    from adapters.web.testing import web_settings
+    from gateway.heap import tune_collector_after_startup
+    from gateway.ids import new_id
+    from gateway.inbound import Inbound, PlatformUser
+    from gateway.store import Store
+    from gateway.types import Message, SessionChannel
+
+    overrides: dict[str, Any] = {"database": {"url": database}} if database else {}
+    settings = web_settings(os.path.join(data_dir, "store-alone"), **overrides)
+    store = Store(settings.database.url, pool_size=settings.database.pool_size,
+                  sqlite_writes=settings.database.sqlite_writes)
+    await store.open()
+    platform_user = PlatformUser("api", "store-alone-bench")
+    user = await store.users.resolve(platform_user)
+    channel = SessionChannel("api")
+    dedup_window = settings.web.dedup_window
+
+    async def new_session() -> str:
+        return (await store.sessions.create(channel, user)).id
+
+    async def turn(session_id: str, text: str, repeat: str | None, acked: Callable[[str], Awaitable[None]],
+                   replied: Callable[[str], Awaitable[None]]) -> str:
+        dedup_key = f"bench:{new_id()}"
+        inbound = Inbound(kind="message", dedup_key=dedup_key, channel=channel, user=platform_user,
+                          message=Message(text, "user", "api"), session_id=session_id)
+        entry = await store.inbox.record(
+            session_id, dedup_key, "message", inbound.to_json(), user_text=text,
+            repeat=None if repeat is None else (repeat, dedup_window),
+            context=None if store.is_sqlite else (new_id(), 0),
+        )
+        await acked(entry.id)
+        if entry.context is None and await store.sessions.turn_context(session_id) is None:
+            raise RuntimeError(f"no session {session_id}")
+        reply = "echo: " + text
+        if store.queues_writes:
+            stored = store.messages.queue_add(session_id, "assistant", reply, message_id=new_id(),
+                                              inbound_id=entry.id, status="complete", platform_refs=[], fence=None)
+            status = store.inbox.queue_status(entry.id, "done")
+            await stored
+            await replied(reply)
+            await status
+        else:
+            await store.messages.add(session_id, "assistant", reply, inbound_id=entry.id)
+            await replied(reply)
+            await store.inbox.set_status(entry.id, "done")
+        return entry.id
+
+    async def nothing(_: str) -> None:
+        return None
+
+    async def create(request: web.Request) -> web.Response:
+        return web.json_response({"data": {"id": await new_session()}}, status=201)
+
+    async def send_message(request: web.Request) -> web.Response:
+        session_id = request.match_info["session_id"]
+        content = (await request.json())["content"]
+        replies: list[str] = []
+
+        async def keep(reply: str) -> None:
+            replies.append(reply)
+
+        inbound_id = await turn(session_id, content, f"api:{new_id()}", nothing, keep)
+        return web.json_response({"data": {"content": replies[-1], "execution_id": inbound_id}}, status=201)
+
+    async def socket(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        session_id = ""
+        async for message in ws:
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue
+            frame = json.loads(message.data)
+            if frame["type"] == "hello":
+                session_id = await new_session()
+                await ws.send_json({"type": "ready", "id": frame["id"], "session_id": session_id})
+                continue
+
+            async def ack(inbound_id: str, frame_id: str = frame["id"]) -> None:
+                await ws.send_json({"type": "ack", "id": frame_id, "inbound_id": inbound_id, "duplicate": False})
+
+            async def say(reply: str) -> None:
+                await ws.send_json({"type": "message", "message": {"role": "assistant", "text": reply}})
+
+            inbound_id = await turn(session_id, frame["text"], None, ack, say)
+            await ws.send_json({"type": "turn_end", "inbound_id": inbound_id, "error": None})
+        return ws
+
+    app = web.Application()
+    app.router.add_post("/api/v1/chat/sessions", create)
+    app.router.add_post("/api/v1/chat/sessions/{session_id}/messages", send_message)
+    app.router.add_get("/ws", socket)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0)
+    await site.start()
+    tune_collector_after_startup()
+    conn.send(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+    await runner.cleanup()
+    await store.close()
+
+
 def _server_main(kind: str, conn: Any, data_dir: str, database: str | None, event_loop: str) -> None:
     from gateway.loop import run
 
-    run(_serve_bare(conn) if kind == "bare" else _serve_chatgate(conn, data_dir, database), event_loop)  # type: ignore[arg-type]
+    servers = {
+        "bare": lambda: _serve_bare(conn),
+        "chatgate": lambda: _serve_chatgate(conn, data_dir, database),
+        "store": lambda: _serve_store_alone(conn, data_dir, database),
+    }
+    run(servers[kind](), event_loop)  # type: ignore[arg-type]
 
 
 class ServerProcess:
@@ -297,7 +419,9 @@ async def _load(target: str, requests: int, concurrency: int, worker: Worker, pi
 
 
 async def rest_load(url: str, *, chatgate: bool, requests: int, concurrency: int, warmup: int,
-                    pid: int = 0, database: bool = False) -> Result:
+                    pid: int = 0, database: bool = False, name: str | None = None) -> Result:
+    """``send_message`` turns (``chatgate``: the PromptRails routes, a session per client) or the
+    bare echo's POSTs; ``name`` labels the row."""
     headers = {"X-API-Key": API_KEY, "Content-Type": "application/json"}
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
@@ -327,7 +451,7 @@ async def rest_load(url: str, *, chatgate: bool, requests: int, concurrency: int
 
         if warmup:
             await _load("warmup", warmup, min(concurrency, warmup), worker)
-        name = "chatgate REST send_message" if chatgate else "bare aiohttp POST"
+        name = name or ("chatgate REST send_message" if chatgate else "bare aiohttp POST")
         return await _load(name, requests, concurrency, worker, pid, database)
 
 
@@ -337,7 +461,9 @@ async def _hello(ws: aiohttp.ClientWebSocketResponse, index: int) -> None:
 
 
 async def socket_load(url: str, *, chatgate: bool, requests: int, concurrency: int, warmup: int,
-                      pid: int = 0, database: bool = False) -> Result:
+                      pid: int = 0, database: bool = False, name: str | None = None) -> Result:
+    """Widget socket turns (``chatgate``: hello first, then each message's frames until its reply)
+    or the bare echo's frames; ``name`` labels the row."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
 
         async def worker(index: int, count: int) -> list[float]:
@@ -360,7 +486,7 @@ async def socket_load(url: str, *, chatgate: bool, requests: int, concurrency: i
 
         if warmup:
             await _load("warmup", warmup, min(concurrency, warmup), worker)
-        name = "chatgate socket turn" if chatgate else "bare aiohttp WebSocket"
+        name = name or ("chatgate socket turn" if chatgate else "bare aiohttp WebSocket")
         return await _load(name, requests, concurrency, worker, pid, database)
 
 
@@ -494,16 +620,18 @@ async def measure(args: argparse.Namespace) -> Run:
     run = Run()
     options = {"requests": args.requests, "concurrency": args.concurrency, "warmup": args.warmup}
     with tempfile.TemporaryDirectory(prefix="chatgate-bench-") as data_dir:
-        for kind in ("bare", "chatgate"):
+        for kind in ("bare", "chatgate", "store"):
             with ServerProcess(kind, data_dir, args.database, args.event_loop) as server:
                 url = f"http://{HOST}:{server.port}"
                 chatgate = kind == "chatgate"
+                speaks_chatgate = kind != "bare"  # the store alone answers in chatgate's shapes
                 # PostgreSQL's own CPU, when it runs here: a turn's cost is the gateway's and its.
-                database = chatgate and _local_postgres(args.database)
-                run.results[f"{kind}-rest"] = await rest_load(url, chatgate=chatgate, pid=server.pid,
-                                                              database=database, **options)
-                run.results[f"{kind}-ws"] = await socket_load(url, chatgate=chatgate, pid=server.pid,
-                                                              database=database, **options)
+                database = speaks_chatgate and _local_postgres(args.database)
+                names = STORE_ALONE_NAMES if kind == "store" else (None, None)
+                run.results[f"{kind}-rest"] = await rest_load(url, chatgate=speaks_chatgate, pid=server.pid,
+                                                              database=database, name=names[0], **options)
+                run.results[f"{kind}-ws"] = await socket_load(url, chatgate=speaks_chatgate, pid=server.pid,
+                                                              database=database, name=names[1], **options)
                 if chatgate and args.idle_sockets:
                     run.idle.append(await chatgate_idle(url, server.pid, args.idle_sockets))
         if args.chainlit:
@@ -529,7 +657,8 @@ def report(run: Run, args: argparse.Namespace) -> str:
         f"{'target':<30} {'msg/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/msg':>9}"
         + (f" {'DB ms':>7}" if any(result.database_cpu is not None for result in r.values()) else ""),
     ]
-    order = ["chatgate-rest", "chatgate-ws", "chainlit", "chainlit-db", "bare-rest", "bare-ws"]
+    order = ["chatgate-rest", "chatgate-ws", "chainlit", "chainlit-db", "store-rest", "store-ws", "bare-rest",
+             "bare-ws"]
     lines += [r[key].row() for key in order if key in r]
     lines.append("ratios (messages/s; CPU per message)")
 
@@ -542,6 +671,10 @@ def report(run: Run, args: argparse.Namespace) -> str:
         ratio(f"{label} / bare aiohttp", ours, "bare-rest" if ours.endswith("rest") else "bare-ws")
         ratio(f"{label} / Chainlit", ours, "chainlit")
         ratio(f"{label} / Chainlit + data layer", ours, "chainlit-db")
+    ratio("chatgate REST / the store alone", "chatgate-rest", "store-rest")
+    ratio("chatgate socket / the store alone", "chatgate-ws", "store-ws")
+    ratio("the store alone, REST / bare aiohttp", "store-rest", "bare-rest")
+    ratio("the store alone, socket / bare aiohttp", "store-ws", "bare-ws")
     ratio("Chainlit / bare aiohttp WebSocket", "chainlit", "bare-ws")
     ratio("Chainlit + data layer / Chainlit", "chainlit-db", "chainlit")
     if run.idle:
