@@ -1,14 +1,16 @@
 """Web channel throughput side by side: chatgate (REST ``send_message`` and the widget socket),
-Chainlit (no data layer, and its SQLAlchemy data layer on SQLite) and a bare aiohttp echo, under
-the same load, in one run; and the memory an idle widget socket holds.
+Chainlit (no data layer, and its SQLAlchemy data layer on SQLite), chatgate's store alone (the floor
+under a stored turn) and a bare aiohttp echo, under the same load, in one run; and the memory an
+idle widget socket holds.
 
     .venv/bin/python bench/web_echo.py --requests 2000 --concurrency 8
 
 Each server runs in its own process (started, measured, stopped in turn); the load generator is
 this process (for Chainlit, a process in Chainlit's virtualenv speaking socket.io as its browser
 client does, ``bench/chainlit/client.py``). chatgate stores every message (the inbound event,
-the user message and the reply) in a SQLite file (or ``--database``), Chainlit + data layer
-stores both steps, the others store nothing. Printed per target: messages/s, p50 and p99
+the user message and the reply) in a SQLite file (or ``--database``); the store alone stores the
+same rows with none of the gateway around its store (``_serve_store_alone``); Chainlit + data
+layer stores both steps; the others store nothing. Printed per target: messages/s, p50 and p99
 latency, and the server's CPU per message (``psutil`` cpu_times of the server process before
 and after the measured messages); then every ratio.
 
