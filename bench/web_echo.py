@@ -85,6 +85,14 @@ async def _serve_bare(conn: Any) -> None:
     app = web.Application()
     app.router.add_post("/echo", echo)
     app.router.add_get("/ws", socket)
+    await _serve_until_told(conn, app)
+
+
+async def _serve_until_told(conn: Any, app: Any) -> None:
+    """Serve ``app`` on a free loopback port, send the port to the parent, and serve until the
+    parent says stop."""
+    from aiohttp import web
+
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, HOST, 0)
@@ -229,15 +237,11 @@ async def _serve_store_alone(conn: Any, data_dir: str, database: str | None) -> 
     app.router.add_post("/api/v1/chat/sessions", create)
     app.router.add_post("/api/v1/chat/sessions/{session_id}/messages", send_message)
     app.router.add_get("/ws", socket)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, HOST, 0)
-    await site.start()
-    tune_collector_after_startup()
-    conn.send(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-    await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-    await runner.cleanup()
-    await store.close()
+    tune_collector_after_startup()  # as chatgate's server does (gateway/heap.py)
+    try:
+        await _serve_until_told(conn, app)
+    finally:
+        await store.close()
 
 
 def _server_main(kind: str, conn: Any, data_dir: str, database: str | None, event_loop: str) -> None:
