@@ -141,9 +141,11 @@ async def _serve_store_alone(conn: Any, data_dir: str, database: str | None) -> 
     expects (``send_message``'s body; the socket's ``ack``, ``message`` and ``turn_end`` frames),
     with nothing of the gateway between: no dispatcher, turn, ``Session``, outbox or bus.
 
-    A REST turn also claims its content for ``web.dedup_window`` as ``send_message`` does. As in a
+    A REST turn also makes the repeat claim ``send_message`` makes for ``web.dedup_window`` (keyed
+    here by a fresh id rather than a digest of the content: the same rows, no hashing). As in a
     turn, PostgreSQL reads the session with the event and commits the reply and the status
-    together (``Database.queues_writes``); SQLite reads the session in this process."""
+    together (``Database.queues_writes``); SQLite reads the session in this process. Its frames
+    carry the fields the load reads, not every field of chatgate's."""
     from aiohttp import web
 
     from adapters.web.testing import web_settings
