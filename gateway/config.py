@@ -133,8 +133,9 @@ class DatabaseSettings(Section):
 class RedisSettings(Section):
     url: str | None = None
     key_prefix: str = Field("chatgate", min_length=1)
-    """Prefix of chatgate's keys in Redis (the shared platform budgets); apps that share one Redis
-    and must not share budgets use different prefixes."""
+    """Prefix of chatgate's names in Redis: the bus's channels and the shared platform budgets'
+    keys. Deployments that share one Redis server use different prefixes (pub/sub channels ignore
+    the database number); a deployment's web and worker processes use the same one."""
 
     @field_validator("url")
     @classmethod

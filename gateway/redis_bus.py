@@ -25,7 +25,7 @@ class _RedisSubscription(Subscription):
     def __init__(self, topic: str, bus: RedisBus) -> None:
         super().__init__(topic)
         self._bus = bus
-        self.channel = (CHANNEL_PREFIX + topic).encode()
+        self.channel = bus.channel_of(topic).encode()
         self.error: BaseException | None = None
 
     def end(self, error: BaseException | None = None) -> None:
@@ -141,8 +141,8 @@ and is dropped unread."""
 MAX_LINGERING_CHANNELS = 10_000
 """Channels kept subscribed with nobody following them, at most; past it, a channel whose last
 subscriber leaves is unsubscribed at once."""
-CHANNEL_PREFIX = "chatgate:"
-"""Every topic's Redis channel starts with this, so other users of the server are left alone."""
+DEFAULT_KEY_PREFIX = "chatgate"
+"""``redis.key_prefix``'s default: a topic's channel is ``chatgate:<topic>``."""
 
 
 class RedisBus:
@@ -167,7 +167,8 @@ class RedisBus:
     """
 
     def __init__(
-        self, url: str, *, linger_seconds: float = SUBSCRIPTION_LINGER_SECONDS,
+        self, url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX,
+        linger_seconds: float = SUBSCRIPTION_LINGER_SECONDS,
         max_lingering: int = MAX_LINGERING_CHANNELS, subscribe_timeout: float = SUBSCRIBE_TIMEOUT_SECONDS,
     ) -> None:
         import redis.asyncio as redis
@@ -182,6 +183,7 @@ class RedisBus:
             url, retry=Retry(ExponentialBackoff(cap=PUBLISH_BACKOFF_CAP_SECONDS), PUBLISH_RETRIES),
             retry_on_error=[RedisConnectionError],
         )
+        self._channel_prefix = key_prefix + ":"
         self._publishes = _Publishes(self._redis)  # one command or pipeline at a time: one connection
         # No retries on the listening connection: redis-py would reconnect a dropped one and
         # carry on, and the events published meanwhile would be lost without a word. With no
@@ -210,8 +212,17 @@ class RedisBus:
         self._closing: set[asyncio.Future[None]] = set()
         self._closed = False
 
+    def channel_of(self, topic: str) -> str:
+        """The Redis channel of ``topic``: ``<key_prefix>:<topic>``.
+
+        Pub/sub channels are global to a Redis server: the database number in the URL does not
+        separate them. Two deployments on one server (a staging copy of production's database,
+        with the same session ids, beside production) are kept apart by their ``key_prefix``
+        alone, as their shared budgets are."""
+        return self._channel_prefix + topic
+
     async def publish(self, topic: str, event: dict[str, Any]) -> None:
-        await self._publishes.publish(CHANNEL_PREFIX + topic, json.dumps(event))
+        await self._publishes.publish(self._channel_prefix + topic, json.dumps(event))
 
     def subscribe(self, topic: str) -> _RedisSubscription:
         """``async with bus.subscribe(topic) as subscription``: subscribed inside the block."""

@@ -115,7 +115,9 @@ class Gateway:
             settings.database.url, echo=settings.database.echo, pool_size=settings.database.pool_size,
             sqlite_writes=settings.database.sqlite_writes,
         )
-        self.bus: Bus = RedisBus(settings.redis.url) if settings.redis.url else LocalBus()
+        self.bus: Bus = (
+            RedisBus(settings.redis.url, key_prefix=settings.redis.key_prefix) if settings.redis.url else LocalBus()
+        )
         self.history_prefetch = HistoryPrefetch(settings.dispatch.history_prefetch)
         """Whether a turn on PostgreSQL fetches its history before its handler (``gateway.history``)."""
         self.dispatcher = Dispatcher(

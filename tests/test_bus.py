@@ -154,8 +154,8 @@ async def redis_admin(redis_url) -> AsyncIterator[Any]:
     await client.aclose()
 
 
-async def subscribers_on_server(admin: Any, topic: str) -> int:
-    [(_, count)] = await admin.pubsub_numsub(f"chatgate:{topic}")
+async def subscribers_on_server(admin: Any, topic: str, prefix: str = "chatgate") -> int:
+    [(_, count)] = await admin.pubsub_numsub(f"{prefix}:{topic}")
     return int(count)
 
 
@@ -407,6 +407,23 @@ async def test_redis_bus_carries_events_between_two_processes(make_bus, redis_ur
     async with worker.subscribe(topic) as back:
         await web.publish(topic, {"reply": "the other way"})
         assert await receive(back, 1) == [{"reply": "the other way"}]
+
+
+@pytest.mark.redis
+async def test_buses_with_different_key_prefixes_on_one_redis_are_kept_apart(make_bus, redis_admin, topic):
+    """Two deployments on one Redis server (a staging copy of production's database has the same
+    session ids): each bus hears its own prefix's events only, whatever the database number."""
+    staging, production = f"staging-{topic}", f"production-{topic}"
+    staging_web, staging_worker = make_bus("redis", key_prefix=staging), make_bus("redis", key_prefix=staging)
+    production_worker = make_bus("redis", key_prefix=production)
+    async with staging_web.subscribe(topic) as subscription:
+        assert await subscribers_on_server(redis_admin, topic, prefix=staging) == 1
+        assert await subscribers_on_server(redis_admin, topic) == 0
+        await production_worker.publish(topic, {"from": "production"})
+        await staging_worker.publish(topic, {"from": "staging"})
+        assert await receive(subscription, 1) == [{"from": "staging"}]
+        await staging_worker.publish(topic, {"from": "staging", "n": 2})
+        assert await receive(subscription, 1) == [{"from": "staging", "n": 2}]  # nothing else came between
 
 
 @pytest.mark.redis

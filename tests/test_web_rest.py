@@ -13,6 +13,7 @@ from promptrails import AsyncPromptRails, PromptRails
 from promptrails.exceptions import NotFoundError, ServerError, UnauthorizedError, ValidationError
 
 import gateway
+from adapters.web.outbox import session_topic
 from adapters.web.testing import base_url, running_gateway
 from tests.support import until
 
@@ -656,3 +657,37 @@ async def test_rest_and_stream_over_the_redis_bus_and_postgres(tmp_path, redis_u
         events = [e async for e in sdk.chat.send_message_stream(other.id, content="stream r s")]
         assert "".join(e.content for e in events if e.type == "content") == "r s "
         assert events[-1].type == "done"
+
+
+@pytest.mark.redis
+async def test_a_turns_events_cross_redis_under_the_configured_key_prefix(tmp_path, redis_url):
+    """``redis.key_prefix`` names the bus's channels as it names the shared budgets: a gateway
+    with its own prefix publishes a turn's events on ``<prefix>:<session's topic>`` and nothing on
+    the default ``chatgate:`` channel of that session (pub/sub channels ignore the database number)."""
+    import secrets
+
+    import redis.asyncio as redis
+
+    prefix = f"chatgate-test-{secrets.token_hex(4)}"
+    settings = {"web": {"api_keys": [KEY]}, "redis": {"url": redis_url, "key_prefix": prefix}}
+    async with running_gateway(make_app(), tmp_path, **settings) as gw:
+        sdk = client(gw)
+        session = await sdk.chat.create_session(agent_id="default")
+        watcher = redis.from_url(redis_url)
+        pubsub = watcher.pubsub()
+        try:
+            topic = session_topic(session.id)
+            await pubsub.subscribe(f"{prefix}:{topic}", f"chatgate:{topic}")
+            assert (await sdk.chat.send_message(session.id, content="hi")).content == "echo: hi"
+            seen: list[bytes] = []  # until nothing more came for half a second
+            quiet_since = asyncio.get_running_loop().time()
+            while asyncio.get_running_loop().time() - quiet_since < 0.5:
+                event = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                if event is not None:
+                    seen.append(event["channel"])
+                    quiet_since = asyncio.get_running_loop().time()
+        finally:
+            await pubsub.aclose()
+            await watcher.aclose()
+    assert seen, "the turn published nothing on Redis"
+    assert set(seen) == {f"{prefix}:{topic}".encode()}
