@@ -38,6 +38,7 @@ from gateway.inbound import Inbound
 from gateway.leases import process_holder_id, wait_event
 from gateway.store.fence import Fence
 from gateway.store.queue import INBOX_CHANNEL, QueuedEvent, SessionQueue
+from gateway.store.records import TurnContext
 
 log = logging.getLogger("chatgate.claims")
 
@@ -188,41 +189,53 @@ class SessionClaims:
     async def _poke(self, session_id: str) -> None:
         async with self._session_lock(session_id):
             held = self.held.get(session_id)
+            context = None
             if held is None:
                 claimed = await self._claim(session_id)
                 if claimed is None:
                     return
-                held, events = claimed
+                held, events, context = claimed
             else:
-                events = await self.queue.events_of(session_id)
-            await self._feed(session_id, held, events, recovered=False)
+                events, context = await self.queue.events_and_context(
+                    session_id, self.dispatcher.context_to_read(session_id)
+                )
+            await self._feed(session_id, held, events, recovered=False, context=context)
             await self._settle(session_id, held)
 
-    async def _claim(self, session_id: str) -> tuple[Held, list[QueuedEvent]] | None:
-        """The session's lease and its unfinished events (one round trip), or None while another
-        worker holds it."""
+    async def _claim(self, session_id: str) -> tuple[Held, list[QueuedEvent], TurnContext | None] | None:
+        """The session's lease, its unfinished events and, when its first event starts at once,
+        that turn's context (one round trip), or None while another worker holds it."""
         if self._closing:
             return None
         sent_at = time.monotonic()
-        claimed = await self.queue.claim_with_events(session_id, self.holder, self.ttl)
+        claimed = await self.queue.claim_with_events(
+            session_id, self.holder, self.ttl, context=self.dispatcher.context_to_read(session_id)
+        )
         if claimed is None:
             return None  # another worker holds it and runs what was just recorded
-        claim, events = claimed
+        claim, events, context = claimed
         held = self.held[session_id] = Held(Fence(session_id, claim.token, sent_at + self.ttl))
         log.debug("claimed session %s (token %d)", session_id, claim.token)
         if claim.taken_over:
             log.info("took session %s over from worker %s, which left it unfinished (token %d)",
                      session_id, claim.previous_holder, claim.token)
             await self._feed(session_id, held, events, recovered=True)
-        return held, events
+            context = None  # the events ran before: their turns read afresh
+        return held, events, context
 
-    async def _feed(self, session_id: str, held: Held, events: list[QueuedEvent], *, recovered: bool) -> None:
-        """Hand the session's unfinished ``events`` not yet routed under this claim to the dispatcher."""
+    async def _feed(self, session_id: str, held: Held, events: list[QueuedEvent], *, recovered: bool,
+                    context: TurnContext | None = None) -> None:
+        """Hand the session's unfinished ``events`` not yet routed under this claim to the
+        dispatcher; ``context``, read with the claim, goes with the first of them if it is a
+        message (as a message's context read as it was recorded: ``Dispatcher.submit``)."""
         for event in events:
             if event.id in held.routed or held.fence.lost or self._closing:
                 continue
             held.routed.add(event.id)
             item = _work_item(event, held.fence)
+            if context is not None and event.kind == "message":
+                item.context = context
+            context = None
             if recovered:
                 await self.dispatcher.recover_item(item)
             else:

@@ -157,11 +157,7 @@ class Dispatcher:
         # A message for a session idle here starts its turn as soon as it is recorded: on
         # PostgreSQL the statement that records it reads what the turn needs too, a round trip
         # fewer (``InboxQueries.record``; elsewhere the turn's read stays in this process).
-        context = None
-        if self._context_rows is not None and message is not None and self._free_slots and self._held is None:
-            rows = self._context_rows()
-            if self._starts_at_once(session_id, with_history=rows > 0):
-                context = (new_id(), rows)
+        context = None if message is None else self.context_to_read(session_id)
         entry = await self.store.inbox.record(
             session_id,
             inbound.dedup_key,
@@ -188,6 +184,16 @@ class Dispatcher:
         else:
             self._route(item)
         return Accepted(entry.id, session_id)
+
+    def context_to_read(self, session_id: str) -> tuple[str, int] | None:
+        """What an event of the session routed now would have its turn's context read with,
+        ``(history cut-off id, history rows)``: when the event would start at once (a slot is
+        free, the session has nothing running here) and the store reads contexts with its
+        statements (PostgreSQL). ``None``: the turn reads its own as it starts."""
+        if self._context_rows is None or not self._free_slots or self._held is not None:
+            return None
+        rows = self._context_rows()
+        return (new_id(), rows) if self._starts_at_once(session_id, with_history=rows > 0) else None
 
     def _starts_at_once(self, session_id: str, *, with_history: bool) -> bool:
         """Whether an event for the session recorded now would start at once, with a context

@@ -81,3 +81,45 @@ async def test_the_worker_listens_again_after_its_connection_is_cut(tmp_path, po
     finally:
         await web.stop()
         await worker.stop()
+
+
+async def test_a_workers_turn_reads_its_context_with_the_claim(tmp_path, postgres_url, redis_url, turn_statements):
+    """A worker claiming an idle session reads what its turn reads (the session with its data, its
+    user, its history) in the claim's round trip: the turn runs no read of its own, and sees what
+    the last turn left."""
+    app = gateway.App("counting")
+
+    @app.message()
+    async def count(session: gateway.Session, msg: gateway.Message) -> None:
+        turns = session.data.get("turns", 0) + 1
+        session.data["turns"] = turns
+        history = [m.text for m in session.history]
+        await session.reply(f"{msg.text}: turn {turns}, history {history}")
+
+    outbound = TextChannel("collected")
+    worker = Gateway(app, _settings(tmp_path, postgres_url, redis_url, "worker"), [outbound], role="worker")
+    inbound = TextChannel("collected")
+    web = Gateway(app, _settings(tmp_path, postgres_url, redis_url, "web"), [inbound], role="web")
+    await worker.start()
+    await web.start()
+    try:
+        user = await web.sessions.resolve_user(PlatformUser("collected", "u1"))
+        record = await web.sessions.create(SessionChannel("collected"), user)
+
+        async def say(key: str, text: str) -> str:
+            await web.submit(Inbound("message", key, SessionChannel("collected"), PlatformUser("collected", "u1"),
+                                     message=Message(text, "user", "collected"), session_id=record.id))
+            reply = await asyncio.wait_for(outbound.replies.get(), 10)
+            assert worker.claims is not None
+            await until(lambda: record.id not in worker.claims.held, timeout=10)  # released: the next one claims
+            return reply
+
+        assert await say("k1", "one") == "one: turn 1, history []"
+        turn_statements.clear()
+        assert await say("k2", "two") == "two: turn 2, history ['one', 'one: turn 1, history []']"
+    finally:
+        await web.stop()
+        await worker.stop()
+    context_reads = [s for s in turn_statements if "FROM sessions LEFT JOIN users" in s]
+    assert len(context_reads) == 1, context_reads
+    assert "INSERT INTO session_leases" in context_reads[0]  # the claim's own statement

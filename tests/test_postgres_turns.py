@@ -336,7 +336,8 @@ def _every_turn_statement() -> list[tuple[str, str]]:
     shapes.append(("RECORDS_STATEMENT", RECORDS_STATEMENT))  # the recordings of several events at once
     shapes += [(name, getattr(queue, name)) for name in (  # a worker's statements for every turn
         "CLAIM_ON_DRIVER", "RELEASE_ON_DRIVER", "RELEASE_AND_WAKE_ON_DRIVER", "SESSION_EVENTS_ON_DRIVER",
-        "CLAIM_WITH_EVENTS_ON_DRIVER", "RELEASE_UNLESS_PENDING_ON_DRIVER",
+        "CLAIM_WITH_EVENTS_ON_DRIVER", "CLAIM_WITH_EVENTS_AND_CONTEXT_ON_DRIVER",
+        "SESSION_EVENTS_AND_CONTEXT_ON_DRIVER", "RELEASE_UNLESS_PENDING_ON_DRIVER",
     )]
     return [*shapes, ("FENCE_CHECK_POSTGRES", FENCE_CHECK_POSTGRES)]
 

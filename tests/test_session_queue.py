@@ -113,7 +113,8 @@ async def test_a_claim_with_its_events_in_one_round_trip(queue, postgres_store) 
     action = await postgres_store.inbox.record(session_id, "k2", "action", {"name": "go"})
     claimed = await queue.claim_with_events(session_id, "worker-a", TTL)
     assert claimed is not None
-    claim, events = claimed
+    claim, events, context = claimed
+    assert context is None  # not asked for
     assert (claim.token, claim.previous_holder, claim.taken_over) == (1, "", False)
     assert [(e.id, e.kind, e.payload, e.message_id) for e in events] == [
         (first.id, "message", {"n": 1}, first.message_id), (action.id, "action", {"name": "go"}, None),
@@ -122,6 +123,60 @@ async def test_a_claim_with_its_events_in_one_round_trip(queue, postgres_store) 
     assert await queue.claim_with_events(session_id, "worker-b", TTL) is None  # held
     claimed_idle = await queue.claim_with_events(idle, "worker-b", TTL)
     assert claimed_idle is not None and claimed_idle[1] == [] and claimed_idle[0].token == 1
+
+
+async def test_a_claim_and_a_read_of_events_read_the_next_turns_context_in_one_round_trip(queue, postgres_store):
+    """With ``context``, the claim also reads what the session's next turn reads (its session,
+    its user, its history before the cut-off, newest rows up to the limit), as the turn's own
+    read would; its events are unchanged, in order. The store's engine path reads none."""
+    from gateway.ids import new_id
+
+    session_id = await _session(postgres_store)
+    await postgres_store.sessions.save_data(session_id, {"step": 3}, [])
+    sent = []
+    for n in range(4):  # history: four exchanges done
+        entry = await postgres_store.inbox.record(session_id, f"old{n}", "message", {}, user_text=f"q{n}")
+        await postgres_store.messages.add(session_id, "assistant", f"a{n}", inbound_id=entry.id)
+        await postgres_store.inbox.set_status(entry.id, "done")
+        sent.append(entry)
+    cut_off = new_id()
+    first = await postgres_store.inbox.record(session_id, "k1", "message", {"n": 1}, user_text="one")
+    second = await postgres_store.inbox.record(session_id, "k2", "message", {"n": 2}, user_text="two")
+    claimed = await queue.claim_with_events(session_id, "worker-a", TTL, context=(cut_off, 5))
+    assert claimed is not None
+    claim, events, context = claimed
+    assert claim.token == 1
+    assert [e.id for e in events] == [first.id, second.id] and events == await queue.events_of(session_id)
+    if queue._connections is None:  # the engine's path reads no context
+        assert context is None and (await queue.events_and_context(session_id, (cut_off, 5)))[1] is None
+        return
+    expected = await postgres_store.sessions.turn_context_and_history(session_id, cut_off, 5)
+    assert expected is not None and context is not None
+    assert context.session == expected[0] and context.session.data == {"step": 3}
+    assert context.user == expected[1] and context.user is not None
+    assert context.history_before == cut_off
+    assert context.history is not None
+    history = context.history()
+    assert history == expected[2]()
+    assert [m.text for m in history] == ["a1", "q2", "a2", "q3", "a3"]  # the newest five, oldest first
+
+    # Told of an event while holding the session: its events and the context, as one read.
+    events_again, context_again = await queue.events_and_context(session_id, (cut_off, 5))
+    assert events_again == events
+    if context_again is not None:  # the driver's path
+        assert context_again.session == context.session and context_again.user == context.user
+        assert context_again.history is not None and context_again.history() == history
+    assert (await queue.events_and_context(session_id, None))[1] is None  # not asked for
+
+    await queue.release(session_id, claim.token)
+    claimed = await queue.claim_with_events(session_id, "worker-a", TTL, context=(cut_off, 0))
+    assert claimed is not None and claimed[2] is not None
+    assert claimed[2].history is None and claimed[2].session == expected[0]  # no rows asked: read on first use
+    await queue.release(session_id, claimed[0].token)
+    await postgres_store.sessions.delete(session_id)
+    gone = await queue.claim_with_events(session_id, "worker-a", TTL, context=(new_id(), 5))
+    assert gone is not None and gone[1:] == ([], None)  # no session, no context: nothing to run
+    assert await queue.events_and_context(session_id, (new_id(), 5)) == ([], None)
 
 
 async def test_a_release_unless_pending_keeps_the_lease_for_an_event_not_routed(queue, postgres_store) -> None:

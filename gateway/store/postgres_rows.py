@@ -27,6 +27,18 @@ MESSAGE_COLUMNS_OF_H = ", ".join(f"h.{column.strip()}" for column in MESSAGE_COL
 USER_AT = 14  # where the user's columns start in a row of the session, its user and its history
 HISTORY_AT = 17  # where the message columns start in it
 
+SELECT_TURN_CONTEXT_AND_HISTORY = (
+    f"SELECT {SESSION_COLUMNS}, users.id, users.email, users.org_id, {MESSAGE_COLUMNS_OF_H}"
+    " FROM sessions LEFT JOIN users ON users.id = sessions.user_id"
+    " LEFT JOIN LATERAL (SELECT * FROM messages WHERE messages.session_id = sessions.id AND messages.id < $2"
+    " ORDER BY messages.id DESC LIMIT $3) AS h ON true"
+    " WHERE sessions.id = $1"
+)
+"""The session, its user and its history (newest first) in one round trip: a row per message,
+or one row with no message. The history is fetched while handlers read it (a read on first use
+would hold the event loop up: ``gateway.history.HistoryPrefetch``), in this round trip, not one
+of its own."""
+
 loads = json.loads
 
 
@@ -76,13 +88,15 @@ def history_of(rows: Sequence[Any], at: int) -> Callable[[], list[MessageRecord]
 
 
 def context_read_with(
-    rows: Sequence[Any], at: int, now: datetime, before_id: str, *, with_history: bool
+    rows: Sequence[Any], at: int, now: datetime | None, before_id: str, *, with_history: bool
 ) -> TurnContext:
-    """The turn's context from the rows of ``record_statement(context=True)``, its columns from
-    ``at``. The session row is as the statement's snapshot saw it: before the statement touched
-    its ``updated_at``, which is ``now`` since. Without ``with_history`` (no rows were asked
-    for), its history is left to be read on first use."""
+    """The turn's context from the rows of ``record_statement(context=True)`` (or of a worker's
+    claim), its columns from ``at`` (``SELECT_TURN_CONTEXT_AND_HISTORY``'s), the history's rows
+    newest first. The session row is as the statement's snapshot saw it: for a recording, before
+    the statement touched its ``updated_at``, which is ``now`` since (``None``: untouched).
+    Without ``with_history`` (no rows were asked for), its history is left to be read on first use."""
     session = session_record(rows[0][at:])
-    session.updated_at = now
+    if now is not None:
+        session.updated_at = now
     history = history_of(rows, at + HISTORY_AT) if with_history else None
     return TurnContext(session, user_info(rows[0], at + USER_AT), history, before_id)

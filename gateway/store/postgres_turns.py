@@ -48,6 +48,7 @@ from gateway.store.postgres_rows import (
     HISTORY_AT,
     MESSAGE_COLUMNS,
     MESSAGE_COLUMNS_OF_H,
+    SELECT_TURN_CONTEXT_AND_HISTORY,
     SESSION_COLUMNS,
     USER_AT,
     context_read_with,
@@ -78,17 +79,6 @@ SELECT_TURN_CONTEXT = (
     " FROM sessions LEFT JOIN users ON users.id = sessions.user_id WHERE sessions.id = $1"
 )
 """The session and its user in one round trip (a session whose user is gone reads ``None``)."""
-SELECT_TURN_CONTEXT_AND_HISTORY = (
-    f"SELECT {SESSION_COLUMNS}, users.id, users.email, users.org_id, {MESSAGE_COLUMNS_OF_H}"
-    " FROM sessions LEFT JOIN users ON users.id = sessions.user_id"
-    " LEFT JOIN LATERAL (SELECT * FROM messages WHERE messages.session_id = sessions.id AND messages.id < $2"
-    " ORDER BY messages.id DESC LIMIT $3) AS h ON true"
-    " WHERE sessions.id = $1"
-)
-"""The session, its user and its history (newest first) in one round trip: a row per message,
-or one row with no message. The history is fetched while handlers read it (a read on first use
-would hold the event loop up: ``gateway.history.HistoryPrefetch``), in this round trip, not one
-of its own."""
 SELECT_TURN = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE inbound_id = $1 AND session_id = $2 ORDER BY id"
 SELECT_HISTORY = (
     f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE session_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3"

@@ -21,6 +21,9 @@ from sqlalchemy import JSON, BigInteger, Column, DateTime, String, column, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Field, SQLModel
 
+from gateway.store.postgres_rows import HISTORY_AT, MESSAGE_COLUMNS, SELECT_TURN_CONTEXT_AND_HISTORY, context_read_with
+from gateway.store.records import TurnContext
+
 if TYPE_CHECKING:
     from gateway.store.connection_lender import ConnectionLender
 
@@ -146,6 +149,39 @@ ORDER BY e.id
 while another worker holds the lease; one row with no event when nothing is unfinished. The
 events are those committed when the statement began: one committed after is notified after
 its commit, and its notification feeds it to the holder (``SessionClaims._poke``)."""
+_CONTEXT_COLUMNS = HISTORY_AT + len(MESSAGE_COLUMNS.split(","))
+
+
+def _and_turn_context(events: str, lead: str, source: str | None, before: str, limit: str) -> str:
+    """``events`` (a statement whose rows are ``lead`` then a session's events, ``EVENT_COLUMNS``
+    of ``e``; the context is read only where ``source`` has a row) followed by what the session's next turn reads
+    (``SELECT_TURN_CONTEXT_AND_HISTORY``: the session, its user, the history before the id
+    ``before`` up to ``limit`` rows), in one round trip and snapshot: the events' rows first,
+    then the context's (from ``_CONTEXT_AT`` after ``lead``), each part's columns empty in the
+    other's rows. The rows of both parts come in no particular order."""
+    context = SELECT_TURN_CONTEXT_AND_HISTORY.replace("$3", limit).replace("$2", before)
+    return (
+        f"{events.strip()}\nUNION ALL\n"
+        f"SELECT {lead}{', '.join(['NULL'] * len(EVENT_COLUMNS.split(',')))}, t.*"
+        + (f" FROM {source} CROSS JOIN LATERAL ({context}) t" if source else f" FROM ({context}) t")
+    )
+
+
+CLAIM_WITH_EVENTS_AND_CONTEXT_ON_DRIVER = _and_turn_context(
+    f"""
+WITH claimed AS ({CLAIM_ON_DRIVER.strip()})
+SELECT c.token, c.previous_holder, {EVENT_COLUMNS}, {", ".join(["NULL"] * _CONTEXT_COLUMNS)}
+FROM claimed c LEFT JOIN LATERAL ({SESSION_EVENTS_ON_DRIVER.strip()}) e ON true
+""", "c.token, c.previous_holder, ", "claimed c", "$4", "$5")
+"""``CLAIM_WITH_EVENTS_ON_DRIVER`` and, when the lease is taken, the context of the session's
+next turn (``_and_turn_context``). A worker's turn otherwise reads it with a round trip of its
+own right after the claim (``SessionClaims._claim``)."""
+SESSION_EVENTS_AND_CONTEXT_ON_DRIVER = _and_turn_context(
+    f"SELECT {EVENT_COLUMNS}, {', '.join(['NULL'] * _CONTEXT_COLUMNS)} FROM ({SESSION_EVENTS_ON_DRIVER.strip()}) e",
+    "", None, "$2", "$3",
+)
+"""``SESSION_EVENTS_ON_DRIVER`` and the context of the session's next turn (``_and_turn_context``):
+what a worker reads when told of an event of a session it holds with nothing running."""
 RELEASE_UNLESS_PENDING_ON_DRIVER = f"""
 WITH pending AS MATERIALIZED (
     {SESSION_EVENTS_ON_DRIVER.strip().replace("ORDER BY i.id", "AND i.id <> ALL($3::text[]) ORDER BY i.id")}
@@ -196,19 +232,51 @@ class SessionQueue:
         return Claim(int(token), previous or "", taken_over=bool(previous) and previous != holder)
 
     async def claim_with_events(
-        self, session_id: str, holder: str, ttl: float
-    ) -> tuple[Claim, list[QueuedEvent]] | None:
-        """``claim`` and, when taken, ``events_of``: one round trip on the per-turn connections."""
+        self, session_id: str, holder: str, ttl: float, *, context: tuple[str, int] | None = None
+    ) -> tuple[Claim, list[QueuedEvent], TurnContext | None] | None:
+        """``claim`` and, when taken, ``events_of``: one round trip on the per-turn connections.
+        With ``context`` (the history's cut-off id and how many rows of it), the same round trip
+        also reads the context of the session's next turn (``None`` without it, or off the
+        per-turn connections)."""
         if self._connections is None:
             claim = await self.claim(session_id, holder, ttl)
-            return None if claim is None else (claim, await self.events_of(session_id))
+            return None if claim is None else (claim, await self.events_of(session_id), None)
         async with self._connections.lend() as driver:
-            records = await driver.fetch(CLAIM_WITH_EVENTS_ON_DRIVER, session_id, holder, ttl)
+            if context is None:
+                records = await driver.fetch(CLAIM_WITH_EVENTS_ON_DRIVER, session_id, holder, ttl)
+            else:
+                before_id, limit = context
+                records = await driver.fetch(
+                    CLAIM_WITH_EVENTS_AND_CONTEXT_ON_DRIVER, session_id, holder, ttl, before_id, limit
+                )
         if not records:
             return None
         token, previous = records[0][0], records[0][1] or ""
         claim = Claim(int(token), previous, taken_over=bool(previous) and previous != holder)
-        return claim, [_queued_event(r[2:]) for r in records if r[2] is not None]
+        if context is None:
+            return claim, [_queued_event(r[2:]) for r in records if r[2] is not None], None
+        return claim, *_events_and_context(records, 2, context)
+
+    async def events_of(self, session_id: str) -> list[QueuedEvent]:
+        """The session's unfinished events, oldest first."""
+        if self._connections is not None:
+            async with self._connections.lend() as driver:
+                records = await driver.fetch(SESSION_EVENTS_ON_DRIVER, session_id)
+            return [_queued_event(r) for r in records]
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(SESSION_EVENTS, {"session_id": session_id})).mappings().all()
+        return [QueuedEvent(**row) for row in rows]
+
+    async def events_and_context(
+        self, session_id: str, context: tuple[str, int] | None
+    ) -> tuple[list[QueuedEvent], TurnContext | None]:
+        """``events_of`` and, with ``context`` (as ``claim_with_events``), the context of the
+        session's next turn, in the same round trip (``None`` off the per-turn connections)."""
+        if context is None or self._connections is None:
+            return await self.events_of(session_id), None
+        async with self._connections.lend() as driver:
+            records = await driver.fetch(SESSION_EVENTS_AND_CONTEXT_ON_DRIVER, session_id, *context)
+        return _events_and_context(records, 0, context)
 
     async def release_unless_pending(self, session_id: str, token: int, routed: Collection[str]) -> list[QueuedEvent]:
         """Give the lease back (as ``release``) unless the session has unfinished events other
@@ -251,16 +319,6 @@ class SessionQueue:
             if wake:
                 await conn.execute(WAKE, {"channel": INBOX_CHANNEL, "session_id": session_id})
 
-    async def events_of(self, session_id: str) -> list[QueuedEvent]:
-        """The session's unfinished events, oldest first."""
-        if self._connections is not None:
-            async with self._connections.lend() as driver:
-                records = await driver.fetch(SESSION_EVENTS_ON_DRIVER, session_id)
-            return [_queued_event(r) for r in records]
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(SESSION_EVENTS, {"session_id": session_id})).mappings().all()
-        return [QueuedEvent(**row) for row in rows]
-
     async def unheld_sessions(self) -> list[str]:
         """Sessions with unfinished events that no worker holds (never claimed, released, or
         whose holder's lease expired)."""
@@ -272,3 +330,22 @@ def _queued_event(record: Any) -> QueuedEvent:
     """A ``QueuedEvent`` from the six columns of ``SESSION_EVENTS`` as asyncpg returns them."""
     event_id, session_id, kind, payload, created_at, message_id = record
     return QueuedEvent(event_id, session_id, kind, json.loads(payload), created_at, message_id)
+
+
+def _events_and_context(
+    records: list[Any], at: int, context: tuple[str, int]
+) -> tuple[list[QueuedEvent], TurnContext | None]:
+    """The events (oldest first) and the turn's context in the rows of a statement of
+    ``_and_turn_context``, its events' columns from ``at``; no context when the session is gone
+    (its turn finds that out itself)."""
+    context_at = at + len(EVENT_COLUMNS.split(","))
+    events = sorted(
+        (_queued_event(r[at:context_at]) for r in records if r[at] is not None), key=lambda event: event.id
+    )
+    rows = sorted(  # the history newest first, as context_read_with takes it
+        (r for r in records if r[context_at] is not None), key=lambda r: r[context_at + HISTORY_AT] or "",
+        reverse=True,
+    )
+    before_id, limit = context
+    read = context_read_with(rows, context_at, None, before_id, with_history=limit > 0) if rows else None
+    return events, read
