@@ -5,6 +5,9 @@ the database side and its return watched."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -49,38 +52,61 @@ async def _admin(postgres_url: str, sql: str) -> list[Any]:
         await connection.close()
 
 
-async def test_the_worker_listens_again_after_its_connection_is_cut(tmp_path, postgres_url, redis_url):
-    outbound = TextChannel("collected")
-    worker = Gateway(echo_app(), _settings(tmp_path, postgres_url, redis_url, "worker"), [outbound], role="worker")
-    inbound = TextChannel("collected")
-    web = Gateway(echo_app(), _settings(tmp_path, postgres_url, redis_url, "web"), [inbound], role="web")
-    await worker.start()
-    await web.start()
+@dataclass
+class WebAndWorker:
+    """A ``web`` and a ``worker`` Gateway of one app, and a session of user ``u1`` to talk in."""
+
+    web: Gateway
+    worker: Gateway
+    inbound: TextChannel
+    """The web process's channel: it receives events and runs no handler."""
+    outbound: TextChannel
+    """The worker's channel: the replies arrive on it."""
+    session_id: str = ""
+
+    async def say(self, key: str, text: str) -> str:
+        """Submit a message through the web process; the worker's reply."""
+        await self.web.submit(Inbound("message", key, SessionChannel("collected"), PlatformUser("collected", "u1"),
+                                      message=Message(text, "user", "collected"), session_id=self.session_id))
+        return await asyncio.wait_for(self.outbound.replies.get(), 10)
+
+
+@contextlib.asynccontextmanager
+async def web_and_worker(app: gateway.App, tmp_path: Any, postgres_url: str, redis_url: str
+                         ) -> AsyncIterator[WebAndWorker]:
+    outbound, inbound = TextChannel("collected"), TextChannel("collected")
+    pair = WebAndWorker(
+        Gateway(app, _settings(tmp_path, postgres_url, redis_url, "web"), [inbound], role="web"),
+        Gateway(app, _settings(tmp_path, postgres_url, redis_url, "worker"), [outbound], role="worker"),
+        inbound, outbound,
+    )
+    await pair.worker.start()
+    await pair.web.start()
     try:
-        assert outbound.roles == [("worker", False)] and inbound.roles == [("web", True)]
-        user = await web.sessions.resolve_user(PlatformUser("collected", "u1"))
-        record = await web.sessions.create(SessionChannel("collected"), user)
+        user = await pair.web.sessions.resolve_user(PlatformUser("collected", "u1"))
+        pair.session_id = (await pair.web.sessions.create(SessionChannel("collected"), user)).id
+        yield pair
+    finally:
+        await pair.web.stop()
+        await pair.worker.stop()
 
-        async def say(key: str, text: str) -> str:
-            await web.submit(Inbound("message", key, SessionChannel("collected"), PlatformUser("collected", "u1"),
-                                     message=Message(text, "user", "collected"), session_id=record.id))
-            return await asyncio.wait_for(outbound.replies.get(), 10)
 
-        assert await say("k1", "before") == "echo: before"
-        assert inbound.replies.empty()  # the web process ran no handler
+async def test_the_worker_listens_again_after_its_connection_is_cut(tmp_path, postgres_url, redis_url):
+    async with web_and_worker(echo_app(), tmp_path, postgres_url, redis_url) as pair:
+        assert pair.outbound.roles == [("worker", False)] and pair.inbound.roles == [("web", True)]
+        assert await pair.say("k1", "before") == "echo: before"
+        assert pair.inbound.replies.empty()  # the web process ran no handler
         # This test's own listener: the connection runs in this test's database (other tests or
         # processes on the same server may be listening too).
         cut = await _admin(postgres_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                          f"WHERE application_name = '{LISTENER_NAME}' AND datname = current_database()")
         assert [row[0] for row in cut] == [True]
-        assert worker.claims is not None
-        await until(lambda: not worker.claims.listening, timeout=10)
-        await until(lambda: worker.claims.listening, timeout=10)
+        claims = pair.worker.claims
+        assert claims is not None
+        await until(lambda: not claims.listening, timeout=10)
+        await until(lambda: claims.listening, timeout=10)
         # Heard through the new connection, well before the 30 s sweep.
-        assert await say("k2", "after") == "echo: after"
-    finally:
-        await web.stop()
-        await worker.stop()
+        assert await pair.say("k2", "after") == "echo: after"
 
 
 async def test_a_workers_turn_reads_its_context_with_the_claim(tmp_path, postgres_url, redis_url, turn_statements):
@@ -96,30 +122,18 @@ async def test_a_workers_turn_reads_its_context_with_the_claim(tmp_path, postgre
         history = [m.text for m in session.history]
         await session.reply(f"{msg.text}: turn {turns}, history {history}")
 
-    outbound = TextChannel("collected")
-    worker = Gateway(app, _settings(tmp_path, postgres_url, redis_url, "worker"), [outbound], role="worker")
-    inbound = TextChannel("collected")
-    web = Gateway(app, _settings(tmp_path, postgres_url, redis_url, "web"), [inbound], role="web")
-    await worker.start()
-    await web.start()
-    try:
-        user = await web.sessions.resolve_user(PlatformUser("collected", "u1"))
-        record = await web.sessions.create(SessionChannel("collected"), user)
+    async with web_and_worker(app, tmp_path, postgres_url, redis_url) as pair:
+        claims = pair.worker.claims
+        assert claims is not None
 
         async def say(key: str, text: str) -> str:
-            await web.submit(Inbound("message", key, SessionChannel("collected"), PlatformUser("collected", "u1"),
-                                     message=Message(text, "user", "collected"), session_id=record.id))
-            reply = await asyncio.wait_for(outbound.replies.get(), 10)
-            assert worker.claims is not None
-            await until(lambda: record.id not in worker.claims.held, timeout=10)  # released: the next one claims
+            reply = await pair.say(key, text)
+            await until(lambda: pair.session_id not in claims.held, timeout=10)  # released: the next one claims
             return reply
 
         assert await say("k1", "one") == "one: turn 1, history []"
         turn_statements.clear()
         assert await say("k2", "two") == "two: turn 2, history ['one', 'one: turn 1, history []']"
-    finally:
-        await web.stop()
-        await worker.stop()
     context_reads = [s for s in turn_statements if "FROM sessions LEFT JOIN users" in s]
     assert len(context_reads) == 1, context_reads
     assert "INSERT INTO session_leases" in context_reads[0]  # the claim's own statement
