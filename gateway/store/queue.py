@@ -153,12 +153,12 @@ _CONTEXT_COLUMNS = HISTORY_AT + len(MESSAGE_COLUMNS.split(","))
 
 
 def _and_turn_context(events: str, lead: str, source: str | None, before: str, limit: str) -> str:
-    """``events`` (a statement whose rows are ``lead`` then a session's events, ``EVENT_COLUMNS``
-    of ``e``; the context is read only where ``source`` has a row) followed by what the session's next turn reads
-    (``SELECT_TURN_CONTEXT_AND_HISTORY``: the session, its user, the history before the id
-    ``before`` up to ``limit`` rows), in one round trip and snapshot: the events' rows first,
-    then the context's (from ``_CONTEXT_AT`` after ``lead``), each part's columns empty in the
-    other's rows. The rows of both parts come in no particular order."""
+    """``events`` (a statement whose rows are ``lead``, a session's events as ``EVENT_COLUMNS``
+    of ``e``, then the context's columns empty) and the rows of what the session's next turn
+    reads (``SELECT_TURN_CONTEXT_AND_HISTORY``: the session, its user, the history before the id
+    ``before`` up to ``limit`` rows; ``lead``, then the events' columns empty), in one round trip
+    and one snapshot. With ``source`` (a ``FROM`` item), the context is read only when it has a
+    row (the claim was taken). ``UNION ALL`` promises no order: ``_events_and_context`` sorts."""
     context = SELECT_TURN_CONTEXT_AND_HISTORY.replace("$3", limit).replace("$2", before)
     return (
         f"{events.strip()}\nUNION ALL\n"
