@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -32,6 +33,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(90)]
 ROOT = Path(__file__).resolve().parents[1]
 HOST_PAGE = Path(__file__).parent / "widget_pages" / "host.html"
 SCREENSHOTS = ROOT / "docs" / "screenshots"
+UPDATE_SCREENSHOTS = "CHATGATE_UPDATE_SCREENSHOTS"
+"""Set to 1 to write the embed test's screenshots over the README's (``docs/screenshots``); a
+plain run writes them into the test's own temporary folder and leaves the repository as it was."""
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -735,7 +739,10 @@ async def test_markdown_injection_renders_as_text(running_gateway: Gateway, open
     assert "<img src=x onerror=window.__pwned=5>" in await card.inner_text()
 
 
-async def test_embed_script_on_a_cross_origin_host_page(running_gateway: Gateway, browser: Browser) -> None:
+async def test_embed_script_on_a_cross_origin_host_page(
+    running_gateway: Gateway, browser: Browser, tmp_path: Path
+) -> None:
+    screenshots = SCREENSHOTS if os.environ.get(UPDATE_SCREENSHOTS) == "1" else tmp_path
     host = await host_server(running_gateway.public_url)
     errors: list[str] = []
     try:
@@ -801,7 +808,8 @@ async def test_embed_script_on_a_cross_origin_host_page(running_gateway: Gateway
                 """() => document.querySelector('chatgate-widget').shadowRoot
                       .querySelectorAll('.cg-meta').forEach(meta => { meta.textContent = '10:24 AM'; })"""
             )
-            await page.screenshot(path=str(SCREENSHOTS / name), animations="disabled", caret="hide")
+            await page.screenshot(path=str(screenshots / name), animations="disabled", caret="hide")
+            assert (screenshots / name).stat().st_size > 0
 
             if name == "widget-desktop.png":
                 # Uploads from another origin identify with the visitor token, not a cookie.
