@@ -239,3 +239,37 @@ async def test_an_error_callback_with_control_characters_declines_cleanly(
         await until(lambda: turn.ended)
         assert turn.replies[-1] == "declined"
         assert await client.gateway.integrations.records.flow_status(_state_id(client, token)) == "declined"
+
+
+async def test_credentials_the_store_cannot_save_leave_the_link_usable(
+    tmp_path: Any, oauth: FakeOAuthServer, http: aiohttp.ClientSession, database_url: str
+) -> None:
+    """The provider accepted the sign-in but the database refused the credentials (here: their
+    table is briefly out of reach): the page says so, the link goes back to waiting instead of
+    "already used", and opening it again connects."""
+    async with make_client(tmp_path, oauth, database_url=database_url) as client:
+        await connected(client, oauth)
+        chat = await client.conversation("alice")
+        turn = await chat.send("acme")
+        connect_url = prompt_of(turn)["connect_url"]
+        token = state_of(connect_url)
+        service = client.gateway.integrations
+        engine = client.gateway.store.engine
+
+        async def credentials_table(name: str, to: str) -> None:
+            async with engine.begin() as conn:
+                await conn.exec_driver_sql(f"ALTER TABLE {name} RENAME TO {to}")
+
+        await credentials_table("integration_credentials", "integration_credentials_away")
+        try:
+            status, page, _ = await connect_via_oauth(Browser(http), connect_url)
+        finally:
+            await credentials_table("integration_credentials_away", "integration_credentials")
+        assert status == 503 and "could not be saved here" in page
+        assert await service.records.flow_status(_state_id(client, token)) == "pending"
+        assert not turn.ended
+
+        status, page, _ = await connect_via_oauth(Browser(http), connect_url)
+        assert status == 200 and "Acme Code connected" in page
+        await until(lambda: turn.ended)
+        assert turn.replies[-1].startswith("hello octocat with ")

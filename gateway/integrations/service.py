@@ -9,6 +9,7 @@ pages (``routes.py``) drive a flow through ``begin_oauth``, ``complete_oauth``,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -306,8 +307,23 @@ class IntegrationService:
         except BaseException:
             await self.records.set_status(state.id, "pending")
             raise
-        await self.records.save(state.scope_key, provider.name, connected_by=state.user_id,
-                                payload=tokens.to_payload(), expires_at=tokens.expires_at)
+        try:
+            await self.records.save(state.scope_key, provider.name, connected_by=state.user_id,
+                                    payload=tokens.to_payload(), expires_at=tokens.expires_at)
+        except Exception:
+            # The code is spent, but the link is not: opening it again signs in afresh. Left
+            # "exchanging", the link would answer "already used" and the chat wait for nothing.
+            log.exception("storing the %s credentials failed; the connect link may be opened again", provider.name)
+            with contextlib.suppress(Exception):
+                await self.records.set_status(state.id, "pending")
+            raise FlowRefused(
+                503, "Could not finish connecting",
+                f"{provider.title} accepted the sign-in, but it could not be saved here. Open the link from "
+                "the chat to try again.",
+            ) from None
+        except BaseException:
+            await self.records.set_status(state.id, "pending")
+            raise
         await self.records.set_status(state.id, "connected")
         await self._resolve_prompt(state, {"connected": True})
 
