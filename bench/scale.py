@@ -9,7 +9,8 @@ once, ``model`` awaits 200 ms first (a model call). The load is REST ``send_mess
 ``--clients`` concurrent clients, one session each, spread round-robin over the web processes.
 For each run it prints turns/s, p50/p99 latency, the server CPU per turn (all the topology's
 processes, psutil), and what one turn costs the shared services: PostgreSQL transactions and
-rows written (``pg_stat_database``) and Redis commands (``INFO commandstats``). Loopback only;
+rows written (``pg_stat_database``), Redis commands (``INFO commandstats``) and, when PostgreSQL
+runs on this machine, its own CPU (``DB ms/t``, its processes' psutil times). Loopback only;
 every loop is bounded by ``--messages``.
 """
 
@@ -32,6 +33,7 @@ import aiohttp
 import asyncpg
 import psutil
 import redis.asyncio as redis
+from database_cpu import database_cpu_seconds, is_local_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "bench-key"
@@ -70,6 +72,8 @@ class Result:
     transactions: int
     rows_written: int
     redis_commands: int
+    database_cpu_seconds: float | None
+    """PostgreSQL's own CPU over the run, when it runs on this machine."""
 
     def line(self) -> str:
         p50 = statistics.median(self.latencies) * 1000
@@ -78,7 +82,8 @@ class Result:
         per = max(self.turns, 1)
         return (f"{self.topology:>5} {self.handler:>6} {self.turns / self.seconds:9.1f} {p50:8.1f} {p99:8.1f}"
                 f" {self.cpu_seconds / per * 1000:9.2f} {self.transactions / per:8.1f} {self.rows_written / per:8.1f}"
-                f" {self.redis_commands / per:8.1f}")
+                f" {self.redis_commands / per:8.1f}"
+                + ("" if self.database_cpu_seconds is None else f" {self.database_cpu_seconds / per * 1000:8.2f}"))
 
 
 class Topology:
@@ -212,11 +217,14 @@ async def run_one(args: argparse.Namespace, topology_name: str, handler: str) ->
         await topology.ready()
         await drive(topology.web_ports, min(args.clients * 2, args.messages), args.clients, handler)  # warm-up
         cpu_before = topology.cpu_seconds()
+        local_database = is_local_postgres(database_url)
+        database_cpu_before = database_cpu_seconds() if local_database else 0.0
         transactions_before, written_before = await database_counters(args.postgres_admin, name)
         redis_before = await redis_commands(client)
         seconds, latencies = await drive(topology.web_ports, args.messages, args.clients, handler)
         await asyncio.sleep(2.0)  # the turns' last writes land, and PostgreSQL flushes its statistics
         cpu = topology.cpu_seconds() - cpu_before
+        database_cpu = database_cpu_seconds() - database_cpu_before if local_database else None
         transactions_after, written_after = await database_counters(args.postgres_admin, name)
         redis_after = await redis_commands(client)
     finally:
@@ -226,7 +234,8 @@ async def run_one(args: argparse.Namespace, topology_name: str, handler: str) ->
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
     return Result(topology_name, handler, args.messages, seconds, latencies, cpu,
-                  transactions_after - transactions_before, written_after - written_before, redis_after - redis_before)
+                  transactions_after - transactions_before, written_after - written_before, redis_after - redis_before,
+                  database_cpu)
 
 
 async def main() -> None:
@@ -243,7 +252,8 @@ async def main() -> None:
     print(f"{args.messages} REST messages per run, {args.clients} clients, PostgreSQL + Redis on loopback, "
           f"{psutil.cpu_count()} cores")
     print(f"{'topo':>5} {'handler':>6} {'turns/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/t':>9} "
-          f"{'xact/t':>8} {'rows/t':>8} {'redis/t':>8}")
+          f"{'xact/t':>8} {'rows/t':>8} {'redis/t':>8}"
+          + (f" {'DB ms/t':>8}" if is_local_postgres(args.postgres_admin) else ""))
     for handler in handlers:
         for topology in args.topology:
             print((await run_one(args, topology, handler)).line(), flush=True)

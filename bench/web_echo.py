@@ -40,6 +40,7 @@ from typing import Any
 
 import aiohttp
 import psutil
+from database_cpu import database_cpu_seconds, is_local_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -353,28 +354,6 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def _local_postgres(url: str | None) -> bool:
-    """A PostgreSQL on this machine: on loopback, or on its Unix socket (``user@/db?host=/dir``)."""
-    return bool(url) and url.startswith("postgresql") and any(
-        f"@{host}" in url for host in ("127.0.0.1", "localhost", "[::1]", "/")
-    )
-
-
-def database_cpu_seconds() -> float:
-    """The CPU of this machine's PostgreSQL processes (the server and its backends), where
-    they can be read: what a turn costs the database, beside what it costs the gateway. A
-    backend that exits within the measure takes its share with it; the gateway's pool keeps
-    its connections open, so under load that is next to none."""
-    total = 0.0
-    for process in psutil.process_iter(["name"]):
-        if process.info["name"] != "postgres":
-            continue
-        with contextlib.suppress(psutil.Error):
-            times = process.cpu_times()
-            total += times.user + times.system
-    return total
-
-
 @dataclass
 class Result:
     target: str
@@ -634,7 +613,7 @@ async def measure(args: argparse.Namespace) -> Run:
                 chatgate = kind == "chatgate"
                 speaks_chatgate = kind != "bare"  # the store alone answers in chatgate's shapes
                 # PostgreSQL's own CPU, when it runs here: a turn's cost is the gateway's and its.
-                database = speaks_chatgate and _local_postgres(args.database)
+                database = speaks_chatgate and is_local_postgres(args.database)
                 names = STORE_ALONE_NAMES if kind == "store" else (None, None)
                 run.results[f"{kind}-rest"] = await rest_load(url, chatgate=speaks_chatgate, pid=server.pid,
                                                               database=database, name=names[0], **options)
