@@ -32,7 +32,7 @@ from gateway.chats import ChatCatalog
 from gateway.config import Settings
 from gateway.dispatch import UnknownSession
 from gateway.files import FileRejected, FileStore
-from gateway.ids import id_instant
+from gateway.ids import id_instant, new_id
 from gateway.inbound import Accepted, ButtonPress, Inbound, PlatformUser
 from gateway.leases import LeaseStore
 from gateway.metrics import platform_call, socket_opened
@@ -49,7 +49,7 @@ __all__ = [
     "InboundRecord", "LeaseStore", "Limits", "MessageRecord", "MessageRef", "Outbox", "PlatformUser",
     "SessionChannel", "SessionDirectory", "SessionRecord", "Settings", "SharedBudgetUnavailable", "SharedBudgets",
     "SharedWindow", "StreamSink", "SubscriberOverflow", "Subscription", "UnknownSession", "id_instant",
-    "platform_call", "socket_opened",
+    "new_id", "platform_call", "socket_opened",
 ]
 
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
-from adapters.base import BusDisconnected, Inbound, SessionRecord
+from adapters.base import BusDisconnected, Inbound, SessionRecord, new_id
 from gateway.types import Message, SessionChannel
 
 from .. import errors
@@ -269,7 +268,7 @@ class RestApi:
         within ``web.dedup_window`` the same turn in any web process (a stream is never retried)."""
         return Inbound(
             kind="message",
-            dedup_key=f"api:{record.id}:{secrets.token_hex(12)}",
+            dedup_key=f"api:{new_id()}",
             channel=SessionChannel(API_CHANNEL),
             user=caller.user,
             message=Message(content, "user", API_CHANNEL),
