@@ -107,15 +107,32 @@ def _state_id(client: Any, token: str) -> str:
     return client.gateway.integrations.signer.verify(token).id
 
 
+async def _link_still_connects(client: Any, http: aiohttp.ClientSession, turn: Any, connect_url: str,
+                               token: str) -> None:
+    """The flow is waiting again, its chat still waiting on it, and the genuine sign-in through
+    the same link connects and answers the chat."""
+    assert await client.gateway.integrations.records.flow_status(_state_id(client, token)) == "pending"
+    assert not turn.ended
+    status, page, _ = await connect_via_oauth(Browser(http), connect_url)
+    assert status == 200 and "Acme Code connected" in page
+    await until(lambda: turn.ended)
+    assert turn.replies[-1].startswith("hello octocat with ")
+
+
+async def _asked_to_connect(client: Any, oauth: FakeOAuthServer) -> tuple[Any, str, str]:
+    """Alice's chat asks for Acme: her turn waiting on the prompt, its connect link and state."""
+    await connected(client, oauth)
+    chat = await client.conversation("alice")
+    turn = await chat.send("acme")
+    connect_url = prompt_of(turn)["connect_url"]
+    return turn, connect_url, state_of(connect_url)
+
+
 async def test_bad_callbacks_are_refused_and_leave_the_link_usable(
     tmp_path: Any, oauth: FakeOAuthServer, http: aiohttp.ClientSession, database_url: str
 ) -> None:
     async with make_client(tmp_path, oauth, database_url=database_url) as client:
-        await connected(client, oauth)
-        chat = await client.conversation("alice")
-        turn = await chat.send("acme")
-        connect_url = prompt_of(turn)["connect_url"]
-        token = state_of(connect_url)
+        turn, connect_url, token = await _asked_to_connect(client, oauth)
         base = client.gateway.public_url
         service = client.gateway.integrations
 
@@ -142,14 +159,8 @@ async def test_bad_callbacks_are_refused_and_leave_the_link_usable(
         assert status == 502 and "did not accept" in page
         assert oauth.token_requests[-1]["code"] == "made-up"
         assert await service.records.listing() == []
-        assert await service.records.flow_status(_state_id(client, token)) == "pending"
-        assert not turn.ended
-
         # the genuine sign-in still completes with the same link
-        status, page, _ = await connect_via_oauth(Browser(http), connect_url)
-        assert status == 200 and "Acme Code connected" in page
-        await until(lambda: turn.ended)
-        assert turn.replies[-1].startswith("hello octocat with ")
+        await _link_still_connects(client, http, turn, connect_url, token)
 
 
 async def test_revoke_endpoint_refuses_bad_callers_and_removes_nothing(
@@ -248,12 +259,7 @@ async def test_credentials_the_store_cannot_save_leave_the_link_usable(
     table is briefly out of reach): the page says so, the link goes back to waiting instead of
     "already used", and opening it again connects."""
     async with make_client(tmp_path, oauth, database_url=database_url) as client:
-        await connected(client, oauth)
-        chat = await client.conversation("alice")
-        turn = await chat.send("acme")
-        connect_url = prompt_of(turn)["connect_url"]
-        token = state_of(connect_url)
-        service = client.gateway.integrations
+        turn, connect_url, token = await _asked_to_connect(client, oauth)
         engine = client.gateway.store.engine
 
         async def credentials_table(name: str, to: str) -> None:
@@ -266,10 +272,4 @@ async def test_credentials_the_store_cannot_save_leave_the_link_usable(
         finally:
             await credentials_table("integration_credentials_away", "integration_credentials")
         assert status == 503 and "could not be saved here" in page
-        assert await service.records.flow_status(_state_id(client, token)) == "pending"
-        assert not turn.ended
-
-        status, page, _ = await connect_via_oauth(Browser(http), connect_url)
-        assert status == 200 and "Acme Code connected" in page
-        await until(lambda: turn.ended)
-        assert turn.replies[-1].startswith("hello octocat with ")
+        await _link_still_connects(client, http, turn, connect_url, token)

@@ -299,11 +299,7 @@ class IntegrationService:
         except OAuthFailure as failure:
             await self.records.set_status(state.id, "pending")  # the link may be tried again
             log.warning("exchanging the %s code failed: %s", provider.name, failure)
-            raise FlowRefused(
-                502, "Could not finish connecting",
-                f"{provider.title} did not accept the sign-in ({failure.error}). Open the link from the chat "
-                "to try again.",
-            ) from None
+            raise _not_finished(502, f"{provider.title} did not accept the sign-in ({failure.error}).") from None
         except BaseException:
             await self.records.set_status(state.id, "pending")
             raise
@@ -316,11 +312,8 @@ class IntegrationService:
             log.exception("storing the %s credentials failed; the connect link may be opened again", provider.name)
             with contextlib.suppress(Exception):
                 await self.records.set_status(state.id, "pending")
-            raise FlowRefused(
-                503, "Could not finish connecting",
-                f"{provider.title} accepted the sign-in, but it could not be saved here. Open the link from "
-                "the chat to try again.",
-            ) from None
+            saved_nothing = f"{provider.title} accepted the sign-in, but it could not be saved here."
+            raise _not_finished(503, saved_nothing) from None
         except BaseException:
             await self.records.set_status(state.id, "pending")
             raise
@@ -387,6 +380,12 @@ class IntegrationService:
         await self.records.purge_flows(now - self.settings.state_ttl_seconds - 3600)
 
     # -- wiring ----------------------------------------------------------------------------
+
+def _not_finished(status: int, what_happened: str) -> FlowRefused:
+    """The sign-in did not complete, and the link is waiting again: the user may reopen it."""
+    return FlowRefused(status, "Could not finish connecting",
+                       f"{what_happened} Open the link from the chat to try again.")
+
 
 def already_used() -> FlowRefused:
     return FlowRefused(409, "Link already used",
