@@ -10,9 +10,9 @@ import psutil
 
 def is_local_postgres(url: str | None) -> bool:
     """A PostgreSQL on this machine: on loopback, or on its Unix socket (``user@/db?host=/dir``)."""
-    return bool(url) and url.startswith("postgresql") and any(  # type: ignore[union-attr]
-        f"@{host}" in url for host in ("127.0.0.1", "localhost", "[::1]", "/")  # type: ignore[operator]
-    )
+    if not url or not url.startswith("postgresql"):
+        return False
+    return any(f"@{host}" in url for host in ("127.0.0.1", "localhost", "[::1]", "/"))
 
 
 def database_cpu_seconds() -> float:
