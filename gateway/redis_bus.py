@@ -141,8 +141,6 @@ and is dropped unread."""
 MAX_LINGERING_CHANNELS = 10_000
 """Channels kept subscribed with nobody following them, at most; past it, a channel whose last
 subscriber leaves is unsubscribed at once."""
-DEFAULT_KEY_PREFIX = "chatgate"
-"""``redis.key_prefix``'s default: a topic's channel is ``chatgate:<topic>``."""
 
 
 class RedisBus:
@@ -167,7 +165,7 @@ class RedisBus:
     """
 
     def __init__(
-        self, url: str, *, key_prefix: str = DEFAULT_KEY_PREFIX,
+        self, url: str, *, key_prefix: str,
         linger_seconds: float = SUBSCRIPTION_LINGER_SECONDS,
         max_lingering: int = MAX_LINGERING_CHANNELS, subscribe_timeout: float = SUBSCRIBE_TIMEOUT_SECONDS,
     ) -> None:
@@ -222,7 +220,7 @@ class RedisBus:
         return self._channel_prefix + topic
 
     async def publish(self, topic: str, event: dict[str, Any]) -> None:
-        await self._publishes.publish(self._channel_prefix + topic, json.dumps(event))
+        await self._publishes.publish(self.channel_of(topic), json.dumps(event))
 
     def subscribe(self, topic: str) -> _RedisSubscription:
         """``async with bus.subscribe(topic) as subscription``: subscribed inside the block."""

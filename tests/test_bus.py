@@ -109,7 +109,8 @@ async def make_bus(request) -> AsyncIterator[Callable[..., Any]]:
         if kind == "local":
             made: Any = LocalBus()
         else:  # no lingering unless a test asks: a channel is unsubscribed as its last block ends
-            made = RedisBus(url or request.getfixturevalue("redis_url"), **{"linger_seconds": 0, **options})
+            made = RedisBus(url or request.getfixturevalue("redis_url"),
+                            **{"key_prefix": "chatgate", "linger_seconds": 0, **options})
         built.append(made)
         return made
 

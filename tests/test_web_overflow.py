@@ -65,7 +65,7 @@ async def local_gw(tmp_path):
 async def test_a_subscriber_that_falls_behind_is_told_once(kind, request, caplog):
     """The bus itself: frames past the buffer end the subscription with SubscriberOverflow (not
     silently), the frames already queued are freed, and the warning is logged once."""
-    bus: Any = RedisBus(request.getfixturevalue("redis_url")) if kind == "redis" else LocalBus()
+    bus: Any = RedisBus(request.getfixturevalue("redis_url"), key_prefix="chatgate") if kind == "redis" else LocalBus()
     try:
         async with bus.subscribe("overflow-topic") as events:
             for index in range(SUBSCRIBER_BUFFER + 500):

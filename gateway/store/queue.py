@@ -149,36 +149,42 @@ ORDER BY e.id
 while another worker holds the lease; one row with no event when nothing is unfinished. The
 events are those committed when the statement began: one committed after is notified after
 its commit, and its notification feeds it to the holder (``SessionClaims._poke``)."""
-_CONTEXT_COLUMNS = HISTORY_AT + len(MESSAGE_COLUMNS.split(","))
+_EVENT_COLUMN_COUNT = len(EVENT_COLUMNS.split(","))
+_CONTEXT_COLUMN_COUNT = HISTORY_AT + len(MESSAGE_COLUMNS.split(","))
 
 
-def _and_turn_context(events: str, lead: str, source: str | None, before: str, limit: str) -> str:
-    """``events`` (a statement whose rows are ``lead``, a session's events as ``EVENT_COLUMNS``
-    of ``e``, then the context's columns empty) and the rows of what the session's next turn
-    reads (``SELECT_TURN_CONTEXT_AND_HISTORY``: the session, its user, the history before the id
-    ``before`` up to ``limit`` rows; ``lead``, then the events' columns empty), in one round trip
-    and one snapshot. With ``source`` (a ``FROM`` item), the context is read only when it has a
-    row (the claim was taken). ``UNION ALL`` promises no order: ``_events_and_context`` sorts."""
+def _and_turn_context(*, lead: str, events_from: str, context_source: str | None, before: str, limit: str,
+                      with_clause: str = "") -> str:
+    """A session's events (``EVENT_COLUMNS`` of ``e``, from ``events_from``) and what its next
+    turn reads (``SELECT_TURN_CONTEXT_AND_HISTORY``: the session, its user, the history before
+    the id ``before`` up to ``limit`` rows), in one round trip and one snapshot. Every row starts
+    with ``lead``; then an event's rows hold the event's columns and empty context columns, the
+    context's rows the other way round. With ``context_source`` (a ``FROM`` item), the context is
+    read only when it has a row (the claim was taken). ``UNION ALL`` promises no order:
+    ``_events_and_context`` sorts."""
     context = SELECT_TURN_CONTEXT_AND_HISTORY.replace("$3", limit).replace("$2", before)
+    context_from = f"{context_source} CROSS JOIN LATERAL ({context}) t" if context_source else f"({context}) t"
     return (
-        f"{events.strip()}\nUNION ALL\n"
-        f"SELECT {lead}{', '.join(['NULL'] * len(EVENT_COLUMNS.split(',')))}, t.*"
-        + (f" FROM {source} CROSS JOIN LATERAL ({context}) t" if source else f" FROM ({context}) t")
+        f"{with_clause}SELECT {lead}{EVENT_COLUMNS}, {_nulls(_CONTEXT_COLUMN_COUNT)} FROM {events_from}\n"
+        f"UNION ALL\nSELECT {lead}{_nulls(_EVENT_COLUMN_COUNT)}, t.* FROM {context_from}"
     )
 
 
+def _nulls(count: int) -> str:
+    return ", ".join(["NULL"] * count)
+
+
 CLAIM_WITH_EVENTS_AND_CONTEXT_ON_DRIVER = _and_turn_context(
-    f"""
-WITH claimed AS ({CLAIM_ON_DRIVER.strip()})
-SELECT c.token, c.previous_holder, {EVENT_COLUMNS}, {", ".join(["NULL"] * _CONTEXT_COLUMNS)}
-FROM claimed c LEFT JOIN LATERAL ({SESSION_EVENTS_ON_DRIVER.strip()}) e ON true
-""", "c.token, c.previous_holder, ", "claimed c", "$4", "$5")
+    with_clause=f"WITH claimed AS ({CLAIM_ON_DRIVER.strip()})\n",
+    lead="c.token, c.previous_holder, ",
+    events_from=f"claimed c LEFT JOIN LATERAL ({SESSION_EVENTS_ON_DRIVER.strip()}) e ON true",
+    context_source="claimed c", before="$4", limit="$5",
+)
 """``CLAIM_WITH_EVENTS_ON_DRIVER`` and, when the lease is taken, the context of the session's
 next turn (``_and_turn_context``). A worker's turn otherwise reads it with a round trip of its
 own right after the claim (``SessionClaims._claim``)."""
 SESSION_EVENTS_AND_CONTEXT_ON_DRIVER = _and_turn_context(
-    f"SELECT {EVENT_COLUMNS}, {', '.join(['NULL'] * _CONTEXT_COLUMNS)} FROM ({SESSION_EVENTS_ON_DRIVER.strip()}) e",
-    "", None, "$2", "$3",
+    lead="", events_from=f"({SESSION_EVENTS_ON_DRIVER.strip()}) e", context_source=None, before="$2", limit="$3",
 )
 """``SESSION_EVENTS_ON_DRIVER`` and the context of the session's next turn (``_and_turn_context``):
 what a worker reads when told of an event of a session it holds with nothing running."""
@@ -338,7 +344,7 @@ def _events_and_context(
     """The events (oldest first) and the turn's context in the rows of a statement of
     ``_and_turn_context``, its events' columns from ``at``; no context when the session is gone
     (its turn finds that out itself)."""
-    context_at = at + len(EVENT_COLUMNS.split(","))
+    context_at = at + _EVENT_COLUMN_COUNT
     events = sorted(
         (_queued_event(r[at:context_at]) for r in records if r[at] is not None), key=lambda event: event.id
     )
