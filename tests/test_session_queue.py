@@ -195,3 +195,74 @@ async def test_a_release_unless_pending_keeps_the_lease_for_an_event_not_routed(
     assert await _lease(postgres_store, session_id) == ("worker-a", 1, True, "")
     assert await queue.release_unless_pending(session_id, claim.token, {routed.id}) == []
     assert await _lease(postgres_store, session_id) == ("", 1, False, "")  # given back
+
+
+async def _waits_on_a_lock(conn: asyncpg.Connection, fragment: str) -> bool:
+    """Whether a backend of this database waits on a lock running a statement containing ``fragment``."""
+    return bool(await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND pid <> pg_backend_pid() AND query LIKE '%' || $1 || '%'", fragment,
+    ))
+
+
+async def test_a_claim_that_waited_for_a_release_reads_what_the_holder_wrote_before_it(
+    queue, postgres_store, postgres_url
+) -> None:
+    """A claim statement takes its snapshot as it starts; a lease released after that is still
+    claimed by it (``ON CONFLICT DO UPDATE`` acts on the newest row, seen or not). The events and
+    context it reads must then still include what the holder wrote before releasing: here the
+    holder finishes its event and saves the session's data while the claim waits, then releases.
+    Read from the claim's snapshot, the finished event would run a second time on stale data (a
+    rolling restart's transcript once showed a reply twice)."""
+    from gateway.ids import new_id
+
+    session_id = await _session(postgres_store)
+    holder = await queue.claim(session_id, "worker-a", TTL)
+    assert holder is not None
+    event = await postgres_store.inbox.record(session_id, "k1", "message", {}, user_text="one")
+    dsn = "postgresql://" + postgres_url.split("://", 1)[1]
+    locker, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        # The holder's release, held open: the claim below starts, takes its snapshot and waits.
+        releasing = locker.transaction()
+        await releasing.start()
+        await locker.execute("SELECT 1 FROM session_leases WHERE session_id = $1 FOR UPDATE", session_id)
+        claiming = asyncio.create_task(
+            queue.claim_with_events(session_id, "worker-b", TTL, context=(new_id(), 5))
+        )
+        async with asyncio.timeout(10):
+            while not await _waits_on_a_lock(watcher, "session_leases"):
+                assert not claiming.done(), claiming.result()
+                await asyncio.sleep(0.01)
+        # Meanwhile the holder's turn ends (its data and its event's status), then it lets go.
+        await postgres_store.sessions.save_data(session_id, {"count": 1}, [])
+        await postgres_store.inbox.set_status(event.id, "done")
+        await locker.execute(
+            "UPDATE session_leases SET holder = '', expires_at = now() - interval '1 second'"
+            " WHERE session_id = $1", session_id,
+        )
+        await releasing.commit()
+        claimed = await asyncio.wait_for(claiming, 10)
+    finally:
+        await locker.close()
+        await watcher.close()
+    assert claimed is not None, "the release let the claim in"
+    claim, events, context = claimed
+    assert (claim.token, claim.taken_over) == (2, False)
+    assert events == [], "the event the holder finished runs again"
+    assert context is None or context.session.data == {"count": 1}
+    assert claim.read_again == (queue._connections is not None)  # the engine's path reads apart anyway
+
+    # A lease given back before the claim began is claimed with its events in one statement.
+    await queue.release(session_id, claim.token)
+    later = await postgres_store.inbox.record(session_id, "k2", "message", {}, user_text="two")
+    claimed = await queue.claim_with_events(session_id, "worker-a", TTL, context=(new_id(), 5))
+    assert claimed is not None and not claimed[0].read_again
+    assert [e.id for e in claimed[1]] == [later.id]
+    # A takeover's events are read again whatever the snapshot saw: an expired holder may have
+    # written after it.
+    await postgres_store.inbox.set_status(later.id, "done")
+    await queue.release(session_id, claimed[0].token, interrupted=True)
+    taken = await queue.claim_with_events(session_id, "worker-b", TTL)
+    assert taken is not None and taken[0].taken_over and taken[1] == []
+    assert taken[0].read_again == (queue._connections is not None)

@@ -12,6 +12,7 @@ never have to agree. PostgreSQL only: ``chatgate web``/``worker`` refuse SQLite.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,8 @@ from gateway.store.records import TurnContext
 
 if TYPE_CHECKING:
     from gateway.store.connection_lender import ConnectionLender
+
+log = logging.getLogger("chatgate.queue")
 
 INBOX_CHANNEL = "chatgate_inbox"
 """The PostgreSQL notification channel a web process tells the session id of a new event on."""
@@ -55,6 +58,9 @@ class Claim:
     taken_over: bool
     """The lease was taken from another worker whose hold expired (it died or stalled): its
     unfinished events are recovered (interrupted streams settled, attempts counted)."""
+    read_again: bool = False
+    """``claim_with_events`` read the events (and context) in a statement of their own: the
+    claim's snapshot did not see the lease as the claim took it (``CLAIMED``)."""
 
 
 @dataclass(frozen=True)
@@ -139,16 +145,35 @@ RELEASE_AND_WAKE_ON_DRIVER = (
 whether or not the lease was still this worker's, as the ORM path's two statements do."""
 SESSION_EVENTS_ON_DRIVER = SESSION_EVENTS.element.text.replace(":session_id", "$1")
 EVENT_COLUMNS = "e.id, e.session_id, e.kind, e.payload, e.created_at, e.message_id"
+CLAIMED = f"""taken AS ({CLAIM_ON_DRIVER.strip()}), claimed AS (
+    SELECT t.token, t.previous_holder,
+           t.previous_holder = '' AND t.token - 1 = (
+               SELECT COALESCE(max(s.token), 0) FROM session_leases s WHERE s.session_id = $1 AND s.expires_at < now()
+           ) AS seen_as_released
+    FROM taken t
+)"""
+"""A claim that says whether the statement's snapshot saw the lease as the claim took it: given
+back (or never taken), with the token before the claim's. The rest of a statement reads what was
+committed when the statement began; the claim acts on the newest row, committed later or not
+(``ON CONFLICT DO UPDATE`` under READ COMMITTED). So a claim that waited for the holder's row
+lock, or was merely slow, can take a lease given back after its snapshot, and what the holder
+wrote just before letting go (its last event's status, the session's data) is not in that
+snapshot: read from it, the finished event would run again. ``seen_as_released`` is false then,
+and for a takeover (a holder that stalled past its ttl may have written after the snapshot
+too): what the claim read is read again (``SessionQueue.claim_with_events``)."""
+CLAIM_LEAD = "c.token, c.previous_holder, c.seen_as_released, "
+_CLAIM_LEAD_COUNT = len(CLAIM_LEAD.strip(", ").split(","))
 CLAIM_WITH_EVENTS_ON_DRIVER = f"""
-WITH claimed AS ({CLAIM_ON_DRIVER.strip()})
-SELECT c.token, c.previous_holder, {EVENT_COLUMNS}
+WITH {CLAIMED}
+SELECT {CLAIM_LEAD}{EVENT_COLUMNS}
 FROM claimed c LEFT JOIN LATERAL ({SESSION_EVENTS_ON_DRIVER.strip()}) e ON true
 ORDER BY e.id
 """
 """The claim and, when it is taken, the session's unfinished events, in one round trip: no row
 while another worker holds the lease; one row with no event when nothing is unfinished. The
-events are those committed when the statement began: one committed after is notified after
-its commit, and its notification feeds it to the holder (``SessionClaims._poke``)."""
+events are those committed when the statement began (only trusted with ``seen_as_released``:
+``CLAIMED``): one committed after is notified after its commit, and its notification feeds it
+to the holder (``SessionClaims._poke``)."""
 _EVENT_COLUMN_COUNT = len(EVENT_COLUMNS.split(","))
 _CONTEXT_COLUMN_COUNT = HISTORY_AT + len(MESSAGE_COLUMNS.split(","))
 
@@ -175,8 +200,8 @@ def _nulls(count: int) -> str:
 
 
 CLAIM_WITH_EVENTS_AND_CONTEXT_ON_DRIVER = _and_turn_context(
-    with_clause=f"WITH claimed AS ({CLAIM_ON_DRIVER.strip()})\n",
-    lead="c.token, c.previous_holder, ",
+    with_clause=f"WITH {CLAIMED}\n",
+    lead=CLAIM_LEAD,
     events_from=f"claimed c LEFT JOIN LATERAL ({SESSION_EVENTS_ON_DRIVER.strip()}) e ON true",
     context_source="claimed c", before="$4", limit="$5",
 )
@@ -243,7 +268,8 @@ class SessionQueue:
         """``claim`` and, when taken, ``events_of``: one round trip on the per-turn connections.
         With ``context`` (the history's cut-off id and how many rows of it), the same round trip
         also reads the context of the session's next turn (``None`` without it, or off the
-        per-turn connections)."""
+        per-turn connections). The events and context come from a statement of their own when
+        the claim's could not be trusted with them (``CLAIMED``; ``Claim.read_again``)."""
         if self._connections is None:
             claim = await self.claim(session_id, holder, ttl)
             return None if claim is None else (claim, await self.events_of(session_id), None)
@@ -257,11 +283,18 @@ class SessionQueue:
                 )
         if not records:
             return None
-        token, previous = records[0][0], records[0][1] or ""
-        claim = Claim(int(token), previous, taken_over=bool(previous) and previous != holder)
+        token, previous, seen_as_released = records[0][0], records[0][1] or "", records[0][2]
+        taken_over = bool(previous) and previous != holder
+        if not seen_as_released:  # read in a snapshot older than the lease it took (CLAIMED): again
+            log.debug("claimed session %s over a change its snapshot did not see: reading its events again",
+                      session_id)
+            claim = Claim(int(token), previous, taken_over, read_again=True)
+            return claim, *await self.events_and_context(session_id, context)
+        claim = Claim(int(token), previous, taken_over)
+        at = _CLAIM_LEAD_COUNT
         if context is None:
-            return claim, [_queued_event(r[2:]) for r in records if r[2] is not None], None
-        return claim, *_events_and_context(records, 2, context)
+            return claim, [_queued_event(r[at:]) for r in records if r[at] is not None], None
+        return claim, *_events_and_context(records, at, context)
 
     async def events_of(self, session_id: str) -> list[QueuedEvent]:
         """The session's unfinished events, oldest first."""
