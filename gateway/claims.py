@@ -266,10 +266,11 @@ class SessionClaims:
         if self.dispatcher.busy(session_id) or self.held.get(session_id) is not held:
             return
         # None of them runs here (the worker is closing, or the lease was lost meanwhile): the
-        # lease goes back anyway, and whoever claims it next runs them.
+        # lease goes back anyway, and the workers are told, as a stopping worker tells them of
+        # what it held (``stop``): the one that claims it next runs them now, not at its sweep.
         del self.held[session_id]
         if not held.fence.lost:
-            await self.queue.release(session_id, held.fence.token)
+            await self.queue.release(session_id, held.fence.token, wake=True)
 
     def _lane_ran_dry(self, session_id: str) -> None:
         if session_id in self.held and not self._closing:

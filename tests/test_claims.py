@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -137,3 +138,59 @@ async def test_a_workers_turn_reads_its_context_with_the_claim(tmp_path, postgre
     context_reads = [s for s in turn_statements if "FROM sessions LEFT JOIN users" in s]
     assert len(context_reads) == 1, context_reads
     assert "INSERT INTO session_leases" in context_reads[0]  # the claim's own statement
+
+
+async def _lock_waiters(connection: asyncpg.Connection) -> int:
+    return await connection.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        " AND query LIKE '%INSERT INTO session_leases%'"
+    )
+
+
+async def test_a_session_a_stopping_worker_claimed_goes_to_another_worker_at_once(tmp_path, postgres_url, redis_url):
+    """A worker whose claim of a session completes after its SIGTERM runs none of its events and
+    gives the lease back: the other workers are told, and one runs them at once, not at its next
+    sweep (every lease ttl, 30 s here). The first worker's claim is held on the lease row's lock
+    until the stop has begun; the second worker's claim waits behind it and finds it taken."""
+    app = echo_app()
+    settings = functools.partial(_settings, tmp_path, postgres_url, redis_url)
+    on_b = TextChannel("collected")
+    web = Gateway(app, settings("web"), [TextChannel("collected")], role="web")
+    worker_a = Gateway(app, settings("worker-a"), [TextChannel("collected")], role="worker")
+    worker_b = Gateway(app, settings("worker-b"), [on_b], role="worker")
+    dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+    locker, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)  # the watcher sees the activity now
+    started: list[Gateway] = []
+    try:
+        for process in (worker_a, web):
+            await process.start()
+            started.append(process)
+        user = await web.sessions.resolve_user(PlatformUser("collected", "u1"))
+        session_id = (await web.sessions.create(SessionChannel("collected"), user)).id
+        await locker.execute("INSERT INTO session_leases VALUES ($1, '', 1, now() - interval '1 second', '')",
+                             session_id)
+        holding = locker.transaction()
+        await holding.start()
+        await locker.execute("SELECT 1 FROM session_leases WHERE session_id = $1 FOR UPDATE", session_id)
+        await web.submit(Inbound("message", "k1", SessionChannel("collected"), PlatformUser("collected", "u1"),
+                                 message=Message("hi", "user", "collected"), session_id=session_id))
+        await until(lambda: _lock_waiters(watcher), timeout=10)  # worker A's claim waits
+        await worker_b.start()  # its start-up sweep claims too, behind A
+        started.append(worker_b)
+        await until(lambda: _count_at_least(_lock_waiters(watcher), 2), timeout=10)
+        stopping = asyncio.create_task(worker_a.stop())
+        started.remove(worker_a)
+        await until(lambda: worker_a.dispatcher.closing, timeout=10)
+        await holding.commit()  # A's claim takes the lease now, as it stops; B's finds it taken
+        await asyncio.wait_for(stopping, 10)
+        reply = await asyncio.wait_for(on_b.replies.get(), 10)
+        assert reply == "echo: hi"
+    finally:
+        await locker.close()
+        await watcher.close()
+        for process in reversed(started):
+            await process.stop()
+
+
+async def _count_at_least(count: Any, minimum: int) -> bool:
+    return await count >= minimum
