@@ -10,8 +10,10 @@ once, ``model`` awaits 200 ms first (a model call). The load is REST ``send_mess
 For each run it prints turns/s, p50/p99 latency, the server CPU per turn (all the topology's
 processes, psutil), and what one turn costs the shared services: PostgreSQL transactions and
 rows written (``pg_stat_database``), Redis commands (``INFO commandstats``) and, when PostgreSQL
-runs on this machine, its own CPU (``DB ms/t``, its processes' psutil times). Loopback only;
-every loop is bounded by ``--messages``.
+runs on this machine, its own CPU (``DB ms/t``, its processes' psutil times). A run whose
+events were answered more than once (each handler replies once) says so under its line: speed
+bought by running a turn twice is a defect, not a figure. Loopback only; every loop is bounded
+by ``--messages``.
 """
 
 from __future__ import annotations
@@ -74,6 +76,9 @@ class Result:
     redis_commands: int
     database_cpu_seconds: float | None
     """PostgreSQL's own CPU over the run, when it runs on this machine."""
+    answered_twice: int = 0
+    """Events with more than one reply: the echo and model handlers reply once, so any is a
+    handler run twice (a claim that read a finished event as unfinished, say)."""
 
     def line(self) -> str:
         p50 = statistics.median(self.latencies) * 1000
@@ -83,7 +88,9 @@ class Result:
         return (f"{self.topology:>5} {self.handler:>6} {self.turns / self.seconds:9.1f} {p50:8.1f} {p99:8.1f}"
                 f" {self.cpu_seconds / per * 1000:9.2f} {self.transactions / per:8.1f} {self.rows_written / per:8.1f}"
                 f" {self.redis_commands / per:8.1f}"
-                + ("" if self.database_cpu_seconds is None else f" {self.database_cpu_seconds / per * 1000:8.2f}"))
+                + ("" if self.database_cpu_seconds is None else f" {self.database_cpu_seconds / per * 1000:8.2f}")
+                + (f"\n      {self.answered_twice} events answered more than once: a defect" if self.answered_twice
+                   else ""))
 
 
 class Topology:
@@ -227,6 +234,7 @@ async def run_one(args: argparse.Namespace, topology_name: str, handler: str) ->
         database_cpu = database_cpu_seconds() - database_cpu_before if local_database else None
         transactions_after, written_after = await database_counters(args.postgres_admin, name)
         redis_after = await redis_commands(client)
+        answered_twice = await events_answered_twice(database_url)
     finally:
         topology.stop()
         await client.aclose()
@@ -235,7 +243,22 @@ async def run_one(args: argparse.Namespace, topology_name: str, handler: str) ->
         await admin.close()
     return Result(topology_name, handler, args.messages, seconds, latencies, cpu,
                   transactions_after - transactions_before, written_after - written_before, redis_after - redis_before,
-                  database_cpu)
+                  database_cpu, answered_twice)
+
+
+ANSWERED_TWICE = (
+    "SELECT count(*) FROM (SELECT inbound_id FROM messages WHERE role = 'assistant'"
+    " GROUP BY inbound_id HAVING count(*) > 1) AS repeated"
+)
+
+
+async def events_answered_twice(database_url: str) -> int:
+    """How many events of the run's database have more than one reply (``Result.answered_twice``)."""
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return int(await conn.fetchval(ANSWERED_TWICE))
+    finally:
+        await conn.close()
 
 
 async def main() -> None:
