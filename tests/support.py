@@ -16,17 +16,18 @@ ShippedSettings = settings_class(distribution="chatgate")
 config.example.toml documents. Third-party adapters installed for the tests are left out."""
 
 
-async def blocked_on_a_lock(dsn: str, timeout: float = 10.0) -> None:
-    """Until some backend of the PostgreSQL database ``dsn`` waits for a lock (a row lock a test
-    holds from another connection)."""
+async def blocked_on_a_lock(dsn: str, timeout: float = 10.0, *, waiters: int = 1) -> None:
+    """Until ``waiters`` backends of the PostgreSQL database ``dsn`` wait for a lock (a row lock a
+    test holds from another connection). Asked on a connection of its own: a transaction sees
+    ``pg_stat_activity`` as it was when it first read it."""
     import asyncpg
 
     conn = await asyncpg.connect(dsn)
     try:
         deadline = time.monotonic() + timeout
-        while not await conn.fetchval(
+        while await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        ):
+        ) < waiters:
             assert time.monotonic() < deadline, "nothing waited for the lock held"
             await asyncio.sleep(0.01)
     finally:

@@ -20,7 +20,7 @@ from gateway.claims import LISTENER_NAME
 from gateway.runtime import Gateway
 from gateway.testing import test_settings
 from gateway.types import Message, SessionChannel
-from tests.support import TextChannel, until
+from tests.support import TextChannel, blocked_on_a_lock, holding_a_row, until
 
 pytestmark = pytest.mark.postgres
 
@@ -140,13 +140,6 @@ async def test_a_workers_turn_reads_its_context_with_the_claim(tmp_path, postgre
     assert "INSERT INTO session_leases" in context_reads[0]  # the claim's own statement
 
 
-async def _lock_waiters(connection: asyncpg.Connection) -> int:
-    return await connection.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        " AND query LIKE '%INSERT INTO session_leases%'"
-    )
-
-
 async def test_a_session_a_stopping_worker_claimed_goes_to_another_worker_at_once(tmp_path, postgres_url, redis_url):
     """A worker whose claim of a session completes after its SIGTERM runs none of its events and
     gives the lease back: the other workers are told, and one runs them at once, not at its next
@@ -159,38 +152,34 @@ async def test_a_session_a_stopping_worker_claimed_goes_to_another_worker_at_onc
     worker_a = Gateway(app, settings("worker-a"), [TextChannel("collected")], role="worker")
     worker_b = Gateway(app, settings("worker-b"), [on_b], role="worker")
     dsn = postgres_url.replace("postgresql+asyncpg://", "postgresql://")
-    locker, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)  # the watcher sees the activity now
     started: list[Gateway] = []
+    stopping: asyncio.Task[None] | None = None
+    locker = None
     try:
         for process in (worker_a, web):
             await process.start()
             started.append(process)
         user = await web.sessions.resolve_user(PlatformUser("collected", "u1"))
         session_id = (await web.sessions.create(SessionChannel("collected"), user)).id
-        await locker.execute("INSERT INTO session_leases VALUES ($1, '', 1, now() - interval '1 second', '')",
-                             session_id)
-        holding = locker.transaction()
-        await holding.start()
-        await locker.execute("SELECT 1 FROM session_leases WHERE session_id = $1 FOR UPDATE", session_id)
+        await _admin(postgres_url, f"INSERT INTO session_leases VALUES ('{session_id}', '', 1,"
+                                   " now() - interval '1 second', '')")  # given back: claimable
+        locker = await holding_a_row(dsn, "session_leases", "session_id", session_id)
         await web.submit(Inbound("message", "k1", SessionChannel("collected"), PlatformUser("collected", "u1"),
                                  message=Message("hi", "user", "collected"), session_id=session_id))
-        await until(lambda: _lock_waiters(watcher), timeout=10)  # worker A's claim waits
+        await blocked_on_a_lock(dsn)  # worker A's claim
         await worker_b.start()  # its start-up sweep claims too, behind A
         started.append(worker_b)
-        await until(lambda: _count_at_least(_lock_waiters(watcher), 2), timeout=10)
-        stopping = asyncio.create_task(worker_a.stop())
+        await blocked_on_a_lock(dsn, waiters=2)
         started.remove(worker_a)
+        stopping = asyncio.create_task(worker_a.stop())
         await until(lambda: worker_a.dispatcher.closing, timeout=10)
-        await holding.commit()  # A's claim takes the lease now, as it stops; B's finds it taken
+        await locker.execute("COMMIT")  # A's claim takes the lease now, as it stops; B's finds it taken
         await asyncio.wait_for(stopping, 10)
-        reply = await asyncio.wait_for(on_b.replies.get(), 10)
-        assert reply == "echo: hi"
+        assert await asyncio.wait_for(on_b.replies.get(), 10) == "echo: hi"
     finally:
-        await locker.close()
-        await watcher.close()
+        if locker is not None:
+            await locker.close()
+        if stopping is not None:
+            await asyncio.gather(stopping, return_exceptions=True)
         for process in reversed(started):
             await process.stop()
-
-
-async def _count_at_least(count: Any, minimum: int) -> bool:
-    return await count >= minimum

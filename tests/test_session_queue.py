@@ -13,6 +13,7 @@ import pytest
 from gateway.store import Store
 from gateway.store.queue import INBOX_CHANNEL, SessionQueue
 from gateway.types import SessionChannel, UserInfo
+from tests.support import blocked_on_a_lock, holding_a_row
 
 pytestmark = pytest.mark.postgres
 TTL = 30.0
@@ -197,14 +198,6 @@ async def test_a_release_unless_pending_keeps_the_lease_for_an_event_not_routed(
     assert await _lease(postgres_store, session_id) == ("", 1, False, "")  # given back
 
 
-async def _waits_on_a_lock(conn: asyncpg.Connection, fragment: str) -> bool:
-    """Whether a backend of this database waits on a lock running a statement containing ``fragment``."""
-    return bool(await conn.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-        " AND pid <> pg_backend_pid() AND query LIKE '%' || $1 || '%'", fragment,
-    ))
-
-
 async def test_a_claim_that_waited_for_a_release_reads_what_the_holder_wrote_before_it(
     queue, postgres_store, postgres_url
 ) -> None:
@@ -221,31 +214,22 @@ async def test_a_claim_that_waited_for_a_release_reads_what_the_holder_wrote_bef
     assert holder is not None
     event = await postgres_store.inbox.record(session_id, "k1", "message", {}, user_text="one")
     dsn = "postgresql://" + postgres_url.split("://", 1)[1]
-    locker, watcher = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    # The holder's release, held open: the claim below starts, takes its snapshot and waits.
+    releasing = await holding_a_row(dsn, "session_leases", "session_id", session_id)
     try:
-        # The holder's release, held open: the claim below starts, takes its snapshot and waits.
-        releasing = locker.transaction()
-        await releasing.start()
-        await locker.execute("SELECT 1 FROM session_leases WHERE session_id = $1 FOR UPDATE", session_id)
-        claiming = asyncio.create_task(
-            queue.claim_with_events(session_id, "worker-b", TTL, context=(new_id(), 5))
-        )
-        async with asyncio.timeout(10):
-            while not await _waits_on_a_lock(watcher, "session_leases"):
-                assert not claiming.done(), claiming.result()
-                await asyncio.sleep(0.01)
+        claiming = asyncio.create_task(queue.claim_with_events(session_id, "worker-b", TTL, context=(new_id(), 5)))
+        await blocked_on_a_lock(dsn)
         # Meanwhile the holder's turn ends (its data and its event's status), then it lets go.
         await postgres_store.sessions.save_data(session_id, {"count": 1}, [])
         await postgres_store.inbox.set_status(event.id, "done")
-        await locker.execute(
+        await releasing.execute(
             "UPDATE session_leases SET holder = '', expires_at = now() - interval '1 second'"
             " WHERE session_id = $1", session_id,
         )
-        await releasing.commit()
+        await releasing.execute("COMMIT")
         claimed = await asyncio.wait_for(claiming, 10)
     finally:
-        await locker.close()
-        await watcher.close()
+        await releasing.close()
     assert claimed is not None, "the release let the claim in"
     claim, events, context = claimed
     assert (claim.token, claim.taken_over) == (2, False)
