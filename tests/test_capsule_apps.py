@@ -169,7 +169,8 @@ async def test_schedules_and_tasks(capsule_app, tmp_path):
         [run] = await until(lambda: app.db.runs.find({"kind": "morning"}))
         assert run["session"] == "" and run["owner"]  # the synthetic owner session
         await until(lambda: app.db.runs.find({"kind": "cleanup"}))
-        [cleanup] = await app.cleanup.find(status="completed")
+        # The task's body wrote that row; its status is written once the body has returned.
+        [cleanup] = await until(lambda: app.cleanup.find(status="completed"))
         assert cleanup.kwargs == {"days": 7}
         assert await app.tasks.count(status="completed") == 2
 
