@@ -234,8 +234,9 @@ async def test_a_claim_that_waited_for_a_release_reads_what_the_holder_wrote_bef
     claim, events, context = claimed
     assert (claim.token, claim.taken_over) == (2, False)
     assert events == [], "the event the holder finished runs again"
-    assert context is None or context.session.data == {"count": 1}
-    assert claim.read_again == (queue._connections is not None)  # the engine's path reads apart anyway
+    on_driver = queue._connections is not None  # the engine's path reads no context, and reads apart anyway
+    assert (None if context is None else context.session.data) == ({"count": 1} if on_driver else None)
+    assert claim.read_again == on_driver
 
     # A lease given back before the claim began is claimed with its events in one statement.
     await queue.release(session_id, claim.token)
@@ -249,4 +250,4 @@ async def test_a_claim_that_waited_for_a_release_reads_what_the_holder_wrote_bef
     await queue.release(session_id, claimed[0].token, interrupted=True)
     taken = await queue.claim_with_events(session_id, "worker-b", TTL)
     assert taken is not None and taken[0].taken_over and taken[1] == []
-    assert taken[0].read_again == (queue._connections is not None)
+    assert taken[0].read_again == on_driver
