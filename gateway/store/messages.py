@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, or_, update
+from sqlalchemy import Connection, delete, or_, update
 from sqlalchemy import select as sql_select
 from sqlmodel import col, select
 
@@ -15,6 +15,7 @@ from gateway.ids import id_instant, stamped_id
 from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
+from gateway.store.paging import page_and_total
 from gateway.store.records import MessageRecord
 from gateway.store.statements import (
     INSERT_MESSAGE,
@@ -183,19 +184,15 @@ class MessageQueries:
     ) -> tuple[list[MessageRecord], int]:
         """Oldest first. ``after_id`` returns messages stored after that one, plus any message
         updated since (a block re-shown in place, a stream that finished)."""
-        statement = select(MessageRow).where(MessageRow.session_id == session_id)
-        count = select(func.count()).select_from(MessageRow).where(MessageRow.session_id == session_id)
+        conditions = [col(MessageRow.session_id) == session_id]
         if after_id is not None:
             anchor = await self.get(after_id)
             if anchor is not None and anchor.session_id == session_id:
-                condition = or_(col(MessageRow.id) > after_id, col(MessageRow.updated_at) > anchor.updated_at)
-                statement = statement.where(condition)
-                count = count.where(condition)
-        statement = statement.order_by(col(MessageRow.id)).offset(offset).limit(limit)
+                conditions.append(or_(col(MessageRow.id) > after_id, col(MessageRow.updated_at) > anchor.updated_at))
         async with self._db.session() as db:
-            rows = (await db.exec(statement)).all()
-            total = (await db.exec(count)).one()
-        return [MessageRecord.from_row(r) for r in rows], int(total)
+            rows, total = await page_and_total(db, MessageRow, conditions, col(MessageRow.id), offset=offset,
+                                               limit=limit)
+        return [MessageRecord.from_row(r) for r in rows], total
 
     async def recent(self, session_id: str, limit: int) -> list[MessageRecord]:
         """The last ``limit`` messages, oldest first (a handler's ``session.history``)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, update
+from sqlalchemy import Connection, delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
@@ -14,6 +14,7 @@ from gateway.ids import new_id
 from gateway.store import sqlite_turns
 from gateway.store.database import Database
 from gateway.store.fence import Fence
+from gateway.store.paging import page_and_total
 from gateway.store.records import MessageRecord, SessionRecord
 from gateway.store.statements import (
     SELECT_SESSION,
@@ -128,19 +129,15 @@ class SessionQueries:
         self, *, owner_key: str | None = None, user_id: str | None = None, offset: int = 0, limit: int = 20
     ) -> tuple[list[SessionRecord], int]:
         """Newest first."""
-        statement = select(SessionRow)
-        count = select(func.count()).select_from(SessionRow)
+        conditions = []
         if owner_key is not None:
-            statement = statement.where(SessionRow.owner_key == owner_key)
-            count = count.where(SessionRow.owner_key == owner_key)
+            conditions.append(col(SessionRow.owner_key) == owner_key)
         if user_id is not None:
-            statement = statement.where(SessionRow.user_id == user_id)
-            count = count.where(SessionRow.user_id == user_id)
-        statement = statement.order_by(col(SessionRow.id).desc()).offset(offset).limit(limit)
+            conditions.append(col(SessionRow.user_id) == user_id)
         async with self._db.session() as db:
-            rows = (await db.exec(statement)).all()
-            total = (await db.exec(count)).one()
-        return [SessionRecord.from_row(r) for r in rows], int(total)
+            rows, total = await page_and_total(db, SessionRow, conditions, col(SessionRow.id).desc(), offset=offset,
+                                               limit=limit)
+        return [SessionRecord.from_row(r) for r in rows], total
 
     async def update(self, session_id: str, *, fence: Fence | None = None, **values: Any) -> None:
         """Set ``title``, ``chat_name``, ``metadata``, ``owner_key`` (others are refused)."""
