@@ -61,6 +61,11 @@ CHAINLIT_PACKAGES = [
 
 # -- the servers (each in its own process) ---------------------------------------------------
 
+BROWSER_COMPRESSION = 15
+"""The loads' sockets offer permessage-deflate with 15 window bits, as every browser does. The bare
+and store-alone servers decline it, as chatgate's socket does by default (``web.socket_compression``):
+accepted, zlib's state costs an idle socket about 110 KiB and each frame its compression."""
+
 STORE_ALONE_NAMES = ("store alone, REST turn", "store alone, socket turn")
 """The rows of ``_serve_store_alone``: a turn's durable work with none of the gateway around it."""
 
@@ -73,7 +78,7 @@ async def _serve_bare(conn: Any) -> None:
         return web.json_response({"data": {"role": "assistant", "content": "echo: " + body["content"]}}, status=201)
 
     async def socket(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(compress=False)  # as chatgate's (BROWSER_COMPRESSION)
         await ws.prepare(request)
         async for message in ws:
             if message.type == aiohttp.WSMsgType.TEXT:
@@ -103,7 +108,7 @@ async def _serve_until_told(conn: Any, app: Any) -> None:
     await runner.cleanup()
 
 
-async def _serve_chatgate(conn: Any, data_dir: str, database: str | None) -> None:
+async def _serve_chatgate(conn: Any, data_dir: str, database: str | None, *, compression: bool = False) -> None:
     import logging
 
     import gateway
@@ -120,7 +125,7 @@ async def _serve_chatgate(conn: Any, data_dir: str, database: str | None) -> Non
         await session.reply("echo: " + msg.text)
 
     overrides: dict[str, Any] = {
-        "web": {"api_keys": [API_KEY]},
+        "web": {"api_keys": [API_KEY], "socket_compression": compression},
         "logging": {"level": "WARNING"},
         "server": {"max_connections_per_ip": 0},  # the idle-socket line opens hundreds from loopback
     }
@@ -214,7 +219,7 @@ async def _serve_store_alone(conn: Any, data_dir: str, database: str | None) -> 
         return web.json_response({"data": {"content": replies[-1], "execution_id": inbound_id}}, status=201)
 
     async def socket(request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(compress=False)  # as chatgate's (BROWSER_COMPRESSION)
         await ws.prepare(request)
         session_id = ""
         async for message in ws:
@@ -253,6 +258,7 @@ def _server_main(kind: str, conn: Any, data_dir: str, database: str | None, even
     servers = {
         "bare": lambda: _serve_bare(conn),
         "chatgate": lambda: _serve_chatgate(conn, data_dir, database),
+        "chatgate-compressed": lambda: _serve_chatgate(conn, data_dir, database, compression=True),
         "store": lambda: _serve_store_alone(conn, data_dir, database),
     }
     run(servers[kind](), event_loop)  # type: ignore[arg-type]
@@ -455,7 +461,7 @@ async def socket_load(url: str, *, chatgate: bool, requests: int, concurrency: i
 
         async def worker(index: int, count: int) -> list[float]:
             times = []
-            async with http.ws_connect(f"{url.replace('http', 'ws', 1)}/ws") as ws:
+            async with http.ws_connect(f"{url.replace('http', 'ws', 1)}/ws", compress=BROWSER_COMPRESSION) as ws:
                 if chatgate:
                     await _hello(ws, index)
                 for i in range(count):
@@ -556,9 +562,9 @@ def rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
-async def chatgate_idle(url: str, pid: int, sockets: int) -> IdleResult:
-    """Open ``sockets`` widget sockets that said hello (each a new visitor and session) and
-    compare the server's RSS before and after."""
+async def chatgate_idle(url: str, pid: int, sockets: int, target: str = "chatgate widget socket") -> IdleResult:
+    """Open ``sockets`` widget sockets that said hello (each a new visitor and session), each
+    offering compression as a browser does, and compare the server's RSS before and after."""
     await asyncio.sleep(0.5)
     before = rss(pid)
     connector = aiohttp.TCPConnector(limit=0)
@@ -566,7 +572,7 @@ async def chatgate_idle(url: str, pid: int, sockets: int) -> IdleResult:
         opened: list[aiohttp.ClientWebSocketResponse] = []
         try:
             for start in range(0, sockets, 50):
-                batch = [await http.ws_connect(f"{url.replace('http', 'ws', 1)}/ws")
+                batch = [await http.ws_connect(f"{url.replace('http', 'ws', 1)}/ws", compress=BROWSER_COMPRESSION)
                          for _ in range(min(50, sockets - start))]
                 await asyncio.gather(*(_hello(ws, start + i) for i, ws in enumerate(batch)))
                 opened += batch
@@ -574,7 +580,7 @@ async def chatgate_idle(url: str, pid: int, sockets: int) -> IdleResult:
             after = rss(pid)
         finally:
             await asyncio.gather(*(ws.close() for ws in opened), return_exceptions=True)
-    return IdleResult("chatgate widget socket", sockets, before, after)
+    return IdleResult(target, sockets, before, after)
 
 
 async def chainlit_idle(python: Path, port: int, pid: int, sockets: int) -> IdleResult:
@@ -621,6 +627,10 @@ async def measure(args: argparse.Namespace) -> Run:
                                                               database=database, name=names[1], **options)
                 if chatgate and args.idle_sockets:
                     run.idle.append(await chatgate_idle(url, server.pid, args.idle_sockets))
+        if args.idle_sockets:  # what web.socket_compression costs, for the same sockets
+            with ServerProcess("chatgate-compressed", data_dir, args.database, args.event_loop) as server:
+                run.idle.append(await chatgate_idle(f"http://{HOST}:{server.port}", server.pid, args.idle_sockets,
+                                                    "chatgate, socket_compression on"))
         if args.chainlit:
             python = chainlit_python()
             for key, name, stored in (("chainlit", "Chainlit socket.io", False),

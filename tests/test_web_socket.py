@@ -494,3 +494,21 @@ async def test_the_feed_never_repeats_text():
         "inbound_id": "in2",
         "created_at": None,
     }
+
+
+@pytest.mark.parametrize("enabled", [False, True], ids=["default", "socket_compression"])
+async def test_a_browsers_offer_of_compression_is_declined_unless_turned_on(tmp_path, enabled: bool) -> None:
+    """Every browser offers permessage-deflate. Accepted, it keeps zlib's state for the socket's
+    life: about 110 KiB an idle socket (bench/web_echo.py's idle line). So it is declined unless
+    ``web.socket_compression`` is on, and then frames go compressed both ways."""
+    settings = {"stream_interval": 0.0, "socket_compression": enabled}
+    async with running_gateway(make_app(), tmp_path, web=settings) as gw, aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{base_url(gw)}/ws", compress=15)  # the offer Chromium makes
+        assert ws.compress == (15 if enabled else 0)
+        widget = Widget(ws)
+        assert (await widget.hello())["type"] == "ready"
+        long_text = "chat " * 4000  # 20 KB: compressed to a few hundred bytes when on
+        await widget.send("message", text=long_text)
+        await widget.turn()
+        assert widget.texts[widget.order[-1]] == "echo: " + long_text
+        await ws.close()

@@ -445,6 +445,20 @@ async def test_streamed_reply_arrives_token_by_token_and_renders_markdown(runnin
     assert await page.get_attribute(".cg-log", "aria-live") == "polite"
 
 
+async def test_chromiums_offer_of_compression_is_declined(running_gateway: Gateway, open_page) -> None:
+    """Chromium offers permessage-deflate on every socket; accepted, each open socket would keep
+    about 110 KiB of zlib state (``web.socket_compression``, off by default)."""
+    page = await open_page(running_gateway.public_url + "/")
+    extensions = await page.evaluate(
+        """() => new Promise((resolve, reject) => {
+            const socket = new WebSocket(location.origin.replace(/^http/, 'ws') + '/ws');
+            socket.onopen = () => { resolve(socket.extensions); socket.close(); };
+            socket.onerror = () => reject(new Error('the socket did not open'));
+        })"""
+    )
+    assert extensions == ""
+
+
 async def test_history_survives_a_reload_without_duplicates(running_gateway: Gateway, open_page) -> None:
     page = await open_page(running_gateway.public_url + "/")
     await send(page, "first")

@@ -78,13 +78,13 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
     try:
         identity = ctx.identities.resolve(request, mint=True)
     except IdentityRefused as exc:
-        refused = _new_socket(RefusedSocket, watched, max_frame)
+        refused = _new_socket(RefusedSocket, watched, max_frame, compress=False)
         await refused.prepare(request)
         await refused.send_json(error_frame(errors.UNAUTHORIZED, str(exc)))
         await refused.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
         return refused
     assert identity is not None  # mint=True always gives one
-    ws = _new_socket(web.WebSocketResponse, watched, max_frame)
+    ws = _new_socket(web.WebSocketResponse, watched, max_frame, compress=ctx.settings.web.socket_compression)
     ip = ctx.quotas.client_ip(request)
     try:
         release = ctx.quotas.acquire("sockets", ip, identity.key)
@@ -121,8 +121,12 @@ async def websocket_handler(ctx: WebContext, request: web.Request) -> web.Stream
     return ws
 
 
-def _new_socket(kind: type[web.WebSocketResponse], watched: bool, max_frame: int) -> web.WebSocketResponse:
-    return kind(heartbeat=None if watched else HEARTBEAT_SECONDS, max_msg_size=max_frame * HARD_LIMIT_FACTOR)
+def _new_socket(
+    kind: type[web.WebSocketResponse], watched: bool, max_frame: int, *, compress: bool
+) -> web.WebSocketResponse:
+    # aiohttp accepts a client's permessage-deflate offer unless told not to (web.socket_compression).
+    return kind(heartbeat=None if watched else HEARTBEAT_SECONDS, max_msg_size=max_frame * HARD_LIMIT_FACTOR,
+                compress=compress)
 
 
 class RefusedSocket(web.WebSocketResponse):
