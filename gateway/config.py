@@ -257,9 +257,10 @@ class WebSettings(Section):
     max_frame_bytes: int = Field(64 * 1024, ge=1024)
     """Largest WebSocket frame accepted; larger gets a ``too_large`` error frame."""
     socket_compression: bool = False
-    """Accept a browser's offer of ``permessage-deflate`` on the widget socket. Off: every browser
-    offers it, and its zlib state for the socket's life costs about 110 KiB per open socket (an
-    idle socket is otherwise about 15 KiB), for frames that are mostly a few hundred bytes."""
+    """Accept a browser's offer of ``permessage-deflate`` on the widget socket. Off by default:
+    every browser makes the offer, and zlib's state, kept for the socket's life, costs about
+    110 KiB per open socket (an idle one is otherwise about 15 KiB), for frames that are mostly a
+    few hundred bytes."""
     stream_interval: float = Field(0.05, ge=0)
     """Least seconds between two streamed frames sent to a browser or SSE client."""
     frame_ancestors: list[str] = Field(default_factory=list)
