@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -184,16 +183,24 @@ class TurnRunner:
         token = set_current_session(session)
         error: str | None = None
         status = "done"
-        deadline = asyncio.timeout(rt.settings.dispatch.handler_timeout or None)
+        limit = rt.settings.dispatch.handler_timeout or None
+        # Armed as the handler starts, on the loop's clock, from the instant the handler's time is
+        # counted from. asyncio.timeout(limit) here would count from now: finding the user's
+        # message (a read, for a recovered event) and any pause of a busy machine came out of the
+        # handler's budget, and a timed-out handler was reported as running under its limit.
+        deadline = asyncio.timeout(None)
         handler_seconds: float | None = None
         try:
             await self._store_user_message(item, message)
             async with deadline:
-                handler_started = time.perf_counter()
+                clock = asyncio.get_running_loop()
+                handler_started = clock.time()
+                if limit is not None:
+                    deadline.reschedule(handler_started + limit)
                 try:
                     await self._dispatch(session, record, inbound, message)
                 finally:
-                    handler_seconds = time.perf_counter() - handler_started
+                    handler_seconds = clock.time() - handler_started
         except asyncio.CancelledError:
             if rt.shutting_down() or _lease_lost(item):
                 if not rt.shutting_down() and await rt.store.sessions.get(session.id) is None:
@@ -208,7 +215,6 @@ class TurnRunner:
         except TimeoutError:
             if deadline.expired():
                 error = "timeout"
-                limit = rt.settings.dispatch.handler_timeout
                 log.error("handler for session %s timed out after %ss", session.id, limit)
                 await self._apologise(session, rt.settings.dispatch.timeout_message)
             else:  # the handler's own TimeoutError (an unanswered prompt, say) is a failure like any
