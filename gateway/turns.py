@@ -193,14 +193,14 @@ class TurnRunner:
         try:
             await self._store_user_message(item, message)
             async with deadline:
-                clock = asyncio.get_running_loop()
-                handler_started = clock.time()
+                loop = asyncio.get_running_loop()
+                handler_started = loop.time()
                 if limit is not None:
                     deadline.reschedule(handler_started + limit)
                 try:
                     await self._dispatch(session, record, inbound, message)
                 finally:
-                    handler_seconds = clock.time() - handler_started
+                    handler_seconds = loop.time() - handler_started
         except asyncio.CancelledError:
             if rt.shutting_down() or _lease_lost(item):
                 if not rt.shutting_down() and await rt.store.sessions.get(session.id) is None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import Table, create_engine, event
 
 from gateway.ids import new_id
 from gateway.inbound import PlatformUser
@@ -29,19 +29,18 @@ def _sync_url(url: str) -> str:
 
 
 @contextmanager
-def committing_after_first_read(store: Store, table: str, row: dict[str, Any]) -> Iterator[list[str]]:
+def committing_after_first_read(store: Store, table: Table, row: dict[str, Any]) -> Iterator[list[str]]:
     """Insert ``row`` into ``table`` from another connection, committed just after the store's
     first SELECT from that table has executed. Yields the statements seen, for the test to check."""
     other = create_engine(_sync_url(store.url))
     seen: list[str] = []
-    target = MESSAGES if table == "messages" else SESSIONS
 
     def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT") and f"FROM {table}" in statement:
+        if statement.lstrip().upper().startswith("SELECT") and f"FROM {table.name}" in statement:
             seen.append(statement)
             if len(seen) == 1:
                 with other.begin() as writer:
-                    writer.execute(target.insert().values(**row))
+                    writer.execute(table.insert().values(**row))
 
     engine = store.engine.sync_engine
     event.listen(engine, "after_cursor_execute", after)
@@ -59,7 +58,7 @@ async def test_a_message_committed_while_a_page_is_read_is_either_listed_and_cou
         await store.messages.add(session.id, "user", text)
     late = {"id": new_id(), "session_id": session.id, "role": "assistant", "text": "late", "attachments": [],
             "platform_refs": [], "status": "complete", "created_at": utcnow(), "updated_at": utcnow()}
-    with committing_after_first_read(store, "messages", late) as seen:
+    with committing_after_first_read(store, MESSAGES, late) as seen:
         records, total = await store.messages.page(session.id, limit=20)
     assert seen, "the page was not read through the engine this test watches"
     assert total == len(records) == 3
@@ -80,7 +79,7 @@ async def test_a_session_created_while_a_page_is_read_is_either_listed_and_count
         await store.sessions.create(SessionChannel("paging"), user, metadata={})
     late = {"id": new_id(), "channel_type": "paging", "user_id": user.id, "title": "", "metadata": {}, "data": {},
             "entered": False, "created_at": utcnow(), "updated_at": utcnow()}
-    with committing_after_first_read(store, "sessions", late):
+    with committing_after_first_read(store, SESSIONS, late):
         records, total = await store.sessions.page(user_id=user.id)
     assert total == len(records) == 2
     records, total = await store.sessions.page(user_id=user.id)
